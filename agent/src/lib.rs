@@ -1,1 +1,8 @@
-//! x
+//! certfleet-agent: reads the certificate stores of the host it runs on, reports them to the
+//! controller over one outbound mTLS stream, and performs the actions the controller asks for.
+//! Works offline too (`scan`), for when everything else is down.
+
+pub mod collect;
+pub mod config;
+pub mod exec;
+pub mod report;

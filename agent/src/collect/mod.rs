@@ -1,0 +1,239 @@
+//! Collectors: one module per platform, each turning what a host holds into certificate
+//! records of the neutral model.
+//!
+//! A collector never fails as a whole. Whatever it cannot read (a malformed PEM, a tool that
+//! hangs or prints garbage) becomes one [`Problem`] naming the path or command, and the scan
+//! goes on. The same certificate found in several places is merged into one record with several
+//! locations.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use certfleet_common::model::{CertRecord, HealthFact, Location, Problem};
+
+use crate::config::AgentConfig;
+
+pub mod endpoint;
+pub mod files;
+pub mod gke_admin;
+pub mod kubeadm;
+pub mod ovirt_engine;
+pub mod ovirt_node;
+pub mod vsphere;
+
+/// Certificates, problems and health facts from one scan.
+#[derive(Debug, Default, Clone)]
+pub struct Collection {
+    certs: BTreeMap<String, CertRecord>,
+    /// What could not be read.
+    pub problems: Vec<Problem>,
+    /// Replication health, CA rotation stage, stale endpoints, …
+    pub health: Vec<HealthFact>,
+    /// Collectors that ran.
+    pub platforms: Vec<String>,
+}
+
+impl Collection {
+    /// Adds one DER certificate found at `location` with `role`. Returns the fingerprint, or
+    /// records a problem naming the location if the DER is unreadable.
+    pub fn add_der(&mut self, collector: &str, der: &[u8], role: &str, location: Location) -> Option<String> {
+        match certfleet_common::x509::parse_der(der) {
+            Ok(mut rec) => {
+                let fp = rec.fingerprint_sha256.clone();
+                match self.certs.get_mut(&fp) {
+                    Some(existing) => {
+                        if !existing.locations.contains(&location) {
+                            existing.locations.push(location);
+                        }
+                        if is_generic(&existing.role) && !is_generic(role) {
+                            existing.role = role.to_owned();
+                        }
+                    }
+                    None => {
+                        rec.role = role.to_owned();
+                        rec.locations.push(location);
+                        self.certs.insert(fp.clone(), rec);
+                    }
+                }
+                Some(fp)
+            }
+            Err(e) => {
+                self.problems.push(Problem::error(collector, location.describe(), e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Adds every certificate of a PEM/DER blob; problems name `location`.
+    pub fn add_blob(&mut self, collector: &str, bytes: &[u8], role: &str, location: Location) -> Vec<String> {
+        match certfleet_common::pem::certificates(bytes) {
+            Ok(ders) => {
+                let many = ders.len() > 1;
+                ders.iter()
+                    .enumerate()
+                    .filter_map(|(i, der)| {
+                        let mut loc = location.clone();
+                        if many && loc.detail.is_empty() {
+                            loc.detail = format!("#{i}");
+                        }
+                        self.add_der(collector, der, role, loc)
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                self.problems.push(Problem::error(collector, location.describe(), e.to_string()));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Records a problem.
+    pub fn problem(&mut self, p: Problem) {
+        self.problems.push(p);
+    }
+
+    /// A certificate by fingerprint.
+    pub fn get(&self, fingerprint: &str) -> Option<&CertRecord> {
+        self.certs.get(fingerprint)
+    }
+
+    /// All certificates, in fingerprint order.
+    pub fn certificates(&self) -> impl Iterator<Item = &CertRecord> {
+        self.certs.values()
+    }
+
+    /// Consumes the collection into its certificates.
+    pub fn into_certificates(self) -> Vec<CertRecord> {
+        self.certs.into_values().collect()
+    }
+
+    /// Number of distinct certificates.
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    /// True if nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+}
+
+fn is_generic(role: &str) -> bool {
+    role.is_empty() || role.starts_with("file.") || role.starts_with("endpoint.")
+}
+
+/// A platform collector.
+pub trait Collector {
+    /// Name used in config and in `platforms`.
+    fn name(&self) -> &'static str;
+    /// Whether this host looks like the platform (used when `platforms` is not configured).
+    fn detect(&self, cfg: &AgentConfig) -> bool;
+    /// Collects into `out`.
+    fn collect(&self, cfg: &AgentConfig, out: &mut Collection);
+}
+
+/// Every collector, platform ones first so their specific roles win over `files`/`endpoint`.
+pub fn all() -> Vec<Box<dyn Collector + Send + Sync>> {
+    vec![
+        Box::new(vsphere::Vsphere),
+        Box::new(ovirt_engine::OvirtEngine),
+        Box::new(ovirt_node::OvirtNode),
+        Box::new(gke_admin::GkeAdmin),
+        Box::new(kubeadm::Kubeadm),
+        Box::new(files::Files),
+        Box::new(endpoint::Endpoints),
+    ]
+}
+
+/// Platforms this host runs (configured, else detected).
+pub fn detect(cfg: &AgentConfig) -> Vec<String> {
+    all()
+        .into_iter()
+        .filter(|c| selected(cfg, c.as_ref()))
+        .map(|c| c.name().to_owned())
+        .collect()
+}
+
+fn selected(cfg: &AgentConfig, c: &dyn Collector) -> bool {
+    if cfg.platforms.is_empty() {
+        c.detect(cfg)
+    } else {
+        cfg.platforms.iter().any(|p| p == c.name())
+    }
+}
+
+/// Runs every selected collector.
+pub fn scan(cfg: &AgentConfig) -> Collection {
+    let mut out = Collection::default();
+    for c in all() {
+        if selected(cfg, c.as_ref()) {
+            out.platforms.push(c.name().to_owned());
+            let span = tracing::debug_span!("collect", collector = c.name());
+            let _enter = span.enter();
+            c.collect(cfg, &mut out);
+        }
+    }
+    stale_endpoints(&mut out);
+    out
+}
+
+/// Flags "renewed on disk but the service still serves the old certificate": an endpoint
+/// serving a certificate whose subject matches a newer on-disk certificate of the same key
+/// holder (same subject, later not-after) that the endpoint does not serve.
+fn stale_endpoints(out: &mut Collection) {
+    let served: Vec<CertRecord> = out
+        .certificates()
+        .filter(|c| c.locations.iter().any(|l| l.kind == "endpoint"))
+        .cloned()
+        .collect();
+    for s in served {
+        let newer = out.certificates().find(|c| {
+            c.fingerprint_sha256 != s.fingerprint_sha256
+                && c.subject == s.subject
+                && c.issuer == s.issuer
+                && c.not_after > s.not_after
+                && c.locations.iter().any(|l| l.kind != "endpoint")
+        }).cloned();
+        if let Some(newer) = newer {
+            for l in s.locations.iter().filter(|l| l.kind == "endpoint") {
+                out.health.push(HealthFact {
+                    kind: "endpoint.stale".into(),
+                    subject: l.path.clone(),
+                    state: "serving-old-certificate".into(),
+                    detail: format!(
+                        "serves {} (until {}) but {} holds newer {} (until {}): restart the service",
+                        &s.fingerprint_sha256[..16],
+                        certfleet_common::model::format_time(s.not_after),
+                        newer.locations.iter().find(|l| l.kind != "endpoint").map(|l| l.describe()).unwrap_or_default(),
+                        &newer.fingerprint_sha256[..16],
+                        certfleet_common::model::format_time(newer.not_after),
+                    ),
+                    healthy: false,
+                });
+            }
+        }
+    }
+}
+
+/// Largest file we read as a certificate; anything bigger is reported, not read.
+pub const MAX_CERT_FILE: u64 = 1024 * 1024;
+
+/// Reads a host file that should hold certificates or keys, refusing what is too large,
+/// unreadable or not a regular file, with a message naming the path.
+pub fn read_small_file(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| describe_io(&e))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_CERT_FILE {
+        return Err(format!("{} bytes: far larger than any certificate; not read", meta.len()));
+    }
+    std::fs::read(path).map_err(|e| describe_io(&e))
+}
+
+fn describe_io(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(40) => "symlink loop".into(), // ELOOP
+        _ => e.to_string(),
+    }
+}

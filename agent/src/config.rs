@@ -1,0 +1,215 @@
+//! Agent configuration: the TOML file given with `--config`, plus the root prefix.
+//!
+//! Runtime behaviour comes from flags; what the host looks like (root prefix, tool paths,
+//! extra files and endpoints to watch) comes from this file, so the same agent runs on a VCSA
+//! and in a test against a simulated host. Every problem in the file is reported at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The parsed configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Root prefix under which host paths (and default tool paths) are resolved.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Collectors to run; empty means auto-detect.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Explicit tool paths, by tool name (`vecs-cli`, `gkectl`, `openssl`, …). Used as given;
+    /// tools not listed are looked up at their usual path under `root`.
+    #[serde(default)]
+    pub tools: BTreeMap<String, PathBuf>,
+    /// How long one tool may run before it is killed.
+    #[serde(default = "default_tool_timeout", with = "humantime_serde_compat")]
+    pub tool_timeout: Duration,
+    /// How often to rescan while connected.
+    #[serde(default = "default_scan_interval", with = "humantime_serde_compat")]
+    pub scan_interval: Duration,
+    /// Extra certificate files to watch.
+    #[serde(default)]
+    pub files: Vec<FileWatch>,
+    /// TLS endpoints to probe.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointWatch>,
+    /// Platform-specific settings (e.g. `vsphere.ldap_uri`, `gke.workdir`), free-form per
+    /// collector.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+/// A glob of certificate files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWatch {
+    /// Glob patterns (host paths, resolved under root).
+    pub paths: Vec<String>,
+    /// Role given to what is found.
+    #[serde(default = "default_file_role")]
+    pub role: String,
+    /// Password for PKCS#12 files.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A TLS endpoint to probe.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointWatch {
+    /// `host:port`.
+    pub address: String,
+    /// SNI name; defaults to the host part.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Role given to the served certificate.
+    #[serde(default = "default_endpoint_role")]
+    pub role: String,
+    /// File holding the certificate that *should* be served (flags "renewed on disk but the
+    /// service still serves the old one").
+    #[serde(default)]
+    pub expect_file: Option<String>,
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_tool_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_scan_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_file_role() -> String {
+    "file.custom".into()
+}
+fn default_endpoint_role() -> String {
+    "endpoint.tls".into()
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            root: default_root(),
+            platforms: Vec::new(),
+            tools: BTreeMap::new(),
+            tool_timeout: default_tool_timeout(),
+            scan_interval: default_scan_interval(),
+            files: Vec::new(),
+            endpoints: Vec::new(),
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// Every collector name the agent knows.
+pub const COLLECTORS: &[&str] =
+    &["vsphere", "ovirt_engine", "ovirt_node", "gke_admin", "kubeadm", "files", "endpoint"];
+
+impl AgentConfig {
+    /// Reads and validates a config file; all problems are reported together.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(format!("config {}:\n  - {}", path.display(), problems.join("\n  - ")))
+        }
+    }
+
+    /// Everything wrong with this configuration.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for p in &self.platforms {
+            if !COLLECTORS.contains(&p.as_str()) {
+                problems.push(format!("unknown platform {p:?} (known: {})", COLLECTORS.join(", ")));
+            }
+        }
+        if !self.root.is_absolute() {
+            problems.push(format!("root {:?} must be an absolute path", self.root));
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            if f.paths.is_empty() {
+                problems.push(format!("files[{i}]: no paths"));
+            }
+            for p in &f.paths {
+                if let Err(e) = glob::Pattern::new(p) {
+                    problems.push(format!("files[{i}]: bad glob {p:?}: {e}"));
+                }
+            }
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if e.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                problems.push(format!("endpoints[{i}]: address {:?} is not host:port", e.address));
+            }
+        }
+        if self.tool_timeout.is_zero() {
+            problems.push("tool_timeout must be more than zero".into());
+        }
+        problems
+    }
+
+    /// A host path under the root prefix.
+    pub fn host_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let p = path.as_ref();
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        self.root.join(rel)
+    }
+
+    /// The path of tool `name`: configured explicitly, else `default` under the root.
+    pub fn tool(&self, name: &str, default: &str) -> PathBuf {
+        self.tools.get(name).cloned().unwrap_or_else(|| self.host_path(default))
+    }
+
+    /// A free-form collector setting.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let cfg: AgentConfig = toml::from_str(
+            r#"
+            root = "relative"
+            platforms = ["vsphere", "bogus"]
+            [[files]]
+            paths = ["/etc/[x"]
+            [[endpoints]]
+            address = "nohostport"
+            "#,
+        )
+        .unwrap();
+        let p = cfg.validate();
+        assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn tools_resolve_under_root_unless_configured() {
+        let mut cfg = AgentConfig { root: "/sim/vc1".into(), ..Default::default() };
+        assert_eq!(cfg.tool("vecs-cli", "/usr/lib/vmware-vmafd/bin/vecs-cli"), PathBuf::from("/sim/vc1/usr/lib/vmware-vmafd/bin/vecs-cli"));
+        cfg.tools.insert("openssl".into(), "/usr/bin/openssl".into());
+        assert_eq!(cfg.tool("openssl", "/usr/bin/openssl"), PathBuf::from("/usr/bin/openssl"));
+    }
+}

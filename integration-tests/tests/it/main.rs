@@ -1,0 +1,4 @@
+//! End-to-end tests: real binaries as processes against simulated hosts. One test binary for
+//! the whole crate keeps link time down.
+
+mod support;
