@@ -7,6 +7,7 @@ pub mod model;
 pub mod pem;
 pub mod pki;
 pub mod roles;
+pub mod token;
 pub mod tls;
 pub mod x509;
 

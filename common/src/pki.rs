@@ -65,10 +65,12 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// Validity window starting a minute in the past (clock skew between hosts).
+/// Validity window starting a little in the past (clock skew between hosts): a minute, or a
+/// quarter of a very short lifetime so that "renew at two thirds" stays in the future.
 fn validity(params: &mut CertificateParams, ttl: Duration) {
     let now = SystemTime::now();
-    params.not_before = offset(now - Duration::from_secs(60));
+    let skew = Duration::from_secs(60).min(ttl / 4);
+    params.not_before = offset(now - skew);
     params.not_after = offset(now + ttl);
 }
 
@@ -214,7 +216,7 @@ mod tests {
         assert!(rec.subject.contains("host-1"));
         assert_eq!(crate::identity::identity_of_der(&der).unwrap(), id);
         let life = rec.not_after - rec.not_before;
-        assert!((600..=700).contains(&life), "{life}");
+        assert!((600..=760).contains(&life), "{life}");
     }
 
     #[test]
@@ -225,5 +227,36 @@ mod tests {
         der[n - 5] ^= 0x55;
         let bad = crate::pem::encode("CERTIFICATE REQUEST", &der);
         assert!(csr_public_key(&bad).is_err());
+    }
+}
+
+/// SHA-256 (hex) of a certificate's raw subject public key, comparable with
+/// [`csr_public_key`] hashed the same way: "the same key" across renewals and re-binding.
+pub fn cert_public_key_id(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Pem(format!("unreadable certificate: {e}")))?;
+    Ok(sha256_hex(&cert.public_key().subject_public_key.data))
+}
+
+/// SHA-256 (hex) of a CSR's public key; the CSR's signature is verified first.
+pub fn csr_public_key_id(csr_pem: &str) -> Result<String, PkiError> {
+    Ok(sha256_hex(&csr_public_key(csr_pem)?))
+}
+
+#[cfg(test)]
+mod key_id_tests {
+    use super::*;
+
+    #[test]
+    fn csr_and_certificate_of_one_key_share_a_key_id() {
+        let ca = generate_ca("t", Duration::from_secs(3600)).unwrap();
+        let ca = FleetCa::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
+        let (key, csr) = new_key_and_csr("a").unwrap();
+        let cert = ca.sign_client_csr(&csr, &Identity::Agent("x".into()), "a", Duration::from_secs(60)).unwrap();
+        let der = crate::pem::first_certificate(cert.as_bytes()).unwrap();
+        let again = csr_for_key(&key, "a").unwrap();
+        assert_eq!(cert_public_key_id(&der).unwrap(), csr_public_key_id(&again).unwrap());
+        let (_, other) = new_key_and_csr("b").unwrap();
+        assert_ne!(cert_public_key_id(&der).unwrap(), csr_public_key_id(&other).unwrap());
     }
 }

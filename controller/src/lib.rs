@@ -1,1 +1,13 @@
-//! x
+//! certfleet controller: enrollment and the fleet CA, the registry of live agent streams, the
+//! fleet's inventory, and the operator API, with state in sled.
+
+pub mod cli;
+pub mod enroll;
+pub mod fleet;
+pub mod http;
+pub mod inventory;
+pub mod link;
+pub mod metrics;
+pub mod operator;
+pub mod server;
+pub mod store;

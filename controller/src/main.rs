@@ -1,1 +1,366 @@
-fn main(){}
+//! `certfleet`: the controller daemon (`serve`), its set-up (`init`), and the operator CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use certfleet_common::proto as pb;
+use certfleet_controller::cli::{self, Conn, Format};
+use certfleet_controller::fleet::ServeOptions;
+use certfleet_controller::server;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "certfleet", version, about = "Keeps the certificates of virtualization fleets alive")]
+struct Cli {
+    /// Controller address (host:port).
+    #[arg(long, global = true, env = "CERTFLEET_CONTROLLER", default_value = "127.0.0.1:7443")]
+    controller: String,
+    /// Operator identity directory (ca.pem, cert.pem, key.pem).
+    #[arg(long, global = true, env = "CERTFLEET_IDENTITY")]
+    identity: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 90s, 1h, 30d)"))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the fleet CA, the controller certificate and the first admin identity.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Extra DNS name or IP for the controller certificate (repeatable).
+        #[arg(long)]
+        san: Vec<String>,
+    },
+    /// Run the controller.
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// gRPC listen address.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: String,
+        /// HTTP address for /healthz and /metrics.
+        #[arg(long)]
+        http: Option<String>,
+        /// Lifetime of agent certificates.
+        #[arg(long, value_parser = duration, default_value = "30d")]
+        agent_cert_ttl: Duration,
+        /// Heartbeat interval asked of agents.
+        #[arg(long, value_parser = duration, default_value = "15s")]
+        heartbeat_interval: Duration,
+        /// Re-bind agents with expired certificates without operator approval.
+        #[arg(long)]
+        auto_approve_rebind: bool,
+    },
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Enrolled agents.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Operator identities.
+    #[command(subcommand)]
+    Operators(OperatorsCmd),
+    /// The audit log of every mutation.
+    Audit {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        /// Only the last N entries.
+        #[arg(long, default_value = "0")]
+        limit: u32,
+    },
+    /// The fleet's certificate inventory.
+    Inventory(InventoryArgs),
+    /// Offline maintenance of the state store (controller stopped).
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a single-use join token; prints only the token.
+    Create {
+        #[arg(long, value_parser = duration)]
+        ttl: Duration,
+        /// Label for agents enrolled with it, key=value (repeatable).
+        #[arg(long)]
+        label: Vec<String>,
+    },
+    /// List tokens.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Revoke an unused token.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    /// List agents.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show one agent (id or name).
+    Show {
+        id: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Revoke an agent: its stream is closed and it is refused from now on.
+    Revoke { id: String },
+    /// Approve the re-binding of an agent whose certificate expired.
+    Approve { id: String },
+}
+
+#[derive(Subcommand)]
+enum OperatorsCmd {
+    /// Issue an operator identity into DIR (the key is made here).
+    Issue {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke an operator.
+    Revoke { name: String },
+    /// List operators.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct InventoryArgs {
+    #[command(subcommand)]
+    sub: Option<InventoryCmd>,
+    /// Only certificates expiring within this duration (e.g. 90d).
+    #[arg(long, value_parser = duration)]
+    expiring_within: Option<Duration>,
+    /// Only this platform (vsphere, ovirt, gke, kubeadm, kubernetes, any).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Only this role (or role prefix, e.g. vsphere.solution_user).
+    #[arg(long)]
+    role: Option<String>,
+    /// Only what this agent (id or name) reported.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only certificates issued by the CA with this fingerprint.
+    #[arg(long)]
+    issued_by: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Subcommand)]
+enum InventoryCmd {
+    /// One certificate: where it is, its chain, what it signs.
+    Show {
+        fingerprint: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Ask agents (all connected, or one) to rescan now.
+    Rescan { agent: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Write the whole state as JSON lines.
+    Export {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load an export into a fresh data directory's store.
+    Import {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    certfleet_common::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certfleet: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn connect(cli: &Cli) -> anyhow::Result<Conn> {
+    let dir = cli
+        .identity
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no operator identity: pass --identity DIR or set CERTFLEET_IDENTITY (e.g. DATA_DIR/admin)"))?;
+    Conn::new(&cli.controller, &dir)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Init { data_dir, san } => {
+            server::init(data_dir, san)?;
+            let ca = std::fs::read(data_dir.join("ca/ca.pem"))?;
+            let der = certfleet_common::pem::first_certificate(&ca)?;
+            println!("fleet CA     {}", certfleet_common::pki::sha256_hex(&der));
+            println!("admin        {}", data_dir.join("admin").display());
+            println!("next         certfleet serve --data-dir {} --listen 0.0.0.0:7443", data_dir.display());
+            Ok(())
+        }
+        Command::Serve { data_dir, listen, http, agent_cert_ttl, heartbeat_interval, auto_approve_rebind } => {
+            let opts = ServeOptions {
+                agent_cert_ttl: *agent_cert_ttl,
+                heartbeat_interval: *heartbeat_interval,
+                auto_approve_rebind: *auto_approve_rebind,
+            };
+            let (fleet, tls) = server::load(data_dir, opts)?;
+            let grpc = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            let http = match http {
+                Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?),
+                None => None,
+            };
+            tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.local_addr().ok()), ca = %fleet.ca.fingerprint(), "serving");
+            server::serve(fleet, tls, grpc, http, shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Store(StoreCmd::Export { data_dir, out }) => {
+            let store = certfleet_controller::store::Store::open(&server::DataDir(data_dir.clone()).state())?;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
+            let n = store.export(&mut f)?;
+            eprintln!("exported {n} documents to {}", out.display());
+            Ok(())
+        }
+        Command::Store(StoreCmd::Import { data_dir, input }) => {
+            let store = certfleet_controller::store::Store::open(&server::DataDir(data_dir.clone()).state())?;
+            let mut f = std::io::BufReader::new(std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?);
+            let n = store.import(&mut f)?;
+            eprintln!("imported {n} documents into {}", data_dir.display());
+            Ok(())
+        }
+        _ => operator(&cli).await,
+    }
+}
+
+async fn operator(cli: &Cli) -> anyhow::Result<()> {
+    let conn = connect(cli)?;
+    let mut c = conn.client();
+    let e = |s| conn.explain(s);
+    match &cli.command {
+        Command::Token(TokenCmd::Create { ttl, label }) => {
+            let r = c
+                .create_token(pb::CreateTokenRequest { ttl_secs: ttl.as_secs(), labels: cli::parse_labels(label)? })
+                .await
+                .map_err(e)?
+                .into_inner();
+            println!("{}", r.token);
+        }
+        Command::Token(TokenCmd::List { output }) => {
+            cli::print_tokens(&c.list_tokens(pb::Empty {}).await.map_err(e)?.into_inner().tokens, *output);
+        }
+        Command::Token(TokenCmd::Revoke { id }) => {
+            c.revoke_token(pb::IdRequest { id: id.clone() }).await.map_err(e)?;
+            eprintln!("token {id} revoked");
+        }
+        Command::Agents(AgentsCmd::List { output }) => {
+            cli::print_agents(&c.list_agents(pb::Empty {}).await.map_err(e)?.into_inner().agents, *output);
+        }
+        Command::Agents(AgentsCmd::Show { id, output }) => {
+            let a = c.get_agent(pb::IdRequest { id: id.clone() }).await.map_err(e)?.into_inner();
+            if *output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&cli::AgentView::from(&a))?);
+            } else {
+                cli::print_agents(&[a], *output);
+            }
+        }
+        Command::Agents(AgentsCmd::Revoke { id }) => {
+            c.revoke_agent(pb::IdRequest { id: id.clone() }).await.map_err(e)?;
+            eprintln!("agent {id} revoked; its stream was closed");
+        }
+        Command::Agents(AgentsCmd::Approve { id }) => {
+            c.approve_agent(pb::IdRequest { id: id.clone() }).await.map_err(e)?;
+            eprintln!("agent {id} approved; it picks up its new certificate on its next attempt");
+        }
+        Command::Operators(OperatorsCmd::Issue { name, role, out }) => {
+            let (key_path, csr) = cli::new_operator_key(out, name)?;
+            let r = match c.issue_operator(pb::IssueOperatorRequest { name: name.clone(), role: role.clone(), csr_pem: csr }).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    // Leave nothing half-made behind.
+                    let _ = std::fs::remove_file(&key_path);
+                    return Err(e(s));
+                }
+            };
+            certfleet_common::atomic::write_file(&out.join("cert.pem"), r.certificate_pem.as_bytes(), certfleet_common::atomic::PUBLIC)?;
+            certfleet_common::atomic::write_file(&out.join("ca.pem"), r.ca_pem.as_bytes(), certfleet_common::atomic::PUBLIC)?;
+            eprintln!("operator {name} ({role}) written to {}", out.display());
+        }
+        Command::Operators(OperatorsCmd::Revoke { name }) => {
+            c.revoke_operator(pb::IdRequest { id: name.clone() }).await.map_err(e)?;
+            eprintln!("operator {name} revoked");
+        }
+        Command::Operators(OperatorsCmd::List { output }) => {
+            cli::print_operators(&c.list_operators(pb::Empty {}).await.map_err(e)?.into_inner().operators, *output);
+        }
+        Command::Audit { output, limit } => {
+            cli::print_audit(&c.audit(pb::AuditRequest { limit: *limit }).await.map_err(e)?.into_inner().entries, *output);
+        }
+        Command::Inventory(args) => match &args.sub {
+            Some(InventoryCmd::Rescan { agent }) => {
+                let r = c.rescan(pb::IdRequest { id: agent.clone().unwrap_or_default() }).await.map_err(e)?.into_inner();
+                eprintln!("rescan requested from {} agent(s)", r.agents);
+            }
+            Some(InventoryCmd::Show { fingerprint, output }) => {
+                let all = c.inventory(pb::InventoryQuery::default()).await.map_err(e)?.into_inner();
+                cli::print_certificate(fingerprint, &all, *output)?;
+            }
+            None => {
+                let q = pb::InventoryQuery {
+                    expiring_within_secs: args.expiring_within.map(|d| d.as_secs()).unwrap_or(0),
+                    platform: args.platform.clone().unwrap_or_default(),
+                    role: args.role.clone().unwrap_or_default(),
+                    agent: args.agent.clone().unwrap_or_default(),
+                    issued_by: args.issued_by.clone().unwrap_or_default(),
+                    fingerprint: String::new(),
+                };
+                cli::print_inventory(&c.inventory(q).await.map_err(e)?.into_inner(), args.output);
+            }
+        },
+        Command::Init { .. } | Command::Serve { .. } | Command::Store(_) => unreachable!("handled in run"),
+    }
+    Ok(())
+}

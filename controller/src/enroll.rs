@@ -1,0 +1,305 @@
+//! Enrollment and re-binding: the only RPCs that work without a client certificate.
+//!
+//! - `Enroll` spends a single-use join token on a CSR made on the agent's host.
+//! - `Rebind` lets an agent whose certificate expired while its host was off come back: the
+//!   old certificate must have been issued by this fleet's CA (its validity period is ignored),
+//!   and a fresh CSR signed by the *same key* proves possession. Unless the controller runs with
+//!   `--auto-approve-rebind`, an operator approves with `certfleet agents approve ID`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certfleet_common::identity::{Identity, identity_of_der, valid_name};
+use certfleet_common::model::now;
+use certfleet_common::pki;
+use certfleet_common::proto::enrollment_server::Enrollment;
+use certfleet_common::proto::{EnrollRequest, EnrollResponse, RebindRequest, RebindResponse, rebind_response};
+use certfleet_common::token::JoinToken;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tonic::{Request, Response, Status};
+
+use crate::fleet::{AgentRecord, AgentState, Fleet, TokenRecord, TokenState, internal};
+
+/// The Enrollment gRPC service.
+pub struct EnrollmentService {
+    fleet: Arc<Fleet>,
+}
+
+impl EnrollmentService {
+    /// Wraps the shared state.
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        EnrollmentService { fleet }
+    }
+
+    fn refuse(&self, kind: &str, status: Status) -> Status {
+        self.fleet.metrics.enrollment(kind);
+        self.fleet.metrics.rpc_error(kind);
+        tracing::warn!(kind, message = status.message(), "enrollment refused");
+        status
+    }
+
+    fn issue(&self, csr_pem: &str, id: &str, name: &str) -> Result<(String, i64, String), Status> {
+        let pem = self
+            .fleet
+            .ca
+            .sign_client_csr(csr_pem, &Identity::Agent(id.to_owned()), name, self.fleet.opts.agent_cert_ttl)
+            .map_err(|e| Status::invalid_argument(format!("certificate signing request: {e}")))?;
+        let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
+        let rec = certfleet_common::x509::parse_der(&der).expect("just issued");
+        Ok((pem, rec.not_after, rec.fingerprint_sha256))
+    }
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let req = request.into_inner();
+        let fleet = &self.fleet;
+        let token = JoinToken::parse(&req.token).map_err(|e| self.refuse("bad_token", Status::invalid_argument(e.to_string())))?;
+        if token.ca_fingerprint != fleet.ca.fingerprint() {
+            return Err(self.refuse(
+                "wrong_fleet",
+                Status::failed_precondition(format!(
+                    "join token was made for another fleet (CA {}…); this controller's CA is {}…",
+                    &token.ca_fingerprint[..16],
+                    &fleet.ca.fingerprint()[..16]
+                )),
+            ));
+        }
+        let key_id = pki::csr_public_key_id(&req.csr_pem)
+            .map_err(|e| self.refuse("bad_csr", Status::invalid_argument(format!("certificate signing request: {e}"))))?;
+        let name = if req.name.is_empty() { req.hostname.clone() } else { req.name.clone() };
+        if !valid_name(&name) {
+            return Err(self.refuse(
+                "bad_name",
+                Status::invalid_argument(format!("agent name {name:?}: use letters, digits, '.', '-', '_'")),
+            ));
+        }
+
+        let _guard = fleet.enroll_lock.lock().await;
+        let hash = token.hash();
+        let stored: TokenRecord = fleet
+            .store
+            .get("tokens", &hash)
+            .map_err(internal)?
+            .ok_or_else(|| self.refuse("unknown_token", Status::unauthenticated("unknown join token")))?;
+        match stored.state {
+            TokenState::Used => {
+                return Err(self.refuse(
+                    "token_reused",
+                    Status::permission_denied(format!(
+                        "join token {} was already used (by agent {}); tokens are single-use",
+                        stored.id,
+                        stored.used_by.as_deref().unwrap_or("?")
+                    )),
+                ));
+            }
+            TokenState::Revoked => {
+                return Err(self.refuse("token_revoked", Status::permission_denied(format!("join token {} was revoked", stored.id))));
+            }
+            TokenState::Active if stored.expires_at <= now() => {
+                return Err(self.refuse(
+                    "token_expired",
+                    Status::permission_denied(format!(
+                        "join token {} expired at {}",
+                        stored.id,
+                        certfleet_common::model::format_time(stored.expires_at)
+                    )),
+                ));
+            }
+            TokenState::Active => {}
+        }
+        let agents: Vec<AgentRecord> = fleet.store.list("agents").map_err(internal)?;
+        if agents.iter().any(|a| a.name == name && a.state != AgentState::Revoked) {
+            return Err(self.refuse(
+                "name_taken",
+                Status::already_exists(format!("an agent named {name:?} is already enrolled (revoke it first, or pass --name)")),
+            ));
+        }
+
+        let id = random_id();
+        let (cert_pem, not_after, fingerprint) = self.issue(&req.csr_pem, &id, &name)?;
+        let used = TokenRecord { state: TokenState::Used, used_by: Some(id.clone()), ..stored.clone() };
+        if !fleet.store.compare_and_swap("tokens", &hash, &stored, &used).map_err(internal)? {
+            return Err(self.refuse("token_reused", Status::permission_denied("join token was used concurrently")));
+        }
+        let record = AgentRecord {
+            id: id.clone(),
+            name: name.clone(),
+            hostname: req.hostname.clone(),
+            platforms: Vec::new(),
+            version: String::new(),
+            state: AgentState::Active,
+            enrolled_at: now(),
+            last_seen: 0,
+            cert_not_after: not_after,
+            cert_fingerprint: fingerprint,
+            key_id,
+            labels: stored.labels.clone(),
+            pending_csr: None,
+            approved_cert: None,
+        };
+        fleet.store.put("agents", &id, &record).map_err(internal)?;
+        fleet.audit(
+            &format!("token:{}", stored.id),
+            "agent.enroll",
+            &format!("agent:{id}"),
+            &format!("name={name} hostname={} from={remote}", req.hostname),
+        )?;
+        fleet.metrics.enrollment("ok");
+        Ok(Response::new(EnrollResponse { agent_id: id, certificate_pem: cert_pem, ca_pem: fleet.ca.cert_pem().to_owned() }))
+    }
+
+    async fn rebind(&self, request: Request<RebindRequest>) -> Result<Response<RebindResponse>, Status> {
+        let req = request.into_inner();
+        let fleet = &self.fleet;
+        let der = certfleet_common::pem::first_certificate(req.certificate_pem.as_bytes())
+            .map_err(|e| Status::invalid_argument(format!("old certificate: {e}")))?;
+        verify_issued_by(fleet.ca.cert_pem(), &der).map_err(|e| {
+            self.refuse("rebind_foreign", Status::permission_denied(format!("old certificate was not issued by this fleet's CA: {e}")))
+        })?;
+        let id = match identity_of_der(&der) {
+            Ok(Identity::Agent(id)) => id,
+            _ => return Err(self.refuse("rebind_bad_identity", Status::permission_denied("old certificate is not an agent certificate"))),
+        };
+        let key_id = pki::csr_public_key_id(&req.csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("certificate signing request: {e}")))?;
+
+        let _guard = fleet.enroll_lock.lock().await;
+        let mut agent: AgentRecord = fleet
+            .store
+            .get("agents", &id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("agent {id} is not enrolled here")))?;
+        if agent.state == AgentState::Revoked {
+            return Err(self.refuse("revoked", Status::permission_denied(format!("agent {} ({id}) has been revoked", agent.name))));
+        }
+        if key_id != agent.key_id {
+            return Err(self.refuse(
+                "rebind_wrong_key",
+                Status::permission_denied("the CSR is not signed by the key this agent enrolled with"),
+            ));
+        }
+        if let Some(cert) = agent.approved_cert.take() {
+            agent.state = AgentState::Active;
+            fleet.store.put("agents", &id, &agent).map_err(internal)?;
+            fleet.store.flush().map_err(internal)?;
+            return Ok(Response::new(RebindResponse {
+                state: rebind_response::State::Issued as i32,
+                certificate_pem: cert,
+                ca_pem: fleet.ca.cert_pem().to_owned(),
+            }));
+        }
+        if fleet.opts.auto_approve_rebind {
+            let (cert, not_after, fp) = self.issue(&req.csr_pem, &id, &agent.name)?;
+            agent.state = AgentState::Active;
+            agent.cert_not_after = not_after;
+            agent.cert_fingerprint = fp;
+            agent.pending_csr = None;
+            fleet.store.put("agents", &id, &agent).map_err(internal)?;
+            fleet.audit("controller", "agent.rebind", &format!("agent:{id}"), "auto-approved")?;
+            return Ok(Response::new(RebindResponse {
+                state: rebind_response::State::Issued as i32,
+                certificate_pem: cert,
+                ca_pem: fleet.ca.cert_pem().to_owned(),
+            }));
+        }
+        if agent.state != AgentState::PendingApproval {
+            agent.state = AgentState::PendingApproval;
+            agent.pending_csr = Some(req.csr_pem.clone());
+            fleet.store.put("agents", &id, &agent).map_err(internal)?;
+            fleet.audit(&format!("agent:{id}"), "agent.rebind_request", &format!("agent:{id}"), &format!("name={}", agent.name))?;
+        } else {
+            agent.pending_csr = Some(req.csr_pem.clone());
+            fleet.store.put("agents", &id, &agent).map_err(internal)?;
+        }
+        Ok(Response::new(RebindResponse {
+            state: rebind_response::State::PendingApproval as i32,
+            certificate_pem: String::new(),
+            ca_pem: String::new(),
+        }))
+    }
+}
+
+/// Approves a pending re-bind: signs the pending CSR. Called by the operator service.
+pub fn approve(fleet: &Fleet, agent: &mut AgentRecord) -> Result<(), Status> {
+    let csr = agent
+        .pending_csr
+        .take()
+        .ok_or_else(|| Status::failed_precondition(format!("agent {} has no pending re-bind request", agent.name)))?;
+    let pem = fleet
+        .ca
+        .sign_client_csr(&csr, &Identity::Agent(agent.id.clone()), &agent.name, fleet.opts.agent_cert_ttl)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
+    let rec = certfleet_common::x509::parse_der(&der).expect("just issued");
+    agent.cert_not_after = rec.not_after;
+    agent.cert_fingerprint = rec.fingerprint_sha256;
+    agent.approved_cert = Some(pem);
+    agent.state = AgentState::Active;
+    Ok(())
+}
+
+/// Checks that `der` was signed by the CA in `ca_pem`, at a time inside its own validity (so an
+/// expired certificate still verifies, but a forged or foreign one does not).
+pub fn verify_issued_by(ca_pem: &str, der: &[u8]) -> Result<(), String> {
+    let ca_der = certfleet_common::pem::first_certificate(ca_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let ca_der = CertificateDer::from(ca_der);
+    let anchor = webpki::anchor_from_trusted_cert(&ca_der).map_err(|e| format!("{e:?}"))?;
+    let rec = certfleet_common::x509::parse_der(der).map_err(|e| e.to_string())?;
+    let leaf = CertificateDer::from(der.to_vec());
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("{e:?}"))?;
+    let at = UnixTime::since_unix_epoch(Duration::from_secs((rec.not_before.max(0) + 1) as u64));
+    ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &[], at, webpki::KeyUsage::client_auth(), None, None)
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// 16 hex characters of randomness: agent ids.
+pub fn random_id() -> String {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
+    hex::encode(b)
+}
+
+/// Creates a token record; returns `(token text, record)`.
+pub fn new_token(fleet: &Fleet, ttl_secs: u64, labels: BTreeMap<String, String>, created_by: &str) -> (String, TokenRecord) {
+    let token = JoinToken::generate(fleet.ca.fingerprint());
+    let now = now();
+    let rec = TokenRecord {
+        id: token.id(),
+        hash: token.hash(),
+        created_at: now,
+        expires_at: now + ttl_secs as i64,
+        created_by: created_by.to_owned(),
+        labels,
+        state: TokenState::Active,
+        used_by: None,
+    };
+    (token.to_text(), rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_certificate_of_our_ca_verifies_foreign_does_not() {
+        let ours = pki::generate_ca("ours", Duration::from_secs(3600)).unwrap();
+        let ours_ca = pki::FleetCa::from_pem(&ours.cert_pem, &ours.key_pem).unwrap();
+        let theirs = pki::generate_ca("theirs", Duration::from_secs(3600)).unwrap();
+        let theirs_ca = pki::FleetCa::from_pem(&theirs.cert_pem, &theirs.key_pem).unwrap();
+        let (_k, csr) = pki::new_key_and_csr("a").unwrap();
+        let id = Identity::Agent("a".into());
+        // Lifetime of 1 s: expired by the time we check.
+        let short = ours_ca.sign_client_csr(&csr, &id, "a", Duration::from_secs(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let der = certfleet_common::pem::first_certificate(short.as_bytes()).unwrap();
+        verify_issued_by(&ours.cert_pem, &der).unwrap();
+        let foreign = theirs_ca.sign_client_csr(&csr, &id, "a", Duration::from_secs(60)).unwrap();
+        let der = certfleet_common::pem::first_certificate(foreign.as_bytes()).unwrap();
+        assert!(verify_issued_by(&ours.cert_pem, &der).is_err());
+    }
+}

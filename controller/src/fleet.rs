@@ -1,0 +1,409 @@
+//! The controller's shared state: records kept in the store, the registry of live agent
+//! streams, and the authorization rules every service applies.
+//!
+//! Authorization is in one place on purpose. The caller's identity is always the URI SAN of
+//! its verified client certificate ([`Fleet::caller`]); a request field never names who is
+//! speaking. Agents may only use the agent link, operators only the operator API, viewers only
+//! read, and anything revoked is refused with a message that says so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use certfleet_common::identity::{Identity, identity_of_der};
+use certfleet_common::model::now;
+use certfleet_common::pki::FleetCa;
+use certfleet_common::proto::ControllerMessage;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tonic::{Request, Status};
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Runtime settings of `certfleet serve`.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Lifetime of agent certificates.
+    pub agent_cert_ttl: Duration,
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Re-bind expired agents without operator approval.
+    pub auto_approve_rebind: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            agent_cert_ttl: Duration::from_secs(30 * 86_400),
+            heartbeat_interval: Duration::from_secs(15),
+            auto_approve_rebind: false,
+        }
+    }
+}
+
+/// Lifecycle of an enrolled agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Enrolled and allowed to connect.
+    Active,
+    /// Asked to re-bind with an expired certificate; waits for `agents approve`.
+    PendingApproval,
+    /// Refused from now on.
+    Revoked,
+}
+
+impl AgentState {
+    /// Lowercase word for listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Active => "active",
+            AgentState::PendingApproval => "pending_approval",
+            AgentState::Revoked => "revoked",
+        }
+    }
+}
+
+/// An enrolled agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Controller-assigned id (also in the certificate's SAN URI).
+    pub id: String,
+    /// Operator-facing name (unique).
+    pub name: String,
+    /// Host name reported by the agent.
+    pub hostname: String,
+    /// Platforms detected on the host.
+    pub platforms: Vec<String>,
+    /// Agent version.
+    pub version: String,
+    /// Lifecycle state.
+    pub state: AgentState,
+    /// When it enrolled.
+    pub enrolled_at: i64,
+    /// Last heartbeat persisted (the live value is in the registry).
+    pub last_seen: i64,
+    /// Not-after of the newest certificate issued to it.
+    pub cert_not_after: i64,
+    /// SHA-256 of that certificate.
+    pub cert_fingerprint: String,
+    /// SHA-256 of the public key it enrolled with (re-binding must prove this key).
+    pub key_id: String,
+    /// Labels from the join token.
+    pub labels: BTreeMap<String, String>,
+    /// CSR of a pending re-bind.
+    #[serde(default)]
+    pub pending_csr: Option<String>,
+    /// Certificate issued on approval, waiting to be picked up by the agent.
+    #[serde(default)]
+    pub approved_cert: Option<String>,
+}
+
+/// State of a join token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    /// Usable once.
+    Active,
+    /// Used by an enrollment.
+    Used,
+    /// Revoked by an operator.
+    Revoked,
+}
+
+/// A join token; only the hash of its secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Short id for listing and revoking (prefix of the hash).
+    pub id: String,
+    /// SHA-256 of the secret.
+    pub hash: String,
+    /// Created at.
+    pub created_at: i64,
+    /// Expires at.
+    pub expires_at: i64,
+    /// Operator who created it.
+    pub created_by: String,
+    /// Labels given to agents enrolled with it.
+    pub labels: BTreeMap<String, String>,
+    /// State.
+    pub state: TokenState,
+    /// Agent id that used it.
+    pub used_by: Option<String>,
+}
+
+/// Operator roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May change anything.
+    Admin,
+    /// May read.
+    Viewer,
+}
+
+impl Role {
+    /// Parses `admin` / `viewer`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
+    /// Lowercase word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// An operator identity.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    /// Name (in the certificate's SAN URI).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Revoked operators are refused.
+    pub revoked: bool,
+    /// Issued at.
+    pub issued_at: i64,
+    /// Who issued it.
+    pub issued_by: String,
+    /// Fingerprint of the certificate issued.
+    pub cert_fingerprint: String,
+}
+
+/// One audit log entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// When.
+    pub at: i64,
+    /// Who (`operator:alice`, `agent:…`, `controller`, `token:…`).
+    pub actor: String,
+    /// What (`token.create`, `agent.enroll`, `agent.revoke`, …).
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Details.
+    pub detail: String,
+}
+
+// === impl Registry ===
+
+/// A live agent stream.
+struct Conn {
+    session: u64,
+    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+    remote: String,
+    last_seen: i64,
+}
+
+/// Live agent streams, keyed by agent id. One entry per connected agent, bounded channel per
+/// stream: memory per connection is fixed, and no task or thread per agent beyond the stream.
+#[derive(Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<String, Conn>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl Registry {
+    /// Registers a stream; an older stream of the same agent is closed.
+    pub fn connect(&self, agent: &str, tx: mpsc::Sender<Result<ControllerMessage, Status>>, remote: String) -> u64 {
+        let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let old = self.conns.lock().unwrap().insert(agent.to_owned(), Conn { session, tx, remote, last_seen: now() });
+        if let Some(old) = old {
+            let _ = old.tx.try_send(Err(Status::aborted("superseded by a newer session of the same agent")));
+        }
+        session
+    }
+
+    /// Unregisters a stream if it is still the current one.
+    pub fn disconnect(&self, agent: &str, session: u64) -> Option<i64> {
+        let mut conns = self.conns.lock().unwrap();
+        if conns.get(agent).is_some_and(|c| c.session == session) {
+            return conns.remove(agent).map(|c| c.last_seen);
+        }
+        None
+    }
+
+    /// Closes an agent's stream with `status` (revocation).
+    pub fn kick(&self, agent: &str, status: Status) {
+        if let Some(c) = self.conns.lock().unwrap().remove(agent) {
+            let _ = c.tx.try_send(Err(status));
+        }
+    }
+
+    /// Notes a heartbeat.
+    pub fn touch(&self, agent: &str) {
+        if let Some(c) = self.conns.lock().unwrap().get_mut(agent) {
+            c.last_seen = now();
+        }
+    }
+
+    /// Whether the agent has a live stream, and its last heartbeat and address.
+    pub fn status(&self, agent: &str) -> Option<(i64, String)> {
+        self.conns.lock().unwrap().get(agent).map(|c| (c.last_seen, c.remote.clone()))
+    }
+
+    /// Sends a message to a connected agent; false if it is not connected or its queue is full.
+    pub fn send(&self, agent: &str, msg: ControllerMessage) -> bool {
+        let tx = self.conns.lock().unwrap().get(agent).map(|c| c.tx.clone());
+        tx.is_some_and(|tx| tx.try_send(Ok(msg)).is_ok())
+    }
+
+    /// Ids of connected agents.
+    pub fn connected(&self) -> Vec<String> {
+        self.conns.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Number of connected agents.
+    pub fn count(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    /// `(agent, last_seen)` of every live stream, for batched persistence.
+    pub fn last_seen(&self) -> Vec<(String, i64)> {
+        self.conns.lock().unwrap().iter().map(|(k, c)| (k.clone(), c.last_seen)).collect()
+    }
+}
+
+// === impl Fleet ===
+
+/// Everything the services share.
+pub struct Fleet {
+    /// Durable state.
+    pub store: Store,
+    /// The fleet CA.
+    pub ca: FleetCa,
+    /// Settings.
+    pub opts: ServeOptions,
+    /// Live streams.
+    pub registry: Registry,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Serializes enrollment and re-binding decisions.
+    pub enroll_lock: tokio::sync::Mutex<()>,
+    /// Notified when something an inventory watcher cares about changes.
+    pub changed: tokio::sync::Notify,
+}
+
+/// A store error as a gRPC status (the detail goes to the log, not the client).
+pub fn internal(e: StoreError) -> Status {
+    tracing::error!(error = %e, "state store failure");
+    Status::internal(format!("controller state store failure: {e}"))
+}
+
+impl Fleet {
+    /// The verified identity of the caller.
+    pub fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        let certs = req.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
+            self.metrics.rpc_error("unauthenticated");
+            Status::unauthenticated("a client certificate is required (only enrollment works without one)")
+        })?;
+        identity_of_der(leaf.as_ref()).map_err(|e| {
+            self.metrics.rpc_error("unauthenticated");
+            Status::unauthenticated(e.to_string())
+        })
+    }
+
+    /// The calling agent's record; refuses operators and revoked or unknown agents.
+    pub fn require_agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
+        let id = match self.caller(req)? {
+            Identity::Agent(id) => id,
+            other => {
+                self.metrics.rpc_error("permission_denied");
+                return Err(Status::permission_denied(format!("{other} is not an agent")));
+            }
+        };
+        let rec: AgentRecord = self
+            .store
+            .get("agents", &id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::unauthenticated(format!("unknown agent {id}")))?;
+        if rec.state == AgentState::Revoked {
+            self.metrics.rpc_error("revoked");
+            return Err(Status::permission_denied(format!("agent {} ({id}) has been revoked", rec.name)));
+        }
+        Ok(rec)
+    }
+
+    /// The calling operator; `mutate` requires the admin role.
+    pub fn require_operator<T>(&self, req: &Request<T>, mutate: bool) -> Result<OperatorRecord, Status> {
+        let name = match self.caller(req)? {
+            Identity::Operator(n) => n,
+            other => {
+                self.metrics.rpc_error("permission_denied");
+                return Err(Status::permission_denied(format!(
+                    "{other} may not use the operator API (use an operator identity)"
+                )));
+            }
+        };
+        let op: OperatorRecord = self
+            .store
+            .get("operators", &name)
+            .map_err(internal)?
+            .ok_or_else(|| Status::unauthenticated(format!("unknown operator {name}")))?;
+        if op.revoked {
+            self.metrics.rpc_error("revoked");
+            return Err(Status::permission_denied(format!("operator {name} has been revoked")));
+        }
+        if mutate && op.role != Role::Admin {
+            self.metrics.rpc_error("permission_denied");
+            return Err(Status::permission_denied(format!(
+                "operator {name} has role {}; this needs admin",
+                op.role.as_str()
+            )));
+        }
+        Ok(op)
+    }
+
+    /// Records a mutation in the audit log and makes it durable.
+    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), Status> {
+        self.store
+            .append("audit", |seq| AuditEntry {
+                seq,
+                at: now(),
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                target: target.to_owned(),
+                detail: detail.to_owned(),
+            })
+            .map_err(internal)?;
+        self.store.flush().map_err(internal)?;
+        tracing::info!(actor, action, target, detail, "audit");
+        Ok(())
+    }
+
+    /// Finds an agent by id or name.
+    pub fn find_agent(&self, id_or_name: &str) -> Result<AgentRecord, Status> {
+        if let Some(a) = self.store.get::<AgentRecord>("agents", id_or_name).map_err(internal)? {
+            return Ok(a);
+        }
+        self.store
+            .list::<AgentRecord>("agents")
+            .map_err(internal)?
+            .into_iter()
+            .find(|a| a.name == id_or_name)
+            .ok_or_else(|| Status::not_found(format!("no agent with id or name {id_or_name:?}")))
+    }
+
+    /// Persists the registry's heartbeat times (batched; not flushed: losing a few seconds of
+    /// `last_seen` in a crash is harmless).
+    pub fn persist_last_seen(&self) {
+        for (id, seen) in self.registry.last_seen() {
+            if let Ok(Some(mut a)) = self.store.get::<AgentRecord>("agents", &id) {
+                a.last_seen = seen;
+                let _ = self.store.put("agents", &id, &a);
+            }
+        }
+    }
+}

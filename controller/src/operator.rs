@@ -1,0 +1,277 @@
+//! The operator API behind the `certfleet` CLI. Reads need any operator; mutations need an
+//! admin; every mutation is audited before it answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certfleet_common::identity::{Identity, valid_name};
+use certfleet_common::model::now;
+use certfleet_common::proto as pb;
+use certfleet_common::proto::operator_server::Operator;
+use tonic::{Request, Response, Status};
+
+use crate::fleet::{AgentRecord, AgentState, AuditEntry, Fleet, OperatorRecord, Role, TokenRecord, TokenState, internal};
+
+/// Lifetime of operator certificates issued through the API.
+pub const OPERATOR_CERT_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// The Operator gRPC service.
+pub struct OperatorService {
+    fleet: Arc<Fleet>,
+}
+
+impl OperatorService {
+    /// Wraps the shared state.
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        OperatorService { fleet }
+    }
+}
+
+fn labels(l: &BTreeMap<String, String>) -> Vec<pb::Label> {
+    l.iter().map(|(k, v)| pb::Label { key: k.clone(), value: v.clone() }).collect()
+}
+
+/// The wire view of an agent.
+pub fn agent_info(fleet: &Fleet, a: &AgentRecord) -> pb::AgentInfo {
+    let live = fleet.registry.status(&a.id);
+    pb::AgentInfo {
+        id: a.id.clone(),
+        name: a.name.clone(),
+        hostname: a.hostname.clone(),
+        platforms: a.platforms.clone(),
+        version: a.version.clone(),
+        connected: live.is_some(),
+        last_seen: live.as_ref().map(|l| l.0).unwrap_or(a.last_seen),
+        cert_not_after: a.cert_not_after,
+        state: a.state.as_str().to_owned(),
+        enrolled_at: a.enrolled_at,
+        labels: labels(&a.labels),
+        cert_fingerprint: a.cert_fingerprint.clone(),
+        remote_addr: live.map(|l| l.1).unwrap_or_default(),
+    }
+}
+
+fn token_info(t: &TokenRecord) -> pb::TokenInfo {
+    let state = match t.state {
+        TokenState::Active if t.expires_at <= now() => "expired",
+        TokenState::Active => "active",
+        TokenState::Used => "used",
+        TokenState::Revoked => "revoked",
+    };
+    pb::TokenInfo {
+        id: t.id.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        created_by: t.created_by.clone(),
+        labels: labels(&t.labels),
+        state: state.into(),
+        used_by: t.used_by.clone().unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn who_am_i(&self, request: Request<pb::Empty>) -> Result<Response<pb::OperatorInfo>, Status> {
+        let op = self.fleet.require_operator(&request, false)?;
+        Ok(Response::new(pb::OperatorInfo { name: op.name, role: op.role.as_str().into() }))
+    }
+
+    async fn create_token(&self, request: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let req = request.into_inner();
+        if req.ttl_secs == 0 {
+            return Err(Status::invalid_argument("token ttl must be more than zero"));
+        }
+        let labels: BTreeMap<String, String> = req.labels.into_iter().map(|l| (l.key, l.value)).collect();
+        let (text, rec) = crate::enroll::new_token(&self.fleet, req.ttl_secs, labels, &op.name);
+        self.fleet.store.put("tokens", &rec.hash, &rec).map_err(internal)?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "token.create",
+            &format!("token:{}", rec.id),
+            &format!("expires_at={}", certfleet_common::model::format_time(rec.expires_at)),
+        )?;
+        Ok(Response::new(pb::CreateTokenResponse { token: text, id: rec.id, expires_at: rec.expires_at }))
+    }
+
+    async fn list_tokens(&self, request: Request<pb::Empty>) -> Result<Response<pb::TokenList>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let mut tokens: Vec<TokenRecord> = self.fleet.store.list("tokens").map_err(internal)?;
+        tokens.sort_by_key(|t| t.created_at);
+        Ok(Response::new(pb::TokenList { tokens: tokens.iter().map(token_info).collect() }))
+    }
+
+    async fn revoke_token(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let id = request.into_inner().id;
+        let tokens: Vec<TokenRecord> = self.fleet.store.list("tokens").map_err(internal)?;
+        let mut t = tokens
+            .into_iter()
+            .find(|t| t.id == id || (id.len() >= 6 && t.id.starts_with(&id)))
+            .ok_or_else(|| Status::not_found(format!("no token with id {id:?}")))?;
+        if t.state != TokenState::Active {
+            return Err(Status::failed_precondition(format!("token {} is already {:?}", t.id, t.state)));
+        }
+        t.state = TokenState::Revoked;
+        self.fleet.store.put("tokens", &t.hash, &t).map_err(internal)?;
+        self.fleet.audit(&format!("operator:{}", op.name), "token.revoke", &format!("token:{}", t.id), "")?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_agents(&self, request: Request<pb::Empty>) -> Result<Response<pb::AgentList>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let mut agents: Vec<AgentRecord> = self.fleet.store.list("agents").map_err(internal)?;
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::AgentList { agents: agents.iter().map(|a| agent_info(&self.fleet, a)).collect() }))
+    }
+
+    async fn get_agent(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::AgentInfo>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let a = self.fleet.find_agent(&request.into_inner().id)?;
+        Ok(Response::new(agent_info(&self.fleet, &a)))
+    }
+
+    async fn revoke_agent(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let mut a = self.fleet.find_agent(&request.into_inner().id)?;
+        if a.state == AgentState::Revoked {
+            return Err(Status::failed_precondition(format!("agent {} is already revoked", a.name)));
+        }
+        a.state = AgentState::Revoked;
+        a.pending_csr = None;
+        a.approved_cert = None;
+        self.fleet.store.put("agents", &a.id, &a).map_err(internal)?;
+        crate::inventory::forget(&self.fleet, &a.id)?;
+        self.fleet.audit(&format!("operator:{}", op.name), "agent.revoke", &format!("agent:{}", a.id), &format!("name={}", a.name))?;
+        // Durable first, then close the live stream at once.
+        self.fleet.registry.kick(&a.id, Status::permission_denied(format!("agent {} ({}) has been revoked", a.name, a.id)));
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn approve_agent(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let _guard = self.fleet.enroll_lock.lock().await;
+        let mut a = self.fleet.find_agent(&request.into_inner().id)?;
+        if a.state != AgentState::PendingApproval {
+            return Err(Status::failed_precondition(format!(
+                "agent {} is {}, not waiting for approval",
+                a.name,
+                a.state.as_str()
+            )));
+        }
+        crate::enroll::approve(&self.fleet, &mut a)?;
+        self.fleet.store.put("agents", &a.id, &a).map_err(internal)?;
+        self.fleet.audit(&format!("operator:{}", op.name), "agent.approve", &format!("agent:{}", a.id), &format!("name={}", a.name))?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn issue_operator(&self, request: Request<pb::IssueOperatorRequest>) -> Result<Response<pb::IssueOperatorResponse>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let req = request.into_inner();
+        if !valid_name(&req.name) {
+            return Err(Status::invalid_argument(format!("operator name {:?}: use letters, digits, '.', '-', '_'", req.name)));
+        }
+        let role = Role::parse(&req.role).ok_or_else(|| Status::invalid_argument(format!("role {:?}: admin or viewer", req.role)))?;
+        if let Some(existing) = self.fleet.store.get::<OperatorRecord>("operators", &req.name).map_err(internal)? {
+            if !existing.revoked {
+                return Err(Status::already_exists(format!("operator {} exists (revoke it first)", req.name)));
+            }
+        }
+        let pem = self
+            .fleet
+            .ca
+            .sign_client_csr(&req.csr_pem, &Identity::Operator(req.name.clone()), &req.name, OPERATOR_CERT_TTL)
+            .map_err(|e| Status::invalid_argument(format!("certificate signing request: {e}")))?;
+        let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
+        let rec = OperatorRecord {
+            name: req.name.clone(),
+            role,
+            revoked: false,
+            issued_at: now(),
+            issued_by: op.name.clone(),
+            cert_fingerprint: certfleet_common::pki::sha256_hex(&der),
+        };
+        self.fleet.store.put("operators", &req.name, &rec).map_err(internal)?;
+        self.fleet.audit(&format!("operator:{}", op.name), "operator.issue", &format!("operator:{}", req.name), &format!("role={}", role.as_str()))?;
+        Ok(Response::new(pb::IssueOperatorResponse { certificate_pem: pem, ca_pem: self.fleet.ca.cert_pem().to_owned() }))
+    }
+
+    async fn revoke_operator(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let name = request.into_inner().id;
+        let mut rec: OperatorRecord = self
+            .fleet
+            .store
+            .get("operators", &name)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no operator named {name:?}")))?;
+        if rec.revoked {
+            return Err(Status::failed_precondition(format!("operator {name} is already revoked")));
+        }
+        rec.revoked = true;
+        self.fleet.store.put("operators", &name, &rec).map_err(internal)?;
+        self.fleet.audit(&format!("operator:{}", op.name), "operator.revoke", &format!("operator:{name}"), "")?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_operators(&self, request: Request<pb::Empty>) -> Result<Response<pb::OperatorList>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let ops: Vec<OperatorRecord> = self.fleet.store.list("operators").map_err(internal)?;
+        Ok(Response::new(pb::OperatorList {
+            operators: ops
+                .into_iter()
+                .map(|o| pb::OperatorEntry {
+                    name: o.name,
+                    role: o.role.as_str().into(),
+                    state: if o.revoked { "revoked" } else { "active" }.into(),
+                    issued_at: o.issued_at,
+                    issued_by: o.issued_by,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditList>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let limit = match request.into_inner().limit {
+            0 => 10_000,
+            n => n as usize,
+        };
+        let entries: Vec<AuditEntry> = self.fleet.store.tail("audit", limit).map_err(internal)?;
+        Ok(Response::new(pb::AuditList {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditEntry { seq: e.seq, at: e.at, actor: e.actor, action: e.action, target: e.target, detail: e.detail })
+                .collect(),
+        }))
+    }
+
+    async fn inventory(&self, request: Request<pb::InventoryQuery>) -> Result<Response<pb::InventoryList>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        Ok(Response::new(crate::inventory::query(&self.fleet, request.get_ref())?))
+    }
+
+    async fn rescan(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::RescanResponse>, Status> {
+        let op = self.fleet.require_operator(&request, false)?;
+        let target = request.into_inner().id;
+        let ids = if target.is_empty() {
+            self.fleet.registry.connected()
+        } else {
+            vec![self.fleet.find_agent(&target)?.id]
+        };
+        let mut n = 0;
+        for id in &ids {
+            let msg = pb::ControllerMessage {
+                kind: Some(pb::controller_message::Kind::Scan(pb::ScanRequest { reason: format!("requested by {}", op.name) })),
+            };
+            if self.fleet.registry.send(id, msg) {
+                n += 1;
+            }
+        }
+        if !target.is_empty() && n == 0 {
+            return Err(Status::unavailable(format!("agent {target} is not connected")));
+        }
+        Ok(Response::new(pb::RescanResponse { agents: n }))
+    }
+}

@@ -1,0 +1,241 @@
+//! `certfleet init` and `certfleet serve`: the data directory, and the daemon that serves gRPC
+//! (mTLS) and HTTP (`/healthz`, `/metrics`).
+//!
+//! Data directory layout:
+//! ```text
+//! DIR/ca/ca.pem, ca.key        fleet CA (key 0600)
+//! DIR/server/cert.pem, key.pem controller TLS identity (key 0600)
+//! DIR/admin/ca.pem, cert.pem, key.pem   first admin operator identity
+//! DIR/state/                   sled store
+//! ```
+//! [`serve`] takes already-bound listeners and a shutdown future, so tests bind port 0.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use certfleet_common::atomic::{PRIVATE, PUBLIC, create_private_dir, write_file};
+use certfleet_common::identity::Identity;
+use certfleet_common::model::now;
+use certfleet_common::pki::{self, FleetCa};
+use certfleet_common::proto::agent_link_server::AgentLinkServer;
+use certfleet_common::proto::enrollment_server::EnrollmentServer;
+use certfleet_common::proto::operator_server::OperatorServer;
+use tokio::net::TcpListener;
+
+use crate::fleet::{Fleet, OperatorRecord, Role, ServeOptions};
+use crate::store::Store;
+
+/// Fleet CA lifetime.
+const CA_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Controller server certificate lifetime (re-issued at start when within 30 days of expiry).
+const SERVER_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// Paths inside a data directory.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    /// CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.p("ca/ca.pem")
+    }
+    /// CA key.
+    pub fn ca_key(&self) -> PathBuf {
+        self.p("ca/ca.key")
+    }
+    /// Server certificate.
+    pub fn server_cert(&self) -> PathBuf {
+        self.p("server/cert.pem")
+    }
+    /// Server key.
+    pub fn server_key(&self) -> PathBuf {
+        self.p("server/key.pem")
+    }
+    /// SANs the server certificate was made for.
+    pub fn server_sans(&self) -> PathBuf {
+        self.p("server/sans.txt")
+    }
+    /// First admin identity.
+    pub fn admin(&self) -> PathBuf {
+        self.p("admin")
+    }
+    /// sled store.
+    pub fn state(&self) -> PathBuf {
+        self.p("state")
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Writes an operator identity directory (`ca.pem`, `cert.pem`, `key.pem`).
+pub fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+    create_private_dir(dir)?;
+    write_file(&dir.join("key.pem"), key_pem.as_bytes(), PRIVATE)?;
+    write_file(&dir.join("cert.pem"), cert_pem.as_bytes(), PUBLIC)?;
+    write_file(&dir.join("ca.pem"), ca_pem.as_bytes(), PUBLIC)?;
+    Ok(())
+}
+
+fn default_sans(extra: &[String]) -> Vec<String> {
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(h) = nix_hostname() {
+        sans.push(h);
+    }
+    for s in extra {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    sans
+}
+
+fn nix_hostname() -> std::io::Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(h.trim().to_owned())
+}
+
+/// `certfleet init`: creates the fleet CA, the controller's certificate and the first admin.
+pub fn init(dir: &Path, extra_sans: &[String]) -> anyhow::Result<()> {
+    let d = DataDir(dir.to_path_buf());
+    if d.ca_cert().exists() || d.ca_key().exists() {
+        bail!("{} already holds a fleet CA; refusing to overwrite it (a new CA would orphan every enrolled agent)", dir.display());
+    }
+    create_private_dir(dir)?;
+    create_private_dir(&dir.join("ca"))?;
+    create_private_dir(&dir.join("server"))?;
+    let ca = pki::generate_ca("certfleet fleet CA", CA_TTL)?;
+    // Key first: a crash between the two writes leaves no CA certificate without its key.
+    write_file(&d.ca_key(), ca.key_pem.as_bytes(), PRIVATE)?;
+    write_file(&d.ca_cert(), ca.cert_pem.as_bytes(), PUBLIC)?;
+    let fleet_ca = FleetCa::from_pem(&ca.cert_pem, &ca.key_pem)?;
+    issue_server_cert(&d, &fleet_ca, &default_sans(extra_sans))?;
+
+    let (key, csr) = pki::new_key_and_csr("admin")?;
+    let cert = fleet_ca.sign_client_csr(&csr, &Identity::Operator("admin".into()), "admin", crate::operator::OPERATOR_CERT_TTL)?;
+    write_identity(&d.admin(), &ca.cert_pem, &cert, &key)?;
+
+    let store = Store::open(&d.state())?;
+    let der = certfleet_common::pem::first_certificate(cert.as_bytes())?;
+    store.put(
+        "operators",
+        "admin",
+        &OperatorRecord {
+            name: "admin".into(),
+            role: Role::Admin,
+            revoked: false,
+            issued_at: now(),
+            issued_by: "certfleet init".into(),
+            cert_fingerprint: pki::sha256_hex(&der),
+        },
+    )?;
+    store.append("audit", |seq| crate::fleet::AuditEntry {
+        seq,
+        at: now(),
+        actor: "certfleet init".into(),
+        action: "fleet.init".into(),
+        target: format!("ca:{}", fleet_ca.fingerprint()),
+        detail: "created fleet CA, controller certificate and operator admin".into(),
+    })?;
+    store.flush()?;
+    Ok(())
+}
+
+fn issue_server_cert(d: &DataDir, ca: &FleetCa, sans: &[String]) -> anyhow::Result<()> {
+    let server = ca.issue_server(sans, SERVER_TTL)?;
+    write_file(&d.server_key(), server.key_pem.as_bytes(), PRIVATE)?;
+    write_file(&d.server_cert(), server.cert_pem.as_bytes(), PUBLIC)?;
+    write_file(&d.server_sans(), sans.join("\n").as_bytes(), PUBLIC)?;
+    Ok(())
+}
+
+/// Loads the fleet from a data directory, renewing the controller's own certificate when it is
+/// within 30 days of expiry.
+pub fn load(dir: &Path, opts: ServeOptions) -> anyhow::Result<(Arc<Fleet>, Arc<rustls::ServerConfig>)> {
+    let d = DataDir(dir.to_path_buf());
+    if !d.ca_cert().exists() {
+        bail!("{} holds no fleet CA: run `certfleet init --data-dir {}` first", dir.display(), dir.display());
+    }
+    let ca_pem = read(&d.ca_cert())?;
+    let ca = FleetCa::from_pem(&ca_pem, &read(&d.ca_key())?).with_context(|| format!("loading fleet CA from {}", d.ca_cert().display()))?;
+    let server_der = certfleet_common::pem::first_certificate(read(&d.server_cert())?.as_bytes())?;
+    let server = certfleet_common::x509::parse_der(&server_der)?;
+    if server.not_after - now() < 30 * 86_400 {
+        let sans: Vec<String> = read(&d.server_sans()).map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_else(|_| default_sans(&[]));
+        tracing::warn!(not_after = %certfleet_common::model::format_time(server.not_after), "controller certificate near expiry; re-issuing");
+        issue_server_cert(&d, &ca, &sans)?;
+    }
+    let tls = certfleet_common::tls::server_config(&ca_pem, &read(&d.server_cert())?, &read(&d.server_key())?)?;
+    let store = Store::open(&d.state())?;
+    let fleet = Fleet {
+        store,
+        ca,
+        opts,
+        registry: Default::default(),
+        metrics: Default::default(),
+        enroll_lock: Default::default(),
+        changed: Default::default(),
+    };
+    Ok((Arc::new(fleet), tls))
+}
+
+/// Serves gRPC on `grpc` and, if given, HTTP on `http`, until `shutdown` resolves.
+pub async fn serve(
+    fleet: Arc<Fleet>,
+    tls: Arc<rustls::ServerConfig>,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    if let Some(http) = http {
+        let router = crate::http::router(fleet.clone());
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, router).with_graceful_shutdown(wait(rx)).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+
+    // Batched heartbeat persistence: no fsync per heartbeat.
+    let f = fleet.clone();
+    let mut rx = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => f.persist_last_seen(),
+                _ = rx.changed() => break,
+            }
+        }
+    });
+
+    let incoming = certfleet_common::tls::tls_incoming(grpc, tls);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(EnrollmentServer::new(crate::enroll::EnrollmentService::new(fleet.clone())))
+        .add_service(AgentLinkServer::new(crate::link::AgentLinkService::new(fleet.clone())))
+        .add_service(OperatorServer::new(crate::operator::OperatorService::new(fleet.clone())))
+        .serve_with_incoming_shutdown(incoming, wait(stop_rx))
+        .await
+        .context("gRPC server")?;
+    fleet.persist_last_seen();
+    fleet.store.flush()?;
+    Ok(())
+}
