@@ -5,4 +5,6 @@
 pub mod collect;
 pub mod config;
 pub mod exec;
+pub mod link;
 pub mod report;
+pub mod state;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use certfleet_agent::{collect, config::AgentConfig, report};
+use certfleet_agent::{collect, config::AgentConfig, link, report};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -22,6 +22,35 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Enroll this host with a controller using a join token.
+    Enroll {
+        /// Controller address (host:port).
+        #[arg(long, env = "CERTFLEET_CONTROLLER")]
+        controller: String,
+        /// Join token from `certfleet token create`.
+        #[arg(long, env = "CERTFLEET_TOKEN")]
+        token: String,
+        /// Where the agent keeps its identity.
+        #[arg(long, default_value = "/var/lib/certfleet-agent")]
+        state_dir: PathBuf,
+        /// Agent name (default: host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Connect to the controller and serve it until stopped (SIGTERM).
+    Run {
+        #[arg(long, default_value = "/var/lib/certfleet-agent")]
+        state_dir: PathBuf,
+        /// Agent configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Root prefix of the host (overrides the config).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Longest reconnect backoff.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        max_backoff: std::time::Duration,
+    },
     /// Scan this host's certificates locally, without a controller.
     Scan {
         /// Root prefix of the host (default: from config, else /).
@@ -66,8 +95,46 @@ fn main() -> ExitCode {
     }
 }
 
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // Two workers are plenty for one stream and a scan; keeps the agent's footprint small.
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Enroll { controller, token, state_dir, name } => {
+            let state = certfleet_agent::state::StateDir(state_dir);
+            let meta = runtime().block_on(link::enroll(&controller, &token, &state, name.as_deref()))?;
+            println!("enrolled as {} ({}) with {}", meta.name, meta.agent_id, meta.controller);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { state_dir, config, root, max_backoff } => {
+            let cfg = load_config(config.as_ref(), root)?;
+            let state = certfleet_agent::state::StateDir(state_dir);
+            let opts = link::RunOptions { backoff_cap: max_backoff, ..Default::default() };
+            match runtime().block_on(link::run(state, cfg, opts, shutdown_signal())) {
+                Ok(()) => {
+                    tracing::info!("stopped");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ link::LinkError::Revoked(_)) => {
+                    eprintln!("certfleet-agent: {e}");
+                    // EX_NOPERM: the unit's RestartPreventExitStatus keeps systemd from looping.
+                    Ok(ExitCode::from(77))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Scan { root, config, output } => {
             let cfg = load_config(config.as_ref(), root)?;
             let found = collect::scan(&cfg);

@@ -53,6 +53,10 @@ pub fn read_one(path: &std::path::Path, role: &str, password: Option<&str>, out:
         }
     };
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if is_key_only(&bytes) {
+        // Private keys sit next to certificates in most globs; they are not certificates.
+        return;
+    }
     if ext == "p12" || ext == "pfx" {
         read_pkcs12(&shown, &bytes, role, password.unwrap_or(""), out);
     } else {
@@ -89,5 +93,19 @@ pub fn read_pkcs12(shown: &str, bytes: &[u8], role: &str, password: &str, out: &
             shown,
             format!("cannot open PKCS#12 (wrong password or damaged file): {e}"),
         )),
+    }
+}
+
+/// True for PEM files that hold keys (or parameters) and no certificate.
+fn is_key_only(bytes: &[u8]) -> bool {
+    if !certfleet_common::pem::looks_like_pem(bytes) {
+        return false;
+    }
+    match certfleet_common::pem::decode_all(bytes) {
+        Ok(blocks) => {
+            !blocks.is_empty()
+                && blocks.iter().all(|(label, _)| label.contains("KEY") || label.contains("PARAMETERS"))
+        }
+        Err(_) => false,
     }
 }
