@@ -35,11 +35,19 @@ pub enum LinkError {
 
 /// This host's name.
 pub fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `certfleet-agent enroll`.
-pub async fn enroll(controller: &str, token_text: &str, state: &StateDir, name: Option<&str>) -> Result<AgentMeta, LinkError> {
+pub async fn enroll(
+    controller: &str,
+    token_text: &str,
+    state: &StateDir,
+    name: Option<&str>,
+) -> Result<AgentMeta, LinkError> {
     if state.is_enrolled() {
         return Err(LinkError::Other(format!(
             "{} already holds an agent identity; use another --state-dir or remove it first",
@@ -49,28 +57,46 @@ pub async fn enroll(controller: &str, token_text: &str, state: &StateDir, name: 
     let token = JoinToken::parse(token_text).map_err(|e| LinkError::Other(e.to_string()))?;
     let host = hostname();
     let name = name.map(str::to_owned).unwrap_or_else(|| host.clone());
-    let (key_pem, csr_pem) = certfleet_common::pki::new_key_and_csr(&name).map_err(|e| LinkError::Other(e.to_string()))?;
-    let verifier = Arc::new(certfleet_common::tls::PinnedCaVerifier::new(&token.ca_fingerprint));
-    let channel = certfleet_common::tls::pinned_channel(controller, verifier.clone()).map_err(|e| LinkError::Other(e.to_string()))?;
+    let (key_pem, csr_pem) = certfleet_common::pki::new_key_and_csr(&name)
+        .map_err(|e| LinkError::Other(e.to_string()))?;
+    let verifier = Arc::new(certfleet_common::tls::PinnedCaVerifier::new(
+        &token.ca_fingerprint,
+    ));
+    let channel = certfleet_common::tls::pinned_channel(controller, verifier.clone())
+        .map_err(|e| LinkError::Other(e.to_string()))?;
     // The key is on disk (0600) before anything leaves the host; removed again if refused.
     state.save_key(&key_pem)?;
     let result = EnrollmentClient::new(channel)
-        .enroll(pb::EnrollRequest { token: token_text.trim().to_owned(), csr_pem, name: name.clone(), hostname: host })
+        .enroll(pb::EnrollRequest {
+            token: token_text.trim().to_owned(),
+            csr_pem,
+            name: name.clone(),
+            hostname: host,
+        })
         .await;
     let resp = match result {
         Ok(r) => r.into_inner(),
         Err(s) => {
             let _ = std::fs::remove_file(state.key_path());
-            return Err(LinkError::Other(certfleet_common::tls::explain_status(controller, &s)));
+            return Err(LinkError::Other(certfleet_common::tls::explain_status(
+                controller, &s,
+            )));
         }
     };
-    let ca_der = certfleet_common::pem::first_certificate(resp.ca_pem.as_bytes()).map_err(|e| LinkError::Other(format!("controller sent a bad CA: {e}")))?;
+    let ca_der = certfleet_common::pem::first_certificate(resp.ca_pem.as_bytes())
+        .map_err(|e| LinkError::Other(format!("controller sent a bad CA: {e}")))?;
     if certfleet_common::pki::sha256_hex(&ca_der) != token.ca_fingerprint {
         let _ = std::fs::remove_file(state.key_path());
-        return Err(LinkError::Other("controller returned a CA that does not match the join token's pin".into()));
+        return Err(LinkError::Other(
+            "controller returned a CA that does not match the join token's pin".into(),
+        ));
     }
     state.save_cert(&resp.certificate_pem, &resp.ca_pem)?;
-    let meta = AgentMeta { agent_id: resp.agent_id, name, controller: controller.to_owned() };
+    let meta = AgentMeta {
+        agent_id: resp.agent_id,
+        name,
+        controller: controller.to_owned(),
+    };
     state.save_meta(&meta)?;
     Ok(meta)
 }
@@ -95,12 +121,20 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { backoff_base: Duration::from_secs(1), backoff_cap: Duration::from_secs(60) }
+        RunOptions {
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+        }
     }
 }
 
 /// `certfleet-agent run`: keeps a session open until `shutdown` resolves.
-pub async fn run(state: StateDir, cfg: AgentConfig, opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
+pub async fn run(
+    state: StateDir,
+    cfg: AgentConfig,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LinkError> {
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
     loop {
@@ -146,10 +180,15 @@ fn classify(controller: &str, s: tonic::Status) -> LinkError {
 /// "pending approval") go back to the retry loop.
 async fn rebind(state: &StateDir, id: &AgentIdentity) -> Result<(), LinkError> {
     let ctl = &id.meta.controller;
-    let csr = certfleet_common::pki::csr_for_key(&id.key_pem, &id.meta.name).map_err(|e| LinkError::Other(e.to_string()))?;
-    let channel = certfleet_common::tls::anonymous_channel(ctl, &id.ca_pem).map_err(|e| LinkError::Other(e.to_string()))?;
+    let csr = certfleet_common::pki::csr_for_key(&id.key_pem, &id.meta.name)
+        .map_err(|e| LinkError::Other(e.to_string()))?;
+    let channel = certfleet_common::tls::anonymous_channel(ctl, &id.ca_pem)
+        .map_err(|e| LinkError::Other(e.to_string()))?;
     let resp = EnrollmentClient::new(channel)
-        .rebind(pb::RebindRequest { certificate_pem: id.cert_pem.clone(), csr_pem: csr })
+        .rebind(pb::RebindRequest {
+            certificate_pem: id.cert_pem.clone(),
+            csr_pem: csr,
+        })
         .await
         .map_err(|s| classify(ctl, s))?
         .into_inner();
@@ -170,8 +209,12 @@ fn renew_at(id: &AgentIdentity) -> i64 {
     id.not_before + (id.not_after - id.not_before) * 2 / 3
 }
 
-fn send(tx: &mpsc::Sender<pb::AgentMessage>, kind: pb::agent_message::Kind) -> Result<(), LinkError> {
-    tx.try_send(pb::AgentMessage { kind: Some(kind) }).map_err(|e| LinkError::Other(format!("outbound queue: {e}")))
+fn send(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    kind: pb::agent_message::Kind,
+) -> Result<(), LinkError> {
+    tx.try_send(pb::AgentMessage { kind: Some(kind) })
+        .map_err(|e| LinkError::Other(format!("outbound queue: {e}")))
 }
 
 /// What was last reported, to send deltas.
@@ -192,7 +235,12 @@ impl Reported {
             }
             now_set.insert(rec.fingerprint_sha256.clone(), digest);
         }
-        let removed = self.certs.keys().filter(|k| !now_set.contains_key(*k)).cloned().collect();
+        let removed = self
+            .certs
+            .keys()
+            .filter(|k| !now_set.contains_key(*k))
+            .cloned()
+            .collect();
         let full = !self.sent_full;
         self.certs = now_set;
         self.sent_full = true;
@@ -209,14 +257,21 @@ impl Reported {
 
 /// One session. `Ok(true)` once the controller welcomed us (resets backoff) and the session
 /// later ended; errors are returned for the retry loop.
-async fn session(state: &StateDir, id: &AgentIdentity, cfg: &AgentConfig) -> Result<bool, LinkError> {
+async fn session(
+    state: &StateDir,
+    id: &AgentIdentity,
+    cfg: &AgentConfig,
+) -> Result<bool, LinkError> {
     let ctl = id.meta.controller.clone();
-    let channel = certfleet_common::tls::mtls_channel(&ctl, &id.ca_pem, &id.cert_pem, &id.key_pem).map_err(|e| LinkError::Other(e.to_string()))?;
+    let channel = certfleet_common::tls::mtls_channel(&ctl, &id.ca_pem, &id.cert_pem, &id.key_pem)
+        .map_err(|e| LinkError::Other(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(32);
     let cfg = Arc::new(cfg.clone());
     let platforms = {
         let c = cfg.clone();
-        tokio::task::spawn_blocking(move || collect::detect(&c)).await.unwrap_or_default()
+        tokio::task::spawn_blocking(move || collect::detect(&c))
+            .await
+            .unwrap_or_default()
     };
     send(
         &tx,
@@ -238,8 +293,14 @@ async fn session(state: &StateDir, id: &AgentIdentity, cfg: &AgentConfig) -> Res
         .map_err(|_| LinkError::Other("no welcome from controller within 30s".into()))?
         .map_err(|s| classify(&ctl, s))?;
     let interval = match welcome.and_then(|m| m.kind) {
-        Some(pb::controller_message::Kind::Welcome(w)) => Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
-        _ => return Err(LinkError::Other("controller did not answer the hello with a welcome".into())),
+        Some(pb::controller_message::Kind::Welcome(w)) => {
+            Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1)))
+        }
+        _ => {
+            return Err(LinkError::Other(
+                "controller did not answer the hello with a welcome".into(),
+            ));
+        }
     };
     tracing::info!(agent = %id.meta.agent_id, controller = %ctl, "connected");
 
@@ -316,4 +377,3 @@ async fn session(state: &StateDir, id: &AgentIdentity, cfg: &AgentConfig) -> Res
         }
     }
 }
-

@@ -107,21 +107,42 @@ async fn shutdown_signal() {
 
 fn runtime() -> tokio::runtime::Runtime {
     // Two workers are plenty for one stream and a scan; keeps the agent's footprint small.
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Enroll { controller, token, state_dir, name } => {
+        Command::Enroll {
+            controller,
+            token,
+            state_dir,
+            name,
+        } => {
             let state = certfleet_agent::state::StateDir(state_dir);
-            let meta = runtime().block_on(link::enroll(&controller, &token, &state, name.as_deref()))?;
-            println!("enrolled as {} ({}) with {}", meta.name, meta.agent_id, meta.controller);
+            let meta =
+                runtime().block_on(link::enroll(&controller, &token, &state, name.as_deref()))?;
+            println!(
+                "enrolled as {} ({}) with {}",
+                meta.name, meta.agent_id, meta.controller
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { state_dir, config, root, max_backoff } => {
+        Command::Run {
+            state_dir,
+            config,
+            root,
+            max_backoff,
+        } => {
             let cfg = load_config(config.as_ref(), root)?;
             let state = certfleet_agent::state::StateDir(state_dir);
-            let opts = link::RunOptions { backoff_cap: max_backoff, ..Default::default() };
+            let opts = link::RunOptions {
+                backoff_cap: max_backoff,
+                ..Default::default()
+            };
             match runtime().block_on(link::run(state, cfg, opts, shutdown_signal())) {
                 Ok(()) => {
                     tracing::info!("stopped");
@@ -135,7 +156,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Scan { root, config, output } => {
+        Command::Scan {
+            root,
+            config,
+            output,
+        } => {
             let cfg = load_config(config.as_ref(), root)?;
             let found = collect::scan(&cfg);
             let now = certfleet_common::model::now();

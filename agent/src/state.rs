@@ -81,7 +81,10 @@ impl StateDir {
 
     fn read(&self, name: &str) -> Result<String, StateError> {
         let p = self.f(name);
-        std::fs::read_to_string(&p).map_err(|e| StateError::Bad { path: p, reason: e.to_string() })
+        std::fs::read_to_string(&p).map_err(|e| StateError::Bad {
+            path: p,
+            reason: e.to_string(),
+        })
     }
 
     /// Loads the identity.
@@ -89,11 +92,18 @@ impl StateDir {
         if !self.f("agent.json").exists() {
             return Err(StateError::NotEnrolled(self.0.clone()));
         }
-        let meta: AgentMeta = serde_json::from_str(&self.read("agent.json")?)
-            .map_err(|e| StateError::Bad { path: self.f("agent.json"), reason: e.to_string() })?;
+        let meta: AgentMeta =
+            serde_json::from_str(&self.read("agent.json")?).map_err(|e| StateError::Bad {
+                path: self.f("agent.json"),
+                reason: e.to_string(),
+            })?;
         let cert_pem = self.read("cert.pem")?;
-        let bad = |reason: String| StateError::Bad { path: self.f("cert.pem"), reason };
-        let der = certfleet_common::pem::first_certificate(cert_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let bad = |reason: String| StateError::Bad {
+            path: self.f("cert.pem"),
+            reason,
+        };
+        let der = certfleet_common::pem::first_certificate(cert_pem.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
         let rec = certfleet_common::x509::parse_der(&der).map_err(|e| bad(e.to_string()))?;
         Ok(AgentIdentity {
             meta,

@@ -7,8 +7,8 @@ pub mod model;
 pub mod pem;
 pub mod pki;
 pub mod roles;
-pub mod token;
 pub mod tls;
+pub mod token;
 pub mod x509;
 
 pub use certfleet_proto::v1 as proto;

@@ -21,7 +21,9 @@ pub struct JoinToken {
 impl std::fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never log the secret.
-        f.debug_struct("JoinToken").field("ca_fingerprint", &self.ca_fingerprint).finish_non_exhaustive()
+        f.debug_struct("JoinToken")
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -36,13 +38,18 @@ impl JoinToken {
         let mut bytes = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
             .expect("system random number generator");
-        JoinToken { secret: URL_SAFE_NO_PAD.encode(bytes), ca_fingerprint: ca_fingerprint.to_owned() }
+        JoinToken {
+            secret: URL_SAFE_NO_PAD.encode(bytes),
+            ca_fingerprint: ca_fingerprint.to_owned(),
+        }
     }
 
     /// Parses the text form.
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let mut parts = text.trim().split('.');
-        let (Some(p), Some(secret), Some(fp), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(p), Some(secret), Some(fp), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError("expected cfj1.<secret>.<ca-fingerprint>"));
         };
         if p != PREFIX {
@@ -55,7 +62,10 @@ impl JoinToken {
         if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TokenError("CA fingerprint is not 64 hex digits"));
         }
-        Ok(JoinToken { secret: secret.to_owned(), ca_fingerprint: fp.to_lowercase() })
+        Ok(JoinToken {
+            secret: secret.to_owned(),
+            ca_fingerprint: fp.to_lowercase(),
+        })
     }
 
     /// The text form.

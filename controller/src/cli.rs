@@ -36,10 +36,19 @@ impl Conn {
     pub fn new(addr: &str, dir: &Path) -> anyhow::Result<Self> {
         let read = |f: &str| {
             let p = dir.join(f);
-            std::fs::read_to_string(&p).with_context(|| format!("reading operator identity {}", p.display()))
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("reading operator identity {}", p.display()))
         };
-        let channel = certfleet_common::tls::mtls_channel(addr, &read("ca.pem")?, &read("cert.pem")?, &read("key.pem")?)?;
-        Ok(Conn { addr: addr.to_owned(), client: OperatorClient::new(channel) })
+        let channel = certfleet_common::tls::mtls_channel(
+            addr,
+            &read("ca.pem")?,
+            &read("cert.pem")?,
+            &read("key.pem")?,
+        )?;
+        Ok(Conn {
+            addr: addr.to_owned(),
+            client: OperatorClient::new(channel),
+        })
     }
 
     /// The raw client, with errors explained.
@@ -59,7 +68,9 @@ fn t(secs: i64) -> Option<String> {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
     t
 }
 
@@ -117,7 +128,17 @@ pub fn print_agents(agents: &[pb::AgentInfo], format: Format) {
         print_json(&agents.iter().map(AgentView::from).collect::<Vec<_>>());
         return;
     }
-    let mut tb = table(&["ID", "NAME", "HOSTNAME", "PLATFORMS", "STATE", "CONNECTED", "LAST SEEN", "CERT NOT AFTER", "VERSION"]);
+    let mut tb = table(&[
+        "ID",
+        "NAME",
+        "HOSTNAME",
+        "PLATFORMS",
+        "STATE",
+        "CONNECTED",
+        "LAST SEEN",
+        "CERT NOT AFTER",
+        "VERSION",
+    ]);
     for a in agents {
         tb.add_row(vec![
             Cell::new(&a.id),
@@ -129,7 +150,11 @@ pub fn print_agents(agents: &[pb::AgentInfo], format: Format) {
                 "revoked" => Color::Red,
                 _ => Color::Yellow,
             }),
-            Cell::new(if a.connected { "yes" } else { "no" }).fg(if a.connected { Color::Green } else { Color::Red }),
+            Cell::new(if a.connected { "yes" } else { "no" }).fg(if a.connected {
+                Color::Green
+            } else {
+                Color::Red
+            }),
             Cell::new(t(a.last_seen).unwrap_or_else(|| "never".into())),
             Cell::new(t(a.cert_not_after).unwrap_or_default()),
             Cell::new(&a.version),
@@ -171,8 +196,20 @@ pub fn print_tokens(tokens: &[pb::TokenInfo], format: Format) {
     }
     let mut tb = table(&["ID", "STATE", "EXPIRES", "CREATED BY", "LABELS", "USED BY"]);
     for v in views {
-        let labels = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-        tb.add_row(vec![v.id, v.state, v.expires_at.unwrap_or_default(), v.created_by, labels, v.used_by]);
+        let labels = v
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        tb.add_row(vec![
+            v.id,
+            v.state,
+            v.expires_at.unwrap_or_default(),
+            v.created_by,
+            labels,
+            v.used_by,
+        ]);
     }
     println!("{tb}");
 }
@@ -192,7 +229,13 @@ struct OperatorView {
 pub fn print_operators(ops: &[pb::OperatorEntry], format: Format) {
     let views: Vec<OperatorView> = ops
         .iter()
-        .map(|o| OperatorView { name: o.name.clone(), role: o.role.clone(), state: o.state.clone(), issued_at: t(o.issued_at), issued_by: o.issued_by.clone() })
+        .map(|o| OperatorView {
+            name: o.name.clone(),
+            role: o.role.clone(),
+            state: o.state.clone(),
+            issued_at: t(o.issued_at),
+            issued_by: o.issued_by.clone(),
+        })
         .collect();
     if format == Format::Json {
         print_json(&views);
@@ -200,7 +243,13 @@ pub fn print_operators(ops: &[pb::OperatorEntry], format: Format) {
     }
     let mut tb = table(&["NAME", "ROLE", "STATE", "ISSUED AT", "ISSUED BY"]);
     for v in views {
-        tb.add_row(vec![v.name, v.role, v.state, v.issued_at.unwrap_or_default(), v.issued_by]);
+        tb.add_row(vec![
+            v.name,
+            v.role,
+            v.state,
+            v.issued_at.unwrap_or_default(),
+            v.issued_by,
+        ]);
     }
     println!("{tb}");
 }
@@ -221,7 +270,14 @@ struct AuditView {
 pub fn print_audit(entries: &[pb::AuditEntry], format: Format) {
     let views: Vec<AuditView> = entries
         .iter()
-        .map(|e| AuditView { seq: e.seq, at: format_time(e.at), actor: e.actor.clone(), action: e.action.clone(), target: e.target.clone(), detail: e.detail.clone() })
+        .map(|e| AuditView {
+            seq: e.seq,
+            at: format_time(e.at),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            detail: e.detail.clone(),
+        })
         .collect();
     if format == Format::Json {
         print_json(&views);
@@ -229,7 +285,14 @@ pub fn print_audit(entries: &[pb::AuditEntry], format: Format) {
     }
     let mut tb = table(&["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"]);
     for v in views {
-        tb.add_row(vec![v.seq.to_string(), v.at, v.actor, v.action, v.target, v.detail]);
+        tb.add_row(vec![
+            v.seq.to_string(),
+            v.at,
+            v.actor,
+            v.action,
+            v.target,
+            v.detail,
+        ]);
     }
     println!("{tb}");
 }
@@ -306,7 +369,11 @@ fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
 }
 
 fn days_cell(v: &InventoryView) -> Cell {
-    let c = Cell::new(if v.days_left < 0 { format!("EXPIRED {}d ago", -v.days_left) } else { v.days_left.to_string() });
+    let c = Cell::new(if v.days_left < 0 {
+        format!("EXPIRED {}d ago", -v.days_left)
+    } else {
+        v.days_left.to_string()
+    });
     match v.status {
         "expired" => c.fg(Color::Red),
         "expiring" => c.fg(Color::Yellow),
@@ -315,7 +382,11 @@ fn days_cell(v: &InventoryView) -> Cell {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 /// Prints an inventory listing sorted by urgency.
@@ -327,11 +398,19 @@ pub fn print_inventory(list: &pb::InventoryList, format: Format) {
         "expiring" => 1,
         _ => 2,
     };
-    views.sort_by(|a, b| (rank(a.status), &a.not_after, &a.fingerprint_sha256).cmp(&(rank(b.status), &b.not_after, &b.fingerprint_sha256)));
+    views.sort_by(|a, b| {
+        (rank(a.status), &a.not_after, &a.fingerprint_sha256).cmp(&(
+            rank(b.status),
+            &b.not_after,
+            &b.fingerprint_sha256,
+        ))
+    });
     match format {
         Format::Json => print_json(&views),
         Format::Csv => {
-            println!("fingerprint_sha256,status,days_left,not_after,role,platform,subject,issuer,serial,agent,hostname,location");
+            println!(
+                "fingerprint_sha256,status,days_left,not_after,role,platform,subject,issuer,serial,agent,hostname,location"
+            );
             for v in &views {
                 for s in &v.locations {
                     println!(
@@ -353,7 +432,15 @@ pub fn print_inventory(list: &pb::InventoryList, format: Format) {
             }
         }
         Format::Table => {
-            let mut tb = table(&["DAYS LEFT", "NOT AFTER", "ROLE", "SUBJECT", "AGENT", "WHERE", "FINGERPRINT"]);
+            let mut tb = table(&[
+                "DAYS LEFT",
+                "NOT AFTER",
+                "ROLE",
+                "SUBJECT",
+                "AGENT",
+                "WHERE",
+                "FINGERPRINT",
+            ]);
             for v in &views {
                 let agents: Vec<String> = dedup(v.locations.iter().map(|s| s.agent.clone()));
                 let wher: Vec<String> = v.locations.iter().map(|s| s.location.describe()).collect();
@@ -369,14 +456,21 @@ pub fn print_inventory(list: &pb::InventoryList, format: Format) {
             }
             println!("{tb}");
             for h in list.health.iter().filter(|h| !h.healthy) {
-                println!("HEALTH {} {}: {} ({})", h.kind, h.subject, h.state, h.detail);
+                println!(
+                    "HEALTH {} {}: {} ({})",
+                    h.kind, h.subject, h.state, h.detail
+                );
             }
             for p in &list.problems {
                 println!("PROBLEM [{}] {}: {}", p.collector, p.subject, p.message);
             }
             let expired = views.iter().filter(|v| v.status == "expired").count();
             let expiring = views.iter().filter(|v| v.status == "expiring").count();
-            println!("{} certificates: {expired} expired, {expiring} expiring; {} problems", views.len(), list.problems.len());
+            println!(
+                "{} certificates: {expired} expired, {expiring} expiring; {} problems",
+                views.len(),
+                list.problems.len()
+            );
         }
     }
 }
@@ -396,11 +490,17 @@ pub fn print_certificate(fp: &str, all: &pb::InventoryList, format: Format) -> a
     let now = now();
     let items: Vec<&pb::InventoryItem> = all.items.iter().collect();
     let cert = |i: &pb::InventoryItem| i.certificate.clone().unwrap_or_default();
-    let matches: Vec<&&pb::InventoryItem> = items.iter().filter(|i| cert(i).fingerprint_sha256.starts_with(&fp.to_lowercase())).collect();
+    let matches: Vec<&&pb::InventoryItem> = items
+        .iter()
+        .filter(|i| cert(i).fingerprint_sha256.starts_with(&fp.to_lowercase()))
+        .collect();
     let item = match matches.as_slice() {
         [one] => **one,
         [] => anyhow::bail!("no certificate with fingerprint {fp} in the fleet inventory"),
-        _ => anyhow::bail!("fingerprint prefix {fp} is ambiguous ({} matches); give more digits", matches.len()),
+        _ => anyhow::bail!(
+            "fingerprint prefix {fp} is ambiguous ({} matches); give more digits",
+            matches.len()
+        ),
     };
     // Chain: follow AKI → SKI (and issuer DN → subject DN) until a self-signed cert or a gap.
     let mut chain = vec![item];
@@ -408,7 +508,9 @@ pub fn print_certificate(fp: &str, all: &pb::InventoryList, format: Format) -> a
     while cur.subject != cur.issuer && chain.len() < 10 {
         let parent = items.iter().find(|i| {
             let c = cert(i);
-            c.is_ca && c.subject == cur.issuer && (cur.authority_key_id.is_empty() || c.subject_key_id == cur.authority_key_id)
+            c.is_ca
+                && c.subject == cur.issuer
+                && (cur.authority_key_id.is_empty() || c.subject_key_id == cur.authority_key_id)
         });
         match parent {
             Some(p) => {
@@ -423,7 +525,9 @@ pub fn print_certificate(fp: &str, all: &pb::InventoryList, format: Format) -> a
         .iter()
         .filter(|i| {
             let c = cert(i);
-            c.fingerprint_sha256 != me.fingerprint_sha256 && c.issuer == me.subject && (me.subject_key_id.is_empty() || c.authority_key_id == me.subject_key_id)
+            c.fingerprint_sha256 != me.fingerprint_sha256
+                && c.issuer == me.subject
+                && (me.subject_key_id.is_empty() || c.authority_key_id == me.subject_key_id)
         })
         .collect();
     if format == Format::Json {
@@ -437,7 +541,11 @@ pub fn print_certificate(fp: &str, all: &pb::InventoryList, format: Format) -> a
         let complete = cert(chain.last().unwrap()).subject == cert(chain.last().unwrap()).issuer;
         print_json(&Show {
             certificate: inventory_view(item, now),
-            chain: chain.iter().skip(1).map(|i| inventory_view(i, now)).collect(),
+            chain: chain
+                .iter()
+                .skip(1)
+                .map(|i| inventory_view(i, now))
+                .collect(),
             chain_complete: complete,
             signs: signs.iter().map(|i| inventory_view(i, now)).collect(),
         });
@@ -448,8 +556,16 @@ pub fn print_certificate(fp: &str, all: &pb::InventoryList, format: Format) -> a
     println!("subject      {}", v.subject);
     println!("issuer       {}", v.issuer);
     println!("serial       {}", v.serial);
-    println!("validity     {} .. {} ({} days left, {})", v.not_before, v.not_after, v.days_left, v.status);
-    println!("key          {} {} bits{}", v.key_algorithm, v.key_bits, if v.is_ca { ", CA" } else { "" });
+    println!(
+        "validity     {} .. {} ({} days left, {})",
+        v.not_before, v.not_after, v.days_left, v.status
+    );
+    println!(
+        "key          {} {} bits{}",
+        v.key_algorithm,
+        v.key_bits,
+        if v.is_ca { ", CA" } else { "" }
+    );
     println!("sans         {}", v.sans.join(", "));
     println!("role         {} ({})", v.role, v.platform);
     println!("if expired   {}", v.impact);
@@ -463,17 +579,32 @@ pub fn print_certificate(fp: &str, all: &pb::InventoryList, format: Format) -> a
     println!("chain:");
     for (depth, i) in chain.iter().enumerate() {
         let c = cert(i);
-        println!("  {}{} [{}] until {}", "  ".repeat(depth), c.subject, &c.fingerprint_sha256[..16], format_time(c.not_after));
+        println!(
+            "  {}{} [{}] until {}",
+            "  ".repeat(depth),
+            c.subject,
+            &c.fingerprint_sha256[..16],
+            format_time(c.not_after)
+        );
     }
     let last = cert(chain.last().unwrap());
     if last.subject != last.issuer {
-        println!("  {}(issuer {} not in the inventory)", "  ".repeat(chain.len()), last.issuer);
+        println!(
+            "  {}(issuer {} not in the inventory)",
+            "  ".repeat(chain.len()),
+            last.issuer
+        );
     }
     if !signs.is_empty() {
         println!("signs {} certificate(s):", signs.len());
         for i in signs {
             let c = cert(i);
-            println!("  {} [{}] until {}", c.subject, &c.fingerprint_sha256[..16], format_time(c.not_after));
+            println!(
+                "  {} [{}] until {}",
+                c.subject,
+                &c.fingerprint_sha256[..16],
+                format_time(c.not_after)
+            );
         }
     }
     Ok(())
@@ -484,8 +615,13 @@ pub fn parse_labels(labels: &[String]) -> anyhow::Result<Vec<pb::Label>> {
     labels
         .iter()
         .map(|l| {
-            let (k, v) = l.split_once('=').ok_or_else(|| anyhow!("label {l:?} is not key=value"))?;
-            Ok(pb::Label { key: k.to_owned(), value: v.to_owned() })
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| anyhow!("label {l:?} is not key=value"))?;
+            Ok(pb::Label {
+                key: k.to_owned(),
+                value: v.to_owned(),
+            })
         })
         .collect()
 }
@@ -493,11 +629,18 @@ pub fn parse_labels(labels: &[String]) -> anyhow::Result<Vec<pb::Label>> {
 /// Generates an operator key in `out` and returns the CSR; the key never leaves this machine.
 pub fn new_operator_key(out: &Path, name: &str) -> anyhow::Result<(PathBuf, String)> {
     if out.join("key.pem").exists() {
-        anyhow::bail!("{} already holds a key.pem; refusing to overwrite an identity", out.display());
+        anyhow::bail!(
+            "{} already holds a key.pem; refusing to overwrite an identity",
+            out.display()
+        );
     }
     certfleet_common::atomic::create_private_dir(out)?;
     let (key, csr) = certfleet_common::pki::new_key_and_csr(name)?;
     let key_path = out.join("key.pem");
-    certfleet_common::atomic::write_file(&key_path, key.as_bytes(), certfleet_common::atomic::PRIVATE)?;
+    certfleet_common::atomic::write_file(
+        &key_path,
+        key.as_bytes(),
+        certfleet_common::atomic::PRIVATE,
+    )?;
     Ok((key_path, csr))
 }

@@ -14,7 +14,9 @@ use certfleet_common::identity::{Identity, identity_of_der, valid_name};
 use certfleet_common::model::now;
 use certfleet_common::pki;
 use certfleet_common::proto::enrollment_server::Enrollment;
-use certfleet_common::proto::{EnrollRequest, EnrollResponse, RebindRequest, RebindResponse, rebind_response};
+use certfleet_common::proto::{
+    EnrollRequest, EnrollResponse, RebindRequest, RebindResponse, rebind_response,
+};
 use certfleet_common::token::JoinToken;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tonic::{Request, Response, Status};
@@ -43,7 +45,12 @@ impl EnrollmentService {
         let pem = self
             .fleet
             .ca
-            .sign_client_csr(csr_pem, &Identity::Agent(id.to_owned()), name, self.fleet.opts.agent_cert_ttl)
+            .sign_client_csr(
+                csr_pem,
+                &Identity::Agent(id.to_owned()),
+                name,
+                self.fleet.opts.agent_cert_ttl,
+            )
             .map_err(|e| Status::invalid_argument(format!("certificate signing request: {e}")))?;
         let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
         let rec = certfleet_common::x509::parse_der(&der).expect("just issued");
@@ -53,11 +60,18 @@ impl EnrollmentService {
 
 #[tonic::async_trait]
 impl Enrollment for EnrollmentService {
-    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
-        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let remote = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let req = request.into_inner();
         let fleet = &self.fleet;
-        let token = JoinToken::parse(&req.token).map_err(|e| self.refuse("bad_token", Status::invalid_argument(e.to_string())))?;
+        let token = JoinToken::parse(&req.token)
+            .map_err(|e| self.refuse("bad_token", Status::invalid_argument(e.to_string())))?;
         if token.ca_fingerprint != fleet.ca.fingerprint() {
             return Err(self.refuse(
                 "wrong_fleet",
@@ -68,13 +82,23 @@ impl Enrollment for EnrollmentService {
                 )),
             ));
         }
-        let key_id = pki::csr_public_key_id(&req.csr_pem)
-            .map_err(|e| self.refuse("bad_csr", Status::invalid_argument(format!("certificate signing request: {e}"))))?;
-        let name = if req.name.is_empty() { req.hostname.clone() } else { req.name.clone() };
+        let key_id = pki::csr_public_key_id(&req.csr_pem).map_err(|e| {
+            self.refuse(
+                "bad_csr",
+                Status::invalid_argument(format!("certificate signing request: {e}")),
+            )
+        })?;
+        let name = if req.name.is_empty() {
+            req.hostname.clone()
+        } else {
+            req.name.clone()
+        };
         if !valid_name(&name) {
             return Err(self.refuse(
                 "bad_name",
-                Status::invalid_argument(format!("agent name {name:?}: use letters, digits, '.', '-', '_'")),
+                Status::invalid_argument(format!(
+                    "agent name {name:?}: use letters, digits, '.', '-', '_'"
+                )),
             ));
         }
 
@@ -84,7 +108,12 @@ impl Enrollment for EnrollmentService {
             .store
             .get("tokens", &hash)
             .map_err(internal)?
-            .ok_or_else(|| self.refuse("unknown_token", Status::unauthenticated("unknown join token")))?;
+            .ok_or_else(|| {
+                self.refuse(
+                    "unknown_token",
+                    Status::unauthenticated("unknown join token"),
+                )
+            })?;
         match stored.state {
             TokenState::Used => {
                 return Err(self.refuse(
@@ -97,7 +126,10 @@ impl Enrollment for EnrollmentService {
                 ));
             }
             TokenState::Revoked => {
-                return Err(self.refuse("token_revoked", Status::permission_denied(format!("join token {} was revoked", stored.id))));
+                return Err(self.refuse(
+                    "token_revoked",
+                    Status::permission_denied(format!("join token {} was revoked", stored.id)),
+                ));
             }
             TokenState::Active if stored.expires_at <= now() => {
                 return Err(self.refuse(
@@ -112,18 +144,34 @@ impl Enrollment for EnrollmentService {
             TokenState::Active => {}
         }
         let agents: Vec<AgentRecord> = fleet.store.list("agents").map_err(internal)?;
-        if agents.iter().any(|a| a.name == name && a.state != AgentState::Revoked) {
+        if agents
+            .iter()
+            .any(|a| a.name == name && a.state != AgentState::Revoked)
+        {
             return Err(self.refuse(
                 "name_taken",
-                Status::already_exists(format!("an agent named {name:?} is already enrolled (revoke it first, or pass --name)")),
+                Status::already_exists(format!(
+                    "an agent named {name:?} is already enrolled (revoke it first, or pass --name)"
+                )),
             ));
         }
 
         let id = random_id();
         let (cert_pem, not_after, fingerprint) = self.issue(&req.csr_pem, &id, &name)?;
-        let used = TokenRecord { state: TokenState::Used, used_by: Some(id.clone()), ..stored.clone() };
-        if !fleet.store.compare_and_swap("tokens", &hash, &stored, &used).map_err(internal)? {
-            return Err(self.refuse("token_reused", Status::permission_denied("join token was used concurrently")));
+        let used = TokenRecord {
+            state: TokenState::Used,
+            used_by: Some(id.clone()),
+            ..stored.clone()
+        };
+        if !fleet
+            .store
+            .compare_and_swap("tokens", &hash, &stored, &used)
+            .map_err(internal)?
+        {
+            return Err(self.refuse(
+                "token_reused",
+                Status::permission_denied("join token was used concurrently"),
+            ));
         }
         let record = AgentRecord {
             id: id.clone(),
@@ -149,20 +197,37 @@ impl Enrollment for EnrollmentService {
             &format!("name={name} hostname={} from={remote}", req.hostname),
         )?;
         fleet.metrics.enrollment("ok");
-        Ok(Response::new(EnrollResponse { agent_id: id, certificate_pem: cert_pem, ca_pem: fleet.ca.cert_pem().to_owned() }))
+        Ok(Response::new(EnrollResponse {
+            agent_id: id,
+            certificate_pem: cert_pem,
+            ca_pem: fleet.ca.cert_pem().to_owned(),
+        }))
     }
 
-    async fn rebind(&self, request: Request<RebindRequest>) -> Result<Response<RebindResponse>, Status> {
+    async fn rebind(
+        &self,
+        request: Request<RebindRequest>,
+    ) -> Result<Response<RebindResponse>, Status> {
         let req = request.into_inner();
         let fleet = &self.fleet;
         let der = certfleet_common::pem::first_certificate(req.certificate_pem.as_bytes())
             .map_err(|e| Status::invalid_argument(format!("old certificate: {e}")))?;
         verify_issued_by(fleet.ca.cert_pem(), &der).map_err(|e| {
-            self.refuse("rebind_foreign", Status::permission_denied(format!("old certificate was not issued by this fleet's CA: {e}")))
+            self.refuse(
+                "rebind_foreign",
+                Status::permission_denied(format!(
+                    "old certificate was not issued by this fleet's CA: {e}"
+                )),
+            )
         })?;
         let id = match identity_of_der(&der) {
             Ok(Identity::Agent(id)) => id,
-            _ => return Err(self.refuse("rebind_bad_identity", Status::permission_denied("old certificate is not an agent certificate"))),
+            _ => {
+                return Err(self.refuse(
+                    "rebind_bad_identity",
+                    Status::permission_denied("old certificate is not an agent certificate"),
+                ));
+            }
         };
         let key_id = pki::csr_public_key_id(&req.csr_pem)
             .map_err(|e| Status::invalid_argument(format!("certificate signing request: {e}")))?;
@@ -174,12 +239,17 @@ impl Enrollment for EnrollmentService {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("agent {id} is not enrolled here")))?;
         if agent.state == AgentState::Revoked {
-            return Err(self.refuse("revoked", Status::permission_denied(format!("agent {} ({id}) has been revoked", agent.name))));
+            return Err(self.refuse(
+                "revoked",
+                Status::permission_denied(format!("agent {} ({id}) has been revoked", agent.name)),
+            ));
         }
         if key_id != agent.key_id {
             return Err(self.refuse(
                 "rebind_wrong_key",
-                Status::permission_denied("the CSR is not signed by the key this agent enrolled with"),
+                Status::permission_denied(
+                    "the CSR is not signed by the key this agent enrolled with",
+                ),
             ));
         }
         if let Some(cert) = agent.approved_cert.take() {
@@ -199,7 +269,12 @@ impl Enrollment for EnrollmentService {
             agent.cert_fingerprint = fp;
             agent.pending_csr = None;
             fleet.store.put("agents", &id, &agent).map_err(internal)?;
-            fleet.audit("controller", "agent.rebind", &format!("agent:{id}"), "auto-approved")?;
+            fleet.audit(
+                "controller",
+                "agent.rebind",
+                &format!("agent:{id}"),
+                "auto-approved",
+            )?;
             return Ok(Response::new(RebindResponse {
                 state: rebind_response::State::Issued as i32,
                 certificate_pem: cert,
@@ -210,7 +285,12 @@ impl Enrollment for EnrollmentService {
             agent.state = AgentState::PendingApproval;
             agent.pending_csr = Some(req.csr_pem.clone());
             fleet.store.put("agents", &id, &agent).map_err(internal)?;
-            fleet.audit(&format!("agent:{id}"), "agent.rebind_request", &format!("agent:{id}"), &format!("name={}", agent.name))?;
+            fleet.audit(
+                &format!("agent:{id}"),
+                "agent.rebind_request",
+                &format!("agent:{id}"),
+                &format!("name={}", agent.name),
+            )?;
         } else {
             agent.pending_csr = Some(req.csr_pem.clone());
             fleet.store.put("agents", &id, &agent).map_err(internal)?;
@@ -225,13 +305,20 @@ impl Enrollment for EnrollmentService {
 
 /// Approves a pending re-bind: signs the pending CSR. Called by the operator service.
 pub fn approve(fleet: &Fleet, agent: &mut AgentRecord) -> Result<(), Status> {
-    let csr = agent
-        .pending_csr
-        .take()
-        .ok_or_else(|| Status::failed_precondition(format!("agent {} has no pending re-bind request", agent.name)))?;
+    let csr = agent.pending_csr.take().ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "agent {} has no pending re-bind request",
+            agent.name
+        ))
+    })?;
     let pem = fleet
         .ca
-        .sign_client_csr(&csr, &Identity::Agent(agent.id.clone()), &agent.name, fleet.opts.agent_cert_ttl)
+        .sign_client_csr(
+            &csr,
+            &Identity::Agent(agent.id.clone()),
+            &agent.name,
+            fleet.opts.agent_cert_ttl,
+        )
         .map_err(|e| Status::internal(e.to_string()))?;
     let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
     let rec = certfleet_common::x509::parse_der(&der).expect("just issued");
@@ -245,16 +332,25 @@ pub fn approve(fleet: &Fleet, agent: &mut AgentRecord) -> Result<(), Status> {
 /// Checks that `der` was signed by the CA in `ca_pem`, at a time inside its own validity (so an
 /// expired certificate still verifies, but a forged or foreign one does not).
 pub fn verify_issued_by(ca_pem: &str, der: &[u8]) -> Result<(), String> {
-    let ca_der = certfleet_common::pem::first_certificate(ca_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let ca_der =
+        certfleet_common::pem::first_certificate(ca_pem.as_bytes()).map_err(|e| e.to_string())?;
     let ca_der = CertificateDer::from(ca_der);
     let anchor = webpki::anchor_from_trusted_cert(&ca_der).map_err(|e| format!("{e:?}"))?;
     let rec = certfleet_common::x509::parse_der(der).map_err(|e| e.to_string())?;
     let leaf = CertificateDer::from(der.to_vec());
     let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| format!("{e:?}"))?;
     let at = UnixTime::since_unix_epoch(Duration::from_secs((rec.not_before.max(0) + 1) as u64));
-    ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &[], at, webpki::KeyUsage::client_auth(), None, None)
-        .map(|_| ())
-        .map_err(|e| format!("{e:?}"))
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        at,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("{e:?}"))
 }
 
 /// 16 hex characters of randomness: agent ids.
@@ -265,7 +361,12 @@ pub fn random_id() -> String {
 }
 
 /// Creates a token record; returns `(token text, record)`.
-pub fn new_token(fleet: &Fleet, ttl_secs: u64, labels: BTreeMap<String, String>, created_by: &str) -> (String, TokenRecord) {
+pub fn new_token(
+    fleet: &Fleet,
+    ttl_secs: u64,
+    labels: BTreeMap<String, String>,
+    created_by: &str,
+) -> (String, TokenRecord) {
     let token = JoinToken::generate(fleet.ca.fingerprint());
     let now = now();
     let rec = TokenRecord {
@@ -294,11 +395,15 @@ mod tests {
         let (_k, csr) = pki::new_key_and_csr("a").unwrap();
         let id = Identity::Agent("a".into());
         // Lifetime of 1 s: expired by the time we check.
-        let short = ours_ca.sign_client_csr(&csr, &id, "a", Duration::from_secs(1)).unwrap();
+        let short = ours_ca
+            .sign_client_csr(&csr, &id, "a", Duration::from_secs(1))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(1100));
         let der = certfleet_common::pem::first_certificate(short.as_bytes()).unwrap();
         verify_issued_by(&ours.cert_pem, &der).unwrap();
-        let foreign = theirs_ca.sign_client_csr(&csr, &id, "a", Duration::from_secs(60)).unwrap();
+        let foreign = theirs_ca
+            .sign_client_csr(&csr, &id, "a", Duration::from_secs(60))
+            .unwrap();
         let der = certfleet_common::pem::first_certificate(foreign.as_bytes()).unwrap();
         assert!(verify_issued_by(&ours.cert_pem, &der).is_err());
     }

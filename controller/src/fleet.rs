@@ -216,11 +216,29 @@ pub struct Registry {
 
 impl Registry {
     /// Registers a stream; an older stream of the same agent is closed.
-    pub fn connect(&self, agent: &str, tx: mpsc::Sender<Result<ControllerMessage, Status>>, remote: String) -> u64 {
-        let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let old = self.conns.lock().unwrap().insert(agent.to_owned(), Conn { session, tx, remote, last_seen: now() });
+    pub fn connect(
+        &self,
+        agent: &str,
+        tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+        remote: String,
+    ) -> u64 {
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let old = self.conns.lock().unwrap().insert(
+            agent.to_owned(),
+            Conn {
+                session,
+                tx,
+                remote,
+                last_seen: now(),
+            },
+        );
         if let Some(old) = old {
-            let _ = old.tx.try_send(Err(Status::aborted("superseded by a newer session of the same agent")));
+            let _ = old.tx.try_send(Err(Status::aborted(
+                "superseded by a newer session of the same agent",
+            )));
         }
         session
     }
@@ -241,6 +259,13 @@ impl Registry {
         }
     }
 
+    /// Closes every stream (controller shutdown): agents reconnect with backoff.
+    pub fn kick_all(&self, status: Status) {
+        for (_, c) in self.conns.lock().unwrap().drain() {
+            let _ = c.tx.try_send(Err(status.clone()));
+        }
+    }
+
     /// Notes a heartbeat.
     pub fn touch(&self, agent: &str) {
         if let Some(c) = self.conns.lock().unwrap().get_mut(agent) {
@@ -250,7 +275,11 @@ impl Registry {
 
     /// Whether the agent has a live stream, and its last heartbeat and address.
     pub fn status(&self, agent: &str) -> Option<(i64, String)> {
-        self.conns.lock().unwrap().get(agent).map(|c| (c.last_seen, c.remote.clone()))
+        self.conns
+            .lock()
+            .unwrap()
+            .get(agent)
+            .map(|c| (c.last_seen, c.remote.clone()))
     }
 
     /// Sends a message to a connected agent; false if it is not connected or its queue is full.
@@ -271,7 +300,12 @@ impl Registry {
 
     /// `(agent, last_seen)` of every live stream, for batched persistence.
     pub fn last_seen(&self) -> Vec<(String, i64)> {
-        self.conns.lock().unwrap().iter().map(|(k, c)| (k.clone(), c.last_seen)).collect()
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.last_seen))
+            .collect()
     }
 }
 
@@ -307,7 +341,9 @@ impl Fleet {
         let certs = req.peer_certs();
         let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
             self.metrics.rpc_error("unauthenticated");
-            Status::unauthenticated("a client certificate is required (only enrollment works without one)")
+            Status::unauthenticated(
+                "a client certificate is required (only enrollment works without one)",
+            )
         })?;
         identity_of_der(leaf.as_ref()).map_err(|e| {
             self.metrics.rpc_error("unauthenticated");
@@ -321,7 +357,9 @@ impl Fleet {
             Identity::Agent(id) => id,
             other => {
                 self.metrics.rpc_error("permission_denied");
-                return Err(Status::permission_denied(format!("{other} is not an agent")));
+                return Err(Status::permission_denied(format!(
+                    "{other} is not an agent"
+                )));
             }
         };
         let rec: AgentRecord = self
@@ -331,13 +369,20 @@ impl Fleet {
             .ok_or_else(|| Status::unauthenticated(format!("unknown agent {id}")))?;
         if rec.state == AgentState::Revoked {
             self.metrics.rpc_error("revoked");
-            return Err(Status::permission_denied(format!("agent {} ({id}) has been revoked", rec.name)));
+            return Err(Status::permission_denied(format!(
+                "agent {} ({id}) has been revoked",
+                rec.name
+            )));
         }
         Ok(rec)
     }
 
     /// The calling operator; `mutate` requires the admin role.
-    pub fn require_operator<T>(&self, req: &Request<T>, mutate: bool) -> Result<OperatorRecord, Status> {
+    pub fn require_operator<T>(
+        &self,
+        req: &Request<T>,
+        mutate: bool,
+    ) -> Result<OperatorRecord, Status> {
         let name = match self.caller(req)? {
             Identity::Operator(n) => n,
             other => {
@@ -354,7 +399,9 @@ impl Fleet {
             .ok_or_else(|| Status::unauthenticated(format!("unknown operator {name}")))?;
         if op.revoked {
             self.metrics.rpc_error("revoked");
-            return Err(Status::permission_denied(format!("operator {name} has been revoked")));
+            return Err(Status::permission_denied(format!(
+                "operator {name} has been revoked"
+            )));
         }
         if mutate && op.role != Role::Admin {
             self.metrics.rpc_error("permission_denied");
@@ -367,7 +414,13 @@ impl Fleet {
     }
 
     /// Records a mutation in the audit log and makes it durable.
-    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), Status> {
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), Status> {
         self.store
             .append("audit", |seq| AuditEntry {
                 seq,
@@ -385,7 +438,11 @@ impl Fleet {
 
     /// Finds an agent by id or name.
     pub fn find_agent(&self, id_or_name: &str) -> Result<AgentRecord, Status> {
-        if let Some(a) = self.store.get::<AgentRecord>("agents", id_or_name).map_err(internal)? {
+        if let Some(a) = self
+            .store
+            .get::<AgentRecord>("agents", id_or_name)
+            .map_err(internal)?
+        {
             return Ok(a);
         }
         self.store

@@ -52,7 +52,11 @@ pub fn apply(fleet: &Fleet, agent: &str, report: pb::InventoryReport) -> Result<
     let mut inv: AgentInventory = if report.full {
         AgentInventory::default()
     } else {
-        fleet.store.get("inventory", agent).map_err(internal)?.unwrap_or_default()
+        fleet
+            .store
+            .get("inventory", agent)
+            .map_err(internal)?
+            .unwrap_or_default()
     };
     for fp in &report.removed {
         inv.certs.remove(fp);
@@ -75,8 +79,17 @@ pub fn apply(fleet: &Fleet, agent: &str, report: pb::InventoryReport) -> Result<
     inv.health = report.health.into_iter().map(Into::into).collect();
     inv.scanned_at = report.scanned_at;
     inv.received_at = now();
-    fleet.store.put("inventory", agent, &inv).map_err(internal)?;
-    tracing::info!(agent, full = report.full, certificates = n, total = inv.certs.len(), "inventory received");
+    fleet
+        .store
+        .put("inventory", agent, &inv)
+        .map_err(internal)?;
+    tracing::info!(
+        agent,
+        full = report.full,
+        certificates = n,
+        total = inv.certs.len(),
+        "inventory received"
+    );
     fleet.changed.notify_waiters();
     Ok(())
 }
@@ -91,7 +104,11 @@ pub fn all(fleet: &Fleet) -> Result<Vec<(AgentRecord, AgentInventory)>, Status> 
     let agents: Vec<AgentRecord> = fleet.store.list("agents").map_err(internal)?;
     let mut out = Vec::new();
     for a in agents {
-        let inv: AgentInventory = fleet.store.get("inventory", &a.id).map_err(internal)?.unwrap_or_default();
+        let inv: AgentInventory = fleet
+            .store
+            .get("inventory", &a.id)
+            .map_err(internal)?
+            .unwrap_or_default();
         out.push((a, inv));
     }
     Ok(out)
@@ -120,10 +137,12 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
             health.push((&h).into());
         }
         for cert in inv.certificates() {
-            let item = items.entry(cert.fingerprint_sha256.clone()).or_insert_with(|| pb::InventoryItem {
-                certificate: Some((&cert).into()),
-                seen: Vec::new(),
-            });
+            let item = items
+                .entry(cert.fingerprint_sha256.clone())
+                .or_insert_with(|| pb::InventoryItem {
+                    certificate: Some((&cert).into()),
+                    seen: Vec::new(),
+                });
             for loc in &cert.locations {
                 item.seen.push(pb::SeenAt {
                     agent_id: agent.id.clone(),
@@ -134,10 +153,10 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 });
             }
             // Prefer the most specific role any agent gave it.
-            if let Some(c) = item.certificate.as_mut() {
-                if c.role.is_empty() || (c.role.starts_with("file.") && !cert.role.is_empty()) {
-                    c.role = cert.role.clone();
-                }
+            if let Some(c) = item.certificate.as_mut()
+                && (c.role.is_empty() || (c.role.starts_with("file.") && !cert.role.is_empty()))
+            {
+                c.role = cert.role.clone();
             }
         }
     }
@@ -145,24 +164,40 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let issuer_ski = if issuer_filter.is_empty() {
         None
     } else {
-        items.get(&issuer_filter).and_then(|i| i.certificate.as_ref()).map(|c| c.subject_key_id.clone())
+        items
+            .get(&issuer_filter)
+            .and_then(|i| i.certificate.as_ref())
+            .map(|c| c.subject_key_id.clone())
     };
     let items = items
         .into_values()
         .filter(|i| {
             let c = i.certificate.as_ref().expect("set");
-            (q.fingerprint.is_empty() || c.fingerprint_sha256.starts_with(&q.fingerprint.to_lowercase()))
-                && (q.role.is_empty() || c.role == q.role || c.role.starts_with(&format!("{}.", q.role)))
+            (q.fingerprint.is_empty()
+                || c.fingerprint_sha256
+                    .starts_with(&q.fingerprint.to_lowercase()))
+                && (q.role.is_empty()
+                    || c.role == q.role
+                    || c.role.starts_with(&format!("{}.", q.role)))
                 && (q.platform.is_empty() || platform_of(&c.role) == q.platform)
-                && (q.expiring_within_secs == 0 || c.not_after - now <= q.expiring_within_secs as i64)
+                && (q.expiring_within_secs == 0
+                    || c.not_after - now <= q.expiring_within_secs as i64)
                 && match &issuer_ski {
                     None if issuer_filter.is_empty() => true,
                     None => false,
-                    Some(ski) => !ski.is_empty() && &c.authority_key_id == ski && c.fingerprint_sha256 != issuer_filter,
+                    Some(ski) => {
+                        !ski.is_empty()
+                            && &c.authority_key_id == ski
+                            && c.fingerprint_sha256 != issuer_filter
+                    }
                 }
         })
         .collect();
-    Ok(pb::InventoryList { items, problems, health })
+    Ok(pb::InventoryList {
+        items,
+        problems,
+        health,
+    })
 }
 
 /// Adds the inventory gauges to a scrape registry.
@@ -188,12 +223,16 @@ pub fn register_metrics(fleet: &Fleet, r: &mut prometheus_client::registry::Regi
                             platform: platform.clone(),
                             role: c.role.clone(),
                             subject: c.subject.clone(),
-                            fingerprint: c.fingerprint_sha256[..16.min(c.fingerprint_sha256.len())].to_owned(),
+                            fingerprint: c.fingerprint_sha256[..16.min(c.fingerprint_sha256.len())]
+                                .to_owned(),
                             location: loc.describe(),
                         })
                         .set(c.not_after);
                 }
-                let labels = StatusLabels { platform, role: c.role.clone() };
+                let labels = StatusLabels {
+                    platform,
+                    role: c.role.clone(),
+                };
                 match roles::Status::of(&c.role, c.not_after, now) {
                     roles::Status::Expired => {
                         expired.get_or_create(&labels).inc();
@@ -206,8 +245,24 @@ pub fn register_metrics(fleet: &Fleet, r: &mut prometheus_client::registry::Regi
             }
         }
     }
-    r.register("certificate_not_after_seconds", "Certificate not-after as a Unix timestamp, per location", not_after);
-    r.register("certificates_expired", "Certificates past their not-after (per agent view)", expired);
-    r.register("certificates_expiring", "Certificates inside their role's warning window", expiring);
-    r.register("inventory_problems", "Problems agents reported while scanning", problems);
+    r.register(
+        "certificate_not_after_seconds",
+        "Certificate not-after as a Unix timestamp, per location",
+        not_after,
+    );
+    r.register(
+        "certificates_expired",
+        "Certificates past their not-after (per agent view)",
+        expired,
+    );
+    r.register(
+        "certificates_expiring",
+        "Certificates inside their role's warning window",
+        expiring,
+    );
+    r.register(
+        "inventory_problems",
+        "Problems agents reported while scanning",
+        problems,
+    );
 }

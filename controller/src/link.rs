@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use certfleet_common::identity::Identity;
 use certfleet_common::proto::agent_link_server::AgentLink;
-use certfleet_common::proto::{AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message, controller_message};
+use certfleet_common::proto::{
+    AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message, controller_message,
+};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,26 +39,43 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + S
 impl AgentLink for AgentLinkService {
     type SessionStream = Outbound;
 
-    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Outbound>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
         let fleet = self.fleet.clone();
         let mut agent = fleet.require_agent(&request)?;
-        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let remote = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let mut inbound = request.into_inner();
 
         let hello = match tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
-            Ok(Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }))) => h,
+            Ok(Ok(Some(AgentMessage {
+                kind: Some(agent_message::Kind::Hello(h)),
+            }))) => h,
             Ok(Err(status)) => return Err(status),
             Err(_) => return Err(Status::deadline_exceeded("no hello within 30s")),
-            Ok(_) => return Err(Status::invalid_argument("the first message on the agent link must be a hello")),
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message on the agent link must be a hello",
+                ));
+            }
         };
         agent.hostname = hello.hostname.clone();
         agent.platforms = hello.platforms.clone();
         agent.version = hello.version.clone();
         agent.last_seen = certfleet_common::model::now();
-        fleet.store.put("agents", &agent.id, &agent).map_err(internal)?;
+        fleet
+            .store
+            .put("agents", &agent.id, &agent)
+            .map_err(internal)?;
 
         let (tx, rx) = mpsc::channel(64);
-        let session = fleet.registry.connect(&agent.id, tx.clone(), remote.clone());
+        let session = fleet
+            .registry
+            .connect(&agent.id, tx.clone(), remote.clone());
         tracing::info!(agent = %agent.id, name = %agent.name, %remote, platforms = ?agent.platforms, "agent connected");
         let welcome = ControllerMessage {
             kind: Some(controller_message::Kind::Welcome(Welcome {
@@ -64,7 +83,9 @@ impl AgentLink for AgentLinkService {
                 heartbeat_interval_secs: fleet.opts.heartbeat_interval.as_secs().max(1) as u32,
             })),
         };
-        tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("stream closed"))?;
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
         fleet.changed.notify_waiters();
 
         let id = agent.id.clone();
@@ -119,23 +140,36 @@ async fn handle(
                 .map_err(internal)?
                 .ok_or_else(|| Status::permission_denied("agent no longer enrolled"))?;
             if agent.state == AgentState::Revoked {
-                return Err(Status::permission_denied(format!("agent {} has been revoked", agent.name)));
+                return Err(Status::permission_denied(format!(
+                    "agent {} has been revoked",
+                    agent.name
+                )));
             }
             let pem = fleet
                 .ca
-                .sign_client_csr(&req.csr_pem, &Identity::Agent(id.to_owned()), &agent.name, fleet.opts.agent_cert_ttl)
+                .sign_client_csr(
+                    &req.csr_pem,
+                    &Identity::Agent(id.to_owned()),
+                    &agent.name,
+                    fleet.opts.agent_cert_ttl,
+                )
                 .map_err(|e| Status::invalid_argument(format!("renewal CSR: {e}")))?;
-            let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
+            let der =
+                certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
             let rec = certfleet_common::x509::parse_der(&der).expect("just issued");
             agent.cert_not_after = rec.not_after;
             agent.cert_fingerprint = rec.fingerprint_sha256.clone();
-            agent.key_id = certfleet_common::pki::cert_public_key_id(&der).map_err(|e| Status::internal(e.to_string()))?;
+            agent.key_id = certfleet_common::pki::cert_public_key_id(&der)
+                .map_err(|e| Status::internal(e.to_string()))?;
             fleet.store.put("agents", id, &agent).map_err(internal)?;
             fleet.audit(
                 &format!("agent:{id}"),
                 "agent.renew",
                 &format!("agent:{id}"),
-                &format!("not_after={}", certfleet_common::model::format_time(rec.not_after)),
+                &format!(
+                    "not_after={}",
+                    certfleet_common::model::format_time(rec.not_after)
+                ),
             )?;
             fleet.metrics.renewal();
             let reply = ControllerMessage {
@@ -144,10 +178,16 @@ async fn handle(
                     ca_pem: fleet.ca.cert_pem().to_owned(),
                 })),
             };
-            tx.send(Ok(reply)).await.map_err(|_| Status::cancelled("stream closed"))?;
+            tx.send(Ok(reply))
+                .await
+                .map_err(|_| Status::cancelled("stream closed"))?;
         }
-        Some(Kind::StepResult(r)) => tracing::warn!(agent = %id, step = %r.step_id, "step result for no running plan"),
-        Some(Kind::StepOutput(o)) => tracing::debug!(agent = %id, step = %o.step_id, line = %o.line, "step output"),
+        Some(Kind::StepResult(r)) => {
+            tracing::warn!(agent = %id, step = %r.step_id, "step result for no running plan")
+        }
+        Some(Kind::StepOutput(o)) => {
+            tracing::debug!(agent = %id, step = %o.step_id, line = %o.line, "step output")
+        }
         Some(Kind::Hello(_)) => return Err(Status::invalid_argument("hello sent twice")),
         None => {}
     }

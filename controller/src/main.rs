@@ -12,10 +12,19 @@ use certfleet_controller::server;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "certfleet", version, about = "Keeps the certificates of virtualization fleets alive")]
+#[command(
+    name = "certfleet",
+    version,
+    about = "Keeps the certificates of virtualization fleets alive"
+)]
 struct Cli {
     /// Controller address (host:port).
-    #[arg(long, global = true, env = "CERTFLEET_CONTROLLER", default_value = "127.0.0.1:7443")]
+    #[arg(
+        long,
+        global = true,
+        env = "CERTFLEET_CONTROLLER",
+        default_value = "127.0.0.1:7443"
+    )]
     controller: String,
     /// Operator identity directory (ca.pem, cert.pem, key.pem).
     #[arg(long, global = true, env = "CERTFLEET_IDENTITY")]
@@ -196,13 +205,17 @@ enum StoreCmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     certfleet_common::tls::install_crypto_provider();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -238,19 +251,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let der = certfleet_common::pem::first_certificate(&ca)?;
             println!("fleet CA     {}", certfleet_common::pki::sha256_hex(&der));
             println!("admin        {}", data_dir.join("admin").display());
-            println!("next         certfleet serve --data-dir {} --listen 0.0.0.0:7443", data_dir.display());
+            println!(
+                "next         certfleet serve --data-dir {} --listen 0.0.0.0:7443",
+                data_dir.display()
+            );
             Ok(())
         }
-        Command::Serve { data_dir, listen, http, agent_cert_ttl, heartbeat_interval, auto_approve_rebind } => {
+        Command::Serve {
+            data_dir,
+            listen,
+            http,
+            agent_cert_ttl,
+            heartbeat_interval,
+            auto_approve_rebind,
+        } => {
             let opts = ServeOptions {
                 agent_cert_ttl: *agent_cert_ttl,
                 heartbeat_interval: *heartbeat_interval,
                 auto_approve_rebind: *auto_approve_rebind,
             };
             let (fleet, tls) = server::load(data_dir, opts)?;
-            let grpc = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            let grpc = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
             let http = match http {
-                Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?),
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("binding {a}"))?,
+                ),
                 None => None,
             };
             tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.local_addr().ok()), ca = %fleet.ca.fingerprint(), "serving");
@@ -259,15 +288,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Store(StoreCmd::Export { data_dir, out }) => {
-            let store = certfleet_controller::store::Store::open(&server::DataDir(data_dir.clone()).state())?;
-            let mut f = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
+            let store = certfleet_controller::store::Store::open(
+                &server::DataDir(data_dir.clone()).state(),
+            )?;
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(out)
+                    .with_context(|| format!("creating {}", out.display()))?,
+            );
             let n = store.export(&mut f)?;
             eprintln!("exported {n} documents to {}", out.display());
             Ok(())
         }
         Command::Store(StoreCmd::Import { data_dir, input }) => {
-            let store = certfleet_controller::store::Store::open(&server::DataDir(data_dir.clone()).state())?;
-            let mut f = std::io::BufReader::new(std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?);
+            let store = certfleet_controller::store::Store::open(
+                &server::DataDir(data_dir.clone()).state(),
+            )?;
+            let mut f = std::io::BufReader::new(
+                std::fs::File::open(input)
+                    .with_context(|| format!("opening {}", input.display()))?,
+            );
             let n = store.import(&mut f)?;
             eprintln!("imported {n} documents into {}", data_dir.display());
             Ok(())
@@ -283,41 +322,78 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Token(TokenCmd::Create { ttl, label }) => {
             let r = c
-                .create_token(pb::CreateTokenRequest { ttl_secs: ttl.as_secs(), labels: cli::parse_labels(label)? })
+                .create_token(pb::CreateTokenRequest {
+                    ttl_secs: ttl.as_secs(),
+                    labels: cli::parse_labels(label)?,
+                })
                 .await
                 .map_err(e)?
                 .into_inner();
             println!("{}", r.token);
         }
         Command::Token(TokenCmd::List { output }) => {
-            cli::print_tokens(&c.list_tokens(pb::Empty {}).await.map_err(e)?.into_inner().tokens, *output);
+            cli::print_tokens(
+                &c.list_tokens(pb::Empty {})
+                    .await
+                    .map_err(e)?
+                    .into_inner()
+                    .tokens,
+                *output,
+            );
         }
         Command::Token(TokenCmd::Revoke { id }) => {
-            c.revoke_token(pb::IdRequest { id: id.clone() }).await.map_err(e)?;
+            c.revoke_token(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?;
             eprintln!("token {id} revoked");
         }
         Command::Agents(AgentsCmd::List { output }) => {
-            cli::print_agents(&c.list_agents(pb::Empty {}).await.map_err(e)?.into_inner().agents, *output);
+            cli::print_agents(
+                &c.list_agents(pb::Empty {})
+                    .await
+                    .map_err(e)?
+                    .into_inner()
+                    .agents,
+                *output,
+            );
         }
         Command::Agents(AgentsCmd::Show { id, output }) => {
-            let a = c.get_agent(pb::IdRequest { id: id.clone() }).await.map_err(e)?.into_inner();
+            let a = c
+                .get_agent(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?
+                .into_inner();
             if *output == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&cli::AgentView::from(&a))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cli::AgentView::from(&a))?
+                );
             } else {
                 cli::print_agents(&[a], *output);
             }
         }
         Command::Agents(AgentsCmd::Revoke { id }) => {
-            c.revoke_agent(pb::IdRequest { id: id.clone() }).await.map_err(e)?;
+            c.revoke_agent(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?;
             eprintln!("agent {id} revoked; its stream was closed");
         }
         Command::Agents(AgentsCmd::Approve { id }) => {
-            c.approve_agent(pb::IdRequest { id: id.clone() }).await.map_err(e)?;
+            c.approve_agent(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?;
             eprintln!("agent {id} approved; it picks up its new certificate on its next attempt");
         }
         Command::Operators(OperatorsCmd::Issue { name, role, out }) => {
             let (key_path, csr) = cli::new_operator_key(out, name)?;
-            let r = match c.issue_operator(pb::IssueOperatorRequest { name: name.clone(), role: role.clone(), csr_pem: csr }).await {
+            let r = match c
+                .issue_operator(pb::IssueOperatorRequest {
+                    name: name.clone(),
+                    role: role.clone(),
+                    csr_pem: csr,
+                })
+                .await
+            {
                 Ok(r) => r.into_inner(),
                 Err(s) => {
                     // Leave nothing half-made behind.
@@ -325,27 +401,64 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                     return Err(e(s));
                 }
             };
-            certfleet_common::atomic::write_file(&out.join("cert.pem"), r.certificate_pem.as_bytes(), certfleet_common::atomic::PUBLIC)?;
-            certfleet_common::atomic::write_file(&out.join("ca.pem"), r.ca_pem.as_bytes(), certfleet_common::atomic::PUBLIC)?;
+            certfleet_common::atomic::write_file(
+                &out.join("cert.pem"),
+                r.certificate_pem.as_bytes(),
+                certfleet_common::atomic::PUBLIC,
+            )?;
+            certfleet_common::atomic::write_file(
+                &out.join("ca.pem"),
+                r.ca_pem.as_bytes(),
+                certfleet_common::atomic::PUBLIC,
+            )?;
             eprintln!("operator {name} ({role}) written to {}", out.display());
         }
         Command::Operators(OperatorsCmd::Revoke { name }) => {
-            c.revoke_operator(pb::IdRequest { id: name.clone() }).await.map_err(e)?;
+            c.revoke_operator(pb::IdRequest { id: name.clone() })
+                .await
+                .map_err(e)?;
             eprintln!("operator {name} revoked");
         }
         Command::Operators(OperatorsCmd::List { output }) => {
-            cli::print_operators(&c.list_operators(pb::Empty {}).await.map_err(e)?.into_inner().operators, *output);
+            cli::print_operators(
+                &c.list_operators(pb::Empty {})
+                    .await
+                    .map_err(e)?
+                    .into_inner()
+                    .operators,
+                *output,
+            );
         }
         Command::Audit { output, limit } => {
-            cli::print_audit(&c.audit(pb::AuditRequest { limit: *limit }).await.map_err(e)?.into_inner().entries, *output);
+            cli::print_audit(
+                &c.audit(pb::AuditRequest { limit: *limit })
+                    .await
+                    .map_err(e)?
+                    .into_inner()
+                    .entries,
+                *output,
+            );
         }
         Command::Inventory(args) => match &args.sub {
             Some(InventoryCmd::Rescan { agent }) => {
-                let r = c.rescan(pb::IdRequest { id: agent.clone().unwrap_or_default() }).await.map_err(e)?.into_inner();
+                let r = c
+                    .rescan(pb::IdRequest {
+                        id: agent.clone().unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(e)?
+                    .into_inner();
                 eprintln!("rescan requested from {} agent(s)", r.agents);
             }
-            Some(InventoryCmd::Show { fingerprint, output }) => {
-                let all = c.inventory(pb::InventoryQuery::default()).await.map_err(e)?.into_inner();
+            Some(InventoryCmd::Show {
+                fingerprint,
+                output,
+            }) => {
+                let all = c
+                    .inventory(pb::InventoryQuery::default())
+                    .await
+                    .map_err(e)?
+                    .into_inner();
                 cli::print_certificate(fingerprint, &all, *output)?;
             }
             None => {
@@ -360,7 +473,9 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                 cli::print_inventory(&c.inventory(q).await.map_err(e)?.into_inner(), args.output);
             }
         },
-        Command::Init { .. } | Command::Serve { .. } | Command::Store(_) => unreachable!("handled in run"),
+        Command::Init { .. } | Command::Serve { .. } | Command::Store(_) => {
+            unreachable!("handled in run")
+        }
     }
     Ok(())
 }

@@ -56,12 +56,20 @@ pub struct Metrics {
 impl Metrics {
     /// Counts an enrollment attempt by result (`ok`, `bad_token`, `expired_token`, …).
     pub fn enrollment(&self, result: &str) {
-        self.enrollments.get_or_create(&KindLabel { kind: result.to_owned() }).inc();
+        self.enrollments
+            .get_or_create(&KindLabel {
+                kind: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a refused or failed RPC by kind.
     pub fn rpc_error(&self, kind: &str) {
-        self.rpc_errors.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
+        self.rpc_errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts an agent certificate renewal.
@@ -72,9 +80,21 @@ impl Metrics {
     /// A registry with the process counters, to which scrape-time gauges are added.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("certfleet");
-        r.register("enrollments", "Agent enrollment attempts by result", self.enrollments.clone());
-        r.register("rpc_errors", "Refused or failed RPCs by kind", self.rpc_errors.clone());
-        r.register("agent_certificate_renewals", "Agent certificates renewed over the live link", self.renewals.clone());
+        r.register(
+            "enrollments",
+            "Agent enrollment attempts by result",
+            self.enrollments.clone(),
+        );
+        r.register(
+            "rpc_errors",
+            "Refused or failed RPCs by kind",
+            self.rpc_errors.clone(),
+        );
+        r.register(
+            "agent_certificate_renewals",
+            "Agent certificates renewed over the live link",
+            self.renewals.clone(),
+        );
         r
     }
 }

@@ -11,7 +11,10 @@ use certfleet_common::proto as pb;
 use certfleet_common::proto::operator_server::Operator;
 use tonic::{Request, Response, Status};
 
-use crate::fleet::{AgentRecord, AgentState, AuditEntry, Fleet, OperatorRecord, Role, TokenRecord, TokenState, internal};
+use crate::fleet::{
+    AgentRecord, AgentState, AuditEntry, Fleet, OperatorRecord, Role, TokenRecord, TokenState,
+    internal,
+};
 
 /// Lifetime of operator certificates issued through the API.
 pub const OPERATOR_CERT_TTL: Duration = Duration::from_secs(365 * 86_400);
@@ -29,7 +32,12 @@ impl OperatorService {
 }
 
 fn labels(l: &BTreeMap<String, String>) -> Vec<pb::Label> {
-    l.iter().map(|(k, v)| pb::Label { key: k.clone(), value: v.clone() }).collect()
+    l.iter()
+        .map(|(k, v)| pb::Label {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
 }
 
 /// The wire view of an agent.
@@ -72,37 +80,65 @@ fn token_info(t: &TokenRecord) -> pb::TokenInfo {
 
 #[tonic::async_trait]
 impl Operator for OperatorService {
-    async fn who_am_i(&self, request: Request<pb::Empty>) -> Result<Response<pb::OperatorInfo>, Status> {
+    async fn who_am_i(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::OperatorInfo>, Status> {
         let op = self.fleet.require_operator(&request, false)?;
-        Ok(Response::new(pb::OperatorInfo { name: op.name, role: op.role.as_str().into() }))
+        Ok(Response::new(pb::OperatorInfo {
+            name: op.name,
+            role: op.role.as_str().into(),
+        }))
     }
 
-    async fn create_token(&self, request: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let op = self.fleet.require_operator(&request, true)?;
         let req = request.into_inner();
         if req.ttl_secs == 0 {
             return Err(Status::invalid_argument("token ttl must be more than zero"));
         }
-        let labels: BTreeMap<String, String> = req.labels.into_iter().map(|l| (l.key, l.value)).collect();
+        let labels: BTreeMap<String, String> =
+            req.labels.into_iter().map(|l| (l.key, l.value)).collect();
         let (text, rec) = crate::enroll::new_token(&self.fleet, req.ttl_secs, labels, &op.name);
-        self.fleet.store.put("tokens", &rec.hash, &rec).map_err(internal)?;
+        self.fleet
+            .store
+            .put("tokens", &rec.hash, &rec)
+            .map_err(internal)?;
         self.fleet.audit(
             &format!("operator:{}", op.name),
             "token.create",
             &format!("token:{}", rec.id),
-            &format!("expires_at={}", certfleet_common::model::format_time(rec.expires_at)),
+            &format!(
+                "expires_at={}",
+                certfleet_common::model::format_time(rec.expires_at)
+            ),
         )?;
-        Ok(Response::new(pb::CreateTokenResponse { token: text, id: rec.id, expires_at: rec.expires_at }))
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: text,
+            id: rec.id,
+            expires_at: rec.expires_at,
+        }))
     }
 
-    async fn list_tokens(&self, request: Request<pb::Empty>) -> Result<Response<pb::TokenList>, Status> {
+    async fn list_tokens(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::TokenList>, Status> {
         self.fleet.require_operator(&request, false)?;
         let mut tokens: Vec<TokenRecord> = self.fleet.store.list("tokens").map_err(internal)?;
         tokens.sort_by_key(|t| t.created_at);
-        Ok(Response::new(pb::TokenList { tokens: tokens.iter().map(token_info).collect() }))
+        Ok(Response::new(pb::TokenList {
+            tokens: tokens.iter().map(token_info).collect(),
+        }))
     }
 
-    async fn revoke_token(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn revoke_token(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let op = self.fleet.require_operator(&request, true)?;
         let id = request.into_inner().id;
         let tokens: Vec<TokenRecord> = self.fleet.store.list("tokens").map_err(internal)?;
@@ -111,45 +147,84 @@ impl Operator for OperatorService {
             .find(|t| t.id == id || (id.len() >= 6 && t.id.starts_with(&id)))
             .ok_or_else(|| Status::not_found(format!("no token with id {id:?}")))?;
         if t.state != TokenState::Active {
-            return Err(Status::failed_precondition(format!("token {} is already {:?}", t.id, t.state)));
+            return Err(Status::failed_precondition(format!(
+                "token {} is already {:?}",
+                t.id, t.state
+            )));
         }
         t.state = TokenState::Revoked;
-        self.fleet.store.put("tokens", &t.hash, &t).map_err(internal)?;
-        self.fleet.audit(&format!("operator:{}", op.name), "token.revoke", &format!("token:{}", t.id), "")?;
+        self.fleet
+            .store
+            .put("tokens", &t.hash, &t)
+            .map_err(internal)?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "token.revoke",
+            &format!("token:{}", t.id),
+            "",
+        )?;
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn list_agents(&self, request: Request<pb::Empty>) -> Result<Response<pb::AgentList>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::AgentList>, Status> {
         self.fleet.require_operator(&request, false)?;
         let mut agents: Vec<AgentRecord> = self.fleet.store.list("agents").map_err(internal)?;
         agents.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(pb::AgentList { agents: agents.iter().map(|a| agent_info(&self.fleet, a)).collect() }))
+        Ok(Response::new(pb::AgentList {
+            agents: agents.iter().map(|a| agent_info(&self.fleet, a)).collect(),
+        }))
     }
 
-    async fn get_agent(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::AgentInfo>, Status> {
+    async fn get_agent(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<pb::AgentInfo>, Status> {
         self.fleet.require_operator(&request, false)?;
         let a = self.fleet.find_agent(&request.into_inner().id)?;
         Ok(Response::new(agent_info(&self.fleet, &a)))
     }
 
-    async fn revoke_agent(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn revoke_agent(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let op = self.fleet.require_operator(&request, true)?;
         let mut a = self.fleet.find_agent(&request.into_inner().id)?;
         if a.state == AgentState::Revoked {
-            return Err(Status::failed_precondition(format!("agent {} is already revoked", a.name)));
+            return Err(Status::failed_precondition(format!(
+                "agent {} is already revoked",
+                a.name
+            )));
         }
         a.state = AgentState::Revoked;
         a.pending_csr = None;
         a.approved_cert = None;
-        self.fleet.store.put("agents", &a.id, &a).map_err(internal)?;
+        self.fleet
+            .store
+            .put("agents", &a.id, &a)
+            .map_err(internal)?;
         crate::inventory::forget(&self.fleet, &a.id)?;
-        self.fleet.audit(&format!("operator:{}", op.name), "agent.revoke", &format!("agent:{}", a.id), &format!("name={}", a.name))?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "agent.revoke",
+            &format!("agent:{}", a.id),
+            &format!("name={}", a.name),
+        )?;
         // Durable first, then close the live stream at once.
-        self.fleet.registry.kick(&a.id, Status::permission_denied(format!("agent {} ({}) has been revoked", a.name, a.id)));
+        self.fleet.registry.kick(
+            &a.id,
+            Status::permission_denied(format!("agent {} ({}) has been revoked", a.name, a.id)),
+        );
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn approve_agent(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn approve_agent(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let op = self.fleet.require_operator(&request, true)?;
         let _guard = self.fleet.enroll_lock.lock().await;
         let mut a = self.fleet.find_agent(&request.into_inner().id)?;
@@ -161,27 +236,54 @@ impl Operator for OperatorService {
             )));
         }
         crate::enroll::approve(&self.fleet, &mut a)?;
-        self.fleet.store.put("agents", &a.id, &a).map_err(internal)?;
-        self.fleet.audit(&format!("operator:{}", op.name), "agent.approve", &format!("agent:{}", a.id), &format!("name={}", a.name))?;
+        self.fleet
+            .store
+            .put("agents", &a.id, &a)
+            .map_err(internal)?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "agent.approve",
+            &format!("agent:{}", a.id),
+            &format!("name={}", a.name),
+        )?;
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn issue_operator(&self, request: Request<pb::IssueOperatorRequest>) -> Result<Response<pb::IssueOperatorResponse>, Status> {
+    async fn issue_operator(
+        &self,
+        request: Request<pb::IssueOperatorRequest>,
+    ) -> Result<Response<pb::IssueOperatorResponse>, Status> {
         let op = self.fleet.require_operator(&request, true)?;
         let req = request.into_inner();
         if !valid_name(&req.name) {
-            return Err(Status::invalid_argument(format!("operator name {:?}: use letters, digits, '.', '-', '_'", req.name)));
+            return Err(Status::invalid_argument(format!(
+                "operator name {:?}: use letters, digits, '.', '-', '_'",
+                req.name
+            )));
         }
-        let role = Role::parse(&req.role).ok_or_else(|| Status::invalid_argument(format!("role {:?}: admin or viewer", req.role)))?;
-        if let Some(existing) = self.fleet.store.get::<OperatorRecord>("operators", &req.name).map_err(internal)? {
-            if !existing.revoked {
-                return Err(Status::already_exists(format!("operator {} exists (revoke it first)", req.name)));
-            }
+        let role = Role::parse(&req.role).ok_or_else(|| {
+            Status::invalid_argument(format!("role {:?}: admin or viewer", req.role))
+        })?;
+        let existing = self
+            .fleet
+            .store
+            .get::<OperatorRecord>("operators", &req.name)
+            .map_err(internal)?;
+        if existing.is_some_and(|e| !e.revoked) {
+            return Err(Status::already_exists(format!(
+                "operator {} exists (revoke it first)",
+                req.name
+            )));
         }
         let pem = self
             .fleet
             .ca
-            .sign_client_csr(&req.csr_pem, &Identity::Operator(req.name.clone()), &req.name, OPERATOR_CERT_TTL)
+            .sign_client_csr(
+                &req.csr_pem,
+                &Identity::Operator(req.name.clone()),
+                &req.name,
+                OPERATOR_CERT_TTL,
+            )
             .map_err(|e| Status::invalid_argument(format!("certificate signing request: {e}")))?;
         let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
         let rec = OperatorRecord {
@@ -192,12 +294,26 @@ impl Operator for OperatorService {
             issued_by: op.name.clone(),
             cert_fingerprint: certfleet_common::pki::sha256_hex(&der),
         };
-        self.fleet.store.put("operators", &req.name, &rec).map_err(internal)?;
-        self.fleet.audit(&format!("operator:{}", op.name), "operator.issue", &format!("operator:{}", req.name), &format!("role={}", role.as_str()))?;
-        Ok(Response::new(pb::IssueOperatorResponse { certificate_pem: pem, ca_pem: self.fleet.ca.cert_pem().to_owned() }))
+        self.fleet
+            .store
+            .put("operators", &req.name, &rec)
+            .map_err(internal)?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "operator.issue",
+            &format!("operator:{}", req.name),
+            &format!("role={}", role.as_str()),
+        )?;
+        Ok(Response::new(pb::IssueOperatorResponse {
+            certificate_pem: pem,
+            ca_pem: self.fleet.ca.cert_pem().to_owned(),
+        }))
     }
 
-    async fn revoke_operator(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn revoke_operator(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let op = self.fleet.require_operator(&request, true)?;
         let name = request.into_inner().id;
         let mut rec: OperatorRecord = self
@@ -207,15 +323,28 @@ impl Operator for OperatorService {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no operator named {name:?}")))?;
         if rec.revoked {
-            return Err(Status::failed_precondition(format!("operator {name} is already revoked")));
+            return Err(Status::failed_precondition(format!(
+                "operator {name} is already revoked"
+            )));
         }
         rec.revoked = true;
-        self.fleet.store.put("operators", &name, &rec).map_err(internal)?;
-        self.fleet.audit(&format!("operator:{}", op.name), "operator.revoke", &format!("operator:{name}"), "")?;
+        self.fleet
+            .store
+            .put("operators", &name, &rec)
+            .map_err(internal)?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "operator.revoke",
+            &format!("operator:{name}"),
+            "",
+        )?;
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn list_operators(&self, request: Request<pb::Empty>) -> Result<Response<pb::OperatorList>, Status> {
+    async fn list_operators(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::OperatorList>, Status> {
         self.fleet.require_operator(&request, false)?;
         let ops: Vec<OperatorRecord> = self.fleet.store.list("operators").map_err(internal)?;
         Ok(Response::new(pb::OperatorList {
@@ -232,7 +361,10 @@ impl Operator for OperatorService {
         }))
     }
 
-    async fn audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditList>, Status> {
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditList>, Status> {
         self.fleet.require_operator(&request, false)?;
         let limit = match request.into_inner().limit {
             0 => 10_000,
@@ -242,17 +374,33 @@ impl Operator for OperatorService {
         Ok(Response::new(pb::AuditList {
             entries: entries
                 .into_iter()
-                .map(|e| pb::AuditEntry { seq: e.seq, at: e.at, actor: e.actor, action: e.action, target: e.target, detail: e.detail })
+                .map(|e| pb::AuditEntry {
+                    seq: e.seq,
+                    at: e.at,
+                    actor: e.actor,
+                    action: e.action,
+                    target: e.target,
+                    detail: e.detail,
+                })
                 .collect(),
         }))
     }
 
-    async fn inventory(&self, request: Request<pb::InventoryQuery>) -> Result<Response<pb::InventoryList>, Status> {
+    async fn inventory(
+        &self,
+        request: Request<pb::InventoryQuery>,
+    ) -> Result<Response<pb::InventoryList>, Status> {
         self.fleet.require_operator(&request, false)?;
-        Ok(Response::new(crate::inventory::query(&self.fleet, request.get_ref())?))
+        Ok(Response::new(crate::inventory::query(
+            &self.fleet,
+            request.get_ref(),
+        )?))
     }
 
-    async fn rescan(&self, request: Request<pb::IdRequest>) -> Result<Response<pb::RescanResponse>, Status> {
+    async fn rescan(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<pb::RescanResponse>, Status> {
         let op = self.fleet.require_operator(&request, false)?;
         let target = request.into_inner().id;
         let ids = if target.is_empty() {
@@ -263,14 +411,18 @@ impl Operator for OperatorService {
         let mut n = 0;
         for id in &ids {
             let msg = pb::ControllerMessage {
-                kind: Some(pb::controller_message::Kind::Scan(pb::ScanRequest { reason: format!("requested by {}", op.name) })),
+                kind: Some(pb::controller_message::Kind::Scan(pb::ScanRequest {
+                    reason: format!("requested by {}", op.name),
+                })),
             };
             if self.fleet.registry.send(id, msg) {
                 n += 1;
             }
         }
         if !target.is_empty() && n == 0 {
-            return Err(Status::unavailable(format!("agent {target} is not connected")));
+            return Err(Status::unavailable(format!(
+                "agent {target} is not connected"
+            )));
         }
         Ok(Response::new(pb::RescanResponse { agents: n }))
     }

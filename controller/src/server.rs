@@ -75,7 +75,12 @@ fn read(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Writes an operator identity directory (`ca.pem`, `cert.pem`, `key.pem`).
-pub fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+pub fn write_identity(
+    dir: &Path,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<()> {
     create_private_dir(dir)?;
     write_file(&dir.join("key.pem"), key_pem.as_bytes(), PRIVATE)?;
     write_file(&dir.join("cert.pem"), cert_pem.as_bytes(), PUBLIC)?;
@@ -84,7 +89,11 @@ pub fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -
 }
 
 fn default_sans(extra: &[String]) -> Vec<String> {
-    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(h) = nix_hostname() {
         sans.push(h);
     }
@@ -105,7 +114,10 @@ fn nix_hostname() -> std::io::Result<String> {
 pub fn init(dir: &Path, extra_sans: &[String]) -> anyhow::Result<()> {
     let d = DataDir(dir.to_path_buf());
     if d.ca_cert().exists() || d.ca_key().exists() {
-        bail!("{} already holds a fleet CA; refusing to overwrite it (a new CA would orphan every enrolled agent)", dir.display());
+        bail!(
+            "{} already holds a fleet CA; refusing to overwrite it (a new CA would orphan every enrolled agent)",
+            dir.display()
+        );
     }
     create_private_dir(dir)?;
     create_private_dir(&dir.join("ca"))?;
@@ -118,7 +130,12 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> anyhow::Result<()> {
     issue_server_cert(&d, &fleet_ca, &default_sans(extra_sans))?;
 
     let (key, csr) = pki::new_key_and_csr("admin")?;
-    let cert = fleet_ca.sign_client_csr(&csr, &Identity::Operator("admin".into()), "admin", crate::operator::OPERATOR_CERT_TTL)?;
+    let cert = fleet_ca.sign_client_csr(
+        &csr,
+        &Identity::Operator("admin".into()),
+        "admin",
+        crate::operator::OPERATOR_CERT_TTL,
+    )?;
     write_identity(&d.admin(), &ca.cert_pem, &cert, &key)?;
 
     let store = Store::open(&d.state())?;
@@ -157,21 +174,35 @@ fn issue_server_cert(d: &DataDir, ca: &FleetCa, sans: &[String]) -> anyhow::Resu
 
 /// Loads the fleet from a data directory, renewing the controller's own certificate when it is
 /// within 30 days of expiry.
-pub fn load(dir: &Path, opts: ServeOptions) -> anyhow::Result<(Arc<Fleet>, Arc<rustls::ServerConfig>)> {
+pub fn load(
+    dir: &Path,
+    opts: ServeOptions,
+) -> anyhow::Result<(Arc<Fleet>, Arc<rustls::ServerConfig>)> {
     let d = DataDir(dir.to_path_buf());
     if !d.ca_cert().exists() {
-        bail!("{} holds no fleet CA: run `certfleet init --data-dir {}` first", dir.display(), dir.display());
+        bail!(
+            "{} holds no fleet CA: run `certfleet init --data-dir {}` first",
+            dir.display(),
+            dir.display()
+        );
     }
     let ca_pem = read(&d.ca_cert())?;
-    let ca = FleetCa::from_pem(&ca_pem, &read(&d.ca_key())?).with_context(|| format!("loading fleet CA from {}", d.ca_cert().display()))?;
+    let ca = FleetCa::from_pem(&ca_pem, &read(&d.ca_key())?)
+        .with_context(|| format!("loading fleet CA from {}", d.ca_cert().display()))?;
     let server_der = certfleet_common::pem::first_certificate(read(&d.server_cert())?.as_bytes())?;
     let server = certfleet_common::x509::parse_der(&server_der)?;
     if server.not_after - now() < 30 * 86_400 {
-        let sans: Vec<String> = read(&d.server_sans()).map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_else(|_| default_sans(&[]));
+        let sans: Vec<String> = read(&d.server_sans())
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_else(|_| default_sans(&[]));
         tracing::warn!(not_after = %certfleet_common::model::format_time(server.not_after), "controller certificate near expiry; re-issuing");
         issue_server_cert(&d, &ca, &sans)?;
     }
-    let tls = certfleet_common::tls::server_config(&ca_pem, &read(&d.server_cert())?, &read(&d.server_key())?)?;
+    let tls = certfleet_common::tls::server_config(
+        &ca_pem,
+        &read(&d.server_cert())?,
+        &read(&d.server_key())?,
+    )?;
     let store = Store::open(&d.state())?;
     let fleet = Fleet {
         store,
@@ -194,8 +225,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let f = fleet.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Long-lived agent streams would hold a graceful shutdown open forever: end them.
+        f.registry
+            .kick_all(tonic::Status::unavailable("controller shutting down"));
         let _ = stop_tx.send(true);
     });
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -206,7 +241,10 @@ pub async fn serve(
         let router = crate::http::router(fleet.clone());
         let rx = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router).with_graceful_shutdown(wait(rx)).await {
+            if let Err(e) = axum::serve(http, router)
+                .with_graceful_shutdown(wait(rx))
+                .await
+            {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
@@ -229,9 +267,15 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(EnrollmentServer::new(crate::enroll::EnrollmentService::new(fleet.clone())))
-        .add_service(AgentLinkServer::new(crate::link::AgentLinkService::new(fleet.clone())))
-        .add_service(OperatorServer::new(crate::operator::OperatorService::new(fleet.clone())))
+        .add_service(EnrollmentServer::new(
+            crate::enroll::EnrollmentService::new(fleet.clone()),
+        ))
+        .add_service(AgentLinkServer::new(crate::link::AgentLinkService::new(
+            fleet.clone(),
+        )))
+        .add_service(OperatorServer::new(crate::operator::OperatorService::new(
+            fleet.clone(),
+        )))
         .serve_with_incoming_shutdown(incoming, wait(stop_rx))
         .await
         .context("gRPC server")?;

@@ -18,7 +18,16 @@ use serde::de::DeserializeOwned;
 /// Current on-disk schema. Bump with a migration in [`Store::open`].
 pub const SCHEMA_VERSION: u32 = 1;
 
-const TREES: &[&str] = &["meta", "agents", "tokens", "operators", "audit", "inventory", "plans", "policies"];
+const TREES: &[&str] = &[
+    "meta",
+    "agents",
+    "tokens",
+    "operators",
+    "audit",
+    "inventory",
+    "plans",
+    "policies",
+];
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +54,9 @@ pub enum StoreError {
         reason: String,
     },
     /// The store was written by a newer certfleet.
-    #[error("state store {path} has schema version {found}; this certfleet understands up to {SCHEMA_VERSION}")]
+    #[error(
+        "state store {path} has schema version {found}; this certfleet understands up to {SCHEMA_VERSION}"
+    )]
     Schema {
         /// Store directory.
         path: PathBuf,
@@ -78,15 +89,24 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|source| StoreError::Sled { path: dir.to_path_buf(), source })?;
-        let store = Store { db, path: dir.to_path_buf() };
+            .map_err(|source| StoreError::Sled {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let store = Store {
+            db,
+            path: dir.to_path_buf(),
+        };
         match store.get::<u32>("meta", "schema_version")? {
             None => {
                 store.put("meta", "schema_version", &SCHEMA_VERSION)?;
                 store.flush()?;
             }
             Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Schema { path: dir.to_path_buf(), found: v });
+                return Err(StoreError::Schema {
+                    path: dir.to_path_buf(),
+                    found: v,
+                });
             }
             Some(_) => {}
         }
@@ -94,14 +114,22 @@ impl Store {
     }
 
     fn sled_err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
-        |source| StoreError::Sled { path: self.path.clone(), source }
+        |source| StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
         self.db.open_tree(name).map_err(self.sled_err())
     }
 
-    fn decode<T: DeserializeOwned>(&self, tree: &'static str, key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    fn decode<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        v: &[u8],
+    ) -> Result<T, StoreError> {
         serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
             tree,
@@ -111,7 +139,11 @@ impl Store {
     }
 
     /// Reads one document.
-    pub fn get<T: DeserializeOwned>(&self, tree: &'static str, key: &str) -> Result<Option<T>, StoreError> {
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         match self.tree(tree)?.get(key).map_err(self.sled_err())? {
             Some(v) => Ok(Some(self.decode(tree, key.as_bytes(), &v)?)),
             None => Ok(None),
@@ -120,9 +152,16 @@ impl Store {
 
     /// Writes one document (not yet durable: call [`Store::flush`] for transitions that must
     /// survive a crash).
-    pub fn put<T: Serialize>(&self, tree: &'static str, key: &str, value: &T) -> Result<(), StoreError> {
+    pub fn put<T: Serialize>(
+        &self,
+        tree: &'static str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).expect("state documents serialize");
-        self.tree(tree)?.insert(key, bytes).map_err(self.sled_err())?;
+        self.tree(tree)?
+            .insert(key, bytes)
+            .map_err(self.sled_err())?;
         Ok(())
     }
 
@@ -142,7 +181,10 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let old = serde_json::to_vec(expected).expect("serialize");
         let new = serde_json::to_vec(new).expect("serialize");
-        let r = self.tree(tree)?.compare_and_swap(key, Some(old), Some(new)).map_err(self.sled_err())?;
+        let r = self
+            .tree(tree)?
+            .compare_and_swap(key, Some(old), Some(new))
+            .map_err(self.sled_err())?;
         Ok(r.is_ok())
     }
 
@@ -158,15 +200,25 @@ impl Store {
     }
 
     /// Appends to an append-only tree (audit); returns the sequence number.
-    pub fn append<T: Serialize>(&self, tree: &'static str, make: impl FnOnce(u64) -> T) -> Result<u64, StoreError> {
+    pub fn append<T: Serialize>(
+        &self,
+        tree: &'static str,
+        make: impl FnOnce(u64) -> T,
+    ) -> Result<u64, StoreError> {
         let seq = self.db.generate_id().map_err(self.sled_err())? + 1;
         let bytes = serde_json::to_vec(&make(seq)).expect("serialize");
-        self.tree(tree)?.insert(seq.to_be_bytes(), bytes).map_err(self.sled_err())?;
+        self.tree(tree)?
+            .insert(seq.to_be_bytes(), bytes)
+            .map_err(self.sled_err())?;
         Ok(seq)
     }
 
     /// The last `limit` entries of an append-only tree, oldest first.
-    pub fn tail<T: DeserializeOwned>(&self, tree: &'static str, limit: usize) -> Result<Vec<T>, StoreError> {
+    pub fn tail<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
         let t = self.tree(tree)?;
         let mut out = Vec::new();
         for kv in t.iter().rev().take(limit) {
@@ -190,14 +242,18 @@ impl Store {
 
     /// Writes every tree as JSON lines `{"tree":…,"key":…(hex),"value":…}`.
     pub fn export(&self, out: &mut dyn Write) -> Result<usize, StoreError> {
-        let io = |source| StoreError::Io { what: "writing export".into(), source };
+        let io = |source| StoreError::Io {
+            what: "writing export".into(),
+            source,
+        };
         let mut n = 0;
         for name in TREES {
             let t = self.tree(name)?;
             for kv in t.iter() {
                 let (k, v) = kv.map_err(self.sled_err())?;
                 let value: serde_json::Value = self.decode(name, &k, &v)?;
-                let line = serde_json::json!({"tree": name, "key": hex::encode(&k), "value": value});
+                let line =
+                    serde_json::json!({"tree": name, "key": hex::encode(&k), "value": value});
                 writeln!(out, "{line}").map_err(io)?;
                 n += 1;
             }
@@ -210,7 +266,10 @@ impl Store {
     pub fn import(&self, input: &mut dyn BufRead) -> Result<usize, StoreError> {
         let mut n = 0;
         for (i, line) in input.lines().enumerate() {
-            let line = line.map_err(|source| StoreError::Io { what: format!("reading import line {}", i + 1), source })?;
+            let line = line.map_err(|source| StoreError::Io {
+                what: format!("reading import line {}", i + 1),
+                source,
+            })?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -220,12 +279,19 @@ impl Store {
                 key: format!("line {}", i + 1),
                 reason,
             };
-            let doc: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
             let tree = doc["tree"].as_str().ok_or_else(|| bad("no tree".into()))?;
-            let tree = TREES.iter().find(|t| **t == tree).ok_or_else(|| bad(format!("unknown tree {tree}")))?;
-            let key = hex::decode(doc["key"].as_str().unwrap_or("")).map_err(|e| bad(e.to_string()))?;
+            let tree = TREES
+                .iter()
+                .find(|t| **t == tree)
+                .ok_or_else(|| bad(format!("unknown tree {tree}")))?;
+            let key =
+                hex::decode(doc["key"].as_str().unwrap_or("")).map_err(|e| bad(e.to_string()))?;
             let value = serde_json::to_vec(&doc["value"]).expect("serialize");
-            self.tree(tree)?.insert(key, value).map_err(self.sled_err())?;
+            self.tree(tree)?
+                .insert(key, value)
+                .map_err(self.sled_err())?;
             n += 1;
         }
         self.flush()?;
@@ -242,8 +308,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(&dir.path().join("a")).unwrap();
-            s.put("agents", "a1", &serde_json::json!({"name": "vc1"})).unwrap();
-            s.append("audit", |seq| serde_json::json!({"seq": seq})).unwrap();
+            s.put("agents", "a1", &serde_json::json!({"name": "vc1"}))
+                .unwrap();
+            s.append("audit", |seq| serde_json::json!({"seq": seq}))
+                .unwrap();
             s.flush().unwrap();
         }
         let s = Store::open(&dir.path().join("a")).unwrap();
@@ -264,8 +332,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         s.put("tokens", "t", &"active").unwrap();
-        assert!(s.compare_and_swap("tokens", "t", &"active", &"used").unwrap());
-        assert!(!s.compare_and_swap("tokens", "t", &"active", &"used").unwrap());
+        assert!(
+            s.compare_and_swap("tokens", "t", &"active", &"used")
+                .unwrap()
+        );
+        assert!(
+            !s.compare_and_swap("tokens", "t", &"active", &"used")
+                .unwrap()
+        );
     }
 
     #[test]
@@ -273,7 +347,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.put("meta", "schema_version", &(SCHEMA_VERSION + 1)).unwrap();
+            s.put("meta", "schema_version", &(SCHEMA_VERSION + 1))
+                .unwrap();
             s.flush().unwrap();
         }
         let err = Store::open(dir.path()).err().unwrap();
