@@ -79,6 +79,7 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    append_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -96,6 +97,7 @@ impl Store {
         let store = Store {
             db,
             path: dir.to_path_buf(),
+            append_lock: Default::default(),
         };
         match store.get::<u32>("meta", "schema_version")? {
             None => {

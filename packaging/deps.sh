@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what certfleet's demo and tests need beyond Rust, on Debian/Ubuntu:
+#   openssl     the real `openssl ca` / `openssl x509` the platforms use
+#   slapd       real OpenLDAP serving the simulated vCenter's vmdir (STS certificate)
+#   ldap-utils  ldapsearch / ldapmodify, as vCert and fixsts.sh use them
+# protoc is not needed: the build uses the protoc shipped in the protoc-bin-vendored crate.
+# Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
+set -euo pipefail
+
+certfleet_install_deps() {
+    local need=()
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)
+    [ -x /usr/sbin/slapd ] || need+=(slapd)
+    command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)
+    command -v pkill >/dev/null 2>&1 || need+=(procps)
+    if [ ${#need[@]} -eq 0 ]; then
+        return 0
+    fi
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install: ${need[*]}" >&2; return 1; }
+        sudo="sudo"
+    fi
+    echo "installing: ${need[*]}" >&2
+    $sudo apt-get update -qq
+    # slapd's postinst asks questions; take the defaults. The simulators run their own slapd.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+certfleet_install_deps
