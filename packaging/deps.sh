@@ -3,6 +3,7 @@
 #   openssl     the real `openssl ca` / `openssl x509` the platforms use
 #   slapd       real OpenLDAP serving the simulated vCenter's vmdir (STS certificate)
 #   ldap-utils  ldapsearch / ldapmodify, as vCert and fixsts.sh use them
+#   keytool     (default-jre-headless) the oVirt engine's JKS truststore
 # protoc is not needed: the build uses the protoc shipped in the protoc-bin-vendored crate.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
@@ -13,6 +14,8 @@ certfleet_install_deps() {
     [ -x /usr/sbin/slapd ] || need+=(slapd)
     command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)
     command -v pkill >/dev/null 2>&1 || need+=(procps)
+    # keytool: oVirt engines keep a JKS truststore; the simulated engine builds it the same way.
+    command -v keytool >/dev/null 2>&1 || need+=(default-jre-headless)
     if [ ${#need[@]} -eq 0 ]; then
         return 0
     fi

@@ -36,6 +36,12 @@ pub struct AgentConfig {
     /// TLS endpoints to probe.
     #[serde(default)]
     pub endpoints: Vec<EndpointWatch>,
+    /// Certificate files renewable by CSR (the `files` recipe).
+    #[serde(default)]
+    pub renew: Vec<RenewFile>,
+    /// Certificate authorities this host holds and may sign with (`ca.sign`).
+    #[serde(default)]
+    pub cas: Vec<CaConfig>,
     /// Platform-specific settings (e.g. `vsphere.ldap_uri`, `gke.workdir`), free-form per
     /// collector.
     #[serde(default)]
@@ -54,6 +60,76 @@ pub struct FileWatch {
     /// Password for PKCS#12 files.
     #[serde(default)]
     pub password: Option<String>,
+}
+
+/// A certificate file renewable by CSR: `csr.create` here, `ca.sign` on the CA's agent,
+/// `cert.install` back here.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewFile {
+    /// Certificate path.
+    pub cert: String,
+    /// Key path (stays on this host; the CSR is made from it).
+    pub key: String,
+    /// Name of the CA that signs it (an agent with a matching `[[cas]]`).
+    pub issuer: String,
+    /// Units to restart after installing.
+    #[serde(default)]
+    pub restart: Vec<String>,
+    /// Mode of the installed file (octal string).
+    #[serde(default = "default_cert_mode")]
+    pub mode: String,
+    /// Owner.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Validity in days (0 = the CA's default).
+    #[serde(default)]
+    pub days: u32,
+    /// Endpoint that must serve the new certificate afterwards.
+    #[serde(default)]
+    pub verify_endpoint: Option<String>,
+    /// More paths that get the same certificate.
+    #[serde(default)]
+    pub also: Vec<String>,
+}
+
+fn default_cert_mode() -> String {
+    "0644".into()
+}
+
+/// A CA held on this host, used by the `ca.sign` action.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Name recipes refer to.
+    pub name: String,
+    /// Working directory (host path, under root) for the sign command.
+    pub dir: String,
+    /// Sign command; `{csr}`, `{out}`, `{days}`, `{name}` are substituted. `openssl` means the
+    /// configured openssl tool.
+    pub command: Vec<String>,
+    /// Where the CSR is written, relative to `dir`.
+    #[serde(default = "default_requests")]
+    pub requests: String,
+    /// Where the command writes the certificate, relative to `dir`.
+    #[serde(default = "default_output")]
+    pub output: String,
+    /// Default validity in days.
+    #[serde(default = "default_days")]
+    pub days: u32,
+}
+
+fn default_requests() -> String {
+    "requests/{name}.req".into()
+}
+fn default_output() -> String {
+    "certs/{name}.cer".into()
+}
+fn default_days() -> u32 {
+    398
 }
 
 /// A TLS endpoint to probe.
@@ -110,6 +186,8 @@ impl Default for AgentConfig {
             scan_interval: default_scan_interval(),
             files: Vec::new(),
             endpoints: Vec::new(),
+            cas: Vec::new(),
+            renew: Vec::new(),
             settings: BTreeMap::new(),
         }
     }

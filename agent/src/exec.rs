@@ -82,8 +82,23 @@ pub fn run(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<ToolOutput, ToolError> {
+    run_in(program, args, stdin, timeout, None)
+}
+
+/// [`run`] in working directory `cwd` (tools like `openssl ca` resolve config paths from it).
+pub fn run_in(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    cwd: Option<&Path>,
+) -> Result<ToolOutput, ToolError> {
     let cmd = command_line(program, args);
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -159,7 +174,18 @@ pub fn run_ok(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<ToolOutput, ToolError> {
-    let out = run(program, args, stdin, timeout)?;
+    run_ok_in(program, args, stdin, timeout, None)
+}
+
+/// [`run_ok`] in working directory `cwd`.
+pub fn run_ok_in(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    cwd: Option<&Path>,
+) -> Result<ToolOutput, ToolError> {
+    let out = run_in(program, args, stdin, timeout, cwd)?;
     if out.code == Some(0) {
         return Ok(out);
     }

@@ -2,6 +2,7 @@
 //! controller over one outbound mTLS stream, and performs the actions the controller asks for.
 //! Works offline too (`scan`), for when everything else is down.
 
+pub mod act;
 pub mod collect;
 pub mod config;
 pub mod exec;

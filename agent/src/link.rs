@@ -279,8 +279,25 @@ async fn session(
             hostname: hostname(),
             platforms,
             version: env!("CARGO_PKG_VERSION").into(),
-            capabilities: vec!["inventory".into(), "renew".into()],
-            journaled_steps: Vec::new(),
+            capabilities: vec!["inventory".into(), "renew".into(), "steps".into()],
+            journaled_steps: crate::act::journal::step_ids(state),
+            cas: cfg.cas.iter().map(|c| c.name.clone()).collect(),
+            renewable: cfg
+                .renew
+                .iter()
+                .map(|r| pb::RenewableFile {
+                    cert: r.cert.clone(),
+                    key: r.key.clone(),
+                    issuer: r.issuer.clone(),
+                    restart: r.restart.clone(),
+                    mode: r.mode.clone(),
+                    owner: r.owner.clone().unwrap_or_default(),
+                    group: r.group.clone().unwrap_or_default(),
+                    days: r.days,
+                    verify_endpoint: r.verify_endpoint.clone().unwrap_or_default(),
+                    also: r.also.clone(),
+                })
+                .collect(),
         }),
     )?;
     let mut inbound = AgentLinkClient::new(channel)
@@ -340,13 +357,7 @@ async fn session(
                         if scanning { rescan_wanted = true } else { start_scan(&mut scanning) }
                     }
                     Some(pb::controller_message::Kind::Step(step)) => {
-                        send(&tx, pb::agent_message::Kind::StepResult(pb::StepResult {
-                            step_id: step.step_id,
-                            ok: false,
-                            message: format!("action {:?} is not available on this agent version {}", step.action, env!("CARGO_PKG_VERSION")),
-                            details_json: String::new(),
-                            from_journal: false,
-                        }))?;
+                        run_step(state.clone(), cfg.clone(), step, tx.clone());
                     }
                     _ => {}
                 }
@@ -376,4 +387,34 @@ async fn session(
             }
         }
     }
+}
+
+/// Runs a step off the async runtime, streaming its output lines and sending its result. Steps
+/// run one at a time per agent (a host's certificates are changed by one hand at once).
+fn run_step(
+    state: StateDir,
+    cfg: Arc<AgentConfig>,
+    step: pb::StepRequest,
+    tx: mpsc::Sender<pb::AgentMessage>,
+) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    tokio::task::spawn_blocking(move || {
+        let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let id = step.step_id.clone();
+        let out_tx = tx.clone();
+        let output = move |line: String| {
+            tracing::info!(step = %id, "{line}");
+            let _ = out_tx.blocking_send(pb::AgentMessage {
+                kind: Some(pb::agent_message::Kind::StepOutput(pb::StepOutput {
+                    step_id: id.clone(),
+                    line,
+                })),
+            });
+        };
+        let result = crate::act::execute(&cfg, &state, &step, &output);
+        tracing::info!(step = %result.step_id, ok = result.ok, message = %result.message, "step finished");
+        let _ = tx.blocking_send(pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::StepResult(result)),
+        });
+    });
 }

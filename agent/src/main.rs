@@ -51,6 +51,16 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
         max_backoff: std::time::Duration,
     },
+    /// Backups taken before every replacement (newest last).
+    Backups {
+        #[arg(long, default_value = "/var/lib/certfleet-agent")]
+        state_dir: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+        /// Restore this backup (files back with their bytes, mode and owner).
+        #[arg(long)]
+        restore: Option<String>,
+    },
     /// Scan this host's certificates locally, without a controller.
     Scan {
         /// Root prefix of the host (default: from config, else /).
@@ -116,6 +126,50 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Backups {
+            state_dir,
+            output,
+            restore,
+        } => {
+            let state = certfleet_agent::state::StateDir(state_dir);
+            if let Some(id) = restore {
+                let m = certfleet_agent::act::backup::restore(&state, &id)?;
+                println!("restored backup {id}: {} file(s)", m.files.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list = certfleet_agent::act::backup::list(&state);
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Format::Table => {
+                    for m in &list {
+                        println!(
+                            "{}  {}  step {}",
+                            m.id,
+                            certfleet_common::model::format_time(m.created_at),
+                            m.step_id
+                        );
+                        for f in &m.files {
+                            let what = if f.existed {
+                                format!(
+                                    "{:o} {}:{} sha256 {}",
+                                    f.mode,
+                                    f.uid,
+                                    f.gid,
+                                    &f.sha256[..16]
+                                )
+                            } else {
+                                "did not exist".into()
+                            };
+                            println!("    {}  ({what})", f.path.display());
+                        }
+                    }
+                    if list.is_empty() {
+                        println!("no backups in {}", state.path().display());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Enroll {
             controller,
             token,
@@ -165,7 +219,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let found = collect::scan(&cfg);
             let now = certfleet_common::model::now();
             match output {
-                Format::Json => println!("{}", report::json(&found, now)),
+                Format::Json => report::write_json(&found, now, std::io::stdout().lock())
+                    .context("writing the report")?,
                 Format::Table => print!("{}", report::table(&found, now)),
             }
             Ok(ExitCode::SUCCESS)

@@ -61,7 +61,25 @@ pub fn days_left(not_after: i64, now: i64) -> i64 {
     (not_after - now).div_euclid(86_400)
 }
 
-/// JSON report.
+/// Writes the JSON report to `out`, streamed (a 10,000-certificate scan never builds the whole
+/// document in memory).
+pub fn write_json(c: &Collection, now: i64, out: impl std::io::Write) -> std::io::Result<()> {
+    let report = ScanReport {
+        platforms: &c.platforms,
+        certificates: by_urgency(c.certificates(), now)
+            .into_iter()
+            .map(|r| view(r, now))
+            .collect(),
+        problems: &c.problems,
+        health: &c.health,
+    };
+    let mut out = std::io::BufWriter::new(out);
+    serde_json::to_writer_pretty(&mut out, &report)?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    std::io::Write::flush(&mut out)
+}
+
+/// JSON report as a string.
 pub fn json(c: &Collection, now: i64) -> String {
     let report = ScanReport {
         platforms: &c.platforms,

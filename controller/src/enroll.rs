@@ -188,6 +188,8 @@ impl Enrollment for EnrollmentService {
             labels: stored.labels.clone(),
             pending_csr: None,
             approved_cert: None,
+            cas: Vec::new(),
+            renewable: Vec::new(),
         };
         fleet.store.put("agents", &id, &record).map_err(internal)?;
         fleet.audit(

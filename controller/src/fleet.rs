@@ -98,6 +98,54 @@ pub struct AgentRecord {
     /// Certificate issued on approval, waiting to be picked up by the agent.
     #[serde(default)]
     pub approved_cert: Option<String>,
+    /// CAs this agent can sign with.
+    #[serde(default)]
+    pub cas: Vec<String>,
+    /// Files it is configured to renew.
+    #[serde(default)]
+    pub renewable: Vec<RenewableSpec>,
+}
+
+/// A file an agent can renew by CSR (from its hello).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RenewableSpec {
+    /// Certificate path.
+    pub cert: String,
+    /// Key path.
+    pub key: String,
+    /// CA name.
+    pub issuer: String,
+    /// Units to restart.
+    pub restart: Vec<String>,
+    /// Mode.
+    pub mode: String,
+    /// Owner.
+    pub owner: String,
+    /// Group.
+    pub group: String,
+    /// Days (0 = CA default).
+    pub days: u32,
+    /// Endpoint to verify.
+    pub verify_endpoint: String,
+    /// Extra install paths.
+    pub also: Vec<String>,
+}
+
+impl From<certfleet_common::proto::RenewableFile> for RenewableSpec {
+    fn from(r: certfleet_common::proto::RenewableFile) -> Self {
+        RenewableSpec {
+            cert: r.cert,
+            key: r.key,
+            issuer: r.issuer,
+            restart: r.restart,
+            mode: r.mode,
+            owner: r.owner,
+            group: r.group,
+            days: r.days,
+            verify_endpoint: r.verify_endpoint,
+            also: r.also,
+        }
+    }
 }
 
 /// State of a join token.

@@ -2,6 +2,7 @@
 //! fleet's inventory, and the operator API, with state in sled.
 
 pub mod cli;
+pub mod engine;
 pub mod enroll;
 pub mod fleet;
 pub mod http;
@@ -9,5 +10,7 @@ pub mod inventory;
 pub mod link;
 pub mod metrics;
 pub mod operator;
+pub mod plan;
+pub mod policy;
 pub mod server;
 pub mod store;

@@ -66,6 +66,8 @@ impl AgentLink for AgentLinkService {
         agent.hostname = hello.hostname.clone();
         agent.platforms = hello.platforms.clone();
         agent.version = hello.version.clone();
+        agent.cas = hello.cas.clone();
+        agent.renewable = hello.renewable.iter().cloned().map(Into::into).collect();
         agent.last_seen = certfleet_common::model::now();
         fleet
             .store
@@ -87,6 +89,7 @@ impl AgentLink for AgentLinkService {
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         fleet.changed.notify_waiters();
+        crate::engine::on_agent_connected(&fleet, &agent.id);
 
         let id = agent.id.clone();
         tokio::spawn(async move {
@@ -182,12 +185,8 @@ async fn handle(
                 .await
                 .map_err(|_| Status::cancelled("stream closed"))?;
         }
-        Some(Kind::StepResult(r)) => {
-            tracing::warn!(agent = %id, step = %r.step_id, "step result for no running plan")
-        }
-        Some(Kind::StepOutput(o)) => {
-            tracing::debug!(agent = %id, step = %o.step_id, line = %o.line, "step output")
-        }
+        Some(Kind::StepResult(r)) => crate::engine::on_step_result(fleet, id, r),
+        Some(Kind::StepOutput(o)) => crate::engine::on_step_output(fleet, id, o),
         Some(Kind::Hello(_)) => return Err(Status::invalid_argument("hello sent twice")),
         None => {}
     }

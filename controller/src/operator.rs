@@ -78,8 +78,236 @@ fn token_info(t: &TokenRecord) -> pb::TokenInfo {
     }
 }
 
+type PlanStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::PlanInfo, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Operator for OperatorService {
+    type WatchPlanStream = PlanStream;
+
+    async fn create_plan(
+        &self,
+        request: Request<pb::CreatePlanRequest>,
+    ) -> Result<Response<pb::PlanInfo>, Status> {
+        let req_dry = request.get_ref().dry_run;
+        // A dry run changes nothing on hosts: viewers may ask for one.
+        let op = self.fleet.require_operator(&request, !req_dry)?;
+        let r = request.into_inner();
+        let plan = crate::policy::create_plan(
+            &self.fleet,
+            crate::policy::PlanRequest {
+                recipe: r.recipe,
+                agents: r.agents,
+                roles: r.roles,
+                expiring_within_secs: r.expiring_within_secs,
+                policy: r.policy.unwrap_or_default().into(),
+                dry_run: r.dry_run,
+                params: r.params.into_iter().map(|l| (l.key, l.value)).collect(),
+                created_by: format!("operator:{}", op.name),
+                origin: "operator".into(),
+            },
+        )?;
+        Ok(Response::new(plan.info()))
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::PlanList>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let mut plans = crate::engine::plans(&self.fleet)?;
+        plans.sort_by_key(|p| p.created_at);
+        Ok(Response::new(pb::PlanList {
+            plans: plans.iter().map(|p| p.info()).collect(),
+        }))
+    }
+
+    async fn get_plan(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<pb::PlanInfo>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        Ok(Response::new(
+            crate::engine::load(&self.fleet, &request.into_inner().id)?.info(),
+        ))
+    }
+
+    async fn control_plan(
+        &self,
+        request: Request<pb::ControlPlanRequest>,
+    ) -> Result<Response<pb::PlanInfo>, Status> {
+        use crate::plan::{PlanState as S, StepState};
+        let op = self.fleet.require_operator(&request, true)?;
+        let r = request.into_inner();
+        let mut plan = crate::engine::load(&self.fleet, &r.id)?;
+        let bad = |plan: &crate::plan::Plan| {
+            Status::failed_precondition(format!(
+                "plan {} is {}; cannot {}",
+                plan.id,
+                plan.state.as_str(),
+                r.action
+            ))
+        };
+        match r.action.as_str() {
+            "approve" => match plan.state {
+                S::AwaitingApproval => plan.state = S::Approved,
+                S::WaitingCanary => {
+                    plan.canary_released = true;
+                    plan.state = S::Running;
+                    plan.message = format!("canary approved by {}", op.name);
+                }
+                _ => return Err(bad(&plan)),
+            },
+            "run" => match plan.state {
+                S::Approved => plan.state = S::Running,
+                S::AwaitingApproval => {
+                    return Err(Status::failed_precondition(format!(
+                        "plan {} needs `certfleet plan approve {}` first",
+                        plan.id, plan.id
+                    )));
+                }
+                _ => return Err(bad(&plan)),
+            },
+            "pause" => match plan.state {
+                S::Running | S::WaitingCanary => {
+                    plan.state = S::Paused;
+                    plan.message = format!("paused by {}", op.name);
+                }
+                _ => return Err(bad(&plan)),
+            },
+            "resume" => match plan.state {
+                S::Paused => {
+                    plan.state = S::Running;
+                    plan.message.clear();
+                }
+                _ => return Err(bad(&plan)),
+            },
+            "abort" => {
+                if plan.state.is_final() {
+                    return Err(bad(&plan));
+                }
+                plan.state = S::Aborted;
+                plan.message = format!("aborted by {}", op.name);
+                for s in plan
+                    .steps
+                    .iter_mut()
+                    .filter(|s| s.state == StepState::Pending)
+                {
+                    s.state = StepState::Skipped;
+                }
+            }
+            "rollback" => {
+                crate::engine::rollback(&mut plan)?;
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown plan action {other:?}"
+                )));
+            }
+        }
+        crate::engine::save(&self.fleet, &plan)?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            &format!("plan.{}", r.action),
+            &format!("plan:{}", plan.id),
+            plan.state.as_str(),
+        )?;
+        Ok(Response::new(plan.info()))
+    }
+
+    async fn watch_plan(
+        &self,
+        request: Request<pb::IdRequest>,
+    ) -> Result<Response<PlanStream>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let id = request.into_inner().id;
+        crate::engine::load(&self.fleet, &id)?;
+        let fleet = self.fleet.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                let notified = fleet.changed.notified();
+                let plan = match crate::engine::load(&fleet, &id) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let info = plan.info();
+                let digest = format!("{info:?}");
+                if digest != last {
+                    last = digest;
+                    if tx.send(Ok(info)).await.is_err() {
+                        return;
+                    }
+                }
+                if plan.state.is_final() {
+                    return;
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<pb::PolicyInfo>,
+    ) -> Result<Response<pb::PolicyInfo>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let p: crate::policy::RolePolicy = request.into_inner().into();
+        if p.role.is_empty() || p.renew_within_secs == 0 {
+            return Err(Status::invalid_argument(
+                "policy needs a role and --renew-within",
+            ));
+        }
+        if !p.window.is_empty() {
+            p.window
+                .parse::<croner::Cron>()
+                .map_err(|e| Status::invalid_argument(format!("window {:?}: {e}", p.window)))?;
+        }
+        if certfleet_common::roles::lookup(&p.role).recipe.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "role {} has no built-in recipe to renew it",
+                p.role
+            )));
+        }
+        self.fleet
+            .store
+            .put("policies", &p.role, &p)
+            .map_err(internal)?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "policy.set",
+            &format!("role:{}", p.role),
+            &format!(
+                "renew_within={}s window={:?} auto_approve={}",
+                p.renew_within_secs, p.window, p.auto_approve
+            ),
+        )?;
+        Ok(Response::new((&p).into()))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::PolicyList>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let list: Vec<crate::policy::RolePolicy> =
+            self.fleet.store.list("policies").map_err(internal)?;
+        Ok(Response::new(pb::PolicyList {
+            policies: list.iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn who_am_i(
         &self,
         request: Request<pb::Empty>,

@@ -250,6 +250,8 @@ pub async fn serve(
         });
     }
 
+    tokio::spawn(crate::engine::run(fleet.clone(), stop_rx.clone()));
+
     // Batched heartbeat persistence: no fsync per heartbeat.
     let f = fleet.clone();
     let mut rx = stop_rx.clone();

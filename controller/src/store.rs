@@ -207,10 +207,18 @@ impl Store {
         tree: &'static str,
         make: impl FnOnce(u64) -> T,
     ) -> Result<u64, StoreError> {
-        let seq = self.db.generate_id().map_err(self.sled_err())? + 1;
+        // Dense sequence numbers (sled's generate_id jumps after a restart); appends are rare,
+        // so one lock is enough.
+        let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.tree(tree)?;
+        let last = t.last().map_err(self.sled_err())?;
+        let seq = last
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+            + 1;
         let bytes = serde_json::to_vec(&make(seq)).expect("serialize");
-        self.tree(tree)?
-            .insert(seq.to_be_bytes(), bytes)
+        t.insert(seq.to_be_bytes(), bytes)
             .map_err(self.sled_err())?;
         Ok(seq)
     }

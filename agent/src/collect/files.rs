@@ -17,10 +17,13 @@ impl Collector for Files {
     }
 
     fn detect(&self, cfg: &AgentConfig) -> bool {
-        !cfg.files.is_empty()
+        !cfg.files.is_empty() || !cfg.renew.is_empty()
     }
 
     fn collect(&self, cfg: &AgentConfig, out: &mut Collection) {
+        for r in &cfg.renew {
+            read_one(&cfg.host_path(&r.cert), "file.renewable", None, out);
+        }
         for watch in &cfg.files {
             for pattern in &watch.paths {
                 let full = cfg.host_path(pattern);

@@ -1,0 +1,156 @@
+//! Actions: what the controller can ask an agent to do, one typed step at a time.
+//!
+//! Every action that changes the host backs up what it replaces ([`backup`]), writes
+//! atomically with the right owner and mode, verifies the result, and undoes its own change
+//! when the verification fails. Each step id is journaled ([`journal`]) with its result, so a
+//! step re-sent after a lost connection or a controller restart is answered, never run twice.
+
+use std::time::Duration;
+
+use certfleet_common::proto as pb;
+use serde_json::Value;
+
+use crate::config::AgentConfig;
+use crate::state::StateDir;
+
+pub mod backup;
+pub mod generic;
+pub mod journal;
+
+/// An action failed; the message names the file, command or service.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ActError(pub String);
+
+impl ActError {
+    /// Shorthand.
+    pub fn new(msg: impl Into<String>) -> Self {
+        ActError(msg.into())
+    }
+}
+
+impl From<crate::exec::ToolError> for ActError {
+    fn from(e: crate::exec::ToolError) -> Self {
+        ActError(e.to_string())
+    }
+}
+
+/// What an action runs with.
+pub struct ActContext<'a> {
+    /// Agent configuration (root prefix, tool paths, CAs).
+    pub cfg: &'a AgentConfig,
+    /// Agent state directory (backups, journal).
+    pub state: &'a StateDir,
+    /// The step's id.
+    pub step_id: &'a str,
+    /// Per-step timeout for tools.
+    pub timeout: Duration,
+    /// Streams a line of output to the controller.
+    pub output: &'a (dyn Fn(String) + Sync),
+}
+
+impl ActContext<'_> {
+    /// Runs a tool that must succeed, echoing the command line and its output.
+    pub fn run_ok(
+        &self,
+        program: &std::path::Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<crate::exec::ToolOutput, ActError> {
+        self.run_ok_in(program, args, stdin, None)
+    }
+
+    /// [`ActContext::run_ok`] in a working directory.
+    pub fn run_ok_in(
+        &self,
+        program: &std::path::Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        cwd: Option<&std::path::Path>,
+    ) -> Result<crate::exec::ToolOutput, ActError> {
+        (self.output)(format!(
+            "$ {}{}",
+            cwd.map(|d| format!("(cd {}) ", d.display()))
+                .unwrap_or_default(),
+            crate::exec::command_line(program, args)
+        ));
+        let out = crate::exec::run_ok_in(program, args, stdin, self.timeout, cwd)?;
+        for line in out.stdout.lines().chain(out.stderr.lines()).take(50) {
+            (self.output)(line.to_owned());
+        }
+        Ok(out)
+    }
+}
+
+/// A string argument.
+pub fn arg_str<'v>(args: &'v Value, name: &str) -> Result<&'v str, ActError> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ActError(format!("missing string argument {name:?}")))
+}
+
+/// Runs one step: answered from the journal if it already ran, else executed and journaled.
+pub fn execute(
+    cfg: &AgentConfig,
+    state: &StateDir,
+    req: &pb::StepRequest,
+    output: &(dyn Fn(String) + Sync),
+) -> pb::StepResult {
+    if let Some(done) = journal::lookup(state, &req.step_id) {
+        tracing::info!(step = %req.step_id, "step already ran; answering from the journal");
+        return pb::StepResult {
+            from_journal: true,
+            ..done
+        };
+    }
+    let args: Value = match serde_json::from_str(if req.args_json.is_empty() {
+        "{}"
+    } else {
+        &req.args_json
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            return result(
+                req,
+                Err(ActError(format!("step arguments are not JSON: {e}"))),
+            );
+        }
+    };
+    let ctx = ActContext {
+        cfg,
+        state,
+        step_id: &req.step_id,
+        timeout: Duration::from_secs(u64::from(req.timeout_secs.max(5))),
+        output,
+    };
+    tracing::info!(step = %req.step_id, action = %req.action, "running step");
+    let outcome = generic::dispatch(&req.action, &ctx, &args);
+    let res = result(req, outcome);
+    if let Err(e) = journal::record(state, &res) {
+        tracing::error!(step = %req.step_id, error = %e, "cannot journal step result");
+    }
+    res
+}
+
+fn result(req: &pb::StepRequest, outcome: Result<Value, ActError>) -> pb::StepResult {
+    match outcome {
+        Ok(details) => pb::StepResult {
+            step_id: req.step_id.clone(),
+            ok: true,
+            message: details
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("done")
+                .to_owned(),
+            details_json: details.to_string(),
+            from_journal: false,
+        },
+        Err(e) => pb::StepResult {
+            step_id: req.step_id.clone(),
+            ok: false,
+            message: e.0,
+            details_json: String::new(),
+            from_journal: false,
+        },
+    }
+}

@@ -1,0 +1,540 @@
+//! The rotation engine: moves running plans forward.
+//!
+//! One task wakes on every change (step result, agent connect) and every second. For each
+//! running plan it applies the policy (window, canary, max parallel targets, failure budget),
+//! marks ready steps dispatched — durably, flushed — and only then sends them. Results are
+//! written the same way before anything else looks at them. After a crash the store says
+//! exactly which steps were in flight; they are sent again and the agents' journals answer the
+//! ones that already ran.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use certfleet_common::model::now;
+use certfleet_common::proto as pb;
+use tonic::Status;
+
+use crate::fleet::{Fleet, internal};
+use crate::plan::{OUTPUT_LINES, Plan, PlanState, Step, StepState, resolve_refs};
+
+/// Loads every plan.
+pub fn plans(fleet: &Fleet) -> Result<Vec<Plan>, Status> {
+    fleet.store.list("plans").map_err(internal)
+}
+
+/// Loads one plan.
+pub fn load(fleet: &Fleet, id: &str) -> Result<Plan, Status> {
+    fleet
+        .store
+        .get("plans", id)
+        .map_err(internal)?
+        .ok_or_else(|| Status::not_found(format!("no plan {id}")))
+}
+
+/// Writes a plan and makes it durable.
+pub fn save(fleet: &Fleet, plan: &Plan) -> Result<(), Status> {
+    fleet.store.put("plans", &plan.id, plan).map_err(internal)?;
+    fleet.store.flush().map_err(internal)?;
+    fleet.changed.notify_waiters();
+    Ok(())
+}
+
+/// Runs the engine until `stop` fires.
+pub async fn run(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    // Policies look at the whole inventory: every 15 s is plenty for thresholds in days.
+    let mut last_policy = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        if let Err(e) = tick(&fleet) {
+            tracing::error!(error = %e.message(), "rotation engine tick failed");
+        }
+        if last_policy.elapsed() >= Duration::from_secs(15) {
+            last_policy = std::time::Instant::now();
+            if let Err(e) = crate::policy::tick(&fleet) {
+                tracing::error!(error = %e.message(), "policy evaluation failed");
+            }
+        }
+        tokio::select! {
+            _ = fleet.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Whether `now` is inside the policy's window.
+pub fn in_window(window: &str, window_secs: u64, now: i64) -> Result<bool, String> {
+    if window.trim().is_empty() {
+        return Ok(true);
+    }
+    let cron: croner::Cron = window
+        .parse()
+        .map_err(|e| format!("window {window:?}: {e}"))?;
+    // The most recent window start at or before now: search forward from now - window length.
+    let from = chrono_from(now - window_secs as i64);
+    match cron.find_next_occurrence(&from, true) {
+        Ok(start) => Ok(start.timestamp() <= now),
+        Err(e) => Err(format!("window {window:?}: {e}")),
+    }
+}
+
+/// The next window start after `now`.
+pub fn next_window(window: &str, now: i64) -> Option<i64> {
+    let cron: croner::Cron = window.parse().ok()?;
+    cron.find_next_occurrence(&chrono_from(now), false)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+fn chrono_from(secs: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0).unwrap_or_default()
+}
+
+fn tick(fleet: &Fleet) -> Result<(), Status> {
+    for mut plan in plans(fleet)? {
+        if matches!(
+            plan.state,
+            PlanState::Running | PlanState::RollingBack | PlanState::WaitingCanary
+        ) && advance(fleet, &mut plan)?
+        {
+            save(fleet, &plan)?;
+        }
+    }
+    Ok(())
+}
+
+fn deps_met(plan: &Plan, step: &Step) -> bool {
+    step.depends_on.iter().all(|d| {
+        plan.step(d)
+            .is_some_and(|s| s.state == StepState::Succeeded)
+    })
+}
+
+/// Moves one plan forward; returns whether it changed.
+fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
+    let now = now();
+    let mut changed = false;
+
+    // Timeouts of dispatched steps.
+    for s in plan
+        .steps
+        .iter_mut()
+        .filter(|s| s.state == StepState::Dispatched)
+    {
+        if s.started_at > 0
+            && now - s.started_at > i64::from(s.timeout_secs) + 30
+            && fleet.registry.status(&s.agent_id).is_some()
+        {
+            s.state = StepState::Failed;
+            s.finished_at = now;
+            s.message = format!(
+                "no result within {}s (agent {} connected)",
+                s.timeout_secs, s.agent_name
+            );
+            changed = true;
+        }
+    }
+
+    // Failure accounting: failed targets against the budget.
+    let failed: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Failed)
+        .map(|s| s.target.as_str())
+        .collect();
+    if plan.state == PlanState::Running && failed.len() > plan.policy.failure_budget as usize {
+        let names: Vec<&str> = failed.iter().copied().collect();
+        plan.state = PlanState::Failed;
+        plan.message = format!(
+            "halted: {} failed target(s) ({}) exceed the failure budget of {}",
+            failed.len(),
+            names.join(", "),
+            plan.policy.failure_budget
+        );
+        for s in plan
+            .steps
+            .iter_mut()
+            .filter(|s| s.state == StepState::Pending)
+        {
+            s.state = StepState::Skipped;
+        }
+        fleet.audit(
+            &format!("plan:{}", plan.id),
+            "plan.halt",
+            &format!("plan:{}", plan.id),
+            &plan.message,
+        )?;
+        return Ok(true);
+    }
+    // Steps that can never run (a dependency failed) are skipped, their target counted failed.
+    let blocked: Vec<usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.state == StepState::Pending)
+        .filter(|(_, s)| {
+            s.depends_on.iter().any(|d| {
+                plan.step(d)
+                    .is_some_and(|x| matches!(x.state, StepState::Failed | StepState::Skipped))
+            })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    for i in blocked {
+        plan.steps[i].state = StepState::Skipped;
+        plan.steps[i].message = "a step it depends on failed".into();
+        changed = true;
+    }
+
+    // Canary gate.
+    if plan.policy.canary && !plan.canary_released {
+        let canary_done = plan
+            .steps
+            .iter()
+            .filter(|s| s.canary)
+            .all(|s| s.state == StepState::Succeeded);
+        if canary_done {
+            if plan.canary_done_at == 0 {
+                plan.canary_done_at = now;
+                changed = true;
+            }
+            if plan.policy.canary_soak_secs > 0
+                && now - plan.canary_done_at >= plan.policy.canary_soak_secs as i64
+            {
+                plan.canary_released = true;
+                plan.state = PlanState::Running;
+                plan.message = "canary soaked; continuing".into();
+                changed = true;
+            } else if plan.state != PlanState::WaitingCanary {
+                plan.state = PlanState::WaitingCanary;
+                plan.message = if plan.policy.canary_soak_secs > 0 {
+                    format!(
+                        "canary target done; continuing after {}s soak (or `certfleet plan approve {}`)",
+                        plan.policy.canary_soak_secs, plan.id
+                    )
+                } else {
+                    format!(
+                        "canary target done; continue with `certfleet plan approve {}`",
+                        plan.id
+                    )
+                };
+                return Ok(true);
+            }
+        }
+    }
+    if plan.state == PlanState::WaitingCanary {
+        return Ok(changed);
+    }
+
+    // Finished?
+    if plan
+        .steps
+        .iter()
+        .all(|s| !matches!(s.state, StepState::Pending | StepState::Dispatched))
+    {
+        let any_failed = plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.state, StepState::Failed | StepState::Skipped));
+        let (state, action) = match (plan.state, any_failed) {
+            (PlanState::RollingBack, _) => (PlanState::RolledBack, "plan.rolled_back"),
+            (_, false) => (PlanState::Succeeded, "plan.succeeded"),
+            (_, true) => (PlanState::Failed, "plan.failed"),
+        };
+        plan.state = state;
+        if state == PlanState::Failed && plan.message.is_empty() {
+            plan.message = "finished with failed steps (within the failure budget)".into();
+        }
+        fleet.audit(
+            &format!("plan:{}", plan.id),
+            action,
+            &format!("plan:{}", plan.id),
+            &plan.message,
+        )?;
+        return Ok(true);
+    }
+
+    // Window.
+    match in_window(&plan.policy.window, plan.policy.window_secs, now) {
+        Ok(true) => {}
+        Ok(false) => {
+            let msg = format!(
+                "waiting for the maintenance window {:?} (next {})",
+                plan.policy.window,
+                next_window(&plan.policy.window, now)
+                    .map(certfleet_common::model::format_time)
+                    .unwrap_or_default()
+            );
+            if plan.message != msg {
+                plan.message = msg;
+                changed = true;
+            }
+            return Ok(changed);
+        }
+        Err(e) => {
+            plan.state = PlanState::Failed;
+            plan.message = e;
+            return Ok(true);
+        }
+    }
+
+    // Dispatch ready steps within max_parallel targets.
+    let max = plan.policy.max_parallel.max(1) as usize;
+    let mut active: HashSet<String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Dispatched)
+        .map(|s| s.target.clone())
+        .collect();
+    // A target with steps done and steps left is still "in progress".
+    for s in &plan.steps {
+        if s.state == StepState::Succeeded
+            && plan
+                .steps
+                .iter()
+                .any(|o| o.target == s.target && o.state == StepState::Pending)
+        {
+            active.insert(s.target.clone());
+        }
+    }
+    let gate_canary = plan.policy.canary && !plan.canary_released;
+    let mut to_send = Vec::new();
+    for i in 0..plan.steps.len() {
+        let s = &plan.steps[i];
+        if s.state != StepState::Pending || !deps_met(plan, s) || (gate_canary && !s.canary) {
+            continue;
+        }
+        if !active.contains(&s.target) && active.len() >= max {
+            continue;
+        }
+        // Never two steps of one agent in flight at once: a host changes by one hand.
+        if plan
+            .steps
+            .iter()
+            .any(|o| o.state == StepState::Dispatched && o.agent_id == s.agent_id)
+            || to_send
+                .iter()
+                .any(|&j: &usize| plan.steps[j].agent_id == s.agent_id)
+        {
+            continue;
+        }
+        let args = match resolve_refs(plan, &s.args) {
+            Ok(a) => a,
+            Err(e) => {
+                let s = &mut plan.steps[i];
+                s.state = StepState::Failed;
+                s.message = format!("cannot build arguments: {e}");
+                s.finished_at = now;
+                changed = true;
+                continue;
+            }
+        };
+        active.insert(s.target.clone());
+        let s = &mut plan.steps[i];
+        s.state = StepState::Dispatched;
+        s.attempts += 1;
+        s.started_at = now;
+        s.args = args;
+        to_send.push(i);
+    }
+    if to_send.is_empty() {
+        return Ok(changed);
+    }
+    // Durable before acted on.
+    save(fleet, plan)?;
+    for i in to_send {
+        let s = &plan.steps[i];
+        fleet
+            .audit(
+                &format!("plan:{}", plan.id),
+                "step.dispatch",
+                &format!("agent:{}", s.agent_id),
+                &format!("{} {} ({})", s.id, s.action, s.name),
+            )
+            .ok();
+        send_step(fleet, s);
+    }
+    Ok(false)
+}
+
+fn send_step(fleet: &Fleet, s: &Step) -> bool {
+    let msg = pb::ControllerMessage {
+        kind: Some(pb::controller_message::Kind::Step(pb::StepRequest {
+            step_id: s.id.clone(),
+            action: s.action.clone(),
+            args_json: s.args.to_string(),
+            timeout_secs: s.timeout_secs,
+            dry_run: false,
+        })),
+    };
+    let sent = fleet.registry.send(&s.agent_id, msg);
+    if !sent {
+        tracing::info!(step = %s.id, agent = %s.agent_name, "agent not connected; step waits for it");
+    }
+    sent
+}
+
+/// An agent (re)connected: send it every step still marked dispatched for it. Steps it already
+/// ran are answered from its journal.
+pub fn on_agent_connected(fleet: &Fleet, agent: &str) {
+    let Ok(all) = plans(fleet) else { return };
+    for plan in all.iter().filter(|p| {
+        matches!(
+            p.state,
+            PlanState::Running
+                | PlanState::RollingBack
+                | PlanState::WaitingCanary
+                | PlanState::Paused
+        )
+    }) {
+        for s in plan
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Dispatched && s.agent_id == agent)
+        {
+            tracing::info!(step = %s.id, agent, "re-sending in-flight step after reconnect");
+            send_step(fleet, s);
+        }
+    }
+}
+
+fn find_step(fleet: &Fleet, step_id: &str) -> Option<(Plan, usize)> {
+    let plan_id = step_id.rsplit_once('-').map(|(p, _)| p)?;
+    let plan = load(fleet, plan_id).ok()?;
+    let i = plan.steps.iter().position(|s| s.id == step_id)?;
+    Some((plan, i))
+}
+
+/// A step result from `agent`.
+pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
+    let Some((mut plan, i)) = find_step(fleet, &r.step_id) else {
+        tracing::warn!(agent, step = %r.step_id, "result for an unknown step");
+        return;
+    };
+    let s = &mut plan.steps[i];
+    if s.agent_id != agent {
+        // An agent can only speak for its own steps.
+        tracing::warn!(agent, step = %r.step_id, owner = %s.agent_id, "result from the wrong agent ignored");
+        fleet.metrics.rpc_error("step_wrong_agent");
+        return;
+    }
+    if s.state != StepState::Dispatched {
+        return;
+    }
+    s.state = if r.ok {
+        StepState::Succeeded
+    } else {
+        StepState::Failed
+    };
+    s.message = if r.from_journal {
+        format!("{} (answered from the agent's journal)", r.message)
+    } else {
+        r.message.clone()
+    };
+    s.details = serde_json::from_str(&r.details_json).unwrap_or(serde_json::Value::Null);
+    s.finished_at = now();
+    let (id, action, name, ok) = (s.id.clone(), s.action.clone(), s.name.clone(), r.ok);
+    let msg = s.message.clone();
+    // A successful restore marks the step whose change it undid.
+    if ok && let Some(orig) = s.key.strip_prefix("rollback-").map(str::to_owned) {
+        if let Some(o) = plan.steps.iter_mut().find(|x| x.key == orig) {
+            o.state = StepState::RolledBack;
+        }
+    }
+    if let Err(e) = save(fleet, &plan) {
+        tracing::error!(step = %id, error = %e.message(), "cannot persist step result");
+        return;
+    }
+    let _ = fleet.audit(
+        &format!("agent:{agent}"),
+        if ok { "step.succeeded" } else { "step.failed" },
+        &format!("plan:{}", plan.id),
+        &format!("{id} {action} ({name}): {msg}"),
+    );
+}
+
+/// A line of step output (kept in memory-bounded form in the plan, not flushed).
+pub fn on_step_output(fleet: &Fleet, agent: &str, o: pb::StepOutput) {
+    let Some((mut plan, i)) = find_step(fleet, &o.step_id) else {
+        return;
+    };
+    let s = &mut plan.steps[i];
+    if s.agent_id != agent {
+        return;
+    }
+    s.output.push(o.line);
+    if s.output.len() > OUTPUT_LINES {
+        let cut = s.output.len() - OUTPUT_LINES;
+        s.output.drain(..cut);
+    }
+    let _ = fleet.store.put("plans", &plan.id, &plan);
+    fleet.changed.notify_waiters();
+}
+
+/// `plan rollback`: a new round of steps restoring each succeeded step's backup, last first.
+pub fn rollback(plan: &mut Plan) -> Result<usize, Status> {
+    if !matches!(
+        plan.state,
+        PlanState::Succeeded | PlanState::Failed | PlanState::Aborted
+    ) {
+        return Err(Status::failed_precondition(format!(
+            "plan {} is {}; only a finished plan can be rolled back",
+            plan.id,
+            plan.state.as_str()
+        )));
+    }
+    let mut new_steps = Vec::new();
+    let mut prev: Option<String> = None;
+    let n = plan.steps.len();
+    for s in plan.steps.iter().rev() {
+        let Some(backup) = s.details.get("backup_id").and_then(|b| b.as_str()) else {
+            continue;
+        };
+        if s.state != StepState::Succeeded || s.action == "backup.restore" {
+            continue;
+        }
+        let key = format!("rollback-{}", s.key);
+        let restart = s
+            .details
+            .get("restart")
+            .cloned()
+            .unwrap_or(serde_json::Value::Array(vec![]));
+        new_steps.push(Step {
+            id: format!("{}-{}", plan.id, n + new_steps.len() + 1),
+            key: key.clone(),
+            name: format!("restore what {} replaced", s.name),
+            stage: "rollback".into(),
+            target: s.target.clone(),
+            agent_id: s.agent_id.clone(),
+            agent_name: s.agent_name.clone(),
+            action: "backup.restore".into(),
+            args: serde_json::json!({"backup_id": backup, "restart": restart}),
+            depends_on: prev.clone().into_iter().collect(),
+            commands: vec![format!("certfleet-agent backups --restore {backup}")],
+            files: s.files.clone(),
+            timeout_secs: s.timeout_secs,
+            canary: false,
+            state: StepState::Pending,
+            attempts: 0,
+            message: String::new(),
+            details: serde_json::Value::Null,
+            output: Vec::new(),
+            started_at: 0,
+            finished_at: 0,
+        });
+        prev = Some(key);
+    }
+    if new_steps.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "plan {} changed nothing that has a backup",
+            plan.id
+        )));
+    }
+    let count = new_steps.len();
+    plan.steps.extend(new_steps);
+    plan.state = PlanState::RollingBack;
+    plan.policy.canary = false;
+    plan.policy.failure_budget = 0;
+    plan.message = format!("rolling back {count} change(s), last first");
+    Ok(count)
+}

@@ -1,0 +1,105 @@
+//! Built-in recipes: each turns a target (agents, roles, "expiring within N days") into a step
+//! graph. Platform knowledge lives here and in the agent's collector/action modules only.
+
+use std::collections::BTreeMap;
+
+use certfleet_common::model::CertRecord;
+
+use crate::fleet::AgentRecord;
+
+pub mod files;
+
+/// What a recipe sees.
+pub struct RecipeInput<'a> {
+    /// Agents selected as targets (all active agents when none were named).
+    pub targets: Vec<&'a AgentRecord>,
+    /// Every active agent (CA holders and helpers may be outside the targets).
+    pub agents: Vec<&'a AgentRecord>,
+    /// Each agent's certificates.
+    pub inventory: BTreeMap<String, Vec<CertRecord>>,
+    /// Only these roles (empty = the recipe's own).
+    pub roles: Vec<String>,
+    /// Only certificates expiring before this Unix time (None = regardless of expiry).
+    pub expiring_before: Option<i64>,
+    /// Recipe parameters.
+    pub params: BTreeMap<String, String>,
+}
+
+/// A step before it is numbered into a plan.
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    /// Recipe-local key (unique in the plan).
+    pub key: String,
+    /// Human name.
+    pub name: String,
+    /// Stage for progress display.
+    pub stage: String,
+    /// What the step works on.
+    pub target: String,
+    /// Agent that runs it.
+    pub agent: String,
+    /// Agent name.
+    pub agent_name: String,
+    /// Action.
+    pub action: String,
+    /// Arguments (may hold `{"$ref": "key.field"}`).
+    pub args: serde_json::Value,
+    /// Keys it waits for.
+    pub depends_on: Vec<String>,
+    /// Commands it runs.
+    pub commands: Vec<String>,
+    /// Files it touches.
+    pub files: Vec<String>,
+    /// Timeout, seconds.
+    pub timeout_secs: u32,
+}
+
+/// A recipe.
+pub trait Recipe: Send + Sync {
+    /// Name used on the command line.
+    fn name(&self) -> &'static str;
+    /// One line about what it does.
+    fn about(&self) -> &'static str;
+    /// The step graph, or why there is nothing sensible to do.
+    fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String>;
+}
+
+/// Every built-in recipe.
+pub fn all() -> Vec<Box<dyn Recipe>> {
+    vec![Box::new(files::Files)]
+}
+
+/// A recipe by name.
+pub fn find(name: &str) -> Result<Box<dyn Recipe>, String> {
+    all().into_iter().find(|r| r.name() == name).ok_or_else(|| {
+        let names: Vec<&'static str> = all().iter().map(|r| r.name()).collect();
+        format!("unknown recipe {name:?} (built in: {})", names.join(", "))
+    })
+}
+
+impl RecipeInput<'_> {
+    /// Whether a certificate is in scope by expiry.
+    pub fn due(&self, not_after: i64) -> bool {
+        self.expiring_before.is_none_or(|t| not_after <= t)
+    }
+
+    /// The certificate an agent reported at `path` (file location).
+    pub fn cert_at(&self, agent: &str, path_suffix: &str) -> Option<&CertRecord> {
+        self.inventory.get(agent)?.iter().find(|c| {
+            c.locations.iter().any(|l| {
+                (l.kind == "file" || l.kind == "pkcs12")
+                    && (l.path == path_suffix || l.path.ends_with(path_suffix))
+            })
+        })
+    }
+}
+
+/// `CN=a, O=b` (x509-parser's order, RFC 4514-ish) → `/CN=a/O=b` for `openssl req -subj`.
+pub fn openssl_subject(dn: &str) -> String {
+    let mut out = String::new();
+    for part in dn.split(", ") {
+        out.push('/');
+        out.push_str(&part.replace('/', "\\/"));
+    }
+    out
+}

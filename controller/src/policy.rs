@@ -1,0 +1,284 @@
+//! Policies (`certfleet policy set ROLE --renew-within 30d --window "0 2 * * SAT"`) and plan
+//! creation.
+//!
+//! The engine evaluates policies every tick: when a certificate of a role crosses its
+//! threshold and no open plan of that policy covers it, a plan is created (running at once
+//! with `--auto-approve`, else waiting for approval). A certificate is never left to expire
+//! waiting for a window: when the next window opens after the earliest not-after in scope
+//! (less a safety hour), the plan ignores the window and says so.
+
+use std::collections::BTreeMap;
+
+use certfleet_common::model::now;
+use certfleet_common::proto as pb;
+use certfleet_common::roles;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use crate::engine;
+use crate::fleet::{AgentRecord, AgentState, Fleet, internal};
+use crate::plan::recipes::{self, RecipeInput};
+use crate::plan::{Plan, PlanState, Policy, Step, StepState};
+
+/// A renewal policy for one role.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolePolicy {
+    /// Role (or role prefix).
+    pub role: String,
+    /// Renew when within this many seconds of expiry.
+    pub renew_within_secs: u64,
+    /// Cron-like window (UTC); empty = any time.
+    pub window: String,
+    /// Window length.
+    pub window_secs: u64,
+    /// Run without approval.
+    pub auto_approve: bool,
+    /// Targets at once.
+    pub max_parallel: u32,
+}
+
+impl From<pb::PolicyInfo> for RolePolicy {
+    fn from(p: pb::PolicyInfo) -> Self {
+        RolePolicy {
+            role: p.role,
+            renew_within_secs: p.renew_within_secs,
+            window: p.window,
+            window_secs: p.window_secs,
+            auto_approve: p.auto_approve,
+            max_parallel: p.max_parallel,
+        }
+    }
+}
+
+impl From<&RolePolicy> for pb::PolicyInfo {
+    fn from(p: &RolePolicy) -> Self {
+        pb::PolicyInfo {
+            role: p.role.clone(),
+            renew_within_secs: p.renew_within_secs,
+            window: p.window.clone(),
+            window_secs: p.window_secs,
+            auto_approve: p.auto_approve,
+            max_parallel: p.max_parallel,
+        }
+    }
+}
+
+/// What to plan.
+pub struct PlanRequest {
+    /// Recipe name.
+    pub recipe: String,
+    /// Agent ids or names (empty = all).
+    pub agents: Vec<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Expiry horizon in seconds (0 = regardless).
+    pub expiring_within_secs: u64,
+    /// Policy.
+    pub policy: Policy,
+    /// Dry run.
+    pub dry_run: bool,
+    /// Parameters.
+    pub params: BTreeMap<String, String>,
+    /// Who.
+    pub created_by: String,
+    /// `operator` or `policy:<role>`.
+    pub origin: String,
+}
+
+/// Builds (and stores) a plan from a recipe.
+pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
+    let recipe = recipes::find(&req.recipe).map_err(Status::invalid_argument)?;
+    if !req.policy.window.is_empty() {
+        req.policy.window.parse::<croner::Cron>().map_err(|e| {
+            Status::invalid_argument(format!("window {:?}: {e}", req.policy.window))
+        })?;
+    }
+    let all = crate::inventory::all(fleet)?;
+    let agents: Vec<&AgentRecord> = all
+        .iter()
+        .map(|(a, _)| a)
+        .filter(|a| a.state == AgentState::Active)
+        .collect();
+    let targets: Vec<&AgentRecord> = if req.agents.is_empty() {
+        agents.clone()
+    } else {
+        let mut t = Vec::new();
+        for name in &req.agents {
+            let a = agents
+                .iter()
+                .find(|a| &a.id == name || &a.name == name)
+                .ok_or_else(|| Status::not_found(format!("no active agent {name:?}")))?;
+            t.push(*a);
+        }
+        t
+    };
+    let inventory = all
+        .iter()
+        .map(|(a, inv)| (a.id.clone(), inv.certificates().collect()))
+        .collect();
+    let now = now();
+    let input = RecipeInput {
+        targets,
+        agents,
+        inventory,
+        roles: req.roles.clone(),
+        expiring_before: (req.expiring_within_secs > 0)
+            .then(|| now + req.expiring_within_secs as i64),
+        params: req.params.clone(),
+    };
+    let specs = recipe.build(&input).map_err(Status::failed_precondition)?;
+    let id = format!("p{}", &crate::enroll::random_id()[..8]);
+    let first_target = specs.first().map(|s| s.target.clone()).unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    for s in &specs {
+        if !seen.insert(s.key.clone()) {
+            return Err(Status::internal(format!(
+                "recipe {} produced duplicate step key {}",
+                req.recipe, s.key
+            )));
+        }
+    }
+    let steps: Vec<Step> = specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Step {
+            id: format!("{id}-{}", i + 1),
+            canary: req.policy.canary && s.target == first_target,
+            key: s.key,
+            name: s.name,
+            stage: s.stage,
+            target: s.target,
+            agent_id: s.agent,
+            agent_name: s.agent_name,
+            action: s.action,
+            args: s.args,
+            depends_on: s.depends_on,
+            commands: s.commands,
+            files: s.files,
+            timeout_secs: s.timeout_secs,
+            state: StepState::Pending,
+            attempts: 0,
+            message: String::new(),
+            details: serde_json::Value::Null,
+            output: Vec::new(),
+            started_at: 0,
+            finished_at: 0,
+        })
+        .collect();
+    let state = if req.dry_run {
+        PlanState::DryRun
+    } else if req.policy.approval_required {
+        PlanState::AwaitingApproval
+    } else {
+        PlanState::Approved
+    };
+    let plan = Plan {
+        id: id.clone(),
+        recipe: req.recipe.clone(),
+        state,
+        created_at: now,
+        created_by: req.created_by.clone(),
+        origin: req.origin.clone(),
+        policy: req.policy,
+        steps,
+        message: String::new(),
+        canary_released: false,
+        canary_done_at: 0,
+        params: req.params,
+    };
+    engine::save(fleet, &plan)?;
+    fleet.audit(
+        &req.created_by,
+        if req.dry_run {
+            "plan.dry_run"
+        } else {
+            "plan.create"
+        },
+        &format!("plan:{id}"),
+        &format!("recipe={} steps={}", plan.recipe, plan.steps.len()),
+    )?;
+    Ok(plan)
+}
+
+/// Evaluates every policy against the inventory.
+pub fn tick(fleet: &Fleet) -> Result<(), Status> {
+    let policies: Vec<RolePolicy> = fleet.store.list("policies").map_err(internal)?;
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let now = now();
+    let open: Vec<Plan> = engine::plans(fleet)?
+        .into_iter()
+        .filter(|p| !p.state.is_final() || p.state == PlanState::Failed)
+        .collect();
+    for pol in policies {
+        let origin = format!("policy:{}", pol.role);
+        // One open plan per policy at a time (a failed one needs an operator's eyes first).
+        if open
+            .iter()
+            .any(|p| p.origin == origin && (!p.state.is_final() || p.created_at > now - 3600))
+        {
+            continue;
+        }
+        let recipe = roles::lookup(&pol.role).recipe;
+        if recipe.is_empty() {
+            continue;
+        }
+        let mut earliest: Option<i64> = None;
+        for (_, inv) in crate::inventory::all(fleet)? {
+            for c in inv.certificates() {
+                if (c.role == pol.role || c.role.starts_with(&format!("{}.", pol.role)))
+                    && c.not_after - now <= pol.renew_within_secs as i64
+                {
+                    earliest = Some(earliest.map_or(c.not_after, |e: i64| e.min(c.not_after)));
+                }
+            }
+        }
+        let Some(deadline) = earliest else { continue };
+        let mut window = pol.window.clone();
+        let mut note = String::new();
+        if !window.is_empty()
+            && let Some(next) = engine::next_window(&window, now)
+            && !engine::in_window(&window, pol.window_secs, now).unwrap_or(false)
+            && next > deadline - 3600
+        {
+            note = format!(
+                "next window {} is too late for a certificate expiring {}: renewing now",
+                certfleet_common::model::format_time(next),
+                certfleet_common::model::format_time(deadline)
+            );
+            window.clear();
+        }
+        let req = PlanRequest {
+            recipe: recipe.to_owned(),
+            agents: vec![],
+            roles: vec![pol.role.clone()],
+            expiring_within_secs: pol.renew_within_secs,
+            policy: Policy {
+                max_parallel: pol.max_parallel.max(1),
+                approval_required: !pol.auto_approve,
+                window,
+                window_secs: pol.window_secs,
+                ..Default::default()
+            },
+            dry_run: false,
+            params: BTreeMap::new(),
+            created_by: origin.clone(),
+            origin: origin.clone(),
+        };
+        match create_plan(fleet, req) {
+            Ok(mut plan) => {
+                if pol.auto_approve {
+                    plan.state = PlanState::Running;
+                }
+                plan.message = note;
+                engine::save(fleet, &plan)?;
+                tracing::info!(plan = %plan.id, role = %pol.role, "policy created a plan");
+            }
+            Err(e) => {
+                tracing::debug!(role = %pol.role, reason = %e.message(), "policy: nothing to plan")
+            }
+        }
+    }
+    Ok(())
+}

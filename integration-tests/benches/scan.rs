@@ -1,0 +1,214 @@
+//! Scan benchmark: `certfleet-agent scan` over N certificate files, side by side with the
+//! operators' way today (a shell loop of `openssl x509 -noout -enddate -in FILE`), plus the
+//! agent's peak RSS while scanning and its RSS when idle on a live link.
+//!
+//! Run with `./packaging/bench.sh` (builds release binaries first), or
+//! `cargo bench -p certfleet-integration-tests --bench scan -- [--files N]`.
+//! Prints a table; asserts nothing (targets are read by a person, not a timed test).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use certfleet_integration_tests::sim::{Lifetime, SimCa, dn};
+
+fn release_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/release/deps/scan-… → target/release/NAME
+    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --release --bins` first (packaging/bench.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Peak RSS (KiB) of the largest child reaped so far, from getrusage(RUSAGE_CHILDREN).
+fn children_maxrss_kib() -> i64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| u.max_rss())
+        .unwrap_or(0)
+}
+
+fn make_files(dir: &Path, n: usize) {
+    let ca = SimCa::new(dn(&[("CN", "bench CA")]), Lifetime::days(10, 3650), false).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let days = (i % 400) as i64 - 30; // some expired, many expiring, most fine
+        let c = ca
+            .issue(
+                dn(&[("CN", &format!("host-{i}.example"))]),
+                &[&format!("host-{i}.example")],
+                Lifetime::days(1, days),
+                false,
+                false,
+            )
+            .unwrap();
+        std::fs::write(dir.join(format!("cert-{i:05}.pem")), c.cert_pem).unwrap();
+    }
+}
+
+fn rss_of(pid: u32) -> (i64, i64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() {
+    let mut files = 10_000usize;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--files") {
+        files = args[i + 1].parse().expect("--files N");
+    }
+    certfleet_common::tls::install_crypto_provider();
+    let agent = release_bin("certfleet-agent");
+    let ctl = release_bin("certfleet");
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    eprintln!("generating {files} certificate files…");
+    make_files(&certs, files);
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "platforms = [\"files\"]\n[[files]]\npaths = [\"{}/*.pem\"]\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+
+    // 1. certfleet-agent scan (warm the page cache first, as the loop below benefits from it too).
+    let _ = Command::new(&agent)
+        .args(["scan", "-o", "json", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .status();
+    let before = children_maxrss_kib();
+    let t = Instant::now();
+    let out = Command::new(&agent)
+        .args(["scan", "-o", "json", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let agent_time = t.elapsed();
+    let scan_rss = children_maxrss_kib().max(before);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("scan JSON");
+    let found = report["certificates"].as_array().map(Vec::len).unwrap_or(0);
+
+    // 2. The operators' loop.
+    let script = format!(
+        "for f in {}/*.pem; do openssl x509 -noout -enddate -in \"$f\"; done > /dev/null",
+        certs.display()
+    );
+    let t = Instant::now();
+    let st = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let loop_time = t.elapsed();
+    assert!(st.success());
+
+    // 3. Idle agent on a live link.
+    let data = tmp.path().join("ctl");
+    assert!(
+        Command::new(&ctl)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Command::new(&ctl)
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ident = data.join("admin");
+    let mut token = String::new();
+    for _ in 0..50 {
+        let o = Command::new(&ctl)
+            .args(["--controller", &addr, "--identity"])
+            .arg(&ident)
+            .args(["token", "create", "--ttl", "5m"])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = tmp.path().join("agent-state");
+    assert!(
+        Command::new(&agent)
+            .args([
+                "enroll",
+                "--controller",
+                &addr,
+                "--token",
+                &token,
+                "--state-dir"
+            ])
+            .arg(&state)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let idle_cfg = tmp.path().join("idle.toml");
+    std::fs::write(&idle_cfg, "platforms = []\n").unwrap();
+    let mut idle = Command::new(&agent)
+        .args(["run", "--state-dir"])
+        .arg(&state)
+        .arg("--config")
+        .arg(&idle_cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let (idle_rss, idle_hwm) = rss_of(idle.id());
+    let _ = idle.kill();
+    let _ = idle.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let speedup = loop_time.as_secs_f64() / agent_time.as_secs_f64();
+    println!();
+    println!("| measurement ({files} files, {found} certificates found) | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| openssl x509 -enddate loop | {:.2} s | |",
+        loop_time.as_secs_f64()
+    );
+    println!(
+        "| certfleet-agent scan -o json | {:.2} s | |",
+        agent_time.as_secs_f64()
+    );
+    println!("| speed-up | {speedup:.1}x | >= 20x |");
+    println!(
+        "| agent peak RSS while scanning | {:.1} MB | < 30 MB |",
+        scan_rss as f64 / 1024.0
+    );
+    println!(
+        "| agent RSS idle on a live link (peak) | {:.1} MB ({:.1} MB) | < 15 MB |",
+        idle_rss as f64 / 1024.0,
+        idle_hwm as f64 / 1024.0
+    );
+}
