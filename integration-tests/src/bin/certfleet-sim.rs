@@ -36,6 +36,9 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
         "engine-config" | "hosted-engine" | "engine-setup" | "vdsm-tool" => {
             sim::ovirt::run_tool(&host, tool, &targs)
         }
+        "build" if targs.first().is_some_and(|p| p.starts_with("ovirt-")) => {
+            sim::ovirt::build_cli(&host, &targs)
+        }
         "gkectl" | "kubectl" | "kubeadm" => sim::gke::run_tool(&host, tool, &targs),
         other => anyhow::bail!("unknown simulated tool {other:?}"),
     }

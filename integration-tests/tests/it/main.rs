@@ -2,4 +2,5 @@
 //! the whole crate keeps link time down.
 
 mod fabric;
+mod ovirt;
 mod support;

@@ -1,0 +1,828 @@
+//! The simulated oVirt engine PKI: `/etc/pki/ovirt-engine` laid out as reference A1, made the
+//! way `pki-create-ca.sh`, `pki-enroll-pkcs12.sh`, `pki-enroll-request.sh` and
+//! `pki-pkcs12-extract.sh` make it (A3), with the validity defaults of A4.
+//!
+//! Every certificate is issued by the real `openssl ca` running in the PKI directory with
+//! oVirt's own `openssl.conf` and `cert.conf` (A2), so `database.txt`, `serial.txt` and the
+//! serial copies `certs/<SERIAL>.pem` are openssl's own. Lifetimes follow the version unless a
+//! test overrides one (to make an expiring or expired certificate); overrides use
+//! `openssl ca -startdate/-enddate`, never a fake clock. Renewals leave the timestamped backups
+//! `common_backup` leaves (`certs/apache.cer.20260101120000`, …).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::conf;
+use crate::sim::{Lifetime, SimHost};
+
+/// Where the engine PKI lives on the host.
+pub const ENGINE_PKI: &str = "/etc/pki/ovirt-engine";
+
+/// The PKCS#12 and truststore password engine-setup uses.
+pub const P12_PASSWORD: &str = "mypass";
+
+/// Which oVirt release's defaults to follow (reference A4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum OvirtVersion {
+    /// 4.4.3 – 4.4.x: CA 3650 d, every leaf 398 d.
+    V4_4,
+    /// 4.5.1 and later: CA 7300 d, web-facing leaves 398 d, everything else 1827 d.
+    V4_5,
+}
+
+impl OvirtVersion {
+    /// Days a newly created CA is valid (`CA_DAYS`).
+    pub fn ca_days(self) -> u32 {
+        match self {
+            OvirtVersion::V4_4 => 3650,
+            OvirtVersion::V4_5 => 7300,
+        }
+    }
+
+    /// Days engine-setup asks for when it issues entity `name`.
+    pub fn engine_cert_days(self, name: &str) -> u32 {
+        match self {
+            OvirtVersion::V4_4 => 398,
+            OvirtVersion::V4_5 if is_short_life(name) => 398,
+            OvirtVersion::V4_5 => 1827,
+        }
+    }
+
+    /// `VdsCertificateValidityInDays`.
+    pub fn host_cert_days(self) -> u32 {
+        match self {
+            OvirtVersion::V4_4 => 398,
+            OvirtVersion::V4_5 => 1827,
+        }
+    }
+
+    /// `CertExpirationWarnPeriodInDays` / `CertExpirationAlertPeriodInDays`.
+    pub fn warn_alert_days(self) -> (u32, u32) {
+        match self {
+            OvirtVersion::V4_4 => (30, 7),
+            OvirtVersion::V4_5 => (365, 30),
+        }
+    }
+
+    /// `4.4` / `4.5`.
+    pub fn label(self) -> &'static str {
+        match self {
+            OvirtVersion::V4_4 => "4.4",
+            OvirtVersion::V4_5 => "4.5",
+        }
+    }
+}
+
+/// The "shortLife" entities of engine-setup (A5): browser-facing, 398 days.
+pub fn is_short_life(name: &str) -> bool {
+    matches!(name, "apache" | "websocket-proxy")
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct EngineSpec {
+    /// Release whose defaults apply.
+    pub version: OvirtVersion,
+    /// Engine FQDN.
+    pub fqdn: String,
+    /// `OVESETUP_PKI/organization`; default: the domain part of the FQDN.
+    pub organization: Option<String>,
+    /// Country of the CA and engine certificates.
+    pub country: String,
+    /// OVN provider configured (adds `ovirt-provider-ovn`, `ovn-ndb`, `ovn-sdb`).
+    pub ovn: bool,
+    /// vmconsole proxy configured (adds `vmconsole-proxy-helper`).
+    pub vmconsole: bool,
+    /// Entities issued twice: the first issuance survives as `common_backup` backups and as
+    /// its openssl serial copy.
+    pub renewed: Vec<String>,
+    /// Lifetime overrides by entity name (`ca`, `qemu-ca`, `apache`, …).
+    pub lifetimes: BTreeMap<String, Lifetime>,
+}
+
+impl EngineSpec {
+    /// Defaults for `version` and `fqdn`: OVN and vmconsole on, nothing renewed.
+    pub fn new(version: OvirtVersion, fqdn: &str) -> Self {
+        EngineSpec {
+            version,
+            fqdn: fqdn.to_owned(),
+            organization: None,
+            country: "US".into(),
+            ovn: true,
+            vmconsole: true,
+            renewed: Vec::new(),
+            lifetimes: BTreeMap::new(),
+        }
+    }
+}
+
+/// Which engine CA signs (`--ca-file` of the pki scripts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ca {
+    /// `ca.pem`: engine services, VDSM and OVN host certificates.
+    Engine,
+    /// `qemu-ca.pem`: host libvirt-migrate certificates.
+    Qemu,
+}
+
+impl Ca {
+    fn file(self) -> &'static str {
+        match self {
+            Ca::Engine => "ca",
+            Ca::Qemu => "qemu-ca",
+        }
+    }
+    fn cert_conf(self) -> &'static str {
+        match self {
+            Ca::Engine => "cert.conf",
+            Ca::Qemu => "qemu-cert.conf",
+        }
+    }
+    /// `--cert-dir` / `--req-dir`.
+    pub fn dirs(self) -> (&'static str, &'static str) {
+        match self {
+            Ca::Engine => ("certs", "requests"),
+            Ca::Qemu => ("certs-qemu", "requests-qemu"),
+        }
+    }
+}
+
+/// One engine entity (A5 `_COMMON_ENTITIES` plus the OVN and vmconsole ones).
+#[derive(Clone, Debug, Serialize)]
+pub struct Entity {
+    /// `engine`, `apache`, …
+    pub name: String,
+    /// Whether `keys/<name>.key.nopass` is extracted.
+    pub extract: bool,
+}
+
+/// A built engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    /// The host it lives on.
+    pub host: SimHost,
+    /// What it was built from.
+    pub spec: EngineSpec,
+    /// Absolute path of `/etc/pki/ovirt-engine` under the host root.
+    pub pki: PathBuf,
+    /// Organization used in subjects.
+    pub organization: String,
+    /// Engine CA subject in openssl slash form.
+    pub ca_subject: String,
+    /// Entities issued.
+    pub entities: Vec<Entity>,
+    /// Backup files left by renewals (paths relative to the PKI directory).
+    pub backups: Vec<String>,
+}
+
+/// Builds the engine PKI on `host` as engine-setup of `spec.version` leaves it.
+pub fn build_engine(host: &SimHost, spec: &EngineSpec) -> Result<Engine> {
+    let pki = host.path(ENGINE_PKI);
+    for d in [
+        "",
+        "certs",
+        "keys",
+        "private",
+        "requests",
+        "certs-qemu",
+        "requests-qemu",
+    ] {
+        std::fs::create_dir_all(pki.join(d))
+            .with_context(|| format!("creating {}", pki.join(d).display()))?;
+    }
+    set_mode(&pki.join("private"), 0o750)?;
+    set_mode(&pki.join("keys"), 0o750)?;
+    let organization = spec.organization.clone().unwrap_or_else(|| {
+        spec.fqdn
+            .split_once('.')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_else(|| "Test".into())
+    });
+    // engine-setup writes the templates and their *.conf copies (A1, A2).
+    let files: [(&str, String); 11] = [
+        ("openssl.conf", conf::OPENSSL_CONF.into()),
+        ("cacert.template.in", conf::CACERT_TEMPLATE_IN.into()),
+        ("cert.template.in", conf::CERT_TEMPLATE_IN.into()),
+        ("cacert.template", conf::CACERT_TEMPLATE_IN.into()),
+        ("cacert.conf", conf::CACERT_TEMPLATE_IN.into()),
+        (
+            "cert.template",
+            conf::cert_conf(&spec.fqdn, "ca-certificate"),
+        ),
+        ("cert.conf", conf::cert_conf(&spec.fqdn, "ca-certificate")),
+        ("qemu-cacert.template", conf::CACERT_TEMPLATE_IN.into()),
+        ("qemu-cacert.conf", conf::CACERT_TEMPLATE_IN.into()),
+        (
+            "qemu-cert.template",
+            conf::cert_conf(&spec.fqdn, "qemu-ca-certificate"),
+        ),
+        (
+            "qemu-cert.conf",
+            conf::cert_conf(&spec.fqdn, "qemu-ca-certificate"),
+        ),
+    ];
+    for (name, text) in files {
+        write(&pki.join(name), text.as_bytes(), 0o644)?;
+    }
+    let short: String = spec.fqdn.chars().take(55).collect();
+    let ca_subject = format!(
+        "/C={}/O={}/CN={}.{}",
+        spec.country,
+        organization,
+        short,
+        random_suffix()
+    );
+    let qemu_ca_subject = format!(
+        "/C={}/O={}/OU=qemu/CN={}.{}",
+        spec.country,
+        organization,
+        short,
+        random_suffix()
+    );
+    let mut engine = Engine {
+        host: host.clone(),
+        spec: spec.clone(),
+        pki,
+        organization,
+        ca_subject: ca_subject.clone(),
+        entities: Vec::new(),
+        backups: Vec::new(),
+    };
+    engine.create_ca(Ca::Engine, &ca_subject)?;
+    engine.create_ca(Ca::Qemu, &qemu_ca_subject)?;
+    // ca.pem is world-readable; apache-ca.pem is the absolute symlink engine-setup makes.
+    std::os::unix::fs::symlink(
+        format!("{ENGINE_PKI}/ca.pem"),
+        engine.pki.join("apache-ca.pem"),
+    )
+    .context("linking apache-ca.pem")?;
+
+    let mut entities = vec![
+        ("engine", false),
+        ("jboss", false),
+        ("websocket-proxy", true),
+        ("apache", true),
+        ("reports", true),
+    ];
+    if spec.ovn {
+        entities.extend([
+            ("ovirt-provider-ovn", true),
+            ("ovn-ndb", true),
+            ("ovn-sdb", true),
+        ]);
+    }
+    if spec.vmconsole {
+        entities.push(("vmconsole-proxy-helper", true));
+    }
+    let engine_subject = format!(
+        "/C={}/O={}/CN={}",
+        spec.country, engine.organization, spec.fqdn
+    );
+    for (name, extract) in entities {
+        let (san, custom) = if name == "vmconsole-proxy-helper" {
+            (
+                None,
+                Some(("digitalSignature", "1.3.6.1.4.1.2312.13.1.2.1.1")),
+            )
+        } else {
+            (Some(format!("DNS:{}", spec.fqdn)), None)
+        };
+        let days = spec.version.engine_cert_days(name);
+        if spec.renewed.iter().any(|r| r == name) {
+            // The first issuance ran out a while ago; the renewal backed it up.
+            let old = Lifetime {
+                started_ago: days_dur(u64::from(days) + 30),
+                expires_in_secs: -30 * 86_400,
+            };
+            engine.enroll_pkcs12(
+                name,
+                &engine_subject,
+                san.as_deref(),
+                custom,
+                days,
+                Some(old),
+            )?;
+            let ts = backup_stamp(30);
+            let mut set = vec![
+                format!("certs/{name}.cer"),
+                format!("keys/{name}.p12"),
+                format!("requests/{name}.req"),
+            ];
+            if extract {
+                engine.extract_key(name)?;
+                set.push(format!("keys/{name}.key.nopass"));
+            }
+            for f in set {
+                engine.backup(&f, &ts)?;
+            }
+        }
+        let life = spec.lifetimes.get(name).copied();
+        engine.enroll_pkcs12(name, &engine_subject, san.as_deref(), custom, days, life)?;
+        if extract {
+            engine.extract_key(name)?;
+        }
+        engine.entities.push(Entity {
+            name: name.to_owned(),
+            extract,
+        });
+    }
+    engine.write_engine_conf()?;
+    engine.save_state(&qemu_ca_subject)?;
+    host.install_tool("/usr/bin/engine-config", "engine-config")?;
+    Ok(engine)
+}
+
+impl Engine {
+    /// The engine built earlier on `host` (from the simulator state), to enroll more hosts.
+    pub fn load(host: &SimHost) -> Result<Engine> {
+        let text = std::fs::read_to_string(host.state("ovirt-engine.json"))
+            .with_context(|| format!("no simulated engine under {}", host.root.display()))?;
+        let st: serde_json::Value = serde_json::from_str(&text)?;
+        let field = |k: &str| {
+            st[k]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("engine state lacks {k}"))
+        };
+        let version = if field("version")? == "4.4" {
+            OvirtVersion::V4_4
+        } else {
+            OvirtVersion::V4_5
+        };
+        let entities: Vec<Entity> = st["entities"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| Entity {
+                        name: e["name"].as_str().unwrap_or_default().to_owned(),
+                        extract: e["extract"].as_bool().unwrap_or(false),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let backups = st["backups"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Engine {
+            host: host.clone(),
+            spec: EngineSpec::new(version, &field("fqdn")?),
+            pki: host.path(ENGINE_PKI),
+            organization: field("organization")?,
+            ca_subject: field("ca_subject")?,
+            entities,
+            backups,
+        })
+    }
+
+    /// A path inside the PKI directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.pki.join(rel)
+    }
+
+    /// The engine CA certificate (PEM).
+    pub fn ca_pem(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.path("ca.pem"))?)
+    }
+
+    /// The QEMU CA certificate (PEM).
+    pub fn qemu_ca_pem(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.path("qemu-ca.pem"))?)
+    }
+
+    /// `pki-create-ca.sh --ca-file=…` (creation, not renewal).
+    fn create_ca(&self, ca: Ca, subject: &str) -> Result<()> {
+        let f = ca.file();
+        if ca == Ca::Engine {
+            write(&self.path("serial.txt"), b"1000\n", 0o644)?;
+            write(&self.path("database.txt"), b"", 0o644)?;
+            write(&self.path(".rnd"), b"", 0o600)?;
+        }
+        let key = format!("private/{f}.pem");
+        self.openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                &key,
+            ],
+            &[],
+        )?;
+        set_mode(&self.path(&key), 0o640)?;
+        let csr = format!("requests/{f}.csr");
+        let cacert_conf = if ca == Ca::Engine {
+            "cacert.conf"
+        } else {
+            "qemu-cacert.conf"
+        };
+        self.openssl(
+            &[
+                "req",
+                "-batch",
+                "-config",
+                cacert_conf,
+                "-new",
+                "-key",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/",
+            ],
+            &[],
+        )?;
+        let pem = format!("{f}.pem");
+        let mut args: Vec<String> = [
+            "ca",
+            "-batch",
+            "-config",
+            "openssl.conf",
+            "-extfile",
+            cacert_conf,
+            "-extensions",
+            "v3_ca",
+            "-in",
+            &csr,
+            "-notext",
+            "-out",
+            &pem,
+            "-keyfile",
+            &key,
+            "-selfsign",
+            "-subj",
+            subject,
+            "-utf8",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(validity_args(
+            self.spec.lifetimes.get(f).copied(),
+            self.spec.version.ca_days(),
+        ));
+        self.openssl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
+        set_mode(&self.path(&pem), 0o644)?;
+        // `openssl x509 -in ca.pem -out certs/ca.der`: PEM despite the name (A1).
+        let der = format!("certs/{f}.der");
+        self.openssl(&["x509", "-in", &pem, "-out", &der], &[])?;
+        set_mode(&self.path(&der), 0o644)?;
+        self.import_truststore(&format!("{f}cert"), &pem)
+    }
+
+    /// `keytool -import` into `.truststore` (JKS, password `mypass`).
+    fn import_truststore(&self, alias: &str, pem: &str) -> Result<()> {
+        let out = Command::new("keytool")
+            .current_dir(&self.pki)
+            .args([
+                "-import",
+                "-noprompt",
+                "-trustcacerts",
+                "-storetype",
+                "JKS",
+                "-alias",
+                alias,
+            ])
+            .args([
+                "-keypass",
+                P12_PASSWORD,
+                "-file",
+                pem,
+                "-keystore",
+                ".truststore",
+                "-storepass",
+                P12_PASSWORD,
+            ])
+            .output()
+            .context("running keytool (a JDK is needed to build the engine truststore)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "keytool -import {alias}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// `pki-enroll-pkcs12.sh`: new key, CSR in `requests/`, signed certificate, PKCS#12.
+    fn enroll_pkcs12(
+        &self,
+        name: &str,
+        subject: &str,
+        san: Option<&str>,
+        custom: Option<(&str, &str)>,
+        days: u32,
+        life: Option<Lifetime>,
+    ) -> Result<()> {
+        let pass = format!("pass:{P12_PASSWORD}");
+        let tmpkey = format!("keys/.{name}.tmpkey");
+        self.openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                &tmpkey,
+                "-aes256",
+                "-pass",
+                &pass,
+            ],
+            &[],
+        )?;
+        let req = format!("requests/{name}.req");
+        self.openssl(
+            &[
+                "req", "-new", "-days", "365", "-key", &tmpkey, "-out", &req, "-passin", &pass,
+                "-passout", &pass, "-batch", "-subj", "/",
+            ],
+            &[],
+        )?;
+        self.enroll_request(name, subject, san, custom, days, life, Ca::Engine)?;
+        let p12 = format!("keys/{name}.p12");
+        let mut args = vec![
+            "pkcs12",
+            "-export",
+            "-in",
+            &format!("certs/{name}.cer"),
+            "-inkey",
+            &tmpkey,
+            "-out",
+            &p12,
+            "-passin",
+            &pass,
+            "-passout",
+            &pass,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        if self.spec.version == OvirtVersion::V4_4 {
+            // 2019–2025 scripts encrypted the certificate bag with 3DES for FIPS (A3).
+            args.push("-descert".into());
+        }
+        self.openssl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])?;
+        set_mode(&self.path(&p12), 0o600)?;
+        std::fs::remove_file(self.path(&tmpkey))?;
+        Ok(())
+    }
+
+    /// `pki-pkcs12-extract.sh --key=keys/<name>.key.nopass`.
+    fn extract_key(&self, name: &str) -> Result<()> {
+        let out = format!("keys/{name}.key.nopass");
+        let pass = format!("pass:{P12_PASSWORD}");
+        self.openssl(
+            &[
+                "pkcs12",
+                "-in",
+                &format!("keys/{name}.p12"),
+                "-nocerts",
+                "-nodes",
+                "-passin",
+                &pass,
+                "-out",
+                &out,
+            ],
+            &[],
+        )?;
+        set_mode(&self.path(&out), 0o600)
+    }
+
+    /// `pki-enroll-request.sh`: signs `<req-dir>/<name>.req` into `<cert-dir>/<name>.cer` with
+    /// the exact `openssl ca` command line of the script. `life` overrides the default
+    /// "-startdate yesterday -days N".
+    #[allow(clippy::too_many_arguments)]
+    pub fn enroll_request(
+        &self,
+        name: &str,
+        subject: &str,
+        san: Option<&str>,
+        custom: Option<(&str, &str)>,
+        days: u32,
+        life: Option<Lifetime>,
+        ca: Ca,
+    ) -> Result<PathBuf> {
+        let (cert_dir, req_dir) = ca.dirs();
+        let req = format!("{req_dir}/{name}.req");
+        let cert = format!("{cert_dir}/{name}.cer");
+        let extsection = match (san, custom) {
+            (_, Some(_)) => "custom",
+            (Some(_), None) => "v3_ca_san",
+            (None, None) => "v3_ca",
+        };
+        let ca_pem = format!("{}.pem", ca.file());
+        let ca_key = format!("private/{}.pem", ca.file());
+        let mut args: Vec<String> = [
+            "ca",
+            "-batch",
+            "-policy",
+            "policy_match",
+            "-config",
+            "openssl.conf",
+            "-cert",
+            &ca_pem,
+            "-keyfile",
+            &ca_key,
+            "-in",
+            &req,
+            "-out",
+            &cert,
+            "-subj",
+            subject,
+            "-utf8",
+            "-extfile",
+            ca.cert_conf(),
+            "-extensions",
+            extsection,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(validity_args(life, days));
+        let (ku, eku) = custom.unwrap_or(("", ""));
+        let env = [
+            ("OVIRT_KU", ku),
+            ("OVIRT_EKU", eku),
+            ("OVIRT_SAN", san.unwrap_or("")),
+        ];
+        self.openssl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env)?;
+        set_mode(&self.path(&cert), 0o644)?;
+        Ok(self.path(&cert))
+    }
+
+    /// `common_backup`: copies `rel` to `rel.<timestamp>`.
+    fn backup(&mut self, rel: &str, ts: &str) -> Result<()> {
+        let to = format!("{rel}.{ts}");
+        std::fs::copy(self.path(rel), self.path(&to))
+            .with_context(|| format!("backing up {rel}"))?;
+        self.backups.push(to);
+        Ok(())
+    }
+
+    /// `/etc/ovirt-engine/engine.conf.d/10-setup-pki.conf` (A1).
+    fn write_engine_conf(&self) -> Result<()> {
+        let text = format!(
+            "ENGINE_PKI=\"{p}\"\nENGINE_PKI_CA=\"{p}/ca.pem\"\nENGINE_PKI_ENGINE_CERT=\"{p}/certs/engine.cer\"\n\
+             ENGINE_PKI_TRUST_STORE=\"{p}/.truststore\"\nENGINE_PKI_TRUST_STORE_PASSWORD=\"{pw}\"\n\
+             ENGINE_PKI_ENGINE_STORE=\"{p}/keys/engine.p12\"\nENGINE_PKI_ENGINE_STORE_PASSWORD=\"{pw}\"\n\
+             ENGINE_PKI_ENGINE_STORE_ALIAS=\"1\"\nENGINE_HTTPS_PKI_TRUST_STORE=\"${{ENGINE_PKI_TRUST_STORE}}\"\n\
+             ENGINE_HTTPS_PKI_TRUST_STORE_PASSWORD=\"${{ENGINE_PKI_TRUST_STORE_PASSWORD}}\"\n",
+            p = ENGINE_PKI,
+            pw = P12_PASSWORD
+        );
+        self.host.write(
+            "/etc/ovirt-engine/engine.conf.d/10-setup-pki.conf",
+            text,
+            0o640,
+        )?;
+        Ok(())
+    }
+
+    fn save_state(&self, qemu_ca_subject: &str) -> Result<()> {
+        let (warn, alert) = self.spec.version.warn_alert_days();
+        let state = serde_json::json!({
+            "version": self.spec.version.label(),
+            "fqdn": self.spec.fqdn,
+            "organization": self.organization,
+            "ca_subject": self.ca_subject,
+            "qemu_ca_subject": qemu_ca_subject,
+            "entities": self.entities,
+            "backups": self.backups,
+            "config": {
+                "VdsCertificateValidityInDays": self.spec.version.host_cert_days().to_string(),
+                "CertExpirationWarnPeriodInDays": warn.to_string(),
+                "CertExpirationAlertPeriodInDays": alert.to_string(),
+                "OrganizationName": self.organization,
+                "SignCertTimeoutInSeconds": "30",
+                "EncryptHostCommunication": "true",
+            },
+        });
+        std::fs::write(
+            self.host.state("ovirt-engine.json"),
+            serde_json::to_vec_pretty(&state)?,
+        )?;
+        Ok(())
+    }
+
+    /// Runs the real `openssl` in the PKI directory, as the scripts do after `cd "${PKIDIR}"`.
+    pub(crate) fn openssl(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Vec<u8>> {
+        run_openssl(&self.pki, args, env)
+    }
+}
+
+/// Runs the real `openssl` with `args` in `dir`.
+pub(crate) fn run_openssl(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().context("running openssl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl {} (in {}): {}",
+        args.join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out.stdout)
+}
+
+/// `-startdate/-days` as the scripts pass them (yesterday, N days), or explicit
+/// `-startdate/-enddate` for a test's lifetime.
+fn validity_args(life: Option<Lifetime>, days: u32) -> Vec<String> {
+    let now = crate::sim::ovirt::unix_now();
+    match life {
+        None => vec![
+            "-startdate".into(),
+            openssl_time(now - 86_400),
+            "-days".into(),
+            days.to_string(),
+        ],
+        Some(l) => vec![
+            "-startdate".into(),
+            openssl_time(now - l.started_ago.as_secs() as i64),
+            "-enddate".into(),
+            openssl_time(now + l.expires_in_secs),
+        ],
+    }
+}
+
+/// `YYMMDDHHMMSSZ` (UTCTime) before 2050, `YYYYMMDDHHMMSSZ` after, as `openssl ca` accepts.
+pub fn openssl_time(secs: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let body = format!(
+        "{:02}{:02}{:02}{:02}{:02}Z",
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    if (1950..2050).contains(&t.year()) {
+        format!("{:02}{body}", t.year() % 100)
+    } else {
+        format!("{:04}{body}", t.year())
+    }
+}
+
+/// `date +%Y%m%d%H%M%S` of `days_ago` days back (UTC).
+fn backup_stamp(days_ago: i64) -> String {
+    let secs = crate::sim::ovirt::unix_now() - days_ago * 86_400;
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn days_dur(days: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(days * 86_400)
+}
+
+/// engine-setup appends a random 10000–99999 to the CA CN.
+fn random_suffix() -> u32 {
+    let mut b = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok();
+    10_000 + u32::from_le_bytes(b) % 90_000
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    set_mode(path, mode)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openssl_times_switch_to_generalized_after_2049() {
+        assert_eq!(openssl_time(0), "700101000000Z");
+        assert_eq!(openssl_time(2_524_608_000), "20500101000000Z");
+    }
+}

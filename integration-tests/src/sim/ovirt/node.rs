@@ -1,0 +1,346 @@
+//! The simulated oVirt host (VDSM node) PKI: `/etc/pki/vdsm`, `/etc/pki/libvirt`,
+//! `/etc/pki/CA` laid out as reference A8, with the modes of A8 and the owners recorded.
+//!
+//! Enrollment follows A9: the host makes its key and a `-subj /` CSR with the real
+//! `openssl req -new -newkey rsa:2048 -nodes`, the CSR is copied to the engine's
+//! `requests/<fqdn>.req` (`requests-qemu/` for the QEMU certificate), and the engine signs it
+//! with `pki-enroll-request.sh`'s `openssl ca` line, so the engine's `database.txt`,
+//! `certs/<fqdn>.cer` and serial copies record every host. The files are then copied to the
+//! host as the `ovirt-host-deploy-*-certificates` roles copy them.
+//!
+//! Owners (`vdsm:kvm`, `root:qemu`, `openvswitch:openvswitch`) are applied with `chown` when the
+//! user and group exist on this machine; either way the intended owner of every file is recorded
+//! in `ROOT/.sim/ovirt-node-owners.json`, because test machines rarely have a `vdsm` user.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::engine::{Ca, Engine, run_openssl};
+use crate::sim::{Lifetime, SimHost};
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Host FQDN (also the certificate CN and `DNS:` SAN).
+    pub fqdn: String,
+    /// VDSM certificate lifetime; `None`: the engine version's `VdsCertificateValidityInDays`.
+    pub vdsm: Option<Lifetime>,
+    /// libvirt-migrate (QEMU CA) certificate lifetime; `None`: the default.
+    pub qemu: Option<Lifetime>,
+    /// Whether OVN is deployed (`/etc/pki/vdsm/ovn`).
+    pub ovn: bool,
+    /// Write some other CA into `certs/cacert.pem` (a host that trusts the wrong CA, e.g. after
+    /// a botched restore), so the VDSM certificate does not chain to the CA the host holds.
+    pub foreign_ca: bool,
+}
+
+impl NodeSpec {
+    /// Defaults: version lifetimes, OVN on, the engine's CA.
+    pub fn new(fqdn: &str) -> Self {
+        NodeSpec {
+            fqdn: fqdn.to_owned(),
+            vdsm: None,
+            qemu: None,
+            ovn: true,
+            foreign_ca: false,
+        }
+    }
+}
+
+/// A built node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The host it lives on.
+    pub host: SimHost,
+    /// What it was built from.
+    pub spec: NodeSpec,
+    /// Intended `user:group` of every file and directory written, by host path.
+    pub owners: BTreeMap<String, String>,
+}
+
+/// Builds the host PKI of `spec` on `host`, enrolled with `engine`.
+pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<Node> {
+    let mut node = Node {
+        host: host.clone(),
+        spec: spec.clone(),
+        owners: BTreeMap::new(),
+    };
+    let fqdn = &spec.fqdn;
+    let org = &engine.organization;
+    let san = format!("DNS:{fqdn}");
+    let host_days = engine.spec.version.host_cert_days();
+    let work = host.state("enroll");
+    std::fs::create_dir_all(&work)?;
+
+    for d in [
+        "/etc/pki/vdsm",
+        "/etc/pki/vdsm/certs",
+        "/etc/pki/vdsm/keys",
+        "/etc/pki/vdsm/libvirt-spice",
+        "/etc/pki/vdsm/libvirt-vnc",
+        "/etc/pki/vdsm/libvirt-migrate",
+    ] {
+        node.dir(d, 0o755, "vdsm:kvm")?;
+    }
+    node.dir("/etc/pki/libvirt", 0o755, "root:root")?;
+    node.dir("/etc/pki/libvirt/private", 0o755, "root:root")?;
+    node.dir("/etc/pki/CA", 0o755, "root:root")?;
+
+    // VDSM: key on the host, CSR signed on the engine.
+    let (vdsm_key, vdsm_cert) = enroll(
+        &work,
+        engine,
+        fqdn,
+        &format!("/O={org}/CN={fqdn}"),
+        &san,
+        host_days,
+        spec.vdsm,
+        Ca::Engine,
+    )?;
+    let ca = if spec.foreign_ca {
+        foreign_ca(&work)?
+    } else {
+        engine.ca_pem()?.into_bytes()
+    };
+    node.file("/etc/pki/vdsm/certs/cacert.pem", &ca, 0o644, "root:kvm")?;
+    node.file(
+        "/etc/pki/vdsm/certs/vdsmcert.pem",
+        &vdsm_cert,
+        0o644,
+        "root:kvm",
+    )?;
+    node.file(
+        "/etc/pki/vdsm/keys/vdsmkey.pem",
+        &vdsm_key,
+        0o440,
+        "vdsm:kvm",
+    )?;
+    // Static SASL password file shipped by the vdsm package.
+    node.file(
+        "/etc/pki/vdsm/keys/libvirt_password",
+        b"shibboleth",
+        0o600,
+        "vdsm:kvm",
+    )?;
+    for dir in ["libvirt-spice", "libvirt-vnc"] {
+        node.file(
+            &format!("/etc/pki/vdsm/{dir}/ca-cert.pem"),
+            &ca,
+            0o644,
+            "root:kvm",
+        )?;
+        node.file(
+            &format!("/etc/pki/vdsm/{dir}/server-cert.pem"),
+            &vdsm_cert,
+            0o644,
+            "root:kvm",
+        )?;
+        node.file(
+            &format!("/etc/pki/vdsm/{dir}/server-key.pem"),
+            &vdsm_key,
+            0o440,
+            "vdsm:kvm",
+        )?;
+    }
+    node.file(
+        "/etc/pki/libvirt/clientcert.pem",
+        &vdsm_cert,
+        0o644,
+        "root:kvm",
+    )?;
+    node.file(
+        "/etc/pki/libvirt/private/clientkey.pem",
+        &vdsm_key,
+        0o440,
+        "vdsm:kvm",
+    )?;
+    node.file("/etc/pki/CA/cacert.pem", &ca, 0o644, "root:kvm")?;
+
+    // libvirt-migrate: separate key, signed by the QEMU CA.
+    let (mig_key, mig_cert) = enroll(
+        &work,
+        engine,
+        fqdn,
+        &format!("/O={org}/CN={fqdn}/OU=qemu"),
+        &san,
+        host_days,
+        spec.qemu,
+        Ca::Qemu,
+    )?;
+    node.file(
+        "/etc/pki/vdsm/libvirt-migrate/ca-cert.pem",
+        engine.qemu_ca_pem()?.as_bytes(),
+        0o644,
+        "root:kvm",
+    )?;
+    node.file(
+        "/etc/pki/vdsm/libvirt-migrate/server-cert.pem",
+        &mig_cert,
+        0o644,
+        "root:kvm",
+    )?;
+    node.file(
+        "/etc/pki/vdsm/libvirt-migrate/server-key.pem",
+        &mig_key,
+        0o440,
+        "root:qemu",
+    )?;
+    for (link, target) in [
+        ("client-cert.pem", "server-cert.pem"),
+        ("client-key.pem", "server-key.pem"),
+    ] {
+        let p = host.path(&format!("/etc/pki/vdsm/libvirt-migrate/{link}"));
+        std::os::unix::fs::symlink(target, &p)
+            .with_context(|| format!("linking {}", p.display()))?;
+    }
+
+    if spec.ovn {
+        node.dir("/etc/pki/vdsm/ovn", 0o755, "openvswitch:openvswitch")?;
+        let (ovn_key, ovn_cert) = enroll(
+            &work,
+            engine,
+            &format!("{fqdn}-ovn"),
+            &format!("/O={org}/CN={fqdn}"),
+            &san,
+            host_days,
+            None,
+            Ca::Engine,
+        )?;
+        node.file(
+            "/etc/pki/vdsm/ovn/ca-cert.pem",
+            engine.ca_pem()?.as_bytes(),
+            0o644,
+            "openvswitch:openvswitch",
+        )?;
+        node.file(
+            "/etc/pki/vdsm/ovn/ovn-cert.pem",
+            &ovn_cert,
+            0o644,
+            "openvswitch:openvswitch",
+        )?;
+        node.file(
+            "/etc/pki/vdsm/ovn/ovn-key.pem",
+            &ovn_key,
+            0o440,
+            "openvswitch:openvswitch",
+        )?;
+    }
+    std::fs::remove_dir_all(&work)?;
+    std::fs::write(
+        host.state("ovirt-node-owners.json"),
+        serde_json::to_vec_pretty(&node.owners)?,
+    )?;
+    Ok(node)
+}
+
+/// Host-side key and CSR, engine-side `pki-enroll-request.sh`; returns `(key, cert)` bytes.
+#[allow(clippy::too_many_arguments)]
+fn enroll(
+    work: &std::path::Path,
+    engine: &Engine,
+    name: &str,
+    subject: &str,
+    san: &str,
+    days: u32,
+    life: Option<Lifetime>,
+    ca: Ca,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let key = work.join(format!("{name}.key"));
+    let csr = work.join(format!("{name}.csr"));
+    run_openssl(
+        work,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+        ],
+        &[],
+    )?;
+    let (_, req_dir) = ca.dirs();
+    std::fs::copy(&csr, engine.path(&format!("{req_dir}/{name}.req")))?;
+    let cert = engine.enroll_request(name, subject, Some(san), None, days, life, ca)?;
+    Ok((std::fs::read(&key)?, std::fs::read(cert)?))
+}
+
+/// A self-signed CA that is not the engine's.
+fn foreign_ca(work: &std::path::Path) -> Result<Vec<u8>> {
+    let out = work.join("foreign-ca.pem");
+    run_openssl(
+        work,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &s(&work.join("foreign-ca.key")),
+            "-out",
+            &s(&out),
+            "-days",
+            "3650",
+            "-subj",
+            "/C=US/O=elsewhere.test/CN=restored-from-backup.elsewhere.test.11111",
+        ],
+        &[],
+    )?;
+    Ok(std::fs::read(out)?)
+}
+
+fn s(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+impl Node {
+    fn dir(&mut self, host_path: &str, mode: u32, owner: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.host.path(host_path);
+        std::fs::create_dir_all(&p)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+        self.own(host_path, p, owner)
+    }
+
+    fn file(&mut self, host_path: &str, bytes: &[u8], mode: u32, owner: &str) -> Result<()> {
+        let p = self.host.write(host_path, bytes, mode)?;
+        self.own(host_path, p, owner)
+    }
+
+    fn own(&mut self, host_path: &str, p: PathBuf, owner: &str) -> Result<()> {
+        if owner_exists(owner) {
+            let st = Command::new("chown")
+                .arg(owner)
+                .arg(&p)
+                .status()
+                .context("running chown")?;
+            anyhow::ensure!(st.success(), "chown {owner} {}", p.display());
+        }
+        self.owners.insert(host_path.to_owned(), owner.to_owned());
+        Ok(())
+    }
+}
+
+/// True when both the user and the group of `user:group` exist here.
+fn owner_exists(owner: &str) -> bool {
+    let Some((user, group)) = owner.split_once(':') else {
+        return false;
+    };
+    let known = |db: &str, name: &str| {
+        Command::new("getent")
+            .args([db, name])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    known("passwd", user) && known("group", group)
+}
