@@ -86,6 +86,12 @@ enum Command {
     },
     /// The fleet's certificate inventory.
     Inventory(InventoryArgs),
+    /// Rotation plans: create (or dry-run), approve, run, watch, roll back.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// Renewal policies: plans made automatically as certificates near expiry.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Offline maintenance of the state store (controller stopped).
     #[command(subcommand)]
     Store(StoreCmd),
@@ -182,6 +188,116 @@ enum InventoryCmd {
     },
     /// Ask agents (all connected, or one) to rescan now.
     Rescan { agent: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    /// Build a plan from a recipe; prints the whole step graph.
+    Create {
+        /// Recipe (see `certfleet plan recipes`).
+        recipe: String,
+        /// Target agents (id or name, repeatable; default: every agent the recipe applies to).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Only certificates of this role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Only certificates expiring within this duration.
+        #[arg(long, value_parser = duration)]
+        expiring_within: Option<Duration>,
+        /// Targets worked on at once.
+        #[arg(long, default_value = "1")]
+        max_parallel: u32,
+        /// Do one target first, then wait (for approval, or --canary-soak).
+        #[arg(long)]
+        canary: bool,
+        /// Continue after the canary by itself after this long.
+        #[arg(long, value_parser = duration)]
+        canary_soak: Option<Duration>,
+        /// Failed targets tolerated before the plan halts.
+        #[arg(long, default_value = "0")]
+        failure_budget: u32,
+        /// Require `plan approve` before `plan run`.
+        #[arg(long)]
+        require_approval: bool,
+        /// Maintenance window, cron-like (UTC), e.g. "0 2 * * SAT".
+        #[arg(long)]
+        window: Option<String>,
+        /// Window length.
+        #[arg(long, value_parser = duration, default_value = "4h")]
+        window_length: Duration,
+        /// Recipe parameter key=value (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Print the graph only; touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start at once (when no approval is required).
+        #[arg(long)]
+        run: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// List plans.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show a plan: every step, its commands, files, state and output.
+    Show {
+        id: String,
+        /// Include each step's streamed output.
+        #[arg(long)]
+        output_lines: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Follow a plan live until it finishes.
+    Watch {
+        id: String,
+        /// Print each step's streamed output as it arrives.
+        #[arg(long)]
+        output_lines: bool,
+    },
+    /// Approve a plan (or continue after its canary).
+    Approve { id: String },
+    /// Start an approved plan.
+    Run { id: String },
+    /// Pause: running steps finish, nothing new starts.
+    Pause { id: String },
+    /// Resume a paused plan.
+    Resume { id: String },
+    /// Abort: nothing new starts.
+    Abort { id: String },
+    /// Undo a finished plan's changes, last step first.
+    Rollback { id: String },
+    /// List the built-in recipes.
+    Recipes,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Renew certificates of ROLE when within DURATION of expiry.
+    Set {
+        role: String,
+        #[arg(long, value_parser = duration)]
+        renew_within: Duration,
+        /// Maintenance window, cron-like (UTC).
+        #[arg(long)]
+        window: Option<String>,
+        #[arg(long, value_parser = duration, default_value = "4h")]
+        window_length: Duration,
+        /// Run the plans it creates without approval.
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long, default_value = "1")]
+        max_parallel: u32,
+    },
+    /// List policies.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -439,6 +555,25 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                 *output,
             );
         }
+        Command::Plan(cmd) => plan_cmd(&conn, cmd).await?,
+        Command::Policy(PolicyCmd::Set { role, renew_within, window, window_length, auto_approve, max_parallel }) => {
+            let p = c
+                .set_policy(pb::PolicyInfo {
+                    role: role.clone(),
+                    renew_within_secs: renew_within.as_secs(),
+                    window: window.clone().unwrap_or_default(),
+                    window_secs: window_length.as_secs(),
+                    auto_approve: *auto_approve,
+                    max_parallel: *max_parallel,
+                })
+                .await
+                .map_err(e)?
+                .into_inner();
+            eprintln!("policy for {} set: renew within {}s", p.role, p.renew_within_secs);
+        }
+        Command::Policy(PolicyCmd::List { output }) => {
+            cli::print_policies(&c.list_policies(pb::Empty {}).await.map_err(e)?.into_inner().policies, *output);
+        }
         Command::Inventory(args) => match &args.sub {
             Some(InventoryCmd::Rescan { agent }) => {
                 let r = c
@@ -475,6 +610,84 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
         },
         Command::Init { .. } | Command::Serve { .. } | Command::Store(_) => {
             unreachable!("handled in run")
+        }
+    }
+    Ok(())
+}
+
+async fn plan_cmd(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
+    let mut c = conn.client();
+    let e = |s| conn.explain(s);
+    let control = |id: &str, action: &str| pb::ControlPlanRequest { id: id.to_owned(), action: action.to_owned() };
+    match cmd {
+        PlanCmd::Create {
+            recipe,
+            agents,
+            roles,
+            expiring_within,
+            max_parallel,
+            canary,
+            canary_soak,
+            failure_budget,
+            require_approval,
+            window,
+            window_length,
+            params,
+            dry_run,
+            run,
+            output,
+        } => {
+            let req = pb::CreatePlanRequest {
+                recipe: recipe.clone(),
+                agents: agents.clone(),
+                roles: roles.clone(),
+                expiring_within_secs: expiring_within.map(|d| d.as_secs()).unwrap_or(0),
+                policy: Some(pb::PlanPolicy {
+                    max_parallel: *max_parallel,
+                    canary: *canary,
+                    canary_soak_secs: canary_soak.map(|d| d.as_secs()).unwrap_or(0),
+                    failure_budget: *failure_budget,
+                    approval_required: *require_approval,
+                    window: window.clone().unwrap_or_default(),
+                    window_secs: window_length.as_secs(),
+                }),
+                dry_run: *dry_run,
+                params: cli::parse_labels(params)?,
+            };
+            let mut plan = c.create_plan(req).await.map_err(e)?.into_inner();
+            if *run && !*dry_run && !*require_approval {
+                plan = c.control_plan(control(&plan.id, "run")).await.map_err(e)?.into_inner();
+            }
+            cli::print_plan(&plan, *output, false);
+        }
+        PlanCmd::List { output } => cli::print_plans(&c.list_plans(pb::Empty {}).await.map_err(e)?.into_inner().plans, *output),
+        PlanCmd::Show { id, output_lines, output } => {
+            cli::print_plan(&c.get_plan(pb::IdRequest { id: id.clone() }).await.map_err(e)?.into_inner(), *output, *output_lines)
+        }
+        PlanCmd::Watch { id, output_lines } => {
+            let mut stream = c.watch_plan(pb::IdRequest { id: id.clone() }).await.map_err(e)?.into_inner();
+            let mut watcher = cli::PlanWatcher::new(*output_lines);
+            while let Some(p) = stream.message().await.map_err(e)? {
+                watcher.update(&p);
+            }
+            watcher.finish();
+        }
+        PlanCmd::Approve { id } | PlanCmd::Run { id } | PlanCmd::Pause { id } | PlanCmd::Resume { id } | PlanCmd::Abort { id } | PlanCmd::Rollback { id } => {
+            let action = match cmd {
+                PlanCmd::Approve { .. } => "approve",
+                PlanCmd::Run { .. } => "run",
+                PlanCmd::Pause { .. } => "pause",
+                PlanCmd::Resume { .. } => "resume",
+                PlanCmd::Abort { .. } => "abort",
+                _ => "rollback",
+            };
+            let p = c.control_plan(control(id, action)).await.map_err(e)?.into_inner();
+            eprintln!("plan {}: {}{}", p.id, p.state, if p.message.is_empty() { String::new() } else { format!(" ({})", p.message) });
+        }
+        PlanCmd::Recipes => {
+            for r in certfleet_controller::plan::recipes::all() {
+                println!("{:<24} {}", r.name(), r.about());
+            }
         }
     }
     Ok(())
