@@ -116,15 +116,8 @@ impl Default for AgentConfig {
 }
 
 /// Every collector name the agent knows.
-pub const COLLECTORS: &[&str] = &[
-    "vsphere",
-    "ovirt_engine",
-    "ovirt_node",
-    "gke_admin",
-    "kubeadm",
-    "files",
-    "endpoint",
-];
+pub const COLLECTORS: &[&str] =
+    &["vsphere", "ovirt_engine", "ovirt_node", "gke_admin", "kubeadm", "files", "endpoint"];
 
 impl AgentConfig {
     /// Reads and validates a config file; all problems are reported together.
@@ -137,11 +130,7 @@ impl AgentConfig {
         if problems.is_empty() {
             Ok(cfg)
         } else {
-            Err(format!(
-                "config {}:\n  - {}",
-                path.display(),
-                problems.join("\n  - ")
-            ))
+            Err(format!("config {}:\n  - {}", path.display(), problems.join("\n  - ")))
         }
     }
 
@@ -150,10 +139,7 @@ impl AgentConfig {
         let mut problems = Vec::new();
         for p in &self.platforms {
             if !COLLECTORS.contains(&p.as_str()) {
-                problems.push(format!(
-                    "unknown platform {p:?} (known: {})",
-                    COLLECTORS.join(", ")
-                ));
+                problems.push(format!("unknown platform {p:?} (known: {})", COLLECTORS.join(", ")));
             }
         }
         if !self.root.is_absolute() {
@@ -170,15 +156,8 @@ impl AgentConfig {
             }
         }
         for (i, e) in self.endpoints.iter().enumerate() {
-            if e.address
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                problems.push(format!(
-                    "endpoints[{i}]: address {:?} is not host:port",
-                    e.address
-                ));
+            if e.address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                problems.push(format!("endpoints[{i}]: address {:?} is not host:port", e.address));
             }
         }
         if self.tool_timeout.is_zero() {
@@ -196,10 +175,7 @@ impl AgentConfig {
 
     /// The path of tool `name`: configured explicitly, else `default` under the root.
     pub fn tool(&self, name: &str, default: &str) -> PathBuf {
-        self.tools
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| self.host_path(default))
+        self.tools.get(name).cloned().unwrap_or_else(|| self.host_path(default))
     }
 
     /// A free-form collector setting.
@@ -231,19 +207,9 @@ mod tests {
 
     #[test]
     fn tools_resolve_under_root_unless_configured() {
-        let mut cfg = AgentConfig {
-            root: "/sim/vc1".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            cfg.tool("vecs-cli", "/usr/lib/vmware-vmafd/bin/vecs-cli"),
-            PathBuf::from("/sim/vc1/usr/lib/vmware-vmafd/bin/vecs-cli")
-        );
-        cfg.tools
-            .insert("openssl".into(), "/usr/bin/openssl".into());
-        assert_eq!(
-            cfg.tool("openssl", "/usr/bin/openssl"),
-            PathBuf::from("/usr/bin/openssl")
-        );
+        let mut cfg = AgentConfig { root: "/sim/vc1".into(), ..Default::default() };
+        assert_eq!(cfg.tool("vecs-cli", "/usr/lib/vmware-vmafd/bin/vecs-cli"), PathBuf::from("/sim/vc1/usr/lib/vmware-vmafd/bin/vecs-cli"));
+        cfg.tools.insert("openssl".into(), "/usr/bin/openssl".into());
+        assert_eq!(cfg.tool("openssl", "/usr/bin/openssl"), PathBuf::from("/usr/bin/openssl"));
     }
 }

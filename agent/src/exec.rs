@@ -85,19 +85,12 @@ pub fn run(
     let cmd = command_line(program, args);
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("LC_ALL", "C")
         .spawn()
-        .map_err(|source| ToolError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
+        .map_err(|source| ToolError::Spawn { cmd: cmd.clone(), source })?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         let data = data.to_vec();
         std::thread::spawn(move || {
@@ -114,18 +107,8 @@ pub fn run(
             buf
         })
     };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -133,10 +116,7 @@ pub fn run(
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(ToolError::Timeout {
-                    cmd,
-                    secs: timeout.as_secs(),
-                });
+                return Err(ToolError::Timeout { cmd, secs: timeout.as_secs() });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(source) => return Err(ToolError::Spawn { cmd, source }),
@@ -145,11 +125,7 @@ pub fn run(
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     let stdout = String::from_utf8(stdout).map_err(|_| ToolError::NotUtf8 { cmd: cmd.clone() })?;
-    Ok(ToolOutput {
-        code: status.code(),
-        stdout,
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    })
+    Ok(ToolOutput { code: status.code(), stdout, stderr: String::from_utf8_lossy(&stderr).into_owned() })
 }
 
 /// Runs a tool that must exit 0.
@@ -163,11 +139,7 @@ pub fn run_ok(
     if out.code == Some(0) {
         return Ok(out);
     }
-    let msg = if out.stderr.trim().is_empty() {
-        &out.stdout
-    } else {
-        &out.stderr
-    };
+    let msg = if out.stderr.trim().is_empty() { &out.stdout } else { &out.stderr };
     Err(ToolError::Failed {
         cmd: command_line(program, args),
         code: out.code.unwrap_or(-1),
@@ -181,51 +153,27 @@ mod tests {
 
     #[test]
     fn hung_tool_is_killed_and_named() {
-        let e = run(
-            Path::new("/bin/sleep"),
-            &["30"],
-            None,
-            Duration::from_millis(200),
-        )
-        .unwrap_err();
+        let e = run(Path::new("/bin/sleep"), &["30"], None, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(e, ToolError::Timeout { .. }));
         assert!(e.to_string().contains("/bin/sleep 30"), "{e}");
     }
 
     #[test]
     fn failure_carries_stderr_and_code() {
-        let e = run_ok(
-            Path::new("/bin/sh"),
-            &["-c", "echo boom >&2; exit 3"],
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap_err();
+        let e = run_ok(Path::new("/bin/sh"), &["-c", "echo boom >&2; exit 3"], None, Duration::from_secs(5)).unwrap_err();
         let s = e.to_string();
         assert!(s.contains("exit code 3") && s.contains("boom"), "{s}");
     }
 
     #[test]
     fn non_utf8_output_is_an_error() {
-        let e = run(
-            Path::new("/bin/sh"),
-            &["-c", "printf '\\377\\376'"],
-            None,
-            Duration::from_secs(5),
-        )
-        .unwrap_err();
+        let e = run(Path::new("/bin/sh"), &["-c", "printf '\\377\\376'"], None, Duration::from_secs(5)).unwrap_err();
         assert!(matches!(e, ToolError::NotUtf8 { .. }), "{e}");
     }
 
     #[test]
     fn missing_program_is_a_spawn_error() {
-        let e = run(
-            Path::new("/nonexistent/vecs-cli"),
-            &[],
-            None,
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
+        let e = run(Path::new("/nonexistent/vecs-cli"), &[], None, Duration::from_secs(1)).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/vecs-cli"), "{e}");
     }
 }

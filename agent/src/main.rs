@@ -68,11 +68,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Scan {
-            root,
-            config,
-            output,
-        } => {
+        Command::Scan { root, config, output } => {
             let cfg = load_config(config.as_ref(), root)?;
             let found = collect::scan(&cfg);
             let now = certfleet_common::model::now();

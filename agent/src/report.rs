@@ -29,18 +29,9 @@ pub struct ScanReport<'a> {
 }
 
 /// Sorted by urgency: expired first, then by not-after.
-pub fn by_urgency<'a>(
-    certs: impl Iterator<Item = &'a CertRecord>,
-    now: i64,
-) -> Vec<&'a CertRecord> {
+pub fn by_urgency<'a>(certs: impl Iterator<Item = &'a CertRecord>, now: i64) -> Vec<&'a CertRecord> {
     let mut v: Vec<&CertRecord> = certs.collect();
-    v.sort_by_key(|c| {
-        (
-            Status::of(&c.role, c.not_after, now),
-            c.not_after,
-            c.fingerprint_sha256.clone(),
-        )
-    });
+    v.sort_by_key(|c| (Status::of(&c.role, c.not_after, now), c.not_after, c.fingerprint_sha256.clone()));
     v
 }
 
@@ -65,10 +56,7 @@ pub fn days_left(not_after: i64, now: i64) -> i64 {
 pub fn json(c: &Collection, now: i64) -> String {
     let report = ScanReport {
         platforms: &c.platforms,
-        certificates: by_urgency(c.certificates(), now)
-            .into_iter()
-            .map(|r| view(r, now))
-            .collect(),
+        certificates: by_urgency(c.certificates(), now).into_iter().map(|r| view(r, now)).collect(),
         problems: &c.problems,
         health: &c.health,
     };
@@ -78,11 +66,7 @@ pub fn json(c: &Collection, now: i64) -> String {
 /// Coloured cell for days left.
 pub fn days_cell(role: &str, not_after: i64, now: i64) -> Cell {
     let d = days_left(not_after, now);
-    let cell = Cell::new(if d < 0 {
-        format!("EXPIRED {}d ago", -d)
-    } else {
-        format!("{d}")
-    });
+    let cell = Cell::new(if d < 0 { format!("EXPIRED {}d ago", -d) } else { format!("{d}") });
     match Status::of(role, not_after, now) {
         Status::Expired => cell.fg(Color::Red),
         Status::Expiring => cell.fg(Color::Yellow),
@@ -97,12 +81,7 @@ pub fn table(c: &Collection, now: i64) -> String {
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(vec!["DAYS LEFT", "NOT AFTER", "ROLE", "SUBJECT", "WHERE"]);
     for r in by_urgency(c.certificates(), now) {
-        let wher = r
-            .locations
-            .iter()
-            .map(|l| l.describe())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let wher = r.locations.iter().map(|l| l.describe()).collect::<Vec<_>>().join("\n");
         t.add_row(vec![
             days_cell(&r.role, r.not_after, now),
             Cell::new(format_time(r.not_after)),
@@ -114,26 +93,16 @@ pub fn table(c: &Collection, now: i64) -> String {
     let mut s = t.to_string();
     s.push('\n');
     for h in c.health.iter().filter(|h| !h.healthy) {
-        s.push_str(&format!(
-            "HEALTH {} {}: {} ({})\n",
-            h.kind, h.subject, h.state, h.detail
-        ));
+        s.push_str(&format!("HEALTH {} {}: {} ({})\n", h.kind, h.subject, h.state, h.detail));
     }
     for p in &c.problems {
-        s.push_str(&format!(
-            "PROBLEM [{}] {}: {}\n",
-            p.collector, p.subject, p.message
-        ));
+        s.push_str(&format!("PROBLEM [{}] {}: {}\n", p.collector, p.subject, p.message));
     }
     s.push_str(&format!(
         "{} certificates, {} problems; platforms: {}\n",
         c.len(),
         c.problems.len(),
-        if c.platforms.is_empty() {
-            "none detected".to_owned()
-        } else {
-            c.platforms.join(", ")
-        }
+        if c.platforms.is_empty() { "none detected".to_owned() } else { c.platforms.join(", ") }
     ));
     s
 }

@@ -29,10 +29,7 @@ pub struct WriteError {
 
 /// Atomically replaces `path` with `contents`, created with `mode`.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), WriteError> {
-    let wrap = |source| WriteError {
-        path: path.to_path_buf(),
-        source,
-    };
+    let wrap = |source| WriteError { path: path.to_path_buf(), source };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -68,10 +65,7 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), WriteEr
 
 /// Creates `dir` (and parents) with mode 0700 if it does not exist.
 pub fn create_private_dir(dir: &Path) -> Result<(), WriteError> {
-    let wrap = |source| WriteError {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let wrap = |source| WriteError { path: dir.to_path_buf(), source };
     if dir.is_dir() {
         return Ok(());
     }
@@ -89,16 +83,10 @@ mod tests {
         let p = dir.path().join("key.pem");
         write_file(&p, b"one", PRIVATE).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"one");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         write_file(&p, b"two", PUBLIC).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
         // no temporary files left behind
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

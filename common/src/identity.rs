@@ -79,9 +79,7 @@ impl std::fmt::Display for Identity {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with('.')
 }
 
@@ -110,11 +108,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for id in [
-            Identity::Agent("abc-1".into()),
-            Identity::Operator("alice".into()),
-            Identity::Controller,
-        ] {
+        for id in [Identity::Agent("abc-1".into()), Identity::Operator("alice".into()), Identity::Controller] {
             assert_eq!(Identity::parse(&id.uri()).unwrap(), id);
         }
         assert!(Identity::parse("spiffe://certfleet/agent/../x").is_err());

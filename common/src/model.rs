@@ -69,11 +69,7 @@ pub struct Location {
 impl Location {
     /// A certificate in a file.
     pub fn file(kind: &str, path: impl Into<String>) -> Self {
-        Location {
-            kind: kind.to_owned(),
-            path: path.into(),
-            ..Default::default()
-        }
+        Location { kind: kind.to_owned(), path: path.into(), ..Default::default() }
     }
 
     /// Human-readable one-liner.
@@ -114,15 +110,8 @@ impl Problem {
     }
 
     /// A warning about `subject`.
-    pub fn warning(
-        collector: &str,
-        subject: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Problem {
-            severity: "warning".into(),
-            ..Problem::error(collector, subject, message)
-        }
+    pub fn warning(collector: &str, subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { severity: "warning".into(), ..Problem::error(collector, subject, message) }
     }
 }
 
@@ -143,20 +132,14 @@ pub struct HealthFact {
 
 /// Current time, Unix seconds.
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-23T04:34:00Z`).
 pub fn format_time(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| secs.to_string())
 }
 
@@ -199,13 +182,7 @@ impl From<&Location> for pb::Location {
 
 impl From<pb::Location> for Location {
     fn from(l: pb::Location) -> Self {
-        Location {
-            kind: l.kind,
-            path: l.path,
-            store: l.store,
-            alias: l.alias,
-            detail: l.detail,
-        }
+        Location { kind: l.kind, path: l.path, store: l.store, alias: l.alias, detail: l.detail }
     }
 }
 
@@ -266,12 +243,7 @@ impl From<&Problem> for pb::Problem {
 
 impl From<pb::Problem> for Problem {
     fn from(p: pb::Problem) -> Self {
-        Problem {
-            subject: p.subject,
-            message: p.message,
-            severity: p.severity,
-            collector: p.collector,
-        }
+        Problem { subject: p.subject, message: p.message, severity: p.severity, collector: p.collector }
     }
 }
 
@@ -289,13 +261,7 @@ impl From<&HealthFact> for pb::HealthFact {
 
 impl From<pb::HealthFact> for HealthFact {
     fn from(h: pb::HealthFact) -> Self {
-        HealthFact {
-            kind: h.kind,
-            subject: h.subject,
-            state: h.state,
-            detail: h.detail,
-            healthy: h.healthy,
-        }
+        HealthFact { kind: h.kind, subject: h.subject, state: h.state, detail: h.detail, healthy: h.healthy }
     }
 }
 

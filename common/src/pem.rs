@@ -15,10 +15,7 @@ pub enum PemError {
 /// Every PEM block in `input`, as `(label, der)`.
 pub fn decode_all(input: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PemError> {
     let blocks = pem::parse_many(input).map_err(|e| PemError::Malformed(e.to_string()))?;
-    Ok(blocks
-        .into_iter()
-        .map(|p| (p.tag().to_owned(), p.into_contents()))
-        .collect())
+    Ok(blocks.into_iter().map(|p| (p.tag().to_owned(), p.into_contents())).collect())
 }
 
 /// True if the bytes look like PEM armour rather than DER.
@@ -32,11 +29,7 @@ pub fn certificates(input: &[u8]) -> Result<Vec<Vec<u8>>, PemError> {
     if looks_like_pem(input) {
         let certs: Vec<Vec<u8>> = decode_all(input)?
             .into_iter()
-            .filter(|(label, _)| {
-                label == "CERTIFICATE"
-                    || label == "TRUSTED CERTIFICATE"
-                    || label == "X509 CERTIFICATE"
-            })
+            .filter(|(label, _)| label == "CERTIFICATE" || label == "TRUSTED CERTIFICATE" || label == "X509 CERTIFICATE")
             .map(|(_, der)| der)
             .collect();
         if certs.is_empty() {
@@ -52,10 +45,7 @@ pub fn certificates(input: &[u8]) -> Result<Vec<Vec<u8>>, PemError> {
 
 /// The first certificate in PEM `input`.
 pub fn first_certificate(input: &[u8]) -> Result<Vec<u8>, PemError> {
-    certificates(input)?
-        .into_iter()
-        .next()
-        .ok_or(PemError::Missing("CERTIFICATE block"))
+    certificates(input)?.into_iter().next().ok_or(PemError::Missing("CERTIFICATE block"))
 }
 
 /// PEM-encodes one block.
@@ -73,15 +63,8 @@ mod tests {
 
     #[test]
     fn finds_certificates_among_other_blocks() {
-        let text = format!(
-            "junk\n{}{}",
-            encode("PRIVATE KEY", b"k"),
-            encode("CERTIFICATE", b"\x30c")
-        );
-        assert_eq!(
-            certificates(text.as_bytes()).unwrap(),
-            vec![b"\x30c".to_vec()]
-        );
+        let text = format!("junk\n{}{}", encode("PRIVATE KEY", b"k"), encode("CERTIFICATE", b"\x30c"));
+        assert_eq!(certificates(text.as_bytes()).unwrap(), vec![b"\x30c".to_vec()]);
         let keyonly = encode("PRIVATE KEY", b"k");
         assert!(certificates(keyonly.as_bytes()).is_err());
     }

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
 };
 
 use crate::identity::Identity;
@@ -47,17 +48,12 @@ pub struct KeyedCert {
 impl std::fmt::Debug for KeyedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print a private key, not even in a debug log.
-        f.debug_struct("KeyedCert")
-            .field("cert_pem", &self.cert_pem)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyedCert").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
 fn offset(t: SystemTime) -> time::OffsetDateTime {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
@@ -88,13 +84,8 @@ pub fn generate_ca(common_name: &str, ttl: Duration) -> Result<KeyedCert, PkiErr
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial());
     validity(&mut params, ttl);
-    let cert = params
-        .self_signed(&key)
-        .map_err(rc("self-signing the CA"))?;
-    Ok(KeyedCert {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    let cert = params.self_signed(&key).map_err(rc("self-signing the CA"))?;
+    Ok(KeyedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// The fleet CA, loaded and ready to sign.
@@ -112,11 +103,7 @@ impl FleetCa {
             Issuer::from_ca_cert_pem(cert_pem, key).map_err(rc("reading the CA certificate"))?;
         let der = crate::pem::first_certificate(cert_pem.as_bytes())
             .map_err(|e| PkiError::Pem(format!("CA certificate: {e}")))?;
-        Ok(FleetCa {
-            issuer,
-            cert_pem: cert_pem.to_owned(),
-            fingerprint: sha256_hex(&der),
-        })
+        Ok(FleetCa { issuer, cert_pem: cert_pem.to_owned(), fingerprint: sha256_hex(&der) })
     }
 
     /// The CA certificate, PEM.
@@ -134,27 +121,17 @@ impl FleetCa {
         let key = KeyPair::generate().map_err(rc("generating the server key"))?;
         let mut params =
             CertificateParams::new(sans.to_vec()).map_err(rc("server certificate names"))?;
-        params.subject_alt_names.push(SanType::URI(
-            Identity::Controller
-                .uri()
-                .try_into()
-                .map_err(rc("server URI"))?,
-        ));
-        params.distinguished_name = DistinguishedName::new();
         params
-            .distinguished_name
-            .push(DnType::CommonName, "certfleet controller");
+            .subject_alt_names
+            .push(SanType::URI(Identity::Controller.uri().try_into().map_err(rc("server URI"))?));
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "certfleet controller");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
         validity(&mut params, ttl);
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(rc("signing the server certificate"))?;
-        Ok(KeyedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = params.signed_by(&key, &self.issuer).map_err(rc("signing the server certificate"))?;
+        Ok(KeyedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// Issues a client certificate for `identity` over the public key of `csr_pem`.
@@ -171,23 +148,17 @@ impl FleetCa {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(rc("reading the certificate signing request"))?;
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.subject_alt_names = vec![SanType::URI(
-            identity.uri().try_into().map_err(rc("identity URI"))?,
-        )];
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.subject_alt_names =
+            vec![SanType::URI(identity.uri().try_into().map_err(rc("identity URI"))?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, ttl);
-        let signed = CertificateSigningRequestParams {
-            params,
-            public_key: csr.public_key,
-        }
-        .signed_by(&self.issuer)
-        .map_err(rc("signing the client certificate"))?;
+        let signed = CertificateSigningRequestParams { params, public_key: csr.public_key }
+            .signed_by(&self.issuer)
+            .map_err(rc("signing the client certificate"))?;
         Ok(signed.pem())
     }
 }
@@ -203,12 +174,8 @@ pub fn new_key_and_csr(common_name: &str) -> Result<(String, String), PkiError> 
 pub fn csr_for_key(key_pem: &str, common_name: &str) -> Result<String, PkiError> {
     let key = KeyPair::from_pem(key_pem).map_err(rc("reading the private key"))?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    let csr = params
-        .serialize_request(&key)
-        .map_err(rc("building the CSR"))?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    let csr = params.serialize_request(&key).map_err(rc("building the CSR"))?;
     csr.pem().map_err(rc("encoding the CSR"))
 }
 
@@ -226,10 +193,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// SHA-1 of `bytes`, lowercase hex (VECS TRUSTED_ROOTS aliases, vCenter thumbprints).
 pub fn sha1_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(
-        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        bytes,
-    ))
+    hex::encode(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes))
 }
 
 #[cfg(test)]
@@ -243,9 +207,7 @@ mod tests {
         let ca = FleetCa::from_pem(&ca.cert_pem, &ca.key_pem).unwrap();
         let (_key, csr) = new_key_and_csr("evil-name").unwrap();
         let id = Identity::Agent("a1b2".into());
-        let pem = ca
-            .sign_client_csr(&csr, &id, "host-1", Duration::from_secs(600))
-            .unwrap();
+        let pem = ca.sign_client_csr(&csr, &id, "host-1", Duration::from_secs(600)).unwrap();
         let der = crate::pem::first_certificate(pem.as_bytes()).unwrap();
         let rec = parse_der(&der).unwrap();
         assert_eq!(rec.sans, vec![format!("URI:{}", id.uri())]);

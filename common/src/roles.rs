@@ -27,213 +27,61 @@ const fn r(
     recipe: &'static str,
     impact: &'static str,
 ) -> RoleInfo {
-    RoleInfo {
-        role,
-        platform,
-        impact,
-        warn_days,
-        recipe,
-    }
+    RoleInfo { role, platform, impact, warn_days, recipe }
 }
 
 /// Every known role; exact names first, then prefixes, then the fallback.
 pub const ROLES: &[RoleInfo] = &[
-    r(
-        "vsphere.sts_signing",
-        "vsphere",
-        90,
-        "vsphere-sts",
-        "STS token signing: nobody can log in to vCenter (SSO-domain wide), vpxd fails to start, other certificates cannot be replaced",
-    ),
-    r(
-        "vsphere.machine_ssl",
-        "vsphere",
-        30,
-        "vsphere-machine-ssl",
-        "Machine SSL: vSphere Client inaccessible, linked vCenters lose this node, integrations pinned to the old certificate break",
-    ),
-    r(
-        "vsphere.solution_user.wcp",
-        "vsphere",
-        30,
-        "vsphere-solution-users",
-        "wcp solution user: Workload Management breaks; hosts in Supervisor clusters cannot leave maintenance mode",
-    ),
-    r(
-        "vsphere.solution_user.vpxd-extension",
-        "vsphere",
-        30,
-        "vsphere-solution-users",
-        "vpxd-extension solution user: EAM, Auto Deploy, Image Builder and vLCM fail",
-    ),
-    r(
-        "vsphere.solution_user.",
-        "vsphere",
-        30,
-        "vsphere-solution-users",
-        "solution user: its services cannot get SAML tokens and fail to start (503, no healthy upstream)",
-    ),
-    r(
-        "vsphere.vmca_root",
-        "vsphere",
-        365,
-        "",
-        "VMCA root: nothing new can be issued; every VMCA-signed certificate expires with it",
-    ),
-    r(
-        "vsphere.trusted_root",
-        "vsphere",
-        30,
-        "",
-        "trusted root: vpxd does not start if it issued Machine SSL; upgrades fail at stage 2",
-    ),
-    r(
-        "vsphere.trusted_root_crl",
-        "vsphere",
-        30,
-        "",
-        "trusted root CRL: revocation checks against this CA fail",
-    ),
-    r(
-        "vsphere.backup",
-        "vsphere",
-        0,
-        "",
-        "BACKUP_STORE entry: only the Certificate Status alarm (stale backups should be cleaned up)",
-    ),
-    r(
-        "vsphere.data_encipherment",
-        "vsphere",
-        30,
-        "vsphere-solution-users",
-        "data-encipherment: encrypted guest customization data cannot be decrypted",
-    ),
-    r(
-        "vsphere.sms",
-        "vsphere",
-        30,
-        "",
-        "SMS self-signed: storage providers (VASA) registration fails",
-    ),
-    r(
-        "vsphere.",
-        "vsphere",
-        30,
-        "",
-        "vCenter certificate: the service that uses it fails",
-    ),
-    r(
-        "ovirt.engine.ca",
-        "ovirt",
-        365,
-        "",
-        "engine CA: every host and engine certificate it signed becomes unverifiable; the whole data center is unmanageable",
-    ),
-    r(
-        "ovirt.engine.apache",
-        "ovirt",
-        60,
-        "ovirt-engine",
-        "engine web certificate: Administration Portal and REST API unreachable over HTTPS",
-    ),
-    r(
-        "ovirt.engine.",
-        "ovirt",
-        60,
-        "ovirt-engine",
-        "engine service certificate: engine cannot talk to hosts, websocket proxy, OVN or imageio",
-    ),
-    r(
-        "ovirt.node.vdsm",
-        "ovirt",
-        60,
-        "ovirt-hosts",
-        "VDSM: libvirtd will not start, host goes NonResponsive, VMs cannot be managed or migrated",
-    ),
-    r(
-        "ovirt.node.ca",
-        "ovirt",
-        365,
-        "",
-        "host copy of the engine CA: host cannot verify the engine",
-    ),
-    r(
-        "ovirt.node.",
-        "ovirt",
-        60,
-        "ovirt-hosts",
-        "host libvirt/spice/vnc certificate: consoles and live migration fail",
-    ),
-    r(
-        "gke.admin_cluster.ca",
-        "gke",
-        180,
-        "gke-admin-ca",
-        "admin cluster CA: admin kubeconfig stops working, user clusters cannot be managed",
-    ),
-    r(
-        "gke.user_cluster.ca",
-        "gke",
-        180,
-        "gke-user-ca",
-        "user cluster CA: kubeconfigs stop working, control plane components cannot authenticate",
-    ),
-    r(
-        "gke.",
-        "gke",
-        90,
-        "gke-user-ca",
-        "GKE on VMware certificate: cluster access fails",
-    ),
-    r(
-        "kubeadm.ca",
-        "kubeadm",
-        365,
-        "",
-        "cluster CA: every component certificate becomes unverifiable",
-    ),
-    r(
-        "kubeadm.",
-        "kubeadm",
-        30,
-        "kubeadm-certs",
-        "control-plane certificate: API server, etcd or kubelet client authentication fails",
-    ),
-    r(
-        "kubeconfig.client",
-        "kubernetes",
-        30,
-        "",
-        "kubeconfig client certificate: kubectl with this kubeconfig is refused",
-    ),
-    r(
-        "kubeconfig.ca",
-        "kubernetes",
-        90,
-        "",
-        "kubeconfig CA data: kubectl cannot verify the API server",
-    ),
-    r(
-        "endpoint.",
-        "any",
-        30,
-        "",
-        "served TLS certificate: clients see certificate errors",
-    ),
-    r(
-        "file.",
-        "any",
-        30,
-        "files",
-        "certificate file: the service using it fails TLS",
-    ),
-    r(
-        "",
-        "any",
-        30,
-        "",
-        "unknown use: check what reads this certificate",
-    ),
+    r("vsphere.sts_signing", "vsphere", 90, "vsphere-sts",
+      "STS token signing: nobody can log in to vCenter (SSO-domain wide), vpxd fails to start, other certificates cannot be replaced"),
+    r("vsphere.machine_ssl", "vsphere", 30, "vsphere-machine-ssl",
+      "Machine SSL: vSphere Client inaccessible, linked vCenters lose this node, integrations pinned to the old certificate break"),
+    r("vsphere.solution_user.wcp", "vsphere", 30, "vsphere-solution-users",
+      "wcp solution user: Workload Management breaks; hosts in Supervisor clusters cannot leave maintenance mode"),
+    r("vsphere.solution_user.vpxd-extension", "vsphere", 30, "vsphere-solution-users",
+      "vpxd-extension solution user: EAM, Auto Deploy, Image Builder and vLCM fail"),
+    r("vsphere.solution_user.", "vsphere", 30, "vsphere-solution-users",
+      "solution user: its services cannot get SAML tokens and fail to start (503, no healthy upstream)"),
+    r("vsphere.vmca_root", "vsphere", 365, "",
+      "VMCA root: nothing new can be issued; every VMCA-signed certificate expires with it"),
+    r("vsphere.trusted_root", "vsphere", 30, "",
+      "trusted root: vpxd does not start if it issued Machine SSL; upgrades fail at stage 2"),
+    r("vsphere.trusted_root_crl", "vsphere", 30, "", "trusted root CRL: revocation checks against this CA fail"),
+    r("vsphere.backup", "vsphere", 0, "",
+      "BACKUP_STORE entry: only the Certificate Status alarm (stale backups should be cleaned up)"),
+    r("vsphere.data_encipherment", "vsphere", 30, "vsphere-solution-users",
+      "data-encipherment: encrypted guest customization data cannot be decrypted"),
+    r("vsphere.sms", "vsphere", 30, "", "SMS self-signed: storage providers (VASA) registration fails"),
+    r("vsphere.sts_internal_ssl", "vsphere", 30, "",
+      "STS_INTERNAL_SSL_CERT (upgraded from 6.0): legacy Lookup Service/STS HTTPS on 7444 fails"),
+    r("vsphere.vmdir_ssl", "vsphere", 30, "", "vmdir certificate (6.x): LDAPS to vmdir and replication partners fail"),
+    r("vsphere.vecs.", "vsphere", 30, "", "VECS entry of an unlisted store: the service that reads the store fails"),
+    r("vsphere.", "vsphere", 30, "", "vCenter certificate: the service that uses it fails"),
+    r("ovirt.engine.ca", "ovirt", 365, "",
+      "engine CA: every host and engine certificate it signed becomes unverifiable; the whole data center is unmanageable"),
+    r("ovirt.engine.apache", "ovirt", 60, "ovirt-engine",
+      "engine web certificate: Administration Portal and REST API unreachable over HTTPS"),
+    r("ovirt.engine.", "ovirt", 60, "ovirt-engine",
+      "engine service certificate: engine cannot talk to hosts, websocket proxy, OVN or imageio"),
+    r("ovirt.node.vdsm", "ovirt", 60, "ovirt-hosts",
+      "VDSM: libvirtd will not start, host goes NonResponsive, VMs cannot be managed or migrated"),
+    r("ovirt.node.ca", "ovirt", 365, "", "host copy of the engine CA: host cannot verify the engine"),
+    r("ovirt.node.", "ovirt", 60, "ovirt-hosts",
+      "host libvirt/spice/vnc certificate: consoles and live migration fail"),
+    r("gke.admin_cluster.ca", "gke", 180, "gke-admin-ca",
+      "admin cluster CA: admin kubeconfig stops working, user clusters cannot be managed"),
+    r("gke.user_cluster.ca", "gke", 180, "gke-user-ca",
+      "user cluster CA: kubeconfigs stop working, control plane components cannot authenticate"),
+    r("gke.", "gke", 90, "gke-user-ca", "GKE on VMware certificate: cluster access fails"),
+    r("kubeadm.ca", "kubeadm", 365, "", "cluster CA: every component certificate becomes unverifiable"),
+    r("kubeadm.", "kubeadm", 30, "kubeadm-certs",
+      "control-plane certificate: API server, etcd or kubelet client authentication fails"),
+    r("kubeconfig.client", "kubernetes", 30, "",
+      "kubeconfig client certificate: kubectl with this kubeconfig is refused"),
+    r("kubeconfig.ca", "kubernetes", 90, "", "kubeconfig CA data: kubectl cannot verify the API server"),
+    r("endpoint.", "any", 30, "", "served TLS certificate: clients see certificate errors"),
+    r("file.", "any", 30, "files", "certificate file: the service using it fails TLS"),
+    r("", "any", 30, "", "unknown use: check what reads this certificate"),
 ];
 
 /// The catalogue entry for `role`: an exact match, else the longest matching prefix.
@@ -291,14 +139,8 @@ mod tests {
     #[test]
     fn exact_then_longest_prefix_then_fallback() {
         assert_eq!(lookup("vsphere.sts_signing").warn_days, 90);
-        assert_eq!(
-            lookup("vsphere.solution_user.wcp").role,
-            "vsphere.solution_user.wcp"
-        );
-        assert_eq!(
-            lookup("vsphere.solution_user.machine").role,
-            "vsphere.solution_user."
-        );
+        assert_eq!(lookup("vsphere.solution_user.wcp").role, "vsphere.solution_user.wcp");
+        assert_eq!(lookup("vsphere.solution_user.machine").role, "vsphere.solution_user.");
         assert_eq!(lookup("ovirt.node.libvirt_spice").recipe, "ovirt-hosts");
         assert_eq!(lookup("nonsense").role, "");
     }
@@ -306,17 +148,8 @@ mod tests {
     #[test]
     fn status_uses_the_role_threshold() {
         let now = 1_000_000_000;
-        assert_eq!(
-            Status::of("vsphere.sts_signing", now + 80 * 86_400, now),
-            Status::Expiring
-        );
-        assert_eq!(
-            Status::of("vsphere.machine_ssl", now + 80 * 86_400, now),
-            Status::Ok
-        );
-        assert_eq!(
-            Status::of("vsphere.machine_ssl", now - 1, now),
-            Status::Expired
-        );
+        assert_eq!(Status::of("vsphere.sts_signing", now + 80 * 86_400, now), Status::Expiring);
+        assert_eq!(Status::of("vsphere.machine_ssl", now + 80 * 86_400, now), Status::Ok);
+        assert_eq!(Status::of("vsphere.machine_ssl", now - 1, now), Status::Expired);
     }
 }

@@ -63,15 +63,9 @@ pub enum TlsError {
 fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let v: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem {
-            what,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::Pem { what, reason: e.to_string() })?;
     if v.is_empty() {
-        return Err(TlsError::Pem {
-            what,
-            reason: "no CERTIFICATE block".into(),
-        });
+        return Err(TlsError::Pem { what, reason: "no CERTIFICATE block".into() });
     }
     Ok(v)
 }
@@ -102,10 +96,8 @@ pub fn server_config(
     .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut chain = certs("server certificate", cert_pem)?;
     chain.extend(certs("fleet CA certificate", ca_pem)?);
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
-        what: "server key",
-        reason: e.to_string(),
-    })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsError::Pem { what: "server key", reason: e.to_string() })?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -155,21 +147,13 @@ pub fn tls_incoming(
 
 /// Normalises `host:port` or `https://host:port` into a URL and returns `(url, host)`.
 pub fn controller_url(addr: &str) -> (String, String) {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("https://{addr}")
-    };
+    let url = if addr.contains("://") { addr.to_owned() } else { format!("https://{addr}") };
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
     let authority = rest.split('/').next().unwrap_or(rest);
     let host = if let Some(stripped) = authority.strip_prefix('[') {
         stripped.split(']').next().unwrap_or(stripped).to_owned()
     } else {
-        authority
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(authority)
-            .to_owned()
+        authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority).to_owned()
     };
     (url, host)
 }
@@ -177,10 +161,7 @@ pub fn controller_url(addr: &str) -> (String, String) {
 fn endpoint(addr: &str) -> Result<(Endpoint, String), TlsError> {
     let (url, host) = controller_url(addr);
     let ep = Endpoint::from_shared(url)
-        .map_err(|source| TlsError::Endpoint {
-            addr: addr.to_owned(),
-            source,
-        })?
+        .map_err(|source| TlsError::Endpoint { addr: addr.to_owned(), source })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -201,23 +182,15 @@ pub fn mtls_channel(
         .domain_name(host)
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-    let ep = ep.tls_config(tls).map_err(|source| TlsError::Endpoint {
-        addr: addr.into(),
-        source,
-    })?;
+    let ep = ep.tls_config(tls).map_err(|source| TlsError::Endpoint { addr: addr.into(), source })?;
     Ok(ep.connect_lazy())
 }
 
 /// A channel with no client certificate that trusts the fleet CA (re-binding).
 pub fn anonymous_channel(addr: &str, ca_pem: &str) -> Result<Channel, TlsError> {
     let (ep, host) = endpoint(addr)?;
-    let tls = ClientTlsConfig::new()
-        .domain_name(host)
-        .ca_certificate(Certificate::from_pem(ca_pem));
-    let ep = ep.tls_config(tls).map_err(|source| TlsError::Endpoint {
-        addr: addr.into(),
-        source,
-    })?;
+    let tls = ClientTlsConfig::new().domain_name(host).ca_certificate(Certificate::from_pem(ca_pem));
+    let ep = ep.tls_config(tls).map_err(|source| TlsError::Endpoint { addr: addr.into(), source })?;
     Ok(ep.connect_lazy())
 }
 
@@ -226,10 +199,7 @@ pub fn pinned_channel(addr: &str, verifier: Arc<PinnedCaVerifier>) -> Result<Cha
     let (ep, host) = endpoint(addr)?;
     let ep = ep
         .tls_config_with_verifier(ClientTlsConfig::new().domain_name(host), verifier)
-        .map_err(|source| TlsError::Endpoint {
-            addr: addr.into(),
-            source,
-        })?;
+        .map_err(|source| TlsError::Endpoint { addr: addr.into(), source })?;
     Ok(ep.connect_lazy())
 }
 
@@ -319,9 +289,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -335,10 +303,7 @@ pub fn explain_status(addr: &str, status: &tonic::Status) -> String {
         src = e.source();
     }
     let all = format!("{}{}", status.message(), chain);
-    let hint = if all.contains("UnknownCA")
-        || all.contains("UnknownIssuer")
-        || all.contains("BadCertificate")
-    {
+    let hint = if all.contains("UnknownCA") || all.contains("UnknownIssuer") || all.contains("BadCertificate") {
         " (the controller does not accept this client certificate: issued by another CA?)"
     } else if all.contains("CertificateExpired") || all.contains("Expired") {
         " (a certificate has expired)"
@@ -352,9 +317,7 @@ pub fn explain_status(addr: &str, status: &tonic::Status) -> String {
         ""
     };
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown
-            if !chain.is_empty() || status.message().contains("transport") =>
-        {
+        tonic::Code::Unavailable | tonic::Code::Unknown if !chain.is_empty() || status.message().contains("transport") => {
             format!("cannot reach controller at {addr}: {all}{hint}")
         }
         _ => format!("controller at {addr} refused: {}{hint}", status.message()),
@@ -367,10 +330,7 @@ mod tests {
 
     #[test]
     fn urls_and_hosts() {
-        assert_eq!(
-            controller_url("127.0.0.1:7443"),
-            ("https://127.0.0.1:7443".into(), "127.0.0.1".into())
-        );
+        assert_eq!(controller_url("127.0.0.1:7443"), ("https://127.0.0.1:7443".into(), "127.0.0.1".into()));
         assert_eq!(controller_url("https://ctl.example:7443").1, "ctl.example");
         assert_eq!(controller_url("[::1]:7443").1, "::1");
     }

@@ -19,10 +19,7 @@ pub struct X509Error(pub String);
 pub fn parse_der(der: &[u8]) -> Result<CertRecord, X509Error> {
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| X509Error(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(X509Error(format!(
-            "{} trailing bytes after the certificate",
-            rest.len()
-        )));
+        return Err(X509Error(format!("{} trailing bytes after the certificate", rest.len())));
     }
     let der = &der[..der.len() - rest.len()];
     let mut sans = Vec::new();
@@ -95,10 +92,7 @@ fn key_info(cert: &X509Certificate<'_>) -> (String, u32) {
                     other => other.to_owned(),
                 })
                 .unwrap_or_default();
-            (
-                format!("EC {curve}").trim().to_owned(),
-                point.key_size() as u32,
-            )
+            (format!("EC {curve}").trim().to_owned(), point.key_size() as u32)
         }
         Ok(PublicKey::DSA(_)) => ("DSA".into(), 0),
         Ok(_) => (spki.algorithm.algorithm.to_id_string(), 0),

@@ -33,25 +33,13 @@ impl Collector for Endpoints {
 
     fn collect(&self, cfg: &AgentConfig, out: &mut Collection) {
         for ep in &cfg.endpoints {
-            let host = ep
-                .address
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_matches(['[', ']']))
-                .unwrap_or("");
+            let host = ep.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("");
             let sni = ep.server_name.clone().unwrap_or_else(|| host.to_owned());
-            match probe(
-                &ep.address,
-                &sni,
-                cfg.tool_timeout.min(Duration::from_secs(10)),
-            ) {
+            match probe(&ep.address, &sni, cfg.tool_timeout.min(Duration::from_secs(10))) {
                 Ok(chain) => {
                     for (i, der) in chain.iter().enumerate() {
                         let mut loc = Location::file("endpoint", ep.address.clone());
-                        loc.detail = if i == 0 {
-                            String::new()
-                        } else {
-                            format!("chain#{i}")
-                        };
+                        loc.detail = if i == 0 { String::new() } else { format!("chain#{i}") };
                         let role = if i == 0 { ep.role.as_str() } else { "" };
                         out.add_der(NAME, der, role, loc);
                     }
@@ -62,12 +50,7 @@ impl Collector for Endpoints {
                 let path = cfg.host_path(file);
                 match super::read_small_file(&path) {
                     Ok(bytes) => {
-                        out.add_blob(
-                            NAME,
-                            &bytes,
-                            &ep.role,
-                            Location::file("file", path.display().to_string()),
-                        );
+                        out.add_blob(NAME, &bytes, &ep.role, Location::file("file", path.display().to_string()));
                     }
                     Err(e) => out.problem(Problem::error(NAME, path.display().to_string(), e)),
                 }
@@ -83,8 +66,7 @@ pub fn probe(address: &str, sni: &str, timeout: Duration) -> Result<Vec<Vec<u8>>
         .map_err(|e| format!("cannot resolve: {e}"))?
         .next()
         .ok_or("cannot resolve: no address")?;
-    let mut tcp =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
+    let mut tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
     tcp.set_read_timeout(Some(timeout)).ok();
     tcp.set_write_timeout(Some(timeout)).ok();
     let capture = Arc::new(Capture::default());
@@ -98,8 +80,7 @@ pub fn probe(address: &str, sni: &str, timeout: Duration) -> Result<Vec<Vec<u8>>
     let name = ServerName::try_from(sni.to_owned())
         .or_else(|_| ServerName::try_from("localhost".to_owned()))
         .map_err(|e| e.to_string())?;
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut tcp) {
             // A server that wants a client certificate may abort after sending its chain.
@@ -158,8 +139,6 @@ impl ServerCertVerifier for Capture {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }

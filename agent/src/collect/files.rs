@@ -34,11 +34,7 @@ impl Collector for Files {
                 for entry in entries {
                     match entry {
                         Ok(path) => read_one(&path, &watch.role, watch.password.as_deref(), out),
-                        Err(e) => out.problem(Problem::error(
-                            NAME,
-                            e.path().display().to_string(),
-                            e.error().to_string(),
-                        )),
+                        Err(e) => out.problem(Problem::error(NAME, e.path().display().to_string(), e.error().to_string())),
                     }
                 }
             }
@@ -56,11 +52,7 @@ pub fn read_one(path: &std::path::Path, role: &str, password: Option<&str>, out:
             return;
         }
     };
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext == "p12" || ext == "pfx" {
         read_pkcs12(&shown, &bytes, role, password.unwrap_or(""), out);
     } else {
@@ -70,11 +62,7 @@ pub fn read_one(path: &std::path::Path, role: &str, password: Option<&str>, out:
 
 /// Reads the certificates of a PKCS#12 bundle.
 pub fn read_pkcs12(shown: &str, bytes: &[u8], role: &str, password: &str, out: &mut Collection) {
-    match p12_keystore::KeyStore::from_pkcs12(
-        bytes,
-        password,
-        p12_keystore::Pkcs12ImportPolicy::Relaxed,
-    ) {
+    match p12_keystore::KeyStore::from_pkcs12(bytes, password, p12_keystore::Pkcs12ImportPolicy::Relaxed) {
         Ok(ks) => {
             let mut n = 0;
             for (alias, entry) in ks.entries() {
@@ -85,11 +73,7 @@ pub fn read_pkcs12(shown: &str, bytes: &[u8], role: &str, password: &str, out: &
                 };
                 for (i, cert) in chain.into_iter().enumerate() {
                     let mut loc = Location::file("pkcs12", shown);
-                    loc.detail = if i == 0 {
-                        alias.clone()
-                    } else {
-                        format!("{alias}#chain{i}")
-                    };
+                    loc.detail = if i == 0 { alias.clone() } else { format!("{alias}#chain{i}") };
                     // Only the leaf of a key chain carries the bundle's role; the rest are issuers.
                     let r = if i == 0 { role } else { "" };
                     out.add_der(NAME, cert.as_der(), r, loc);
@@ -97,11 +81,7 @@ pub fn read_pkcs12(shown: &str, bytes: &[u8], role: &str, password: &str, out: &
                 }
             }
             if n == 0 {
-                out.problem(Problem::error(
-                    NAME,
-                    shown,
-                    "PKCS#12 bundle holds no certificate",
-                ));
+                out.problem(Problem::error(NAME, shown, "PKCS#12 bundle holds no certificate"));
             }
         }
         Err(e) => out.problem(Problem::error(

@@ -36,13 +36,7 @@ pub struct Collection {
 impl Collection {
     /// Adds one DER certificate found at `location` with `role`. Returns the fingerprint, or
     /// records a problem naming the location if the DER is unreadable.
-    pub fn add_der(
-        &mut self,
-        collector: &str,
-        der: &[u8],
-        role: &str,
-        location: Location,
-    ) -> Option<String> {
+    pub fn add_der(&mut self, collector: &str, der: &[u8], role: &str, location: Location) -> Option<String> {
         match certfleet_common::x509::parse_der(der) {
             Ok(mut rec) => {
                 let fp = rec.fingerprint_sha256.clone();
@@ -64,24 +58,14 @@ impl Collection {
                 Some(fp)
             }
             Err(e) => {
-                self.problems.push(Problem::error(
-                    collector,
-                    location.describe(),
-                    e.to_string(),
-                ));
+                self.problems.push(Problem::error(collector, location.describe(), e.to_string()));
                 None
             }
         }
     }
 
     /// Adds every certificate of a PEM/DER blob; problems name `location`.
-    pub fn add_blob(
-        &mut self,
-        collector: &str,
-        bytes: &[u8],
-        role: &str,
-        location: Location,
-    ) -> Vec<String> {
+    pub fn add_blob(&mut self, collector: &str, bytes: &[u8], role: &str, location: Location) -> Vec<String> {
         match certfleet_common::pem::certificates(bytes) {
             Ok(ders) => {
                 let many = ders.len() > 1;
@@ -97,11 +81,7 @@ impl Collection {
                     .collect()
             }
             Err(e) => {
-                self.problems.push(Problem::error(
-                    collector,
-                    location.describe(),
-                    e.to_string(),
-                ));
+                self.problems.push(Problem::error(collector, location.describe(), e.to_string()));
                 Vec::new()
             }
         }
@@ -207,16 +187,13 @@ fn stale_endpoints(out: &mut Collection) {
         .cloned()
         .collect();
     for s in served {
-        let newer = out
-            .certificates()
-            .find(|c| {
-                c.fingerprint_sha256 != s.fingerprint_sha256
-                    && c.subject == s.subject
-                    && c.issuer == s.issuer
-                    && c.not_after > s.not_after
-                    && c.locations.iter().any(|l| l.kind != "endpoint")
-            })
-            .cloned();
+        let newer = out.certificates().find(|c| {
+            c.fingerprint_sha256 != s.fingerprint_sha256
+                && c.subject == s.subject
+                && c.issuer == s.issuer
+                && c.not_after > s.not_after
+                && c.locations.iter().any(|l| l.kind != "endpoint")
+        }).cloned();
         if let Some(newer) = newer {
             for l in s.locations.iter().filter(|l| l.kind == "endpoint") {
                 out.health.push(HealthFact {
@@ -249,10 +226,7 @@ pub fn read_small_file(path: &Path) -> Result<Vec<u8>, String> {
         return Err("not a regular file".into());
     }
     if meta.len() > MAX_CERT_FILE {
-        return Err(format!(
-            "{} bytes: far larger than any certificate; not read",
-            meta.len()
-        ));
+        return Err(format!("{} bytes: far larger than any certificate; not read", meta.len()));
     }
     std::fs::read(path).map_err(|e| describe_io(&e))
 }

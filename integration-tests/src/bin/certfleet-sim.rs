@@ -34,18 +34,12 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
         _ => anyhow::bail!("usage: certfleet-sim --root ROOT TOOL [ARGS...]"),
     };
     let host = SimHost::new(root, sim::default_sim_bin())?;
-    let (tool, targs) = rest
-        .split_first()
-        .ok_or_else(|| anyhow::anyhow!("no tool given"))?;
+    let (tool, targs) = rest.split_first().ok_or_else(|| anyhow::anyhow!("no tool given"))?;
     let targs: Vec<String> = targs.to_vec();
     match tool.as_str() {
-        "vecs-cli" | "vmafd-cli" | "vdcrepadmin" | "vmon-cli" | "lwregshell"
-        | "service-control" | "certool" | "dir-cli" | "vcsa-https" | "vcsa-services" => {
-            sim::vcsa::run_tool(&host, tool, &targs)
-        }
-        "engine-config" | "hosted-engine" | "engine-setup" | "vdsm-tool" => {
-            sim::ovirt::run_tool(&host, tool, &targs)
-        }
+        "vecs-cli" | "vmafd-cli" | "vdcrepadmin" | "vmon-cli" | "lwregshell" | "service-control"
+        | "certool" | "dir-cli" | "vcsa-https" | "vcsa-services" => sim::vcsa::run_tool(&host, tool, &targs),
+        "engine-config" | "hosted-engine" | "engine-setup" | "vdsm-tool" => sim::ovirt::run_tool(&host, tool, &targs),
         "gkectl" | "kubectl" | "kubeadm" => sim::gke::run_tool(&host, tool, &targs),
         other => anyhow::bail!("unknown simulated tool {other:?}"),
     }

@@ -37,10 +37,7 @@ impl SimHost {
         std::fs::create_dir_all(root.join(".sim"))
             .with_context(|| format!("creating {}", root.display()))?;
         let root = std::fs::canonicalize(&root)?;
-        Ok(SimHost {
-            root,
-            sim_bin: sim_bin.into(),
-        })
+        Ok(SimHost { root, sim_bin: sim_bin.into() })
     }
 
     /// A host path under the root.
@@ -99,10 +96,7 @@ pub struct Lifetime {
 impl Lifetime {
     /// Valid since `age_days` ago, expiring in `days` (negative: expired).
     pub fn days(age_days: u64, days: i64) -> Self {
-        Lifetime {
-            started_ago: Duration::from_secs(age_days * 86_400),
-            expires_in_secs: days * 86_400,
-        }
+        Lifetime { started_ago: Duration::from_secs(age_days * 86_400), expires_in_secs: days * 86_400 }
     }
 
     fn apply(&self, params: &mut CertificateParams) {
@@ -171,75 +165,42 @@ impl SimCa {
         let mut p = CertificateParams::default();
         p.distinguished_name = subject;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         life.apply(&mut p);
         let cert = p.self_signed(&key)?;
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
         let issuer = Issuer::new(p, key);
-        Ok(SimCa {
-            cert_pem,
-            key_pem,
-            issuer,
-        })
+        Ok(SimCa { cert_pem, key_pem, issuer })
     }
 
     /// A leaf signed by this CA. `sans` are DNS names or IPs; `client` adds clientAuth.
-    pub fn issue(
-        &self,
-        subject: DistinguishedName,
-        sans: &[&str],
-        life: Lifetime,
-        rsa: bool,
-        client: bool,
-    ) -> Result<SimCert> {
+    pub fn issue(&self, subject: DistinguishedName, sans: &[&str], life: Lifetime, rsa: bool, client: bool) -> Result<SimCert> {
         let key = gen_key(rsa)?;
         let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         p.distinguished_name = subject;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         if client {
-            p.extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
+            p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
         }
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         p.use_authority_key_identifier_extension = true;
         life.apply(&mut p);
         let cert = p.signed_by(&key, &self.issuer)?;
-        Ok(SimCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(SimCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// A leaf with URI SANs only (solution users, service accounts).
-    pub fn issue_with_uri(
-        &self,
-        subject: DistinguishedName,
-        uri: &str,
-        life: Lifetime,
-    ) -> Result<SimCert> {
+    pub fn issue_with_uri(&self, subject: DistinguishedName, uri: &str, life: Lifetime) -> Result<SimCert> {
         let key = gen_key(true)?;
         let mut p = CertificateParams::default();
         p.distinguished_name = subject;
         p.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         p.use_authority_key_identifier_extension = true;
         life.apply(&mut p);
         let cert = p.signed_by(&key, &self.issuer)?;
-        Ok(SimCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(SimCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -250,25 +211,12 @@ pub fn gen_key(rsa: bool) -> Result<KeyPair> {
         return Ok(KeyPair::generate()?);
     }
     let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
         .output()
         .context("running openssl genpkey")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl genpkey: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    anyhow::ensure!(out.status.success(), "openssl genpkey: {}", String::from_utf8_lossy(&out.stderr));
     let pem = String::from_utf8(out.stdout)?;
-    Ok(KeyPair::from_pem_and_sign_algo(
-        &pem,
-        &rcgen::PKCS_RSA_SHA256,
-    )?)
+    Ok(KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)?)
 }
 
 /// The `certfleet-sim` binary next to the running test or tool (`target/debug/certfleet-sim`).
