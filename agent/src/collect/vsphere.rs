@@ -392,8 +392,8 @@ fn check_pnid(out: &mut Collection, pnid: &str, fingerprint: &str) {
     let Some(rec) = out.get(fingerprint) else {
         return;
     };
-    let want = format!("DNS:{}", pnid.to_ascii_lowercase());
-    let ok = rec.sans.iter().any(|s| s.to_ascii_lowercase() == want);
+    let want = format!("DNS:{pnid}");
+    let ok = rec.sans.iter().any(|s| s.eq_ignore_ascii_case(&want));
     out.health.push(HealthFact {
         kind: "vsphere.machine_ssl_pnid".into(),
         subject: pnid.into(),

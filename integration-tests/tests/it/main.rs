@@ -2,3 +2,4 @@
 //! the whole crate keeps link time down.
 
 mod support;
+mod vsphere;

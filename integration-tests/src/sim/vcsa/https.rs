@@ -79,7 +79,11 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
         let Ok(tcp) = tcp else { continue };
         let host = host.clone();
         std::thread::spawn(move || {
-            if let Err(e) = serve_one(&host, tcp) {
+            // A probe that hangs up after the handshake is normal; report anything else.
+            if let Err(e) = serve_one(&host, tcp)
+                && e.downcast_ref::<std::io::Error>().map(|io| io.kind())
+                    != Some(std::io::ErrorKind::UnexpectedEof)
+            {
                 eprintln!("vcsa-https: {e:#}");
             }
         });

@@ -995,8 +995,7 @@ impl Vcsa {
 
     /// Starts slapd (vmdir) and the HTTPS listener; both stop when the guard drops.
     pub fn start_services(&self) -> Result<Services> {
-        let mut children = Vec::new();
-        children.push(vmdir::start(&self.host)?);
+        let children = vec![vmdir::start(&self.host)?];
         let s = self.state()?;
         let https = std::process::Command::new(&self.host.sim_bin)
             .args([

@@ -6,6 +6,10 @@
 //! comments below) the simulator picks a plausible one and keeps it on stderr with a non-zero
 //! exit, which is all a careful client may rely on.
 
+// The format strings are kept exactly as in the C source (`\n` and all), so they can be
+// compared with the reference side by side.
+#![allow(clippy::print_with_newline, clippy::write_with_newline)]
+
 use std::io::{BufRead, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
