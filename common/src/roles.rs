@@ -115,6 +115,10 @@ pub const ROLES: &[RoleInfo] = &[
         "",
         "SMS self-signed: storage providers (VASA) registration fails",
     ),
+    r("vsphere.sts_internal_ssl", "vsphere", 30, "",
+      "STS_INTERNAL_SSL_CERT (upgraded from 6.0): legacy Lookup Service/STS HTTPS on 7444 fails"),
+    r("vsphere.vmdir_ssl", "vsphere", 30, "", "vmdir certificate (6.x): LDAPS to vmdir and replication partners fail"),
+    r("vsphere.vecs.", "vsphere", 30, "", "VECS entry of an unlisted store: the service that reads the store fails"),
     r(
         "vsphere.",
         "vsphere",

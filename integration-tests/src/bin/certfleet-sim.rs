@@ -21,6 +21,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> anyhow::Result<i32> {
+    if let [build, platform, rest @ ..] = args
+        && build == "build"
+    {
+        return match platform.as_str() {
+            "vcsa" => sim::vcsa::cli_build(rest),
+            other => anyhow::bail!("unknown platform {other:?} to build"),
+        };
+    }
     let (root, rest) = match args {
         [flag, root, rest @ ..] if flag == "--root" => (root, rest),
         _ => anyhow::bail!("usage: certfleet-sim --root ROOT TOOL [ARGS...]"),
@@ -32,7 +40,9 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
     let targs: Vec<String> = targs.to_vec();
     match tool.as_str() {
         "vecs-cli" | "vmafd-cli" | "vdcrepadmin" | "vmon-cli" | "lwregshell"
-        | "service-control" | "certool" | "dir-cli" => sim::vcsa::run_tool(&host, tool, &targs),
+        | "service-control" | "certool" | "dir-cli" | "vcsa-https" | "vcsa-services" => {
+            sim::vcsa::run_tool(&host, tool, &targs)
+        }
         "engine-config" | "hosted-engine" | "engine-setup" | "vdsm-tool" => {
             sim::ovirt::run_tool(&host, tool, &targs)
         }

@@ -4,3 +4,4 @@
 mod fabric;
 mod ovirt;
 mod support;
+mod vsphere;
