@@ -644,3 +644,296 @@ pub fn new_operator_key(out: &Path, name: &str) -> anyhow::Result<(PathBuf, Stri
     )?;
     Ok((key_path, csr))
 }
+
+// === plans ===
+
+#[derive(Serialize)]
+struct StepView {
+    id: String,
+    name: String,
+    stage: String,
+    target: String,
+    agent: String,
+    agent_id: String,
+    action: String,
+    args: serde_json::Value,
+    commands: Vec<String>,
+    files: Vec<String>,
+    depends_on: Vec<String>,
+    state: String,
+    canary: bool,
+    attempts: u32,
+    message: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    details: serde_json::Value,
+    output: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct PlanView {
+    id: String,
+    recipe: String,
+    state: String,
+    origin: String,
+    created_at: String,
+    created_by: String,
+    message: String,
+    dry_run: bool,
+    max_parallel: u32,
+    canary: bool,
+    failure_budget: u32,
+    window: String,
+    steps_total: usize,
+    steps_succeeded: usize,
+    steps_failed: usize,
+    steps: Vec<StepView>,
+}
+
+fn plan_view(p: &pb::PlanInfo) -> PlanView {
+    let pol = p.policy.clone().unwrap_or_default();
+    PlanView {
+        id: p.id.clone(),
+        recipe: p.recipe.clone(),
+        state: p.state.clone(),
+        origin: p.origin.clone(),
+        created_at: format_time(p.created_at),
+        created_by: p.created_by.clone(),
+        message: p.message.clone(),
+        dry_run: p.dry_run,
+        max_parallel: pol.max_parallel.max(1),
+        canary: pol.canary,
+        failure_budget: pol.failure_budget,
+        window: pol.window,
+        steps_total: p.steps.len(),
+        steps_succeeded: p.steps.iter().filter(|s| s.state == "succeeded").count(),
+        steps_failed: p.steps.iter().filter(|s| s.state == "failed").count(),
+        steps: p
+            .steps
+            .iter()
+            .map(|s| StepView {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                stage: s.stage.clone(),
+                target: s.target.clone(),
+                agent: s.agent_name.clone(),
+                agent_id: s.agent_id.clone(),
+                action: s.action.clone(),
+                args: serde_json::from_str(&s.args_json).unwrap_or_default(),
+                commands: s.commands.clone(),
+                files: s.files.clone(),
+                depends_on: s.depends_on.clone(),
+                state: s.state.clone(),
+                canary: s.canary,
+                attempts: s.attempts,
+                message: s.message.clone(),
+                started_at: t(s.started_at),
+                finished_at: t(s.finished_at),
+                details: serde_json::from_str(&s.details_json).unwrap_or_default(),
+                output: s.output.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn state_cell(state: &str) -> Cell {
+    let c = Cell::new(state);
+    match state {
+        "succeeded" => c.fg(Color::Green),
+        "failed" | "skipped" => c.fg(Color::Red),
+        "dispatched" | "running" | "rolling_back" => c.fg(Color::Cyan),
+        "rolled_back" => c.fg(Color::Magenta),
+        _ => c,
+    }
+}
+
+/// Prints one plan: header, then every step with host, action, commands and files.
+pub fn print_plan(p: &pb::PlanInfo, format: Format, with_output: bool) {
+    if format == Format::Json {
+        print_json(&plan_view(p));
+        return;
+    }
+    let v = plan_view(p);
+    println!(
+        "plan {}  recipe {}  state {}{}",
+        v.id,
+        v.recipe,
+        v.state,
+        if v.dry_run { "  (dry run: nothing will be changed)" } else { "" }
+    );
+    println!(
+        "policy: max_parallel {}, canary {}, failure budget {}, window {}",
+        v.max_parallel,
+        if v.canary { "yes" } else { "no" },
+        v.failure_budget,
+        if v.window.is_empty() { "any time".into() } else { v.window.clone() }
+    );
+    if !v.message.is_empty() {
+        println!("{}", v.message);
+    }
+    let mut tb = table(&["#", "STAGE", "HOST", "ACTION", "TARGET", "COMMANDS / FILES", "STATE", "MESSAGE"]);
+    for (i, s) in v.steps.iter().enumerate() {
+        let mut what: Vec<String> = s.commands.iter().map(|c| format!("$ {c}")).collect();
+        what.extend(s.files.iter().map(|f| format!("~ {f}")));
+        tb.add_row(vec![
+            Cell::new(format!("{}{}", i + 1, if s.canary { "*" } else { "" })),
+            Cell::new(&s.stage),
+            Cell::new(&s.agent),
+            Cell::new(&s.action),
+            Cell::new(&s.target),
+            Cell::new(what.join("\n")),
+            state_cell(&s.state),
+            Cell::new(&s.message),
+        ]);
+    }
+    println!("{tb}");
+    if v.steps.iter().any(|s| s.canary) {
+        println!("* canary target");
+    }
+    if with_output {
+        for s in &v.steps {
+            if !s.output.is_empty() {
+                println!("--- {} {} on {}", s.id, s.action, s.agent);
+                for l in &s.output {
+                    println!("    {l}");
+                }
+            }
+        }
+    }
+    println!("{} steps: {} succeeded, {} failed", v.steps_total, v.steps_succeeded, v.steps_failed);
+}
+
+/// Prints plans.
+pub fn print_plans(plans: &[pb::PlanInfo], format: Format) {
+    let views: Vec<PlanView> = plans.iter().map(plan_view).collect();
+    if format == Format::Json {
+        let slim: Vec<serde_json::Value> = views
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "id": v.id, "recipe": v.recipe, "state": v.state, "origin": v.origin,
+                    "created_at": v.created_at, "created_by": v.created_by, "message": v.message,
+                    "steps_total": v.steps_total, "steps_succeeded": v.steps_succeeded, "steps_failed": v.steps_failed,
+                })
+            })
+            .collect();
+        print_json(&slim);
+        return;
+    }
+    let mut tb = table(&["ID", "RECIPE", "STATE", "STEPS", "CREATED", "BY", "MESSAGE"]);
+    for v in views {
+        tb.add_row(vec![
+            Cell::new(&v.id),
+            Cell::new(&v.recipe),
+            state_cell(&v.state),
+            Cell::new(format!("{}/{} ({} failed)", v.steps_succeeded, v.steps_total, v.steps_failed)),
+            Cell::new(&v.created_at),
+            Cell::new(&v.created_by),
+            Cell::new(&v.message),
+        ]);
+    }
+    println!("{tb}");
+}
+
+/// Prints policies.
+pub fn print_policies(policies: &[pb::PolicyInfo], format: Format) {
+    #[derive(Serialize)]
+    struct V<'a> {
+        role: &'a str,
+        renew_within: String,
+        window: &'a str,
+        auto_approve: bool,
+        max_parallel: u32,
+    }
+    let views: Vec<V<'_>> = policies
+        .iter()
+        .map(|p| V {
+            role: &p.role,
+            renew_within: humantime::format_duration(std::time::Duration::from_secs(p.renew_within_secs)).to_string(),
+            window: &p.window,
+            auto_approve: p.auto_approve,
+            max_parallel: p.max_parallel,
+        })
+        .collect();
+    if format == Format::Json {
+        print_json(&views);
+        return;
+    }
+    let mut tb = table(&["ROLE", "RENEW WITHIN", "WINDOW", "AUTO APPROVE", "MAX PARALLEL"]);
+    for v in views {
+        tb.add_row(vec![v.role.to_owned(), v.renew_within, v.window.to_owned(), v.auto_approve.to_string(), v.max_parallel.to_string()]);
+    }
+    println!("{tb}");
+}
+
+/// Follows a plan: a progress bar per stage, each step's transitions, optionally its output.
+pub struct PlanWatcher {
+    with_output: bool,
+    seen_states: BTreeMap<String, String>,
+    seen_output: BTreeMap<String, usize>,
+    last: Option<pb::PlanInfo>,
+}
+
+impl PlanWatcher {
+    /// A new watcher.
+    pub fn new(with_output: bool) -> Self {
+        PlanWatcher { with_output, seen_states: BTreeMap::new(), seen_output: BTreeMap::new(), last: None }
+    }
+
+    /// Prints what changed.
+    pub fn update(&mut self, p: &pb::PlanInfo) {
+        for s in &p.steps {
+            if self.with_output {
+                let seen = self.seen_output.entry(s.id.clone()).or_insert(0);
+                for l in s.output.iter().skip(*seen) {
+                    println!("    [{} {}] {l}", s.agent_name, s.id);
+                }
+                *seen = s.output.len();
+            }
+            if self.seen_states.get(&s.id) != Some(&s.state) {
+                self.seen_states.insert(s.id.clone(), s.state.clone());
+                if s.state != "pending" {
+                    println!(
+                        "{} {:<11} {:<14} {:<16} {}{}",
+                        format_time(now()),
+                        s.state,
+                        s.agent_name,
+                        s.action,
+                        s.name,
+                        if s.message.is_empty() { String::new() } else { format!(": {}", s.message) }
+                    );
+                }
+            }
+        }
+        let mut stages: Vec<(String, usize, usize)> = Vec::new();
+        for s in &p.steps {
+            match stages.iter_mut().find(|(n, _, _)| *n == s.stage) {
+                Some(e) => {
+                    e.2 += 1;
+                    if s.state == "succeeded" {
+                        e.1 += 1;
+                    }
+                }
+                None => stages.push((s.stage.clone(), usize::from(s.state == "succeeded"), 1)),
+            }
+        }
+        let bars: Vec<String> = stages
+            .iter()
+            .map(|(n, done, total)| {
+                let width = 10;
+                let filled = done * width / (*total).max(1);
+                format!("{n} [{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled))
+            })
+            .collect();
+        println!("  plan {} {}: {}{}", p.id, p.state, bars.join("  "), if p.message.is_empty() { String::new() } else { format!("  ({})", p.message) });
+        self.last = Some(p.clone());
+    }
+
+    /// Final summary.
+    pub fn finish(&self) {
+        if let Some(p) = &self.last {
+            let ok = p.steps.iter().filter(|s| s.state == "succeeded").count();
+            println!("plan {} finished {}: {ok}/{} steps succeeded", p.id, p.state, p.steps.len());
+        }
+    }
+}

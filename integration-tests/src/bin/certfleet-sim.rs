@@ -50,6 +50,7 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
             sim::ovirt::build_cli(&host, &targs)
         }
         "gkectl" | "kubectl" | "kubeadm" => sim::gke::run_tool(&host, tool, &targs),
+        "systemctl" => sim::systemd::run(&host, &targs),
         other => anyhow::bail!("unknown simulated tool {other:?}"),
     }
 }

@@ -19,6 +19,7 @@ use rcgen::{
 
 pub mod gke;
 pub mod ovirt;
+pub mod systemd;
 pub mod vcsa;
 
 /// A simulated host's root directory and the simulator binary its tools call.
