@@ -330,6 +330,8 @@ fn cross_check(
                     certfleet_common::model::format_time(theirs)
                 ),
             )),
+            // super-admin.conf exists only on the first control-plane node of kubeadm >= 1.29.
+            (None, None) if row.name == "super-admin.conf" => {}
             (None, None) => out.problem(Problem::warning(
                 NAME,
                 &cmd,

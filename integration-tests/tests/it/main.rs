@@ -1,4 +1,5 @@
 //! End-to-end tests: real binaries as processes against simulated hosts. One test binary for
 //! the whole crate keeps link time down.
 
+mod gke;
 mod support;
