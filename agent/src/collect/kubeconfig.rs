@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn bad_base64_and_raw_der_are_problems_naming_the_entry() {
-        let (out, _) = scan(&kubeconfig("!!!notbase64", &b64("no pem here")));
+        let (out, _) = scan(&kubeconfig("not*base64", &b64("no pem here")));
         assert_eq!(out.problems.len(), 2, "{:?}", out.problems);
         assert!(out.problems[0].subject.contains("cluster=c1"));
         assert!(out.problems[0].message.contains("base64"));

@@ -89,6 +89,9 @@ const CAS: &[(&str, &str)] = &[
     ("front-proxy-ca", "front-proxy-ca"),
 ];
 
+/// A subject as `(attribute, value)` pairs.
+type Subject<'a> = Vec<(&'a str, &'a str)>;
+
 /// Builds the node on `host`.
 pub fn build_kubeadm_node(host: &SimHost, spec: &KubeadmSpec) -> Result<KubeadmNode> {
     let life = |name: &str, default: Lifetime| {
@@ -158,7 +161,7 @@ pub fn build_kubeadm_node(host: &SimHost, spec: &KubeadmSpec) -> Result<KubeadmN
     // Kubeconfigs.
     let server = format!("https://{ip}:6443");
     let node_user = format!("system:node:{n}");
-    let mut confs: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    let mut confs: Vec<(&str, Subject<'_>, &str)> = vec![
         (
             "admin.conf",
             vec![("O", "kubeadm:cluster-admins"), ("CN", "kubernetes-admin")],
