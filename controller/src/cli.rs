@@ -759,19 +759,36 @@ pub fn print_plan(p: &pb::PlanInfo, format: Format, with_output: bool) {
         v.id,
         v.recipe,
         v.state,
-        if v.dry_run { "  (dry run: nothing will be changed)" } else { "" }
+        if v.dry_run {
+            "  (dry run: nothing will be changed)"
+        } else {
+            ""
+        }
     );
     println!(
         "policy: max_parallel {}, canary {}, failure budget {}, window {}",
         v.max_parallel,
         if v.canary { "yes" } else { "no" },
         v.failure_budget,
-        if v.window.is_empty() { "any time".into() } else { v.window.clone() }
+        if v.window.is_empty() {
+            "any time".into()
+        } else {
+            v.window.clone()
+        }
     );
     if !v.message.is_empty() {
         println!("{}", v.message);
     }
-    let mut tb = table(&["#", "STAGE", "HOST", "ACTION", "TARGET", "COMMANDS / FILES", "STATE", "MESSAGE"]);
+    let mut tb = table(&[
+        "#",
+        "STAGE",
+        "HOST",
+        "ACTION",
+        "TARGET",
+        "COMMANDS / FILES",
+        "STATE",
+        "MESSAGE",
+    ]);
     for (i, s) in v.steps.iter().enumerate() {
         let mut what: Vec<String> = s.commands.iter().map(|c| format!("$ {c}")).collect();
         what.extend(s.files.iter().map(|f| format!("~ {f}")));
@@ -800,7 +817,10 @@ pub fn print_plan(p: &pb::PlanInfo, format: Format, with_output: bool) {
             }
         }
     }
-    println!("{} steps: {} succeeded, {} failed", v.steps_total, v.steps_succeeded, v.steps_failed);
+    println!(
+        "{} steps: {} succeeded, {} failed",
+        v.steps_total, v.steps_succeeded, v.steps_failed
+    );
 }
 
 /// Prints plans.
@@ -826,7 +846,10 @@ pub fn print_plans(plans: &[pb::PlanInfo], format: Format) {
             Cell::new(&v.id),
             Cell::new(&v.recipe),
             state_cell(&v.state),
-            Cell::new(format!("{}/{} ({} failed)", v.steps_succeeded, v.steps_total, v.steps_failed)),
+            Cell::new(format!(
+                "{}/{} ({} failed)",
+                v.steps_succeeded, v.steps_total, v.steps_failed
+            )),
             Cell::new(&v.created_at),
             Cell::new(&v.created_by),
             Cell::new(&v.message),
@@ -849,7 +872,10 @@ pub fn print_policies(policies: &[pb::PolicyInfo], format: Format) {
         .iter()
         .map(|p| V {
             role: &p.role,
-            renew_within: humantime::format_duration(std::time::Duration::from_secs(p.renew_within_secs)).to_string(),
+            renew_within: humantime::format_duration(std::time::Duration::from_secs(
+                p.renew_within_secs,
+            ))
+            .to_string(),
             window: &p.window,
             auto_approve: p.auto_approve,
             max_parallel: p.max_parallel,
@@ -859,9 +885,21 @@ pub fn print_policies(policies: &[pb::PolicyInfo], format: Format) {
         print_json(&views);
         return;
     }
-    let mut tb = table(&["ROLE", "RENEW WITHIN", "WINDOW", "AUTO APPROVE", "MAX PARALLEL"]);
+    let mut tb = table(&[
+        "ROLE",
+        "RENEW WITHIN",
+        "WINDOW",
+        "AUTO APPROVE",
+        "MAX PARALLEL",
+    ]);
     for v in views {
-        tb.add_row(vec![v.role.to_owned(), v.renew_within, v.window.to_owned(), v.auto_approve.to_string(), v.max_parallel.to_string()]);
+        tb.add_row(vec![
+            v.role.to_owned(),
+            v.renew_within,
+            v.window.to_owned(),
+            v.auto_approve.to_string(),
+            v.max_parallel.to_string(),
+        ]);
     }
     println!("{tb}");
 }
@@ -877,7 +915,12 @@ pub struct PlanWatcher {
 impl PlanWatcher {
     /// A new watcher.
     pub fn new(with_output: bool) -> Self {
-        PlanWatcher { with_output, seen_states: BTreeMap::new(), seen_output: BTreeMap::new(), last: None }
+        PlanWatcher {
+            with_output,
+            seen_states: BTreeMap::new(),
+            seen_output: BTreeMap::new(),
+            last: None,
+        }
     }
 
     /// Prints what changed.
@@ -900,7 +943,11 @@ impl PlanWatcher {
                         s.agent_name,
                         s.action,
                         s.name,
-                        if s.message.is_empty() { String::new() } else { format!(": {}", s.message) }
+                        if s.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", s.message)
+                        }
                     );
                 }
             }
@@ -922,10 +969,24 @@ impl PlanWatcher {
             .map(|(n, done, total)| {
                 let width = 10;
                 let filled = done * width / (*total).max(1);
-                format!("{n} [{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled))
+                format!(
+                    "{n} [{}{}] {done}/{total}",
+                    "#".repeat(filled),
+                    "-".repeat(width - filled)
+                )
             })
             .collect();
-        println!("  plan {} {}: {}{}", p.id, p.state, bars.join("  "), if p.message.is_empty() { String::new() } else { format!("  ({})", p.message) });
+        println!(
+            "  plan {} {}: {}{}",
+            p.id,
+            p.state,
+            bars.join("  "),
+            if p.message.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", p.message)
+            }
+        );
         self.last = Some(p.clone());
     }
 
@@ -933,7 +994,12 @@ impl PlanWatcher {
     pub fn finish(&self) {
         if let Some(p) = &self.last {
             let ok = p.steps.iter().filter(|s| s.state == "succeeded").count();
-            println!("plan {} finished {}: {ok}/{} steps succeeded", p.id, p.state, p.steps.len());
+            println!(
+                "plan {} finished {}: {ok}/{} steps succeeded",
+                p.id,
+                p.state,
+                p.steps.len()
+            );
         }
     }
 }

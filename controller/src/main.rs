@@ -556,7 +556,14 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
             );
         }
         Command::Plan(cmd) => plan_cmd(&conn, cmd).await?,
-        Command::Policy(PolicyCmd::Set { role, renew_within, window, window_length, auto_approve, max_parallel }) => {
+        Command::Policy(PolicyCmd::Set {
+            role,
+            renew_within,
+            window,
+            window_length,
+            auto_approve,
+            max_parallel,
+        }) => {
             let p = c
                 .set_policy(pb::PolicyInfo {
                     role: role.clone(),
@@ -569,10 +576,20 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(e)?
                 .into_inner();
-            eprintln!("policy for {} set: renew within {}s", p.role, p.renew_within_secs);
+            eprintln!(
+                "policy for {} set: renew within {}s",
+                p.role, p.renew_within_secs
+            );
         }
         Command::Policy(PolicyCmd::List { output }) => {
-            cli::print_policies(&c.list_policies(pb::Empty {}).await.map_err(e)?.into_inner().policies, *output);
+            cli::print_policies(
+                &c.list_policies(pb::Empty {})
+                    .await
+                    .map_err(e)?
+                    .into_inner()
+                    .policies,
+                *output,
+            );
         }
         Command::Inventory(args) => match &args.sub {
             Some(InventoryCmd::Rescan { agent }) => {
@@ -618,7 +635,10 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
 async fn plan_cmd(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
     let mut c = conn.client();
     let e = |s| conn.explain(s);
-    let control = |id: &str, action: &str| pb::ControlPlanRequest { id: id.to_owned(), action: action.to_owned() };
+    let control = |id: &str, action: &str| pb::ControlPlanRequest {
+        id: id.to_owned(),
+        action: action.to_owned(),
+    };
     match cmd {
         PlanCmd::Create {
             recipe,
@@ -656,23 +676,52 @@ async fn plan_cmd(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
             };
             let mut plan = c.create_plan(req).await.map_err(e)?.into_inner();
             if *run && !*dry_run && !*require_approval {
-                plan = c.control_plan(control(&plan.id, "run")).await.map_err(e)?.into_inner();
+                plan = c
+                    .control_plan(control(&plan.id, "run"))
+                    .await
+                    .map_err(e)?
+                    .into_inner();
             }
             cli::print_plan(&plan, *output, false);
         }
-        PlanCmd::List { output } => cli::print_plans(&c.list_plans(pb::Empty {}).await.map_err(e)?.into_inner().plans, *output),
-        PlanCmd::Show { id, output_lines, output } => {
-            cli::print_plan(&c.get_plan(pb::IdRequest { id: id.clone() }).await.map_err(e)?.into_inner(), *output, *output_lines)
-        }
+        PlanCmd::List { output } => cli::print_plans(
+            &c.list_plans(pb::Empty {})
+                .await
+                .map_err(e)?
+                .into_inner()
+                .plans,
+            *output,
+        ),
+        PlanCmd::Show {
+            id,
+            output_lines,
+            output,
+        } => cli::print_plan(
+            &c.get_plan(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?
+                .into_inner(),
+            *output,
+            *output_lines,
+        ),
         PlanCmd::Watch { id, output_lines } => {
-            let mut stream = c.watch_plan(pb::IdRequest { id: id.clone() }).await.map_err(e)?.into_inner();
+            let mut stream = c
+                .watch_plan(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?
+                .into_inner();
             let mut watcher = cli::PlanWatcher::new(*output_lines);
             while let Some(p) = stream.message().await.map_err(e)? {
                 watcher.update(&p);
             }
             watcher.finish();
         }
-        PlanCmd::Approve { id } | PlanCmd::Run { id } | PlanCmd::Pause { id } | PlanCmd::Resume { id } | PlanCmd::Abort { id } | PlanCmd::Rollback { id } => {
+        PlanCmd::Approve { id }
+        | PlanCmd::Run { id }
+        | PlanCmd::Pause { id }
+        | PlanCmd::Resume { id }
+        | PlanCmd::Abort { id }
+        | PlanCmd::Rollback { id } => {
             let action = match cmd {
                 PlanCmd::Approve { .. } => "approve",
                 PlanCmd::Run { .. } => "run",
@@ -681,8 +730,21 @@ async fn plan_cmd(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
                 PlanCmd::Abort { .. } => "abort",
                 _ => "rollback",
             };
-            let p = c.control_plan(control(id, action)).await.map_err(e)?.into_inner();
-            eprintln!("plan {}: {}{}", p.id, p.state, if p.message.is_empty() { String::new() } else { format!(" ({})", p.message) });
+            let p = c
+                .control_plan(control(id, action))
+                .await
+                .map_err(e)?
+                .into_inner();
+            eprintln!(
+                "plan {}: {}{}",
+                p.id,
+                p.state,
+                if p.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", p.message)
+                }
+            );
         }
         PlanCmd::Recipes => {
             for r in certfleet_controller::plan::recipes::all() {

@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod files;
 pub mod gke_admin;
 pub mod kubeadm;
+pub mod kubeconfig;
 pub mod ovirt_engine;
 pub mod ovirt_node;
 pub mod vsphere;

@@ -18,6 +18,7 @@ use rcgen::{
 };
 
 pub mod gke;
+pub mod kubeadm;
 pub mod ovirt;
 pub mod systemd;
 pub mod vcsa;

@@ -42,7 +42,8 @@ fn load(host: &SimHost) -> Result<State> {
 }
 
 fn save(host: &SimHost, st: &State) -> Result<()> {
-    std::fs::write(host.state("systemd.json"), serde_json::to_vec_pretty(st)?).context("writing systemd state")
+    std::fs::write(host.state("systemd.json"), serde_json::to_vec_pretty(st)?)
+        .context("writing systemd state")
 }
 
 fn canonical(name: &str) -> String {
@@ -55,7 +56,11 @@ pub fn define_unit(host: &SimHost, unit: &str, certs: &[&str]) -> Result<()> {
     let mut st = load(host)?;
     st.units.insert(
         canonical(unit),
-        Unit { state: "active".into(), requires_certs: certs.iter().map(|s| s.to_string()).collect(), ..Default::default() },
+        Unit {
+            state: "active".into(),
+            requires_certs: certs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
     );
     save(host, &st)
 }
@@ -63,13 +68,20 @@ pub fn define_unit(host: &SimHost, unit: &str, certs: &[&str]) -> Result<()> {
 /// Makes a unit fail (or work again) on its next start.
 pub fn set_broken(host: &SimHost, unit: &str, broken: bool) -> Result<()> {
     let mut st = load(host)?;
-    st.units.get_mut(&canonical(unit)).context("no such unit")?.broken = broken;
+    st.units
+        .get_mut(&canonical(unit))
+        .context("no such unit")?
+        .broken = broken;
     save(host, &st)
 }
 
 /// A unit's current record.
 pub fn unit(host: &SimHost, unit: &str) -> Result<Unit> {
-    load(host)?.units.get(&canonical(unit)).cloned().context("no such unit")
+    load(host)?
+        .units
+        .get(&canonical(unit))
+        .cloned()
+        .context("no such unit")
 }
 
 fn check_certs(host: &SimHost, u: &Unit) -> std::result::Result<(), String> {
@@ -77,10 +89,14 @@ fn check_certs(host: &SimHost, u: &Unit) -> std::result::Result<(), String> {
     for c in &u.requires_certs {
         let p = host.path(c);
         let bytes = std::fs::read(&p).map_err(|e| format!("{c}: {e}"))?;
-        let der = certfleet_common::pem::first_certificate(&bytes).map_err(|e| format!("{c}: {e}"))?;
+        let der =
+            certfleet_common::pem::first_certificate(&bytes).map_err(|e| format!("{c}: {e}"))?;
         let rec = certfleet_common::x509::parse_der(&der).map_err(|e| format!("{c}: {e}"))?;
         if rec.not_after <= now {
-            return Err(format!("{c}: certificate expired at {}", certfleet_common::model::format_time(rec.not_after)));
+            return Err(format!(
+                "{c}: certificate expired at {}",
+                certfleet_common::model::format_time(rec.not_after)
+            ));
         }
         if rec.not_before > now {
             return Err(format!("{c}: certificate not yet valid"));
@@ -93,7 +109,15 @@ fn check_certs(host: &SimHost, u: &Unit) -> std::result::Result<(), String> {
 pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
     let mut st = load(host)?;
     let (verb, units) = match args.iter().find(|a| !a.starts_with('-')) {
-        Some(v) => (v.as_str(), args.iter().skip_while(|a| *a != v).skip(1).filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>()),
+        Some(v) => (
+            v.as_str(),
+            args.iter()
+                .skip_while(|a| *a != v)
+                .skip(1)
+                .filter(|a| !a.starts_with('-'))
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
         None => {
             eprintln!("Too few arguments.");
             return Ok(1);
@@ -113,7 +137,11 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
                     code = 5;
                     continue;
                 };
-                let outcome = if u.broken { Err("service is broken".to_owned()) } else { check_certs(host, &u) };
+                let outcome = if u.broken {
+                    Err("service is broken".to_owned())
+                } else {
+                    check_certs(host, &u)
+                };
                 let entry = st.units.get_mut(&n).expect("present");
                 match outcome {
                     Ok(()) => {
@@ -124,8 +152,12 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
                     Err(why) => {
                         entry.state = "failed".into();
                         entry.last_error = why;
-                        eprintln!("Job for {n}.service failed because the control process exited with error code.");
-                        eprintln!("See \"systemctl status {n}.service\" and \"journalctl -xeu {n}.service\" for details.");
+                        eprintln!(
+                            "Job for {n}.service failed because the control process exited with error code."
+                        );
+                        eprintln!(
+                            "See \"systemctl status {n}.service\" and \"journalctl -xeu {n}.service\" for details."
+                        );
                         code = 1;
                     }
                 }
@@ -145,7 +177,11 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
         "is-active" => {
             let mut code = 0;
             for name in units {
-                let state = st.units.get(&canonical(&name)).map(|u| u.state.clone()).unwrap_or_else(|| "inactive".into());
+                let state = st
+                    .units
+                    .get(&canonical(&name))
+                    .map(|u| u.state.clone())
+                    .unwrap_or_else(|| "inactive".into());
                 println!("{state}");
                 if state != "active" {
                     code = 3;
@@ -161,7 +197,9 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
                     Some(u) => {
                         let dot = if u.state == "active" { "●" } else { "×" };
                         println!("{dot} {n}.service");
-                        println!("     Loaded: loaded (/usr/lib/systemd/system/{n}.service; enabled; preset: enabled)");
+                        println!(
+                            "     Loaded: loaded (/usr/lib/systemd/system/{n}.service; enabled; preset: enabled)"
+                        );
                         println!("     Active: {} ", u.state);
                         if !u.last_error.is_empty() {
                             println!("   {}", u.last_error);

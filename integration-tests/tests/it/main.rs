@@ -2,6 +2,7 @@
 //! the whole crate keeps link time down.
 
 mod fabric;
+mod gke;
 mod ovirt;
 mod support;
 mod vsphere;
