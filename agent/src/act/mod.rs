@@ -124,12 +124,18 @@ pub fn execute(
         output,
     };
     tracing::info!(step = %req.step_id, action = %req.action, "running step");
-    let outcome = generic::dispatch(&req.action, &ctx, &args);
+    let outcome = dispatch(&req.action, &ctx, &args);
     let res = result(req, outcome);
     if let Err(e) = journal::record(state, &res) {
         tracing::error!(step = %req.step_id, error = %e, "cannot journal step result");
     }
     res
+}
+
+/// Routes an action to its module: platform actions are named `<platform>.<verb>`; everything
+/// else is platform-neutral ([`generic`]).
+pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    generic::dispatch(action, ctx, args)
 }
 
 fn result(req: &pb::StepRequest, outcome: Result<Value, ActError>) -> pb::StepResult {
