@@ -55,7 +55,7 @@ pub fn parse_der(der: &[u8]) -> Result<CertRecord, X509Error> {
         fingerprint_sha256: crate::pki::sha256_hex(der),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
-        serial: cert.raw_serial_as_string().replace(':', "").to_uppercase(),
+        serial: serial_hex(cert.raw_serial()),
         sans,
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
@@ -68,6 +68,16 @@ pub fn parse_der(der: &[u8]) -> Result<CertRecord, X509Error> {
         locations: Vec::new(),
         der: der.to_vec(),
     })
+}
+
+/// Serial as `openssl x509 -serial` prints it: the integer's magnitude bytes in uppercase hex
+/// (DER's leading 0x00 sign padding removed).
+pub fn serial_hex(raw: &[u8]) -> String {
+    let mut bytes = raw;
+    while bytes.len() > 1 && bytes[0] == 0 {
+        bytes = &bytes[1..];
+    }
+    hex::encode_upper(bytes)
 }
 
 fn ip_string(bytes: &[u8]) -> String {
@@ -123,6 +133,13 @@ mod tests {
         assert_eq!(rec.subject, rec.issuer);
         assert_eq!(rec.fingerprint_sha256.len(), 64);
         assert!(rec.not_after - rec.not_before >= 86400);
+    }
+
+    #[test]
+    fn serial_drops_der_sign_padding_like_openssl() {
+        assert_eq!(serial_hex(&[0x00, 0xD0, 0x66]), "D066");
+        assert_eq!(serial_hex(&[0x10, 0x00]), "1000");
+        assert_eq!(serial_hex(&[0x00]), "00");
     }
 
     #[test]

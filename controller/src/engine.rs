@@ -91,16 +91,26 @@ fn chrono_from(secs: i64) -> chrono::DateTime<chrono::Utc> {
 }
 
 fn tick(fleet: &Fleet) -> Result<(), Status> {
-    for mut plan in plans(fleet)? {
-        if matches!(
-            plan.state,
-            PlanState::Running | PlanState::RollingBack | PlanState::WaitingCanary
-        ) && advance(fleet, &mut plan)?
-        {
+    for id in plans(fleet)?
+        .into_iter()
+        .filter(|p| active(p.state))
+        .map(|p| p.id)
+    {
+        let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Re-read under the lock: a step result may have landed since the listing.
+        let mut plan = load(fleet, &id)?;
+        if active(plan.state) && advance(fleet, &mut plan)? {
             save(fleet, &plan)?;
         }
     }
     Ok(())
+}
+
+fn active(state: PlanState) -> bool {
+    matches!(
+        state,
+        PlanState::Running | PlanState::RollingBack | PlanState::WaitingCanary
+    )
 }
 
 fn deps_met(plan: &Plan, step: &Step) -> bool {
@@ -407,6 +417,7 @@ fn find_step(fleet: &Fleet, step_id: &str) -> Option<(Plan, usize)> {
 
 /// A step result from `agent`.
 pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
+    let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
     let Some((mut plan, i)) = find_step(fleet, &r.step_id) else {
         tracing::warn!(agent, step = %r.step_id, "result for an unknown step");
         return;
@@ -455,6 +466,7 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
 
 /// A line of step output (kept in memory-bounded form in the plan, not flushed).
 pub fn on_step_output(fleet: &Fleet, agent: &str, o: pb::StepOutput) {
+    let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
     let Some((mut plan, i)) = find_step(fleet, &o.step_id) else {
         return;
     };

@@ -375,6 +375,9 @@ pub struct Fleet {
     pub enroll_lock: tokio::sync::Mutex<()>,
     /// Notified when something an inventory watcher cares about changes.
     pub changed: tokio::sync::Notify,
+    /// Serializes read-modify-write of plan documents (engine ticks, step results, operator
+    /// commands): without it a step result could be overwritten by a stale copy.
+    pub plan_lock: std::sync::Mutex<()>,
 }
 
 /// A store error as a gRPC status (the detail goes to the log, not the client).

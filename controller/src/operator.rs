@@ -139,6 +139,11 @@ impl Operator for OperatorService {
         use crate::plan::{PlanState as S, StepState};
         let op = self.fleet.require_operator(&request, true)?;
         let r = request.into_inner();
+        let _guard = self
+            .fleet
+            .plan_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut plan = crate::engine::load(&self.fleet, &r.id)?;
         let bad = |plan: &crate::plan::Plan| {
             Status::failed_precondition(format!(

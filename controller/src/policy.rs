@@ -94,11 +94,13 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
         })?;
     }
     let all = crate::inventory::all(fleet)?;
-    let agents: Vec<&AgentRecord> = all
+    // Name order: operators read plans top to bottom and expect hosts in the order they know.
+    let mut agents: Vec<&AgentRecord> = all
         .iter()
         .map(|(a, _)| a)
         .filter(|a| a.state == AgentState::Active)
         .collect();
+    agents.sort_by(|a, b| a.name.cmp(&b.name));
     let targets: Vec<&AgentRecord> = if req.agents.is_empty() {
         agents.clone()
     } else {

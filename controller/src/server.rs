@@ -212,6 +212,7 @@ pub fn load(
         metrics: Default::default(),
         enroll_lock: Default::default(),
         changed: Default::default(),
+        plan_lock: Default::default(),
     };
     Ok((Arc::new(fleet), tls))
 }

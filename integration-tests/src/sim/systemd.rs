@@ -26,6 +26,9 @@ pub struct Unit {
     pub starts: u32,
     /// Why the last start failed.
     pub last_error: String,
+    /// A start takes this long (a slow service, for tests that interrupt a step).
+    #[serde(default)]
+    pub start_ms: u64,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -72,6 +75,16 @@ pub fn set_broken(host: &SimHost, unit: &str, broken: bool) -> Result<()> {
         .get_mut(&canonical(unit))
         .context("no such unit")?
         .broken = broken;
+    save(host, &st)
+}
+
+/// Makes starts of a unit take `ms` milliseconds.
+pub fn set_start_delay(host: &SimHost, unit: &str, ms: u64) -> Result<()> {
+    let mut st = load(host)?;
+    st.units
+        .get_mut(&canonical(unit))
+        .context("no such unit")?
+        .start_ms = ms;
     save(host, &st)
 }
 
@@ -137,6 +150,9 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
                     code = 5;
                     continue;
                 };
+                if u.start_ms > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(u.start_ms));
+                }
                 let outcome = if u.broken {
                     Err("service is broken".to_owned())
                 } else {
