@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A local demo fleet on loopback: a controller (state in its embedded sled store) and one agent
-# per host, enrolled with join tokens, listed by the operator CLI.
+# per simulated host (VCSA, oVirt engine and hosts, GKE admin workstation, a CA and a web host),
+# enrolled with join tokens; the fleet's expiring certificates; a rotation with a dry run, a
+# live watch and a before/after table.
 #
 #   ./packaging/demo.sh           run, print, stop everything (the work dir is kept)
 #   ./packaging/demo.sh --keep    leave controller and agents running; prints how to stop them
@@ -43,29 +45,53 @@ NO_COLOR=1 "$bin/certfleet" serve --data-dir "$work/controller" --listen "$CERTF
 pids+=($!)
 for _ in $(seq 50); do "$bin/certfleet" agents list >/dev/null 2>&1 && break; sleep 0.2; done
 
-hosts=(vcsa-01 ovirt-engine-01 gke-admin-01)
-for h in "${hosts[@]}"; do
-    step "enroll $h with a single-use join token"
+step "building the simulated fleet (VCSA, oVirt engine + 3 hosts, GKE admin workstation, CA + web host)"
+"$bin/certfleet-sim" demo-fleet --dir "$work/hosts" > "$work/fleet.txt"
+cat "$work/fleet.txt"
+
+n=0
+while read -r name root config services; do
+    if [ -n "${services:-}" ]; then
+        "$bin/certfleet-sim" --root "$root" "$services" >"$work/$name-services.log" 2>&1 &
+        pids+=($!)
+    fi
     token=$("$bin/certfleet" token create --ttl 10m --label "demo=yes")
     "$bin/certfleet-agent" enroll --controller "$CERTFLEET_CONTROLLER" --token "$token" \
-        --state-dir "$work/agents/$h" --name "$h"
-    NO_COLOR=1 "$bin/certfleet-agent" run --state-dir "$work/agents/$h" >"$work/agent-$h.log" 2>&1 &
+        --state-dir "$work/agents/$name" --name "$name" >/dev/null
+    NO_COLOR=1 "$bin/certfleet-agent" run --state-dir "$work/agents/$name" --config "$config" \
+        >"$work/agent-$name.log" 2>&1 &
     pids+=($!)
-done
+    n=$((n + 1))
+done < "$work/fleet.txt"
+echo "enrolled $n agents with single-use join tokens"
 
-step "waiting for ${#hosts[@]} agents to connect"
-for _ in $(seq 100); do
-    n=$("$bin/certfleet" agents list -o json | grep -c '"connected": true' || true)
-    [ "$n" = "${#hosts[@]}" ] && break
+step "waiting for $n agents to connect and report inventory"
+for _ in $(seq 150); do
+    c=$("$bin/certfleet" agents list -o json | grep -c '"connected": true' || true)
+    [ "$c" = "$n" ] && break
     sleep 0.2
 done
+sleep 3
 
 step "certfleet agents list"
 "$bin/certfleet" agents list
-step "certfleet token list"
-"$bin/certfleet" token list
-step "certfleet audit"
-"$bin/certfleet" audit
+
+step "certfleet inventory --expiring-within 90d   (the fleet's problems, most urgent first)"
+"$bin/certfleet" inventory --expiring-within 90d
+
+step "rotation: certfleet plan create files --expiring-within 30d --dry-run"
+"$bin/certfleet" plan create files --expiring-within 30d --dry-run
+before=$("$bin/certfleet" inventory --agent web-01 --role file.renewable -o csv | tail -n +2 | cut -d, -f1,3,4)
+
+step "rotation: certfleet plan create files --expiring-within 30d --run, then plan watch"
+plan=$("$bin/certfleet" plan create files --expiring-within 30d --run -o json | sed -n 's/^  "id": "\(.*\)",$/\1/p')
+"$bin/certfleet" plan watch "$plan"
+"$bin/certfleet" inventory rescan >/dev/null 2>&1
+sleep 3
+after=$("$bin/certfleet" inventory --agent web-01 --role file.renewable -o csv | tail -n +2 | cut -d, -f1,3,4)
+
+step "before / after (fingerprint, days left, not after)"
+printf '%-8s %s\n' before "$before" after "$after"
 
 echo
 echo "work dir: $work (logs, controller data, agent state)"

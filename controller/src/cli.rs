@@ -909,6 +909,7 @@ pub struct PlanWatcher {
     with_output: bool,
     seen_states: BTreeMap<String, String>,
     seen_output: BTreeMap<String, usize>,
+    last_bar: String,
     last: Option<pb::PlanInfo>,
 }
 
@@ -919,6 +920,7 @@ impl PlanWatcher {
             with_output,
             seen_states: BTreeMap::new(),
             seen_output: BTreeMap::new(),
+            last_bar: String::new(),
             last: None,
         }
     }
@@ -976,7 +978,7 @@ impl PlanWatcher {
                 )
             })
             .collect();
-        println!(
+        let bar = format!(
             "  plan {} {}: {}{}",
             p.id,
             p.state,
@@ -987,6 +989,10 @@ impl PlanWatcher {
                 format!("  ({})", p.message)
             }
         );
+        if bar != self.last_bar {
+            println!("{bar}");
+            self.last_bar = bar;
+        }
         self.last = Some(p.clone());
     }
 

@@ -21,6 +21,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> anyhow::Result<i32> {
+    if let [cmd, flag, dir] = args
+        && cmd == "demo-fleet"
+        && flag == "--dir"
+    {
+        for line in sim::demo::build(std::path::Path::new(dir), &sim::default_sim_bin())? {
+            println!("{line}");
+        }
+        return Ok(0);
+    }
     if let [build, platform, rest @ ..] = args
         && build == "build"
     {

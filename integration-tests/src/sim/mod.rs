@@ -17,6 +17,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+pub mod demo;
 pub mod gke;
 pub mod kubeadm;
 pub mod ovirt;
