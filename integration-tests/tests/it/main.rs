@@ -3,6 +3,7 @@
 
 mod fabric;
 mod gke;
+mod inventory;
 mod ovirt;
 mod rotation;
 mod support;

@@ -1,0 +1,252 @@
+//! Fleet inventory through the controller: every simulated platform's agent reports, and what
+//! the operator sees (`certfleet inventory`, `inventory show`, filters, CSV, metrics) is what the
+//! agents found on the hosts, certificate for certificate.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use certfleet_integration_tests::sim::{default_sim_bin, demo};
+use serde_json::Value;
+
+use crate::support::{Controller, Proc, bin, wait_for};
+
+fn fingerprints(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["fingerprint_sha256"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_controller_inventory_is_what_the_agents_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hosts: Vec<(String, PathBuf, PathBuf, Option<String>)> =
+        demo::build(&tmp.path().join("hosts"), &default_sim_bin())
+            .unwrap()
+            .into_iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (
+                    f[0].to_owned(),
+                    PathBuf::from(f[1]),
+                    PathBuf::from(f[2]),
+                    f.get(3).map(|s| s.to_string()),
+                )
+            })
+            .collect();
+    let c = Controller::start(&tmp.path().join("ctl"), &[]);
+    let mut procs: Vec<Proc> = Vec::new();
+    for (name, root, config, services) in &hosts {
+        if let Some(svc) = services {
+            let mut cmd = Command::new(bin("certfleet-sim"));
+            cmd.arg("--root").arg(root).arg(svc);
+            procs.push(Proc::spawn(
+                cmd,
+                tmp.path().join(format!("{name}-services.log")),
+            ));
+        }
+        let state = c.enroll(name);
+        procs.push(c.run_agent(&state, Some(config), &[]));
+    }
+    c.wait_connected(hosts.len());
+    std::thread::sleep(Duration::from_secs(2)); // let the vCenter services come up before comparing
+    c.cli(&["inventory", "rescan"]);
+
+    // Per agent: the controller's view equals a local scan of the same host.
+    for (name, _root, config, _) in &hosts {
+        let out = Command::new(bin("certfleet-agent"))
+            .args(["scan", "-o", "json", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let local: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let local_fps = fingerprints(&local["certificates"]);
+        assert!(
+            !local_fps.is_empty(),
+            "{name}: the local scan found nothing"
+        );
+        let fleet = wait_for(
+            &format!("{name}'s inventory at the controller"),
+            Duration::from_secs(40),
+            || {
+                let inv = c.json(&["inventory", "--agent", name]);
+                let fps = fingerprints(&inv);
+                (fps == local_fps).then_some(inv)
+            },
+        );
+        for item in fleet.as_array().unwrap() {
+            let fp = item["fingerprint_sha256"].as_str().unwrap();
+            let l = local["certificates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["fingerprint_sha256"] == fp)
+                .unwrap();
+            for field in [
+                "subject",
+                "issuer",
+                "serial",
+                "not_after",
+                "not_before",
+                "role",
+            ] {
+                assert_eq!(item[field], l[field], "{name} {fp} {field}");
+            }
+        }
+    }
+
+    // Filters.
+    let vsphere = c.json(&["inventory", "--platform", "vsphere"]);
+    assert!(!vsphere.as_array().unwrap().is_empty());
+    assert!(
+        vsphere
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["platform"] == "vsphere")
+    );
+    let vdsm = c.json(&["inventory", "--role", "ovirt.node.vdsm"]);
+    let hosts_with_vdsm: BTreeSet<String> = vdsm
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| {
+            i["locations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["agent"].as_str().unwrap().to_owned())
+        })
+        .filter(|a| a.starts_with("ovirt-host"))
+        .collect();
+    assert_eq!(hosts_with_vdsm.len(), 3, "{vdsm:#}");
+    let urgent = c.json(&["inventory", "--expiring-within", "30d"]);
+    let sts = urgent
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["role"] == "vsphere.sts_signing")
+        .expect("expired STS listed as urgent");
+    assert_eq!(sts["status"], "expired");
+    assert!(sts["impact"].as_str().unwrap().contains("log in"));
+    let all = c.json(&["inventory"]);
+    assert!(urgent.as_array().unwrap().len() < all.as_array().unwrap().len());
+
+    // Chains: the engine CA signs the VDSM certificates.
+    // Found on the engine and on every host (as each host's copy of the CA): one certificate.
+    let engine_ca = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["is_ca"] == true && i["subject"] == vdsm[0]["issuer"])
+        .expect("engine CA");
+    let ca_agents: BTreeSet<&str> = engine_ca["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["agent"].as_str().unwrap())
+        .collect();
+    assert!(
+        ca_agents.contains("ovirt-engine-01") && ca_agents.contains("ovirt-host-01"),
+        "{ca_agents:?}"
+    );
+    let signed = c.json(&[
+        "inventory",
+        "--issued-by",
+        engine_ca["fingerprint_sha256"].as_str().unwrap(),
+    ]);
+    let signed_fps = fingerprints(&signed);
+    for v in vdsm.as_array().unwrap() {
+        assert!(
+            signed_fps.contains(v["fingerprint_sha256"].as_str().unwrap()),
+            "VDSM cert not listed as issued by the engine CA"
+        );
+    }
+    let show = c.json(&[
+        "inventory",
+        "show",
+        &vdsm[0]["fingerprint_sha256"].as_str().unwrap()[..20],
+    ]);
+    assert_eq!(
+        show["chain"][0]["fingerprint_sha256"],
+        engine_ca["fingerprint_sha256"]
+    );
+    assert_eq!(show["chain_complete"], true);
+    let ca_show = c.json(&[
+        "inventory",
+        "show",
+        engine_ca["fingerprint_sha256"].as_str().unwrap(),
+    ]);
+    assert!(ca_show["signs"].as_array().unwrap().len() >= 3);
+
+    // CSV for spreadsheets.
+    let csv = c.cli(&["inventory", "--expiring-within", "30d", "-o", "csv"]);
+    assert!(csv.starts_with("fingerprint_sha256,status,days_left,not_after,role,platform,subject"));
+    assert!(csv.lines().count() > urgent.as_array().unwrap().len());
+
+    // Metrics in the x509-certificate-exporter style.
+    let metrics = c.metrics();
+    let sts_na = certfleet_common::model::parse_time(sts["not_after"].as_str().unwrap()).unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("certfleet_certificate_not_after_seconds{")
+                && l.contains("role=\"vsphere.sts_signing\"")
+        })
+        .unwrap_or_else(|| panic!("no STS not_after gauge in\n{metrics}"));
+    assert!(
+        line.contains("agent=\"vcsa-01\"") && line.contains("platform=\"vsphere\""),
+        "{line}"
+    );
+    assert!(line.ends_with(&format!(" {sts_na}")), "{line}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("certfleet_certificates_expired{")
+                && l.contains("vsphere.sts_signing"))
+    );
+
+    // A certificate renewed on disk reaches the controller as a delta after a rescan.
+    let (_, web_root, _, _) = hosts.iter().find(|h| h.0 == "web-01").unwrap();
+    let tls = web_root.join("etc/nginx/tls");
+    let ca = hosts
+        .iter()
+        .find(|h| h.0 == "corp-ca-01")
+        .unwrap()
+        .1
+        .join("srv/ca");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl req -new -key web.key -subj '/O=Corp/CN=web-01.lab.local' | openssl x509 -req -CA {ca}/ca.pem -CAkey {ca}/private/ca.key -days 200 -set_serial 99 -out web.pem 2>/dev/null",
+            ca = ca.display()
+        ))
+        .current_dir(&tls)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    c.cli(&["inventory", "rescan", "web-01"]);
+    wait_for(
+        "renewed web certificate in the fleet inventory",
+        Duration::from_secs(30),
+        || {
+            let inv = c.json(&["inventory", "--agent", "web-01", "--role", "file.renewable"]);
+            let days = inv
+                .as_array()
+                .unwrap()
+                .first()
+                .map(|i| i["days_left"].as_i64().unwrap())
+                .unwrap_or(0);
+            (days >= 198).then_some(())
+        },
+    );
+    drop(procs);
+}
