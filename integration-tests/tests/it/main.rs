@@ -4,5 +4,6 @@
 mod fabric;
 mod gke;
 mod ovirt;
+mod ovirt_rotation;
 mod support;
 mod vsphere;

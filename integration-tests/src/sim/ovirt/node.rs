@@ -21,6 +21,9 @@ use anyhow::{Context, Result};
 use super::engine::{Ca, Engine, run_openssl};
 use crate::sim::{Lifetime, SimHost};
 
+/// The VDSM certificate that libvirtd and vdsmd need.
+pub const VDSM_CERT: &str = "/etc/pki/vdsm/certs/vdsmcert.pem";
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -229,6 +232,12 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
         )?;
     }
     std::fs::remove_dir_all(&work)?;
+    // libvirtd reads the VDSM certificate (A8 consumers) and refuses to start when it has
+    // expired (A12); vdsmd requires libvirtd (via supervdsmd) and serves the same certificate.
+    for unit in ["libvirtd", "vdsmd"] {
+        crate::sim::systemd::define_unit(host, unit, &[VDSM_CERT])?;
+    }
+    host.link_real_tool("/usr/bin/openssl")?;
     std::fs::write(
         host.state("ovirt-node-owners.json"),
         serde_json::to_vec_pretty(&node.owners)?,
