@@ -246,3 +246,106 @@ impl Recipe for OvirtHostsOffline {
         Ok(steps)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn agent(id: &str, platform: &str) -> AgentRecord {
+        serde_json::from_value(json!({
+            "id": id, "name": id, "hostname": id, "platforms": [platform], "version": "0",
+            "state": "active", "enrolled_at": 0, "last_seen": 0, "cert_not_after": 0,
+            "cert_fingerprint": "", "key_id": "", "labels": {},
+        }))
+        .unwrap()
+    }
+
+    fn cert(role: &str, subject: &str, issuer: &str, path: &str, days: i64) -> CertRecord {
+        let now = certfleet_common::model::now();
+        let t = |s: i64| certfleet_common::model::format_time(s);
+        serde_json::from_value(json!({
+            "fingerprint_sha256": format!("{role}{subject}"), "subject": subject,
+            "issuer": issuer, "serial": "1000", "sans": [],
+            "not_before": t(now - 86_400), "not_after": t(now + days * 86_400),
+            "key_algorithm": "RSA", "key_bits": 2048, "is_ca": false,
+            "subject_key_id": "", "authority_key_id": "", "role": role,
+            "locations": [{"kind": "file", "path": path}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plans_due_hosts_signed_by_their_engine_only() {
+        let ca = "C=US, O=example.test, CN=engine.example.test.12345";
+        let (engine, h1, h2, h3) = (
+            agent("engine", "ovirt_engine"),
+            agent("kvm01", "ovirt_node"),
+            agent("kvm02", "ovirt_node"),
+            agent("kvm03", "ovirt_node"),
+        );
+        let mut inventory = BTreeMap::new();
+        inventory.insert(
+            "engine".to_owned(),
+            vec![
+                cert(
+                    "ovirt.engine.ca",
+                    ca,
+                    ca,
+                    "/etc/pki/ovirt-engine/ca.pem",
+                    7000,
+                ),
+                // The engine's record of a host certificate is not a target.
+                cert(
+                    "ovirt.node.vdsm",
+                    "O=example.test, CN=kvm01.example.test",
+                    ca,
+                    "/etc/pki/ovirt-engine/certs/kvm01.example.test.cer",
+                    5,
+                ),
+            ],
+        );
+        let h = |n: &str, issuer: &str, days| {
+            vec![cert(
+                "ovirt.node.vdsm",
+                &format!("O=example.test, CN={n}.example.test"),
+                issuer,
+                VDSM_CERT,
+                days,
+            )]
+        };
+        inventory.insert("kvm01".into(), h("kvm01", ca, -2));
+        inventory.insert("kvm02".into(), h("kvm02", ca, 1500));
+        inventory.insert("kvm03".into(), h("kvm03", "CN=elsewhere", 3));
+        let all = vec![&engine, &h1, &h2, &h3];
+        let input = RecipeInput {
+            targets: all.clone(),
+            agents: all,
+            inventory,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params: BTreeMap::new(),
+        };
+        let (jobs, problems) = host_jobs(&input);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].host.name, "kvm01");
+        assert_eq!(jobs[0].engine.name, "engine");
+        assert_eq!(jobs[0].san, "DNS:kvm01.example.test");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("kvm03"));
+        let steps = OvirtHostsOffline.build(&input).unwrap();
+        let actions: Vec<&str> = steps.iter().map(|s| s.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["csr.create", "ovirt.enroll_request", "cert.install"]
+        );
+        assert_eq!(steps[1].agent, "engine");
+        assert_eq!(
+            steps[1].args["subject"],
+            "/O=example.test/CN=kvm01.example.test"
+        );
+        assert_eq!(steps[2].args["targets"].as_array().unwrap().len(), 4);
+        assert_eq!(steps[2].args["restart"], json!(["libvirtd", "vdsmd"]));
+    }
+}

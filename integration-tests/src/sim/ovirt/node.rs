@@ -11,6 +11,10 @@
 //! Owners (`vdsm:kvm`, `root:qemu`, `openvswitch:openvswitch`) are applied with `chown` when the
 //! user and group exist on this machine; either way the intended owner of every file is recorded
 //! in `ROOT/.sim/ovirt-node-owners.json`, because test machines rarely have a `vdsm` user.
+//!
+//! The host also gets the simulated `systemctl` with `libvirtd` and `vdsmd` units that refuse to
+//! start while `certs/vdsmcert.pem` is expired or missing (A12), and `/usr/bin/openssl` linked
+//! to the real one for the agent's actions.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
