@@ -93,10 +93,26 @@ pub fn run_in(
     timeout: Duration,
     cwd: Option<&Path>,
 ) -> Result<ToolOutput, ToolError> {
+    run_in_env(program, args, stdin, timeout, cwd, &[])
+}
+
+/// [`run_in`] with extra environment variables (e.g. the `OVIRT_SAN` that oVirt's `cert.conf`
+/// reads through `${ENV::…}`).
+pub fn run_in_env(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    cwd: Option<&Path>,
+    env: &[(&str, &str)],
+) -> Result<ToolOutput, ToolError> {
     let cmd = command_line(program, args);
     let mut command = Command::new(program);
     if let Some(dir) = cwd {
         command.current_dir(dir);
+    }
+    for (k, v) in env {
+        command.env(k, v);
     }
     let mut child = command
         .args(args)
@@ -185,7 +201,19 @@ pub fn run_ok_in(
     timeout: Duration,
     cwd: Option<&Path>,
 ) -> Result<ToolOutput, ToolError> {
-    let out = run_in(program, args, stdin, timeout, cwd)?;
+    run_ok_in_env(program, args, stdin, timeout, cwd, &[])
+}
+
+/// [`run_ok_in`] with extra environment variables.
+pub fn run_ok_in_env(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    cwd: Option<&Path>,
+    env: &[(&str, &str)],
+) -> Result<ToolOutput, ToolError> {
+    let out = run_in_env(program, args, stdin, timeout, cwd, env)?;
     if out.code == Some(0) {
         return Ok(out);
     }

@@ -5,6 +5,7 @@ mod fabric;
 mod gke;
 mod inventory;
 mod ovirt;
+mod ovirt_rotation;
 mod rotation;
 mod support;
 mod vsphere;

@@ -8,6 +8,7 @@ use certfleet_common::model::CertRecord;
 use crate::fleet::AgentRecord;
 
 pub mod files;
+pub mod ovirt_hosts;
 
 /// What a recipe sees.
 pub struct RecipeInput<'a> {
@@ -66,7 +67,10 @@ pub trait Recipe: Send + Sync {
 
 /// Every built-in recipe.
 pub fn all() -> Vec<Box<dyn Recipe>> {
-    vec![Box::new(files::Files)]
+    vec![
+        Box::new(files::Files),
+        Box::new(ovirt_hosts::OvirtHostsOffline),
+    ]
 }
 
 /// A recipe by name.

@@ -333,6 +333,8 @@ pub fn build_engine(host: &SimHost, spec: &EngineSpec) -> Result<Engine> {
     engine.write_engine_conf()?;
     engine.save_state(&qemu_ca_subject)?;
     host.install_tool("/usr/bin/engine-config", "engine-config")?;
+    // The PKI scripts run the system openssl.
+    host.link_real_tool("/usr/bin/openssl")?;
     Ok(engine)
 }
 

@@ -11,6 +11,10 @@
 //! Owners (`vdsm:kvm`, `root:qemu`, `openvswitch:openvswitch`) are applied with `chown` when the
 //! user and group exist on this machine; either way the intended owner of every file is recorded
 //! in `ROOT/.sim/ovirt-node-owners.json`, because test machines rarely have a `vdsm` user.
+//!
+//! The host also gets the simulated `systemctl` with `libvirtd` and `vdsmd` units that refuse to
+//! start while `certs/vdsmcert.pem` is expired or missing (A12), and `/usr/bin/openssl` linked
+//! to the real one for the agent's actions.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +24,9 @@ use anyhow::{Context, Result};
 
 use super::engine::{Ca, Engine, run_openssl};
 use crate::sim::{Lifetime, SimHost};
+
+/// The VDSM certificate that libvirtd and vdsmd need.
+pub const VDSM_CERT: &str = "/etc/pki/vdsm/certs/vdsmcert.pem";
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -229,6 +236,12 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
         )?;
     }
     std::fs::remove_dir_all(&work)?;
+    // libvirtd reads the VDSM certificate (A8 consumers) and refuses to start when it has
+    // expired (A12); vdsmd requires libvirtd (via supervdsmd) and serves the same certificate.
+    for unit in ["libvirtd", "vdsmd"] {
+        crate::sim::systemd::define_unit(host, unit, &[VDSM_CERT])?;
+    }
+    host.link_real_tool("/usr/bin/openssl")?;
     std::fs::write(
         host.state("ovirt-node-owners.json"),
         serde_json::to_vec_pretty(&node.owners)?,

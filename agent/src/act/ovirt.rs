@@ -1,0 +1,322 @@
+//! oVirt actions (`ovirt.*`), run on the engine host.
+//!
+//! | action | does |
+//! |---|---|
+//! | `ovirt.enroll_request` | what `/usr/share/ovirt-engine/bin/pki-enroll-request.sh` does for a host CSR: writes `requests/<name>.req`, takes the script's exclusive lock on the CA file, signs with the script's exact `openssl ca` line in the engine PKI directory (`openssl.conf`, `cert.conf` section `v3_ca_san` with `OVIRT_SAN` in the environment, notBefore back-dated a day), checks the result against the CA and returns the certificate |
+//!
+//! Why not the generic `ca.sign` with a `[[cas]]` entry: oVirt's `cert.conf` takes the
+//! subjectAltName (and custom key usages) from the environment (`${ENV::OVIRT_SAN}`), which a
+//! fixed command template cannot carry per request, and without it the certificate has no SAN
+//! and the engine raises HOST_CERTIFICATE_HAS_INVALID_SAN (reference A13). So no `[[cas]]`
+//! configuration is needed on the engine: this module derives the CA from the host layout,
+//! `/etc/pki/ovirt-engine` (setting `ovirt.engine_pki` moves it), with `ca.pem` /
+//! `private/ca.pem` for the engine CA and `qemu-ca.pem` / `qemu-cert.conf` /
+//! `certs-qemu` / `requests-qemu` for the QEMU CA (A1, A3).
+//!
+//! Validity: the `days` argument, else the engine's `VdsCertificateValidityInDays`
+//! (`engine-config -g`, which reads the database and may fail while the engine is down), else
+//! the script's default of 1827 days.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{ActContext, ActError, arg_str, backup};
+
+/// Where the engine PKI lives unless `ovirt.engine_pki` says otherwise.
+pub const ENGINE_PKI: &str = "/etc/pki/ovirt-engine";
+
+/// `pki-enroll-request.sh --days` default.
+const SCRIPT_DEFAULT_DAYS: u64 = 1827;
+
+/// `pki-enroll-request.sh --timeout` default (seconds to wait for the CA lock).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs `action`.
+pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    match action {
+        "ovirt.enroll_request" => enroll_request(ctx, args),
+        other => Err(ActError(format!(
+            "unknown oVirt action {other:?} (this agent is version {})",
+            env!("CARGO_PKG_VERSION")
+        ))),
+    }
+}
+
+/// The engine PKI directory on this host (under the root), if there is one.
+pub fn engine_pki(ctx: &ActContext<'_>) -> PathBuf {
+    ctx.cfg
+        .host_path(ctx.cfg.setting("ovirt.engine_pki").unwrap_or(ENGINE_PKI))
+}
+
+/// The engine's CAs as `pki-common.sh` picks them by `--ca-file`.
+struct EngineCa {
+    file: &'static str,
+    cert_conf: &'static str,
+    cert_dir: &'static str,
+    req_dir: &'static str,
+}
+
+fn engine_ca(name: &str) -> Result<EngineCa, ActError> {
+    match name {
+        "ca" => Ok(EngineCa {
+            file: "ca",
+            cert_conf: "cert.conf",
+            cert_dir: "certs",
+            req_dir: "requests",
+        }),
+        "qemu-ca" => Ok(EngineCa {
+            file: "qemu-ca",
+            cert_conf: "qemu-cert.conf",
+            cert_dir: "certs-qemu",
+            req_dir: "requests-qemu",
+        }),
+        other => Err(ActError(format!(
+            "unknown engine CA {other:?} (ca or qemu-ca)"
+        ))),
+    }
+}
+
+fn openssl(ctx: &ActContext<'_>) -> PathBuf {
+    ctx.cfg.tool("openssl", "/usr/bin/openssl")
+}
+
+/// `VdsCertificateValidityInDays` from `engine-config -g`, if the tool answers.
+fn host_cert_days(ctx: &ActContext<'_>) -> Option<u64> {
+    let tool = ctx.cfg.tool("engine-config", "/usr/bin/engine-config");
+    if !tool.exists() {
+        return None;
+    }
+    let out = crate::exec::run(
+        &tool,
+        &["-g", "VdsCertificateValidityInDays"],
+        None,
+        ctx.timeout,
+    )
+    .ok()?;
+    if out.code != Some(0) {
+        (ctx.output)(format!(
+            "engine-config -g VdsCertificateValidityInDays failed ({}); using the default",
+            out.stderr.trim()
+        ));
+        return None;
+    }
+    // `VdsCertificateValidityInDays: 1827 version: general`
+    let days = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("VdsCertificateValidityInDays:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    (ctx.output)(format!("VdsCertificateValidityInDays = {days}"));
+    Some(days)
+}
+
+/// Holds `flock -e` on the CA file like the script's `flock -e -w ${TIMEOUT} 9`.
+fn lock_ca(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ActError> {
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| ActError(format!("opening {} to lock it: {e}", path.display())))?;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err((_, e)) => {
+                return Err(ActError(format!(
+                    "cannot lock {} within {}s (another enrollment running?): {e}",
+                    path.display(),
+                    LOCK_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+}
+
+/// `date --utc --date "now -1 days" +"%y%m%d%H%M%SZ"`.
+fn yesterday() -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(certfleet_common::model::now() - 86_400)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+        t.year() % 100,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn enroll_request(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "name")?;
+    let subject = arg_str(args, "subject")?;
+    let csr = arg_str(args, "csr_pem")?;
+    let san = args.get("san").and_then(Value::as_str).unwrap_or("");
+    let ca = engine_ca(args.get("ca").and_then(Value::as_str).unwrap_or("ca"))?;
+    if !certfleet_common::identity::valid_name(name) {
+        return Err(ActError(format!(
+            "request name {name:?} is not a plain file name"
+        )));
+    }
+    if !csr.contains("BEGIN CERTIFICATE REQUEST") {
+        return Err(ActError(format!("the CSR for {name} is not a PEM request")));
+    }
+    let pki = engine_pki(ctx);
+    let ca_pem = pki.join(format!("{}.pem", ca.file));
+    if !pki.join("openssl.conf").exists() || !ca_pem.exists() {
+        return Err(ActError(format!(
+            "this host has no oVirt engine PKI: {} or {} is missing",
+            pki.join("openssl.conf").display(),
+            ca_pem.display()
+        )));
+    }
+    let days = match args.get("days").and_then(Value::as_u64) {
+        Some(d) => d,
+        None => host_cert_days(ctx).unwrap_or(SCRIPT_DEFAULT_DAYS),
+    };
+    let req_rel = format!("{}/{name}.req", ca.req_dir);
+    let cert_rel = format!("{}/{name}.cer", ca.cert_dir);
+    let (req_path, cert_path) = (pki.join(&req_rel), pki.join(&cert_rel));
+    // Re-enrolling overwrites the engine's request and certificate of this host: keep them.
+    let m = backup::create(
+        ctx.state,
+        ctx.step_id,
+        &[req_path.clone(), cert_path.clone()],
+    )?;
+    (ctx.output)(format!(
+        "backup {} holds {} and {}",
+        m.id,
+        req_path.display(),
+        cert_path.display()
+    ));
+    let undo = |e: ActError| -> ActError {
+        match backup::restore(ctx.state, &m.id) {
+            Ok(_) => ActError(format!("{e} (engine files restored from backup {})", m.id)),
+            Err(r) => ActError(format!("{e}; restoring backup {} failed: {r}", m.id)),
+        }
+    };
+    certfleet_common::atomic::write_file(&req_path, csr.as_bytes(), 0o644)
+        .map_err(|e| undo(ActError(e.to_string())))?;
+    let o = openssl(ctx);
+    let signed = (|| -> Result<(), ActError> {
+        let _lock = lock_ca(&ca_pem)?;
+        // Only a CA with a Subject Key Identifier gets the extension section (script).
+        let text = ctx.run_ok(
+            &o,
+            &[
+                "x509",
+                "-in",
+                &ca_pem.display().to_string(),
+                "-noout",
+                "-text",
+            ],
+            None,
+        )?;
+        let extsection = if san.is_empty() { "v3_ca" } else { "v3_ca_san" };
+        let ca_cert = format!("{}.pem", ca.file);
+        let ca_key = format!("private/{}.pem", ca.file);
+        let days_s = days.to_string();
+        let start = yesterday();
+        let mut argv = vec![
+            "ca",
+            "-batch",
+            "-policy",
+            "policy_match",
+            "-config",
+            "openssl.conf",
+            "-cert",
+            &ca_cert,
+            "-keyfile",
+            &ca_key,
+            "-days",
+            &days_s,
+            "-in",
+            &req_rel,
+            "-out",
+            &cert_rel,
+            "-startdate",
+            &start,
+            "-subj",
+            subject,
+            "-utf8",
+        ];
+        if text.stdout.contains("Subject Key Identifier") {
+            argv.extend(["-extfile", ca.cert_conf, "-extensions", extsection]);
+        }
+        let env = [("OVIRT_KU", ""), ("OVIRT_EKU", ""), ("OVIRT_SAN", san)];
+        (ctx.output)(format!(
+            "$ (cd {}) OVIRT_SAN={san} {}",
+            pki.display(),
+            crate::exec::command_line(&o, &argv)
+        ));
+        let out = crate::exec::run_ok_in_env(&o, &argv, None, ctx.timeout, Some(&pki), &env)?;
+        for line in out.stdout.lines().chain(out.stderr.lines()).take(30) {
+            (ctx.output)(line.to_owned());
+        }
+        // chmod a+r "${cert}"
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cert_path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| ActError(format!("chmod a+r {}: {e}", cert_path.display())))?;
+        ctx.run_ok_in(
+            &o,
+            &["verify", "-CAfile", &ca_cert, &cert_rel],
+            None,
+            Some(&pki),
+        )?;
+        Ok(())
+    })();
+    signed.map_err(undo)?;
+    let pem =
+        std::fs::read(&cert_path).map_err(|e| ActError(format!("{}: {e}", cert_path.display())))?;
+    let der = certfleet_common::pem::first_certificate(&pem)
+        .map_err(|e| ActError(format!("{}: {e}", cert_path.display())))?;
+    let rec = certfleet_common::x509::parse_der(&der)
+        .map_err(|e| ActError(format!("{}: {e}", cert_path.display())))?;
+    if !san.is_empty() && !rec.sans.iter().any(|s| s == san) {
+        return Err(undo(ActError(format!(
+            "{} lacks the SAN {san} (has {:?})",
+            cert_path.display(),
+            rec.sans
+        ))));
+    }
+    Ok(json!({
+        "message": format!(
+            "engine CA signed {} (serial {}) until {}",
+            rec.subject,
+            rec.serial,
+            certfleet_common::model::format_time(rec.not_after)
+        ),
+        "cert_pem": certfleet_common::pem::encode("CERTIFICATE", &der),
+        "fingerprint": rec.fingerprint_sha256,
+        "serial": rec.serial,
+        "not_after": rec.not_after,
+        "days": days,
+        "backup_id": m.id,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yesterday_is_openssl_utctime() {
+        let s = yesterday();
+        assert_eq!(s.len(), 13);
+        assert!(s.ends_with('Z'));
+        assert!(s.chars().take(12).all(|c| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn engine_cas_follow_pki_common() {
+        assert_eq!(engine_ca("ca").unwrap().cert_dir, "certs");
+        assert_eq!(engine_ca("qemu-ca").unwrap().cert_conf, "qemu-cert.conf");
+        assert!(engine_ca("other").is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! oVirt host certificate recipes.
+//!
+//! `ovirt-hosts-offline` is the emergency path of reference A13/A14 step 5 and seed 003 (the
+//! engine API is down, or the hosts' VDSM certificates already expired so "Enroll Certificate"
+//! cannot reach them). Per host, one at a time (`--max-parallel`):
+//!
+//! 1. `csr.create` on the host from its existing key `/etc/pki/vdsm/keys/vdsmkey.pem` (the key
+//!    never leaves the host), with the VDSM certificate's subject;
+//! 2. `ovirt.enroll_request` on the engine agent: `pki-enroll-request.sh`'s exact `openssl ca`
+//!    line in `/etc/pki/ovirt-engine` with `cert.conf` section `v3_ca_san` and the host's SAN
+//!    (unlike the NAT role, so the engine accepts the certificate afterwards), validity
+//!    `VdsCertificateValidityInDays` unless `--param days=N`; the engine's `database.txt`,
+//!    `serial.txt` and `certs/<fqdn>.cer` record it as a normal enrollment;
+//! 3. `cert.install` on the host to the VDSM certificate and its copies (A8: `vdsmcert.pem`,
+//!    `libvirt-spice/server-cert.pem`, `libvirt-vnc/server-cert.pem`,
+//!    `/etc/pki/libvirt/clientcert.pem`; mode 0644, owner kept — `root:kvm` as deployed), key
+//!    check against `vdsmkey.pem`, restart `libvirtd` then `vdsmd` and require both active;
+//!    a failure restores every file byte for byte and restarts the units again.
+//!
+//! Targets: agents whose `ovirt.node.vdsm` certificate at `/etc/pki/vdsm/certs/vdsmcert.pem`
+//! is in scope (`--expiring-within`, `--role`). The engine agent is the one holding the engine
+//! CA (`ovirt.engine.ca`) that issued the host's certificate.
+//!
+//! After the engine is back, a proper "Enroll Certificate" (recipe `ovirt-hosts`, once it
+//! exists) also refreshes the QEMU, OVN and vmconsole certificates, which this path leaves.
+
+use serde_json::json;
+
+use super::{Recipe, RecipeInput, StepSpec, openssl_subject};
+use crate::fleet::AgentRecord;
+use certfleet_common::model::CertRecord;
+
+/// The VDSM certificate on a host.
+pub const VDSM_CERT: &str = "/etc/pki/vdsm/certs/vdsmcert.pem";
+/// The VDSM key on a host.
+pub const VDSM_KEY: &str = "/etc/pki/vdsm/keys/vdsmkey.pem";
+/// Where the VDSM certificate is copied (A8), after `vdsmcert.pem` itself.
+pub const VDSM_COPIES: &[&str] = &[
+    "/etc/pki/vdsm/libvirt-spice/server-cert.pem",
+    "/etc/pki/vdsm/libvirt-vnc/server-cert.pem",
+    "/etc/pki/libvirt/clientcert.pem",
+];
+/// Units restarted after the new certificate is in place (seed 003, A13), in this order.
+pub const UNITS: &[&str] = &["libvirtd", "vdsmd"];
+
+/// `ovirt-hosts-offline`.
+pub struct OvirtHostsOffline;
+
+/// A host to renew and the engine that signs for it.
+pub(crate) struct HostJob<'a> {
+    pub host: &'a AgentRecord,
+    pub cert: &'a CertRecord,
+    pub engine: &'a AgentRecord,
+    pub fqdn: String,
+    pub san: String,
+}
+
+/// Hosts whose VDSM certificate is in scope, each with its engine agent.
+pub(crate) fn host_jobs<'a>(input: &'a RecipeInput<'a>) -> (Vec<HostJob<'a>>, Vec<String>) {
+    let mut jobs = Vec::new();
+    let mut problems = Vec::new();
+    for host in &input.targets {
+        let Some(cert) = input.cert_at(&host.id, VDSM_CERT) else {
+            if host.platforms.iter().any(|p| p == "ovirt_node") {
+                problems.push(format!(
+                    "{}: {VDSM_CERT} is not in the inventory (rescan?)",
+                    host.name
+                ));
+            }
+            continue;
+        };
+        if cert.role != "ovirt.node.vdsm" || !input.due(cert.not_after) {
+            continue;
+        }
+        if !input.roles.is_empty()
+            && !input
+                .roles
+                .iter()
+                .any(|r| cert.role.starts_with(r.as_str()))
+        {
+            continue;
+        }
+        let engine = input.agents.iter().copied().find(|a| {
+            input.inventory.get(&a.id).is_some_and(|certs| {
+                certs
+                    .iter()
+                    .any(|c| c.role == "ovirt.engine.ca" && c.subject == cert.issuer)
+            })
+        });
+        let Some(engine) = engine else {
+            problems.push(format!(
+                "{}: no connected agent holds the engine CA {:?} that issued {VDSM_CERT}",
+                host.name, cert.issuer
+            ));
+            continue;
+        };
+        let Some(fqdn) = cert
+            .subject
+            .split(", ")
+            .find_map(|p| p.strip_prefix("CN="))
+            .map(str::to_owned)
+        else {
+            problems.push(format!(
+                "{}: {VDSM_CERT} has no CN ({})",
+                host.name, cert.subject
+            ));
+            continue;
+        };
+        let sans: Vec<&str> = cert
+            .sans
+            .iter()
+            .filter(|s| s.starts_with("DNS:") || s.starts_with("IP:"))
+            .map(String::as_str)
+            .collect();
+        let san = if sans.is_empty() {
+            format!("DNS:{fqdn}")
+        } else {
+            sans.join(",")
+        };
+        jobs.push(HostJob {
+            host,
+            cert,
+            engine,
+            fqdn,
+            san,
+        });
+    }
+    (jobs, problems)
+}
+
+impl Recipe for OvirtHostsOffline {
+    fn name(&self) -> &'static str {
+        "ovirt-hosts-offline"
+    }
+
+    fn about(&self) -> &'static str {
+        "oVirt hosts without the engine API: CSR from vdsmkey.pem, engine openssl ca, install, restart libvirtd+vdsmd"
+    }
+
+    fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
+        let (jobs, problems) = host_jobs(input);
+        if jobs.is_empty() {
+            let mut msg = "nothing to renew: no oVirt host VDSM certificate is in scope".to_owned();
+            if !problems.is_empty() {
+                msg.push_str(&format!(" ({})", problems.join("; ")));
+            }
+            return Err(msg);
+        }
+        let days: Option<u64> = match input.params.get("days") {
+            Some(d) => Some(
+                d.parse()
+                    .map_err(|_| format!("--param days={d:?} is not a number of days"))?,
+            ),
+            None => None,
+        };
+        let mut steps = Vec::new();
+        for j in &jobs {
+            let h = j.host;
+            let target = format!("{}:{VDSM_CERT}", h.name);
+            let k = |s: &str| format!("{}-vdsm-{s}", h.name);
+            let subject = openssl_subject(&j.cert.subject);
+            steps.push(StepSpec {
+                key: k("csr"),
+                name: format!("CSR for {} from {VDSM_KEY}", j.fqdn),
+                stage: "csr".into(),
+                target: target.clone(),
+                agent: h.id.clone(),
+                agent_name: h.name.clone(),
+                action: "csr.create".into(),
+                args: json!({"key": VDSM_KEY, "subject": subject}),
+                depends_on: vec![],
+                commands: vec![format!(
+                    "openssl req -new -key {VDSM_KEY} -subj '{subject}'"
+                )],
+                files: vec![VDSM_KEY.into()],
+                timeout_secs: 60,
+            });
+            let mut sign = json!({
+                "name": j.fqdn,
+                "subject": subject,
+                "san": j.san,
+                "ca": "ca",
+                "csr_pem": {"$ref": format!("{}.csr_pem", k("csr"))},
+            });
+            if let Some(d) = days {
+                sign["days"] = json!(d);
+            }
+            steps.push(StepSpec {
+                key: k("sign"),
+                name: format!("engine CA signs {}", j.fqdn),
+                stage: "sign".into(),
+                target: target.clone(),
+                agent: j.engine.id.clone(),
+                agent_name: j.engine.name.clone(),
+                action: "ovirt.enroll_request".into(),
+                args: sign,
+                depends_on: vec![k("csr")],
+                commands: vec![format!(
+                    "(cd /etc/pki/ovirt-engine) OVIRT_SAN={} openssl ca -batch -policy policy_match -config openssl.conf -cert ca.pem -keyfile private/ca.pem -days {} -in requests/{f}.req -out certs/{f}.cer -startdate <yesterday> -subj '{subject}' -utf8 -extfile cert.conf -extensions v3_ca_san",
+                    j.san,
+                    days.map(|d| d.to_string())
+                        .unwrap_or_else(|| "<VdsCertificateValidityInDays>".into()),
+                    f = j.fqdn,
+                )],
+                files: vec![
+                    format!("/etc/pki/ovirt-engine/requests/{}.req", j.fqdn),
+                    format!("/etc/pki/ovirt-engine/certs/{}.cer", j.fqdn),
+                    "/etc/pki/ovirt-engine/database.txt".into(),
+                    "/etc/pki/ovirt-engine/serial.txt".into(),
+                ],
+                timeout_secs: 120,
+            });
+            let mut files = vec![VDSM_CERT.to_owned()];
+            files.extend(VDSM_COPIES.iter().map(|s| s.to_string()));
+            let targets: Vec<_> = files
+                .iter()
+                .map(|p| json!({"path": p, "mode": "0644"}))
+                .collect();
+            let mut commands = vec![format!("back up and replace {}", files.join(", "))];
+            commands.push(format!("check {VDSM_CERT} matches {VDSM_KEY}"));
+            commands.extend(
+                UNITS
+                    .iter()
+                    .map(|u| format!("systemctl restart {u} && systemctl is-active {u}")),
+            );
+            steps.push(StepSpec {
+                key: k("install"),
+                name: format!("install the VDSM certificate of {}", j.fqdn),
+                stage: "install".into(),
+                target,
+                agent: h.id.clone(),
+                agent_name: h.name.clone(),
+                action: "cert.install".into(),
+                args: json!({
+                    "cert_pem": {"$ref": format!("{}.cert_pem", k("sign"))},
+                    "targets": targets,
+                    "key": VDSM_KEY,
+                    "restart": UNITS,
+                }),
+                depends_on: vec![k("sign")],
+                commands,
+                files,
+                timeout_secs: 300,
+            });
+        }
+        Ok(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn agent(id: &str, platform: &str) -> AgentRecord {
+        serde_json::from_value(json!({
+            "id": id, "name": id, "hostname": id, "platforms": [platform], "version": "0",
+            "state": "active", "enrolled_at": 0, "last_seen": 0, "cert_not_after": 0,
+            "cert_fingerprint": "", "key_id": "", "labels": {},
+        }))
+        .unwrap()
+    }
+
+    fn cert(role: &str, subject: &str, issuer: &str, path: &str, days: i64) -> CertRecord {
+        let now = certfleet_common::model::now();
+        let t = |s: i64| certfleet_common::model::format_time(s);
+        serde_json::from_value(json!({
+            "fingerprint_sha256": format!("{role}{subject}"), "subject": subject,
+            "issuer": issuer, "serial": "1000", "sans": [],
+            "not_before": t(now - 86_400), "not_after": t(now + days * 86_400),
+            "key_algorithm": "RSA", "key_bits": 2048, "is_ca": false,
+            "subject_key_id": "", "authority_key_id": "", "role": role,
+            "locations": [{"kind": "file", "path": path}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plans_due_hosts_signed_by_their_engine_only() {
+        let ca = "C=US, O=example.test, CN=engine.example.test.12345";
+        let (engine, h1, h2, h3) = (
+            agent("engine", "ovirt_engine"),
+            agent("kvm01", "ovirt_node"),
+            agent("kvm02", "ovirt_node"),
+            agent("kvm03", "ovirt_node"),
+        );
+        let mut inventory = BTreeMap::new();
+        inventory.insert(
+            "engine".to_owned(),
+            vec![
+                cert(
+                    "ovirt.engine.ca",
+                    ca,
+                    ca,
+                    "/etc/pki/ovirt-engine/ca.pem",
+                    7000,
+                ),
+                // The engine's record of a host certificate is not a target.
+                cert(
+                    "ovirt.node.vdsm",
+                    "O=example.test, CN=kvm01.example.test",
+                    ca,
+                    "/etc/pki/ovirt-engine/certs/kvm01.example.test.cer",
+                    5,
+                ),
+            ],
+        );
+        let h = |n: &str, issuer: &str, days| {
+            vec![cert(
+                "ovirt.node.vdsm",
+                &format!("O=example.test, CN={n}.example.test"),
+                issuer,
+                VDSM_CERT,
+                days,
+            )]
+        };
+        inventory.insert("kvm01".into(), h("kvm01", ca, -2));
+        inventory.insert("kvm02".into(), h("kvm02", ca, 1500));
+        inventory.insert("kvm03".into(), h("kvm03", "CN=elsewhere", 3));
+        let all = vec![&engine, &h1, &h2, &h3];
+        let input = RecipeInput {
+            targets: all.clone(),
+            agents: all,
+            inventory,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params: BTreeMap::new(),
+        };
+        let (jobs, problems) = host_jobs(&input);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].host.name, "kvm01");
+        assert_eq!(jobs[0].engine.name, "engine");
+        assert_eq!(jobs[0].san, "DNS:kvm01.example.test");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("kvm03"));
+        let steps = OvirtHostsOffline.build(&input).unwrap();
+        let actions: Vec<&str> = steps.iter().map(|s| s.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["csr.create", "ovirt.enroll_request", "cert.install"]
+        );
+        assert_eq!(steps[1].agent, "engine");
+        assert_eq!(
+            steps[1].args["subject"],
+            "/O=example.test/CN=kvm01.example.test"
+        );
+        assert_eq!(steps[2].args["targets"].as_array().unwrap().len(), 4);
+        assert_eq!(steps[2].args["restart"], json!(["libvirtd", "vdsmd"]));
+    }
+}
