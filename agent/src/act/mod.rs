@@ -15,6 +15,7 @@ use crate::state::StateDir;
 
 pub mod backup;
 pub mod generic;
+pub mod gke;
 pub mod journal;
 
 /// An action failed; the message names the file, command or service.
@@ -135,7 +136,12 @@ pub fn execute(
 /// Routes an action to its module: platform actions are named `<platform>.<verb>`; everything
 /// else is platform-neutral ([`generic`]).
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
-    generic::dispatch(action, ctx, args)
+    match action {
+        a if a.starts_with("gke.") || a.starts_with("kubeadm.") || a.starts_with("kubeconfig.") => {
+            gke::dispatch(a, ctx, args)
+        }
+        a => generic::dispatch(a, ctx, args),
+    }
 }
 
 fn result(req: &pb::StepRequest, outcome: Result<Value, ActError>) -> pb::StepResult {
