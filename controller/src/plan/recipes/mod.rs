@@ -8,6 +8,8 @@ use certfleet_common::model::CertRecord;
 use crate::fleet::AgentRecord;
 
 pub mod files;
+pub mod gke;
+pub mod kubeadm;
 
 /// What a recipe sees.
 pub struct RecipeInput<'a> {
@@ -66,7 +68,11 @@ pub trait Recipe: Send + Sync {
 
 /// Every built-in recipe.
 pub fn all() -> Vec<Box<dyn Recipe>> {
-    vec![Box::new(files::Files)]
+    vec![
+        Box::new(files::Files),
+        Box::new(gke::GkeUserCa),
+        Box::new(kubeadm::KubeadmCerts),
+    ]
 }
 
 /// A recipe by name.
