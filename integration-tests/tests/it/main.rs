@@ -3,6 +3,7 @@
 
 mod fabric;
 mod gke;
+mod gke_rotation;
 mod ovirt;
 mod support;
 mod vsphere;
