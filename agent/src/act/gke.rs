@@ -107,7 +107,7 @@ fn user_config(ctx: &ActContext<'_>, cluster: &str) -> Result<PathBuf, ActError>
     )))
 }
 
-fn cluster_arg<'v>(args: &'v Value) -> Result<&'v str, ActError> {
+fn cluster_arg(args: &Value) -> Result<&str, ActError> {
     let c = arg_str(args, "cluster")?;
     if !certfleet_common::identity::valid_name(c) {
         return Err(ActError(format!("cluster name {c:?} is not a plain name")));
