@@ -436,10 +436,11 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
     let (id, action, name, ok) = (s.id.clone(), s.action.clone(), s.name.clone(), r.ok);
     let msg = s.message.clone();
     // A successful restore marks the step whose change it undid.
-    if ok && let Some(orig) = s.key.strip_prefix("rollback-").map(str::to_owned) {
-        if let Some(o) = plan.steps.iter_mut().find(|x| x.key == orig) {
-            o.state = StepState::RolledBack;
-        }
+    if ok
+        && let Some(orig) = s.key.strip_prefix("rollback-").map(str::to_owned)
+        && let Some(o) = plan.steps.iter_mut().find(|x| x.key == orig)
+    {
+        o.state = StepState::RolledBack;
     }
     if let Err(e) = save(fleet, &plan) {
         tracing::error!(step = %id, error = %e.message(), "cannot persist step result");
