@@ -169,10 +169,15 @@ fn gke_user_ca_rotation_installs_new_kubeconfig() {
     let host = sim_host(dir.path(), "ws");
     let mut user = UserClusterSpec::new("user-cluster-1", "user-cluster.yaml");
     user.ca = Lifetime::days(5 * 365 - 20, 20);
+    // A second cluster whose rotation someone already started: it is followed, not restarted.
+    let mut busy = UserClusterSpec::new("user-cluster-2", "user-cluster-2.yaml");
+    busy.ca = Lifetime::days(5 * 365 - 20, 20);
+    busy.rotation = Some(gke::Stage::NewCaTrusted);
+    busy.advance_on_status = true;
     let ws = gke::build_admin_workstation(
         &host,
         &GkeSpec {
-            users: vec![user],
+            users: vec![user, busy],
             ..GkeSpec::default()
         },
     )
@@ -214,6 +219,9 @@ fn gke_user_ca_rotation_installs_new_kubeconfig() {
     assert_eq!(
         actions,
         [
+            "gke.ca_rotate",
+            "gke.fetch_kubeconfig",
+            "kubeconfig.install",
             "gke.ca_rotate",
             "gke.fetch_kubeconfig",
             "kubeconfig.install"
@@ -259,6 +267,23 @@ fn gke_user_ca_rotation_installs_new_kubeconfig() {
     ] {
         assert!(out.contains(s), "{s} missing from {out}");
     }
+    let busy_rot = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == "gke.ca_rotate" && s["target"] == "ws:user-cluster-2")
+        .unwrap();
+    let out2 = busy_rot["output"].to_string();
+    assert!(out2.contains("already in progress: following it"), "{out2}");
+    assert!(!out2.contains("successfully started"), "{out2}");
+    let st = GkeState::load(&host).unwrap();
+    assert_eq!(st.users["user-cluster-2"].ca_version, 2, "restarted?");
+    let (cas2, _) = kubeconfig_pems(&ws.users[1].kubeconfig);
+    assert_eq!(cas2.len(), 1);
+    assert_eq!(
+        openssl_fp(&cas2[0], dir.path()),
+        openssl_fp(&st.users["user-cluster-2"].cas[&2].cert_pem, dir.path())
+    );
     // The fetched kubeconfig is a credential: nothing of it in the plan.
     let fetch = step(&p, "gke.fetch_kubeconfig");
     assert!(!p.to_string().contains("client-key-data"));
@@ -312,6 +337,7 @@ fn gke_user_ca_rotation_installs_new_kubeconfig() {
             let fps: Vec<&str> = inv
                 .iter()
                 .filter(|r| r["role"] == "gke.user_cluster.ca")
+                .filter(|r| r.to_string().contains("cluster=user-cluster-1"))
                 .filter_map(|r| r["fingerprint_sha256"].as_str())
                 .collect();
             (fps == [new_fp.as_str()]).then_some(())
