@@ -15,6 +15,7 @@ use crate::state::StateDir;
 
 pub mod backup;
 pub mod generic;
+pub mod gke;
 pub mod journal;
 pub mod ovirt;
 
@@ -138,7 +139,10 @@ pub fn execute(
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     match action {
         a if a.starts_with("ovirt.") => ovirt::dispatch(a, ctx, args),
-        _ => generic::dispatch(action, ctx, args),
+        a if a.starts_with("gke.") || a.starts_with("kubeadm.") || a.starts_with("kubeconfig.") => {
+            gke::dispatch(a, ctx, args)
+        }
+        a => generic::dispatch(a, ctx, args),
     }
 }
 

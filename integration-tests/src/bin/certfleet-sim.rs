@@ -58,7 +58,7 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
         "build" if targs.first().is_some_and(|p| p.starts_with("ovirt-")) => {
             sim::ovirt::build_cli(&host, &targs)
         }
-        "gkectl" | "kubectl" | "kubeadm" => sim::gke::run_tool(&host, tool, &targs),
+        "gkectl" | "kubectl" | "kubeadm" | "crictl" => sim::gke::run_tool(&host, tool, &targs),
         "systemctl" => sim::systemd::run(&host, &targs),
         other => anyhow::bail!("unknown simulated tool {other:?}"),
     }

@@ -191,6 +191,22 @@ impl SimCa {
         })
     }
 
+    /// A CA from its certificate and key PEM (e.g. as a simulator stored or found them).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(SimCa {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// Signs `params` (subject, SANs, usages and validity already set) for `key`.
+    pub fn sign(&self, params: CertificateParams, key: &KeyPair) -> Result<String> {
+        Ok(params.signed_by(key, &self.issuer)?.pem())
+    }
+
     /// A leaf signed by this CA. `sans` are DNS names or IPs; `client` adds clientAuth.
     pub fn issue(
         &self,

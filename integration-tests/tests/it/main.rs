@@ -3,6 +3,7 @@
 
 mod fabric;
 mod gke;
+mod gke_rotation;
 mod inventory;
 mod ovirt;
 mod ovirt_rotation;

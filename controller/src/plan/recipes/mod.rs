@@ -8,6 +8,8 @@ use certfleet_common::model::CertRecord;
 use crate::fleet::AgentRecord;
 
 pub mod files;
+pub mod gke;
+pub mod kubeadm;
 pub mod ovirt_hosts;
 
 /// What a recipe sees.
@@ -70,6 +72,8 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
     vec![
         Box::new(files::Files),
         Box::new(ovirt_hosts::OvirtHostsOffline),
+        Box::new(gke::GkeUserCa),
+        Box::new(kubeadm::KubeadmCerts),
     ]
 }
 

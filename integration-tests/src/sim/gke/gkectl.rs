@@ -266,6 +266,9 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
             std::io::stdout().flush()?;
             if cluster.advance_on_status && cluster.stage != Stage::Steady {
                 cluster.stage = cluster.stage.next();
+                if !flags.admin_cluster {
+                    cluster.refresh_admin_secret()?;
+                }
                 state.save(host)?;
             }
             Ok(0)
@@ -292,6 +295,7 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
             cluster.ca_version = next;
             cluster.stage = Stage::NewCaTrusted;
             cluster.advance_on_status = true;
+            cluster.refresh_admin_secret()?;
             state.save(host)?;
             println!(
                 "successfully started the CA rotation with CAVersion {next}, use gkectl update credentials certificate-authorities status command to view the current state of CA rotation"

@@ -11,6 +11,7 @@
 
 pub mod gkectl;
 pub mod kubeconfig;
+pub mod kubectl;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,8 +25,10 @@ use super::{Lifetime, SimCa, SimHost, dn};
 pub fn run_tool(host: &SimHost, tool: &str, args: &[String]) -> Result<i32> {
     match tool {
         "gkectl" => gkectl::run(host, args),
+        "kubectl" => kubectl::run(host, args),
         "kubeadm" => super::kubeadm::run(host, args),
-        other => anyhow::bail!("no simulated gke tool {other:?} (kubectl is not simulated)"),
+        "crictl" => super::kubeadm::crictl(host, args),
+        other => anyhow::bail!("no simulated gke tool {other:?}"),
     }
 }
 
@@ -80,6 +83,59 @@ pub struct ClusterState {
     pub leaf_rotation_version: Option<String>,
     /// CAs by version.
     pub cas: BTreeMap<u32, CaMaterial>,
+    /// API server URL of the cluster (user clusters).
+    #[serde(default)]
+    pub server: String,
+    /// `admin.conf` of the `admin` secret in namespace `<cluster name>` of the admin cluster:
+    /// the user cluster's admin kubeconfig as the admin cluster currently issues it (reference
+    /// B2, "get secret admin -n USER_CLUSTER_NAME"). Empty for the admin cluster itself.
+    #[serde(default)]
+    pub admin_conf: String,
+}
+
+impl ClusterState {
+    /// Re-issues the `admin` secret's kubeconfig for the current stage: trust bundle
+    /// `[old new]` while rotating, `[new]` once done; client certificate from the CA that
+    /// issues control-plane certificates at this stage.
+    pub fn refresh_admin_secret(&mut self) -> Result<()> {
+        let v = self.ca_version;
+        let old = v.saturating_sub(1);
+        let (bundle, signer) = match self.stage {
+            Stage::Steady => (vec![v], v),
+            Stage::NewCaTrusted => (vec![old, v], old),
+            Stage::ControlPlaneReissued | Stage::SignerSwitched => (vec![old, v], v),
+        };
+        let mat = |n: u32| {
+            self.cas
+                .get(&n)
+                .with_context(|| format!("cluster {}: no CA version {n}", self.name))
+        };
+        let signer = mat(signer)?;
+        let ca = SimCa::from_pem(&signer.cert_pem, &signer.key_pem)?;
+        let client = ca.issue(
+            dn(&[("O", "system:masters"), ("CN", "kubernetes-admin")]),
+            &[],
+            super::Lifetime::days(0, 365),
+            signer.key_pem.contains("RSA"),
+            true,
+        )?;
+        let pems = bundle
+            .iter()
+            .map(|n| mat(*n).map(|m| m.cert_pem.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&str> = pems.iter().map(String::as_str).collect();
+        self.admin_conf = kubeconfig::render(&kubeconfig::KubeconfigSpec {
+            cluster: &self.name,
+            server: &self.server,
+            ca_pems: &refs,
+            user: "kubernetes-admin",
+            credentials: kubeconfig::Credentials::Embedded {
+                cert_pem: &client.cert_pem,
+                key_pem: &client.key_pem,
+            },
+        })?;
+        Ok(())
+    }
 }
 
 /// A fault `gkectl` is made to show, for collector tests.
@@ -292,6 +348,8 @@ pub fn build_admin_workstation(host: &SimHost, spec: &GkeSpec) -> Result<Worksta
             advance_on_status: false,
             leaf_rotation_version: None,
             cas: BTreeMap::from([(1, material(&admin_ca))]),
+            server: "https://172.16.20.49:443".into(),
+            admin_conf: String::new(),
         },
         users: BTreeMap::new(),
         fault: None,
@@ -351,7 +409,7 @@ pub fn build_admin_workstation(host: &SimHost, spec: &GkeSpec) -> Result<Worksta
                 key_pem: &client.key_pem,
             },
         })?;
-        let kc_path = host.write(&format!("{w}/{}-kubeconfig", u.name), kc, 0o600)?;
+        let kc_path = host.write(&format!("{w}/{}-kubeconfig", u.name), &kc, 0o600)?;
         state.users.insert(
             u.name.clone(),
             ClusterState {
@@ -361,6 +419,8 @@ pub fn build_admin_workstation(host: &SimHost, spec: &GkeSpec) -> Result<Worksta
                 advance_on_status: u.advance_on_status,
                 leaf_rotation_version: None,
                 cas,
+                server,
+                admin_conf: kc,
             },
         );
         users.push(UserClusterFiles {
@@ -371,6 +431,7 @@ pub fn build_admin_workstation(host: &SimHost, spec: &GkeSpec) -> Result<Worksta
     }
     state.save(host)?;
     let gkectl = host.install_tool("/usr/bin/gkectl", "gkectl")?;
+    host.install_tool("/usr/bin/kubectl", "kubectl")?;
     Ok(Workstation {
         workdir: host.path(w),
         admin_config: host.path(&admin_cfg_path),

@@ -1,0 +1,597 @@
+//! End-to-end GKE user-cluster CA rotation (`gke-user-ca`) and kubeadm renewal
+//! (`kubeadm-certs`): a real controller and agents against simulated hosts, plans made with the
+//! CLI, results checked with the real `openssl` and the simulators' state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use certfleet_integration_tests::sim::gke::{self, GkeSpec, GkeState, UserClusterSpec};
+use certfleet_integration_tests::sim::kubeadm::{self, KubeadmSpec};
+use certfleet_integration_tests::sim::{self, Lifetime, SimHost};
+use serde_json::Value;
+
+use crate::support::{self, Controller};
+
+/// A simulated host with the real openssl at its usual path.
+fn sim_host(dir: &Path, name: &str) -> SimHost {
+    let h = SimHost::new(dir.join(name), sim::default_sim_bin()).unwrap();
+    h.link_real_tool("/usr/bin/openssl").unwrap();
+    h
+}
+
+fn agent_config(dir: &Path, name: &str, root: &Path) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "root = \"{}\"\ntool_timeout = \"20s\"\nscan_interval = \"1h\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// SHA-256 of every file under `root`, by relative path (symlinks by target).
+fn tree_hash(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let t = e.file_type().unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if t.is_dir() {
+                walk(root, &p, out);
+            } else if t.is_symlink() {
+                out.insert(rel, std::fs::read_link(&p).unwrap().display().to_string());
+            } else {
+                let d = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&p).unwrap());
+                out.insert(rel, hex::encode(d.as_ref()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Real openssl SHA-256 fingerprint of a PEM certificate, lowercase hex.
+fn openssl_fp(pem: &str, scratch: &Path) -> String {
+    let f = scratch.join("fp.pem");
+    std::fs::write(&f, pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase()
+}
+
+fn openssl_ok(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn pem_blocks(text: &str) -> Vec<String> {
+    text.split_inclusive("-----END CERTIFICATE-----")
+        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
+        .map(|b| b.trim_start().to_owned() + "\n")
+        .collect()
+}
+
+/// `(CA PEMs, client PEM)` of a kubeconfig, base64-decoded here.
+fn kubeconfig_pems(path: &Path) -> (Vec<String>, String) {
+    let v: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dec = |s: &str| {
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).unwrap()).unwrap()
+    };
+    let ca = dec(v["clusters"][0]["cluster"]["certificate-authority-data"]
+        .as_str()
+        .unwrap());
+    let client = dec(v["users"][0]["user"]["client-certificate-data"]
+        .as_str()
+        .unwrap());
+    (pem_blocks(&ca), pem_blocks(&client).remove(0))
+}
+
+fn inventory(c: &Controller, agent: &str) -> Vec<Value> {
+    c.json(&["inventory", "--agent", agent])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_role(c: &Controller, agent: &str, role: &str) {
+    support::wait_for(
+        &format!("{agent} to report {role}"),
+        Duration::from_secs(60),
+        || {
+            inventory(c, agent)
+                .iter()
+                .any(|r| r["role"] == role)
+                .then_some(())
+        },
+    );
+}
+
+fn plan_create(c: &Controller, args: &[&str]) -> Value {
+    let mut a = vec!["plan", "create"];
+    a.extend(args);
+    c.json(&a)
+}
+
+fn wait_plan(c: &Controller, id: &str) -> Value {
+    support::wait_for(
+        &format!("plan {id} to finish"),
+        Duration::from_secs(240),
+        || {
+            let p = c.json(&["plan", "show", id, "--output-lines"]);
+            matches!(
+                p["state"].as_str(),
+                Some("succeeded" | "failed" | "aborted" | "rolled_back")
+            )
+            .then_some(p)
+        },
+    )
+}
+
+fn step<'a>(plan: &'a Value, action: &str) -> &'a Value {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} step in {plan:#}"))
+}
+
+#[test]
+fn gke_user_ca_rotation_installs_new_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let mut user = UserClusterSpec::new("user-cluster-1", "user-cluster.yaml");
+    user.ca = Lifetime::days(5 * 365 - 20, 20);
+    // A second cluster whose rotation someone already started: it is followed, not restarted.
+    let mut busy = UserClusterSpec::new("user-cluster-2", "user-cluster-2.yaml");
+    busy.ca = Lifetime::days(5 * 365 - 20, 20);
+    busy.rotation = Some(gke::Stage::NewCaTrusted);
+    busy.advance_on_status = true;
+    let ws = gke::build_admin_workstation(
+        &host,
+        &GkeSpec {
+            users: vec![user, busy],
+            ..GkeSpec::default()
+        },
+    )
+    .unwrap();
+    let kc = &ws.users[0].kubeconfig;
+    let (old_cas, _) = kubeconfig_pems(kc);
+    assert_eq!(old_cas.len(), 1);
+    let old_fp = openssl_fp(&old_cas[0], dir.path());
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("ws");
+    let cfg = agent_config(dir.path(), "ws", &host.root);
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    wait_role(&c, "ws", "gke.user_cluster.ca");
+
+    // Dry run: the graph with its commands, nothing touched.
+    let before = tree_hash(&host.root);
+    let dry = plan_create(
+        &c,
+        &[
+            "gke-user-ca",
+            "--agent",
+            "ws",
+            "--expiring-within",
+            "90d",
+            "--param",
+            "poll=0",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(dry["state"], "dry_run", "{dry:#}");
+    let actions: Vec<&str> = dry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "gke.ca_rotate",
+            "gke.fetch_kubeconfig",
+            "kubeconfig.install",
+            "gke.ca_rotate",
+            "gke.fetch_kubeconfig",
+            "kubeconfig.install"
+        ]
+    );
+    let cmds = step(&dry, "gke.ca_rotate")["commands"].to_string();
+    assert!(
+        cmds.contains("gkectl update credentials certificate-authorities rotate"),
+        "{cmds}"
+    );
+    assert!(
+        step(&dry, "gke.fetch_kubeconfig")["commands"]
+            .to_string()
+            .contains("get secret admin -n user-cluster-1")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tree_hash(&host.root), before, "a dry run changed the host");
+
+    // The real run.
+    let p = plan_create(
+        &c,
+        &[
+            "gke-user-ca",
+            "--agent",
+            "ws",
+            "--expiring-within",
+            "90d",
+            "--param",
+            "poll=0",
+            "--run",
+        ],
+    );
+    let p = wait_plan(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let rot = step(&p, "gke.ca_rotate");
+    let out = rot["output"].to_string();
+    for s in [
+        "successfully started the CA rotation with CAVersion 2",
+        "rotating:new-ca-trusted",
+        "rotating:control-plane-reissued",
+        "rotating:signer-switched",
+        "stage: CAVersion 2 completed",
+    ] {
+        assert!(out.contains(s), "{s} missing from {out}");
+    }
+    let busy_rot = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == "gke.ca_rotate" && s["target"] == "ws:user-cluster-2")
+        .unwrap();
+    let out2 = busy_rot["output"].to_string();
+    assert!(out2.contains("already in progress: following it"), "{out2}");
+    assert!(!out2.contains("successfully started"), "{out2}");
+    let st = GkeState::load(&host).unwrap();
+    assert_eq!(st.users["user-cluster-2"].ca_version, 2, "restarted?");
+    let (cas2, _) = kubeconfig_pems(&ws.users[1].kubeconfig);
+    assert_eq!(cas2.len(), 1);
+    assert_eq!(
+        openssl_fp(&cas2[0], dir.path()),
+        openssl_fp(&st.users["user-cluster-2"].cas[&2].cert_pem, dir.path())
+    );
+    // The fetched kubeconfig is a credential: nothing of it in the plan.
+    let fetch = step(&p, "gke.fetch_kubeconfig");
+    assert!(!p.to_string().contains("client-key-data"));
+    assert!(!fetch["output"].to_string().contains("LS0t"));
+
+    // The workstation's kubeconfig trusts the new CA only (checked with openssl).
+    let sim_state = GkeState::load(&host).unwrap();
+    let cl = &sim_state.users["user-cluster-1"];
+    assert_eq!(cl.ca_version, 2);
+    let new_ca_pem = &cl.cas[&2].cert_pem;
+    let new_fp = openssl_fp(new_ca_pem, dir.path());
+    let (cas, client) = kubeconfig_pems(kc);
+    assert_eq!(cas.len(), 1, "bundle after rotation: {cas:?}");
+    assert_eq!(openssl_fp(&cas[0], dir.path()), new_fp);
+    assert_ne!(new_fp, old_fp);
+    let ca_f = dir.path().join("newca.pem");
+    let cl_f = dir.path().join("client.pem");
+    std::fs::write(&ca_f, &cas[0]).unwrap();
+    std::fs::write(&cl_f, &client).unwrap();
+    let (ok, msg) = openssl_ok(&[
+        "verify",
+        "-CAfile",
+        ca_f.to_str().unwrap(),
+        cl_f.to_str().unwrap(),
+    ]);
+    assert!(ok, "client certificate does not chain to the new CA: {msg}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(kc).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        step(&p, "kubeconfig.install")["details"]["ca_sha256"][0],
+        new_fp.as_str()
+    );
+    // The staged copy is gone from the agent's state directory.
+    let staged: Vec<_> = std::fs::read_dir(state.join("staged"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".kubeconfig"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+
+    // The inventory shows the new CA and no longer the old one.
+    c.cli(&["inventory", "rescan", "ws"]);
+    support::wait_for(
+        "inventory to show the new user cluster CA",
+        Duration::from_secs(60),
+        || {
+            let inv = inventory(&c, "ws");
+            let fps: Vec<&str> = inv
+                .iter()
+                .filter(|r| r["role"] == "gke.user_cluster.ca")
+                .filter(|r| r.to_string().contains("cluster=user-cluster-1"))
+                .filter_map(|r| r["fingerprint_sha256"].as_str())
+                .collect();
+            (fps == [new_fp.as_str()]).then_some(())
+        },
+    );
+}
+
+fn kubeadm_node(dir: &Path, name: &str, overrides: Vec<(String, Lifetime)>) -> SimHost {
+    let host = sim_host(dir, name);
+    kubeadm::build_kubeadm_node(
+        &host,
+        &KubeadmSpec {
+            node_name: name.into(),
+            rsa: false,
+            overrides,
+            ..KubeadmSpec::default()
+        },
+    )
+    .unwrap();
+    host
+}
+
+/// Leaf certificate files kubeadm renews.
+const LEAVES: &[&str] = &[
+    "apiserver.crt",
+    "apiserver-etcd-client.crt",
+    "apiserver-kubelet-client.crt",
+    "etcd/healthcheck-client.crt",
+    "etcd/peer.crt",
+    "etcd/server.crt",
+    "front-proxy-client.crt",
+];
+
+fn start_kubeadm_agent(c: &Controller, dir: &Path, host: &SimHost) -> support::Proc {
+    let state = c.enroll("cp-1");
+    let cfg = agent_config(dir, "cp-1", &host.root);
+    let p = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    wait_role(c, "cp-1", "kubeadm.apiserver");
+    p
+}
+
+#[test]
+fn kubeadm_certs_renews_every_leaf_and_restarts_static_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = kubeadm_node(
+        dir.path(),
+        "cp-1",
+        vec![("apiserver".into(), Lifetime::days(400, -5))],
+    );
+    let pki = host.path("/etc/kubernetes/pki");
+    // The expired certificate keeps the API server down.
+    let k = kubeadm::kubelet_state(&host).unwrap();
+    let api = k
+        .containers
+        .iter()
+        .find(|c| c.name == "kube-apiserver")
+        .unwrap();
+    assert_eq!(api.state, "Exited", "{k:?}");
+    let ca_before: Vec<Vec<u8>> = ["ca.crt", "etcd/ca.crt", "front-proxy-ca.crt"]
+        .iter()
+        .map(|f| std::fs::read(pki.join(f)).unwrap())
+        .collect();
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let _agent = start_kubeadm_agent(&c, dir.path(), &host);
+
+    let before = tree_hash(&host.root);
+    let dry = plan_create(
+        &c,
+        &[
+            "kubeadm-certs",
+            "--expiring-within",
+            "30d",
+            "--param",
+            "poll=0",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(dry["state"], "dry_run");
+    assert!(
+        step(&dry, "kubeadm.renew_all")["commands"]
+            .to_string()
+            .contains("kubeadm certs renew all")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tree_hash(&host.root), before, "a dry run changed the host");
+
+    let p = plan_create(
+        &c,
+        &[
+            "kubeadm-certs",
+            "--expiring-within",
+            "30d",
+            "--param",
+            "poll=0",
+            "--param",
+            "pod_start=10",
+            "--run",
+        ],
+    );
+    let p = wait_plan(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let s = step(&p, "kubeadm.renew_all");
+    let out = s["output"].to_string();
+    assert!(
+        out.contains("certificate for serving the Kubernetes API renewed"),
+        "{out}"
+    );
+    assert!(out.contains("Done renewing certificates."), "{out}");
+
+    // Every leaf: valid for ~a year (openssl -checkend), chains to its CA (openssl verify).
+    for leaf in LEAVES {
+        let f = pki.join(leaf);
+        let ca = if leaf.starts_with("etcd/") || leaf.contains("etcd-client") {
+            pki.join("etcd/ca.crt")
+        } else if leaf.starts_with("front-proxy") {
+            pki.join("front-proxy-ca.crt")
+        } else {
+            pki.join("ca.crt")
+        };
+        let (ok, msg) = openssl_ok(&[
+            "x509",
+            "-noout",
+            "-checkend",
+            &(300 * 86_400).to_string(),
+            "-in",
+            f.to_str().unwrap(),
+        ]);
+        assert!(ok, "{leaf} not renewed: {msg}");
+        let (ok, msg) = openssl_ok(&[
+            "verify",
+            "-CAfile",
+            ca.to_str().unwrap(),
+            f.to_str().unwrap(),
+        ]);
+        assert!(ok, "{leaf}: {msg}");
+    }
+    for conf in ["admin.conf", "controller-manager.conf", "scheduler.conf"] {
+        let (_, client) = kubeconfig_pems(&host.path(&format!("/etc/kubernetes/{conf}")));
+        let f = dir.path().join("conf-client.pem");
+        std::fs::write(&f, client).unwrap();
+        let (ok, msg) = openssl_ok(&[
+            "x509",
+            "-noout",
+            "-checkend",
+            &(300 * 86_400).to_string(),
+            "-in",
+            f.to_str().unwrap(),
+        ]);
+        assert!(ok, "{conf}: {msg}");
+    }
+    // CAs untouched; keys still private.
+    let ca_after: Vec<Vec<u8>> = ["ca.crt", "etcd/ca.crt", "front-proxy-ca.crt"]
+        .iter()
+        .map(|f| std::fs::read(pki.join(f)).unwrap())
+        .collect();
+    assert_eq!(ca_before, ca_after);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(pki.join("apiserver.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // The static pods run on the renewed files, manifests are back.
+    let k = kubeadm::kubelet_state(&host).unwrap();
+    for pod in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "etcd",
+    ] {
+        let c = k.containers.iter().find(|c| c.name == pod).unwrap();
+        assert_eq!(c.state, "Running", "{pod}: {c:?}");
+        assert!(
+            host.path(&format!("/etc/kubernetes/manifests/{pod}.yaml"))
+                .is_file()
+        );
+        for (path, fp) in &c.loaded {
+            let d = ring::digest::digest(
+                &ring::digest::SHA256,
+                &std::fs::read(host.path(path)).unwrap(),
+            );
+            assert_eq!(fp, &hex::encode(d.as_ref()), "{pod} runs on an old {path}");
+        }
+    }
+    assert_eq!(
+        s["details"]["restarted"],
+        serde_json::json!([
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "etcd"
+        ])
+    );
+}
+
+#[test]
+fn kubeadm_failed_static_pod_restart_restores_old_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = kubeadm_node(
+        dir.path(),
+        "cp-1",
+        vec![("apiserver-etcd-client".into(), Lifetime::days(355, 10))],
+    );
+    kubeadm::set_pod_broken(&host, "kube-scheduler", true).unwrap();
+    let kdir = host.path("/etc/kubernetes");
+    let before = tree_hash(&kdir);
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let _agent = start_kubeadm_agent(&c, dir.path(), &host);
+    let p = plan_create(
+        &c,
+        &[
+            "kubeadm-certs",
+            "--expiring-within",
+            "30d",
+            "--param",
+            "poll=0",
+            "--param",
+            "pod_start=3",
+            "--run",
+        ],
+    );
+    let p = wait_plan(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "failed", "{p:#}");
+    let s = step(&p, "kubeadm.renew_all");
+    let msg = s["message"].as_str().unwrap();
+    assert!(
+        msg.contains("kube-scheduler did not come back") && msg.contains("rolled back"),
+        "{msg}"
+    );
+    // Every file of /etc/kubernetes (pki, kubeconfigs, manifests) byte-identical.
+    assert_eq!(tree_hash(&kdir), before, "rollback left changes");
+    // The pods restarted on the new certificates were restarted on the old ones again.
+    let k = kubeadm::kubelet_state(&host).unwrap();
+    let api = k
+        .containers
+        .iter()
+        .find(|c| c.name == "kube-apiserver")
+        .unwrap();
+    assert_eq!(api.state, "Running");
+    for (path, fp) in &api.loaded {
+        let d = ring::digest::digest(
+            &ring::digest::SHA256,
+            &std::fs::read(host.path(path)).unwrap(),
+        );
+        assert_eq!(
+            fp,
+            &hex::encode(d.as_ref()),
+            "apiserver runs on a renewed {path}"
+        );
+    }
+}
