@@ -272,6 +272,15 @@ impl AgentConfig {
         self.root.join(rel)
     }
 
+    /// How a path under the root is shown to operators: as the host sees it (`/etc/…`), not
+    /// with the root prefix of a test or chroot.
+    pub fn shown(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.root) {
+            Ok(rel) if self.root != Path::new("/") => format!("/{}", rel.display()),
+            _ => path.display().to_string(),
+        }
+    }
+
     /// The path of tool `name`: configured explicitly, else `default` under the root.
     pub fn tool(&self, name: &str, default: &str) -> PathBuf {
         self.tools

@@ -261,6 +261,7 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
             &format!("plan:{}", plan.id),
             &plan.message,
         )?;
+        rescan_touched(fleet, plan);
         return Ok(true);
     }
 
@@ -365,6 +366,27 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
         send_step(fleet, s);
     }
     Ok(false)
+}
+
+/// After a plan ends, the agents it touched rescan, so the inventory shows the new certificates
+/// without waiting for the next scan interval.
+fn rescan_touched(fleet: &Fleet, plan: &Plan) {
+    let agents: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.attempts > 0)
+        .map(|s| s.agent_id.as_str())
+        .collect();
+    for a in agents {
+        fleet.registry.send(
+            a,
+            pb::ControllerMessage {
+                kind: Some(pb::controller_message::Kind::Scan(pb::ScanRequest {
+                    reason: format!("plan {} finished", plan.id),
+                })),
+            },
+        );
+    }
 }
 
 fn send_step(fleet: &Fleet, s: &Step) -> bool {

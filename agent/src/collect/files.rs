@@ -22,7 +22,7 @@ impl Collector for Files {
 
     fn collect(&self, cfg: &AgentConfig, out: &mut Collection) {
         for r in &cfg.renew {
-            read_one(&cfg.host_path(&r.cert), "file.renewable", None, out);
+            read_one(cfg, &cfg.host_path(&r.cert), "file.renewable", None, out);
         }
         for watch in &cfg.files {
             for pattern in &watch.paths {
@@ -36,7 +36,9 @@ impl Collector for Files {
                 };
                 for entry in entries {
                     match entry {
-                        Ok(path) => read_one(&path, &watch.role, watch.password.as_deref(), out),
+                        Ok(path) => {
+                            read_one(cfg, &path, &watch.role, watch.password.as_deref(), out)
+                        }
                         Err(e) => out.problem(Problem::error(
                             NAME,
                             e.path().display().to_string(),
@@ -50,8 +52,14 @@ impl Collector for Files {
 }
 
 /// Reads one certificate file (PEM, DER or PKCS#12) into `out`.
-pub fn read_one(path: &std::path::Path, role: &str, password: Option<&str>, out: &mut Collection) {
-    let shown = path.display().to_string();
+pub fn read_one(
+    cfg: &AgentConfig,
+    path: &std::path::Path,
+    role: &str,
+    password: Option<&str>,
+    out: &mut Collection,
+) {
+    let shown = cfg.shown(path);
     let bytes = match read_small_file(path) {
         Ok(b) => b,
         Err(e) => {

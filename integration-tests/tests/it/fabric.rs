@@ -289,6 +289,13 @@ async fn security_rules() {
         .await
         .unwrap_err();
     assert!(err.message().contains("another fleet"), "{}", err.message());
+    let revoked = c.token();
+    let rid = certfleet_common::token::JoinToken::parse(&revoked)
+        .unwrap()
+        .id();
+    c.cli(&["token", "revoke", &rid]);
+    let out = enroll(&revoked, "t7", &c.addr);
+    assert!(stderr(&out).contains("was revoked"), "{}", stderr(&out));
     let out = enroll("cfj1.garbage", "t6", &c.addr);
     assert!(
         stderr(&out).contains("malformed join token"),

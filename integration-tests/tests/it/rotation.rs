@@ -517,3 +517,67 @@ fn agent_killed_mid_step_finishes_the_plan_after_it_returns() {
     assert!(na - certfleet_common::model::now() > 80 * 86_400);
     f.procs.push(again);
 }
+
+#[test]
+fn a_policy_plans_by_itself_and_never_waits_for_a_window_past_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fleet(tmp.path(), 1, &[]);
+    let c = &f.c;
+    // The next 29 February at 03:00 is far beyond a certificate that expires in 5 days.
+    c.cli(&[
+        "policy",
+        "set",
+        "file.renewable",
+        "--renew-within",
+        "30d",
+        "--window",
+        "0 3 29 2 *",
+        "--auto-approve",
+    ]);
+    let policies = c.json(&["policy", "list"]);
+    assert_eq!(policies[0]["role"], "file.renewable");
+    let plan = wait_for(
+        "a plan created by the policy",
+        Duration::from_secs(60),
+        || {
+            c.json(&["plan", "list"])
+                .as_array()
+                .unwrap()
+                .first()
+                .cloned()
+        },
+    );
+    assert_eq!(plan["created_by"], "policy:file.renewable");
+    assert!(
+        plan["message"].as_str().unwrap().contains("too late"),
+        "{plan:#}"
+    );
+    let done = wait_plan(
+        c,
+        plan["id"].as_str().unwrap(),
+        &["succeeded", "failed"],
+        90,
+    );
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let na = not_after(&f.apps[0].1.path("/etc/app/tls/app.pem"));
+    assert!(na - certfleet_common::model::now() > 80 * 86_400);
+    // The engine asked the agents to rescan when the plan finished: the inventory shows it.
+    wait_for(
+        "renewed certificate in the inventory",
+        Duration::from_secs(30),
+        || {
+            c.json(&[
+                "inventory",
+                "--role",
+                "file.renewable",
+                "--expiring-within",
+                "30d",
+            ])
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+        },
+    );
+    drop(f.procs);
+}
