@@ -16,6 +16,7 @@ use crate::state::StateDir;
 pub mod backup;
 pub mod generic;
 pub mod journal;
+pub mod vsphere;
 
 /// An action failed; the message names the file, command or service.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +136,10 @@ pub fn execute(
 /// Routes an action to its module: platform actions are named `<platform>.<verb>`; everything
 /// else is platform-neutral ([`generic`]).
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
-    generic::dispatch(action, ctx, args)
+    match action {
+        a if a.starts_with("vsphere.") => vsphere::dispatch(a, ctx, args),
+        _ => generic::dispatch(action, ctx, args),
+    }
 }
 
 fn result(req: &pb::StepRequest, outcome: Result<Value, ActError>) -> pb::StepResult {
