@@ -8,6 +8,7 @@ use certfleet_common::model::CertRecord;
 use crate::fleet::AgentRecord;
 
 pub mod files;
+pub mod vsphere;
 
 /// What a recipe sees.
 pub struct RecipeInput<'a> {
@@ -66,7 +67,12 @@ pub trait Recipe: Send + Sync {
 
 /// Every built-in recipe.
 pub fn all() -> Vec<Box<dyn Recipe>> {
-    vec![Box::new(files::Files)]
+    vec![
+        Box::new(files::Files),
+        Box::new(vsphere::MachineSsl),
+        Box::new(vsphere::SolutionUsers),
+        Box::new(vsphere::Sts),
+    ]
 }
 
 /// A recipe by name.
