@@ -6,3 +6,4 @@ mod gke;
 mod ovirt;
 mod support;
 mod vsphere;
+mod vsphere_rotation;
