@@ -85,8 +85,16 @@ fn create(c: &Controller, args: &[&str]) -> Value {
 }
 
 fn finish(c: &Controller, id: &str) -> Value {
-    wait_for("plan to finish", Duration::from_secs(300), || {
+    let last = std::cell::RefCell::new(Value::Null);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    wait_for("plan to finish", Duration::from_secs(310), || {
         let p = c.json(&["plan", "show", id]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plan did not finish: {:#}",
+            last.borrow()
+        );
+        *last.borrow_mut() = p.clone();
         let st = p["state"].as_str().unwrap_or("").to_owned();
         if ["succeeded", "failed", "aborted", "rolled_back", "dry_run"].contains(&st.as_str()) {
             Some(p)

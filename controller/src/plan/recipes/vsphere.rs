@@ -52,12 +52,14 @@ fn due(input: &RecipeInput<'_>, agent: &str, role: &str) -> bool {
     })
 }
 
-fn gate(agent: &AgentRecord, key: String, after: Option<String>) -> StepSpec {
+/// Steps of one node share the node as their target; steps of the domain-wide STS change share
+/// the domain, so the engine's max-parallel count never holds a node's later steps back.
+fn gate(agent: &AgentRecord, key: String, after: Option<String>, target: &str) -> StepSpec {
     StepSpec {
         key,
         name: "replication gate (vdcrepadmin showpartnerstatus)".into(),
         stage: "gate".into(),
-        target: agent.name.clone(),
+        target: target.into(),
         agent: agent.id.clone(),
         agent_name: agent.name.clone(),
         action: "vsphere.replication_gate".into(),
@@ -69,12 +71,12 @@ fn gate(agent: &AgentRecord, key: String, after: Option<String>) -> StepSpec {
     }
 }
 
-fn restart(agent: &AgentRecord, key: String, after: Vec<String>) -> StepSpec {
+fn restart(agent: &AgentRecord, key: String, after: Vec<String>, target: &str) -> StepSpec {
     StepSpec {
         key,
         name: "restart all services and verify the endpoint".into(),
         stage: "restart".into(),
-        target: agent.name.clone(),
+        target: target.into(),
         agent: agent.id.clone(),
         agent_name: agent.name.clone(),
         action: "vsphere.restart_services".into(),
@@ -106,12 +108,12 @@ impl Recipe for MachineSsl {
                 continue;
             }
             let k = |s: &str| format!("{}-{s}", a.name);
-            steps.push(gate(a, k("gate"), prev.clone()));
+            steps.push(gate(a, k("gate"), prev.clone(), &a.name));
             steps.push(StepSpec {
                 key: k("machine-ssl"),
                 name: "replace Machine SSL (VECS __MACHINE_CERT)".into(),
                 stage: "replace".into(),
-                target: format!("{}:MACHINE_SSL_CERT/__MACHINE_CERT", a.name),
+                target: a.name.clone(),
                 agent: a.id.clone(),
                 agent_name: a.name.clone(),
                 action: "vsphere.machine_ssl".into(),
@@ -173,7 +175,7 @@ impl Recipe for SolutionUsers {
                 continue;
             }
             let k = |s: &str| format!("{}-{s}", a.name);
-            steps.push(gate(a, k("gate"), prev.clone()));
+            steps.push(gate(a, k("gate"), prev.clone(), &a.name));
             let mut commands = Vec::new();
             for u in [
                 "machine",
@@ -200,7 +202,7 @@ impl Recipe for SolutionUsers {
                 key: k("solution-users"),
                 name: "replace solution-user certificates in VECS".into(),
                 stage: "replace".into(),
-                target: format!("{}:solution users", a.name),
+                target: a.name.clone(),
                 agent: a.id.clone(),
                 agent_name: a.name.clone(),
                 action: "vsphere.solution_users".into(),
@@ -210,7 +212,7 @@ impl Recipe for SolutionUsers {
                 files: vec!["VECS machine, vsphere-webclient, vpxd, vpxd-extension, hvc, wcp stores (those present)".into()],
                 timeout_secs: 900,
             });
-            steps.push(restart(a, k("restart"), vec![k("solution-users")]));
+            steps.push(restart(a, k("restart"), vec![k("solution-users")], &a.name));
             prev = Some(k("restart"));
         }
         if steps.is_empty() {
@@ -251,23 +253,24 @@ impl Recipe for Sts {
                 .find(|a| due(input, &a.id, "vsphere.sts_signing"))
                 .ok_or("nothing to renew: no STS signing certificate is in scope")?,
         };
-        let mut steps = Vec::new();
-        let mut gates = Vec::new();
-        for a in &nodes {
-            let key = format!("{}-gate", a.name);
-            steps.push(gate(a, key.clone(), None));
-            gates.push(key);
-        }
         let domain = input
             .params
             .get("domain")
             .cloned()
             .unwrap_or_else(|| "the SSO domain".into());
+        let target = format!("sso:{domain}");
+        let mut steps = Vec::new();
+        let mut gates = Vec::new();
+        for a in &nodes {
+            let key = format!("{}-gate", a.name);
+            steps.push(gate(a, key.clone(), None, &target));
+            gates.push(key);
+        }
         steps.push(StepSpec {
             key: "sts".into(),
             name: format!("replace the STS signing certificate of {domain} (once)"),
             stage: "replace".into(),
-            target: format!("{}:vmdir TenantCredential", chosen.name),
+            target: target.clone(),
             agent: chosen.id.clone(),
             agent_name: chosen.name.clone(),
             action: "vsphere.sts".into(),
@@ -295,7 +298,7 @@ impl Recipe for Sts {
         let mut prev = "sts".to_owned();
         for a in order {
             let key = format!("{}-restart", a.name);
-            steps.push(restart(a, key.clone(), vec![prev]));
+            steps.push(restart(a, key.clone(), vec![prev], &target));
             prev = key;
         }
         Ok(steps)

@@ -861,6 +861,7 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         host.install_tool(path, tool)?;
     }
     host.link_real_tool("/usr/bin/ldapsearch")?;
+    host.link_real_tool("/usr/bin/openssl")?;
     for (real, at) in [
         ("/usr/bin/ldapsearch", LDAPSEARCH),
         ("/usr/bin/ldapmodify", LDAPMODIFY),
