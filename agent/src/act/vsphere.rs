@@ -676,7 +676,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     let backup_file = dir.join("sts-backup.ldif");
     write_file(&backup_file, backup_ldif.as_bytes(), PRIVATE)
         .map_err(|e| ActError(e.to_string()))?;
-    let manifest = backup::create(ctx.state, ctx.step_id, &[backup_file.clone()])?;
+    let manifest = backup::create(ctx.state, ctx.step_id, std::slice::from_ref(&backup_file))?;
 
     // 3. one LDIF: delete them all, add TenantCredential-1 and TrustedCertChain-1 (§5.3 step 9).
     let mut ldif = String::new();
