@@ -348,7 +348,11 @@ pub fn restart(ctx: &ActContext<'_>, units: &[String]) -> Result<(), ActError> {
     Ok(())
 }
 
-fn verify_endpoint(ctx: &ActContext<'_>, address: &str, fingerprint: &str) -> Result<(), ActError> {
+pub(crate) fn verify_endpoint(
+    ctx: &ActContext<'_>,
+    address: &str,
+    fingerprint: &str,
+) -> Result<(), ActError> {
     let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
     let chain = crate::collect::endpoint::probe(
         address,

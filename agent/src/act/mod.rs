@@ -18,6 +18,7 @@ pub mod generic;
 pub mod gke;
 pub mod journal;
 pub mod ovirt;
+pub mod vsphere;
 
 /// An action failed; the message names the file, command or service.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         a if a.starts_with("gke.") || a.starts_with("kubeadm.") || a.starts_with("kubeconfig.") => {
             gke::dispatch(a, ctx, args)
         }
+        a if a.starts_with("vsphere.") => vsphere::dispatch(a, ctx, args),
         a => generic::dispatch(a, ctx, args),
     }
 }

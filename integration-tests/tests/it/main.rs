@@ -10,3 +10,4 @@ mod ovirt_rotation;
 mod rotation;
 mod support;
 mod vsphere;
+mod vsphere_rotation;

@@ -11,6 +11,7 @@ pub mod files;
 pub mod gke;
 pub mod kubeadm;
 pub mod ovirt_hosts;
+pub mod vsphere;
 
 /// What a recipe sees.
 pub struct RecipeInput<'a> {
@@ -74,6 +75,9 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
         Box::new(ovirt_hosts::OvirtHostsOffline),
         Box::new(gke::GkeUserCa),
         Box::new(kubeadm::KubeadmCerts),
+        Box::new(vsphere::MachineSsl),
+        Box::new(vsphere::SolutionUsers),
+        Box::new(vsphere::Sts),
     ]
 }
 

@@ -55,6 +55,14 @@ fn server_config(host: &SimHost) -> Result<Arc<rustls::ServerConfig>> {
 
 fn serve_one(host: &SimHost, mut tcp: TcpStream) -> Result<()> {
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    // service-control --stop: the proxy is down, the connection is dropped unanswered.
+    let s = VcsaState::load(host)?;
+    if s.services
+        .iter()
+        .any(|x| (x.name == "rhttpproxy" || x.name == "envoy") && x.run_state != "STARTED")
+    {
+        return Ok(());
+    }
     let cfg = server_config(host)?;
     let mut conn = rustls::ServerConnection::new(cfg)?;
     while conn.is_handshaking() {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::{Lifetime, SimHost, dn, gen_key};
 
 pub mod https;
+pub mod mutate;
 pub mod tools;
 pub mod vmdir;
 
@@ -39,6 +40,12 @@ pub const VDCREPADMIN: &str = "/usr/lib/vmware-vmdir/bin/vdcrepadmin";
 pub const VMON_CLI: &str = "/usr/lib/vmware-vmon/vmon-cli";
 /// Host path of the simulated `lwregshell`.
 pub const LWREGSHELL: &str = "/opt/likewise/bin/lwregshell";
+/// Host path of the simulated `certool`.
+pub const CERTOOL: &str = "/usr/lib/vmware-vmca/bin/certool";
+/// Host path of the simulated `service-control`.
+pub const SERVICE_CONTROL: &str = "/bin/service-control";
+/// Host path where the real `ldapmodify` is linked (as fixsts.sh runs it).
+pub const LDAPMODIFY: &str = "/opt/likewise/bin/ldapmodify";
 /// Host path where the real `ldapsearch` is linked (as fixsts.sh finds it).
 pub const LDAPSEARCH: &str = "/opt/likewise/bin/ldapsearch";
 /// VMCA root certificate.
@@ -848,16 +855,24 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         (VDCREPADMIN, "vdcrepadmin"),
         (VMON_CLI, "vmon-cli"),
         (LWREGSHELL, "lwregshell"),
+        (CERTOOL, "certool"),
+        (SERVICE_CONTROL, "service-control"),
     ] {
         host.install_tool(path, tool)?;
     }
     host.link_real_tool("/usr/bin/ldapsearch")?;
-    let target = host.path(LDAPSEARCH);
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
+    host.link_real_tool("/usr/bin/openssl")?;
+    for (real, at) in [
+        ("/usr/bin/ldapsearch", LDAPSEARCH),
+        ("/usr/bin/ldapmodify", LDAPMODIFY),
+    ] {
+        let target = host.path(at);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let _ = std::fs::remove_file(&target);
+        std::os::unix::fs::symlink(real, &target)?;
     }
-    let _ = std::fs::remove_file(&target);
-    std::os::unix::fs::symlink("/usr/bin/ldapsearch", &target)?;
     host.write("/etc/vmware/deployment.node.type", "embedded\n", 0o644)?;
     host.write(
         "/etc/vmware/.buildInfo",

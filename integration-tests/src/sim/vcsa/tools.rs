@@ -28,6 +28,9 @@ pub fn run(host: &SimHost, tool: &str, args: &[String]) -> Result<i32> {
     if let Some(f) = state.faults.get(tool) {
         return Ok(fault(*f));
     }
+    if let Some(code) = super::mutate::run(host, state.clone(), tool, args) {
+        return Ok(code);
+    }
     match tool {
         "vecs-cli" => Ok(vecs_cli(host, state, args)),
         "vmafd-cli" => Ok(vmafd_cli(&state, args)),
@@ -486,11 +489,11 @@ fn entry_delete(host: &SimHost, s: &mut VcsaState, a: &VecsArgs) -> i32 {
         a.store.clone().unwrap_or_default(),
         a.alias.clone().unwrap_or_default(),
     );
-    let Some(store) = s.store_mut(&store_name) else {
+    if s.store(&store_name).is_none() {
         eprint!("Error: Failed to open the store\n");
         return vecs_fail(ERROR_OBJECT_NOT_FOUND);
-    };
-    if !store.entries.iter().any(|e| e.alias == alias) {
+    }
+    if s.entry(&store_name, &alias).is_none() {
         return vecs_fail(ERROR_OBJECT_NOT_FOUND);
     }
     if !a.yes
@@ -501,6 +504,20 @@ fn entry_delete(host: &SimHost, s: &mut VcsaState, a: &VecsArgs) -> i32 {
         // Not Y/y: nothing deleted, exit 0 (§2.2).
         return 0;
     }
+    // rhttpproxy keeps serving the certificate it loaded until it is restarted (§9.1 guard).
+    if store_name == "MACHINE_SSL_CERT"
+        && alias == "__MACHINE_CERT"
+        && s.https_pinned.is_none()
+        && s.services
+            .iter()
+            .any(|x| x.name == "rhttpproxy" && x.run_state == "STARTED")
+        && let Some(old) = s.entry(&store_name, &alias).cloned()
+    {
+        s.https_pinned = Some((old.cert.unwrap_or_default(), old.key.unwrap_or_default()));
+    }
+    let Some(store) = s.store_mut(&store_name) else {
+        return vecs_fail(ERROR_OBJECT_NOT_FOUND);
+    };
     store.entries.retain(|e| e.alias != alias);
     if !save(host, s) {
         return vecs_fail(ERROR_ACCESS_DENIED);

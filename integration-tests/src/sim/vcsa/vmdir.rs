@@ -143,7 +143,7 @@ fn config(dir: &Path, s: &VcsaState) -> String {
          rootdn \"cn=slapd-root,{base}\"\n\
          directory {d}/db\n\
          access to attrs=userPassword by anonymous auth by * none\n\
-         access to * by dn.exact=\"{machine}\" read by * none\n",
+         access to * by dn.exact=\"{machine}\" write by * none\n",
         base = s.domain_dn(),
         machine = s.machine_account_dn,
     )

@@ -1,0 +1,577 @@
+//! The simulated VCSA's mutating tools, as `shared/reference/vsphere.md` describes them:
+//! `certool` (§7: `--genkey`, `--gencert` with `--config`/cfg-key flags/`--FQDN`, `--genCIScert`
+//! with its VECS side effect and `--dataencipherment`; keys and signatures by the real `openssl`
+//! with the VMCA root key), `service-control` (§8.1: `--stop/--start --all|<svc>`, `--status`
+//! headings) and a vCenter "login" probe (`certfleet-sim --root R vcsa-login`) that asks the real
+//! slapd (vmdir) for the active STS signing certificate and fails, as SSO does, while it is
+//! expired or the `sts` service is not running. `ldapmodify` is the real binary (linked at
+//! `/opt/likewise/bin/ldapmodify`); the machine account may write the tenant subtree.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+
+use super::{EntryType, VcsaState, VecsEntry, VecsStore};
+use crate::sim::SimHost;
+
+// === certool ===
+
+/// Exit code and message of a failed certool command [DER: VMCA error codes are not in the
+/// reference; the simulator uses Win32 ERROR_INVALID_PARAMETER / ERROR_FILE_NOT_FOUND].
+fn certool_fail(code: u32, msg: &str) -> i32 {
+    println!("Status : Failed");
+    println!("Error Code : {code}");
+    println!("Error Message : {msg}");
+    (code & 0xff) as i32
+}
+
+const CFG_KEYS: [&str; 10] = [
+    "Country",
+    "Name",
+    "DomainComponent",
+    "Organization",
+    "OrgUnit",
+    "State",
+    "Locality",
+    "IPAddress",
+    "Email",
+    "Hostname",
+];
+
+/// Parses `--opt=value`, `--opt value` and bare flags.
+fn parse_certool(args: &[String]) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
+    const FLAGS: [&str; 6] = [
+        "--genkey",
+        "--gencert",
+        "--genCIScert",
+        "--dataencipherment",
+        "--help",
+        "--version",
+    ];
+    let mut flags = Vec::new();
+    let mut opts = BTreeMap::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if FLAGS.contains(&a.as_str()) {
+            flags.push(a.trim_start_matches("--").to_owned());
+            continue;
+        }
+        let Some(body) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a}"));
+        };
+        let (k, v) = match body.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (
+                body.to_owned(),
+                it.next()
+                    .cloned()
+                    .ok_or(format!("--{body} needs a value"))?,
+            ),
+        };
+        opts.insert(k, v);
+    }
+    Ok((flags, opts))
+}
+
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        let data = stdin.unwrap_or_default().to_vec();
+        std::thread::spawn(move || {
+            let _ = i.write_all(&data);
+        });
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "openssl {}: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn read_cfg(path: &str) -> Result<BTreeMap<String, String>, String> {
+    let bytes = std::fs::read(path).map_err(|_| format!("Failed to open file [{path}]"))?;
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err(format!(
+            "{path} : certool supports only UTF8 or ASCII encoding for config files"
+        ));
+    }
+    let mut m = BTreeMap::new();
+    for line in String::from_utf8_lossy(&bytes).lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            m.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+    }
+    Ok(m)
+}
+
+fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
+    let (flags, opts) = match parse_certool(args) {
+        Ok(x) => x,
+        Err(e) => return certool_fail(87, &e),
+    };
+    let has = |f: &str| flags.iter().any(|x| x == f);
+    if let Some(server) = opts.get("server")
+        && server != "localhost"
+        && server != &state.pnid
+        && server != "127.0.0.1"
+    {
+        return certool_fail(
+            1_326,
+            &format!("cannot reach VMCA on {server}: the simulator has only localhost"),
+        );
+    }
+    if has("genkey") {
+        let (Some(privkey), Some(pubkey)) = (opts.get("privkey"), opts.get("pubkey")) else {
+            return certool_fail(87, "--genkey needs --privkey and --pubkey");
+        };
+        let key = match openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+            None,
+        ) {
+            Ok(k) => k,
+            Err(e) => return certool_fail(1, &e),
+        };
+        if super::write_private(Path::new(privkey), &key).is_err() {
+            return certool_fail(2, &format!("Failed to open file [{privkey}]"));
+        }
+        let public = match openssl(&["pkey", "-pubout"], Some(&key)) {
+            Ok(p) => p,
+            Err(e) => return certool_fail(1, &e),
+        };
+        if std::fs::write(pubkey, public).is_err() {
+            return certool_fail(2, &format!("Failed to open file [{pubkey}]"));
+        }
+        println!("Status : Success");
+        return 0;
+    }
+    if !has("gencert") && !has("genCIScert") {
+        println!("Usage: certool --genkey|--gencert|--genCIScert ... (only these are simulated)");
+        return certool_fail(87, "unsupported command");
+    }
+    let (Some(cert_out), Some(privkey)) = (opts.get("cert"), opts.get("privkey")) else {
+        return certool_fail(87, "--gencert needs --cert and --privkey");
+    };
+    let config = opts
+        .get("config")
+        .cloned()
+        .unwrap_or_else(|| "certool.cfg".into());
+    let mut cfg = BTreeMap::new();
+    if config != "/dev/null" || Path::new(&config).exists() {
+        println!("Using config file : {config}");
+        match read_cfg(&config) {
+            Ok(c) => cfg = c,
+            Err(e) => return certool_fail(2, &e),
+        }
+    }
+    for k in CFG_KEYS {
+        if let Some(v) = opts.get(k) {
+            cfg.insert(k.to_owned(), v.clone());
+        }
+    }
+    let cis = has("genCIScert");
+    if let Some(f) = opts.get("FQDN") {
+        cfg.insert("Hostname".into(), f.clone());
+    }
+    let country = cfg.get("Country").cloned().unwrap_or_default();
+    if country.len() != 2 {
+        return certool_fail(87, "Country is needed and has to be 2 characters");
+    }
+    let Some(name) = cfg.get("Name").cloned() else {
+        return certool_fail(87, "Name is required");
+    };
+    let esc = |v: &str| v.replace('/', "\\/");
+    let mut subject = format!("/CN={}", esc(&name));
+    if cis {
+        for dc in state.domain.split('.') {
+            subject.push_str(&format!("/DC={}", esc(dc)));
+        }
+    } else if let Some(dc) = cfg.get("DomainComponent") {
+        subject.push_str(&format!("/DC={}", esc(dc)));
+    }
+    for (k, short) in [
+        ("Country", "C"),
+        ("State", "ST"),
+        ("Locality", "L"),
+        ("Organization", "O"),
+        ("OrgUnit", "OU"),
+    ] {
+        if let Some(v) = cfg.get(k).filter(|v| !v.is_empty()) {
+            subject.push_str(&format!("/{short}={}", esc(v)));
+        }
+    }
+    let mut sans = Vec::new();
+    if let Some(h) = cfg.get("Hostname") {
+        sans.extend(
+            h.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(|x| format!("DNS:{x}")),
+        );
+    }
+    if let Some(ip) = cfg.get("IPAddress").filter(|v| !v.is_empty()) {
+        sans.push(format!("IP:{ip}"));
+    }
+    if let Some(e) = cfg.get("Email").filter(|v| !v.is_empty()) {
+        sans.push(format!("email:{e}"));
+    }
+    let mut usage = "digitalSignature,keyEncipherment,keyAgreement".to_owned();
+    if has("dataencipherment") {
+        usage.push_str(",dataEncipherment");
+    }
+    let mut ext = format!(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,{usage}\nsubjectKeyIdentifier=hash\n\
+         authorityKeyIdentifier=keyid\nauthorityInfoAccess=caIssuers;URI:https://{}/afd/vecs/ca\n",
+        state.pnid
+    );
+    if !sans.is_empty() {
+        ext.push_str(&format!("subjectAltName={}\n", sans.join(",")));
+    }
+    let work = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return certool_fail(1, &e.to_string()),
+    };
+    let csr = work.path().join("req.csr");
+    let extfile = work.path().join("ext.cnf");
+    if std::fs::write(&extfile, ext).is_err() {
+        return certool_fail(1, "cannot write extension file");
+    }
+    let key_pem = match std::fs::read_to_string(privkey) {
+        Ok(k) => k,
+        Err(_) => return certool_fail(2, &format!("Failed to open file [{privkey}]")),
+    };
+    let root = host.path(super::VMCA_ROOT).display().to_string();
+    let ca_key = host.path(super::VMCA_KEY).display().to_string();
+    let serial = format!("0x1{}", hex::encode(super::random_bytes::<15>()));
+    let signed = openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            privkey,
+            "-subj",
+            &subject,
+            "-out",
+            &csr.display().to_string(),
+        ],
+        None,
+    )
+    .and_then(|_| {
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr.display().to_string(),
+                "-CA",
+                &root,
+                "-CAkey",
+                &ca_key,
+                "-set_serial",
+                &serial,
+                "-days",
+                "730",
+                "-sha256",
+                "-extfile",
+                &extfile.display().to_string(),
+            ],
+            None,
+        )
+    });
+    let cert = match signed {
+        Ok(c) => String::from_utf8_lossy(&c).into_owned(),
+        Err(e) => return certool_fail(1, &e),
+    };
+    if std::fs::write(cert_out, &cert).is_err() {
+        return certool_fail(2, &format!("Failed to open file [{cert_out}]"));
+    }
+    if cis {
+        // §7: --genCIScert also adds the new cert and key to the VECS store named --Name.
+        if state.store(&name).is_none() {
+            state.stores.push(VecsStore {
+                name: name.clone(),
+                entries: Vec::new(),
+            });
+        }
+        let st = state.store_mut(&name).expect("just created");
+        if st.entries.iter().any(|e| e.alias == name) {
+            println!("Warning : 183, Adding cert to VECS Store Failed.");
+        } else {
+            st.entries.push(VecsEntry {
+                alias: name.clone(),
+                entry_type: EntryType::PrivateKey,
+                cert: Some(cert.trim_end().to_owned()),
+                key: Some(key_pem.trim_end().to_owned()),
+            });
+            if state.save(host).is_err() {
+                println!("Warning : 5, Adding cert to VECS Store Failed.");
+            }
+        }
+    }
+    println!("Status : Success");
+    0
+}
+
+// === service-control ===
+
+const CORE: [&str; 4] = ["lwsmd", "vmafdd", "vmdird", "vmcad"];
+
+fn set_all(s: &mut VcsaState, run_state: &str) {
+    for x in &mut s.services {
+        x.run_state = run_state.into();
+    }
+}
+
+fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let banner = || println!("Operation not cancellable. Please wait for it to finish...");
+    match words.as_slice() {
+        ["--stop", "--all"] => {
+            banner();
+            println!("Performing stop operation on profile: ALL...");
+            set_all(&mut s, "STOPPED");
+            // rhttpproxy is down: nothing keeps the old certificate in memory any more.
+            s.https_pinned = None;
+            if s.save(host).is_err() {
+                return 1;
+            }
+            println!("Successfully stopped profile: ALL.");
+            for c in CORE.iter().rev() {
+                println!("Performing stop operation on service {c}...");
+                println!("Successfully stopped service {c}");
+            }
+            0
+        }
+        ["--start", "--all"] => {
+            banner();
+            for c in CORE {
+                println!("Performing start operation on service {c}...");
+                println!("Successfully started service {c}");
+            }
+            println!("Performing start operation on profile: ALL...");
+            set_all(&mut s, "STARTED");
+            s.https_pinned = None;
+            if s.save(host).is_err() {
+                return 1;
+            }
+            println!("Successfully started profile: ALL.");
+            0
+        }
+        [op @ ("--stop" | "--start"), name] => {
+            let Some(x) = s
+                .services
+                .iter_mut()
+                .find(|x| x.name == *name || format!("vmware-{}", x.name) == *name)
+            else {
+                if CORE.contains(name) {
+                    banner();
+                    let verb = if *op == "--stop" { "stop" } else { "start" };
+                    println!("Performing {verb} operation on service {name}...");
+                    println!("Successfully {verb}ed service {name}");
+                    return 0;
+                }
+                // [DER]
+                eprintln!("Service-control failed. Error: Service {name} not found");
+                return 1;
+            };
+            let (verb, done, st) = if *op == "--stop" {
+                ("stop", "stopped", "STOPPED")
+            } else {
+                ("start", "started", "STARTED")
+            };
+            x.run_state = st.into();
+            if x.name == "rhttpproxy" || x.name == "envoy" {
+                s.https_pinned = None;
+            }
+            if s.save(host).is_err() {
+                return 1;
+            }
+            banner();
+            println!("Performing {verb} operation on service {name}...");
+            println!("Successfully {done} service {name}");
+            0
+        }
+        ["--status"] | ["--status", "--all"] => {
+            let pick = |st: &str| -> Vec<String> {
+                s.services
+                    .iter()
+                    .filter(|x| x.run_state == st)
+                    .map(|x| service_name(&x.name))
+                    .collect()
+            };
+            let mut running: Vec<String> = CORE.iter().map(|c| c.to_string()).collect();
+            running.extend(pick("STARTED"));
+            running.sort();
+            for (heading, names) in [
+                ("StartPending:", pick("STARTING")),
+                ("Stopped:", pick("STOPPED")),
+                ("Running:", running),
+            ] {
+                if !names.is_empty() {
+                    println!("{heading}");
+                    println!("{}", names.join(" "));
+                }
+            }
+            0
+        }
+        ["--status", name] => match s
+            .services
+            .iter()
+            .find(|x| x.name == *name || service_name(&x.name) == *name)
+        {
+            Some(x) => {
+                let h = if x.run_state == "STARTED" {
+                    "Running:"
+                } else {
+                    "Stopped:"
+                };
+                println!("{h}\n{}", service_name(&x.name));
+                0
+            }
+            None if CORE.contains(name) => {
+                println!("Running:\n{name}");
+                0
+            }
+            None => {
+                eprintln!("Service-control failed. Error: Service {name} not found");
+                1
+            }
+        },
+        _ => {
+            // [DER]
+            eprintln!(
+                "usage: service-control [--start|--stop|--status] [--all|<service>] (only these are simulated)"
+            );
+            1
+        }
+    }
+}
+
+/// vmon name → the name service-control prints (`vmware-vpxd`, `vsphere-ui`, …).
+fn service_name(vmon: &str) -> String {
+    if vmon.starts_with("vmware-") || vmon.starts_with("vsphere-") || vmon == "applmgmt" {
+        vmon.to_owned()
+    } else {
+        format!("vmware-{vmon}")
+    }
+}
+
+// === vCenter login ===
+
+/// The active STS signing certificate as vmdir holds it right now (highest `TenantCredential-N`,
+/// its non-CA certificate), read from the running slapd with the real `ldapsearch`.
+pub fn active_sts_signing(s: &VcsaState) -> anyhow::Result<certfleet_common::model::CertRecord> {
+    let base = format!(
+        "cn={},cn=Tenants,cn=IdentityManager,cn=Services,{}",
+        s.domain,
+        s.domain_dn()
+    );
+    let out = Command::new("/usr/bin/ldapsearch")
+        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
+        .arg(format!("ldap://127.0.0.1:{}", s.ldap_port))
+        .args([
+            "-D",
+            &s.machine_account_dn,
+            "-w",
+            &s.machine_account_password,
+        ])
+        .args([
+            "-b",
+            &base,
+            "(objectclass=vmwSTSTenantCredential)",
+            "userCertificate",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "vmdir (ldap://127.0.0.1:{}) did not answer: {}",
+        s.ldap_port,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut best: Option<(u32, certfleet_common::model::CertRecord)> = None;
+    let mut n = 0u32;
+    for line in text.lines() {
+        if let Some(dn) = line.strip_prefix("dn: cn=TenantCredential-") {
+            n = dn
+                .split(',')
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+        } else if let Some(b) = line.strip_prefix("userCertificate:: ") {
+            let der = base64::engine::general_purpose::STANDARD.decode(b.trim())?;
+            let rec = certfleet_common::x509::parse_der(&der)
+                .map_err(|e| anyhow::anyhow!("STS certificate in vmdir: {e}"))?;
+            if !rec.is_ca && best.as_ref().is_none_or(|(m, _)| n >= *m) {
+                best = Some((n, rec));
+            }
+        }
+    }
+    best.map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("vmdir holds no STS signing certificate"))
+}
+
+fn login(s: &VcsaState) -> i32 {
+    let user = format!("administrator@{}", s.domain);
+    if s.services
+        .iter()
+        .any(|x| x.name == "sts" && x.run_state != "STARTED")
+    {
+        eprintln!("Login failed for {user}: the STS service (vmware-stsd) is not running");
+        return 1;
+    }
+    match active_sts_signing(s) {
+        Ok(rec) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            if rec.not_after <= now {
+                eprintln!(
+                    "Login failed for {user}: An error occurred while trying to sign the token: \
+                     the STS signing certificate {} expired at {}",
+                    rec.subject, rec.not_after
+                );
+                return 1;
+            }
+            println!(
+                "Login succeeded: {user} (SAML token signed by {}, valid until {})",
+                rec.subject, rec.not_after
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("Login failed for {user}: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs a mutating tool; `None` if `tool` is not one of them.
+pub fn run(host: &SimHost, state: VcsaState, tool: &str, args: &[String]) -> Option<i32> {
+    Some(match tool {
+        "certool" => certool(host, state, args),
+        "service-control" => service_control(host, state, args),
+        "vcsa-login" => login(&state),
+        _ => return None,
+    })
+}
