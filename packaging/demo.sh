@@ -79,19 +79,30 @@ step "certfleet agents list"
 step "certfleet inventory --expiring-within 90d   (the fleet's problems, most urgent first)"
 "$bin/certfleet" inventory --expiring-within 90d
 
-step "rotation: certfleet plan create files --expiring-within 30d --dry-run"
-"$bin/certfleet" plan create files --expiring-within 30d --dry-run
-before=$("$bin/certfleet" inventory --agent web-01 --role file.renewable -o csv | tail -n +2 | cut -d, -f1,3,4)
+"$bin/certfleet" inventory -o json > "$work/inventory-before.json"
 
-step "rotation: certfleet plan create files --expiring-within 30d --run, then plan watch"
-plan=$("$bin/certfleet" plan create files --expiring-within 30d --run -o json | sed -n 's/^  "id": "\(.*\)",$/\1/p')
-"$bin/certfleet" plan watch "$plan"
-"$bin/certfleet" inventory rescan >/dev/null 2>&1
-sleep 3
-after=$("$bin/certfleet" inventory --agent web-01 --role file.renewable -o csv | tail -n +2 | cut -d, -f1,3,4)
+step "rotation, dry run first: certfleet plan create ovirt-hosts-offline --expiring-within 30d --dry-run"
+"$bin/certfleet" plan create ovirt-hosts-offline --expiring-within 30d --dry-run
 
-step "before / after (fingerprint, days left, not after)"
-printf '%-8s %s\n' before "$before" after "$after"
+# The whole fleet, one recipe per platform, each plan followed live. A recipe with nothing in
+# scope says so and the demo goes on.
+for recipe in files ovirt-hosts-offline vsphere-sts vsphere-machine-ssl vsphere-solution-users gke-user-ca; do
+    step "rotation: certfleet plan create $recipe --expiring-within 30d --run; certfleet plan watch"
+    if out=$("$bin/certfleet" plan create "$recipe" --expiring-within 30d --run -o json 2>&1); then
+        plan=$(printf '%s\n' "$out" | sed -n 's/^  "id": "\(.*\)",$/\1/p')
+        "$bin/certfleet" plan watch "$plan" | grep -v '^    '
+    else
+        echo "$out"
+    fi
+done
+
+step "rescan, then: certfleet inventory --compare inventory-before.json   (before / after)"
+"$bin/certfleet" inventory rescan >/dev/null 2>&1 || true
+sleep 5
+"$bin/certfleet" inventory --compare "$work/inventory-before.json"
+
+step "what is still expiring within 30 days"
+"$bin/certfleet" inventory --expiring-within 30d
 
 echo
 echo "work dir: $work (logs, controller data, agent state)"

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it: installs what it needs, builds every binary
-# (the end-to-end tests start them as processes), then runs every test.
+# (the end-to-end tests start them as processes), then runs every test and prints a total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source packaging/deps.sh
 cargo build --workspace --bins --locked
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, doc tests last).
+awk '/^test result: / { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -1009,3 +1009,78 @@ impl PlanWatcher {
         }
     }
 }
+
+/// `inventory --compare BEFORE.json`: what changed since an earlier `inventory -o json`, place by
+/// place (agent + location): the certificate that was there, the one there now.
+pub fn print_comparison(
+    before_path: &std::path::Path,
+    now_list: &pb::InventoryList,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(before_path)
+        .with_context(|| format!("reading {}", before_path.display()))?;
+    let before: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not the output of `certfleet inventory -o json`",
+            before_path.display()
+        )
+    })?;
+    let now = certfleet_common::model::now();
+    let place = |agent: &str, loc: &serde_json::Value| {
+        let l: Location = serde_json::from_value(loc.clone()).unwrap_or_default();
+        format!("{agent}\t{}", l.describe())
+    };
+    let mut was: BTreeMap<String, (String, String, i64, String)> = BTreeMap::new();
+    for item in &before {
+        for l in item["locations"].as_array().into_iter().flatten() {
+            was.insert(
+                place(l["agent"].as_str().unwrap_or(""), l),
+                (
+                    item["fingerprint_sha256"].as_str().unwrap_or("").to_owned(),
+                    item["role"].as_str().unwrap_or("").to_owned(),
+                    item["days_left"].as_i64().unwrap_or(0),
+                    item["not_after"].as_str().unwrap_or("").to_owned(),
+                ),
+            );
+        }
+    }
+    let mut tb = table(&["ROLE", "AGENT", "WHERE", "BEFORE", "AFTER"]);
+    let mut changed = 0;
+    for item in &now_list.items {
+        let v = inventory_view(item, now);
+        for s in &v.locations {
+            let key = format!("{}\t{}", s.agent, s.location.describe());
+            let Some((fp, _role, days, na)) = was.get(&key) else {
+                continue;
+            };
+            if *fp == v.fingerprint_sha256 {
+                continue;
+            }
+            changed += 1;
+            let before_cell = Cell::new(format!(
+                "{na} ({})",
+                if *days < 0 {
+                    format!("expired {}d ago", -days)
+                } else {
+                    format!("{days}d")
+                }
+            ));
+            tb.add_row(vec![
+                Cell::new(&v.role),
+                Cell::new(&s.agent),
+                Cell::new(s.location.describe()),
+                if *days < 0 {
+                    before_cell.fg(Color::Red)
+                } else {
+                    before_cell.fg(Color::Yellow)
+                },
+                days_cell(&v).set_alignment(comfy_table::CellAlignment::Left),
+            ]);
+        }
+    }
+    println!("{tb}");
+    println!(
+        "{changed} place(s) now hold a different certificate than in {}",
+        before_path.display()
+    );
+    Ok(())
+}

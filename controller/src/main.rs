@@ -176,6 +176,9 @@ struct InventoryArgs {
     issued_by: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Format,
+    /// Compare with an earlier `inventory -o json` saved to this file: what changed where.
+    #[arg(long)]
+    compare: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -622,7 +625,11 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                     issued_by: args.issued_by.clone().unwrap_or_default(),
                     fingerprint: String::new(),
                 };
-                cli::print_inventory(&c.inventory(q).await.map_err(e)?.into_inner(), args.output);
+                let list = c.inventory(q).await.map_err(e)?.into_inner();
+                match &args.compare {
+                    Some(before) => cli::print_comparison(before, &list)?,
+                    None => cli::print_inventory(&list, args.output),
+                }
             }
         },
         Command::Init { .. } | Command::Serve { .. } | Command::Store(_) => {
