@@ -105,7 +105,11 @@ pub fn build(dir: &Path, sim_bin: &Path) -> Result<Vec<String>> {
             ..gke::GkeSpec::default()
         },
     )?;
-    let cfg = write_config(&hg, "platforms = [\"gke_admin\"]\n")?;
+    hg.link_real_tool("/usr/bin/openssl")?;
+    let cfg = write_config(
+        &hg,
+        "platforms = [\"gke_admin\"]\n[tools]\nopenssl = \"/usr/bin/openssl\"\n",
+    )?;
     lines.push(format!(
         "gke-admin-01 {} {}",
         hg.root.display(),
