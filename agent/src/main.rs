@@ -87,13 +87,7 @@ fn load_config(path: Option<&PathBuf>, root: Option<PathBuf>) -> anyhow::Result<
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    certfleet_common::process::init_tracing();
     certfleet_common::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli) {
@@ -103,16 +97,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -197,7 +181,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 backoff_cap: max_backoff,
                 ..Default::default()
             };
-            match runtime().block_on(link::run(state, cfg, opts, shutdown_signal())) {
+            match runtime().block_on(link::run(
+                state,
+                cfg,
+                opts,
+                certfleet_common::process::shutdown_signal(),
+            )) {
                 Ok(()) => {
                     tracing::info!("stopped");
                     Ok(ExitCode::SUCCESS)

@@ -81,16 +81,9 @@ pub fn write_json(c: &Collection, now: i64, out: impl std::io::Write) -> std::io
 
 /// JSON report as a string.
 pub fn json(c: &Collection, now: i64) -> String {
-    let report = ScanReport {
-        platforms: &c.platforms,
-        certificates: by_urgency(c.certificates(), now)
-            .into_iter()
-            .map(|r| view(r, now))
-            .collect(),
-        problems: &c.problems,
-        health: &c.health,
-    };
-    serde_json::to_string_pretty(&report).expect("serializable")
+    let mut buf = Vec::new();
+    write_json(c, now, &mut buf).expect("writing to memory");
+    String::from_utf8(buf).expect("JSON is UTF-8")
 }
 
 /// Coloured cell for days left.

@@ -6,6 +6,7 @@ pub mod identity;
 pub mod model;
 pub mod pem;
 pub mod pki;
+pub mod process;
 pub mod roles;
 pub mod tls;
 pub mod token;

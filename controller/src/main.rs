@@ -322,13 +322,7 @@ enum StoreCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    certfleet_common::process::init_tracing();
     certfleet_common::tls::install_crypto_provider();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -342,16 +336,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
 
 fn connect(cli: &Cli) -> anyhow::Result<Conn> {
@@ -402,7 +386,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.local_addr().ok()), ca = %fleet.ca.fingerprint(), "serving");
-            server::serve(fleet, tls, grpc, http, shutdown_signal()).await?;
+            server::serve(
+                fleet,
+                tls,
+                grpc,
+                http,
+                certfleet_common::process::shutdown_signal(),
+            )
+            .await?;
             tracing::info!("stopped");
             Ok(())
         }

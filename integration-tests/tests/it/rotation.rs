@@ -7,34 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use certfleet_integration_tests::sim::{SimHost, default_sim_bin, systemd};
+use certfleet_integration_tests::sim::{SimHost, default_sim_bin, demo, systemd};
 use serde_json::Value;
 
 use crate::support::{Controller, Proc, bin, wait_for};
-
-const CA_CONF: &str = r#"[ ca ]
-default_ca = corp
-[ corp ]
-dir = .
-database = $dir/index.txt
-new_certs_dir = $dir/newcerts
-certificate = $dir/ca.pem
-private_key = $dir/private/ca.key
-serial = $dir/serial
-default_md = sha256
-policy = policy_any
-unique_subject = no
-x509_extensions = leaf
-[ policy_any ]
-commonName = supplied
-organizationName = optional
-[ leaf ]
-basicConstraints = CA:FALSE
-keyUsage = digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-"#;
 
 fn sh(cwd: &Path, script: &str) {
     let out = Command::new("sh")
@@ -99,7 +75,7 @@ fn fleet(dir: &Path, n: usize, serve_args: &[&str]) -> Fleet {
     std::fs::create_dir_all(ca_dir.join("newcerts")).unwrap();
     std::fs::create_dir_all(ca_dir.join("requests")).unwrap();
     std::fs::create_dir_all(ca_dir.join("certs")).unwrap();
-    std::fs::write(ca_dir.join("openssl.cnf"), CA_CONF).unwrap();
+    std::fs::write(ca_dir.join("openssl.cnf"), demo::CORP_CA_CONF).unwrap();
     std::fs::write(ca_dir.join("index.txt"), "").unwrap();
     std::fs::write(ca_dir.join("serial"), "1000\n").unwrap();
     sh(
