@@ -360,7 +360,13 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
                 &format!("plan:{}", plan.id),
                 "step.dispatch",
                 &format!("agent:{}", s.agent_id),
-                &format!("{} {} ({})", s.id, s.action, s.name),
+                &format!(
+                    "{} {} ({}): {}",
+                    s.id,
+                    s.action,
+                    s.name,
+                    s.commands.join("; ")
+                ),
             )
             .ok();
         send_step(fleet, s);

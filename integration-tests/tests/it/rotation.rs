@@ -557,3 +557,84 @@ fn a_policy_plans_by_itself_and_never_waits_for_a_window_past_expiry() {
     );
     drop(f.procs);
 }
+
+#[test]
+fn a_canary_waits_for_approval_and_a_window_holds_the_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fleet(tmp.path(), 2, &[]);
+    let c = &f.c;
+    let second_before = std::fs::read(f.apps[1].1.path("/etc/app/tls/app.pem")).unwrap();
+
+    // Canary: the first target alone, then the plan waits for an operator.
+    let plan = create(c, &["--run", "--canary", "--max-parallel", "2"]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let waiting = wait_plan(c, &id, &["waiting_canary", "failed", "succeeded"], 90);
+    assert_eq!(waiting["state"], "waiting_canary", "{waiting:#}");
+    let steps = waiting["steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .filter(|s| s["canary"] == true)
+            .all(|s| s["state"] == "succeeded")
+    );
+    assert!(
+        steps
+            .iter()
+            .filter(|s| s["canary"] == false)
+            .all(|s| s["state"] == "pending"),
+        "{waiting:#}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        std::fs::read(f.apps[1].1.path("/etc/app/tls/app.pem")).unwrap(),
+        second_before,
+        "the second host changed before approval"
+    );
+    c.cli(&["plan", "approve", &id]);
+    let done = wait_plan(c, &id, &["succeeded", "failed"], 90);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_ne!(
+        std::fs::read(f.apps[1].1.path("/etc/app/tls/app.pem")).unwrap(),
+        second_before
+    );
+
+    // A window that is not open holds an operator's plan; abort stops it cleanly.
+    let plan = c.json(&["plan", "create", "files", "--run", "--window", "0 3 29 2 *"]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let held = wait_for("the window message", Duration::from_secs(20), || {
+        let p = plan_json(c, &id);
+        p["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("waiting for the maintenance window")
+            .then_some(p)
+    });
+    assert!(
+        held["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "pending"),
+        "{held:#}"
+    );
+    c.cli(&["plan", "abort", &id]);
+    let aborted = plan_json(c, &id);
+    assert_eq!(aborted["state"], "aborted");
+    assert!(
+        aborted["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "skipped")
+    );
+    // The audit log has the steps with their commands.
+    let audit = c.json(&["audit"]);
+    assert!(audit.as_array().unwrap().iter().any(|e| {
+        e["action"] == "step.dispatch"
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("openssl req -new -key")
+    }));
+    drop(f.procs);
+}
