@@ -326,3 +326,254 @@ fn vsphere_failed_verification_rolls_back() {
         "VECS holds the old certificate again"
     );
 }
+
+/// SHA-256 of the `userCertificate` of `cn=<name>,cn=ServicePrincipals,<dn>` in the running
+/// vmdir, read with the real `ldapsearch` as the node's machine account.
+fn vmdir_principal(v: &Vcsa, name: &str) -> String {
+    use base64::Engine;
+    let s = v.state().unwrap();
+    let out = Command::new("/usr/bin/ldapsearch")
+        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
+        .arg(format!("ldap://127.0.0.1:{}", s.ldap_port))
+        .args([
+            "-D",
+            &s.machine_account_dn,
+            "-w",
+            &s.machine_account_password,
+            "-s",
+            "base",
+            "-b",
+            &format!("cn={name},cn=ServicePrincipals,{}", s.domain_dn()),
+            "(objectclass=*)",
+            "userCertificate",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let b = text
+        .lines()
+        .find_map(|l| l.strip_prefix("userCertificate:: "))
+        .unwrap_or_else(|| panic!("no userCertificate for {name}: {text}"));
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .unwrap();
+    certfleet_common::pki::sha256_hex(&der)
+}
+
+fn x509_text(pem: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.pem");
+    std::fs::write(&p, pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `"<agent> <action>"` of every step, in the order the steps started (stable: plan order within
+/// the same second).
+fn run_order(p: &Value) -> Vec<String> {
+    let mut steps: Vec<(String, String)> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| {
+            (
+                st["started_at"].as_str().unwrap_or("~").to_owned(),
+                format!(
+                    "{} {}",
+                    st["agent"].as_str().unwrap_or(""),
+                    st["action"].as_str().unwrap_or("")
+                ),
+            )
+        })
+        .collect();
+    steps.sort_by(|a, b| a.0.cmp(&b.0));
+    steps.into_iter().map(|(_, s)| s).collect()
+}
+
+const SOLUTION_USERS: [&str; 6] = [
+    "machine",
+    "vsphere-webclient",
+    "vpxd",
+    "vpxd-extension",
+    "hvc",
+    "wcp",
+];
+
+fn soluser_spec() -> VcsaSpec {
+    VcsaSpec::new(VcsaVersion::V70, "vcsa01.lab.local").with("wcp", Lifetime::days(720, 10))
+}
+
+#[test]
+fn vsphere_solution_users_vmdir_then_vecs() {
+    let s = setup(soluser_spec());
+    let v = &s.vcsa;
+    let mid = v.state().unwrap().machine_id;
+    let old: Vec<String> = SOLUTION_USERS
+        .iter()
+        .map(|u| fingerprint(&getcert(v, u, u)))
+        .collect();
+    for (u, fp) in SOLUTION_USERS.iter().zip(&old) {
+        assert_eq!(&vmdir_principal(v, &format!("{u}-{mid}")), fp, "{u} before");
+    }
+    assert!(!valid_for(&getcert(v, "wcp", "wcp"), 30 * 86_400));
+
+    // dir-cli as §8.4 prints it.
+    let out = Command::new(v.host.path(vcsa::DIR_CLI))
+        .args(["service", "list", "--login", "administrator@vsphere.local"])
+        .args(["--password", &v.state().unwrap().sso_password])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with("1. "), "{text}");
+    for (i, l) in text.lines().enumerate() {
+        assert!(l.starts_with(&format!("{}. ", i + 1)), "{text}");
+    }
+    for u in SOLUTION_USERS {
+        assert!(text.contains(&format!(". {u}-{mid}\n")), "{u}: {text}");
+    }
+    let bad = Command::new(v.host.path(vcsa::DIR_CLI))
+        .args(["service", "list", "--password", "wrong"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(49));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("dir-cli failed. Error 49: "));
+
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-solution-users",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "30d",
+            "--run",
+        ],
+    );
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert_eq!(
+        run_order(&p),
+        [
+            "vc1 vsphere.replication_gate",
+            "vc1 vsphere.solution_users",
+            "vc1 vsphere.restart_services"
+        ],
+        "{p:#}"
+    );
+    let out = p.to_string();
+    assert!(out.contains("dir-cli service update --name wcp-"), "{p:#}");
+    assert!(
+        !out.contains(&v.state().unwrap().sso_password),
+        "password shown"
+    );
+
+    let mut not_afters = Vec::new();
+    for (u, fp) in SOLUTION_USERS.iter().zip(&old) {
+        let pem = getcert(v, u, u);
+        let new = fingerprint(&pem);
+        assert_ne!(&new, fp, "{u} renewed");
+        assert_eq!(
+            vmdir_principal(v, &format!("{u}-{mid}")),
+            new,
+            "vmdir and VECS agree for {u}"
+        );
+        assert!(valid_for(&pem, YEAR), "{u} good for a year (openssl)");
+        let text = x509_text(&pem);
+        if *u == "wcp" {
+            assert!(text.contains("Data Encipherment"), "wcp: {text}");
+            assert!(!text.contains("Subject Alternative Name"), "wcp: {text}");
+        } else {
+            assert!(text.contains("DNS:vcsa01.lab.local"), "{u}: {text}");
+            assert!(!text.contains("Data Encipherment"), "{u}: {text}");
+        }
+        assert!(text.contains(&format!("OU = mID-{mid}")), "{u}: {text}");
+        let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
+        not_afters.push((
+            u.to_string(),
+            new,
+            certfleet_common::x509::parse_der(&der).unwrap().not_after,
+        ));
+    }
+    // Services were restarted and all run.
+    let st = v.state().unwrap();
+    assert!(st.services.iter().all(|x| x.run_state == "STARTED"));
+
+    // The controller's inventory shows the new not-afters.
+    s.c.cli(&["inventory", "rescan", "vc1"]);
+    wait_for(
+        "inventory with the new certificates",
+        Duration::from_secs(60),
+        || {
+            let inv = s.c.json(&["inventory", "--agent", "vc1"]);
+            let inv = inv.as_array().cloned().unwrap_or_default();
+            not_afters
+                .iter()
+                .all(|(u, fp, na)| {
+                    inv.iter().any(|r| {
+                        r["role"] == format!("vsphere.solution_user.{u}").as_str()
+                            && r["fingerprint_sha256"] == fp.as_str()
+                            && r["not_after"]
+                                .as_str()
+                                .and_then(certfleet_common::model::parse_time)
+                                == Some(*na)
+                    })
+                })
+                .then_some(())
+                .or_else(|| {
+                    std::thread::sleep(Duration::from_millis(500));
+                    None
+                })
+        },
+    );
+    drop(s.services);
+}
+
+#[test]
+fn vsphere_solution_users_failure_restores_vmdir_and_vecs() {
+    let s = setup(soluser_spec());
+    let v = &s.vcsa;
+    let mid = v.state().unwrap().machine_id;
+    let old: Vec<String> = SOLUTION_USERS
+        .iter()
+        .map(|u| fingerprint(&getcert(v, u, u)))
+        .collect();
+    // VECS refuses the new wcp entry once, after vmdir already took it (wcp is the last user).
+    v.update(|st| st.deny_create.push("wcp".into())).unwrap();
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-solution-users",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "30d",
+            "--run",
+        ],
+    );
+    let id = p["id"].as_str().unwrap().to_owned();
+    let p = finish(&s.c, &id);
+    assert_ne!(p["state"], "succeeded", "{p:#}");
+    let text = p.to_string();
+    assert!(text.contains("ERROR_ACCESS_DENIED"), "{p:#}");
+    assert!(
+        text.contains("rolled back 6 user(s) in vmdir and VECS")
+            && !text.contains("ROLLBACK FAILED"),
+        "{p:#}"
+    );
+    for (u, fp) in SOLUTION_USERS.iter().zip(&old) {
+        let name = format!("{u}-{mid}");
+        assert_eq!(&fingerprint(&getcert(v, u, u)), fp, "VECS {u} restored");
+        assert_eq!(&vmdir_principal(v, &name), fp, "vmdir {u} restored");
+    }
+}

@@ -176,7 +176,9 @@ impl Recipe for SolutionUsers {
             }
             let k = |s: &str| format!("{}-{s}", a.name);
             steps.push(gate(a, k("gate"), prev.clone(), &a.name));
-            let mut commands = Vec::new();
+            let mut commands = vec![
+                "/usr/lib/vmware-vmafd/bin/dir-cli service list --login administrator@<domain> --password ****  (every <user>-<MACHINE_ID> principal must exist)".to_owned(),
+            ];
             for u in [
                 "machine",
                 "vsphere-webclient",
@@ -194,13 +196,19 @@ impl Recipe for SolutionUsers {
                     ("", " --FQDN=<PNID>".to_owned())
                 };
                 commands.push(format!("{CERTOOL} --gencert --server=localhost --Name={u} --genCIScert{extra} --privkey=WORK/{u}.key --cert=WORK/{u}.crt --config=/dev/null --Country=US --State=California --Locality=\"Palo Alto\" --Organization=VMware --OrgUnit=mID-<MACHINE_ID>{fqdn}"));
-                commands.push(format!("{VECS} entry getcert/getkey --store {u} --alias {u} --output WORK/old-{u}.crt|.key"));
-                commands.push(format!("{VECS} entry delete --store {u} --alias {u} -y"));
-                commands.push(format!("{VECS} entry create --store {u} --alias {u} --cert WORK/{u}.crt --key WORK/{u}.key"));
+                commands.push(format!("{VECS} entry getcert/getkey --store {u} --alias {u} --output WORK/old-{u}.crt|.key  (+ ldapsearch cn={u}-<MACHINE_ID>,cn=ServicePrincipals userCertificate > WORK/old-{u}.vmdir.crt)"));
             }
+            let u = "<each user>";
+            commands.push(format!("/usr/lib/vmware-vmafd/bin/dir-cli service update --name {u}-<MACHINE_ID> --cert WORK/{u}.crt --login administrator@<domain> --password ****  (vmdir first, §9.2)"));
+            commands.push(format!("{VECS} entry delete --store {u} --alias {u} -y"));
+            commands.push(format!(
+                "{VECS} entry create --store {u} --alias {u} --cert WORK/{u}.crt --key WORK/{u}.key"
+            ));
+            commands.push(format!("ldapsearch cn={u}-<MACHINE_ID>,cn=ServicePrincipals userCertificate == {VECS} entry getcert --store {u} --alias {u} == WORK/{u}.crt"));
+            commands.push("on any failure: dir-cli service update + vecs-cli entry delete/create the old certificates back for every user changed".into());
             steps.push(StepSpec {
                 key: k("solution-users"),
-                name: "replace solution-user certificates in VECS".into(),
+                name: "replace solution-user certificates in vmdir, then VECS".into(),
                 stage: "replace".into(),
                 target: a.name.clone(),
                 agent: a.id.clone(),
@@ -209,7 +217,10 @@ impl Recipe for SolutionUsers {
                 args: json!({}),
                 depends_on: vec![k("gate")],
                 commands,
-                files: vec!["VECS machine, vsphere-webclient, vpxd, vpxd-extension, hvc, wcp stores (those present)".into()],
+                files: vec![
+                    "vmdir cn=<user>-<MACHINE_ID>,cn=ServicePrincipals,<dn> userCertificate".into(),
+                    "VECS machine, vsphere-webclient, vpxd, vpxd-extension, hvc, wcp stores (those present)".into(),
+                ],
                 timeout_secs: 900,
             });
             steps.push(restart(a, k("restart"), vec![k("solution-users")], &a.name));
