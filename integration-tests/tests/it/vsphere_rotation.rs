@@ -577,3 +577,130 @@ fn vsphere_solution_users_failure_restores_vmdir_and_vecs() {
         assert_eq!(&vmdir_principal(v, &name), fp, "vmdir {u} restored");
     }
 }
+
+/// Two embedded vCenters in one SSO domain (one vmdir, replicated): the STS fix runs once and
+/// every node restarts one at a time; Machine SSL goes node by node behind each node's gate.
+#[test]
+fn vsphere_two_nodes_one_sso_domain() {
+    vcsa::vmdir::require_slapd().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = support::bin("certfleet-sim");
+    let h1 = SimHost::new(dir.path().join("vc1"), sim.clone()).unwrap();
+    let h2 = SimHost::new(dir.path().join("vc2"), sim).unwrap();
+    let v1 = vcsa::build(&h1, &spec()).unwrap();
+    let v2 = vcsa::build(
+        &h2,
+        &VcsaSpec::new(VcsaVersion::V70, "vcsa02.lab.local")
+            .with("machine_ssl", Lifetime::days(720, 8)),
+    )
+    .unwrap();
+    vcsa::join(&v1, &v2).unwrap();
+    let _s1 = v1.start_services().unwrap();
+    let _s2 = v2.start_services().unwrap();
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let mut agents = Vec::new();
+    for (name, v) in [("vc1", &v1), ("vc2", &v2)] {
+        let state = c.enroll(name);
+        let root = v.host.root.display().to_string();
+        agents.push(c.run_agent(&state, Some(&v.agent_config_path()), &["--root", &root]));
+    }
+    c.wait_connected(2);
+    assert!(
+        !login(&v1).0 && !login(&v2).0,
+        "expired STS: no login anywhere"
+    );
+
+    // STS, targeting only vc1: vc2 is in the domain, so it is gated and restarted too.
+    let p = create(&c, &["vsphere-sts", "--agent", "vc1", "--dry-run"]);
+    let p = c.json(&["plan", "show", p["id"].as_str().unwrap()]);
+    let plan: Vec<String> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["agent"].as_str().unwrap(),
+                s["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            "vc1 vsphere.replication_gate",
+            "vc2 vsphere.replication_gate",
+            "vc1 vsphere.sts",
+            "vc1 vsphere.restart_services",
+            "vc2 vsphere.restart_services",
+        ],
+        "{p:#}"
+    );
+    let p = create(&c, &["vsphere-sts", "--agent", "vc1", "--run"]);
+    let p = finish(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let steps = p["steps"].as_array().unwrap();
+    // One at a time: each restart starts after the previous one finished.
+    assert!(
+        steps[4]["started_at"].as_str() >= steps[3]["finished_at"].as_str(),
+        "{p:#}"
+    );
+    assert_eq!(steps[4]["depends_on"][0], "vc1-restart", "{p:#}");
+    for v in [&v1, &v2] {
+        let (ok, msg) = login(v);
+        assert!(ok, "{}: {msg}", v.state().unwrap().pnid);
+    }
+
+    // Machine SSL on both: vc1 gate → vc1 → vc2 gate → vc2.
+    let old: Vec<String> = [&v1, &v2]
+        .iter()
+        .map(|v| fingerprint(&getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT")))
+        .collect();
+    let p = create(
+        &c,
+        &["vsphere-machine-ssl", "--expiring-within", "90d", "--run"],
+    );
+    let p = finish(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let steps = p["steps"].as_array().unwrap();
+    let plan: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["agent"].as_str().unwrap(),
+                s["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            "vc1 vsphere.replication_gate",
+            "vc1 vsphere.machine_ssl",
+            "vc2 vsphere.replication_gate",
+            "vc2 vsphere.machine_ssl",
+        ],
+        "{p:#}"
+    );
+    assert_eq!(steps[2]["depends_on"][0], "vc1-machine-ssl", "{p:#}");
+    assert!(
+        steps[2]["started_at"].as_str() >= steps[1]["finished_at"].as_str(),
+        "{p:#}"
+    );
+    for (v, old) in [&v1, &v2].iter().zip(&old) {
+        let new = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+        assert_ne!(&fingerprint(&new), old);
+        assert!(valid_for(&new, YEAR));
+        assert_eq!(served(v), fingerprint(&new), "serves the new one");
+        assert!(login(v).0, "node works after the renewal");
+        assert!(
+            v.state()
+                .unwrap()
+                .services
+                .iter()
+                .all(|x| x.run_state == "STARTED")
+        );
+    }
+    drop(agents);
+}
