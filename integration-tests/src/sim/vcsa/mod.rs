@@ -346,10 +346,6 @@ pub struct VcsaState {
     /// (`ERROR_ACCESS_DENIED`), to inject a failure half way through a renewal.
     #[serde(default)]
     pub deny_create: Vec<String>,
-    /// How many coming `service-control --start --all` fail with the RC=5 shape of §8.1,
-    /// leaving eam, vsphere-ui and vpxd-svcs stopped.
-    #[serde(default)]
-    pub start_all_failures: u32,
 }
 
 /// Another node's objects in a shared vmdir.
@@ -894,7 +890,6 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         vmdir_members: Vec::new(),
         vmdir_remote: false,
         deny_create: Vec::new(),
-        start_all_failures: 0,
     };
     state.save(host)?;
 
