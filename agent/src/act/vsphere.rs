@@ -5,14 +5,14 @@
 //! |---|---|
 //! | `vsphere.replication_gate` | `vdcrepadmin -f showpartnerstatus`: refuses unless every partner is available and 0 changes behind (§9.0 step 5) |
 //! | `vsphere.machine_ssl` | `certool --genkey/--gencert` for the PNID (§9.1), backs the old `__MACHINE_CERT` up to files and `BACKUP_STORE/bkp___MACHINE_CERT`, `vecs-cli entry delete/create`, checks the entry (not-after, PNID in SAN, chains to the VMCA root); with `restart` also restarts services and checks the endpoint; puts the old entry back if a check fails |
-//! | `vsphere.solution_users` | per solution user (wcp with `--dataencipherment` and no `--FQDN`, §7/§9.2): `certool --genkey`, `--gencert --genCIScert`, then `vecs-cli entry delete/create`; old entries backed up and restored on failure |
+//! | `vsphere.solution_users` | `dir-cli service list` (SSO password and principals), then per solution user (wcp with `--dataencipherment` and no `--FQDN`, §7/§9.2): `certool --genkey`, `--gencert --genCIScert`; then per user vmdir first (`dir-cli service update --name <user>-<machine-id>`), VECS second (`vecs-cli entry delete/create`), both read back and compared; old vmdir and VECS certificates backed up and restored on failure |
 //! | `vsphere.sts` | fixsts.sh/vCert (§5.3): new `ssoserverSign` cert from certool, LDIF backup of every `TenantCredential-N`/`TrustedCertChain-N`, one `ldapmodify` (machine account) deleting them and adding `-1`, then checks vmdir like checksts (the active signing cert is the new one and valid); re-adds the backup if the check fails |
 //! | `vsphere.restart_services` | `service-control --stop --all` / `--start --all`, polls `--status --all` until nothing is stopped, checks the endpoint serves VECS `__MACHINE_CERT` |
 //!
 //! Host layout (defaults, override in `[tools]`): `certool` at `/usr/lib/vmware-vmca/bin/certool`,
 //! `service-control` at `/bin/service-control`, `ldapmodify`/`ldapsearch` at
 //! `/opt/likewise/bin/`, `vecs-cli`/`vmafd-cli` under `/usr/lib/vmware-vmafd/bin/`,
-//! `vdcrepadmin` under `/usr/lib/vmware-vmdir/bin/`, `lwregshell` in `/opt/likewise/bin/`, the
+//! `vdcrepadmin` under `/usr/lib/vmware-vmdir/bin/`, `dir-cli` under `/usr/lib/vmware-vmafd/bin/`, `lwregshell` in `/opt/likewise/bin/`, the
 //! VMCA root at `/var/lib/vmware/vmca/root.cer`. Settings: those of the vsphere collector
 //! (`vsphere.ldap_uri`, `vsphere.https_address`, `vsphere.sso_user`,
 //! `vsphere.sso_password_file`). Work files (new keys, exported old entries) live in
@@ -36,6 +36,7 @@ const LWREGSHELL: &str = "/opt/likewise/bin/lwregshell";
 const LDAPSEARCH: &str = "/opt/likewise/bin/ldapsearch";
 const LDAPMODIFY: &str = "/opt/likewise/bin/ldapmodify";
 const CERTOOL: &str = "/usr/lib/vmware-vmca/bin/certool";
+const DIR_CLI: &str = "/usr/lib/vmware-vmafd/bin/dir-cli";
 const SERVICE_CONTROL: &str = "/bin/service-control";
 const VMCA_ROOT: &str = "/var/lib/vmware/vmca/root.cer";
 
@@ -409,6 +410,12 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
 // === solution users ===
 
 /// Solution users of a VC/embedded node by version (§9.2); `hvc`/`wcp` only where VECS has them.
+///
+/// Order as documented (§9.2): every new certificate is issued and checked first; then per user
+/// the vmdir service principal (`dir-cli service update`) and after it the VECS entry. Both are
+/// then read back (vmdir with `ldapsearch` as the machine account, like vCert's MISMATCH check,
+/// VECS with `vecs-cli entry getcert`) and must hold the new certificate. On any failure every
+/// user already changed, and the failing one, gets its old certificate back in vmdir and VECS.
 fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pnid = pnid(ctx)?;
     let mid = machine_id(ctx)?;
@@ -434,10 +441,26 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         .into_iter()
         .filter(|u| stores.lines().any(|l| l.trim() == u))
         .collect();
+    let sso = Sso::new(ctx)?;
+    // fixcerts' precheck: the SSO password works and every principal exists (§9.0 step 4).
+    let listed = sso.dir_cli(ctx, &["service", "list"])?;
+    let principals: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_once(". ").map(|(_, n)| n.trim()))
+        .collect();
+    let missing: Vec<String> = users
+        .iter()
+        .map(|u| format!("{u}-{mid}"))
+        .filter(|n| !principals.contains(&n.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ActError(format!(
+            "dir-cli service list: no service principal {} in vmdir; not touching any solution user (lsdoctor will not recreate hvc/wcp, §9.2)",
+            missing.join(", ")
+        )));
+    }
     let dir = workdir(ctx)?;
-    let mut done: Vec<(String, PathBuf, PathBuf)> = Vec::new();
     let mut backups = Vec::new();
-    let mut result = serde_json::Map::new();
     let run = |u: &str, backups: &mut Vec<PathBuf>| -> Result<(PathBuf, PathBuf, i64), ActError> {
         let key = genkey(ctx, &dir, u)?;
         let crt = dir.join(format!("{u}.crt"));
@@ -465,49 +488,84 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
             a.push(format!("--FQDN={pnid}"));
         }
         let (old_crt, old_key) = export_entry(ctx, u, u, &dir, &format!("old-{u}"))?;
-        backups.extend([old_crt.clone(), old_key.clone()]);
+        // The old vmdir certificate (normally the same as VECS; kept separately for rollback).
+        let old_vmdir = dir.join(format!("old-{u}.vmdir.crt"));
+        let der = sso.principal_cert(ctx, &format!("{u}-{mid}"))?;
+        write_file(
+            &old_vmdir,
+            certfleet_common::pem::encode("CERTIFICATE", &der).as_bytes(),
+            PRIVATE,
+        )
+        .map_err(|e| ActError(format!("{}: {e}", old_vmdir.display())))?;
+        backups.extend([old_crt, old_key, old_vmdir]);
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
         certool(ctx, &refs)?;
         let not_after = check_cert(ctx, &crt, if u == "wcp" { None } else { Some(&pnid) })?;
         Ok((crt, key, not_after))
     };
-    // Issue and check all certificates first, then replace (vmdir before VECS in the docs; the
-    // simulated appliance has no dir-cli, so VECS only — see the report).
     let mut issued = Vec::new();
     for u in &users {
         issued.push((u.clone(), run(u, &mut backups)?));
     }
     let manifest = backup::create(ctx.state, ctx.step_id, &backups)?;
+    // vmdir and VECS both hold `crt`?
+    let check_both = |u: &str, crt: &Path| -> Result<(), ActError> {
+        let want = certfleet_common::pem::first_certificate(
+            &std::fs::read(crt).map_err(|e| ActError(format!("{}: {e}", crt.display())))?,
+        )
+        .map_err(|e| ActError(format!("{}: {e}", crt.display())))?;
+        let name = format!("{u}-{mid}");
+        if sso.principal_cert(ctx, &name)? != want {
+            return Err(ActError(format!(
+                "vmdir cn={name},cn=ServicePrincipals does not hold {}",
+                crt.display()
+            )));
+        }
+        if entry_cert(ctx, u, u)? != want {
+            return Err(ActError(format!(
+                "VECS {u}/{u} does not hold {} (vmdir/VECS MISMATCH)",
+                crt.display()
+            )));
+        }
+        Ok(())
+    };
+    let mut done: Vec<String> = Vec::new();
+    let mut result = serde_json::Map::new();
     for (u, (crt, key, not_after)) in &issued {
-        let old = (
-            dir.join(format!("old-{u}.crt")),
-            dir.join(format!("old-{u}.key")),
-        );
-        let r = replace_entry(ctx, u, u, crt, key).and_then(|_| {
-            let der = entry_cert(ctx, u, u)?;
-            let want = certfleet_common::pem::first_certificate(
-                &std::fs::read(crt).map_err(|e| ActError(e.to_string()))?,
+        let name = format!("{u}-{mid}");
+        let r = sso
+            .dir_cli(
+                ctx,
+                &["service", "update", "--name", &name, "--cert", &s(crt)],
             )
-            .map_err(|e| ActError(e.to_string()))?;
-            if der != want {
-                return Err(ActError(format!(
-                    "VECS {u}/{u} does not hold the new certificate"
-                )));
-            }
-            Ok(())
-        });
+            .and_then(|_| replace_entry(ctx, u, u, crt, key))
+            .and_then(|_| check_both(u, crt));
         if let Err(e) = r {
+            (ctx.output)(format!(
+                "solution user {u}: {e}; restoring vmdir and VECS of {} user(s)",
+                done.len() + 1
+            ));
             let mut undo = vec![];
-            for (du, oc, ok) in done
-                .iter()
-                .chain(std::iter::once(&(u.clone(), old.0, old.1)))
-            {
-                if let Err(x) = replace_entry(ctx, du, du, oc, ok) {
+            for du in done.iter().chain(std::iter::once(u)) {
+                let old_vmdir = dir.join(format!("old-{du}.vmdir.crt"));
+                let (oc, ok) = (
+                    dir.join(format!("old-{du}.crt")),
+                    dir.join(format!("old-{du}.key")),
+                );
+                let dn = format!("{du}-{mid}");
+                let r = sso
+                    .dir_cli(
+                        ctx,
+                        &["service", "update", "--name", &dn, "--cert", &s(&old_vmdir)],
+                    )
+                    .and_then(|_| replace_entry(ctx, du, du, &oc, &ok))
+                    .and_then(|_| check_both(du, &oc));
+                if let Err(x) = r {
                     undo.push(format!("{du}: {x}"));
                 }
             }
             return Err(ActError(format!(
-                "solution user {u}: {e}; rolled back {}{}",
+                "solution user {u}: {e}; rolled back {} user(s) in vmdir and VECS{}",
                 done.len() + 1,
                 if undo.is_empty() {
                     String::new()
@@ -517,14 +575,121 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
             )));
         }
         result.insert(u.clone(), json!(not_after));
-        done.push((u.clone(), old.0, old.1));
+        done.push(u.clone());
         let _ = std::fs::remove_file(key);
     }
     Ok(json!({
-        "message": format!("replaced solution users {}", users.join(", ")),
+        "message": format!("replaced solution users {} in vmdir and VECS (both checked)", users.join(", ")),
         "not_after": result,
         "backup_id": manifest.id,
     }))
+}
+
+/// SSO access for solution users: `dir-cli` as the SSO administrator, `ldapsearch` as the
+/// machine account (read-back of `cn=<user>-<machine-id>,cn=ServicePrincipals,<dn>`).
+struct Sso {
+    login: String,
+    password: String,
+    acct: MachineAccount,
+    base: String,
+    uri: String,
+    pwfile: PathBuf,
+}
+
+impl Sso {
+    fn new(ctx: &ActContext<'_>) -> Result<Self, ActError> {
+        let password = sso_password(ctx)?;
+        let acct = machine_account(ctx)?;
+        let (domain, _) = ldap_bases(&acct.dn);
+        let user = ctx
+            .cfg
+            .setting("vsphere.sso_user")
+            .unwrap_or("administrator");
+        let login = if user.contains('@') {
+            user.to_owned()
+        } else {
+            format!("{user}@{domain}")
+        };
+        let dcs: Vec<&str> = acct
+            .dn
+            .split(',')
+            .map(str::trim)
+            .filter(|p| p.to_ascii_lowercase().starts_with("dc="))
+            .collect();
+        let base = format!("cn=ServicePrincipals,{}", dcs.join(","));
+        let pwfile = workdir(ctx)?.join("machine-account.pw");
+        write_file(&pwfile, acct.password.as_bytes(), PRIVATE)
+            .map_err(|e| ActError(format!("{}: {e}", pwfile.display())))?;
+        let uri = ctx
+            .cfg
+            .setting("vsphere.ldap_uri")
+            .unwrap_or("ldap://localhost:389")
+            .to_owned();
+        Ok(Sso {
+            login,
+            password,
+            acct,
+            base,
+            uri,
+            pwfile,
+        })
+    }
+
+    /// `dir-cli ARGS --login … --password …`, the password masked in the step output.
+    fn dir_cli(&self, ctx: &ActContext<'_>, args: &[&str]) -> Result<String, ActError> {
+        let bin = tool(ctx, "dir-cli", DIR_CLI);
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--login", &self.login, "--password", &self.password]);
+        let shown = crate::exec::command_line(&bin, &a).replace(&self.password, "****");
+        (ctx.output)(format!("$ {shown}"));
+        let out = crate::exec::run_ok(&bin, &a, None, ctx.timeout)
+            .map_err(|e| ActError(e.to_string().replace(&self.password, "****")))?;
+        for l in out.stdout.lines() {
+            (ctx.output)(l.to_owned());
+        }
+        Ok(out.stdout)
+    }
+
+    /// The `userCertificate` (DER) of service principal `name` in vmdir.
+    fn principal_cert(&self, ctx: &ActContext<'_>, name: &str) -> Result<Vec<u8>, ActError> {
+        let dn = format!("cn={name},{}", self.base);
+        let out = ctx.run_ok(
+            &tool(ctx, "ldapsearch", LDAPSEARCH),
+            &[
+                "-o",
+                "ldif-wrap=no",
+                "-LLL",
+                "-x",
+                "-H",
+                &self.uri,
+                "-D",
+                &self.acct.dn,
+                "-y",
+                &s(&self.pwfile),
+                "-b",
+                &dn,
+                "-s",
+                "base",
+                "(objectclass=*)",
+                "userCertificate",
+            ],
+            None,
+        )?;
+        let entries =
+            parse_ldif(&out.stdout).map_err(|e| ActError(format!("ldapsearch {dn}: {e}")))?;
+        entries
+            .into_iter()
+            .flat_map(|(_, attrs)| attrs)
+            .find(|(a, _)| a.eq_ignore_ascii_case("userCertificate"))
+            .map(|(_, v)| v)
+            .ok_or_else(|| ActError(format!("vmdir {dn}: no userCertificate")))
+    }
+}
+
+impl Drop for Sso {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pwfile);
+    }
 }
 
 // === STS ===

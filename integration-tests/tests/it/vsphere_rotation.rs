@@ -326,3 +326,381 @@ fn vsphere_failed_verification_rolls_back() {
         "VECS holds the old certificate again"
     );
 }
+
+/// SHA-256 of the `userCertificate` of `cn=<name>,cn=ServicePrincipals,<dn>` in the running
+/// vmdir, read with the real `ldapsearch` as the node's machine account.
+fn vmdir_principal(v: &Vcsa, name: &str) -> String {
+    use base64::Engine;
+    let s = v.state().unwrap();
+    let out = Command::new("/usr/bin/ldapsearch")
+        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
+        .arg(format!("ldap://127.0.0.1:{}", s.ldap_port))
+        .args([
+            "-D",
+            &s.machine_account_dn,
+            "-w",
+            &s.machine_account_password,
+            "-s",
+            "base",
+            "-b",
+            &format!("cn={name},cn=ServicePrincipals,{}", s.domain_dn()),
+            "(objectclass=*)",
+            "userCertificate",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let b = text
+        .lines()
+        .find_map(|l| l.strip_prefix("userCertificate:: "))
+        .unwrap_or_else(|| panic!("no userCertificate for {name}: {text}"));
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .unwrap();
+    certfleet_common::pki::sha256_hex(&der)
+}
+
+fn x509_text(pem: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.pem");
+    std::fs::write(&p, pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `"<agent> <action>"` of every step, in the order the steps started (stable: plan order within
+/// the same second).
+fn run_order(p: &Value) -> Vec<String> {
+    let mut steps: Vec<(String, String)> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| {
+            (
+                st["started_at"].as_str().unwrap_or("~").to_owned(),
+                format!(
+                    "{} {}",
+                    st["agent"].as_str().unwrap_or(""),
+                    st["action"].as_str().unwrap_or("")
+                ),
+            )
+        })
+        .collect();
+    steps.sort_by(|a, b| a.0.cmp(&b.0));
+    steps.into_iter().map(|(_, s)| s).collect()
+}
+
+const SOLUTION_USERS: [&str; 6] = [
+    "machine",
+    "vsphere-webclient",
+    "vpxd",
+    "vpxd-extension",
+    "hvc",
+    "wcp",
+];
+
+fn soluser_spec() -> VcsaSpec {
+    VcsaSpec::new(VcsaVersion::V70, "vcsa01.lab.local").with("wcp", Lifetime::days(720, 10))
+}
+
+#[test]
+fn vsphere_solution_users_vmdir_then_vecs() {
+    let s = setup(soluser_spec());
+    let v = &s.vcsa;
+    let mid = v.state().unwrap().machine_id;
+    let old: Vec<String> = SOLUTION_USERS
+        .iter()
+        .map(|u| fingerprint(&getcert(v, u, u)))
+        .collect();
+    for (u, fp) in SOLUTION_USERS.iter().zip(&old) {
+        assert_eq!(&vmdir_principal(v, &format!("{u}-{mid}")), fp, "{u} before");
+    }
+    assert!(!valid_for(&getcert(v, "wcp", "wcp"), 30 * 86_400));
+
+    // dir-cli as §8.4 prints it.
+    let out = Command::new(v.host.path(vcsa::DIR_CLI))
+        .args(["service", "list", "--login", "administrator@vsphere.local"])
+        .args(["--password", &v.state().unwrap().sso_password])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with("1. "), "{text}");
+    for (i, l) in text.lines().enumerate() {
+        assert!(l.starts_with(&format!("{}. ", i + 1)), "{text}");
+    }
+    for u in SOLUTION_USERS {
+        assert!(text.contains(&format!(". {u}-{mid}\n")), "{u}: {text}");
+    }
+    let bad = Command::new(v.host.path(vcsa::DIR_CLI))
+        .args(["service", "list", "--password", "wrong"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(49));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("dir-cli failed. Error 49: "));
+
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-solution-users",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "30d",
+            "--run",
+        ],
+    );
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert_eq!(
+        run_order(&p),
+        [
+            "vc1 vsphere.replication_gate",
+            "vc1 vsphere.solution_users",
+            "vc1 vsphere.restart_services"
+        ],
+        "{p:#}"
+    );
+    let out = p.to_string();
+    assert!(out.contains("dir-cli service update --name wcp-"), "{p:#}");
+    assert!(
+        !out.contains(&v.state().unwrap().sso_password),
+        "password shown"
+    );
+
+    let mut not_afters = Vec::new();
+    for (u, fp) in SOLUTION_USERS.iter().zip(&old) {
+        let pem = getcert(v, u, u);
+        let new = fingerprint(&pem);
+        assert_ne!(&new, fp, "{u} renewed");
+        assert_eq!(
+            vmdir_principal(v, &format!("{u}-{mid}")),
+            new,
+            "vmdir and VECS agree for {u}"
+        );
+        assert!(valid_for(&pem, YEAR), "{u} good for a year (openssl)");
+        let text = x509_text(&pem);
+        if *u == "wcp" {
+            assert!(text.contains("Data Encipherment"), "wcp: {text}");
+            assert!(!text.contains("Subject Alternative Name"), "wcp: {text}");
+        } else {
+            assert!(text.contains("DNS:vcsa01.lab.local"), "{u}: {text}");
+            assert!(!text.contains("Data Encipherment"), "{u}: {text}");
+        }
+        assert!(text.contains(&format!("OU = mID-{mid}")), "{u}: {text}");
+        let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
+        not_afters.push((
+            u.to_string(),
+            new,
+            certfleet_common::x509::parse_der(&der).unwrap().not_after,
+        ));
+    }
+    // Services were restarted and all run.
+    let st = v.state().unwrap();
+    assert!(st.services.iter().all(|x| x.run_state == "STARTED"));
+
+    // The controller's inventory shows the new not-afters.
+    s.c.cli(&["inventory", "rescan", "vc1"]);
+    wait_for(
+        "inventory with the new certificates",
+        Duration::from_secs(60),
+        || {
+            let inv = s.c.json(&["inventory", "--agent", "vc1"]);
+            let inv = inv.as_array().cloned().unwrap_or_default();
+            not_afters
+                .iter()
+                .all(|(u, fp, na)| {
+                    inv.iter().any(|r| {
+                        r["role"] == format!("vsphere.solution_user.{u}").as_str()
+                            && r["fingerprint_sha256"] == fp.as_str()
+                            && r["not_after"]
+                                .as_str()
+                                .and_then(certfleet_common::model::parse_time)
+                                == Some(*na)
+                    })
+                })
+                .then_some(())
+                .or_else(|| {
+                    std::thread::sleep(Duration::from_millis(500));
+                    None
+                })
+        },
+    );
+    drop(s.services);
+}
+
+#[test]
+fn vsphere_solution_users_failure_restores_vmdir_and_vecs() {
+    let s = setup(soluser_spec());
+    let v = &s.vcsa;
+    let mid = v.state().unwrap().machine_id;
+    let old: Vec<String> = SOLUTION_USERS
+        .iter()
+        .map(|u| fingerprint(&getcert(v, u, u)))
+        .collect();
+    // VECS refuses the new wcp entry once, after vmdir already took it (wcp is the last user).
+    v.update(|st| st.deny_create.push("wcp".into())).unwrap();
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-solution-users",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "30d",
+            "--run",
+        ],
+    );
+    let id = p["id"].as_str().unwrap().to_owned();
+    let p = finish(&s.c, &id);
+    assert_ne!(p["state"], "succeeded", "{p:#}");
+    let text = p.to_string();
+    assert!(text.contains("ERROR_ACCESS_DENIED"), "{p:#}");
+    assert!(
+        text.contains("rolled back 6 user(s) in vmdir and VECS")
+            && !text.contains("ROLLBACK FAILED"),
+        "{p:#}"
+    );
+    for (u, fp) in SOLUTION_USERS.iter().zip(&old) {
+        let name = format!("{u}-{mid}");
+        assert_eq!(&fingerprint(&getcert(v, u, u)), fp, "VECS {u} restored");
+        assert_eq!(&vmdir_principal(v, &name), fp, "vmdir {u} restored");
+    }
+}
+
+/// Two embedded vCenters in one SSO domain (one vmdir, replicated): the STS fix runs once and
+/// every node restarts one at a time; Machine SSL goes node by node behind each node's gate.
+#[test]
+fn vsphere_two_nodes_one_sso_domain() {
+    vcsa::vmdir::require_slapd().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = support::bin("certfleet-sim");
+    let h1 = SimHost::new(dir.path().join("vc1"), sim.clone()).unwrap();
+    let h2 = SimHost::new(dir.path().join("vc2"), sim).unwrap();
+    let v1 = vcsa::build(&h1, &spec()).unwrap();
+    let v2 = vcsa::build(
+        &h2,
+        &VcsaSpec::new(VcsaVersion::V70, "vcsa02.lab.local")
+            .with("machine_ssl", Lifetime::days(720, 8)),
+    )
+    .unwrap();
+    vcsa::join(&v1, &v2).unwrap();
+    let _s1 = v1.start_services().unwrap();
+    let _s2 = v2.start_services().unwrap();
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let mut agents = Vec::new();
+    for (name, v) in [("vc1", &v1), ("vc2", &v2)] {
+        let state = c.enroll(name);
+        let root = v.host.root.display().to_string();
+        agents.push(c.run_agent(&state, Some(&v.agent_config_path()), &["--root", &root]));
+    }
+    c.wait_connected(2);
+    assert!(
+        !login(&v1).0 && !login(&v2).0,
+        "expired STS: no login anywhere"
+    );
+
+    // STS, targeting only vc1: vc2 is in the domain, so it is gated and restarted too.
+    let p = create(&c, &["vsphere-sts", "--agent", "vc1", "--dry-run"]);
+    let p = c.json(&["plan", "show", p["id"].as_str().unwrap()]);
+    let plan: Vec<String> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["agent"].as_str().unwrap(),
+                s["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            "vc1 vsphere.replication_gate",
+            "vc2 vsphere.replication_gate",
+            "vc1 vsphere.sts",
+            "vc1 vsphere.restart_services",
+            "vc2 vsphere.restart_services",
+        ],
+        "{p:#}"
+    );
+    let p = create(&c, &["vsphere-sts", "--agent", "vc1", "--run"]);
+    let p = finish(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let steps = p["steps"].as_array().unwrap();
+    // One at a time: each restart starts after the previous one finished.
+    assert!(
+        steps[4]["started_at"].as_str() >= steps[3]["finished_at"].as_str(),
+        "{p:#}"
+    );
+    assert_eq!(steps[4]["depends_on"][0], "vc1-restart", "{p:#}");
+    for v in [&v1, &v2] {
+        let (ok, msg) = login(v);
+        assert!(ok, "{}: {msg}", v.state().unwrap().pnid);
+    }
+
+    // Machine SSL on both: vc1 gate → vc1 → vc2 gate → vc2.
+    let old: Vec<String> = [&v1, &v2]
+        .iter()
+        .map(|v| fingerprint(&getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT")))
+        .collect();
+    let p = create(
+        &c,
+        &["vsphere-machine-ssl", "--expiring-within", "90d", "--run"],
+    );
+    let p = finish(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let steps = p["steps"].as_array().unwrap();
+    let plan: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["agent"].as_str().unwrap(),
+                s["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        plan,
+        [
+            "vc1 vsphere.replication_gate",
+            "vc1 vsphere.machine_ssl",
+            "vc2 vsphere.replication_gate",
+            "vc2 vsphere.machine_ssl",
+        ],
+        "{p:#}"
+    );
+    assert_eq!(steps[2]["depends_on"][0], "vc1-machine-ssl", "{p:#}");
+    assert!(
+        steps[2]["started_at"].as_str() >= steps[1]["finished_at"].as_str(),
+        "{p:#}"
+    );
+    for (v, old) in [&v1, &v2].iter().zip(&old) {
+        let new = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+        assert_ne!(&fingerprint(&new), old);
+        assert!(valid_for(&new, YEAR));
+        assert_eq!(served(v), fingerprint(&new), "serves the new one");
+        assert!(login(v).0, "node works after the renewal");
+        assert!(
+            v.state()
+                .unwrap()
+                .services
+                .iter()
+                .all(|x| x.run_state == "STARTED")
+        );
+    }
+    drop(agents);
+}

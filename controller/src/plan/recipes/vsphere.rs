@@ -10,8 +10,12 @@
 //!   on every node first, the fixsts/vCert LDAP replacement runs on one node only, then services
 //!   restart on every vCenter of the domain one at a time (§9.6.4), each checked.
 //!
-//! All selected targets are treated as one SSO domain and serialized (param `domain` only labels
-//! the plan); plan one domain at a time.
+//! Nodes are grouped by SSO domain from the collector's facts: the domain name in the vmdir DN
+//! of the STS signing certificate (`cn=<domain>,cn=Tenants,…`) together with the fingerprints
+//! of the STS certificates that node's vmdir holds. Nodes sharing one vmdir (Enhanced Linked
+//! Mode, replicated) report the same ones; separate domains that happen to share a name do not.
+//! A node without STS facts is a domain of its own. Within a domain everything is serialized;
+//! different domains proceed independently.
 
 use serde_json::json;
 
@@ -41,6 +45,55 @@ fn vsphere_targets<'a>(input: &RecipeInput<'a>) -> Vec<&'a AgentRecord> {
                     .is_some_and(|c| c.iter().any(|c| c.role.starts_with("vsphere.")))
         })
         .collect()
+}
+
+/// `(domain name, domain key)` of `agent` (see the module documentation).
+fn sso_domain(input: &RecipeInput<'_>, agent: &AgentRecord) -> (String, String) {
+    let sts: Vec<_> = input
+        .inventory
+        .get(&agent.id)
+        .map(|c| {
+            c.iter()
+                .filter(|c| c.role.starts_with("vsphere.sts_signing"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let name = sts
+        .iter()
+        .flat_map(|c| c.locations.iter())
+        .filter(|l| l.kind == "vmdir")
+        .find_map(|l| {
+            let lower = l.path.to_ascii_lowercase();
+            let end = lower.find(",cn=tenants,")?;
+            let start = l.path[..end].rfind("cn=")? + 3;
+            Some(l.path[start..end].to_owned())
+        });
+    match name {
+        Some(name) => {
+            let mut fps: Vec<&str> = sts.iter().map(|c| c.fingerprint_sha256.as_str()).collect();
+            fps.sort_unstable();
+            fps.dedup();
+            let id = certfleet_common::pki::sha256_hex(fps.join(",").as_bytes());
+            (name.clone(), format!("{name}@{}", &id[..8]))
+        }
+        None => (agent.name.clone(), format!("node:{}", agent.name)),
+    }
+}
+
+/// `nodes` grouped by SSO domain (key → (domain name, nodes)), in their given order.
+fn by_domain<'a>(
+    input: &RecipeInput<'_>,
+    nodes: &[&'a AgentRecord],
+) -> Vec<(String, String, Vec<&'a AgentRecord>)> {
+    let mut out: Vec<(String, String, Vec<&'a AgentRecord>)> = Vec::new();
+    for a in nodes {
+        let (name, key) = sso_domain(input, a);
+        match out.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, v)) => v.push(a),
+            None => out.push((key, name, vec![a])),
+        }
+    }
+    out
 }
 
 /// Whether `agent` reported a certificate with a role starting with `role` that is due.
@@ -102,14 +155,17 @@ impl Recipe for MachineSsl {
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
         let mut steps = Vec::new();
-        let mut prev: Option<String> = None;
-        for a in vsphere_targets(input) {
-            if !due(input, &a.id, "vsphere.machine_ssl") {
-                continue;
-            }
-            let k = |s: &str| format!("{}-{s}", a.name);
-            steps.push(gate(a, k("gate"), prev.clone(), &a.name));
-            steps.push(StepSpec {
+        let targets = vsphere_targets(input);
+        let domains = by_domain(input, &targets);
+        for (_, _, nodes) in &domains {
+            let mut prev: Option<String> = None;
+            for &a in nodes {
+                if !due(input, &a.id, "vsphere.machine_ssl") {
+                    continue;
+                }
+                let k = |s: &str| format!("{}-{s}", a.name);
+                steps.push(gate(a, k("gate"), prev.clone(), &a.name));
+                steps.push(StepSpec {
                 key: k("machine-ssl"),
                 name: "replace Machine SSL (VECS __MACHINE_CERT)".into(),
                 stage: "replace".into(),
@@ -144,7 +200,8 @@ impl Recipe for MachineSsl {
                 ],
                 timeout_secs: 900,
             });
-            prev = Some(k("machine-ssl"));
+                prev = Some(k("machine-ssl"));
+            }
         }
         if steps.is_empty() {
             return Err(
@@ -169,38 +226,49 @@ impl Recipe for SolutionUsers {
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
         let mut steps = Vec::new();
-        let mut prev: Option<String> = None;
-        for a in vsphere_targets(input) {
-            if !due(input, &a.id, "vsphere.solution_user.") {
-                continue;
-            }
-            let k = |s: &str| format!("{}-{s}", a.name);
-            steps.push(gate(a, k("gate"), prev.clone(), &a.name));
-            let mut commands = Vec::new();
-            for u in [
-                "machine",
-                "vsphere-webclient",
-                "vpxd",
-                "vpxd-extension",
-                "hvc",
-                "wcp",
-            ] {
-                commands.push(format!(
+        let targets = vsphere_targets(input);
+        let domains = by_domain(input, &targets);
+        for (_, _, nodes) in &domains {
+            let mut prev: Option<String> = None;
+            for &a in nodes {
+                if !due(input, &a.id, "vsphere.solution_user.") {
+                    continue;
+                }
+                let k = |s: &str| format!("{}-{s}", a.name);
+                steps.push(gate(a, k("gate"), prev.clone(), &a.name));
+                let mut commands = vec![
+                "/usr/lib/vmware-vmafd/bin/dir-cli service list --login administrator@<domain> --password ****  (every <user>-<MACHINE_ID> principal must exist)".to_owned(),
+            ];
+                for u in [
+                    "machine",
+                    "vsphere-webclient",
+                    "vpxd",
+                    "vpxd-extension",
+                    "hvc",
+                    "wcp",
+                ] {
+                    commands.push(format!(
                     "{CERTOOL} --genkey --privkey=WORK/{u}.key --pubkey=WORK/{u}.pub --server=localhost"
                 ));
-                let (extra, fqdn) = if u == "wcp" {
-                    (" --dataencipherment", String::new())
-                } else {
-                    ("", " --FQDN=<PNID>".to_owned())
-                };
-                commands.push(format!("{CERTOOL} --gencert --server=localhost --Name={u} --genCIScert{extra} --privkey=WORK/{u}.key --cert=WORK/{u}.crt --config=/dev/null --Country=US --State=California --Locality=\"Palo Alto\" --Organization=VMware --OrgUnit=mID-<MACHINE_ID>{fqdn}"));
-                commands.push(format!("{VECS} entry getcert/getkey --store {u} --alias {u} --output WORK/old-{u}.crt|.key"));
+                    let (extra, fqdn) = if u == "wcp" {
+                        (" --dataencipherment", String::new())
+                    } else {
+                        ("", " --FQDN=<PNID>".to_owned())
+                    };
+                    commands.push(format!("{CERTOOL} --gencert --server=localhost --Name={u} --genCIScert{extra} --privkey=WORK/{u}.key --cert=WORK/{u}.crt --config=/dev/null --Country=US --State=California --Locality=\"Palo Alto\" --Organization=VMware --OrgUnit=mID-<MACHINE_ID>{fqdn}"));
+                    commands.push(format!("{VECS} entry getcert/getkey --store {u} --alias {u} --output WORK/old-{u}.crt|.key  (+ ldapsearch cn={u}-<MACHINE_ID>,cn=ServicePrincipals userCertificate > WORK/old-{u}.vmdir.crt)"));
+                }
+                let u = "<each user>";
+                commands.push(format!("/usr/lib/vmware-vmafd/bin/dir-cli service update --name {u}-<MACHINE_ID> --cert WORK/{u}.crt --login administrator@<domain> --password ****  (vmdir first, §9.2)"));
                 commands.push(format!("{VECS} entry delete --store {u} --alias {u} -y"));
-                commands.push(format!("{VECS} entry create --store {u} --alias {u} --cert WORK/{u}.crt --key WORK/{u}.key"));
-            }
-            steps.push(StepSpec {
+                commands.push(format!(
+                "{VECS} entry create --store {u} --alias {u} --cert WORK/{u}.crt --key WORK/{u}.key"
+            ));
+                commands.push(format!("ldapsearch cn={u}-<MACHINE_ID>,cn=ServicePrincipals userCertificate == {VECS} entry getcert --store {u} --alias {u} == WORK/{u}.crt"));
+                commands.push("on any failure: dir-cli service update + vecs-cli entry delete/create the old certificates back for every user changed".into());
+                steps.push(StepSpec {
                 key: k("solution-users"),
-                name: "replace solution-user certificates in VECS".into(),
+                name: "replace solution-user certificates in vmdir, then VECS".into(),
                 stage: "replace".into(),
                 target: a.name.clone(),
                 agent: a.id.clone(),
@@ -209,11 +277,15 @@ impl Recipe for SolutionUsers {
                 args: json!({}),
                 depends_on: vec![k("gate")],
                 commands,
-                files: vec!["VECS machine, vsphere-webclient, vpxd, vpxd-extension, hvc, wcp stores (those present)".into()],
+                files: vec![
+                    "vmdir cn=<user>-<MACHINE_ID>,cn=ServicePrincipals,<dn> userCertificate".into(),
+                    "VECS machine, vsphere-webclient, vpxd, vpxd-extension, hvc, wcp stores (those present)".into(),
+                ],
                 timeout_secs: 900,
             });
-            steps.push(restart(a, k("restart"), vec![k("solution-users")], &a.name));
-            prev = Some(k("restart"));
+                steps.push(restart(a, k("restart"), vec![k("solution-users")], &a.name));
+                prev = Some(k("restart"));
+            }
         }
         if steps.is_empty() {
             return Err("nothing to renew: no solution-user certificate is in scope".into());
@@ -235,39 +307,90 @@ impl Recipe for Sts {
     }
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
-        let nodes = vsphere_targets(input);
-        if nodes.is_empty() {
+        let targets = vsphere_targets(input);
+        if targets.is_empty() {
             return Err("no vSphere agent among the targets".into());
         }
-        // The node that runs the LDAP replacement: param `node`, else the first one reporting a
-        // due STS signing certificate.
+        // Every vSphere agent of a targeted domain takes part (all restart, §9.6.4).
+        let all: Vec<&AgentRecord> = input
+            .agents
+            .iter()
+            .copied()
+            .filter(|a| {
+                a.platforms.iter().any(|p| p == "vsphere")
+                    || input
+                        .inventory
+                        .get(&a.id)
+                        .is_some_and(|c| c.iter().any(|c| c.role.starts_with("vsphere.")))
+            })
+            .collect();
+        let target_keys: Vec<String> = targets.iter().map(|a| sso_domain(input, a).1).collect();
+        let domains: Vec<_> = by_domain(input, &all)
+            .into_iter()
+            .filter(|(k, _, _)| target_keys.contains(k))
+            .collect();
+        let several = domains.len() > 1;
+        let mut steps = Vec::new();
+        let mut errors = Vec::new();
+        for (key, name, nodes) in &domains {
+            match sts_domain(input, key, name, nodes, &targets, several) {
+                Ok(s) => steps.extend(s),
+                Err(e) => errors.push(e),
+            }
+        }
+        if steps.is_empty() {
+            return Err(errors.join("; "));
+        }
+        Ok(steps)
+    }
+}
+
+/// The STS steps of one SSO domain (`key`): gate on every node, the fix on one, restarts node by
+/// node.
+fn sts_domain(
+    input: &RecipeInput<'_>,
+    key: &str,
+    domain: &str,
+    nodes: &[&AgentRecord],
+    targets: &[&AgentRecord],
+    several: bool,
+) -> Result<Vec<StepSpec>, String> {
+    {
+        let nodes: Vec<&AgentRecord> = nodes.to_vec();
+        // The node that runs the LDAP replacement: param `node`, else the first target reporting
+        // a due STS signing certificate.
         let chosen = match input.params.get("node") {
             Some(n) => nodes
                 .iter()
                 .copied()
                 .find(|a| &a.name == n)
-                .ok_or_else(|| format!("node {n:?} is not among the vSphere targets"))?,
+                .ok_or_else(|| format!("node {n:?} is not a vSphere node of {domain}"))?,
             None => nodes
                 .iter()
                 .copied()
+                .filter(|a| targets.iter().any(|t| t.id == a.id))
                 .find(|a| due(input, &a.id, "vsphere.sts_signing"))
-                .ok_or("nothing to renew: no STS signing certificate is in scope")?,
+                .ok_or_else(|| {
+                    format!("nothing to renew in {domain}: no STS signing certificate is in scope")
+                })?,
         };
-        let domain = input
-            .params
-            .get("domain")
-            .cloned()
-            .unwrap_or_else(|| "the SSO domain".into());
-        let target = format!("sso:{domain}");
+        let p = |k: &str| {
+            if several {
+                format!("{key}-{k}")
+            } else {
+                k.to_owned()
+            }
+        };
+        let target = format!("sso:{key}");
         let mut steps = Vec::new();
         let mut gates = Vec::new();
         for a in &nodes {
-            let key = format!("{}-gate", a.name);
+            let key = p(&format!("{}-gate", a.name));
             steps.push(gate(a, key.clone(), None, &target));
             gates.push(key);
         }
         steps.push(StepSpec {
-            key: "sts".into(),
+            key: p("sts"),
             name: format!("replace the STS signing certificate of {domain} (once)"),
             stage: "replace".into(),
             target: target.clone(),
@@ -295,9 +418,9 @@ impl Recipe for Sts {
         // Restart every node, the one that ran the fix first, one at a time.
         let mut order: Vec<&AgentRecord> = vec![chosen];
         order.extend(nodes.iter().copied().filter(|a| a.id != chosen.id));
-        let mut prev = "sts".to_owned();
+        let mut prev = p("sts");
         for a in order {
-            let key = format!("{}-restart", a.name);
+            let key = p(&format!("{}-restart", a.name));
             steps.push(restart(a, key.clone(), vec![prev], &target));
             prev = key;
         }

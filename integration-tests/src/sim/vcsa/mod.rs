@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Lifetime, SimHost, dn, gen_key};
 
+pub mod dircli;
 pub mod https;
 pub mod mutate;
 pub mod tools;
@@ -40,6 +41,8 @@ pub const VDCREPADMIN: &str = "/usr/lib/vmware-vmdir/bin/vdcrepadmin";
 pub const VMON_CLI: &str = "/usr/lib/vmware-vmon/vmon-cli";
 /// Host path of the simulated `lwregshell`.
 pub const LWREGSHELL: &str = "/opt/likewise/bin/lwregshell";
+/// Host path of the simulated `dir-cli`.
+pub const DIR_CLI: &str = "/usr/lib/vmware-vmafd/bin/dir-cli";
 /// Host path of the simulated `certool`.
 pub const CERTOOL: &str = "/usr/lib/vmware-vmca/bin/certool";
 /// Host path of the simulated `service-control`.
@@ -327,6 +330,35 @@ pub struct VcsaState {
     pub faults: BTreeMap<String, Fault>,
     /// Simulated listing latency per entry, milliseconds (CRL bloat, §11.4).
     pub list_latency_ms: u64,
+    /// Solution-user service principals of this node as first loaded into vmdir
+    /// (`cn=<user>-<machine-id>,cn=ServicePrincipals,<dn>` → certificate PEM). vmdir (slapd) is
+    /// the truth once it runs: `dir-cli service update` changes slapd, not this list.
+    #[serde(default)]
+    pub service_principals: Vec<(String, String)>,
+    /// Other nodes of the SSO domain whose machine accounts and service principals this node's
+    /// vmdir holds (joined with [`join`]).
+    #[serde(default)]
+    pub vmdir_members: Vec<VmdirMember>,
+    /// This node uses another node's vmdir (`ldap_port` is that node's): no slapd of its own.
+    #[serde(default)]
+    pub vmdir_remote: bool,
+    /// VECS stores in which the next `vecs-cli entry create` is refused once
+    /// (`ERROR_ACCESS_DENIED`), to inject a failure half way through a renewal.
+    #[serde(default)]
+    pub deny_create: Vec<String>,
+}
+
+/// Another node's objects in a shared vmdir.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmdirMember {
+    /// PNID.
+    pub pnid: String,
+    /// Machine account DN.
+    pub machine_account_dn: String,
+    /// Machine account password.
+    pub machine_account_password: String,
+    /// Its service principals (name, certificate PEM).
+    pub service_principals: Vec<(String, String)>,
 }
 
 impl VcsaState {
@@ -823,6 +855,14 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
     )?;
     let chain = vec![sts_cert, vmca.pem.clone()];
 
+    let service_principals = stores
+        .iter()
+        .filter(|st| v.solution_users().contains(&st.name.as_str()))
+        .filter_map(|st| {
+            let e = st.entries.iter().find(|e| e.alias == st.name)?;
+            Some((format!("{}-{mid}", st.name), e.cert.clone()?))
+        })
+        .collect();
     let state = VcsaState {
         version: v,
         build: v.build().into(),
@@ -846,6 +886,10 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         https_pinned: None,
         faults: BTreeMap::new(),
         list_latency_ms: 0,
+        service_principals,
+        vmdir_members: Vec::new(),
+        vmdir_remote: false,
+        deny_create: Vec::new(),
     };
     state.save(host)?;
 
@@ -857,6 +901,7 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         (LWREGSHELL, "lwregshell"),
         (CERTOOL, "certool"),
         (SERVICE_CONTROL, "service-control"),
+        (DIR_CLI, "dir-cli"),
     ] {
         host.install_tool(path, tool)?;
     }
@@ -1010,8 +1055,12 @@ impl Vcsa {
 
     /// Starts slapd (vmdir) and the HTTPS listener; both stop when the guard drops.
     pub fn start_services(&self) -> Result<Services> {
-        let children = vec![vmdir::start(&self.host)?];
         let s = self.state()?;
+        let children = if s.vmdir_remote {
+            vec![]
+        } else {
+            vec![vmdir::start(&self.host)?]
+        };
         let https = std::process::Command::new(&self.host.sim_bin)
             .args([
                 "--root",
@@ -1029,6 +1078,47 @@ impl Vcsa {
             .context("HTTPS listener did not come up")?;
         Ok(guard)
     }
+}
+
+/// Puts `other` into `primary`'s SSO domain as a second embedded node (Enhanced Linked Mode):
+/// `other` uses `primary`'s vmdir (its agent's `vsphere.ldap_uri` points there), its machine
+/// account and service principals are loaded into that vmdir, both share the SSO administrator
+/// password and each lists the other as a healthy replication partner. Call before
+/// [`Vcsa::start_services`] of either.
+pub fn join(primary: &Vcsa, other: &Vcsa) -> Result<()> {
+    let p = primary.state()?;
+    let o = other.state()?;
+    anyhow::ensure!(
+        p.domain == o.domain,
+        "{} is in {}, {} in {}",
+        p.pnid,
+        p.domain,
+        o.pnid,
+        o.domain
+    );
+    primary.update(|s| {
+        s.vmdir_members.push(VmdirMember {
+            pnid: o.pnid.clone(),
+            machine_account_dn: o.machine_account_dn.clone(),
+            machine_account_password: o.machine_account_password.clone(),
+            service_principals: o.service_principals.clone(),
+        });
+        s.partners.push(Partner::healthy(&o.pnid));
+    })?;
+    other.update(|s| {
+        s.vmdir_remote = true;
+        s.ldap_port = p.ldap_port;
+        s.sso_password = p.sso_password.clone();
+        s.tenant_credentials = p.tenant_credentials.clone();
+        s.trusted_chains = p.trusted_chains.clone();
+        s.partners.push(Partner::healthy(&p.pnid));
+    })?;
+    write_private(
+        &other.host.path(SSO_PASSWORD_FILE),
+        p.sso_password.as_bytes(),
+    )?;
+    other.agent_config()?;
+    Ok(())
 }
 
 /// Waits until something listens on loopback `port`.

@@ -37,6 +37,7 @@ pub fn run(host: &SimHost, tool: &str, args: &[String]) -> Result<i32> {
         "vdcrepadmin" => Ok(vdcrepadmin(&state, args)),
         "vmon-cli" => Ok(vmon_cli(&state, args)),
         "lwregshell" => Ok(lwregshell(&state, args)),
+        "dir-cli" => Ok(super::dircli::run(&state, args)),
         "vcsa-https" => super::https::run(host, args),
         "vcsa-services" => super::cli_services(host),
         other => anyhow::bail!("{other} is not simulated on the VCSA yet"),
@@ -464,10 +465,16 @@ fn entry_create(host: &SimHost, s: &mut VcsaState, a: &VecsArgs) -> i32 {
         (None, Some(c)) if c.contains("BEGIN X509 CRL") => EntryType::Crl,
         _ => EntryType::TrustedCert,
     };
+    let denied = s.deny_create.contains(&store_name);
     let Some(store) = s.store_mut(&store_name) else {
         eprint!("Error: Failed to open the store.\n");
         return vecs_fail(ERROR_OBJECT_NOT_FOUND);
     };
+    if denied {
+        s.deny_create.retain(|x| x != &store_name);
+        save(host, s);
+        return vecs_fail(ERROR_ACCESS_DENIED);
+    }
     if store.entries.iter().any(|e| e.alias == alias) {
         return vecs_fail(ERROR_ALREADY_EXISTS);
     }

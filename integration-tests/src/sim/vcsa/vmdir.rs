@@ -1,6 +1,10 @@
 //! vmdir for the simulated VCSA: a real OpenLDAP `slapd` on a loopback port, loaded with the
 //! entries VMware's tools read (reference §5.1): the STS `TenantCredential-N` and
-//! `TrustedCertChain-N` entries and the machine account that binds to read them.
+//! `TrustedCertChain-N` entries, the machine account that binds to read them, the SSO
+//! `Administrator` (`cn=Administrator,cn=Users,<dn>`, what `dir-cli --login` binds as) and the
+//! solution-user service principals `cn=<user>-<machine-id>,cn=ServicePrincipals,<dn>` with
+//! their `userCertificate` (§8.4, §9.2). Nodes joined into the domain ([`super::join`]) add
+//! their machine accounts and principals; every machine account and the administrator may write.
 //!
 //! OpenLDAP's `core.schema` declares `userCertificate` with the Certificate syntax, which forces
 //! the `;binary` transfer option; vmdir's schema uses an octet string and returns plain
@@ -37,6 +41,8 @@ objectclass ( 1.3.6.1.4.1.6876.40.10.2.900 NAME 'vmwSTSTenantCredential' SUP top
 objectclass ( 1.3.6.1.4.1.6876.40.10.2.901 NAME 'vmwSTSTenantTrustedCertificateChain' SUP top STRUCTURAL MUST cn MAY userCertificate )
 objectclass ( 1.3.6.1.4.1.6876.40.10.2.902 NAME 'container' SUP top STRUCTURAL MUST cn MAY description )
 objectclass ( 1.3.6.1.4.1.6876.40.10.2.903 NAME 'computer' SUP top STRUCTURAL MUST cn MAY ( userPassword $ description $ userCertificate ) )
+objectclass ( 1.3.6.1.4.1.6876.40.10.2.904 NAME 'vmwServicePrincipal' SUP top STRUCTURAL MUST cn MAY ( userCertificate $ description ) )
+objectclass ( 1.3.6.1.4.1.6876.40.10.2.905 NAME 'user' SUP top STRUCTURAL MUST cn MAY ( userPassword $ description ) )
 ";
 
 fn dir(host: &SimHost) -> PathBuf {
@@ -86,6 +92,35 @@ pub fn ldif(s: &VcsaState) -> Result<String> {
         "dn: {}\nobjectClass: computer\ncn: {}\nuserPassword: {}\n",
         s.machine_account_dn, s.pnid, s.machine_account_password
     )?;
+    for m in &s.vmdir_members {
+        writeln!(
+            out,
+            "dn: {}\nobjectClass: computer\ncn: {}\nuserPassword: {}\n",
+            m.machine_account_dn, m.pnid, m.machine_account_password
+        )?;
+    }
+    writeln!(
+        out,
+        "dn: cn=Users,{base}\nobjectClass: container\ncn: Users\n\n\
+         dn: {}\nobjectClass: user\ncn: Administrator\nuserPassword: {}\n",
+        admin_dn(s),
+        s.sso_password
+    )?;
+    writeln!(
+        out,
+        "dn: cn=ServicePrincipals,{base}\nobjectClass: container\ncn: ServicePrincipals\n"
+    )?;
+    for (name, pem) in s.service_principals.iter().chain(
+        s.vmdir_members
+            .iter()
+            .flat_map(|m| m.service_principals.iter()),
+    ) {
+        writeln!(
+            out,
+            "dn: cn={name},cn=ServicePrincipals,{base}\nobjectClass: vmwServicePrincipal\ncn: {name}\nuserCertificate:: {}\n",
+            der_b64(pem)?
+        )?;
+    }
     for (dn, cn) in [
         (format!("cn=Services,{base}"), "Services"),
         (
@@ -129,8 +164,21 @@ pub fn ldif(s: &VcsaState) -> Result<String> {
     Ok(out)
 }
 
+/// The SSO administrator's DN in vmdir.
+pub fn admin_dn(s: &VcsaState) -> String {
+    format!("cn=Administrator,cn=Users,{}", s.domain_dn())
+}
+
 fn config(dir: &Path, s: &VcsaState) -> String {
     let d = dir.display();
+    let mut writers = format!("by dn.exact=\"{}\" write", admin_dn(s));
+    for m in std::iter::once(s.machine_account_dn.as_str()).chain(
+        s.vmdir_members
+            .iter()
+            .map(|m| m.machine_account_dn.as_str()),
+    ) {
+        writers.push_str(&format!(" by dn.exact=\"{m}\" write"));
+    }
     format!(
         "include {d}/vmdir.schema\n\
          pidfile {d}/slapd.pid\n\
@@ -143,9 +191,8 @@ fn config(dir: &Path, s: &VcsaState) -> String {
          rootdn \"cn=slapd-root,{base}\"\n\
          directory {d}/db\n\
          access to attrs=userPassword by anonymous auth by * none\n\
-         access to * by dn.exact=\"{machine}\" write by * none\n",
+         access to * {writers} by * none\n",
         base = s.domain_dn(),
-        machine = s.machine_account_dn,
     )
 }
 
