@@ -2,6 +2,11 @@
 //!
 //! | action | does |
 //! |---|---|
+//! | `ovirt.power_management` | engine API: `PUT /hosts/ID` `<power_management><enabled>B`; returns the `previous` setting so a later step can restore it |
+//! | `ovirt.host_maintenance` | engine API: `POST /hosts/ID/deactivate`, polls until `maintenance` (tolerating `up` / `preparing_for_maintenance` while VMs migrate) |
+//! | `ovirt.enroll_certificate` | engine API: `POST /hosts/ID/enrollcertificate` (host must be in maintenance), waits for the enrollment to finish: event 881, or `installing` seen and back to `maintenance` — never the stale `maintenance` right after the POST (A10 race); 882 / `install_failed` fail |
+//! | `ovirt.host_activate` | engine API: `POST /hosts/ID/activate`, polls until `up`; `error`, `install_failed`, `non_responsive`, `non_operational` fail |
+//! | `ovirt.verify_host_certs` | on a host: `vdsmcert.pem` is a new certificate (fingerprint differs from `old_fingerprint`, notAfter later than `old_not_after`), valid now, matches `vdsmkey.pem`, chains to `certs/cacert.pem` (`openssl verify`), and its A8 copies are identical |
 //! | `ovirt.enroll_request` | what `/usr/share/ovirt-engine/bin/pki-enroll-request.sh` does for a host CSR: writes `requests/<name>.req`, takes the script's exclusive lock on the CA file, signs with the script's exact `openssl ca` line in the engine PKI directory (`openssl.conf`, `cert.conf` section `v3_ca_san` with `OVIRT_SAN` in the environment, notBefore back-dated a day), checks the result against the CA and returns the certificate |
 //!
 //! Why not the generic `ca.sign` with a `[[cas]]` entry: oVirt's `cert.conf` takes the
@@ -33,10 +38,17 @@ const SCRIPT_DEFAULT_DAYS: u64 = 1827;
 /// `pki-enroll-request.sh --timeout` default (seconds to wait for the CA lock).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(20);
 
+mod api;
+
 /// Runs `action`.
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     match action {
         "ovirt.enroll_request" => enroll_request(ctx, args),
+        "ovirt.power_management" => power_management(ctx, args),
+        "ovirt.host_maintenance" => host_maintenance(ctx, args),
+        "ovirt.enroll_certificate" => enroll_certificate(ctx, args),
+        "ovirt.host_activate" => host_activate(ctx, args),
+        "ovirt.verify_host_certs" => verify_host_certs(ctx, args),
         other => Err(ActError(format!(
             "unknown oVirt action {other:?} (this agent is version {})",
             env!("CARGO_PKG_VERSION")
@@ -298,6 +310,303 @@ fn enroll_request(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         "not_after": rec.not_after,
         "days": days,
         "backup_id": m.id,
+    }))
+}
+
+/// Host status values that end a wait with an error (OAC `failed_state`).
+const FAILED_STATES: &[&str] = &[
+    "error",
+    "install_failed",
+    "non_responsive",
+    "non_operational",
+];
+
+/// The engine's host record for `args.host` and its id.
+fn api_host(api: &api::Api, args: &Value) -> Result<(Value, String), ActError> {
+    let name = arg_str(args, "host")?;
+    let h = api.find_host(name)?;
+    let id = h["id"]
+        .as_str()
+        .ok_or_else(|| ActError(format!("host {name} has no id in the API answer")))?
+        .to_owned();
+    Ok((h, id))
+}
+
+/// Polls host `id` until `done(status)` is true; `ok_while(status)` false means failure.
+fn wait_status(
+    ctx: &ActContext<'_>,
+    api: &api::Api,
+    name: &str,
+    id: &str,
+    want: &str,
+    ok_while: &dyn Fn(&str) -> bool,
+) -> Result<(), ActError> {
+    let deadline = Instant::now() + ctx.timeout;
+    let mut last = String::new();
+    loop {
+        let st = api.status(id)?;
+        if st != last {
+            (ctx.output)(format!("host {name}: {st}"));
+            last = st.clone();
+        }
+        if st == want {
+            return Ok(());
+        }
+        if !ok_while(&st) {
+            return Err(ActError(format!(
+                "host {name} went to {st} while waiting for {want}"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(ActError(format!(
+                "host {name} still {st} after {}s waiting for {want}",
+                ctx.timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(api.poll);
+    }
+}
+
+fn action_ok(api: &api::Api, name: &str, id: &str, action: &str) -> Result<(), ActError> {
+    let r = api.call("POST", &format!("/hosts/{id}/{action}"), "<action/>")?;
+    if r.code != 200 {
+        return Err(ActError(format!(
+            "POST hosts/{id}/{action} for host {name} failed: HTTP {}: {}",
+            r.code,
+            r.fault()
+        )));
+    }
+    Ok(())
+}
+
+fn power_management(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let want = args
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| ActError("missing boolean argument \"enabled\"".into()))?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    let previous = h["power_management"]["enabled"] == "true";
+    if previous != want {
+        let body =
+            format!("<host><power_management><enabled>{want}</enabled></power_management></host>");
+        (ctx.output)(format!("PUT hosts/{id} {body}"));
+        let r = api.call("PUT", &format!("/hosts/{id}"), &body)?;
+        let now = r.json()["power_management"]["enabled"] == "true";
+        if r.code != 200 || now != want {
+            return Err(ActError(format!(
+                "setting power management of host {name} to {want} failed: HTTP {}: {}",
+                r.code,
+                r.fault()
+            )));
+        }
+    }
+    Ok(json!({
+        "message": if previous == want {
+            format!("power management of {name} already {}", if want { "enabled" } else { "disabled" })
+        } else {
+            format!("power management of {name} {}", if want { "enabled" } else { "disabled" })
+        },
+        "host_id": id,
+        "previous": previous,
+        "enabled": want,
+    }))
+}
+
+fn host_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    let st = h["status"].as_str().unwrap_or_default();
+    if st != "maintenance" {
+        if st != "preparing_for_maintenance" {
+            action_ok(&api, name, &id, "deactivate")?;
+        }
+        // Right after the POST the status may still read `up` (A10).
+        wait_status(ctx, &api, name, &id, "maintenance", &|s| {
+            matches!(s, "up" | "preparing_for_maintenance")
+        })?;
+    }
+    Ok(json!({"message": format!("host {name} is in maintenance"), "host_id": id, "was": st}))
+}
+
+fn max_event_id(api: &api::Api) -> Result<u64, ActError> {
+    Ok(api.get("/events")?["event"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str().and_then(|i| i.parse().ok()))
+        .max()
+        .unwrap_or(0))
+}
+
+fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    let st = h["status"].as_str().unwrap_or_default();
+    if st != "maintenance" {
+        return Err(ActError(format!(
+            "host {name} is {st}: Enroll Certificate needs maintenance first"
+        )));
+    }
+    let since = max_event_id(&api)?;
+    action_ok(&api, name, &id, "enrollcertificate")
+        .map_err(|e| ActError(format!("{e}; host {name} stays in maintenance")))?;
+    (ctx.output)(format!(
+        "enrollcertificate accepted for {name}; waiting (events after {since})"
+    ));
+    let deadline = Instant::now() + ctx.timeout;
+    let mut seen_installing = false;
+    let mut last = String::new();
+    loop {
+        let st = api.status(&id)?;
+        if st != last {
+            (ctx.output)(format!("host {name}: {st}"));
+            last = st.clone();
+        }
+        seen_installing |= st == "installing";
+        let events = api.get(&format!("/events?from={since}"))?;
+        let mine = events["event"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["host"]["id"] == id.as_str())
+            .find(|e| e["code"] == "881" || e["code"] == "882");
+        if let Some(e) = mine {
+            let desc = e["description"].as_str().unwrap_or_default();
+            (ctx.output)(format!(
+                "event {}: {desc}",
+                e["code"].as_str().unwrap_or("")
+            ));
+            if e["code"] == "882" {
+                return Err(ActError(format!(
+                    "enrolling the certificate of host {name} failed: {desc}"
+                )));
+            }
+            if st == "maintenance" {
+                break;
+            }
+        } else if st == "install_failed" {
+            return Err(ActError(format!(
+                "enrolling the certificate of host {name} failed: status install_failed"
+            )));
+        } else if seen_installing && st == "maintenance" {
+            break;
+        } else if !matches!(st.as_str(), "maintenance" | "installing") {
+            return Err(ActError(format!(
+                "host {name} went to {st} during Enroll Certificate"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(ActError(format!(
+                "Enroll Certificate of host {name} not finished after {}s (status {st})",
+                ctx.timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(api.poll);
+    }
+    Ok(
+        json!({"message": format!("certificate of host {name} enrolled; host in maintenance"), "host_id": id}),
+    )
+}
+
+fn host_activate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    if h["status"] != "up" {
+        action_ok(&api, name, &id, "activate")?;
+        wait_status(ctx, &api, name, &id, "up", &|s| !FAILED_STATES.contains(&s))?;
+    }
+    Ok(json!({"message": format!("host {name} is up"), "host_id": id}))
+}
+
+fn verify_host_certs(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    const CERT: &str = "/etc/pki/vdsm/certs/vdsmcert.pem";
+    const KEY: &str = "/etc/pki/vdsm/keys/vdsmkey.pem";
+    const CA: &str = "/etc/pki/vdsm/certs/cacert.pem";
+    const COPIES: &[&str] = &[
+        "/etc/pki/vdsm/libvirt-spice/server-cert.pem",
+        "/etc/pki/vdsm/libvirt-vnc/server-cert.pem",
+        "/etc/pki/libvirt/clientcert.pem",
+    ];
+    let old_fp = args
+        .get("old_fingerprint")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let old_na = args
+        .get("old_not_after")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let cert = ctx.cfg.host_path(CERT);
+    let pem = std::fs::read(&cert).map_err(|e| ActError(format!("{CERT}: {e}")))?;
+    let der = certfleet_common::pem::first_certificate(&pem)
+        .map_err(|e| ActError(format!("{CERT}: {e}")))?;
+    let rec =
+        certfleet_common::x509::parse_der(&der).map_err(|e| ActError(format!("{CERT}: {e}")))?;
+    let now = certfleet_common::model::now();
+    if rec.fingerprint_sha256.eq_ignore_ascii_case(old_fp) {
+        return Err(ActError(format!(
+            "{CERT} was not replaced (still fingerprint {old_fp})"
+        )));
+    }
+    if rec.not_after <= old_na.max(now) || rec.not_before > now {
+        return Err(ActError(format!(
+            "{CERT} is not valid now or not later than before (notAfter {})",
+            certfleet_common::model::format_time(rec.not_after)
+        )));
+    }
+    let o = openssl(ctx);
+    let k = ctx.run_ok(
+        &o,
+        &[
+            "pkey",
+            "-in",
+            &ctx.cfg.host_path(KEY).display().to_string(),
+            "-pubout",
+        ],
+        None,
+    )?;
+    let c = ctx.run_ok(
+        &o,
+        &[
+            "x509",
+            "-in",
+            &cert.display().to_string(),
+            "-noout",
+            "-pubkey",
+        ],
+        None,
+    )?;
+    if k.stdout.trim() != c.stdout.trim() {
+        return Err(ActError(format!("{CERT} does not match {KEY}")));
+    }
+    ctx.run_ok(
+        &o,
+        &[
+            "verify",
+            "-CAfile",
+            &ctx.cfg.host_path(CA).display().to_string(),
+            &cert.display().to_string(),
+        ],
+        None,
+    )?;
+    for copy in COPIES {
+        let p = ctx.cfg.host_path(copy);
+        if p.exists() && std::fs::read(&p).map_err(|e| ActError(format!("{copy}: {e}")))? != pem {
+            return Err(ActError(format!("{copy} differs from {CERT}")));
+        }
+    }
+    Ok(json!({
+        "message": format!(
+            "{CERT} renewed: serial {} until {}, chains to cacert.pem, copies identical",
+            rec.serial,
+            certfleet_common::model::format_time(rec.not_after)
+        ),
+        "fingerprint": rec.fingerprint_sha256,
+        "not_after": rec.not_after,
     }))
 }
 

@@ -72,6 +72,7 @@ pub trait Recipe: Send + Sync {
 pub fn all() -> Vec<Box<dyn Recipe>> {
     vec![
         Box::new(files::Files),
+        Box::new(ovirt_hosts::OvirtHosts),
         Box::new(ovirt_hosts::OvirtHostsOffline),
         Box::new(gke::GkeUserCa),
         Box::new(kubeadm::KubeadmCerts),

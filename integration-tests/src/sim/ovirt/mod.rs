@@ -4,6 +4,7 @@
 //! Layouts follow `shared/reference/ovirt_gke.md` A1–A4 (engine) and A8–A9 (hosts); every
 //! certificate is signed by the real `openssl ca`.
 
+pub mod api;
 pub mod conf;
 pub mod engine;
 pub mod node;
