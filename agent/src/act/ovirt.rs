@@ -7,6 +7,10 @@
 //! | `ovirt.enroll_certificate` | engine API: `POST /hosts/ID/enrollcertificate` (host must be in maintenance), waits for the enrollment to finish: event 881, or `installing` seen and back to `maintenance` — never the stale `maintenance` right after the POST (A10 race); 882 / `install_failed` fail |
 //! | `ovirt.host_activate` | engine API: `POST /hosts/ID/activate`, polls until `up`; `error`, `install_failed`, `non_responsive`, `non_operational` fail |
 //! | `ovirt.verify_host_certs` | on a host: `vdsmcert.pem` is a new certificate (fingerprint differs from `old_fingerprint`, notAfter later than `old_not_after`), valid now, matches `vdsmkey.pem`, chains to `certs/cacert.pem` (`openssl verify`), and its A8 copies are identical |
+//! | `ovirt.global_maintenance` | on a hosted-engine host: `hosted-engine --set-maintenance --mode=global\|none`, then `hosted-engine --vm-status --json` must report `global_maintenance` accordingly |
+//! | `ovirt.engine_setup` | on the engine: backs up every file of the engine PKI, writes the answer file (`OVESETUP_PKI/renew=bool:True`, `QUESTION/1/OVESETUP_SKIP_RENEW_PKI_CONFIRM=str:no`, plus `OVESETUP_CONFIG/continueSetupOnHEVM=bool:True` when `hosted_engine` — only after global maintenance was verified by the previous step) to `/root/certfleet-renew-pki.conf` (0600), runs `engine-setup --offline --accept-defaults --config-append=…` (A6), requires "Execution of setup completed successfully", then checks each `_COMMON_ENTITIES` certificate (A5) |
+//! | `ovirt.engine_reissue` | on the engine: what `pki-enroll-pkcs12.sh --keep-key --san=…` then `pki-pkcs12-extract.sh` do for an entity engine-setup skips (OVN, A13/seed 003): key out of `keys/<name>.p12`, new `requests/<name>.req`, the script's `openssl ca` (as `ovirt.enroll_request`), new `.p12` (0600) and `key.nopass` (0600); everything backed up first and restored on failure |
+//! | `ovirt.engine_verify` | on the engine: each named `certs/<name>.cer` chains to `ca.pem`, has a SAN, is valid for longer than `min_days`, and matches `keys/<name>.key.nopass` when there is one |
 //! | `ovirt.enroll_request` | what `/usr/share/ovirt-engine/bin/pki-enroll-request.sh` does for a host CSR: writes `requests/<name>.req`, takes the script's exclusive lock on the CA file, signs with the script's exact `openssl ca` line in the engine PKI directory (`openssl.conf`, `cert.conf` section `v3_ca_san` with `OVIRT_SAN` in the environment, notBefore back-dated a day), checks the result against the CA and returns the certificate |
 //!
 //! Why not the generic `ca.sign` with a `[[cas]]` entry: oVirt's `cert.conf` takes the
@@ -49,6 +53,10 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "ovirt.enroll_certificate" => enroll_certificate(ctx, args),
         "ovirt.host_activate" => host_activate(ctx, args),
         "ovirt.verify_host_certs" => verify_host_certs(ctx, args),
+        "ovirt.global_maintenance" => global_maintenance(ctx, args),
+        "ovirt.engine_setup" => engine_setup(ctx, args),
+        "ovirt.engine_reissue" => engine_reissue(ctx, args),
+        "ovirt.engine_verify" => engine_verify(ctx, args),
         other => Err(ActError(format!(
             "unknown oVirt action {other:?} (this agent is version {})",
             env!("CARGO_PKG_VERSION")
@@ -607,6 +615,320 @@ fn verify_host_certs(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErr
         ),
         "fingerprint": rec.fingerprint_sha256,
         "not_after": rec.not_after,
+    }))
+}
+
+fn global_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let mode = arg_str(args, "mode")?;
+    if !matches!(mode, "global" | "none") {
+        return Err(ActError(format!(
+            "maintenance mode {mode:?}: global or none"
+        )));
+    }
+    let tool = ctx.cfg.tool("hosted-engine", "/usr/sbin/hosted-engine");
+    if !tool.exists() {
+        return Err(ActError(format!(
+            "{} is missing: this is not a hosted-engine host",
+            ctx.cfg.shown(&tool)
+        )));
+    }
+    ctx.run_ok(
+        &tool,
+        &["--set-maintenance", &format!("--mode={mode}")],
+        None,
+    )?;
+    let out = ctx.run_ok(&tool, &["--vm-status", "--json"], None)?;
+    let v: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| ActError(format!("hosted-engine --vm-status --json: not JSON ({e})")))?;
+    let want = mode == "global";
+    if v["global_maintenance"].as_bool() != Some(want) {
+        return Err(ActError(format!(
+            "hosted-engine --vm-status --json reports global_maintenance={} after --mode={mode}",
+            v["global_maintenance"]
+        )));
+    }
+    Ok(
+        json!({"message": format!("global maintenance {}", if want { "on" } else { "off" }), "global_maintenance": want}),
+    )
+}
+
+/// engine-setup's `_COMMON_ENTITIES` (A5).
+const ENGINE_ENTITIES: &[&str] = &["engine", "jboss", "websocket-proxy", "apache", "reports"];
+
+/// Every regular file under `dir` (symlinks are left alone: they point into the same tree).
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ActError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ActError(format!("{}: {e}", dir.display())))?;
+    for e in rd {
+        let e = e.map_err(|e| ActError(format!("{}: {e}", dir.display())))?;
+        let ft = e
+            .file_type()
+            .map_err(|x| ActError(format!("{}: {x}", e.path().display())))?;
+        if ft.is_dir() {
+            files_under(&e.path(), out)?;
+        } else if ft.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+fn cert_rec(path: &Path) -> Result<certfleet_common::model::CertRecord, ActError> {
+    let pem = std::fs::read(path).map_err(|e| ActError(format!("{}: {e}", path.display())))?;
+    let der = certfleet_common::pem::first_certificate(&pem)
+        .map_err(|e| ActError(format!("{}: {e}", path.display())))?;
+    certfleet_common::x509::parse_der(&der)
+        .map_err(|e| ActError(format!("{}: {e}", path.display())))
+}
+
+fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let pki = engine_pki(ctx);
+    let before: Vec<(String, String)> = ENGINE_ENTITIES
+        .iter()
+        .filter_map(|n| {
+            cert_rec(&pki.join(format!("certs/{n}.cer")))
+                .ok()
+                .map(|r| (n.to_string(), r.fingerprint_sha256))
+        })
+        .collect();
+    if before.is_empty() {
+        return Err(ActError(format!(
+            "no engine certificates under {}",
+            pki.display()
+        )));
+    }
+    let mut files = Vec::new();
+    files_under(&pki, &mut files)?;
+    let m = backup::create(ctx.state, ctx.step_id, &files)?;
+    (ctx.output)(format!(
+        "backup {} holds {} files of {}",
+        m.id,
+        files.len(),
+        ctx.cfg.shown(&pki)
+    ));
+    let mut answers = String::from(
+        "[environment:default]\nOVESETUP_PKI/renew=bool:True\nQUESTION/1/OVESETUP_SKIP_RENEW_PKI_CONFIRM=str:no\n",
+    );
+    if args.get("hosted_engine").and_then(Value::as_bool) == Some(true) {
+        // Only after the previous step verified global maintenance itself (A6 2).
+        answers.push_str("OVESETUP_CONFIG/continueSetupOnHEVM=bool:True\n");
+    }
+    let answer_file = ctx.cfg.host_path("/root/certfleet-renew-pki.conf");
+    if let Some(dir) = answer_file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ActError(format!("creating {}: {e}", dir.display())))?;
+    }
+    certfleet_common::atomic::write_file(&answer_file, answers.as_bytes(), 0o600)
+        .map_err(|e| ActError(format!("writing the answer file: {e}")))?;
+    let tool = ctx.cfg.tool("engine-setup", "/usr/bin/engine-setup");
+    let append = format!("--config-append={}", answer_file.display());
+    let out = crate::exec::run(
+        &tool,
+        &["--offline", "--accept-defaults", &append],
+        None,
+        ctx.timeout,
+    )
+    .map_err(|e| ActError(format!("engine-setup: {e}")))?;
+    for l in out.stdout.lines().chain(out.stderr.lines()) {
+        (ctx.output)(l.to_owned());
+    }
+    if out.code != Some(0)
+        || !out
+            .stdout
+            .contains("Execution of setup completed successfully")
+    {
+        let err = out
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.contains("[ ERROR ]"))
+            .unwrap_or("no error line")
+            .trim()
+            .to_owned();
+        let e = ActError(format!(
+            "engine-setup --offline failed (exit {:?}): {err}",
+            out.code
+        ));
+        // Whatever it changed before failing goes back to the files of before.
+        return Err(match backup::restore(ctx.state, &m.id) {
+            Ok(_) => ActError(format!("{e} (engine PKI restored from backup {})", m.id)),
+            Err(r) => ActError(format!("{e}; restoring backup {} failed: {r}", m.id)),
+        });
+    }
+    let renewed: Vec<String> = before
+        .iter()
+        .filter(|(n, fp)| {
+            cert_rec(&pki.join(format!("certs/{n}.cer")))
+                .map(|r| &r.fingerprint_sha256 != fp)
+                .unwrap_or(false)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    check_engine_certs(ctx, &names, 0)?;
+    Ok(json!({
+        "message": if renewed.is_empty() {
+            "engine-setup ran; no engine certificate was due".to_owned()
+        } else {
+            format!("engine-setup renewed {}", renewed.join(", "))
+        },
+        "renewed": renewed,
+        "backup_id": m.id,
+        "restart": ["ovirt-engine", "httpd", "ovirt-imageio", "ovirt-websocket-proxy"],
+    }))
+}
+
+/// Checks engine entity certificates; returns `name: notAfter` lines.
+fn check_engine_certs(
+    ctx: &ActContext<'_>,
+    names: &[&str],
+    min_days: i64,
+) -> Result<Vec<String>, ActError> {
+    let pki = engine_pki(ctx);
+    let o = openssl(ctx);
+    let now = certfleet_common::model::now();
+    let mut lines = Vec::new();
+    for n in names {
+        let cer = format!("certs/{n}.cer");
+        let rec = cert_rec(&pki.join(&cer))?;
+        ctx.run_ok_in(&o, &["verify", "-CAfile", "ca.pem", &cer], None, Some(&pki))?;
+        if rec.not_after - now <= min_days * 86_400 {
+            return Err(ActError(format!(
+                "{cer} expires {} (within {min_days} days)",
+                certfleet_common::model::format_time(rec.not_after)
+            )));
+        }
+        let nopass = pki.join(format!("keys/{n}.key.nopass"));
+        if nopass.exists() {
+            let k = ctx.run_ok(
+                &o,
+                &["pkey", "-in", &nopass.display().to_string(), "-pubout"],
+                None,
+            )?;
+            let c = ctx.run_ok_in(
+                &o,
+                &["x509", "-in", &cer, "-noout", "-pubkey"],
+                None,
+                Some(&pki),
+            )?;
+            if k.stdout.trim() != c.stdout.trim() {
+                return Err(ActError(format!(
+                    "{cer} does not match keys/{n}.key.nopass"
+                )));
+            }
+        }
+        lines.push(format!(
+            "{n}: until {}{}",
+            certfleet_common::model::format_time(rec.not_after),
+            if rec.sans.is_empty() { " (no SAN)" } else { "" }
+        ));
+    }
+    Ok(lines)
+}
+
+fn engine_verify(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let names: Vec<&str> = args
+        .get("names")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let min_days = args.get("min_days").and_then(Value::as_i64).unwrap_or(60);
+    let lines = check_engine_certs(ctx, &names, min_days)?;
+    for l in &lines {
+        (ctx.output)(l.clone());
+    }
+    Ok(json!({"message": format!("verified {}", lines.join("; "))}))
+}
+
+fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "name")?;
+    let subject = arg_str(args, "subject")?;
+    let san = arg_str(args, "san")?;
+    if !certfleet_common::identity::valid_name(name) {
+        return Err(ActError(format!(
+            "entity name {name:?} is not a plain file name"
+        )));
+    }
+    let pki = engine_pki(ctx);
+    let rel = |s: &str| pki.join(s);
+    let (cer, p12, nopass, req) = (
+        format!("certs/{name}.cer"),
+        format!("keys/{name}.p12"),
+        format!("keys/{name}.key.nopass"),
+        format!("requests/{name}.req"),
+    );
+    if !rel(&p12).exists() {
+        return Err(ActError(format!(
+            "{} is missing: nothing to keep the key from",
+            rel(&p12).display()
+        )));
+    }
+    let m = backup::create(
+        ctx.state,
+        ctx.step_id,
+        &[rel(&cer), rel(&p12), rel(&nopass), rel(&req)],
+    )?;
+    (ctx.output)(format!(
+        "backup {} holds {cer}, {p12}, {nopass}, {req}",
+        m.id
+    ));
+    let undo = |e: ActError| -> ActError {
+        match backup::restore(ctx.state, &m.id) {
+            Ok(_) => ActError(format!("{e} (engine files restored from backup {})", m.id)),
+            Err(r) => ActError(format!("{e}; restoring backup {} failed: {r}", m.id)),
+        }
+    };
+    let password = ctx.cfg.setting("ovirt.p12_password").unwrap_or("mypass");
+    let pass = format!("pass:{password}");
+    let o = openssl(ctx);
+    let tmpkey = format!("keys/.{name}.certfleet.tmpkey");
+    let work = || -> Result<Value, ActError> {
+        // --keep-key: the key out of the existing PKCS#12 (stays inside keys/, 0600).
+        ctx.run_ok_in(
+            &o,
+            &[
+                "pkcs12", "-in", &p12, "-out", &tmpkey, "-passin", &pass, "-nodes", "-nocerts",
+            ],
+            None,
+            Some(&pki),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(rel(&tmpkey), std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ActError(format!("chmod 600 {tmpkey}: {e}")))?;
+        let csr = ctx.run_ok_in(
+            &o,
+            &["req", "-new", "-key", &tmpkey, "-batch", "-subj", "/"],
+            None,
+            Some(&pki),
+        )?;
+        let signed = enroll_request(
+            ctx,
+            &json!({"name": name, "subject": subject, "san": san, "csr_pem": csr.stdout, "ca": "ca"}),
+        )?;
+        ctx.run_ok_in(
+            &o,
+            &[
+                "pkcs12", "-export", "-in", &cer, "-inkey", &tmpkey, "-out", &p12, "-passout",
+                &pass,
+            ],
+            None,
+            Some(&pki),
+        )?;
+        std::fs::set_permissions(rel(&p12), std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ActError(format!("chmod 600 {p12}: {e}")))?;
+        let key = std::fs::read(rel(&tmpkey)).map_err(|e| ActError(format!("{tmpkey}: {e}")))?;
+        certfleet_common::atomic::write_file(&rel(&nopass), &key, 0o600)
+            .map_err(|e| ActError(format!("writing {nopass}: {e}")))?;
+        check_engine_certs(ctx, &[name], 0)?;
+        Ok(signed)
+    };
+    let result = work();
+    let _ = std::fs::remove_file(rel(&tmpkey));
+    let signed = result.map_err(undo)?;
+    Ok(json!({
+        "message": format!("re-issued {name} with its key: {}", signed["message"].as_str().unwrap_or_default()),
+        "fingerprint": signed["fingerprint"],
+        "not_after": signed["not_after"],
+        "backup_id": m.id,
     }))
 }
 

@@ -45,6 +45,21 @@ pub(crate) fn fleet(dir: &Path, hosts: &[(&str, i64)]) -> Fleet {
 
 /// [`fleet`] with `extra` appended to every agent's `[settings]`.
 pub(crate) fn fleet_with(dir: &Path, hosts: &[(&str, i64)], extra: &str) -> Fleet {
+    fleet_spec(
+        dir,
+        EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
+        hosts,
+        extra,
+    )
+}
+
+/// [`fleet_with`] with an engine built from `spec`.
+pub(crate) fn fleet_spec(
+    dir: &Path,
+    spec: EngineSpec,
+    hosts: &[(&str, i64)],
+    extra: &str,
+) -> Fleet {
     let sim = support::bin("certfleet-sim");
     assert!(
         sim.exists(),
@@ -52,11 +67,7 @@ pub(crate) fn fleet_with(dir: &Path, hosts: &[(&str, i64)], extra: &str) -> Flee
         sim.display()
     );
     let engine = SimHost::new(dir.join("root-engine"), &sim).unwrap();
-    let e = build_engine(
-        &engine,
-        &EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
-    )
-    .unwrap();
+    let e = build_engine(&engine, &spec).unwrap();
     let mut roots = BTreeMap::new();
     for (name, days) in hosts {
         let h = SimHost::new(dir.join(format!("root-{name}")), &sim).unwrap();

@@ -187,7 +187,12 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
     let mut env = BTreeMap::new();
     for a in args {
         if let Some(f) = a.strip_prefix("--config-append=") {
-            let p = host.path(f);
+            // The agent passes the file as it exists (under a test root, or not).
+            let p = if std::path::Path::new(f).starts_with(&host.root) {
+                std::path::PathBuf::from(f)
+            } else {
+                host.path(f)
+            };
             let text = std::fs::read_to_string(&p)
                 .with_context(|| format!("answer file {f} ({})", p.display()))?;
             env.extend(answers(&text));
