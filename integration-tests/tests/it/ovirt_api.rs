@@ -341,3 +341,58 @@ fn api_enroll_failure_leaves_host_in_maintenance_and_halts() {
         assert_eq!(hash_tree(&h.root.join("etc")), etc[n], "{n} files changed");
     }
 }
+
+#[test]
+fn api_password_file_mode_and_playbook_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, _) = api_fleet(dir.path(), &[("kvm01", 10)]);
+    let pw = f.engine.path("/etc/certfleet/ovirt-api.password");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let create = || {
+        let p = f.c.json(&[
+            "plan",
+            "create",
+            "ovirt-hosts",
+            "--expiring-within",
+            "30d",
+            "--run",
+        ]);
+        let id = p["id"].as_str().unwrap().to_owned();
+        wait_plan(&f.c, &id, &["succeeded", "failed"])
+    };
+    // A world-readable password file is refused before anything is asked of the engine.
+    let done = create();
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let msg = step(&done, "kvm01", "ovirt.power_management")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        msg.contains("mode 644") && msg.contains("chmod 600"),
+        "{msg}"
+    );
+    assert_eq!(state(&f).host("kvm01").unwrap().history, ["up"]);
+    assert!(state(&f).tokens.is_empty(), "logged in with a refused file");
+
+    // The enrollment playbook fails on the engine: install_failed, event 882, plan halted.
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    api::set_fault(&f.engine, "kvm01", Some("enroll-ansible")).unwrap();
+    let before = hash_tree(&f.hosts["kvm01"].root.join("etc"));
+    let done = create();
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let enroll = step(&done, "kvm01", "ovirt.enroll_certificate");
+    let msg = enroll["message"].as_str().unwrap();
+    assert!(
+        msg.contains("enrolling the certificate of host kvm01.example.test failed")
+            && msg.contains("ovirt-host-enroll-certificate.yml"),
+        "{msg}"
+    );
+    let h = state(&f).host("kvm01").unwrap().clone();
+    assert_eq!(h.status, "install_failed");
+    assert_eq!(
+        step(&done, "kvm01", "ovirt.host_activate")["state"],
+        "skipped"
+    );
+    assert_eq!(hash_tree(&f.hosts["kvm01"].root.join("etc")), before);
+}
