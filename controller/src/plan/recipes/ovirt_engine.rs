@@ -298,3 +298,115 @@ impl Recipe for OvirtEngine {
         Ok(steps)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn agent(id: &str) -> AgentRecord {
+        serde_json::from_value(json!({
+            "id": id, "name": id, "hostname": id, "platforms": [], "version": "0",
+            "state": "active", "enrolled_at": 0, "last_seen": 0, "cert_not_after": 0,
+            "cert_fingerprint": "", "key_id": "", "labels": {},
+        }))
+        .unwrap()
+    }
+
+    fn cert(role: &str, issuer: &str, path: &str, days: i64) -> CertRecord {
+        let now = certfleet_common::model::now();
+        let t = |s: i64| certfleet_common::model::format_time(s);
+        serde_json::from_value(json!({
+            "fingerprint_sha256": format!("{role}{path}"),
+            "subject": "C=US, O=example.test, CN=engine.example.test",
+            "issuer": issuer, "serial": "1000", "sans": ["DNS:engine.example.test"],
+            "not_before": t(now - 86_400), "not_after": t(now + days * 86_400),
+            "key_algorithm": "RSA", "key_bits": 2048, "is_ca": false,
+            "subject_key_id": "", "authority_key_id": "", "role": role,
+            "locations": [{"kind": "file", "path": format!("/root-prefix{path}")}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn he_maintenance_brackets_engine_setup_and_ovn_is_reissued() {
+        let ca = "C=US, O=example.test, CN=engine.example.test.12345";
+        let (engine, kvm01) = (agent("engine"), agent("kvm01"));
+        let mut inventory = BTreeMap::new();
+        inventory.insert(
+            "engine".to_owned(),
+            vec![
+                cert("ovirt.engine.ca", ca, "/etc/pki/ovirt-engine/ca.pem", 7000),
+                cert(
+                    "ovirt.engine.apache",
+                    ca,
+                    "/etc/pki/ovirt-engine/certs/apache.cer",
+                    20,
+                ),
+                cert(
+                    "ovirt.engine.jboss",
+                    ca,
+                    "/etc/pki/ovirt-engine/certs/jboss.cer",
+                    1500,
+                ),
+                cert(
+                    "ovirt.engine.ovn-ndb",
+                    ca,
+                    "/etc/pki/ovirt-engine/certs/ovn-ndb.cer",
+                    10,
+                ),
+            ],
+        );
+        inventory.get_mut("engine").unwrap()[0].subject = ca.into();
+        let mut vdsm = cert(
+            "ovirt.node.vdsm",
+            ca,
+            "/etc/pki/vdsm/certs/vdsmcert.pem",
+            1500,
+        );
+        vdsm.subject = "O=example.test, CN=kvm01.example.test".into();
+        inventory.insert("kvm01".to_owned(), vec![vdsm]);
+        let all = vec![&engine, &kvm01];
+        let mut params = BTreeMap::new();
+        params.insert("he_host".to_owned(), "kvm01".to_owned());
+        let input = RecipeInput {
+            targets: all.clone(),
+            agents: all,
+            inventory,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params,
+        };
+        let steps = OvirtEngine.build(&input).unwrap();
+        let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "engine-engine-gm-on",
+                "engine-engine-setup",
+                "engine-engine-gm-off",
+                "engine-engine-imageio-kvm01",
+                "engine-engine-reissue-ovn-ndb",
+                "engine-engine-ovn-restart",
+                "engine-engine-verify",
+            ]
+        );
+        assert_eq!(steps[0].agent, "kvm01");
+        assert_eq!(steps[1].depends_on, ["engine-engine-gm-on"]);
+        assert_eq!(steps[1].args["due"], json!(["apache"]));
+        assert_eq!(steps[1].args["hosted_engine"], true);
+        assert_eq!(steps[5].args["units"], json!(["ovsdb-server"]));
+        assert_eq!(steps[6].args["names"], json!(["apache", "ovn-ndb"]));
+        assert!(steps.iter().all(|s| s.target == steps[0].target));
+        // Nothing due: a clear refusal.
+        let mut quiet = input;
+        quiet.expiring_before = Some(certfleet_common::model::now() + 86_400);
+        assert!(
+            OvirtEngine
+                .build(&quiet)
+                .unwrap_err()
+                .contains("nothing to renew")
+        );
+    }
+}
