@@ -2,6 +2,15 @@
 //!
 //! | action | does |
 //! |---|---|
+//! | `ovirt.power_management` | engine API: `PUT /hosts/ID` `<power_management><enabled>B`; returns the `previous` setting so a later step can restore it |
+//! | `ovirt.host_maintenance` | engine API: `POST /hosts/ID/deactivate`, polls until `maintenance` (tolerating `up` / `preparing_for_maintenance` while VMs migrate) |
+//! | `ovirt.enroll_certificate` | engine API: `POST /hosts/ID/enrollcertificate` (host must be in maintenance), waits for the enrollment to finish: event 881, or `installing` seen and back to `maintenance` — never the stale `maintenance` right after the POST (A10 race); 882 / `install_failed` fail |
+//! | `ovirt.host_activate` | engine API: `POST /hosts/ID/activate`, polls until `up`; `error`, `install_failed`, `non_responsive`, `non_operational` fail |
+//! | `ovirt.verify_host_certs` | on a host: `vdsmcert.pem` is a new certificate (fingerprint differs from `old_fingerprint`, notAfter later than `old_not_after`), valid now, matches `vdsmkey.pem`, chains to `certs/cacert.pem` (`openssl verify`), and its A8 copies are identical |
+//! | `ovirt.global_maintenance` | on a hosted-engine host: `hosted-engine --set-maintenance --mode=global\|none`, then `hosted-engine --vm-status --json` must report `global_maintenance` accordingly |
+//! | `ovirt.engine_setup` | on the engine: backs up every file of the engine PKI, writes the answer file (`OVESETUP_PKI/renew=bool:True`, `QUESTION/1/OVESETUP_SKIP_RENEW_PKI_CONFIRM=str:no`, plus `OVESETUP_CONFIG/continueSetupOnHEVM=bool:True` when `hosted_engine` — only after global maintenance was verified by the previous step) to `/root/certfleet-renew-pki.conf` (0600), runs `engine-setup --offline --accept-defaults --config-append=…` (A6), requires "Execution of setup completed successfully", then checks each `_COMMON_ENTITIES` certificate (A5) |
+//! | `ovirt.engine_reissue` | on the engine: what `pki-enroll-pkcs12.sh --keep-key --san=…` then `pki-pkcs12-extract.sh` do for an entity engine-setup skips (OVN, A13/seed 003): key out of `keys/<name>.p12`, new `requests/<name>.req`, the script's `openssl ca` (as `ovirt.enroll_request`), new `.p12` (0600) and `key.nopass` (0600); everything backed up first and restored on failure |
+//! | `ovirt.engine_verify` | on the engine: each named `certs/<name>.cer` chains to `ca.pem`, has a SAN, is valid for longer than `min_days`, and matches `keys/<name>.key.nopass` when there is one |
 //! | `ovirt.enroll_request` | what `/usr/share/ovirt-engine/bin/pki-enroll-request.sh` does for a host CSR: writes `requests/<name>.req`, takes the script's exclusive lock on the CA file, signs with the script's exact `openssl ca` line in the engine PKI directory (`openssl.conf`, `cert.conf` section `v3_ca_san` with `OVIRT_SAN` in the environment, notBefore back-dated a day), checks the result against the CA and returns the certificate |
 //!
 //! Why not the generic `ca.sign` with a `[[cas]]` entry: oVirt's `cert.conf` takes the
@@ -33,10 +42,21 @@ const SCRIPT_DEFAULT_DAYS: u64 = 1827;
 /// `pki-enroll-request.sh --timeout` default (seconds to wait for the CA lock).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(20);
 
+mod api;
+
 /// Runs `action`.
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     match action {
         "ovirt.enroll_request" => enroll_request(ctx, args),
+        "ovirt.power_management" => power_management(ctx, args),
+        "ovirt.host_maintenance" => host_maintenance(ctx, args),
+        "ovirt.enroll_certificate" => enroll_certificate(ctx, args),
+        "ovirt.host_activate" => host_activate(ctx, args),
+        "ovirt.verify_host_certs" => verify_host_certs(ctx, args),
+        "ovirt.global_maintenance" => global_maintenance(ctx, args),
+        "ovirt.engine_setup" => engine_setup(ctx, args),
+        "ovirt.engine_reissue" => engine_reissue(ctx, args),
+        "ovirt.engine_verify" => engine_verify(ctx, args),
         other => Err(ActError(format!(
             "unknown oVirt action {other:?} (this agent is version {})",
             env!("CARGO_PKG_VERSION")
@@ -297,6 +317,617 @@ fn enroll_request(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         "serial": rec.serial,
         "not_after": rec.not_after,
         "days": days,
+        "backup_id": m.id,
+    }))
+}
+
+/// Host status values that end a wait with an error (OAC `failed_state`).
+const FAILED_STATES: &[&str] = &[
+    "error",
+    "install_failed",
+    "non_responsive",
+    "non_operational",
+];
+
+/// The engine's host record for `args.host` and its id.
+fn api_host(api: &api::Api, args: &Value) -> Result<(Value, String), ActError> {
+    let name = arg_str(args, "host")?;
+    let h = api.find_host(name)?;
+    let id = h["id"]
+        .as_str()
+        .ok_or_else(|| ActError(format!("host {name} has no id in the API answer")))?
+        .to_owned();
+    Ok((h, id))
+}
+
+/// Polls host `id` until `done(status)` is true; `ok_while(status)` false means failure.
+fn wait_status(
+    ctx: &ActContext<'_>,
+    api: &api::Api,
+    name: &str,
+    id: &str,
+    want: &str,
+    ok_while: &dyn Fn(&str) -> bool,
+) -> Result<(), ActError> {
+    let deadline = Instant::now() + ctx.timeout;
+    let mut last = String::new();
+    loop {
+        let st = api.status(id)?;
+        if st != last {
+            (ctx.output)(format!("host {name}: {st}"));
+            last = st.clone();
+        }
+        if st == want {
+            return Ok(());
+        }
+        if !ok_while(&st) {
+            return Err(ActError(format!(
+                "host {name} went to {st} while waiting for {want}"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(ActError(format!(
+                "host {name} still {st} after {}s waiting for {want}",
+                ctx.timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(api.poll);
+    }
+}
+
+fn action_ok(api: &api::Api, name: &str, id: &str, action: &str) -> Result<(), ActError> {
+    let r = api.call("POST", &format!("/hosts/{id}/{action}"), "<action/>")?;
+    if r.code != 200 {
+        return Err(ActError(format!(
+            "POST hosts/{id}/{action} for host {name} failed: HTTP {}: {}",
+            r.code,
+            r.fault()
+        )));
+    }
+    Ok(())
+}
+
+fn power_management(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let want = args
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| ActError("missing boolean argument \"enabled\"".into()))?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    let previous = h["power_management"]["enabled"] == "true";
+    if previous != want {
+        let body =
+            format!("<host><power_management><enabled>{want}</enabled></power_management></host>");
+        (ctx.output)(format!("PUT hosts/{id} {body}"));
+        let r = api.call("PUT", &format!("/hosts/{id}"), &body)?;
+        let now = r.json()["power_management"]["enabled"] == "true";
+        if r.code != 200 || now != want {
+            return Err(ActError(format!(
+                "setting power management of host {name} to {want} failed: HTTP {}: {}",
+                r.code,
+                r.fault()
+            )));
+        }
+    }
+    Ok(json!({
+        "message": if previous == want {
+            format!("power management of {name} already {}", if want { "enabled" } else { "disabled" })
+        } else {
+            format!("power management of {name} {}", if want { "enabled" } else { "disabled" })
+        },
+        "host_id": id,
+        "previous": previous,
+        "enabled": want,
+    }))
+}
+
+fn host_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    let st = h["status"].as_str().unwrap_or_default();
+    if st != "maintenance" {
+        if st != "preparing_for_maintenance" {
+            action_ok(&api, name, &id, "deactivate")?;
+        }
+        // Right after the POST the status may still read `up` (A10).
+        wait_status(ctx, &api, name, &id, "maintenance", &|s| {
+            matches!(s, "up" | "preparing_for_maintenance")
+        })?;
+    }
+    Ok(json!({"message": format!("host {name} is in maintenance"), "host_id": id, "was": st}))
+}
+
+fn max_event_id(api: &api::Api) -> Result<u64, ActError> {
+    Ok(api.get("/events")?["event"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str().and_then(|i| i.parse().ok()))
+        .max()
+        .unwrap_or(0))
+}
+
+fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    let st = h["status"].as_str().unwrap_or_default();
+    if st != "maintenance" {
+        return Err(ActError(format!(
+            "host {name} is {st}: Enroll Certificate needs maintenance first"
+        )));
+    }
+    let since = max_event_id(&api)?;
+    action_ok(&api, name, &id, "enrollcertificate")
+        .map_err(|e| ActError(format!("{e}; host {name} stays in maintenance")))?;
+    (ctx.output)(format!(
+        "enrollcertificate accepted for {name}; waiting (events after {since})"
+    ));
+    let deadline = Instant::now() + ctx.timeout;
+    let mut seen_installing = false;
+    let mut last = String::new();
+    loop {
+        let st = api.status(&id)?;
+        if st != last {
+            (ctx.output)(format!("host {name}: {st}"));
+            last = st.clone();
+        }
+        seen_installing |= st == "installing";
+        let events = api.get(&format!("/events?from={since}"))?;
+        let mine = events["event"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["host"]["id"] == id.as_str())
+            .find(|e| e["code"] == "881" || e["code"] == "882");
+        if let Some(e) = mine {
+            let desc = e["description"].as_str().unwrap_or_default();
+            (ctx.output)(format!(
+                "event {}: {desc}",
+                e["code"].as_str().unwrap_or("")
+            ));
+            if e["code"] == "882" {
+                return Err(ActError(format!(
+                    "enrolling the certificate of host {name} failed: {desc}"
+                )));
+            }
+            if st == "maintenance" {
+                break;
+            }
+        } else if st == "install_failed" {
+            return Err(ActError(format!(
+                "enrolling the certificate of host {name} failed: status install_failed"
+            )));
+        } else if seen_installing && st == "maintenance" {
+            break;
+        } else if !matches!(st.as_str(), "maintenance" | "installing") {
+            return Err(ActError(format!(
+                "host {name} went to {st} during Enroll Certificate"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(ActError(format!(
+                "Enroll Certificate of host {name} not finished after {}s (status {st})",
+                ctx.timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(api.poll);
+    }
+    Ok(
+        json!({"message": format!("certificate of host {name} enrolled; host in maintenance"), "host_id": id}),
+    )
+}
+
+fn host_activate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "host")?;
+    let api = api::Api::connect(ctx)?;
+    let (h, id) = api_host(&api, args)?;
+    if h["status"] != "up" {
+        action_ok(&api, name, &id, "activate")?;
+        wait_status(ctx, &api, name, &id, "up", &|s| !FAILED_STATES.contains(&s))?;
+    }
+    Ok(json!({"message": format!("host {name} is up"), "host_id": id}))
+}
+
+fn verify_host_certs(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    const CERT: &str = "/etc/pki/vdsm/certs/vdsmcert.pem";
+    const KEY: &str = "/etc/pki/vdsm/keys/vdsmkey.pem";
+    const CA: &str = "/etc/pki/vdsm/certs/cacert.pem";
+    const COPIES: &[&str] = &[
+        "/etc/pki/vdsm/libvirt-spice/server-cert.pem",
+        "/etc/pki/vdsm/libvirt-vnc/server-cert.pem",
+        "/etc/pki/libvirt/clientcert.pem",
+    ];
+    let old_fp = args
+        .get("old_fingerprint")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let old_na = args
+        .get("old_not_after")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let cert = ctx.cfg.host_path(CERT);
+    let pem = std::fs::read(&cert).map_err(|e| ActError(format!("{CERT}: {e}")))?;
+    let der = certfleet_common::pem::first_certificate(&pem)
+        .map_err(|e| ActError(format!("{CERT}: {e}")))?;
+    let rec =
+        certfleet_common::x509::parse_der(&der).map_err(|e| ActError(format!("{CERT}: {e}")))?;
+    let now = certfleet_common::model::now();
+    if rec.fingerprint_sha256.eq_ignore_ascii_case(old_fp) {
+        return Err(ActError(format!(
+            "{CERT} was not replaced (still fingerprint {old_fp})"
+        )));
+    }
+    if rec.not_after <= old_na.max(now) || rec.not_before > now {
+        return Err(ActError(format!(
+            "{CERT} is not valid now or not later than before (notAfter {})",
+            certfleet_common::model::format_time(rec.not_after)
+        )));
+    }
+    let o = openssl(ctx);
+    let k = ctx.run_ok(
+        &o,
+        &[
+            "pkey",
+            "-in",
+            &ctx.cfg.host_path(KEY).display().to_string(),
+            "-pubout",
+        ],
+        None,
+    )?;
+    let c = ctx.run_ok(
+        &o,
+        &[
+            "x509",
+            "-in",
+            &cert.display().to_string(),
+            "-noout",
+            "-pubkey",
+        ],
+        None,
+    )?;
+    if k.stdout.trim() != c.stdout.trim() {
+        return Err(ActError(format!("{CERT} does not match {KEY}")));
+    }
+    ctx.run_ok(
+        &o,
+        &[
+            "verify",
+            "-CAfile",
+            &ctx.cfg.host_path(CA).display().to_string(),
+            &cert.display().to_string(),
+        ],
+        None,
+    )?;
+    for copy in COPIES {
+        let p = ctx.cfg.host_path(copy);
+        if p.exists() && std::fs::read(&p).map_err(|e| ActError(format!("{copy}: {e}")))? != pem {
+            return Err(ActError(format!("{copy} differs from {CERT}")));
+        }
+    }
+    Ok(json!({
+        "message": format!(
+            "{CERT} renewed: serial {} until {}, chains to cacert.pem, copies identical",
+            rec.serial,
+            certfleet_common::model::format_time(rec.not_after)
+        ),
+        "fingerprint": rec.fingerprint_sha256,
+        "not_after": rec.not_after,
+    }))
+}
+
+fn global_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let mode = arg_str(args, "mode")?;
+    if !matches!(mode, "global" | "none") {
+        return Err(ActError(format!(
+            "maintenance mode {mode:?}: global or none"
+        )));
+    }
+    let tool = ctx.cfg.tool("hosted-engine", "/usr/sbin/hosted-engine");
+    if !tool.exists() {
+        return Err(ActError(format!(
+            "{} is missing: this is not a hosted-engine host",
+            ctx.cfg.shown(&tool)
+        )));
+    }
+    ctx.run_ok(
+        &tool,
+        &["--set-maintenance", &format!("--mode={mode}")],
+        None,
+    )?;
+    let out = ctx.run_ok(&tool, &["--vm-status", "--json"], None)?;
+    let v: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| ActError(format!("hosted-engine --vm-status --json: not JSON ({e})")))?;
+    let want = mode == "global";
+    if v["global_maintenance"].as_bool() != Some(want) {
+        return Err(ActError(format!(
+            "hosted-engine --vm-status --json reports global_maintenance={} after --mode={mode}",
+            v["global_maintenance"]
+        )));
+    }
+    Ok(
+        json!({"message": format!("global maintenance {}", if want { "on" } else { "off" }), "global_maintenance": want}),
+    )
+}
+
+/// engine-setup's `_COMMON_ENTITIES` (A5).
+const ENGINE_ENTITIES: &[&str] = &["engine", "jboss", "websocket-proxy", "apache", "reports"];
+
+/// Every regular file under `dir` (symlinks are left alone: they point into the same tree).
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ActError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ActError(format!("{}: {e}", dir.display())))?;
+    for e in rd {
+        let e = e.map_err(|e| ActError(format!("{}: {e}", dir.display())))?;
+        let ft = e
+            .file_type()
+            .map_err(|x| ActError(format!("{}: {x}", e.path().display())))?;
+        if ft.is_dir() {
+            files_under(&e.path(), out)?;
+        } else if ft.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+fn cert_rec(path: &Path) -> Result<certfleet_common::model::CertRecord, ActError> {
+    let pem = std::fs::read(path).map_err(|e| ActError(format!("{}: {e}", path.display())))?;
+    let der = certfleet_common::pem::first_certificate(&pem)
+        .map_err(|e| ActError(format!("{}: {e}", path.display())))?;
+    certfleet_common::x509::parse_der(&der)
+        .map_err(|e| ActError(format!("{}: {e}", path.display())))
+}
+
+fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let pki = engine_pki(ctx);
+    let before: Vec<(String, String)> = ENGINE_ENTITIES
+        .iter()
+        .filter_map(|n| {
+            cert_rec(&pki.join(format!("certs/{n}.cer")))
+                .ok()
+                .map(|r| (n.to_string(), r.fingerprint_sha256))
+        })
+        .collect();
+    if before.is_empty() {
+        return Err(ActError(format!(
+            "no engine certificates under {}",
+            pki.display()
+        )));
+    }
+    let mut files = Vec::new();
+    files_under(&pki, &mut files)?;
+    let m = backup::create(ctx.state, ctx.step_id, &files)?;
+    (ctx.output)(format!(
+        "backup {} holds {} files of {}",
+        m.id,
+        files.len(),
+        ctx.cfg.shown(&pki)
+    ));
+    let mut answers = String::from(
+        "[environment:default]\nOVESETUP_PKI/renew=bool:True\nQUESTION/1/OVESETUP_SKIP_RENEW_PKI_CONFIRM=str:no\n",
+    );
+    if args.get("hosted_engine").and_then(Value::as_bool) == Some(true) {
+        // Only after the previous step verified global maintenance itself (A6 2).
+        answers.push_str("OVESETUP_CONFIG/continueSetupOnHEVM=bool:True\n");
+    }
+    let answer_file = ctx.cfg.host_path("/root/certfleet-renew-pki.conf");
+    if let Some(dir) = answer_file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ActError(format!("creating {}: {e}", dir.display())))?;
+    }
+    certfleet_common::atomic::write_file(&answer_file, answers.as_bytes(), 0o600)
+        .map_err(|e| ActError(format!("writing the answer file: {e}")))?;
+    let tool = ctx.cfg.tool("engine-setup", "/usr/bin/engine-setup");
+    let append = format!("--config-append={}", answer_file.display());
+    let out = crate::exec::run(
+        &tool,
+        &["--offline", "--accept-defaults", &append],
+        None,
+        ctx.timeout,
+    )
+    .map_err(|e| ActError(format!("engine-setup: {e}")))?;
+    for l in out.stdout.lines().chain(out.stderr.lines()) {
+        (ctx.output)(l.to_owned());
+    }
+    if out.code != Some(0)
+        || !out
+            .stdout
+            .contains("Execution of setup completed successfully")
+    {
+        let err = out
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.contains("[ ERROR ]"))
+            .unwrap_or("no error line")
+            .trim()
+            .to_owned();
+        let e = ActError(format!(
+            "engine-setup --offline failed (exit {:?}): {err}",
+            out.code
+        ));
+        // Whatever it changed before failing goes back to the files of before.
+        return Err(match backup::restore(ctx.state, &m.id) {
+            Ok(_) => ActError(format!("{e} (engine PKI restored from backup {})", m.id)),
+            Err(r) => ActError(format!("{e}; restoring backup {} failed: {r}", m.id)),
+        });
+    }
+    let renewed: Vec<String> = before
+        .iter()
+        .filter(|(n, fp)| {
+            cert_rec(&pki.join(format!("certs/{n}.cer")))
+                .map(|r| &r.fingerprint_sha256 != fp)
+                .unwrap_or(false)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    check_engine_certs(ctx, &names, 0)?;
+    Ok(json!({
+        "message": if renewed.is_empty() {
+            "engine-setup ran; no engine certificate was due".to_owned()
+        } else {
+            format!("engine-setup renewed {}", renewed.join(", "))
+        },
+        "renewed": renewed,
+        "backup_id": m.id,
+        "restart": ["ovirt-engine", "httpd", "ovirt-imageio", "ovirt-websocket-proxy"],
+    }))
+}
+
+/// Checks engine entity certificates; returns `name: notAfter` lines.
+fn check_engine_certs(
+    ctx: &ActContext<'_>,
+    names: &[&str],
+    min_days: i64,
+) -> Result<Vec<String>, ActError> {
+    let pki = engine_pki(ctx);
+    let o = openssl(ctx);
+    let now = certfleet_common::model::now();
+    let mut lines = Vec::new();
+    for n in names {
+        let cer = format!("certs/{n}.cer");
+        let rec = cert_rec(&pki.join(&cer))?;
+        ctx.run_ok_in(&o, &["verify", "-CAfile", "ca.pem", &cer], None, Some(&pki))?;
+        if rec.not_after - now <= min_days * 86_400 {
+            return Err(ActError(format!(
+                "{cer} expires {} (within {min_days} days)",
+                certfleet_common::model::format_time(rec.not_after)
+            )));
+        }
+        let nopass = pki.join(format!("keys/{n}.key.nopass"));
+        if nopass.exists() {
+            let k = ctx.run_ok(
+                &o,
+                &["pkey", "-in", &nopass.display().to_string(), "-pubout"],
+                None,
+            )?;
+            let c = ctx.run_ok_in(
+                &o,
+                &["x509", "-in", &cer, "-noout", "-pubkey"],
+                None,
+                Some(&pki),
+            )?;
+            if k.stdout.trim() != c.stdout.trim() {
+                return Err(ActError(format!(
+                    "{cer} does not match keys/{n}.key.nopass"
+                )));
+            }
+        }
+        lines.push(format!(
+            "{n}: until {}{}",
+            certfleet_common::model::format_time(rec.not_after),
+            if rec.sans.is_empty() { " (no SAN)" } else { "" }
+        ));
+    }
+    Ok(lines)
+}
+
+fn engine_verify(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let names: Vec<&str> = args
+        .get("names")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let min_days = args.get("min_days").and_then(Value::as_i64).unwrap_or(60);
+    let lines = check_engine_certs(ctx, &names, min_days)?;
+    for l in &lines {
+        (ctx.output)(l.clone());
+    }
+    Ok(json!({"message": format!("verified {}", lines.join("; "))}))
+}
+
+fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let name = arg_str(args, "name")?;
+    let subject = arg_str(args, "subject")?;
+    let san = arg_str(args, "san")?;
+    if !certfleet_common::identity::valid_name(name) {
+        return Err(ActError(format!(
+            "entity name {name:?} is not a plain file name"
+        )));
+    }
+    let pki = engine_pki(ctx);
+    let rel = |s: &str| pki.join(s);
+    let (cer, p12, nopass, req) = (
+        format!("certs/{name}.cer"),
+        format!("keys/{name}.p12"),
+        format!("keys/{name}.key.nopass"),
+        format!("requests/{name}.req"),
+    );
+    if !rel(&p12).exists() {
+        return Err(ActError(format!(
+            "{} is missing: nothing to keep the key from",
+            rel(&p12).display()
+        )));
+    }
+    let m = backup::create(
+        ctx.state,
+        ctx.step_id,
+        &[rel(&cer), rel(&p12), rel(&nopass), rel(&req)],
+    )?;
+    (ctx.output)(format!(
+        "backup {} holds {cer}, {p12}, {nopass}, {req}",
+        m.id
+    ));
+    let undo = |e: ActError| -> ActError {
+        match backup::restore(ctx.state, &m.id) {
+            Ok(_) => ActError(format!("{e} (engine files restored from backup {})", m.id)),
+            Err(r) => ActError(format!("{e}; restoring backup {} failed: {r}", m.id)),
+        }
+    };
+    let password = ctx.cfg.setting("ovirt.p12_password").unwrap_or("mypass");
+    let pass = format!("pass:{password}");
+    let o = openssl(ctx);
+    let tmpkey = format!("keys/.{name}.certfleet.tmpkey");
+    let work = || -> Result<Value, ActError> {
+        // --keep-key: the key out of the existing PKCS#12 (stays inside keys/, 0600).
+        ctx.run_ok_in(
+            &o,
+            &[
+                "pkcs12", "-in", &p12, "-out", &tmpkey, "-passin", &pass, "-nodes", "-nocerts",
+            ],
+            None,
+            Some(&pki),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(rel(&tmpkey), std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ActError(format!("chmod 600 {tmpkey}: {e}")))?;
+        let csr = ctx.run_ok_in(
+            &o,
+            &["req", "-new", "-key", &tmpkey, "-batch", "-subj", "/"],
+            None,
+            Some(&pki),
+        )?;
+        let signed = enroll_request(
+            ctx,
+            &json!({"name": name, "subject": subject, "san": san, "csr_pem": csr.stdout, "ca": "ca"}),
+        )?;
+        ctx.run_ok_in(
+            &o,
+            &[
+                "pkcs12", "-export", "-in", &cer, "-inkey", &tmpkey, "-out", &p12, "-passout",
+                &pass,
+            ],
+            None,
+            Some(&pki),
+        )?;
+        std::fs::set_permissions(rel(&p12), std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ActError(format!("chmod 600 {p12}: {e}")))?;
+        let key = std::fs::read(rel(&tmpkey)).map_err(|e| ActError(format!("{tmpkey}: {e}")))?;
+        certfleet_common::atomic::write_file(&rel(&nopass), &key, 0o600)
+            .map_err(|e| ActError(format!("writing {nopass}: {e}")))?;
+        check_engine_certs(ctx, &[name], 0)?;
+        Ok(signed)
+    };
+    let result = work();
+    let _ = std::fs::remove_file(rel(&tmpkey));
+    let signed = result.map_err(undo)?;
+    Ok(json!({
+        "message": format!("re-issued {name} with its key: {}", signed["message"].as_str().unwrap_or_default()),
+        "fingerprint": signed["fingerprint"],
+        "not_after": signed["not_after"],
         "backup_id": m.id,
     }))
 }

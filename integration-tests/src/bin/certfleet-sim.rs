@@ -54,6 +54,7 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
         "engine-config" | "hosted-engine" | "engine-setup" | "vdsm-tool" => {
             sim::ovirt::run_tool(&host, tool, &targs)
         }
+        "ovirt-engine-api" => sim::ovirt::api::run(&host, &targs),
         "build" if targs.first().is_some_and(|p| p.starts_with("ovirt-")) => {
             sim::ovirt::build_cli(&host, &targs)
         }

@@ -6,6 +6,8 @@ mod gke;
 mod gke_rotation;
 mod inventory;
 mod ovirt;
+mod ovirt_api;
+mod ovirt_engine_rotation;
 mod ovirt_rotation;
 mod rotation;
 mod support;

@@ -16,30 +16,50 @@ use serde_json::Value;
 
 use crate::support::{self, Controller, Proc};
 
-const VDSM_CERT: &str = "etc/pki/vdsm/certs/vdsmcert.pem";
+pub(crate) const VDSM_CERT: &str = "etc/pki/vdsm/certs/vdsmcert.pem";
 const COPIES: &[&str] = &[
     "etc/pki/vdsm/certs/vdsmcert.pem",
     "etc/pki/vdsm/libvirt-spice/server-cert.pem",
     "etc/pki/vdsm/libvirt-vnc/server-cert.pem",
     "etc/pki/libvirt/clientcert.pem",
 ];
-const PKI: &str = "etc/pki/ovirt-engine";
-const ORG: &str = "example.test";
+pub(crate) const PKI: &str = "etc/pki/ovirt-engine";
+pub(crate) const ORG: &str = "example.test";
 
-struct Fleet {
-    c: Controller,
-    _agents: Vec<Proc>,
-    engine: SimHost,
-    hosts: BTreeMap<String, SimHost>,
+pub(crate) struct Fleet {
+    pub c: Controller,
+    pub _agents: Vec<Proc>,
+    pub engine: SimHost,
+    pub hosts: BTreeMap<String, SimHost>,
 }
 
-fn fqdn(name: &str) -> String {
+pub(crate) fn fqdn(name: &str) -> String {
     format!("{name}.{ORG}")
 }
 
 /// Engine plus hosts `(name, days until the VDSM certificate expires)`, each with a running
 /// agent; waits until the controller's inventory holds every host's VDSM certificate.
-fn fleet(dir: &Path, hosts: &[(&str, i64)]) -> Fleet {
+pub(crate) fn fleet(dir: &Path, hosts: &[(&str, i64)]) -> Fleet {
+    fleet_with(dir, hosts, "")
+}
+
+/// [`fleet`] with `extra` appended to every agent's `[settings]`.
+pub(crate) fn fleet_with(dir: &Path, hosts: &[(&str, i64)], extra: &str) -> Fleet {
+    fleet_spec(
+        dir,
+        EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
+        hosts,
+        extra,
+    )
+}
+
+/// [`fleet_with`] with an engine built from `spec`.
+pub(crate) fn fleet_spec(
+    dir: &Path,
+    spec: EngineSpec,
+    hosts: &[(&str, i64)],
+    extra: &str,
+) -> Fleet {
     let sim = support::bin("certfleet-sim");
     assert!(
         sim.exists(),
@@ -47,11 +67,7 @@ fn fleet(dir: &Path, hosts: &[(&str, i64)]) -> Fleet {
         sim.display()
     );
     let engine = SimHost::new(dir.join("root-engine"), &sim).unwrap();
-    let e = build_engine(
-        &engine,
-        &EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
-    )
-    .unwrap();
+    let e = build_engine(&engine, &spec).unwrap();
     let mut roots = BTreeMap::new();
     for (name, days) in hosts {
         let h = SimHost::new(dir.join(format!("root-{name}")), &sim).unwrap();
@@ -64,7 +80,11 @@ fn fleet(dir: &Path, hosts: &[(&str, i64)]) -> Fleet {
     std::fs::create_dir_all(dir.join("ctl")).unwrap();
     let mut agents = Vec::new();
     let cfg = dir.join("agent.toml");
-    std::fs::write(&cfg, "[settings]\n\"ovirt.p12_password\" = \"mypass\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[settings]\n\"ovirt.p12_password\" = \"mypass\"\n{extra}"),
+    )
+    .unwrap();
     let all: Vec<(String, &SimHost)> = std::iter::once(("engine".to_owned(), &engine))
         .chain(roots.iter().map(|(n, h)| (n.clone(), h)))
         .collect();
@@ -99,7 +119,7 @@ fn fleet(dir: &Path, hosts: &[(&str, i64)]) -> Fleet {
     }
 }
 
-fn openssl(args: &[&str]) -> String {
+pub(crate) fn openssl(args: &[&str]) -> String {
     let out = Command::new("openssl").args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -110,7 +130,7 @@ fn openssl(args: &[&str]) -> String {
 }
 
 /// `notAfter` of a certificate file as Unix time, by `openssl x509 -checkend`-free parsing.
-fn not_after(path: &Path) -> i64 {
+pub(crate) fn not_after(path: &Path) -> i64 {
     let text = openssl(&["x509", "-in", &s(path), "-noout", "-enddate"]);
     let v = text.trim().strip_prefix("notAfter=").unwrap();
     let fmt = time::format_description::parse_borrowed::<1>(
@@ -123,23 +143,23 @@ fn not_after(path: &Path) -> i64 {
         .unix_timestamp()
 }
 
-fn serial(path: &Path) -> String {
+pub(crate) fn serial(path: &Path) -> String {
     openssl(&["x509", "-in", &s(path), "-noout", "-serial"])
         .trim()
         .trim_start_matches("serial=")
         .to_owned()
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     certfleet_common::model::now()
 }
 
 /// SHA-256 of every file (and symlink target) under `root`, by relative path.
-fn hash_tree(root: &Path) -> BTreeMap<String, String> {
+pub(crate) fn hash_tree(root: &Path) -> BTreeMap<String, String> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
@@ -175,7 +195,7 @@ fn hash_tree(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn roots_hash(f: &Fleet) -> BTreeMap<String, String> {
+pub(crate) fn roots_hash(f: &Fleet) -> BTreeMap<String, String> {
     let mut all = BTreeMap::new();
     for (name, h) in
         std::iter::once(("engine", &f.engine)).chain(f.hosts.iter().map(|(n, h)| (n.as_str(), h)))
@@ -188,7 +208,7 @@ fn roots_hash(f: &Fleet) -> BTreeMap<String, String> {
 }
 
 /// Runs the host's simulated `systemctl`; returns the exit code.
-fn systemctl(h: &SimHost, args: &[&str]) -> i32 {
+pub(crate) fn systemctl(h: &SimHost, args: &[&str]) -> i32 {
     Command::new(h.path("/usr/bin/systemctl"))
         .args(args)
         .output()
@@ -198,7 +218,7 @@ fn systemctl(h: &SimHost, args: &[&str]) -> i32 {
         .unwrap()
 }
 
-fn wait_plan(c: &Controller, id: &str, states: &[&str]) -> Value {
+pub(crate) fn wait_plan(c: &Controller, id: &str, states: &[&str]) -> Value {
     support::wait_for(
         &format!("plan {id} to reach {states:?}"),
         Duration::from_secs(180),
@@ -211,7 +231,7 @@ fn wait_plan(c: &Controller, id: &str, states: &[&str]) -> Value {
     )
 }
 
-fn step<'a>(plan: &'a Value, key_part: &str, action: &str) -> &'a Value {
+pub(crate) fn step<'a>(plan: &'a Value, key_part: &str, action: &str) -> &'a Value {
     plan["steps"]
         .as_array()
         .unwrap()
@@ -222,7 +242,7 @@ fn step<'a>(plan: &'a Value, key_part: &str, action: &str) -> &'a Value {
 
 /// Everything a renewed host must show: the four copies equal and new, issued by the engine
 /// CA with the SAN, matching the host key, recorded in the engine's index and certs/.
-fn check_renewed(f: &Fleet, name: &str, before_not_after: i64) {
+pub(crate) fn check_renewed(f: &Fleet, name: &str, before_not_after: i64) {
     let h = &f.hosts[name];
     let main = h.path(VDSM_CERT);
     let bytes = std::fs::read(&main).unwrap();

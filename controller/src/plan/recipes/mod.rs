@@ -10,6 +10,7 @@ use crate::fleet::AgentRecord;
 pub mod files;
 pub mod gke;
 pub mod kubeadm;
+pub mod ovirt_engine;
 pub mod ovirt_hosts;
 pub mod vsphere;
 
@@ -72,6 +73,8 @@ pub trait Recipe: Send + Sync {
 pub fn all() -> Vec<Box<dyn Recipe>> {
     vec![
         Box::new(files::Files),
+        Box::new(ovirt_engine::OvirtEngine),
+        Box::new(ovirt_hosts::OvirtHosts),
         Box::new(ovirt_hosts::OvirtHostsOffline),
         Box::new(gke::GkeUserCa),
         Box::new(kubeadm::KubeadmCerts),

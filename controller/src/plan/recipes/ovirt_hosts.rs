@@ -21,8 +21,27 @@
 //! is in scope (`--expiring-within`, `--role`). The engine agent is the one holding the engine
 //! CA (`ovirt.engine.ca`) that issued the host's certificate.
 //!
-//! After the engine is back, a proper "Enroll Certificate" (recipe `ovirt-hosts`, once it
-//! exists) also refreshes the QEMU, OVN and vmconsole certificates, which this path leaves.
+//! After the engine is back, a proper "Enroll Certificate" (recipe `ovirt-hosts`) also
+//! refreshes the QEMU, OVN and vmconsole certificates, which this path leaves.
+//!
+//! `ovirt-hosts` is the normal path (engine up, A10/A11, A14 step 4, with the power-management
+//! lesson of A13): per cluster, one host after the other, all API steps on the engine agent
+//! (settings `ovirt.api_url`, `ovirt.api_user`, `ovirt.api_password_file`):
+//!
+//! 1. `ovirt.power_management enabled=false` (so the engine does not fence a host whose vdsmd
+//!    restarts); its result keeps the previous setting;
+//! 2. `ovirt.host_maintenance` (VMs migrate away; waits for `maintenance`);
+//! 3. `ovirt.enroll_certificate` (waits for the enrollment, not the stale status);
+//! 4. `ovirt.host_activate` (waits for `up`);
+//! 5. `ovirt.verify_host_certs` on the host's own agent: a new VDSM certificate, valid, later
+//!    than before, matching the key, chaining to the host's `cacert.pem`, copies identical;
+//! 6. `ovirt.power_management` back to the previous setting.
+//!
+//! Hosts of one cluster (agent label `ovirt.cluster`, default `Default`) are chained: the next
+//! host starts only after the previous one finished step 6, so a failure halts the cluster with
+//! the failed host where the failure left it (in maintenance, power management off — a
+//! host the engine cannot fence until an operator looks). Clusters run side by side, as
+//! `--max-parallel` allows.
 
 use serde_json::json;
 
@@ -247,6 +266,136 @@ impl Recipe for OvirtHostsOffline {
     }
 }
 
+/// `ovirt-hosts`.
+pub struct OvirtHosts;
+
+impl Recipe for OvirtHosts {
+    fn name(&self) -> &'static str {
+        "ovirt-hosts"
+    }
+
+    fn about(&self) -> &'static str {
+        "oVirt hosts via the engine API: PM off, maintenance, Enroll Certificate, activate, verify, PM back"
+    }
+
+    fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
+        let (jobs, problems) = host_jobs(input);
+        if jobs.is_empty() {
+            let mut msg = "nothing to renew: no oVirt host VDSM certificate is in scope".to_owned();
+            if !problems.is_empty() {
+                msg.push_str(&format!(" ({})", problems.join("; ")));
+            }
+            return Err(msg);
+        }
+        let mut steps = Vec::new();
+        // Last step key of each cluster's chain.
+        let mut tail: std::collections::BTreeMap<String, String> = Default::default();
+        for j in &jobs {
+            let h = j.host;
+            let cluster = h
+                .labels
+                .get("ovirt.cluster")
+                .cloned()
+                .unwrap_or_else(|| "Default".into());
+            let target = format!("{}:{VDSM_CERT}", h.name);
+            let k = |s: &str| format!("{}-enroll-{s}", h.name);
+            let api = |key: &str,
+                       name: String,
+                       action: &str,
+                       args: serde_json::Value,
+                       dep: Vec<String>,
+                       cmd: String,
+                       secs: u32| StepSpec {
+                key: k(key),
+                name,
+                stage: key.into(),
+                target: target.clone(),
+                agent: j.engine.id.clone(),
+                agent_name: j.engine.name.clone(),
+                action: action.into(),
+                args,
+                depends_on: dep,
+                commands: vec![cmd],
+                files: vec![],
+                timeout_secs: secs,
+            };
+            let first_dep: Vec<String> = tail.get(&cluster).cloned().into_iter().collect();
+            let f = &j.fqdn;
+            steps.push(api(
+                "pm-off",
+                format!("disable power management of {f}"),
+                "ovirt.power_management",
+                json!({"host": f, "enabled": false}),
+                first_dep,
+                format!("PUT /ovirt-engine/api/hosts/<id of {f}> <power_management><enabled>false</enabled></power_management>"),
+                120,
+            ));
+            steps.push(api(
+                "maintenance",
+                format!("{f} to maintenance"),
+                "ovirt.host_maintenance",
+                json!({"host": f}),
+                vec![k("pm-off")],
+                format!(
+                    "POST /ovirt-engine/api/hosts/<id of {f}>/deactivate; poll until maintenance"
+                ),
+                1800,
+            ));
+            steps.push(api(
+                "enroll",
+                format!("Enroll Certificate of {f}"),
+                "ovirt.enroll_certificate",
+                json!({"host": f}),
+                vec![k("maintenance")],
+                format!("POST /ovirt-engine/api/hosts/<id of {f}>/enrollcertificate; wait for event 881 / installing → maintenance"),
+                900,
+            ));
+            steps.push(api(
+                "activate",
+                format!("activate {f}"),
+                "ovirt.host_activate",
+                json!({"host": f}),
+                vec![k("enroll")],
+                format!("POST /ovirt-engine/api/hosts/<id of {f}>/activate; poll until up"),
+                900,
+            ));
+            let mut files = vec![VDSM_CERT.to_owned()];
+            files.extend(VDSM_COPIES.iter().map(|s| s.to_string()));
+            steps.push(StepSpec {
+                key: k("verify"),
+                name: format!("verify the new VDSM certificate on {f}"),
+                stage: "verify".into(),
+                target: target.clone(),
+                agent: h.id.clone(),
+                agent_name: h.name.clone(),
+                action: "ovirt.verify_host_certs".into(),
+                args: json!({
+                    "old_fingerprint": j.cert.fingerprint_sha256,
+                    "old_not_after": j.cert.not_after,
+                }),
+                depends_on: vec![k("activate")],
+                commands: vec![
+                    format!("openssl verify -CAfile /etc/pki/vdsm/certs/cacert.pem {VDSM_CERT}"),
+                    format!("compare {VDSM_CERT} with {VDSM_KEY} and its copies"),
+                ],
+                files,
+                timeout_secs: 120,
+            });
+            steps.push(api(
+                "pm-restore",
+                format!("restore power management of {f}"),
+                "ovirt.power_management",
+                json!({"host": f, "enabled": {"$ref": format!("{}.previous", k("pm-off"))}}),
+                vec![k("verify")],
+                format!("PUT /ovirt-engine/api/hosts/<id of {f}> <power_management><enabled>(as before)</enabled></power_management>"),
+                120,
+            ));
+            tail.insert(cluster, k("pm-restore"));
+        }
+        Ok(steps)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -347,5 +496,74 @@ mod tests {
         );
         assert_eq!(steps[2].args["targets"].as_array().unwrap().len(), 4);
         assert_eq!(steps[2].args["restart"], json!(["libvirtd", "vdsmd"]));
+    }
+
+    #[test]
+    fn api_recipe_chains_hosts_of_a_cluster() {
+        let ca = "C=US, O=example.test, CN=engine.example.test.12345";
+        let engine = agent("engine", "ovirt_engine");
+        let hosts: Vec<AgentRecord> = ["kvm01", "kvm02"]
+            .iter()
+            .map(|n| agent(n, "ovirt_node"))
+            .collect();
+        let mut inventory = BTreeMap::new();
+        inventory.insert(
+            "engine".to_owned(),
+            vec![cert(
+                "ovirt.engine.ca",
+                ca,
+                ca,
+                "/etc/pki/ovirt-engine/ca.pem",
+                7000,
+            )],
+        );
+        for h in &hosts {
+            inventory.insert(
+                h.id.clone(),
+                vec![cert(
+                    "ovirt.node.vdsm",
+                    &format!("O=example.test, CN={}.example.test", h.name),
+                    ca,
+                    VDSM_CERT,
+                    10,
+                )],
+            );
+        }
+        let mut all = vec![&engine];
+        all.extend(hosts.iter());
+        let input = RecipeInput {
+            targets: all.clone(),
+            agents: all,
+            inventory,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params: BTreeMap::new(),
+        };
+        let steps = OvirtHosts.build(&input).unwrap();
+        let actions: Vec<&str> = steps.iter().take(6).map(|s| s.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            [
+                "ovirt.power_management",
+                "ovirt.host_maintenance",
+                "ovirt.enroll_certificate",
+                "ovirt.host_activate",
+                "ovirt.verify_host_certs",
+                "ovirt.power_management"
+            ]
+        );
+        assert_eq!(steps.len(), 12);
+        assert_eq!(steps[4].agent, "kvm01");
+        assert_eq!(steps[0].agent, "engine");
+        assert_eq!(
+            steps[5].args["enabled"]["$ref"],
+            "kvm01-enroll-pm-off.previous"
+        );
+        // The second host waits for the first one's last step.
+        assert_eq!(
+            steps[6].depends_on,
+            vec!["kvm01-enroll-pm-restore".to_owned()]
+        );
+        assert_eq!(steps[6].args["host"], "kvm02.example.test");
     }
 }

@@ -526,23 +526,57 @@ impl Engine {
         days: u32,
         life: Option<Lifetime>,
     ) -> Result<()> {
+        self.enroll_pkcs12_keep(name, subject, san, custom, days, life, false)
+    }
+
+    /// `pki-enroll-pkcs12.sh [--keep-key]`: with `keep_key` the key comes out of the existing
+    /// `keys/<name>.p12` (`openssl pkcs12 -nocerts`), else a new one is generated.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn enroll_pkcs12_keep(
+        &self,
+        name: &str,
+        subject: &str,
+        san: Option<&str>,
+        custom: Option<(&str, &str)>,
+        days: u32,
+        life: Option<Lifetime>,
+        keep_key: bool,
+    ) -> Result<()> {
         let pass = format!("pass:{P12_PASSWORD}");
         let tmpkey = format!("keys/.{name}.tmpkey");
-        self.openssl(
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &tmpkey,
-                "-aes256",
-                "-pass",
-                &pass,
-            ],
-            &[],
-        )?;
+        if keep_key {
+            self.openssl(
+                &[
+                    "pkcs12",
+                    "-in",
+                    &format!("keys/{name}.p12"),
+                    "-out",
+                    &tmpkey,
+                    "-passin",
+                    &pass,
+                    "-passout",
+                    &pass,
+                    "-nocerts",
+                ],
+                &[],
+            )?;
+        } else {
+            self.openssl(
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                    &tmpkey,
+                    "-aes256",
+                    "-pass",
+                    &pass,
+                ],
+                &[],
+            )?;
+        }
         let req = format!("requests/{name}.req");
         self.openssl(
             &[
@@ -581,7 +615,7 @@ impl Engine {
     }
 
     /// `pki-pkcs12-extract.sh --key=keys/<name>.key.nopass`.
-    fn extract_key(&self, name: &str) -> Result<()> {
+    pub(crate) fn extract_key(&self, name: &str) -> Result<()> {
         let out = format!("keys/{name}.key.nopass");
         let pass = format!("pass:{P12_PASSWORD}");
         self.openssl(

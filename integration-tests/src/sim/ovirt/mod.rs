@@ -4,9 +4,11 @@
 //! Layouts follow `shared/reference/ovirt_gke.md` A1–A4 (engine) and A8–A9 (hosts); every
 //! certificate is signed by the real `openssl ca`.
 
+pub mod api;
 pub mod conf;
 pub mod engine;
 pub mod node;
+pub mod setup;
 
 use anyhow::{Context, Result};
 
@@ -15,11 +17,13 @@ pub use node::{Node, NodeSpec, build_node};
 
 /// Runs simulated tool `tool` of this platform; returns the exit code.
 ///
-/// Only `engine-config -g KEY` is simulated so far: it answers from the values engine-setup of
-/// the built version would have put in the database, in the real tool's
-/// `KEY: VALUE version: general` format.
+/// `hosted-engine` and `engine-setup` are in [`setup`]. `engine-config -g KEY` answers from
+/// the values engine-setup of the built version would have put in the database, in the real
+/// tool's `KEY: VALUE version: general` format.
 pub fn run_tool(host: &super::SimHost, tool: &str, args: &[String]) -> Result<i32> {
     match (tool, args) {
+        ("hosted-engine", _) => setup::hosted_engine(host, args),
+        ("engine-setup", _) => setup::engine_setup(host, args),
         ("engine-config", [flag, key]) if flag == "-g" => {
             let text = std::fs::read_to_string(host.state("ovirt-engine.json"))
                 .context("no simulated engine on this host")?;

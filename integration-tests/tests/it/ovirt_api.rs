@@ -1,0 +1,398 @@
+//! `ovirt-hosts` end to end: the simulated engine REST API (`certfleet-sim … ovirt-engine-api`)
+//! with SSO tokens and the host state machine of A10, a real controller and one agent per host,
+//! `certfleet plan create ovirt-hosts … --run`; hosts checked with the real `openssl` and the
+//! engine's `database.txt`, the API's record of every status and power-management change
+//! checked too. Also: a dry run that touches nothing, and an enroll that fails in the API,
+//! leaving its host in maintenance and halting the plan.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use certfleet_integration_tests::sim::ovirt::api::{self, ApiState};
+use serde_json::Value;
+
+use crate::ovirt_rotation::{
+    Fleet, VDSM_CERT, check_renewed, fleet_with, fqdn, hash_tree, not_after, roots_hash, step,
+    wait_plan,
+};
+use crate::support::{self, Proc};
+
+const PASSWORD: &str = "s3cret pw&";
+
+/// A fleet whose engine serves the API on a free loopback port.
+fn api_fleet(dir: &Path, hosts: &[(&str, i64)]) -> (Fleet, Proc, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let extra = format!(
+        "\"ovirt.api_url\" = \"http://127.0.0.1:{port}/ovirt-engine/api\"\n\
+         \"ovirt.api_password_file\" = \"/etc/certfleet/ovirt-api.password\"\n\
+         \"ovirt.api_poll_ms\" = \"100\"\n"
+    );
+    let f = fleet_with(dir, hosts, &extra);
+    f.engine
+        .write(
+            "/etc/certfleet/ovirt-api.password",
+            format!("{PASSWORD}\n"),
+            0o600,
+        )
+        .unwrap();
+    api::set_password(&f.engine, PASSWORD).unwrap();
+    for (name, h) in &f.hosts {
+        api::register_host(&f.engine, name, &fqdn(name), &h.root, "Default").unwrap();
+    }
+    let mut cmd = Command::new(support::bin("certfleet-sim"));
+    cmd.arg("--root").arg(&f.engine.root).args([
+        "ovirt-engine-api",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let p = Proc::spawn(cmd, dir.join("api.log"));
+    support::wait_for("the engine API to listen", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    (f, p, port)
+}
+
+/// One HTTP request; returns (status, body).
+fn http(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+    let mut t = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    t.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    t.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+fn state(f: &Fleet) -> ApiState {
+    ApiState::load(&f.engine).unwrap()
+}
+
+#[test]
+fn api_sso_and_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, port) = api_fleet(dir.path(), &[("kvm01", 30)]);
+    // No token: 401.
+    let (code, _) = http(port, "GET", "/ovirt-engine/api/hosts", &[], "");
+    assert_eq!(code, 401);
+    let form = "application/x-www-form-urlencoded";
+    let ct = format!("Content-Type: {form}");
+    // Wrong password, missing scope: the SSO's 400s.
+    let (code, body) = http(
+        port,
+        "POST",
+        "/ovirt-engine/sso/oauth/token",
+        &[&ct],
+        "grant_type=password&scope=ovirt-app-api&username=admin%40internal&password=nope",
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("access_denied"), "{body}");
+    let good =
+        "grant_type=password&scope=ovirt-app-api&username=admin%40internal&password=s3cret%20pw%26";
+    let (code, body) = http(
+        port,
+        "POST",
+        "/ovirt-engine/sso/oauth/token",
+        &[&ct],
+        &good.replace("&scope=ovirt-app-api", ""),
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("invalid_scope"), "{body}");
+    let (code, body) = http(port, "POST", "/ovirt-engine/sso/oauth/token", &[&ct], good);
+    assert_eq!(code, 200, "{body}");
+    let tok: Value = serde_json::from_str(&body).unwrap();
+    let auth = format!(
+        "Authorization: Bearer {}",
+        tok["access_token"].as_str().unwrap()
+    );
+    // XML by default, JSON on request.
+    let (code, xml) = http(port, "GET", "/ovirt-engine/api/hosts", &[&auth], "");
+    assert_eq!(code, 200);
+    assert!(xml.contains("<status>up</status>"), "{xml}");
+    assert!(
+        xml.contains("<power_management><enabled>true</enabled>"),
+        "{xml}"
+    );
+    let (_, js) = http(
+        port,
+        "GET",
+        "/ovirt-engine/api/hosts?search=name%3Dkvm01",
+        &[&auth, "Accept: application/json"],
+        "",
+    );
+    let v: Value = serde_json::from_str(&js).unwrap();
+    let id = v["host"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["host"][0]["address"], fqdn("kvm01"));
+    // Enroll is refused while the host is up (A9 validation).
+    let (code, body) = http(
+        port,
+        "POST",
+        &format!("/ovirt-engine/api/hosts/{id}/enrollcertificate"),
+        &[&auth, "Content-Type: application/xml"],
+        "<action/>",
+    );
+    assert_eq!(code, 409);
+    assert!(
+        body.contains("Please switch Host to Maintenance mode first"),
+        "{body}"
+    );
+    assert_eq!(state(&f).host("kvm01").unwrap().status, "up");
+}
+
+#[test]
+fn api_recipe_enrolls_hosts_one_at_a_time_and_dry_run_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, _) = api_fleet(dir.path(), &[("kvm01", 20), ("kvm02", 45), ("kvm03", 70)]);
+    let before: BTreeMap<String, i64> = f
+        .hosts
+        .iter()
+        .map(|(n, h)| (n.clone(), not_after(&h.path(VDSM_CERT))))
+        .collect();
+
+    let roots_before = roots_hash(&f);
+    let dry = f.c.json(&[
+        "plan",
+        "create",
+        "ovirt-hosts",
+        "--expiring-within",
+        "90d",
+        "--dry-run",
+    ]);
+    assert_eq!(dry["state"], "dry_run");
+    assert_eq!(dry["steps"].as_array().unwrap().len(), 18, "{dry:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        roots_hash(&f),
+        roots_before,
+        "dry run changed a host or the engine"
+    );
+
+    let plan = f.c.json(&[
+        "plan",
+        "create",
+        "ovirt-hosts",
+        "--expiring-within",
+        "90d",
+        "--max-parallel",
+        "3",
+        "--failure-budget",
+        "0",
+        "--run",
+    ]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    for name in ["kvm01", "kvm02", "kvm03"] {
+        check_renewed(&f, name, before[name]);
+    }
+    let st = state(&f);
+    for name in ["kvm01", "kvm02", "kvm03"] {
+        let h = st.host(name).unwrap();
+        assert_eq!(h.status, "up");
+        assert_eq!(
+            h.history,
+            [
+                "up",
+                "preparing_for_maintenance",
+                "maintenance",
+                "installing",
+                "maintenance",
+                "unassigned",
+                "initializing",
+                "up"
+            ],
+            "{name}"
+        );
+        assert!(h.pm_enabled, "{name}: power management not restored");
+        assert_eq!(h.pm_history, [false, true], "{name}");
+    }
+    let codes: Vec<&str> = st
+        .events
+        .iter()
+        .filter_map(|e| e["code"].as_str())
+        .collect();
+    assert_eq!(codes, ["881", "881", "881"]);
+    // One host at a time: each host starts after the previous one restored power management.
+    let order: Vec<String> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == "ovirt.enroll_certificate")
+        .map(|s| {
+            s["target"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for w in order.windows(2) {
+        let prev_end = step(&done, &w[0], "ovirt.power_management");
+        let restore = done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rfind(|s| {
+                s["target"].as_str().unwrap().starts_with(&w[0])
+                    && s["action"] == "ovirt.power_management"
+            })
+            .unwrap_or(prev_end);
+        let next_start = step(&done, &w[1], "ovirt.power_management");
+        assert!(
+            next_start["started_at"].as_i64() >= restore["finished_at"].as_i64(),
+            "{} started before {} finished",
+            w[1],
+            w[0]
+        );
+    }
+    // The enroll step waited through the race: it saw installing before maintenance.
+    let out = step(&done, "kvm01", "ovirt.enroll_certificate")["output"].to_string();
+    assert!(out.contains("host kvm01.example.test: installing"), "{out}");
+    assert!(out.contains("event 881"), "{out}");
+    let verify = step(&done, "kvm02", "ovirt.verify_host_certs");
+    assert!(
+        verify["message"]
+            .as_str()
+            .unwrap()
+            .contains("chains to cacert.pem"),
+        "{verify:#}"
+    );
+}
+
+#[test]
+fn api_enroll_failure_leaves_host_in_maintenance_and_halts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, _) = api_fleet(dir.path(), &[("kvm01", 10), ("kvm02", 12)]);
+    let plan = f.c.json(&[
+        "plan",
+        "create",
+        "ovirt-hosts",
+        "--expiring-within",
+        "30d",
+        "--failure-budget",
+        "0",
+    ]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let first_fqdn = plan["steps"][0]["args"]["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = first_fqdn.split('.').next().unwrap().to_owned();
+    let other = if first == "kvm01" { "kvm02" } else { "kvm01" };
+    api::set_fault(&f.engine, &first, Some("enroll-http")).unwrap();
+    let etc: BTreeMap<String, BTreeMap<String, String>> = f
+        .hosts
+        .iter()
+        .map(|(n, h)| (n.clone(), hash_tree(&h.root.join("etc"))))
+        .collect();
+    f.c.cli(&["plan", "run", &id]);
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let enroll = step(&done, &first, "ovirt.enroll_certificate");
+    assert_eq!(enroll["state"], "failed");
+    let msg = enroll["message"].as_str().unwrap();
+    assert!(
+        msg.contains("enrollcertificate")
+            && msg.contains("HTTP 500")
+            && msg.contains("stays in maintenance"),
+        "{msg}"
+    );
+    let st = state(&f);
+    let h = st.host(&first).unwrap();
+    assert_eq!(h.status, "maintenance");
+    assert!(!h.pm_enabled, "power management stays off for the operator");
+    // Nothing after the failure ran, on this host or the next.
+    for s in done["steps"].as_array().unwrap() {
+        let t = s["target"].as_str().unwrap();
+        let after_fail = t.starts_with(other)
+            || matches!(
+                s["action"].as_str().unwrap(),
+                "ovirt.host_activate" | "ovirt.verify_host_certs"
+            );
+        if after_fail {
+            assert_eq!(s["state"], "skipped", "{s:#}");
+            assert_eq!(s["attempts"], 0, "{s:#}");
+        }
+    }
+    let o = st.host(other).unwrap();
+    assert_eq!(o.history, ["up"]);
+    assert!(o.pm_history.is_empty());
+    for (n, h) in &f.hosts {
+        assert_eq!(hash_tree(&h.root.join("etc")), etc[n], "{n} files changed");
+    }
+}
+
+#[test]
+fn api_password_file_mode_and_playbook_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, _) = api_fleet(dir.path(), &[("kvm01", 10)]);
+    let pw = f.engine.path("/etc/certfleet/ovirt-api.password");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let create = || {
+        let p = f.c.json(&[
+            "plan",
+            "create",
+            "ovirt-hosts",
+            "--expiring-within",
+            "30d",
+            "--run",
+        ]);
+        let id = p["id"].as_str().unwrap().to_owned();
+        wait_plan(&f.c, &id, &["succeeded", "failed"])
+    };
+    // A world-readable password file is refused before anything is asked of the engine.
+    let done = create();
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let msg = step(&done, "kvm01", "ovirt.power_management")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        msg.contains("mode 644") && msg.contains("chmod 600"),
+        "{msg}"
+    );
+    assert_eq!(state(&f).host("kvm01").unwrap().history, ["up"]);
+    assert!(state(&f).tokens.is_empty(), "logged in with a refused file");
+
+    // The enrollment playbook fails on the engine: install_failed, event 882, plan halted.
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    api::set_fault(&f.engine, "kvm01", Some("enroll-ansible")).unwrap();
+    let before = hash_tree(&f.hosts["kvm01"].root.join("etc"));
+    let done = create();
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let enroll = step(&done, "kvm01", "ovirt.enroll_certificate");
+    let msg = enroll["message"].as_str().unwrap();
+    assert!(
+        msg.contains("enrolling the certificate of host kvm01.example.test failed")
+            && msg.contains("ovirt-host-enroll-certificate.yml"),
+        "{msg}"
+    );
+    let h = state(&f).host("kvm01").unwrap().clone();
+    assert_eq!(h.status, "install_failed");
+    assert_eq!(
+        step(&done, "kvm01", "ovirt.host_activate")["state"],
+        "skipped"
+    );
+    assert_eq!(hash_tree(&f.hosts["kvm01"].root.join("etc")), before);
+}
