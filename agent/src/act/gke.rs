@@ -1128,6 +1128,7 @@ fn admin_kubeconfig_update(ctx: &ActContext<'_>, args: &Value) -> Result<Value, 
                 "message": format!("{what} now trusts {}", fps.iter().map(|f| &f[..16]).collect::<Vec<_>>().join(" + ")),
                 "backup_id": m.id,
                 "ca_sha256": fps,
+                "sha256": certfleet_common::pki::sha256_hex(&updated),
             }))
         }
         Err(e) => {

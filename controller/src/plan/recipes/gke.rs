@@ -198,7 +198,10 @@ impl Recipe for GkeUserCa {
                         format!("back up {}", c.kubeconfig),
                         format!("write {} atomically, mode 0600, same owner", c.kubeconfig),
                         "check its certificate-authority-data holds the new CA only".into(),
-                        format!("kubectl --kubeconfig {} version; restore the backup on failure", c.kubeconfig),
+                        format!(
+                            "kubectl --kubeconfig {} version; restore the backup on failure",
+                            c.kubeconfig
+                        ),
                     ],
                     files: vec![c.kubeconfig.clone()],
                     timeout_secs: 120,
@@ -320,7 +323,10 @@ impl Recipe for GkeAdminCa {
             };
             let start_key = format!("{cluster}-start");
             let complete_key = format!("{cluster}-complete");
-            let rot_target = format!("{}:admin/{cluster}", first.agent_name);
+            // One target for the whole rotation: its steps interlock across workstations (the
+            // engine counts a target with steps left as in progress), and it succeeds or fails
+            // as a unit since it cannot be rolled back.
+            let rot_target = format!("admin/{cluster}");
             steps.push(StepSpec {
                 key: start_key.clone(),
                 name: format!("admin cluster {cluster}: first half of the CA rotation"),
@@ -362,7 +368,7 @@ impl Recipe for GkeAdminCa {
                         "install"
                     }
                     .into(),
-                    target: format!("{}:{}", c.agent_name, c.kubeconfig),
+                    target: rot_target.clone(),
                     agent: c.agent.clone(),
                     agent_name: c.agent_name.clone(),
                     action: "gke.admin_kubeconfig_update".into(),
@@ -405,7 +411,7 @@ impl Recipe for GkeAdminCa {
                 key: complete_key.clone(),
                 name: format!("admin cluster {cluster}: complete the CA rotation"),
                 stage: "complete".into(),
-                target: rot_target,
+                target: rot_target.clone(),
                 agent: first.agent.clone(),
                 agent_name: first.agent_name.clone(),
                 action: "gke.admin_ca_rotate".into(),
