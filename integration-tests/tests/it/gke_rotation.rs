@@ -918,3 +918,212 @@ fn gke_user_kubeconfig_install_failure_rolls_back() {
         "not rolled back byte for byte"
     );
 }
+
+/// `gkectl update credentials certificate-authorities SUB ARGS` on `host`, from `cwd`.
+fn gkectl_in(host: &SimHost, cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut a = vec!["update", "credentials", "certificate-authorities"];
+    a.extend(args);
+    let out = Command::new(host.path("/usr/bin/gkectl"))
+        .args(&a)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn gke_sim_admin_rotation_follows_b3() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let ws = admin_ca_workstation(&host);
+    let cfg = ws.admin_config.to_str().unwrap().to_owned();
+    let kc = ws.admin_kubeconfig.to_str().unwrap().to_owned();
+    let wd = ws.workdir.clone();
+    let run = |cwd: &Path, a: &[&str]| {
+        let mut v = a.to_vec();
+        v.extend(["--config", &cfg, "--kubeconfig", &kc]);
+        gkectl_in(&host, cwd, &v)
+    };
+    let old = std::fs::read(&kc).unwrap();
+
+    // Flag validation, like cobra and gkectl.
+    let (code, _, err) = run(&wd, &["rotate", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Exit with error:") && err.contains("--admin-cluster"),
+        "{err}"
+    );
+    let (code, _, err) = run(&wd, &["update-kubeconfig"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = gkectl_in(&host, &wd, &["rotate", "--admin-cluster", "--bogus"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Error: unknown flag: --bogus"), "{err}");
+    let (code, _, err) = gkectl_in(&host, &wd, &["rotate", "--admin-cluster", "--config", &cfg]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("required flag(s) \"kubeconfig\" not set"),
+        "{err}"
+    );
+    let (code, _, err) = run(&wd, &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no CA rotation of the admin cluster is in progress"),
+        "{err}"
+    );
+
+    // 1: first half, pause. Re-running resumes without a new CA.
+    let (code, out, _) = run(&wd, &["rotate", "--admin-cluster"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("with CAVersion 2 is done; the rotation is paused"),
+        "{out}"
+    );
+    let (code, out, _) = run(&wd, &["rotate", "--admin-cluster"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already done"), "{out}");
+    assert_eq!(GkeState::load(&host).unwrap().admin.cas.len(), 2);
+    assert_eq!(
+        std::fs::read(&kc).unwrap(),
+        old,
+        "rotate must not touch the kubeconfig"
+    );
+    let (_, out, _) = run(&wd, &["status", "--admin-cluster"]);
+    assert!(out.contains("reason: CARotationProgressed"), "{out}");
+    // --complete refuses a kubeconfig that was not updated.
+    let (code, _, err) = run(&wd, &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("updated kubeconfig file"), "{err}");
+
+    // 2: update-kubeconfig: old + new CA, client certificate from the new CA.
+    let (code, out, _) = run(&wd, &["update-kubeconfig", "--admin-cluster"]);
+    assert_eq!(code, 0, "{out}");
+    let (cas, _) = kubeconfig_pems(&ws.admin_kubeconfig);
+    assert_eq!(cas.len(), 2);
+    // --complete only from the directory holding it.
+    let (code, _, err) = run(dir.path(), &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found in the current directory"), "{err}");
+
+    // 3: complete; the old kubeconfig is revoked, the updated one works.
+    let (code, out, _) = run(&wd, &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(
+            "Successfully completed the CA rotation of the admin cluster with CAVersion 2."
+        ),
+        "{out}"
+    );
+    let old_f = dir.path().join("old");
+    std::fs::write(&old_f, &old).unwrap();
+    assert!(!user_cluster_access(&host, &old_f, "user-cluster-1").0);
+    assert!(user_cluster_access(&host, &ws.admin_kubeconfig, "user-cluster-1").0);
+
+    // 4: update-kubeconfig drops the old CA; again: up to date.
+    let (code, _, _) = run(&wd, &["update-kubeconfig", "--admin-cluster"]);
+    assert_eq!(code, 0);
+    let (cas, _) = kubeconfig_pems(&ws.admin_kubeconfig);
+    assert_eq!(cas.len(), 1);
+    let (_, out, _) = run(&wd, &["update-kubeconfig", "--admin-cluster"]);
+    assert!(out.contains("is up to date"), "{out}");
+    let (_, out, _) = run(&wd, &["status", "--admin-cluster"]);
+    assert!(out.contains("CAVersion 2 is -\nstatus: True,"), "{out}");
+}
+
+#[test]
+fn gke_rotation_steps_resent_after_completion_start_no_second_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let mut user = UserClusterSpec::new("user-cluster-1", "user-cluster.yaml");
+    user.ca = Lifetime::days(5 * 365 - 20, 20);
+    let ws = gke::build_admin_workstation(
+        &host,
+        &GkeSpec {
+            admin_ca: Lifetime::days(5 * 365 - 20, 20),
+            users: vec![user],
+            ..GkeSpec::default()
+        },
+    )
+    .unwrap();
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("ws");
+    let cfg = agent_config(dir.path(), "ws", &host.root);
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    wait_role(&c, "ws", "gke.admin_cluster.ca");
+    wait_role(&c, "ws", "gke.user_cluster.ca");
+
+    // Both rotations already ran (as when a step's result and journal entry were lost), but
+    // the inventory still shows the old CAs, so the steps are sent again.
+    let acfg = ws.admin_config.to_str().unwrap().to_owned();
+    let ucfg = ws.users[0].config.to_str().unwrap().to_owned();
+    let kc = ws.admin_kubeconfig.to_str().unwrap().to_owned();
+    let wd = ws.workdir.clone();
+    for a in [
+        vec!["rotate", "--admin-cluster"],
+        vec!["update-kubeconfig", "--admin-cluster"],
+        vec!["rotate", "--admin-cluster", "--complete"],
+    ] {
+        let mut v = a.clone();
+        v.extend(["--config", &acfg, "--kubeconfig", &kc]);
+        let (code, out, err) = gkectl_in(&host, &wd, &v);
+        assert_eq!(code, 0, "{a:?}: {out}{err}");
+    }
+    let (code, ..) = gkectl_in(
+        &host,
+        &wd,
+        &["rotate", "--config", &ucfg, "--kubeconfig", &kc],
+    );
+    assert_eq!(code, 0);
+    for _ in 0..4 {
+        gkectl_in(
+            &host,
+            &wd,
+            &["status", "--config", &ucfg, "--kubeconfig", &kc],
+        );
+    }
+    let st = GkeState::load(&host).unwrap();
+    assert_eq!(
+        (st.admin.ca_version, st.users["user-cluster-1"].ca_version),
+        (2, 2)
+    );
+    assert_eq!(st.users["user-cluster-1"].stage, gke::Stage::Steady);
+
+    for recipe in ["gke-user-ca", "gke-admin-ca"] {
+        let p = plan_create(
+            &c,
+            &[
+                recipe,
+                "--expiring-within",
+                "90d",
+                "--param",
+                "poll=0",
+                "--run",
+            ],
+        );
+        let p = wait_plan(&c, p["id"].as_str().unwrap());
+        assert_eq!(p["state"], "succeeded", "{p:#}");
+        let out = p["steps"].to_string();
+        assert!(
+            out.contains("not starting another rotation"),
+            "{recipe}: {out}"
+        );
+    }
+    let st = GkeState::load(&host).unwrap();
+    assert_eq!(
+        (st.admin.ca_version, st.users["user-cluster-1"].ca_version),
+        (2, 2),
+        "a second rotation was started"
+    );
+    // And the kubeconfigs were still brought up to date.
+    assert_eq!(kubeconfig_pems(&ws.admin_kubeconfig).0.len(), 1);
+    assert!(user_cluster_access(&host, &ws.admin_kubeconfig, "user-cluster-1").0);
+    let (cas, _) = kubeconfig_pems(&ws.users[0].kubeconfig);
+    assert_eq!(
+        openssl_fp(&cas[0], dir.path()),
+        openssl_fp(&st.users["user-cluster-1"].cas[&2].cert_pem, dir.path())
+    );
+}
