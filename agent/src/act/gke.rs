@@ -930,7 +930,8 @@ fn admin_ca_rotate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
     match phase {
         "start" => {
             if first.done && !client_from_old {
-                // Re-sent after the rotation went past this CA (e.g. a lost journal entry).
+                // Re-sent after the rotation went past this CA (e.g. a lost journal entry), or
+                // this kubeconfig does not use the CA in scope at all: start nothing.
                 return Ok(json!({
                     "message": format!("the admin cluster CA {} was already rotated (CAVersion {}); not starting another rotation", &old_fp[..16], first.ca_version),
                     "ca_version": first.ca_version,
@@ -942,11 +943,6 @@ fn admin_ca_rotate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
                     "an admin cluster CA rotation (CAVersion {}) is in progress: resuming it",
                     first.ca_version
                 ));
-            } else if old.is_none() {
-                return Err(ActError(format!(
-                    "{kc_what} does not trust CA {} (the CA in scope): refusing to rotate another CA",
-                    &old_fp[..16]
-                )));
             }
             f.run(ctx, "rotate", &[], &f.kubeconfig)?;
             let s = f.status(ctx)?;
