@@ -242,9 +242,12 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
     }
     if let Err(e) = state.admin.check_access(&kc_text) {
         let _ = kc_ca;
+        let why = match e.strip_prefix("Unable to connect to the server: ") {
+            Some(tls) => format!("Get \"https://172.16.20.49:443/api?timeout=32s\": {tls}"),
+            None => "Unauthorized".to_owned(),
+        };
         return Ok(exit_with_error(&format!(
-            "failed to connect to admin cluster with kubeconfig {kubeconfig:?}: Get \"https://172.16.20.49:443/api?timeout=32s\": {}",
-            e.trim_start_matches("Unable to connect to the server: ")
+            "failed to connect to admin cluster with kubeconfig {kubeconfig:?}: {why}"
         )));
     }
 
