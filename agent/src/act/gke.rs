@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `gke.ca_rotate` | on an admin workstation: starts `gkectl update credentials certificate-authorities rotate` for a user cluster (or follows one already in progress, which gkectl refuses to start twice) and polls `status` through its stages to `CARotationCompleted`, streaming each stage |
 //! | `gke.fetch_kubeconfig` | on an admin workstation: reads the user cluster's new admin kubeconfig from the admin cluster (`kubectl get secret admin -n CLUSTER -o jsonpath='{.data.admin\.conf}'`), checks it trusts exactly one CA that signed its client certificate, and stages it 0600 in the agent's state directory; only its path and fingerprints go back to the controller |
-//! | `kubeconfig.install` | installs a staged kubeconfig on the SAME host: backup, atomic 0600 write keeping the owner, re-read and check its CA data holds exactly the expected CAs, restore on failure |
+//! | `kubeconfig.install` | installs a staged kubeconfig on the SAME host: backup, atomic 0600 write keeping the owner, re-read and check its CA data holds exactly the expected CAs and (`verify_access`) that `kubectl --kubeconfig … version` reaches the cluster with it, restore on failure |
+//! | `gke.admin_ca_rotate` | on an admin workstation, the admin-cluster CA rotation of reference B3 in two halves: `phase=start` runs `gkectl update credentials certificate-authorities rotate --admin-cluster` (first half; re-running it resumes an interrupted run) up to the pause where B3 says to update the kubeconfig; `phase=complete` runs `rotate --admin-cluster --complete` from the directory holding the admin kubeconfig (gkectl insists) and checks `status` reports `CARotationCompleted`. Both stream gkectl's lines and are safe to re-send: a rotation already past the CA in scope (`ca_sha256`: completed, and the kubeconfig's client certificate no longer comes from that CA) is not started again |
+//! | `gke.admin_kubeconfig_update` | runs `gkectl … update-kubeconfig --admin-cluster` on a private 0600 copy of the admin kubeconfig, checks the result (`expect=bundle`: the old CA plus exactly one new CA and a client certificate from the new one; `expect=new`: one CA, not the old one, that signed the client certificate, `openssl verify`), backs up the real file, installs the result atomically (0600, same owner), re-reads it, checks access with `kubectl --kubeconfig … version`, and restores the backup byte for byte on failure. Already in the expected state: nothing to do |
 //! | `kubeadm.renew_all` | on a kubeadm control-plane node: backs up `/etc/kubernetes/pki` and `/etc/kubernetes/*.conf`, runs `kubeadm certs renew all`, checks every leaf got a later not-after and chains to its CA (`openssl verify`), restarts the static pods by moving each manifest out of `/etc/kubernetes/manifests` and back (reference C4, etcd last) and waits for a new running container (`crictl ps`); on any failure restores the backup byte for byte and restarts the pods again |
 //!
 //! Kubeconfigs with client keys are credentials: they never travel through the controller. A
@@ -12,7 +14,8 @@
 //! recipe installing on several workstations runs fetch + install on each of them.
 //!
 //! Host layout (settings, defaults as gkectl and kubeadm write them, reference B6/C1):
-//! `gke.workdir` (`/home/ubuntu`), `gke.admin_kubeconfig` (`WORKDIR/kubeconfig`),
+//! `gke.workdir` (`/home/ubuntu`), `gke.admin_config` (`WORKDIR/admin-cluster.yaml`),
+//! `gke.admin_kubeconfig` (`WORKDIR/kubeconfig`),
 //! `gke.user_configs` (comma-separated; default every `UserCluster` config in the work
 //! directory), tools `gkectl`, `kubectl`; `kubeadm.cert_dir` (`/etc/kubernetes/pki`, passed as
 //! `--cert-dir` only when set), `kubeadm.kubernetes_dir` (`/etc/kubernetes`),
@@ -33,6 +36,8 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "gke.ca_rotate" => ca_rotate(ctx, args),
         "gke.fetch_kubeconfig" => fetch_kubeconfig(ctx, args),
         "kubeconfig.install" => kubeconfig_install(ctx, args),
+        "gke.admin_ca_rotate" => admin_ca_rotate(ctx, args),
+        "gke.admin_kubeconfig_update" => admin_kubeconfig_update(ctx, args),
         "kubeadm.renew_all" => renew_all(ctx, args),
         other => Err(ActError(format!(
             "unknown action {other:?} (this agent is version {})",
@@ -152,6 +157,26 @@ fn ca_rotate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     };
 
     let first = status(false)?;
+    // Re-sent after a lost journal entry: the CA in scope may already be rotated away.
+    if first.done
+        && let Some(fp) = args.get("ca_sha256").and_then(Value::as_str)
+    {
+        let text = secret_kubeconfig(ctx, cluster)?;
+        let facts = kubeconfig_facts(&text, &format!("secret admin in namespace {cluster}"))?;
+        if !facts.ca_sha256.iter().any(|f| f.eq_ignore_ascii_case(fp)) {
+            (ctx.output)(format!(
+                "user cluster {cluster} no longer uses CA {} (CAVersion {} completed): not starting another rotation",
+                &fp[..16.min(fp.len())],
+                first.ca_version
+            ));
+            return Ok(json!({
+                "message": format!("CA {} of user cluster {cluster} was already rotated (CAVersion {})", &fp[..16.min(fp.len())], first.ca_version),
+                "cluster": cluster,
+                "ca_version": first.ca_version,
+                "already": true,
+            }));
+        }
+    }
     let target = if first.done {
         let a = cmd("rotate");
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -314,6 +339,14 @@ fn openssl_verify(
 
 fn fetch_kubeconfig(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let cluster = cluster_arg(args)?;
+    let text = secret_kubeconfig(ctx, cluster)?;
+    let what = format!("admin.conf of secret admin in namespace {cluster}");
+    fetch_rest(ctx, cluster, text, what)
+}
+
+/// The user cluster's admin kubeconfig as the admin cluster issues it now (B2: `kubectl get
+/// secret admin -n CLUSTER -o jsonpath='{.data.admin\.conf}' | base64 --decode`).
+fn secret_kubeconfig(ctx: &ActContext<'_>, cluster: &str) -> Result<Vec<u8>, ActError> {
     let kubectl = ctx.cfg.tool("kubectl", "/usr/bin/kubectl");
     let kc = admin_kubeconfig(ctx).display().to_string();
     let a = [
@@ -333,9 +366,16 @@ fn fetch_kubeconfig(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErro
         crate::exec::command_line(&kubectl, &a)
     ));
     let out = crate::exec::run_ok(&kubectl, &a, None, ctx.timeout)?;
-    let text = kubeconfig::decode_base64("admin.conf", out.stdout.trim())
-        .map_err(|e| ActError(format!("secret admin in namespace {cluster}: {e}")))?;
-    let what = format!("admin.conf of secret admin in namespace {cluster}");
+    kubeconfig::decode_base64("admin.conf", out.stdout.trim())
+        .map_err(|e| ActError(format!("secret admin in namespace {cluster}: {e}")))
+}
+
+fn fetch_rest(
+    ctx: &ActContext<'_>,
+    cluster: &str,
+    text: Vec<u8>,
+    what: String,
+) -> Result<Value, ActError> {
     let facts = kubeconfig_facts(&text, &what)?;
     if facts.ca_sha256.len() != 1 {
         return Err(ActError(format!(
@@ -434,6 +474,9 @@ fn kubeconfig_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
             &facts.client_pem,
             &dest.display().to_string(),
         )?;
+        if args.get("verify_access").and_then(Value::as_bool) == Some(true) {
+            kubectl_version(ctx, &dest)?;
+        }
         Ok(facts)
     })();
     match attempt {
@@ -753,6 +796,349 @@ fn restart_static_pod(
                 "{pod} did not come back within {}s after its manifest was restored (see crictl ps -a --name {pod}; crictl logs)",
                 start_wait.as_secs()
             )));
+        }
+    }
+}
+
+/// `kubectl --kubeconfig KC version`: the cluster answers with these credentials.
+fn kubectl_version(ctx: &ActContext<'_>, kc: &Path) -> Result<(), ActError> {
+    let kubectl = ctx.cfg.tool("kubectl", "/usr/bin/kubectl");
+    let k = kc.display().to_string();
+    let out = ctx.run_ok(&kubectl, &["--kubeconfig", &k, "version"], None);
+    out.map(|_| ())
+        .map_err(|e| ActError(format!("{k} does not reach its cluster: {e}")))
+}
+
+/// Whether certificate `cert` (DER) carries a valid signature of CA `ca` (DER).
+fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
+    match (
+        x509_parser::parse_x509_certificate(cert),
+        x509_parser::parse_x509_certificate(ca),
+    ) {
+        (Ok((_, c)), Ok((_, a))) => c.verify_signature(Some(a.public_key())).is_ok(),
+        _ => false,
+    }
+}
+
+/// CA and client certificates (DER) of the first cluster/user of kubeconfig text.
+fn kubeconfig_ders(text: &[u8], what: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), ActError> {
+    let facts = kubeconfig_facts(text, what)?;
+    let ders = |pem: &str| -> Vec<Vec<u8>> {
+        certfleet_common::pem::certificates(pem.as_bytes()).unwrap_or_default()
+    };
+    let client = ders(&facts.client_pem)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    Ok((ders(&facts.ca_pem), client))
+}
+
+/// The admin workstation's admin-cluster files and the gkectl command line for `sub`.
+struct AdminFiles {
+    gkectl: PathBuf,
+    config: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl AdminFiles {
+    fn new(ctx: &ActContext<'_>) -> Result<Self, ActError> {
+        let config = ctx.cfg.host_path(
+            ctx.cfg
+                .setting("gke.admin_config")
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{}/admin-cluster.yaml", workdir(ctx))),
+        );
+        if !config.is_file() {
+            return Err(ActError(format!(
+                "admin cluster config {} not found (set gke.admin_config)",
+                config.display()
+            )));
+        }
+        Ok(AdminFiles {
+            gkectl: ctx.cfg.tool("gkectl", "/usr/bin/gkectl"),
+            config,
+            kubeconfig: admin_kubeconfig(ctx),
+        })
+    }
+
+    /// `gkectl update credentials certificate-authorities SUB --admin-cluster [EXTRA] --config
+    /// CONFIG --kubeconfig KC`.
+    fn args(&self, sub: &str, extra: &[&str], kc: &Path) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "update",
+            "credentials",
+            "certificate-authorities",
+            sub,
+            "--admin-cluster",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend([
+            "--config".into(),
+            self.config.display().to_string(),
+            "--kubeconfig".into(),
+            kc.display().to_string(),
+        ]);
+        v
+    }
+
+    /// Runs gkectl `sub` in the directory holding kubeconfig `kc` (B3: `--complete` looks for
+    /// the updated kubeconfig in the current directory), streaming its lines.
+    fn run(
+        &self,
+        ctx: &ActContext<'_>,
+        sub: &str,
+        extra: &[&str],
+        kc: &Path,
+    ) -> Result<crate::exec::ToolOutput, ActError> {
+        let a = self.args(sub, extra, kc);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        ctx.run_ok_in(&self.gkectl, &a, None, kc.parent())
+    }
+
+    fn status(&self, ctx: &ActContext<'_>) -> Result<gke_admin::CaRotationStatus, ActError> {
+        let out = self.run(ctx, "status", &[], &self.kubeconfig)?;
+        gke_admin::parse_status(&out.stdout)
+            .map_err(|e| ActError(format!("gkectl status for the admin cluster printed {e}")))
+    }
+}
+
+fn fp_arg(args: &Value, name: &str) -> Result<String, ActError> {
+    let fp = arg_str(args, name)?.to_ascii_lowercase();
+    if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ActError(format!(
+            "{name} {fp:?} is not a SHA-256 fingerprint"
+        )));
+    }
+    Ok(fp)
+}
+
+fn admin_ca_rotate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let phase = arg_str(args, "phase")?;
+    let old_fp = fp_arg(args, "ca_sha256")?;
+    let f = AdminFiles::new(ctx)?;
+    let kc_what = f.kubeconfig.display().to_string();
+    let kc_bytes = std::fs::read(&f.kubeconfig).map_err(|e| ActError(format!("{kc_what}: {e}")))?;
+    let (cas, client) = kubeconfig_ders(&kc_bytes, &kc_what)?;
+    let old = cas
+        .iter()
+        .find(|d| certfleet_common::pki::sha256_hex(d) == old_fp);
+    let client_from_old = old.is_some_and(|o| issued_by(&client, o));
+    let first = f.status(ctx)?;
+    match phase {
+        "start" => {
+            if first.done && !client_from_old {
+                // Re-sent after the rotation went past this CA (e.g. a lost journal entry), or
+                // this kubeconfig does not use the CA in scope at all: start nothing.
+                return Ok(json!({
+                    "message": format!("the admin cluster CA {} was already rotated (CAVersion {}); not starting another rotation", &old_fp[..16], first.ca_version),
+                    "ca_version": first.ca_version,
+                    "already": true,
+                }));
+            }
+            if !first.done {
+                (ctx.output)(format!(
+                    "an admin cluster CA rotation (CAVersion {}) is in progress: resuming it",
+                    first.ca_version
+                ));
+            }
+            f.run(ctx, "rotate", &[], &f.kubeconfig)?;
+            let s = f.status(ctx)?;
+            if s.done {
+                return Err(ActError(format!(
+                    "gkectl rotate --admin-cluster returned but status says {} with CAVersion {}: expected the rotation to pause after its first half",
+                    s.reason, s.ca_version
+                )));
+            }
+            (ctx.output)(format!(
+                "stage: CAVersion {} {}: first half done, paused for update-kubeconfig",
+                s.ca_version,
+                gke_admin::stage(&s).as_str()
+            ));
+            Ok(json!({
+                "message": format!("first half of the admin cluster CA rotation done (CAVersion {}); paused for update-kubeconfig", s.ca_version),
+                "ca_version": s.ca_version,
+            }))
+        }
+        "complete" => {
+            let want = args.get("ca_version").and_then(Value::as_u64).unwrap_or(0) as u32;
+            if first.done && first.ca_version >= want && !client_from_old {
+                return Ok(json!({
+                    "message": format!("the admin cluster CA rotation with CAVersion {} is complete", first.ca_version),
+                    "ca_version": first.ca_version,
+                    "already": true,
+                }));
+            }
+            if first.done {
+                return Err(ActError(format!(
+                    "no admin cluster CA rotation to complete: status says {} with CAVersion {} (expected {want})",
+                    first.reason, first.ca_version
+                )));
+            }
+            f.run(ctx, "rotate", &["--complete"], &f.kubeconfig)?;
+            let s = f.status(ctx)?;
+            (ctx.output)(format!(
+                "stage: CAVersion {} {} ({})",
+                s.ca_version,
+                gke_admin::stage(&s).as_str(),
+                s.reason
+            ));
+            if !s.done {
+                return Err(ActError(format!(
+                    "gkectl rotate --admin-cluster --complete returned but status says {} with CAVersion {}: {}",
+                    s.reason, s.ca_version, s.message
+                )));
+            }
+            Ok(json!({
+                "message": format!("admin cluster CA rotation completed with CAVersion {}", s.ca_version),
+                "ca_version": s.ca_version,
+            }))
+        }
+        other => Err(ActError(format!(
+            "phase {other:?} is not start or complete"
+        ))),
+    }
+}
+
+/// Whether kubeconfig text is in the state `expect` (`bundle` or `new`) relative to the old
+/// CA `old_fp`; `Err` says why not.
+fn admin_kubeconfig_state(
+    text: &[u8],
+    what: &str,
+    expect: &str,
+    old_fp: &str,
+) -> Result<(), String> {
+    let (cas, client) = kubeconfig_ders(text, what).map_err(|e| e.0)?;
+    let fps: Vec<String> = cas
+        .iter()
+        .map(|d| certfleet_common::pki::sha256_hex(d))
+        .collect();
+    let short = |v: &[String]| {
+        v.iter()
+            .map(|f| f[..16].to_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let news: Vec<&Vec<u8>> = cas
+        .iter()
+        .filter(|d| certfleet_common::pki::sha256_hex(d) != old_fp)
+        .collect();
+    let has_old = fps.iter().any(|f| f == old_fp);
+    let ok = match expect {
+        "bundle" => has_old && cas.len() == 2 && news.len() == 1,
+        _ => !has_old && cas.len() == 1,
+    };
+    if !ok {
+        return Err(format!(
+            "{what} trusts CA(s) [{}]; expected {}",
+            short(&fps),
+            if expect == "bundle" {
+                format!("the old CA {} and one new CA", &old_fp[..16])
+            } else {
+                format!("one new CA, not the old {}", &old_fp[..16])
+            }
+        ));
+    }
+    if !issued_by(&client, news[0]) {
+        return Err(format!(
+            "{what}: the client certificate was not issued by the new CA {}",
+            &certfleet_common::pki::sha256_hex(news[0])[..16]
+        ));
+    }
+    Ok(())
+}
+
+fn admin_kubeconfig_update(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let expect = arg_str(args, "expect")?;
+    if !matches!(expect, "bundle" | "new") {
+        return Err(ActError(format!("expect {expect:?} is not bundle or new")));
+    }
+    let old_fp = fp_arg(args, "old_ca_sha256")?;
+    let f = AdminFiles::new(ctx)?;
+    let dest = f.kubeconfig.clone();
+    let what = dest.display().to_string();
+    let current = std::fs::read(&dest).map_err(|e| ActError(format!("{what}: {e}")))?;
+    if admin_kubeconfig_state(&current, &what, expect, &old_fp).is_ok() {
+        (ctx.output)(format!(
+            "{what} is already in the expected state ({expect})"
+        ));
+        return Ok(json!({"message": format!("{what} already up to date"), "already": true}));
+    }
+
+    // gkectl rewrites the file it is given in place: give it a private copy, in a directory
+    // of its own named like the original (`--complete` looks for that name in the CWD).
+    let name = dest
+        .file_name()
+        .ok_or_else(|| ActError(format!("{what} has no file name")))?;
+    let work = staging_dir(ctx)?.join(format!("{}.admin-kubeconfig", ctx.step_id));
+    let _ = std::fs::remove_dir_all(&work);
+    certfleet_common::atomic::create_private_dir(&work).map_err(|e| ActError(e.to_string()))?;
+    let staged = work.join(name);
+    certfleet_common::atomic::write_file(&staged, &current, 0o600)
+        .map_err(|e| ActError(e.to_string()))?;
+    let updated = (|| -> Result<Vec<u8>, ActError> {
+        f.run(ctx, "update-kubeconfig", &[], &staged)?;
+        let b =
+            std::fs::read(&staged).map_err(|e| ActError(format!("{}: {e}", staged.display())))?;
+        admin_kubeconfig_state(&b, "the updated kubeconfig", expect, &old_fp).map_err(ActError)?;
+        let facts = kubeconfig_facts(&b, "the updated kubeconfig")?;
+        openssl_verify(
+            ctx,
+            &facts.ca_pem,
+            &facts.client_pem,
+            "the updated kubeconfig",
+        )?;
+        Ok(b)
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    let updated = updated?;
+
+    let owner = std::fs::metadata(&dest).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.uid(), m.gid())
+    });
+    let m = backup::create(ctx.state, ctx.step_id, std::slice::from_ref(&dest))?;
+    (ctx.output)(format!("backup {} holds {what}", m.id));
+    let attempt = (|| -> Result<(), ActError> {
+        backup::install(&dest, &updated, 0o600, owner)?;
+        (ctx.output)(format!("installed {what} (mode 600)"));
+        let back = std::fs::read(&dest).map_err(|e| ActError(format!("{what}: {e}")))?;
+        if back != updated {
+            return Err(ActError(format!(
+                "{what} reads back different from what was written"
+            )));
+        }
+        admin_kubeconfig_state(&back, &what, expect, &old_fp).map_err(ActError)?;
+        kubectl_version(ctx, &dest)
+    })();
+    match attempt {
+        Ok(()) => {
+            let (cas, _) = kubeconfig_ders(&updated, &what)?;
+            let fps: Vec<String> = cas
+                .iter()
+                .map(|d| certfleet_common::pki::sha256_hex(d))
+                .collect();
+            Ok(json!({
+                "message": format!("{what} now trusts {}", fps.iter().map(|f| &f[..16]).collect::<Vec<_>>().join(" + ")),
+                "backup_id": m.id,
+                "ca_sha256": fps,
+                "sha256": certfleet_common::pki::sha256_hex(&updated),
+            }))
+        }
+        Err(e) => {
+            (ctx.output)(format!(
+                "verification failed: {e}; restoring backup {}",
+                m.id
+            ));
+            Err(match backup::restore(ctx.state, &m.id) {
+                Ok(_) => ActError(format!(
+                    "{e} (rolled back: {what} restored from backup {})",
+                    m.id
+                )),
+                Err(r) => ActError(format!("{e}; ROLLBACK FAILED: {r} (backup {} kept)", m.id)),
+            })
         }
     }
 }

@@ -139,12 +139,24 @@ fn plan_create(c: &Controller, args: &[&str]) -> Value {
     c.json(&a)
 }
 
+/// Waits for a plan to end; on timeout prints the last state seen.
 fn wait_plan(c: &Controller, id: &str) -> Value {
+    struct Dump<'a>(&'a std::cell::RefCell<Value>);
+    impl Drop for Dump<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("last plan: {:#}", self.0.borrow());
+            }
+        }
+    }
+    let last = std::cell::RefCell::new(Value::Null);
+    let _dump = Dump(&last);
     support::wait_for(
         &format!("plan {id} to finish"),
         Duration::from_secs(240),
         || {
             let p = c.json(&["plan", "show", id, "--output-lines"]);
+            *last.borrow_mut() = p.clone();
             matches!(
                 p["state"].as_str(),
                 Some("succeeded" | "failed" | "aborted" | "rolled_back")
@@ -594,4 +606,524 @@ fn kubeadm_failed_static_pod_restart_restores_old_pki() {
             "apiserver runs on a renewed {path}"
         );
     }
+}
+
+/// Runs a simulated tool of `host` (its host path); `(success, stdout, stderr)`.
+fn host_tool(host: &SimHost, tool: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(host.path(tool)).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads user cluster `cluster`'s admin secret through the admin cluster with kubeconfig `kc`
+/// (the simulated kubectl of `host`).
+fn user_cluster_access(host: &SimHost, kc: &Path, cluster: &str) -> (bool, String) {
+    let (ok, out, err) = host_tool(
+        host,
+        "/usr/bin/kubectl",
+        &[
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "get",
+            "secret",
+            "admin",
+            "-n",
+            cluster,
+            "-o",
+            "jsonpath={.data.admin\\.conf}",
+        ],
+    );
+    if !ok {
+        return (false, err);
+    }
+    let conf = base64::engine::general_purpose::STANDARD
+        .decode(out.trim())
+        .unwrap();
+    let conf = String::from_utf8(conf).unwrap();
+    (conf.contains("certificate-authority-data"), conf)
+}
+
+fn sha256_file(p: &Path) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(p).unwrap());
+    hex::encode(d.as_ref())
+}
+
+/// An admin workstation whose admin-cluster CA expires in 20 days, one healthy user cluster.
+fn admin_ca_workstation(host: &SimHost) -> gke::Workstation {
+    gke::build_admin_workstation(
+        host,
+        &GkeSpec {
+            admin_ca: Lifetime::days(5 * 365 - 20, 20),
+            ..GkeSpec::default()
+        },
+    )
+    .unwrap()
+}
+
+fn steps_of<'a>(plan: &'a Value, action: &str) -> Vec<&'a Value> {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == action)
+        .collect()
+}
+
+#[test]
+fn gke_admin_ca_rotation_updates_every_workstation() {
+    let dir = tempfile::tempdir().unwrap();
+    let h1 = sim_host(dir.path(), "ws-1");
+    let ws = admin_ca_workstation(&h1);
+    let h2 = sim_host(dir.path(), "ws-2");
+    let kc2 = gke::add_workstation_copy(&h1, &ws, &h2, "/home/ubuntu").unwrap();
+    let old_kc = dir.path().join("old-admin-kubeconfig");
+    std::fs::copy(&ws.admin_kubeconfig, &old_kc).unwrap();
+    let (old_cas, _) = kubeconfig_pems(&ws.admin_kubeconfig);
+    assert_eq!(old_cas.len(), 1);
+    let old_fp = openssl_fp(&old_cas[0], dir.path());
+    assert!(user_cluster_access(&h1, &old_kc, "user-cluster-1").0);
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let mut agents = Vec::new();
+    for (name, h) in [("ws-1", &h1), ("ws-2", &h2)] {
+        let state = c.enroll(name);
+        let cfg = agent_config(dir.path(), name, &h.root);
+        agents.push(c.run_agent(&state, Some(&cfg), &[]));
+    }
+    c.wait_connected(2);
+    wait_role(&c, "ws-1", "gke.admin_cluster.ca");
+    wait_role(&c, "ws-2", "gke.admin_cluster.ca");
+
+    // Dry run: B3's four steps fanned out, with their commands; nothing touched.
+    let before = (tree_hash(&h1.root), tree_hash(&h2.root));
+    let dry = plan_create(
+        &c,
+        &["gke-admin-ca", "--expiring-within", "90d", "--dry-run"],
+    );
+    assert_eq!(dry["state"], "dry_run", "{dry:#}");
+    let actions: Vec<(&str, &str)> = dry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["action"].as_str().unwrap(), s["agent"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("gke.admin_ca_rotate", "ws-1"),
+            ("gke.admin_kubeconfig_update", "ws-1"),
+            ("gke.admin_kubeconfig_update", "ws-2"),
+            ("gke.admin_ca_rotate", "ws-1"),
+            ("gke.admin_kubeconfig_update", "ws-1"),
+            ("gke.admin_kubeconfig_update", "ws-2"),
+        ],
+        "{dry:#}"
+    );
+    let cmds = dry["steps"].to_string();
+    for s in [
+        "gkectl update credentials certificate-authorities rotate --admin-cluster --config",
+        "rotate --admin-cluster --complete",
+        "update-kubeconfig --admin-cluster",
+        "(cd /home/ubuntu)",
+        "kubectl --kubeconfig /home/ubuntu/kubeconfig version",
+    ] {
+        assert!(cmds.contains(s), "{s} missing from {cmds}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        (tree_hash(&h1.root), tree_hash(&h2.root)),
+        before,
+        "a dry run changed a host"
+    );
+
+    let p = plan_create(&c, &["gke-admin-ca", "--expiring-within", "90d", "--run"]);
+    let p = wait_plan(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let rot = steps_of(&p, "gke.admin_ca_rotate");
+    let out = format!("{}{}", rot[0]["output"], rot[1]["output"]);
+    for s in [
+        "Beginning CA rotation of admin cluster \\\"gke-admin\\\" with CAVersion 2",
+        "first half of the admin cluster CA rotation with CAVersion 2 is done",
+        "Verified the updated kubeconfig file \\\"kubeconfig\\\" in the current directory",
+        "Successfully completed the CA rotation of the admin cluster with CAVersion 2.",
+        "stage: CAVersion 2 completed",
+    ] {
+        assert!(out.contains(s), "{s} missing from {out}");
+    }
+
+    // Both copies: the new CA only (openssl, after base64-decoding), a client certificate
+    // from it, 0600, and they reach the user cluster through the admin cluster.
+    let st = GkeState::load(&h1).unwrap();
+    assert_eq!(
+        (st.admin.ca_version, st.admin.stage),
+        (2, gke::Stage::Steady)
+    );
+    let new_fp = openssl_fp(&st.admin.cas[&2].cert_pem, dir.path());
+    assert_ne!(new_fp, old_fp);
+    let mut clients = Vec::new();
+    for (h, kc) in [(&h1, &ws.admin_kubeconfig), (&h2, &kc2)] {
+        let (cas, client) = kubeconfig_pems(kc);
+        assert_eq!(cas.len(), 1, "{}: {cas:?}", kc.display());
+        assert_eq!(openssl_fp(&cas[0], dir.path()), new_fp);
+        let ca_f = dir.path().join("ca.pem");
+        let cl_f = dir.path().join("cl.pem");
+        std::fs::write(&ca_f, &cas[0]).unwrap();
+        std::fs::write(&cl_f, &client).unwrap();
+        let (ok, msg) = openssl_ok(&[
+            "verify",
+            "-CAfile",
+            ca_f.to_str().unwrap(),
+            cl_f.to_str().unwrap(),
+        ]);
+        assert!(ok, "{}: {msg}", kc.display());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(kc).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (ok, msg) = user_cluster_access(h, kc, "user-cluster-1");
+        assert!(ok, "{}: {msg}", kc.display());
+        clients.push(openssl_fp(&client, dir.path()));
+    }
+    // Each workstation got its own client certificate; no key went through the controller.
+    assert_ne!(clients[0], clients[1]);
+    assert!(!p.to_string().contains("client-key-data"));
+    // The old kubeconfig no longer works: the old CA is revoked.
+    let (ok, msg) = user_cluster_access(&h1, &old_kc, "user-cluster-1");
+    assert!(!ok && msg.contains("x509"), "{msg}");
+    let installs = steps_of(&p, "gke.admin_kubeconfig_update");
+    assert_eq!(installs[3]["details"]["ca_sha256"][0], new_fp.as_str());
+}
+
+#[test]
+fn gke_admin_kubeconfig_install_failure_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let ws = admin_ca_workstation(&host);
+    // After --complete the admin API server keeps serving its CA-1 certificate: the
+    // kubeconfig with the new CA only cannot reach it.
+    let mut st = GkeState::load(&host).unwrap();
+    st.admin.serving_override = Some(1);
+    st.save(&host).unwrap();
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("ws");
+    let cfg = agent_config(dir.path(), "ws", &host.root);
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    wait_role(&c, "ws", "gke.admin_cluster.ca");
+    let p = plan_create(&c, &["gke-admin-ca", "--expiring-within", "90d", "--run"]);
+    let p = wait_plan(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "failed", "{p:#}");
+    let ups = steps_of(&p, "gke.admin_kubeconfig_update");
+    assert_eq!(ups[0]["state"], "succeeded", "{p:#}");
+    assert_eq!(ups[1]["state"], "failed", "{p:#}");
+    let msg = ups[1]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("does not reach its cluster") && msg.contains("rolled back"),
+        "{msg}"
+    );
+    // Byte-identical to what the step before installed, and it still works.
+    assert_eq!(
+        sha256_file(&ws.admin_kubeconfig),
+        ups[0]["details"]["sha256"].as_str().unwrap()
+    );
+    let (cas, _) = kubeconfig_pems(&ws.admin_kubeconfig);
+    assert_eq!(cas.len(), 2);
+    let (ok, msg) = user_cluster_access(&host, &ws.admin_kubeconfig, "user-cluster-1");
+    assert!(ok, "{msg}");
+}
+
+#[test]
+fn gke_admin_update_kubeconfig_disk_full_leaves_kubeconfig_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let ws = admin_ca_workstation(&host);
+    gke::set_disk_full(&host, true).unwrap();
+    let before = std::fs::read(&ws.admin_kubeconfig).unwrap();
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("ws");
+    let cfg = agent_config(dir.path(), "ws", &host.root);
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    wait_role(&c, "ws", "gke.admin_cluster.ca");
+    let p = plan_create(&c, &["gke-admin-ca", "--expiring-within", "90d", "--run"]);
+    let p = wait_plan(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "failed", "{p:#}");
+    let up = steps_of(&p, "gke.admin_kubeconfig_update")[0];
+    let out = format!("{}{}", up["message"], up["output"]);
+    assert!(out.contains("no space left on device"), "{out}");
+    assert_eq!(std::fs::read(&ws.admin_kubeconfig).unwrap(), before);
+    // Mid-rotation (paused after the first half) the old kubeconfig still works.
+    let st = GkeState::load(&host).unwrap();
+    assert_eq!(st.admin.stage, gke::Stage::NewCaTrusted);
+    let (ok, msg) = user_cluster_access(&host, &ws.admin_kubeconfig, "user-cluster-1");
+    assert!(ok, "{msg}");
+}
+
+#[test]
+fn gke_user_kubeconfig_install_failure_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let mut user = UserClusterSpec::new("user-cluster-1", "user-cluster.yaml");
+    user.ca = Lifetime::days(5 * 365 - 20, 20);
+    let ws = gke::build_admin_workstation(
+        &host,
+        &GkeSpec {
+            users: vec![user],
+            ..GkeSpec::default()
+        },
+    )
+    .unwrap();
+    // The user cluster's API server keeps serving from CA 1 after the rotation.
+    let mut st = GkeState::load(&host).unwrap();
+    st.users.get_mut("user-cluster-1").unwrap().serving_override = Some(1);
+    st.save(&host).unwrap();
+    let kc = &ws.users[0].kubeconfig;
+    let before = std::fs::read(kc).unwrap();
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("ws");
+    let cfg = agent_config(dir.path(), "ws", &host.root);
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    wait_role(&c, "ws", "gke.user_cluster.ca");
+    let p = plan_create(
+        &c,
+        &[
+            "gke-user-ca",
+            "--expiring-within",
+            "90d",
+            "--param",
+            "poll=0",
+            "--run",
+        ],
+    );
+    let p = wait_plan(&c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "failed", "{p:#}");
+    assert_eq!(step(&p, "gke.fetch_kubeconfig")["state"], "succeeded");
+    let inst = step(&p, "kubeconfig.install");
+    let msg = inst["message"].as_str().unwrap();
+    assert!(
+        msg.contains("does not reach its cluster") && msg.contains("rolled back"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(kc).unwrap(),
+        before,
+        "not rolled back byte for byte"
+    );
+}
+
+/// `gkectl update credentials certificate-authorities SUB ARGS` on `host`, from `cwd`.
+fn gkectl_in(host: &SimHost, cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut a = vec!["update", "credentials", "certificate-authorities"];
+    a.extend(args);
+    let out = Command::new(host.path("/usr/bin/gkectl"))
+        .args(&a)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn gke_sim_admin_rotation_follows_b3() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let ws = admin_ca_workstation(&host);
+    let cfg = ws.admin_config.to_str().unwrap().to_owned();
+    let kc = ws.admin_kubeconfig.to_str().unwrap().to_owned();
+    let wd = ws.workdir.clone();
+    let run = |cwd: &Path, a: &[&str]| {
+        let mut v = a.to_vec();
+        v.extend(["--config", &cfg, "--kubeconfig", &kc]);
+        gkectl_in(&host, cwd, &v)
+    };
+    let old = std::fs::read(&kc).unwrap();
+
+    // Flag validation, like cobra and gkectl.
+    let (code, _, err) = run(&wd, &["rotate", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Exit with error:") && err.contains("--admin-cluster"),
+        "{err}"
+    );
+    let (code, _, err) = run(&wd, &["update-kubeconfig"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = gkectl_in(&host, &wd, &["rotate", "--admin-cluster", "--bogus"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Error: unknown flag: --bogus"), "{err}");
+    let (code, _, err) = gkectl_in(&host, &wd, &["rotate", "--admin-cluster", "--config", &cfg]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("required flag(s) \"kubeconfig\" not set"),
+        "{err}"
+    );
+    let (code, _, err) = run(&wd, &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no CA rotation of the admin cluster is in progress"),
+        "{err}"
+    );
+
+    // 1: first half, pause. Re-running resumes without a new CA.
+    let (code, out, _) = run(&wd, &["rotate", "--admin-cluster"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("with CAVersion 2 is done; the rotation is paused"),
+        "{out}"
+    );
+    let (code, out, _) = run(&wd, &["rotate", "--admin-cluster"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already done"), "{out}");
+    assert_eq!(GkeState::load(&host).unwrap().admin.cas.len(), 2);
+    assert_eq!(
+        std::fs::read(&kc).unwrap(),
+        old,
+        "rotate must not touch the kubeconfig"
+    );
+    let (_, out, _) = run(&wd, &["status", "--admin-cluster"]);
+    assert!(out.contains("reason: CARotationProgressed"), "{out}");
+    // --complete refuses a kubeconfig that was not updated.
+    let (code, _, err) = run(&wd, &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("updated kubeconfig file"), "{err}");
+
+    // 2: update-kubeconfig: old + new CA, client certificate from the new CA.
+    let (code, out, _) = run(&wd, &["update-kubeconfig", "--admin-cluster"]);
+    assert_eq!(code, 0, "{out}");
+    let (cas, _) = kubeconfig_pems(&ws.admin_kubeconfig);
+    assert_eq!(cas.len(), 2);
+    // --complete only from the directory holding it.
+    let (code, _, err) = run(dir.path(), &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found in the current directory"), "{err}");
+
+    // 3: complete; the old kubeconfig is revoked, the updated one works.
+    let (code, out, _) = run(&wd, &["rotate", "--admin-cluster", "--complete"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(
+            "Successfully completed the CA rotation of the admin cluster with CAVersion 2."
+        ),
+        "{out}"
+    );
+    let old_f = dir.path().join("old");
+    std::fs::write(&old_f, &old).unwrap();
+    assert!(!user_cluster_access(&host, &old_f, "user-cluster-1").0);
+    assert!(user_cluster_access(&host, &ws.admin_kubeconfig, "user-cluster-1").0);
+
+    // 4: update-kubeconfig drops the old CA; again: up to date.
+    let (code, _, _) = run(&wd, &["update-kubeconfig", "--admin-cluster"]);
+    assert_eq!(code, 0);
+    let (cas, _) = kubeconfig_pems(&ws.admin_kubeconfig);
+    assert_eq!(cas.len(), 1);
+    let (_, out, _) = run(&wd, &["update-kubeconfig", "--admin-cluster"]);
+    assert!(out.contains("is up to date"), "{out}");
+    let (_, out, _) = run(&wd, &["status", "--admin-cluster"]);
+    assert!(out.contains("CAVersion 2 is -\nstatus: True,"), "{out}");
+}
+
+#[test]
+fn gke_rotation_steps_resent_after_completion_start_no_second_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sim_host(dir.path(), "ws");
+    let mut user = UserClusterSpec::new("user-cluster-1", "user-cluster.yaml");
+    user.ca = Lifetime::days(5 * 365 - 20, 20);
+    let ws = gke::build_admin_workstation(
+        &host,
+        &GkeSpec {
+            admin_ca: Lifetime::days(5 * 365 - 20, 20),
+            users: vec![user],
+            ..GkeSpec::default()
+        },
+    )
+    .unwrap();
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("ws");
+    let cfg = agent_config(dir.path(), "ws", &host.root);
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    wait_role(&c, "ws", "gke.admin_cluster.ca");
+    wait_role(&c, "ws", "gke.user_cluster.ca");
+
+    // Both rotations already ran (as when a step's result and journal entry were lost), but
+    // the inventory still shows the old CAs, so the steps are sent again.
+    let acfg = ws.admin_config.to_str().unwrap().to_owned();
+    let ucfg = ws.users[0].config.to_str().unwrap().to_owned();
+    let kc = ws.admin_kubeconfig.to_str().unwrap().to_owned();
+    let wd = ws.workdir.clone();
+    for a in [
+        vec!["rotate", "--admin-cluster"],
+        vec!["update-kubeconfig", "--admin-cluster"],
+        vec!["rotate", "--admin-cluster", "--complete"],
+    ] {
+        let mut v = a.clone();
+        v.extend(["--config", &acfg, "--kubeconfig", &kc]);
+        let (code, out, err) = gkectl_in(&host, &wd, &v);
+        assert_eq!(code, 0, "{a:?}: {out}{err}");
+    }
+    let (code, ..) = gkectl_in(
+        &host,
+        &wd,
+        &["rotate", "--config", &ucfg, "--kubeconfig", &kc],
+    );
+    assert_eq!(code, 0);
+    for _ in 0..4 {
+        gkectl_in(
+            &host,
+            &wd,
+            &["status", "--config", &ucfg, "--kubeconfig", &kc],
+        );
+    }
+    let st = GkeState::load(&host).unwrap();
+    assert_eq!(
+        (st.admin.ca_version, st.users["user-cluster-1"].ca_version),
+        (2, 2)
+    );
+    assert_eq!(st.users["user-cluster-1"].stage, gke::Stage::Steady);
+
+    for recipe in ["gke-user-ca", "gke-admin-ca"] {
+        let p = plan_create(
+            &c,
+            &[
+                recipe,
+                "--expiring-within",
+                "90d",
+                "--param",
+                "poll=0",
+                "--run",
+            ],
+        );
+        let p = wait_plan(&c, p["id"].as_str().unwrap());
+        assert_eq!(p["state"], "succeeded", "{p:#}");
+        let out = p["steps"].to_string();
+        assert!(
+            out.contains("not starting another rotation"),
+            "{recipe}: {out}"
+        );
+    }
+    let st = GkeState::load(&host).unwrap();
+    assert_eq!(
+        (st.admin.ca_version, st.users["user-cluster-1"].ca_version),
+        (2, 2),
+        "a second rotation was started"
+    );
+    // And the kubeconfigs were still brought up to date.
+    assert_eq!(kubeconfig_pems(&ws.admin_kubeconfig).0.len(), 1);
+    assert!(user_cluster_access(&host, &ws.admin_kubeconfig, "user-cluster-1").0);
+    let (cas, _) = kubeconfig_pems(&ws.users[0].kubeconfig);
+    assert_eq!(
+        openssl_fp(&cas[0], dir.path()),
+        openssl_fp(&st.users["user-cluster-1"].cas[&2].cert_pem, dir.path())
+    );
 }

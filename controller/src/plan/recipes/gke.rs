@@ -15,6 +15,20 @@
 //!
 //! Parameters: `cluster` (comma-separated names), `poll` (seconds between status calls,
 //! default 30), `rotate_timeout` (seconds, default 14400: large clusters take hours).
+//!
+//! `gke-admin-ca`: admin-cluster CA rotation, reference B3 (non-advanced clusters). Admin
+//! clusters come from `gke.admin_cluster.ca` records (the CA data of an admin kubeconfig,
+//! `cluster=NAME`); one is in scope when that CA is (`--expiring-within`, `--param
+//! cluster=NAME`). B3's four steps are fanned out over every workstation holding a copy of that
+//! admin kubeconfig, so that each one gets its own new client certificate without keys leaving
+//! any host: the first workstation (by name) runs the first half (`gke.admin_ca_rotate
+//! phase=start`); then every workstation runs the first `update-kubeconfig`
+//! (`gke.admin_kubeconfig_update expect=bundle`: old + new CA, client certificate from the new
+//! CA) while the admin cluster still accepts their old client certificates; then the first
+//! workstation runs `--complete` (which revokes the old CA); then every workstation runs the
+//! second `update-kubeconfig` and installs the result (`expect=new`: the new CA only). Each
+//! install is backed up, written atomically 0600 and checked against the cluster; a failure
+//! restores the previous file. Like B2, the rotation itself cannot be rolled back.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +42,8 @@ pub struct GkeUserCa;
 /// One workstation's copy of a user cluster's kubeconfig.
 struct Copy {
     agent: String,
+    /// Fingerprint of the earliest-expiring CA this copy trusts (the CA in scope).
+    ca: String,
     agent_name: String,
     kubeconfig: String,
     not_after: i64,
@@ -93,9 +109,14 @@ impl Recipe for GkeUserCa {
                         .iter_mut()
                         .find(|c| c.agent == agent.id && c.kubeconfig == loc.path)
                     {
-                        Some(c) => c.not_after = c.not_after.min(cert.not_after),
+                        Some(c) if cert.not_after < c.not_after => {
+                            c.not_after = cert.not_after;
+                            c.ca = cert.fingerprint_sha256.clone();
+                        }
+                        Some(_) => {}
                         None => copies.push(Copy {
                             agent: agent.id.clone(),
+                            ca: cert.fingerprint_sha256.clone(),
                             agent_name: agent.name.clone(),
                             kubeconfig: loc.path.clone(),
                             not_after: cert.not_after,
@@ -127,7 +148,7 @@ impl Recipe for GkeUserCa {
                 agent: rot.agent.clone(),
                 agent_name: rot.agent_name.clone(),
                 action: "gke.ca_rotate".into(),
-                args: json!({"cluster": cluster, "poll_secs": poll}),
+                args: json!({"cluster": cluster, "poll_secs": poll, "ca_sha256": rot.ca}),
                 depends_on: vec![],
                 commands: vec![
                     gk("status"),
@@ -170,12 +191,17 @@ impl Recipe for GkeUserCa {
                         "staged": {"$ref": format!("{}.staged", k("fetch"))},
                         "sha256": {"$ref": format!("{}.sha256", k("fetch"))},
                         "ca_sha256": {"$ref": format!("{}.ca_sha256", k("fetch"))},
+                        "verify_access": true,
                     }),
                     depends_on: vec![k("fetch")],
                     commands: vec![
                         format!("back up {}", c.kubeconfig),
                         format!("write {} atomically, mode 0600, same owner", c.kubeconfig),
-                        "check its certificate-authority-data holds the new CA only; restore on failure".into(),
+                        "check its certificate-authority-data holds the new CA only".into(),
+                        format!(
+                            "kubectl --kubeconfig {} version; restore the backup on failure",
+                            c.kubeconfig
+                        ),
                     ],
                     files: vec![c.kubeconfig.clone()],
                     timeout_secs: 120,
@@ -193,5 +219,245 @@ impl Recipe for GkeUserCa {
             });
         }
         Ok(steps)
+    }
+}
+
+/// The admin-cluster CA rotation recipe.
+pub struct GkeAdminCa;
+
+/// One workstation holding a copy of an admin kubeconfig.
+struct AdminCopy {
+    agent: String,
+    agent_name: String,
+    kubeconfig: String,
+    ca: String,
+    not_after: i64,
+}
+
+impl Recipe for GkeAdminCa {
+    fn name(&self) -> &'static str {
+        "gke-admin-ca"
+    }
+
+    fn about(&self) -> &'static str {
+        "rotate the GKE on VMware admin-cluster CA with gkectl (B3: rotate, update-kubeconfig, --complete, update-kubeconfig) and install the new admin kubeconfig on every workstation holding one"
+    }
+
+    fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
+        let only: Vec<String> = input
+            .params
+            .get("cluster")
+            .map(|c| {
+                c.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rotate_timeout: u32 = input
+            .params
+            .get("rotate_timeout")
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| format!("param rotate_timeout={p}: {e}"))
+            })
+            .transpose()?
+            .unwrap_or(4 * 3600);
+        let mut targets = input.targets.clone();
+        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        // admin cluster name -> workstation copies (the earliest-expiring CA each holds)
+        let mut clusters: BTreeMap<String, Vec<AdminCopy>> = BTreeMap::new();
+        for agent in &targets {
+            for cert in input.inventory.get(&agent.id).into_iter().flatten() {
+                if cert.role != "gke.admin_cluster.ca" {
+                    continue;
+                }
+                for loc in cert.locations.iter().filter(|l| l.kind == "kubeconfig") {
+                    let Some(name) = loc
+                        .detail
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("cluster="))
+                    else {
+                        continue;
+                    };
+                    let copies = clusters.entry(name.to_owned()).or_default();
+                    match copies
+                        .iter_mut()
+                        .find(|c| c.agent == agent.id && c.kubeconfig == loc.path)
+                    {
+                        Some(c) if cert.not_after < c.not_after => {
+                            c.not_after = cert.not_after;
+                            c.ca = cert.fingerprint_sha256.clone();
+                        }
+                        Some(_) => {}
+                        None => copies.push(AdminCopy {
+                            agent: agent.id.clone(),
+                            agent_name: agent.name.clone(),
+                            kubeconfig: loc.path.clone(),
+                            ca: cert.fingerprint_sha256.clone(),
+                            not_after: cert.not_after,
+                        }),
+                    }
+                }
+            }
+        }
+        let mut steps = Vec::new();
+        for (cluster, copies) in &clusters {
+            if !only.is_empty() && !only.contains(cluster) {
+                continue;
+            }
+            // The CA in scope: the earliest-expiring one any copy trusts.
+            let Some(oldest) = copies.iter().min_by_key(|c| c.not_after) else {
+                continue;
+            };
+            if !input.due(oldest.not_after) {
+                continue;
+            }
+            let old_ca = oldest.ca.clone();
+            let copies: Vec<&AdminCopy> = copies.iter().filter(|c| c.ca == old_ca).collect();
+            let first = copies[0];
+            let gk = |sub: &str, kc: &str| {
+                format!(
+                    "gkectl update credentials certificate-authorities {sub} --config <gke.admin_config, default WORKDIR/admin-cluster.yaml> --kubeconfig {kc}"
+                )
+            };
+            let start_key = format!("{cluster}-start");
+            let complete_key = format!("{cluster}-complete");
+            // One target for the whole rotation: its steps interlock across workstations (the
+            // engine counts a target with steps left as in progress), and it succeeds or fails
+            // as a unit since it cannot be rolled back.
+            let rot_target = format!("admin/{cluster}");
+            steps.push(StepSpec {
+                key: start_key.clone(),
+                name: format!("admin cluster {cluster}: first half of the CA rotation"),
+                stage: "rotate".into(),
+                target: rot_target.clone(),
+                agent: first.agent.clone(),
+                agent_name: first.agent_name.clone(),
+                action: "gke.admin_ca_rotate".into(),
+                args: json!({"phase": "start", "ca_sha256": old_ca}),
+                depends_on: vec![],
+                commands: vec![
+                    gk("status --admin-cluster", &first.kubeconfig),
+                    format!(
+                        "(cd {}) {} (resumes a rotation in progress; nothing if CA {} is already rotated)",
+                        parent(&first.kubeconfig),
+                        gk("rotate --admin-cluster", &first.kubeconfig),
+                        &old_ca[..16.min(old_ca.len())]
+                    ),
+                    gk("status --admin-cluster", &first.kubeconfig),
+                ],
+                files: vec![],
+                timeout_secs: rotate_timeout,
+            });
+            let update = |c: &AdminCopy, i: usize, expect: &str, dep: &str| {
+                let key = format!("{cluster}-{}-{i}-{expect}", c.agent_name);
+                StepSpec {
+                    key,
+                    name: if expect == "bundle" {
+                        format!(
+                            "add the new CA of admin cluster {cluster} to {}",
+                            c.kubeconfig
+                        )
+                    } else {
+                        format!("install the new admin kubeconfig of {cluster} (old CA removed)")
+                    },
+                    stage: if expect == "bundle" {
+                        "update-kubeconfig"
+                    } else {
+                        "install"
+                    }
+                    .into(),
+                    target: rot_target.clone(),
+                    agent: c.agent.clone(),
+                    agent_name: c.agent_name.clone(),
+                    action: "gke.admin_kubeconfig_update".into(),
+                    args: json!({"expect": expect, "old_ca_sha256": old_ca}),
+                    depends_on: vec![dep.to_owned()],
+                    commands: vec![
+                        format!(
+                            "cp {} STATE_DIR/staged/<step>.admin-kubeconfig/ (0600)",
+                            c.kubeconfig
+                        ),
+                        format!(
+                            "(cd STATE_DIR/staged/<step>.admin-kubeconfig) {}",
+                            gk("update-kubeconfig --admin-cluster", "<that copy>")
+                        ),
+                        if expect == "bundle" {
+                            "check: CA data = old CA + one new CA; client certificate from the new CA (openssl verify)".into()
+                        } else {
+                            "check: CA data = the new CA only; client certificate from it (openssl verify)".into()
+                        },
+                        format!(
+                            "back up {}, write it atomically (0600, same owner)",
+                            c.kubeconfig
+                        ),
+                        format!(
+                            "kubectl --kubeconfig {} version; restore the backup on failure",
+                            c.kubeconfig
+                        ),
+                    ],
+                    files: vec![c.kubeconfig.clone()],
+                    timeout_secs: 600,
+                }
+            };
+            let mut bundle_keys = Vec::new();
+            for (i, c) in copies.iter().enumerate() {
+                let s = update(c, i, "bundle", &start_key);
+                bundle_keys.push(s.key.clone());
+                steps.push(s);
+            }
+            steps.push(StepSpec {
+                key: complete_key.clone(),
+                name: format!("admin cluster {cluster}: complete the CA rotation"),
+                stage: "complete".into(),
+                target: rot_target.clone(),
+                agent: first.agent.clone(),
+                agent_name: first.agent_name.clone(),
+                action: "gke.admin_ca_rotate".into(),
+                args: json!({
+                    "phase": "complete",
+                    "ca_sha256": old_ca,
+                    "ca_version": {"$ref": format!("{start_key}.ca_version")},
+                }),
+                depends_on: bundle_keys,
+                commands: vec![
+                    format!(
+                        "(cd {}) {} (revokes the old CA: every copy was updated before)",
+                        parent(&first.kubeconfig),
+                        gk("rotate --admin-cluster --complete", &first.kubeconfig)
+                    ),
+                    format!(
+                        "{} until CARotationCompleted",
+                        gk("status --admin-cluster", &first.kubeconfig)
+                    ),
+                ],
+                files: vec![],
+                timeout_secs: rotate_timeout,
+            });
+            for (i, c) in copies.iter().enumerate() {
+                steps.push(update(c, i, "new", &complete_key));
+            }
+        }
+        if steps.is_empty() {
+            return Err(if clusters.is_empty() {
+                "nothing to rotate: no target agent reported an admin kubeconfig (gke.admin_cluster.ca, gke_admin collector)".to_owned()
+            } else {
+                format!(
+                    "nothing to rotate: no admin cluster CA in scope (known: {})",
+                    clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            });
+        }
+        Ok(steps)
+    }
+}
+
+/// The directory of a host path (gkectl runs there: B3 wants the kubeconfig in the CWD).
+fn parent(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some(("", _)) => "/",
+        Some((d, _)) => d,
+        None => ".",
     }
 }

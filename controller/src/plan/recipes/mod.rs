@@ -77,6 +77,7 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
         Box::new(ovirt_hosts::OvirtHosts),
         Box::new(ovirt_hosts::OvirtHostsOffline),
         Box::new(gke::GkeUserCa),
+        Box::new(gke::GkeAdminCa),
         Box::new(kubeadm::KubeadmCerts),
         Box::new(vsphere::MachineSsl),
         Box::new(vsphere::SolutionUsers),

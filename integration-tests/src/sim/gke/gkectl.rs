@@ -10,13 +10,27 @@
 //!
 //! Steps of a rotation follow the phase list of B2 (an inference there, marked [L]); a rotation
 //! started here advances one phase per `status` call, as the reference suggests for simulators.
-//! Not simulated: the interactive admin rotation (`rotate --admin-cluster`, `update-kubeconfig`).
+//!
+//! The admin cluster (non-advanced) rotates in the four steps of B3: `rotate --admin-cluster`
+//! runs the first half synchronously (new CA `CAVersion N` added to every trust bundle; the API
+//! server still serves from CA N-1 and accepts client certificates of both) and pauses;
+//! `update-kubeconfig --admin-cluster` rewrites the given kubeconfig in place with CA data
+//! `[old new]` and a client certificate from the new CA; `rotate --admin-cluster --complete`
+//! refuses to proceed unless that updated kubeconfig is in the current directory, then
+//! re-issues the control plane from CA N, revokes CA N-1 and reports the CA version; a second
+//! `update-kubeconfig --admin-cluster` drops the old CA from the kubeconfig. Re-running a step
+//! resumes it (B3: "an interrupted run can be resumed by re-running the same command"). Only the
+//! verbs, flags, pause and kubeconfig semantics are documented; the progress lines printed here
+//! are this simulator's wording [L]. User clusters' kubeconfigs (their own CAs) are not touched,
+//! so user-cluster access through the admin cluster keeps working with the new admin
+//! kubeconfig, and stops working with an old one. A full disk ([`super::set_disk_full`]) makes
+//! the kubeconfig write stop half way with `no space left on device`, exit 1.
 
 use std::io::Write as _;
 
 use anyhow::Result;
 
-use super::{Fault, GkeState, SimHost, Stage};
+use super::{Fault, GkeState, SimHost, Stage, kubeconfig as kcfg};
 use crate::sim::{Lifetime, SimCa, dn};
 
 /// Parsed flags of the `certificate-authorities` subcommands.
@@ -136,6 +150,11 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
             "--complete is only valid with rotate --admin-cluster",
         ));
     }
+    if sub == "update-kubeconfig" && !flags.admin_cluster {
+        return Ok(exit_with_error(
+            "update-kubeconfig is only supported for the admin cluster (--admin-cluster); fetch a user cluster's new kubeconfig from its admin secret",
+        ));
+    }
 
     let mut state = GkeState::load(host)?;
 
@@ -221,15 +240,14 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
         }
         None => {}
     }
-    let admin_ca = state
-        .admin
-        .cas
-        .get(&state.admin.ca_version)
-        .map(|c| c.cert_pem.trim().to_owned())
-        .unwrap_or_default();
-    if admin_ca.is_empty() || !kc_ca.contains(&admin_ca) {
+    if let Err(e) = state.admin.check_access(&kc_text) {
+        let _ = kc_ca;
+        let why = match e.strip_prefix("Unable to connect to the server: ") {
+            Some(tls) => format!("Get \"https://172.16.20.49:443/api?timeout=32s\": {tls}"),
+            None => "Unauthorized".to_owned(),
+        };
         return Ok(exit_with_error(&format!(
-            "failed to connect to admin cluster with kubeconfig {kubeconfig:?}: Get \"https://172.16.20.49:443/api?timeout=32s\": tls: failed to verify certificate: x509: certificate signed by unknown authority"
+            "failed to connect to admin cluster with kubeconfig {kubeconfig:?}: {why}"
         )));
     }
 
@@ -252,6 +270,10 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
             }
         }
     };
+
+    if flags.admin_cluster && sub != "status" {
+        return admin_rotation(host, sub, flags.complete, &kubeconfig, &kc_text, &mut state);
+    }
 
     match sub {
         "status" => {
@@ -313,6 +335,201 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
             );
             Ok(70)
         }
+    }
+}
+
+fn say(line: &str) -> Result<()> {
+    let mut o = std::io::stdout();
+    writeln!(o, "{line}")?;
+    o.flush()?;
+    Ok(())
+}
+
+/// The interactive admin-cluster rotation of reference B3 (see the module documentation).
+fn admin_rotation(
+    host: &SimHost,
+    sub: &str,
+    complete: bool,
+    kubeconfig: &str,
+    kc_text: &str,
+    state: &mut GkeState,
+) -> Result<i32> {
+    let next_steps = |v: u32| {
+        format!(
+            "Run `gkectl update credentials certificate-authorities update-kubeconfig --admin-cluster` to update the kubeconfig, then `gkectl update credentials certificate-authorities rotate --admin-cluster --complete` from the directory holding it to finish the rotation with CAVersion {v}."
+        )
+    };
+    let admin = &mut state.admin;
+    let v = admin.ca_version;
+    match (sub, complete) {
+        ("rotate", false) => {
+            if admin.stage != Stage::Steady {
+                say(&format!(
+                    "The first half of the admin cluster CA rotation with CAVersion {v} is already done."
+                ))?;
+                say(&next_steps(v))?;
+                return Ok(0);
+            }
+            let next = v + 1;
+            say(&format!(
+                "Beginning CA rotation of admin cluster {:?} with CAVersion {next}",
+                admin.name
+            ))?;
+            let ca = SimCa::new(
+                dn(&[("CN", "kubernetes")]),
+                Lifetime::days(0, 30 * 365),
+                false,
+            )?;
+            say(&format!(
+                "Generated new admin cluster CA (CAVersion {next})"
+            ))?;
+            admin.cas.insert(
+                next,
+                super::CaMaterial {
+                    cert_pem: ca.cert_pem,
+                    key_pem: ca.key_pem,
+                },
+            );
+            admin.ca_version = next;
+            admin.stage = Stage::NewCaTrusted;
+            admin.advance_on_status = false;
+            state.save(host)?;
+            say(&format!(
+                "Adding CA {next} to the trust bundles of the admin cluster... DONE"
+            ))?;
+            say("Restarting the admin cluster control plane... DONE")?;
+            say("Restarting the user cluster control planes... DONE")?;
+            say(&format!(
+                "The first half of the admin cluster CA rotation with CAVersion {next} is done; the rotation is paused."
+            ))?;
+            say(&next_steps(next))?;
+            Ok(0)
+        }
+        ("rotate", true) => {
+            if admin.stage == Stage::Steady {
+                if v <= 1 {
+                    return Ok(exit_with_error(
+                        "no CA rotation of the admin cluster is in progress: run `gkectl update credentials certificate-authorities rotate --admin-cluster` first",
+                    ));
+                }
+                say(&format!(
+                    "Successfully completed the CA rotation of the admin cluster with CAVersion {v}."
+                ))?;
+                return Ok(0);
+            }
+            // "doesn't proceed until gkectl verifies that the updated kubeconfig file is in the
+            // current directory"
+            let new_ca = admin.cas.get(&v).map(|c| c.cert_pem.trim().to_owned());
+            let updated = new_ca.as_deref().is_some_and(|ca| {
+                kcfg::first_cluster_ca(kc_text).is_some_and(|b| b.contains(ca))
+                    && kcfg::first_user_cert(kc_text).is_some_and(|c| super::signed_by(&c, ca))
+            });
+            let base = std::path::Path::new(kubeconfig)
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
+            let cwd = std::env::current_dir()?;
+            let in_cwd = std::fs::read_to_string(cwd.join(&base)).ok().as_deref() == Some(kc_text);
+            if !updated || !in_cwd {
+                return Ok(exit_with_error(&format!(
+                    "the updated kubeconfig file {:?} was not found in the current directory {}: run `gkectl update credentials certificate-authorities update-kubeconfig --admin-cluster` first and run this command from the directory holding the kubeconfig",
+                    base.to_string_lossy(),
+                    cwd.display()
+                )));
+            }
+            say(&format!(
+                "Verified the updated kubeconfig file {:?} in the current directory",
+                base.to_string_lossy()
+            ))?;
+            say(&format!(
+                "Re-issuing the admin cluster control plane certificates from CA {v}... DONE"
+            ))?;
+            say("Restarting the user cluster control planes... DONE")?;
+            admin.stage = Stage::Steady;
+            state.save(host)?;
+            say(&format!(
+                "Removing CA {} from the trust bundles of the admin cluster... DONE",
+                v - 1
+            ))?;
+            say(&format!(
+                "Successfully completed the CA rotation of the admin cluster with CAVersion {v}."
+            ))?;
+            say(
+                "Run `gkectl update credentials certificate-authorities update-kubeconfig --admin-cluster` to remove the old CA from the kubeconfig.",
+            )?;
+            Ok(0)
+        }
+        ("update-kubeconfig", _) => {
+            let (cluster, server, user) = kcfg::first_names(kc_text).unwrap_or_else(|| {
+                (
+                    admin.name.clone(),
+                    admin.server.clone(),
+                    "kubernetes-admin".into(),
+                )
+            });
+            let pem = |n: u32| {
+                admin
+                    .cas
+                    .get(&n)
+                    .map(|c| c.cert_pem.clone())
+                    .unwrap_or_default()
+            };
+            let (bundle, cert, key) = if admin.stage == Stage::Steady {
+                // Second call: drop the old CA, keep the (new) client certificate.
+                let cert = kcfg::first_user_cert(kc_text).unwrap_or_default();
+                let key = kcfg::first_user_key(kc_text).unwrap_or_default();
+                (vec![pem(v)], cert, key)
+            } else {
+                let m = admin.cas.get(&v).cloned();
+                let m = m.ok_or_else(|| anyhow::anyhow!("no CA version {v}"))?;
+                let ca = SimCa::from_pem(&m.cert_pem, &m.key_pem)?;
+                let client = ca.issue(
+                    dn(&[("O", "system:masters"), ("CN", "kubernetes-admin")]),
+                    &[],
+                    Lifetime::days(0, 365),
+                    false,
+                    true,
+                )?;
+                (vec![pem(v - 1), pem(v)], client.cert_pem, client.key_pem)
+            };
+            let refs: Vec<&str> = bundle.iter().map(String::as_str).collect();
+            let text = kcfg::render(&kcfg::KubeconfigSpec {
+                cluster: &cluster,
+                server: &server,
+                ca_pems: &refs,
+                user: &user,
+                credentials: kcfg::Credentials::Embedded {
+                    cert_pem: &cert,
+                    key_pem: &key,
+                },
+            })?;
+            if text == kc_text {
+                say(&format!(
+                    "The kubeconfig file {kubeconfig:?} is up to date."
+                ))?;
+                return Ok(0);
+            }
+            if super::disk_full(host) {
+                std::fs::write(kubeconfig, &text.as_bytes()[..text.len() / 2])?;
+                return Ok(exit_with_error(&format!(
+                    "failed to update kubeconfig file {kubeconfig:?}: write {kubeconfig}: no space left on device"
+                )));
+            }
+            std::fs::write(kubeconfig, &text)?;
+            if admin.stage == Stage::Steady {
+                say(&format!(
+                    "Removed CA {} from the kubeconfig file {kubeconfig:?}; it trusts CA {v} only.",
+                    v - 1
+                ))?;
+            } else {
+                say(&format!(
+                    "Updated the kubeconfig file {kubeconfig:?}: added CA {v} and a client certificate from CA {v}; CA {} stays until the rotation completes.",
+                    v - 1
+                ))?;
+            }
+            Ok(0)
+        }
+        _ => unreachable!("checked by the caller"),
     }
 }
 

@@ -174,3 +174,30 @@ pub fn first_user_cert(text: &str) -> Option<String> {
         .ok()?;
     String::from_utf8(bytes).ok()
 }
+
+/// The first user's decoded `client-key-data` (PEM text).
+pub fn first_user_key(text: &str) -> Option<String> {
+    let v: serde_norway::Value = serde_norway::from_str(text).ok()?;
+    let data = v
+        .get("users")?
+        .get(0)?
+        .get("user")?
+        .get("client-key-data")?
+        .as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// `(cluster name, server, user name)` of the first cluster/user of a kubeconfig.
+pub fn first_names(text: &str) -> Option<(String, String, String)> {
+    let v: serde_norway::Value = serde_norway::from_str(text).ok()?;
+    let c = v.get("clusters")?.get(0)?;
+    let u = v.get("users")?.get(0)?;
+    Some((
+        c.get("name")?.as_str()?.to_owned(),
+        c.get("cluster")?.get("server")?.as_str()?.to_owned(),
+        u.get("name")?.as_str()?.to_owned(),
+    ))
+}

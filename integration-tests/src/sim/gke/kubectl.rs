@@ -12,7 +12,11 @@
 //! admin cluster's CA (else `Unable to connect to the server: … x509: certificate signed by
 //! unknown authority`), unknown namespaces and secrets are `Error from server (NotFound)`, and
 //! jsonpath prints the base64 value without a newline. Supported: `get secret NAME -n NS
-//! [-o jsonpath={.data.KEY}|-o json]`, `--kubeconfig`/`KUBECONFIG`, `--namespace`.
+//! [-o jsonpath={.data.KEY}|-o json]`, `version` (reaches the cluster the kubeconfig's server
+//! names: the admin cluster or a user cluster), `--kubeconfig`/`KUBECONFIG`, `--namespace`.
+//! A kubeconfig gets through when its CA data holds the CA the API server serves from and its
+//! client certificate is signed by a CA the cluster still accepts
+//! ([`super::ClusterState::check_access`]).
 
 use std::io::Write as _;
 
@@ -67,6 +71,7 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
     let p: Vec<&str> = positional.iter().map(String::as_str).collect();
     let secret = match p.as_slice() {
         ["get", "secret" | "secrets", name] => *name,
+        ["version"] => return version(host, kubeconfig.as_deref()),
         ["get", ..] => {
             eprintln!(
                 "certfleet-sim: only `kubectl get secret NAME` is simulated, not {:?}",
@@ -95,18 +100,8 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
         }
     };
     let state = GkeState::load(host)?;
-    let admin_ca = state
-        .admin
-        .cas
-        .get(&state.admin.ca_version)
-        .map(|c| c.cert_pem.trim().to_owned())
-        .unwrap_or_default();
-    let trusted = super::kubeconfig::first_cluster_ca(&kc_text)
-        .is_some_and(|ca| !admin_ca.is_empty() && ca.contains(&admin_ca));
-    if !trusted {
-        return fail(
-            "Unable to connect to the server: tls: failed to verify certificate: x509: certificate signed by unknown authority",
-        );
+    if let Err(e) = state.admin.check_access(&kc_text) {
+        return fail(&e);
     }
     let ns = namespace.unwrap_or_else(|| "default".into());
     let Some(cluster) = state.users.get(&ns) else {
@@ -160,5 +155,41 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
         }
     }
     out.flush()?;
+    Ok(0)
+}
+
+/// `kubectl version` against the cluster named by the kubeconfig's server URL.
+fn version(host: &SimHost, kubeconfig: Option<&str>) -> Result<i32> {
+    println!("Client Version: v1.28.7");
+    println!("Kustomize Version: v5.0.4-0.20230601165947-6ce0bf390ce3");
+    let Some(kubeconfig) = kubeconfig else {
+        return fail(
+            "The connection to the server localhost:8080 was refused - did you specify the right host or port?",
+        );
+    };
+    let Ok(text) = std::fs::read_to_string(kubeconfig) else {
+        return fail(&format!(
+            "error: stat {kubeconfig}: no such file or directory"
+        ));
+    };
+    let Some((_, server, _)) = super::kubeconfig::first_names(&text) else {
+        return fail(&format!(
+            "error: error loading config file \"{kubeconfig}\": no cluster in kubeconfig"
+        ));
+    };
+    let state = GkeState::load(host)?;
+    let Some(cluster) = std::iter::once(&state.admin)
+        .chain(state.users.values())
+        .find(|c| c.server == server)
+    else {
+        return fail(&format!(
+            "Unable to connect to the server: dial tcp {}: connect: no route to host",
+            server.trim_start_matches("https://")
+        ));
+    };
+    if let Err(e) = cluster.check_access(&text) {
+        return fail(&e);
+    }
+    println!("Server Version: v1.28.7-gke.1700");
     Ok(0)
 }

@@ -86,6 +86,10 @@ pub struct ClusterState {
     /// API server URL of the cluster (user clusters).
     #[serde(default)]
     pub server: String,
+    /// Serve certificates from this CA version instead of the one the stage implies (a
+    /// control plane that did not pick up its new certificates).
+    #[serde(default)]
+    pub serving_override: Option<u32>,
     /// `admin.conf` of the `admin` secret in namespace `<cluster name>` of the admin cluster:
     /// the user cluster's admin kubeconfig as the admin cluster currently issues it (reference
     /// B2, "get secret admin -n USER_CLUSTER_NAME"). Empty for the admin cluster itself.
@@ -94,6 +98,57 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// The CA version whose certificates the API server serves: the old CA until the second
+    /// half of a rotation re-issues the control-plane certificates (reference B2 phase 3, B3
+    /// `--complete`).
+    pub fn serving_version(&self) -> u32 {
+        if let Some(v) = self.serving_override {
+            return v;
+        }
+        match self.stage {
+            Stage::NewCaTrusted => self.ca_version.saturating_sub(1),
+            _ => self.ca_version,
+        }
+    }
+
+    /// CA versions the API server accepts client certificates from: both while a rotation
+    /// is in progress, only the newest otherwise (the old CA is revoked at the end).
+    pub fn client_versions(&self) -> Vec<u32> {
+        match self.stage {
+            Stage::Steady => vec![self.ca_version],
+            _ => vec![self.ca_version.saturating_sub(1), self.ca_version],
+        }
+    }
+
+    /// Whether a client using kubeconfig `text` gets through to this cluster's API server:
+    /// its CA data must hold the serving CA and its client certificate must be signed by an
+    /// accepted CA. The error is what kubectl prints.
+    pub fn check_access(&self, text: &str) -> std::result::Result<(), String> {
+        let serving = self
+            .cas
+            .get(&self.serving_version())
+            .map(|c| c.cert_pem.trim().to_owned())
+            .unwrap_or_default();
+        let trusted = kubeconfig::first_cluster_ca(text)
+            .is_some_and(|ca| !serving.is_empty() && ca.contains(&serving));
+        if !trusted {
+            return Err(format!(
+                "Unable to connect to the server: tls: failed to verify certificate: x509: certificate signed by unknown authority (server {})",
+                self.server
+            ));
+        }
+        let client = kubeconfig::first_user_cert(text).unwrap_or_default();
+        let accepted = self.client_versions().iter().any(|v| {
+            self.cas
+                .get(v)
+                .is_some_and(|ca| signed_by(&client, &ca.cert_pem))
+        });
+        if !accepted {
+            return Err("error: You must be logged in to the server (Unauthorized)".into());
+        }
+        Ok(())
+    }
+
     /// Re-issues the `admin` secret's kubeconfig for the current stage: trust bundle
     /// `[old new]` while rotating, `[new]` once done; client certificate from the CA that
     /// issues control-plane certificates at this stage.
@@ -136,6 +191,68 @@ impl ClusterState {
         })?;
         Ok(())
     }
+}
+
+/// Whether PEM certificate `cert` carries a valid signature of CA certificate `ca`.
+pub fn signed_by(cert: &str, ca: &str) -> bool {
+    let der = |p: &str| {
+        x509_parser::pem::parse_x509_pem(p.as_bytes())
+            .ok()
+            .map(|(_, pem)| pem.contents)
+    };
+    let (Some(c), Some(a)) = (der(cert), der(ca)) else {
+        return false;
+    };
+    let (Ok((_, c)), Ok((_, a))) = (
+        x509_parser::parse_x509_certificate(&c),
+        x509_parser::parse_x509_certificate(&a),
+    ) else {
+        return false;
+    };
+    c.verify_signature(Some(a.public_key())).is_ok()
+}
+
+/// Marker of a full disk on one workstation: gkectl's kubeconfig writes there stop half way.
+const DISK_FULL: &str = "gke-disk-full";
+
+/// Makes kubeconfig writes by the simulated gkectl of `host` fail half way (`ENOSPC`).
+pub fn set_disk_full(host: &SimHost, full: bool) -> Result<()> {
+    let p = host.state(DISK_FULL);
+    if full {
+        std::fs::write(p, b"")?;
+    } else if p.exists() {
+        std::fs::remove_file(p)?;
+    }
+    Ok(())
+}
+
+/// Whether [`set_disk_full`] is on for `host`.
+pub fn disk_full(host: &SimHost) -> bool {
+    host.state(DISK_FULL).exists()
+}
+
+/// Makes `copy` a second admin workstation of the SAME admin cluster as `primary` (its
+/// simulated state file is a symlink to the primary's): the admin cluster config, vCenter CA
+/// and a copy of the admin kubeconfig at the same paths, and gkectl/kubectl. Returns the copy's
+/// admin kubeconfig (real path).
+pub fn add_workstation_copy(
+    primary: &SimHost,
+    ws: &Workstation,
+    copy: &SimHost,
+    workdir: &str,
+) -> Result<PathBuf> {
+    let w = workdir.trim_end_matches('/');
+    for (from, name, mode) in [
+        (&ws.admin_config, "admin-cluster.yaml", 0o644),
+        (&ws.vcenter_ca, "vcenter-ca-cert.pem", 0o644),
+        (&ws.admin_kubeconfig, "kubeconfig", 0o600),
+    ] {
+        copy.write(&format!("{w}/{name}"), std::fs::read(from)?, mode)?;
+    }
+    std::os::unix::fs::symlink(primary.state(STATE), copy.state(STATE))?;
+    copy.install_tool("/usr/bin/gkectl", "gkectl")?;
+    copy.install_tool("/usr/bin/kubectl", "kubectl")?;
+    Ok(copy.path(&format!("{w}/kubeconfig")))
 }
 
 /// A fault `gkectl` is made to show, for collector tests.
@@ -349,6 +466,7 @@ pub fn build_admin_workstation(host: &SimHost, spec: &GkeSpec) -> Result<Worksta
             leaf_rotation_version: None,
             cas: BTreeMap::from([(1, material(&admin_ca))]),
             server: "https://172.16.20.49:443".into(),
+            serving_override: None,
             admin_conf: String::new(),
         },
         users: BTreeMap::new(),
@@ -420,6 +538,7 @@ pub fn build_admin_workstation(host: &SimHost, spec: &GkeSpec) -> Result<Worksta
                 leaf_rotation_version: None,
                 cas,
                 server,
+                serving_override: None,
                 admin_conf: kc,
             },
         );
