@@ -18,6 +18,10 @@ use tonic::Status;
 use crate::fleet::{Fleet, internal};
 use crate::plan::{OUTPUT_LINES, Plan, PlanState, Step, StepState, resolve_refs};
 
+/// The action of a step that no agent runs: the plan waits until an operator supplies the
+/// signed certificate for the CSR an earlier step made (`certfleet plan supply`).
+pub const OPERATOR_SIGN: &str = "operator.sign";
+
 /// Loads every plan.
 pub fn plans(fleet: &Fleet) -> Result<Vec<Plan>, Status> {
     fleet.store.list("plans").map_err(internal)
@@ -346,6 +350,13 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
         s.attempts += 1;
         s.started_at = now;
         s.args = args;
+        if s.action == OPERATOR_SIGN {
+            s.message = format!(
+                "waiting for the operator: certfleet plan csr {plan_id} {step} > req.pem, sign it, then certfleet plan supply {plan_id} {step} cert.pem",
+                plan_id = plan.id,
+                step = s.id
+            );
+        }
         to_send.push(i);
     }
     if to_send.is_empty() {
@@ -355,6 +366,10 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
     save(fleet, plan)?;
     for i in to_send {
         let s = &plan.steps[i];
+        if s.action == OPERATOR_SIGN {
+            tracing::info!(plan = %plan.id, step = %s.id, "waiting for an operator to supply a certificate");
+            continue;
+        }
         fleet
             .audit(
                 &format!("plan:{}", plan.id),
@@ -578,4 +593,63 @@ pub fn rollback(plan: &mut Plan) -> Result<usize, Status> {
     plan.policy.failure_budget = 0;
     plan.message = format!("rolling back {count} change(s), last first");
     Ok(count)
+}
+
+/// `plan supply`: the operator hands in the certificate for a waiting `operator.sign` step. It
+/// must be valid now and carry the public key of the CSR (proof that it was issued for the key
+/// that stays on the host).
+pub fn supply(plan: &mut Plan, step_id: &str, cert_pem: &str) -> Result<(), Status> {
+    let plan_id = plan.id.clone();
+    let s = plan
+        .steps
+        .iter_mut()
+        .find(|s| s.id == step_id || s.key == step_id)
+        .ok_or_else(|| Status::not_found(format!("plan {plan_id} has no step {step_id}")))?;
+    if s.action != OPERATOR_SIGN || s.state != StepState::Dispatched {
+        return Err(Status::failed_precondition(format!(
+            "step {} is {} ({}), not waiting for a certificate",
+            s.id,
+            s.state.as_str(),
+            s.action
+        )));
+    }
+    let csr = s
+        .args
+        .get("csr_pem")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Status::internal("waiting step has no CSR"))?;
+    let der = certfleet_common::pem::first_certificate(cert_pem.as_bytes())
+        .map_err(|e| Status::invalid_argument(format!("supplied certificate: {e}")))?;
+    let rec = certfleet_common::x509::parse_der(&der)
+        .map_err(|e| Status::invalid_argument(format!("supplied certificate: {e}")))?;
+    let cert_key = certfleet_common::pki::cert_public_key_id(&der)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let csr_key = certfleet_common::pki::csr_public_key_id(csr)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    if cert_key != csr_key {
+        return Err(Status::invalid_argument(format!(
+            "the supplied certificate ({}) is not for the key of step {}'s CSR; sign the CSR from `certfleet plan csr {plan_id} {}`",
+            rec.subject, s.id, s.id
+        )));
+    }
+    if rec.not_after <= now() {
+        return Err(Status::invalid_argument(format!(
+            "the supplied certificate expired at {}",
+            certfleet_common::model::format_time(rec.not_after)
+        )));
+    }
+    s.state = StepState::Succeeded;
+    s.finished_at = now();
+    s.message = format!(
+        "certificate supplied: {} until {}",
+        rec.subject,
+        certfleet_common::model::format_time(rec.not_after)
+    );
+    s.details = serde_json::json!({
+        "message": s.message,
+        "cert_pem": certfleet_common::pem::encode("CERTIFICATE", &der),
+        "fingerprint": rec.fingerprint_sha256,
+        "not_after": rec.not_after,
+    });
+    Ok(())
 }

@@ -274,6 +274,15 @@ enum PlanCmd {
     Abort { id: String },
     /// Undo a finished plan's changes, last step first.
     Rollback { id: String },
+    /// Print the CSR a step waits to have signed (`issuer = "operator"`).
+    Csr { id: String, step: String },
+    /// Hand in the certificate signed for a waiting step's CSR.
+    Supply {
+        id: String,
+        step: String,
+        /// PEM certificate file.
+        cert: PathBuf,
+    },
     /// List the built-in recipes.
     Recipes,
 }
@@ -636,6 +645,7 @@ async fn plan_cmd(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
     let control = |id: &str, action: &str| pb::ControlPlanRequest {
         id: id.to_owned(),
         action: action.to_owned(),
+        ..Default::default()
     };
     match cmd {
         PlanCmd::Create {
@@ -742,6 +752,41 @@ async fn plan_cmd(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
                 } else {
                     format!(" ({})", p.message)
                 }
+            );
+        }
+        PlanCmd::Csr { id, step } => {
+            let p = c
+                .get_plan(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?
+                .into_inner();
+            let s = p
+                .steps
+                .iter()
+                .find(|s| &s.id == step)
+                .ok_or_else(|| anyhow::anyhow!("plan {id} has no step {step}"))?;
+            let args: serde_json::Value = serde_json::from_str(&s.args_json).unwrap_or_default();
+            match args.get("csr_pem").and_then(|v| v.as_str()) {
+                Some(csr) if s.state == "dispatched" => print!("{csr}"),
+                _ => anyhow::bail!(
+                    "step {step} of plan {id} is {} and has no CSR waiting to be signed",
+                    s.state
+                ),
+            }
+        }
+        PlanCmd::Supply { id, step, cert } => {
+            let pem = std::fs::read_to_string(cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let req = pb::ControlPlanRequest {
+                id: id.clone(),
+                action: "supply".into(),
+                step_id: step.clone(),
+                payload: pem,
+            };
+            let p = c.control_plan(req).await.map_err(e)?.into_inner();
+            eprintln!(
+                "plan {}: certificate accepted for step {step}; {}",
+                p.id, p.state
             );
         }
         PlanCmd::Recipes => {

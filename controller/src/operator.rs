@@ -204,6 +204,12 @@ impl Operator for OperatorService {
             "rollback" => {
                 crate::engine::rollback(&mut plan)?;
             }
+            "supply" => {
+                if !matches!(plan.state, S::Running | S::Paused | S::WaitingCanary) {
+                    return Err(bad(&plan));
+                }
+                crate::engine::supply(&mut plan, &r.step_id, &r.payload)?;
+            }
             other => {
                 return Err(Status::invalid_argument(format!(
                     "unknown plan action {other:?}"

@@ -638,3 +638,112 @@ fn a_canary_waits_for_approval_and_a_window_holds_the_plan() {
     }));
     drop(f.procs);
 }
+
+#[test]
+fn an_operator_supplied_issuer_signs_out_of_band() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = fleet(tmp.path(), 1, &[]);
+    // This host's certificate comes from a CA no agent holds: the operator signs.
+    let (_, host, cfg) = &f.apps[0];
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .replace("issuer = \"corp\"", "issuer = \"operator\"");
+    std::fs::write(cfg, text).unwrap();
+    f.procs[1].kill9();
+    f.procs.push(f.c.run_agent(&f.states[1], Some(cfg), &[]));
+    let c = &f.c;
+    c.wait_connected(2);
+    // Dry runs change nothing: poll with them until the agent's new configuration arrived.
+    wait_for(
+        "the operator issuer in the plan",
+        Duration::from_secs(30),
+        || {
+            let p = c.json(&[
+                "plan",
+                "create",
+                "files",
+                "--expiring-within",
+                "30d",
+                "--dry-run",
+            ]);
+            (p["steps"][1]["action"] == "operator.sign").then_some(())
+        },
+    );
+    let plan = c.json(&[
+        "plan",
+        "create",
+        "files",
+        "--expiring-within",
+        "30d",
+        "--run",
+    ]);
+    assert_eq!(plan["steps"][1]["agent"], "operator");
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let step = plan["steps"][1]["id"].as_str().unwrap().to_owned();
+    let waiting = wait_for("the operator step to wait", Duration::from_secs(30), || {
+        let p = plan_json(c, &id);
+        (p["steps"][1]["state"] == "dispatched").then_some(p)
+    });
+    assert!(
+        waiting["steps"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("certfleet plan supply"),
+        "{waiting:#}"
+    );
+    // The CSR, signed by the "corporate" CA with the real openssl.
+    let csr = c.cli(&["plan", "csr", &id, &step]);
+    assert!(csr.contains("BEGIN CERTIFICATE REQUEST"));
+    let work = tmp.path().join("operator");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("req.pem"), &csr).unwrap();
+    let ca = f.ca_root.join("srv/ca");
+    // A certificate for some other key is refused.
+    sh(
+        &work,
+        "openssl req -new -newkey rsa:2048 -nodes -keyout other.key -out other.csr -subj '/CN=other' 2>/dev/null",
+    );
+    sh(
+        &work,
+        &format!(
+            "openssl x509 -req -in other.csr -CA {c}/ca.pem -CAkey {c}/private/ca.key -days 30 -set_serial 77 -out other.pem 2>/dev/null",
+            c = ca.display()
+        ),
+    );
+    let out = c.cli_as(
+        &c.admin(),
+        &[
+            "plan",
+            "supply",
+            &id,
+            &step,
+            work.join("other.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not for the key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sh(
+        &work,
+        &format!(
+            "openssl x509 -req -in req.pem -CA {c}/ca.pem -CAkey {c}/private/ca.key -days 200 -set_serial 78 -out signed.pem 2>/dev/null",
+            c = ca.display()
+        ),
+    );
+    c.cli(&[
+        "plan",
+        "supply",
+        &id,
+        &step,
+        work.join("signed.pem").to_str().unwrap(),
+    ]);
+    let done = wait_plan(c, &id, &["succeeded", "failed"], 60);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let na = not_after(&host.path("/etc/app/tls/app.pem"));
+    assert!(na - certfleet_common::model::now() > 190 * 86_400);
+    assert_eq!(index_lines(&f.ca_root), 0, "the CA agent signed nothing");
+    drop(f.procs);
+}

@@ -10,6 +10,9 @@ use serde_json::json;
 
 use super::{Recipe, RecipeInput, StepSpec, openssl_subject};
 
+/// Issuer name meaning "an operator signs the CSR out of band".
+pub const OPERATOR_ISSUER: &str = "operator";
+
 /// The recipe.
 pub struct Files;
 
@@ -45,12 +48,21 @@ impl Recipe for Files {
                 {
                     continue;
                 }
-                let Some(ca) = input.agents.iter().find(|a| a.cas.contains(&spec.issuer)) else {
-                    problems.push(format!(
-                        "{}: no connected agent holds CA {:?} for {}",
-                        agent.name, spec.issuer, spec.cert
-                    ));
-                    continue;
+                // `issuer = "operator"`: a CA no agent holds (a corporate CA behind a ticket, an
+                // HSM); the plan waits for the operator to sign the CSR and supply the result.
+                let ca = if spec.issuer == OPERATOR_ISSUER {
+                    None
+                } else {
+                    match input.agents.iter().find(|a| a.cas.contains(&spec.issuer)) {
+                        Some(ca) => Some(*ca),
+                        None => {
+                            problems.push(format!(
+                                "{}: no connected agent holds CA {:?} for {}",
+                                agent.name, spec.issuer, spec.cert
+                            ));
+                            continue;
+                        }
+                    }
                 };
                 let target = format!("{}:{}", agent.name, spec.cert);
                 let k = |s: &str| format!("{}-{n}-{s}", agent.name);
@@ -78,19 +90,42 @@ impl Recipe for Files {
                 if spec.days > 0 {
                     sign_args["days"] = json!(spec.days);
                 }
-                steps.push(StepSpec {
-                    key: k("sign"),
-                    name: format!("sign with CA {}", spec.issuer),
-                    stage: "sign".into(),
-                    target: target.clone(),
-                    agent: ca.id.clone(),
-                    agent_name: ca.name.clone(),
-                    action: "ca.sign".into(),
-                    args: sign_args,
-                    depends_on: vec![k("csr")],
-                    commands: vec![format!("openssl ca -batch … -in requests/{req_name}.req -out certs/{req_name}.cer (CA {})", spec.issuer)],
-                    files: vec![format!("requests/{req_name}.req"), format!("certs/{req_name}.cer")],
-                    timeout_secs: 120,
+                steps.push(match ca {
+                    Some(ca) => StepSpec {
+                        key: k("sign"),
+                        name: format!("sign with CA {}", spec.issuer),
+                        stage: "sign".into(),
+                        target: target.clone(),
+                        agent: ca.id.clone(),
+                        agent_name: ca.name.clone(),
+                        action: "ca.sign".into(),
+                        args: sign_args,
+                        depends_on: vec![k("csr")],
+                        commands: vec![format!(
+                            "openssl ca -batch … -in requests/{req_name}.req -out certs/{req_name}.cer (CA {})",
+                            spec.issuer
+                        )],
+                        files: vec![format!("requests/{req_name}.req"), format!("certs/{req_name}.cer")],
+                        timeout_secs: 120,
+                    },
+                    None => StepSpec {
+                        key: k("sign"),
+                        name: format!("operator signs the CSR for {}", spec.cert),
+                        stage: "sign".into(),
+                        target: target.clone(),
+                        agent: String::new(),
+                        agent_name: "operator".into(),
+                        action: crate::engine::OPERATOR_SIGN.into(),
+                        args: sign_args,
+                        depends_on: vec![k("csr")],
+                        commands: vec![
+                            "certfleet plan csr PLAN STEP > req.pem".into(),
+                            "(sign req.pem with the issuing CA)".into(),
+                            "certfleet plan supply PLAN STEP cert.pem".into(),
+                        ],
+                        files: vec![],
+                        timeout_secs: 0,
+                    },
                 });
                 let mut targets = vec![
                     json!({"path": spec.cert, "mode": spec.mode, "owner": nonempty(&spec.owner), "group": nonempty(&spec.group)}),
