@@ -8,6 +8,7 @@
 //! | `service.restart` | `systemctl restart` units and checks they are active |
 //! | `endpoint.verify` | the TLS endpoint serves the expected certificate |
 //! | `backup.restore` | puts a backup back (plan rollback), restarting units |
+//! | `files.backup` | backs up files another party is about to change (e.g. the engine's Enroll Certificate), so `plan rollback` can restore them |
 
 use std::path::PathBuf;
 
@@ -31,6 +32,23 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
             let fp = arg_str(args, "fingerprint")?;
             verify_endpoint(ctx, address, fp)?;
             Ok(json!({"message": format!("{address} serves {}", &fp[..16.min(fp.len())])}))
+        }
+        "files.backup" => {
+            let paths: Vec<PathBuf> = args
+                .get("paths")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ActError("missing paths".into()))?
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|p| ctx.cfg.host_path(p))
+                .collect();
+            let m = backup::create(ctx.state, ctx.step_id, &paths)?;
+            (ctx.output)(format!("backup {} holds {} file(s)", m.id, m.files.len()));
+            Ok(json!({
+                "message": format!("backed up {} file(s) as {}", m.files.len(), m.id),
+                "backup_id": m.id,
+                "restart": units(args),
+            }))
         }
         "backup.restore" => {
             let id = arg_str(args, "backup_id")?;

@@ -177,7 +177,7 @@ fn api_recipe_enrolls_hosts_one_at_a_time_and_dry_run_touches_nothing() {
         "--dry-run",
     ]);
     assert_eq!(dry["state"], "dry_run");
-    assert_eq!(dry["steps"].as_array().unwrap().len(), 18, "{dry:#}");
+    assert_eq!(dry["steps"].as_array().unwrap().len(), 21, "{dry:#}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         roots_hash(&f),
@@ -277,6 +277,24 @@ fn api_recipe_enrolls_hosts_one_at_a_time_and_dry_run_touches_nothing() {
             .contains("chains to cacert.pem"),
         "{verify:#}"
     );
+    // The hosts backed up what the engine was about to replace: `plan rollback` puts back
+    // certificate and keys byte for byte (kvm03 is healthy and was never in the plan).
+    let vdsm =
+        |name: &str| std::fs::read(f.hosts[name].path("/etc/pki/vdsm/certs/vdsmcert.pem")).unwrap();
+    let renewed = vdsm("kvm01");
+    f.c.cli(&["plan", "rollback", &id]);
+    let rolled = wait_plan(&f.c, &id, &["rolled_back", "failed"]);
+    assert_eq!(rolled["state"], "rolled_back", "{rolled:#}");
+    assert_ne!(vdsm("kvm01"), renewed);
+    let old_not_after = certfleet_common::x509::parse_der(
+        &certfleet_common::pem::first_certificate(&vdsm("kvm01")).unwrap(),
+    )
+    .unwrap()
+    .not_after;
+    assert_eq!(
+        old_not_after, before["kvm01"],
+        "kvm01 has its old VDSM certificate back"
+    );
 }
 
 #[test]
@@ -293,7 +311,7 @@ fn api_enroll_failure_leaves_host_in_maintenance_and_halts() {
         "0",
     ]);
     let id = plan["id"].as_str().unwrap().to_owned();
-    let first_fqdn = plan["steps"][0]["args"]["host"]
+    let first_fqdn = plan["steps"][1]["args"]["host"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -59,6 +59,12 @@ pub const VDSM_COPIES: &[&str] = &[
     "/etc/pki/vdsm/libvirt-vnc/server-cert.pem",
     "/etc/pki/libvirt/clientcert.pem",
 ];
+/// Keys the engine's Enroll Certificate rewrites next to the certificates (A9).
+pub const ENROLLED_KEYS: &[&str] = &[
+    "/etc/pki/vdsm/libvirt-spice/server-key.pem",
+    "/etc/pki/vdsm/libvirt-vnc/server-key.pem",
+    "/etc/pki/libvirt/private/clientkey.pem",
+];
 /// Units restarted after the new certificate is in place (seed 003, A13), in this order.
 pub const UNITS: &[&str] = &["libvirtd", "vdsmd"];
 
@@ -321,12 +327,37 @@ impl Recipe for OvirtHosts {
             };
             let first_dep: Vec<String> = tail.get(&cluster).cloned().into_iter().collect();
             let f = &j.fqdn;
+            // The engine replaces these on the host; a copy on the host makes the enrollment
+            // undoable by `plan rollback`.
+            let enrolled: Vec<&str> = std::iter::once(VDSM_CERT)
+                .chain(std::iter::once(VDSM_KEY))
+                .chain(VDSM_COPIES.iter().copied())
+                .chain(ENROLLED_KEYS.iter().copied())
+                .chain(std::iter::once("/etc/pki/vdsm/certs/cacert.pem"))
+                .collect();
+            steps.push(StepSpec {
+                key: k("backup"),
+                name: format!("back up the VDSM certificate and keys of {f}"),
+                stage: "backup".into(),
+                target: target.clone(),
+                agent: h.id.clone(),
+                agent_name: h.name.clone(),
+                action: "files.backup".into(),
+                args: json!({"paths": enrolled, "restart": UNITS}),
+                depends_on: first_dep,
+                commands: vec![format!(
+                    "certfleet-agent backup of {} files",
+                    enrolled.len()
+                )],
+                files: enrolled.iter().map(|s| s.to_string()).collect(),
+                timeout_secs: 60,
+            });
             steps.push(api(
                 "pm-off",
                 format!("disable power management of {f}"),
                 "ovirt.power_management",
                 json!({"host": f, "enabled": false}),
-                first_dep,
+                vec![k("backup")],
                 format!("PUT /ovirt-engine/api/hosts/<id of {f}> <power_management><enabled>false</enabled></power_management>"),
                 120,
             ));
@@ -540,10 +571,11 @@ mod tests {
             params: BTreeMap::new(),
         };
         let steps = OvirtHosts.build(&input).unwrap();
-        let actions: Vec<&str> = steps.iter().take(6).map(|s| s.action.as_str()).collect();
+        let actions: Vec<&str> = steps.iter().take(7).map(|s| s.action.as_str()).collect();
         assert_eq!(
             actions,
             [
+                "files.backup",
                 "ovirt.power_management",
                 "ovirt.host_maintenance",
                 "ovirt.enroll_certificate",
@@ -552,18 +584,19 @@ mod tests {
                 "ovirt.power_management"
             ]
         );
-        assert_eq!(steps.len(), 12);
-        assert_eq!(steps[4].agent, "kvm01");
-        assert_eq!(steps[0].agent, "engine");
+        assert_eq!(steps.len(), 14);
+        assert_eq!(steps[0].agent, "kvm01");
+        assert_eq!(steps[5].agent, "kvm01");
+        assert_eq!(steps[1].agent, "engine");
         assert_eq!(
-            steps[5].args["enabled"]["$ref"],
+            steps[6].args["enabled"]["$ref"],
             "kvm01-enroll-pm-off.previous"
         );
         // The second host waits for the first one's last step.
         assert_eq!(
-            steps[6].depends_on,
+            steps[7].depends_on,
             vec!["kvm01-enroll-pm-restore".to_owned()]
         );
-        assert_eq!(steps[6].args["host"], "kvm02.example.test");
+        assert_eq!(steps[8].args["host"], "kvm02.example.test");
     }
 }
