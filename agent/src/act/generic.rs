@@ -317,7 +317,8 @@ fn cert_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     }))
 }
 
-fn key_matches(
+/// The certificate at `cert` carries the public key of the private key at `key` (openssl).
+pub fn key_matches(
     ctx: &ActContext<'_>,
     key: &std::path::Path,
     cert: &std::path::Path,

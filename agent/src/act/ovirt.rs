@@ -567,30 +567,7 @@ fn verify_host_certs(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErr
         )));
     }
     let o = openssl(ctx);
-    let k = ctx.run_ok(
-        &o,
-        &[
-            "pkey",
-            "-in",
-            &ctx.cfg.host_path(KEY).display().to_string(),
-            "-pubout",
-        ],
-        None,
-    )?;
-    let c = ctx.run_ok(
-        &o,
-        &[
-            "x509",
-            "-in",
-            &cert.display().to_string(),
-            "-noout",
-            "-pubkey",
-        ],
-        None,
-    )?;
-    if k.stdout.trim() != c.stdout.trim() {
-        return Err(ActError(format!("{CERT} does not match {KEY}")));
-    }
+    super::generic::key_matches(ctx, &ctx.cfg.host_path(KEY), &cert)?;
     ctx.run_ok(
         &o,
         &[
