@@ -35,18 +35,64 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::{Recipe, RecipeInput, StepSpec};
+use crate::fleet::AgentRecord;
 
 /// The recipe.
 pub struct GkeUserCa;
 
 /// One workstation's copy of a user cluster's kubeconfig.
-struct Copy {
+struct KubeconfigCopy {
     agent: String,
     /// Fingerprint of the earliest-expiring CA this copy trusts (the CA in scope).
     ca: String,
     agent_name: String,
     kubeconfig: String,
     not_after: i64,
+}
+
+/// Every kubeconfig copy of each cluster whose CA has `role`, per workstation and path, keeping
+/// the earliest-expiring CA each copy trusts (a mid-rotation bundle holds two).
+fn kubeconfig_copies(
+    input: &RecipeInput<'_>,
+    targets: &[&AgentRecord],
+    role: &str,
+) -> BTreeMap<String, Vec<KubeconfigCopy>> {
+    let mut clusters: BTreeMap<String, Vec<KubeconfigCopy>> = BTreeMap::new();
+    for agent in targets {
+        for cert in input.inventory.get(&agent.id).into_iter().flatten() {
+            if cert.role != role {
+                continue;
+            }
+            for loc in cert.locations.iter().filter(|l| l.kind == "kubeconfig") {
+                let Some(name) = loc
+                    .detail
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("cluster="))
+                else {
+                    continue;
+                };
+                let copies = clusters.entry(name.to_owned()).or_default();
+                match copies
+                    .iter_mut()
+                    .find(|c| c.agent == agent.id && c.kubeconfig == loc.path)
+                {
+                    Some(c) if cert.not_after < c.not_after => {
+                        c.not_after = cert.not_after;
+                        c.ca = cert.fingerprint_sha256.clone();
+                    }
+                    Some(_) => {}
+                    None => copies.push(KubeconfigCopy {
+                        agent: agent.id.clone(),
+                        ca: cert.fingerprint_sha256.clone(),
+                        agent_name: agent.name.clone(),
+                        kubeconfig: loc.path.clone(),
+                        not_after: cert.not_after,
+                    }),
+                }
+            }
+        }
+    }
+    clusters
 }
 
 impl Recipe for GkeUserCa {
@@ -87,44 +133,7 @@ impl Recipe for GkeUserCa {
         let mut targets = input.targets.clone();
         targets.sort_by(|a, b| a.name.cmp(&b.name));
         // cluster name -> copies (one per workstation and kubeconfig path)
-        let mut clusters: BTreeMap<String, Vec<Copy>> = BTreeMap::new();
-        for agent in &targets {
-            for cert in input.inventory.get(&agent.id).into_iter().flatten() {
-                if cert.role != "gke.user_cluster.ca" {
-                    continue;
-                }
-                for loc in &cert.locations {
-                    if loc.kind != "kubeconfig" {
-                        continue;
-                    }
-                    let Some(name) = loc
-                        .detail
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("cluster="))
-                    else {
-                        continue;
-                    };
-                    let copies = clusters.entry(name.to_owned()).or_default();
-                    match copies
-                        .iter_mut()
-                        .find(|c| c.agent == agent.id && c.kubeconfig == loc.path)
-                    {
-                        Some(c) if cert.not_after < c.not_after => {
-                            c.not_after = cert.not_after;
-                            c.ca = cert.fingerprint_sha256.clone();
-                        }
-                        Some(_) => {}
-                        None => copies.push(Copy {
-                            agent: agent.id.clone(),
-                            ca: cert.fingerprint_sha256.clone(),
-                            agent_name: agent.name.clone(),
-                            kubeconfig: loc.path.clone(),
-                            not_after: cert.not_after,
-                        }),
-                    }
-                }
-            }
-        }
+        let clusters = kubeconfig_copies(input, &targets, "gke.user_cluster.ca");
         let mut steps = Vec::new();
         for (cluster, copies) in &clusters {
             if !only.is_empty() && !only.contains(cluster) {
@@ -225,15 +234,6 @@ impl Recipe for GkeUserCa {
 /// The admin-cluster CA rotation recipe.
 pub struct GkeAdminCa;
 
-/// One workstation holding a copy of an admin kubeconfig.
-struct AdminCopy {
-    agent: String,
-    agent_name: String,
-    kubeconfig: String,
-    ca: String,
-    not_after: i64,
-}
-
 impl Recipe for GkeAdminCa {
     fn name(&self) -> &'static str {
         "gke-admin-ca"
@@ -266,41 +266,7 @@ impl Recipe for GkeAdminCa {
         let mut targets = input.targets.clone();
         targets.sort_by(|a, b| a.name.cmp(&b.name));
         // admin cluster name -> workstation copies (the earliest-expiring CA each holds)
-        let mut clusters: BTreeMap<String, Vec<AdminCopy>> = BTreeMap::new();
-        for agent in &targets {
-            for cert in input.inventory.get(&agent.id).into_iter().flatten() {
-                if cert.role != "gke.admin_cluster.ca" {
-                    continue;
-                }
-                for loc in cert.locations.iter().filter(|l| l.kind == "kubeconfig") {
-                    let Some(name) = loc
-                        .detail
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("cluster="))
-                    else {
-                        continue;
-                    };
-                    let copies = clusters.entry(name.to_owned()).or_default();
-                    match copies
-                        .iter_mut()
-                        .find(|c| c.agent == agent.id && c.kubeconfig == loc.path)
-                    {
-                        Some(c) if cert.not_after < c.not_after => {
-                            c.not_after = cert.not_after;
-                            c.ca = cert.fingerprint_sha256.clone();
-                        }
-                        Some(_) => {}
-                        None => copies.push(AdminCopy {
-                            agent: agent.id.clone(),
-                            agent_name: agent.name.clone(),
-                            kubeconfig: loc.path.clone(),
-                            ca: cert.fingerprint_sha256.clone(),
-                            not_after: cert.not_after,
-                        }),
-                    }
-                }
-            }
-        }
+        let clusters = kubeconfig_copies(input, &targets, "gke.admin_cluster.ca");
         let mut steps = Vec::new();
         for (cluster, copies) in &clusters {
             if !only.is_empty() && !only.contains(cluster) {
@@ -314,7 +280,7 @@ impl Recipe for GkeAdminCa {
                 continue;
             }
             let old_ca = oldest.ca.clone();
-            let copies: Vec<&AdminCopy> = copies.iter().filter(|c| c.ca == old_ca).collect();
+            let copies: Vec<&KubeconfigCopy> = copies.iter().filter(|c| c.ca == old_ca).collect();
             let first = copies[0];
             let gk = |sub: &str, kc: &str| {
                 format!(
@@ -350,7 +316,7 @@ impl Recipe for GkeAdminCa {
                 files: vec![],
                 timeout_secs: rotate_timeout,
             });
-            let update = |c: &AdminCopy, i: usize, expect: &str, dep: &str| {
+            let update = |c: &KubeconfigCopy, i: usize, expect: &str, dep: &str| {
                 let key = format!("{cluster}-{}-{i}-{expect}", c.agent_name);
                 StepSpec {
                     key,
