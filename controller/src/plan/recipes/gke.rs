@@ -105,35 +105,12 @@ impl Recipe for GkeUserCa {
     }
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
-        let only: Vec<String> = input
-            .params
-            .get("cluster")
-            .map(|c| {
-                c.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let poll: u64 = input
-            .params
-            .get("poll")
-            .map(|p| p.parse().map_err(|e| format!("param poll={p}: {e}")))
-            .transpose()?
-            .unwrap_or(30);
-        let rotate_timeout: u32 = input
-            .params
-            .get("rotate_timeout")
-            .map(|p| {
-                p.parse()
-                    .map_err(|e| format!("param rotate_timeout={p}: {e}"))
-            })
-            .transpose()?
-            .unwrap_or(4 * 3600);
-        let mut targets = input.targets.clone();
-        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        let only = input.param_list("cluster");
+        let poll: u64 = input.param("poll", 30)?;
+        let rotate_timeout: u32 = input.param("rotate_timeout", 4 * 3600)?;
+        let targets = &input.targets;
         // cluster name -> copies (one per workstation and kubeconfig path)
-        let clusters = kubeconfig_copies(input, &targets, "gke.user_cluster.ca");
+        let clusters = kubeconfig_copies(input, targets, "gke.user_cluster.ca");
         let mut steps = Vec::new();
         for (cluster, copies) in &clusters {
             if !only.is_empty() && !only.contains(cluster) {
@@ -244,29 +221,11 @@ impl Recipe for GkeAdminCa {
     }
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
-        let only: Vec<String> = input
-            .params
-            .get("cluster")
-            .map(|c| {
-                c.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let rotate_timeout: u32 = input
-            .params
-            .get("rotate_timeout")
-            .map(|p| {
-                p.parse()
-                    .map_err(|e| format!("param rotate_timeout={p}: {e}"))
-            })
-            .transpose()?
-            .unwrap_or(4 * 3600);
-        let mut targets = input.targets.clone();
-        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        let only = input.param_list("cluster");
+        let rotate_timeout: u32 = input.param("rotate_timeout", 4 * 3600)?;
+        let targets = &input.targets;
         // admin cluster name -> workstation copies (the earliest-expiring CA each holds)
-        let clusters = kubeconfig_copies(input, &targets, "gke.admin_cluster.ca");
+        let clusters = kubeconfig_copies(input, targets, "gke.admin_cluster.ca");
         let mut steps = Vec::new();
         for (cluster, copies) in &clusters {
             if !only.is_empty() && !only.contains(cluster) {

@@ -27,18 +27,9 @@ impl Recipe for KubeadmCerts {
     }
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
-        let num = |k: &str, d: u64| -> Result<u64, String> {
-            input
-                .params
-                .get(k)
-                .map(|p| p.parse().map_err(|e| format!("param {k}={p}: {e}")))
-                .transpose()
-                .map(|v| v.unwrap_or(d))
-        };
-        let poll = num("poll", 20)?;
-        let pod_start = num("pod_start", 120)?;
-        let mut targets = input.targets.clone();
-        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        let poll: u64 = input.param("poll", 20)?;
+        let pod_start: u64 = input.param("pod_start", 120)?;
+        let targets = &input.targets;
         let mut steps: Vec<StepSpec> = Vec::new();
         for agent in targets {
             let leaves: Vec<_> = input

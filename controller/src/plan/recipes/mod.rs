@@ -16,9 +16,9 @@ pub mod vsphere;
 
 /// What a recipe sees.
 pub struct RecipeInput<'a> {
-    /// Agents selected as targets (all active agents when none were named).
+    /// Agents selected as targets (all active agents when none were named), in name order.
     pub targets: Vec<&'a AgentRecord>,
-    /// Every active agent (CA holders and helpers may be outside the targets).
+    /// Every active agent (CA holders and helpers may be outside the targets), in name order.
     pub agents: Vec<&'a AgentRecord>,
     /// Each agent's certificates.
     pub inventory: BTreeMap<String, Vec<CertRecord>>,
@@ -94,6 +94,30 @@ pub fn find(name: &str) -> Result<Box<dyn Recipe>, String> {
 }
 
 impl RecipeInput<'_> {
+    /// A `--param NAME=VALUE` parsed as `T`, or `default` when not given.
+    pub fn param<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.params.get(name) {
+            Some(v) => v.parse().map_err(|e| format!("--param {name}={v:?}: {e}")),
+            None => Ok(default),
+        }
+    }
+
+    /// A comma-separated `--param NAME=a,b` (empty when not given).
+    pub fn param_list(&self, name: &str) -> Vec<String> {
+        self.params
+            .get(name)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether a certificate is in scope by expiry.
     pub fn due(&self, not_after: i64) -> bool {
         self.expiring_before.is_none_or(|t| not_after <= t)

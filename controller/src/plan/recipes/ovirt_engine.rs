@@ -66,12 +66,7 @@ impl Recipe for OvirtEngine {
                 && (input.roles.is_empty()
                     || input.roles.iter().any(|r| c.role.starts_with(r.as_str())))
         };
-        let min_days: i64 = match input.params.get("min_days") {
-            Some(d) => d
-                .parse()
-                .map_err(|_| format!("--param min_days={d:?} is not a number"))?,
-            None => 60,
-        };
+        let min_days: i64 = input.param("min_days", 60)?;
         let he = match input.params.get("he_host") {
             Some(n) => Some(
                 input

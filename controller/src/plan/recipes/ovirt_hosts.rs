@@ -171,13 +171,11 @@ impl Recipe for OvirtHostsOffline {
             }
             return Err(msg);
         }
-        let days: Option<u64> = match input.params.get("days") {
-            Some(d) => Some(
-                d.parse()
-                    .map_err(|_| format!("--param days={d:?} is not a number of days"))?,
-            ),
-            None => None,
-        };
+        let days: Option<u64> = input
+            .params
+            .contains_key("days")
+            .then(|| input.param("days", 0))
+            .transpose()?;
         let mut steps = Vec::new();
         for j in &jobs {
             let h = j.host;
