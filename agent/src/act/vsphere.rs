@@ -27,11 +27,10 @@ use certfleet_common::atomic::{PRIVATE, create_private_dir, write_file};
 use serde_json::{Value, json};
 
 use super::{ActContext, ActError, backup};
-use crate::collect::vsphere::{parse_ldif, parse_lwreg, parse_partner_status};
+use crate::collect::vsphere::{parse_ldif, parse_lwreg};
 
 const VECS_CLI: &str = "/usr/lib/vmware-vmafd/bin/vecs-cli";
 const VMAFD_CLI: &str = "/usr/lib/vmware-vmafd/bin/vmafd-cli";
-const VDCREPADMIN: &str = "/usr/lib/vmware-vmdir/bin/vdcrepadmin";
 const LWREGSHELL: &str = "/opt/likewise/bin/lwregshell";
 const LDAPSEARCH: &str = "/opt/likewise/bin/ldapsearch";
 const LDAPMODIFY: &str = "/opt/likewise/bin/ldapmodify";
@@ -105,48 +104,19 @@ fn machine_id(ctx: &ActContext<'_>) -> Result<String, ActError> {
 }
 
 fn sso_password(ctx: &ActContext<'_>) -> Result<String, ActError> {
-    let f = ctx
-        .cfg
-        .setting("vsphere.sso_password_file")
-        .ok_or_else(|| {
-            ActError("vsphere.sso_password_file is not set: cannot run vdcrepadmin".into())
-        })?;
-    let p = ctx.cfg.host_path(f);
-    let b = std::fs::read(&p).map_err(|e| ActError(format!("reading {}: {e}", p.display())))?;
-    Ok(String::from_utf8_lossy(&b)
-        .trim_end_matches(['\r', '\n'])
-        .to_owned())
+    crate::collect::vsphere::sso_password(ctx.cfg).map_err(ActError)
 }
 
 // === replication gate ===
 
 fn replication_gate(ctx: &ActContext<'_>) -> Result<Value, ActError> {
-    let bin = tool(ctx, "vdcrepadmin", VDCREPADMIN);
     let pw = sso_password(ctx)?;
-    let user = ctx
-        .cfg
-        .setting("vsphere.sso_user")
-        .unwrap_or("administrator")
-        .to_owned();
-    let args = [
-        "-f",
-        "showpartnerstatus",
-        "-h",
-        "localhost",
-        "-u",
-        &user,
-        "-w",
-        &pw,
-    ];
-    let shown = crate::exec::command_line(&bin, &args).replace(&pw, "****");
+    let (shown, text, partners) =
+        crate::collect::vsphere::partner_status(ctx.cfg, &pw, ctx.timeout).map_err(ActError)?;
     (ctx.output)(format!("$ {shown}"));
-    let out = crate::exec::run_ok(&bin, &args, None, ctx.timeout)
-        .map_err(|e| ActError(e.to_string().replace(&pw, "****")))?;
-    for l in out.stdout.lines() {
+    for l in text.lines() {
         (ctx.output)(l.to_owned());
     }
-    let partners =
-        parse_partner_status(&out.stdout).map_err(|e| ActError(format!("{shown}: {e}")))?;
     let bad: Vec<String> = partners
         .iter()
         .filter_map(|p| match (p.host_available, p.status_available, p.behind) {

@@ -714,25 +714,26 @@ pub fn parse_partner_status(text: &str) -> Result<Vec<PartnerStatus>, String> {
     Ok(partners)
 }
 
-fn collect_replication(cfg: &AgentConfig, out: &mut Collection) {
+/// The SSO administrator password from the file named by `vsphere.sso_password_file`.
+pub fn sso_password(cfg: &AgentConfig) -> Result<String, String> {
+    let f = cfg
+        .setting("vsphere.sso_password_file")
+        .ok_or("vsphere.sso_password_file is not set: cannot run vdcrepadmin")?;
+    let b = super::read_small_file(&cfg.host_path(f)).map_err(|e| format!("{f}: {e}"))?;
+    Ok(String::from_utf8_lossy(&b)
+        .trim_end_matches(['\r', '\n'])
+        .to_owned())
+}
+
+/// Runs `vdcrepadmin -f showpartnerstatus` as the SSO administrator and parses it. Returns the
+/// command line with the password masked (the real tool takes it as an argument; it must never
+/// reach a message or a log) and its output.
+pub fn partner_status(
+    cfg: &AgentConfig,
+    password: &str,
+    timeout: Duration,
+) -> Result<(String, String, Vec<PartnerStatus>), String> {
     let bin = tool(cfg, "vdcrepadmin", VDCREPADMIN);
-    let Some(pwfile) = cfg.setting("vsphere.sso_password_file") else {
-        out.problem(Problem::warning(
-            NAME,
-            "vdcrepadmin",
-            "replication not checked: set vsphere.sso_password_file",
-        ));
-        return;
-    };
-    let password = match super::read_small_file(&cfg.host_path(pwfile)) {
-        Ok(b) => String::from_utf8_lossy(&b)
-            .trim_end_matches(['\r', '\n'])
-            .to_owned(),
-        Err(e) => {
-            out.problem(Problem::error(NAME, pwfile, e));
-            return;
-        }
-    };
     let user = cfg
         .setting("vsphere.sso_user")
         .unwrap_or("administrator")
@@ -745,62 +746,62 @@ fn collect_replication(cfg: &AgentConfig, out: &mut Collection) {
         "-u",
         &user,
         "-w",
-        &password,
+        password,
     ];
-    // The password is an argument (as the real tool takes it); keep it out of messages.
-    let shown = [
-        "-f",
-        "showpartnerstatus",
-        "-h",
-        "localhost",
-        "-u",
-        &user,
-        "-w",
-        "****",
-    ];
-    let cmd = exec::command_line(&bin, &shown);
-    let text = match exec::run_ok(&bin, &args, None, cfg.tool_timeout) {
-        Ok(o) => o.stdout,
+    let shown = exec::command_line(&bin, &args).replace(password, "****");
+    let out = exec::run_ok(&bin, &args, None, timeout)
+        .map_err(|e| e.to_string().replace(password, "****"))?;
+    let partners = parse_partner_status(&out.stdout)
+        .map_err(|e| format!("{shown}: unexpected output: {e}"))?;
+    Ok((shown, out.stdout, partners))
+}
+
+fn collect_replication(cfg: &AgentConfig, out: &mut Collection) {
+    if cfg.setting("vsphere.sso_password_file").is_none() {
+        out.problem(Problem::warning(
+            NAME,
+            "vdcrepadmin",
+            "replication not checked: set vsphere.sso_password_file",
+        ));
+        return;
+    }
+    let password = match sso_password(cfg) {
+        Ok(p) => p,
         Err(e) => {
-            out.problem(Problem::error(
-                NAME,
-                &cmd,
-                e.to_string().replace(&password, "****"),
-            ));
+            out.problem(Problem::error(NAME, "vsphere.sso_password_file", e));
             return;
         }
     };
-    match parse_partner_status(&text) {
-        Ok(partners) => {
-            for p in partners {
-                let (state, healthy, detail) =
-                    match (p.host_available, p.status_available, p.behind) {
-                        (Some(true), Some(true), Some(0)) => {
-                            ("in-sync", true, "partner is 0 changes behind".to_owned())
-                        }
-                        (Some(true), Some(true), Some(n)) => {
-                            ("behind", false, format!("partner is {n} changes behind"))
-                        }
-                        (Some(false), _, _) => {
-                            ("host-unavailable", false, "host not available".to_owned())
-                        }
-                        (_, Some(false), _) => (
-                            "status-unavailable",
-                            false,
-                            "replication status not available".to_owned(),
-                        ),
-                        _ => ("unknown", false, "incomplete partner status".to_owned()),
-                    };
-                out.health.push(HealthFact {
-                    kind: "vsphere.replication".into(),
-                    subject: p.host,
-                    state: state.into(),
-                    detail,
-                    healthy,
-                });
-            }
+    let partners = match partner_status(cfg, &password, cfg.tool_timeout) {
+        Ok((_, _, p)) => p,
+        Err(e) => {
+            out.problem(Problem::error(NAME, "vdcrepadmin -f showpartnerstatus", e));
+            return;
         }
-        Err(e) => out.problem(Problem::error(NAME, cmd, format!("unexpected output: {e}"))),
+    };
+    for p in partners {
+        let (state, healthy, detail) = match (p.host_available, p.status_available, p.behind) {
+            (Some(true), Some(true), Some(0)) => {
+                ("in-sync", true, "partner is 0 changes behind".to_owned())
+            }
+            (Some(true), Some(true), Some(n)) => {
+                ("behind", false, format!("partner is {n} changes behind"))
+            }
+            (Some(false), _, _) => ("host-unavailable", false, "host not available".to_owned()),
+            (_, Some(false), _) => (
+                "status-unavailable",
+                false,
+                "replication status not available".to_owned(),
+            ),
+            _ => ("unknown", false, "incomplete partner status".to_owned()),
+        };
+        out.health.push(HealthFact {
+            kind: "vsphere.replication".into(),
+            subject: p.host,
+            state: state.into(),
+            detail,
+            healthy,
+        });
     }
 }
 
