@@ -82,23 +82,13 @@ pub fn run(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<ToolOutput, ToolError> {
-    run_in(program, args, stdin, timeout, None)
+    run_in(program, args, stdin, timeout, None, &[])
 }
 
-/// [`run`] in working directory `cwd` (tools like `openssl ca` resolve config paths from it).
+/// [`run`] in working directory `cwd` (tools like `openssl ca` resolve config paths from it) with
+/// extra environment variables (e.g. the `OVIRT_SAN` that oVirt's `cert.conf` reads through
+/// `${ENV::…}`).
 pub fn run_in(
-    program: &Path,
-    args: &[&str],
-    stdin: Option<&[u8]>,
-    timeout: Duration,
-    cwd: Option<&Path>,
-) -> Result<ToolOutput, ToolError> {
-    run_in_env(program, args, stdin, timeout, cwd, &[])
-}
-
-/// [`run_in`] with extra environment variables (e.g. the `OVIRT_SAN` that oVirt's `cert.conf`
-/// reads through `${ENV::…}`).
-pub fn run_in_env(
     program: &Path,
     args: &[&str],
     stdin: Option<&[u8]>,
@@ -190,22 +180,11 @@ pub fn run_ok(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<ToolOutput, ToolError> {
-    run_ok_in(program, args, stdin, timeout, None)
+    run_ok_in(program, args, stdin, timeout, None, &[])
 }
 
-/// [`run_ok`] in working directory `cwd`.
+/// [`run_ok`] in working directory `cwd` with extra environment variables.
 pub fn run_ok_in(
-    program: &Path,
-    args: &[&str],
-    stdin: Option<&[u8]>,
-    timeout: Duration,
-    cwd: Option<&Path>,
-) -> Result<ToolOutput, ToolError> {
-    run_ok_in_env(program, args, stdin, timeout, cwd, &[])
-}
-
-/// [`run_ok_in`] with extra environment variables.
-pub fn run_ok_in_env(
     program: &Path,
     args: &[&str],
     stdin: Option<&[u8]>,
@@ -213,7 +192,7 @@ pub fn run_ok_in_env(
     cwd: Option<&Path>,
     env: &[(&str, &str)],
 ) -> Result<ToolOutput, ToolError> {
-    let out = run_in_env(program, args, stdin, timeout, cwd, env)?;
+    let out = run_in(program, args, stdin, timeout, cwd, env)?;
     if out.code == Some(0) {
         return Ok(out);
     }

@@ -77,7 +77,7 @@ impl ActContext<'_> {
                 .unwrap_or_default(),
             crate::exec::command_line(program, args)
         ));
-        let out = crate::exec::run_ok_in(program, args, stdin, self.timeout, cwd)?;
+        let out = crate::exec::run_ok_in(program, args, stdin, self.timeout, cwd, &[])?;
         for line in out.stdout.lines().chain(out.stderr.lines()).take(50) {
             (self.output)(line.to_owned());
         }

@@ -275,7 +275,7 @@ fn enroll_request(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
             pki.display(),
             crate::exec::command_line(&o, &argv)
         ));
-        let out = crate::exec::run_ok_in_env(&o, &argv, None, ctx.timeout, Some(&pki), &env)?;
+        let out = crate::exec::run_ok_in(&o, &argv, None, ctx.timeout, Some(&pki), &env)?;
         for line in out.stdout.lines().chain(out.stderr.lines()).take(30) {
             (ctx.output)(line.to_owned());
         }
