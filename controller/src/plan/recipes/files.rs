@@ -170,11 +170,10 @@ impl Recipe for Files {
             }
         }
         if steps.is_empty() {
-            let mut msg = "nothing to renew: no configured file certificate is in scope".to_owned();
-            if !problems.is_empty() {
-                msg.push_str(&format!(" ({})", problems.join("; ")));
-            }
-            return Err(msg);
+            return Err(super::nothing_in_scope(
+                "no configured file certificate is in scope",
+                &problems,
+            ));
         }
         Ok(steps)
     }

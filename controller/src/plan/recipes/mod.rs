@@ -134,6 +134,16 @@ impl RecipeInput<'_> {
     }
 }
 
+/// "Nothing to renew" for a recipe whose scope came out empty, with the reasons some candidates
+/// were left out (an operator wants to know why a certificate is not in the plan).
+pub fn nothing_in_scope(what: &str, problems: &[String]) -> String {
+    let mut msg = format!("nothing to renew: {what}");
+    if !problems.is_empty() {
+        msg.push_str(&format!(" ({})", problems.join("; ")));
+    }
+    msg
+}
+
 /// `CN=a, O=b` (x509-parser's order, RFC 4514-ish) → `/CN=a/O=b` for `openssl req -subj`.
 pub fn openssl_subject(dn: &str) -> String {
     let mut out = String::new();

@@ -165,11 +165,10 @@ impl Recipe for OvirtHostsOffline {
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
         let (jobs, problems) = host_jobs(input);
         if jobs.is_empty() {
-            let mut msg = "nothing to renew: no oVirt host VDSM certificate is in scope".to_owned();
-            if !problems.is_empty() {
-                msg.push_str(&format!(" ({})", problems.join("; ")));
-            }
-            return Err(msg);
+            return Err(super::nothing_in_scope(
+                "no oVirt host VDSM certificate is in scope",
+                &problems,
+            ));
         }
         let days: Option<u64> = input
             .params
@@ -285,11 +284,10 @@ impl Recipe for OvirtHosts {
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
         let (jobs, problems) = host_jobs(input);
         if jobs.is_empty() {
-            let mut msg = "nothing to renew: no oVirt host VDSM certificate is in scope".to_owned();
-            if !problems.is_empty() {
-                msg.push_str(&format!(" ({})", problems.join("; ")));
-            }
-            return Err(msg);
+            return Err(super::nothing_in_scope(
+                "no oVirt host VDSM certificate is in scope",
+                &problems,
+            ));
         }
         let mut steps = Vec::new();
         // Last step key of each cluster's chain.
