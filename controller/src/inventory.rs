@@ -37,6 +37,11 @@ pub struct AgentInventory {
 }
 
 impl AgentInventory {
+    /// Certificate records as stored (no DER: for filters that look at roles and dates).
+    pub fn records(&self) -> impl Iterator<Item = &CertRecord> + '_ {
+        self.certs.values().map(|s| &s.record)
+    }
+
     /// Certificates with their DER restored.
     pub fn certificates(&self) -> impl Iterator<Item = CertRecord> + '_ {
         self.certs.values().map(|s| {

@@ -213,6 +213,11 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
         .into_iter()
         .filter(|p| !p.state.is_final() || p.state == PlanState::Failed)
         .collect();
+    // Read the fleet's inventory once per tick, not once per policy.
+    let inventory: Vec<crate::inventory::AgentInventory> = crate::inventory::all(fleet)?
+        .into_iter()
+        .map(|(_, inv)| inv)
+        .collect();
     for pol in policies {
         let origin = format!("policy:{}", pol.role);
         // One open plan per policy at a time (a failed one needs an operator's eyes first).
@@ -227,8 +232,8 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
             continue;
         }
         let mut earliest: Option<i64> = None;
-        for (_, inv) in crate::inventory::all(fleet)? {
-            for c in inv.certificates() {
+        for inv in &inventory {
+            for c in inv.records() {
                 if (c.role == pol.role || c.role.starts_with(&format!("{}.", pol.role)))
                     && c.not_after - now <= pol.renew_within_secs as i64
                 {
