@@ -182,7 +182,22 @@ async fn an_agent_certificate_is_refused_once_superseded_or_revoked() {
 
     // Revoked, then the name enrolled again: neither old certificate comes back.
     c.cli(&["agents", "revoke", "a1"]);
-    let again = c.enroll("a1");
+    let again = tmp.path().join("a1-again");
+    let out = std::process::Command::new(crate::support::bin("certfleet-agent"))
+        .args([
+            "enroll",
+            "--controller",
+            &c.addr,
+            "--token",
+            &c.token(),
+            "--name",
+            "a1",
+        ])
+        .arg("--state-dir")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "re-enroll a1: {}", stderr(&out));
     let p = c.run_agent(&again, None, &[]);
     c.wait_connected(1);
     for (what, cert) in [("first", &old), ("renewed", &renewed)] {
