@@ -163,10 +163,9 @@ async fn an_agent_certificate_is_refused_once_superseded_or_revoked() {
     session(&c, &ca, &renewed, &key)
         .await
         .expect("the renewed certificate");
-    let err = session(&c, &ca, &old, &key)
-        .await
-        .err()
-        .expect("a superseded agent certificate was accepted");
+    let Err(err) = session(&c, &ca, &old, &key).await else {
+        panic!("a superseded agent certificate was accepted");
+    };
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("superseded"), "{}", err.message());
     // Nor can it ask for a new certificate by re-binding.
