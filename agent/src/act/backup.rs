@@ -63,15 +63,17 @@ pub fn create(state: &StateDir, step_id: &str, paths: &[PathBuf]) -> Result<Mani
     let dir = root(state).join(&id);
     if dir.join("manifest.json").exists() {
         let m = load(&dir)?;
-        let same =
-            m.files.len() == paths.len() && m.files.iter().zip(paths).all(|(f, p)| f.path == *p);
-        if !same {
+        // The same files (a resumed step), or some of them (an action that calls another
+        // within one step, e.g. ovirt.engine_reissue signing like ovirt.enroll_request): the
+        // backup taken first holds them as they were before the step, so it stands.
+        let covered = paths.iter().all(|p| m.files.iter().any(|f| f.path == *p));
+        if !covered {
             return Err(ActError(format!(
                 "backup {id} in {} holds other files than this step backs up; interrupted, needs operator",
                 dir.display()
             )));
         }
-        tracing::info!(backup = %id, "step already holds a backup; keeping it");
+        tracing::info!(backup = %id, "step already holds a backup of these files; keeping it");
         return Ok(m);
     }
     create_private_dir(&dir).map_err(|e| ActError(e.to_string()))?;
@@ -271,8 +273,10 @@ mod tests {
         let m = create(&st, "p1-4", std::slice::from_ref(&a)).unwrap();
         assert_eq!(std::fs::read(orphan.join("0.1-1.bin")).unwrap(), b"partial");
         assert_ne!(m.files[0].stored, "0.1-1.bin");
-        // Another set of files under the same id is refused, not merged.
+        // Another set of files under the same id is refused, not merged; a subset is kept.
         let other = dir.path().join("b.pem");
-        assert!(create(&st, "p1-4", &[other]).is_err());
+        assert!(create(&st, "p1-4", &[a.clone(), other]).is_err());
+        let b = create(&st, "p1-4", std::slice::from_ref(&a)).unwrap();
+        assert_eq!(b.files.len(), 1);
     }
 }
