@@ -120,8 +120,22 @@ pub struct CaConfig {
     /// Default validity in days.
     #[serde(default = "default_days")]
     pub days: u32,
+    /// The CA's `openssl ca` database (openssl.cnf `database`), relative to `dir`. A step
+    /// interrupted after signing looks here to find what it signed instead of signing twice.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Where `openssl ca` keeps a copy of each certificate as `<SERIAL>.pem` (openssl.cnf
+    /// `new_certs_dir`), relative to `dir`.
+    #[serde(default = "default_new_certs_dir")]
+    pub new_certs_dir: String,
 }
 
+fn default_database() -> String {
+    "index.txt".into()
+}
+fn default_new_certs_dir() -> String {
+    "newcerts".into()
+}
 fn default_requests() -> String {
     "requests/{name}.req".into()
 }

@@ -190,6 +190,7 @@ impl Enrollment for EnrollmentService {
             approved_cert: None,
             cas: Vec::new(),
             renewable: Vec::new(),
+            superseded: Vec::new(),
         };
         fleet.store.put("agents", &id, &record).map_err(internal)?;
         fleet.audit(
@@ -246,6 +247,10 @@ impl Enrollment for EnrollmentService {
                 Status::permission_denied(format!("agent {} ({id}) has been revoked", agent.name)),
             ));
         }
+        // Only a certificate issued to this agent and never revoked or superseded may ask.
+        fleet
+            .check_agent_cert(&agent, &pki::sha256_hex(&der))
+            .map_err(|s| self.refuse("rebind_unknown_certificate", s))?;
         if key_id != agent.key_id {
             return Err(self.refuse(
                 "rebind_wrong_key",
@@ -268,7 +273,8 @@ impl Enrollment for EnrollmentService {
             let (cert, not_after, fp) = self.issue(&req.csr_pem, &id, &agent.name)?;
             agent.state = AgentState::Active;
             agent.cert_not_after = not_after;
-            agent.cert_fingerprint = fp;
+            let retired = agent.supersede(fp);
+            fleet.revoke_certs(&format!("agent:{id}"), &retired, "superseded")?;
             agent.pending_csr = None;
             fleet.store.put("agents", &id, &agent).map_err(internal)?;
             fleet.audit(
@@ -325,7 +331,9 @@ pub fn approve(fleet: &Fleet, agent: &mut AgentRecord) -> Result<(), Status> {
     let der = certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
     let rec = certfleet_common::x509::parse_der(&der).expect("just issued");
     agent.cert_not_after = rec.not_after;
-    agent.cert_fingerprint = rec.fingerprint_sha256;
+    // The agent still presents its expired certificate to pick this one up.
+    let retired = agent.supersede(rec.fingerprint_sha256);
+    fleet.revoke_certs(&format!("agent:{}", agent.id), &retired, "superseded")?;
     agent.approved_cert = Some(pem);
     agent.state = AgentState::Active;
     Ok(())

@@ -5,6 +5,13 @@
 //! its verified client certificate ([`Fleet::caller`]); a request field never names who is
 //! speaking. Agents may only use the agent link, operators only the operator API, viewers only
 //! read, and anything revoked is refused with a message that says so.
+//!
+//! An identity is bound to its certificate, not to its name: each record keeps the
+//! fingerprint of the certificate issued to it, and a caller presenting any other certificate
+//! for that name is refused. Every certificate that is revoked or superseded goes into the
+//! `revoked_certs` set (by SHA-256 fingerprint) and stays there for good, so re-issuing a name
+//! (`operators issue` after `operators revoke`, an agent re-enrolled, re-bound or renewed)
+//! never brings an old certificate back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -104,6 +111,49 @@ pub struct AgentRecord {
     /// Files it is configured to renew.
     #[serde(default)]
     pub renewable: Vec<RenewableSpec>,
+    /// Fingerprints of certificates issued to it before the newest one, still accepted
+    /// because the agent may not have switched yet (a renewal answer lost in a crash, a
+    /// re-bind certificate not yet picked up). The first session with the newest certificate
+    /// moves them to the revoked set.
+    #[serde(default)]
+    pub superseded: Vec<String>,
+}
+
+/// How many superseded certificates of one agent stay accepted (renewals within one session).
+const MAX_SUPERSEDED: usize = 4;
+
+impl AgentRecord {
+    /// Records that `new_fp` replaces the agent's current certificate. Returns the
+    /// fingerprints that are no longer accepted (to be put in the revoked set).
+    pub fn supersede(&mut self, new_fp: String) -> Vec<String> {
+        let old = std::mem::replace(&mut self.cert_fingerprint, new_fp);
+        if !old.is_empty() && old != self.cert_fingerprint && !self.superseded.contains(&old) {
+            self.superseded.push(old);
+        }
+        let excess = self.superseded.len().saturating_sub(MAX_SUPERSEDED);
+        self.superseded.drain(..excess).collect()
+    }
+
+    /// Every certificate fingerprint this agent holds or held that is not yet revoked.
+    pub fn fingerprints(&self) -> Vec<String> {
+        std::iter::once(self.cert_fingerprint.clone())
+            .chain(self.superseded.iter().cloned())
+            .filter(|f| !f.is_empty())
+            .collect()
+    }
+}
+
+/// A certificate refused for good.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RevokedCert {
+    /// SHA-256 fingerprint of the certificate.
+    pub fingerprint: String,
+    /// Whose it was (`operator:alice`, `agent:<id>`).
+    pub identity: String,
+    /// When it went into the set.
+    pub revoked_at: i64,
+    /// Why (`revoked`, `superseded`).
+    pub reason: String,
 }
 
 /// A file an agent can renew by CSR (from its hello).
@@ -389,6 +439,11 @@ pub fn internal(e: StoreError) -> Status {
 impl Fleet {
     /// The verified identity of the caller.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        self.caller_cert(req).map(|(id, _)| id)
+    }
+
+    /// The verified identity of the caller and the SHA-256 fingerprint of its certificate.
+    pub fn caller_cert<T>(&self, req: &Request<T>) -> Result<(Identity, String), Status> {
         let certs = req.peer_certs();
         let leaf = certs.as_ref().and_then(|c| c.first()).ok_or_else(|| {
             self.metrics.rpc_error("unauthenticated");
@@ -396,24 +451,55 @@ impl Fleet {
                 "a client certificate is required (only enrollment works without one)",
             )
         })?;
-        identity_of_der(leaf.as_ref()).map_err(|e| {
+        let id = identity_of_der(leaf.as_ref()).map_err(|e| {
             self.metrics.rpc_error("unauthenticated");
             Status::unauthenticated(e.to_string())
-        })
+        })?;
+        Ok((id, certfleet_common::pki::sha256_hex(leaf.as_ref())))
     }
 
-    /// The calling agent's record; refuses operators and revoked or unknown agents.
+    /// The revoked-set entry of a certificate, if it was ever revoked or superseded.
+    pub fn revoked_cert(&self, fingerprint: &str) -> Result<Option<RevokedCert>, Status> {
+        self.store
+            .get("revoked_certs", fingerprint)
+            .map_err(internal)
+    }
+
+    /// Puts certificates into the revoked set, for good (not flushed: the caller audits, which
+    /// flushes).
+    pub fn revoke_certs(
+        &self,
+        identity: &str,
+        fingerprints: &[String],
+        reason: &str,
+    ) -> Result<(), Status> {
+        for fp in fingerprints.iter().filter(|f| !f.is_empty()) {
+            let entry = RevokedCert {
+                fingerprint: fp.clone(),
+                identity: identity.to_owned(),
+                revoked_at: now(),
+                reason: reason.to_owned(),
+            };
+            self.store
+                .put("revoked_certs", fp, &entry)
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// The calling agent's record; refuses operators, revoked or unknown agents, and any
+    /// certificate other than the ones issued to this agent and not yet revoked or superseded.
     pub fn require_agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
-        let id = match self.caller(req)? {
-            Identity::Agent(id) => id,
-            other => {
+        let (id, fp) = match self.caller_cert(req)? {
+            (Identity::Agent(id), fp) => (id, fp),
+            (other, _) => {
                 self.metrics.rpc_error("permission_denied");
                 return Err(Status::permission_denied(format!(
                     "{other} is not an agent"
                 )));
             }
         };
-        let rec: AgentRecord = self
+        let mut rec: AgentRecord = self
             .store
             .get("agents", &id)
             .map_err(internal)?
@@ -425,7 +511,45 @@ impl Fleet {
                 rec.name
             )));
         }
+        self.check_agent_cert(&rec, &fp)?;
+        if fp == rec.cert_fingerprint && !rec.superseded.is_empty() {
+            // The agent uses its newest certificate: the older ones are done for good.
+            let retired = std::mem::take(&mut rec.superseded);
+            self.revoke_certs(&format!("agent:{id}"), &retired, "superseded")?;
+            self.store.put("agents", &id, &rec).map_err(internal)?;
+            self.store.flush().map_err(internal)?;
+            tracing::info!(agent = %id, retired = retired.len(), "agent uses its newest certificate; older ones refused from now on");
+        }
         Ok(rec)
+    }
+
+    /// Refuses a certificate `fp` presented for agent `rec` unless it is the agent's newest or
+    /// a superseded one still accepted, and was never revoked.
+    pub fn check_agent_cert(&self, rec: &AgentRecord, fp: &str) -> Result<(), Status> {
+        if let Some(r) = self.revoked_cert(fp)? {
+            self.metrics.rpc_error("revoked");
+            return Err(Status::permission_denied(format!(
+                "certificate {} of agent {} ({}) has been {} and is refused for good",
+                &fp[..16.min(fp.len())],
+                rec.name,
+                rec.id,
+                if r.reason == "superseded" {
+                    "superseded by a newer one"
+                } else {
+                    "revoked"
+                }
+            )));
+        }
+        if fp != rec.cert_fingerprint && !rec.superseded.iter().any(|s| s == fp) {
+            self.metrics.rpc_error("unknown_certificate");
+            return Err(Status::permission_denied(format!(
+                "certificate {} is not one issued to agent {} ({}); refused",
+                &fp[..16.min(fp.len())],
+                rec.name,
+                rec.id
+            )));
+        }
+        Ok(())
     }
 
     /// The calling operator; `mutate` requires the admin role.
@@ -434,9 +558,9 @@ impl Fleet {
         req: &Request<T>,
         mutate: bool,
     ) -> Result<OperatorRecord, Status> {
-        let name = match self.caller(req)? {
-            Identity::Operator(n) => n,
-            other => {
+        let (name, fp) = match self.caller_cert(req)? {
+            (Identity::Operator(n), fp) => (n, fp),
+            (other, _) => {
                 self.metrics.rpc_error("permission_denied");
                 return Err(Status::permission_denied(format!(
                     "{other} may not use the operator API (use an operator identity)"
@@ -448,10 +572,20 @@ impl Fleet {
             .get("operators", &name)
             .map_err(internal)?
             .ok_or_else(|| Status::unauthenticated(format!("unknown operator {name}")))?;
-        if op.revoked {
+        // Bound to the certificate: a revoked certificate stays refused after the name is
+        // issued again, and only the certificate issued last answers to the name.
+        if op.revoked || self.revoked_cert(&fp)?.is_some() {
             self.metrics.rpc_error("revoked");
             return Err(Status::permission_denied(format!(
-                "operator {name} has been revoked"
+                "operator {name} has been revoked (certificate {})",
+                &fp[..16.min(fp.len())]
+            )));
+        }
+        if fp != op.cert_fingerprint {
+            self.metrics.rpc_error("unknown_certificate");
+            return Err(Status::permission_denied(format!(
+                "certificate {} is not the one issued to operator {name}; refused",
+                &fp[..16.min(fp.len())]
             )));
         }
         if mutate && op.role != Role::Admin {

@@ -161,7 +161,9 @@ async fn handle(
                 certfleet_common::pem::first_certificate(pem.as_bytes()).expect("just issued");
             let rec = certfleet_common::x509::parse_der(&der).expect("just issued");
             agent.cert_not_after = rec.not_after;
-            agent.cert_fingerprint = rec.fingerprint_sha256.clone();
+            // The certificate in use stays accepted until the agent connects with the new one.
+            let retired = agent.supersede(rec.fingerprint_sha256.clone());
+            fleet.revoke_certs(&format!("agent:{id}"), &retired, "superseded")?;
             agent.key_id = certfleet_common::pki::cert_public_key_id(&der)
                 .map_err(|e| Status::internal(e.to_string()))?;
             fleet.store.put("agents", id, &agent).map_err(internal)?;

@@ -441,6 +441,9 @@ impl Operator for OperatorService {
         a.state = AgentState::Revoked;
         a.pending_csr = None;
         a.approved_cert = None;
+        // Every certificate it ever held stays refused, whatever is enrolled under its name.
+        self.fleet
+            .revoke_certs(&format!("agent:{}", a.id), &a.fingerprints(), "revoked")?;
         self.fleet
             .store
             .put("agents", &a.id, &a)
@@ -567,6 +570,12 @@ impl Operator for OperatorService {
             )));
         }
         rec.revoked = true;
+        // The certificate stays refused after the name is issued again.
+        self.fleet.revoke_certs(
+            &format!("operator:{name}"),
+            std::slice::from_ref(&rec.cert_fingerprint),
+            "revoked",
+        )?;
         self.fleet
             .store
             .put("operators", &name, &rec)

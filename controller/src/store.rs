@@ -27,6 +27,7 @@ const TREES: &[&str] = &[
     "inventory",
     "plans",
     "policies",
+    "revoked_certs",
 ];
 
 /// A store operation failed.

@@ -1,6 +1,13 @@
 //! Backups taken before every replacement: `STATE_DIR/backups/<id>/` with the original bytes,
 //! mode and owner of each file and a manifest. `certfleet-agent backups` lists them; a step's
 //! own rollback and `plan rollback` restore them.
+//!
+//! A backup is never overwritten. Its copies are created exclusively (`O_EXCL`) under names
+//! unique to the attempt, and the manifest is published last, by a hard link that fails if a
+//! manifest already exists. A step that runs again after an interruption therefore finds the
+//! backup its first attempt took (of the files as they were before the plan) and keeps it;
+//! only a backup without a manifest (the first attempt died while copying, before it changed
+//! anything) is taken again, next to the orphaned copies.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -47,20 +54,39 @@ fn root(state: &StateDir) -> PathBuf {
     state.path().join("backups")
 }
 
-/// Backs up `paths` for `step_id`; the backup is complete (fsynced) before this returns.
+/// Backs up `paths` for `step_id`; the backup is complete (fsynced) before this returns. If
+/// the step already holds a complete backup (an interrupted attempt took it), that backup is
+/// returned unchanged: it holds the files as they were before the step, which a second copy
+/// (taken after the first attempt changed them) would not.
 pub fn create(state: &StateDir, step_id: &str, paths: &[PathBuf]) -> Result<Manifest, ActError> {
     let id = step_id.to_owned();
     let dir = root(state).join(&id);
+    if dir.join("manifest.json").exists() {
+        let m = load(&dir)?;
+        // The same files (a resumed step), or some of them (an action that calls another
+        // within one step, e.g. ovirt.engine_reissue signing like ovirt.enroll_request): the
+        // backup taken first holds them as they were before the step, so it stands.
+        let covered = paths.iter().all(|p| m.files.iter().any(|f| f.path == *p));
+        if !covered {
+            return Err(ActError(format!(
+                "backup {id} in {} holds other files than this step backs up; interrupted, needs operator",
+                dir.display()
+            )));
+        }
+        tracing::info!(backup = %id, "step already holds a backup of these files; keeping it");
+        return Ok(m);
+    }
     create_private_dir(&dir).map_err(|e| ActError(e.to_string()))?;
+    // Unique to this attempt: a copy left by an attempt that died is never written over.
+    let attempt = format!("{}-{}", std::process::id(), certfleet_common::model::now());
     let mut files = Vec::new();
     for (i, p) in paths.iter().enumerate() {
-        let stored = format!("{i}.bin");
+        let stored = format!("{i}.{attempt}.bin");
         match std::fs::metadata(p) {
             Ok(meta) => {
                 let bytes = std::fs::read(p)
                     .map_err(|e| ActError(format!("backing up {}: {e}", p.display())))?;
-                write_file(&dir.join(&stored), &bytes, PRIVATE)
-                    .map_err(|e| ActError(e.to_string()))?;
+                write_new(&dir.join(&stored), &bytes)?;
                 files.push(BackedUpFile {
                     path: p.clone(),
                     existed: true,
@@ -92,8 +118,47 @@ pub fn create(state: &StateDir, step_id: &str, paths: &[PathBuf]) -> Result<Mani
         files,
     };
     let json = serde_json::to_vec_pretty(&m).expect("serialize");
-    write_file(&dir.join("manifest.json"), &json, PRIVATE).map_err(|e| ActError(e.to_string()))?;
+    let staged = dir.join(format!("manifest.{attempt}.json"));
+    write_new(&staged, &json)?;
+    let published = std::fs::hard_link(&staged, dir.join("manifest.json"));
+    let _ = std::fs::remove_file(&staged);
+    match published {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another hand published first: that backup stands, this one is dropped.
+            return load(&dir);
+        }
+        Err(e) => {
+            return Err(ActError(format!(
+                "publishing backup manifest in {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ActError(format!("syncing backup directory {}: {e}", dir.display())))?;
     Ok(m)
+}
+
+/// Creates `path` exclusively (fails if it exists), 0600, contents fsynced.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), ActError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let wrap = |e: std::io::Error| ActError(format!("writing backup copy {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE)
+        .open(path)
+        .map_err(wrap)?;
+    f.write_all(bytes).map_err(wrap)?;
+    f.sync_all().map_err(wrap)
+}
+
+/// The manifest of `id`, if a complete backup with that id exists.
+pub fn find(state: &StateDir, id: &str) -> Option<Manifest> {
+    load(&root(state).join(id)).ok()
 }
 
 /// Restores a backup: every file back with its bytes, mode and owner; files that did not exist
@@ -183,5 +248,35 @@ mod tests {
         );
         assert!(!b.exists());
         assert_eq!(list(&st).len(), 1);
+    }
+
+    #[test]
+    fn a_second_backup_of_a_step_keeps_the_first_and_overwrites_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir(dir.path().join("state"));
+        let a = dir.path().join("a.pem");
+        std::fs::write(&a, b"pre-plan").unwrap();
+        create(&st, "p1-3", std::slice::from_ref(&a)).unwrap();
+        // The first attempt replaced the file, then died; the step runs again.
+        install(&a, b"new", 0o644, None).unwrap();
+        let again = create(&st, "p1-3", std::slice::from_ref(&a)).unwrap();
+        assert_eq!(
+            again.files[0].sha256,
+            certfleet_common::pki::sha256_hex(b"pre-plan")
+        );
+        restore(&st, "p1-3").unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"pre-plan");
+        // A backup that died before its manifest is taken again beside the orphan copy.
+        let orphan = root(&st).join("p1-4");
+        create_private_dir(&orphan).unwrap();
+        std::fs::write(orphan.join("0.1-1.bin"), b"partial").unwrap();
+        let m = create(&st, "p1-4", std::slice::from_ref(&a)).unwrap();
+        assert_eq!(std::fs::read(orphan.join("0.1-1.bin")).unwrap(), b"partial");
+        assert_ne!(m.files[0].stored, "0.1-1.bin");
+        // Another set of files under the same id is refused, not merged; a subset is kept.
+        let other = dir.path().join("b.pem");
+        assert!(create(&st, "p1-4", &[a.clone(), other]).is_err());
+        let b = create(&st, "p1-4", std::slice::from_ref(&a)).unwrap();
+        assert_eq!(b.files.len(), 1);
     }
 }

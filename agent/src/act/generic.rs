@@ -9,12 +9,16 @@
 //! | `endpoint.verify` | the TLS endpoint serves the expected certificate |
 //! | `backup.restore` | puts a backup back (plan rollback), restarting units |
 //! | `files.backup` | backs up files another party is about to change (e.g. the engine's Enroll Certificate), so `plan rollback` can restore them |
+//!
+//! Every action here is idempotent by construction (see each one's doc comment): a step
+//! re-sent after its agent died mid-step ([`super::intent`]) runs again and finds out from the
+//! host what the first attempt did, so nothing is signed, replaced or backed up twice.
 
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use super::{ActContext, ActError, arg_str, backup};
+use super::{ActContext, ActError, arg_str, backup, intent};
 
 /// Runs `action`.
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
@@ -22,51 +26,72 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "csr.create" => csr_create(ctx, args),
         "ca.sign" => ca_sign(ctx, args),
         "cert.install" => cert_install(ctx, args),
-        "service.restart" => {
-            let units = units(args);
-            restart(ctx, &units)?;
-            Ok(json!({"message": format!("restarted {}", units.join(", ")), "units": units}))
-        }
-        "endpoint.verify" => {
-            let address = arg_str(args, "address")?;
-            let fp = arg_str(args, "fingerprint")?;
-            verify_endpoint(ctx, address, fp)?;
-            Ok(json!({"message": format!("{address} serves {}", &fp[..16.min(fp.len())])}))
-        }
-        "files.backup" => {
-            let paths: Vec<PathBuf> = args
-                .get("paths")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ActError("missing paths".into()))?
-                .iter()
-                .filter_map(Value::as_str)
-                .map(|p| ctx.cfg.host_path(p))
-                .collect();
-            let m = backup::create(ctx.state, ctx.step_id, &paths)?;
-            (ctx.output)(format!("backup {} holds {} file(s)", m.id, m.files.len()));
-            Ok(json!({
-                "message": format!("backed up {} file(s) as {}", m.files.len(), m.id),
-                "backup_id": m.id,
-                "restart": units(args),
-            }))
-        }
-        "backup.restore" => {
-            let id = arg_str(args, "backup_id")?;
-            let m = backup::restore(ctx.state, id)?;
-            (ctx.output)(format!("restored backup {id} ({} files)", m.files.len()));
-            let units = units(args);
-            if !units.is_empty() {
-                restart(ctx, &units)?;
-            }
-            Ok(
-                json!({"message": format!("restored backup {id}"), "files": m.files.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>()}),
-            )
-        }
+        "service.restart" => service_restart(ctx, args),
+        "endpoint.verify" => endpoint_verify(ctx, args),
+        "files.backup" => files_backup(ctx, args),
+        "backup.restore" => backup_restore(ctx, args),
         other => Err(ActError(format!(
             "unknown action {other:?} (this agent is version {})",
             env!("CARGO_PKG_VERSION")
         ))),
     }
+}
+
+/// `service.restart`: restarts units and requires them active.
+///
+/// Idempotent: a restart is the whole effect, and a second one leaves the host as one does (a
+/// resumed step restarts again rather than guess whether the first restart happened).
+fn service_restart(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let units = units(args);
+    restart(ctx, &units)?;
+    Ok(json!({"message": format!("restarted {}", units.join(", ")), "units": units}))
+}
+
+/// `endpoint.verify`: read-only, so running it again is harmless.
+fn endpoint_verify(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let address = arg_str(args, "address")?;
+    let fp = arg_str(args, "fingerprint")?;
+    verify_endpoint(ctx, address, fp)?;
+    Ok(json!({"message": format!("{address} serves {}", &fp[..16.min(fp.len())])}))
+}
+
+/// `files.backup`: backs up files another party is about to change.
+///
+/// Idempotent by construction: the backup is named after the step and created exclusively; a
+/// resumed step finds the complete backup of its first attempt and keeps it ([`backup::create`]).
+fn files_backup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let paths: Vec<PathBuf> = args
+        .get("paths")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ActError("missing paths".into()))?
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|p| ctx.cfg.host_path(p))
+        .collect();
+    let m = backup::create(ctx.state, ctx.step_id, &paths)?;
+    (ctx.output)(format!("backup {} holds {} file(s)", m.id, m.files.len()));
+    Ok(json!({
+        "message": format!("backed up {} file(s) as {}", m.files.len(), m.id),
+        "backup_id": m.id,
+        "restart": units(args),
+    }))
+}
+
+/// `backup.restore`: puts a backup back, restarting units.
+///
+/// Idempotent by construction: the backup is read, never changed, and restoring writes the
+/// same bytes, mode and owner each time; a resumed step restores again and restarts again.
+fn backup_restore(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let id = arg_str(args, "backup_id")?;
+    let m = backup::restore(ctx.state, id)?;
+    (ctx.output)(format!("restored backup {id} ({} files)", m.files.len()));
+    let units = units(args);
+    if !units.is_empty() {
+        restart(ctx, &units)?;
+    }
+    Ok(
+        json!({"message": format!("restored backup {id}"), "files": m.files.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>()}),
+    )
 }
 
 fn openssl(ctx: &ActContext<'_>) -> PathBuf {
@@ -85,12 +110,34 @@ fn units(args: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `csr.create`: a CSR from a key that stays on this host.
+///
+/// Idempotent by construction: it changes nothing on the host (the key is read, never
+/// written; the CSR goes back in the answer). Before it reads the key it notes the key file's
+/// SHA-256 in the intent journal; a resumed step derives the CSR again from the same key and
+/// refuses (needs operator) if the key on disk is no longer the one the first attempt saw.
 fn csr_create(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let key = ctx.cfg.host_path(arg_str(args, "key")?);
     let subject = arg_str(args, "subject")?;
-    if !key.exists() {
+    let key_bytes = match std::fs::read(&key) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ActError(format!(
+                "key {} does not exist on this host",
+                key.display()
+            )));
+        }
+        Err(e) => return Err(ActError(format!("reading key {}: {e}", key.display()))),
+    };
+    let key_hash = certfleet_common::pki::sha256_hex(&key_bytes);
+    ctx.note("key_sha256", json!(key_hash))?;
+    if ctx
+        .noted("key_sha256")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        != Some(key_hash)
+    {
         return Err(ActError(format!(
-            "key {} does not exist on this host",
+            "key {} changed since this step began; interrupted, needs operator",
             key.display()
         )));
     }
@@ -108,6 +155,16 @@ fn csr_create(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     Ok(json!({"message": format!("CSR for {subject} from {key_s}"), "csr_pem": out.stdout}))
 }
 
+/// `ca.sign`: signs a CSR with a CA this agent holds (its configured sign command).
+///
+/// Idempotent by construction: just before the sign command runs, the length of the CA's
+/// database (`[[cas]] database`, openssl's `index.txt`) is noted in the intent journal. A
+/// resumed step first reads the rows added since: a certificate for this CSR's public key
+/// there (`new_certs_dir/<SERIAL>.pem`) is the one this step signed, so it is returned and the
+/// CA does not sign again ([`intent::signed_before`]); no such row means the CA never signed
+/// for this step, and it signs now. A CA without a database cannot tell, so a resumed step
+/// refuses (interrupted, needs operator). Whatever held the output name before is backed up
+/// once, and that backup is never overwritten.
 fn ca_sign(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "ca")?;
     let csr = arg_str(args, "csr_pem")?;
@@ -130,6 +187,13 @@ fn ca_sign(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         .to_string();
     let csr_path = dir.join(ca.requests.replace("{name}", req_name));
     let out_path = dir.join(ca.output.replace("{name}", req_name));
+    let database = dir.join(&ca.database);
+    let signer = format!("CA {name}");
+    if let Some(der) =
+        intent::signed_before(ctx, &database, &dir.join(&ca.new_certs_dir), csr, &out_path)?
+    {
+        return intent::signed_answer(&der, &signer, json!({"recovered": true}));
+    }
     certfleet_common::atomic::write_file(&csr_path, csr.as_bytes(), 0o644)
         .map_err(|e| ActError(e.to_string()))?;
     // Keep whatever certificate had this name before (re-enrolling a host overwrites it).
@@ -155,23 +219,16 @@ fn ca_sign(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         PathBuf::from(program)
     };
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    intent::before_signing(ctx, &database)?;
     // `openssl ca` resolves the paths in its config relative to the working directory, as
     // oVirt's pki-enroll-request.sh does by `cd`-ing into the PKI directory first.
     ctx.run_ok_in(&program, &rest, None, Some(&dir))?;
+    ctx.crash_point("after-sign");
     let pem = std::fs::read_to_string(&out_path)
         .map_err(|e| ActError(format!("CA {name} wrote no certificate to {out_s}: {e}")))?;
     let der = certfleet_common::pem::first_certificate(pem.as_bytes())
         .map_err(|e| ActError(format!("{out_s}: {e}")))?;
-    let rec =
-        certfleet_common::x509::parse_der(&der).map_err(|e| ActError(format!("{out_s}: {e}")))?;
-    let pem = certfleet_common::pem::encode("CERTIFICATE", &der);
-    Ok(json!({
-        "message": format!("signed {} until {}", rec.subject, certfleet_common::model::format_time(rec.not_after)),
-        "cert_pem": pem,
-        "fingerprint": rec.fingerprint_sha256,
-        "serial": rec.serial,
-        "not_after": rec.not_after,
-    }))
+    intent::signed_answer(&der, &signer, json!({}))
 }
 
 /// A target path of `cert.install`.
@@ -239,6 +296,17 @@ fn targets(ctx: &ActContext<'_>, args: &Value) -> Result<Vec<Target>, ActError> 
         .collect()
 }
 
+/// `cert.install`: backs up, installs a certificate to its targets, restarts units, verifies,
+/// and restores everything if a check fails.
+///
+/// Idempotent by construction: the targets are backed up once, before the first write, and
+/// that backup is never overwritten (a resumed step keeps the one its first attempt took, of
+/// the files as they were before the plan). A target is written only if it does not already
+/// hold the new certificate; a resumed step refuses (needs operator) a target that holds
+/// neither the new certificate nor what the backup recorded, since another hand changed it.
+/// After the restart the intent journal notes `restarted`, so a resumed step restarts only if
+/// the first attempt had not (a restart may repeat if the agent died between the restart and
+/// that note). Verification always runs again.
 fn cert_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pem = arg_str(args, "cert_pem")?;
     let der = certfleet_common::pem::first_certificate(pem.as_bytes())
@@ -255,16 +323,60 @@ fn cert_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
     let m = backup::create(ctx.state, ctx.step_id, &paths)?;
     (ctx.output)(format!("backup {} holds {} file(s)", m.id, m.files.len()));
+    ctx.crash_point("after-backup");
+    let body = certfleet_common::pem::encode("CERTIFICATE", &der);
+    if ctx.resumed() {
+        for (t, f) in targets.iter().zip(&m.files) {
+            let now = std::fs::read(&t.path).ok();
+            let new = now.as_deref() == Some(body.as_bytes());
+            let as_backed_up = match &now {
+                Some(b) => f.existed && certfleet_common::pki::sha256_hex(b) == f.sha256,
+                None => !f.existed,
+            };
+            if !new && !as_backed_up {
+                return Err(ActError(format!(
+                    "{} changed since step {} backed it up (holds neither the backup {} nor the \
+                     new certificate); interrupted, needs operator",
+                    t.path.display(),
+                    ctx.step_id,
+                    m.id
+                )));
+            }
+        }
+    }
     let units = units(args);
     let attempt = (|| -> Result<(), ActError> {
-        let body = certfleet_common::pem::encode("CERTIFICATE", &der);
         for t in &targets {
-            backup::install(&t.path, body.as_bytes(), t.mode, t.owner)?;
-            (ctx.output)(format!(
-                "installed {} (mode {:o})",
-                t.path.display(),
-                t.mode
-            ));
+            if std::fs::read(&t.path).ok().as_deref() == Some(body.as_bytes()) {
+                // Written by the interrupted attempt: not written again, mode and owner set.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&t.path, std::fs::Permissions::from_mode(t.mode))
+                    .map_err(|e| {
+                        ActError(format!("chmod {:o} {}: {e}", t.mode, t.path.display()))
+                    })?;
+                if let Some((uid, gid)) = t.owner {
+                    nix::unistd::chown(
+                        &t.path,
+                        Some(nix::unistd::Uid::from_raw(uid)),
+                        Some(nix::unistd::Gid::from_raw(gid)),
+                    )
+                    .map_err(|e| {
+                        ActError(format!("chown {uid}:{gid} {}: {e}", t.path.display()))
+                    })?;
+                }
+                (ctx.output)(format!(
+                    "{} already holds the new certificate (interrupted attempt)",
+                    t.path.display()
+                ));
+            } else {
+                backup::install(&t.path, body.as_bytes(), t.mode, t.owner)?;
+                (ctx.output)(format!(
+                    "installed {} (mode {:o})",
+                    t.path.display(),
+                    t.mode
+                ));
+                ctx.crash_point("after-replace");
+            }
             let back = std::fs::read(&t.path)
                 .map_err(|e| ActError(format!("{}: {e}", t.path.display())))?;
             let back_der = certfleet_common::pem::first_certificate(&back)
@@ -280,7 +392,16 @@ fn cert_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             key_matches(ctx, &ctx.cfg.host_path(key), &paths[0])?;
         }
         if !units.is_empty() {
-            restart(ctx, &units)?;
+            if ctx.noted("restarted").is_some() {
+                (ctx.output)(format!(
+                    "{} restarted by the interrupted attempt after the certificate was written",
+                    units.join(", ")
+                ));
+            } else {
+                restart(ctx, &units)?;
+                ctx.note("restarted", json!(units))?;
+                ctx.crash_point("after-restart");
+            }
         }
         if let Some(addr) = args.get("verify_endpoint").and_then(Value::as_str) {
             verify_endpoint(ctx, addr, &rec.fingerprint_sha256)?;

@@ -4,6 +4,10 @@
 //! atomically with the right owner and mode, verifies the result, and undoes its own change
 //! when the verification fails. Each step id is journaled ([`journal`]) with its result, so a
 //! step re-sent after a lost connection or a controller restart is answered, never run twice.
+//! Before acting, a step's intent is journaled durably ([`intent`]); a step re-sent after its
+//! agent died mid-step (intent without result) is resumed only by actions that are idempotent
+//! by construction, which look at the host first, and refused ("interrupted, needs operator")
+//! by every other action.
 
 use std::time::Duration;
 
@@ -16,6 +20,7 @@ use crate::state::StateDir;
 pub mod backup;
 pub mod generic;
 pub mod gke;
+pub mod intent;
 pub mod journal;
 pub mod ovirt;
 pub mod vsphere;
@@ -46,6 +51,10 @@ pub struct ActContext<'a> {
     pub state: &'a StateDir,
     /// The step's id.
     pub step_id: &'a str,
+    /// The step's action (names crash points).
+    pub action: &'a str,
+    /// The intent of an earlier, interrupted attempt of this step (see [`intent`]).
+    pub resumed: Option<intent::Intent>,
     /// Per-step timeout for tools.
     pub timeout: Duration,
     /// Streams a line of output to the controller.
@@ -92,7 +101,9 @@ pub fn arg_str<'v>(args: &'v Value, name: &str) -> Result<&'v str, ActError> {
         .ok_or_else(|| ActError(format!("missing string argument {name:?}")))
 }
 
-/// Runs one step: answered from the journal if it already ran, else executed and journaled.
+/// Runs one step: answered from the journal if it already ran; otherwise its intent is
+/// journaled (fsynced) before it acts, and a step whose earlier attempt was interrupted is
+/// resumed or refused according to [`intent::resume_policy`].
 pub fn execute(
     cfg: &AgentConfig,
     state: &StateDir,
@@ -119,19 +130,66 @@ pub fn execute(
             );
         }
     };
+    // No effect without its intent on disk: if the intent cannot be written, nothing runs.
+    let earlier = match intent::begin(state, &req.step_id, &req.action, &req.args_json) {
+        Ok(e) => e,
+        Err(e) => return result(req, Err(ActError(e.to_string()))),
+    };
+    if let Some(prev) = &earlier {
+        let refusal = if prev.args_sha256 != intent::args_hash(&req.args_json) {
+            Some(format!(
+                "step {} was begun at {} with other arguments; not running it with these: \
+                 interrupted, needs operator",
+                req.step_id,
+                certfleet_common::model::format_time(prev.at)
+            ))
+        } else if intent::resume_policy(&req.action) == intent::Resume::Refuse {
+            Some(format!(
+                "step {} ({}) was interrupted: the agent stopped after it began at {} and before \
+                 it answered, and this action cannot tell from the host whether it already \
+                 acted, so it does not run twice: interrupted, needs operator (check the host, \
+                 then roll back or re-plan)",
+                req.step_id,
+                req.action,
+                certfleet_common::model::format_time(prev.at)
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = refusal {
+            tracing::warn!(step = %req.step_id, action = %req.action, "{msg}");
+            output(msg.clone());
+            let res = result(req, Err(ActError(msg)));
+            if let Err(e) = journal::record(state, &res) {
+                tracing::error!(step = %req.step_id, error = %e, "cannot journal step result");
+            }
+            return res;
+        }
+        tracing::info!(step = %req.step_id, action = %req.action, "resuming an interrupted step");
+        output(format!(
+            "step {} was interrupted (begun at {}); resuming: checking the host first",
+            req.step_id,
+            certfleet_common::model::format_time(prev.at)
+        ));
+    }
     let ctx = ActContext {
         cfg,
         state,
         step_id: &req.step_id,
+        action: &req.action,
+        resumed: earlier,
         timeout: Duration::from_secs(u64::from(req.timeout_secs.max(5))),
         output,
     };
+    ctx.crash_point("after-intent");
     tracing::info!(step = %req.step_id, action = %req.action, "running step");
     let outcome = dispatch(&req.action, &ctx, &args);
     let res = result(req, outcome);
+    ctx.crash_point("before-result");
     if let Err(e) = journal::record(state, &res) {
         tracing::error!(step = %req.step_id, error = %e, "cannot journal step result");
     }
+    ctx.crash_point("after-result");
     res
 }
 

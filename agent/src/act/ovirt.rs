@@ -173,6 +173,9 @@ fn yesterday() -> String {
     )
 }
 
+/// Idempotent by construction (see [`super::intent::signed_before`]): the length of the
+/// engine's `database.txt` is noted before `openssl ca` runs; a resumed step returns the
+/// certificate the database lists for this CSR's key since then instead of signing again.
 fn enroll_request(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "name")?;
     let subject = arg_str(args, "subject")?;
@@ -203,6 +206,17 @@ fn enroll_request(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
     let req_rel = format!("{}/{name}.req", ca.req_dir);
     let cert_rel = format!("{}/{name}.cer", ca.cert_dir);
     let (req_path, cert_path) = (pki.join(&req_rel), pki.join(&cert_rel));
+    // openssl.conf: `database = database.txt`, `new_certs_dir = certs` (for both CAs).
+    let database = pki.join("database.txt");
+    if let Some(der) =
+        super::intent::signed_before(ctx, &database, &pki.join("certs"), csr, &cert_path)?
+    {
+        return super::intent::signed_answer(
+            &der,
+            "engine CA",
+            json!({"days": days, "backup_id": ctx.step_id}),
+        );
+    }
     // Re-enrolling overwrites the engine's request and certificate of this host: keep them.
     let m = backup::create(
         ctx.state,
@@ -275,7 +289,9 @@ fn enroll_request(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
             pki.display(),
             crate::exec::command_line(&o, &argv)
         ));
+        super::intent::before_signing(ctx, &database)?;
         let out = crate::exec::run_ok_in(&o, &argv, None, ctx.timeout, Some(&pki), &env)?;
+        ctx.crash_point("after-sign");
         for line in out.stdout.lines().chain(out.stderr.lines()).take(30) {
             (ctx.output)(line.to_owned());
         }

@@ -1,9 +1,11 @@
 //! End-to-end tests: real binaries as processes against simulated hosts. One test binary for
 //! the whole crate keeps link time down.
 
+mod crash;
 mod fabric;
 mod gke;
 mod gke_rotation;
+mod identity;
 mod inventory;
 mod ovirt;
 mod ovirt_api;

@@ -26,7 +26,7 @@ fn sh(cwd: &Path, script: &str) {
     );
 }
 
-fn openssl(args: &[&str]) -> String {
+pub(crate) fn openssl(args: &[&str]) -> String {
     let out = Command::new("openssl").args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -57,16 +57,16 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     v
 }
 
-struct Fleet {
-    c: Controller,
-    ca_root: PathBuf,
-    apps: Vec<(String, SimHost, PathBuf)>,
-    procs: Vec<Proc>,
-    states: Vec<PathBuf>,
+pub(crate) struct Fleet {
+    pub(crate) c: Controller,
+    pub(crate) ca_root: PathBuf,
+    pub(crate) apps: Vec<(String, SimHost, PathBuf)>,
+    pub(crate) procs: Vec<Proc>,
+    pub(crate) states: Vec<PathBuf>,
 }
 
 /// A controller, a CA host and `n` application hosts whose certificates expire in 5 days.
-fn fleet(dir: &Path, n: usize, serve_args: &[&str]) -> Fleet {
+pub(crate) fn fleet(dir: &Path, n: usize, serve_args: &[&str]) -> Fleet {
     let c = Controller::start(&dir.join("ctl"), serve_args);
     // The CA host.
     let ca_root = dir.join("ca-host");
@@ -145,11 +145,11 @@ fn fleet(dir: &Path, n: usize, serve_args: &[&str]) -> Fleet {
     }
 }
 
-fn plan_json(c: &Controller, id: &str) -> Value {
+pub(crate) fn plan_json(c: &Controller, id: &str) -> Value {
     c.json(&["plan", "show", id])
 }
 
-fn wait_plan(c: &Controller, id: &str, states: &[&str], secs: u64) -> Value {
+pub(crate) fn wait_plan(c: &Controller, id: &str, states: &[&str], secs: u64) -> Value {
     wait_for(
         &format!("plan {id} in {states:?}"),
         Duration::from_secs(secs),
@@ -185,7 +185,7 @@ fn not_after(pem_path: &Path) -> i64 {
     t.assume_utc().unix_timestamp()
 }
 
-fn index_lines(ca_root: &Path) -> usize {
+pub(crate) fn index_lines(ca_root: &Path) -> usize {
     std::fs::read_to_string(ca_root.join("srv/ca/index.txt"))
         .unwrap()
         .lines()

@@ -233,10 +233,22 @@ impl Controller {
 
     /// Starts `certfleet-agent run` for an enrolled state dir.
     pub fn run_agent(&self, state: &Path, config: Option<&Path>, extra: &[&str]) -> Proc {
+        self.run_agent_env(state, config, extra, &[])
+    }
+
+    /// [`Controller::run_agent`] with extra environment (e.g. `CERTFLEET_TEST_CRASH_AT`).
+    pub fn run_agent_env(
+        &self,
+        state: &Path,
+        config: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut cmd = Command::new(bin("certfleet-agent"));
         cmd.args(["run", "--max-backoff", "2s", "--state-dir"])
             .arg(state)
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
