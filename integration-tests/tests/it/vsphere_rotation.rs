@@ -914,3 +914,34 @@ fn vsphere_two_nodes_one_sso_domain() {
     }
     drop(agents);
 }
+
+/// vCert's post-restart check: vmdird (a systemd unit) does not come back, so the Machine SSL
+/// step fails although `service-control --status --all` lists it as running, and the old
+/// certificate is put back.
+#[test]
+fn vsphere_restart_checks_vmdird_with_systemd() {
+    let s = setup(spec());
+    let v = &s.vcsa;
+    let old = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+    certfleet_integration_tests::sim::systemd::set_broken(&v.host, "vmdird", true).unwrap();
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-machine-ssl",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "90d",
+            "--run",
+        ],
+    );
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_ne!(p["state"], "succeeded", "{p:#}");
+    let text = p.to_string();
+    assert!(text.contains("systemctl is-active vmdird"), "{p:#}");
+    assert_eq!(
+        fingerprint(&getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT")),
+        fingerprint(&old),
+        "VECS holds the old certificate again"
+    );
+}

@@ -386,6 +386,7 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
             println!("Successfully stopped profile: ALL.");
             for c in CORE.iter().rev() {
                 println!("Performing stop operation on service {c}...");
+                systemd_unit(host, "stop", c);
                 println!("Successfully stopped service {c}");
             }
             0
@@ -394,6 +395,9 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
             banner();
             for c in CORE {
                 println!("Performing start operation on service {c}...");
+                // vmafdd/vmdird are systemd units (vCert checks them with systemctl); a broken
+                // one stays failed [UNV: what service-control prints then].
+                systemd_unit(host, "start", c);
                 println!("Successfully started service {c}");
             }
             let profile_name = profile.unwrap_or("ALL");
@@ -543,6 +547,13 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
             );
             1
         }
+    }
+}
+
+/// Starts/stops `unit` in the simulated systemd when the appliance defines it (vmafdd, vmdird).
+fn systemd_unit(host: &SimHost, op: &str, unit: &str) {
+    if crate::sim::systemd::unit(host, unit).is_ok() {
+        let _ = crate::sim::systemd::run(host, &[op.to_owned(), unit.to_owned()]);
     }
 }
 
