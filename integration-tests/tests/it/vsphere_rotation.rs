@@ -945,3 +945,33 @@ fn vsphere_restart_checks_vmdird_with_systemd() {
         "VECS holds the old certificate again"
     );
 }
+
+/// A 6.x appliance with `STS_INTERNAL_SSL_CERT`: the Machine SSL copy there is replaced too.
+#[test]
+fn vsphere_machine_ssl_also_replaces_sts_internal_ssl_cert() {
+    let s = setup(
+        VcsaSpec::new(VcsaVersion::V67, "vcsa67.lab.local")
+            .with("machine_ssl", Lifetime::days(720, 10))
+            .with_sts_internal_ssl(),
+    );
+    let v = &s.vcsa;
+    let old = getcert(v, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT");
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-machine-ssl",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "90d",
+            "--run",
+        ],
+    );
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let new = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+    let internal = getcert(v, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT");
+    assert_ne!(fingerprint(&internal), fingerprint(&old));
+    assert_eq!(fingerprint(&internal), fingerprint(&new));
+    assert_services_as_before(v);
+}
