@@ -4,14 +4,17 @@
 //! | action | does |
 //! |---|---|
 //! | `vsphere.replication_gate` | `vdcrepadmin -f showpartnerstatus`: refuses unless every partner is available and 0 changes behind (§9.0 step 5) |
-//! | `vsphere.machine_ssl` | `certool --genkey/--gencert` for the PNID (§9.1), backs the old `__MACHINE_CERT` up to files and `BACKUP_STORE/bkp___MACHINE_CERT`, `vecs-cli entry delete/create`, checks the entry (not-after, PNID in SAN, chains to the VMCA root); with `restart` also restarts services and checks the endpoint; puts the old entry back if a check fails |
-//! | `vsphere.solution_users` | `dir-cli service list` (SSO password and principals), then per solution user (wcp with `--dataencipherment` and no `--FQDN`, §7/§9.2): `certool --genkey`, `--gencert --genCIScert`; then per user vmdir first (`dir-cli service update --name <user>-<machine-id>`), VECS second (`vecs-cli entry delete/create`), both read back and compared; old vmdir and VECS certificates backed up and restored on failure |
-//! | `vsphere.sts` | fixsts.sh/vCert (§5.3): new `ssoserverSign` cert from certool, LDIF backup of every `TenantCredential-N`/`TrustedCertChain-N`, one `ldapmodify` (machine account) deleting them and adding `-1`, then checks vmdir like checksts (the active signing cert is the new one and valid); re-adds the backup if the check fails |
-//! | `vsphere.restart_services` | `service-control --stop --all` / `--start --all`, polls `--status --all` until nothing is stopped, checks the endpoint serves VECS `__MACHINE_CERT` |
+//! | `vsphere.machine_ssl` | `certool --genkey/--gencert` for the PNID (§9.1), backs the old `__MACHINE_CERT` up to files and `BACKUP_STORE/bkp___MACHINE_CERT` (creating `BACKUP_STORE`, not a default store), `vecs-cli entry delete/create` in `MACHINE_SSL_CERT` and `STS_INTERNAL_SSL_CERT` (6.x, where it exists), the Lookup Service registrations trusting the old certificate (vmdir `vmwLKUPEndpointSslTrust`/`vmwLKUPSslTrustAnchor`, as `ls_update_certs.py`) and VCDB `vpx_ext` `com.vmware.vsan.health` (psql); each read back; with `restart` also restarts services and checks the endpoint; undoes every change if a check fails |
+//! | `vsphere.solution_users` | `dir-cli service list` (SSO password and principals), then per solution user (wcp with `--dataencipherment` and no `--FQDN`, §7/§9.2): `certool --genkey`, `--gencert --genCIScert`; then per user vmdir first (`dir-cli service update --name <user>-<machine-id>`), VECS second (`vecs-cli entry delete/create`), both read back and compared; then VCDB `vpx_ext` thumbprints of EAM, Auto Deploy, Image Builder, VUM/vLCM (KB 57379) when vpxd-extension changed; old vmdir and VECS certificates backed up and restored on failure (what already holds the old certificate is skipped: dir-cli refuses a certificate a principal holds) |
+//! | `vsphere.sts` | fixsts.sh/vCert (§5.3): new `ssoserverSign` cert from certool, LDIF backup of every `TenantCredential-N`/`TrustedCertChain-N`, one `ldapmodify` (SSO administrator, as vCert) deleting them and adding `-1` (`objectClass: top` too), then checks vmdir like checksts (the active signing cert is the new one and valid); re-adds the backup if the check fails |
+//! | `vsphere.restart_services` | `service-control --status --all` (what runs now), `--stop --all`, `--start --all` (`--vmon-profile HAActive` on an HACore node), polls `--status --all` until everything that ran before runs again (manual-start services may stay `Stopped:`; a transient RC=5 is waited out), vCert's `vmon-cli -s` (envoy, rhttpproxy, vmware-vpostgres) and `systemctl is-active` (vmafdd, vmdird) checks, then checks the endpoint serves VECS `__MACHINE_CERT` |
+//! | `vsphere.clean_backup_store` | after a verified Machine SSL: exports every `BACKUP_STORE`/`BACKUP_STORE_H5C` entry to an agent backup, then `vecs-cli entry delete -y` each (expired ones keep the "Certificate Status" alarm red) |
 //!
 //! Host layout (defaults, override in `[tools]`): `certool` at `/usr/lib/vmware-vmca/bin/certool`,
-//! `service-control` at `/bin/service-control`, `ldapmodify`/`ldapsearch` at
-//! `/opt/likewise/bin/`, `vecs-cli`/`vmafd-cli` under `/usr/lib/vmware-vmafd/bin/`,
+//! `service-control` at `/bin/service-control`, `ldapmodify`/`ldapsearch` at `/usr/bin/` or
+//! `/opt/likewise/bin/` (whichever exists), `vmon-cli` at `/usr/lib/vmware-vmon/vmon-cli`,
+//! `systemctl` at `/usr/bin/systemctl`, `psql` at `/opt/vmware/vpostgres/current/bin/psql`
+//! (VCDB; settings `vsphere.vcdb_host`, `vsphere.vcdb_port`), `vecs-cli`/`vmafd-cli` under `/usr/lib/vmware-vmafd/bin/`,
 //! `vdcrepadmin` under `/usr/lib/vmware-vmdir/bin/`, `dir-cli` under `/usr/lib/vmware-vmafd/bin/`, `lwregshell` in `/opt/likewise/bin/`, the
 //! VMCA root at `/var/lib/vmware/vmca/root.cer`. Settings: those of the vsphere collector
 //! (`vsphere.ldap_uri`, `vsphere.https_address`, `vsphere.sso_user`,
@@ -27,13 +30,11 @@ use certfleet_common::atomic::{PRIVATE, create_private_dir, write_file};
 use serde_json::{Value, json};
 
 use super::{ActContext, ActError, backup};
-use crate::collect::vsphere::{parse_ldif, parse_lwreg};
+use crate::collect::vsphere::{parse_entry_list, parse_ldif, parse_lwreg};
 
 const VECS_CLI: &str = "/usr/lib/vmware-vmafd/bin/vecs-cli";
 const VMAFD_CLI: &str = "/usr/lib/vmware-vmafd/bin/vmafd-cli";
 const LWREGSHELL: &str = "/opt/likewise/bin/lwregshell";
-const LDAPSEARCH: &str = "/opt/likewise/bin/ldapsearch";
-const LDAPMODIFY: &str = "/opt/likewise/bin/ldapmodify";
 const CERTOOL: &str = "/usr/lib/vmware-vmca/bin/certool";
 const DIR_CLI: &str = "/usr/lib/vmware-vmafd/bin/dir-cli";
 const SERVICE_CONTROL: &str = "/bin/service-control";
@@ -46,6 +47,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "vsphere.machine_ssl" => machine_ssl(ctx, args),
         "vsphere.solution_users" => solution_users(ctx, args),
         "vsphere.sts" => sts(ctx),
+        "vsphere.clean_backup_store" => clean_backup_store(ctx, args),
         "vsphere.restart_services" => {
             restart_services(ctx)?;
             let fp = verify_served(ctx)?;
@@ -144,9 +146,42 @@ fn vecs(ctx: &ActContext<'_>, args: &[&str]) -> Result<crate::exec::ToolOutput, 
     ctx.run_ok(&tool(ctx, "vecs-cli", VECS_CLI), args, None)
 }
 
+/// Whether `store` has an entry `alias`, from the plain listing's `Alias :` lines as VMware's
+/// scripts grep them (`entry list --aliases` is in the Lightwave source but no public script
+/// uses it, so it is not relied on).
 fn entry_exists(ctx: &ActContext<'_>, store: &str, alias: &str) -> Result<bool, ActError> {
-    let out = vecs(ctx, &["entry", "list", "--store", store, "--aliases"])?;
-    Ok(out.stdout.lines().skip(1).any(|l| l.trim() == alias))
+    let out = vecs(ctx, &["entry", "list", "--store", store])?;
+    Ok(parse_entry_list(&out.stdout)
+        .entries
+        .iter()
+        .any(|e| e.alias == alias))
+}
+
+/// VECS store names (`vecs-cli store list`).
+fn store_names(ctx: &ActContext<'_>) -> Result<Vec<String>, ActError> {
+    Ok(vecs(ctx, &["store", "list"])?
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Creates `store` unless VECS has it. `BACKUP_STORE` is not a default store (Broadcom KB
+/// 376720): an appliance whose certificates were never replaced has none. Idempotent.
+fn ensure_store(ctx: &ActContext<'_>, store: &str) -> Result<(), ActError> {
+    if store_names(ctx)?.iter().any(|s| s == store) {
+        return Ok(());
+    }
+    (ctx.output)(format!("VECS has no {store}; creating it"));
+    vecs(ctx, &["store", "create", "--name", store])?;
+    if !store_names(ctx)?.iter().any(|s| s == store) {
+        return Err(ActError(format!(
+            "vecs-cli store create --name {store}: the store is still not listed"
+        )));
+    }
+    Ok(())
 }
 
 /// Exports an entry's cert and key to `dir/<name>.crt|.key` (0600).
@@ -280,6 +315,20 @@ fn genkey(ctx: &ActContext<'_>, dir: &Path, name: &str) -> Result<PathBuf, ActEr
 
 // === Machine SSL ===
 
+/// `vsphere.machine_ssl`.
+///
+/// Issues a VMCA certificate for the PNID, then, each change recorded for undo: the old entry
+/// into `BACKUP_STORE/bkp___MACHINE_CERT` (the store is created if the appliance has none),
+/// `MACHINE_SSL_CERT/__MACHINE_CERT`, `STS_INTERNAL_SSL_CERT/__MACHINE_CERT` where that store
+/// exists (6.x), the Lookup Service registrations whose SSL trust is the old certificate (what
+/// `ls_update_certs.py`/lsdoctor fix), and the VCDB `vpx_ext` thumbprint of
+/// `com.vmware.vsan.health` (KB 57379). Everything is read back; with `restart` services are
+/// restarted and the endpoint must serve the new certificate. On any failure every change is
+/// undone in reverse order.
+///
+/// Idempotent: the old certificate, LDAP values and VCDB rows are saved to files (and an agent
+/// backup) before the first change; a re-sent step is answered from the journal; running it
+/// again issues another certificate and replaces the current one the same way.
 fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let restart = args.get("restart").and_then(Value::as_bool).unwrap_or(true);
     let pnid = pnid(ctx)?;
@@ -308,14 +357,44 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         ],
     )?;
     let not_after = check_cert(ctx, &crt, Some(&pnid))?;
-    let new_pem = std::fs::read(&crt).map_err(|e| ActError(e.to_string()))?;
-    let new_der = certfleet_common::pem::first_certificate(&new_pem)
-        .map_err(|e| ActError(format!("{}: {e}", crt.display())))?;
+    let new_der = read_cert(&crt)?;
     let new_fp = certfleet_common::pki::sha256_hex(&new_der);
 
-    // Back up: files (and an agent backup of them), then BACKUP_STORE as certificate-manager does.
+    // Everything that will change, saved first.
     let (old_crt, old_key) = export_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &dir, "old")?;
-    let manifest = backup::create(ctx.state, ctx.step_id, &[old_crt.clone(), old_key.clone()])?;
+    let old_der = read_cert(&old_crt)?;
+    let mut saved = vec![old_crt.clone(), old_key.clone()];
+    let stores = store_names(ctx)?;
+    let sts_internal = stores.iter().any(|s| s == "STS_INTERNAL_SSL_CERT")
+        && entry_exists(ctx, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT")?;
+    let old_internal = if sts_internal {
+        let (c, k) = export_entry(
+            ctx,
+            "STS_INTERNAL_SSL_CERT",
+            "__MACHINE_CERT",
+            &dir,
+            "old-sts-internal",
+        )?;
+        saved.extend([c.clone(), k.clone()]);
+        Some((c, k))
+    } else {
+        None
+    };
+    let ldap = Ldap::machine_account(ctx)?;
+    let ls = ls_trust_plan(ctx, &ldap, &dir, &old_der, &new_der)?;
+    if let Some(p) = &ls {
+        saved.push(p.backup.clone());
+    }
+    let vcdb = Vcdb::find(ctx);
+    let ext = match &vcdb {
+        Some(db) => vpx_ext_plan(ctx, db, &dir, MACHINE_SSL_EXTENSIONS, &thumbprint(&new_der))?,
+        None => None,
+    };
+    if let Some(p) = &ext {
+        saved.push(p.backup.clone());
+    }
+    let manifest = backup::create(ctx.state, ctx.step_id, &saved)?;
+    ensure_store(ctx, "BACKUP_STORE")?;
     replace_entry(
         ctx,
         "BACKUP_STORE",
@@ -324,16 +403,40 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         &old_key,
     )?;
 
-    replace_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &crt, &key)?;
-    let verify = || -> Result<(), ActError> {
-        let der = entry_cert(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT")?;
-        let fp = certfleet_common::pki::sha256_hex(&der);
-        if fp != new_fp {
-            return Err(ActError(format!(
-                "VECS MACHINE_SSL_CERT/__MACHINE_CERT holds {} instead of the new {}",
-                &fp[..16],
-                &new_fp[..16]
-            )));
+    let mut undo: Vec<Undo> = Vec::new();
+    let apply = |undo: &mut Vec<Undo>| -> Result<(), ActError> {
+        undo.push(Undo::Vecs {
+            store: "MACHINE_SSL_CERT".into(),
+            alias: "__MACHINE_CERT".into(),
+            crt: old_crt.clone(),
+            key: old_key.clone(),
+        });
+        replace_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &crt, &key)?;
+        expect_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &new_der)?;
+        if let Some((c, k)) = &old_internal {
+            undo.push(Undo::Vecs {
+                store: "STS_INTERNAL_SSL_CERT".into(),
+                alias: "__MACHINE_CERT".into(),
+                crt: c.clone(),
+                key: k.clone(),
+            });
+            replace_entry(ctx, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT", &crt, &key)?;
+            expect_entry(ctx, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT", &new_der)?;
+        }
+        if let Some(p) = &ls {
+            undo.push(Undo::LsTrust {
+                file: p.backup.clone(),
+                dns: p.dns.clone(),
+                old: old_der.clone(),
+            });
+            ldap.modify(ctx, &p.change, false)?;
+            ls_trust_verify(ctx, &ldap, &p.dns, &new_der)?;
+        }
+        if let (Some(p), Some(db)) = (&ext, &vcdb) {
+            undo.push(Undo::VpxExt {
+                rows: p.old_rows.clone(),
+            });
+            vpx_ext_apply(ctx, db, p)?;
         }
         if restart {
             restart_services(ctx)?;
@@ -341,39 +444,649 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         }
         Ok(())
     };
-    if let Err(e) = verify() {
+    if let Err(e) = apply(&mut undo) {
         (ctx.output)(format!(
-            "verification failed: {e}; restoring the old __MACHINE_CERT"
+            "verification failed: {e}; undoing {} change(s)",
+            undo.len()
         ));
-        let undo = replace_entry(
-            ctx,
-            "MACHINE_SSL_CERT",
-            "__MACHINE_CERT",
-            &old_crt,
-            &old_key,
-        )
-        .and_then(|_| {
-            if restart {
-                restart_services(ctx)
-            } else {
-                Ok(())
-            }
-        });
+        let mut failed = run_undo(ctx, &ldap, vcdb.as_ref(), undo);
+        if restart && let Err(r) = restart_services(ctx) {
+            failed.push(format!("restart: {r}"));
+        }
         let _ = std::fs::remove_file(&key);
-        return Err(ActError(match undo {
-            Ok(()) => format!("Machine SSL: {e}; rolled back to the previous certificate"),
-            Err(u) => format!("Machine SSL: {e}; ROLLBACK FAILED: {u}"),
+        return Err(ActError(if failed.is_empty() {
+            format!("Machine SSL: {e}; rolled back to the previous certificate")
+        } else {
+            format!("Machine SSL: {e}; ROLLBACK FAILED: {}", failed.join("; "))
         }));
     }
     // VECS holds the new key now; no second copy stays in the work directory.
     let _ = std::fs::remove_file(&key);
     Ok(json!({
-        "message": format!("Machine SSL for {pnid} replaced; valid until {not_after}"),
+        "message": format!(
+            "Machine SSL for {pnid} replaced; valid until {not_after}; {} Lookup Service registration(s) and {} vpx_ext row(s) updated{}",
+            ls.as_ref().map_or(0, |p| p.dns.len()),
+            ext.as_ref().map_or(0, |p| p.changed()),
+            if sts_internal { "; STS_INTERNAL_SSL_CERT too" } else { "" }
+        ),
         "pnid": pnid,
         "fingerprint": new_fp,
         "not_after": not_after,
         "backup_id": manifest.id,
         "restart": if restart { json!(["service-control --all"]) } else { json!([]) },
+    }))
+}
+
+fn read_cert(path: &Path) -> Result<Vec<u8>, ActError> {
+    let pem = std::fs::read(path).map_err(|e| ActError(format!("{}: {e}", path.display())))?;
+    certfleet_common::pem::first_certificate(&pem)
+        .map_err(|e| ActError(format!("{}: {e}", path.display())))
+}
+
+/// VECS `store/alias` must hold `want` (DER).
+fn expect_entry(
+    ctx: &ActContext<'_>,
+    store: &str,
+    alias: &str,
+    want: &[u8],
+) -> Result<(), ActError> {
+    let der = entry_cert(ctx, store, alias)?;
+    if der != want {
+        let (fp, w) = (
+            certfleet_common::pki::sha256_hex(&der),
+            certfleet_common::pki::sha256_hex(want),
+        );
+        return Err(ActError(format!(
+            "VECS {store}/{alias} holds {} instead of {}",
+            &fp[..16],
+            &w[..16]
+        )));
+    }
+    Ok(())
+}
+
+// === follow-ups: Lookup Service trust, VCDB extension thumbprints ===
+
+/// A change already made, put back by [`run_undo`].
+enum Undo {
+    /// VECS `store/alias` gets `crt`/`key` back.
+    Vecs {
+        store: String,
+        alias: String,
+        crt: PathBuf,
+        key: PathBuf,
+    },
+    /// `ldapmodify -c -f file` gives the Lookup Service registrations `dns` their old trust.
+    LsTrust {
+        file: PathBuf,
+        dns: Vec<String>,
+        old: Vec<u8>,
+    },
+    /// `vpx_ext` rows get these thumbprints back.
+    VpxExt { rows: Vec<(String, String)> },
+}
+
+/// Undoes `undo` in reverse order; skips what already holds the old value. Returns what failed.
+fn run_undo(
+    ctx: &ActContext<'_>,
+    ldap: &Ldap,
+    vcdb: Option<&Vcdb>,
+    undo: Vec<Undo>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for u in undo.into_iter().rev() {
+        let r = match &u {
+            Undo::Vecs {
+                store,
+                alias,
+                crt,
+                key,
+            } => read_cert(crt).and_then(|old| {
+                if entry_cert(ctx, store, alias).ok().as_deref() == Some(old.as_slice()) {
+                    (ctx.output)(format!(
+                        "VECS {store}/{alias} already holds the old certificate"
+                    ));
+                    return Ok(());
+                }
+                replace_entry(ctx, store, alias, crt, key)
+                    .and_then(|_| expect_entry(ctx, store, alias, &old))
+                    .map_err(|e| ActError(format!("VECS {store}/{alias}: {e}")))
+            }),
+            Undo::LsTrust { file, dns, old } => {
+                // Some registrations may never have been changed (ldapmodify stops at the first
+                // error): -c goes on, and the result is judged by reading them back.
+                if let Err(e) = ldap.modify(ctx, file, true) {
+                    (ctx.output)(format!("ldapmodify -c (undo): {e}"));
+                }
+                ls_trust_verify(ctx, ldap, dns, old)
+                    .map_err(|e| ActError(format!("Lookup Service SSL trust: {e}")))
+            }
+            Undo::VpxExt { rows } => match vcdb {
+                Some(db) => vpx_ext_set(ctx, db, rows),
+                None => Err(ActError("vpx_ext: no VCDB".into())),
+            },
+        };
+        if let Err(e) = r {
+            failed.push(e.0);
+        }
+    }
+    failed
+}
+
+/// LDAP access to vmdir with the OpenLDAP clients (`/usr/bin` or `/opt/likewise/bin`).
+struct Ldap {
+    uri: String,
+    bind_dn: String,
+    /// `dc=…` of the domain.
+    domain_dn: String,
+    pwfile: PathBuf,
+    search: PathBuf,
+    modify: PathBuf,
+}
+
+impl Ldap {
+    fn new(
+        ctx: &ActContext<'_>,
+        bind_dn: String,
+        domain_dn: String,
+        password: &str,
+        tag: &str,
+    ) -> Result<Self, ActError> {
+        let pwfile = workdir(ctx)?.join(format!("{tag}.pw"));
+        write_file(&pwfile, password.as_bytes(), PRIVATE)
+            .map_err(|e| ActError(format!("{}: {e}", pwfile.display())))?;
+        Ok(Ldap {
+            uri: ctx
+                .cfg
+                .setting("vsphere.ldap_uri")
+                .unwrap_or("ldap://localhost:389")
+                .to_owned(),
+            bind_dn,
+            domain_dn,
+            pwfile,
+            search: crate::collect::vsphere::ldap_tool(ctx.cfg, "ldapsearch"),
+            modify: crate::collect::vsphere::ldap_tool(ctx.cfg, "ldapmodify"),
+        })
+    }
+
+    /// Bound as this node's machine account (`lwregshell`), as vCert reads vmdir.
+    fn machine_account(ctx: &ActContext<'_>) -> Result<Self, ActError> {
+        let acct = machine_account(ctx)?;
+        let domain_dn = dc_part(&acct.dn);
+        Self::new(ctx, acct.dn, domain_dn, &acct.password, "machine-account")
+    }
+
+    /// Bound as the SSO administrator (`cn=<user>,cn=users,<dn>`), as vCert and fixsts.sh
+    /// change the STS tenant.
+    fn administrator(ctx: &ActContext<'_>) -> Result<Self, ActError> {
+        let acct = machine_account(ctx)?;
+        let domain_dn = dc_part(&acct.dn);
+        let user = ctx
+            .cfg
+            .setting("vsphere.sso_user")
+            .unwrap_or("administrator");
+        let user = user.split('@').next().unwrap_or(user);
+        Self::new(
+            ctx,
+            format!("cn={user},cn=users,{domain_dn}"),
+            domain_dn,
+            &sso_password(ctx)?,
+            "sso-administrator",
+        )
+    }
+
+    fn search(
+        &self,
+        ctx: &ActContext<'_>,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<crate::collect::vsphere::LdifEntry>, ActError> {
+        let pw = s(&self.pwfile);
+        let mut a: Vec<&str> = vec![
+            "-o",
+            "ldif-wrap=no",
+            "-LLL",
+            "-x",
+            "-H",
+            &self.uri,
+            "-D",
+            &self.bind_dn,
+            "-y",
+            &pw,
+            "-b",
+            base,
+            filter,
+        ];
+        a.extend(attrs);
+        let out = ctx.run_ok(&self.search, &a, None)?;
+        parse_ldif(&out.stdout).map_err(|e| ActError(format!("ldapsearch -b {base} {filter}: {e}")))
+    }
+
+    /// `ldapmodify -f file` (`-c`: go on after an error, for undo files).
+    fn modify(&self, ctx: &ActContext<'_>, file: &Path, cont: bool) -> Result<(), ActError> {
+        let pw = s(&self.pwfile);
+        let f = s(file);
+        let mut a: Vec<&str> = vec![
+            "-x",
+            "-H",
+            &self.uri,
+            "-D",
+            &self.bind_dn,
+            "-y",
+            &pw,
+            "-f",
+            &f,
+        ];
+        if cont {
+            a.insert(0, "-c");
+        }
+        ctx.run_ok(&self.modify, &a, None)?;
+        Ok(())
+    }
+}
+
+impl Drop for Ldap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pwfile);
+    }
+}
+
+/// `dc=vsphere,dc=local` from a DN.
+fn dc_part(dn: &str) -> String {
+    dn.split(',')
+        .map(str::trim)
+        .filter(|p| p.to_ascii_lowercase().starts_with("dc="))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Lookup Service registrations live in vmdir under `cn=Sites,cn=Configuration,<dn>`
+/// (reference §8.8): `vmwLKUPEndpointRegistration` with `vmwLKUPEndpointSslTrust` (base64 DER
+/// as a string) and legacy `vmwLKUPServiceEndpoint` with `vmwLKUPSslTrustAnchor` (DER).
+const LS_FILTER: &str =
+    "(|(objectclass=vmwLKUPEndpointRegistration)(objectclass=vmwLKUPServiceEndpoint))";
+const LS_TRUST_B64: &str = "vmwLKUPEndpointSslTrust";
+const LS_TRUST_DER: &str = "vmwLKUPSslTrustAnchor";
+
+/// The registrations to change: LDIFs forward and back.
+struct LsPlan {
+    dns: Vec<String>,
+    change: PathBuf,
+    backup: PathBuf,
+}
+
+/// Finds the registrations whose SSL trust is `old` (as `ls_update_certs.py` matches them) and
+/// writes the LDIF replacing that value with `new` and the LDIF putting it back. `None` when no
+/// registration trusts `old`.
+fn ls_trust_plan(
+    ctx: &ActContext<'_>,
+    ldap: &Ldap,
+    dir: &Path,
+    old: &[u8],
+    new: &[u8],
+) -> Result<Option<LsPlan>, ActError> {
+    let base = format!("cn=Sites,cn=Configuration,{}", ldap.domain_dn);
+    let entries = ldap.search(
+        ctx,
+        &base,
+        LS_FILTER,
+        &["vmwLKUPURI", LS_TRUST_B64, LS_TRUST_DER],
+    )?;
+    let (mut change, mut back, mut dns) = (String::new(), String::new(), Vec::new());
+    for (dn, attrs) in &entries {
+        for (a, v) in attrs {
+            let (attr, der) = if a.eq_ignore_ascii_case(LS_TRUST_B64) {
+                let text: String = String::from_utf8_lossy(v).split_whitespace().collect();
+                match base64::engine::general_purpose::STANDARD.decode(text) {
+                    Ok(d) => (LS_TRUST_B64, d),
+                    Err(_) => continue,
+                }
+            } else if a.eq_ignore_ascii_case(LS_TRUST_DER) {
+                (LS_TRUST_DER, v.clone())
+            } else {
+                continue;
+            };
+            if der != old {
+                continue;
+            }
+            let line = |d: &[u8]| {
+                if attr == LS_TRUST_B64 {
+                    format!("{attr}: {}\n", b64(d))
+                } else {
+                    format!("{attr}:: {}\n", b64(d))
+                }
+            };
+            for (out, from, to) in [(&mut change, old, new), (&mut back, new, old)] {
+                out.push_str(&format!(
+                    "dn: {dn}\nchangetype: modify\ndelete: {attr}\n{}-\nadd: {attr}\n{}-\n\n",
+                    line(from),
+                    line(to)
+                ));
+            }
+            dns.push(dn.clone());
+        }
+    }
+    (ctx.output)(format!(
+        "Lookup Service: {} of {} endpoint registration(s) trust the old Machine SSL certificate",
+        dns.len(),
+        entries.len()
+    ));
+    if dns.is_empty() {
+        return Ok(None);
+    }
+    let (cf, bf) = (dir.join("ls-trust.ldif"), dir.join("ls-trust-undo.ldif"));
+    write_file(&cf, change.as_bytes(), PRIVATE)
+        .map_err(|e| ActError(format!("{}: {e}", cf.display())))?;
+    write_file(&bf, back.as_bytes(), PRIVATE)
+        .map_err(|e| ActError(format!("{}: {e}", bf.display())))?;
+    Ok(Some(LsPlan {
+        dns,
+        change: cf,
+        backup: bf,
+    }))
+}
+
+/// Every registration in `dns` trusts `want`.
+fn ls_trust_verify(
+    ctx: &ActContext<'_>,
+    ldap: &Ldap,
+    dns: &[String],
+    want: &[u8],
+) -> Result<(), ActError> {
+    let new = want;
+    for dn in dns {
+        let e = ldap.search(ctx, dn, "(objectclass=*)", &[LS_TRUST_B64, LS_TRUST_DER])?;
+        let ok = e.iter().flat_map(|(_, a)| a).any(|(a, v)| {
+            (a.eq_ignore_ascii_case(LS_TRUST_DER) && v == new)
+                || (a.eq_ignore_ascii_case(LS_TRUST_B64)
+                    && base64::engine::general_purpose::STANDARD
+                        .decode(
+                            String::from_utf8_lossy(v)
+                                .split_whitespace()
+                                .collect::<String>(),
+                        )
+                        .is_ok_and(|d| d == new))
+        });
+        if !ok {
+            return Err(ActError(format!(
+                "Lookup Service registration {dn} does not trust the expected certificate"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Extensions registered with the Machine SSL thumbprint (reference §8.9).
+const MACHINE_SSL_EXTENSIONS: &[&str] = &["com.vmware.vsan.health"];
+/// Extensions registered with the vpxd-extension solution user's thumbprint (KB 57379; vCert).
+const VPXD_EXTENSION_EXTENSIONS: &[&str] = &[
+    "com.vmware.vim.eam",
+    "com.vmware.rbd",
+    "com.vmware.imagebuilder",
+    "com.vmware.vcIntegrity",
+    "com.vmware.vlcm.client",
+];
+const PSQL: &str = "/opt/vmware/vpostgres/current/bin/psql";
+
+/// SHA-1 thumbprint as vCenter stores it: `AA:BB:…`, uppercase.
+fn thumbprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The vCenter database through `psql -d VCDB -U postgres` (settings `vsphere.vcdb_host`, a
+/// socket directory or host, and `vsphere.vcdb_port`; default: psql's own).
+struct Vcdb {
+    psql: PathBuf,
+    conn: Vec<String>,
+}
+
+impl Vcdb {
+    /// `None` where there is no VCDB client (a PSC, or no vCenter server on this node).
+    fn find(ctx: &ActContext<'_>) -> Option<Self> {
+        let psql = tool(ctx, "psql", PSQL);
+        if !psql.exists() {
+            (ctx.output)(format!(
+                "{}: not found; VCDB vpx_ext thumbprints not checked (no vCenter server here?)",
+                psql.display()
+            ));
+            return None;
+        }
+        let mut conn: Vec<String> = ["-d", "VCDB", "-U", "postgres"].map(String::from).to_vec();
+        if let Some(h) = ctx.cfg.setting("vsphere.vcdb_host") {
+            conn.extend(["-h".into(), h.into()]);
+        }
+        if let Some(p) = ctx.cfg.setting("vsphere.vcdb_port") {
+            conn.extend(["-p".into(), p.into()]);
+        }
+        Some(Vcdb { psql, conn })
+    }
+
+    /// Runs `sql`; unaligned, tuples only, `|`-separated, stops at the first error.
+    fn query(&self, ctx: &ActContext<'_>, sql: &str) -> Result<String, ActError> {
+        let mut a: Vec<&str> = self.conn.iter().map(String::as_str).collect();
+        a.extend(["-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "|", "-c", sql]);
+        Ok(ctx.run_ok(&self.psql, &a, None)?.stdout)
+    }
+
+    fn rows(&self, ctx: &ActContext<'_>, ids: &[&str]) -> Result<Vec<(String, String)>, ActError> {
+        let list = ids
+            .iter()
+            .map(|i| format!("'{i}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = self.query(
+            ctx,
+            &format!(
+                "SELECT ext_id, thumbprint FROM vpx_ext WHERE ext_id IN ({list}) ORDER BY ext_id"
+            ),
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(i, t)| (i.trim().to_owned(), t.trim().to_owned()))
+            .collect())
+    }
+}
+
+/// Rows to change to `new` and their old values (saved to `backup`).
+struct ExtPlan {
+    old_rows: Vec<(String, String)>,
+    new: String,
+    backup: PathBuf,
+}
+
+impl ExtPlan {
+    fn changed(&self) -> usize {
+        self.old_rows.iter().filter(|(_, t)| *t != self.new).count()
+    }
+}
+
+fn vpx_ext_plan(
+    ctx: &ActContext<'_>,
+    db: &Vcdb,
+    dir: &Path,
+    ids: &[&str],
+    new: &str,
+) -> Result<Option<ExtPlan>, ActError> {
+    let rows = db.rows(ctx, ids)?;
+    (ctx.output)(format!(
+        "VCDB vpx_ext: {} of {} registered extension(s) differ from {new}",
+        rows.iter().filter(|(_, t)| t != new).count(),
+        rows.len()
+    ));
+    if rows.iter().all(|(_, t)| t == new) {
+        return Ok(None);
+    }
+    let backup = dir.join(format!("vpx_ext-{}.txt", ids.first().unwrap_or(&"ext")));
+    let text: String = rows.iter().map(|(i, t)| format!("{i}|{t}\n")).collect();
+    write_file(&backup, text.as_bytes(), PRIVATE)
+        .map_err(|e| ActError(format!("{}: {e}", backup.display())))?;
+    Ok(Some(ExtPlan {
+        old_rows: rows,
+        new: new.to_owned(),
+        backup,
+    }))
+}
+
+/// Sets every planned row to the new thumbprint and reads them back.
+fn vpx_ext_apply(ctx: &ActContext<'_>, db: &Vcdb, plan: &ExtPlan) -> Result<(), ActError> {
+    let rows: Vec<(String, String)> = plan
+        .old_rows
+        .iter()
+        .map(|(i, _)| (i.clone(), plan.new.clone()))
+        .collect();
+    vpx_ext_set(ctx, db, &rows)
+}
+
+/// `UPDATE vpx_ext SET thumbprint = … WHERE ext_id = …` per row (in one transaction), then checks
+/// them. Thumbprints and ids are checked to be plain before they go into SQL.
+fn vpx_ext_set(ctx: &ActContext<'_>, db: &Vcdb, rows: &[(String, String)]) -> Result<(), ActError> {
+    let plain = |x: &str| {
+        x.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '.' || c == '-' || c == '_')
+    };
+    let mut sql = String::from("BEGIN;");
+    for (i, t) in rows {
+        if !plain(i) || !plain(t) {
+            return Err(ActError(format!(
+                "vpx_ext: refusing odd value {i:?} / {t:?}"
+            )));
+        }
+        sql.push_str(&format!(
+            "UPDATE vpx_ext SET thumbprint = '{t}' WHERE ext_id = '{i}';"
+        ));
+    }
+    sql.push_str("COMMIT;");
+    db.query(ctx, &sql)?;
+    let ids: Vec<&str> = rows.iter().map(|(i, _)| i.as_str()).collect();
+    let now = db.rows(ctx, &ids)?;
+    for (i, t) in rows {
+        if !now.iter().any(|(ni, nt)| ni == i && nt == t) {
+            return Err(ActError(format!(
+                "VCDB vpx_ext {i}: thumbprint is not {t} after the update"
+            )));
+        }
+    }
+    Ok(())
+}
+
+// === BACKUP_STORE clean-up ===
+
+/// Stores certificate-manager and the vSphere Client fill with replaced certificates.
+const BACKUP_STORES: [&str; 2] = ["BACKUP_STORE", "BACKUP_STORE_H5C"];
+
+/// `vsphere.clean_backup_store`: once the new Machine SSL certificate is verified, removes the
+/// replaced entries from `BACKUP_STORE`/`BACKUP_STORE_H5C`; expired ones there keep vCenter's
+/// "Certificate Status" alarm red (seed 000: the operator deleted them by hand with
+/// `vecs-cli entry delete --store BACKUP_STORE`). Refuses unless VECS `__MACHINE_CERT` is
+/// valid and the endpoint serves it.
+///
+/// Idempotent: every entry is exported (certificate and key, 0600) into an agent backup before
+/// anything is deleted (`certfleet-agent backups` keeps it; `vecs-cli entry create` puts one
+/// back); a second run finds nothing left to delete.
+fn clean_backup_store(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let der = entry_cert(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT")?;
+    let rec = certfleet_common::x509::parse_der(&der)
+        .map_err(|e| ActError(format!("VECS MACHINE_SSL_CERT/__MACHINE_CERT: {e}")))?;
+    if rec.not_after <= certfleet_common::model::now() {
+        return Err(ActError(
+            "VECS MACHINE_SSL_CERT/__MACHINE_CERT is expired: keeping BACKUP_STORE".into(),
+        ));
+    }
+    if args
+        .get("verify_endpoint")
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+    {
+        verify_served(ctx)?;
+    }
+    let stores = store_names(ctx)?;
+    let dir = workdir(ctx)?;
+    let mut targets = Vec::new();
+    let mut saved = Vec::new();
+    for store in BACKUP_STORES
+        .iter()
+        .filter(|b| stores.iter().any(|s| s == *b))
+    {
+        let listing = parse_entry_list(&vecs(ctx, &["entry", "list", "--store", store])?.stdout);
+        for (i, e) in listing.entries.iter().enumerate() {
+            let name = format!("{store}-{i}");
+            let crt = dir.join(format!("{name}.crt"));
+            vecs(
+                ctx,
+                &[
+                    "entry",
+                    "getcert",
+                    "--store",
+                    store,
+                    "--alias",
+                    &e.alias,
+                    "--output",
+                    &s(&crt),
+                ],
+            )?;
+            saved.push(crt);
+            if e.entry_type == "Private Key" {
+                let key = dir.join(format!("{name}.key"));
+                vecs(
+                    ctx,
+                    &[
+                        "entry",
+                        "getkey",
+                        "--store",
+                        store,
+                        "--alias",
+                        &e.alias,
+                        "--output",
+                        &s(&key),
+                    ],
+                )?;
+                saved.push(key);
+            }
+            targets.push((store.to_string(), e.alias.clone()));
+        }
+    }
+    if targets.is_empty() {
+        return Ok(json!({"message": "no BACKUP_STORE entries to remove", "removed": []}));
+    }
+    let index = dir.join("backup-store-index.txt");
+    let text: String = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (st, al))| format!("{i} {st} {al}\n"))
+        .collect();
+    write_file(&index, text.as_bytes(), PRIVATE)
+        .map_err(|e| ActError(format!("{}: {e}", index.display())))?;
+    saved.push(index);
+    let manifest = backup::create(ctx.state, ctx.step_id, &saved)?;
+    for f in &saved {
+        let _ = std::fs::remove_file(f);
+    }
+    let mut removed = Vec::new();
+    for (store, alias) in &targets {
+        vecs(
+            ctx,
+            &["entry", "delete", "--store", store, "--alias", alias, "-y"],
+        )?;
+        if entry_exists(ctx, store, alias)? {
+            return Err(ActError(format!(
+                "vecs-cli entry delete --store {store} --alias {alias}: still listed"
+            )));
+        }
+        removed.push(format!("{store}/{alias}"));
+    }
+    Ok(json!({
+        "message": format!("removed {} replaced entr{} from {} (kept in agent backup {})",
+            removed.len(), if removed.len() == 1 { "y" } else { "ies" },
+            BACKUP_STORES.join("/"), manifest.id),
+        "removed": removed,
+        "backup_id": manifest.id,
     }))
 }
 
@@ -499,6 +1212,45 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         }
         Ok(())
     };
+    // Puts the old certificates back for `users`, skipping what already holds them: dir-cli
+    // refuses to write a certificate a service principal already has (the same one included).
+    let rollback = |users: &[String]| -> Vec<String> {
+        let mut failed = Vec::new();
+        for du in users {
+            let old_vmdir = dir.join(format!("old-{du}.vmdir.crt"));
+            let (oc, ok) = (
+                dir.join(format!("old-{du}.crt")),
+                dir.join(format!("old-{du}.key")),
+            );
+            let name = format!("{du}-{mid}");
+            let r = read_cert(&old_vmdir).and_then(|want| {
+                if sso.principal_cert(ctx, &name)? == want {
+                    (ctx.output)(format!("vmdir {name} already holds the old certificate"));
+                } else {
+                    sso.dir_cli(
+                        ctx,
+                        &["service", "update", "--name", &name, "--cert", &s(&old_vmdir)],
+                    )?;
+                    if sso.principal_cert(ctx, &name)? != want {
+                        return Err(ActError(format!(
+                            "vmdir {name} does not hold the old certificate after dir-cli service update"
+                        )));
+                    }
+                }
+                let want = read_cert(&oc)?;
+                if entry_cert(ctx, du, du).ok().as_deref() == Some(want.as_slice()) {
+                    (ctx.output)(format!("VECS {du}/{du} already holds the old certificate"));
+                    return Ok(());
+                }
+                replace_entry(ctx, du, du, &oc, &ok)?;
+                expect_entry(ctx, du, du, &want)
+            });
+            if let Err(x) = r {
+                failed.push(format!("{du}: {x}"));
+            }
+        }
+        failed
+    };
     let mut done: Vec<String> = Vec::new();
     let mut result = serde_json::Map::new();
     for (u, (crt, key, not_after)) in &issued {
@@ -515,28 +1267,12 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
                 "solution user {u}: {e}; restoring vmdir and VECS of {} user(s)",
                 done.len() + 1
             ));
-            let mut undo = vec![];
-            for du in done.iter().chain(std::iter::once(u)) {
-                let old_vmdir = dir.join(format!("old-{du}.vmdir.crt"));
-                let (oc, ok) = (
-                    dir.join(format!("old-{du}.crt")),
-                    dir.join(format!("old-{du}.key")),
-                );
-                let dn = format!("{du}-{mid}");
-                let r = sso
-                    .dir_cli(
-                        ctx,
-                        &["service", "update", "--name", &dn, "--cert", &s(&old_vmdir)],
-                    )
-                    .and_then(|_| replace_entry(ctx, du, du, &oc, &ok))
-                    .and_then(|_| check_both(du, &oc));
-                if let Err(x) = r {
-                    undo.push(format!("{du}: {x}"));
-                }
-            }
+            let mut all = done.clone();
+            all.push(u.clone());
+            let undo = rollback(&all);
             return Err(ActError(format!(
                 "solution user {u}: {e}; rolled back {} user(s) in vmdir and VECS{}",
-                done.len() + 1,
+                all.len(),
                 if undo.is_empty() {
                     String::new()
                 } else {
@@ -548,8 +1284,49 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         done.push(u.clone());
         let _ = std::fs::remove_file(key);
     }
+    // KB 57379: the extensions registered with the vpxd-extension certificate keep its old
+    // thumbprint in VCDB vpx_ext until updated; EAM, Auto Deploy, Image Builder and vLCM break.
+    let mut ext_rows = 0;
+    if let Some((_, (crt, _, _))) = issued.iter().find(|(u, _)| u == "vpxd-extension")
+        && let Some(db) = Vcdb::find(ctx)
+    {
+        let r = read_cert(crt).and_then(|der| {
+            let plan = vpx_ext_plan(ctx, &db, &dir, VPXD_EXTENSION_EXTENSIONS, &thumbprint(&der))?;
+            if let Some(p) = &plan {
+                backup::create(
+                    ctx.state,
+                    &format!("{}-vpx_ext", ctx.step_id),
+                    std::slice::from_ref(&p.backup),
+                )?;
+                if let Err(e) = vpx_ext_apply(ctx, &db, p) {
+                    let back = vpx_ext_set(ctx, &db, &p.old_rows)
+                        .err()
+                        .map(|b| format!(" (vpx_ext ROLLBACK FAILED: {b})"))
+                        .unwrap_or_default();
+                    return Err(ActError(format!("{e}{back}")));
+                }
+                ext_rows = p.changed();
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            let undo = rollback(&done);
+            return Err(ActError(format!(
+                "VCDB vpx_ext: {e}; rolled back {} solution user(s) in vmdir and VECS{}",
+                done.len(),
+                if undo.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (ROLLBACK FAILED: {})", undo.join("; "))
+                }
+            )));
+        }
+    }
     Ok(json!({
-        "message": format!("replaced solution users {} in vmdir and VECS (both checked)", users.join(", ")),
+        "message": format!(
+            "replaced solution users {} in vmdir and VECS (both checked); {ext_rows} vpx_ext thumbprint(s) updated",
+            users.join(", ")
+        ),
         "not_after": result,
         "backup_id": manifest.id,
     }))
@@ -624,7 +1401,7 @@ impl Sso {
     fn principal_cert(&self, ctx: &ActContext<'_>, name: &str) -> Result<Vec<u8>, ActError> {
         let dn = format!("cn={name},{}", self.base);
         let out = ctx.run_ok(
-            &tool(ctx, "ldapsearch", LDAPSEARCH),
+            &crate::collect::vsphere::ldap_tool(ctx.cfg, "ldapsearch"),
             &[
                 "-o",
                 "ldif-wrap=no",
@@ -711,45 +1488,21 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// `vsphere.sts`: replaces the STS signing certificate in vmdir the way fixsts.sh and vCert do.
+///
+/// Reads the tenant as the machine account; writes (one LDIF deleting every
+/// `TenantCredential-N`/`TrustedCertChain-N` and adding `-1` with `objectClass: top`, as vCert
+/// writes it) as the SSO administrator, as both scripts do. Idempotent: the old entries are
+/// saved as an LDIF (and an agent backup) before the change; a failed check puts them back.
 fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
-    let acct = machine_account(ctx)?;
-    let (_domain, tenant) = ldap_bases(&acct.dn);
+    let reader = Ldap::machine_account(ctx)?;
+    let writer = Ldap::administrator(ctx)?;
+    let (_domain, tenant) = ldap_bases(&reader.bind_dn);
     let pnid = pnid(ctx)?;
     let dir = workdir(ctx)?;
-    let pwfile = dir.join("machine-account.pw");
-    write_file(&pwfile, acct.password.as_bytes(), PRIVATE)
-        .map_err(|e| ActError(format!("{}: {e}", pwfile.display())))?;
-    let uri = ctx
-        .cfg
-        .setting("vsphere.ldap_uri")
-        .unwrap_or("ldap://localhost:389")
-        .to_owned();
-    let ldapsearch = tool(ctx, "ldapsearch", LDAPSEARCH);
-    let ldapmodify = tool(ctx, "ldapmodify", LDAPMODIFY);
-    let search = |filter: &str| -> Result<Vec<crate::collect::vsphere::LdifEntry>, ActError> {
-        let out = ctx.run_ok(
-            &ldapsearch,
-            &[
-                "-o",
-                "ldif-wrap=no",
-                "-LLL",
-                "-x",
-                "-H",
-                &uri,
-                "-b",
-                &tenant,
-                "-D",
-                &acct.dn,
-                "-y",
-                &s(&pwfile),
-                filter,
-            ],
-            None,
-        )?;
-        parse_ldif(&out.stdout).map_err(|e| ActError(format!("ldapsearch {filter}: {e}")))
-    };
     let filter =
         "(|(objectclass=vmwSTSTenantCredential)(objectclass=vmwSTSTenantTrustedCertificateChain))";
+    let search = || reader.search(ctx, &tenant, filter, &[]);
 
     // 1. key + VMCA-signed ssoserverSign certificate (vCert's certool.cfg, §5.3).
     let cfg = dir.join("certool.cfg");
@@ -776,10 +1529,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         ],
     )?;
     let not_after = check_cert(ctx, &crt, None)?;
-    let sts_der = certfleet_common::pem::first_certificate(
-        &std::fs::read(&crt).map_err(|e| ActError(e.to_string()))?,
-    )
-    .map_err(|e| ActError(format!("{}: {e}", crt.display())))?;
+    let sts_der = read_cert(&crt)?;
     let root_pem = std::fs::read(ctx.cfg.host_path(VMCA_ROOT))
         .map_err(|e| ActError(format!("{VMCA_ROOT}: {e}")))?;
     let chain = certfleet_common::pem::certificates(&root_pem)
@@ -794,7 +1544,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     .ok_or_else(|| ActError(format!("{}: not a PKCS#8 key", key.display())))?;
 
     // 2. back up every TenantCredential-N / TrustedCertChain-N (LDIF, as fixsts.sh step 8).
-    let old = search(filter)?;
+    let old = search()?;
     if old.is_empty() {
         return Err(ActError(format!(
             "vmdir {tenant}: no STS tenant credentials found"
@@ -819,7 +1569,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         ldif.push_str(&format!("dn: {dn}\nchangetype: delete\n\n"));
     }
     ldif.push_str(&format!(
-        "dn: cn=TenantCredential-1,{tenant}\nchangetype: add\nobjectClass: vmwSTSTenantCredential\ncn: TenantCredential-1\nuserCertificate:: {}\n",
+        "dn: cn=TenantCredential-1,{tenant}\nchangetype: add\nobjectClass: vmwSTSTenantCredential\nobjectClass: top\ncn: TenantCredential-1\nuserCertificate:: {}\n",
         b64(&sts_der)
     ));
     for c in &chain {
@@ -827,7 +1577,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     }
     ldif.push_str(&format!("vmwSTSPrivateKey:: {}\n\n", b64(&key_der)));
     ldif.push_str(&format!(
-        "dn: cn=TrustedCertChain-1,cn=TrustedCertificateChains,{tenant}\nchangetype: add\nobjectClass: vmwSTSTenantTrustedCertificateChain\ncn: TrustedCertChain-1\nuserCertificate:: {}\n",
+        "dn: cn=TrustedCertChain-1,cn=TrustedCertificateChains,{tenant}\nchangetype: add\nobjectClass: vmwSTSTenantTrustedCertificateChain\nobjectClass: top\ncn: TrustedCertChain-1\nuserCertificate:: {}\n",
         b64(&sts_der)
     ));
     for c in &chain {
@@ -835,29 +1585,12 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     }
     let ldif_file = dir.join("sso-sts.ldif");
     write_file(&ldif_file, ldif.as_bytes(), PRIVATE).map_err(|e| ActError(e.to_string()))?;
-    let modify = |file: &Path| {
-        ctx.run_ok(
-            &ldapmodify,
-            &[
-                "-x",
-                "-H",
-                &uri,
-                "-D",
-                &acct.dn,
-                "-y",
-                &s(&pwfile),
-                "-f",
-                &s(file),
-            ],
-            None,
-        )
-    };
-    let applied = modify(&ldif_file);
+    let applied = writer.modify(ctx, &ldif_file, false);
 
     // 4. verify like checksts: the active signing certificate is the new one and valid.
     let verify = || -> Result<(), ActError> {
         applied.as_ref().map_err(|e| ActError(e.0.clone()))?;
-        let now = search(filter)?;
+        let now = search()?;
         let creds: Vec<_> = now
             .iter()
             .filter(|(dn, _)| dn.to_ascii_lowercase().starts_with("cn=tenantcredential-"))
@@ -887,24 +1620,8 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         }
         let undo_file = dir.join("sts-undo.ldif");
         let _ = write_file(&undo_file, undo.as_bytes(), PRIVATE);
-        let _ = ctx.run_ok(
-            &ldapmodify,
-            &[
-                "-x",
-                "-c",
-                "-H",
-                &uri,
-                "-D",
-                &acct.dn,
-                "-y",
-                &s(&pwfile),
-                "-f",
-                &s(&undo_file),
-            ],
-            None,
-        );
-        let restored = modify(&backup_file);
-        let _ = std::fs::remove_file(&pwfile);
+        let _ = writer.modify(ctx, &undo_file, true);
+        let restored = writer.modify(ctx, &backup_file, false);
         return Err(ActError(match restored {
             Ok(_) => format!("STS: {e}; restored the previous tenant credentials"),
             Err(r) => format!(
@@ -913,7 +1630,6 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
             ),
         }));
     }
-    let _ = std::fs::remove_file(&pwfile);
     Ok(json!({
         "message": format!("STS signing certificate replaced in vmdir; valid until {not_after}; restart services on every node of the SSO domain"),
         "fingerprint": certfleet_common::pki::sha256_hex(&sts_der),
@@ -924,32 +1640,98 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
 
 // === services ===
 
-/// `service-control --stop --all`, `--start --all`, then polls `--status --all` until no
-/// service is stopped or start-pending (a failed `--start --all` can be transient, §8.1).
+/// `service-control --status --all` parsed: heading (`Running`, `Stopped`, `StartPending`) by
+/// service. The real layout puts each heading on its own line and the names on the next one(s),
+/// sometimes indented (fixtures/real/vsphere/service-control-status_*.txt).
+pub fn parse_service_status(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut heading = String::new();
+    for l in text.lines() {
+        let t = l.trim();
+        if let Some(h) = t.strip_suffix(':').filter(|h| !h.contains(' ')) {
+            heading = h.to_owned();
+        } else if !heading.is_empty() {
+            for n in t.split_whitespace() {
+                out.insert(n.to_owned(), heading.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Services vCert checks after a restart with `vmon-cli -s` (where the appliance has them) and
+/// with systemd.
+const VMON_MUST_RUN: [&str; 3] = ["envoy", "rhttpproxy", "vmware-vpostgres"];
+const SYSTEMD_MUST_RUN: [&str; 2] = ["vmafdd", "vmdird"];
+const DEFAULT_START_PROFILE: &str = "/storage/vmware-vmon/defaultStartProfile";
+const VMON_CLI: &str = "/usr/lib/vmware-vmon/vmon-cli";
+const SYSTEMCTL: &str = "/usr/bin/systemctl";
+
+/// Restarts every service the way vCert does and checks the result against the status before.
+///
+/// `--status --all` first (what runs now), `--stop --all`, `--start --all` (with
+/// `--vmon-profile HAActive` when `/storage/vmware-vmon/defaultStartProfile` says `HACore`, a
+/// vCenter HA node). A failing `--start --all` can be transient (RC=5 while services are still
+/// `StartPending`, a real capture), so it is not an error by itself: `--status --all` is polled
+/// until every service that ran before runs again (manual-start services that were `Stopped:`
+/// may stay stopped). Then vCert's checks: `vmon-cli -s` of envoy, rhttpproxy and
+/// vmware-vpostgres (those vmon knows) must say `RunState: STARTED`, `systemctl is-active`
+/// vmafdd and vmdird must say `active`. Idempotent: a restart can always be repeated.
 fn restart_services(ctx: &ActContext<'_>) -> Result<(), ActError> {
     let sc = tool(ctx, "service-control", SERVICE_CONTROL);
+    let before = parse_service_status(&ctx.run_ok(&sc, &["--status", "--all"], None)?.stdout);
+    let must_run: Vec<&String> = before
+        .iter()
+        .filter(|(_, h)| h.as_str() == "Running")
+        .map(|(n, _)| n)
+        .collect();
+    if must_run.is_empty() {
+        return Err(ActError(
+            "service-control --status --all listed no running service; not restarting".into(),
+        ));
+    }
+    let profile_file = ctx.cfg.host_path(DEFAULT_START_PROFILE);
+    let hacore = std::fs::read_to_string(&profile_file).is_ok_and(|p| p.trim() == "HACore");
     ctx.run_ok(&sc, &["--stop", "--all"], None)?;
-    let started = ctx.run_ok(&sc, &["--start", "--all"], None);
+    let mut start = vec!["--start", "--all"];
+    if hacore {
+        (ctx.output)(format!(
+            "{}: HACore (vCenter HA): starting with --vmon-profile HAActive",
+            profile_file.display()
+        ));
+        start.extend(["--vmon-profile", "HAActive"]);
+    }
+    let started = ctx.run_ok(&sc, &start, None);
+    if let Err(e) = &started {
+        (ctx.output)(format!(
+            "{e}: may be transient (services still starting); checking --status --all"
+        ));
+    }
     let deadline = std::time::Instant::now() + ctx.timeout.min(Duration::from_secs(120));
     loop {
         let st = crate::exec::run_ok(&sc, &["--status", "--all"], None, ctx.timeout)?;
-        let mut heading = "";
-        let mut waiting = Vec::new();
-        for l in st.stdout.lines() {
-            if l.ends_with(':') {
-                heading = l;
-            } else if heading == "Stopped:" || heading == "StartPending:" {
-                waiting.extend(l.split_whitespace().map(str::to_owned));
-            }
-        }
-        if waiting.is_empty() {
-            (ctx.output)("service-control --status --all: all services running".into());
-            return Ok(());
+        let now = parse_service_status(&st.stdout);
+        let down: Vec<String> = must_run
+            .iter()
+            .filter(|n| now.get(n.as_str()).map(String::as_str) != Some("Running"))
+            .map(|n| {
+                format!(
+                    "{n} ({})",
+                    now.get(n.as_str()).map(String::as_str).unwrap_or("missing")
+                )
+            })
+            .collect();
+        if down.is_empty() {
+            (ctx.output)(format!(
+                "service-control --status --all: the {} services running before run again",
+                must_run.len()
+            ));
+            break;
         }
         if std::time::Instant::now() >= deadline {
             return Err(ActError(format!(
-                "service-control: not running after --start --all: {}{}",
-                waiting.join(" "),
+                "service-control: running before the restart, not running after --start --all: {}{}",
+                down.join(" "),
                 started
                     .as_ref()
                     .err()
@@ -958,6 +1740,43 @@ fn restart_services(ctx: &ActContext<'_>) -> Result<(), ActError> {
             )));
         }
         std::thread::sleep(Duration::from_secs(2));
+    }
+    check_core_services(ctx)
+}
+
+/// vCert's post-restart checks: `vmon-cli -s` for envoy/rhttpproxy/vmware-vpostgres where vmon
+/// has them, `systemctl is-active` for vmafdd and vmdird.
+fn check_core_services(ctx: &ActContext<'_>) -> Result<(), ActError> {
+    let vmon = tool(ctx, "vmon-cli", VMON_CLI);
+    let known = crate::exec::run_ok(&vmon, &["--list"], None, ctx.timeout)?;
+    let mut bad = Vec::new();
+    for svc in VMON_MUST_RUN {
+        if !known.stdout.lines().any(|l| l.trim() == svc) {
+            continue;
+        }
+        let out = ctx.run_ok(&vmon, &["-s", svc], None)?;
+        let state = out
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("RunState:").map(str::trim))
+            .unwrap_or("");
+        if state != "STARTED" {
+            bad.push(format!("vmon-cli -s {svc}: RunState {state:?}"));
+        }
+    }
+    let systemctl = tool(ctx, "systemctl", SYSTEMCTL);
+    for unit in SYSTEMD_MUST_RUN {
+        let out = crate::exec::run(&systemctl, &["is-active", unit], None, ctx.timeout)?;
+        let state = out.stdout.trim();
+        (ctx.output)(format!("$ systemctl is-active {unit}: {state}"));
+        if state != "active" {
+            bad.push(format!("systemctl is-active {unit}: {state:?}"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(ActError(format!("after the restart: {}", bad.join("; "))))
     }
 }
 
@@ -979,4 +1798,98 @@ fn verify_served(ctx: &ActContext<'_>) -> Result<String, ActError> {
         std::thread::sleep(Duration::from_secs(1));
     }
     Err(last.unwrap_or_else(|| ActError("endpoint not checked".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(name: &str) -> String {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../integration-tests/fixtures/real/vsphere")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn with(status: &std::collections::BTreeMap<String, String>, heading: &str) -> Vec<String> {
+        status
+            .iter()
+            .filter(|(_, h)| h.as_str() == heading)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    const MANUAL: [&str; 7] = [
+        "vmcam",
+        "vmware-imagebuilder",
+        "vmware-mbcs",
+        "vmware-netdumper",
+        "vmware-rbd-watchdog",
+        "vmware-vcha",
+        "vsan-dps",
+    ];
+
+    #[test]
+    fn service_status_of_real_appliances() {
+        // Indented names, Running first (6.7 vCenter).
+        let st = parse_service_status(&capture("service-control-status_6.7_vcenter-dc1.txt"));
+        assert_eq!(with(&st, "Stopped"), MANUAL);
+        assert_eq!(with(&st, "Running").len(), 32);
+        assert_eq!(st["vmware-vpxd"], "Running");
+        // Stopped first (right after a restart).
+        let st = parse_service_status(&capture(
+            "service-control-status_after-restart_photon-machine.txt",
+        ));
+        assert_eq!(with(&st, "Stopped"), MANUAL);
+        assert_eq!(st["vmware-rhttpproxy"], "Running");
+        // The transient RC=5 capture: StartPending, names not indented.
+        let text = capture("service-control-start-all-RC5_and_status-all_startpending.txt");
+        let status = &text[text.find("StartPending:").unwrap()..];
+        let st = parse_service_status(status);
+        assert_eq!(
+            with(&st, "StartPending"),
+            ["vmware-content-library", "vmware-perfcharts"]
+        );
+        assert_eq!(with(&st, "Stopped"), MANUAL);
+        assert_eq!(st["vmware-vpxd"], "Running");
+        // 6.5 PSC: only Running.
+        let text = capture("service-control_psc6.5_status_and_stop-vmdird.txt");
+        let status: String = text
+            .lines()
+            .skip(1)
+            .take(2)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let st = parse_service_status(&status);
+        assert!(st.values().all(|h| h == "Running") && st.contains_key("vmdird"));
+    }
+
+    #[test]
+    fn plain_vecs_listing_has_the_aliases() {
+        let l = parse_entry_list(&capture("vecs-cli-entry-list_SMS_6.7_metasploit.txt"));
+        assert_eq!(l.entries.len(), 1);
+        assert_eq!(l.entries[0].alias, "sms_self_signed");
+        assert_eq!(l.entries[0].entry_type, "Private Key");
+    }
+
+    #[test]
+    fn thumbprint_is_uppercase_sha1_with_colons() {
+        let pem = capture("vmca-root_photon-machine_metasploit.pem");
+        let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
+        let t = thumbprint(&der);
+        assert_eq!(t.len(), 59);
+        assert!(t.split(':').all(|b| {
+            b.len() == 2
+                && b.chars()
+                    .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        }));
+    }
+
+    #[test]
+    fn dc_part_keeps_the_domain() {
+        assert_eq!(
+            dc_part("cn=192.168.100.62,ou=Domain Controllers,dc=vsphere,dc=local"),
+            "dc=vsphere,dc=local"
+        );
+    }
 }

@@ -9,6 +9,10 @@
 //! * The VMCA root file `/var/lib/vmware/vmca/root.cer` (`vsphere.vmca_root`).
 //! * The STS signing certificate, invisible to vecs-cli, from vmdir with `ldapsearch` bound as
 //!   the machine account found with `lwregshell` (§1, §5.1), as vCert does.
+//! * Expired certificates in `BACKUP_STORE`, `BACKUP_STORE_H5C` and `TRUSTED_ROOTS` become
+//!   `vsphere.certificate_status_alarm` health facts: vCenter's "Certificate Status" alarm
+//!   watches every VECS store, so such leftovers keep it red after a successful renewal (seed
+//!   000; Broadcom KB 326268).
 //! * `vmafd-cli get-pnid`: whether the Machine SSL certificate names the PNID.
 //! * `vdcrepadmin -f showpartnerstatus`: one `vsphere.replication` health fact per partner.
 //! * The Machine SSL endpoint (rhttpproxy :443), so "renewed in VECS but still serving the old
@@ -23,7 +27,8 @@
 //!   it replication is not checked (a warning says so).
 //!
 //! Tools (override in `[tools]`): `vecs-cli`, `vmafd-cli`, `vdcrepadmin`, `lwregshell`,
-//! `ldapsearch`, at their VCSA paths under the root.
+//! `ldapsearch` (tried under `/usr/bin` and `/opt/likewise/bin`), at their VCSA paths under the
+//! root.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,7 +50,24 @@ const VECS_CLI: &str = "/usr/lib/vmware-vmafd/bin/vecs-cli";
 const VMAFD_CLI: &str = "/usr/lib/vmware-vmafd/bin/vmafd-cli";
 const VDCREPADMIN: &str = "/usr/lib/vmware-vmdir/bin/vdcrepadmin";
 const LWREGSHELL: &str = "/opt/likewise/bin/lwregshell";
-const LDAPSEARCH: &str = "/opt/likewise/bin/ldapsearch";
+
+/// An OpenLDAP client (`ldapsearch`, `ldapmodify`): `[tools]` if configured, else the first of
+/// `/usr/bin/<name>` (vCert, fixcerts.py) and `/opt/likewise/bin/<name>` (fixsts.sh) that exists
+/// under the root. Which appliances ship which is not documented, so both are tried.
+pub fn ldap_tool(cfg: &AgentConfig, name: &str) -> PathBuf {
+    if let Some(p) = cfg.tools.get(name) {
+        return p.clone();
+    }
+    let candidates = [
+        format!("/usr/bin/{name}"),
+        format!("/opt/likewise/bin/{name}"),
+    ];
+    candidates
+        .iter()
+        .map(|c| cfg.host_path(c))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| cfg.host_path(&candidates[0]))
+}
 const VMCA_ROOT: &str = "/var/lib/vmware/vmca/root.cer";
 const VMDIR_CERT_6X: &str = "/usr/lib/vmware-vmdir/share/config/vmdircert.pem";
 
@@ -169,6 +191,9 @@ fn collect_vecs(cfg: &AgentConfig, out: &mut Collection) -> Option<String> {
                 continue;
             }
             let role = vecs_role(store, &e.alias);
+            if ALARM_STORES.contains(&store) {
+                alarm_fact(out, store, &e.alias, pem);
+            }
             let fps = out.add_blob(NAME, pem.as_bytes(), &role, loc);
             if store == "MACHINE_SSL_CERT" && e.alias == "__MACHINE_CERT" {
                 machine_ssl = fps.into_iter().next();
@@ -193,6 +218,39 @@ fn collect_vecs(cfg: &AgentConfig, out: &mut Collection) -> Option<String> {
         }
     }
     machine_ssl
+}
+
+/// Stores whose expired entries keep vCenter's "Certificate Status" alarm red although nothing
+/// uses them (KB 326268 for BACKUP_STORE; TRUSTED_ROOTS per KB 326288).
+const ALARM_STORES: [&str; 3] = ["BACKUP_STORE", "BACKUP_STORE_H5C", "TRUSTED_ROOTS"];
+
+/// A `vsphere.certificate_status_alarm` fact when the certificate in `store/alias` is expired.
+fn alarm_fact(out: &mut Collection, store: &str, alias: &str, pem: &str) {
+    let Ok(der) = certfleet_common::pem::first_certificate(pem.as_bytes()) else {
+        return;
+    };
+    let Ok(rec) = certfleet_common::x509::parse_der(&der) else {
+        return;
+    };
+    if rec.not_after > certfleet_common::model::now() {
+        return;
+    }
+    let fix = if store == "TRUSTED_ROOTS" {
+        "unpublish it (dir-cli trustedcert unpublish) and delete it from VECS once nothing chains to it"
+    } else {
+        "delete it once the current certificate is verified (vsphere.clean_backup_store, or vecs-cli entry delete -y)"
+    };
+    out.health.push(HealthFact {
+        kind: "vsphere.certificate_status_alarm".into(),
+        subject: format!("{store}/{alias}"),
+        state: "expired".into(),
+        detail: format!(
+            "{} expired {}: keeps vCenter's Certificate Status alarm red; {fix}",
+            rec.subject,
+            certfleet_common::model::format_time(rec.not_after)
+        ),
+        healthy: false,
+    });
 }
 
 fn crl_fact(out: &mut Collection, loc: &Location, pem: &str) {
@@ -581,7 +639,7 @@ fn collect_sts(cfg: &AgentConfig, out: &mut Collection) {
         .setting("vsphere.ldap_uri")
         .unwrap_or("ldap://localhost:389")
         .to_owned();
-    let ldapsearch = tool(cfg, "ldapsearch", LDAPSEARCH);
+    let ldapsearch = ldap_tool(cfg, "ldapsearch");
     let pwfile = secret.0.display().to_string();
     let filter =
         "(|(objectclass=vmwSTSTenantCredential)(objectclass=vmwSTSTenantTrustedCertificateChain))";

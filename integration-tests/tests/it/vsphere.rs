@@ -134,7 +134,7 @@ fn sts_from_ldap(v: &Vcsa) -> Result<Vec<Vec<u8>>> {
         s.domain,
         s.domain_dn()
     );
-    let out = Command::new(v.host.path(vcsa::LDAPSEARCH))
+    let out = Command::new(v.host.path("/usr/bin/ldapsearch"))
         .args([
             "-o",
             "ldif-wrap=no",
@@ -260,6 +260,7 @@ fn flavour(version: VcsaVersion) -> Result<()> {
         .with("sts", Lifetime::days(735, -3))
         .with("wcp", Lifetime::days(720, 10))
         .with("machine_ssl", Lifetime::days(700, 20))
+        .replaced_before()
         .partners(vec![
             Partner::healthy("psc2.lab.local"),
             Partner::lagging("psc3.lab.local", 17),
@@ -395,6 +396,14 @@ fn flavour(version: VcsaVersion) -> Result<()> {
     ensure!(
         status_of(&report, &bkp)? == "expired",
         "stale backup entry is expired"
+    );
+    // ... and named as what keeps the Certificate Status alarm red (seed 000).
+    let alarm = health(&report, "vsphere.certificate_status_alarm");
+    ensure!(
+        alarm.len() == 1
+            && alarm[0]["subject"] == "BACKUP_STORE/bkp___MACHINE_CERT"
+            && alarm[0]["healthy"] == false,
+        "{alarm:?}"
     );
 
     // Health: PNID in SAN, replication per partner, CRLs.
@@ -554,7 +563,7 @@ fn bad_input_becomes_problems_not_crashes() {
 
 #[test]
 fn vecs_cli_speaks_like_the_reference() {
-    let fx = start(&VcsaSpec::new(VcsaVersion::V80, "vc4.lab.local")).unwrap();
+    let fx = start(&VcsaSpec::new(VcsaVersion::V80, "vc4.lab.local").replaced_before()).unwrap();
     let cli = fx.vcsa.host.path(vcsa::VECS_CLI);
     let run = |args: &[&str]| Command::new(&cli).args(args).output().unwrap();
 
@@ -694,5 +703,129 @@ fn vecs_cli_speaks_like_the_reference() {
             p.display()
         );
     }
-    assert!(Path::new(&fx.vcsa.host.path(vcsa::LDAPSEARCH)).exists());
+    // 8.0 here has the OpenLDAP clients under /usr/bin only [UNV].
+    assert!(Path::new(&fx.vcsa.host.path("/usr/bin/ldapsearch")).exists());
+    assert!(!Path::new(&fx.vcsa.host.path(vcsa::LDAPSEARCH)).exists());
+}
+
+/// Reads a real capture kept with the code (integration-tests/fixtures/real/).
+fn capture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/real/vsphere")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Names under `heading` in a `service-control --status` output.
+fn status_names(text: &str, heading: &str) -> std::collections::BTreeSet<String> {
+    let mut cur = "";
+    let mut out = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let t = l.trim();
+        if t.ends_with(':') && !t.contains(' ') {
+            cur = t;
+        } else if cur == heading {
+            out.extend(t.split_whitespace().map(str::to_owned));
+        }
+    }
+    out
+}
+
+/// The simulated 6.7 appliance answers like the real one in the captures: the same VECS stores
+/// in the same order on a fresh appliance (no BACKUP_STORE), and the same manual-start services
+/// `Stopped:` after `--start --all`, with a transient RC=5 that clears by itself.
+#[test]
+fn vcsa_67_matches_real_captures() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::new(dir.path().join("vcsa"), support::bin("certfleet-sim")).unwrap();
+    let v = vcsa::build(
+        &host,
+        &VcsaSpec::new(VcsaVersion::V67, "vcenter-dc1.lab.local"),
+    )
+    .unwrap();
+    let o = Command::new(v.host.path(vcsa::VECS_CLI))
+        .args(["store", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        capture("vecs-cli-store-list_6.7_metasploit.txt").trim_end()
+    );
+    let sc = |args: &[&str]| {
+        let o = Command::new(v.host.path(vcsa::SERVICE_CONTROL))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let real = capture("service-control-status_6.7_vcenter-dc1.txt");
+    let (_, fresh, _) = sc(&["--status", "--all"]);
+    assert_eq!(
+        status_names(&fresh, "Stopped:"),
+        status_names(&real, "Stopped:")
+    );
+    v.update(|s| s.start_all_rc5 = 1).unwrap();
+    assert_eq!(sc(&["--stop", "--all"]).0, Some(0));
+    let (code, _, err) = sc(&["--start", "--all"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("RC=5"), "{err}");
+    let (_, pending, _) = sc(&["--status", "--all"]);
+    assert!(
+        !status_names(&pending, "StartPending:").is_empty(),
+        "{pending}"
+    );
+    let (_, after, _) = sc(&["--status", "--all"]);
+    assert!(status_names(&after, "StartPending:").is_empty(), "{after}");
+    assert_eq!(
+        status_names(&after, "Stopped:"),
+        status_names(&real, "Stopped:")
+    );
+    let rc5 = capture("service-control-start-all-RC5_and_status-all_startpending.txt");
+    assert_eq!(
+        status_names(&after, "Stopped:"),
+        status_names(&rc5, "Stopped:")
+    );
+}
+
+/// dir-cli refuses a certificate any service principal already holds, the target included
+/// (lightwave `DirCliUpdateServiceA`).
+#[test]
+fn dir_cli_refuses_a_certificate_already_held() {
+    let fx = start(&VcsaSpec::new(VcsaVersion::V70, "vc5.lab.local")).unwrap();
+    let st = fx.vcsa.state().unwrap();
+    let cert = fx.vcsa.host.state("machine.crt");
+    std::fs::write(&cert, getcert(&fx.vcsa, "machine", "machine").unwrap()).unwrap();
+    let name = format!("machine-{}", st.machine_id);
+    let o = Command::new(fx.vcsa.host.path(vcsa::DIR_CLI))
+        .args(["service", "update", "--name", &name, "--cert"])
+        .arg(&cert)
+        .args([
+            "--login",
+            "administrator@vsphere.local",
+            "--password",
+            &st.sso_password,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(13));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("Error: The same certificate cannot be used by multiple services [{name}].\n")
+    );
+    // The same certificate for another principal is refused too, naming the holder.
+    let other = format!("vpxd-{}", st.machine_id);
+    let o = Command::new(fx.vcsa.host.path(vcsa::DIR_CLI))
+        .args(["service", "update", "--name", &other, "--cert"])
+        .arg(&cert)
+        .args(["--password", &st.sso_password])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(13));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("[{name}]")));
 }

@@ -170,6 +170,72 @@ fn hash_root(root: &Path) -> String {
 
 const YEAR: u64 = 365 * 86_400;
 
+/// After a restart the automatic services run and the manual-start ones stay stopped, as on a
+/// real appliance (fixtures/real/vsphere/service-control-status_6.7_vcenter-dc1.txt).
+fn assert_services_as_before(v: &Vcsa) {
+    let st = v.state().unwrap();
+    for x in &st.services {
+        let want = if x.start_type == "MANUAL" {
+            "STOPPED"
+        } else {
+            "STARTED"
+        };
+        assert_eq!(x.run_state, want, "{} ({})", x.name, x.start_type);
+    }
+    assert!(st.services.iter().any(|x| x.start_type == "MANUAL"));
+}
+
+/// SHA-256 of the certificate each Lookup Service registration trusts, by URI (real
+/// `ldapsearch` as the machine account).
+fn ls_trust(v: &Vcsa) -> Vec<(String, String)> {
+    use base64::Engine;
+    let s = v.state().unwrap();
+    let out = Command::new("/usr/bin/ldapsearch")
+        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
+        .arg(format!("ldap://127.0.0.1:{}", s.ldap_port))
+        .args([
+            "-D",
+            &s.machine_account_dn,
+            "-w",
+            &s.machine_account_password,
+        ])
+        .arg("-b")
+        .arg(format!("cn=Sites,cn=Configuration,{}", s.domain_dn()))
+        .args([
+            "(|(objectclass=vmwLKUPEndpointRegistration)(objectclass=vmwLKUPServiceEndpoint))",
+            "vmwLKUPURI",
+            "vmwLKUPEndpointSslTrust",
+            "vmwLKUPSslTrustAnchor",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut res = Vec::new();
+    let mut uri = String::new();
+    for l in String::from_utf8(out.stdout).unwrap().lines() {
+        if let Some(u) = l.strip_prefix("vmwLKUPURI: ") {
+            uri = u.to_owned();
+        } else if let Some(t) = l.strip_prefix("vmwLKUPEndpointSslTrust: ") {
+            res.push((
+                uri.clone(),
+                certfleet_common::pki::sha256_hex(&b64.decode(t).unwrap()),
+            ));
+        } else if let Some(t) = l.strip_prefix("vmwLKUPSslTrustAnchor:: ") {
+            res.push((
+                uri.clone(),
+                certfleet_common::pki::sha256_hex(&b64.decode(t).unwrap()),
+            ));
+        }
+    }
+    assert_eq!(res.len(), s.ls_registrations.len(), "{res:?}");
+    res
+}
+
 #[test]
 fn vsphere_sts_then_machine_ssl_renewal() {
     let s = setup(spec());
@@ -184,9 +250,16 @@ fn vsphere_sts_then_machine_ssl_renewal() {
     let (ok, msg) = login(v);
     assert!(ok, "login after the STS renewal: {msg}");
 
-    // Machine SSL.
+    // Machine SSL, on an appliance as real ones are: no BACKUP_STORE yet (never replaced),
+    // manual-start services stopped, a vCenter HA default profile (HACore), and a first
+    // `--start --all` that fails transiently with RC=5 while services are StartPending.
     let old = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
     assert!(!valid_for(&old, 30 * 86_400));
+    assert!(v.state().unwrap().store("BACKUP_STORE").is_none());
+    v.update(|st| st.start_all_rc5 = 1).unwrap();
+    v.set_default_start_profile("HACore").unwrap();
+    let ls_before = ls_trust(v);
+    assert!(ls_before.iter().all(|(_, fp)| *fp == fingerprint(&old)));
     let p = create(
         &s.c,
         &[
@@ -211,12 +284,42 @@ fn vsphere_sts_then_machine_ssl_renewal() {
         fingerprint(&new),
         "endpoint serves the new certificate"
     );
-    let bkp = getcert(v, "BACKUP_STORE", "bkp___MACHINE_CERT");
-    assert_eq!(
-        fingerprint(&bkp),
-        fingerprint(&old),
-        "BACKUP_STORE holds the old one"
+    assert_services_as_before(v);
+    let text = p.to_string();
+    assert!(text.contains("--vmon-profile HAActive"), "{p:#}");
+    assert!(
+        text.contains("RC=5"),
+        "the transient failure was seen: {p:#}"
     );
+    // BACKUP_STORE was created for the old certificate, which the clean-up step then removed
+    // (into the agent's backup) once the new one was verified.
+    let st = v.state().unwrap();
+    let bkp = st.store("BACKUP_STORE").expect("BACKUP_STORE created");
+    assert!(bkp.entries.is_empty(), "{:?}", bkp.entries);
+    let clean = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == "vsphere.clean_backup_store")
+        .expect("clean-up step");
+    assert_eq!(clean["state"], "succeeded", "{clean:#}");
+    assert!(
+        clean
+            .to_string()
+            .contains("BACKUP_STORE/bkp___MACHINE_CERT"),
+        "{clean:#}"
+    );
+    // Follow-ups: every Lookup Service registration trusts the new certificate (also the one
+    // registered by IP), and VCDB's vsan health extension carries its thumbprint.
+    for (uri, fp) in ls_trust(v) {
+        assert_eq!(fp, fingerprint(&new), "{uri}");
+    }
+    let rows = vcsa::vcdb::vpx_ext(&st).unwrap();
+    let vsan = rows
+        .iter()
+        .find(|(id, _)| id == "com.vmware.vsan.health")
+        .expect("vsan health registered");
+    assert_eq!(vsan.1, vcsa::thumbprint(&new).unwrap(), "{rows:?}");
 
     // The agent's own scan sees the new not-after.
     let out = Command::new(support::bin("certfleet-agent"))
@@ -324,6 +427,106 @@ fn vsphere_failed_verification_rolls_back() {
         fingerprint(&now),
         fingerprint(&old),
         "VECS holds the old certificate again"
+    );
+    assert!(!p.to_string().contains("ROLLBACK FAILED"), "{p:#}");
+    for (uri, fp) in ls_trust(v) {
+        assert_eq!(
+            fp,
+            fingerprint(&old),
+            "{uri} trusts the old certificate again"
+        );
+    }
+    let rows = vcsa::vcdb::vpx_ext(&v.state().unwrap()).unwrap();
+    assert!(
+        rows.iter().any(
+            |(id, tp)| id == "com.vmware.vsan.health" && *tp == vcsa::thumbprint(&old).unwrap()
+        ),
+        "{rows:?}"
+    );
+}
+
+/// vmdir refuses the vpxd principal's update before anything changed there: the rollback puts
+/// the two users already done back and skips vpxd, whose vmdir entry never changed (real
+/// dir-cli refuses to write a certificate a principal already holds).
+#[test]
+fn vsphere_solution_users_rollback_skips_what_is_unchanged() {
+    let s = setup(soluser_spec());
+    let v = &s.vcsa;
+    let mid = v.state().unwrap().machine_id;
+    let old: Vec<String> = SOLUTION_USERS
+        .iter()
+        .map(|u| fingerprint(&getcert(v, u, u)))
+        .collect();
+    v.update(|st| st.deny_service_update.push(format!("vpxd-{mid}")))
+        .unwrap();
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-solution-users",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "30d",
+            "--run",
+        ],
+    );
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_ne!(p["state"], "succeeded", "{p:#}");
+    let text = p.to_string();
+    assert!(text.contains("Insufficient access"), "{p:#}");
+    assert!(
+        text.contains("rolled back 3 user(s) in vmdir and VECS")
+            && !text.contains("ROLLBACK FAILED"),
+        "{p:#}"
+    );
+    assert!(text.contains("already holds the old certificate"), "{p:#}");
+    for (u, fp) in SOLUTION_USERS.iter().zip(&old) {
+        assert_eq!(&fingerprint(&getcert(v, u, u)), fp, "VECS {u}");
+        assert_eq!(&vmdir_principal(v, &format!("{u}-{mid}")), fp, "vmdir {u}");
+    }
+}
+
+/// 8.0: the OpenLDAP clients are only under /usr/bin here, and the STS tenant is written as the
+/// SSO administrator with `objectClass: top`, as vCert does.
+#[test]
+fn vsphere_sts_on_80_as_vcert_writes_it() {
+    let s = setup(
+        VcsaSpec::new(VcsaVersion::V80, "vcsa08.lab.local").with("sts", Lifetime::days(735, -5)),
+    );
+    let v = &s.vcsa;
+    assert!(!v.host.path(vcsa::LDAPMODIFY).exists());
+    assert!(!login(v).0);
+    let p = create(&s.c, &["vsphere-sts", "--agent", "vc1", "--run"]);
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    assert!(login(v).0, "login after the STS renewal");
+    let st = v.state().unwrap();
+    let out = Command::new("/usr/bin/ldapsearch")
+        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
+        .arg(format!("ldap://127.0.0.1:{}", st.ldap_port))
+        .args([
+            "-D",
+            &st.machine_account_dn,
+            "-w",
+            &st.machine_account_password,
+        ])
+        .arg("-b")
+        .arg(format!(
+            "cn=TenantCredential-1,cn={},cn=Tenants,cn=IdentityManager,cn=Services,{}",
+            st.domain,
+            st.domain_dn()
+        ))
+        .args(["-s", "base", "(objectclass=*)", "objectClass"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("objectClass: top"),
+        "{text}"
+    );
+    assert!(
+        p.to_string().contains("cn=administrator,cn=users,"),
+        "{p:#}"
     );
 }
 
@@ -505,9 +708,20 @@ fn vsphere_solution_users_vmdir_then_vecs() {
             certfleet_common::x509::parse_der(&der).unwrap().not_after,
         ));
     }
-    // Services were restarted and all run.
-    let st = v.state().unwrap();
-    assert!(st.services.iter().all(|x| x.run_state == "STARTED"));
+    // Services were restarted: the automatic ones run, the manual ones stay stopped.
+    assert_services_as_before(v);
+    // KB 57379: the extensions registered with vpxd-extension carry its new thumbprint.
+    let ext = vcsa::thumbprint(&getcert(v, "vpxd-extension", "vpxd-extension")).unwrap();
+    let rows = vcsa::vcdb::vpx_ext(&v.state().unwrap()).unwrap();
+    for (id, tp) in &rows {
+        if id != "com.vmware.vsan.health" {
+            assert_eq!(tp, &ext, "vpx_ext {id}: {rows:?}");
+        }
+    }
+    assert!(
+        rows.iter().any(|(id, _)| id == "com.vmware.vim.eam"),
+        "{rows:?}"
+    );
 
     // The controller's inventory shows the new not-afters.
     s.c.cli(&["inventory", "rescan", "vc1"]);
@@ -678,14 +892,16 @@ fn vsphere_two_nodes_one_sso_domain() {
         [
             "vc1 vsphere.replication_gate",
             "vc1 vsphere.machine_ssl",
+            "vc1 vsphere.clean_backup_store",
             "vc2 vsphere.replication_gate",
             "vc2 vsphere.machine_ssl",
+            "vc2 vsphere.clean_backup_store",
         ],
         "{p:#}"
     );
-    assert_eq!(steps[2]["depends_on"][0], "vc1-machine-ssl", "{p:#}");
+    assert_eq!(steps[3]["depends_on"][0], "vc1-clean-backup-store", "{p:#}");
     assert!(
-        steps[2]["started_at"].as_str() >= steps[1]["finished_at"].as_str(),
+        steps[3]["started_at"].as_str() >= steps[2]["finished_at"].as_str(),
         "{p:#}"
     );
     for (v, old) in [&v1, &v2].iter().zip(&old) {
@@ -694,13 +910,68 @@ fn vsphere_two_nodes_one_sso_domain() {
         assert!(valid_for(&new, YEAR));
         assert_eq!(served(v), fingerprint(&new), "serves the new one");
         assert!(login(v).0, "node works after the renewal");
-        assert!(
-            v.state()
-                .unwrap()
-                .services
-                .iter()
-                .all(|x| x.run_state == "STARTED")
-        );
+        assert_services_as_before(v);
     }
     drop(agents);
+}
+
+/// vCert's post-restart check: vmdird (a systemd unit) does not come back, so the Machine SSL
+/// step fails although `service-control --status --all` lists it as running, and the old
+/// certificate is put back.
+#[test]
+fn vsphere_restart_checks_vmdird_with_systemd() {
+    let s = setup(spec());
+    let v = &s.vcsa;
+    let old = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+    certfleet_integration_tests::sim::systemd::set_broken(&v.host, "vmdird", true).unwrap();
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-machine-ssl",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "90d",
+            "--run",
+        ],
+    );
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_ne!(p["state"], "succeeded", "{p:#}");
+    let text = p.to_string();
+    assert!(text.contains("systemctl is-active vmdird"), "{p:#}");
+    assert_eq!(
+        fingerprint(&getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT")),
+        fingerprint(&old),
+        "VECS holds the old certificate again"
+    );
+}
+
+/// A 6.x appliance with `STS_INTERNAL_SSL_CERT`: the Machine SSL copy there is replaced too.
+#[test]
+fn vsphere_machine_ssl_also_replaces_sts_internal_ssl_cert() {
+    let s = setup(
+        VcsaSpec::new(VcsaVersion::V67, "vcsa67.lab.local")
+            .with("machine_ssl", Lifetime::days(720, 10))
+            .with_sts_internal_ssl(),
+    );
+    let v = &s.vcsa;
+    let old = getcert(v, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT");
+    let p = create(
+        &s.c,
+        &[
+            "vsphere-machine-ssl",
+            "--agent",
+            "vc1",
+            "--expiring-within",
+            "90d",
+            "--run",
+        ],
+    );
+    let p = finish(&s.c, p["id"].as_str().unwrap());
+    assert_eq!(p["state"], "succeeded", "{p:#}");
+    let new = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+    let internal = getcert(v, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT");
+    assert_ne!(fingerprint(&internal), fingerprint(&old));
+    assert_eq!(fingerprint(&internal), fingerprint(&new));
+    assert_services_as_before(v);
 }

@@ -2,8 +2,10 @@
 //! collector and the agent's `vsphere.*` actions:
 //!
 //! * `vsphere-machine-ssl` — per vCenter whose Machine SSL certificate is due: replication gate,
-//!   then new VMCA-signed certificate for the PNID into VECS with backup, restart of all
-//!   services and a check that the endpoint serves it. Nodes go one at a time (§9.6: per-node
+//!   then new VMCA-signed certificate for the PNID into VECS with backup (plus
+//!   `STS_INTERNAL_SSL_CERT`, the Lookup Service registrations' SSL trust and VCDB `vpx_ext`),
+//!   restart of all services and a check that the endpoint serves it, then the replaced entries
+//!   leave `BACKUP_STORE` (they keep the "Certificate Status" alarm red). Nodes go one at a time (§9.6: per-node
 //!   objects node by node), each gate waiting for the previous node to finish.
 //! * `vsphere-solution-users` — the same shape for the solution-user certificates.
 //! * `vsphere-sts` — the STS signing certificate is domain-wide (§9.6.2): replication is checked
@@ -25,10 +27,11 @@ use crate::fleet::AgentRecord;
 const VECS: &str = "/usr/lib/vmware-vmafd/bin/vecs-cli";
 const CERTOOL: &str = "/usr/lib/vmware-vmca/bin/certool";
 const GATE_CMD: &str = "/usr/lib/vmware-vmdir/bin/vdcrepadmin -f showpartnerstatus -h localhost -u administrator -w ****  (refuse unless every partner: Host available: Yes, Partner is 0 changes behind.)";
-const RESTART_CMDS: [&str; 4] = [
+const RESTART_CMDS: [&str; 5] = [
+    "/bin/service-control --status --all  (what runs now; manual-start services are Stopped:)",
     "/bin/service-control --stop --all",
-    "/bin/service-control --start --all",
-    "/bin/service-control --status --all  (poll until nothing Stopped/StartPending)",
+    "/bin/service-control --start --all  (+ --vmon-profile HAActive if /storage/vmware-vmon/defaultStartProfile is HACore; a transient RC=5 is waited out)",
+    "/bin/service-control --status --all  (poll until every service running before runs again); vmon-cli -s envoy|rhttpproxy|vmware-vpostgres: RunState STARTED; systemctl is-active vmafdd vmdird",
     "verify vsphere.https_address serves VECS MACHINE_SSL_CERT/__MACHINE_CERT",
 ];
 
@@ -182,25 +185,54 @@ impl Recipe for MachineSsl {
                     "openssl verify -CAfile /var/lib/vmware/vmca/root.cer WORK/machine-ssl.crt  (+ PNID in SAN, not expired)".into(),
                     format!("{VECS} entry getcert --store MACHINE_SSL_CERT --alias __MACHINE_CERT --output WORK/old.crt"),
                     format!("{VECS} entry getkey --store MACHINE_SSL_CERT --alias __MACHINE_CERT --output WORK/old.key"),
+                    format!("{VECS} store list  (+ {VECS} store create --name BACKUP_STORE if absent: not a default store)"),
                     format!("{VECS} entry delete --store BACKUP_STORE --alias bkp___MACHINE_CERT -y  (if present)"),
                     format!("{VECS} entry create --store BACKUP_STORE --alias bkp___MACHINE_CERT --cert WORK/old.crt --key WORK/old.key"),
                     format!("{VECS} entry delete --store MACHINE_SSL_CERT --alias __MACHINE_CERT -y"),
                     format!("{VECS} entry create --store MACHINE_SSL_CERT --alias __MACHINE_CERT --cert WORK/machine-ssl.crt --key WORK/machine-ssl.key"),
                     format!("{VECS} entry getcert --store MACHINE_SSL_CERT --alias __MACHINE_CERT  (must be the new certificate)"),
+                    format!("{VECS} entry delete/create --store STS_INTERNAL_SSL_CERT --alias __MACHINE_CERT  (6.x, where the store exists)"),
+                    "ldapsearch -b cn=Sites,cn=Configuration,<dn> '(|(objectclass=vmwLKUPEndpointRegistration)(objectclass=vmwLKUPServiceEndpoint))'  (registrations trusting the old certificate) ; ldapmodify WORK/ls-trust.ldif (undo: WORK/ls-trust-undo.ldif); read back".into(),
+                    "/opt/vmware/vpostgres/current/bin/psql -d VCDB -U postgres -c \"UPDATE vpx_ext SET thumbprint = '<new SHA-1>' WHERE ext_id = 'com.vmware.vsan.health'\"  (KB 57379; old rows in WORK/vpx_ext-*.txt); read back".into(),
                     RESTART_CMDS[0].into(),
                     RESTART_CMDS[1].into(),
                     RESTART_CMDS[2].into(),
                     RESTART_CMDS[3].into(),
-                    "on any failure: entry delete/create the old certificate back, restart again".into(),
+                    RESTART_CMDS[4].into(),
+                    "on any failure: every change above undone in reverse order (what already holds the old value is skipped), restart again".into(),
                 ],
                 files: vec![
                     "VECS MACHINE_SSL_CERT/__MACHINE_CERT".into(),
+                    "VECS STS_INTERNAL_SSL_CERT/__MACHINE_CERT (6.x)".into(),
                     "VECS BACKUP_STORE/bkp___MACHINE_CERT".into(),
+                    "vmdir Lookup Service registrations (vmwLKUPEndpointSslTrust, vmwLKUPSslTrustAnchor)".into(),
+                    "VCDB vpx_ext com.vmware.vsan.health".into(),
                     "STATE_DIR/vsphere/<step>/ (WORK)".into(),
                 ],
                 timeout_secs: 900,
             });
-                prev = Some(k("machine-ssl"));
+                steps.push(StepSpec {
+                    key: k("clean-backup-store"),
+                    name: "remove the replaced certificates from BACKUP_STORE (Certificate Status alarm)".into(),
+                    stage: "cleanup".into(),
+                    target: a.name.clone(),
+                    agent: a.id.clone(),
+                    agent_name: a.name.clone(),
+                    action: "vsphere.clean_backup_store".into(),
+                    args: json!({}),
+                    depends_on: vec![k("machine-ssl")],
+                    commands: vec![
+                        "verify VECS MACHINE_SSL_CERT/__MACHINE_CERT is valid and vsphere.https_address serves it".into(),
+                        format!("{VECS} entry list --store BACKUP_STORE|BACKUP_STORE_H5C ; entry getcert/getkey --output WORK/<store>-<n>.crt|.key  (agent backup)"),
+                        format!("{VECS} entry delete --store BACKUP_STORE --alias <alias> -y  (each; then listed no more)"),
+                    ],
+                    files: vec![
+                        "VECS BACKUP_STORE, BACKUP_STORE_H5C".into(),
+                        "agent backup of every removed entry".into(),
+                    ],
+                    timeout_secs: 300,
+                });
+                prev = Some(k("clean-backup-store"));
             }
         }
         if steps.is_empty() {
@@ -265,7 +297,8 @@ impl Recipe for SolutionUsers {
                 "{VECS} entry create --store {u} --alias {u} --cert WORK/{u}.crt --key WORK/{u}.key"
             ));
                 commands.push(format!("ldapsearch cn={u}-<MACHINE_ID>,cn=ServicePrincipals userCertificate == {VECS} entry getcert --store {u} --alias {u} == WORK/{u}.crt"));
-                commands.push("on any failure: dir-cli service update + vecs-cli entry delete/create the old certificates back for every user changed".into());
+                commands.push("/opt/vmware/vpostgres/current/bin/psql -d VCDB -U postgres -c \"UPDATE vpx_ext SET thumbprint = '<vpxd-extension SHA-1>' WHERE ext_id IN (com.vmware.vim.eam, com.vmware.rbd, com.vmware.imagebuilder, com.vmware.vcIntegrity, com.vmware.vlcm.client)\"  (KB 57379; those registered; read back)".into());
+                commands.push("on any failure: dir-cli service update + vecs-cli entry delete/create the old certificates back for every user changed (skipping those already holding it: dir-cli refuses a certificate a principal holds), vpx_ext rows back".into());
                 steps.push(StepSpec {
                 key: k("solution-users"),
                 name: "replace solution-user certificates in vmdir, then VECS".into(),

@@ -11,6 +11,11 @@
 //! reads one line. Failures print `dir-cli failed. Error <n>: <desc> \n` on stderr and exit
 //! with `n & 0xFF` (the reference gives the format, not the codes: the codes below are the LDAP
 //! result codes slapd returned, marked [DER]).
+//!
+//! `service update` refuses a certificate any service principal already holds, the target
+//! included: `Error: The same certificate cannot be used by multiple services [<name>].` on
+//! stdout and ERROR_INVALID_DATA (13), as `DirCliUpdateServiceA` in lightwave
+//! `vmafd/tools/dir-cli/cli.c` does. [UNV] the generic `dir-cli failed` line's wording for 13.
 
 // The format strings are kept as in the C source (`\n` and all).
 #![allow(clippy::print_with_newline)]
@@ -24,8 +29,40 @@ use super::VcsaState;
 use super::vmdir::admin_dn;
 
 const LDAP_NO_SUCH_OBJECT: i32 = 32;
+const LDAP_INSUFFICIENT_ACCESS: i32 = 50;
 const LDAP_INVALID_CREDENTIALS: i32 = 49;
 const ERROR_INVALID_PARAMETER: i32 = 87;
+const ERROR_INVALID_DATA: i32 = 13;
+
+/// The service principal (cn) whose `userCertificate` is `der`, if any.
+fn principal_holding(
+    s: &VcsaState,
+    uri: &str,
+    base: &str,
+    password: &str,
+    der: &[u8],
+) -> Result<Option<String>, i32> {
+    let out = Command::new("/usr/bin/ldapsearch")
+        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H", uri, "-D"])
+        .arg(admin_dn(s))
+        .args(["-w", password, "-b", base, "-s", "one"])
+        .args(["(objectclass=vmwServicePrincipal)", "cn", "userCertificate"])
+        .output()
+        .map_err(|e| fail(1, &format!("cannot run ldapsearch: {e}")))?;
+    if !out.status.success() {
+        return Err(ldap_fail(out.status.code().unwrap_or(1)));
+    }
+    let want = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut cn = String::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(dn) = l.strip_prefix("dn: cn=") {
+            cn = dn.split(',').next().unwrap_or_default().to_owned();
+        } else if l.strip_prefix("userCertificate:: ") == Some(want.as_str()) {
+            return Ok(Some(cn));
+        }
+    }
+    Ok(None)
+}
 
 fn fail(code: i32, desc: &str) -> i32 {
     eprint!("dir-cli failed. Error {code}: {desc} \n");
@@ -49,7 +86,7 @@ fn usage() -> i32 {
 }
 
 /// Runs `dir-cli ARGS` against the state's vmdir; returns the exit status.
-pub fn run(s: &VcsaState, args: &[String]) -> i32 {
+pub fn run(host: &crate::sim::SimHost, s: &VcsaState, args: &[String]) -> i32 {
     let (cmd, rest) = match args {
         [a, b, rest @ ..] => (format!("{a} {b}"), rest),
         _ => return usage(),
@@ -129,6 +166,29 @@ pub fn run(s: &VcsaState, args: &[String]) -> i32 {
                     return fail(ERROR_INVALID_PARAMETER, "Invalid parameter");
                 }
             };
+            if s.deny_service_update.contains(name) {
+                // Injected once: vmdir refuses the write (LDAP insufficient access) [DER].
+                let mut st = s.clone();
+                st.deny_service_update.retain(|x| x != name);
+                let _ = st.save(host);
+                return fail(LDAP_INSUFFICIENT_ACCESS, "Insufficient access");
+            }
+            // DirCliUpdateServiceA (lightwave vmafd/tools/dir-cli/cli.c): any service principal
+            // already holding this certificate (by fingerprint), the target included, is refused
+            // with ERROR_INVALID_DATA before anything is written.
+            match principal_holding(s, &uri, &base, &password, &der) {
+                Ok(Some(other)) => {
+                    print!(
+                        "Error: The same certificate cannot be used by multiple services [{other}].\n"
+                    );
+                    return fail(
+                        ERROR_INVALID_DATA,
+                        "Operation failed with error ERROR_INVALID_DATA (13)",
+                    );
+                }
+                Ok(None) => {}
+                Err(code) => return code,
+            }
             let ldif = format!(
                 "dn: cn={name},{base}\nchangetype: modify\nreplace: userCertificate\nuserCertificate:: {}\n-\n",
                 base64::engine::general_purpose::STANDARD.encode(der)

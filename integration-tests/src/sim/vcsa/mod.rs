@@ -5,7 +5,12 @@
 //! (§2), a real VMCA root at `/var/lib/vmware/vmca/root.cer` signing every leaf, the STS signing
 //! certificate in vmdir served by a real OpenLDAP `slapd` (§5.1), `vmafd-cli` (§1, §8.3),
 //! `vdcrepadmin` (§8.6), `vmon-cli` (§8.2), `lwregshell` (machine account, §1) and an HTTPS
-//! listener serving the Machine SSL certificate (rhttpproxy on :443). Everything the tools read
+//! listener serving the Machine SSL certificate (rhttpproxy on :443), a VCDB in a real
+//! PostgreSQL ([`vcdb`]: `vpx_ext` extension thumbprints) and the Lookup Service registrations in
+//! vmdir ([`vmdir`]). Host state real appliances always have is there too: manual-start services
+//! `Stopped:` (real captures under `integration-tests/fixtures/real/vsphere/`), no `BACKUP_STORE`
+//! until certificates were replaced once, `systemctl` units for vmafdd/vmdird, the vmon default
+//! start profile file when set. Everything the tools read
 //! lives in one JSON state file under `ROOT/.sim/` (0600: it holds private keys), so tests can
 //! change the host between scans (corrupt an entry, make a tool hang, renew without restart).
 
@@ -29,6 +34,7 @@ pub mod dircli;
 pub mod https;
 pub mod mutate;
 pub mod tools;
+pub mod vcdb;
 pub mod vmdir;
 
 /// Host path of the simulated `vecs-cli`.
@@ -55,6 +61,8 @@ pub const LDAPSEARCH: &str = "/opt/likewise/bin/ldapsearch";
 pub const VMCA_ROOT: &str = "/var/lib/vmware/vmca/root.cer";
 /// VMCA root key.
 pub const VMCA_KEY: &str = "/var/lib/vmware/vmca/privatekey.pem";
+/// vmon's default start profile (vCert reads it: `HACore` → `--vmon-profile HAActive`).
+pub const DEFAULT_START_PROFILE: &str = "/storage/vmware-vmon/defaultStartProfile";
 /// File holding the SSO administrator password for the agent (`vsphere.sso_password_file`).
 pub const SSO_PASSWORD_FILE: &str = "/etc/certfleet/sso-password";
 
@@ -175,6 +183,14 @@ pub struct VcsaSpec {
     pub lifetimes: BTreeMap<String, Lifetime>,
     /// Replication partners.
     pub partners: Vec<Partner>,
+    /// Certificates were replaced before (certificate-manager ran once): VECS has a
+    /// `BACKUP_STORE` with the replaced Machine SSL certificate (`bkp___MACHINE_CERT`, lifetime
+    /// `backup`). A fresh appliance has no `BACKUP_STORE` (Broadcom KB 376720;
+    /// fixtures/real/vsphere/vecs-cli-store-list_6.7_metasploit.txt).
+    pub backup_store: bool,
+    /// VECS has `STS_INTERNAL_SSL_CERT` holding a copy of the Machine SSL certificate, as 6.x
+    /// appliances upgraded from 6.0/6.5 do (vCert replaces `__MACHINE_CERT` there too).
+    pub sts_internal_ssl: bool,
 }
 
 impl VcsaSpec {
@@ -189,7 +205,22 @@ impl VcsaSpec {
                 "psc2.{}",
                 pnid.split_once('.').map(|x| x.1).unwrap_or("lab.local")
             ))],
+            backup_store: false,
+            sts_internal_ssl: false,
         }
+    }
+
+    /// A VCSA whose certificates were replaced before: `BACKUP_STORE` holds the old Machine SSL
+    /// certificate (expired unless lifetime `backup` says otherwise), as in seed 000.
+    pub fn replaced_before(mut self) -> Self {
+        self.backup_store = true;
+        self
+    }
+
+    /// Adds `STS_INTERNAL_SSL_CERT/__MACHINE_CERT` (6.x appliances).
+    pub fn with_sts_internal_ssl(mut self) -> Self {
+        self.sts_internal_ssl = true;
+        self
     }
 
     /// Sets the lifetime of one certificate (see [`VcsaSpec::lifetimes`] for the names).
@@ -281,10 +312,19 @@ pub enum Fault {
 pub struct Service {
     /// Name.
     pub name: String,
-    /// `STARTED`, `STOPPED`, …
+    /// `STARTED`, `STOPPED`, `STARTING`, …
     pub run_state: String,
     /// `HEALTHY`, `UNHEALTHY`, …
     pub health: String,
+    /// `AUTOMATIC` or `MANUAL` (vmon `Starttype`). `service-control --start --all` starts only
+    /// the automatic ones: a healthy appliance always lists the manual ones under `Stopped:`
+    /// (fixtures/real/vsphere/service-control-status_6.7_vcenter-dc1.txt).
+    #[serde(default = "automatic")]
+    pub start_type: String,
+}
+
+fn automatic() -> String {
+    "AUTOMATIC".into()
 }
 
 /// The whole simulated appliance, persisted in `ROOT/.sim/vcsa.json`.
@@ -346,6 +386,61 @@ pub struct VcsaState {
     /// (`ERROR_ACCESS_DENIED`), to inject a failure half way through a renewal.
     #[serde(default)]
     pub deny_create: Vec<String>,
+    /// Service principals (`<user>-<machine-id>`) whose next `dir-cli service update` vmdir
+    /// refuses once (LDAP insufficient access), to fail a renewal before vmdir changed.
+    #[serde(default)]
+    pub deny_service_update: Vec<String>,
+    /// How many more `service-control --start --all` fail transiently with RC=5 while some
+    /// services are still starting (fixtures/real/vsphere/
+    /// service-control-start-all-RC5_and_status-all_startpending.txt).
+    #[serde(default)]
+    pub start_all_rc5: u32,
+    /// `service-control --status` calls left before `StartPending` services are running.
+    #[serde(default)]
+    pub pending_polls: u32,
+    /// VCDB (PostgreSQL) directory: data and unix socket ([`vcdb`]).
+    #[serde(default)]
+    pub vcdb_dir: String,
+    /// VCDB port (names the unix socket).
+    #[serde(default)]
+    pub vcdb_port: u16,
+    /// VCDB `vpx_ext` rows (ext_id, thumbprint) loaded at each start.
+    #[serde(default)]
+    pub vpx_ext: Vec<(String, String)>,
+    /// Lookup Service endpoint registrations in vmdir ([`vmdir`]).
+    #[serde(default)]
+    pub ls_registrations: Vec<LsRegistration>,
+}
+
+/// A Lookup Service endpoint registration as vmdir stores it (reference §8.8, from fixcerts.py
+/// and vCert): `cn=<endpoint>,cn=<service-id>,cn=ServiceRegistrations,cn=LookupService,
+/// cn=<site>,cn=Sites,cn=Configuration,<dn>`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LsRegistration {
+    /// Service id (GUID, or `sso:sts`-style for legacy SSO endpoints).
+    pub service_id: String,
+    /// Endpoint cn (`Endpoint1`).
+    pub endpoint: String,
+    /// `vmwLKUPURI`.
+    pub uri: String,
+    /// Legacy `vmwLKUPServiceEndpoint` with binary `vmwLKUPSslTrustAnchor`; otherwise
+    /// `vmwLKUPEndpointRegistration` with base64 `vmwLKUPEndpointSslTrust`.
+    pub legacy: bool,
+    /// The trusted certificate (PEM).
+    pub trust_pem: String,
+}
+
+/// SHA-1 thumbprint as vCenter stores it in VCDB (`AA:BB:…`, uppercase).
+pub fn thumbprint(pem: &str) -> Result<String> {
+    let der = certfleet_common::pem::first_certificate(pem.as_bytes())?;
+    Ok(
+        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
 /// Another node's objects in a shared vmdir.
@@ -618,6 +713,20 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Manual-start services of a vCenter (embedded): `Stopped:` on a healthy appliance, as in
+/// fixtures/real/vsphere/service-control-status_6.7_vcenter-dc1.txt and
+/// service-control-start-all-RC5_and_status-all_startpending.txt (6.7). [UNV] 7.0/8.0 keep the
+/// same set here; the real set differs by version and deployment (no capture for 7.0/8.0).
+pub const MANUAL_SERVICES: [&str; 7] = [
+    "vmcam",
+    "vmware-imagebuilder",
+    "vmware-mbcs",
+    "vmware-netdumper",
+    "vmware-rbd-watchdog",
+    "vmware-vcha",
+    "vsan-dps",
+];
+
 fn services(version: VcsaVersion) -> Vec<Service> {
     let mut names = vec![
         "applmgmt",
@@ -640,13 +749,18 @@ fn services(version: VcsaVersion) -> Vec<Service> {
     if version != VcsaVersion::V67 {
         names.extend(["envoy", "hvc", "trustmanagement", "wcp"]);
     }
+    names.extend(MANUAL_SERVICES);
     names.sort_unstable();
     names
         .into_iter()
-        .map(|n| Service {
-            name: n.into(),
-            run_state: "STARTED".into(),
-            health: "HEALTHY".into(),
+        .map(|n| {
+            let manual = MANUAL_SERVICES.contains(&n);
+            Service {
+                name: n.into(),
+                run_state: if manual { "STOPPED" } else { "STARTED" }.into(),
+                health: "HEALTHY".into(),
+                start_type: if manual { "MANUAL" } else { "AUTOMATIC" }.into(),
+            }
         })
         .collect()
 }
@@ -840,10 +954,16 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
             stores.push(soluser("wcp")?);
         }
     }
-    stores.push(store(
-        "BACKUP_STORE",
-        vec![private("bkp___MACHINE_CERT", (bkp_cert, bkp_key))],
-    ));
+    if spec.backup_store || spec.lifetimes.contains_key("backup") {
+        stores.push(store(
+            "BACKUP_STORE",
+            vec![private("bkp___MACHINE_CERT", (bkp_cert, bkp_key))],
+        ));
+    }
+    if spec.sts_internal_ssl {
+        let ms = stores[0].entries[0].clone();
+        stores.push(store("STS_INTERNAL_SSL_CERT", vec![ms]));
+    }
 
     // STS signing certificate: VMCA-signed `CN=ssoserverSign`, chain leaf first (§5.1).
     let (sts_cert, sts_key) = vmca.leaf(
@@ -855,6 +975,50 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
     )?;
     let chain = vec![sts_cert, vmca.pem.clone()];
 
+    let ms_pem = stores[0].entries[0].cert.clone().unwrap_or_default();
+    let ext_pem = stores
+        .iter()
+        .find(|st| st.name == "vpxd-extension")
+        .and_then(|st| st.entries.first())
+        .and_then(|e| e.cert.clone())
+        .unwrap_or_default();
+    let (ms_tp, ext_tp) = (thumbprint(&ms_pem)?, thumbprint(&ext_pem)?);
+    let vpx_ext = vcdb::extensions(v)
+        .into_iter()
+        .map(|(id, ms)| {
+            (
+                id.to_owned(),
+                if ms { ms_tp.clone() } else { ext_tp.clone() },
+            )
+        })
+        .collect();
+    // A few of the registrations a vCenter has (service ids are GUIDs on a real appliance); one
+    // by IP address, which vCert's PNID filter misses but a match on the old certificate finds.
+    let reg = |id: &str, uri: String, legacy: bool| LsRegistration {
+        service_id: id.into(),
+        endpoint: "Endpoint1".into(),
+        uri,
+        legacy,
+        trust_pem: ms_pem.clone(),
+    };
+    let ls_registrations = vec![
+        reg(&machine_id(), format!("https://{pnid}:443/sdk"), false),
+        reg(
+            &machine_id(),
+            format!("https://{pnid}/lookupservice/sdk"),
+            false,
+        ),
+        reg(
+            &machine_id(),
+            "https://192.0.2.10:443/vsphere-ui".into(),
+            false,
+        ),
+        reg(
+            "sso:sts",
+            format!("https://{pnid}/sts/STSService/{}", spec.domain),
+            true,
+        ),
+    ];
     let service_principals = stores
         .iter()
         .filter(|st| v.solution_users().contains(&st.name.as_str()))
@@ -890,6 +1054,19 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         vmdir_members: Vec::new(),
         vmdir_remote: false,
         deny_create: Vec::new(),
+        deny_service_update: Vec::new(),
+        start_all_rc5: 0,
+        pending_polls: 0,
+        vcdb_dir: std::env::temp_dir()
+            .join(format!(
+                "certfleet-vcdb-{}",
+                hex::encode(random_bytes::<6>())
+            ))
+            .display()
+            .to_string(),
+        vcdb_port: free_port()?,
+        vpx_ext,
+        ls_registrations,
     };
     state.save(host)?;
 
@@ -905,12 +1082,32 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
     ] {
         host.install_tool(path, tool)?;
     }
+    // vCert checks vmafdd and vmdird with systemd, not vmon.
+    for unit in ["vmafdd", "vmdird"] {
+        super::systemd::define_unit(host, unit, &[])?;
+    }
     host.link_real_tool("/usr/bin/ldapsearch")?;
+    host.link_real_tool("/usr/bin/ldapmodify")?;
     host.link_real_tool("/usr/bin/openssl")?;
-    for (real, at) in [
-        ("/usr/bin/ldapsearch", LDAPSEARCH),
-        ("/usr/bin/ldapmodify", LDAPMODIFY),
-    ] {
+    // The real psql (Debian's), where the appliance has vpostgres' (VCDB, KB 57379).
+    let psql = host.path(vcdb::PSQL);
+    if let Some(parent) = psql.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(&psql);
+    std::os::unix::fs::symlink("/usr/bin/psql", &psql)?;
+    // vCert and fixcerts run /usr/bin/ldap*, fixsts.sh /opt/likewise/bin/ldap* (reference §1).
+    // [UNV] which appliances ship which: this simulator gives 6.7/7.0 both and 8.0 only
+    // /usr/bin, so a client must try both.
+    let likewise: &[(&str, &str)] = if v == VcsaVersion::V80 {
+        &[]
+    } else {
+        &[
+            ("/usr/bin/ldapsearch", LDAPSEARCH),
+            ("/usr/bin/ldapmodify", LDAPMODIFY),
+        ]
+    };
+    for &(real, at) in likewise {
         let target = host.path(at);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
@@ -957,6 +1154,14 @@ impl Vcsa {
                 s.faults.remove(tool);
             }
         })
+    }
+
+    /// Writes `/storage/vmware-vmon/defaultStartProfile` (`HACore` on a vCenter HA node: a
+    /// plain `service-control --start --all` then starts only the HA core services).
+    pub fn set_default_start_profile(&self, profile: &str) -> Result<()> {
+        self.host
+            .write(DEFAULT_START_PROFILE, format!("{profile}\n"), 0o644)?;
+        Ok(())
     }
 
     /// Breaks the base64 of a stored certificate (a damaged VECS entry).
@@ -1041,7 +1246,11 @@ impl Vcsa {
              [settings]\n\
              \"vsphere.ldap_uri\" = \"ldap://127.0.0.1:{ldap}\"\n\
              \"vsphere.https_address\" = \"127.0.0.1:{https}\"\n\
-             \"vsphere.sso_password_file\" = {pw:?}\n",
+             \"vsphere.sso_password_file\" = {pw:?}\n\
+             \"vsphere.vcdb_host\" = {vcdb:?}\n\
+             \"vsphere.vcdb_port\" = \"{vcdb_port}\"\n",
+            vcdb = s.vcdb_dir,
+            vcdb_port = s.vcdb_port,
             pnid = s.pnid,
             root = self.host.root.display().to_string(),
             ldap = s.ldap_port,
@@ -1072,8 +1281,12 @@ impl Vcsa {
             .stdin(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("starting {} vcsa-https", self.host.sim_bin.display()))?;
-        let mut guard = Services { children };
+        let mut guard = Services {
+            children,
+            cleanup: vec![PathBuf::from(&s.vcdb_dir)],
+        };
         guard.children.push(https);
+        guard.children.push(vcdb::start(&self.host)?);
         wait_for_port(s.https_port, Duration::from_secs(10))
             .context("HTTPS listener did not come up")?;
         Ok(guard)
@@ -1139,6 +1352,8 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
 /// Running simulated services (slapd, HTTPS); killed on drop.
 pub struct Services {
     children: Vec<std::process::Child>,
+    /// Directories removed once the children are gone (the VCDB cluster).
+    cleanup: Vec<PathBuf>,
 }
 
 impl Services {
@@ -1147,9 +1362,13 @@ impl Services {
         self.children.iter().map(|c| c.id()).collect()
     }
 
-    /// Waits for any child to exit (used by `certfleet-sim vcsa-services` in the foreground).
-    pub fn wait_any(&mut self) -> Result<()> {
+    /// Waits for any child to exit, or until `stop` is set (used by `certfleet-sim
+    /// vcsa-services` in the foreground).
+    pub fn wait_any(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
             for c in &mut self.children {
                 if let Some(status) = c.try_wait()? {
                     anyhow::bail!("service process {} exited: {status}", c.id());
@@ -1165,6 +1384,9 @@ impl Drop for Services {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for d in &self.cleanup {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
@@ -1235,6 +1457,27 @@ pub fn cli_build(args: &[String]) -> Result<i32> {
 pub fn cli_services(host: &SimHost) -> Result<i32> {
     let vcsa = Vcsa { host: host.clone() };
     let mut guard = vcsa.start_services()?;
+    // A demo stops this process with SIGTERM: take that signal here (blocked, then waited for
+    // in a thread) so the guard stops slapd and postgres instead of leaving them running. The
+    // children are already started, so they keep the default signal mask.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        signals.add(sig);
+    }
+    signals.thread_block()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if signals.wait().is_ok() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
     let s = vcsa.state()?;
     println!(
         "vmdir ldap://127.0.0.1:{}  https 127.0.0.1:{}  pids {:?}",
@@ -1242,6 +1485,6 @@ pub fn cli_services(host: &SimHost) -> Result<i32> {
         s.https_port,
         guard.pids()
     );
-    guard.wait_any()?;
+    guard.wait_any(&stop)?;
     Ok(0)
 }

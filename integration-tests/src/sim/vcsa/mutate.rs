@@ -335,23 +335,49 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
 }
 
 // === service-control ===
+//
+// Source: the real captures in fixtures/real/vsphere/ (service-control-status_6.7_vcenter-dc1.txt,
+// service-control-start-all-RC5_and_status-all_startpending.txt,
+// service-control-status_after-restart_photon-machine.txt, service-control_psc6.5_...): progress
+// lines, `StartPending:`/`Stopped:`/`Running:` headings each followed by one line of names,
+// manual-start services staying `Stopped:` after `--start --all`, the transient RC=5 failure of
+// `--start --all` while services are still starting. Unverified ([UNV]): the exit status of a
+// failed `--start --all` (1 here), whether its error line goes to stdout or stderr (stderr here),
+// what `--start --all` leaves down under the `HACore` default profile without
+// `--vmon-profile HAActive` (everything but the core services here), and how many status polls
+// a StartPending lasts (`pending_polls`).
 
 const CORE: [&str; 4] = ["lwsmd", "vmafdd", "vmdird", "vmcad"];
 
-fn set_all(s: &mut VcsaState, run_state: &str) {
-    for x in &mut s.services {
-        x.run_state = run_state.into();
-    }
-}
+/// Services `--start --all` leaves starting when it fails with RC=5 (the real capture's).
+const SLOW_STARTERS: [&str; 5] = [
+    "eam",
+    "vsphere-ui",
+    "vpxd-svcs",
+    "content-library",
+    "perfcharts",
+];
 
 fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut profile = None;
+    if let Some(i) = words.iter().position(|w| *w == "--vmon-profile") {
+        profile = words.get(i + 1).copied();
+        if profile.is_none() {
+            eprintln!("Service-control failed. Error: --vmon-profile needs a value");
+            return 1;
+        }
+        words.drain(i..i + 2);
+    }
     let banner = || println!("Operation not cancellable. Please wait for it to finish...");
     match words.as_slice() {
         ["--stop", "--all"] => {
             banner();
             println!("Performing stop operation on profile: ALL...");
-            set_all(&mut s, "STOPPED");
+            for x in &mut s.services {
+                x.run_state = "STOPPED".into();
+            }
+            s.pending_polls = 0;
             // rhttpproxy is down: nothing keeps the old certificate in memory any more.
             s.https_pinned = None;
             if s.save(host).is_err() {
@@ -360,6 +386,7 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
             println!("Successfully stopped profile: ALL.");
             for c in CORE.iter().rev() {
                 println!("Performing stop operation on service {c}...");
+                systemd_unit(host, "stop", c);
                 println!("Successfully stopped service {c}");
             }
             0
@@ -368,22 +395,58 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
             banner();
             for c in CORE {
                 println!("Performing start operation on service {c}...");
+                // vmafdd/vmdird are systemd units (vCert checks them with systemctl); a broken
+                // one stays failed [UNV: what service-control prints then].
+                systemd_unit(host, "start", c);
                 println!("Successfully started service {c}");
             }
-            println!("Performing start operation on profile: ALL...");
-            set_all(&mut s, "STARTED");
+            let profile_name = profile.unwrap_or("ALL");
+            println!("Performing start operation on profile: {profile_name}...");
+            let hacore = std::fs::read_to_string(host.path(super::DEFAULT_START_PROFILE))
+                .is_ok_and(|p| p.trim() == "HACore");
+            if hacore && profile != Some("HAActive") {
+                // vCenter HA node: the default profile starts the HA core only [UNV].
+                s.https_pinned = None;
+                if s.save(host).is_err() {
+                    return 1;
+                }
+                println!("Successfully started profile: {profile_name}.");
+                return 0;
+            }
+            let transient = s.start_all_rc5 > 0;
+            for x in &mut s.services {
+                if x.start_type != "AUTOMATIC" {
+                    continue;
+                }
+                x.run_state = if transient && SLOW_STARTERS.contains(&x.name.as_str()) {
+                    "STARTING"
+                } else {
+                    "STARTED"
+                }
+                .into();
+            }
             s.https_pinned = None;
+            if transient {
+                s.start_all_rc5 -= 1;
+                s.pending_polls = s.pending_polls.max(2);
+            }
             if s.save(host).is_err() {
                 return 1;
             }
-            println!("Successfully started profile: ALL.");
+            if transient {
+                eprintln!(
+                    "Service-control failed. Error: Failed to start services in profile {profile_name}. RC=5, stderr=Failed to start eam, vsphere-ui, vpxd-svcs services. Error: Operation not allowed in current service state"
+                );
+                return 1;
+            }
+            println!("Successfully started profile: {profile_name}.");
             0
         }
         [op @ ("--stop" | "--start"), name] => {
             let Some(x) = s
                 .services
                 .iter_mut()
-                .find(|x| x.name == *name || format!("vmware-{}", x.name) == *name)
+                .find(|x| x.name == *name || service_name(&x.name) == *name)
             else {
                 if CORE.contains(name) {
                     banner();
@@ -414,12 +477,30 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
             0
         }
         ["--status"] | ["--status", "--all"] => {
+            // Services still starting come up after a few polls (the capture's author: "everything
+            // came up by itself").
+            if s.pending_polls > 0 {
+                s.pending_polls -= 1;
+                if s.pending_polls == 0 {
+                    for x in &mut s.services {
+                        if x.run_state == "STARTING" {
+                            x.run_state = "STARTED".into();
+                        }
+                    }
+                }
+                if s.save(host).is_err() {
+                    return 1;
+                }
+            }
             let pick = |st: &str| -> Vec<String> {
-                s.services
+                let mut v: Vec<String> = s
+                    .services
                     .iter()
                     .filter(|x| x.run_state == st)
                     .map(|x| service_name(&x.name))
-                    .collect()
+                    .collect();
+                v.sort();
+                v
             };
             let mut running: Vec<String> = CORE.iter().map(|c| c.to_string()).collect();
             running.extend(pick("STARTED"));
@@ -442,10 +523,10 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
             .find(|x| x.name == *name || service_name(&x.name) == *name)
         {
             Some(x) => {
-                let h = if x.run_state == "STARTED" {
-                    "Running:"
-                } else {
-                    "Stopped:"
+                let h = match x.run_state.as_str() {
+                    "STARTED" => "Running:",
+                    "STARTING" => "StartPending:",
+                    _ => "Stopped:",
                 };
                 println!("{h}\n{}", service_name(&x.name));
                 0
@@ -462,16 +543,26 @@ fn service_control(host: &SimHost, mut s: VcsaState, args: &[String]) -> i32 {
         _ => {
             // [DER]
             eprintln!(
-                "usage: service-control [--start|--stop|--status] [--all|<service>] (only these are simulated)"
+                "usage: service-control [--start|--stop|--status] [--all|<service>] [--vmon-profile <profile>] (only these are simulated)"
             );
             1
         }
     }
 }
 
-/// vmon name → the name service-control prints (`vmware-vpxd`, `vsphere-ui`, …).
+/// Starts/stops `unit` in the simulated systemd when the appliance defines it (vmafdd, vmdird).
+fn systemd_unit(host: &SimHost, op: &str, unit: &str) {
+    if crate::sim::systemd::unit(host, unit).is_ok() {
+        let _ = crate::sim::systemd::run(host, &[op.to_owned(), unit.to_owned()]);
+    }
+}
+
+/// vmon name → the name service-control prints (`vmware-vpxd`, `vsphere-ui`, `vmcam`, …).
 fn service_name(vmon: &str) -> String {
-    if vmon.starts_with("vmware-") || vmon.starts_with("vsphere-") || vmon == "applmgmt" {
+    if vmon.starts_with("vmware-")
+        || vmon.starts_with("vsphere-")
+        || ["applmgmt", "vmcam", "vsan-dps"].contains(&vmon)
+    {
         vmon.to_owned()
     } else {
         format!("vmware-{vmon}")

@@ -37,7 +37,7 @@ pub fn run(host: &SimHost, tool: &str, args: &[String]) -> Result<i32> {
         "vdcrepadmin" => Ok(vdcrepadmin(&state, args)),
         "vmon-cli" => Ok(vmon_cli(&state, args)),
         "lwregshell" => Ok(lwregshell(&state, args)),
-        "dir-cli" => Ok(super::dircli::run(&state, args)),
+        "dir-cli" => Ok(super::dircli::run(host, &state, args)),
         "vcsa-https" => super::https::run(host, args),
         "vcsa-services" => super::cli_services(host),
         other => anyhow::bail!("{other} is not simulated on the VCSA yet"),
@@ -670,8 +670,9 @@ fn vmon_cli(s: &VcsaState, args: &[String]) -> i32 {
             Some(x) => {
                 let running = x.run_state == "STARTED";
                 print!(
-                    "Name: {}\nStarttype: AUTOMATIC\nRunState: {}\nRunAsUser: root\nCurrentRunStateDuration(ms): 72360341\nHealthState: {}\nFailStop: N/A\nMainProcessId: {}\n",
+                    "Name: {}\nStarttype: {}\nRunState: {}\nRunAsUser: root\nCurrentRunStateDuration(ms): 72360341\nHealthState: {}\nFailStop: N/A\nMainProcessId: {}\n",
                     x.name,
+                    x.start_type,
                     x.run_state,
                     if running { x.health.as_str() } else { "N/A" },
                     if running { "15679" } else { "N/A" }

@@ -3,8 +3,13 @@
 //! `TrustedCertChain-N` entries, the machine account that binds to read them, the SSO
 //! `Administrator` (`cn=Administrator,cn=Users,<dn>`, what `dir-cli --login` binds as) and the
 //! solution-user service principals `cn=<user>-<machine-id>,cn=ServicePrincipals,<dn>` with
-//! their `userCertificate` (§8.4, §9.2). Nodes joined into the domain ([`super::join`]) add
-//! their machine accounts and principals; every machine account and the administrator may write.
+//! their `userCertificate` (§8.4, §9.2), and the Lookup Service endpoint registrations with their
+//! SSL trust (§8.8: `vmwLKUPEndpointRegistration`/`vmwLKUPEndpointSslTrust` as base64 text,
+//! legacy `vmwLKUPServiceEndpoint`/`vmwLKUPSslTrustAnchor` as DER). Nodes joined into the domain ([`super::join`]) add
+//! their machine accounts and principals; every machine account and the administrator may write,
+//! except the STS tenant subtree (`cn=Tenants,cn=IdentityManager,cn=Services,<dn>`): machine
+//! accounts read it, only the SSO administrator changes it, as vCert and fixsts.sh do it (both
+//! bind as the administrator). [UNV] whether real vmdir refuses a machine account there.
 //!
 //! OpenLDAP's `core.schema` declares `userCertificate` with the Certificate syntax, which forces
 //! the `;binary` transfer option; vmdir's schema uses an octet string and returns plain
@@ -43,6 +48,12 @@ objectclass ( 1.3.6.1.4.1.6876.40.10.2.902 NAME 'container' SUP top STRUCTURAL M
 objectclass ( 1.3.6.1.4.1.6876.40.10.2.903 NAME 'computer' SUP top STRUCTURAL MUST cn MAY ( userPassword $ description $ userCertificate ) )
 objectclass ( 1.3.6.1.4.1.6876.40.10.2.904 NAME 'vmwServicePrincipal' SUP top STRUCTURAL MUST cn MAY ( userCertificate $ description ) )
 objectclass ( 1.3.6.1.4.1.6876.40.10.2.905 NAME 'user' SUP top STRUCTURAL MUST cn MAY ( userPassword $ description ) )
+# Lookup Service registrations (reference 8.8; attribute names from fixcerts.py/vCert, OIDs [UNV])
+attributetype ( 1.3.6.1.4.1.6876.40.10.1.910 NAME 'vmwLKUPURI' EQUALITY caseExactMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
+attributetype ( 1.3.6.1.4.1.6876.40.10.1.911 NAME 'vmwLKUPEndpointSslTrust' EQUALITY caseExactMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
+attributetype ( 1.3.6.1.4.1.6876.40.10.1.912 NAME 'vmwLKUPSslTrustAnchor' EQUALITY octetStringMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 )
+objectclass ( 1.3.6.1.4.1.6876.40.10.2.910 NAME 'vmwLKUPEndpointRegistration' SUP top STRUCTURAL MUST cn MAY ( vmwLKUPURI $ vmwLKUPEndpointSslTrust $ description ) )
+objectclass ( 1.3.6.1.4.1.6876.40.10.2.911 NAME 'vmwLKUPServiceEndpoint' SUP top STRUCTURAL MUST cn MAY ( vmwLKUPURI $ vmwLKUPSslTrustAnchor $ description ) )
 ";
 
 fn dir(host: &SimHost) -> PathBuf {
@@ -139,6 +150,58 @@ pub fn ldif(s: &VcsaState) -> Result<String> {
     ] {
         writeln!(out, "dn: {dn}\nobjectClass: container\ncn: {cn}\n")?;
     }
+    // Lookup Service registrations (reference §8.8); containers as plain `container`s [UNV].
+    let regs = format!(
+        "cn=ServiceRegistrations,cn=LookupService,cn={},cn=Sites,cn=Configuration,{base}",
+        s.site
+    );
+    if !s.ls_registrations.is_empty() {
+        for (dn, cn) in [
+            (
+                format!("cn=Configuration,{base}"),
+                "Configuration".to_owned(),
+            ),
+            (format!("cn=Sites,cn=Configuration,{base}"), "Sites".into()),
+            (
+                format!("cn={},cn=Sites,cn=Configuration,{base}", s.site),
+                s.site.clone(),
+            ),
+            (
+                format!(
+                    "cn=LookupService,cn={},cn=Sites,cn=Configuration,{base}",
+                    s.site
+                ),
+                "LookupService".into(),
+            ),
+            (regs.clone(), "ServiceRegistrations".into()),
+        ] {
+            writeln!(out, "dn: {dn}\nobjectClass: container\ncn: {cn}\n")?;
+        }
+    }
+    let mut services = std::collections::BTreeSet::new();
+    for r in &s.ls_registrations {
+        if services.insert(r.service_id.clone()) {
+            writeln!(
+                out,
+                "dn: cn={},{regs}\nobjectClass: container\ncn: {}\n",
+                r.service_id, r.service_id
+            )?;
+        }
+        let trust = der_b64(&r.trust_pem)?;
+        if r.legacy {
+            writeln!(
+                out,
+                "dn: cn={},cn={},{regs}\nobjectClass: vmwLKUPServiceEndpoint\ncn: {}\nvmwLKUPURI: {}\nvmwLKUPSslTrustAnchor:: {trust}\n",
+                r.endpoint, r.service_id, r.endpoint, r.uri
+            )?;
+        } else {
+            writeln!(
+                out,
+                "dn: cn={},cn={},{regs}\nobjectClass: vmwLKUPEndpointRegistration\ncn: {}\nvmwLKUPURI: {}\nvmwLKUPEndpointSslTrust: {trust}\n",
+                r.endpoint, r.service_id, r.endpoint, r.uri
+            )?;
+        }
+    }
     for (i, (chain, key)) in s.tenant_credentials.iter().enumerate() {
         let n = i + 1;
         writeln!(
@@ -191,8 +254,10 @@ fn config(dir: &Path, s: &VcsaState) -> String {
          rootdn \"cn=slapd-root,{base}\"\n\
          directory {d}/db\n\
          access to attrs=userPassword by anonymous auth by * none\n\
+         access to dn.subtree=\"cn=Tenants,cn=IdentityManager,cn=Services,{base}\" by dn.exact=\"{admin}\" write by users read\n\
          access to * {writers} by * none\n",
         base = s.domain_dn(),
+        admin = admin_dn(s),
     )
 }
 
