@@ -4,6 +4,7 @@
 #   slapd       real OpenLDAP serving the simulated vCenter's vmdir (STS certificate)
 #   ldap-utils  ldapsearch / ldapmodify, as vCert and fixsts.sh use them
 #   keytool     (default-jre-headless) the oVirt engine's JKS truststore
+#   ssh-keygen  (openssh-client) the oVirt serial console's OpenSSH certificates
 # protoc is not needed: the build uses the protoc shipped in the protoc-bin-vendored crate.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
@@ -16,6 +17,8 @@ certfleet_install_deps() {
     command -v pkill >/dev/null 2>&1 || need+=(procps)
     # keytool: oVirt engines keep a JKS truststore; the simulated engine builds it the same way.
     command -v keytool >/dev/null 2>&1 || need+=(default-jre-headless)
+    # ssh-keygen: oVirt signs the vmconsole proxy and host OpenSSH certificates with it.
+    command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
     if [ ${#need[@]} -eq 0 ]; then
         return 0
     fi
