@@ -326,7 +326,7 @@ fn engine_recipe_renews_engine_and_ovn_certificates_under_global_maintenance() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["action"] == "service.restart" && s["agent_name"] == "engine")
+        .find(|s| s["action"] == "service.restart" && s["agent"] == "engine")
         .unwrap();
     assert_eq!(
         restart["name"],
@@ -545,7 +545,7 @@ fn engine_setup_renews_the_cas_in_their_window_and_the_plan_refreshes_every_host
             .as_array()
             .unwrap()
             .iter()
-            .find(|s| s["action"] == "ovirt.refresh_host_ca" && s["agent_name"] == n.as_str())
+            .find(|s| s["action"] == "ovirt.refresh_host_ca" && s["agent"] == n.as_str())
             .unwrap_or_else(|| panic!("no refresh step for {n}: {done:#}"));
         assert!(
             r["message"]
