@@ -5,6 +5,7 @@
 #   ldap-utils  ldapsearch / ldapmodify, as vCert and fixsts.sh use them
 #   keytool     (default-jre-headless) the oVirt engine's JKS truststore
 #   postgresql  real PostgreSQL + psql serving the simulated vCenter's VCDB (vpx_ext thumbprints)
+#   ssh-keygen  (openssh-client) the oVirt serial console's OpenSSH certificates
 # protoc is not needed: the build uses the protoc shipped in the protoc-bin-vendored crate.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
@@ -20,6 +21,8 @@ certfleet_install_deps() {
     # VCDB: the simulated vCenter runs Debian's postgres (as the postgres user) and real psql.
     ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
     command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+    # ssh-keygen: oVirt signs the vmconsole proxy and host OpenSSH certificates with it.
+    command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
     if [ ${#need[@]} -eq 0 ]; then
         return 0
     fi

@@ -172,6 +172,34 @@ pub const ROLES: &[RoleInfo] = &[
         "VDSM: libvirtd will not start, host goes NonResponsive, VMs cannot be managed or migrated",
     ),
     r(
+        "ovirt.engine.vmconsole-proxy-helper",
+        "ovirt",
+        60,
+        "ovirt-engine",
+        "vmconsole proxy helper (engine side of the serial console proxy): VM serial consoles through the engine stop working",
+    ),
+    r(
+        "ovirt.engine.vmconsole-proxy-host",
+        "ovirt",
+        60,
+        "ovirt-engine",
+        "vmconsole proxy host key certificate (X.509 and OpenSSH): users' ssh to the serial console proxy fails host verification",
+    ),
+    r(
+        "ovirt.engine.vmconsole-proxy-user",
+        "ovirt",
+        60,
+        "ovirt-engine",
+        "vmconsole proxy user certificate (X.509 and OpenSSH): the proxy cannot log in to hosts, VM serial consoles fail",
+    ),
+    r(
+        "ovirt.node.vmconsole",
+        "ovirt",
+        60,
+        "ovirt-hosts",
+        "host vmconsole certificate (/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub, engine certs/<fqdn>-ssh*): the proxy rejects the host, VM serial consoles on it fail",
+    ),
+    r(
         "ovirt.node.ca",
         "ovirt",
         365,
@@ -398,6 +426,12 @@ mod tests {
             "vsphere.solution_user."
         );
         assert_eq!(lookup("ovirt.node.libvirt_spice").recipe, "ovirt-hosts");
+        assert!(
+            lookup("ovirt.engine.vmconsole-proxy-host")
+                .impact
+                .contains("serial console")
+        );
+        assert_eq!(lookup("ovirt.node.vmconsole").recipe, "ovirt-hosts");
         assert_eq!(lookup("nonsense").role, "");
     }
 

@@ -12,7 +12,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use certfleet_common::atomic::{PRIVATE, create_private_dir, write_file};
+use certfleet_common::atomic::{PRIVATE, Perms, create_private_dir, write_file, write_file_with};
 use serde::{Deserialize, Serialize};
 
 use super::ActError;
@@ -205,23 +205,20 @@ pub fn list(state: &StateDir) -> Vec<Manifest> {
     v
 }
 
-/// Writes `bytes` to `path` atomically with `mode` and, if given, owner.
+/// Writes `bytes` to `path` atomically. With an owner: exactly `mode` and that owner (a
+/// restore puts back what the backup recorded). Without: a replaced file keeps its owner,
+/// group and mode, a new one gets `mode`.
 pub fn install(
     path: &Path,
     bytes: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), ActError> {
-    write_file(path, bytes, mode).map_err(|e| ActError(e.to_string()))?;
-    if let Some((uid, gid)) = owner {
-        nix::unistd::chown(
-            path,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-        )
-        .map_err(|e| ActError(format!("chown {}:{} {}: {e}", uid, gid, path.display())))?;
-    }
-    Ok(())
+    let perms = match owner {
+        Some(_) => Perms::Exact { mode, owner },
+        None => Perms::Inherit(mode),
+    };
+    write_file_with(path, bytes, perms).map_err(|e| ActError(e.to_string()))
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 //! | action | does |
 //! |---|---|
 //! | `ovirt.power_management` | engine API: `PUT /hosts/ID` `<power_management><enabled>B`; returns the `previous` setting so a later step can restore it |
-//! | `ovirt.host_maintenance` | engine API: `POST /hosts/ID/deactivate`, polls until `maintenance` (tolerating `up` / `preparing_for_maintenance` while VMs migrate) |
-//! | `ovirt.enroll_certificate` | engine API: `POST /hosts/ID/enrollcertificate` (host must be in maintenance), waits for the enrollment to finish: event 881, or `installing` seen and back to `maintenance` — never the stale `maintenance` right after the POST (A10 race); 882 / `install_failed` fail |
+//! | `ovirt.engine_version` | engine API: `GET /ovirt-engine/api` `product_info.version`; reports `version` and whether the engine enrolls a NonResponsive host directly (`enroll_non_responsive`, 4.5.1 and later: `HostValidator.validateStatusForEnrollCertificate` accepts `NonResponsive` since `ovirt-engine-4.5.1`, not in `ovirt-engine-4.5.0`). Read-only |
+//! | `ovirt.host_maintenance` | engine API: `POST /hosts/ID/deactivate`, polls until `maintenance` (tolerating `up` / `preparing_for_maintenance` while VMs migrate). A `non_responsive` host is left as it is when `enroll_non_responsive` (the engine enrolls it directly); otherwise the engine's refusal (`VDS_CANNOT_MAINTENANCE_VDS_IS_NOT_RESPONDING_WITH_VMS`) is reported with the way out. Idempotent: a host already in maintenance is not deactivated again |
+//! | `ovirt.enroll_certificate` | engine API: `POST /hosts/ID/enrollcertificate` (host in maintenance, or `non_responsive` when `enroll_non_responsive`), waits for the enrollment to finish: event 881, or `installing` seen and back to `maintenance` — never the stale status right after the POST (A10 race); 882 / `install_failed` fail |
 //! | `ovirt.host_activate` | engine API: `POST /hosts/ID/activate`, polls until `up`; `error`, `install_failed`, `non_responsive`, `non_operational` fail |
 //! | `ovirt.verify_host_certs` | on a host: `vdsmcert.pem` is a new certificate (fingerprint differs from `old_fingerprint`, notAfter later than `old_not_after`), valid now, matches `vdsmkey.pem`, chains to `certs/cacert.pem` (`openssl verify`), and its A8 copies are identical |
 //! | `ovirt.global_maintenance` | on a hosted-engine host: `hosted-engine --set-maintenance --mode=global\|none`, then `hosted-engine --vm-status --json` must report `global_maintenance` accordingly |
-//! | `ovirt.engine_setup` | on the engine: backs up every file of the engine PKI, writes the answer file (`OVESETUP_PKI/renew=bool:True`, `QUESTION/1/OVESETUP_SKIP_RENEW_PKI_CONFIRM=str:no`, plus `OVESETUP_CONFIG/continueSetupOnHEVM=bool:True` when `hosted_engine` — only after global maintenance was verified by the previous step) to `/root/certfleet-renew-pki.conf` (0600), runs `engine-setup --offline --accept-defaults --config-append=…` (A6), requires "Execution of setup completed successfully", then checks each `_COMMON_ENTITIES` certificate (A5) |
+//! | `ovirt.engine_setup` | on the engine: backs up every file of the engine PKI (and of `/etc/pki/ovirt-vmconsole`), writes the answer file (`OVESETUP_PKI/renew=bool:True`, `QUESTION/1/OVESETUP_SKIP_RENEW_PKI_CONFIRM=str:no`, plus `OVESETUP_CONFIG/continueSetupOnHEVM=bool:True` when `hosted_engine` — only after global maintenance was verified by the previous step) to `/root/certfleet-renew-pki.conf` (0600), runs `engine-setup --offline --accept-defaults --config-append=…` (A6), requires "Execution of setup completed successfully", then checks each `_COMMON_ENTITIES` certificate (A5) |
+//! | `ovirt.refresh_host_ca` | on a host, after engine-setup renewed the engine CA and/or the QEMU CA (same key and subject, new validity: `pki-create-ca.sh --renew`): replaces every copy the host-deploy roles wrote (`certs/cacert.pem`, `libvirt-spice/ca-cert.pem`, `libvirt-vnc/ca-cert.pem`, `/etc/pki/CA/cacert.pem`, `ovn/ca-cert.pem`; QEMU CA: `libvirt-migrate/ca-cert.pem`) that differs, owner/group/mode kept, after a backup; refuses a CA with another subject or key; verifies every leaf against its CA file with `openssl verify`, restarts `libvirtd`, `vdsmd`; on failure restores and restarts again. Idempotent: copies already equal to the given CA are left alone, and a re-sent step with nothing to change reports so |
 //! | `ovirt.engine_reissue` | on the engine: what `pki-enroll-pkcs12.sh --keep-key --san=…` then `pki-pkcs12-extract.sh` do for an entity engine-setup skips (OVN, A13/seed 003): key out of `keys/<name>.p12`, new `requests/<name>.req`, the script's `openssl ca` (as `ovirt.enroll_request`), new `.p12` (0600) and `key.nopass` (0600); everything backed up first and restored on failure |
 //! | `ovirt.engine_verify` | on the engine: each named `certs/<name>.cer` chains to `ca.pem`, has a SAN, is valid for longer than `min_days`, and matches `keys/<name>.key.nopass` when there is one |
 //! | `ovirt.enroll_request` | what `/usr/share/ovirt-engine/bin/pki-enroll-request.sh` does for a host CSR: writes `requests/<name>.req`, takes the script's exclusive lock on the CA file, signs with the script's exact `openssl ca` line in the engine PKI directory (`openssl.conf`, `cert.conf` section `v3_ca_san` with `OVIRT_SAN` in the environment, notBefore back-dated a day), checks the result against the CA and returns the certificate |
@@ -49,6 +51,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
     match action {
         "ovirt.enroll_request" => enroll_request(ctx, args),
         "ovirt.power_management" => power_management(ctx, args),
+        "ovirt.engine_version" => engine_version(ctx),
         "ovirt.host_maintenance" => host_maintenance(ctx, args),
         "ovirt.enroll_certificate" => enroll_certificate(ctx, args),
         "ovirt.host_activate" => host_activate(ctx, args),
@@ -57,6 +60,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "ovirt.engine_setup" => engine_setup(ctx, args),
         "ovirt.engine_reissue" => engine_reissue(ctx, args),
         "ovirt.engine_verify" => engine_verify(ctx, args),
+        "ovirt.refresh_host_ca" => refresh_host_ca(ctx, args),
         other => Err(ActError(format!(
             "unknown oVirt action {other:?} (this agent is version {})",
             env!("CARGO_PKG_VERSION")
@@ -438,14 +442,79 @@ fn power_management(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErro
     }))
 }
 
+/// `major.minor.build` of a `product_info.version` (`build` and `revision` may be absent).
+fn version_triple(v: &Value) -> Option<(u32, u32, u32)> {
+    let n = |k: &str| -> Option<u32> {
+        match &v[k] {
+            Value::String(s) => s.parse().ok(),
+            Value::Number(x) => x.as_u64().and_then(|x| u32::try_from(x).ok()),
+            _ => None,
+        }
+    };
+    Some((n("major")?, n("minor")?, n("build").unwrap_or(0)))
+}
+
+/// Engines from 4.5.1 accept Enroll Certificate for a NonResponsive host.
+const ENROLL_NON_RESPONSIVE_SINCE: (u32, u32, u32) = (4, 5, 1);
+
+fn engine_version(ctx: &ActContext<'_>) -> Result<Value, ActError> {
+    let api = api::Api::connect(ctx)?;
+    let root = api.get("")?;
+    let v = &root["product_info"]["version"];
+    let (major, minor, build) = version_triple(v).ok_or_else(|| {
+        ActError(format!(
+            "GET /ovirt-engine/api: no product_info version in the answer ({})",
+            root["product_info"]
+        ))
+    })?;
+    let full = v["full_version"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{major}.{minor}.{build}"));
+    let direct = (major, minor, build) >= ENROLL_NON_RESPONSIVE_SINCE;
+    Ok(json!({
+        "message": format!(
+            "engine {full}: {}",
+            if direct {
+                "enrolls NonResponsive hosts directly"
+            } else {
+                "Enroll Certificate needs maintenance (before 4.5.1)"
+            }
+        ),
+        "version": format!("{major}.{minor}.{build}"),
+        "full_version": full,
+        "enroll_non_responsive": direct,
+    }))
+}
+
 fn host_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "host")?;
+    let direct = args
+        .get("enroll_non_responsive")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let api = api::Api::connect(ctx)?;
     let (h, id) = api_host(&api, args)?;
     let st = h["status"].as_str().unwrap_or_default();
+    if st == "non_responsive" && direct {
+        return Ok(json!({
+            "message": format!("host {name} is non_responsive; this engine enrolls it without maintenance"),
+            "host_id": id,
+            "was": st,
+            "skipped": true,
+        }));
+    }
     if st != "maintenance" {
         if st != "preparing_for_maintenance" {
-            action_ok(&api, name, &id, "deactivate")?;
+            action_ok(&api, name, &id, "deactivate").map_err(|e| {
+                if st == "non_responsive" {
+                    ActError(format!(
+                        "{e}; host {name} is non_responsive and this engine (before 4.5.1) cannot enroll it without maintenance: renew it out of band with recipe ovirt-hosts-offline"
+                    ))
+                } else {
+                    e
+                }
+            })?;
         }
         // Right after the POST the status may still read `up` (A10).
         wait_status(ctx, &api, name, &id, "maintenance", &|s| {
@@ -469,10 +538,20 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
     let name = arg_str(args, "host")?;
     let api = api::Api::connect(ctx)?;
     let (h, id) = api_host(&api, args)?;
-    let st = h["status"].as_str().unwrap_or_default();
-    if st != "maintenance" {
+    let st = h["status"].as_str().unwrap_or_default().to_owned();
+    let direct = args
+        .get("enroll_non_responsive")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let from_non_responsive = st == "non_responsive" && direct;
+    if st != "maintenance" && !from_non_responsive {
         return Err(ActError(format!(
-            "host {name} is {st}: Enroll Certificate needs maintenance first"
+            "host {name} is {st}: Enroll Certificate needs maintenance first{}",
+            if st == "non_responsive" {
+                " (engines before 4.5.1 cannot enroll a non_responsive host)"
+            } else {
+                ""
+            }
         )));
     }
     let since = max_event_id(&api)?;
@@ -518,7 +597,9 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
             )));
         } else if seen_installing && st == "maintenance" {
             break;
-        } else if !matches!(st.as_str(), "maintenance" | "installing") {
+        } else if !(matches!(st.as_str(), "maintenance" | "installing")
+            || (from_non_responsive && !seen_installing && st == "non_responsive"))
+        {
             return Err(ActError(format!(
                 "host {name} went to {st} during Enroll Certificate"
             )));
@@ -532,7 +613,7 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
         std::thread::sleep(api.poll);
     }
     Ok(
-        json!({"message": format!("certificate of host {name} enrolled; host in maintenance"), "host_id": id}),
+        json!({"message": format!("certificate of host {name} enrolled (from {st}); host in maintenance"), "host_id": id, "from": st}),
     )
 }
 
@@ -600,9 +681,37 @@ fn verify_host_certs(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErr
             return Err(ActError(format!("{copy} differs from {CERT}")));
         }
     }
+    // The serial console's host certificate, when the host has one.
+    let ssh = ctx
+        .cfg
+        .host_path("/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub");
+    let mut vmconsole = String::new();
+    if ssh.exists() {
+        let text = std::fs::read_to_string(&ssh)
+            .map_err(|e| ActError(format!("{}: {e}", ssh.display())))?;
+        let c = crate::collect::ovirt_engine::openssh::parse(&text)
+            .map_err(|e| ActError(format!("{}: {e}", ssh.display())))?;
+        let until = i64::try_from(c.valid_before).unwrap_or(i64::MAX);
+        let old = args
+            .get("old_vmconsole_not_after")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if until <= old.max(now) || !c.host {
+            return Err(ActError(format!(
+                "{} was not renewed (valid before {}, before: {})",
+                ssh.display(),
+                certfleet_common::model::format_time(until),
+                certfleet_common::model::format_time(old)
+            )));
+        }
+        vmconsole = format!(
+            "; vmconsole host certificate until {}",
+            certfleet_common::model::format_time(until)
+        );
+    }
     Ok(json!({
         "message": format!(
-            "{CERT} renewed: serial {} until {}, chains to cacert.pem, copies identical",
+            "{CERT} renewed: serial {} until {}, chains to cacert.pem, copies identical{vmconsole}",
             rec.serial,
             certfleet_common::model::format_time(rec.not_after)
         ),
@@ -645,8 +754,18 @@ fn global_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
     )
 }
 
-/// engine-setup's `_COMMON_ENTITIES` (A5).
-const ENGINE_ENTITIES: &[&str] = &["engine", "jboss", "websocket-proxy", "apache", "reports"];
+/// engine-setup's `_COMMON_ENTITIES` (A5), then what its vmconsole plugin refreshes
+/// (`vmconsole_proxy_helper/pki.py`).
+const ENGINE_ENTITIES: &[&str] = &[
+    "engine",
+    "jboss",
+    "websocket-proxy",
+    "apache",
+    "reports",
+    "vmconsole-proxy-helper",
+    "vmconsole-proxy-host",
+    "vmconsole-proxy-user",
+];
 
 /// Every regular file under `dir` (symlinks are left alone: they point into the same tree).
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ActError> {
@@ -673,8 +792,20 @@ fn cert_rec(path: &Path) -> Result<certfleet_common::model::CertRecord, ActError
         .map_err(|e| ActError(format!("{}: {e}", path.display())))
 }
 
+/// The engine's CA files (`pki-common.sh` `--ca-file`): the engine CA and the QEMU CA.
+const ENGINE_CA_FILES: &[&str] = &["ca.pem", "qemu-ca.pem"];
+
+/// SHA-256 fingerprint of the CA file `rel` in the engine PKI, if readable.
+fn ca_fingerprint(pki: &Path, rel: &str) -> Option<String> {
+    cert_rec(&pki.join(rel)).ok().map(|r| r.fingerprint_sha256)
+}
+
 fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pki = engine_pki(ctx);
+    let cas_before: Vec<Option<String>> = ENGINE_CA_FILES
+        .iter()
+        .map(|f| ca_fingerprint(&pki, f))
+        .collect();
     let before: Vec<(String, String)> = ENGINE_ENTITIES
         .iter()
         .filter_map(|n| {
@@ -691,6 +822,11 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     }
     let mut files = Vec::new();
     files_under(&pki, &mut files)?;
+    // engine-setup's vmconsole plugin rewrites the proxy's keys and certificates there.
+    let vmconsole = ctx.cfg.host_path("/etc/pki/ovirt-vmconsole");
+    if vmconsole.is_dir() {
+        files_under(&vmconsole, &mut files)?;
+    }
     let m = backup::create(ctx.state, ctx.step_id, &files)?;
     (ctx.output)(format!(
         "backup {} holds {} files of {}",
@@ -758,13 +894,30 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         .collect();
     let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
     check_engine_certs(ctx, &names, 0)?;
+    // `pki-create-ca.sh --renew` keeps key and subject; hosts hold copies of the old file
+    // ("please refresh manually distributed copies"): hand the new files to the next steps.
+    let mut ca_renewed = Vec::new();
+    for (f, fp) in ENGINE_CA_FILES.iter().zip(&cas_before) {
+        let now_fp = ca_fingerprint(&pki, f);
+        if now_fp.is_some() && &now_fp != fp {
+            ca_renewed.push(f.to_string());
+        }
+    }
+    let read_ca = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap_or_default();
+    let mut message = if renewed.is_empty() {
+        "engine-setup ran; no engine certificate was due".to_owned()
+    } else {
+        format!("engine-setup renewed {}", renewed.join(", "))
+    };
+    if !ca_renewed.is_empty() {
+        message.push_str(&format!("; CA renewed: {}", ca_renewed.join(", ")));
+    }
     Ok(json!({
-        "message": if renewed.is_empty() {
-            "engine-setup ran; no engine certificate was due".to_owned()
-        } else {
-            format!("engine-setup renewed {}", renewed.join(", "))
-        },
+        "message": message,
         "renewed": renewed,
+        "ca_renewed": ca_renewed,
+        "ca_pem": read_ca("ca.pem"),
+        "qemu_ca_pem": read_ca("qemu-ca.pem"),
         "backup_id": m.id,
         "restart": ["ovirt-engine", "httpd", "ovirt-imageio", "ovirt-websocket-proxy"],
     }))
@@ -814,6 +967,41 @@ fn check_engine_certs(
             certfleet_common::model::format_time(rec.not_after),
             if rec.sans.is_empty() { " (no SAN)" } else { "" }
         ));
+        // The OpenSSH twin of a vmconsole proxy certificate (`pki-enroll-openssh-cert.sh`)
+        // and its copy in /etc/pki/ovirt-vmconsole.
+        let ssh = pki.join(format!("certs/{n}-cert.pub"));
+        if ssh.exists() {
+            let text = std::fs::read_to_string(&ssh)
+                .map_err(|e| ActError(format!("{}: {e}", ssh.display())))?;
+            let c = crate::collect::ovirt_engine::openssh::parse(&text)
+                .map_err(|e| ActError(format!("{}: {e}", ssh.display())))?;
+            let until = i64::try_from(c.valid_before).unwrap_or(i64::MAX);
+            if until - now <= min_days * 86_400 {
+                return Err(ActError(format!(
+                    "certs/{n}-cert.pub expires {} (within {min_days} days)",
+                    certfleet_common::model::format_time(until)
+                )));
+            }
+            if let Some(suffix) = n.strip_prefix("vmconsole-proxy-") {
+                let copy = ctx.cfg.host_path(format!(
+                    "/etc/pki/ovirt-vmconsole/proxy-ssh_{suffix}_rsa-cert.pub"
+                ));
+                if copy.exists()
+                    && std::fs::read_to_string(&copy)
+                        .map_err(|e| ActError(format!("{}: {e}", copy.display())))?
+                        != text
+                {
+                    return Err(ActError(format!(
+                        "{} differs from certs/{n}-cert.pub",
+                        copy.display()
+                    )));
+                }
+            }
+            lines.push(format!(
+                "{n}-cert.pub: until {}",
+                certfleet_common::model::format_time(until)
+            ));
+        }
     }
     Ok(lines)
 }
@@ -830,6 +1018,177 @@ fn engine_verify(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> 
         (ctx.output)(l.clone());
     }
     Ok(json!({"message": format!("verified {}", lines.join("; "))}))
+}
+
+/// Where the host-deploy roles put copies of the engine CA (`ovirt-host-deploy-vdsm-certificates`
+/// "Add vdsm cacert files", `…-vnc-certificates`, `…-ovn-certificates`), relative to the VDSM
+/// PKI unless absolute, each with the leaf that must chain to it.
+const HOST_ENGINE_CA_COPIES: &[(&str, &str)] = &[
+    ("certs/cacert.pem", "certs/vdsmcert.pem"),
+    ("libvirt-spice/ca-cert.pem", "libvirt-spice/server-cert.pem"),
+    ("libvirt-vnc/ca-cert.pem", "libvirt-vnc/server-cert.pem"),
+    ("/etc/pki/CA/cacert.pem", "/etc/pki/libvirt/clientcert.pem"),
+    ("ovn/ca-cert.pem", "ovn/ovn-cert.pem"),
+];
+/// The QEMU CA copy ("Add QEMU cacert file") and its leaf.
+const HOST_QEMU_CA_COPIES: &[(&str, &str)] = &[(
+    "libvirt-migrate/ca-cert.pem",
+    "libvirt-migrate/server-cert.pem",
+)];
+
+fn vdsm_path(ctx: &ActContext<'_>, rel: &str) -> PathBuf {
+    if rel.starts_with('/') {
+        ctx.cfg.host_path(rel)
+    } else {
+        ctx.cfg
+            .host_path(ctx.cfg.setting("ovirt.vdsm_pki").unwrap_or("/etc/pki/vdsm"))
+            .join(rel)
+    }
+}
+
+fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
+    let units: Vec<String> = match args.get("restart").and_then(Value::as_array) {
+        Some(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        None => vec!["libvirtd".into(), "vdsmd".into()],
+    };
+    // (copy, leaf, new CA DER, new CA PEM) for every copy this host has.
+    let mut plan = Vec::new();
+    for (arg, copies) in [
+        ("ca_pem", HOST_ENGINE_CA_COPIES),
+        ("qemu_ca_pem", HOST_QEMU_CA_COPIES),
+    ] {
+        let Some(pem) = args
+            .get(arg)
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        let der = certfleet_common::pem::first_certificate(pem.as_bytes())
+            .map_err(|e| ActError(format!("argument {arg}: {e}")))?;
+        let new = certfleet_common::x509::parse_der(&der)
+            .map_err(|e| ActError(format!("argument {arg}: {e}")))?;
+        if !new.is_ca {
+            return Err(ActError(format!(
+                "argument {arg}: {} is not a CA",
+                new.subject
+            )));
+        }
+        // The engine's file as it is (what the host-deploy roles copy), one certificate.
+        if pem.matches("BEGIN CERTIFICATE").count() != 1 {
+            return Err(ActError(format!(
+                "argument {arg}: expected exactly one PEM certificate"
+            )));
+        }
+        let body = if pem.ends_with('\n') {
+            pem.to_owned()
+        } else {
+            format!("{pem}\n")
+        };
+        for (copy, leaf) in copies {
+            let p = vdsm_path(ctx, copy);
+            if !p.exists() {
+                continue;
+            }
+            let old = cert_rec(&p)?;
+            // A renewal keeps the CA's subject and key; anything else is a different CA,
+            // which would leave every host certificate unverifiable.
+            if old.subject != new.subject || old.subject_key_id != new.subject_key_id {
+                return Err(ActError(format!(
+                    "{}: refusing to replace CA {:?} (key id {}) with a different CA {:?} (key id {})",
+                    p.display(),
+                    old.subject,
+                    old.subject_key_id,
+                    new.subject,
+                    new.subject_key_id
+                )));
+            }
+            let changed = old.fingerprint_sha256 != new.fingerprint_sha256;
+            plan.push((
+                p,
+                vdsm_path(ctx, leaf),
+                changed,
+                body.clone(),
+                new.not_after,
+            ));
+        }
+    }
+    if plan.is_empty() {
+        return Err(ActError(
+            "no CA copy of the host-deploy layout exists on this host (or no CA given)".into(),
+        ));
+    }
+    let todo: Vec<PathBuf> = plan
+        .iter()
+        .filter(|(_, _, changed, _, _)| *changed)
+        .map(|(p, ..)| p.clone())
+        .collect();
+    if todo.is_empty() {
+        return Ok(json!({
+            "message": format!("all {} CA copies already current", plan.len()),
+            "changed": [],
+        }));
+    }
+    let m = backup::create(ctx.state, ctx.step_id, &todo)?;
+    (ctx.output)(format!("backup {} holds {} CA copies", m.id, todo.len()));
+    let o = openssl(ctx);
+    let attempt = (|| -> Result<(), ActError> {
+        for (p, _, changed, body, _) in &plan {
+            if *changed {
+                backup::install(p, body.as_bytes(), 0o644, None)?;
+                (ctx.output)(format!("refreshed {}", ctx.cfg.shown(p)));
+            }
+        }
+        for (p, leaf, _, _, not_after) in &plan {
+            if cert_rec(p)?.not_after != *not_after {
+                return Err(ActError(format!(
+                    "{} does not hold the new CA",
+                    p.display()
+                )));
+            }
+            if leaf.exists() {
+                ctx.run_ok(
+                    &o,
+                    &[
+                        "verify",
+                        "-CAfile",
+                        &p.display().to_string(),
+                        &leaf.display().to_string(),
+                    ],
+                    None,
+                )?;
+            }
+        }
+        if !units.is_empty() {
+            super::generic::restart(ctx, &units)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = attempt {
+        let restored = backup::restore(ctx.state, &m.id);
+        if !units.is_empty() {
+            let _ = super::generic::restart(ctx, &units);
+        }
+        return Err(match restored {
+            Ok(_) => ActError(format!("{e} (CA copies restored from backup {})", m.id)),
+            Err(r) => ActError(format!("{e}; ROLLBACK FAILED: {r} (backup {})", m.id)),
+        });
+    }
+    let shown: Vec<String> = todo.iter().map(|p| ctx.cfg.shown(p)).collect();
+    Ok(json!({
+        "message": format!(
+            "refreshed {} CA copies ({}); every leaf verifies; restarted {}",
+            todo.len(),
+            shown.join(", "),
+            units.join(", ")
+        ),
+        "changed": shown,
+        "backup_id": m.id,
+    }))
 }
 
 fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
@@ -935,6 +1294,60 @@ mod tests {
         assert_eq!(s.len(), 13);
         assert!(s.ends_with('Z'));
         assert!(s.chars().take(12).all(|c| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn engine_versions_gate_direct_enrollment() {
+        let v = |j: Value| version_triple(&j).map(|t| t >= ENROLL_NON_RESPONSIVE_SINCE);
+        assert_eq!(
+            v(json!({"major": "4", "minor": "5", "build": "0"})),
+            Some(false)
+        );
+        assert_eq!(
+            v(json!({"major": "4", "minor": "5", "build": "1"})),
+            Some(true)
+        );
+        assert_eq!(v(json!({"major": 4, "minor": 6})), Some(true));
+        assert_eq!(
+            v(json!({"major": "4", "minor": "4", "build": "10"})),
+            Some(false)
+        );
+        assert_eq!(v(json!({"minor": "5"})), None);
+    }
+
+    /// The CA copies refreshed are the ones `ovirt-host-deploy-vdsm-certificates` writes
+    /// (real role defaults under `integration-tests/fixtures/real/ovirt/`).
+    #[test]
+    fn host_ca_copies_follow_the_real_host_deploy_role() {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../integration-tests/fixtures/real/ovirt/ovirt-host-deploy-vdsm-certificates_defaults_main.yml"
+        );
+        let text = std::fs::read_to_string(p).unwrap();
+        let var = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                .map(|v| v.trim().trim_matches('\'').to_owned())
+                .unwrap_or_else(|| panic!("{k} not in {p}"))
+        };
+        let vdsm = var("ovirt_vdsm_trust_store");
+        let libvirt = var("ovirt_libvirt_default_trust_store");
+        assert_eq!(vdsm, "/etc/pki/vdsm");
+        let ours: Vec<&str> = HOST_ENGINE_CA_COPIES.iter().map(|(c, _)| *c).collect();
+        for k in ["ovirt_vdsm_ca_file", "ovirt_vdsm_spice_ca_file"] {
+            assert!(ours.contains(&var(k).as_str()), "{k}");
+        }
+        // `../CA/cacert.pem` relative to /etc/pki/libvirt.
+        let client_ca =
+            std::path::Path::new(&libvirt).join(var("ovirt_libvirt_default_client_ca_file"));
+        let client_ca = client_ca.to_string_lossy().replace("/libvirt/../", "/");
+        assert!(ours.contains(&client_ca.as_str()), "{client_ca}");
+        assert_eq!(HOST_QEMU_CA_COPIES[0].0, var("ovirt_qemu_ca_file"));
+        assert_eq!(
+            HOST_ENGINE_CA_COPIES[0].1,
+            var("ovirt_vdsm_cert_file"),
+            "cacert.pem verifies vdsmcert.pem"
+        );
     }
 
     #[test]

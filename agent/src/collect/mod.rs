@@ -108,6 +108,25 @@ impl Collection {
         }
     }
 
+    /// Adds a record built by a collector (a non-X.509 certificate such as an OpenSSH
+    /// certificate), merging its locations into an existing record with the same fingerprint.
+    pub fn add_record(&mut self, rec: CertRecord) -> String {
+        let fp = rec.fingerprint_sha256.clone();
+        match self.certs.get_mut(&fp) {
+            Some(existing) => {
+                for l in rec.locations {
+                    if !existing.locations.contains(&l) {
+                        existing.locations.push(l);
+                    }
+                }
+            }
+            None => {
+                self.certs.insert(fp.clone(), rec);
+            }
+        }
+        fp
+    }
+
     /// Records a problem.
     pub fn problem(&mut self, p: Problem) {
         self.problems.push(p);

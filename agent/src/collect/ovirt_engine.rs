@@ -12,6 +12,11 @@
 //! only adds a location (detail `serial copy` / `backup`); a copy of anything else is a
 //! superseded certificate and gets the role `ovirt.engine.backup`, which nothing depends on.
 //!
+//! The serial console's OpenSSH certificates (`certs/*-cert.pub`, and the proxy's copies in
+//! `/etc/pki/ovirt-vmconsole/proxy-ssh_{host,user}_rsa-cert.pub`) are records too (see
+//! `openssh`): `ovirt.engine.vmconsole-proxy-{host,user}` like their X.509 twins, and
+//! `ovirt.node.vmconsole` for a host's (`certs/<fqdn>-ssh-cert.pub`, `certs/<fqdn>-ssh.cer`).
+//!
 //! `database.txt` is read into health facts: one summary (`ovirt.engine.ca_index`) and one per
 //! host the CA enrolled (`ovirt.engine.issued_host`, state `valid`/`expiring`/`expired`/
 //! `revoked` of its current VDSM certificate). A live certificate the index marks revoked, or
@@ -22,6 +27,7 @@
 
 mod index;
 mod jks;
+pub(crate) mod openssh;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,8 @@ pub struct OvirtEngine;
 
 const NAME: &str = "ovirt_engine";
 const DEFAULT_PKI: &str = "/etc/pki/ovirt-engine";
+/// The serial console's PKI directory (`VMCONSOLE_PKI_DIR`) on the engine and on hosts.
+pub(crate) const VMCONSOLE_PKI: &str = "/etc/pki/ovirt-vmconsole";
 /// Role of superseded copies (backups, serial copies of re-issued certificates).
 pub const BACKUP_ROLE: &str = "ovirt.engine.backup";
 
@@ -146,6 +154,33 @@ impl Collector for OvirtEngine {
             }
         }
 
+        // 2b. OpenSSH certificates of the serial console (`pki-enroll-openssh-cert.sh`):
+        // the proxy's and every host's, and the proxy's copies in /etc/pki/ovirt-vmconsole.
+        for name in list_dir(cfg, out, &at("certs")) {
+            let Some(stem) = name.strip_suffix("-cert.pub") else {
+                continue;
+            };
+            let (role, detail) = live_role(stem);
+            add_ssh_cert_file(
+                cfg,
+                out,
+                NAME,
+                &at(&format!("certs/{name}")),
+                &role,
+                &detail,
+            );
+        }
+        for suffix in ["host", "user"] {
+            add_ssh_cert_file(
+                cfg,
+                out,
+                NAME,
+                &format!("{VMCONSOLE_PKI}/proxy-ssh_{suffix}_rsa-cert.pub"),
+                &format!("ovirt.engine.vmconsole-proxy-{suffix}"),
+                "",
+            );
+        }
+
         // 3. Copies left by openssl and the pki scripts.
         for dir in ["", "certs", "certs-qemu", "keys"] {
             let d = if dir.is_empty() { pki.clone() } else { at(dir) };
@@ -179,6 +214,12 @@ fn pki_dir(cfg: &AgentConfig) -> &str {
 /// (`apache`, `ovn-ndb`), hosts are enrolled under their FQDN or address.
 fn live_role(stem: &str) -> (String, String) {
     if stem.contains('.') || stem.contains(':') {
+        if let Some(h) = stem.strip_suffix("-ssh") {
+            return (
+                "ovirt.node.vmconsole".into(),
+                format!("engine copy, issued to host {h}"),
+            );
+        }
         match stem.strip_suffix("-ovn") {
             Some(h) => (
                 "ovirt.node.ovn".into(),
@@ -289,6 +330,38 @@ pub(crate) fn add_cert_file(
         Err(ReadError::Other(e)) => {
             out.problem(Problem::error(collector, shown, e));
             Vec::new()
+        }
+    }
+}
+
+/// Adds the OpenSSH certificate at `host_path` (if present) with `role`.
+pub(crate) fn add_ssh_cert_file(
+    cfg: &AgentConfig,
+    out: &mut Collection,
+    collector: &str,
+    host_path: &str,
+    role: &str,
+    detail: &str,
+) -> Option<String> {
+    let shown = cfg.host_path(host_path).display().to_string();
+    match read_host_file(cfg, host_path) {
+        Ok((bytes, _)) => match openssh::parse(&String::from_utf8_lossy(&bytes)) {
+            Ok(c) => {
+                let mut rec = c.record(role);
+                let mut loc = Location::file("file", &shown);
+                loc.detail = detail.to_owned();
+                rec.locations.push(loc);
+                Some(out.add_record(rec))
+            }
+            Err(e) => {
+                out.problem(Problem::error(collector, shown, e.to_string()));
+                None
+            }
+        },
+        Err(ReadError::Missing) => None,
+        Err(ReadError::Other(e)) => {
+            out.problem(Problem::error(collector, shown, e));
+            None
         }
     }
 }

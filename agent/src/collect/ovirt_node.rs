@@ -13,12 +13,15 @@
 //! `*.bak` / `*.<timestamp>` copies get the role `ovirt.node.backup` unless they equal a live
 //! certificate.
 //!
+//! The serial console's OpenSSH host certificate
+//! (`/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub`) is `ovirt.node.vmconsole`.
+//!
 //! Settings: `ovirt.vdsm_pki` (VDSM's `trust_store_path`, default `/etc/pki/vdsm`).
 
 use certfleet_common::model::{CertRecord, HealthFact};
 use x509_parser::prelude::*;
 
-use super::ovirt_engine::{add_cert_file, backup_of, list_dir};
+use super::ovirt_engine::{VMCONSOLE_PKI, add_cert_file, add_ssh_cert_file, backup_of, list_dir};
 use super::{Collection, Collector};
 use crate::config::AgentConfig;
 
@@ -117,6 +120,15 @@ impl Collector for OvirtNode {
         for (p, role, required) in FILES {
             add_cert_file(cfg, out, NAME, &full(p), role, "", *required);
         }
+        // The serial console's host certificate (OpenSSH, signed by the engine CA key).
+        add_ssh_cert_file(
+            cfg,
+            out,
+            NAME,
+            &format!("{VMCONSOLE_PKI}/host-ssh_host_rsa-cert.pub"),
+            "ovirt.node.vmconsole",
+            "",
+        );
         for d in BACKUP_DIRS {
             let dir = full(d);
             for name in list_dir(cfg, out, &dir) {

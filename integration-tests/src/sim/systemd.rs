@@ -5,6 +5,11 @@
 //! refuses to start with an expired VDSM certificate. Output and exit codes follow systemd's:
 //! `restart` is silent on success and exits 1 with the "Job for … failed" lines on failure, 5
 //! for an unknown unit; `is-active` prints the state and exits 0 only when active (else 3).
+//!
+//! A unit can also run as an unprivileged account ([`Account`]) and need private keys it must
+//! be able to read as that account: a start fails when the key's owner, group and mode do not
+//! let that account read it (the kernel's rule: owner bits for the owner, group bits for the
+//! primary or a supplementary group, else the other bits; root reads everything).
 
 use std::collections::BTreeMap;
 
@@ -29,6 +34,40 @@ pub struct Unit {
     /// A start takes this long (a slow service, for tests that interrupt a step).
     #[serde(default)]
     pub start_ms: u64,
+    /// Host paths of private keys it reads at start.
+    #[serde(default)]
+    pub requires_keys: Vec<String>,
+    /// The account it runs as (`None`: root).
+    #[serde(default)]
+    pub runs_as: Option<Account>,
+}
+
+/// A service account: uid and every group it has (primary first).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Name, for messages (`openvswitch`).
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary and supplementary group ids.
+    pub gids: Vec<u32>,
+}
+
+impl Account {
+    /// Whether this account may read a file with `meta` (owner, group, mode).
+    pub fn can_read(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode();
+        if self.uid == 0 {
+            true
+        } else if meta.uid() == self.uid {
+            mode & 0o400 != 0
+        } else if self.gids.contains(&meta.gid()) {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        }
+    }
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -65,6 +104,23 @@ pub fn define_unit(host: &SimHost, unit: &str, certs: &[&str]) -> Result<()> {
             ..Default::default()
         },
     );
+    save(host, &st)
+}
+
+/// Defines `unit` (active) running as `account`, needing `certs` valid and `keys` readable by
+/// that account.
+pub fn define_unit_as(
+    host: &SimHost,
+    unit: &str,
+    certs: &[&str],
+    keys: &[&str],
+    account: Option<Account>,
+) -> Result<()> {
+    define_unit(host, unit, certs)?;
+    let mut st = load(host)?;
+    let u = st.units.get_mut(&canonical(unit)).expect("just defined");
+    u.requires_keys = keys.iter().map(|s| s.to_string()).collect();
+    u.runs_as = account;
     save(host, &st)
 }
 
@@ -113,6 +169,28 @@ fn check_certs(host: &SimHost, u: &Unit) -> std::result::Result<(), String> {
         }
         if rec.not_before > now {
             return Err(format!("{c}: certificate not yet valid"));
+        }
+    }
+    for k in &u.requires_keys {
+        let p = host.path(k);
+        let meta = std::fs::metadata(&p).map_err(|e| format!("{k}: {e}"))?;
+        if let Some(a) = &u.runs_as
+            && !a.can_read(&meta)
+        {
+            use std::os::unix::fs::MetadataExt;
+            return Err(format!(
+                "{k}: Permission denied (running as {} uid {} groups {:?}; file {}:{} mode {:o})",
+                a.name,
+                a.uid,
+                a.gids,
+                meta.uid(),
+                meta.gid(),
+                meta.mode() & 0o7777
+            ));
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{k}: {e}"))?;
+        if !text.contains("PRIVATE KEY-----") {
+            return Err(format!("{k}: not a PEM private key"));
         }
     }
     Ok(())

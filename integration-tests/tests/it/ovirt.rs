@@ -114,6 +114,53 @@ fn x509_facts(file: Option<&Path>, pem: Option<&[u8]>) -> Result<Facts> {
     })
 }
 
+/// `ssh-keygen -L`'s view of an OpenSSH certificate (the serial console's), in the report's
+/// terms: SHA-256 of the blob, serial in hex, `Valid: … to …` (UTC), type and key id.
+fn ssh_facts(file: &Path) -> Result<Facts> {
+    let text = String::from_utf8(run(
+        Command::new("ssh-keygen")
+            .env("TZ", "UTC")
+            .arg("-L")
+            .arg("-f")
+            .arg(file),
+        None,
+    )?)?;
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::to_owned)
+            .with_context(|| format!("no {prefix} in {text}"))
+    };
+    let serial: u64 = field("Serial: ")?.parse()?;
+    let to = field("Valid: ")?
+        .rsplit(" to ")
+        .next()
+        .context("Valid: … to …")?
+        .to_owned();
+    let fmt = time::format_description::parse_borrowed::<1>(
+        "[year]-[month]-[day]T[hour]:[minute]:[second]",
+    )?;
+    let not_after = time::PrimitiveDateTime::parse(&to, &fmt)?
+        .assume_utc()
+        .unix_timestamp();
+    let kind = if field("Type: ")?.contains("host certificate") {
+        "host"
+    } else {
+        "user"
+    };
+    let id = field("Key ID: ")?.trim_matches('"').to_owned();
+    let line = std::fs::read_to_string(file)?;
+    use base64::Engine as _;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(line.split_whitespace().nth(1).context("no base64")?)?;
+    Ok(Facts {
+        fingerprint: certfleet_common::pki::sha256_hex(&blob),
+        not_after,
+        serial: format!("{serial:X}"),
+        subject: format!("OpenSSH {kind} certificate, key id {id}"),
+    })
+}
+
 /// Follows symlinks the way the host would see them: absolute targets under `root`.
 fn resolve(root: &Path, p: &Path) -> PathBuf {
     let mut p = p.to_path_buf();
@@ -131,6 +178,9 @@ fn resolve(root: &Path, p: &Path) -> PathBuf {
 fn location_facts(root: &Path, loc: &Value) -> Result<Facts> {
     let path = Path::new(loc["path"].as_str().context("path")?);
     match loc["kind"].as_str() {
+        Some("file") if path.to_string_lossy().ends_with("-cert.pub") => {
+            ssh_facts(&resolve(root, path))
+        }
         Some("file") => x509_facts(Some(&resolve(root, path)), None),
         Some("pkcs12") => {
             let pem = run(
@@ -293,7 +343,13 @@ fn check_engine(engine: &Engine, hosts: &[&str]) -> Result<Value> {
     for dir in ["certs", "certs-qemu"] {
         for entry in std::fs::read_dir(pki.join(dir))? {
             let p = entry?.path();
-            disk.insert(x509_facts(Some(&p), None)?.fingerprint);
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with("-cert.pub") {
+                // The serial console's OpenSSH certificates are records too.
+                disk.insert(ssh_facts(&p)?.fingerprint);
+            } else if !name.ends_with(".pub") {
+                disk.insert(x509_facts(Some(&p), None)?.fingerprint);
+            }
         }
     }
     let reported: BTreeSet<String> = by_fp.keys().cloned().collect();
@@ -421,7 +477,18 @@ fn ovirt_engines_and_hosts_match_openssl() -> Result<()> {
             role_of(&by_fp, &vdsm.join("ovn/ovn-cert.pem")),
             "ovirt.node.ovn"
         );
-        assert_eq!(by_fp.len(), 5, "vdsm, ovn, migrate, CA, QEMU CA");
+        assert_eq!(
+            role_of(
+                &by_fp,
+                &root.join("etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub")
+            ),
+            "ovirt.node.vmconsole"
+        );
+        assert_eq!(
+            by_fp.len(),
+            6,
+            "vdsm, ovn, migrate, CA, QEMU CA, vmconsole (OpenSSH)"
+        );
         // The engine's copy of this host's certificate is the same certificate.
         let engine_copy = x509_facts(Some(&e45.pki.join(format!("certs/{fqdn}.cer"))), None)?;
         assert_eq!(

@@ -13,10 +13,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use certfleet_integration_tests::sim::ovirt::api::{self, ApiState};
+use certfleet_integration_tests::sim::systemd;
 use serde_json::Value;
 
 use crate::ovirt_rotation::{
-    Fleet, VDSM_CERT, check_renewed, fleet_with, fqdn, hash_tree, not_after, roots_hash, step,
+    Fleet, VDSM_CERT, check_renewed, fleet_with, fqdn, hash_tree, not_after, now, roots_hash, step,
     wait_plan,
 };
 use crate::support::{self, Proc};
@@ -177,7 +178,7 @@ fn api_recipe_enrolls_hosts_one_at_a_time_and_dry_run_touches_nothing() {
         "--dry-run",
     ]);
     assert_eq!(dry["state"], "dry_run");
-    assert_eq!(dry["steps"].as_array().unwrap().len(), 21, "{dry:#}");
+    assert_eq!(dry["steps"].as_array().unwrap().len(), 22, "{dry:#}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         roots_hash(&f),
@@ -311,7 +312,7 @@ fn api_enroll_failure_leaves_host_in_maintenance_and_halts() {
         "0",
     ]);
     let id = plan["id"].as_str().unwrap().to_owned();
-    let first_fqdn = plan["steps"][1]["args"]["host"]
+    let first_fqdn = plan["steps"][2]["args"]["host"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -382,7 +383,8 @@ fn api_password_file_mode_and_playbook_failure() {
     // A world-readable password file is refused before anything is asked of the engine.
     let done = create();
     assert_eq!(done["state"], "failed", "{done:#}");
-    let msg = step(&done, "kvm01", "ovirt.power_management")["message"]
+    // The engine version probe is the first API call of the plan.
+    let msg = step(&done, "engine", "ovirt.engine_version")["message"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -413,4 +415,246 @@ fn api_password_file_mode_and_playbook_failure() {
         "skipped"
     );
     assert_eq!(hash_tree(&f.hosts["kvm01"].root.join("etc")), before);
+}
+
+/// A host whose VDSM certificate expired: libvirtd and vdsmd cannot start, the engine marks it
+/// non_responsive and still counts `vms` VMs on it.
+fn make_non_responsive(f: &Fleet, name: &str, vms: u32) {
+    let h = &f.hosts[name];
+    for u in ["libvirtd", "vdsmd"] {
+        let code = systemd::run(h, &["restart".to_owned(), u.to_owned()]).unwrap();
+        assert_eq!(code, 1, "{u} started with an expired certificate");
+    }
+    api::set_host_status(&f.engine, name, "non_responsive", vms).unwrap();
+}
+
+#[test]
+fn non_responsive_host_with_vms_is_refused_before_4_5_1_and_enrolled_directly_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, port) = api_fleet(dir.path(), &[("kvm01", -2)]);
+    make_non_responsive(&f, "kvm01", 2);
+    let run = || {
+        let p = f.c.json(&[
+            "plan",
+            "create",
+            "ovirt-hosts",
+            "--expiring-within",
+            "30d",
+            "--failure-budget",
+            "0",
+            "--run",
+        ]);
+        let id = p["id"].as_str().unwrap().to_owned();
+        wait_plan(&f.c, &id, &["succeeded", "failed"])
+    };
+    let vdsm = f.hosts["kvm01"].path(VDSM_CERT);
+    let old = std::fs::read(&vdsm).unwrap();
+
+    // 4.5.0: Enroll Certificate needs maintenance, and the engine refuses maintenance for a
+    // NonResponsive host with running VMs. The plan stops there and names the way out.
+    api::set_product_version(&f.engine, "4.5.0").unwrap();
+    let done = run();
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let version = step(&done, "engine", "ovirt.engine_version");
+    assert_eq!(version["state"], "succeeded", "{version:#}");
+    let m = step(&done, "kvm01", "ovirt.host_maintenance");
+    let msg = m["message"].as_str().unwrap();
+    assert!(
+        msg.contains("Host still has running VMs on it and is in Non Responsive state")
+            && msg.contains("HTTP 409")
+            && msg.contains("ovirt-hosts-offline"),
+        "{msg}"
+    );
+    assert_eq!(
+        step(&done, "kvm01", "ovirt.enroll_certificate")["state"],
+        "skipped"
+    );
+    let h = state(&f).host("kvm01").unwrap().clone();
+    assert_eq!(h.status, "non_responsive");
+    assert!(
+        !h.history.iter().any(|s| s == "installing"),
+        "{:?}",
+        h.history
+    );
+    assert_eq!(std::fs::read(&vdsm).unwrap(), old, "certificate changed");
+    // The API itself refuses a direct enrollment on 4.5.0.
+    let (code, body) = {
+        let tok = http(
+            port,
+            "POST",
+            "/ovirt-engine/sso/oauth/token",
+            &["Content-Type: application/x-www-form-urlencoded"],
+            &format!(
+                "grant_type=password&scope=ovirt-app-api&username=admin%40internal&password={}",
+                PASSWORD.replace(' ', "+").replace('&', "%26")
+            ),
+        );
+        let t: Value = serde_json::from_str(&tok.1).unwrap();
+        let auth = format!(
+            "Authorization: Bearer {}",
+            t["access_token"].as_str().unwrap()
+        );
+        http(
+            port,
+            "POST",
+            &format!("/ovirt-engine/api/hosts/{}/enrollcertificate", h.id),
+            &[&auth, "Accept: application/json"],
+            "<action/>",
+        )
+    };
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("Please switch Host to Maintenance mode first."),
+        "{body}"
+    );
+
+    // 4.5.1: the same host is enrolled without maintenance, then activated.
+    api::set_product_version(&f.engine, "4.5.1").unwrap();
+    let done = run();
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let m = step(&done, "kvm01", "ovirt.host_maintenance");
+    assert!(
+        m["message"]
+            .as_str()
+            .unwrap()
+            .contains("without maintenance"),
+        "{m:#}"
+    );
+    let e = step(&done, "kvm01", "ovirt.enroll_certificate");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("from non_responsive"),
+        "{e:#}"
+    );
+    let h = state(&f).host("kvm01").unwrap().clone();
+    assert_eq!(h.status, "up");
+    let tail: Vec<&str> = h
+        .history
+        .iter()
+        .map(String::as_str)
+        .skip_while(|s| *s != "non_responsive")
+        .collect();
+    assert!(
+        !tail.contains(&"preparing_for_maintenance") && tail.contains(&"installing"),
+        "{:?}",
+        h.history
+    );
+    assert!(not_after(&vdsm) > now() + 1800 * 86_400);
+    for u in ["libvirtd", "vdsmd"] {
+        assert_eq!(
+            systemd::unit(&f.hosts["kvm01"], u).unwrap().state,
+            "active",
+            "{u}"
+        );
+    }
+}
+
+/// `ssh-keygen -L` of an OpenSSH certificate: (type line, "Valid:" line).
+fn ssh_cert_info(p: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_due_vmconsole_host_certificate_is_collected_and_renewed_by_enroll_certificate() {
+    use certfleet_integration_tests::sim::Lifetime;
+    use certfleet_integration_tests::sim::ovirt::node::{Node, NodeSpec, vmconsole_host};
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, _) = api_fleet(dir.path(), &[("kvm01", 1500), ("kvm02", 1500)]);
+    // kvm01's serial console certificate (not its VDSM certificate) expires in 10 days.
+    let e = certfleet_integration_tests::sim::ovirt::Engine::load(&f.engine).unwrap();
+    let mut spec = NodeSpec::new(&fqdn("kvm01"));
+    spec.vmconsole = Some(Lifetime::days(1800, 10));
+    let mut node = Node {
+        host: f.hosts["kvm01"].clone(),
+        spec,
+        owners: BTreeMap::new(),
+    };
+    let work = tempfile::tempdir().unwrap();
+    vmconsole_host(&mut node, &e, work.path(), 1827).unwrap();
+    let cert = f.hosts["kvm01"].path("/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub");
+    let old = std::fs::read(&cert).unwrap();
+    f.c.cli(&["inventory", "rescan"]);
+    let soon = now() + 20 * 86_400;
+    support::wait_for(
+        "kvm01's vmconsole certificate in the inventory",
+        Duration::from_secs(60),
+        || {
+            let inv = f.c.json(&["inventory"]);
+            inv.as_array()?
+                .iter()
+                .find(|r| {
+                    r["role"] == "ovirt.node.vmconsole"
+                        && r.to_string().contains(
+                            "root-kvm01/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub",
+                        )
+                        && r["not_after"]
+                            .as_str()
+                            .and_then(|t| {
+                                time::OffsetDateTime::parse(
+                                    t,
+                                    &time::format_description::well_known::Rfc3339,
+                                )
+                                .ok()
+                            })
+                            .is_some_and(|t| t.unix_timestamp() < soon)
+                })
+                .map(|_| ())
+        },
+    );
+    // The engine's copies are in the inventory too: X.509 and OpenSSH, role ovirt.node.vmconsole.
+    let inv = f.c.json(&["inventory"]).to_string();
+    assert!(inv.contains("kvm01.example.test-ssh-cert.pub"), "{inv}");
+    assert!(inv.contains("vmconsole-proxy-host-cert.pub"), "{inv}");
+
+    let p = f.c.json(&[
+        "plan",
+        "create",
+        "ovirt-hosts",
+        "--expiring-within",
+        "30d",
+        "--failure-budget",
+        "0",
+        "--run",
+    ]);
+    let id = p["id"].as_str().unwrap().to_owned();
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    // Only kvm01 was due.
+    assert!(
+        !done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["target"].as_str().unwrap().starts_with("kvm02")),
+        "{done:#}"
+    );
+    let v = step(&done, "kvm01", "ovirt.verify_host_certs");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("vmconsole host certificate until"),
+        "{v:#}"
+    );
+    assert_ne!(std::fs::read(&cert).unwrap(), old);
+    let info = ssh_cert_info(&cert);
+    let year = time::OffsetDateTime::from_unix_timestamp(now() + 1827 * 86_400)
+        .unwrap()
+        .year();
+    assert!(info.contains("host certificate"), "{info}");
+    assert!(info.contains(&format!(" to {year}-")), "{info}");
+    assert!(info.contains(&fqdn("kvm01")), "{info}");
 }

@@ -9,6 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+
+use certfleet_integration_tests::sim::ovirt::engine::{OVN_DB_KEYS, ovn_account};
+use certfleet_integration_tests::sim::ovirt::setup::OVN_RESTARTS;
 use certfleet_integration_tests::sim::ovirt::{Engine, EngineSpec, OvirtVersion, setup};
 use certfleet_integration_tests::sim::{Lifetime, systemd};
 use serde_json::Value;
@@ -20,6 +25,12 @@ use crate::ovirt_rotation::{
 use crate::support;
 
 const OVN: &[&str] = &["ovirt-provider-ovn", "ovn-ndb", "ovn-sdb"];
+const VDSM: &str = "/etc/pki/vdsm/certs/vdsmcert.pem";
+const VMCONSOLE: &[&str] = &[
+    "vmconsole-proxy-helper",
+    "vmconsole-proxy-host",
+    "vmconsole-proxy-user",
+];
 
 fn engine_fleet(dir: &Path) -> Fleet {
     let mut spec = EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine"));
@@ -54,6 +65,12 @@ fn engine_fleet(dir: &Path) -> Fleet {
 
 fn pki(f: &Fleet, rel: &str) -> std::path::PathBuf {
     f.engine.path(&format!("{PKI}/{rel}"))
+}
+
+/// `(mode, uid, gid)` of a file.
+fn mode_owner(p: &Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.uid(), m.gid())
 }
 
 fn pubkey_of_cert(p: &Path) -> String {
@@ -162,6 +179,18 @@ fn engine_recipe_renews_engine_and_ovn_certificates_under_global_maintenance() {
         .map(|n| pubkey_of_cert(&pki(&f, &format!("certs/{n}.cer"))))
         .collect();
     let before_apache = not_after(&pki(&f, "certs/apache.cer"));
+    let ovn_keys_before: BTreeMap<String, (u32, u32, u32)> = OVN
+        .iter()
+        .map(|n| {
+            let k = format!("keys/{n}.key.nopass");
+            let v = mode_owner(&pki(&f, &k));
+            (k, v)
+        })
+        .collect();
+    let ovn_starts: Vec<u32> = OVN_RESTARTS
+        .iter()
+        .map(|u| systemd::unit(&f.engine, u).unwrap().starts)
+        .collect();
     let imageio_starts: Vec<u32> = ["kvm01", "kvm02"]
         .iter()
         .map(|h| systemd::unit(&f.hosts[*h], "ovirt-imageio").unwrap().starts)
@@ -251,11 +280,24 @@ fn engine_recipe_renews_engine_and_ovn_certificates_under_global_maintenance() {
             serial(&p),
             "{n}: p12 holds another certificate"
         );
-        use std::os::unix::fs::PermissionsExt;
-        for k in [format!("keys/{n}.p12"), format!("keys/{n}.key.nopass")] {
-            let mode = std::fs::metadata(pki(&f, &k)).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{k}");
-        }
+        let mode = std::fs::metadata(pki(&f, &format!("keys/{n}.p12")))
+            .unwrap()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "keys/{n}.p12");
+        // The key keeps what engine-setup gave it: OVN's database keys 0640 group
+        // openvswitch (ovirtproviderovn.py), the provider's 0600 root.
+        let k = format!("keys/{n}.key.nopass");
+        assert_eq!(
+            mode_owner(&pki(&f, &k)),
+            ovn_keys_before[&k],
+            "{k}: owner/group/mode changed"
+        );
+    }
+    let ovs_gid = ovn_account().gids[1];
+    for k in OVN_DB_KEYS {
+        let m = std::fs::metadata(pki(&f, k)).unwrap();
+        assert_eq!((m.mode() & 0o777, m.gid()), (0o640, ovs_gid), "{k}");
     }
     // Global maintenance was on during engine-setup and is off again.
     assert_eq!(global_maintenance(&f), Some(false));
@@ -264,17 +306,32 @@ fn engine_recipe_renews_engine_and_ovn_certificates_under_global_maintenance() {
         gm_on["output"].to_string().contains("--mode=global"),
         "{gm_on:#}"
     );
-    // Services restarted with the new certificates.
-    for u in [
-        "ovirt-engine",
-        "httpd",
-        "ovirt-provider-ovn",
-        "ovsdb-server",
-    ] {
+    // Services restarted with the new certificates: the engine's by engine-setup, OVN's by
+    // the plan after the re-issue (what engine-setup restarts for OVN), and OVN could read its
+    // keys (ovn-northd runs as the OVN account).
+    for u in ["ovirt-engine", "httpd"] {
         let unit = systemd::unit(&f.engine, u).unwrap();
         assert_eq!(unit.state, "active", "{u}");
         assert!(unit.starts >= 1, "{u} not restarted");
     }
+    for (u, before) in OVN_RESTARTS.iter().zip(&ovn_starts) {
+        let unit = systemd::unit(&f.engine, u).unwrap();
+        assert_eq!(unit.state, "active", "{u}: {}", unit.last_error);
+        assert!(
+            unit.starts >= before + 2,
+            "{u}: engine-setup and the plan restart it"
+        );
+    }
+    let restart = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == "service.restart" && s["agent"] == "engine")
+        .unwrap();
+    assert_eq!(
+        restart["name"],
+        "restart openvswitch, ovn-northd, ovirt-provider-ovn"
+    );
     for (i, h) in ["kvm01", "kvm02"].iter().enumerate() {
         let unit = systemd::unit(&f.hosts[*h], "ovirt-imageio").unwrap();
         assert_eq!(unit.state, "active");
@@ -285,4 +342,304 @@ fn engine_recipe_renews_engine_and_ovn_certificates_under_global_maintenance() {
     }
     let verify = step(&done, "engine", "ovirt.engine_verify");
     assert_eq!(verify["state"], "succeeded");
+}
+
+#[test]
+fn ovn_cannot_read_a_key_without_the_group_engine_setup_gave_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine"));
+    let host = certfleet_integration_tests::sim::SimHost::new(
+        dir.path().join("root-engine"),
+        crate::support::bin("certfleet-sim"),
+    )
+    .unwrap();
+    let e = certfleet_integration_tests::sim::ovirt::build_engine(&host, &spec).unwrap();
+    setup::engine_services(&e).unwrap();
+    let key = e.path("keys/ovn-ndb.key.nopass");
+    // As engine-setup leaves it: OVN restarts fine.
+    assert_eq!(mode_owner(&key).0, 0o640);
+    assert_eq!(mode_owner(&key).2, ovn_account().gids[1]);
+    let restart = || systemd::run(&host, &["restart".to_owned(), "ovn-northd".to_owned()]).unwrap();
+    assert_eq!(
+        restart(),
+        0,
+        "{}",
+        systemd::unit(&host, "ovn-northd").unwrap().last_error
+    );
+    if !nix::unistd::geteuid().is_root() {
+        // Without root the simulator cannot give the key to another account, so OVN runs as
+        // the caller, who owns the key either way.
+        eprintln!("not root: cannot simulate the OVN account; skipping the denial check");
+        return;
+    }
+    // A replacement written the old way (root:root 0600): OVN is locked out at its restart.
+    std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(restart(), 1);
+    let u = systemd::unit(&host, "ovn-northd").unwrap();
+    assert_eq!(u.state, "failed");
+    assert!(
+        u.last_error.contains("ovn-ndb.key.nopass") && u.last_error.contains("Permission denied"),
+        "{}",
+        u.last_error
+    );
+    // Group openvswitch but mode 0600 is not enough either.
+    std::os::unix::fs::chown(&key, None, Some(ovn_account().gids[1])).unwrap();
+    assert_eq!(restart(), 1);
+    // engine-setup's own fix (it runs on every upgrade) makes it readable again.
+    let out = Command::new(host.path("/usr/bin/engine-setup"))
+        .args(["--offline", "--accept-defaults"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(mode_owner(&key).0, 0o640);
+    assert_eq!(systemd::unit(&host, "ovn-northd").unwrap().state, "active");
+}
+
+#[test]
+fn engine_setup_renews_the_cas_in_their_window_and_the_plan_refreshes_every_host_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine"));
+    // Both CAs have 200 days left: inside engine-setup's 365-day window, outside the plan's
+    // --expiring-within; no engine service certificate is due.
+    for ca in ["ca", "qemu-ca"] {
+        spec.lifetimes.insert(ca.into(), Lifetime::days(3450, 200));
+    }
+    let f = fleet_spec(dir.path(), spec, &[("kvm01", 1500), ("kvm02", 1500)], "");
+    let e = Engine::load(&f.engine).unwrap();
+    setup::engine_services(&e).unwrap();
+    for h in f.hosts.values() {
+        systemd::define_unit(h, "ovirt-imageio", &["/etc/pki/vdsm/certs/vdsmcert.pem"]).unwrap();
+    }
+    support::wait_for(
+        "the engine CA in the inventory",
+        Duration::from_secs(60),
+        || {
+            f.c.json(&["inventory"])
+                .to_string()
+                .contains("/etc/pki/ovirt-engine/qemu-ca.pem")
+                .then_some(())
+        },
+    );
+    const ENGINE_CA_COPIES: &[&str] = &[
+        "/etc/pki/vdsm/certs/cacert.pem",
+        "/etc/pki/vdsm/libvirt-spice/ca-cert.pem",
+        "/etc/pki/vdsm/libvirt-vnc/ca-cert.pem",
+        "/etc/pki/CA/cacert.pem",
+        "/etc/pki/vdsm/ovn/ca-cert.pem",
+    ];
+    const QEMU_CA_COPY: &str = "/etc/pki/vdsm/libvirt-migrate/ca-cert.pem";
+    let old_ca = std::fs::read(pki(&f, "ca.pem")).unwrap();
+    let perms_before: BTreeMap<String, (u32, u32, u32)> = f
+        .hosts
+        .iter()
+        .flat_map(|(n, h)| {
+            ENGINE_CA_COPIES
+                .iter()
+                .chain([QEMU_CA_COPY].iter())
+                .map(move |c| (format!("{n}{c}"), mode_owner(&h.path(c))))
+        })
+        .collect();
+    let libvirtd_starts: Vec<u32> = f
+        .hosts
+        .values()
+        .map(|h| systemd::unit(h, "libvirtd").unwrap().starts)
+        .collect();
+
+    let plan = f.c.json(&[
+        "plan",
+        "create",
+        "ovirt-engine",
+        "--expiring-within",
+        "30d",
+        "--failure-budget",
+        "0",
+        "--run",
+    ]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let out = step(&done, "engine", "ovirt.engine_setup")["output"].to_string();
+    for ca in ["ca.pem", "qemu-ca.pem"] {
+        assert!(
+            out.contains(&format!("Renewing CA: /etc/pki/ovirt-engine/{ca}")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "[WARNING] CA /etc/pki/ovirt-engine/{ca} was renewed, please refresh manually distributed copies"
+            )),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("Renewing apache"), "{out}");
+    // The CAs: same key and subject, CA_DAYS (7300) from now, the old file kept.
+    let ca = pki(&f, "ca.pem");
+    let qemu = pki(&f, "qemu-ca.pem");
+    for p in [&ca, &qemu] {
+        assert!(
+            (not_after(p) - (now() + 7300 * 86_400)).abs() < 3600,
+            "{}",
+            p.display()
+        );
+    }
+    assert_ne!(std::fs::read(&ca).unwrap(), old_ca);
+    let backups: Vec<String> = std::fs::read_dir(f.engine.path(PKI))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ca.pem."))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(
+        std::fs::read(f.engine.path(&format!("{PKI}/{}", backups[0]))).unwrap(),
+        old_ca
+    );
+    // Engine certificates issued before still verify against the renewed CA.
+    let v = openssl(&[
+        "verify",
+        "-CAfile",
+        &s(&ca),
+        &s(&pki(&f, "certs/apache.cer")),
+    ]);
+    assert!(v.contains(": OK"), "{v}");
+    // Every host copy is the new CA, owner/group/mode kept, every leaf verifies.
+    let new_ca = std::fs::read(&ca).unwrap();
+    let new_qemu = std::fs::read(&qemu).unwrap();
+    for (i, (n, h)) in f.hosts.iter().enumerate() {
+        for c in ENGINE_CA_COPIES {
+            assert_eq!(std::fs::read(h.path(c)).unwrap(), new_ca, "{n}: {c}");
+        }
+        assert_eq!(
+            std::fs::read(h.path(QEMU_CA_COPY)).unwrap(),
+            new_qemu,
+            "{n}"
+        );
+        for c in ENGINE_CA_COPIES.iter().chain([QEMU_CA_COPY].iter()) {
+            assert_eq!(
+                mode_owner(&h.path(c)),
+                perms_before[&format!("{n}{c}")],
+                "{n}: {c}"
+            );
+        }
+        for (cafile, leaf) in [
+            ("/etc/pki/vdsm/certs/cacert.pem", VDSM),
+            (
+                QEMU_CA_COPY,
+                "/etc/pki/vdsm/libvirt-migrate/server-cert.pem",
+            ),
+        ] {
+            let v = openssl(&["verify", "-CAfile", &s(&h.path(cafile)), &s(&h.path(leaf))]);
+            assert!(v.contains(": OK"), "{n}: {v}");
+        }
+        let u = systemd::unit(h, "libvirtd").unwrap();
+        assert_eq!(u.state, "active");
+        assert!(u.starts > libvirtd_starts[i], "{n}: libvirtd not restarted");
+        // One target for the engine renewal: find the host's step by its agent.
+        let r = done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["action"] == "ovirt.refresh_host_ca" && s["agent"] == n.as_str())
+            .unwrap_or_else(|| panic!("no refresh step for {n}: {done:#}"));
+        assert!(
+            r["message"]
+                .as_str()
+                .unwrap()
+                .contains("refreshed 6 CA copies"),
+            "{r:#}"
+        );
+    }
+}
+
+#[test]
+fn vmconsole_proxy_certificates_are_collected_and_renewed_by_engine_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine"));
+    for n in VMCONSOLE {
+        spec.lifetimes
+            .insert(n.to_string(), Lifetime::days(1800, 20));
+    }
+    let f = fleet_spec(dir.path(), spec, &[("kvm01", 1500)], "");
+    let e = Engine::load(&f.engine).unwrap();
+    setup::engine_services(&e).unwrap();
+    systemd::define_unit(
+        &f.hosts["kvm01"],
+        "ovirt-imageio",
+        &["/etc/pki/vdsm/certs/vdsmcert.pem"],
+    )
+    .unwrap();
+    // Collected with their roles: X.509 and OpenSSH, and the proxy's copies.
+    let want = [
+        "/etc/pki/ovirt-engine/certs/vmconsole-proxy-helper.cer",
+        "/etc/pki/ovirt-engine/certs/vmconsole-proxy-host.cer",
+        "/etc/pki/ovirt-engine/certs/vmconsole-proxy-host-cert.pub",
+        "/etc/pki/ovirt-engine/certs/vmconsole-proxy-user-cert.pub",
+        "/etc/pki/ovirt-vmconsole/proxy-ssh_user_rsa-cert.pub",
+    ];
+    let inv = support::wait_for("vmconsole certificates", Duration::from_secs(60), || {
+        let inv = f.c.json(&["inventory"]);
+        let s = inv.to_string();
+        want.iter().all(|w| s.contains(w)).then_some(inv)
+    });
+    for r in inv.as_array().unwrap() {
+        let s = r.to_string();
+        if s.contains("vmconsole-proxy-host-cert.pub") {
+            assert_eq!(r["role"], "ovirt.engine.vmconsole-proxy-host", "{r:#}");
+            assert!(
+                r["subject"].as_str().unwrap().contains("host certificate"),
+                "{r:#}"
+            );
+        }
+    }
+    let old_ssh = std::fs::read(pki(&f, "certs/vmconsole-proxy-user-cert.pub")).unwrap();
+    let plan = f.c.json(&[
+        "plan",
+        "create",
+        "ovirt-engine",
+        "--expiring-within",
+        "60d",
+        "--failure-budget",
+        "0",
+        "--run",
+    ]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let out = step(&done, "engine", "ovirt.engine_setup")["output"].to_string();
+    assert!(
+        out.contains("Setting up ovirt-vmconsole proxy helper PKI artifacts")
+            && out.contains("Setting up ovirt-vmconsole SSH PKI artifacts"),
+        "{out}"
+    );
+    let ca = s(&pki(&f, "ca.pem"));
+    for n in VMCONSOLE {
+        let p = pki(&f, &format!("certs/{n}.cer"));
+        assert!(openssl(&["verify", "-CAfile", &ca, &s(&p)]).contains(": OK"));
+        assert!(
+            (not_after(&p) - (now() + 1827 * 86_400)).abs() < 3600,
+            "{n}"
+        );
+    }
+    let new_ssh = std::fs::read(pki(&f, "certs/vmconsole-proxy-user-cert.pub")).unwrap();
+    assert_ne!(new_ssh, old_ssh);
+    assert_eq!(
+        std::fs::read(
+            f.engine
+                .path("/etc/pki/ovirt-vmconsole/proxy-ssh_user_rsa-cert.pub")
+        )
+        .unwrap(),
+        new_ssh
+    );
+    let verify = step(&done, "engine", "ovirt.engine_verify");
+    let msg = verify["message"].as_str().unwrap();
+    assert!(
+        msg.contains("vmconsole-proxy-user-cert.pub: until"),
+        "{msg}"
+    );
 }

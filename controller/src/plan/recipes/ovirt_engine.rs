@@ -12,14 +12,22 @@
 //! 5. `ovirt.engine_reissue` for each due OVN certificate (`ovirt-provider-ovn`, `ovn-ndb`,
 //!    `ovn-sdb`), which engine-setup before 4.5.2.1 skips: `pki-enroll-pkcs12.sh --keep-key`
 //!    with the SAN (A13; not seed 003's symlinks to `apache`'s key, which would share one key
-//!    between services), then `service.restart ovirt-provider-ovn` / `ovsdb-server`;
+//!    between services); the keys keep the owner, group and mode engine-setup gave them (0640,
+//!    group `openvswitch`, `ovirtproviderovn.py`), then `service.restart` of what engine-setup
+//!    restarts for OVN: `openvswitch`, `ovn-northd`, `ovirt-provider-ovn`;
 //! 6. `ovirt.engine_verify` of everything renewed: chains to `ca.pem`, valid past
 //!    `--param min_days=N` (default 60), key matches.
 //!
+//! The CAs: engine-setup renews `ca.pem` / `qemu-ca.pem` itself when one has less than
+//! `CertExpirationWarnPeriodInDays` left (`ca.py`; `--param ca_window_days=N`, default 365,
+//! the 4.5 default) and warns that "manually distributed copies" must be refreshed. When a CA
+//! is inside that window (or in scope), step 2 runs for it, and every host this CA enrolled gets
+//! `ovirt.refresh_host_ca` after it: the new CA files from step 2's result into every copy the
+//! host-deploy roles wrote, each leaf verified against them (a no-op when engine-setup renewed
+//! nothing).
+//!
 //! Targets: agents holding `/etc/pki/ovirt-engine/ca.pem` (`ovirt.engine.ca`) whose engine
-//! service certificates are in scope (`--expiring-within`, `--role`). The CA itself is not
-//! renewed here (engine-setup renews it only inside its own window; then every host needs
-//! re-enrolling, recipe `ovirt-hosts`).
+//! service certificates or CAs are in scope (`--expiring-within`, `--role`).
 
 use serde_json::json;
 
@@ -27,13 +35,32 @@ use super::{Recipe, RecipeInput, StepSpec, openssl_subject};
 use crate::fleet::AgentRecord;
 use certfleet_common::model::CertRecord;
 
-/// engine-setup's `_COMMON_ENTITIES`.
-pub const SETUP_ENTITIES: &[&str] = &["engine", "jboss", "websocket-proxy", "apache", "reports"];
-/// OVN entities and the unit that serves each.
-pub const OVN_ENTITIES: &[(&str, &str)] = &[
-    ("ovirt-provider-ovn", "ovirt-provider-ovn"),
-    ("ovn-ndb", "ovsdb-server"),
-    ("ovn-sdb", "ovsdb-server"),
+/// engine-setup's `_COMMON_ENTITIES`, then the vmconsole proxy certificates its vmconsole
+/// plugin re-issues inside the warning window (`vmconsole_proxy_helper/pki.py`
+/// `_refresh_needed`, 4.5.1+; their OpenSSH twins with them).
+pub const SETUP_ENTITIES: &[&str] = &[
+    "engine",
+    "jboss",
+    "websocket-proxy",
+    "apache",
+    "reports",
+    "vmconsole-proxy-helper",
+    "vmconsole-proxy-host",
+    "vmconsole-proxy-user",
+];
+/// OVN entities engine-setup (before 4.5.2.1) leaves alone.
+pub const OVN_ENTITIES: &[&str] = &["ovirt-provider-ovn", "ovn-ndb", "ovn-sdb"];
+/// What engine-setup restarts for OVN (`OvnEnv.ENGINE_MACHINE_OVN_SERVICES`, then
+/// `OVIRT_PROVIDER_OVN_SERVICE`), in that order.
+pub const OVN_UNITS: &[&str] = &["openvswitch", "ovn-northd", "ovirt-provider-ovn"];
+/// Where the host-deploy roles copy the engine and QEMU CAs on a host (for the plan display).
+pub const HOST_CA_COPIES: &[&str] = &[
+    "/etc/pki/vdsm/certs/cacert.pem",
+    "/etc/pki/vdsm/libvirt-spice/ca-cert.pem",
+    "/etc/pki/vdsm/libvirt-vnc/ca-cert.pem",
+    "/etc/pki/CA/cacert.pem",
+    "/etc/pki/vdsm/ovn/ca-cert.pem",
+    "/etc/pki/vdsm/libvirt-migrate/ca-cert.pem",
 ];
 const PKI: &str = "/etc/pki/ovirt-engine";
 
@@ -41,14 +68,23 @@ const PKI: &str = "/etc/pki/ovirt-engine";
 pub struct OvirtEngine;
 
 /// The engine's certificate of entity `name` (`certs/<name>.cer`).
+/// Also its OpenSSH twin `certs/<name>-cert.pub` (vmconsole proxy), whichever expires first.
 fn entity<'a>(input: &'a RecipeInput<'a>, agent: &str, name: &str) -> Option<&'a CertRecord> {
-    let path = format!("{PKI}/certs/{name}.cer");
-    input.inventory.get(agent)?.iter().find(|c| {
-        c.role.starts_with("ovirt.engine.")
-            && c.locations
-                .iter()
-                .any(|l| l.kind == "file" && l.path.ends_with(path.as_str()))
-    })
+    let paths = [
+        format!("{PKI}/certs/{name}.cer"),
+        format!("{PKI}/certs/{name}-cert.pub"),
+    ];
+    input
+        .inventory
+        .get(agent)?
+        .iter()
+        .filter(|c| {
+            c.role.starts_with("ovirt.engine.")
+                && c.locations
+                    .iter()
+                    .any(|l| l.kind == "file" && paths.iter().any(|p| l.path.ends_with(p.as_str())))
+        })
+        .min_by_key(|c| c.not_after)
 }
 
 impl Recipe for OvirtEngine {
@@ -67,6 +103,7 @@ impl Recipe for OvirtEngine {
                     || input.roles.iter().any(|r| c.role.starts_with(r.as_str())))
         };
         let min_days: i64 = input.param("min_days", 60)?;
+        let ca_window: i64 = input.param("ca_window_days", 365)?;
         let he = match input.params.get("he_host") {
             Some(n) => Some(
                 input
@@ -87,18 +124,37 @@ impl Recipe for OvirtEngine {
                 .iter()
                 .copied()
                 .filter(|n| {
-                    entity(input, &e.id, n).is_some_and(|c| in_scope(c) || c.sans.is_empty())
+                    // engine-setup also renews a common entity without subjectAltName
+                    // (`ok_to_renew_cert`); vmconsole certificates never have one.
+                    let common = !n.starts_with("vmconsole-");
+                    entity(input, &e.id, n)
+                        .is_some_and(|c| in_scope(c) || (common && c.sans.is_empty()))
                 })
                 .collect();
-            let ovn_due: Vec<(&str, &str, &CertRecord)> = OVN_ENTITIES
+            let ovn_due: Vec<(&str, &CertRecord)> = OVN_ENTITIES
                 .iter()
-                .filter_map(|(n, u)| {
+                .filter_map(|n| {
                     entity(input, &e.id, n)
                         .filter(|c| in_scope(c))
-                        .map(|c| (*n, *u, c))
+                        .map(|c| (*n, c))
                 })
                 .collect();
-            if setup_due.is_empty() && ovn_due.is_empty() {
+            // engine-setup renews a CA inside its window (`ca.py` `_miscUpgrade`).
+            let now = certfleet_common::model::now();
+            let ca_due: Vec<&str> = [
+                ("ca.pem", Some(ca)),
+                (
+                    "qemu-ca.pem",
+                    input.cert_at(&e.id, &format!("{PKI}/qemu-ca.pem")),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(f, c)| {
+                c.filter(|c| c.not_after - now < ca_window * 86_400 || in_scope(c))
+                    .map(|_| f)
+            })
+            .collect();
+            if setup_due.is_empty() && ovn_due.is_empty() && ca_due.is_empty() {
                 continue;
             }
             let target = format!("{}:{PKI}", e.name);
@@ -129,7 +185,7 @@ impl Recipe for OvirtEngine {
                 timeout_secs: secs,
             };
             let mut after_setup = vec![];
-            if !setup_due.is_empty() {
+            if !setup_due.is_empty() || !ca_due.is_empty() {
                 let mut deps = vec![];
                 if let Some(h) = he {
                     steps.push(on(
@@ -148,13 +204,14 @@ impl Recipe for OvirtEngine {
                     ));
                     deps.push(k("gm-on"));
                 }
+                let what: Vec<&str> = setup_due.iter().chain(ca_due.iter()).copied().collect();
                 let mut s = on(
                     e,
                     k("setup"),
-                    format!("engine-setup renews {}", setup_due.join(", ")),
+                    format!("engine-setup renews {}", what.join(", ")),
                     "setup",
                     "ovirt.engine_setup",
-                    json!({"hosted_engine": he.is_some(), "due": setup_due}),
+                    json!({"hosted_engine": he.is_some(), "due": setup_due, "ca_due": ca_due}),
                     deps,
                     vec![format!(
                         "engine-setup --offline --accept-defaults --config-append=/root/certfleet-renew-pki.conf (OVESETUP_PKI/renew=bool:True{})",
@@ -183,13 +240,41 @@ impl Recipe for OvirtEngine {
                     ));
                     after_setup = vec![k("gm-off")];
                 }
-                // Hosts this engine enrolled restart ovirt-imageio (seed 003).
+                // Hosts this engine enrolled restart ovirt-imageio (seed 003) and, when a CA
+                // was due, get its renewed files (engine-setup: "please refresh manually
+                // distributed copies").
                 for a in &input.agents {
                     let Some(v) = input.cert_at(&a.id, "/etc/pki/vdsm/certs/vdsmcert.pem") else {
                         continue;
                     };
                     if v.role != "ovirt.node.vdsm" || v.issuer != ca.subject {
                         continue;
+                    }
+                    let mut imageio_deps = after_setup.clone();
+                    if !ca_due.is_empty() {
+                        let key = k(&format!("ca-copies-{}", a.name));
+                        let mut r = on(
+                            a,
+                            key.clone(),
+                            format!("refresh the engine/QEMU CA copies on {}", a.name),
+                            "ca-copies",
+                            "ovirt.refresh_host_ca",
+                            json!({
+                                "ca_pem": {"$ref": format!("{}.ca_pem", k("setup"))},
+                                "qemu_ca_pem": {"$ref": format!("{}.qemu_ca_pem", k("setup"))},
+                                "restart": ["libvirtd", "vdsmd"],
+                            }),
+                            after_setup.clone(),
+                            vec![
+                                "install the renewed ca.pem / qemu-ca.pem where they differ (owner/mode kept)".into(),
+                                "openssl verify -CAfile <copy> <leaf> for each copy".into(),
+                                "systemctl restart libvirtd vdsmd".into(),
+                            ],
+                            300,
+                        );
+                        r.files = HOST_CA_COPIES.iter().map(|s| s.to_string()).collect();
+                        steps.push(r);
+                        imageio_deps = vec![key];
                     }
                     steps.push(on(
                         a,
@@ -198,7 +283,7 @@ impl Recipe for OvirtEngine {
                         "restart",
                         "service.restart",
                         json!({"units": ["ovirt-imageio"]}),
-                        after_setup.clone(),
+                        imageio_deps,
                         vec![
                             "systemctl restart ovirt-imageio && systemctl is-active ovirt-imageio"
                                 .into(),
@@ -208,9 +293,8 @@ impl Recipe for OvirtEngine {
                 }
             }
             let mut verify_deps = after_setup.clone();
-            let mut units: Vec<&str> = vec![];
             let mut reissued = vec![];
-            for (n, unit, c) in &ovn_due {
+            for (n, c) in &ovn_due {
                 let subject = openssl_subject(&c.subject);
                 let cn = c
                     .subject
@@ -249,20 +333,17 @@ impl Recipe for OvirtEngine {
                 ];
                 steps.push(s);
                 reissued.push(k(&format!("reissue-{n}")));
-                if !units.contains(unit) {
-                    units.push(unit);
-                }
             }
             if !reissued.is_empty() {
                 steps.push(on(
                     e,
                     k("ovn-restart"),
-                    format!("restart {}", units.join(", ")),
+                    format!("restart {}", OVN_UNITS.join(", ")),
                     "restart",
                     "service.restart",
-                    json!({"units": units}),
+                    json!({"units": OVN_UNITS}),
                     reissued,
-                    units
+                    OVN_UNITS
                         .iter()
                         .map(|u| format!("systemctl restart {u} && systemctl is-active {u}"))
                         .collect(),
@@ -273,8 +354,12 @@ impl Recipe for OvirtEngine {
             let names: Vec<&str> = setup_due
                 .iter()
                 .copied()
-                .chain(ovn_due.iter().map(|(n, _, _)| *n))
+                .chain(ovn_due.iter().map(|(n, _)| *n))
                 .collect();
+            if names.is_empty() {
+                // Only a CA was due: the hosts' refresh steps verify against it.
+                continue;
+            }
             steps.push(on(
                 e,
                 k("verify"),
@@ -288,7 +373,9 @@ impl Recipe for OvirtEngine {
             ));
         }
         if steps.is_empty() {
-            return Err("nothing to renew: no oVirt engine service certificate is in scope".into());
+            return Err(
+                "nothing to renew: no oVirt engine service certificate or CA is in scope".into(),
+            );
         }
         Ok(steps)
     }
@@ -391,9 +478,50 @@ mod tests {
         assert_eq!(steps[1].depends_on, ["engine-engine-gm-on"]);
         assert_eq!(steps[1].args["due"], json!(["apache"]));
         assert_eq!(steps[1].args["hosted_engine"], true);
-        assert_eq!(steps[5].args["units"], json!(["ovsdb-server"]));
+        assert_eq!(
+            steps[5].args["units"],
+            json!(["openvswitch", "ovn-northd", "ovirt-provider-ovn"])
+        );
         assert_eq!(steps[6].args["names"], json!(["apache", "ovn-ndb"]));
         assert!(steps.iter().all(|s| s.target == steps[0].target));
+        // A CA inside engine-setup's window: engine-setup runs for it alone, and the host it
+        // enrolled gets the renewed CA files before ovirt-imageio restarts.
+        let mut ca_only = BTreeMap::new();
+        let mut ca_rec = cert("ovirt.engine.ca", ca, "/etc/pki/ovirt-engine/ca.pem", 200);
+        ca_rec.subject = ca.into();
+        ca_only.insert("engine".to_owned(), vec![ca_rec]);
+        ca_only.insert("kvm01".to_owned(), input.inventory["kvm01"].clone());
+        let ca_input = RecipeInput {
+            targets: input.targets.clone(),
+            agents: input.agents.clone(),
+            inventory: ca_only,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params: BTreeMap::new(),
+        };
+        let steps = OvirtEngine.build(&ca_input).unwrap();
+        let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "engine-engine-setup",
+                "engine-engine-ca-copies-kvm01",
+                "engine-engine-imageio-kvm01",
+            ]
+        );
+        assert_eq!(steps[0].args["ca_due"], json!(["ca.pem"]));
+        assert_eq!(steps[1].agent, "kvm01");
+        assert_eq!(steps[1].action, "ovirt.refresh_host_ca");
+        assert_eq!(
+            steps[1].args["ca_pem"]["$ref"],
+            "engine-engine-setup.ca_pem"
+        );
+        assert_eq!(steps[2].depends_on, ["engine-engine-ca-copies-kvm01"]);
+        // Outside the window (--param ca_window_days=100): nothing to do.
+        let mut narrow = ca_input;
+        narrow.params.insert("ca_window_days".into(), "100".into());
+        assert!(OvirtEngine.build(&narrow).is_err());
+
         // Nothing due: a clear refusal.
         let mut quiet = input;
         quiet.expiring_before = Some(certfleet_common::model::now() + 86_400);

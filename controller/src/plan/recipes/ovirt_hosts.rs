@@ -28,14 +28,26 @@
 //! lesson of A13): per cluster, one host after the other, all API steps on the engine agent
 //! (settings `ovirt.api_url`, `ovirt.api_user`, `ovirt.api_password_file`):
 //!
+//! 0. once per engine, `ovirt.engine_version` (`GET /ovirt-engine/api` `product_info`): the
+//!    path for a host that is already NonResponsive (expired VDSM certificate) depends on it.
+//!    Engines from 4.5.1 enroll a NonResponsive host directly (`HostValidator`
+//!    `validateStatusForEnrollCertificate`, `ovirt-engine-4.5.1`); older ones need maintenance,
+//!    which they refuse for a NonResponsive host with running VMs
+//!    (`VDS_CANNOT_MAINTENANCE_VDS_IS_NOT_RESPONDING_WITH_VMS`), so there the plan stops with
+//!    that message and points to `ovirt-hosts-offline`;
 //! 1. `ovirt.power_management enabled=false` (so the engine does not fence a host whose vdsmd
 //!    restarts); its result keeps the previous setting;
-//! 2. `ovirt.host_maintenance` (VMs migrate away; waits for `maintenance`);
+//! 2. `ovirt.host_maintenance` (VMs migrate away; waits for `maintenance`; skipped for a
+//!    NonResponsive host when step 0 allows direct enrollment);
 //! 3. `ovirt.enroll_certificate` (waits for the enrollment, not the stale status);
 //! 4. `ovirt.host_activate` (waits for `up`);
 //! 5. `ovirt.verify_host_certs` on the host's own agent: a new VDSM certificate, valid, later
 //!    than before, matching the key, chaining to the host's `cacert.pem`, copies identical;
+//!    the serial console's host certificate (`/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub`,
+//!    re-issued by the playbook's vm-console role) valid and later than before;
 //! 6. `ovirt.power_management` back to the previous setting.
+//!
+//! A host is a target when its VDSM certificate or its vmconsole certificate is in scope.
 //!
 //! Hosts of one cluster (agent label `ovirt.cluster`, default `Default`) are chained: the next
 //! host starts only after the previous one finished step 6, so a failure halts the cluster with
@@ -80,8 +92,15 @@ pub(crate) struct HostJob<'a> {
     pub san: String,
 }
 
-/// Hosts whose VDSM certificate is in scope, each with its engine agent.
-pub(crate) fn host_jobs<'a>(input: &'a RecipeInput<'a>) -> (Vec<HostJob<'a>>, Vec<String>) {
+/// The serial console's host certificate (OpenSSH), re-issued by Enroll Certificate.
+pub const VMCONSOLE_CERT: &str = "/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub";
+
+/// Hosts whose VDSM certificate (or, `with_vmconsole`, serial console certificate) is in
+/// scope, each with its engine agent.
+pub(crate) fn host_jobs<'a>(
+    input: &'a RecipeInput<'a>,
+    with_vmconsole: bool,
+) -> (Vec<HostJob<'a>>, Vec<String>) {
     let mut jobs = Vec::new();
     let mut problems = Vec::new();
     for host in &input.targets {
@@ -94,15 +113,16 @@ pub(crate) fn host_jobs<'a>(input: &'a RecipeInput<'a>) -> (Vec<HostJob<'a>>, Ve
             }
             continue;
         };
-        if cert.role != "ovirt.node.vdsm" || !input.due(cert.not_after) {
-            continue;
-        }
-        if !input.roles.is_empty()
-            && !input
-                .roles
-                .iter()
-                .any(|r| cert.role.starts_with(r.as_str()))
-        {
+        let wanted = |c: &CertRecord| {
+            input.due(c.not_after)
+                && (input.roles.is_empty()
+                    || input.roles.iter().any(|r| c.role.starts_with(r.as_str())))
+        };
+        let vmconsole_due = with_vmconsole
+            && input
+                .cert_at(&host.id, VMCONSOLE_CERT)
+                .is_some_and(|c| c.role == "ovirt.node.vmconsole" && wanted(c));
+        if cert.role != "ovirt.node.vdsm" || !(wanted(cert) || vmconsole_due) {
             continue;
         }
         let engine = input.agents.iter().copied().find(|a| {
@@ -163,7 +183,7 @@ impl Recipe for OvirtHostsOffline {
     }
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
-        let (jobs, problems) = host_jobs(input);
+        let (jobs, problems) = host_jobs(input, false);
         if jobs.is_empty() {
             return Err(super::nothing_in_scope(
                 "no oVirt host VDSM certificate is in scope",
@@ -282,17 +302,42 @@ impl Recipe for OvirtHosts {
     }
 
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
-        let (jobs, problems) = host_jobs(input);
+        let (jobs, problems) = host_jobs(input, true);
         if jobs.is_empty() {
             return Err(super::nothing_in_scope(
-                "no oVirt host VDSM certificate is in scope",
+                "no oVirt host VDSM or vmconsole certificate is in scope",
                 &problems,
             ));
         }
         let mut steps = Vec::new();
         // Last step key of each cluster's chain.
         let mut tail: std::collections::BTreeMap<String, String> = Default::default();
+        // One version probe per engine agent.
+        let mut probed: Vec<&str> = Vec::new();
+        let version_key = |engine: &AgentRecord| format!("{}-engine-version", engine.name);
         for j in &jobs {
+            if probed.contains(&j.engine.id.as_str()) {
+                continue;
+            }
+            probed.push(&j.engine.id);
+            steps.push(StepSpec {
+                key: version_key(j.engine),
+                name: format!("engine version of {}", j.engine.name),
+                stage: "version".into(),
+                target: format!("{}:/ovirt-engine/api", j.engine.name),
+                agent: j.engine.id.clone(),
+                agent_name: j.engine.name.clone(),
+                action: "ovirt.engine_version".into(),
+                args: json!({}),
+                depends_on: vec![],
+                commands: vec!["GET /ovirt-engine/api (product_info.version)".into()],
+                files: vec![],
+                timeout_secs: 60,
+            });
+        }
+        for j in &jobs {
+            let direct =
+                json!({"$ref": format!("{}.enroll_non_responsive", version_key(j.engine))});
             let h = j.host;
             let cluster = h
                 .labels
@@ -353,7 +398,7 @@ impl Recipe for OvirtHosts {
                 format!("disable power management of {f}"),
                 "ovirt.power_management",
                 json!({"host": f, "enabled": false}),
-                vec![k("backup")],
+                vec![k("backup"), version_key(j.engine)],
                 format!("PUT /ovirt-engine/api/hosts/<id of {f}> <power_management><enabled>false</enabled></power_management>"),
                 120,
             ));
@@ -361,7 +406,7 @@ impl Recipe for OvirtHosts {
                 "maintenance",
                 format!("{f} to maintenance"),
                 "ovirt.host_maintenance",
-                json!({"host": f}),
+                json!({"host": f, "enroll_non_responsive": direct}),
                 vec![k("pm-off")],
                 format!(
                     "POST /ovirt-engine/api/hosts/<id of {f}>/deactivate; poll until maintenance"
@@ -372,7 +417,7 @@ impl Recipe for OvirtHosts {
                 "enroll",
                 format!("Enroll Certificate of {f}"),
                 "ovirt.enroll_certificate",
-                json!({"host": f}),
+                json!({"host": f, "enroll_non_responsive": direct}),
                 vec![k("maintenance")],
                 format!("POST /ovirt-engine/api/hosts/<id of {f}>/enrollcertificate; wait for event 881 / installing → maintenance"),
                 900,
@@ -399,6 +444,9 @@ impl Recipe for OvirtHosts {
                 args: json!({
                     "old_fingerprint": j.cert.fingerprint_sha256,
                     "old_not_after": j.cert.not_after,
+                    "old_vmconsole_not_after": input
+                        .cert_at(&h.id, VMCONSOLE_CERT)
+                        .map(|c| c.not_after),
                 }),
                 depends_on: vec![k("activate")],
                 commands: vec![
@@ -503,7 +551,7 @@ mod tests {
             expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
             params: BTreeMap::new(),
         };
-        let (jobs, problems) = host_jobs(&input);
+        let (jobs, problems) = host_jobs(&input, false);
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].host.name, "kvm01");
         assert_eq!(jobs[0].engine.name, "engine");
@@ -566,7 +614,20 @@ mod tests {
             expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
             params: BTreeMap::new(),
         };
-        let steps = OvirtHosts.build(&input).unwrap();
+        let mut steps = OvirtHosts.build(&input).unwrap();
+        // One engine version probe first; the API steps of each host wait for it.
+        let probe = steps.remove(0);
+        assert_eq!(probe.action, "ovirt.engine_version");
+        assert_eq!(probe.agent, "engine");
+        assert!(steps[1].depends_on.contains(&probe.key));
+        assert_eq!(
+            steps[2].args["enroll_non_responsive"]["$ref"],
+            "engine-engine-version.enroll_non_responsive"
+        );
+        assert_eq!(
+            steps[3].args["enroll_non_responsive"],
+            steps[2].args["enroll_non_responsive"]
+        );
         let actions: Vec<&str> = steps.iter().take(7).map(|s| s.action.as_str()).collect();
         assert_eq!(
             actions,

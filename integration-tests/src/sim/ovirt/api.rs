@@ -22,8 +22,21 @@
 //! Enrollment does what `ovirt-host-enroll-certificate.yml` does (A9): a new key and `-subj /`
 //! CSR on the host (real `openssl req`), the engine's `pki-enroll-request.sh` `openssl ca`
 //! line with `VdsCertificateValidityInDays`, the files copied as in A8 (modes and owners of
-//! the existing files kept), `libvirtd` restarted (and vdsmd with it) on the host's simulated
-//! systemd.
+//! the existing files kept), the vmconsole host certificate re-issued when the host has one
+//! (the playbook's vm-console role), `libvirtd` restarted (and vdsmd with it) on the host's
+//! simulated systemd.
+//!
+//! Version-dependent rules (oVirt/ovirt-engine `backend/.../bll/validator/HostValidator.java`
+//! `validateStatusForEnrollCertificate` at tags `ovirt-engine-4.5.0` and `ovirt-engine-4.5.1`):
+//! `enrollcertificate` accepts a `non_responsive` host only from 4.5.1 on, else it answers
+//! `CANNOT_ENROLL_CERTIFICATE_HOST_STATUS_ILLEGAL`. `deactivate` of a `non_responsive` host
+//! that still has running VMs is refused with `VDS_CANNOT_MAINTENANCE_VDS_IS_NOT_RESPONDING_WITH_VMS`
+//! (`MaintenanceNumberOfVdssCommand.handleNonResponsiveHosts`; text from `AppErrors.properties`).
+//! `GET /ovirt-engine/api` reports the version as `product_info.version` (`major`, `minor`,
+//! `build`, `revision`, `full_version`, APIM `types/Version.java`); the version is the engine's
+//! release unless a test sets another ([`set_product_version`]). Unverified: the exact REST
+//! rendering of a multi-line validation message (we keep the newline inside `[...]`) and that
+//! 409 is the HTTP status of every validation failure.
 //!
 //! State lives in `ENGINE_ROOT/.sim/ovirt-api.json`: credentials, tokens, events, and the
 //! registered hosts with their roots ([`register_host`]). Faults ([`set_fault`]):
@@ -78,6 +91,9 @@ pub struct ApiHost {
     /// Power-management changes `(enabled)`, in order, for tests.
     #[serde(default)]
     pub pm_history: Vec<bool>,
+    /// VMs the engine believes run on the host.
+    #[serde(default)]
+    pub running_vms: u32,
 }
 
 /// The API's state.
@@ -93,6 +109,9 @@ pub struct ApiState {
     pub events: Vec<Value>,
     /// Managed hosts.
     pub hosts: Vec<ApiHost>,
+    /// Engine release reported as `product_info` (`4.5.5`); empty: the built engine's.
+    #[serde(default)]
+    pub product_version: String,
 }
 
 impl ApiState {
@@ -161,6 +180,7 @@ pub fn register_host(
             fault: None,
             history: vec!["up".into()],
             pm_history: Vec::new(),
+            running_vms: 0,
         });
         Ok(id)
     })
@@ -177,6 +197,50 @@ pub fn set_fault(engine: &SimHost, name: &str, fault: Option<&str>) -> Result<()
         h.fault = fault.map(str::to_owned);
         Ok(())
     })
+}
+
+/// Makes the API report engine release `version` (`4.5.0`, `4.5.5`, …).
+pub fn set_product_version(engine: &SimHost, version: &str) -> Result<()> {
+    update(engine, |s| {
+        s.product_version = version.to_owned();
+        Ok(())
+    })
+}
+
+/// Puts host `name` into `status` (e.g. `non_responsive` after its VDSM certificate expired)
+/// with `running_vms` VMs the engine believes run there.
+pub fn set_host_status(engine: &SimHost, name: &str, status: &str, running_vms: u32) -> Result<()> {
+    update(engine, |s| {
+        let h = s
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .with_context(|| format!("no host {name}"))?;
+        set_status(h, status);
+        h.running_vms = running_vms;
+        Ok(())
+    })
+}
+
+/// The release the API reports: the set one, else the newest of the built engine's line.
+fn product_version(engine: &SimHost, st: &ApiState) -> String {
+    if !st.product_version.is_empty() {
+        return st.product_version.clone();
+    }
+    match Engine::load(engine).map(|e| e.spec.version) {
+        Ok(super::engine::OvirtVersion::V4_4) => "4.4.10.7".into(),
+        _ => "4.5.6".into(),
+    }
+}
+
+/// `(major, minor, build)` of a release string.
+fn release(v: &str) -> (u32, u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
 }
 
 fn uuid_like(name: &str, n: usize) -> String {
@@ -404,12 +468,20 @@ fn handle(engine: &SimHost, req: &Request, json_out: bool) -> Result<Response> {
     }
     let segs: Vec<&str> = rest.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segs.as_slice()) {
-        ("GET", [""]) => Ok(render(
-            200,
-            "api",
-            &json!({"product_info": {"name": "oVirt Engine", "version": {"major": "4", "minor": "5"}}}),
-            json_out,
-        )),
+        ("GET", [""]) => {
+            let full = product_version(engine, &st);
+            let (major, minor, build) = release(&full);
+            let revision = full.split('.').nth(3).unwrap_or("0");
+            Ok(render(
+                200,
+                "api",
+                &json!({"product_info": {"name": "oVirt Engine", "vendor": "ovirt.org", "version": {
+                    "build": build.to_string(), "full_version": format!("{full}-1.el8"),
+                    "major": major.to_string(), "minor": minor.to_string(), "revision": revision,
+                }}}),
+                json_out,
+            ))
+        }
         ("GET", ["hosts"]) => update(engine, |s| {
             let search = req.query.get("search").cloned().unwrap_or_default();
             let org = organization(engine);
@@ -443,10 +515,11 @@ fn handle(engine: &SimHost, req: &Request, json_out: bool) -> Result<Response> {
             Ok(render(200, "host", &host_json(h, &org), json_out))
         }),
         ("POST", ["hosts", id, action]) => update(engine, |s| {
+            let version = release(&product_version(engine, s));
             let Some(h) = s.hosts.iter_mut().find(|h| h.id == *id) else {
                 return Ok(fault(404, "Not Found", &format!("host {id}"), json_out));
             };
-            host_action(h, action, json_out)
+            host_action(h, action, version, json_out)
         }),
         ("GET", ["events"]) => {
             let from: u64 = req
@@ -560,7 +633,12 @@ fn set_status(h: &mut ApiHost, s: &str) {
     h.history.push(s.to_owned());
 }
 
-fn host_action(h: &mut ApiHost, action: &str, json_out: bool) -> Result<Response> {
+fn host_action(
+    h: &mut ApiHost,
+    action: &str,
+    version: (u32, u32, u32),
+    json_out: bool,
+) -> Result<Response> {
     let ok = || render(200, "action", &json!({"status": "complete"}), json_out);
     let illegal = |what: &str, why: &str| {
         fault(
@@ -573,6 +651,14 @@ fn host_action(h: &mut ApiHost, action: &str, json_out: bool) -> Result<Response
     let busy = !h.pending.is_empty();
     match action {
         "deactivate" => {
+            if h.status == "non_responsive" && h.running_vms > 0 {
+                return Ok(fault(
+                    409,
+                    "Operation Failed",
+                    "[Cannot switch Host to Maintenance mode.\nHost still has running VMs on it and is in Non Responsive state.]",
+                    json_out,
+                ));
+            }
             if busy
                 || !matches!(
                     h.status.as_str(),
@@ -589,12 +675,9 @@ fn host_action(h: &mut ApiHost, action: &str, json_out: bool) -> Result<Response
             Ok(ok())
         }
         "enrollcertificate" => {
-            if busy
-                || !matches!(
-                    h.status.as_str(),
-                    "maintenance" | "install_failed" | "non_responsive"
-                )
-            {
+            let allowed = matches!(h.status.as_str(), "maintenance" | "install_failed")
+                || (h.status == "non_responsive" && version >= (4, 5, 1));
+            if busy || !allowed {
                 return Ok(illegal(
                     "enroll certificate",
                     "Please switch Host to Maintenance mode first.",
@@ -758,6 +841,26 @@ fn enroll(engine_host: &SimHost, h: &ApiHost) -> Result<()> {
         }
         std::fs::rename(&tmp, &p).with_context(|| format!("replacing {}", p.display()))?;
     }
+    // The playbook's vmconsole role (`ovirt-host-deploy-vm-console-certificates`).
+    if host
+        .path(&format!(
+            "{}/host-ssh_host_rsa",
+            super::engine::VMCONSOLE_PKI
+        ))
+        .exists()
+    {
+        let mut node = super::node::Node {
+            host: host.clone(),
+            spec: super::node::NodeSpec::new(fqdn),
+            owners: BTreeMap::new(),
+        };
+        super::node::vmconsole_host(
+            &mut node,
+            &engine,
+            &work,
+            engine.spec.version.host_cert_days(),
+        )?;
+    }
     std::fs::remove_dir_all(&work)?;
     for unit in ["libvirtd", "vdsmd"] {
         let code = crate::sim::systemd::run(&host, &["restart".into(), unit.into()])?;
@@ -769,6 +872,60 @@ fn enroll(engine_host: &SimHost, h: &ApiHost) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The refusals are the engine's own texts (real `AppErrors.properties` lines).
+    #[test]
+    fn refusals_use_the_engine_s_messages() {
+        let real = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/real/ovirt/AppErrors.properties.excerpt"
+        ))
+        .unwrap();
+        let msg = |k: &str| {
+            real.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .replace("\\n", "\n")
+                .replace("${action}", "enroll certificate")
+                .replace("${type}", "Host")
+        };
+        let mut h = ApiHost {
+            id: "1".into(),
+            name: "kvm01".into(),
+            address: "kvm01.example.test".into(),
+            root: PathBuf::from("/nonexistent"),
+            cluster: "Default".into(),
+            status: "non_responsive".into(),
+            pm_enabled: true,
+            pending: vec![],
+            fault: None,
+            history: vec![],
+            pm_history: vec![],
+            running_vms: 1,
+        };
+        let Response(code, body, _) = host_action(&mut h, "deactivate", (4, 5, 6), true).unwrap();
+        assert_eq!(code, 409);
+        let detail: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            detail["detail"],
+            format!(
+                "[{}]",
+                msg("VDS_CANNOT_MAINTENANCE_VDS_IS_NOT_RESPONDING_WITH_VMS")
+            )
+        );
+        // Before 4.5.1 a NonResponsive host cannot be enrolled; from 4.5.1 it can.
+        let Response(code, body, _) =
+            host_action(&mut h, "enrollcertificate", (4, 5, 0), true).unwrap();
+        assert_eq!(code, 409);
+        let detail: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            detail["detail"],
+            format!("[{}]", msg("CANNOT_ENROLL_CERTIFICATE_HOST_STATUS_ILLEGAL"))
+        );
+        let Response(code, _, _) =
+            host_action(&mut h, "enrollcertificate", (4, 5, 1), true).unwrap();
+        assert_eq!(code, 200);
+    }
 
     #[test]
     fn forms_decode() {

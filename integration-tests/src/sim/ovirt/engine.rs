@@ -8,6 +8,16 @@
 //! test overrides one (to make an expiring or expired certificate); overrides use
 //! `openssl ca -startdate/-enddate`, never a fake clock. Renewals leave the timestamped backups
 //! `common_backup` leaves (`certs/apache.cer.20260101120000`, …).
+//!
+//! OVN keys: engine-setup's OVN plugin (`oVirt/ovirt-engine`
+//! `packaging/setup/plugins/ovirt-engine-setup/ovirt-engine/network/ovirtproviderovn.py`,
+//! `_sanitize_ovn_key_file_permissions`) gives `keys/ovn-ndb.key.nopass` and
+//! `keys/ovn-sdb.key.nopass` mode 0640 (`S_IRUSR | S_IWUSR | S_IRGRP`) and group `openvswitch`,
+//! owner unchanged (root), on setup and on every upgrade run; [`sanitize_ovn_key`] does the same.
+//! OVN reads them as [`ovn_account`]. Unverified: the exact account — seed 003 says
+//! `ovsdb-server` runs as user `openvswitch`, group `hugetlbfs` (RHEL's DPDK-enabled
+//! openvswitch packaging), and we assume `openvswitch` is also among its groups (otherwise the
+//! group engine-setup sets would not help it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +31,51 @@ use crate::sim::{Lifetime, SimHost};
 
 /// Where the engine PKI lives on the host.
 pub const ENGINE_PKI: &str = "/etc/pki/ovirt-engine";
+
+/// OVN keys engine-setup makes readable to OVN (0640, group `openvswitch`).
+pub const OVN_DB_KEYS: &[&str] = &["keys/ovn-ndb.key.nopass", "keys/ovn-sdb.key.nopass"];
+
+/// The account OVN's `ovsdb-server` runs as on the engine host: the real `openvswitch` user
+/// and `openvswitch`/`hugetlbfs` groups when this machine has them; otherwise fixed ids that
+/// nothing else uses (the simulator runs as root and can give files to any id). Without root
+/// the simulator cannot give files away, so the account is the caller's own.
+pub fn ovn_account() -> crate::sim::systemd::Account {
+    use nix::unistd::{Group, User, getegid, geteuid};
+    let user = User::from_name("openvswitch").ok().flatten();
+    let group = |n: &str| Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw());
+    let (uid, ovs, huge) = if !geteuid().is_root() {
+        (geteuid().as_raw(), getegid().as_raw(), getegid().as_raw())
+    } else {
+        (
+            user.map(|u| u.uid.as_raw()).unwrap_or(39_901),
+            group("openvswitch").unwrap_or(39_901),
+            group("hugetlbfs").unwrap_or(39_902),
+        )
+    };
+    crate::sim::systemd::Account {
+        name: "openvswitch".into(),
+        uid,
+        gids: vec![huge, ovs],
+    }
+}
+
+/// `_sanitize_ovn_key_file_permissions`: mode 0640, group `openvswitch`, owner unchanged.
+pub fn sanitize_ovn_key(path: &Path) -> Result<()> {
+    set_mode(path, 0o640)?;
+    let ovs = ovn_account().gids[1];
+    std::os::unix::fs::chown(path, None, Some(ovs))
+        .with_context(|| format!("chgrp openvswitch ({ovs}) {}", path.display()))
+}
+
+/// vmconsole proxy entities (`vmconsole_proxy_helper/pki.py` `_enrollSSHKeys`): X.509 in
+/// `certs/`, key in `keys/*.p12`, OpenSSH certificate signed by the engine CA key.
+pub const VMCONSOLE_HOST: &str = "vmconsole-proxy-host";
+/// See [`VMCONSOLE_HOST`].
+pub const VMCONSOLE_USER: &str = "vmconsole-proxy-user";
+/// `VMCONSOLE_PKI_DIR` on the engine and on hosts.
+pub const VMCONSOLE_PKI: &str = "/etc/pki/ovirt-vmconsole";
+/// `OVIRT_VMCONSOLE_PROXY_PRINCIPAL` (principal of the proxy's user certificate).
+pub const VMCONSOLE_PROXY_PRINCIPAL: &str = "ovirt-vmconsole-proxy";
 
 /// The PKCS#12 and truststore password engine-setup uses.
 pub const P12_PASSWORD: &str = "mypass";
@@ -130,7 +185,8 @@ pub enum Ca {
 }
 
 impl Ca {
-    fn file(self) -> &'static str {
+    /// `ca` / `qemu-ca` (`--ca-file`).
+    pub fn file(self) -> &'static str {
         match self {
             Ca::Engine => "ca",
             Ca::Qemu => "qemu-ca",
@@ -330,6 +386,20 @@ pub fn build_engine(host: &SimHost, spec: &EngineSpec) -> Result<Engine> {
             extract,
         });
     }
+    if spec.ovn {
+        for k in OVN_DB_KEYS {
+            sanitize_ovn_key(&engine.path(k))?;
+        }
+    }
+    if spec.vmconsole {
+        engine.vmconsole_proxy(&[VMCONSOLE_HOST, VMCONSOLE_USER])?;
+        for name in [VMCONSOLE_HOST, VMCONSOLE_USER] {
+            engine.entities.push(Entity {
+                name: name.to_owned(),
+                extract: false,
+            });
+        }
+    }
     engine.write_engine_conf()?;
     engine.save_state(&qemu_ca_subject)?;
     host.install_tool("/usr/bin/engine-config", "engine-config")?;
@@ -480,6 +550,47 @@ impl Engine {
         self.openssl(&["x509", "-in", &pem, "-out", &der], &[])?;
         set_mode(&self.path(&der), 0o644)?;
         self.import_truststore(&format!("{f}cert"), &pem)
+    }
+
+    /// `pki-create-ca.sh --renew --ca-file=<ca|qemu-ca>` (`renew`, `keystore`, `cleanups`):
+    /// the same key and subject signed again for `CA_DAYS` with `openssl x509 -signkey`, the
+    /// old file kept by `common_backup` as `<file>.<ts>`, the truststore alias replaced and
+    /// `certs/<file>.der` rewritten. Returns the backup's name.
+    pub(crate) fn renew_ca(&self, ca: Ca, ts: &str) -> Result<String> {
+        let f = ca.file();
+        let (pem, new) = (format!("{f}.pem"), format!("{f}.pem.new"));
+        let days = self.spec.version.ca_days().to_string();
+        self.openssl(
+            &[
+                "x509",
+                "-signkey",
+                &format!("private/{f}.pem"),
+                "-in",
+                &pem,
+                "-out",
+                &new,
+                "-days",
+                &days,
+            ],
+            &[],
+        )?;
+        let backup = format!("{pem}.{ts}");
+        std::fs::copy(self.path(&pem), self.path(&backup))
+            .with_context(|| format!("backing up {pem}"))?;
+        std::fs::rename(self.path(&new), self.path(&pem))
+            .with_context(|| format!("installing {new}"))?;
+        // keystore(): -delete (errors ignored), then -import.
+        let _ = Command::new("keytool")
+            .current_dir(&self.pki)
+            .args(["-delete", "-noprompt", "-alias", &format!("{f}cert")])
+            .args(["-keystore", ".truststore", "-storepass", P12_PASSWORD])
+            .output();
+        self.import_truststore(&format!("{f}cert"), &pem)?;
+        let der = format!("certs/{f}.der");
+        self.openssl(&["x509", "-in", &pem, "-out", &der], &[])?;
+        set_mode(&self.path(&pem), 0o644)?;
+        set_mode(&self.path(&der), 0o644)?;
+        Ok(backup)
     }
 
     /// `keytool -import` into `.truststore` (JKS, password `mypass`).
@@ -697,6 +808,171 @@ impl Engine {
         Ok(self.path(&cert))
     }
 
+    /// `pki-enroll-openssh-cert.sh --name=<name> --id=<id> [--host] --principals=…`: the
+    /// X.509 certificate's public key as an OpenSSH key (`ssh-keygen -i -m PKCS8`) in
+    /// `certs/<name>.pub`, signed with the engine CA key by `ssh-keygen -s` into
+    /// `certs/<name>-cert.pub` (options `clear,permit-pty`, validity `-1h:+<days>d`, or the
+    /// test's lifetime).
+    pub(crate) fn enroll_openssh(
+        &self,
+        name: &str,
+        id: &str,
+        host: bool,
+        principals: &str,
+        days: u32,
+        life: Option<Lifetime>,
+    ) -> Result<PathBuf> {
+        let pubkey = self.openssl(
+            &[
+                "x509",
+                "-in",
+                &format!("certs/{name}.cer"),
+                "-noout",
+                "-pubkey",
+            ],
+            &[],
+        )?;
+        let work = tempfile::tempdir().context("temporary directory for ssh-keygen")?;
+        let pem = work.path().join("pub.pem");
+        std::fs::write(&pem, pubkey)?;
+        let ssh_pub = run_tool(
+            "ssh-keygen",
+            &["-i", "-m", "PKCS8", "-f", &pem.display().to_string()],
+        )?;
+        let pub_path = self.path(&format!("certs/{name}.pub"));
+        std::fs::write(&pub_path, ssh_pub)?;
+        let ca = work.path().join("ca");
+        std::fs::copy(self.path("private/ca.pem"), &ca)?;
+        set_mode(&ca, 0o600)?;
+        let validity = match life {
+            None => format!("-1h:+{days}d"),
+            Some(l) => {
+                let now = crate::sim::ovirt::unix_now();
+                format!(
+                    "{}:{}",
+                    ssh_time(now - l.started_ago.as_secs() as i64),
+                    ssh_time(now + l.expires_in_secs)
+                )
+            }
+        };
+        let (ca_s, pub_s) = (ca.display().to_string(), pub_path.display().to_string());
+        let mut args = vec!["-s", &ca_s, "-P", "", "-I", id];
+        if host {
+            args.push("-h");
+        }
+        args.extend([
+            "-V",
+            &validity,
+            "-n",
+            principals,
+            "-O",
+            "clear",
+            "-O",
+            "permit-pty",
+        ]);
+        args.push(&pub_s);
+        run_tool("ssh-keygen", &args)?;
+        let cert = self.path(&format!("certs/{name}-cert.pub"));
+        set_mode(&cert, 0o644)?;
+        Ok(cert)
+    }
+
+    /// `_miscPKIProxy`: `ca.pub` (the engine CA key as an OpenSSH key), and for each proxy
+    /// entity an X.509 certificate (`pki-enroll-pkcs12.sh`), its OpenSSH certificate, the key
+    /// (`pki-pkcs12-extract.sh --key=-`) and the certificate copied to
+    /// `/etc/pki/ovirt-vmconsole/proxy-ssh_{host,user}_rsa[-cert.pub]` (key 0600).
+    pub(crate) fn vmconsole_proxy(&self, names: &[&str]) -> Result<()> {
+        let dir = self.host.path(VMCONSOLE_PKI);
+        std::fs::create_dir_all(&dir)?;
+        let ca_pub = self.openssl(&["x509", "-in", "ca.pem", "-noout", "-pubkey"], &[])?;
+        let work = tempfile::tempdir()?;
+        let pem = work.path().join("ca.pub.pem");
+        std::fs::write(&pem, ca_pub)?;
+        let ssh = run_tool(
+            "ssh-keygen",
+            &["-i", "-m", "PKCS8", "-f", &pem.display().to_string()],
+        )?;
+        write(&dir.join("ca.pub"), &ssh, 0o644)?;
+        let subject =
+            |cn: &str| format!("/C={}/O={}/CN={cn}", self.spec.country, self.organization);
+        for name in names {
+            let host = *name == VMCONSOLE_HOST;
+            let days = self.spec.version.engine_cert_days(name);
+            let life = self.spec.lifetimes.get(*name).copied();
+            self.enroll_pkcs12(name, &subject(name), None, None, days, life)?;
+            let principals = if host {
+                self.spec.fqdn.clone()
+            } else {
+                VMCONSOLE_PROXY_PRINCIPAL.to_owned()
+            };
+            let cert = self.enroll_openssh(name, name, host, &principals, days, life)?;
+            let suffix = if host { "host" } else { "user" };
+            let key = self.openssl(
+                &[
+                    "pkcs12",
+                    "-in",
+                    &format!("keys/{name}.p12"),
+                    "-nocerts",
+                    "-nodes",
+                    "-passin",
+                    &format!("pass:{P12_PASSWORD}"),
+                ],
+                &[],
+            )?;
+            write(&dir.join(format!("proxy-ssh_{suffix}_rsa")), &key, 0o600)?;
+            write(
+                &dir.join(format!("proxy-ssh_{suffix}_rsa-cert.pub")),
+                &std::fs::read(cert)?,
+                0o644,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `vmconsole_proxy_helper/pki.py` `_miscPKIEngine`: a new `vmconsole-proxy-helper`
+    /// (custom KU `digitalSignature`, EKU `1.3.6.1.4.1.2312.13.1.2.1.1`, no SAN) and its
+    /// extracted key (0600).
+    pub(crate) fn vmconsole_helper(&self) -> Result<()> {
+        let name = "vmconsole-proxy-helper";
+        let subject = format!(
+            "/C={}/O={}/CN={}",
+            self.spec.country, self.organization, self.spec.fqdn
+        );
+        self.enroll_pkcs12(
+            name,
+            &subject,
+            None,
+            Some(("digitalSignature", "1.3.6.1.4.1.2312.13.1.2.1.1")),
+            self.spec.version.engine_cert_days(name),
+            None,
+        )?;
+        self.extract_key(name)
+    }
+
+    /// `vmconsole_proxy_helper/pki.py` `_refresh_needed`: the certificate is missing, older
+    /// than `ca.pem` (mtime; a renewed CA), or inside the (long-life) warning window.
+    pub(crate) fn vmconsole_refresh_needed(
+        &self,
+        path: &Path,
+        check_cert: bool,
+        warn_days: i64,
+    ) -> Result<bool> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(true);
+        };
+        let ca = std::fs::metadata(self.path("ca.pem"))?;
+        if ca.modified()? > meta.modified()? {
+            return Ok(true);
+        }
+        if !check_cert {
+            return Ok(false);
+        }
+        let bytes = std::fs::read(path)?;
+        let rec =
+            certfleet_common::x509::parse_der(&certfleet_common::pem::first_certificate(&bytes)?)?;
+        Ok(rec.not_after - crate::sim::ovirt::unix_now() < warn_days * 86_400)
+    }
+
     /// `common_backup`: copies `rel` to `rel.<timestamp>`.
     fn backup(&mut self, rel: &str, ts: &str) -> Result<()> {
         let to = format!("{rel}.{ts}");
@@ -773,6 +1049,36 @@ pub(crate) fn run_openssl(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Re
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(out.stdout)
+}
+
+/// Runs a real tool; returns its stdout.
+pub(crate) fn run_tool(tool: &str, args: &[&str]) -> Result<Vec<u8>> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {tool} (openssh-client is needed for vmconsole)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{tool} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out.stdout)
+}
+
+/// `YYYYMMDDHHMMSS` (UTC) for `ssh-keygen -V`.
+fn ssh_time(secs: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// `-startdate/-days` as the scripts pass them (yesterday, N days), or explicit

@@ -39,6 +39,8 @@ pub struct NodeSpec {
     pub qemu: Option<Lifetime>,
     /// Whether OVN is deployed (`/etc/pki/vdsm/ovn`).
     pub ovn: bool,
+    /// vmconsole host certificate lifetime (`/etc/pki/ovirt-vmconsole`); `None`: the default.
+    pub vmconsole: Option<Lifetime>,
     /// Write some other CA into `certs/cacert.pem` (a host that trusts the wrong CA, e.g. after
     /// a botched restore), so the VDSM certificate does not chain to the CA the host holds.
     pub foreign_ca: bool,
@@ -52,6 +54,7 @@ impl NodeSpec {
             vdsm: None,
             qemu: None,
             ovn: true,
+            vmconsole: None,
             foreign_ca: false,
         }
     }
@@ -235,6 +238,13 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
             "openvswitch:openvswitch",
         )?;
     }
+    if engine
+        .entities
+        .iter()
+        .any(|e| e.name == super::engine::VMCONSOLE_HOST)
+    {
+        vmconsole_host(&mut node, engine, &work, host_days)?;
+    }
     std::fs::remove_dir_all(&work)?;
     // libvirtd reads the VDSM certificate (A8 consumers) and refuses to start when it has
     // expired (A12); vdsmd requires libvirtd (via supervdsmd) and serves the same certificate.
@@ -247,6 +257,71 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
         serde_json::to_vec_pretty(&node.owners)?,
     )?;
     Ok(node)
+}
+
+/// `ovirt-host-deploy-vm-console-certificates` (oVirt/ovirt-engine
+/// `packaging/ansible-runner-service-project/project/roles/ovirt-host-deploy-vm-console-certificates`):
+/// key and `-subj /` CSR on the host, `pki-enroll-request.sh --name=<fqdn>-ssh
+/// --subject=/O=<org>/CN=<fqdn>` (no SAN), `pki-enroll-openssh-cert.sh --host --id=<fqdn>
+/// --principals=<fqdn>`, then `/etc/pki/ovirt-vmconsole/ca.pub` (the engine CA key as an
+/// OpenSSH key, 0644), `host-ssh_host_rsa-cert.pub` (0644) and `host-ssh_host_rsa`
+/// (`ovirt-vmconsole:ovirt-vmconsole` 0400).
+pub fn vmconsole_host(
+    node: &mut Node,
+    engine: &Engine,
+    work: &std::path::Path,
+    days: u32,
+) -> Result<()> {
+    let fqdn = node.spec.fqdn.clone();
+    let name = format!("{fqdn}-ssh");
+    let key = work.join("vmconsole.key");
+    let csr = work.join("vmconsole.csr");
+    run_openssl(
+        work,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+        ],
+        &[],
+    )?;
+    std::fs::copy(&csr, engine.path(&format!("requests/{name}.req")))?;
+    let life = node.spec.vmconsole;
+    engine.enroll_request(
+        &name,
+        &format!("/O={}/CN={fqdn}", engine.organization),
+        None,
+        None,
+        days,
+        life,
+        Ca::Engine,
+    )?;
+    let cert = engine.enroll_openssh(&name, &fqdn, true, &fqdn, days, life)?;
+    let dir = super::engine::VMCONSOLE_PKI;
+    node.dir(dir, 0o755, "root:root")?;
+    let ca_pub = std::fs::read(engine.host.path(&format!("{dir}/ca.pub")))?;
+    node.file(&format!("{dir}/ca.pub"), &ca_pub, 0o644, "root:root")?;
+    node.file(
+        &format!("{dir}/host-ssh_host_rsa-cert.pub"),
+        &std::fs::read(cert)?,
+        0o644,
+        "root:root",
+    )?;
+    node.file(
+        &format!("{dir}/host-ssh_host_rsa"),
+        &std::fs::read(&key)?,
+        0o400,
+        "ovirt-vmconsole:ovirt-vmconsole",
+    )?;
+    Ok(())
 }
 
 /// Host-side key and CSR, engine-side `pki-enroll-request.sh`; returns `(key, cert)` bytes.

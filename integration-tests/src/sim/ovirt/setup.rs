@@ -16,6 +16,22 @@
 //!   (`pki-enroll-pkcs12.sh` + `pki-pkcs12-extract.sh`), and restarts the engine services on
 //!   the engine's simulated systemd. Like the 4.5 releases before 4.5.2.1 (A5, seed 003) it
 //!   does **not** renew the OVN certificates (`ovirt-provider-ovn`, `ovn-ndb`, `ovn-sdb`).
+//! - The CAs (`ca.pem`, `qemu-ca.pem`): as `ca.py` `_miscUpgrade` (oVirt/ovirt-engine
+//!   `packaging/setup/plugins/ovirt-engine-setup/ovirt-engine/pki/ca.py`): a CA inside
+//!   `pki_utils.cert_expires(cert, short_life=False)` (less than `CertExpirationWarnPeriodInDays`
+//!   left) makes the renew question due, and with renew answered it is renewed with
+//!   `pki-create-ca.sh --renew` (`[ INFO  ] Renewing CA: <file>`) before the entities; at
+//!   closeup `[WARNING] CA <file> was renewed, please refresh manually distributed copies`.
+//! - vmconsole (`vmconsole_proxy_helper/pki.py`, whatever the renew answer): the helper
+//!   certificate, and the proxy's `vmconsole-proxy-{host,user}` X.509 + OpenSSH certificates
+//!   with `/etc/pki/ovirt-vmconsole/{ca.pub,proxy-ssh_*}`, are re-issued when missing, older
+//!   than `ca.pem` (a renewed CA) or inside the warning window (`_refresh_needed`; the 4.5.1
+//!   behaviour, commits 35e8f51 / db1fe92 per reference A5). Old files are kept as
+//!   `<file>.<ts>` (unverified: whether the real scripts back up the `.pub` files this way).
+//! - OVN (`ovirtproviderovn.py`, when OVN is configured): `_upgrade` resets
+//!   `keys/ovn-{ndb,sdb}.key.nopass` to 0640 group `openvswitch` on every run, and
+//!   `openvswitch`, `ovn-northd` (`ENGINE_MACHINE_OVN_SERVICES`) and `ovirt-provider-ovn` are
+//!   restarted. Unverified: the order of these restarts relative to the engine services.
 //!
 //! [`engine_services`] defines the engine's units with the certificates they need.
 
@@ -24,7 +40,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::engine::{Engine, is_short_life};
+use super::engine::{Ca, Engine, VMCONSOLE_HOST, VMCONSOLE_PKI, VMCONSOLE_USER, is_short_life};
 use crate::sim::SimHost;
 
 /// `_COMMON_ENTITIES` with `keepKey`.
@@ -45,28 +61,58 @@ pub const ENGINE_UNITS: &[(&str, &[&str])] = &[
         "ovirt-websocket-proxy",
         &["/etc/pki/ovirt-engine/certs/websocket-proxy.cer"],
     ),
+    ("openvswitch", &[]),
+];
+
+/// OVN's units on the engine: `ovirt-provider-ovn` (root) reads its HTTPS key; `ovn-northd`
+/// starts the northbound and southbound `ovsdb-server`s, which read the keys set by
+/// `ovn-nbctl/ovn-sbctl set-ssl` as the OVN account ([`super::engine::ovn_account`]).
+/// Unverified: that the NB/SB servers run under `ovn-northd.service` on the engine host (the
+/// ovn-central packaging of EL8/EL9) rather than a separate unit.
+pub const OVN_UNITS: &[(&str, &[&str], &[&str], bool)] = &[
     (
         "ovirt-provider-ovn",
         &["/etc/pki/ovirt-engine/certs/ovirt-provider-ovn.cer"],
+        &["/etc/pki/ovirt-engine/keys/ovirt-provider-ovn.key.nopass"],
+        false,
     ),
     (
-        "ovsdb-server",
+        "ovn-northd",
         &[
             "/etc/pki/ovirt-engine/certs/ovn-ndb.cer",
             "/etc/pki/ovirt-engine/certs/ovn-sdb.cer",
         ],
+        &[
+            "/etc/pki/ovirt-engine/keys/ovn-ndb.key.nopass",
+            "/etc/pki/ovirt-engine/keys/ovn-sdb.key.nopass",
+        ],
+        true,
     ),
 ];
+
+/// What engine-setup restarts for OVN, in its order: `ENGINE_MACHINE_OVN_SERVICES`
+/// (`openvswitch`, `ovn-northd`), then `OVIRT_PROVIDER_OVN_SERVICE`.
+pub const OVN_RESTARTS: &[&str] = &["openvswitch", "ovn-northd", "ovirt-provider-ovn"];
 
 /// Defines the engine's units (all active) and installs `engine-setup`.
 pub fn engine_services(engine: &Engine) -> Result<()> {
     for (u, certs) in ENGINE_UNITS {
         crate::sim::systemd::define_unit(&engine.host, u, certs)?;
     }
+    if has_ovn(engine) {
+        for (u, certs, keys, as_ovn) in OVN_UNITS {
+            let account = as_ovn.then(super::engine::ovn_account);
+            crate::sim::systemd::define_unit_as(&engine.host, u, certs, keys, account)?;
+        }
+    }
     engine
         .host
         .install_tool("/usr/bin/engine-setup", "engine-setup")?;
     Ok(())
+}
+
+fn has_ovn(engine: &Engine) -> bool {
+    engine.entities.iter().any(|e| e.name == "ovn-ndb")
 }
 
 /// Makes `host` a hosted-engine host of `engine` (marks the engine self-hosted) and installs
@@ -223,6 +269,18 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
     let now = super::unix_now();
     let ca = engine.ca_pem()?;
     let mut due = Vec::new();
+    // `_customization_upgrade`: a CA inside the (long-life) window also makes renewal due.
+    let mut ca_due = Vec::new();
+    for ca_kind in [Ca::Engine, Ca::Qemu] {
+        let Ok(bytes) = std::fs::read(engine.path(&format!("{}.pem", ca_kind.file()))) else {
+            continue;
+        };
+        let rec =
+            certfleet_common::x509::parse_der(&certfleet_common::pem::first_certificate(&bytes)?)?;
+        if rec.not_after - now < warn_days * 86_400 {
+            ca_due.push(ca_kind);
+        }
+    }
     for (name, keep) in COMMON {
         let cer = engine.path(&format!("certs/{name}.cer"));
         let Ok(bytes) = std::fs::read(&cer) else {
@@ -241,7 +299,7 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
             due.push((*name, *keep));
         }
     }
-    if !due.is_empty() {
+    if !due.is_empty() || !ca_due.is_empty() {
         match env
             .get("OVESETUP_PKI/renew")
             .map(|v| v.to_ascii_lowercase())
@@ -253,6 +311,7 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
                     .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
                 {
                     due.clear();
+                    ca_due.clear();
                 } else {
                     println!(
                         "[ ERROR ] Failed to execute stage 'Environment customization': Aborted by user"
@@ -284,6 +343,14 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
     crate::sim::systemd::run(host, &stop)?;
     println!("[ INFO  ] Upgrading CA");
     let ts = stamp();
+    let mut renewed_cas = Vec::new();
+    let mut ca_backups = Vec::new();
+    for ca_kind in &ca_due {
+        let file = format!("{}/{}.pem", super::engine::ENGINE_PKI, ca_kind.file());
+        println!("[ INFO  ] Renewing CA: {file}");
+        ca_backups.push(engine.renew_ca(*ca_kind, &ts)?);
+        renewed_cas.push(file);
+    }
     let subject = format!(
         "/C={}/O={}/CN={}",
         engine.spec.country, engine.organization, engine.spec.fqdn
@@ -320,11 +387,13 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
             engine.extract_key(name)?;
         }
     }
+    backups.extend(ca_backups);
     update_engine(host, |st| {
         if let Some(a) = st["backups"].as_array_mut() {
             a.extend(backups.into_iter().map(Value::String));
         }
     })?;
+    let ca = engine.ca_pem()?;
     let fp = certfleet_common::pki::sha256_hex(&certfleet_common::pem::first_certificate(
         ca.as_bytes(),
     )?);
@@ -334,6 +403,59 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
         .chunks(2)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect();
+    // vmconsole_proxy_helper/pki.py (STAGE_MISC, independent of the renew answer).
+    if engine
+        .entities
+        .iter()
+        .any(|e| e.name == "vmconsole-proxy-helper")
+        && engine.vmconsole_refresh_needed(
+            &engine.path("certs/vmconsole-proxy-helper.cer"),
+            true,
+            warn_days,
+        )?
+    {
+        println!("[ INFO  ] Setting up ovirt-vmconsole proxy helper PKI artifacts");
+        for f in [
+            "certs/vmconsole-proxy-helper.cer",
+            "keys/vmconsole-proxy-helper.p12",
+            "keys/vmconsole-proxy-helper.key.nopass",
+        ] {
+            if engine.path(f).exists() {
+                std::fs::copy(engine.path(f), engine.path(&format!("{f}.{ts}")))?;
+            }
+        }
+        engine.vmconsole_helper()?;
+    }
+    let proxy = [VMCONSOLE_HOST, VMCONSOLE_USER];
+    if engine.entities.iter().any(|e| e.name == VMCONSOLE_HOST) {
+        let key = engine
+            .host
+            .path(&format!("{VMCONSOLE_PKI}/proxy-ssh_host_rsa"));
+        let mut needed = engine.vmconsole_refresh_needed(&key, false, warn_days)?;
+        for n in proxy {
+            needed |= engine.vmconsole_refresh_needed(
+                &engine.path(&format!("certs/{n}.cer")),
+                true,
+                warn_days,
+            )?;
+        }
+        if needed {
+            println!("[ INFO  ] Setting up ovirt-vmconsole SSH PKI artifacts");
+            for n in proxy {
+                for f in [
+                    format!("certs/{n}.cer"),
+                    format!("keys/{n}.p12"),
+                    format!("certs/{n}.pub"),
+                    format!("certs/{n}-cert.pub"),
+                ] {
+                    if engine.path(&f).exists() {
+                        std::fs::copy(engine.path(&f), engine.path(&format!("{f}.{ts}")))?;
+                    }
+                }
+            }
+            engine.vmconsole_proxy(&proxy)?;
+        }
+    }
     println!("[ INFO  ] Stage: Closing up");
     let start: Vec<String> = [
         "restart",
@@ -351,10 +473,31 @@ pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
         );
         return Ok(1);
     }
+    if has_ovn(&engine) {
+        // `_upgrade` (STAGE_MISC, before the OVN restart): permissions back to what OVN needs.
+        for k in super::engine::OVN_DB_KEYS {
+            let p = engine.path(k);
+            if p.exists() {
+                super::engine::sanitize_ovn_key(&p)?;
+            }
+        }
+        println!("[ INFO  ] Updating OVN SSL configuration");
+        for unit in OVN_RESTARTS {
+            if crate::sim::systemd::run(host, &["restart".to_owned(), unit.to_string()])? != 0 {
+                println!(
+                    "[ ERROR ] Failed to execute stage 'Misc configuration': Failed to start service '{unit}'"
+                );
+                return Ok(1);
+            }
+        }
+    }
     println!(
         "          Internal CA fingerprint: SHA256: {}",
         colons.join(":")
     );
+    for file in &renewed_cas {
+        println!("[WARNING] CA {file} was renewed, please refresh manually distributed copies");
+    }
     let answers_file = format!("/var/lib/ovirt-engine/setup/answers/{ts}-setup.conf");
     let mut text = String::from("[environment:default]\n");
     for (k, v) in &env {
