@@ -12,7 +12,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use certfleet_common::atomic::{PRIVATE, Perms, create_private_dir, write_file, write_file_with};
+use certfleet_common::atomic::{PRIVATE, Perms, create_private_dir, write_file_with};
 use serde::{Deserialize, Serialize};
 
 use super::ActError;
