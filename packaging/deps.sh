@@ -4,6 +4,9 @@
 #   slapd       real OpenLDAP serving the simulated vCenter's vmdir (STS certificate)
 #   ldap-utils  ldapsearch / ldapmodify, as vCert and fixsts.sh use them
 #   keytool     (default-jre-headless) the oVirt engine's JKS truststore
+#   packaging   rpm (rpm -qlp, rpm --root), systemd (systemd-analyze verify), binutils
+#               (objdump: the glibc check), curl (/healthz), python3-venv (the packaging tools'
+#               virtualenv; see packaging/pkgtools.sh) for build-packages.sh and test-packages.sh
 # protoc is not needed: the build uses the protoc shipped in the protoc-bin-vendored crate.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
@@ -16,6 +19,12 @@ certfleet_install_deps() {
     command -v pkill >/dev/null 2>&1 || need+=(procps)
     # keytool: oVirt engines keep a JKS truststore; the simulated engine builds it the same way.
     command -v keytool >/dev/null 2>&1 || need+=(default-jre-headless)
+    # Packaging (issue 9): build-packages.sh and test-packages.sh.
+    command -v rpm >/dev/null 2>&1 || need+=(rpm)
+    command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+    command -v objdump >/dev/null 2>&1 || need+=(binutils)
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     if [ ${#need[@]} -eq 0 ]; then
         return 0
     fi
