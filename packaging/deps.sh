@@ -6,6 +6,9 @@
 #   keytool     (default-jre-headless) the oVirt engine's JKS truststore
 #   postgresql  real PostgreSQL + psql serving the simulated vCenter's VCDB (vpx_ext thumbprints)
 #   ssh-keygen  (openssh-client) the oVirt serial console's OpenSSH certificates
+#   packaging   rpm (rpm -qlp, rpm --root), systemd (systemd-analyze verify), binutils
+#               (objdump: the glibc check), curl (/healthz), python3-venv (the packaging tools'
+#               virtualenv; see packaging/pkgtools.sh) for build-packages.sh and test-packages.sh
 # protoc is not needed: the build uses the protoc shipped in the protoc-bin-vendored crate.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
@@ -23,6 +26,12 @@ certfleet_install_deps() {
     command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
     # ssh-keygen: oVirt signs the vmconsole proxy and host OpenSSH certificates with it.
     command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+    # Packaging (issue 9): build-packages.sh and test-packages.sh.
+    command -v rpm >/dev/null 2>&1 || need+=(rpm)
+    command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+    command -v objdump >/dev/null 2>&1 || need+=(binutils)
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     if [ ${#need[@]} -eq 0 ]; then
         return 0
     fi

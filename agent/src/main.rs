@@ -5,10 +5,18 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use certfleet_agent::{collect, config::AgentConfig, link, report};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// `--version`: the crate version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CERTFLEET_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
-#[command(name = "certfleet-agent", version, about = "certfleet host agent")]
+#[command(name = "certfleet-agent", version = VERSION, about = "certfleet host agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,6 +81,15 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Print a shell completion script (bash, zsh, fish) to stdout.
+    Completion {
+        shell: certfleet_common::clidoc::Shell,
+    },
+    /// Write man pages, one per command, into a directory.
+    Man {
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
 
 fn load_config(path: Option<&PathBuf>, root: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
@@ -110,6 +127,20 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Completion { shell } => {
+            certfleet_common::clidoc::write_completion(
+                &mut Cli::command(),
+                shell,
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            for page in certfleet_common::clidoc::write_man_pages(Cli::command(), &out_dir)? {
+                println!("{}", page.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backups {
             state_dir,
             output,

@@ -2,6 +2,7 @@
 //! form, X.509 parsing, the fleet PKI, identities, TLS configuration and crash-safe files.
 
 pub mod atomic;
+pub mod clidoc;
 pub mod identity;
 pub mod model;
 pub mod pem;

@@ -9,12 +9,20 @@ use certfleet_common::proto as pb;
 use certfleet_controller::cli::{self, Conn, Format};
 use certfleet_controller::fleet::ServeOptions;
 use certfleet_controller::server;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// `--version`: the crate version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CERTFLEET_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "certfleet",
-    version,
+    version = VERSION,
     about = "Keeps the certificates of virtualization fleets alive"
 )]
 struct Cli {
@@ -95,6 +103,15 @@ enum Command {
     /// Offline maintenance of the state store (controller stopped).
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Print a shell completion script (bash, zsh, fish) to stdout.
+    Completion {
+        shell: certfleet_common::clidoc::Shell,
+    },
+    /// Write man pages, one per command, into a directory.
+    Man {
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -357,6 +374,20 @@ fn connect(cli: &Cli) -> anyhow::Result<Conn> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Completion { shell } => {
+            certfleet_common::clidoc::write_completion(
+                &mut Cli::command(),
+                *shell,
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(())
+        }
+        Command::Man { out_dir } => {
+            for page in certfleet_common::clidoc::write_man_pages(Cli::command(), out_dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
         Command::Init { data_dir, san } => {
             server::init(data_dir, san)?;
             let ca = std::fs::read(data_dir.join("ca/ca.pem"))?;
@@ -632,7 +663,11 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                 }
             }
         },
-        Command::Init { .. } | Command::Serve { .. } | Command::Store(_) => {
+        Command::Init { .. }
+        | Command::Serve { .. }
+        | Command::Store(_)
+        | Command::Completion { .. }
+        | Command::Man { .. } => {
             unreachable!("handled in run")
         }
     }
