@@ -1147,11 +1147,17 @@ impl Services {
         self.children.iter().map(|c| c.id()).collect()
     }
 
-    /// Waits for any child to exit (used by `certfleet-sim vcsa-services` in the foreground).
-    pub fn wait_any(&mut self) -> Result<()> {
+    /// Waits for any child to exit, or for `stop` to be set (used by `certfleet-sim
+    /// vcsa-services` in the foreground).
+    pub fn wait_any(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
             for c in &mut self.children {
-                if let Some(status) = c.try_wait()? {
+                if let Some(status) = c.try_wait()?
+                    && !stop.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     anyhow::bail!("service process {} exited: {status}", c.id());
                 }
             }
@@ -1231,8 +1237,12 @@ pub fn cli_build(args: &[String]) -> Result<i32> {
 }
 
 /// `certfleet-sim --root R vcsa-services`: runs slapd and the HTTPS listener in the foreground
-/// until killed (for demo scripts: start it with `&`).
+/// until SIGTERM, SIGINT or SIGHUP (for demo scripts: start it with `&`), then stops its
+/// children before exiting (status 128 + signal).
 pub fn cli_services(host: &SimHost) -> Result<i32> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signal = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    crate::sim::stop_on_signals(stop.clone(), signal.clone())?;
     let vcsa = Vcsa { host: host.clone() };
     let mut guard = vcsa.start_services()?;
     let s = vcsa.state()?;
@@ -1242,6 +1252,9 @@ pub fn cli_services(host: &SimHost) -> Result<i32> {
         s.https_port,
         guard.pids()
     );
-    guard.wait_any()?;
-    Ok(0)
+    guard.wait_any(&stop)?;
+    // Dropping the guard kills and reaps every child.
+    drop(guard);
+    let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(if sig > 0 { 128 + sig } else { 0 })
 }
