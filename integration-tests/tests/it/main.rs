@@ -4,12 +4,15 @@
 mod fabric;
 mod gke;
 mod gke_rotation;
+mod hostile;
 mod inventory;
 mod ovirt;
 mod ovirt_api;
 mod ovirt_engine_rotation;
 mod ovirt_rotation;
 mod rotation;
+mod store_faults;
 mod support;
+mod validation;
 mod vsphere;
 mod vsphere_rotation;
