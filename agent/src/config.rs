@@ -207,6 +207,15 @@ impl Default for AgentConfig {
     }
 }
 
+/// Allowed `tool_timeout` (a tool that needs more than an hour is hung).
+pub const TOOL_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+/// Allowed `scan_interval`: at least a second (zero would spin), at most 30 days.
+pub const SCAN_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30 * 86_400));
+/// Longest validity, in days, a `[[renew]]` or `[[cas]]` entry may ask for (ten years).
+pub const MAX_DAYS: u32 = 3650;
+
 /// Every collector name the agent knows.
 pub const COLLECTORS: &[&str] = &[
     "vsphere",
@@ -273,8 +282,56 @@ impl AgentConfig {
                 ));
             }
         }
-        if self.tool_timeout.is_zero() {
-            problems.push("tool_timeout must be more than zero".into());
+        let mut bounded = |key: &str, d: Duration, min: Duration, max: Duration| {
+            if d < min || d > max {
+                problems.push(format!(
+                    "{key} = {:?} is out of range: must be between {} and {}",
+                    humantime::format_duration(d).to_string(),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ));
+            }
+        };
+        bounded(
+            "tool_timeout",
+            self.tool_timeout,
+            TOOL_TIMEOUT_RANGE.0,
+            TOOL_TIMEOUT_RANGE.1,
+        );
+        bounded(
+            "scan_interval",
+            self.scan_interval,
+            SCAN_INTERVAL_RANGE.0,
+            SCAN_INTERVAL_RANGE.1,
+        );
+        for (i, r) in self.renew.iter().enumerate() {
+            if r.days > MAX_DAYS {
+                problems.push(format!(
+                    "renew[{i}]: days = {} is out of range: must be between 0 (the CA's default) and {MAX_DAYS}",
+                    r.days
+                ));
+            }
+            if u32::from_str_radix(r.mode.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .is_none()
+            {
+                problems.push(format!(
+                    "renew[{i}]: mode {:?} is not an octal file mode (e.g. \"0644\")",
+                    r.mode
+                ));
+            }
+        }
+        for (i, c) in self.cas.iter().enumerate() {
+            if c.days == 0 || c.days > MAX_DAYS {
+                problems.push(format!(
+                    "cas[{i}] ({}): days = {} is out of range: must be between 1 and {MAX_DAYS}",
+                    c.name, c.days
+                ));
+            }
+            if c.command.is_empty() {
+                problems.push(format!("cas[{i}] ({}): command is empty", c.name));
+            }
         }
         problems
     }
@@ -328,6 +385,38 @@ mod tests {
         .unwrap();
         let p = cfg.validate();
         assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn durations_and_counts_are_bounded() {
+        let cfg: AgentConfig = toml::from_str(
+            r#"
+            scan_interval = "0s"
+            tool_timeout = "400d"
+            [[renew]]
+            cert = "/c"
+            key = "/k"
+            issuer = "ca"
+            days = 4000000
+            mode = "rw-r--r--"
+            [[cas]]
+            name = "ca"
+            dir = "/ca"
+            command = []
+            days = 0
+            "#,
+        )
+        .unwrap();
+        let p = cfg.validate();
+        assert_eq!(p.len(), 6, "{p:#?}");
+        assert!(
+            p[0].contains("tool_timeout") && p[0].contains("between 1s and 1h"),
+            "{p:#?}"
+        );
+        assert!(
+            p[1].contains("scan_interval") && p[1].contains("between 1s and 30days"),
+            "{p:#?}"
+        );
     }
 
     #[test]

@@ -255,6 +255,90 @@ impl Reported {
     }
 }
 
+/// Largest message the agent sends when the controller announces no limit (an older one):
+/// tonic's default decoding limit on the other side.
+const MAX_REPORT_BYTES: usize = 4 << 20;
+/// Largest message accepted from the controller (steps, renewed certificates).
+const MAX_CONTROLLER_MESSAGE_BYTES: usize = 32 << 20;
+
+/// The controller's limits on one report, as announced in its welcome.
+#[derive(Clone, Debug)]
+struct ReportLimits {
+    max_bytes: usize,
+    max_certificates: usize,
+    max_locations: usize,
+}
+
+impl ReportLimits {
+    fn from_welcome(w: &pb::Welcome) -> Self {
+        let or = |v: u64, default: usize| {
+            if v == 0 {
+                default
+            } else {
+                usize::try_from(v).unwrap_or(usize::MAX)
+            }
+        };
+        ReportLimits {
+            max_bytes: or(w.max_report_bytes, MAX_REPORT_BYTES),
+            max_certificates: or(u64::from(w.max_certificates), usize::MAX),
+            max_locations: or(u64::from(w.max_locations), usize::MAX),
+        }
+    }
+
+    /// Why a report (of an inventory holding `total` certificates) is over the limits.
+    fn check(&self, total: usize, report: &pb::InventoryReport) -> Result<(), String> {
+        use prost::Message as _;
+        if total > self.max_certificates {
+            return Err(format!(
+                "{total} certificates found, the controller accepts at most {} per agent",
+                self.max_certificates
+            ));
+        }
+        if let Some(c) = report
+            .certificates
+            .iter()
+            .find(|c| c.locations.len() > self.max_locations)
+        {
+            return Err(format!(
+                "certificate {} found at {} locations, the controller accepts at most {}",
+                c.fingerprint_sha256,
+                c.locations.len(),
+                self.max_locations
+            ));
+        }
+        // Room for the envelope (message kind and length prefix).
+        let size = report.encoded_len() + 16;
+        if size > self.max_bytes {
+            return Err(format!(
+                "report of {size} bytes, the controller accepts at most {} bytes",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The report sent instead of one over the limits: no certificates (what the controller holds
+/// stays), the scan's problems and health, and the reason.
+fn over_limit_report(why: &str, found: &Collection) -> pb::InventoryReport {
+    let mut problems: Vec<pb::Problem> = found.problems.iter().map(Into::into).collect();
+    problems.truncate(1000);
+    problems.push(pb::Problem {
+        subject: "inventory".into(),
+        message: format!("inventory not sent: {why}"),
+        severity: "error".into(),
+        collector: "agent".into(),
+    });
+    pb::InventoryReport {
+        full: false,
+        certificates: Vec::new(),
+        removed: Vec::new(),
+        problems,
+        health: found.health.iter().map(Into::into).collect(),
+        scanned_at: now(),
+    }
+}
+
 /// One session. `Ok(true)` once the controller welcomed us (resets backoff) and the session
 /// later ended; errors are returned for the retry loop.
 async fn session(
@@ -301,6 +385,10 @@ async fn session(
         }),
     )?;
     let mut inbound = AgentLinkClient::new(channel)
+        .max_decoding_message_size(MAX_CONTROLLER_MESSAGE_BYTES)
+        // The real limit is the controller's, announced in the welcome and checked before each
+        // report; this one is only the ceiling of what the controller can be configured to take.
+        .max_encoding_message_size(1 << 30)
         .session(ReceiverStream::new(rx))
         .await
         .map_err(|s| classify(&ctl, s))?
@@ -309,10 +397,11 @@ async fn session(
         .await
         .map_err(|_| LinkError::Other("no welcome from controller within 30s".into()))?
         .map_err(|s| classify(&ctl, s))?;
-    let interval = match welcome.and_then(|m| m.kind) {
-        Some(pb::controller_message::Kind::Welcome(w)) => {
-            Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1)))
-        }
+    let (interval, limits) = match welcome.and_then(|m| m.kind) {
+        Some(pb::controller_message::Kind::Welcome(w)) => (
+            Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
+            ReportLimits::from_welcome(&w),
+        ),
         _ => {
             return Err(LinkError::Other(
                 "controller did not answer the hello with a welcome".into(),
@@ -373,6 +462,17 @@ async fn session(
                 scanning = false;
                 let report = reported.report(&found);
                 tracing::info!(certificates = found.len(), sent = report.certificates.len(), full = report.full, problems = found.problems.len(), "inventory scanned");
+                let report = match limits.check(found.len(), &report) {
+                    Ok(()) => report,
+                    Err(why) => {
+                        // Sending it would only be refused (or end the stream, and a
+                        // reconnect would send it again): report the problem instead, keep
+                        // the session, and send a full report once the inventory fits.
+                        tracing::error!(controller = %ctl, reason = %why, "inventory not sent: over the controller's limits");
+                        reported = Reported::default();
+                        over_limit_report(&why, &found)
+                    }
+                };
                 send(&tx, pb::agent_message::Kind::Inventory(report))?;
                 if rescan_wanted {
                     rescan_wanted = false;

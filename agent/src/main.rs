@@ -56,7 +56,7 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
         /// Longest reconnect backoff.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        #[arg(long, value_parser = max_backoff, default_value = "60s")]
         max_backoff: std::time::Duration,
     },
     /// Backups taken before every replacement (newest last).
@@ -90,6 +90,16 @@ enum Command {
         #[arg(long)]
         out_dir: PathBuf,
     },
+}
+
+/// `--max-backoff`: between 1s and 1h, refused at parse time with the limits named.
+fn max_backoff(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?}: {e} (a duration between 1s and 1h, e.g. 60s)"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s:?} is out of range: must be between 1s and 1h"));
+    }
+    Ok(d)
 }
 
 fn load_config(path: Option<&PathBuf>, root: Option<PathBuf>) -> anyhow::Result<AgentConfig> {

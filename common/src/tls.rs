@@ -7,8 +7,14 @@
 //! - Clients: tonic's `ClientTlsConfig` with the fleet CA, or, on first contact, a
 //!   [`PinnedCaVerifier`] that trusts only the CA whose SHA-256 is in the join token.
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -16,10 +22,12 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Installs ring as the process-wide rustls provider. Call once at the top of `main`.
@@ -114,14 +122,298 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Limits of the controller's TLS listener, so that one peer cannot hurt the others.
+///
+/// Connections are in one of two pools. A connection is *anonymous* from `accept` until its
+/// handshake ends with a client certificate chaining to the fleet CA; connections without one
+/// (enrollment, re-binding, and anything hostile) stay anonymous for their whole life. The
+/// anonymous pool is capped globally and per source address; when it is full the *oldest*
+/// anonymous connection is closed to make room, so a flood can never keep a newcomer (an
+/// operator's or agent's handshake takes milliseconds) from getting in. Connections that
+/// presented a fleet certificate go to the *authenticated* pool, which has its own cap and
+/// which anonymous peers can never fill. Every connection must complete its handshake within
+/// `handshake_timeout` and send the HTTP/2 preface and its first request (a HEADERS frame)
+/// within `first_request_timeout`, or it is closed.
+#[derive(Clone, Debug)]
+pub struct ListenerLimits {
+    /// Deadline for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Deadline, after the handshake, for the HTTP/2 preface and the first request.
+    pub first_request_timeout: Duration,
+    /// Connections with a fleet client certificate (operators, agents).
+    pub max_authenticated: usize,
+    /// Connections still in their handshake or without a client certificate.
+    pub max_anonymous: usize,
+    /// Anonymous connections from one IP address.
+    pub max_anonymous_per_address: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            handshake_timeout: Duration::from_secs(10),
+            first_request_timeout: Duration::from_secs(10),
+            max_authenticated: 8192,
+            max_anonymous: 512,
+            max_anonymous_per_address: 64,
+        }
+    }
+}
+
+/// Counters of connections the listener closed or refused (exported as metrics).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Anonymous connections closed to make room for newer ones.
+    pub evicted: AtomicU64,
+    /// Handshakes that did not finish in time.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections that sent no request in time after the handshake.
+    pub first_request_timeouts: AtomicU64,
+    /// Authenticated connections refused because that pool was full.
+    pub refused_full: AtomicU64,
+}
+
+/// The pool of anonymous connections, oldest first.
+#[derive(Default)]
+struct AnonymousPool {
+    next_id: u64,
+    /// Connection id (increasing with age) → source address and the eviction signal.
+    by_age: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl AnonymousPool {
+    /// Admits a connection from `ip`, evicting the oldest ones over the limits.
+    fn admit(
+        &mut self,
+        ip: IpAddr,
+        limits: &ListenerLimits,
+        stats: &ListenerStats,
+    ) -> (u64, oneshot::Receiver<()>) {
+        while self.per_address.get(&ip).copied().unwrap_or(0)
+            >= limits.max_anonymous_per_address.max(1)
+        {
+            let oldest = self
+                .by_age
+                .iter()
+                .find(|(_, (a, _))| *a == ip)
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(id) => self.evict(id, stats),
+                None => break,
+            }
+        }
+        while self.by_age.len() >= limits.max_anonymous.max(1) {
+            let Some(id) = self.by_age.keys().next().copied() else {
+                break;
+            };
+            self.evict(id, stats);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        self.by_age.insert(id, (ip, tx));
+        *self.per_address.entry(ip).or_default() += 1;
+        (id, rx)
+    }
+
+    fn evict(&mut self, id: u64, stats: &ListenerStats) {
+        if let Some((ip, tx)) = self.leave(id) {
+            stats.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %ip, "anonymous connection closed to make room");
+            let _ = tx.send(());
+        }
+    }
+
+    fn leave(&mut self, id: u64) -> Option<(IpAddr, oneshot::Sender<()>)> {
+        let (ip, tx) = self.by_age.remove(&id)?;
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+        Some((ip, tx))
+    }
+}
+
+/// A place in the anonymous pool, given back on drop.
+struct AnonymousSlot {
+    pool: Arc<Mutex<AnonymousPool>>,
+    id: u64,
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.leave(self.id);
+    }
+}
+
+/// Watches the bytes a client sends until the first HTTP/2 HEADERS frame (its first request).
+#[derive(Debug)]
+struct FirstRequestWatch {
+    preface_left: usize,
+    header: [u8; 9],
+    header_len: usize,
+    skip: usize,
+}
+
+impl FirstRequestWatch {
+    fn new() -> Self {
+        // "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113 §3.4); hyper checks its content.
+        FirstRequestWatch {
+            preface_left: 24,
+            header: [0; 9],
+            header_len: 0,
+            skip: 0,
+        }
+    }
+
+    /// Feeds received bytes; true once a HEADERS frame has begun.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.preface_left > 0 {
+                let n = self.preface_left.min(bytes.len());
+                self.preface_left -= n;
+                bytes = &bytes[n..];
+            } else if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (9 - self.header_len).min(bytes.len());
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len == 9 {
+                    // Frame header: length (24 bits), type, flags, stream id. HEADERS is 0x1.
+                    if self.header[3] == 0x1 {
+                        return true;
+                    }
+                    self.skip = (usize::from(self.header[0]) << 16)
+                        | (usize::from(self.header[1]) << 8)
+                        | usize::from(self.header[2]);
+                    self.header_len = 0;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// A server-side TLS connection under the listener's limits: it fails its next read (so the
+/// HTTP/2 server closes it) when evicted from the anonymous pool or when its first request is
+/// late.
+pub struct GuardedStream {
+    inner: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    evicted: Option<oneshot::Receiver<()>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    watch: FirstRequestWatch,
+    stats: Arc<ListenerStats>,
+    _anonymous: Option<AnonymousSlot>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(rx) = this.evicted.as_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!(
+                            "{}: closed to make room (too many anonymous connections)",
+                            this.peer
+                        ),
+                    )));
+                }
+                // The slot was given back without eviction: nothing more to watch.
+                Poll::Ready(Err(_)) => this.evicted = None,
+                Poll::Pending => {}
+            }
+        }
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            this.stats
+                .first_request_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %this.peer, "no request in time after the TLS handshake; closing");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{}: no request in time after the TLS handshake", this.peer),
+            )));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.deadline.is_some()
+            && matches!(r, Poll::Ready(Ok(())))
+            && this.watch.feed(&buf.filled()[before..])
+        {
+            this.deadline = None;
+        }
+        r
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Connected for GuardedStream {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes off the accept loop (a slow or hostile
-/// client cannot stall others), yielding finished streams for `serve_with_incoming`.
+/// client cannot stall others), yielding finished streams for `serve_with_incoming`, under
+/// `limits` (see [`ListenerLimits`]).
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    limits: ListenerLimits,
+    stats: Arc<ListenerStats>,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<GuardedStream>> {
     let (tx, rx) = mpsc::channel(128);
     let acceptor = TlsAcceptor::from(config);
+    let pool: Arc<Mutex<AnonymousPool>> = Default::default();
+    let authenticated = Arc::new(Semaphore::new(limits.max_authenticated.max(1)));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -137,16 +429,65 @@ pub fn tls_incoming(
             if tx.is_closed() {
                 break;
             }
+            let (id, mut evicted) =
+                pool.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .admit(peer.ip(), &limits, &stats);
+            let slot = AnonymousSlot {
+                pool: pool.clone(),
+                id,
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let limits = limits.clone();
+            let stats = stats.clone();
+            let authenticated = authenticated.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                let handshake = tokio::select! {
+                    r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => r,
+                    _ = &mut evicted => return,
+                };
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake refused");
+                        return;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
+                    Err(_) => {
+                        stats.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                // The verifier only lets through certificates chaining to the fleet CA.
+                let has_cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty());
+                let (anonymous, permit, evicted) = if has_cert {
+                    match authenticated.try_acquire_owned() {
+                        Ok(p) => (None, Some(p), None),
+                        Err(_) => {
+                            stats.refused_full.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, limit = limits.max_authenticated, "authenticated connection refused: too many connections");
+                            return;
+                        }
+                    }
+                } else {
+                    (Some(slot), None, Some(evicted))
+                };
+                let guarded = GuardedStream {
+                    inner: stream,
+                    peer,
+                    evicted,
+                    deadline: Some(Box::pin(tokio::time::sleep(limits.first_request_timeout))),
+                    watch: FirstRequestWatch::new(),
+                    stats,
+                    _anonymous: anonymous,
+                    _permit: permit,
+                };
+                let _ = tx.send(Ok(guarded)).await;
             });
         }
     });
@@ -174,6 +515,18 @@ pub fn controller_url(addr: &str) -> (String, String) {
     (url, host)
 }
 
+/// How long a client waits for the TCP connection, and then again for the TLS handshake, with
+/// the controller. A peer that accepts TCP and never speaks TLS costs at most this.
+pub const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for the answer to one call (for streams: for the stream to open).
+pub const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn tls_config(host: String) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .domain_name(host)
+        .timeout(CLIENT_HANDSHAKE_TIMEOUT)
+}
+
 fn endpoint(addr: &str) -> Result<(Endpoint, String), TlsError> {
     let (url, host) = controller_url(addr);
     let ep = Endpoint::from_shared(url)
@@ -181,7 +534,8 @@ fn endpoint(addr: &str) -> Result<(Endpoint, String), TlsError> {
             addr: addr.to_owned(),
             source,
         })?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CLIENT_HANDSHAKE_TIMEOUT)
+        .timeout(CLIENT_CALL_TIMEOUT)
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -197,8 +551,7 @@ pub fn mtls_channel(
     key_pem: &str,
 ) -> Result<Channel, TlsError> {
     let (ep, host) = endpoint(addr)?;
-    let tls = ClientTlsConfig::new()
-        .domain_name(host)
+    let tls = tls_config(host)
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
     let ep = ep.tls_config(tls).map_err(|source| TlsError::Endpoint {
@@ -211,9 +564,7 @@ pub fn mtls_channel(
 /// A channel with no client certificate that trusts the fleet CA (re-binding).
 pub fn anonymous_channel(addr: &str, ca_pem: &str) -> Result<Channel, TlsError> {
     let (ep, host) = endpoint(addr)?;
-    let tls = ClientTlsConfig::new()
-        .domain_name(host)
-        .ca_certificate(Certificate::from_pem(ca_pem));
+    let tls = tls_config(host).ca_certificate(Certificate::from_pem(ca_pem));
     let ep = ep.tls_config(tls).map_err(|source| TlsError::Endpoint {
         addr: addr.into(),
         source,
@@ -225,7 +576,7 @@ pub fn anonymous_channel(addr: &str, ca_pem: &str) -> Result<Channel, TlsError> 
 pub fn pinned_channel(addr: &str, verifier: Arc<PinnedCaVerifier>) -> Result<Channel, TlsError> {
     let (ep, host) = endpoint(addr)?;
     let ep = ep
-        .tls_config_with_verifier(ClientTlsConfig::new().domain_name(host), verifier)
+        .tls_config_with_verifier(tls_config(host), verifier)
         .map_err(|source| TlsError::Endpoint {
             addr: addr.into(),
             source,
@@ -344,6 +695,10 @@ pub fn explain_status(addr: &str, status: &tonic::Status) -> String {
         " (a certificate has expired)"
     } else if all.contains("Connection refused") || all.contains("tcp connect error") {
         " (is the controller running and reachable?)"
+    } else if all.contains("TLS handshake timeout") {
+        " (something accepts TCP there but did not complete a TLS handshake within 10s: is it the controller?)"
+    } else if status.code() == tonic::Code::Cancelled && all.contains("Timeout expired") {
+        " (no answer within 120s)"
     } else if all.contains("does not match the join token") {
         ""
     } else if all.contains("NotValidForName") {
@@ -357,6 +712,9 @@ pub fn explain_status(addr: &str, status: &tonic::Status) -> String {
         {
             format!("cannot reach controller at {addr}: {all}{hint}")
         }
+        tonic::Code::Cancelled if all.contains("Timeout expired") => {
+            format!("controller at {addr} did not answer: {all}{hint}")
+        }
         _ => format!("controller at {addr} refused: {}{hint}", status.message()),
     }
 }
@@ -364,6 +722,63 @@ pub fn explain_status(addr: &str, status: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_request_is_the_first_headers_frame_even_split_across_reads() {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS (type 4) with a 6-byte payload, then WINDOW_UPDATE (type 8), then HEADERS.
+        bytes.extend([0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        bytes.extend([0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
+        let before_headers = bytes.len();
+        bytes.extend([0, 0, 3, 1, 4, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+        for chunk in [1, 5, 9, 24, 1000] {
+            let mut w = FirstRequestWatch::new();
+            let mut seen_at = None;
+            for (i, piece) in bytes.chunks(chunk).enumerate() {
+                if w.feed(piece) {
+                    seen_at = Some((i + 1) * chunk);
+                    break;
+                }
+            }
+            let seen_at = seen_at.expect("HEADERS seen");
+            assert!(
+                seen_at > before_headers + 3,
+                "chunk {chunk}: seen at {seen_at}"
+            );
+        }
+        // Preface and settings alone are not a request.
+        let mut w = FirstRequestWatch::new();
+        assert!(!w.feed(&bytes[..before_headers]));
+    }
+
+    #[test]
+    fn anonymous_pool_evicts_the_oldest_per_address_then_overall() {
+        let limits = ListenerLimits {
+            max_anonymous: 4,
+            max_anonymous_per_address: 2,
+            ..Default::default()
+        };
+        let stats = ListenerStats::default();
+        let mut pool = AnonymousPool::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let (_, mut a1) = pool.admit(a, &limits, &stats);
+        let (_, mut a2) = pool.admit(a, &limits, &stats);
+        let (_, mut b1) = pool.admit(b, &limits, &stats);
+        // A third from `a` evicts a's oldest, not b's.
+        let (_, mut a3) = pool.admit(a, &limits, &stats);
+        assert_eq!(a1.try_recv(), Ok(()));
+        assert!(a2.try_recv().is_err() && b1.try_recv().is_err());
+        // Pool full (a2, b1, a3, c1): the next evicts the oldest overall (a2).
+        let (_, _c1) = pool.admit(c, &limits, &stats);
+        let (_, _c2) = pool.admit(c, &limits, &stats);
+        assert_eq!(a2.try_recv(), Ok(()));
+        assert!(b1.try_recv().is_err() && a3.try_recv().is_err());
+        assert_eq!(stats.evicted.load(Ordering::Relaxed), 2);
+        assert_eq!(pool.by_age.len(), 4);
+        assert_eq!(pool.per_address[&a], 1);
+    }
 
     #[test]
     fn urls_and_hosts() {

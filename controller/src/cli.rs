@@ -24,6 +24,9 @@ pub enum Format {
     Csv,
 }
 
+/// Largest answer the CLI accepts from the controller.
+const MAX_ANSWER_BYTES: usize = 512 << 20;
+
 /// A connection to the controller as an operator.
 pub struct Conn {
     /// Address as given.
@@ -47,7 +50,10 @@ impl Conn {
         )?;
         Ok(Conn {
             addr: addr.to_owned(),
-            client: OperatorClient::new(channel),
+            // Inventory answers grow with the fleet: the limit is explicit and generous.
+            client: OperatorClient::new(channel)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
+                .max_encoding_message_size(4 << 20),
         })
     }
 

@@ -52,8 +52,14 @@ impl AgentInventory {
     }
 }
 
-/// Applies a report from `agent`.
-pub fn apply(fleet: &Fleet, agent: &str, report: pb::InventoryReport) -> Result<(), Status> {
+/// Applies a report from `agent`, refusing it (`ResourceExhausted`, nothing written) when the
+/// agent would then hold more than `max_certificates` certificates.
+pub fn apply(
+    fleet: &Fleet,
+    agent: &str,
+    report: pb::InventoryReport,
+    max_certificates: usize,
+) -> Result<(), Status> {
     let mut inv: AgentInventory = if report.full {
         AgentInventory::default()
     } else {
@@ -80,6 +86,12 @@ pub fn apply(fleet: &Fleet, agent: &str, report: pb::InventoryReport) -> Result<
         record.fingerprint_sha256 = fp.clone();
         inv.certs.insert(fp, StoredCert { record, der_b64 });
     }
+    if inv.certs.len() > max_certificates {
+        return Err(Status::resource_exhausted(format!(
+            "inventory report refused: agent {agent} would hold {} certificates, more than the limit of {max_certificates}",
+            inv.certs.len()
+        )));
+    }
     inv.problems = report.problems.into_iter().map(Into::into).collect();
     inv.health = report.health.into_iter().map(Into::into).collect();
     inv.scanned_at = report.scanned_at;
@@ -98,6 +110,33 @@ pub fn apply(fleet: &Fleet, agent: &str, report: pb::InventoryReport) -> Result<
     fleet.changed.notify_waiters();
     Ok(())
 }
+
+/// Records on an agent's stored inventory that its last report was refused (what it already
+/// had stays), so `certfleet inventory` shows the problem.
+pub fn note_refused(fleet: &Fleet, agent: &str, message: &str) -> Result<(), Status> {
+    let mut inv: AgentInventory = fleet
+        .store
+        .get("inventory", agent)
+        .map_err(internal)?
+        .unwrap_or_default();
+    inv.problems.retain(|p| p.subject != REFUSED_SUBJECT);
+    inv.problems.push(Problem {
+        subject: REFUSED_SUBJECT.into(),
+        message: message.to_owned(),
+        severity: "error".into(),
+        collector: "controller".into(),
+    });
+    inv.received_at = now();
+    fleet
+        .store
+        .put("inventory", agent, &inv)
+        .map_err(internal)?;
+    fleet.changed.notify_waiters();
+    Ok(())
+}
+
+/// Subject of the problem recorded when a report is refused.
+pub const REFUSED_SUBJECT: &str = "inventory report";
 
 /// Removes an agent's inventory (revocation).
 pub fn forget(fleet: &Fleet, agent: &str) -> Result<(), Status> {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use certfleet_common::identity::Identity;
 use certfleet_common::proto::agent_link_server::AgentLink;
 use certfleet_common::proto::{
-    AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message, controller_message,
+    self as pb, AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message,
+    controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -21,15 +22,71 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{AgentRecord, AgentState, Fleet, internal};
 
+/// Limits on what one agent may report, so that one agent cannot exhaust the controller's
+/// memory or store. They are announced in the welcome; an agent over them sends a problem
+/// instead of its report, and a report over them is refused here whoever sent it (the
+/// session stays up: a refused report is not a reason to reconnect and send it again).
+#[derive(Clone, Debug)]
+pub struct ReportLimits {
+    /// Largest message an agent may send (gRPC decoding limit on the link).
+    pub max_report_bytes: usize,
+    /// Certificates one agent may hold in the inventory.
+    pub max_certificates: usize,
+    /// Locations one certificate may be reported at.
+    pub max_locations: usize,
+}
+
+impl Default for ReportLimits {
+    fn default() -> Self {
+        ReportLimits {
+            max_report_bytes: 32 << 20,
+            max_certificates: 20_000,
+            max_locations: 256,
+        }
+    }
+}
+
+impl ReportLimits {
+    /// Why `report` is over the limits, if it is (before it is merged with what is stored).
+    pub fn check(&self, report: &pb::InventoryReport) -> Result<(), String> {
+        if report.certificates.len() > self.max_certificates {
+            return Err(format!(
+                "{} certificates, more than the limit of {}",
+                report.certificates.len(),
+                self.max_certificates
+            ));
+        }
+        if let Some(c) = report
+            .certificates
+            .iter()
+            .find(|c| c.locations.len() > self.max_locations)
+        {
+            return Err(format!(
+                "certificate {} at {} locations, more than the limit of {}",
+                c.fingerprint_sha256,
+                c.locations.len(),
+                self.max_locations
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The AgentLink gRPC service.
 pub struct AgentLinkService {
     fleet: Arc<Fleet>,
+    limits: ReportLimits,
 }
 
 impl AgentLinkService {
-    /// Wraps the shared state.
+    /// Wraps the shared state, with the default report limits.
     pub fn new(fleet: Arc<Fleet>) -> Self {
-        AgentLinkService { fleet }
+        Self::with_limits(fleet, ReportLimits::default())
+    }
+
+    /// Wraps the shared state, with these report limits.
+    pub fn with_limits(fleet: Arc<Fleet>, limits: ReportLimits) -> Self {
+        AgentLinkService { fleet, limits }
     }
 }
 
@@ -83,6 +140,9 @@ impl AgentLink for AgentLinkService {
             kind: Some(controller_message::Kind::Welcome(Welcome {
                 agent_id: agent.id.clone(),
                 heartbeat_interval_secs: fleet.opts.heartbeat_interval.as_secs().max(1) as u32,
+                max_report_bytes: self.limits.max_report_bytes as u64,
+                max_certificates: u32::try_from(self.limits.max_certificates).unwrap_or(u32::MAX),
+                max_locations: u32::try_from(self.limits.max_locations).unwrap_or(u32::MAX),
             })),
         };
         tx.send(Ok(welcome))
@@ -92,6 +152,7 @@ impl AgentLink for AgentLinkService {
         crate::engine::on_agent_connected(&fleet, &agent.id);
 
         let id = agent.id.clone();
+        let limits = self.limits.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -100,13 +161,21 @@ impl AgentLink for AgentLinkService {
                 };
                 match msg {
                     Ok(Some(m)) => {
-                        if let Err(status) = handle(&fleet, &id, m, &tx).await {
+                        if let Err(status) = handle(&fleet, &id, m, &tx, &limits).await {
                             let _ = tx.send(Err(status)).await;
                             break;
                         }
                     }
                     Ok(None) => break,
                     Err(status) => {
+                        if status.code() == tonic::Code::OutOfRange {
+                            // tonic's decoding limit: an over-size message (only an agent that
+                            // ignores the announced limits sends one). Tell it why the stream
+                            // ends, not just that it did.
+                            let why = format!("message refused: {}", status.message());
+                            refuse_report(&fleet, &id, &why);
+                            let _ = tx.send(Err(Status::out_of_range(why))).await;
+                        }
                         tracing::info!(agent = %id, error = %status.message(), "agent stream ended");
                         break;
                     }
@@ -130,12 +199,24 @@ async fn handle(
     id: &str,
     msg: AgentMessage,
     tx: &mpsc::Sender<Result<ControllerMessage, Status>>,
+    limits: &ReportLimits,
 ) -> Result<(), Status> {
     use agent_message::Kind;
     fleet.registry.touch(id);
     match msg.kind {
         Some(Kind::Heartbeat(_)) => {}
-        Some(Kind::Inventory(report)) => crate::inventory::apply(fleet, id, report)?,
+        Some(Kind::Inventory(report)) => {
+            if let Err(why) = limits.check(&report) {
+                refuse_report(fleet, id, &format!("inventory report refused: {why}"));
+                return Ok(());
+            }
+            match crate::inventory::apply(fleet, id, report, limits.max_certificates) {
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    refuse_report(fleet, id, s.message())
+                }
+                r => r?,
+            }
+        }
         Some(Kind::Renew(req)) => {
             let mut agent: AgentRecord = fleet
                 .store
@@ -193,4 +274,13 @@ async fn handle(
         None => {}
     }
     Ok(())
+}
+
+/// Logs, counts and records (as a problem on the agent's inventory) a refused report.
+fn refuse_report(fleet: &Fleet, id: &str, why: &str) {
+    tracing::warn!(agent = %id, reason = %why, "inventory report refused");
+    fleet.metrics.rpc_error("report_refused");
+    if let Err(e) = crate::inventory::note_refused(fleet, id, why) {
+        tracing::warn!(agent = %id, error = %e.message(), "could not record the refused report");
+    }
 }

@@ -41,9 +41,51 @@ struct Cli {
     command: Command,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 90s, 1h, 30d)"))
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
+const fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
+
+/// A duration flag bounded to `[min, max]`, in humantime syntax; out-of-range and malformed
+/// values are refused at parse time (exit code 2) with a message naming the limits.
+fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let limits = format!(
+            "between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        );
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?}: {e} (a duration such as 90s, 1h or 30d, {limits})"))?;
+        if d < min || d > max {
+            return Err(format!("{s:?} is out of range: must be {limits}"));
+        }
+        Ok(d)
+    }
+}
+
+/// A count flag bounded to `[min, max]`; a message naming the limits otherwise (exit code 2).
+fn count_in<T: TryFrom<u64> + Clone + Send + Sync + 'static>(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| format!("{s:?} is not a whole number between {min} and {max}"))
+    }
+}
+
+/// Durations of "how far ahead" filters (expiring within …): up to 100 years.
+const MAX_HORIZON: Duration = days(36_500);
 
 #[derive(Subcommand)]
 enum Command {
@@ -65,15 +107,21 @@ enum Command {
         /// HTTP address for /healthz and /metrics.
         #[arg(long)]
         http: Option<String>,
-        /// Lifetime of agent certificates.
-        #[arg(long, value_parser = duration, default_value = "30d")]
+        /// Lifetime of agent certificates (renewed at two thirds of it).
+        #[arg(long, value_parser = duration_in(secs(4), days(398)), default_value = "30d")]
         agent_cert_ttl: Duration,
         /// Heartbeat interval asked of agents.
-        #[arg(long, value_parser = duration, default_value = "15s")]
+        #[arg(long, value_parser = duration_in(secs(1), secs(3600)), default_value = "15s")]
         heartbeat_interval: Duration,
         /// Re-bind agents with expired certificates without operator approval.
         #[arg(long)]
         auto_approve_rebind: bool,
+        /// Start on an empty state store although the data directory holds a fleet CA
+        /// (everyone must be issued and enrolled again).
+        #[arg(long)]
+        new_store: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Join tokens.
     #[command(subcommand)]
@@ -88,8 +136,8 @@ enum Command {
     Audit {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
-        /// Only the last N entries.
-        #[arg(long, default_value = "0")]
+        /// Only the last N entries (0: all).
+        #[arg(long, default_value = "0", value_parser = count_in::<u32>(0, 10_000_000))]
         limit: u32,
     },
     /// The fleet's certificate inventory.
@@ -114,11 +162,71 @@ enum Command {
     },
 }
 
+/// Limits that keep one peer from hurting the others (`certfleet serve`).
+#[derive(Args)]
+struct LimitArgs {
+    /// Connections with a fleet client certificate (operators, agents).
+    #[arg(long, value_parser = count_in::<u64>(1, 1_000_000), default_value = "8192")]
+    max_connections: u64,
+    /// Connections in their TLS handshake or without a client certificate; the oldest is
+    /// closed to make room for a new one.
+    #[arg(long, value_parser = count_in::<u64>(1, 100_000), default_value = "512")]
+    max_anonymous_connections: u64,
+    /// Of those, from one IP address.
+    #[arg(long, value_parser = count_in::<u64>(1, 100_000), default_value = "64")]
+    max_anonymous_per_address: u64,
+    /// Deadline for a client's TLS handshake.
+    #[arg(long, value_parser = duration_in(secs(1), secs(300)), default_value = "10s")]
+    handshake_timeout: Duration,
+    /// Deadline, after the handshake, for the HTTP/2 preface and the first request.
+    #[arg(long, value_parser = duration_in(secs(1), secs(300)), default_value = "10s")]
+    first_request_timeout: Duration,
+    /// Largest message an agent may send (bytes).
+    #[arg(long, value_parser = count_in::<u64>(65_536, 1_073_741_824), default_value = "33554432")]
+    max_report_bytes: u64,
+    /// Certificates one agent may hold in the inventory.
+    #[arg(long, value_parser = count_in::<u64>(1, 10_000_000), default_value = "20000")]
+    max_certificates_per_agent: u64,
+    /// Locations one certificate may be reported at.
+    #[arg(long, value_parser = count_in::<u64>(1, 100_000), default_value = "256")]
+    max_locations_per_certificate: u64,
+    /// How often the state store is probed with a write.
+    #[arg(long, value_parser = duration_in(secs(1), secs(600)), default_value = "10s")]
+    store_probe_interval: Duration,
+    /// How long the store's writes may keep failing before the controller exits (status 1)
+    /// for its supervisor to restart it.
+    #[arg(long, value_parser = duration_in(secs(1), secs(3600)), default_value = "60s")]
+    store_failure_grace: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> server::PeerLimits {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        server::PeerLimits {
+            listener: certfleet_common::tls::ListenerLimits {
+                handshake_timeout: self.handshake_timeout,
+                first_request_timeout: self.first_request_timeout,
+                max_authenticated: n(self.max_connections),
+                max_anonymous: n(self.max_anonymous_connections),
+                max_anonymous_per_address: n(self.max_anonymous_per_address),
+            },
+            reports: certfleet_controller::link::ReportLimits {
+                max_report_bytes: n(self.max_report_bytes),
+                max_certificates: n(self.max_certificates_per_agent),
+                max_locations: n(self.max_locations_per_certificate),
+            },
+            store_probe_interval: self.store_probe_interval,
+            store_failure_grace: self.store_failure_grace,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TokenCmd {
     /// Create a single-use join token; prints only the token.
     Create {
-        #[arg(long, value_parser = duration)]
+        /// How long the token may be used.
+        #[arg(long, value_parser = duration_in(secs(1), days(30)))]
         ttl: Duration,
         /// Label for agents enrolled with it, key=value (repeatable).
         #[arg(long)]
@@ -177,7 +285,7 @@ struct InventoryArgs {
     #[command(subcommand)]
     sub: Option<InventoryCmd>,
     /// Only certificates expiring within this duration (e.g. 90d).
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = duration_in(secs(1), MAX_HORIZON))]
     expiring_within: Option<Duration>,
     /// Only this platform (vsphere, ovirt, gke, kubeadm, kubernetes, any).
     #[arg(long)]
@@ -223,19 +331,19 @@ enum PlanCmd {
         #[arg(long = "role")]
         roles: Vec<String>,
         /// Only certificates expiring within this duration.
-        #[arg(long, value_parser = duration)]
+        #[arg(long, value_parser = duration_in(secs(1), MAX_HORIZON))]
         expiring_within: Option<Duration>,
         /// Targets worked on at once.
-        #[arg(long, default_value = "1")]
+        #[arg(long, default_value = "1", value_parser = count_in::<u32>(1, 1000))]
         max_parallel: u32,
         /// Do one target first, then wait (for approval, or --canary-soak).
         #[arg(long)]
         canary: bool,
         /// Continue after the canary by itself after this long.
-        #[arg(long, value_parser = duration)]
+        #[arg(long, value_parser = duration_in(secs(1), days(30)))]
         canary_soak: Option<Duration>,
         /// Failed targets tolerated before the plan halts.
-        #[arg(long, default_value = "0")]
+        #[arg(long, default_value = "0", value_parser = count_in::<u32>(0, 100_000))]
         failure_budget: u32,
         /// Require `plan approve` before `plan run`.
         #[arg(long)]
@@ -244,7 +352,7 @@ enum PlanCmd {
         #[arg(long)]
         window: Option<String>,
         /// Window length.
-        #[arg(long, value_parser = duration, default_value = "4h")]
+        #[arg(long, value_parser = duration_in(secs(60), days(7)), default_value = "4h")]
         window_length: Duration,
         /// Recipe parameter key=value (repeatable).
         #[arg(long = "param")]
@@ -309,17 +417,19 @@ enum PolicyCmd {
     /// Renew certificates of ROLE when within DURATION of expiry.
     Set {
         role: String,
-        #[arg(long, value_parser = duration)]
+        #[arg(long, value_parser = duration_in(secs(60), MAX_HORIZON))]
         renew_within: Duration,
         /// Maintenance window, cron-like (UTC).
         #[arg(long)]
         window: Option<String>,
-        #[arg(long, value_parser = duration, default_value = "4h")]
+        /// Window length.
+        #[arg(long, value_parser = duration_in(secs(60), days(7)), default_value = "4h")]
         window_length: Duration,
         /// Run the plans it creates without approval.
         #[arg(long)]
         auto_approve: bool,
-        #[arg(long, default_value = "1")]
+        /// Targets worked on at once.
+        #[arg(long, default_value = "1", value_parser = count_in::<u32>(1, 1000))]
         max_parallel: u32,
     },
     /// List policies.
@@ -359,7 +469,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("certfleet: {e:#}");
-            ExitCode::from(1)
+            // Exit now: dropping the runtime would wait for blocking tasks, and dropping the
+            // store would flush it, and either can block for good on a failed disk (the
+            // supervisor restarts us to get a fresh store handle).
+            std::process::exit(1)
         }
     }
 }
@@ -407,13 +520,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             agent_cert_ttl,
             heartbeat_interval,
             auto_approve_rebind,
+            new_store,
+            limits,
         } => {
             let opts = ServeOptions {
                 agent_cert_ttl: *agent_cert_ttl,
                 heartbeat_interval: *heartbeat_interval,
                 auto_approve_rebind: *auto_approve_rebind,
             };
-            let (fleet, tls) = server::load(data_dir, opts)?;
+            let mut limits = limits.limits();
+            server::fit_fd_limit(&mut limits.listener);
+            let (fleet, tls) = server::load(data_dir, opts, *new_store)?;
             let grpc = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -431,6 +548,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls,
                 grpc,
                 http,
+                limits,
                 certfleet_common::process::shutdown_signal(),
             )
             .await?;
@@ -438,15 +556,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Store(StoreCmd::Export { data_dir, out }) => {
-            let store = certfleet_controller::store::Store::open(
+            // Opened without verification: export is the way out of a damaged store.
+            let store = certfleet_controller::store::Store::open_for_salvage(
                 &server::DataDir(data_dir.clone()).state(),
             )?;
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(out)
                     .with_context(|| format!("creating {}", out.display()))?,
             );
-            let n = store.export(&mut f)?;
-            eprintln!("exported {n} documents to {}", out.display());
+            let summary = store.export(&mut f)?;
+            eprintln!(
+                "exported {} documents to {}",
+                summary.written,
+                out.display()
+            );
+            if !summary.skipped.is_empty() {
+                eprintln!("skipped {} unreadable value(s):", summary.skipped.len());
+                for s in &summary.skipped {
+                    eprintln!("  {s}");
+                }
+            }
             Ok(())
         }
         Command::Store(StoreCmd::Import { data_dir, input }) => {

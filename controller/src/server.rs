@@ -9,6 +9,10 @@
 //! DIR/state/                   sled store
 //! ```
 //! [`serve`] takes already-bound listeners and a shutdown future, so tests bind port 0.
+//!
+//! [`PeerLimits`] keep one peer from hurting the others (connection pools and deadlines on the
+//! listener, caps on reports); a store whose writes keep failing makes [`serve`] return an
+//! error, so the process exits non-zero and its supervisor restarts it.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,10 @@ use certfleet_common::proto::enrollment_server::EnrollmentServer;
 use certfleet_common::proto::operator_server::OperatorServer;
 use tokio::net::TcpListener;
 
+use certfleet_common::tls::{ListenerLimits, ListenerStats};
+
 use crate::fleet::{Fleet, OperatorRecord, Role, ServeOptions};
+use crate::link::ReportLimits;
 use crate::store::Store;
 
 /// Fleet CA lifetime.
@@ -173,16 +180,30 @@ fn issue_server_cert(d: &DataDir, ca: &FleetCa, sans: &[String]) -> anyhow::Resu
 }
 
 /// Loads the fleet from a data directory, renewing the controller's own certificate when it is
-/// within 30 days of expiry.
+/// within 30 days of expiry. A data directory whose CA exists but whose store does not is
+/// refused unless `new_store` (an empty store would lock every operator and agent out).
 pub fn load(
     dir: &Path,
     opts: ServeOptions,
+    new_store: bool,
 ) -> anyhow::Result<(Arc<Fleet>, Arc<rustls::ServerConfig>)> {
     let d = DataDir(dir.to_path_buf());
     if !d.ca_cert().exists() {
         bail!(
             "{} holds no fleet CA: run `certfleet init --data-dir {}` first",
             dir.display(),
+            dir.display()
+        );
+    }
+    if !d.state().exists() && !new_store {
+        bail!(
+            "{} holds a fleet CA but no state store ({} is missing): starting on an empty store \
+             would lock out every operator and agent. Restore {} from a backup, or import an \
+             export with `certfleet store import --data-dir {}`; to start over deliberately with \
+             an empty store (operators and agents must be issued and enrolled again), pass --new-store",
+            dir.display(),
+            d.state().display(),
+            d.state().display(),
             dir.display()
         );
     }
@@ -217,14 +238,142 @@ pub fn load(
     Ok((Arc::new(fleet), tls))
 }
 
-/// Serves gRPC on `grpc` and, if given, HTTP on `http`, until `shutdown` resolves.
+/// Limits that keep one peer from hurting the others, and the store watchdog's patience.
+#[derive(Clone, Debug)]
+pub struct PeerLimits {
+    /// Connection pools and deadlines of the gRPC listener.
+    pub listener: ListenerLimits,
+    /// Caps on what one agent may report.
+    pub reports: ReportLimits,
+    /// How often the store is probed with a write.
+    pub store_probe_interval: Duration,
+    /// How long writes may keep failing before the controller exits (non-zero) so that its
+    /// supervisor restarts it.
+    pub store_failure_grace: Duration,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            listener: ListenerLimits::default(),
+            reports: ReportLimits::default(),
+            store_probe_interval: Duration::from_secs(10),
+            store_failure_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Largest message an operator may send (a supplied certificate, a plan request).
+const MAX_OPERATOR_REQUEST_BYTES: usize = 4 << 20;
+/// Largest message an enrolling agent may send (a CSR).
+const MAX_ENROLL_REQUEST_BYTES: usize = 64 << 10;
+
+/// Probes the store every `interval`; resolves with an error once writes have kept failing
+/// (the probe, or any other write in the interval) for longer than `grace`. An interval without
+/// a write error ends the streak and clears the failure the health endpoints report.
+async fn store_watchdog(fleet: Arc<Fleet>, interval: Duration, grace: Duration) -> anyhow::Error {
+    let mut tick = tokio::time::interval(interval);
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut errors_seen = fleet.store.write_errors();
+    loop {
+        tick.tick().await;
+        let store = fleet.store.clone();
+        // sled's flush can block for good once the disk has failed it: a probe that does not
+        // finish in time is a failed probe.
+        let patience = interval.max(Duration::from_secs(5));
+        let probe = match tokio::time::timeout(
+            patience,
+            tokio::task::spawn_blocking(move || store.probe()),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(crate::store::StoreError::Io {
+                what: "store probe".into(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+            Err(_) => Err(crate::store::StoreError::Io {
+                what: "store probe".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "a write and flush did not finish within {}s",
+                        patience.as_secs()
+                    ),
+                ),
+            }),
+        };
+        let errors = fleet.store.write_errors();
+        let new_errors = errors - errors_seen;
+        errors_seen = errors;
+        if probe.is_ok() && new_errors == 0 {
+            if failing_since.take().is_some() {
+                tracing::info!("state store writes succeed again");
+            }
+            fleet.store.clear_failure();
+            continue;
+        }
+        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+        let why = match probe {
+            Err(e) => e.to_string(),
+            Ok(()) => fleet
+                .store
+                .failure()
+                .unwrap_or_else(|| format!("{new_errors} write error(s)")),
+        };
+        tracing::error!(error = %why, new_errors, failing_for_s = since.elapsed().as_secs(), "state store writes are failing");
+        if since.elapsed() >= grace {
+            return anyhow::anyhow!(
+                "state store writes have failed for {}s ({why}); exiting so that the supervisor restarts the controller \
+                 (free disk space under the data directory first)",
+                since.elapsed().as_secs()
+            );
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard maximum, and shrinks the connection pools to fit it
+/// (each connection is one descriptor; some are kept for the store, HTTP and tools).
+pub fn fit_fd_limit(limits: &mut ListenerLimits) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let available = usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(256);
+    let wanted = limits.max_authenticated + limits.max_anonymous;
+    if wanted > available {
+        let anonymous = (available / 8).max(1).min(limits.max_anonymous);
+        let authenticated = available.saturating_sub(anonymous).max(1);
+        tracing::warn!(
+            open_files = soft,
+            max_connections = authenticated,
+            max_anonymous_connections = anonymous,
+            "open-file limit is lower than the connection limits; lowering them"
+        );
+        limits.max_anonymous = anonymous;
+        limits.max_anonymous_per_address = limits.max_anonymous_per_address.min(anonymous);
+        limits.max_authenticated = authenticated;
+    }
+}
+
+/// Serves gRPC on `grpc` and, if given, HTTP on `http`, until `shutdown` resolves. Returns an
+/// error when the store's writes keep failing (see [`PeerLimits::store_failure_grace`]).
 pub async fn serve(
     fleet: Arc<Fleet>,
     tls: Arc<rustls::ServerConfig>,
     grpc: TcpListener,
     http: Option<TcpListener>,
+    limits: PeerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let stats: Arc<ListenerStats> = Default::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let f = fleet.clone();
     tokio::spawn(async move {
@@ -239,7 +388,7 @@ pub async fn serve(
     };
 
     if let Some(http) = http {
-        let router = crate::http::router(fleet.clone());
+        let router = crate::http::router(fleet.clone(), stats.clone());
         let rx = stop_rx.clone();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, router)
@@ -266,22 +415,39 @@ pub async fn serve(
         }
     });
 
-    let incoming = certfleet_common::tls::tls_incoming(grpc, tls);
-    tonic::transport::Server::builder()
+    let incoming = certfleet_common::tls::tls_incoming(grpc, tls, limits.listener.clone(), stats);
+    let report_bytes = limits.reports.max_report_bytes;
+    let grpc_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(EnrollmentServer::new(
-            crate::enroll::EnrollmentService::new(fleet.clone()),
-        ))
-        .add_service(AgentLinkServer::new(crate::link::AgentLinkService::new(
-            fleet.clone(),
-        )))
-        .add_service(OperatorServer::new(crate::operator::OperatorService::new(
-            fleet.clone(),
-        )))
-        .serve_with_incoming_shutdown(incoming, wait(stop_rx))
-        .await
-        .context("gRPC server")?;
+        .max_concurrent_streams(Some(128))
+        .add_service(
+            EnrollmentServer::new(crate::enroll::EnrollmentService::new(fleet.clone()))
+                .max_decoding_message_size(MAX_ENROLL_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_ENROLL_REQUEST_BYTES),
+        )
+        .add_service(
+            AgentLinkServer::new(crate::link::AgentLinkService::with_limits(
+                fleet.clone(),
+                limits.reports.clone(),
+            ))
+            .max_decoding_message_size(report_bytes)
+            .max_encoding_message_size(report_bytes),
+        )
+        .add_service(
+            OperatorServer::new(crate::operator::OperatorService::new(fleet.clone()))
+                .max_decoding_message_size(MAX_OPERATOR_REQUEST_BYTES)
+                // Inventory answers grow with the fleet; what a client accepts is its choice.
+                .max_encoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming_shutdown(incoming, wait(stop_rx));
+    tokio::select! {
+        r = grpc_server => r.context("gRPC server")?,
+        e = store_watchdog(fleet.clone(), limits.store_probe_interval, limits.store_failure_grace) => {
+            fleet.registry.kick_all(tonic::Status::unavailable("controller restarting: state store failed"));
+            return Err(e);
+        }
+    }
     fleet.persist_last_seen();
     fleet.store.flush()?;
     Ok(())

@@ -6,6 +6,17 @@
 //! crash is followed by [`Store::flush`], and [`Store::export`] / [`Store::import`] move the
 //! whole state to a fresh directory (JSON lines) when sled's files misbehave.
 //!
+//! Damage is found when the store opens, not later: every value carries a checksum (schema 2;
+//! values written by schema 1 are migrated on open), and [`Store::open`] reads and checks every
+//! value of every tree, refusing a damaged store with what to do about it. sled itself, when it
+//! meets a damaged record in its log, silently drops it and everything after it; to notice,
+//! every flush that made a new audit entry durable records that entry's number in a file next
+//! to sled's (`certfleet.audit-seq`), and a store whose audit log ends before it is refused. [`Store::export`]
+//! salvages what is readable from a damaged store and lists what is not. A store whose writes
+//! fail (a full disk: sled keeps failing even after space is freed) is reported by
+//! [`Store::failure`]; the server reports it on `/healthz` and `/readyz` and exits so that its
+//! supervisor restarts it on a fresh handle.
+//!
 //! Heartbeats are *not* written here (no fsync per heartbeat): the registry keeps `last_seen`
 //! in memory and persists it in batches.
 
@@ -16,7 +27,43 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Current on-disk schema. Bump with a migration in [`Store::open`].
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 1: values are JSON documents.
+/// - 2: values are [`FRAME_MAGIC`], the first 8 bytes of the SHA-256 of the JSON, the JSON.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// First byte of a checksummed value (never the first byte of a JSON document).
+const FRAME_MAGIC: u8 = 0x02;
+/// Bytes of the SHA-256 kept as a value's checksum.
+const CHECKSUM_LEN: usize = 8;
+
+/// Wraps a JSON document with its checksum.
+fn frame(json: &[u8]) -> Vec<u8> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, json);
+    let mut out = Vec::with_capacity(1 + CHECKSUM_LEN + json.len());
+    out.push(FRAME_MAGIC);
+    out.extend_from_slice(&digest.as_ref()[..CHECKSUM_LEN]);
+    out.extend_from_slice(json);
+    out
+}
+
+/// The JSON inside a checksummed value, or why it is damaged.
+fn unframe(v: &[u8]) -> Result<&[u8], String> {
+    match v.split_first() {
+        Some((&FRAME_MAGIC, rest)) if rest.len() >= CHECKSUM_LEN => {
+            let (sum, json) = rest.split_at(CHECKSUM_LEN);
+            let digest = ring::digest::digest(&ring::digest::SHA256, json);
+            if &digest.as_ref()[..CHECKSUM_LEN] == sum {
+                Ok(json)
+            } else {
+                Err("checksum mismatch (the value changed on disk)".into())
+            }
+        }
+        Some((&FRAME_MAGIC, _)) => Err("truncated value".into()),
+        Some(_) => Err("value without checksum".into()),
+        None => Err("empty value".into()),
+    }
+}
 
 const TREES: &[&str] = &[
     "meta",
@@ -64,6 +111,22 @@ pub enum StoreError {
         /// Version found.
         found: u32,
     },
+    /// Values failed their checksum or did not decode when the store was opened.
+    #[error(
+        "state store {path} is damaged: {} value(s) cannot be read ({}{}). Refusing to serve from it. \
+         Stop the controller, salvage what is readable with `certfleet store export --data-dir DIR --out FILE` \
+         (it lists what it skips), move {path} aside, then `certfleet store import --data-dir DIR --in FILE` \
+         and start again",
+        problems.len(),
+        problems.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+        if problems.len() > 5 { "; …" } else { "" }
+    )]
+    Damaged {
+        /// Store directory.
+        path: PathBuf,
+        /// One line per unreadable value: tree, key, reason.
+        problems: Vec<String>,
+    },
     /// Import/export I/O.
     #[error("{what}: {source}")]
     Io {
@@ -81,11 +144,61 @@ pub struct Store {
     db: sled::Db,
     path: PathBuf,
     append_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The last write failure, until a write succeeds again.
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    write_errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The audit sequence number last recorded in [`AUDIT_MARK`].
+    audit_mark: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// File in the store directory holding the number of the newest audit entry known durable.
+const AUDIT_MARK: &str = "certfleet.audit-seq";
+
+/// What [`Store::export`] wrote and what it had to skip.
+#[derive(Debug, Default)]
+pub struct ExportSummary {
+    /// Documents written.
+    pub written: usize,
+    /// Unreadable values, one line each (tree, key, reason).
+    pub skipped: Vec<String>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, checking the schema version.
+    /// Opens (or creates) the store in `dir`: checks the schema version, migrates older
+    /// schemas, and reads every value of every tree, refusing a damaged store
+    /// ([`StoreError::Damaged`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_unchecked(dir)?;
+        store.migrate()?;
+        let mut problems = store.verify();
+        let last = store.last_audit_seq()?;
+        let mark = store.audit_mark.load(std::sync::atomic::Ordering::SeqCst);
+        if last < mark {
+            problems.push(format!(
+                "the audit log ends at entry {last} but entry {mark} was made durable: sled dropped its newest writes (a damaged record in its log)"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(StoreError::Damaged {
+                path: dir.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(store)
+    }
+
+    /// Opens the store without migrating or verifying it, for salvage ([`Store::export`]).
+    pub fn open_for_salvage(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.exists() {
+            return Err(StoreError::Io {
+                what: format!("state store {}", dir.display()),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            });
+        }
+        Self::open_unchecked(dir)
+    }
+
+    fn open_unchecked(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
@@ -95,25 +208,200 @@ impl Store {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let store = Store {
+        Ok(Store {
             db,
             path: dir.to_path_buf(),
             append_lock: Default::default(),
+            failure: Default::default(),
+            write_errors: Default::default(),
+            // Read before anything is flushed, so that a lower number never overwrites it.
+            audit_mark: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+                recorded_audit_mark(dir),
+            )),
+        })
+    }
+
+    /// Number of the newest audit entry (0: none).
+    fn last_audit_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .tree("audit")?
+            .last()
+            .map_err(self.sled_err())?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// After a successful flush: records the newest durable audit entry, if it moved.
+    fn record_audit_mark(&self) -> Result<(), StoreError> {
+        let last = self.last_audit_seq()?;
+        if last > self.audit_mark.load(std::sync::atomic::Ordering::SeqCst) {
+            let path = self.path.join(AUDIT_MARK);
+            certfleet_common::atomic::write_file(
+                &path,
+                format!("{last}\n").as_bytes(),
+                certfleet_common::atomic::PUBLIC,
+            )
+            .map_err(|e| StoreError::Io {
+                what: format!("writing {}", path.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            self.audit_mark
+                .fetch_max(last, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The stored schema version; schema 1 stored it without a checksum.
+    fn schema_version(&self) -> Result<Option<u32>, StoreError> {
+        let Some(v) = self
+            .tree("meta")?
+            .get("schema_version")
+            .map_err(self.sled_err())?
+        else {
+            return Ok(None);
         };
-        match store.get::<u32>("meta", "schema_version")? {
+        let json = unframe(&v).unwrap_or(&v);
+        serde_json::from_slice(json)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                tree: "meta",
+                key: "schema_version".into(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Brings an older store to [`SCHEMA_VERSION`]; a new store gets it written.
+    fn migrate(&self) -> Result<(), StoreError> {
+        match self.schema_version()? {
+            None if self
+                .tree_names()
+                .iter()
+                .all(|t| self.db.open_tree(t).map(|t| t.is_empty()).unwrap_or(false)) =>
+            {
+                self.put("meta", "schema_version", &SCHEMA_VERSION)?;
+                self.flush()?;
+            }
             None => {
-                store.put("meta", "schema_version", &SCHEMA_VERSION)?;
-                store.flush()?;
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    tree: "meta",
+                    key: "schema_version".into(),
+                    reason: "missing, although the store holds data".into(),
+                });
             }
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StoreError::Schema {
-                    path: dir.to_path_buf(),
+                    path: self.path.clone(),
                     found: v,
                 });
             }
+            Some(1) => {
+                // Schema 1 → 2: every value gets its checksum. Values that are not JSON are
+                // left as they are, so that verification reports them.
+                let mut n = 0usize;
+                for name in self.tree_names() {
+                    let t = self.db.open_tree(&name).map_err(self.sled_err())?;
+                    for kv in t.iter() {
+                        let (k, v) = kv.map_err(self.sled_err())?;
+                        if v.first() != Some(&FRAME_MAGIC)
+                            && serde_json::from_slice::<serde_json::Value>(&v).is_ok()
+                        {
+                            t.insert(k, frame(&v)).map_err(self.sled_err())?;
+                            n += 1;
+                        }
+                    }
+                }
+                self.put("meta", "schema_version", &SCHEMA_VERSION)?;
+                self.flush()?;
+                tracing::info!(store = %self.path.display(), values = n, "state store migrated from schema 1 to 2 (checksums)");
+            }
             Some(_) => {}
         }
-        Ok(store)
+        Ok(())
+    }
+
+    /// Names of the trees that hold data (sled's default tree excluded).
+    fn tree_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .filter(|n| n.as_ref() != b"__sled__default")
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect()
+    }
+
+    /// Reads every value of every tree; one line per value that cannot be read.
+    pub fn verify(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for name in self.tree_names() {
+            let t = match self.db.open_tree(&name) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(format!("tree {name}: {e}"));
+                    continue;
+                }
+            };
+            for kv in t.iter() {
+                match kv {
+                    Ok((k, v)) => {
+                        if let Err(reason) = unframe(&v).and_then(|json| {
+                            serde_json::from_slice::<serde_json::Value>(json)
+                                .map(|_| ())
+                                .map_err(|e| format!("undecodable document: {e}"))
+                        }) {
+                            problems.push(format!("tree {name}, key {}: {reason}", show_key(&k)));
+                        }
+                    }
+                    Err(e) => problems.push(format!("tree {name}: {e}")),
+                }
+            }
+        }
+        problems
+    }
+
+    /// The store's last write failure, until [`Store::clear_failure`] (`None` when healthy).
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Write errors since the process started.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes and flushes a probe value: the health check of a store that might have failed.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.put("meta", "probe", &certfleet_common::model::now())?;
+        self.flush()
+    }
+
+    /// Forgets the recorded failure: called by the server's watchdog once a whole probe
+    /// interval passed without a write error (one small write succeeding proves little: on a
+    /// full disk sled still fits small writes into space it already holds).
+    pub fn clear_failure(&self) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Records a failed write, so that a failing store is reported until cleared.
+    fn written<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &r {
+            Ok(_) => {}
+            Err(e) => {
+                self.write_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if failure.is_none() {
+                    tracing::error!(store = %self.path.display(), error = %e, "state store write failed");
+                }
+                *failure = Some(e.to_string());
+            }
+        }
+        r
     }
 
     fn sled_err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
@@ -133,12 +421,14 @@ impl Store {
         key: &[u8],
         v: &[u8],
     ) -> Result<T, StoreError> {
-        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        let corrupt = |reason: String| StoreError::Corrupt {
             path: self.path.clone(),
             tree,
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: e.to_string(),
-        })
+            key: show_key(key),
+            reason,
+        };
+        let json = unframe(v).map_err(corrupt)?;
+        serde_json::from_slice(json).map_err(|e| corrupt(format!("undecodable document: {e}")))
     }
 
     /// Reads one document.
@@ -161,17 +451,19 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).expect("state documents serialize");
-        self.tree(tree)?
-            .insert(key, bytes)
-            .map_err(self.sled_err())?;
-        Ok(())
+        let bytes = frame(&serde_json::to_vec(value).expect("state documents serialize"));
+        let r = self
+            .tree(tree)
+            .and_then(|t| t.insert(key, bytes).map_err(self.sled_err()));
+        self.written(r).map(|_| ())
     }
 
     /// Removes one document.
     pub fn remove(&self, tree: &'static str, key: &str) -> Result<(), StoreError> {
-        self.tree(tree)?.remove(key).map_err(self.sled_err())?;
-        Ok(())
+        let r = self
+            .tree(tree)
+            .and_then(|t| t.remove(key).map_err(self.sled_err()));
+        self.written(r).map(|_| ())
     }
 
     /// Atomically replaces `key` if it still holds `expected` (single-use tokens).
@@ -182,13 +474,13 @@ impl Store {
         expected: &T,
         new: &T,
     ) -> Result<bool, StoreError> {
-        let old = serde_json::to_vec(expected).expect("serialize");
-        let new = serde_json::to_vec(new).expect("serialize");
-        let r = self
-            .tree(tree)?
-            .compare_and_swap(key, Some(old), Some(new))
-            .map_err(self.sled_err())?;
-        Ok(r.is_ok())
+        let old = frame(&serde_json::to_vec(expected).expect("serialize"));
+        let new = frame(&serde_json::to_vec(new).expect("serialize"));
+        let r = self.tree(tree).and_then(|t| {
+            t.compare_and_swap(key, Some(old), Some(new))
+                .map_err(self.sled_err())
+        });
+        Ok(self.written(r)?.is_ok())
     }
 
     /// Every document of a tree, in key order.
@@ -218,9 +510,9 @@ impl Store {
             .map(u64::from_be_bytes)
             .unwrap_or(0)
             + 1;
-        let bytes = serde_json::to_vec(&make(seq)).expect("serialize");
-        t.insert(seq.to_be_bytes(), bytes)
-            .map_err(self.sled_err())?;
+        let bytes = frame(&serde_json::to_vec(&make(seq)).expect("serialize"));
+        let r = t.insert(seq.to_be_bytes(), bytes).map_err(self.sled_err());
+        self.written(r)?;
         Ok(seq)
     }
 
@@ -242,8 +534,12 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(self.sled_err())?;
-        Ok(())
+        let r = self
+            .db
+            .flush()
+            .map_err(self.sled_err())
+            .and_then(|_| self.record_audit_mark());
+        self.written(r).map(|_| ())
     }
 
     /// Bytes used on disk (exported as a metric: sled amplifies space).
@@ -251,26 +547,60 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Writes every tree as JSON lines `{"tree":…,"key":…(hex),"value":…}`.
-    pub fn export(&self, out: &mut dyn Write) -> Result<usize, StoreError> {
+    /// Writes every tree as JSON lines `{"tree":…,"key":…(hex),"value":…}`. Values that cannot
+    /// be read (checksum, decoding, sled errors) are skipped and listed in the summary, so a
+    /// damaged store gives up what is still readable.
+    pub fn export(&self, out: &mut dyn Write) -> Result<ExportSummary, StoreError> {
         let io = |source| StoreError::Io {
             what: "writing export".into(),
             source,
         };
-        let mut n = 0;
-        for name in TREES {
-            let t = self.tree(name)?;
+        let mut summary = ExportSummary::default();
+        for name in self.tree_names() {
+            let t = match self.db.open_tree(&name) {
+                Ok(t) => t,
+                Err(e) => {
+                    summary.skipped.push(format!("tree {name}: {e}"));
+                    continue;
+                }
+            };
             for kv in t.iter() {
-                let (k, v) = kv.map_err(self.sled_err())?;
-                let value: serde_json::Value = self.decode(name, &k, &v)?;
+                let (k, v) = match kv {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        summary.skipped.push(format!("tree {name}: {e}"));
+                        continue;
+                    }
+                };
+                // A schema-1 store (not yet migrated) holds bare JSON.
+                let json = match unframe(&v) {
+                    Ok(j) => j,
+                    Err(_) if v.first() != Some(&FRAME_MAGIC) && name == "meta" => &v[..],
+                    Err(reason) => {
+                        summary
+                            .skipped
+                            .push(format!("tree {name}, key {}: {reason}", show_key(&k)));
+                        continue;
+                    }
+                };
+                let value: serde_json::Value = match serde_json::from_slice(json) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        summary.skipped.push(format!(
+                            "tree {name}, key {}: undecodable document: {e}",
+                            show_key(&k)
+                        ));
+                        continue;
+                    }
+                };
                 let line =
                     serde_json::json!({"tree": name, "key": hex::encode(&k), "value": value});
                 writeln!(out, "{line}").map_err(io)?;
-                n += 1;
+                summary.written += 1;
             }
         }
         out.flush().map_err(io)?;
-        Ok(n)
+        Ok(summary)
     }
 
     /// Loads an export into this (fresh) store, then flushes.
@@ -299,14 +629,35 @@ impl Store {
                 .ok_or_else(|| bad(format!("unknown tree {tree}")))?;
             let key =
                 hex::decode(doc["key"].as_str().unwrap_or("")).map_err(|e| bad(e.to_string()))?;
-            let value = serde_json::to_vec(&doc["value"]).expect("serialize");
-            self.tree(tree)?
-                .insert(key, value)
-                .map_err(self.sled_err())?;
+            if *tree == "meta" && key == b"schema_version" {
+                // This store's own schema stays: values are written in its format.
+                continue;
+            }
+            let value = frame(&serde_json::to_vec(&doc["value"]).expect("serialize"));
+            let r = self
+                .tree(tree)
+                .and_then(|t| t.insert(key, value).map_err(self.sled_err()));
+            self.written(r)?;
             n += 1;
         }
         self.flush()?;
         Ok(n)
+    }
+}
+
+/// What [`AUDIT_MARK`] in `dir` says (0 when absent or unreadable: an older store).
+fn recorded_audit_mark(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(AUDIT_MARK))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A key as shown in messages: text when it is text, else hex (audit sequence numbers).
+fn show_key(k: &[u8]) -> String {
+    match std::str::from_utf8(k) {
+        Ok(s) if !s.chars().any(char::is_control) => s.to_owned(),
+        _ => format!("0x{}", hex::encode(k)),
     }
 }
 
@@ -329,8 +680,9 @@ mod tests {
         let v: serde_json::Value = s.get("agents", "a1").unwrap().unwrap();
         assert_eq!(v["name"], "vc1");
         let mut buf = Vec::new();
-        let n = s.export(&mut buf).unwrap();
-        assert_eq!(n, 3); // schema version, agent, audit entry
+        let summary = s.export(&mut buf).unwrap();
+        assert_eq!(summary.written, 3); // schema version, agent, audit entry
+        assert!(summary.skipped.is_empty());
         let t = Store::open(&dir.path().join("b")).unwrap();
         t.import(&mut buf.as_slice()).unwrap();
         let v: serde_json::Value = t.get("agents", "a1").unwrap().unwrap();
@@ -351,6 +703,117 @@ mod tests {
             !s.compare_and_swap("tokens", "t", &"active", &"used")
                 .unwrap()
         );
+    }
+
+    /// Writes `value` under `key` bypassing the checksum, as bit rot or a schema-1 store would.
+    fn raw_insert(s: &Store, tree: &str, key: &[u8], value: &[u8]) {
+        s.db.open_tree(tree).unwrap().insert(key, value).unwrap();
+        s.db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_value_is_refused_on_open_and_export_salvages_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put("agents", "good", &serde_json::json!({"name": "vc1"}))
+                .unwrap();
+            s.put("agents", "rotten", &serde_json::json!({"name": "vc2"}))
+                .unwrap();
+            // One flipped byte inside the stored document.
+            let mut v = s
+                .tree("agents")
+                .unwrap()
+                .get("rotten")
+                .unwrap()
+                .unwrap()
+                .to_vec();
+            let last = v.len() - 3;
+            v[last] ^= 0x20;
+            raw_insert(&s, "agents", b"rotten", &v);
+            raw_insert(&s, "plans", b"garbage", b"\x02\x00\x01");
+        }
+        let err = Store::open(dir.path())
+            .err()
+            .expect("damaged store refused");
+        let text = err.to_string();
+        assert!(text.contains("is damaged: 2 value(s)"), "{text}");
+        assert!(
+            text.contains("tree agents, key rotten: checksum mismatch"),
+            "{text}"
+        );
+        assert!(text.contains("certfleet store export"), "{text}");
+
+        let s = Store::open_for_salvage(dir.path()).unwrap();
+        let mut buf = Vec::new();
+        let summary = s.export(&mut buf).unwrap();
+        assert_eq!(summary.skipped.len(), 2, "{:?}", summary.skipped);
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains("\"vc1\""), "{text}");
+        assert!(!text.contains("vc2"), "{text}");
+        drop(s);
+
+        // The salvage imports into a fresh store that opens cleanly.
+        let fresh = tempfile::tempdir().unwrap();
+        let t = Store::open(fresh.path()).unwrap();
+        t.import(&mut text.as_bytes()).unwrap();
+        drop(t);
+        let t = Store::open(fresh.path()).unwrap();
+        let v: serde_json::Value = t.get("agents", "good").unwrap().unwrap();
+        assert_eq!(v["name"], "vc1");
+    }
+
+    #[test]
+    fn a_store_that_lost_its_newest_audit_entries_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for _ in 0..3 {
+                s.append("audit", |seq| serde_json::json!({"seq": seq}))
+                    .unwrap();
+            }
+            s.flush().unwrap();
+            // What sled does with a damaged record: the newest entries are gone.
+            let t = s.tree("audit").unwrap();
+            t.remove(3u64.to_be_bytes()).unwrap();
+            s.db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(
+            err.to_string()
+                .contains("the audit log ends at entry 2 but entry 3 was made durable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn schema_1_values_are_migrated_to_checksummed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open_unchecked(dir.path()).unwrap();
+            raw_insert(&s, "meta", b"schema_version", b"1");
+            raw_insert(&s, "agents", b"a1", br#"{"name":"vc1"}"#);
+            raw_insert(&s, "audit", &1u64.to_be_bytes(), br#"{"seq":1}"#);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), Some(SCHEMA_VERSION));
+        let v: serde_json::Value = s.get("agents", "a1").unwrap().unwrap();
+        assert_eq!(v["name"], "vc1");
+        assert_eq!(s.tail::<serde_json::Value>("audit", 5).unwrap().len(), 1);
+        let raw = s.tree("agents").unwrap().get("a1").unwrap().unwrap();
+        assert_eq!(raw[0], FRAME_MAGIC);
+        assert!(s.verify().is_empty());
+    }
+
+    #[test]
+    fn a_store_with_data_but_no_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open_unchecked(dir.path()).unwrap();
+            raw_insert(&s, "agents", b"a1", br#"{"name":"vc1"}"#);
+        }
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("schema_version"), "{err}");
     }
 
     #[test]

@@ -308,3 +308,36 @@ pub fn require(path: &Path) -> Result<()> {
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
     Ok(())
 }
+
+/// For long-running simulator parents (`vcsa-services`): blocks SIGTERM, SIGINT and SIGHUP in
+/// this thread (call it before any other thread or child exists, so every thread inherits the
+/// mask; children get a clean mask from `std::process`), and waits for them on a thread of
+/// their own, which records the signal and sets `stop`. Without this the default action kills
+/// the parent at once and its `Drop` guards never run: its slapd and HTTPS children were left
+/// running. The parent also becomes the leader of its own process group, so that anything a
+/// child leaves behind can be reached as a group.
+pub fn stop_on_signals(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    signal: std::sync::Arc<std::sync::atomic::AtomicI32>,
+) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()?;
+    let leader =
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0)).is_ok();
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            signal.store(sig as i32, std::sync::atomic::Ordering::SeqCst);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Anything a child left in the group (grandchildren) gets the same signal; this
+            // process has the signals blocked and does not take it.
+            if leader {
+                let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), sig);
+            }
+        }
+    });
+    Ok(())
+}

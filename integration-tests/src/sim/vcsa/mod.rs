@@ -1362,7 +1362,7 @@ impl Services {
         self.children.iter().map(|c| c.id()).collect()
     }
 
-    /// Waits for any child to exit, or until `stop` is set (used by `certfleet-sim
+    /// Waits for any child to exit, or for `stop` to be set (used by `certfleet-sim
     /// vcsa-services` in the foreground).
     pub fn wait_any(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         loop {
@@ -1370,7 +1370,9 @@ impl Services {
                 return Ok(());
             }
             for c in &mut self.children {
-                if let Some(status) = c.try_wait()? {
+                if let Some(status) = c.try_wait()?
+                    && !stop.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     anyhow::bail!("service process {} exited: {status}", c.id());
                 }
             }
@@ -1453,31 +1455,14 @@ pub fn cli_build(args: &[String]) -> Result<i32> {
 }
 
 /// `certfleet-sim --root R vcsa-services`: runs slapd and the HTTPS listener in the foreground
-/// until killed (for demo scripts: start it with `&`).
+/// until SIGTERM, SIGINT or SIGHUP (for demo scripts: start it with `&`), then stops its
+/// children before exiting (status 128 + signal).
 pub fn cli_services(host: &SimHost) -> Result<i32> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signal = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    crate::sim::stop_on_signals(stop.clone(), signal.clone())?;
     let vcsa = Vcsa { host: host.clone() };
     let mut guard = vcsa.start_services()?;
-    // A demo stops this process with SIGTERM: take that signal here (blocked, then waited for
-    // in a thread) so the guard stops slapd and postgres instead of leaving them running. The
-    // children are already started, so they keep the default signal mask.
-    let mut signals = nix::sys::signal::SigSet::empty();
-    for sig in [
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGHUP,
-    ] {
-        signals.add(sig);
-    }
-    signals.thread_block()?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if signals.wait().is_ok() {
-                stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        });
-    }
     let s = vcsa.state()?;
     println!(
         "vmdir ldap://127.0.0.1:{}  https 127.0.0.1:{}  pids {:?}",
@@ -1486,5 +1471,8 @@ pub fn cli_services(host: &SimHost) -> Result<i32> {
         guard.pids()
     );
     guard.wait_any(&stop)?;
-    Ok(0)
+    // Dropping the guard kills and reaps every child (slapd, postgres, the HTTPS listener).
+    drop(guard);
+    let sig = signal.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(if sig > 0 { 128 + sig } else { 0 })
 }
