@@ -541,7 +541,11 @@ mod tests {
         assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
         let p = &out.problems[0];
         assert!(p.subject.contains("/bundle.pem"), "{p:?}");
-        assert!(p.message.contains("PEM block #1"), "{p:?}");
+        assert!(p.message.contains("block #1 (CERTIFICATE)"), "{p:?}");
+        assert!(
+            p.message.contains("other blocks of the file were read"),
+            "{p:?}"
+        );
     }
 
     #[test]

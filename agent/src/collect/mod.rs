@@ -95,15 +95,15 @@ impl Collection {
                 return Vec::new();
             }
         };
+        let others = scan.certificates.len() + scan.bad.len() > 1;
         for bad in &scan.bad {
-            self.problems.push(Problem::error(
-                collector,
-                location.describe(),
-                format!(
-                    "PEM block #{} ({}) skipped, the other blocks were read: {}",
-                    bad.index, bad.label, bad.error
-                ),
-            ));
+            // The error names the block (`block #2 (CERTIFICATE)`).
+            let mut message = bad.error.to_string();
+            if others {
+                message.push_str(" (block skipped; the other blocks of the file were read)");
+            }
+            self.problems
+                .push(Problem::error(collector, location.describe(), message));
         }
         if scan.certificates.is_empty() && scan.bad.is_empty() {
             self.problems.push(Problem::error(
