@@ -46,4 +46,19 @@ certfleet_install_deps() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
 
+# The fuzz step (packaging/fuzz.sh) also needs cargo-fuzz and a C++ compiler (libFuzzer is
+# built from source by the libfuzzer-sys crate). Called by fuzz.sh only.
+certfleet_install_fuzz_deps() {
+    if ! command -v c++ >/dev/null 2>&1; then
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends g++ >/dev/null
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        echo "installing: cargo-fuzz" >&2
+        cargo install cargo-fuzz --version 0.13.2 --locked
+    fi
+}
+
 certfleet_install_deps

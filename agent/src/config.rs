@@ -60,6 +60,10 @@ pub struct FileWatch {
     /// Password for PKCS#12 files.
     #[serde(default)]
     pub password: Option<String>,
+    /// The PKCS#12 files have no password (`openssl pkcs12 -export -passout pass:`, or no
+    /// encryption and no MAC at all). Excludes `password`.
+    #[serde(default)]
+    pub no_password: bool,
 }
 
 /// A certificate file renewable by CSR: `csr.create` here, `ca.sign` on the CA's agent,
@@ -264,6 +268,11 @@ impl AgentConfig {
             if f.paths.is_empty() {
                 problems.push(format!("files[{i}]: no paths"));
             }
+            if f.no_password && f.password.is_some() {
+                problems.push(format!(
+                    "files[{i}]: both password and no_password = true; keep one"
+                ));
+            }
             for p in &f.paths {
                 if let Err(e) = glob::Pattern::new(p) {
                     problems.push(format!("files[{i}]: bad glob {p:?}: {e}"));
@@ -378,13 +387,21 @@ mod tests {
             platforms = ["vsphere", "bogus"]
             [[files]]
             paths = ["/etc/[x"]
+            [[files]]
+            paths = ["/etc/*.p12"]
+            password = "x"
+            no_password = true
             [[endpoints]]
             address = "nohostport"
             "#,
         )
         .unwrap();
         let p = cfg.validate();
-        assert_eq!(p.len(), 4, "{p:#?}");
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(
+            p.iter()
+                .any(|p| p.contains("files[1]: both password and no_password"))
+        );
     }
 
     #[test]

@@ -70,14 +70,34 @@ pub fn parse_der(der: &[u8]) -> Result<CertRecord, X509Error> {
     })
 }
 
-/// Serial as `openssl x509 -serial` prints it: the integer's magnitude bytes in uppercase hex
-/// (DER's leading 0x00 sign padding removed).
+/// Serial as `openssl x509 -serial` prints it (`i2a_ASN1_INTEGER`): the integer's magnitude
+/// in uppercase hex, two digits per byte, with a leading `-` for a negative serial (RFC 5280
+/// forbids them, real CAs issued them anyway). `raw` is the INTEGER's DER content, two's
+/// complement. Redundant sign bytes (DER's `00` padding and any non-minimal `00`/`FF` prefix,
+/// which openssl refuses to load at all) are dropped; an empty integer prints as `00`.
 pub fn serial_hex(raw: &[u8]) -> String {
-    let mut bytes = raw;
-    while bytes.len() > 1 && bytes[0] == 0 {
-        bytes = &bytes[1..];
+    let negative = raw.first().is_some_and(|b| b & 0x80 != 0);
+    if !negative {
+        let mut bytes = raw;
+        while bytes.len() > 1 && bytes[0] == 0 {
+            bytes = &bytes[1..];
+        }
+        if bytes.is_empty() {
+            return "00".into();
+        }
+        return hex::encode_upper(bytes);
     }
-    hex::encode_upper(bytes)
+    // Magnitude of a negative two's-complement number: invert and add one.
+    let mut magnitude: Vec<u8> = raw.iter().map(|b| !b).collect();
+    for b in magnitude.iter_mut().rev() {
+        let (sum, carry) = b.overflowing_add(1);
+        *b = sum;
+        if !carry {
+            break;
+        }
+    }
+    let first = magnitude.iter().position(|b| *b != 0).unwrap_or(0);
+    format!("-{}", hex::encode_upper(&magnitude[first..]))
 }
 
 fn ip_string(bytes: &[u8]) -> String {
@@ -140,6 +160,20 @@ mod tests {
         assert_eq!(serial_hex(&[0x00, 0xD0, 0x66]), "D066");
         assert_eq!(serial_hex(&[0x10, 0x00]), "1000");
         assert_eq!(serial_hex(&[0x00]), "00");
+        assert_eq!(serial_hex(&[]), "00");
+        // Non-minimal leading zeros (openssl refuses these; we print the value).
+        assert_eq!(serial_hex(&[0x00, 0x00, 0x01]), "01");
+    }
+
+    #[test]
+    fn negative_serials_print_like_openssl() {
+        // Values and texts as `openssl x509 -serial` prints them (i2a_ASN1_INTEGER).
+        assert_eq!(serial_hex(&[0xFF]), "-01");
+        assert_eq!(serial_hex(&[0x80]), "-80");
+        assert_eq!(serial_hex(&[0xFF, 0x7F]), "-81");
+        assert_eq!(serial_hex(&[0xFF, 0x00]), "-0100");
+        assert_eq!(serial_hex(&[0x80, 0x00]), "-8000");
+        assert_eq!(serial_hex(&[0xFE, 0xDC, 0xBA]), "-012346");
     }
 
     #[test]
@@ -149,7 +183,165 @@ mod tests {
         assert!(parse_der(&der[..der.len() / 2]).is_err());
     }
 
+    /// Runs the real openssl in `dir`; panics with its stderr when it fails.
+    fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl must be installed (packaging/deps.sh)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn serials_match_openssl_x509_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "k.pem",
+            ],
+        );
+        for serial in [
+            "-1",
+            "0",
+            "1",
+            "-128",
+            "-129",
+            "-256",
+            "128",
+            "-32768",
+            "-0x123456789abcdef0123456789abcdef0123456",
+            "0x00ff00ff00ff00ff00ff00ff00ff00ff00ff00",
+        ] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    "k.pem",
+                    "-subj",
+                    "/CN=serial",
+                    "-days",
+                    "1",
+                    "-set_serial",
+                    serial,
+                    "-out",
+                    "c.pem",
+                ],
+            );
+            let want = openssl(d, &["x509", "-in", "c.pem", "-noout", "-serial"]);
+            let want = want.trim().strip_prefix("serial=").unwrap();
+            let pem = std::fs::read(d.join("c.pem")).unwrap();
+            let rec = parse_der(&crate::pem::first_certificate(&pem).unwrap()).unwrap();
+            assert_eq!(rec.serial, want, "serial {serial}");
+        }
+    }
+
+    #[test]
+    fn trusted_certificate_format_reads_like_openssl() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "k.pem",
+                "-subj",
+                "/CN=trusted root",
+                "-days",
+                "2",
+                "-out",
+                "c.pem",
+            ],
+        );
+        // The format of RHEL's ca-bundle.trust.crt: certificate + trust settings + alias.
+        openssl(
+            d,
+            &[
+                "x509",
+                "-in",
+                "c.pem",
+                "-addtrust",
+                "serverAuth",
+                "-addreject",
+                "emailProtection",
+                "-setalias",
+                "Trusted Root",
+                "-trustout",
+                "-out",
+                "t.pem",
+            ],
+        );
+        let trusted = std::fs::read(d.join("t.pem")).unwrap();
+        assert!(String::from_utf8_lossy(&trusted).contains("BEGIN TRUSTED CERTIFICATE"));
+        let plain =
+            crate::pem::first_certificate(&std::fs::read(d.join("c.pem")).unwrap()).unwrap();
+        let der = crate::pem::first_certificate(&trusted).unwrap();
+        assert_eq!(der, plain);
+        let rec = parse_der(&der).unwrap();
+        let fp = openssl(
+            d,
+            &["x509", "-in", "t.pem", "-noout", "-fingerprint", "-sha256"],
+        );
+        assert_eq!(
+            rec.fingerprint_sha256,
+            fp.trim()
+                .rsplit('=')
+                .next()
+                .unwrap()
+                .replace(':', "")
+                .to_lowercase()
+        );
+    }
+
+    /// The minimal two's-complement content octets of `n`, as DER writes an INTEGER.
+    fn der_integer(n: i128) -> Vec<u8> {
+        let bytes = n.to_be_bytes();
+        let mut start = 0;
+        while start < 15 {
+            let (b, next) = (bytes[start], bytes[start + 1]);
+            if (b == 0x00 && next & 0x80 == 0) || (b == 0xFF && next & 0x80 != 0) {
+                start += 1;
+            } else {
+                break;
+            }
+        }
+        bytes[start..].to_vec()
+    }
+
     proptest! {
+        /// Any integer prints as openssl prints it: sign, then its magnitude in whole bytes.
+        #[test]
+        fn serial_formatting_matches_the_integer(n in any::<i128>()) {
+            let magnitude = n.unsigned_abs();
+            let mut digits = format!("{magnitude:X}");
+            if digits.len() % 2 == 1 {
+                digits.insert(0, '0');
+            }
+            let want = if n < 0 { format!("-{digits}") } else { digits };
+            prop_assert_eq!(serial_hex(&der_integer(n)), want);
+        }
+
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
             let _ = parse_der(&bytes);

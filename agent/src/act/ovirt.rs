@@ -44,7 +44,7 @@ const SCRIPT_DEFAULT_DAYS: u64 = 1827;
 /// `pki-enroll-request.sh --timeout` default (seconds to wait for the CA lock).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(20);
 
-mod api;
+pub mod api;
 
 /// Runs `action`.
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {

@@ -75,7 +75,8 @@ impl Collection {
         }
     }
 
-    /// Adds every certificate of a PEM/DER blob; problems name `location`.
+    /// Adds every certificate of a PEM/DER blob; problems name `location`. A broken PEM block
+    /// is one problem naming its index in the file; the other blocks are still read.
     pub fn add_blob(
         &mut self,
         collector: &str,
@@ -83,29 +84,46 @@ impl Collection {
         role: &str,
         location: Location,
     ) -> Vec<String> {
-        match certfleet_common::pem::certificates(bytes) {
-            Ok(ders) => {
-                let many = ders.len() > 1;
-                ders.iter()
-                    .enumerate()
-                    .filter_map(|(i, der)| {
-                        let mut loc = location.clone();
-                        if many && loc.detail.is_empty() {
-                            loc.detail = format!("#{i}");
-                        }
-                        self.add_der(collector, der, role, loc)
-                    })
-                    .collect()
-            }
+        let scan = match certfleet_common::pem::scan_certificates(bytes) {
+            Ok(scan) => scan,
             Err(e) => {
                 self.problems.push(Problem::error(
                     collector,
                     location.describe(),
                     e.to_string(),
                 ));
-                Vec::new()
+                return Vec::new();
             }
+        };
+        let others = scan.certificates.len() + scan.bad.len() > 1;
+        for bad in &scan.bad {
+            // The error names the block (`block #2 (CERTIFICATE)`).
+            let mut message = bad.error.to_string();
+            if others {
+                message.push_str(" (block skipped; the other blocks of the file were read)");
+            }
+            self.problems
+                .push(Problem::error(collector, location.describe(), message));
         }
+        if scan.certificates.is_empty() && scan.bad.is_empty() {
+            self.problems.push(Problem::error(
+                collector,
+                location.describe(),
+                certfleet_common::pem::PemError::Missing("CERTIFICATE block").to_string(),
+            ));
+        }
+        let many = scan.certificates.len() > 1;
+        scan.certificates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, der))| {
+                let mut loc = location.clone();
+                if many && loc.detail.is_empty() {
+                    loc.detail = format!("#{i}");
+                }
+                self.add_der(collector, der, role, loc)
+            })
+            .collect()
     }
 
     /// Adds a record built by a collector (a non-X.509 certificate such as an OpenSSH
@@ -258,23 +276,37 @@ fn stale_endpoints(out: &mut Collection) {
     }
 }
 
-/// Largest file we read as a certificate; anything bigger is reported, not read.
-pub const MAX_CERT_FILE: u64 = 1024 * 1024;
+/// Largest file we read as a certificate: 16 MiB. System CA bundles run past 1 MiB
+/// (`tls-ca-bundle.pem`, Java `cacerts` as PEM) and must be read whole; anything beyond this
+/// cap is no certificate store a host keeps, and is reported (naming the cap), not read.
+pub const MAX_CERT_FILE: u64 = 16 * 1024 * 1024;
 
 /// Reads a host file that should hold certificates or keys, refusing what is too large,
 /// unreadable or not a regular file, with a message naming the path.
 pub fn read_small_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
     let meta = std::fs::metadata(path).map_err(|e| describe_io(&e))?;
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
+    let too_big = |len: u64| {
+        format!(
+            "{len} bytes: more than the {} MiB cap for certificate files; not read",
+            MAX_CERT_FILE / (1024 * 1024)
+        )
+    };
     if meta.len() > MAX_CERT_FILE {
-        return Err(format!(
-            "{} bytes: far larger than any certificate; not read",
-            meta.len()
-        ));
+        return Err(too_big(meta.len()));
     }
-    std::fs::read(path).map_err(|e| describe_io(&e))
+    // The file may grow between stat and read: never read more than the cap.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CERT_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| describe_io(&e))?;
+    if bytes.len() as u64 > MAX_CERT_FILE {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 fn describe_io(e: &std::io::Error) -> String {

@@ -23,10 +23,11 @@
 //! one signed by the engine CA that the index does not know, is a problem.
 //!
 //! Settings: `ovirt.engine_pki` (default `/etc/pki/ovirt-engine`), `ovirt.p12_password` (PKCS#12
-//! and truststore password, default `mypass`).
+//! and truststore password, default `mypass`; `""` for bundles without a password). Every
+//! certificate of a `.p12` is read, CA certificates shipped with the key too.
 
-mod index;
-mod jks;
+pub mod index;
+pub mod jks;
 pub(crate) mod openssh;
 
 use std::collections::BTreeMap;

@@ -588,7 +588,8 @@ fn ovirt_bad_input_becomes_one_problem_each() -> Result<()> {
     std::fs::write(pki.join("certs/truncated.cer"), &der[..der.len() / 2])?;
     // Symlink loop, huge file, malformed PEM.
     std::os::unix::fs::symlink("loop.cer", pki.join("certs/loop.cer"))?;
-    std::fs::write(pki.join("certs/huge.cer"), vec![b'A'; 5 * 1024 * 1024])?;
+    // Past the 16 MiB cap for certificate files (system CA bundles pass 1 MiB and are read).
+    std::fs::write(pki.join("certs/huge.cer"), vec![b'A'; 17 * 1024 * 1024])?;
     std::fs::write(
         pki.join("certs/mangled.cer"),
         "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",

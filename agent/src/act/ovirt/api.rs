@@ -165,19 +165,7 @@ impl Api {
         tcp.write_all(req.as_bytes()).map_err(e)?;
         let mut buf = Vec::new();
         tcp.read_to_end(&mut buf).map_err(e)?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| ActError(format!("{what}: malformed HTTP response")))?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| ActError(format!("{what}: no HTTP status")))?;
-        Ok(Reply {
-            code,
-            body: body.to_owned(),
-        })
+        parse_response(&buf).map_err(|e| ActError(format!("{what}: {e}")))
     }
 
     /// An API request (`rel` below the API prefix), logging in again once on 401.
@@ -233,6 +221,23 @@ impl Api {
             .unwrap_or_default()
             .to_owned())
     }
+}
+
+/// Splits a raw HTTP/1.1 response (`Connection: close`, read to the end) into status and body.
+pub fn parse_response(raw: &[u8]) -> Result<Reply, String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP status")?;
+    Ok(Reply {
+        code,
+        body: body.to_owned(),
+    })
 }
 
 /// Percent-encodes a form value.
