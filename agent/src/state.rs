@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use certfleet_common::atomic::{PRIVATE, PUBLIC, create_private_dir, write_file};
+use certfleet_common::atomic::{PUBLIC, create_private_dir, write_file, write_private};
 use serde::{Deserialize, Serialize};
 
 /// What `agent.json` holds.
@@ -118,7 +118,7 @@ impl StateDir {
     /// Writes the private key (0600) before anything is sent.
     pub fn save_key(&self, key_pem: &str) -> Result<(), StateError> {
         create_private_dir(&self.0)?;
-        write_file(&self.f("key.pem"), key_pem.as_bytes(), PRIVATE)?;
+        write_private(&self.f("key.pem"), key_pem.as_bytes())?;
         Ok(())
     }
 

@@ -57,6 +57,20 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), WriteEr
     write_file_with(path, contents, Perms::Inherit(mode))
 }
 
+/// Atomically writes a secret (a private key, a password file, an LDIF carrying a key): always
+/// mode 0600 and the writer's owner, whatever a file it replaces had. Secrets are never
+/// [`Perms::Inherit`]ed: a stale world-readable file must not pass its mode on to a new secret.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), WriteError> {
+    write_file_with(
+        path,
+        contents,
+        Perms::Exact {
+            mode: PRIVATE,
+            owner: None,
+        },
+    )
+}
+
 /// Atomically replaces `path` with `contents`, with owner, group and mode as `perms` says.
 pub fn write_file_with(path: &Path, contents: &[u8], perms: Perms) -> Result<(), WriteError> {
     let wrap = |source| WriteError {
@@ -134,6 +148,17 @@ mod tests {
 
     fn mode_of(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_secret_never_inherits_a_wider_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sso.pw");
+        fs::write(&p, b"old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&p, b"new").unwrap();
+        assert_eq!(mode_of(&p), 0o600);
+        assert_eq!(fs::read(&p).unwrap(), b"new");
     }
 
     #[test]

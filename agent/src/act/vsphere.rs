@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use certfleet_common::atomic::{PRIVATE, create_private_dir, write_file};
+use certfleet_common::atomic::{PRIVATE, create_private_dir, write_file, write_private};
 use serde_json::{Value, json};
 
 use super::{ActContext, ActError, backup};
@@ -593,7 +593,7 @@ impl Ldap {
         tag: &str,
     ) -> Result<Self, ActError> {
         let pwfile = workdir(ctx)?.join(format!("{tag}.pw"));
-        write_file(&pwfile, password.as_bytes(), PRIVATE)
+        write_private(&pwfile, password.as_bytes())
             .map_err(|e| ActError(format!("{}: {e}", pwfile.display())))?;
         Ok(Ldap {
             uri: ctx
@@ -1365,7 +1365,7 @@ impl Sso {
             .collect();
         let base = format!("cn=ServicePrincipals,{}", dcs.join(","));
         let pwfile = workdir(ctx)?.join("machine-account.pw");
-        write_file(&pwfile, acct.password.as_bytes(), PRIVATE)
+        write_private(&pwfile, acct.password.as_bytes())
             .map_err(|e| ActError(format!("{}: {e}", pwfile.display())))?;
         let uri = ctx
             .cfg
@@ -1559,8 +1559,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         backup_ldif.push('\n');
     }
     let backup_file = dir.join("sts-backup.ldif");
-    write_file(&backup_file, backup_ldif.as_bytes(), PRIVATE)
-        .map_err(|e| ActError(e.to_string()))?;
+    write_private(&backup_file, backup_ldif.as_bytes()).map_err(|e| ActError(e.to_string()))?;
     let manifest = backup::create(ctx.state, ctx.step_id, std::slice::from_ref(&backup_file))?;
 
     // 3. one LDIF: delete them all, add TenantCredential-1 and TrustedCertChain-1 (§5.3 step 9).
@@ -1584,7 +1583,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         ldif.push_str(&format!("userCertificate:: {}\n", b64(c)));
     }
     let ldif_file = dir.join("sso-sts.ldif");
-    write_file(&ldif_file, ldif.as_bytes(), PRIVATE).map_err(|e| ActError(e.to_string()))?;
+    write_private(&ldif_file, ldif.as_bytes()).map_err(|e| ActError(e.to_string()))?;
     let applied = writer.modify(ctx, &ldif_file, false);
 
     // 4. verify like checksts: the active signing certificate is the new one and valid.

@@ -420,7 +420,11 @@ fn vcsa_services_stops_its_children_on_sigterm() {
                 .collect(),
         )
     });
-    assert_eq!(pids.len(), 2, "slapd and the HTTPS listener: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        3,
+        "slapd, postgres (the VCDB) and the HTTPS listener: {pids:?}"
+    );
     for pid in &pids {
         assert!(alive(*pid), "child {pid} is not running");
     }
