@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of every parser of host input (fuzz/, cargo-fuzz + libFuzzer), for CI.
 #
-# Each target runs FUZZ_SECONDS (default 15) seconds from its seed corpus fuzz/corpus/<target>
+# Each target runs FUZZ_SECONDS (default 10) seconds from its seed corpus fuzz/corpus/<target>
 # (read-only: new inputs go to a scratch directory, so CI never grows the repository), then the
 # script prints one line per target with the executions done. A crash, panic or timeout fails
 # the run; libFuzzer's reproducer is left in fuzz/artifacts/<target>/ and its path printed.
@@ -13,7 +13,7 @@
 # stay on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds="${FUZZ_SECONDS:-15}"
+seconds="${FUZZ_SECONDS:-10}"
 # CI builds the targets unoptimised (--dev): the build of every dependency with coverage
 # instrumentation is what costs on 2 cores, not the bounded runs. Local deep fuzzing:
 # FUZZ_PROFILE=--release FUZZ_SECONDS=600 ./packaging/fuzz.sh
