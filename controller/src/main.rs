@@ -441,7 +441,9 @@ enum PolicyCmd {
 
 #[derive(Subcommand)]
 enum StoreCmd {
-    /// Write the whole state as JSON lines.
+    /// Write the whole state as JSON lines. Works on a damaged store: unreadable values are
+    /// skipped and listed, everything else is written, and the exit status is then 3 (a
+    /// partial export) instead of 0.
     Export {
         #[arg(long)]
         data_dir: PathBuf,
@@ -467,6 +469,10 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<certfleet_controller::store::PartialExport>() => {
+            eprintln!("certfleet: {e:#}");
+            ExitCode::from(certfleet_controller::store::PARTIAL_EXPORT_EXIT)
+        }
         Err(e) => {
             eprintln!("certfleet: {e:#}");
             // Exit now: dropping the runtime would wait for blocking tasks, and dropping the
@@ -575,6 +581,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for s in &summary.skipped {
                     eprintln!("  {s}");
                 }
+                // Written and synced first: a partial salvage is still the way out.
+                f.into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("writing {}", out.display()))?;
+                return Err(certfleet_controller::store::PartialExport {
+                    out: out.clone(),
+                    written: summary.written,
+                    skipped: summary.skipped.len(),
+                }
+                .into());
             }
             Ok(())
         }
