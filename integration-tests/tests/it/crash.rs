@@ -496,7 +496,11 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
         assert_ne!(fingerprint(&new), fingerprint(&old), "{point}");
         let new_path = dir.path().join("new.pem");
         std::fs::write(&new_path, &new).unwrap();
-        let hex = |s: &str| s.trim_start_matches("0x").trim_start_matches('0').to_lowercase();
+        let hex = |s: &str| {
+            s.trim_start_matches("0x")
+                .trim_start_matches('0')
+                .to_lowercase()
+        };
         assert_eq!(
             hex(&cert_serial(&new_path)),
             hex(st.vmca_issued.last().unwrap()),
