@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod operator;
 pub mod plan;
 pub mod policy;
+pub mod self_cert;
 pub mod server;
 pub mod store;

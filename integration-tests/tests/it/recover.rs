@@ -297,3 +297,51 @@ fn meta(h: &SimHost) -> Vec<(u32, u32, u32)> {
         })
         .collect()
 }
+
+/// certfleet is never the outage: a controller stopped past its server certificate's notAfter
+/// starts with a fresh one (the operator CLI, which verifies it, works again), and its metrics
+/// carry the fleet CA's notAfter for an alert long before it ends.
+#[test]
+fn controller_whose_certificate_expired_while_stopped_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = support::Controller::start(dir.path(), &[]);
+    c.cli(&["agents", "list"]);
+    if let Some(p) = c.proc.as_mut() {
+        p.term();
+    }
+    // While it was stopped, its certificate expired: same key and SANs, notAfter yesterday.
+    let data = dir.path().join("data");
+    let ca_pem = std::fs::read_to_string(data.join("ca/ca.pem")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(data.join("ca/ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(data.join("server/key.pem")).unwrap())
+            .unwrap();
+    let sans: Vec<String> = std::fs::read_to_string(data.join("server/sans.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut params = rcgen::CertificateParams::new(sans).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(400);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let expired = params.signed_by(&key, &issuer).unwrap().pem();
+    std::fs::write(data.join("server/cert.pem"), &expired).unwrap();
+    c.serve();
+    // The handshake verifies the server certificate: this fails with the expired one.
+    c.cli(&["agents", "list"]);
+    let now_pem = std::fs::read_to_string(data.join("server/cert.pem")).unwrap();
+    assert_ne!(now_pem, expired);
+    assert!(not_after(&data.join("server/cert.pem")) > support_now() + 300 * 86_400);
+    let log = c.proc.as_ref().unwrap().log_text();
+    assert!(log.contains("re-issuing"), "{log}");
+    let m = c.metrics();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("certfleet_fleet_ca_expiry_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no CA expiry gauge in {m}"));
+    let v: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(v, not_after(&data.join("ca/ca.pem")));
+}
