@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod http;
 pub mod inventory;
 pub mod link;
+pub mod local_admin;
 pub mod metrics;
 pub mod operator;
 pub mod plan;

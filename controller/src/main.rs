@@ -269,6 +269,10 @@ enum OperatorsCmd {
         role: String,
         #[arg(long)]
         out: PathBuf,
+        /// Issue locally from the controller's data directory (controller stopped), with no
+        /// working operator certificate: for an operator whose certificate expired.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Revoke an operator.
     Revoke { name: String },
@@ -487,6 +491,47 @@ fn connect(cli: &Cli) -> anyhow::Result<Conn> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Operators(OperatorsCmd::Issue {
+            name,
+            role,
+            out,
+            data_dir: Some(data_dir),
+        }) => {
+            let (key_path, csr) = cli::new_operator_key(out, name)?;
+            let issued =
+                match certfleet_controller::local_admin::issue_operator(data_dir, name, role, &csr)
+                {
+                    Ok(i) => i,
+                    Err(e) => {
+                        // Leave nothing half-made behind.
+                        let _ = std::fs::remove_file(&key_path);
+                        return Err(e.into());
+                    }
+                };
+            certfleet_common::atomic::write_file(
+                &out.join("cert.pem"),
+                issued.certificate_pem.as_bytes(),
+                certfleet_common::atomic::PUBLIC,
+            )?;
+            certfleet_common::atomic::write_file(
+                &out.join("ca.pem"),
+                issued.ca_pem.as_bytes(),
+                certfleet_common::atomic::PUBLIC,
+            )?;
+            eprintln!(
+                "operator {name} ({role}) issued locally from {} and written to {}{}",
+                data_dir.display(),
+                out.display(),
+                issued
+                    .replaced
+                    .map(|f| format!(
+                        "; its previous certificate {} is revoked",
+                        &f[..16.min(f.len())]
+                    ))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
         Command::Completion { shell } => {
             certfleet_common::clidoc::write_completion(
                 &mut Cli::command(),
@@ -662,7 +707,9 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                 .map_err(e)?;
             eprintln!("agent {id} approved; it picks up its new certificate on its next attempt");
         }
-        Command::Operators(OperatorsCmd::Issue { name, role, out }) => {
+        Command::Operators(OperatorsCmd::Issue {
+            name, role, out, ..
+        }) => {
             let (key_path, csr) = cli::new_operator_key(out, name)?;
             let r = match c
                 .issue_operator(pb::IssueOperatorRequest {

@@ -344,4 +344,32 @@ fn controller_whose_certificate_expired_while_stopped_comes_back() {
         .unwrap_or_else(|| panic!("no CA expiry gauge in {m}"));
     let v: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(v, not_after(&data.join("ca/ca.pem")));
+
+    // An admin locked out (say its certificate expired) gets a new identity on the controller
+    // host from the data directory: refused while the controller holds the store, done once
+    // it is stopped; the old certificate is revoked, the new one works, the audit says so.
+    let local = |out: &Path| {
+        Command::new(support::bin("certfleet"))
+            .args(["operators", "issue", "admin", "--role", "admin", "--out"])
+            .arg(out)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let busy = dir.path().join("admin-busy");
+    let o = local(&busy);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("stop it first"), "{err}");
+    assert!(!busy.join("key.pem").exists(), "half-made identity left");
+    c.proc.as_mut().unwrap().term();
+    let fresh = dir.path().join("admin-new");
+    let o = local(&fresh);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.serve();
+    assert!(!c.cli_as(&c.admin(), &["agents", "list"]).status.success());
+    let o = c.cli_as(&fresh, &["audit", "-o", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("operator.issue_local"));
 }
