@@ -7,5 +7,6 @@ pub mod collect;
 pub mod config;
 pub mod exec;
 pub mod link;
+pub mod recover;
 pub mod report;
 pub mod state;

@@ -81,6 +81,32 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Emergency recovery of this host with no controller (see `sign` for the other half).
+    Recover {
+        #[command(subcommand)]
+        what: RecoverCmd,
+    },
+    /// On an oVirt engine: sign a host's recovery CSR with the engine CA, as
+    /// pki-enroll-request.sh does (oVirt's openssl.conf/cert.conf, SAN); never twice per key.
+    Sign {
+        /// The CSR from `certfleet-agent recover ovirt-host --csr-out`.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Where to write the signed certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// subjectAltName (OVIRT_SAN), e.g. DNS:host1.example.test (default: DNS:<CN>).
+        #[arg(long)]
+        san: Option<String>,
+        /// Subject in openssl's /O=…/CN=… form (default: the CSR's).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Validity in days (default: VdsCertificateValidityInDays, else 1827).
+        #[arg(long)]
+        days: Option<u64>,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     Completion {
         shell: certfleet_common::clidoc::Shell,
@@ -90,6 +116,63 @@ enum Command {
         #[arg(long)]
         out_dir: PathBuf,
     },
+}
+
+/// Where a local (controller-less) action keeps its journal and finds the host.
+#[derive(clap::Args)]
+struct LocalArgs {
+    /// Agent state directory (journal, intent log, backups).
+    #[arg(long, default_value = "/var/lib/certfleet-agent")]
+    state_dir: PathBuf,
+    /// Agent configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Root prefix of the host (overrides the config).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Timeout of each tool run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    timeout: std::time::Duration,
+}
+
+#[derive(Subcommand)]
+enum RecoverCmd {
+    /// oVirt host with an expired VDSM certificate: `--csr-out` here, `sign` on the engine,
+    /// then `--cert-in` here (installs at every path with backups, restarts libvirtd and
+    /// vdsmd, verifies).
+    #[command(group = clap::ArgGroup::new("phase").required(true).args(["csr_out", "cert_in"]))]
+    OvirtHost {
+        /// Write a CSR made from /etc/pki/vdsm/keys/vdsmkey.pem to this file.
+        #[arg(long)]
+        csr_out: Option<PathBuf>,
+        /// Install this certificate (signed by the engine from that CSR).
+        #[arg(long)]
+        cert_in: Option<PathBuf>,
+        /// Subject for the CSR (default: the current VDSM certificate's).
+        #[arg(long, requires = "csr_out")]
+        subject: Option<String>,
+        /// Check the certificate and print what would change; change nothing.
+        #[arg(long, requires = "cert_in")]
+        dry_run: bool,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+}
+
+fn local_setup(
+    local: &LocalArgs,
+) -> anyhow::Result<(AgentConfig, certfleet_agent::state::StateDir)> {
+    let cfg = load_config(local.config.as_ref(), local.root.clone())?;
+    certfleet_common::atomic::create_private_dir(&local.state_dir)?;
+    Ok((
+        cfg,
+        certfleet_agent::state::StateDir(local.state_dir.clone()),
+    ))
+}
+
+/// Progress of a local recovery, printed as it happens.
+fn print_line(line: String) {
+    println!("  {line}");
 }
 
 /// `--max-backoff`: between 1s and 1h, refused at parse time with the limits named.
@@ -239,6 +322,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Recover {
+            what:
+                RecoverCmd::OvirtHost {
+                    csr_out,
+                    cert_in,
+                    subject,
+                    dry_run,
+                    local,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let (cfg, state) = local_setup(&local)?;
+            let l = certfleet_agent::recover::Local {
+                cfg: &cfg,
+                state: &state,
+                timeout: local.timeout,
+                out: &print_line,
+            };
+            if let Some(out) = csr_out {
+                let san = l.ovirt_host_csr(&out, subject.as_deref())?;
+                println!("wrote {}", out.display());
+                println!(
+                    "next, on the engine: certfleet-agent sign --csr {} --out <host>.cer --san {san}",
+                    out.display()
+                );
+                println!("then here: certfleet-agent recover ovirt-host --cert-in <host>.cer");
+            } else if let Some(cert) = cert_in {
+                let msg = l.ovirt_host_install(&cert, dry_run)?;
+                println!("{msg}");
+            }
+            println!("wall time {:.1}s", started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign {
+            csr,
+            out,
+            san,
+            subject,
+            days,
+            local,
+        } => {
+            let (cfg, state) = local_setup(&local)?;
+            let l = certfleet_agent::recover::Local {
+                cfg: &cfg,
+                state: &state,
+                timeout: local.timeout,
+                out: &print_line,
+            };
+            let done = l.sign(&certfleet_agent::recover::SignRequest {
+                csr: &csr,
+                out: &out,
+                san: san.as_deref(),
+                subject: subject.as_deref(),
+                days,
+            })?;
+            println!(
+                "wrote {} (serial {}){}",
+                out.display(),
+                done.details["serial"].as_str().unwrap_or("?"),
+                if done.from_journal {
+                    ", signed earlier for this key: not signed again"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Scan {
             root,

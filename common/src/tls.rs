@@ -122,6 +122,89 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The controller's server certificate behind a lock, so that a running listener can be
+/// given a renewed certificate ([`ReloadableServerCert::replace`]) without a restart: every
+/// new handshake resolves the current one, established connections keep theirs.
+#[derive(Debug)]
+pub struct ReloadableServerCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableServerCert {
+    /// The chain `[leaf, ca]` and its key, checked to belong together.
+    fn certified(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let mut chain = certs("server certificate", cert_pem)?;
+        chain.extend(certs("fleet CA certificate", ca_pem)?);
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: "server key",
+            reason: e.to_string(),
+        })?;
+        let signing = provider().key_provider.load_private_key(key)?;
+        let ck = rustls::sign::CertifiedKey::new(chain, signing);
+        ck.keys_match()?;
+        Ok(Arc::new(ck))
+    }
+
+    /// Starts with this certificate.
+    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(ReloadableServerCert {
+            current: std::sync::RwLock::new(Self::certified(ca_pem, cert_pem, key_pem)?),
+        }))
+    }
+
+    /// Serves this certificate from the next handshake on; a bad one is refused and the
+    /// current one kept.
+    pub fn replace(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let ck = Self::certified(ca_pem, cert_pem, key_pem)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
+        Ok(())
+    }
+
+    /// DER of the leaf served now.
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0].to_vec()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// [`server_config`] whose certificate can be replaced while it serves.
+pub fn server_config_reloadable(
+    ca_pem: &str,
+    cert: Arc<ReloadableServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(fleet_roots(ca_pem)?),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Limits of the controller's TLS listener, so that one peer cannot hurt the others.
 ///
 /// Connections are in one of two pools. A connection is *anonymous* from `accept` until its

@@ -134,6 +134,14 @@ async fn metrics(State(h): State<Http>) -> impl IntoResponse {
         "Bytes the state store uses on disk",
         fleet.store.size_on_disk() as i64,
     );
+    if let Some(na) = crate::self_cert::ca_not_after(fleet.ca.cert_pem()) {
+        crate::metrics::gauge(
+            &mut r,
+            "fleet_ca_expiry_timestamp_seconds",
+            "notAfter of the fleet CA (Unix time): alert long before it, replacing it re-enrolls every agent",
+            na,
+        );
+    }
     crate::inventory::register_metrics(fleet, &mut r);
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &r).is_err() {

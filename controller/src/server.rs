@@ -38,7 +38,7 @@ use crate::store::Store;
 /// Fleet CA lifetime.
 const CA_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Controller server certificate lifetime (re-issued at start when within 30 days of expiry).
-const SERVER_TTL: Duration = Duration::from_secs(365 * 86_400);
+pub(crate) const SERVER_TTL: Duration = Duration::from_secs(365 * 86_400);
 
 /// Paths inside a data directory.
 pub struct DataDir(pub PathBuf);
@@ -77,7 +77,7 @@ impl DataDir {
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
@@ -95,7 +95,7 @@ pub fn write_identity(
     Ok(())
 }
 
-fn default_sans(extra: &[String]) -> Vec<String> {
+pub(crate) fn default_sans(extra: &[String]) -> Vec<String> {
     let mut sans = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -171,7 +171,7 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn issue_server_cert(d: &DataDir, ca: &FleetCa, sans: &[String]) -> anyhow::Result<()> {
+pub(crate) fn issue_server_cert(d: &DataDir, ca: &FleetCa, sans: &[String]) -> anyhow::Result<()> {
     let server = ca.issue_server(sans, SERVER_TTL)?;
     write_file(&d.server_key(), server.key_pem.as_bytes(), PRIVATE)?;
     write_file(&d.server_cert(), server.cert_pem.as_bytes(), PUBLIC)?;
@@ -180,13 +180,29 @@ fn issue_server_cert(d: &DataDir, ca: &FleetCa, sans: &[String]) -> anyhow::Resu
 }
 
 /// Loads the fleet from a data directory, renewing the controller's own certificate when it is
-/// within 30 days of expiry. A data directory whose CA exists but whose store does not is
-/// refused unless `new_store` (an empty store would lock every operator and agent out).
+/// within 30 days of expiry (or already expired, e.g. after the controller was stopped past its
+/// notAfter). A data directory whose CA exists but whose store does not is refused unless
+/// `new_store` (an empty store would lock every operator and agent out).
 pub fn load(
     dir: &Path,
     opts: ServeOptions,
     new_store: bool,
 ) -> anyhow::Result<(Arc<Fleet>, Arc<rustls::ServerConfig>)> {
+    let (fleet, tls, _) = load_serving(dir, opts, new_store)?;
+    Ok((fleet, tls))
+}
+
+/// [`load`], also returning the handle that keeps renewing the server certificate while the
+/// controller runs ([`crate::self_cert::SelfCert::run`]).
+pub fn load_serving(
+    dir: &Path,
+    opts: ServeOptions,
+    new_store: bool,
+) -> anyhow::Result<(
+    Arc<Fleet>,
+    Arc<rustls::ServerConfig>,
+    crate::self_cert::SelfCert,
+)> {
     let d = DataDir(dir.to_path_buf());
     if !d.ca_cert().exists() {
         bail!(
@@ -208,22 +224,12 @@ pub fn load(
         );
     }
     let ca_pem = read(&d.ca_cert())?;
+    let self_ca = FleetCa::from_pem(&ca_pem, &read(&d.ca_key())?)
+        .with_context(|| format!("loading fleet CA from {}", d.ca_cert().display()))?;
     let ca = FleetCa::from_pem(&ca_pem, &read(&d.ca_key())?)
         .with_context(|| format!("loading fleet CA from {}", d.ca_cert().display()))?;
-    let server_der = certfleet_common::pem::first_certificate(read(&d.server_cert())?.as_bytes())?;
-    let server = certfleet_common::x509::parse_der(&server_der)?;
-    if server.not_after - now() < 30 * 86_400 {
-        let sans: Vec<String> = read(&d.server_sans())
-            .map(|s| s.lines().map(str::to_owned).collect())
-            .unwrap_or_else(|_| default_sans(&[]));
-        tracing::warn!(not_after = %certfleet_common::model::format_time(server.not_after), "controller certificate near expiry; re-issuing");
-        issue_server_cert(&d, &ca, &sans)?;
-    }
-    let tls = certfleet_common::tls::server_config(
-        &ca_pem,
-        &read(&d.server_cert())?,
-        &read(&d.server_key())?,
-    )?;
+    let self_cert = crate::self_cert::SelfCert::start(dir, self_ca)?;
+    let tls = certfleet_common::tls::server_config_reloadable(&ca_pem, self_cert.served())?;
     let store = Store::open(&d.state())?;
     let fleet = Fleet {
         store,
@@ -235,7 +241,7 @@ pub fn load(
         changed: Default::default(),
         plan_lock: Default::default(),
     };
-    Ok((Arc::new(fleet), tls))
+    Ok((Arc::new(fleet), tls, self_cert))
 }
 
 /// Limits that keep one peer from hurting the others, and the store watchdog's patience.

@@ -135,7 +135,10 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let mut limits = args.limits.limits();
     server::fit_fd_limit(&mut limits.listener);
-    let (fleet, tls) = server::load(&args.data_dir, opts, args.new_store)?;
+    let (fleet, tls, self_cert) = server::load_serving(&args.data_dir, opts, args.new_store)?;
+    // The controller's own certificate is checked hourly and renewed in place.
+    let (self_stop, self_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(self_cert.run(std::time::Duration::from_secs(3600), self_rx));
     let listen = &args.listen;
     let grpc = tokio::net::TcpListener::bind(listen)
         .await
@@ -149,14 +152,10 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.local_addr().ok()), ca = %fleet.ca.fingerprint(), "serving");
-    server::serve(
-        fleet,
-        tls,
-        grpc,
-        http,
-        limits,
-        certfleet_common::process::shutdown_signal(),
-    )
+    server::serve(fleet, tls, grpc, http, limits, async move {
+        certfleet_common::process::shutdown_signal().await;
+        let _ = self_stop.send(true);
+    })
     .await?;
     tracing::info!("stopped");
     Ok(())

@@ -121,6 +121,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(cmd) => store::run(cmd),
         Command::Token(cmd) => tokens::run(&connect(&cli)?, cmd).await,
         Command::Agents(cmd) => agents::run(&connect(&cli)?, cmd).await,
+        // Break-glass: from the data directory, with no operator certificate to connect with.
+        Command::Operators(operators::OperatorsCmd::Issue {
+            name,
+            role,
+            out,
+            data_dir: Some(data_dir),
+        }) => operators::issue_local(name, role, out, data_dir),
         Command::Operators(cmd) => operators::run(&connect(&cli)?, cmd).await,
         Command::Audit(args) => audit::run(&connect(&cli)?, args).await,
         Command::Inventory(args) => inventory::run(&connect(&cli)?, args).await,

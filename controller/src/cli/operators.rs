@@ -23,6 +23,10 @@ pub enum OperatorsCmd {
         /// Directory written: key.pem, cert.pem, ca.pem.
         #[arg(long)]
         out: PathBuf,
+        /// Issue locally from the controller's data directory (controller stopped), with no
+        /// working operator certificate: for an operator whose certificate expired.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Revoke an operator.
     Revoke {
@@ -36,12 +40,51 @@ pub enum OperatorsCmd {
     },
 }
 
+/// `operators issue --data-dir`: signs with the data directory's fleet CA and records the
+/// operator in the store directly ([`crate::local_admin`]).
+pub fn issue_local(name: &str, role: &str, out: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let (key_path, csr) = new_operator_key(out, name)?;
+    let issued = match crate::local_admin::issue_operator(data_dir, name, role, &csr) {
+        Ok(i) => i,
+        Err(e) => {
+            // Leave nothing half-made behind.
+            let _ = std::fs::remove_file(&key_path);
+            return Err(e.into());
+        }
+    };
+    certfleet_common::atomic::write_file(
+        &out.join("cert.pem"),
+        issued.certificate_pem.as_bytes(),
+        certfleet_common::atomic::PUBLIC,
+    )?;
+    certfleet_common::atomic::write_file(
+        &out.join("ca.pem"),
+        issued.ca_pem.as_bytes(),
+        certfleet_common::atomic::PUBLIC,
+    )?;
+    eprintln!(
+        "operator {name} ({role}) issued locally from {} and written to {}{}",
+        data_dir.display(),
+        out.display(),
+        issued
+            .replaced
+            .map(|f| format!(
+                "; its previous certificate {} is revoked",
+                &f[..16.min(f.len())]
+            ))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// Runs an `operators` command.
 pub async fn run(conn: &Conn, cmd: &OperatorsCmd) -> anyhow::Result<()> {
     let mut c = conn.client();
     let e = |s| conn.explain(s);
     match cmd {
-        OperatorsCmd::Issue { name, role, out } => {
+        OperatorsCmd::Issue {
+            name, role, out, ..
+        } => {
             let (key_path, csr) = new_operator_key(out, name)?;
             let r = match c
                 .issue_operator(pb::IssueOperatorRequest {

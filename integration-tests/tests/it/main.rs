@@ -12,6 +12,7 @@ mod ovirt;
 mod ovirt_api;
 mod ovirt_engine_rotation;
 mod ovirt_rotation;
+mod recover;
 mod rotation;
 mod store_faults;
 mod support;
