@@ -104,9 +104,18 @@ enum Command {
         /// gRPC listen address.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: String,
-        /// HTTP address for /healthz and /metrics.
+        /// HTTP address for /healthz, /readyz and /metrics.
         #[arg(long)]
         http: Option<String>,
+        /// Serve --http as HTTPS with the controller's certificate (for a non-loopback address;
+        /// Prometheus: `scheme: https` with `tls_config.ca_file` the fleet CA).
+        #[arg(long, requires = "http")]
+        http_tls: bool,
+        /// Export x509-certificate-exporter series (`x509_cert_not_after`, …) for every
+        /// certificate location, besides the aggregated counts (one series per location: large
+        /// fleets should leave this off).
+        #[arg(long)]
+        metrics_per_certificate: bool,
         /// Lifetime of agent certificates (renewed at two thirds of it).
         #[arg(long, value_parser = duration_in(secs(4), days(398)), default_value = "30d")]
         agent_cert_ttl: Duration,
@@ -517,6 +526,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             http,
+            http_tls,
+            metrics_per_certificate,
             agent_cert_ttl,
             heartbeat_interval,
             auto_approve_rebind,
@@ -534,15 +545,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let grpc = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
+            fleet.metrics.set_per_certificate(*metrics_per_certificate);
             let http = match http {
-                Some(a) => Some(
-                    tokio::net::TcpListener::bind(a)
+                Some(a) => {
+                    let listener = tokio::net::TcpListener::bind(a)
                         .await
-                        .with_context(|| format!("binding {a}"))?,
-                ),
+                        .with_context(|| format!("binding {a}"))?;
+                    let tls = if *http_tls {
+                        let d = server::DataDir(data_dir.clone());
+                        let read = |p: PathBuf| {
+                            std::fs::read_to_string(&p)
+                                .with_context(|| format!("reading {}", p.display()))
+                        };
+                        Some(certfleet_controller::http::tls_config(
+                            &read(d.server_cert())?,
+                            &read(d.server_key())?,
+                            &d.server_cert().display().to_string(),
+                        )?)
+                    } else {
+                        None
+                    };
+                    Some(certfleet_controller::http::HttpListener { listener, tls })
+                }
                 None => None,
             };
-            tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.local_addr().ok()), ca = %fleet.ca.fingerprint(), "serving");
+            tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.listener.local_addr().ok()), http_tls, ca = %fleet.ca.fingerprint(), "serving");
             server::serve(
                 fleet,
                 tls,
