@@ -85,6 +85,48 @@ fn metrics_rules_and_dashboard_match_a_live_controller() {
     f.c.cli(&["policy", "set", "file.renewable", "--renew-within", "30d"]);
     let c = &f.c;
 
+    // `certfleet-agent check-config` on the application host: its real config is fine (the
+    // unit it restarts exists for the host's systemctl); a broken one lists every problem.
+    let check = |cfg: &Path| {
+        let out = Command::new(bin("certfleet-agent"))
+            .args(["check-config", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (app_root, app_cfg) = (&f.apps[0].1.root, &f.apps[0].2);
+    let (code, text) = check(app_cfg);
+    assert_eq!(code, Some(0), "{text}");
+    let bad = tmp.path().join("bad-agent.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(app_cfg).unwrap().replace(
+            "restart = [\"app\"]",
+            "restart = [\"app\", \"nosuch\"]\nowner = \"no-such-user\"\nmode = \"rw\"",
+        ) + "[[files]]\npaths = [\"/etc/app/*.p12\"]\npassword = \"inline\"\npasswrd = \"x\"\n",
+    )
+    .unwrap();
+    let (code, text) = check(&bad);
+    assert_eq!(code, Some(1), "{text}");
+    for want in [
+        "5 problem(s)",
+        "files[0].passwrd: unknown key",
+        "files[0].password: a password inline",
+        "renew[0]: mode \"rw\" is not an octal file mode",
+        "renew[0].owner: no user \"no-such-user\"",
+        "renew[0].restart: no systemd unit \"nosuch\"",
+    ] {
+        assert!(
+            text.contains(want),
+            "missing {want:?} in\n{text} (root {})",
+            app_root.display()
+        );
+    }
+
     // Per-certificate series, in the exporter's names and labels plus certfleet's.
     let m = wait_for(
         "the policy's plan awaiting approval in /metrics",
