@@ -6,6 +6,7 @@
 #   keytool     (default-jre-headless) the oVirt engine's JKS truststore
 #   postgresql  real PostgreSQL + psql serving the simulated vCenter's VCDB (vpx_ext thumbprints)
 #   ssh-keygen  (openssh-client) the oVirt serial console's OpenSSH certificates
+#   promtool    (prometheus) checks and unit-tests the alert rules in packaging/monitoring/
 #   packaging   rpm (rpm -qlp, rpm --root), systemd (systemd-analyze verify), binutils
 #               (objdump: the glibc check), curl (/healthz), python3-venv (the packaging tools'
 #               virtualenv; see packaging/pkgtools.sh) for build-packages.sh and test-packages.sh
@@ -32,6 +33,8 @@ certfleet_install_deps() {
     command -v objdump >/dev/null 2>&1 || need+=(binutils)
     command -v curl >/dev/null 2>&1 || need+=(curl)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+    # Monitoring kit (issue 12): promtool check/test rules (packaging/check-monitoring.sh).
+    command -v promtool >/dev/null 2>&1 || need+=(prometheus)
     if [ ${#need[@]} -eq 0 ]; then
         return 0
     fi

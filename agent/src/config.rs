@@ -57,9 +57,14 @@ pub struct FileWatch {
     /// Role given to what is found.
     #[serde(default = "default_file_role")]
     pub role: String,
-    /// Password for PKCS#12 files.
+    /// Password for PKCS#12 files, inline (discouraged: `check-config` reports it; use
+    /// `password_file`).
     #[serde(default)]
     pub password: Option<String>,
+    /// File holding the PKCS#12 password (a host path under root; one line, trailing newline
+    /// ignored), read when the config is loaded.
+    #[serde(default)]
+    pub password_file: Option<String>,
     /// The PKCS#12 files have no password (`openssl pkcs12 -export -passout pass:`, or no
     /// encryption and no MAC at all). Excludes `password`.
     #[serde(default)]
@@ -182,6 +187,209 @@ fn default_file_role() -> String {
 }
 fn default_endpoint_role() -> String {
     "endpoint.tls".into()
+}
+
+/// Known keys of each table of the file, to report every unknown key at once (serde's
+/// `deny_unknown_fields` stops at the first).
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "root",
+            "platforms",
+            "tools",
+            "tool_timeout",
+            "scan_interval",
+            "files",
+            "endpoints",
+            "renew",
+            "cas",
+            "settings",
+        ],
+    ),
+    (
+        "files",
+        &["paths", "role", "password", "password_file", "no_password"],
+    ),
+    (
+        "endpoints",
+        &["address", "server_name", "role", "expect_file"],
+    ),
+    (
+        "renew",
+        &[
+            "cert",
+            "key",
+            "issuer",
+            "restart",
+            "mode",
+            "owner",
+            "group",
+            "days",
+            "verify_endpoint",
+            "also",
+        ],
+    ),
+    (
+        "cas",
+        &[
+            "name",
+            "dir",
+            "command",
+            "requests",
+            "output",
+            "days",
+            "database",
+            "new_certs_dir",
+        ],
+    ),
+];
+
+/// What `check-config` needs to know about the host beyond the file: whether accounts and
+/// units exist. The agent answers with the system's user database and `systemctl`; tests with
+/// a fixed list.
+pub trait HostFacts {
+    /// Whether a user account of that name exists.
+    fn user_exists(&self, name: &str) -> bool;
+    /// Whether a group of that name exists.
+    fn group_exists(&self, name: &str) -> bool;
+    /// Whether a systemd unit of that name exists, asking `systemctl` (the configured tool, as
+    /// restarts use it); `Err`: could not tell, with why.
+    fn unit_exists(&self, systemctl: &Path, name: &str) -> Result<bool, String>;
+}
+
+/// Unknown keys anywhere in the file (`files[1].pasword: unknown key (known: …)`).
+fn unknown_keys(table: &toml::Table) -> Vec<String> {
+    let known = |section: &str| {
+        KNOWN_KEYS
+            .iter()
+            .find(|(s, _)| *s == section)
+            .map_or(&[][..], |(_, k)| *k)
+    };
+    let mut problems = Vec::new();
+    for (k, v) in table {
+        if !known("").contains(&k.as_str()) {
+            problems.push(format!(
+                "{k}: unknown key (known: {})",
+                known("").join(", ")
+            ));
+            continue;
+        }
+        let keys = known(k);
+        if keys.is_empty() {
+            continue;
+        }
+        if let toml::Value::Array(items) = v {
+            for (i, item) in items.iter().enumerate() {
+                if let toml::Value::Table(t) = item {
+                    for key in t.keys().filter(|key| !keys.contains(&key.as_str())) {
+                        problems.push(format!(
+                            "{k}[{i}].{key}: unknown key (known: {})",
+                            keys.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+impl AgentConfig {
+    /// Everything wrong with the config file at `path`, reported together: TOML syntax, unknown
+    /// keys, values ([`AgentConfig::validate`]), inline passwords, password files that cannot be
+    /// read, owners and groups that do not exist, units to restart that do not exist. Empty
+    /// when the file is fine. `root` overrides the file's root prefix (as `--root` does).
+    pub fn check_file(path: &Path, root: Option<&Path>, host: &dyn HostFacts) -> Vec<String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return vec![format!("cannot read {}: {e}", path.display())],
+        };
+        let mut table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => return vec![format!("not valid TOML: {e}")],
+        };
+        let mut problems = unknown_keys(&table);
+        // Parse what remains without the unknown keys, so that the other checks still run.
+        table.retain(|k, _| KNOWN_KEYS[0].1.contains(&k));
+        for (section, keys) in &KNOWN_KEYS[1..] {
+            if let Some(toml::Value::Array(items)) = table.get_mut(*section) {
+                for item in items.iter_mut() {
+                    if let toml::Value::Table(t) = item {
+                        t.retain(|k, _| keys.contains(&k));
+                    }
+                }
+            }
+        }
+        let mut cfg: AgentConfig = match table.try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(e.to_string().trim().to_owned());
+                return problems;
+            }
+        };
+        if let Some(r) = root {
+            cfg.root = r.to_path_buf();
+        }
+        problems.extend(cfg.validate());
+        for (i, f) in cfg.files.iter().enumerate() {
+            if f.password.is_some() {
+                problems.push(format!(
+                    "files[{i}].password: a password inline in the config; put it in a file only root can read and set password_file = \"/etc/certfleet/<name>.pass\""
+                ));
+            }
+        }
+        problems.extend(cfg.resolve_secrets());
+        for (i, r) in cfg.renew.iter().enumerate() {
+            if let Some(o) = &r.owner
+                && !host.user_exists(o)
+            {
+                problems.push(format!("renew[{i}].owner: no user {o:?} on this host"));
+            }
+            if let Some(g) = &r.group
+                && !host.group_exists(g)
+            {
+                problems.push(format!("renew[{i}].group: no group {g:?} on this host"));
+            }
+            for u in &r.restart {
+                match host.unit_exists(&cfg.tool("systemctl", "/usr/bin/systemctl"), u) {
+                    Ok(true) => {}
+                    Ok(false) => problems.push(format!(
+                        "renew[{i}].restart: no systemd unit {u:?} on this host"
+                    )),
+                    Err(e) => problems.push(format!(
+                        "renew[{i}].restart: cannot tell whether unit {u:?} exists: {e}"
+                    )),
+                }
+            }
+        }
+        problems
+    }
+
+    /// Reads each `files[].password_file` (a host path under the root prefix) into the watch's
+    /// password. Returns what could not be read; call after the root prefix is final.
+    pub fn resolve_secrets(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let root = self.root.clone();
+        for (i, f) in self.files.iter_mut().enumerate() {
+            let Some(p) = &f.password_file else { continue };
+            if f.password.is_some() || f.no_password {
+                problems.push(format!(
+                    "files[{i}]: password_file with password or no_password = true; keep one"
+                ));
+                continue;
+            }
+            let full = root.join(p.trim_start_matches('/'));
+            match std::fs::read_to_string(&full) {
+                Ok(s) => f.password = Some(s.trim_end_matches(['\r', '\n']).to_owned()),
+                Err(e) => problems.push(format!(
+                    "files[{i}].password_file: cannot read {}: {e}",
+                    full.display()
+                )),
+            }
+        }
+        problems
+    }
 }
 
 mod humantime_serde_compat {
@@ -378,6 +586,86 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct FakeHost;
+
+    impl HostFacts for FakeHost {
+        fn user_exists(&self, name: &str) -> bool {
+            name == "root" || name == "www-data"
+        }
+        fn group_exists(&self, name: &str) -> bool {
+            name == "root"
+        }
+        fn unit_exists(&self, _: &Path, name: &str) -> Result<bool, String> {
+            Ok(name == "nginx")
+        }
+    }
+
+    #[test]
+    fn check_file_reports_keys_values_secrets_accounts_and_units_together() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/certfleet")).unwrap();
+        std::fs::write(dir.path().join("etc/certfleet/p12.pass"), "s3cret\n").unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+                root = "{root}"
+                scan_intervall = "1h"
+                [[files]]
+                paths = ["/etc/a/*.p12"]
+                password = "inline"
+                [[files]]
+                paths = ["/etc/b/*.p12"]
+                password_file = "/etc/certfleet/p12.pass"
+                [[files]]
+                paths = ["/etc/c/*.p12"]
+                password_file = "/etc/certfleet/missing.pass"
+                [[renew]]
+                cert = "/etc/nginx/tls/web.pem"
+                key = "/etc/nginx/tls/web.key"
+                issuer = "corp"
+                mode = "0999"
+                owner = "nginx-user"
+                group = "www"
+                restart = ["nginx", "apache2"]
+                reload = true
+                "#,
+                root = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let problems = AgentConfig::check_file(&path, None, &FakeHost);
+        let all = problems.join("\n");
+        for want in [
+            "scan_intervall: unknown key",
+            "renew[0].reload: unknown key",
+            "renew[0]: mode \"0999\" is not an octal file mode",
+            "files[0].password: a password inline",
+            "files[2].password_file: cannot read",
+            "renew[0].owner: no user \"nginx-user\"",
+            "renew[0].group: no group \"www\"",
+            "renew[0].restart: no systemd unit \"apache2\"",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in\n{all}");
+        }
+        assert_eq!(problems.len(), 8, "{all}");
+
+        // The password file is read into the watch.
+        let mut cfg: AgentConfig = toml::from_str(&format!(
+            "root = \"{}\"\n[[files]]\npaths = [\"/x\"]\npassword_file = \"/etc/certfleet/p12.pass\"\n",
+            dir.path().display()
+        ))
+        .unwrap();
+        assert!(cfg.resolve_secrets().is_empty());
+        assert_eq!(cfg.files[0].password.as_deref(), Some("s3cret"));
+
+        // Broken TOML is one clear problem, not a panic.
+        std::fs::write(&path, "root = [").unwrap();
+        let p = AgentConfig::check_file(&path, None, &FakeHost);
+        assert!(p.len() == 1 && p[0].starts_with("not valid TOML"), "{p:?}");
+    }
 
     #[test]
     fn reports_every_problem_at_once() {

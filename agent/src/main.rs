@@ -107,6 +107,19 @@ enum Command {
         #[command(flatten)]
         local: LocalArgs,
     },
+    /// Check a config file and this host against it, reporting every problem at once: unknown
+    /// keys, values, inline passwords, owners/groups and units to restart that do not exist.
+    /// Exits 0 when fine, 1 when anything is wrong.
+    ///
+    /// Example: certfleet-agent check-config --config /etc/certfleet/agent.toml
+    CheckConfig {
+        /// Agent configuration file.
+        #[arg(long, default_value = "/etc/certfleet/agent.toml")]
+        config: PathBuf,
+        /// Root prefix of the host (overrides the config).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     Completion {
         shell: certfleet_common::clidoc::Shell,
@@ -193,6 +206,10 @@ fn load_config(path: Option<&PathBuf>, root: Option<PathBuf>) -> anyhow::Result<
     if let Some(r) = root {
         cfg.root = std::fs::canonicalize(&r).with_context(|| format!("root {}", r.display()))?;
     }
+    let problems = cfg.resolve_secrets();
+    if !problems.is_empty() {
+        anyhow::bail!("config:\n  - {}", problems.join("\n  - "));
+    }
     Ok(cfg)
 }
 
@@ -220,6 +237,25 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::CheckConfig { config, root } => {
+            let root = match root {
+                Some(r) => Some(
+                    std::fs::canonicalize(&r).with_context(|| format!("root {}", r.display()))?,
+                ),
+                None => None,
+            };
+            let problems = AgentConfig::check_file(&config, root.as_deref(), &SystemFacts);
+            if problems.is_empty() {
+                println!("{}: OK", config.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{}: {} problem(s)", config.display(), problems.len());
+                for p in &problems {
+                    println!("  - {p}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
         Command::Completion { shell } => {
             certfleet_common::clidoc::write_completion(
                 &mut Cli::command(),
@@ -404,6 +440,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Table => print!("{}", report::table(&found, now)),
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The host as `check-config` sees it: accounts from the system's user database (what the
+/// install step resolves owners with), units from `systemctl status` (exit 4: no such unit).
+struct SystemFacts;
+
+impl certfleet_agent::config::HostFacts for SystemFacts {
+    fn user_exists(&self, name: &str) -> bool {
+        nix::unistd::User::from_name(name).ok().flatten().is_some()
+    }
+
+    fn group_exists(&self, name: &str) -> bool {
+        nix::unistd::Group::from_name(name).ok().flatten().is_some()
+    }
+
+    fn unit_exists(&self, systemctl: &std::path::Path, name: &str) -> Result<bool, String> {
+        let out = std::process::Command::new(systemctl)
+            .args(["status", "--no-pager", name])
+            .output()
+            .map_err(|e| format!("{} status {name}: {e}", systemctl.display()))?;
+        // systemctl status: 0 active, 3 not running, 4 no such unit.
+        match out.status.code() {
+            Some(0 | 3) => Ok(true),
+            Some(4) => Ok(false),
+            other => Err(format!(
+                "{} status {name} exited {other:?}: {}",
+                systemctl.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
         }
     }
 }

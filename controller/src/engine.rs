@@ -49,6 +49,7 @@ pub async fn run(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>
     // Policies look at the whole inventory: every 15 s is plenty for thresholds in days.
     let mut last_policy = std::time::Instant::now() - Duration::from_secs(60);
     loop {
+        fleet.metrics.engine_beat(now());
         if let Err(e) = tick(&fleet) {
             tracing::error!(error = %e.message(), "rotation engine tick failed");
         }

@@ -1,26 +1,98 @@
 //! HTTP side door for monitoring: `/healthz` (is the store answering and are its writes
-//! succeeding), `/readyz` (may traffic be sent here: the same, plus the gRPC side is up) and
-//! `/metrics` (Prometheus text format). Plain HTTP on a separate listener, meant for localhost or a
-//! monitoring network; it exposes no secrets and accepts no changes.
+//! succeeding), `/readyz` (may traffic be sent here: the store is open and answering, its
+//! writes succeed, and the rotation engine is going round its loop) and `/metrics`
+//! (Prometheus/OpenMetrics text). A separate listener, plain HTTP for localhost or, with
+//! `--http-tls`, HTTPS with the controller's own certificate for a monitoring network (no client
+//! certificate asked: it exposes no secrets and accepts no changes).
+//!
+//! `/metrics` must stay cheap with 100,000 certificates and several scrapers: the fleet part
+//! reads the whole inventory, so it is rendered on a blocking thread, one render at a time, and
+//! the text is reused for [`crate::metrics::SNAPSHOT_MAX_AGE`]. Counters and connection
+//! statistics are encoded fresh on every scrape.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tokio::net::TcpListener;
 
+use certfleet_common::model::now;
 use certfleet_common::tls::ListenerStats;
 
 use crate::fleet::Fleet;
+
+/// How long the engine may go without a pass before `/readyz` says it is not running (a pass
+/// happens at least every second; a policy evaluation on a large fleet takes a few).
+pub const ENGINE_STALL_SECS: i64 = 60;
+
+/// Errors of the HTTP side door's setup.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The controller's certificate or key could not be used for HTTPS.
+    #[error("HTTPS for /metrics with {what}: {reason}")]
+    Tls {
+        /// Which file.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The monitoring listener, and the TLS configuration when it serves HTTPS.
+pub struct HttpListener {
+    /// Bound listener.
+    pub listener: TcpListener,
+    /// Server-authenticated TLS (no client certificate), or plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS configuration for the monitoring listener from the controller's certificate chain and
+/// key (PEM). `cert_path` names the files in errors.
+pub fn tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+    cert_path: &str,
+) -> Result<Arc<rustls::ServerConfig>, HttpError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |reason: String| HttpError::Tls {
+        what: cert_path.to_owned(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad("no certificate".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(format!("key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Rendered fleet metrics and when.
+type Snapshot = Option<(Instant, Arc<String>)>;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
 struct Http {
     fleet: Arc<Fleet>,
     listener: Arc<ListenerStats>,
+    snapshot: Arc<tokio::sync::Mutex<Snapshot>>,
 }
 
 /// The HTTP routes.
@@ -29,7 +101,102 @@ pub fn router(fleet: Arc<Fleet>, listener: Arc<ListenerStats>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Http { fleet, listener })
+        .with_state(Http {
+            fleet,
+            listener,
+            snapshot: Default::default(),
+        })
+}
+
+/// Serves the routes on `l` (HTTP or HTTPS) until `shutdown` resolves.
+pub async fn serve(
+    l: HttpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match l.tls {
+        None => {
+            axum::serve(l.listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            axum::serve(TlsListener::new(l.listener, tls), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// Connections whose TLS handshake finished. Handshakes run in their own tasks with a deadline,
+/// so one slow or silent client never holds up the others.
+struct TlsListener {
+    local: std::net::SocketAddr,
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+}
+
+/// Deadline of one HTTPS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "monitoring listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((s, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "monitoring listener: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "monitoring listener: TLS handshake timed out")
+                        }
+                    }
+                });
+            }
+        });
+        TlsListener { local, rx }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept task only ends with the listener: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 async fn healthz(State(h): State<Http>) -> impl IntoResponse {
@@ -38,11 +205,27 @@ async fn healthz(State(h): State<Http>) -> impl IntoResponse {
 
 async fn readyz(State(h): State<Http>) -> impl IntoResponse {
     let (code, body) = store_health(&h.fleet);
-    if code == StatusCode::OK {
-        (StatusCode::OK, "ready\n".to_owned())
-    } else {
-        (code, format!("not ready: {body}"))
+    if code != StatusCode::OK {
+        return (code, format!("not ready: {body}"));
     }
+    let beat = h.fleet.metrics.last_engine_beat();
+    if beat == 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the rotation engine has not started\n".to_owned(),
+        );
+    }
+    let idle = now() - beat;
+    if idle > ENGINE_STALL_SECS {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the rotation engine has not run for {idle}s\n"),
+        );
+    }
+    (
+        StatusCode::OK,
+        "ready: store open, engine running\n".to_owned(),
+    )
 }
 
 fn store_health(fleet: &Fleet) -> (StatusCode, String) {
@@ -66,6 +249,62 @@ fn store_health(fleet: &Fleet) -> (StatusCode, String) {
             format!("state store: {e}\n"),
         ),
     }
+}
+
+/// Reads what the fleet gauges need from the store and renders them (blocking: decodes the
+/// whole inventory).
+fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
+    let all = crate::inventory::all(fleet).map_err(|e| e.message().to_owned())?;
+    let mut agents = Vec::with_capacity(all.len());
+    let mut inventory = HashMap::with_capacity(all.len());
+    for (a, inv) in all {
+        inventory.insert(a.id.clone(), inv.records().cloned().collect());
+        agents.push(a);
+    }
+    let plans = crate::engine::plans(fleet).map_err(|e| e.message().to_owned())?;
+    let policies: Vec<crate::policy::RolePolicy> =
+        fleet.store.list("policies").map_err(|e| e.to_string())?;
+    let live: HashMap<String, i64> = fleet.registry.last_seen().into_iter().collect();
+    let ca_not_after = certfleet_common::pem::first_certificate(fleet.ca.cert_pem().as_bytes())
+        .ok()
+        .and_then(|der| certfleet_common::x509::parse_der(&der).ok())
+        .map_or(0, |c| c.not_after);
+    let view = crate::metrics::FleetView {
+        now: now(),
+        agents: &agents,
+        inventory: &inventory,
+        live: &live,
+        plans: &plans,
+        policies: &policies,
+        fleet_ca_not_after: ca_not_after,
+        controller_cert_not_after: fleet.metrics.controller_cert_not_after(),
+        per_certificate: fleet.metrics.per_certificate(),
+    };
+    crate::metrics::encode(&crate::metrics::render_fleet(&view)).map_err(|e| e.to_string())
+}
+
+/// The fleet part of a scrape: the cached text while it is fresh, else rendered again on a
+/// blocking thread. Scrapes that arrive during a render wait for it and share its result.
+async fn fleet_snapshot(h: &Http) -> Result<Arc<String>, String> {
+    let mut guard = h.snapshot.lock().await;
+    if let Some((at, text)) = guard.as_ref()
+        && at.elapsed() < crate::metrics::SNAPSHOT_MAX_AGE
+    {
+        return Ok(text.clone());
+    }
+    let fleet = h.fleet.clone();
+    let started = Instant::now();
+    let text = tokio::task::spawn_blocking(move || render_fleet_snapshot(&fleet))
+        .await
+        .map_err(|e| format!("metrics render task: {e}"))??;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        bytes = text.len(),
+        "rendered fleet metrics"
+    );
+    let text = Arc::new(text);
+    *guard = Some((Instant::now(), text.clone()));
+    Ok(text)
 }
 
 async fn metrics(State(h): State<Http>) -> impl IntoResponse {
@@ -118,39 +357,33 @@ async fn metrics(State(h): State<Http>) -> impl IntoResponse {
         "Agents with a live stream",
         fleet.registry.count() as i64,
     );
-    let agents: Vec<crate::fleet::AgentRecord> = fleet.store.list("agents").unwrap_or_default();
-    crate::metrics::gauge(
-        &mut r,
-        "agents_enrolled",
-        "Agents enrolled and not revoked",
-        agents
-            .iter()
-            .filter(|a| a.state != crate::fleet::AgentState::Revoked)
-            .count() as i64,
-    );
     crate::metrics::gauge(
         &mut r,
         "store_size_bytes",
         "Bytes the state store uses on disk",
         fleet.store.size_on_disk() as i64,
     );
-    if let Some(na) = crate::self_cert::ca_not_after(fleet.ca.cert_pem()) {
-        crate::metrics::gauge(
-            &mut r,
-            "fleet_ca_expiry_timestamp_seconds",
-            "notAfter of the fleet CA (Unix time): alert long before it, replacing it re-enrolls every agent",
-            na,
-        );
-    }
-    crate::inventory::register_metrics(fleet, &mut r);
-    let mut body = String::new();
-    if prometheus_client::encoding::text::encode(&mut body, &r).is_err() {
-        return (
+    let fail = |why: String| {
+        tracing::error!(error = %why, "rendering /metrics failed");
+        (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain")],
-            "encoding failed".to_owned(),
-        );
+            format!("rendering metrics failed: {why}\n"),
+        )
+    };
+    let mut body = match crate::metrics::encode(&r) {
+        Ok(b) => b,
+        Err(e) => return fail(e.to_string()),
+    };
+    let fleet_text = match fleet_snapshot(&h).await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    // Both parts are complete OpenMetrics documents: one `# EOF`, at the very end.
+    if let Some(stripped) = body.strip_suffix("# EOF\n") {
+        body.truncate(stripped.len());
     }
+    body.push_str(&fleet_text);
     (
         StatusCode::OK,
         [(

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::fleet::{AgentRecord, Fleet, internal};
-use crate::metrics::{CertLabels, StatusLabels};
 
 /// A certificate as stored (the DER travels base64 so chains can be rebuilt).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -242,71 +241,4 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         problems,
         health,
     })
-}
-
-/// Adds the inventory gauges to a scrape registry.
-pub fn register_metrics(fleet: &Fleet, r: &mut prometheus_client::registry::Registry) {
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
-    let not_after: Family<CertLabels, Gauge> = Family::default();
-    let expired: Family<StatusLabels, Gauge> = Family::default();
-    let expiring: Family<StatusLabels, Gauge> = Family::default();
-    let problems: Gauge = Gauge::default();
-    let now = now();
-    if let Ok(all) = all(fleet) {
-        for (agent, inv) in all {
-            problems.inc_by(inv.problems.len() as i64);
-            for s in inv.certs.values() {
-                let c = &s.record;
-                let platform = platform_of(&c.role).to_owned();
-                for loc in &c.locations {
-                    not_after
-                        .get_or_create(&CertLabels {
-                            agent: agent.name.clone(),
-                            host: agent.hostname.clone(),
-                            platform: platform.clone(),
-                            role: c.role.clone(),
-                            subject: c.subject.clone(),
-                            fingerprint: c.fingerprint_sha256[..16.min(c.fingerprint_sha256.len())]
-                                .to_owned(),
-                            location: loc.describe(),
-                        })
-                        .set(c.not_after);
-                }
-                let labels = StatusLabels {
-                    platform,
-                    role: c.role.clone(),
-                };
-                match roles::Status::of(&c.role, c.not_after, now) {
-                    roles::Status::Expired => {
-                        expired.get_or_create(&labels).inc();
-                    }
-                    roles::Status::Expiring => {
-                        expiring.get_or_create(&labels).inc();
-                    }
-                    roles::Status::Ok => {}
-                }
-            }
-        }
-    }
-    r.register(
-        "certificate_not_after_seconds",
-        "Certificate not-after as a Unix timestamp, per location",
-        not_after,
-    );
-    r.register(
-        "certificates_expired",
-        "Certificates past their not-after (per agent view)",
-        expired,
-    );
-    r.register(
-        "certificates_expiring",
-        "Certificates inside their role's warning window",
-        expiring,
-    );
-    r.register(
-        "inventory_problems",
-        "Problems agents reported while scanning",
-        problems,
-    );
 }

@@ -1,14 +1,45 @@
 //! Prometheus metrics.
 //!
-//! Process counters (enrollments, RPC errors) live in [`Metrics`]. Fleet gauges (connected
-//! agents, certificate expiry in the x509-certificate-exporter style) are computed from the
-//! registry and the store at scrape time, so they can never drift from the state they describe.
+//! Two parts, rendered separately. Process counters and connection statistics live in
+//! [`Metrics`] and are encoded fresh on every scrape (they are a handful of atomics). The fleet
+//! part (certificates, agents, plans, policies) is derived from the store by [`render_fleet`]:
+//! it reads the whole inventory, so the HTTP side runs it on a blocking thread and keeps the
+//! text for [`SNAPSHOT_MAX_AGE`], however many scrapers ask (see `http.rs`).
+//!
+//! Certificate series come in two shapes, chosen with `certfleet serve --metrics-per-certificate`:
+//! - *aggregated* (the default, a few series per platform, role and agent whatever the fleet's
+//!   size): `certfleet_certificates{platform,role,expiry}` counts per expiry bucket,
+//!   `certfleet_certificates_lifetime_left{platform,role,le}` counts of certificates with at most
+//!   that fraction of their lifetime left, and `certfleet_agent_earliest_not_after_seconds`;
+//! - *per certificate*: additionally the x509-certificate-exporter's own series
+//!   (`x509_cert_not_after`, `x509_cert_not_before`, `x509_cert_expired`, with its labels
+//!   `serial_number` in decimal, `issuer_CN`, `subject_CN`, `issuer_O`, …, `filepath`,
+//!   `filename`) plus `agent`, `host`, `platform`, `role` and `location`, so dashboards built
+//!   for that exporter work unchanged (labels after enix/x509-certificate-exporter
+//!   `internal/collector.go`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use certfleet_common::model::CertRecord;
+use certfleet_common::roles;
+
+use crate::fleet::{AgentRecord, AgentState};
+use crate::plan::{Plan, PlanState, StepState};
+use crate::policy::RolePolicy;
+
+/// How long a rendered fleet snapshot is served before it is rendered again.
+pub const SNAPSHOT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a failed plan stays in the per-plan series after its last activity: long enough to
+/// alert and be looked at, not forever (a failed plan is final and stays in the store).
+pub const FAILED_PLAN_VISIBLE_SECS: i64 = 7 * 86_400;
 
 /// Label for counters split by kind or result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,40 +48,25 @@ pub struct KindLabel {
     pub kind: String,
 }
 
-/// Labels of one certificate location's expiry gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CertLabels {
-    /// Agent name.
-    pub agent: String,
-    /// Host name.
-    pub host: String,
-    /// Platform of the role.
-    pub platform: String,
-    /// Role.
-    pub role: String,
-    /// Subject DN.
-    pub subject: String,
-    /// Fingerprint prefix.
-    pub fingerprint: String,
-    /// Where (`vecs MACHINE_SSL_CERT __MACHINE_CERT`, a path, …).
-    pub location: String,
+/// Labels as an ordered list: the x509 exporter emits only the name parts a certificate has.
+type Labels = Vec<(String, String)>;
+
+fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
-/// Label for per-status counts.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabels {
-    /// Platform.
-    pub platform: String,
-    /// Role.
-    pub role: String,
-}
-
-/// Process-lifetime counters.
+/// Process-lifetime counters and the few facts the scrape needs from startup.
 #[derive(Default)]
 pub struct Metrics {
     enrollments: Family<KindLabel, Counter>,
     rpc_errors: Family<KindLabel, Counter>,
     renewals: Counter,
+    per_certificate: AtomicBool,
+    controller_cert_not_after: AtomicI64,
+    engine_beat: AtomicI64,
 }
 
 impl Metrics {
@@ -75,6 +91,37 @@ impl Metrics {
     /// Counts an agent certificate renewal.
     pub fn renewal(&self) {
         self.renewals.inc();
+    }
+
+    /// Chooses per-certificate series (`--metrics-per-certificate`) over the aggregated default.
+    pub fn set_per_certificate(&self, on: bool) {
+        self.per_certificate.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether per-certificate series are exported.
+    pub fn per_certificate(&self) -> bool {
+        self.per_certificate.load(Ordering::Relaxed)
+    }
+
+    /// Records the not-after of the certificate the controller serves with.
+    pub fn set_controller_cert_not_after(&self, not_after: i64) {
+        self.controller_cert_not_after
+            .store(not_after, Ordering::Relaxed);
+    }
+
+    /// Not-after of the controller's certificate (0 until set).
+    pub fn controller_cert_not_after(&self) -> i64 {
+        self.controller_cert_not_after.load(Ordering::Relaxed)
+    }
+
+    /// Called by the rotation engine on every pass of its loop (`/readyz` checks it).
+    pub fn engine_beat(&self, now: i64) {
+        self.engine_beat.store(now, Ordering::Relaxed);
+    }
+
+    /// When the engine last went round its loop (0: never).
+    pub fn last_engine_beat(&self) -> i64 {
+        self.engine_beat.load(Ordering::Relaxed)
     }
 
     /// A registry with the process counters, to which scrape-time gauges are added.
@@ -104,4 +151,514 @@ pub fn gauge(r: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
     r.register(name, help, g);
+}
+
+/// Everything the fleet part of a scrape is computed from (read from the store by the caller).
+pub struct FleetView<'a> {
+    /// Unix time the snapshot is for.
+    pub now: i64,
+    /// Every enrolled agent.
+    pub agents: &'a [AgentRecord],
+    /// Certificate records per agent id (as stored; no DER needed).
+    pub inventory: &'a HashMap<String, Vec<CertRecord>>,
+    /// Live heartbeat time per connected agent id.
+    pub live: &'a HashMap<String, i64>,
+    /// Every stored plan.
+    pub plans: &'a [Plan],
+    /// Every renewal policy.
+    pub policies: &'a [RolePolicy],
+    /// Not-after of the fleet CA certificate.
+    pub fleet_ca_not_after: i64,
+    /// Not-after of the controller's certificate.
+    pub controller_cert_not_after: i64,
+    /// Export x509-exporter style series per certificate location.
+    pub per_certificate: bool,
+}
+
+/// Expiry buckets of `certfleet_certificates` (upper bounds in days; a certificate is counted in
+/// the first that holds it).
+const EXPIRY_BUCKETS: &[(&str, i64)] = &[("7d", 7), ("30d", 30), ("90d", 90)];
+
+/// Fractions of lifetime left counted by `certfleet_certificates_lifetime_left` (cumulative).
+const LIFETIME_LEFT: &[(&str, f64)] = &[("0.1", 0.1), ("0.2", 0.2), ("0.33", 0.33), ("1", 1.0)];
+
+fn expiry_bucket(not_after: i64, now: i64) -> &'static str {
+    if not_after <= now {
+        return "expired";
+    }
+    EXPIRY_BUCKETS
+        .iter()
+        .find(|(_, days)| not_after - now <= days * 86_400)
+        .map_or("later", |(b, _)| b)
+}
+
+/// Fraction of the validity period still ahead (0 when expired; 1 when not yet valid).
+fn lifetime_left(c: &CertRecord, now: i64) -> f64 {
+    let total = (c.not_after - c.not_before).max(1) as f64;
+    ((c.not_after - now) as f64 / total).clamp(0.0, 1.0)
+}
+
+/// Whether a certificate's role falls under a policy for `role` (the role or a sub-role).
+fn in_scope(policy_role: &str, cert_role: &str) -> bool {
+    cert_role == policy_role
+        || cert_role
+            .strip_prefix(policy_role)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The last time anything happened to a plan.
+fn last_activity(p: &Plan) -> i64 {
+    p.steps
+        .iter()
+        .map(|s| s.finished_at.max(s.started_at))
+        .fold(p.created_at, i64::max)
+}
+
+/// Renders the fleet's gauges (certificates, agents, plans, policies, certfleet's own
+/// certificates) into a registry without prefix (the x509 names carry none).
+pub fn render_fleet(v: &FleetView<'_>) -> Registry {
+    let mut r = Registry::default();
+    let now = v.now;
+
+    let build: Family<Labels, Gauge> = Family::default();
+    build
+        .get_or_create(&labels([("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1);
+    r.register(
+        "certfleet_build_info",
+        "certfleet controller build (value 1)",
+        build,
+    );
+    gauge(
+        &mut r,
+        "certfleet_fleet_ca_not_after_seconds",
+        "Not-after of the fleet CA certificate (Unix time)",
+        v.fleet_ca_not_after,
+    );
+    gauge(
+        &mut r,
+        "certfleet_controller_certificate_not_after_seconds",
+        "Not-after of the controller's own TLS certificate (Unix time)",
+        v.controller_cert_not_after,
+    );
+
+    // Agents: their own certificate, last heartbeat, connection, earliest certificate.
+    let agent_cert: Family<Labels, Gauge> = Family::default();
+    let last_seen: Family<Labels, Gauge> = Family::default();
+    let connected: Family<Labels, Gauge> = Family::default();
+    let earliest: Family<Labels, Gauge> = Family::default();
+    let mut missing = 0i64;
+    let mut names: HashMap<&str, &AgentRecord> = HashMap::new();
+    for a in v.agents.iter().filter(|a| a.state != AgentState::Revoked) {
+        names.insert(a.id.as_str(), a);
+        let l = labels([("agent", &a.name), ("host", &a.hostname)]);
+        agent_cert.get_or_create(&l).set(a.cert_not_after);
+        let live = v.live.get(&a.id);
+        last_seen
+            .get_or_create(&l)
+            .set(live.copied().unwrap_or(a.last_seen).max(a.last_seen));
+        connected.get_or_create(&l).set(i64::from(live.is_some()));
+        if live.is_none() && a.state == AgentState::Active {
+            missing += 1;
+        }
+        if let Some(first) = v
+            .inventory
+            .get(&a.id)
+            .and_then(|certs| certs.iter().map(|c| c.not_after).min())
+        {
+            earliest.get_or_create(&l).set(first);
+        }
+    }
+    r.register(
+        "certfleet_agent_certificate_not_after_seconds",
+        "Not-after of each agent's own fleet certificate (Unix time)",
+        agent_cert,
+    );
+    r.register(
+        "certfleet_agent_last_seen_seconds",
+        "Last heartbeat of each agent (Unix time; live while connected)",
+        last_seen,
+    );
+    r.register(
+        "certfleet_agent_connected",
+        "1 while the agent has a live stream to this controller",
+        connected,
+    );
+    gauge(
+        &mut r,
+        "certfleet_agents_enrolled",
+        "Agents enrolled and not revoked",
+        names.len() as i64,
+    );
+    gauge(
+        &mut r,
+        "certfleet_agents_missing",
+        "Active agents without a live stream",
+        missing,
+    );
+    r.register(
+        "certfleet_agent_earliest_not_after_seconds",
+        "Earliest not-after among the certificates each agent reports (Unix time)",
+        earliest,
+    );
+
+    // Certificates, aggregated.
+    let counts: Family<Labels, Gauge> = Family::default();
+    let lifetime: Family<Labels, Gauge> = Family::default();
+    let mut roles_seen: BTreeMap<(&'static str, &str), ()> = BTreeMap::new();
+    for certs in v
+        .inventory
+        .iter()
+        .filter(|(id, _)| names.contains_key(id.as_str()))
+        .map(|(_, c)| c)
+    {
+        for c in certs {
+            let platform = roles::lookup(&c.role).platform;
+            roles_seen.insert((platform, c.role.as_str()), ());
+            counts
+                .get_or_create(&labels([
+                    ("platform", platform),
+                    ("role", &c.role),
+                    ("expiry", expiry_bucket(c.not_after, now)),
+                ]))
+                .inc();
+            let left = lifetime_left(c, now);
+            for (le, f) in LIFETIME_LEFT {
+                if left <= *f {
+                    lifetime
+                        .get_or_create(&labels([
+                            ("platform", platform),
+                            ("role", &c.role),
+                            ("le", le),
+                        ]))
+                        .inc();
+                }
+            }
+        }
+    }
+    // Every bucket of every role present, zeros included: a count that drops to nothing must
+    // read 0, not vanish (an alert on a vanished series would silently clear).
+    for (platform, role) in roles_seen.keys() {
+        for b in ["expired", "7d", "30d", "90d", "later"] {
+            let _ = counts.get_or_create(&labels([
+                ("platform", platform),
+                ("role", role),
+                ("expiry", b),
+            ]));
+        }
+        for (le, _) in LIFETIME_LEFT {
+            let _ = lifetime.get_or_create(&labels([
+                ("platform", platform),
+                ("role", role),
+                ("le", le),
+            ]));
+        }
+    }
+    r.register(
+        "certfleet_certificates",
+        "Certificates (per agent view) by platform, role and expiry bucket (expired, within 7d/30d/90d, later)",
+        counts,
+    );
+    r.register(
+        "certfleet_certificates_lifetime_left",
+        "Certificates (per agent view) with at most the fraction `le` of their lifetime left",
+        lifetime,
+    );
+
+    if v.per_certificate {
+        register_per_certificate(&mut r, v, &names);
+    }
+
+    // Plans: counts by state (every state, zeros included) and per open or recent plan.
+    let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for s in [
+        PlanState::DryRun,
+        PlanState::AwaitingApproval,
+        PlanState::Approved,
+        PlanState::Running,
+        PlanState::WaitingCanary,
+        PlanState::Paused,
+        PlanState::Succeeded,
+        PlanState::Failed,
+        PlanState::Aborted,
+        PlanState::RollingBack,
+        PlanState::RolledBack,
+    ] {
+        by_state.insert(s.as_str(), 0);
+    }
+    let plan_created: Family<Labels, Gauge> = Family::default();
+    let plan_steps: Family<Labels, Gauge> = Family::default();
+    let mut steps_failed = 0i64;
+    for p in v.plans {
+        *by_state.entry(p.state.as_str()).or_default() += 1;
+        let visible = match p.state {
+            PlanState::Failed => now - last_activity(p) <= FAILED_PLAN_VISIBLE_SECS,
+            PlanState::DryRun => false,
+            s => !s.is_final(),
+        };
+        if !visible {
+            continue;
+        }
+        plan_created
+            .get_or_create(&labels([
+                ("plan", &p.id),
+                ("recipe", &p.recipe),
+                ("origin", &p.origin),
+                ("state", p.state.as_str()),
+            ]))
+            .set(p.created_at);
+        for st in [
+            StepState::Pending,
+            StepState::Dispatched,
+            StepState::Succeeded,
+            StepState::Failed,
+            StepState::Skipped,
+            StepState::RolledBack,
+        ] {
+            let n = p.steps.iter().filter(|s| s.state == st).count() as i64;
+            if st == StepState::Failed {
+                steps_failed += n;
+            }
+            plan_steps
+                .get_or_create(&labels([
+                    ("plan", &p.id),
+                    ("recipe", &p.recipe),
+                    ("state", st.as_str()),
+                ]))
+                .set(n);
+        }
+    }
+    let plans: Family<Labels, Gauge> = Family::default();
+    for (s, n) in by_state {
+        plans.get_or_create(&labels([("state", s)])).set(n);
+    }
+    r.register("certfleet_plans", "Stored plans by state", plans);
+    r.register(
+        "certfleet_plan_created_seconds",
+        "Creation time of each open plan (and of failed ones for 7 days), labelled with its state",
+        plan_created,
+    );
+    r.register(
+        "certfleet_plan_steps",
+        "Steps of each open plan (and of failed ones for 7 days) by step state",
+        plan_steps,
+    );
+    gauge(
+        &mut r,
+        "certfleet_plan_steps_failed",
+        "Failed steps across the plans in certfleet_plan_steps",
+        steps_failed,
+    );
+
+    // Policies: their threshold, the certificates past it, and whether the next tick plans.
+    let renew_within: Family<Labels, Gauge> = Family::default();
+    let due: Family<Labels, Gauge> = Family::default();
+    let earliest_in_scope: Family<Labels, Gauge> = Family::default();
+    let will_fire: Family<Labels, Gauge> = Family::default();
+    for pol in v.policies {
+        let l = labels([("role", &pol.role)]);
+        renew_within
+            .get_or_create(&l)
+            .set(i64::try_from(pol.renew_within_secs).unwrap_or(i64::MAX));
+        let mut n_due = 0i64;
+        let mut first: Option<i64> = None;
+        for (_, certs) in v
+            .inventory
+            .iter()
+            .filter(|(id, _)| names.contains_key(id.as_str()))
+        {
+            for c in certs.iter().filter(|c| in_scope(&pol.role, &c.role)) {
+                first = Some(first.map_or(c.not_after, |f| f.min(c.not_after)));
+                if c.not_after - now <= pol.renew_within_secs as i64 {
+                    n_due += 1;
+                }
+            }
+        }
+        due.get_or_create(&l).set(n_due);
+        if let Some(f) = first {
+            earliest_in_scope.get_or_create(&l).set(f);
+        }
+        let origin = format!("policy:{}", pol.role);
+        let open = v
+            .plans
+            .iter()
+            // As `policy::tick` decides: an unfinished plan, or one that failed within the hour.
+            .filter(|p| !p.state.is_final() || p.state == PlanState::Failed)
+            .any(|p| p.origin == origin && (!p.state.is_final() || p.created_at > now - 3600));
+        let planned = !roles::lookup(&pol.role).recipe.is_empty();
+        will_fire
+            .get_or_create(&l)
+            .set(i64::from(n_due > 0 && !open && planned));
+    }
+    r.register(
+        "certfleet_policy_renew_within_seconds",
+        "Each policy's renewal threshold",
+        renew_within,
+    );
+    r.register(
+        "certfleet_policy_certificates_due",
+        "Certificates past their policy's renewal threshold (per agent view)",
+        due,
+    );
+    r.register(
+        "certfleet_policy_earliest_not_after_seconds",
+        "Earliest not-after among the certificates a policy covers (Unix time)",
+        earliest_in_scope,
+    );
+    r.register(
+        "certfleet_policy_will_fire",
+        "1 when the policy's next evaluation creates a plan",
+        will_fire,
+    );
+    r
+}
+
+/// The x509-certificate-exporter's series, one per certificate location and agent.
+fn register_per_certificate(
+    r: &mut Registry,
+    v: &FleetView<'_>,
+    agents: &HashMap<&str, &AgentRecord>,
+) {
+    let not_after: Family<Labels, Gauge> = Family::default();
+    let not_before: Family<Labels, Gauge> = Family::default();
+    let expired: Family<Labels, Gauge> = Family::default();
+    for (id, certs) in v.inventory {
+        let Some(agent) = agents.get(id.as_str()) else {
+            continue;
+        };
+        for c in certs {
+            let mut base = labels([
+                ("agent", &agent.name),
+                ("host", &agent.hostname),
+                ("platform", roles::lookup(&c.role).platform),
+                ("role", &c.role),
+                ("serial_number", &serial_decimal(&c.serial)),
+            ]);
+            for (prefix, dn) in [("issuer", &c.issuer), ("subject", &c.subject)] {
+                for (attr, value) in dn_attributes(dn) {
+                    base.push((format!("{prefix}_{attr}"), value));
+                }
+            }
+            for loc in &c.locations {
+                let mut l = base.clone();
+                if !loc.path.is_empty() {
+                    l.push(("filepath".into(), loc.path.clone()));
+                    let name = loc.path.rsplit('/').next().unwrap_or(&loc.path);
+                    l.push(("filename".into(), name.to_owned()));
+                }
+                l.push(("location".into(), loc.describe()));
+                not_after.get_or_create(&l).set(c.not_after);
+                not_before.get_or_create(&l).set(c.not_before);
+                expired
+                    .get_or_create(&l)
+                    .set(i64::from(c.not_after <= v.now));
+            }
+        }
+    }
+    r.register(
+        "x509_cert_not_after",
+        "Indicates the certificate's not after timestamp",
+        not_after,
+    );
+    r.register(
+        "x509_cert_not_before",
+        "Indicates the certificate's not before timestamp",
+        not_before,
+    );
+    r.register(
+        "x509_cert_expired",
+        "Indicates if the certificate is expired",
+        expired,
+    );
+}
+
+/// The serial number in decimal, as the x509 exporter prints it (Go's `big.Int.String()`); the
+/// inventory keeps it in uppercase hex. An unparsable value is passed through.
+pub fn serial_decimal(hex: &str) -> String {
+    num_bigint::BigUint::parse_bytes(hex.as_bytes(), 16)
+        .map_or_else(|| hex.to_owned(), |n| n.to_str_radix(10))
+}
+
+/// The first value of each attribute the x509 exporter labels (`C`, `ST`, `L`, `O`, `OU`, `CN`)
+/// from a DN as x509-parser prints it (`CN=a, O=b`). A comma inside a value is only a
+/// separator when what follows looks like `ATTR=`.
+pub fn dn_attributes(dn: &str) -> Vec<(&'static str, String)> {
+    const WANTED: [&str; 6] = ["C", "ST", "L", "O", "OU", "CN"];
+    let mut parts: Vec<String> = Vec::new();
+    for piece in dn.split(", ") {
+        let starts_attr = piece.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        });
+        match parts.last_mut() {
+            Some(last) if !starts_attr => {
+                last.push_str(", ");
+                last.push_str(piece);
+            }
+            _ => parts.push(piece.to_owned()),
+        }
+    }
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    for p in parts {
+        let Some((k, val)) = p.split_once('=') else {
+            continue;
+        };
+        if let Some(w) = WANTED.iter().find(|w| **w == k)
+            && !out.iter().any(|(a, _)| a == w)
+        {
+            out.push((w, val.to_owned()));
+        }
+    }
+    out
+}
+
+/// Encodes a registry in the OpenMetrics text format.
+pub fn encode(r: &Registry) -> Result<String, std::fmt::Error> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, r)?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_decimal_like_the_exporter() {
+        assert_eq!(serial_decimal("0A"), "10");
+        assert_eq!(
+            serial_decimal("7D3A0B1C9F2E4D5A6B7C8D9E0F1A2B3C4D5E6F70"),
+            "714918257549133905714975951168839476315795910512"
+        );
+        assert_eq!(serial_decimal("not hex"), "not hex");
+    }
+
+    #[test]
+    fn dn_attributes_keep_commas_inside_values() {
+        let a = dn_attributes("CN=vcsa-01.lab.local, O=Acme\\, Inc, OU=IT, C=US, DC=local");
+        assert_eq!(
+            a,
+            vec![
+                ("CN", "vcsa-01.lab.local".to_owned()),
+                ("O", "Acme\\, Inc".to_owned()),
+                ("OU", "IT".to_owned()),
+                ("C", "US".to_owned()),
+            ]
+        );
+        assert!(dn_attributes("").is_empty());
+    }
+
+    #[test]
+    fn buckets() {
+        let now = 1_000_000_000;
+        assert_eq!(expiry_bucket(now, now), "expired");
+        assert_eq!(expiry_bucket(now + 86_400, now), "7d");
+        assert_eq!(expiry_bucket(now + 8 * 86_400, now), "30d");
+        assert_eq!(expiry_bucket(now + 31 * 86_400, now), "90d");
+        assert_eq!(expiry_bucket(now + 91 * 86_400, now), "later");
+        assert!(in_scope(
+            "vsphere.solution_user",
+            "vsphere.solution_user.wcp"
+        ));
+        assert!(!in_scope("vsphere.solution_user", "vsphere.solution_users"));
+    }
 }

@@ -231,12 +231,15 @@ pub fn load_serving(
     let self_cert = crate::self_cert::SelfCert::start(dir, self_ca)?;
     let tls = certfleet_common::tls::server_config_reloadable(&ca_pem, self_cert.served())?;
     let store = Store::open(&d.state())?;
+    let metrics = crate::metrics::Metrics::default();
+    let served = certfleet_common::pem::first_certificate(read(&d.server_cert())?.as_bytes())?;
+    metrics.set_controller_cert_not_after(certfleet_common::x509::parse_der(&served)?.not_after);
     let fleet = Fleet {
         store,
         ca,
         opts,
         registry: Default::default(),
-        metrics: Default::default(),
+        metrics,
         enroll_lock: Default::default(),
         changed: Default::default(),
         plan_lock: Default::default(),
@@ -375,7 +378,7 @@ pub async fn serve(
     fleet: Arc<Fleet>,
     tls: Arc<rustls::ServerConfig>,
     grpc: TcpListener,
-    http: Option<TcpListener>,
+    http: Option<crate::http::HttpListener>,
     limits: PeerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -397,10 +400,7 @@ pub async fn serve(
         let router = crate::http::router(fleet.clone(), stats.clone());
         let rx = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router)
-                .with_graceful_shutdown(wait(rx))
-                .await
-            {
+            if let Err(e) = crate::http::serve(http, router, wait(rx)).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });

@@ -412,6 +412,7 @@ mod tests {
             paths: paths.iter().map(|p| p.to_string()).collect(),
             role: "file.custom".into(),
             password: None,
+            password_file: None,
             no_password: false,
         }
     }

@@ -31,9 +31,18 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, default_value = "0.0.0.0:7443")]
     listen: String,
-    /// HTTP address for /healthz and /metrics.
+    /// HTTP address for /healthz, /readyz and /metrics.
     #[arg(long)]
     http: Option<String>,
+    /// Serve --http as HTTPS with the controller's certificate (for a non-loopback address;
+    /// Prometheus: `scheme: https` with `tls_config.ca_file` the fleet CA).
+    #[arg(long, requires = "http")]
+    http_tls: bool,
+    /// Export x509-certificate-exporter series (`x509_cert_not_after`, …) for every
+    /// certificate location, besides the aggregated counts (one series per location: large
+    /// fleets should leave this off).
+    #[arg(long)]
+    metrics_per_certificate: bool,
     /// Lifetime of agent certificates (renewed at two thirds of it).
     #[arg(long, value_parser = duration_in(secs(4), days(398)), default_value = "30d")]
     agent_cert_ttl: Duration,
@@ -143,19 +152,43 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    fleet
+        .metrics
+        .set_per_certificate(args.metrics_per_certificate);
     let http = match &args.http {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
+        Some(a) => {
+            let listener = tokio::net::TcpListener::bind(a)
                 .await
-                .with_context(|| format!("binding {a}"))?,
-        ),
+                .with_context(|| format!("binding {a}"))?;
+            let tls = if args.http_tls {
+                let d = server::DataDir(args.data_dir.clone());
+                let read = |p: PathBuf| {
+                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+                };
+                Some(crate::http::tls_config(
+                    &read(d.server_cert())?,
+                    &read(d.server_key())?,
+                    &d.server_cert().display().to_string(),
+                )?)
+            } else {
+                None
+            };
+            Some(crate::http::HttpListener { listener, tls })
+        }
         None => None,
     };
-    tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.local_addr().ok()), ca = %fleet.ca.fingerprint(), "serving");
-    server::serve(fleet, tls, grpc, http, limits, async move {
-        certfleet_common::process::shutdown_signal().await;
-        let _ = self_stop.send(true);
-    })
+    tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.listener.local_addr().ok()), http_tls = args.http_tls, ca = %fleet.ca.fingerprint(), "serving");
+    server::serve(
+        fleet,
+        tls,
+        grpc,
+        http,
+        limits,
+        async move {
+            certfleet_common::process::shutdown_signal().await;
+            let _ = self_stop.send(true);
+        },
+    )
     .await?;
     tracing::info!("stopped");
     Ok(())

@@ -37,7 +37,7 @@ fn the_controller_inventory_is_what_the_agents_found() {
                 )
             })
             .collect();
-    let c = Controller::start(&tmp.path().join("ctl"), &[]);
+    let c = Controller::start(&tmp.path().join("ctl"), &["--metrics-per-certificate"]);
     let mut procs: Vec<Proc> = Vec::new();
     for (name, root, config, services) in &hosts {
         if let Some(svc) = services {
@@ -198,8 +198,7 @@ fn the_controller_inventory_is_what_the_agents_found() {
     let line = metrics
         .lines()
         .find(|l| {
-            l.starts_with("certfleet_certificate_not_after_seconds{")
-                && l.contains("role=\"vsphere.sts_signing\"")
+            l.starts_with("x509_cert_not_after{") && l.contains("role=\"vsphere.sts_signing\"")
         })
         .unwrap_or_else(|| panic!("no STS not_after gauge in\n{metrics}"));
     assert!(
@@ -208,10 +207,10 @@ fn the_controller_inventory_is_what_the_agents_found() {
     );
     assert!(line.ends_with(&format!(" {sts_na}")), "{line}");
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("certfleet_certificates_expired{")
-                && l.contains("vsphere.sts_signing"))
+        metrics.lines().any(|l| l.starts_with(
+            "certfleet_certificates{platform=\"vsphere\",role=\"vsphere.sts_signing\",expiry=\"expired\"}"
+        ) && !l.ends_with(" 0")),
+        "{metrics}"
     );
 
     // A certificate renewed on disk reaches the controller as a delta after a rescan.

@@ -8,6 +8,7 @@ mod gke_rotation;
 mod hostile;
 mod identity;
 mod inventory;
+mod monitoring;
 mod ovirt;
 mod ovirt_api;
 mod ovirt_engine_rotation;

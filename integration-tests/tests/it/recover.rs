@@ -340,7 +340,7 @@ fn controller_whose_certificate_expired_while_stopped_comes_back() {
     let m = c.metrics();
     let line = m
         .lines()
-        .find(|l| l.starts_with("certfleet_fleet_ca_expiry_timestamp_seconds "))
+        .find(|l| l.starts_with("certfleet_fleet_ca_not_after_seconds "))
         .unwrap_or_else(|| panic!("no CA expiry gauge in {m}"));
     let v: i64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(v, not_after(&data.join("ca/ca.pem")));
