@@ -31,8 +31,11 @@ pub fn local_url(v: VcsaVersion) -> &'static str {
     }
 }
 
-/// Endpoint registrations in the running vmdir: (service id, endpoint cn, URI, trust DER).
-fn registrations(s: &VcsaState) -> anyhow::Result<Vec<(String, String, String, Vec<u8>)>> {
+/// An endpoint registration as vmdir holds it: (service id, endpoint cn, URI, trust DER).
+type Registration = (String, String, String, Vec<u8>);
+
+/// Endpoint registrations in the running vmdir.
+fn registrations(s: &VcsaState) -> anyhow::Result<Vec<Registration>> {
     let out = Command::new("/usr/bin/ldapsearch")
         .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
         .arg(format!("ldap://127.0.0.1:{}", s.ldap_port))
@@ -122,7 +125,7 @@ pub fn run(s: &VcsaState, args: &[String]) -> i32 {
             return 1;
         }
     };
-    let mut by_service: BTreeMap<&str, Vec<&(String, String, String, Vec<u8>)>> = BTreeMap::new();
+    let mut by_service: BTreeMap<&str, Vec<&Registration>> = BTreeMap::new();
     for r in &regs {
         by_service.entry(r.0.as_str()).or_default().push(r);
     }
