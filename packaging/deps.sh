@@ -7,6 +7,7 @@
 #   postgresql  real PostgreSQL + psql serving the simulated vCenter's VCDB (vpx_ext thumbprints)
 #   ssh-keygen  (openssh-client) the oVirt serial console's OpenSSH certificates
 #   promtool    (prometheus) checks and unit-tests the alert rules in packaging/monitoring/
+#   sqlite3     the real sqlite3 for the simulated vCenter's Auto Deploy database (as vCert uses it)
 #   packaging   rpm (rpm -qlp, rpm --root), systemd (systemd-analyze verify), binutils
 #               (objdump: the glibc check), curl (/healthz), python3-venv (the packaging tools'
 #               virtualenv; see packaging/pkgtools.sh) for build-packages.sh and test-packages.sh
@@ -27,6 +28,8 @@ certfleet_install_deps() {
     command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
     # ssh-keygen: oVirt signs the vmconsole proxy and host OpenSSH certificates with it.
     command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+    # sqlite3: Auto Deploy keeps the vCenter thumbprint in a SQLite file (vCert updateAutoDeployDB).
+    [ -x /usr/bin/sqlite3 ] || need+=(sqlite3)
     # Packaging (issue 9): build-packages.sh and test-packages.sh.
     command -v rpm >/dev/null 2>&1 || need+=(rpm)
     command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)

@@ -4,7 +4,7 @@
 //! | action | does |
 //! |---|---|
 //! | `vsphere.replication_gate` | `vdcrepadmin -f showpartnerstatus`: refuses unless every partner is available and 0 changes behind (§9.0 step 5) |
-//! | `vsphere.machine_ssl` | `certool --genkey/--gencert` for the PNID (§9.1), backs the old `__MACHINE_CERT` up to files and `BACKUP_STORE/bkp___MACHINE_CERT` (creating `BACKUP_STORE`, not a default store), `vecs-cli entry delete/create` in `MACHINE_SSL_CERT` and `STS_INTERNAL_SSL_CERT` (6.x, where it exists), the Lookup Service registrations trusting the old certificate (vmdir `vmwLKUPEndpointSslTrust`/`vmwLKUPSslTrustAnchor`, as `ls_update_certs.py`) and VCDB `vpx_ext` `com.vmware.vsan.health` (psql); each read back; with `restart` also restarts services and checks the endpoint; undoes every change if a check fails |
+//! | `vsphere.machine_ssl` | `certool --genkey/--gencert` for the PNID (§9.1), backs the old `__MACHINE_CERT` up to files and `BACKUP_STORE/bkp___MACHINE_CERT` (creating `BACKUP_STORE`, not a default store), `vecs-cli entry delete/create` in `MACHINE_SSL_CERT` and `STS_INTERNAL_SSL_CERT` (6.x, where it exists), the Lookup Service registrations trusting the old certificate or at the PNID (vmdir `vmwLKUPEndpointSslTrust`/`vmwLKUPSslTrustAnchor`, as `ls_update_certs.py` and vCert), then `lstool.py list` must show every endpoint at the PNID trusting the new one, VCDB `vpx_ext` `com.vmware.vsan.health` (psql) and, where Auto Deploy starts automatically, its database (`sqlite3 /var/lib/rbd/db`, vCert); each read back; with `restart` also restarts services and checks the endpoint; undoes every change if a check fails |
 //! | `vsphere.solution_users` | `dir-cli service list` (SSO password and principals), then per solution user (wcp with `--dataencipherment` and no `--FQDN`, §7/§9.2): `certool --genkey`, `--gencert --genCIScert`; then per user vmdir first (`dir-cli service update --name <user>-<machine-id>`), VECS second (`vecs-cli entry delete/create`), both read back and compared; then VCDB `vpx_ext` thumbprints of EAM, Auto Deploy, Image Builder, VUM/vLCM (KB 57379) when vpxd-extension changed; old vmdir and VECS certificates backed up and restored on failure (what already holds the old certificate is skipped: dir-cli refuses a certificate a principal holds) |
 //! | `vsphere.sts` | fixsts.sh/vCert (§5.3): new `ssoserverSign` cert from certool, LDIF backup of every `TenantCredential-N`/`TrustedCertChain-N`, one `ldapmodify` (SSO administrator, as vCert) deleting them and adding `-1` (`objectClass: top` too), then checks vmdir like checksts (the active signing cert is the new one and valid); re-adds the backup if the check fails |
 //! | `vsphere.restart_services` | `service-control --status --all` (what runs now), `--stop --all`, `--start --all` (`--vmon-profile HAActive` on an HACore node), polls `--status --all` until everything that ran before runs again (manual-start services may stay `Stopped:`; a transient RC=5 is waited out), vCert's `vmon-cli -s` (envoy, rhttpproxy, vmware-vpostgres) and `systemctl is-active` (vmafdd, vmdird) checks, then checks the endpoint serves VECS `__MACHINE_CERT` |
@@ -320,9 +320,11 @@ fn genkey(ctx: &ActContext<'_>, dir: &Path, name: &str) -> Result<PathBuf, ActEr
 /// Issues a VMCA certificate for the PNID, then, each change recorded for undo: the old entry
 /// into `BACKUP_STORE/bkp___MACHINE_CERT` (the store is created if the appliance has none),
 /// `MACHINE_SSL_CERT/__MACHINE_CERT`, `STS_INTERNAL_SSL_CERT/__MACHINE_CERT` where that store
-/// exists (6.x), the Lookup Service registrations whose SSL trust is the old certificate (what
-/// `ls_update_certs.py`/lsdoctor fix), and the VCDB `vpx_ext` thumbprint of
-/// `com.vmware.vsan.health` (KB 57379). Everything is read back; with `restart` services are
+/// exists (6.x), the Lookup Service registrations whose SSL trust is the old certificate or
+/// whose URI is at the PNID (what `ls_update_certs.py`/lsdoctor and vCert fix; then checked
+/// with `lstool.py list`, the Lookup Service's own view), the VCDB `vpx_ext` thumbprint of
+/// `com.vmware.vsan.health` (KB 57379) and Auto Deploy's `vc_servers` thumbprint when it starts
+/// automatically (vCert `updateAutoDeployDB`). Everything is read back; with `restart` services are
 /// restarted and the endpoint must serve the new certificate. On any failure every change is
 /// undone in reverse order.
 ///
@@ -336,7 +338,9 @@ fn genkey(ctx: &ActContext<'_>, dir: &Path, name: &str) -> Result<PathBuf, ActEr
 /// new ones by then) and never overwrites it. Each change is then skipped when the host
 /// already holds its result: a VECS entry whose certificate has the new fingerprint (an entry
 /// deleted but not yet created is created), a Lookup Service registration trusting the new
-/// certificate, a `vpx_ext` row with the new thumbprint. The restart is noted in the intent
+/// certificate, a `vpx_ext` row or an Auto Deploy `vc_servers` row with the new thumbprint (a
+/// resumed step that finds Auto Deploy already changed has no undo for it: its database file is in
+/// the first attempt's backup). The restart is noted in the intent
 /// journal after it ran, so it is not repeated; the endpoint is always checked again.
 fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let restart = args.get("restart").and_then(Value::as_bool).unwrap_or(true);
@@ -439,10 +443,11 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         None
     };
     let ldap = Ldap::machine_account(ctx)?;
-    let ls = ls_trust_plan(ctx, &ldap, &dir, &old_der, &new_der, earlier.is_some())?;
+    let ls = ls_trust_plan(ctx, &ldap, &dir, &pnid, &old_der, &new_der, earlier.is_some())?;
     if let Some(p) = &ls {
         saved.push(p.backup.clone());
     }
+    let lstool = Lstool::find(ctx);
     let vcdb = Vcdb::find(ctx);
     let ext = match (&vcdb, &earlier) {
         (Some(_), Some(m)) => {
@@ -455,6 +460,10 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     };
     if let Some(p) = &ext {
         saved.push(p.backup.clone());
+    }
+    let rbd = auto_deploy_plan(ctx, &thumbprint(&new_der))?;
+    if let Some(p) = &rbd {
+        saved.push(p.db.clone());
     }
     let manifest = match earlier {
         Some(m) => m,
@@ -482,38 +491,45 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
 
     let mut undo: Vec<Undo> = Vec::new();
     let apply = |undo: &mut Vec<Undo>| -> Result<(), ActError> {
-        undo.push(Undo::Vecs {
-            store: "MACHINE_SSL_CERT".into(),
-            alias: "__MACHINE_CERT".into(),
-            crt: old_crt.clone(),
-            key: old_key.clone(),
-        });
-        install_entry(ctx, "MACHINE_SSL_CERT", &crt, &key, &new_der)?;
+        let new = NewEntry {
+            crt: &crt,
+            key: &key,
+            der: &new_der,
+        };
+        replace_verified(ctx, undo, "MACHINE_SSL_CERT", (&old_crt, &old_key), &new)?;
         if let Some((c, k)) = &old_internal {
-            undo.push(Undo::Vecs {
-                store: "STS_INTERNAL_SSL_CERT".into(),
-                alias: "__MACHINE_CERT".into(),
-                crt: c.clone(),
-                key: k.clone(),
-            });
-            install_entry(ctx, "STS_INTERNAL_SSL_CERT", &crt, &key, &new_der)?;
+            replace_verified(ctx, undo, "STS_INTERNAL_SSL_CERT", (c, k), &new)?;
         }
         if let Some(p) = &ls {
             undo.push(Undo::LsTrust {
                 file: p.backup.clone(),
                 dns: p.dns.clone(),
-                old: old_der.clone(),
             });
             if p.to_change > 0 {
                 ldap.modify(ctx, &p.change, false)?;
             }
-            ls_trust_verify(ctx, &ldap, &p.dns, &new_der)?;
+            let want: Vec<(String, Vec<u8>)> = p
+                .dns
+                .iter()
+                .map(|(dn, _)| (dn.clone(), new_der.clone()))
+                .collect();
+            ls_trust_verify(ctx, &ldap, &want)?;
+        }
+        if let Some(t) = &lstool {
+            t.verify(ctx, &pnid, &old_der, &new_der)?;
         }
         if let (Some(p), Some(db)) = (&ext, &vcdb) {
             undo.push(Undo::VpxExt {
                 rows: p.old_rows.clone(),
             });
             vpx_ext_apply(ctx, db, p)?;
+        }
+        if let Some(p) = &rbd {
+            undo.push(Undo::AutoDeploy {
+                plan: p.clone(),
+                rows: p.old_rows.clone(),
+            });
+            auto_deploy_set(ctx, p, &p.new_rows())?;
         }
         if restart {
             if ctx.noted("restarted").is_some() {
@@ -547,9 +563,10 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let _ = std::fs::remove_file(&key);
     Ok(json!({
         "message": format!(
-            "Machine SSL for {pnid} replaced; valid until {not_after}; {} Lookup Service registration(s) and {} vpx_ext row(s) updated{}",
+            "Machine SSL for {pnid} replaced; valid until {not_after}; {} Lookup Service registration(s), {} vpx_ext row(s) and {} Auto Deploy vc_servers row(s) updated{}",
             ls.as_ref().map_or(0, |p| p.dns.len()),
             ext.as_ref().map_or(0, |p| p.changed()),
+            rbd.as_ref().map_or(0, |p| p.changed()),
             if sts_internal { "; STS_INTERNAL_SSL_CERT too" } else { "" }
         ),
         "pnid": pnid,
@@ -712,7 +729,35 @@ fn expect_entry(
     Ok(())
 }
 
-// === follow-ups: Lookup Service trust, VCDB extension thumbprints ===
+/// The new certificate and key of a Machine SSL replacement.
+struct NewEntry<'a> {
+    crt: &'a Path,
+    key: &'a Path,
+    der: &'a [u8],
+}
+
+/// Replaces VECS `store/__MACHINE_CERT` with `new` and reads it back. The undo (the exported
+/// `old` certificate and key) is recorded before the first change, so a failure half way puts
+/// the old entry back. Idempotent through [`install_entry`]: an entry already holding `new`
+/// (a resumed step) is left alone, one the interrupted attempt deleted is created.
+fn replace_verified(
+    ctx: &ActContext<'_>,
+    undo: &mut Vec<Undo>,
+    store: &str,
+    old: (&Path, &Path),
+    new: &NewEntry<'_>,
+) -> Result<(), ActError> {
+    const ALIAS: &str = "__MACHINE_CERT";
+    undo.push(Undo::Vecs {
+        store: store.into(),
+        alias: ALIAS.into(),
+        crt: old.0.to_path_buf(),
+        key: old.1.to_path_buf(),
+    });
+    install_entry(ctx, store, new.crt, new.key, new.der)
+}
+
+// === follow-ups: Lookup Service trust, VCDB extension thumbprints, Auto Deploy ===
 
 /// A change already made, put back by [`run_undo`].
 enum Undo {
@@ -723,14 +768,19 @@ enum Undo {
         crt: PathBuf,
         key: PathBuf,
     },
-    /// `ldapmodify -c -f file` gives the Lookup Service registrations `dns` their old trust.
+    /// `ldapmodify -c -f file` gives the Lookup Service registrations `dns` their old trust
+    /// (each DN with the certificate it trusted).
     LsTrust {
         file: PathBuf,
-        dns: Vec<String>,
-        old: Vec<u8>,
+        dns: Vec<(String, Vec<u8>)>,
     },
     /// `vpx_ext` rows get these thumbprints back.
     VpxExt { rows: Vec<(String, String)> },
+    /// Auto Deploy's `vc_servers` rows get these thumbprints back.
+    AutoDeploy {
+        plan: AutoDeployPlan,
+        rows: Vec<(String, String)>,
+    },
 }
 
 /// Undoes `undo` in reverse order; skips what already holds the old value. Returns what failed.
@@ -759,19 +809,20 @@ fn run_undo(
                     .and_then(|_| expect_entry(ctx, store, alias, &old))
                     .map_err(|e| ActError(format!("VECS {store}/{alias}: {e}")))
             }),
-            Undo::LsTrust { file, dns, old } => {
+            Undo::LsTrust { file, dns } => {
                 // Some registrations may never have been changed (ldapmodify stops at the first
                 // error): -c goes on, and the result is judged by reading them back.
                 if let Err(e) = ldap.modify(ctx, file, true) {
                     (ctx.output)(format!("ldapmodify -c (undo): {e}"));
                 }
-                ls_trust_verify(ctx, ldap, dns, old)
+                ls_trust_verify(ctx, ldap, dns)
                     .map_err(|e| ActError(format!("Lookup Service SSL trust: {e}")))
             }
             Undo::VpxExt { rows } => match vcdb {
                 Some(db) => vpx_ext_set(ctx, db, rows),
                 None => Err(ActError("vpx_ext: no VCDB".into())),
             },
+            Undo::AutoDeploy { plan, rows } => auto_deploy_set(ctx, plan, rows),
         };
         if let Err(e) = r {
             failed.push(e.0);
@@ -916,22 +967,35 @@ const LS_FILTER: &str =
 const LS_TRUST_B64: &str = "vmwLKUPEndpointSslTrust";
 const LS_TRUST_DER: &str = "vmwLKUPSslTrustAnchor";
 
-/// The registrations to change: LDIFs forward and back.
+/// The registrations to change (each DN with the certificate it trusts now): LDIFs forward and
+/// back.
 struct LsPlan {
-    dns: Vec<String>,
-    /// How many of `dns` still trust the old certificate (`change` holds only those).
+    dns: Vec<(String, Vec<u8>)>,
+    /// How many of `dns` still trust another certificate than the new one (`change` holds
+    /// only those; a resumed step's already re-trusted ones are only in the way back).
     to_change: usize,
     change: PathBuf,
     backup: PathBuf,
 }
 
-/// Finds the registrations whose SSL trust is `old` (as `ls_update_certs.py` matches them) and
-/// writes the LDIF replacing that value with `new` and the LDIF putting it back. `None` when no
-/// registration trusts `old`.
+/// Host part of a registration URI (`https://vc.lab:443/sdk` → `vc.lab`).
+fn uri_host(uri: &str) -> Option<&str> {
+    let rest = uri.split_once("://")?.1;
+    let hostport = rest.split('/').next()?;
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    (!host.is_empty()).then_some(host)
+}
+
+/// Finds the registrations to re-trust and writes the LDIF replacing their SSL trust with `new`
+/// and the LDIF putting each old value back. A registration is changed when it trusts `old` (as
+/// `ls_update_certs.py` matches them: also those registered by IP address) or when its URI is
+/// at the PNID and it trusts anything but `new` (vCert's `vmwLKUPURI=https://<pnid>…` filter:
+/// a trust anchor an earlier replacement missed). `None` when there is nothing to change.
 fn ls_trust_plan(
     ctx: &ActContext<'_>,
     ldap: &Ldap,
     dir: &Path,
+    pnid: &str,
     old: &[u8],
     new: &[u8],
     resumed: bool,
@@ -944,8 +1008,13 @@ fn ls_trust_plan(
         &["vmwLKUPURI", LS_TRUST_B64, LS_TRUST_DER],
     )?;
     let (mut change, mut back, mut dns) = (String::new(), String::new(), Vec::new());
-    let mut to_change = 0;
+    let (mut to_change, mut stale) = (0, 0);
     for (dn, attrs) in &entries {
+        let at_pnid = attrs.iter().any(|(a, v)| {
+            a.eq_ignore_ascii_case("vmwLKUPURI")
+                && uri_host(&String::from_utf8_lossy(v))
+                    .is_some_and(|h| h.eq_ignore_ascii_case(pnid))
+        });
         for (a, v) in attrs {
             let (attr, der) = if a.eq_ignore_ascii_case(LS_TRUST_B64) {
                 let text: String = String::from_utf8_lossy(v).split_whitespace().collect();
@@ -959,11 +1028,15 @@ fn ls_trust_plan(
                 continue;
             };
             // A resumed step also takes the registrations its interrupted attempt already
-            // changed (they trust the new certificate): nothing to change, but undone on
-            // failure like the others.
+            // changed (they trust the new certificate now; they trusted the old one before):
+            // nothing to change, but undone on failure like the others.
             let done = resumed && der == new;
-            if der != old && !done {
+            if !done && (der == new || (der != old && !at_pnid)) {
                 continue;
+            }
+            let der = if done { old.to_vec() } else { der };
+            if der != old {
+                stale += 1;
             }
             let line = |d: &[u8]| {
                 if attr == LS_TRUST_B64 {
@@ -972,8 +1045,8 @@ fn ls_trust_plan(
                     format!("{attr}:: {}\n", b64(d))
                 }
             };
-            for (out, from, to) in [(&mut change, old, new), (&mut back, new, old)] {
-                if done && from == old {
+            for (out, from, to) in [(&mut change, &der[..], new), (&mut back, new, &der[..])] {
+                if done && from != new {
                     continue;
                 }
                 out.push_str(&format!(
@@ -985,11 +1058,12 @@ fn ls_trust_plan(
             if !done {
                 to_change += 1;
             }
-            dns.push(dn.clone());
+            dns.push((dn.clone(), der));
         }
     }
     (ctx.output)(format!(
-        "Lookup Service: {to_change} of {} endpoint registration(s) trust the old Machine SSL certificate",
+        "Lookup Service: {} of {} endpoint registration(s) trust the old Machine SSL certificate, {stale} at {pnid} another one",
+        to_change - stale,
         entries.len()
     ));
     if dns.is_empty() {
@@ -1008,15 +1082,14 @@ fn ls_trust_plan(
     }))
 }
 
-/// Every registration in `dns` trusts `want`.
+/// Every registration in `dns` trusts the certificate paired with it.
 fn ls_trust_verify(
     ctx: &ActContext<'_>,
     ldap: &Ldap,
-    dns: &[String],
-    want: &[u8],
+    dns: &[(String, Vec<u8>)],
 ) -> Result<(), ActError> {
-    let new = want;
-    for dn in dns {
+    for (dn, new) in dns {
+        let new = new.as_slice();
         let e = ldap.search(ctx, dn, "(objectclass=*)", &[LS_TRUST_B64, LS_TRUST_DER])?;
         let ok = e.iter().flat_map(|(_, a)| a).any(|(a, v)| {
             (a.eq_ignore_ascii_case(LS_TRUST_DER) && v == new)
@@ -1224,6 +1297,348 @@ fn vpx_ext_set(ctx: &ActContext<'_>, db: &Vcdb, rows: &[(String, String)]) -> Re
         if !now.iter().any(|(ni, nt)| ni == i && nt == t) {
             return Err(ActError(format!(
                 "VCDB vpx_ext {i}: thumbprint is not {t} after the update"
+            )));
+        }
+    }
+    Ok(())
+}
+
+// === Lookup Service as its clients see it: lstool.py list ===
+
+/// `lstool.py` of 7.0/8.0 (Lookup Service at `http://localhost:7090/lookupservice/sdk`) and of
+/// 6.5/6.7 (`:7080`), reference §1/§8.7.
+const LSTOOLS: [(&str, &str); 2] = [
+    (
+        "/usr/lib/vmware-lookupsvc/tools/lstool.py",
+        "http://localhost:7090/lookupservice/sdk",
+    ),
+    (
+        "/usr/lib/vmidentity/tools/scripts/lstool.py",
+        "http://localhost:7080/lookupservice/sdk",
+    ),
+];
+
+/// One service of `lstool.py list`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LsService {
+    /// `Service ID:`.
+    pub service_id: String,
+    /// `Owner ID:`.
+    pub owner_id: String,
+    /// Its endpoints.
+    pub endpoints: Vec<LsEndpoint>,
+}
+
+/// One endpoint of an `lstool.py list` service.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LsEndpoint {
+    /// `Type:`.
+    pub endpoint_type: String,
+    /// `URL:`.
+    pub url: String,
+    /// Every `SSL trust:` (base64 DER on one line), decoded.
+    pub ssl_trust: Vec<Vec<u8>>,
+}
+
+/// Parses `lstool.py list` output (fixtures/real/vsphere/lstool-list_vum-plugin_vc70_cunnie.txt:
+/// `Name:` opens a service, its fields one TAB in; `Endpoints:` then per endpoint `Type:`,
+/// `Protocol:`, `URL:`, `SSL trust:` two TABs in; `Endpoint Attributes:`/`Attributes:` blocks).
+/// Indentation is not relied on (blog renderers drop TABs). An `SSL trust:` that is not base64
+/// is an error naming the service and URL.
+pub fn parse_lstool_list(text: &str) -> Result<Vec<LsService>, String> {
+    let mut out: Vec<LsService> = Vec::new();
+    // Inside `Endpoints:` (until a service-level `Attributes:` or the next service).
+    let mut in_endpoints = false;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        let Some((k, v)) = t.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "Name" => {
+                out.push(LsService::default());
+                in_endpoints = false;
+            }
+            "Service ID" | "Owner ID" => {
+                let svc = out
+                    .last_mut()
+                    .ok_or_else(|| format!("line {}: {k} before any Name:", n + 1))?;
+                if k == "Service ID" {
+                    svc.service_id = v.to_owned();
+                } else {
+                    svc.owner_id = v.to_owned();
+                }
+            }
+            "Endpoints" => in_endpoints = true,
+            "Attributes" => in_endpoints = false,
+            "Type" if in_endpoints => {
+                if let Some(svc) = out.last_mut() {
+                    svc.endpoints.push(LsEndpoint {
+                        endpoint_type: v.to_owned(),
+                        ..LsEndpoint::default()
+                    });
+                }
+            }
+            "URL" | "SSL trust" if in_endpoints => {
+                let Some(svc) = out.last_mut() else { continue };
+                let id = svc.service_id.clone();
+                let Some(ep) = svc.endpoints.last_mut() else {
+                    return Err(format!("line {}: {k} before any endpoint Type:", n + 1));
+                };
+                if k == "URL" {
+                    ep.url = v.to_owned();
+                } else {
+                    let der = base64::engine::general_purpose::STANDARD
+                        .decode(v)
+                        .map_err(|e| {
+                            format!(
+                                "line {}: service {id} endpoint {}: SSL trust is not base64: {e}",
+                                n + 1,
+                                ep.url
+                            )
+                        })?;
+                    ep.ssl_trust.push(der);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The Lookup Service's own view of the registrations, through `lstool.py list`.
+struct Lstool {
+    path: PathBuf,
+    url: String,
+}
+
+impl Lstool {
+    /// `None` where no `lstool.py` is installed (not a vCenter/PSC node).
+    fn find(ctx: &ActContext<'_>) -> Option<Self> {
+        let found = LSTOOLS.iter().find_map(|(p, url)| {
+            let path = tool(ctx, "lstool.py", p);
+            path.exists().then_some((path, *url))
+        });
+        match found {
+            Some((path, url)) => Some(Lstool {
+                path,
+                url: ctx
+                    .cfg
+                    .setting("vsphere.lookupservice_url")
+                    .unwrap_or(url)
+                    .to_owned(),
+            }),
+            None => {
+                (ctx.output)(
+                    "lstool.py: not found; the Lookup Service's view of the registrations is not checked"
+                        .into(),
+                );
+                None
+            }
+        }
+    }
+
+    /// After a Machine SSL change, as lsdoctor/`ls_update_certs.py` expect it: every endpoint
+    /// at the PNID trusts `new`, and no endpoint anywhere trusts `old`.
+    fn verify(
+        &self,
+        ctx: &ActContext<'_>,
+        pnid: &str,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<(), ActError> {
+        let out = ctx.run_ok(
+            &self.path,
+            &["list", "--url", &self.url, "--no-check-cert"],
+            None,
+        )?;
+        let services = parse_lstool_list(&out.stdout)
+            .map_err(|e| ActError(format!("{} list: {e}", self.path.display())))?;
+        let mut bad = Vec::new();
+        let mut checked = 0;
+        for svc in &services {
+            for ep in &svc.endpoints {
+                let at_pnid = uri_host(&ep.url).is_some_and(|h| h.eq_ignore_ascii_case(pnid));
+                if ep.ssl_trust.iter().any(|t| t == old) {
+                    bad.push(format!(
+                        "{} {} still trusts the old certificate",
+                        svc.service_id, ep.url
+                    ));
+                } else if at_pnid && !ep.ssl_trust.is_empty() {
+                    checked += 1;
+                    if !ep.ssl_trust.iter().any(|t| t == new) {
+                        bad.push(format!(
+                            "{} {} does not trust the new certificate",
+                            svc.service_id, ep.url
+                        ));
+                    }
+                }
+            }
+        }
+        if !bad.is_empty() {
+            return Err(ActError(format!(
+                "Lookup Service (lstool.py list): {}",
+                bad.join("; ")
+            )));
+        }
+        (ctx.output)(format!(
+            "Lookup Service (lstool.py list): {checked} endpoint(s) at {pnid} trust the new certificate, none the old one ({} service(s))",
+            services.len()
+        ));
+        Ok(())
+    }
+}
+
+// === Auto Deploy database ===
+
+/// Auto Deploy's SQLite database: `/var/lib/rbd/db` up to 7.0 (vCert 4.13 `updateAutoDeployDB`,
+/// Broadcom's vCert.py `update_auto_deploy_db` for 7.0), `/etc/vmware-rbd/db/db` from 8.0
+/// (vCert.py). Whichever exists is used.
+const AUTO_DEPLOY_DBS: [&str; 2] = ["/var/lib/rbd/db", "/etc/vmware-rbd/db/db"];
+const SQLITE3: &str = "/usr/bin/sqlite3";
+/// Auto Deploy in service-control (vmon calls it `rbd`).
+const RBD_SERVICE: &str = "vmware-rbd-watchdog";
+
+/// The Auto Deploy rows to change and where they live.
+#[derive(Clone)]
+struct AutoDeployPlan {
+    sqlite: PathBuf,
+    db: PathBuf,
+    /// `vc_servers` (addr, thumbprint) before the change.
+    old_rows: Vec<(String, String)>,
+    new: String,
+}
+
+impl AutoDeployPlan {
+    fn changed(&self) -> usize {
+        self.old_rows.iter().filter(|(_, t)| *t != self.new).count()
+    }
+
+    fn new_rows(&self) -> Vec<(String, String)> {
+        self.old_rows
+            .iter()
+            .map(|(a, _)| (a.clone(), self.new.clone()))
+            .collect()
+    }
+
+    fn rows(&self, ctx: &ActContext<'_>) -> Result<Vec<(String, String)>, ActError> {
+        let db = s(&self.db);
+        let out = ctx.run_ok(
+            &self.sqlite,
+            &[
+                "-separator",
+                "|",
+                &db,
+                "select addr, thumbprint from vc_servers order by addr",
+            ],
+            None,
+        )?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(a, t)| (a.trim().to_owned(), t.trim().to_owned()))
+            .collect())
+    }
+}
+
+/// vCert's `updateAutoDeployDB` applies only when Auto Deploy starts automatically
+/// (`vmon-cli -s rbd` → `Starttype: AUTOMATIC`): then its database must carry the new Machine
+/// SSL thumbprint (`AA:BB:…`). `None` when Auto Deploy is manual/absent or already current.
+fn auto_deploy_plan(ctx: &ActContext<'_>, new: &str) -> Result<Option<AutoDeployPlan>, ActError> {
+    let vmon = tool(ctx, "vmon-cli", VMON_CLI);
+    let st = crate::exec::run(&vmon, &["-s", "rbd"], None, ctx.timeout)?;
+    let start_type = st
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Starttype:").map(str::trim))
+        .unwrap_or("");
+    if st.code != Some(0) || start_type != "AUTOMATIC" {
+        (ctx.output)(format!(
+            "Auto Deploy (vmon rbd) starts {}: its database is left as it is (as vCert does)",
+            if start_type.is_empty() {
+                "never (not found)"
+            } else {
+                start_type
+            }
+        ));
+        return Ok(None);
+    }
+    let db = AUTO_DEPLOY_DBS
+        .iter()
+        .map(|p| ctx.cfg.host_path(p))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            ActError(format!(
+                "Auto Deploy starts automatically but neither {} exists",
+                AUTO_DEPLOY_DBS.join(" nor ")
+            ))
+        })?;
+    let mut plan = AutoDeployPlan {
+        sqlite: tool(ctx, "sqlite3", SQLITE3),
+        db,
+        old_rows: Vec::new(),
+        new: new.to_owned(),
+    };
+    plan.old_rows = plan.rows(ctx)?;
+    (ctx.output)(format!(
+        "Auto Deploy {}: {} of {} vc_servers row(s) differ from {new}",
+        ctx.cfg.shown(&plan.db),
+        plan.changed(),
+        plan.old_rows.len()
+    ));
+    Ok((plan.changed() > 0).then_some(plan))
+}
+
+/// Sets `vc_servers` to `rows` (thumbprint by addr) the way vCert does it: Auto Deploy stopped
+/// while the database changes (`service-control --stop vmware-rbd-watchdog` if vmon says it
+/// runs), `sqlite3 <db> "update vc_servers set thumbprint = …"`, read back, started again.
+/// Idempotent: setting the same rows twice changes nothing; the database file itself is in the
+/// step's backup.
+fn auto_deploy_set(
+    ctx: &ActContext<'_>,
+    plan: &AutoDeployPlan,
+    rows: &[(String, String)],
+) -> Result<(), ActError> {
+    let plain = |x: &str| {
+        x.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '.' || c == '-' || c == '_')
+    };
+    let mut sql = String::from("BEGIN;");
+    for (a, t) in rows {
+        if !plain(a) || !plain(t) {
+            return Err(ActError(format!(
+                "Auto Deploy vc_servers: refusing odd value {a:?} / {t:?}"
+            )));
+        }
+        sql.push_str(&format!(
+            "update vc_servers set thumbprint = '{t}' where addr = '{a}';"
+        ));
+    }
+    sql.push_str("COMMIT;");
+    let sc = tool(ctx, "service-control", SERVICE_CONTROL);
+    let vmon = tool(ctx, "vmon-cli", VMON_CLI);
+    let running = crate::exec::run(&vmon, &["-s", "rbd"], None, ctx.timeout)?
+        .stdout
+        .lines()
+        .any(|l| l.trim() == "RunState: STARTED");
+    if running {
+        ctx.run_ok(&sc, &["--stop", RBD_SERVICE], None)?;
+    }
+    let db = s(&plan.db);
+    let changed = ctx
+        .run_ok(&plan.sqlite, &[&db, &sql], None)
+        .and_then(|_| plan.rows(ctx));
+    // Started again whatever happened: it is set to start automatically.
+    let started = ctx.run_ok(&sc, &["--start", RBD_SERVICE], None);
+    let now = changed?;
+    started?;
+    for (a, t) in rows {
+        if !now.iter().any(|(na, nt)| na == a && nt == t) {
+            return Err(ActError(format!(
+                "Auto Deploy {} vc_servers {a}: thumbprint is not {t} after the update",
+                ctx.cfg.shown(&plan.db)
             )));
         }
     }
@@ -2157,6 +2572,55 @@ mod tests {
                 && b.chars()
                     .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
         }));
+    }
+
+    #[test]
+    fn lstool_list_of_a_real_vcenter() {
+        let l = parse_lstool_list(&capture("lstool-list_vum-plugin_vc70_cunnie.txt")).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].service_id, "29f99f31-afd8-419b-8803-f899362209f6");
+        assert_eq!(
+            l[0].owner_id,
+            "vpxd-extension-23be793a-68b2-4f05-993c-c38f9cb1f391@vsphere.local"
+        );
+        assert_eq!(l[0].endpoints.len(), 1);
+        let ep = &l[0].endpoints[0];
+        assert_eq!(ep.endpoint_type, "com.vmware.cis.vsphereclient.plugin");
+        assert_eq!(
+            ep.url,
+            "https://vcenter-70.nono.io:9087/vci/downloads/vum-htmlclient.zip"
+        );
+        assert_eq!(ep.ssl_trust.len(), 1);
+        let rec = certfleet_common::x509::parse_der(&ep.ssl_trust[0]).unwrap();
+        assert!(
+            rec.subject.contains("vcenter-70.nono.io"),
+            "{}",
+            rec.subject
+        );
+        assert_eq!(uri_host(&ep.url), Some("vcenter-70.nono.io"));
+        // Without the TABs (as blogs print it) the same; a broken trust names where.
+        let flat: String = capture("lstool-list_vum-plugin_vc70_cunnie.txt")
+            .lines()
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        assert_eq!(parse_lstool_list(&flat).unwrap(), l);
+        let broken = flat.replace("SSL trust: MII", "SSL trust: *MII");
+        let e = parse_lstool_list(&broken).unwrap_err();
+        assert!(e.contains("29f99f31") && e.contains(":9087/vci"), "{e}");
+    }
+
+    #[test]
+    fn uri_hosts() {
+        assert_eq!(
+            uri_host("https://vc.lab.local:443/sdk"),
+            Some("vc.lab.local")
+        );
+        assert_eq!(
+            uri_host("https://vc.lab.local/lookupservice/sdk"),
+            Some("vc.lab.local")
+        );
+        assert_eq!(uri_host("http://192.0.2.10"), Some("192.0.2.10"));
+        assert_eq!(uri_host("vc.lab.local"), None);
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
     match tool.as_str() {
         "vecs-cli" | "vmafd-cli" | "vdcrepadmin" | "vmon-cli" | "lwregshell"
         | "service-control" | "certool" | "dir-cli" | "vcsa-https" | "vcsa-services"
-        | "vcsa-login" => sim::vcsa::run_tool(&host, tool, &targs),
+        | "vcsa-login" | "lstool.py" => sim::vcsa::run_tool(&host, tool, &targs),
         "engine-config" | "hosted-engine" | "engine-setup" | "vdsm-tool" => {
             sim::ovirt::run_tool(&host, tool, &targs)
         }

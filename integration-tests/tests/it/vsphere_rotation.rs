@@ -232,13 +232,23 @@ pub(crate) fn ls_trust(v: &Vcsa) -> Vec<(String, String)> {
             ));
         }
     }
-    assert_eq!(res.len(), s.ls_registrations.len(), "{res:?}");
+    // Linked mode: the joined nodes' registrations are in the same vmdir.
+    assert!(res.len() >= s.ls_registrations.len(), "{res:?}");
     res
+}
+
+/// Host of a registration URI.
+fn uri_host(uri: &str) -> &str {
+    let rest = uri.split_once("://").map_or(uri, |x| x.1);
+    let hp = rest.split('/').next().unwrap_or("");
+    hp.rsplit_once(':').map_or(hp, |x| x.0)
 }
 
 #[test]
 fn vsphere_sts_then_machine_ssl_renewal() {
-    let s = setup(spec());
+    // Auto Deploy starts automatically (vCert then updates its database), and one Lookup
+    // Service registration at the PNID still trusts an older certificate.
+    let s = setup(spec().with_auto_deploy().with_stale_ls_registration());
     let v = &s.vcsa;
     let (ok, msg) = login(v);
     assert!(!ok, "login must fail with an expired STS: {msg}");
@@ -259,7 +269,19 @@ fn vsphere_sts_then_machine_ssl_renewal() {
     v.update(|st| st.start_all_rc5 = 1).unwrap();
     v.set_default_start_profile("HACore").unwrap();
     let ls_before = ls_trust(v);
-    assert!(ls_before.iter().all(|(_, fp)| *fp == fingerprint(&old)));
+    let stale: Vec<_> = ls_before
+        .iter()
+        .filter(|(_, fp)| *fp != fingerprint(&old))
+        .collect();
+    assert_eq!(stale.len(), 1, "{ls_before:?}");
+    assert!(stale[0].0.contains(":9087/"), "{stale:?}");
+    assert_eq!(
+        vcsa::auto_deploy_rows(v).unwrap(),
+        Some(vec![(
+            "vcsa01.lab.local".to_owned(),
+            vcsa::thumbprint(&old).unwrap()
+        )])
+    );
     let p = create(
         &s.c,
         &[
@@ -310,10 +332,27 @@ fn vsphere_sts_then_machine_ssl_renewal() {
         "{clean:#}"
     );
     // Follow-ups: every Lookup Service registration trusts the new certificate (also the one
-    // registered by IP), and VCDB's vsan health extension carries its thumbprint.
+    // registered by IP and the stale one at the PNID), as the Lookup Service lists them too;
+    // VCDB's vsan health extension and Auto Deploy's database carry its thumbprint.
     for (uri, fp) in ls_trust(v) {
         assert_eq!(fp, fingerprint(&new), "{uri}");
     }
+    assert!(
+        text.contains("lstool.py list --url http://localhost:7090/lookupservice/sdk --no-check-cert")
+            && text.contains("Lookup Service (lstool.py list): 4 endpoint(s) at vcsa01.lab.local trust the new certificate"),
+        "{p:#}"
+    );
+    assert_eq!(
+        vcsa::auto_deploy_rows(v).unwrap(),
+        Some(vec![(
+            "vcsa01.lab.local".to_owned(),
+            vcsa::thumbprint(&new).unwrap()
+        )])
+    );
+    assert!(
+        text.contains("--stop vmware-rbd-watchdog") && text.contains("--start vmware-rbd-watchdog"),
+        "Auto Deploy stopped while its database changed: {p:#}"
+    );
     let rows = vcsa::vcdb::vpx_ext(&st).unwrap();
     let vsan = rows
         .iter()
@@ -398,7 +437,7 @@ fn vsphere_dry_run_touches_nothing() {
 
 #[test]
 fn vsphere_failed_verification_rolls_back() {
-    let s = setup(spec());
+    let s = setup(spec().with_auto_deploy());
     let v = &s.vcsa;
     let old = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
     // rhttpproxy's listener dies: after the restart the endpoint cannot be verified.
@@ -442,6 +481,14 @@ fn vsphere_failed_verification_rolls_back() {
             |(id, tp)| id == "com.vmware.vsan.health" && *tp == vcsa::thumbprint(&old).unwrap()
         ),
         "{rows:?}"
+    );
+    assert_eq!(
+        vcsa::auto_deploy_rows(v).unwrap(),
+        Some(vec![(
+            "vcsa01.lab.local".to_owned(),
+            vcsa::thumbprint(&old).unwrap()
+        )]),
+        "Auto Deploy's database has the old thumbprint again"
     );
 }
 
@@ -819,9 +866,34 @@ fn vsphere_two_nodes_one_sso_domain() {
         agents.push(c.run_agent(&state, Some(&v.agent_config_path()), &["--root", &root]));
     }
     c.wait_connected(2);
+    // Plans are built from the inventory: wait until both nodes' first reports are in (a plan
+    // made earlier misses vc2).
+    for name in ["vc1", "vc2"] {
+        wait_for(
+            &format!("{name}'s Machine SSL in the inventory"),
+            Duration::from_secs(60),
+            || {
+                let inv = c.json(&["inventory", "--agent", name]);
+                inv.as_array()?
+                    .iter()
+                    .any(|r| r["role"] == "vsphere.machine_ssl")
+                    .then_some(())
+            },
+        );
+    }
     assert!(
         !login(&v1).0 && !login(&v2).0,
         "expired STS: no login anywhere"
+    );
+    // One Lookup Service for the domain: vc2's registrations are in the shared vmdir too (all
+    // of both nodes but vc2's copy of the legacy sso:sts endpoint, one DN for the domain).
+    let ls = ls_trust(&v1);
+    let n1 = v1.state().unwrap().ls_registrations.len();
+    let n2 = v2.state().unwrap().ls_registrations.len();
+    assert_eq!(ls.len(), n1 + n2 - 1, "{ls:?}");
+    assert!(
+        ls.iter().any(|(u, _)| uri_host(u) == "vcsa02.lab.local"),
+        "{ls:?}"
     );
 
     // STS, targeting only vc1: vc2 is in the domain, so it is gated and restarted too.
@@ -904,6 +976,26 @@ fn vsphere_two_nodes_one_sso_domain() {
         steps[3]["started_at"].as_str() >= steps[2]["finished_at"].as_str(),
         "{p:#}"
     );
+    // Both nodes' registrations re-trusted, each with its own node's new certificate; none
+    // trusts an old one.
+    let new: Vec<String> = [&v1, &v2]
+        .iter()
+        .map(|v| fingerprint(&getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT")))
+        .collect();
+    let ls = ls_trust(&v1);
+    assert_eq!(ls.len(), n1 + n2 - 1, "{ls:?}");
+    for (uri, fp) in &ls {
+        assert!(!old.contains(fp), "{uri} still trusts an old certificate");
+        assert!(
+            new.contains(fp),
+            "{uri} trusts neither node's new certificate"
+        );
+        match uri_host(uri) {
+            "vcsa01.lab.local" => assert_eq!(fp, &new[0], "{uri}"),
+            "vcsa02.lab.local" => assert_eq!(fp, &new[1], "{uri}"),
+            _ => {}
+        }
+    }
     for (v, old) in [&v1, &v2].iter().zip(&old) {
         let new = getcert(v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
         assert_ne!(&fingerprint(&new), old);

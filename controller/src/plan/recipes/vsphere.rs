@@ -3,7 +3,7 @@
 //!
 //! * `vsphere-machine-ssl` — per vCenter whose Machine SSL certificate is due: replication gate,
 //!   then new VMCA-signed certificate for the PNID into VECS with backup (plus
-//!   `STS_INTERNAL_SSL_CERT`, the Lookup Service registrations' SSL trust and VCDB `vpx_ext`),
+//!   `STS_INTERNAL_SSL_CERT`, the Lookup Service registrations' SSL trust and VCDB `vpx_ext`, the Auto Deploy database),
 //!   restart of all services and a check that the endpoint serves it, then the replaced entries
 //!   leave `BACKUP_STORE` (they keep the "Certificate Status" alarm red). Nodes go one at a time (§9.6: per-node
 //!   objects node by node), each gate waiting for the previous node to finish.
@@ -192,8 +192,10 @@ impl Recipe for MachineSsl {
                     format!("{VECS} entry create --store MACHINE_SSL_CERT --alias __MACHINE_CERT --cert WORK/machine-ssl.crt --key WORK/machine-ssl.key"),
                     format!("{VECS} entry getcert --store MACHINE_SSL_CERT --alias __MACHINE_CERT  (must be the new certificate)"),
                     format!("{VECS} entry delete/create --store STS_INTERNAL_SSL_CERT --alias __MACHINE_CERT  (6.x, where the store exists)"),
-                    "ldapsearch -b cn=Sites,cn=Configuration,<dn> '(|(objectclass=vmwLKUPEndpointRegistration)(objectclass=vmwLKUPServiceEndpoint))'  (registrations trusting the old certificate) ; ldapmodify WORK/ls-trust.ldif (undo: WORK/ls-trust-undo.ldif); read back".into(),
+                    "ldapsearch -b cn=Sites,cn=Configuration,<dn> '(|(objectclass=vmwLKUPEndpointRegistration)(objectclass=vmwLKUPServiceEndpoint))'  (registrations trusting the old certificate or at the PNID) ; ldapmodify WORK/ls-trust.ldif (undo: WORK/ls-trust-undo.ldif); read back".into(),
+                    "/usr/lib/vmware-lookupsvc/tools/lstool.py list --url http://localhost:7090/lookupservice/sdk --no-check-cert  (6.7: /usr/lib/vmidentity/tools/scripts/lstool.py, :7080; every endpoint at the PNID trusts the new certificate, none the old)".into(),
                     "/opt/vmware/vpostgres/current/bin/psql -d VCDB -U postgres -c \"UPDATE vpx_ext SET thumbprint = '<new SHA-1>' WHERE ext_id = 'com.vmware.vsan.health'\"  (KB 57379; old rows in WORK/vpx_ext-*.txt); read back".into(),
+                    "Auto Deploy (vmon-cli -s rbd: Starttype AUTOMATIC only): service-control --stop vmware-rbd-watchdog ; sqlite3 /var/lib/rbd/db (8.0: /etc/vmware-rbd/db/db) \"update vc_servers set thumbprint = '<new SHA-1>'\" ; read back ; service-control --start vmware-rbd-watchdog  (vCert updateAutoDeployDB)".into(),
                     RESTART_CMDS[0].into(),
                     RESTART_CMDS[1].into(),
                     RESTART_CMDS[2].into(),
@@ -207,6 +209,7 @@ impl Recipe for MachineSsl {
                     "VECS BACKUP_STORE/bkp___MACHINE_CERT".into(),
                     "vmdir Lookup Service registrations (vmwLKUPEndpointSslTrust, vmwLKUPSslTrustAnchor)".into(),
                     "VCDB vpx_ext com.vmware.vsan.health".into(),
+                    "Auto Deploy database vc_servers (/var/lib/rbd/db or /etc/vmware-rbd/db/db)".into(),
                     "STATE_DIR/vsphere/<step>/ (WORK)".into(),
                 ],
                 timeout_secs: 900,

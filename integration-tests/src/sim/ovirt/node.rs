@@ -274,25 +274,7 @@ pub fn vmconsole_host(
 ) -> Result<()> {
     let fqdn = node.spec.fqdn.clone();
     let name = format!("{fqdn}-ssh");
-    let key = work.join("vmconsole.key");
-    let csr = work.join("vmconsole.csr");
-    run_openssl(
-        work,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/",
-            "-keyout",
-            &s(&key),
-            "-out",
-            &s(&csr),
-        ],
-        &[],
-    )?;
+    let (key, csr) = host_key_and_csr(work, "vmconsole")?;
     std::fs::copy(&csr, engine.path(&format!("requests/{name}.req")))?;
     let life = node.spec.vmconsole;
     engine.enroll_request(
@@ -324,18 +306,10 @@ pub fn vmconsole_host(
     Ok(())
 }
 
-/// Host-side key and CSR, engine-side `pki-enroll-request.sh`; returns `(key, cert)` bytes.
-#[allow(clippy::too_many_arguments)]
-fn enroll(
-    work: &std::path::Path,
-    engine: &Engine,
-    name: &str,
-    subject: &str,
-    san: &str,
-    days: u32,
-    life: Option<Lifetime>,
-    ca: Ca,
-) -> Result<(Vec<u8>, Vec<u8>)> {
+/// The host's side of every oVirt enrollment (host-deploy's `openssl req -new -newkey rsa:2048
+/// -nodes -subj /`; the engine sets the subject when it signs): `work/<name>.key` and
+/// `work/<name>.csr`.
+fn host_key_and_csr(work: &std::path::Path, name: &str) -> Result<(PathBuf, PathBuf)> {
     let key = work.join(format!("{name}.key"));
     let csr = work.join(format!("{name}.csr"));
     run_openssl(
@@ -355,6 +329,22 @@ fn enroll(
         ],
         &[],
     )?;
+    Ok((key, csr))
+}
+
+/// Host-side key and CSR, engine-side `pki-enroll-request.sh`; returns `(key, cert)` bytes.
+#[allow(clippy::too_many_arguments)]
+fn enroll(
+    work: &std::path::Path,
+    engine: &Engine,
+    name: &str,
+    subject: &str,
+    san: &str,
+    days: u32,
+    life: Option<Lifetime>,
+    ca: Ca,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (key, csr) = host_key_and_csr(work, name)?;
     let (_, req_dir) = ca.dirs();
     std::fs::copy(&csr, engine.path(&format!("{req_dir}/{name}.req")))?;
     let cert = engine.enroll_request(name, subject, Some(san), None, days, life, ca)?;

@@ -7,7 +7,8 @@
 //! `vdcrepadmin` (§8.6), `vmon-cli` (§8.2), `lwregshell` (machine account, §1) and an HTTPS
 //! listener serving the Machine SSL certificate (rhttpproxy on :443), a VCDB in a real
 //! PostgreSQL ([`vcdb`]: `vpx_ext` extension thumbprints) and the Lookup Service registrations in
-//! vmdir ([`vmdir`]). Host state real appliances always have is there too: manual-start services
+//! vmdir ([`vmdir`]) with `lstool.py list` showing them ([`lstool`]), and Auto Deploy's SQLite
+//! database when Auto Deploy starts automatically ([`auto_deploy_db_path`]). Host state real appliances always have is there too: manual-start services
 //! `Stopped:` (real captures under `integration-tests/fixtures/real/vsphere/`), no `BACKUP_STORE`
 //! until certificates were replaced once, `systemctl` units for vmafdd/vmdird, the vmon default
 //! start profile file when set. Everything the tools read
@@ -32,6 +33,7 @@ use super::{Lifetime, SimHost, dn, gen_key};
 
 pub mod dircli;
 pub mod https;
+pub mod lstool;
 pub mod mutate;
 pub mod tools;
 pub mod vcdb;
@@ -191,6 +193,14 @@ pub struct VcsaSpec {
     /// VECS has `STS_INTERNAL_SSL_CERT` holding a copy of the Machine SSL certificate, as 6.x
     /// appliances upgraded from 6.0/6.5 do (vCert replaces `__MACHINE_CERT` there too).
     pub sts_internal_ssl: bool,
+    /// Auto Deploy (vmon `rbd`, service-control `vmware-rbd-watchdog`) starts automatically and
+    /// its database ([`auto_deploy_db_path`]) holds this vCenter's Machine SSL thumbprint.
+    pub auto_deploy: bool,
+    /// One more Lookup Service registration at the PNID (the vLCM client plugin of the real
+    /// capture fixtures/real/vsphere/lstool-list_vum-plugin_vc70_cunnie.txt) trusts an older
+    /// Machine SSL certificate (the replaced one), as left by an earlier replacement that
+    /// missed it: what vCert reports as mismatched SSL trust anchors.
+    pub stale_ls_registration: bool,
 }
 
 impl VcsaSpec {
@@ -207,7 +217,21 @@ impl VcsaSpec {
             ))],
             backup_store: false,
             sts_internal_ssl: false,
+            auto_deploy: false,
+            stale_ls_registration: false,
         }
+    }
+
+    /// Auto Deploy set to start automatically, with its database (vCert `updateAutoDeployDB`).
+    pub fn with_auto_deploy(mut self) -> Self {
+        self.auto_deploy = true;
+        self
+    }
+
+    /// A Lookup Service registration at the PNID trusting an older certificate.
+    pub fn with_stale_ls_registration(mut self) -> Self {
+        self.stale_ls_registration = true;
+        self
     }
 
     /// A VCSA whose certificates were replaced before: `BACKUP_STORE` holds the old Machine SSL
@@ -459,6 +483,9 @@ pub struct VmdirMember {
     pub machine_account_password: String,
     /// Its service principals (name, certificate PEM).
     pub service_principals: Vec<(String, String)>,
+    /// Its Lookup Service registrations (linked mode: one Lookup Service for the domain).
+    #[serde(default)]
+    pub ls_registrations: Vec<LsRegistration>,
 }
 
 impl VcsaState {
@@ -727,12 +754,38 @@ pub const MANUAL_SERVICES: [&str; 7] = [
     "vmware-imagebuilder",
     "vmware-mbcs",
     "vmware-netdumper",
-    "vmware-rbd-watchdog",
+    "rbd",
     "vmware-vcha",
     "vsan-dps",
 ];
 
-fn services(version: VcsaVersion) -> Vec<Service> {
+/// Auto Deploy's database, a SQLite file: `/var/lib/rbd/db` on 6.7/7.0 (vCert 4.13
+/// `updateAutoDeployDB`/`checkAutoDeployDB`; Broadcom's vCert.py `update_auto_deploy_db` for
+/// 7.0), `/etc/vmware-rbd/db/db` from 8.0 (vCert.py). Table `vc_servers` with `addr` (the
+/// vCenter's host name, matched `collate nocase`) and `thumbprint` (Machine SSL SHA-1 as
+/// `openssl x509 -fingerprint -sha1` prints it: `AA:BB:…`). [UNV] the table's other columns
+/// (none here) and whether the file exists while Auto Deploy is manual (not created here).
+pub fn auto_deploy_db_path(version: VcsaVersion) -> &'static str {
+    match version {
+        VcsaVersion::V80 => "/etc/vmware-rbd/db/db",
+        _ => "/var/lib/rbd/db",
+    }
+}
+
+/// Where Debian installs the real `sqlite3` (linked at the same path on the appliance, where
+/// vCert runs it).
+pub const SQLITE3: &str = "/usr/bin/sqlite3";
+
+/// `lstool.py` by version (reference §1/§8.7): 6.7 under vmidentity (Lookup Service on
+/// `http://localhost:7080/lookupservice/sdk`), 7.0/8.0 under vmware-lookupsvc (`:7090`).
+pub fn lstool_path(version: VcsaVersion) -> &'static str {
+    match version {
+        VcsaVersion::V67 => "/usr/lib/vmidentity/tools/scripts/lstool.py",
+        _ => "/usr/lib/vmware-lookupsvc/tools/lstool.py",
+    }
+}
+
+fn services(version: VcsaVersion, auto_deploy: bool) -> Vec<Service> {
     let mut names = vec![
         "applmgmt",
         "certificateauthority",
@@ -759,7 +812,7 @@ fn services(version: VcsaVersion) -> Vec<Service> {
     names
         .into_iter()
         .map(|n| {
-            let manual = MANUAL_SERVICES.contains(&n);
+            let manual = MANUAL_SERVICES.contains(&n) && !(auto_deploy && n == "rbd");
             Service {
                 name: n.into(),
                 run_state: if manual { "STOPPED" } else { "STARTED" }.into(),
@@ -962,7 +1015,7 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
     if spec.backup_store || spec.lifetimes.contains_key("backup") {
         stores.push(store(
             "BACKUP_STORE",
-            vec![private("bkp___MACHINE_CERT", (bkp_cert, bkp_key))],
+            vec![private("bkp___MACHINE_CERT", (bkp_cert.clone(), bkp_key))],
         ));
     }
     if spec.sts_internal_ssl {
@@ -1006,7 +1059,7 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         legacy,
         trust_pem: ms_pem.clone(),
     };
-    let ls_registrations = vec![
+    let mut ls_registrations = vec![
         reg(&machine_id(), format!("https://{pnid}:443/sdk"), false),
         reg(
             &machine_id(),
@@ -1024,6 +1077,16 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
             true,
         ),
     ];
+    if spec.stale_ls_registration {
+        ls_registrations.push(LsRegistration {
+            trust_pem: bkp_cert.clone(),
+            ..reg(
+                &machine_id(),
+                format!("https://{pnid}:9087/vci/downloads/vum-htmlclient.zip"),
+                false,
+            )
+        });
+    }
     let service_principals = stores
         .iter()
         .filter(|st| v.solution_users().contains(&st.name.as_str()))
@@ -1049,7 +1112,7 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         tenant_credentials: vec![(chain.clone(), sts_key)],
         trusted_chains: vec![chain],
         partners: spec.partners.clone(),
-        services: services(v),
+        services: services(v, spec.auto_deploy),
         ldap_port: free_port()?,
         https_port: free_port()?,
         https_pinned: None,
@@ -1085,8 +1148,13 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         (CERTOOL, "certool"),
         (SERVICE_CONTROL, "service-control"),
         (DIR_CLI, "dir-cli"),
+        (lstool_path(v), "lstool.py"),
     ] {
         host.install_tool(path, tool)?;
+    }
+    host.link_real_tool(SQLITE3)?;
+    if spec.auto_deploy {
+        create_auto_deploy_db(host, v, pnid, &thumbprint(&ms_pem)?)?;
     }
     // vCert checks vmafdd and vmdird with systemd, not vmon.
     for unit in ["vmafdd", "vmdird"] {
@@ -1299,9 +1367,64 @@ impl Vcsa {
     }
 }
 
+/// Creates Auto Deploy's database with the real `sqlite3` ([`auto_deploy_db_path`]): one
+/// `vc_servers` row for this vCenter with its Machine SSL thumbprint.
+fn create_auto_deploy_db(host: &SimHost, v: VcsaVersion, pnid: &str, tp: &str) -> Result<()> {
+    let db = host.path(auto_deploy_db_path(v));
+    if let Some(parent) = db.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(&db);
+    let sql = format!(
+        "CREATE TABLE vc_servers (addr TEXT, thumbprint TEXT); \
+         INSERT INTO vc_servers (addr, thumbprint) VALUES ('{pnid}', '{tp}');"
+    );
+    let out = std::process::Command::new(SQLITE3)
+        .arg(&db)
+        .arg(&sql)
+        .output()
+        .with_context(|| format!("running {SQLITE3}: install sqlite3"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "sqlite3 {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `vc_servers` rows (addr, thumbprint) of the appliance's Auto Deploy database, read with the
+/// real `sqlite3`; `None` when there is no database.
+pub fn auto_deploy_rows(vcsa: &Vcsa) -> Result<Option<Vec<(String, String)>>> {
+    let db = vcsa.host.path(auto_deploy_db_path(vcsa.state()?.version));
+    if !db.exists() {
+        return Ok(None);
+    }
+    let out = std::process::Command::new(SQLITE3)
+        .arg("-separator")
+        .arg("|")
+        .arg(&db)
+        .arg("SELECT addr, thumbprint FROM vc_servers ORDER BY addr")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "sqlite3 {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(a, t)| (a.to_owned(), t.to_owned()))
+            .collect(),
+    ))
+}
+
 /// Puts `other` into `primary`'s SSO domain as a second embedded node (Enhanced Linked Mode):
 /// `other` uses `primary`'s vmdir (its agent's `vsphere.ldap_uri` points there), its machine
-/// account and service principals are loaded into that vmdir, both share the SSO administrator
+/// account, service principals and Lookup Service registrations are loaded into that vmdir (one
+/// Lookup Service for the domain), both share the SSO administrator
 /// password and each lists the other as a healthy replication partner. Call before
 /// [`Vcsa::start_services`] of either.
 pub fn join(primary: &Vcsa, other: &Vcsa) -> Result<()> {
@@ -1321,6 +1444,7 @@ pub fn join(primary: &Vcsa, other: &Vcsa) -> Result<()> {
             machine_account_dn: o.machine_account_dn.clone(),
             machine_account_password: o.machine_account_password.clone(),
             service_principals: o.service_principals.clone(),
+            ls_registrations: o.ls_registrations.clone(),
         });
         s.partners.push(Partner::healthy(&o.pnid));
     })?;

@@ -563,6 +563,11 @@ fn systemd_unit(host: &SimHost, op: &str, unit: &str) {
 
 /// vmon name → the name service-control prints (`vmware-vpxd`, `vsphere-ui`, `vmcam`, …).
 fn service_name(vmon: &str) -> String {
+    // Auto Deploy: vmon `rbd` (vCert `vmon-cli -s rbd`), `vmware-rbd-watchdog` in
+    // service-control (vCert `service-control --stop vmware-rbd-watchdog`; real --status capture).
+    if vmon == "rbd" {
+        return "vmware-rbd-watchdog".into();
+    }
     if vmon.starts_with("vmware-")
         || vmon.starts_with("vsphere-")
         || ["applmgmt", "vmcam", "vsan-dps"].contains(&vmon)

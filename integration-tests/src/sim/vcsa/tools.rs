@@ -38,6 +38,7 @@ pub fn run(host: &SimHost, tool: &str, args: &[String]) -> Result<i32> {
         "vmon-cli" => Ok(vmon_cli(&state, args)),
         "lwregshell" => Ok(lwregshell(&state, args)),
         "dir-cli" => Ok(super::dircli::run(host, &state, args)),
+        "lstool.py" => Ok(super::lstool::run(&state, args)),
         "vcsa-https" => super::https::run(host, args),
         "vcsa-services" => super::cli_services(host),
         other => anyhow::bail!("{other} is not simulated on the VCSA yet"),

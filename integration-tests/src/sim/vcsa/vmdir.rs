@@ -6,7 +6,7 @@
 //! their `userCertificate` (§8.4, §9.2), and the Lookup Service endpoint registrations with their
 //! SSL trust (§8.8: `vmwLKUPEndpointRegistration`/`vmwLKUPEndpointSslTrust` as base64 text,
 //! legacy `vmwLKUPServiceEndpoint`/`vmwLKUPSslTrustAnchor` as DER). Nodes joined into the domain ([`super::join`]) add
-//! their machine accounts and principals; every machine account and the administrator may write,
+//! their machine accounts, principals and Lookup Service registrations; every machine account and the administrator may write,
 //! except the STS tenant subtree (`cn=Tenants,cn=IdentityManager,cn=Services,<dn>`): machine
 //! accounts read it, only the SSO administrator changes it, as vCert and fixsts.sh do it (both
 //! bind as the administrator). [UNV] whether real vmdir refuses a machine account there.
@@ -155,7 +155,21 @@ pub fn ldif(s: &VcsaState) -> Result<String> {
         "cn=ServiceRegistrations,cn=LookupService,cn={},cn=Sites,cn=Configuration,{base}",
         s.site
     );
-    if !s.ls_registrations.is_empty() {
+    // Linked mode: one Lookup Service for the domain, so the joined nodes' registrations are
+    // here too. A registration whose DN is already taken (the legacy `sso:sts` endpoint every
+    // node's state has) is loaded once.
+    let mut seen = std::collections::BTreeSet::new();
+    let all_regs: Vec<&super::LsRegistration> = s
+        .ls_registrations
+        .iter()
+        .chain(
+            s.vmdir_members
+                .iter()
+                .flat_map(|m| m.ls_registrations.iter()),
+        )
+        .filter(|r| seen.insert((r.service_id.clone(), r.endpoint.clone())))
+        .collect();
+    if !all_regs.is_empty() {
         for (dn, cn) in [
             (
                 format!("cn=Configuration,{base}"),
@@ -179,7 +193,7 @@ pub fn ldif(s: &VcsaState) -> Result<String> {
         }
     }
     let mut services = std::collections::BTreeSet::new();
-    for r in &s.ls_registrations {
+    for r in all_regs {
         if services.insert(r.service_id.clone()) {
             writeln!(
                 out,
