@@ -234,6 +234,7 @@ pub fn load(
         enroll_lock: Default::default(),
         changed: Default::default(),
         plan_lock: Default::default(),
+        inventory: Default::default(),
     };
     Ok((Arc::new(fleet), tls))
 }

@@ -280,6 +280,7 @@ async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -
         problems: vec![],
         health: vec![],
         scanned_at: certfleet_common::model::now(),
+        ..Default::default()
     };
     if tx
         .send(send(pb::agent_message::Kind::Inventory(report)))
