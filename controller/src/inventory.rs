@@ -245,8 +245,18 @@ struct IndexedCert {
 impl IndexedCert {
     /// The most specific role any agent gave it.
     fn role(&self) -> &str {
+        self.role_seen_by(None)
+    }
+
+    /// The most specific role given by `agent` (any agent when None): a query about one agent
+    /// shows what that agent found.
+    fn role_seen_by(&self, agent: Option<&str>) -> &str {
         let mut best: &str = "";
-        for s in &self.sightings {
+        for s in self
+            .sightings
+            .iter()
+            .filter(|s| agent.is_none_or(|a| &*s.agent == a))
+        {
             if best.is_empty() || (best.starts_with("file.") && !s.role.is_empty()) {
                 best = &s.role;
             }
@@ -268,7 +278,7 @@ impl IndexedCert {
             is_ca: self.is_ca,
             subject_key_id: self.subject_key_id.to_string(),
             authority_key_id: self.authority_key_id.to_string(),
-            role: self.role().to_owned(),
+            role: self.role_seen_by(only_agent).to_owned(),
             locations: self
                 .sightings
                 .iter()
@@ -572,7 +582,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         if !seen_here || !fp.starts_with(&fp_filter) {
             return false;
         }
-        let role = c.role();
+        let role = c.role_seen_by(only_agent.as_deref());
         (q.role.is_empty() || role == q.role || role.starts_with(&role_prefix))
             && (q.platform.is_empty() || platform_of(role) == q.platform)
             && (q.expiring_within_secs == 0 || c.not_after - now <= q.expiring_within_secs as i64)
@@ -653,7 +663,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let mut der_of: HashMap<String, AgentInventory> = HashMap::new();
     let mut items = Vec::with_capacity(picked.len());
     for (fp, c) in picked {
-        let mut record = c.record(fp, None);
+        let mut record = c.record(fp, only_agent.as_deref());
         record.locations.clear();
         let mut cert: pb::CertificateRecord = (&record).into();
         if q.with_der
