@@ -144,7 +144,11 @@ impl Controller {
 
 async fn operator(c: &Controller) -> anyhow::Result<OperatorClient<Channel>> {
     let dir = c.data.join("admin");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("{f}"));
+    let read = |f: &str| {
+        let p = dir.join(f);
+        std::fs::read_to_string(&p)
+            .with_context(|| format!("reading operator identity {}", p.display()))
+    };
     let ch = certfleet_common::tls::mtls_channel(
         &c.addr,
         &read("ca.pem")?,
