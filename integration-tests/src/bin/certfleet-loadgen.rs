@@ -60,6 +60,17 @@ struct Row {
     target: &'static str,
 }
 
+/// The rows so far; each is also printed as it comes (a long run shows progress, and a run cut
+/// short still leaves its numbers).
+struct Rows(Vec<Row>);
+
+impl Rows {
+    fn push(&mut self, r: Row) {
+        eprintln!("loadgen: {}: {}", r.scenario, r.result);
+        self.0.push(r);
+    }
+}
+
 struct Controller {
     bin: PathBuf,
     data: PathBuf,
@@ -245,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
         starts: 0,
     };
     ctl.serve().await?;
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows = Rows(Vec::new());
     let n = args.agents;
     let plan_agents = args.plan_agents.min(n.saturating_sub(1));
     eprintln!(
@@ -553,7 +564,7 @@ async fn main() -> anyhow::Result<()> {
     if !err.is_empty() {
         eprintln!("loadgen: last session error: {err}");
     }
-    print_table(&args, &rows);
+    print_table(&args, &rows.0);
     Ok(())
 }
 
