@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Benchmarks: release binaries, then the scan benchmark (prints a table). Pass --files N.
+# Benchmarks: release binaries, then the scan benchmark and the fleet load generator (each
+# prints a table). Pass --files N for the scan. Fleet size from the environment:
+#   LOADGEN_AGENTS (500), LOADGEN_CERTS (10), LOADGEN_PLAN_AGENTS (100), LOADGEN_QUERIES (10)
+# The issue's scale (takes a while and most of a 2-core machine):
+#   LOADGEN_AGENTS=10000 LOADGEN_CERTS=10 LOADGEN_PLAN_AGENTS=1000 packaging/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source packaging/deps.sh
 cargo build --release --bins --locked
 cargo bench -p certfleet-integration-tests --bench scan --locked -- "$@"
+./target/release/certfleet-loadgen \
+    --agents "${LOADGEN_AGENTS:-500}" \
+    --certs "${LOADGEN_CERTS:-10}" \
+    --plan-agents "${LOADGEN_PLAN_AGENTS:-100}" \
+    --queries "${LOADGEN_QUERIES:-10}"

@@ -251,6 +251,7 @@ impl Reported {
             problems: c.problems.iter().map(Into::into).collect(),
             health: c.health.iter().map(Into::into).collect(),
             scanned_at: now(),
+            ..Default::default()
         }
     }
 }
@@ -259,6 +260,67 @@ impl Reported {
 const MAX_CONTROLLER_MESSAGE_BYTES: usize = 32 << 20;
 
 use certfleet_common::limits::ReportLimits;
+
+/// `report` as one message, or as chunks of one `generation` when it is larger than the
+/// controller takes in one (each chunk at most half the limit, problems and health in the
+/// last). Err when even one certificate, or the last chunk, does not fit.
+fn split_report(
+    limits: &ReportLimits,
+    report: pb::InventoryReport,
+    generation: u64,
+) -> Result<Vec<pb::InventoryReport>, String> {
+    use prost::Message as _;
+    // Room for the envelope (message kind and length prefix).
+    let size = report.encoded_len() + 16;
+    if size <= limits.max_report_bytes {
+        return Ok(vec![report]);
+    }
+    let budget = limits.max_report_bytes / 2;
+    let mut chunks = Vec::new();
+    let mut current = pb::InventoryReport {
+        full: report.full,
+        generation,
+        more: true,
+        scanned_at: report.scanned_at,
+        ..Default::default()
+    };
+    let mut used = 0usize;
+    for c in report.certificates {
+        let n = c.encoded_len() + 16;
+        if n > budget {
+            return Err(format!(
+                "certificate {} alone is {n} bytes, the controller accepts at most {} bytes per message",
+                c.fingerprint_sha256, limits.max_report_bytes
+            ));
+        }
+        if used + n > budget && !current.certificates.is_empty() {
+            let next = pb::InventoryReport {
+                full: report.full,
+                generation,
+                more: true,
+                scanned_at: report.scanned_at,
+                ..Default::default()
+            };
+            chunks.push(std::mem::replace(&mut current, next));
+            used = 0;
+        }
+        used += n;
+        current.certificates.push(c);
+    }
+    current.removed = report.removed;
+    current.problems = report.problems;
+    current.health = report.health;
+    current.more = false;
+    let last = current.encoded_len() + 16;
+    if last > limits.max_report_bytes {
+        return Err(format!(
+            "last part of the report is {last} bytes (problems, health, removals), the controller accepts at most {} bytes",
+            limits.max_report_bytes
+        ));
+    }
+    chunks.push(current);
+    Ok(chunks)
+}
 
 /// The report sent instead of one over the limits: no certificates (what the controller holds
 /// stays), the scan's problems and health, and the reason.
@@ -278,6 +340,7 @@ fn over_limit_report(why: &str, found: &Collection) -> pb::InventoryReport {
         problems,
         health: found.health.iter().map(Into::into).collect(),
         scanned_at: now(),
+        ..Default::default()
     }
 }
 
@@ -360,6 +423,7 @@ async fn session(
     let mut scanning = false;
     let mut rescan_wanted = false;
     let mut reported = Reported::default();
+    let mut generation = 0u64;
     let mut renew_pending = false;
     let start_scan = |scanning: &mut bool| {
         *scanning = true;
@@ -404,18 +468,31 @@ async fn session(
                 scanning = false;
                 let report = reported.report(&found);
                 tracing::info!(certificates = found.len(), sent = report.certificates.len(), full = report.full, problems = found.problems.len(), "inventory scanned");
-                let report = match limits.check(found.len(), &report) {
-                    Ok(()) => report,
+                generation += 1;
+                let parts = limits
+                    .check_counts(found.len(), &report)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| split_report(&limits, report, generation));
+                let parts = match parts {
+                    Ok(parts) => parts,
                     Err(why) => {
                         // Sending it would only be refused (or end the stream, and a
                         // reconnect would send it again): report the problem instead, keep
                         // the session, and send a full report once the inventory fits.
                         tracing::error!(controller = %ctl, reason = %why, "inventory not sent: over the controller's limits");
                         reported = Reported::default();
-                        over_limit_report(&why.to_string(), &found)
+                        vec![over_limit_report(&why, &found)]
                     }
                 };
-                send(&tx, pb::agent_message::Kind::Inventory(report))?;
+                if parts.len() > 1 {
+                    tracing::info!(chunks = parts.len(), generation, "inventory report sent in chunks");
+                }
+                for part in parts {
+                    // Waits for room in the queue: chunks are many, and none may be dropped.
+                    tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Inventory(part)) })
+                        .await
+                        .map_err(|e| LinkError::Other(format!("outbound queue: {e}")))?;
+                }
                 if rescan_wanted {
                     rescan_wanted = false;
                     start_scan(&mut scanning);

@@ -95,10 +95,15 @@ pub fn write_file_with(path: &Path, contents: &[u8], perms: Perms) -> Result<(),
     let name = path
         .file_name()
         .ok_or_else(|| wrap(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    // Unique per write, not only per process: two threads of one process replacing the same
+    // file (the store's audit mark after concurrent flushes) must not rename each other's
+    // temporary file away.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp.{}",
+        ".{}.tmp.{}.{}",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let result = (|| {
         // Created owner-only; the final mode is set after the owner (chown clears set-id
@@ -148,6 +153,25 @@ mod tests {
 
     fn mode_of(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn threads_replacing_one_file_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("certfleet.audit-seq");
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let p = &p;
+                s.spawn(move || {
+                    for i in 0..200 {
+                        write_file(p, format!("{t}-{i}\n").as_bytes(), PUBLIC)
+                            .unwrap_or_else(|e| panic!("thread {t} write {i}: {e}"));
+                    }
+                });
+            }
+        });
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temporary files left behind: {left:?}");
     }
 
     #[test]

@@ -84,6 +84,25 @@ impl ReportLimits {
     /// only the changes) is over the limits, if it is.
     pub fn check(&self, total: usize, report: &pb::InventoryReport) -> Result<(), OverLimit> {
         use prost::Message as _;
+        self.check_counts(total, report)?;
+        // Room for the envelope (message kind and length prefix).
+        let size = report.encoded_len() + 16;
+        if size > self.max_report_bytes {
+            return Err(OverLimit::Bytes {
+                size,
+                limit: self.max_report_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Self::check`] without the size of the message: an agent splits a large report into
+    /// chunks of one generation, each under the size limit.
+    pub fn check_counts(
+        &self,
+        total: usize,
+        report: &pb::InventoryReport,
+    ) -> Result<(), OverLimit> {
         let total = total.max(report.certificates.len());
         if total > self.max_certificates {
             return Err(OverLimit::Certificates {
@@ -100,14 +119,6 @@ impl ReportLimits {
                 fingerprint: c.fingerprint_sha256.clone(),
                 count: c.locations.len(),
                 limit: self.max_locations,
-            });
-        }
-        // Room for the envelope (message kind and length prefix).
-        let size = report.encoded_len() + 16;
-        if size > self.max_report_bytes {
-            return Err(OverLimit::Bytes {
-                size,
-                limit: self.max_report_bytes,
             });
         }
         Ok(())

@@ -428,6 +428,8 @@ pub struct Fleet {
     /// Serializes read-modify-write of plan documents (engine ticks, step results, operator
     /// commands): without it a step result could be overwritten by a stale copy.
     pub plan_lock: std::sync::Mutex<()>,
+    /// The inventory as queries read it (kept in step with the store's inventory documents).
+    pub inventory: crate::inventory::Index,
 }
 
 /// A store error as a gRPC status (the detail goes to the log, not the client).

@@ -12,7 +12,8 @@ use std::time::Duration;
 use certfleet_common::identity::Identity;
 use certfleet_common::proto::agent_link_server::AgentLink;
 use certfleet_common::proto::{
-    AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message, controller_message,
+    self as pb, AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message,
+    controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -110,6 +111,8 @@ impl AgentLink for AgentLinkService {
         let id = agent.id.clone();
         let limits = self.limits.clone();
         tokio::spawn(async move {
+            // The chunks of a report being assembled (see `InventoryReport.more`).
+            let mut pending: Option<pb::InventoryReport> = None;
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -117,7 +120,9 @@ impl AgentLink for AgentLinkService {
                 };
                 match msg {
                     Ok(Some(m)) => {
-                        if let Err(status) = handle(&fleet, &id, m, &tx, &limits).await {
+                        if let Err(status) =
+                            handle(&fleet, &id, m, &tx, &limits, &mut pending).await
+                        {
                             let _ = tx.send(Err(status)).await;
                             break;
                         }
@@ -156,6 +161,7 @@ async fn handle(
     msg: AgentMessage,
     tx: &mpsc::Sender<Result<ControllerMessage, Status>>,
     limits: &ReportLimits,
+    pending: &mut Option<pb::InventoryReport>,
 ) -> Result<(), Status> {
     use agent_message::Kind;
     fleet.registry.touch(id);
@@ -163,10 +169,26 @@ async fn handle(
         Some(Kind::Heartbeat(_)) => {}
         Some(Kind::Inventory(report)) => {
             if let Err(why) = limits.check(report.certificates.len(), &report) {
+                *pending = None;
                 refuse_report(fleet, id, &format!("inventory report refused: {why}"));
                 return Ok(());
             }
-            match crate::inventory::apply(fleet, id, report, limits.max_certificates) {
+            let report = match assemble(pending, report, limits) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()),
+                Err(why) => {
+                    refuse_report(fleet, id, &format!("inventory report refused: {why}"));
+                    return Ok(());
+                }
+            };
+            // The store write (and the index update) off the async threads.
+            let (f, agent, max) = (fleet.clone(), id.to_owned(), limits.max_certificates);
+            let applied = tokio::task::spawn_blocking(move || {
+                crate::inventory::apply(&f, &agent, report, max)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("applying a report: {e}")))?;
+            match applied {
                 Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                     refuse_report(fleet, id, s.message())
                 }
@@ -230,6 +252,48 @@ async fn handle(
         None => {}
     }
     Ok(())
+}
+
+/// Adds a chunk to the report being assembled. `Ok(Some)`: a whole report to apply; `Ok(None)`:
+/// more chunks to come; `Err`: the chunks together are over the limits (all dropped).
+fn assemble(
+    pending: &mut Option<pb::InventoryReport>,
+    chunk: pb::InventoryReport,
+    limits: &ReportLimits,
+) -> Result<Option<pb::InventoryReport>, String> {
+    // A chunk of another scan: what was being assembled is stale (the agent rescanned).
+    if pending
+        .as_ref()
+        .is_some_and(|p| p.generation != chunk.generation)
+    {
+        *pending = None;
+    }
+    let whole = match pending.take() {
+        None => chunk,
+        Some(mut acc) => {
+            acc.certificates.extend(chunk.certificates);
+            acc.removed.extend(chunk.removed);
+            acc.problems = chunk.problems;
+            acc.health = chunk.health;
+            acc.scanned_at = chunk.scanned_at;
+            acc.more = chunk.more;
+            acc
+        }
+    };
+    if whole.certificates.len() > limits.max_certificates {
+        return Err(format!(
+            "chunks of report {} hold {} certificates, more than the limit of {}",
+            whole.generation,
+            whole.certificates.len(),
+            limits.max_certificates
+        ));
+    }
+    if whole.more {
+        *pending = Some(whole);
+        Ok(None)
+    } else {
+        Ok(Some(whole))
+    }
 }
 
 /// Logs, counts and records (as a problem on the agent's inventory) a refused report.

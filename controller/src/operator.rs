@@ -639,10 +639,13 @@ impl Operator for OperatorService {
         request: Request<pb::InventoryQuery>,
     ) -> Result<Response<pb::InventoryList>, Status> {
         self.fleet.require_operator(&request, false)?;
-        Ok(Response::new(crate::inventory::query(
-            &self.fleet,
-            request.get_ref(),
-        )?))
+        // Off the async threads: a large answer must not stall heartbeats or /healthz.
+        let fleet = self.fleet.clone();
+        let q = request.into_inner();
+        let list = tokio::task::spawn_blocking(move || crate::inventory::query(&fleet, &q))
+            .await
+            .map_err(|e| Status::internal(format!("inventory query: {e}")))??;
+        Ok(Response::new(list))
     }
 
     async fn rescan(

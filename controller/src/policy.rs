@@ -213,11 +213,6 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
         .into_iter()
         .filter(|p| !p.state.is_final() || p.state == PlanState::Failed)
         .collect();
-    // Read the fleet's inventory once per tick, not once per policy.
-    let inventory: Vec<crate::inventory::AgentInventory> = crate::inventory::all(fleet)?
-        .into_iter()
-        .map(|(_, inv)| inv)
-        .collect();
     for pol in policies {
         let origin = format!("policy:{}", pol.role);
         // One open plan per policy at a time (a failed one needs an operator's eyes first).
@@ -231,16 +226,13 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
         if recipe.is_empty() {
             continue;
         }
-        let mut earliest: Option<i64> = None;
-        for inv in &inventory {
-            for c in inv.records() {
-                if (c.role == pol.role || c.role.starts_with(&format!("{}.", pol.role)))
-                    && c.not_after - now <= pol.renew_within_secs as i64
-                {
-                    earliest = Some(earliest.map_or(c.not_after, |e: i64| e.min(c.not_after)));
-                }
-            }
-        }
+        // From the inventory index (by expiry): nothing is decoded on a tick.
+        let earliest = fleet.inventory.earliest_due(
+            fleet,
+            &pol.role,
+            now,
+            i64::try_from(pol.renew_within_secs).unwrap_or(i64::MAX),
+        )?;
         let Some(deadline) = earliest else { continue };
         let mut window = pol.window.clone();
         let mut note = String::new();

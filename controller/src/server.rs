@@ -243,6 +243,7 @@ pub fn load_serving(
         enroll_lock: Default::default(),
         changed: Default::default(),
         plan_lock: Default::default(),
+        inventory: Default::default(),
     };
     Ok((Arc::new(fleet), tls, self_cert))
 }

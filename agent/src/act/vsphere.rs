@@ -443,7 +443,15 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         None
     };
     let ldap = Ldap::machine_account(ctx)?;
-    let ls = ls_trust_plan(ctx, &ldap, &dir, &pnid, &old_der, &new_der, earlier.is_some())?;
+    let ls = ls_trust_plan(
+        ctx,
+        &ldap,
+        &dir,
+        &pnid,
+        &old_der,
+        &new_der,
+        earlier.is_some(),
+    )?;
     if let Some(p) = &ls {
         saved.push(p.backup.clone());
     }

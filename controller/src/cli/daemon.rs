@@ -178,17 +178,10 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.listener.local_addr().ok()), http_tls = args.http_tls, ca = %fleet.ca.fingerprint(), "serving");
-    server::serve(
-        fleet,
-        tls,
-        grpc,
-        http,
-        limits,
-        async move {
-            certfleet_common::process::shutdown_signal().await;
-            let _ = self_stop.send(true);
-        },
-    )
+    server::serve(fleet, tls, grpc, http, limits, async move {
+        certfleet_common::process::shutdown_signal().await;
+        let _ = self_stop.send(true);
+    })
     .await?;
     tracing::info!("stopped");
     Ok(())

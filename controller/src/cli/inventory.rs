@@ -84,11 +84,9 @@ pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
             fingerprint,
             output,
         }) => {
-            let all = c
-                .inventory(pb::InventoryQuery::default())
+            let all = inventory_pages(&mut c, pb::InventoryQuery::default())
                 .await
-                .map_err(e)?
-                .into_inner();
+                .map_err(e)?;
             print_certificate(fingerprint, &all, output)?;
         }
         None => {
@@ -98,9 +96,9 @@ pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
                 role: args.role.clone().unwrap_or_default(),
                 agent: args.agent.clone().unwrap_or_default(),
                 issued_by: args.issued_by.clone().unwrap_or_default(),
-                fingerprint: String::new(),
+                ..Default::default()
             };
-            let list = c.inventory(q).await.map_err(e)?.into_inner();
+            let list = inventory_pages(&mut c, q).await.map_err(e)?;
             match &args.compare {
                 Some(before) => print_comparison(before, &list, &args.output)?,
                 None => print_inventory(&list, &args.output)?,
@@ -253,6 +251,22 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         })
         .only(Show::Screen),
     ]
+}
+
+/// An inventory query page by page (each answer bounded however large the fleet), joined.
+async fn inventory_pages(
+    c: &mut certfleet_common::proto::operator_client::OperatorClient<tonic::transport::Channel>,
+    mut q: pb::InventoryQuery,
+) -> Result<pb::InventoryList, tonic::Status> {
+    q.page_size = 2_000;
+    let mut all = c.inventory(q.clone()).await?.into_inner();
+    while !all.next_page_token.is_empty() {
+        q.page_token = std::mem::take(&mut all.next_page_token);
+        let page = c.inventory(q.clone()).await?.into_inner();
+        all.items.extend(page.items);
+        all.next_page_token = page.next_page_token;
+    }
+    Ok(all)
 }
 
 /// Prints an inventory listing sorted by urgency.

@@ -249,3 +249,130 @@ fn the_controller_inventory_is_what_the_agents_found() {
     );
     drop(procs);
 }
+
+/// Fleet scale, finding 1: an agent whose inventory is larger than the controller takes in one
+/// message sends it in chunks (the controller assembles them); `certfleet inventory -o json`
+/// over an answer larger than gRPC's default 4 MiB works (the CLI reads it page by page); a
+/// page is bounded and DER comes only when asked for.
+#[test]
+fn a_large_inventory_is_sent_in_chunks_and_read_in_pages_without_der() {
+    use certfleet_common::proto as pb;
+    use certfleet_common::proto::operator_client::OperatorClient;
+    use certfleet_integration_tests::sim::{Lifetime, SimCa, dn};
+
+    const FILES: usize = 4_500;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = SimCa::new(dn(&[("CN", "big CA")]), Lifetime::days(1, 3650), false).unwrap();
+    for i in 0..FILES {
+        let host = format!("host-{i}.big.example");
+        let c = ca
+            .issue(
+                dn(&[("O", "certfleet scale test"), ("CN", &host)]),
+                &[&host],
+                Lifetime::days(1, (i % 300) as i64 + 1),
+                false,
+                false,
+            )
+            .unwrap();
+        std::fs::write(certs.join(format!("c{i:05}.pem")), c.cert_pem).unwrap();
+    }
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "platforms = [\"files\"]\n[[files]]\npaths = [\"{}/*.pem\"]\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+    // 1 MiB per message: the agent's ~5 MB report must come in chunks.
+    let c = Controller::start(&tmp.path().join("ctl"), &["--max-report-bytes", "1048576"]);
+    let state = c.enroll("big");
+    let agent = c.run_agent(&state, Some(&config), &[]);
+    c.wait_connected(1);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The lazy channel spawns its connection task on this runtime.
+    let _in_runtime = rt.enter();
+    let read = |f: &str| std::fs::read_to_string(c.admin().join(f)).unwrap();
+    let ch = certfleet_common::tls::mtls_channel(
+        &c.addr,
+        &read("ca.pem"),
+        &read("cert.pem"),
+        &read("key.pem"),
+    )
+    .unwrap();
+    let mut op = OperatorClient::new(ch).max_decoding_message_size(64 << 20);
+    wait_for(
+        "the whole inventory at the controller",
+        Duration::from_secs(60),
+        || {
+            let page = rt
+                .block_on(op.inventory(pb::InventoryQuery {
+                    page_size: 5_000,
+                    ..Default::default()
+                }))
+                .ok()?
+                .into_inner();
+            (page.items.len() == FILES).then_some(())
+        },
+    );
+    assert!(
+        agent.log_text().contains("inventory report sent in chunks"),
+        "{}",
+        agent.log_text()
+    );
+    // The CLI reads the whole answer (larger than 4 MiB) page by page.
+    let out = c.cli(&["inventory", "--agent", "big", "-o", "json"]);
+    assert!(
+        out.len() > 4 << 20,
+        "the answer should be larger than 4 MiB: {} bytes",
+        out.len()
+    );
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(fingerprints(&all).len(), FILES);
+    let soon = c.json(&["inventory", "--expiring-within", "30d"]);
+    let n_soon = soon.as_array().unwrap().len();
+    assert!(n_soon > 0 && n_soon < FILES, "{n_soon}");
+
+    // The RPC itself: a bounded page without DER, and DER when asked.
+    rt.block_on(async {
+        let page = op
+            .inventory(pb::InventoryQuery {
+                page_size: 1_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.items.len(), 1_000);
+        assert!(!page.next_page_token.is_empty());
+        assert!(
+            page.items
+                .iter()
+                .all(|i| i.certificate.as_ref().unwrap().der.is_empty())
+        );
+        let next = op
+            .inventory(pb::InventoryQuery {
+                page_size: 1_000,
+                page_token: page.next_page_token.clone(),
+                with_der: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(next.items.len(), 1_000);
+        let first = next.items[0].certificate.as_ref().unwrap();
+        assert!(first.fingerprint_sha256 > page.next_page_token);
+        for i in &next.items {
+            let cert = i.certificate.as_ref().unwrap();
+            assert_eq!(
+                certfleet_common::pki::sha256_hex(&cert.der),
+                cert.fingerprint_sha256
+            );
+        }
+    });
+}
