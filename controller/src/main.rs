@@ -116,6 +116,9 @@ enum Command {
         /// Re-bind agents with expired certificates without operator approval.
         #[arg(long)]
         auto_approve_rebind: bool,
+        /// How long dry-run plans are kept.
+        #[arg(long, value_parser = duration_in(secs(60), days(365)), default_value = "24h")]
+        dry_run_ttl: Duration,
         /// Start on an empty state store although the data directory holds a fleet CA
         /// (everyone must be issued and enrolled again).
         #[arg(long)]
@@ -520,6 +523,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             agent_cert_ttl,
             heartbeat_interval,
             auto_approve_rebind,
+            dry_run_ttl,
             new_store,
             limits,
         } => {
@@ -527,11 +531,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent_cert_ttl: *agent_cert_ttl,
                 heartbeat_interval: *heartbeat_interval,
                 auto_approve_rebind: *auto_approve_rebind,
+                dry_run_ttl: *dry_run_ttl,
             };
             let mut limits = limits.limits();
             server::fit_fd_limit(&mut limits.listener);
             let (fleet, tls) = server::load(data_dir, opts, *new_store)?;
-            let grpc = tokio::net::TcpListener::bind(listen)
+            let grpc = server::bind_listener(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let http = match http {
