@@ -182,9 +182,9 @@ pub use crate::plan::RenewableSpec;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenState {
-    /// Usable once.
+    /// Usable (up to its `max_uses`).
     Active,
-    /// Used by an enrollment.
+    /// Used up.
     Used,
     /// Revoked by an operator.
     Revoked,
@@ -207,8 +207,21 @@ pub struct TokenRecord {
     pub labels: BTreeMap<String, String>,
     /// State.
     pub state: TokenState,
-    /// Agent id that used it.
+    /// Agent id that used it (the last one, for a multi-use token).
     pub used_by: Option<String>,
+    /// Enrollments it allows (0, in records older than multi-use tokens: 1).
+    #[serde(default)]
+    pub max_uses: u32,
+    /// Enrollments made with it.
+    #[serde(default)]
+    pub uses: u32,
+}
+
+impl TokenRecord {
+    /// Enrollments it allows.
+    pub fn cap(&self) -> u32 {
+        self.max_uses.max(1)
+    }
 }
 
 /// Operator roles.
@@ -618,6 +631,18 @@ impl Fleet {
             .store
             .get::<AgentRecord>("agents", id_or_name)
             .map_err(internal)?
+        {
+            return Ok(a);
+        }
+        if let Some(id) = self
+            .store
+            .get::<String>("agent_names", id_or_name)
+            .map_err(internal)?
+            && let Some(a) = self
+                .store
+                .get::<AgentRecord>("agents", &id)
+                .map_err(internal)?
+            && a.name == id_or_name
         {
             return Ok(a);
         }

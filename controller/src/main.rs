@@ -226,7 +226,7 @@ impl LimitArgs {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Create a single-use join token; prints only the token.
+    /// Create join tokens (single-use unless --uses); prints only the tokens, one a line.
     Create {
         /// How long the token may be used.
         #[arg(long, value_parser = duration_in(secs(1), days(30)))]
@@ -234,6 +234,13 @@ enum TokenCmd {
         /// Label for agents enrolled with it, key=value (repeatable).
         #[arg(long)]
         label: Vec<String>,
+        /// Enrollments each token allows (a capped multi-use token for a mass roll-out, e.g.
+        /// through Ansible; keep --ttl short).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        uses: u32,
+        /// How many tokens to create (one per host, for bulk enrollment).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        count: u32,
     },
     /// List tokens.
     List {
@@ -604,16 +611,25 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
     let mut c = conn.client();
     let e = |s| conn.explain(s);
     match &cli.command {
-        Command::Token(TokenCmd::Create { ttl, label }) => {
-            let r = c
-                .create_token(pb::CreateTokenRequest {
-                    ttl_secs: ttl.as_secs(),
-                    labels: cli::parse_labels(label)?,
-                })
-                .await
-                .map_err(e)?
-                .into_inner();
-            println!("{}", r.token);
+        Command::Token(TokenCmd::Create {
+            ttl,
+            label,
+            uses,
+            count,
+        }) => {
+            let labels = cli::parse_labels(label)?;
+            for _ in 0..*count {
+                let r = c
+                    .create_token(pb::CreateTokenRequest {
+                        ttl_secs: ttl.as_secs(),
+                        labels: labels.clone(),
+                        max_uses: *uses,
+                    })
+                    .await
+                    .map_err(e)?
+                    .into_inner();
+                println!("{}", r.token);
+            }
         }
         Command::Token(TokenCmd::List { output }) => {
             cli::print_tokens(

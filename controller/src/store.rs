@@ -177,6 +177,10 @@ pub struct Store {
 /// File in the store directory holding the number of the newest audit entry known durable.
 const AUDIT_MARK: &str = "certfleet.audit-seq";
 
+/// A document's stored bytes, as read by [`Store::get_for_swap`].
+#[derive(Clone, Debug)]
+pub struct Stored(Vec<u8>);
+
 /// What [`Store::export`] wrote and what it had to skip.
 #[derive(Debug, Default)]
 pub struct ExportSummary {
@@ -569,6 +573,40 @@ impl Store {
         let new = frame(&serde_json::to_vec(new).expect("serialize"));
         let r = self.tree(tree).and_then(|t| {
             t.compare_and_swap(key, Some(old), Some(new))
+                .map_err(self.sled_err())
+        });
+        Ok(self.written(r)?.is_ok())
+    }
+
+    /// Reads a document with what [`Store::swap`] needs to replace it only if it is unchanged
+    /// (its stored bytes: a document written by an older certfleet, without fields added since,
+    /// still swaps).
+    pub fn get_for_swap<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &str,
+    ) -> Result<Option<(T, Stored)>, StoreError> {
+        match self.tree(tree)?.get(key).map_err(self.sled_err())? {
+            Some(v) => Ok(Some((
+                self.decode(tree, key.as_bytes(), &v)?,
+                Stored(v.to_vec()),
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Atomically replaces `key` with `new` if it still holds what [`Store::get_for_swap`] read;
+    /// false when another writer got there first.
+    pub fn swap<T: Serialize>(
+        &self,
+        tree: &'static str,
+        key: &str,
+        read: &Stored,
+        new: &T,
+    ) -> Result<bool, StoreError> {
+        let new = frame(&serde_json::to_vec(new).expect("serialize"));
+        let r = self.tree(tree).and_then(|t| {
+            t.compare_and_swap(key, Some(read.0.as_slice()), Some(new))
                 .map_err(self.sled_err())
         });
         Ok(self.written(r)?.is_ok())

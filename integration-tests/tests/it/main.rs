@@ -13,6 +13,7 @@ mod ovirt_api;
 mod ovirt_engine_rotation;
 mod ovirt_rotation;
 mod rotation;
+mod scale_store;
 mod store_faults;
 mod support;
 mod validation;
