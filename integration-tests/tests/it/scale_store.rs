@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 use crate::support::{Controller, bin};
 
 fn enroll_with(c: &Controller, token: &str, name: &str, dir: &Path) -> Output {
+    // A state directory per attempt: a refused name is tried again elsewhere.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Command::new(bin("certfleet-agent"))
         .args([
             "enroll",
@@ -19,7 +22,7 @@ fn enroll_with(c: &Controller, token: &str, name: &str, dir: &Path) -> Output {
             name,
             "--state-dir",
         ])
-        .arg(dir.join(format!("agent-{name}")))
+        .arg(dir.join(format!("agent-{name}-{n}")))
         .output()
         .unwrap()
 }
