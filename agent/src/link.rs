@@ -103,11 +103,73 @@ pub async fn enroll(
 
 /// Backoff with full jitter: a random delay in `[0, min(cap, base · 2^attempt)]`.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+    let ceiling = backoff_ceiling(attempt, base, cap);
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
     let frac = u64::from_le_bytes(b) as f64 / u64::MAX as f64;
     ceiling.mul_f64(frac)
+}
+
+/// The longest delay of a backoff attempt: `min(cap, base · 2^attempt)`.
+pub fn backoff_ceiling(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(16)).min(cap)
+}
+
+/// How a session ended, for [`Reconnect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The controller never welcomed it (connect, TLS, hello or re-bind failed).
+    NotWelcomed,
+    /// Welcomed, then ended (cleanly or by an error) after this long.
+    Welcomed(Duration),
+}
+
+/// The reconnect backoff as a state machine: every session that ends makes the next delay
+/// grow, except one that was welcomed and lived at least `stable`, after which the backoff
+/// starts over. A session the controller ends right after its welcome (a report it refuses, a
+/// controller restarting again and again) keeps growing the backoff instead of looping; a
+/// fleet whose controller restarts after hours of service comes back at once.
+#[derive(Clone, Debug)]
+pub struct Reconnect {
+    attempt: u32,
+    base: Duration,
+    cap: Duration,
+    stable: Duration,
+}
+
+impl Reconnect {
+    /// A backoff that starts at `base`, never exceeds `cap`, and resets after a welcomed
+    /// session of at least `stable`.
+    pub fn new(base: Duration, cap: Duration, stable: Duration) -> Self {
+        Reconnect {
+            attempt: 0,
+            base,
+            cap,
+            stable,
+        }
+    }
+
+    /// Records how a session ended; returns the attempt number the next delay is drawn for.
+    pub fn session_ended(&mut self, end: SessionEnd) -> u32 {
+        if let SessionEnd::Welcomed(lived) = end
+            && lived >= self.stable
+        {
+            self.attempt = 0;
+        }
+        let attempt = self.attempt;
+        self.attempt = self.attempt.saturating_add(1);
+        attempt
+    }
+
+    /// The longest next delay (before jitter) for `attempt`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        backoff_ceiling(attempt, self.base, self.cap)
+    }
+
+    /// The next delay, jittered.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        backoff(attempt, self.base, self.cap)
+    }
 }
 
 /// Runtime knobs for [`run`].
@@ -117,6 +179,8 @@ pub struct RunOptions {
     pub backoff_base: Duration,
     /// Longest backoff.
     pub backoff_cap: Duration,
+    /// A welcomed session that lived this long resets the backoff.
+    pub stable_session: Duration,
 }
 
 impl Default for RunOptions {
@@ -124,6 +188,7 @@ impl Default for RunOptions {
         RunOptions {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(60),
+            stable_session: Duration::from_secs(30),
         }
     }
 }
@@ -136,14 +201,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LinkError> {
     tokio::pin!(shutdown);
-    let mut attempt: u32 = 0;
+    let mut reconnect = Reconnect::new(opts.backoff_base, opts.backoff_cap, opts.stable_session);
     loop {
         let id = state.load()?;
+        let mut welcomed_at: Option<std::time::Instant> = None;
         let step = async {
             if id.not_after <= now() {
                 rebind(&state, &id).await.map(|_| false)
             } else {
-                session(&state, &id, &cfg).await
+                session(&state, &id, &cfg, &mut welcomed_at).await
             }
         };
         let outcome = tokio::select! {
@@ -151,14 +217,16 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
         };
         match outcome {
-            Ok(true) => attempt = 0,
-            Ok(false) => {}
+            Ok(_) => {}
             Err(LinkError::Revoked(m)) => return Err(LinkError::Revoked(m)),
             Err(LinkError::State(e)) => return Err(LinkError::State(e)),
             Err(e) => tracing::warn!(error = %e, "link to controller lost"),
         }
-        let delay = backoff(attempt, opts.backoff_base, opts.backoff_cap);
-        attempt = attempt.saturating_add(1);
+        let attempt = reconnect.session_ended(match welcomed_at {
+            Some(t) => SessionEnd::Welcomed(t.elapsed()),
+            None => SessionEnd::NotWelcomed,
+        });
+        let delay = reconnect.delay(attempt);
         tracing::info!(delay_ms = delay.as_millis() as u64, attempt, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -344,12 +412,14 @@ fn over_limit_report(why: &str, found: &Collection) -> pb::InventoryReport {
     }
 }
 
-/// One session. `Ok(true)` once the controller welcomed us (resets backoff) and the session
-/// later ended; errors are returned for the retry loop.
+/// One session. `Ok(true)` once the controller welcomed us and the session later ended;
+/// errors are returned for the retry loop. `welcomed_at` is set when the welcome arrives (the
+/// backoff resets only after a welcomed session that lived long enough).
 async fn session(
     state: &StateDir,
     id: &AgentIdentity,
     cfg: &AgentConfig,
+    welcomed_at: &mut Option<std::time::Instant>,
 ) -> Result<bool, LinkError> {
     let ctl = id.meta.controller.clone();
     let channel = certfleet_common::tls::mtls_channel(&ctl, &id.ca_pem, &id.cert_pem, &id.key_pem)
@@ -413,6 +483,7 @@ async fn session(
             ));
         }
     };
+    *welcomed_at = Some(std::time::Instant::now());
     tracing::info!(agent = %id.meta.agent_id, controller = %ctl, "connected");
 
     let mut current = id.clone();
@@ -536,4 +607,48 @@ fn run_step(
             kind: Some(pb::agent_message::Kind::StepResult(result)),
         });
     });
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    /// The ceiling of the delay after a session that ended so.
+    fn next(r: &mut Reconnect, end: SessionEnd) -> Duration {
+        let attempt = r.session_ended(end);
+        r.ceiling(attempt)
+    }
+
+    #[test]
+    fn backoff_grows_through_errors_and_resets_after_a_stable_session() {
+        let mut r = Reconnect::new(S(1), S(60), S(30));
+        // Four failed connects in a row (a controller restarting): 1, 2, 4, 8 s.
+        let ceilings: Vec<Duration> = (0..4)
+            .map(|_| next(&mut r, SessionEnd::NotWelcomed))
+            .collect();
+        assert_eq!(ceilings, [S(1), S(2), S(4), S(8)]);
+        // Welcomed, served for an hour, then the controller was killed (the stream ends with
+        // an error): the fleet comes back at once, not after the grown backoff.
+        let a = r.session_ended(SessionEnd::Welcomed(S(3600)));
+        assert_eq!((a, r.ceiling(a)), (0, S(1)));
+        // A later failure starts from the bottom again.
+        assert_eq!(next(&mut r, SessionEnd::NotWelcomed), S(2));
+        assert!(r.delay(0) <= S(1));
+    }
+
+    #[test]
+    fn a_session_cut_right_after_its_welcome_keeps_backing_off() {
+        let mut r = Reconnect::new(S(1), S(60), S(30));
+        // A controller that welcomes and then ends the stream half a second later (an
+        // over-limit report) must not be hammered every half second.
+        let ceilings: Vec<Duration> = (0..8)
+            .map(|_| next(&mut r, SessionEnd::Welcomed(Duration::from_millis(500))))
+            .collect();
+        assert_eq!(
+            ceilings,
+            [S(1), S(2), S(4), S(8), S(16), S(32), S(60), S(60)]
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! exactly which steps were in flight; they are sent again and the agents' journals answer the
 //! ones that already ran.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,49 +16,60 @@ use certfleet_common::proto as pb;
 use tonic::Status;
 
 use crate::fleet::{Fleet, internal};
-use crate::plan::{OUTPUT_LINES, Plan, PlanState, Step, StepState, resolve_refs};
+use crate::plan::{OUTPUT_LINES, Plan, PlanState, Step, StepState, resolve_refs, storage};
 
-/// The action of a step that no agent runs: the plan waits until an operator supplies the
-/// signed certificate for the CSR an earlier step made (`certfleet plan supply`).
-pub const OPERATOR_SIGN: &str = "operator.sign";
+pub use crate::plan::OPERATOR_SIGN;
+pub use crate::plan::window::{in_window, next_window};
 
-/// Loads every plan.
+/// Loads every plan, dry runs included, with their steps (operator listings).
 pub fn plans(fleet: &Fleet) -> Result<Vec<Plan>, Status> {
-    fleet.store.list("plans").map_err(internal)
+    storage::all(&fleet.store).map_err(internal)
 }
 
 /// Loads one plan.
 pub fn load(fleet: &Fleet, id: &str) -> Result<Plan, Status> {
-    fleet
-        .store
-        .get("plans", id)
+    storage::load(&fleet.store, id)
         .map_err(internal)?
         .ok_or_else(|| Status::not_found(format!("no plan {id}")))
 }
 
-/// Writes a plan and makes it durable.
+/// Writes a plan (its header and the steps that changed) and makes it durable.
 pub fn save(fleet: &Fleet, plan: &Plan) -> Result<(), Status> {
-    fleet.store.put("plans", &plan.id, plan).map_err(internal)?;
-    fleet.store.flush().map_err(internal)?;
-    fleet.changed.notify_waiters();
-    Ok(())
+    fleet.save_plan(plan)
 }
 
-/// Runs the engine until `stop` fires.
+/// How often dry runs past their time to live are removed.
+const DRY_RUN_SWEEP: Duration = Duration::from_secs(60);
+
+/// Runs the engine until `stop` fires. Its store work runs on the blocking pool, never on the
+/// threads that serve connects and queries.
 pub async fn run(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
     // Policies look at the whole inventory: every 15 s is plenty for thresholds in days.
     let mut last_policy = std::time::Instant::now() - Duration::from_secs(60);
+    let mut last_sweep = std::time::Instant::now() - DRY_RUN_SWEEP;
     loop {
         fleet.metrics.engine_beat(now());
-        if let Err(e) = tick(&fleet) {
-            tracing::error!(error = %e.message(), "rotation engine tick failed");
-        }
-        if last_policy.elapsed() >= Duration::from_secs(15) {
+        let policy_due = last_policy.elapsed() >= Duration::from_secs(15);
+        if policy_due {
             last_policy = std::time::Instant::now();
-            if let Err(e) = crate::policy::tick(&fleet) {
+        }
+        let sweep_due = last_sweep.elapsed() >= DRY_RUN_SWEEP;
+        if sweep_due {
+            last_sweep = std::time::Instant::now();
+        }
+        let f = fleet.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            if let Err(e) = tick(&f) {
+                tracing::error!(error = %e.message(), "rotation engine tick failed");
+            }
+            if policy_due && let Err(e) = crate::policy::tick(&f) {
                 tracing::error!(error = %e.message(), "policy evaluation failed");
             }
-        }
+            if sweep_due {
+                expire_dry_runs(&f);
+            }
+        });
+        let _ = work.await;
         tokio::select! {
             _ = fleet.changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -67,36 +78,26 @@ pub async fn run(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>
     }
 }
 
-/// Whether `now` is inside the policy's window.
-pub fn in_window(window: &str, window_secs: u64, now: i64) -> Result<bool, String> {
-    if window.trim().is_empty() {
-        return Ok(true);
+/// Removes dry runs older than the configured time to live.
+pub fn expire_dry_runs(fleet: &Fleet) {
+    let ttl = fleet.opts.dry_run_ttl.as_secs() as i64;
+    let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
+    match storage::expire_dry_runs(&fleet.store, now() - ttl) {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(
+                count = gone.len(),
+                ttl_s = ttl,
+                "expired dry-run plans removed"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "cannot remove expired dry runs"),
     }
-    let cron: croner::Cron = window
-        .parse()
-        .map_err(|e| format!("window {window:?}: {e}"))?;
-    // The most recent window start at or before now: search forward from now - window length.
-    let from = chrono_from(now - window_secs as i64);
-    match cron.find_next_occurrence(&from, true) {
-        Ok(start) => Ok(start.timestamp() <= now),
-        Err(e) => Err(format!("window {window:?}: {e}")),
-    }
-}
-
-/// The next window start after `now`.
-pub fn next_window(window: &str, now: i64) -> Option<i64> {
-    let cron: croner::Cron = window.parse().ok()?;
-    cron.find_next_occurrence(&chrono_from(now), false)
-        .ok()
-        .map(|t| t.timestamp())
-}
-
-fn chrono_from(secs: i64) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0).unwrap_or_default()
 }
 
 fn tick(fleet: &Fleet) -> Result<(), Status> {
-    for id in plans(fleet)?
+    for id in storage::headers(&fleet.store)
+        .map_err(internal)?
         .into_iter()
         .filter(|p| active(p.state))
         .map(|p| p.id)
@@ -118,11 +119,18 @@ fn active(state: PlanState) -> bool {
     )
 }
 
-fn deps_met(plan: &Plan, step: &Step) -> bool {
-    step.depends_on.iter().all(|d| {
-        plan.step(d)
-            .is_some_and(|s| s.state == StepState::Succeeded)
-    })
+/// Each step's state by key: one pass, so that checking dependencies stays O(steps).
+fn states_by_key(plan: &Plan) -> HashMap<String, StepState> {
+    plan.steps
+        .iter()
+        .map(|s| (s.key.clone(), s.state))
+        .collect()
+}
+
+fn deps_met(states: &HashMap<String, StepState>, step: &Step) -> bool {
+    step.depends_on
+        .iter()
+        .all(|d| states.get(d) == Some(&StepState::Succeeded))
 }
 
 /// Moves one plan forward; returns whether it changed.
@@ -182,6 +190,7 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
         return Ok(true);
     }
     // Steps that can never run (a dependency failed) are skipped, their target counted failed.
+    let states = states_by_key(plan);
     let blocked: Vec<usize> = plan
         .steps
         .iter()
@@ -189,8 +198,9 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
         .filter(|(_, s)| s.state == StepState::Pending)
         .filter(|(_, s)| {
             s.depends_on.iter().any(|d| {
-                plan.step(d)
-                    .is_some_and(|x| matches!(x.state, StepState::Failed | StepState::Skipped))
+                states
+                    .get(d)
+                    .is_some_and(|x| matches!(x, StepState::Failed | StepState::Skipped))
             })
         })
         .map(|(i, _)| i)
@@ -303,35 +313,38 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
         .map(|s| s.target.clone())
         .collect();
     // A target with steps done and steps left is still "in progress".
-    for s in &plan.steps {
-        if s.state == StepState::Succeeded
-            && plan
-                .steps
-                .iter()
-                .any(|o| o.target == s.target && o.state == StepState::Pending)
-        {
-            active.insert(s.target.clone());
-        }
-    }
+    let pending_targets: HashSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Pending)
+        .map(|s| s.target.as_str())
+        .collect();
+    let in_progress: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Succeeded && pending_targets.contains(s.target.as_str()))
+        .map(|s| s.target.clone())
+        .collect();
+    active.extend(in_progress);
+    // Never two steps of one agent in flight at once: a host changes by one hand.
+    let mut busy_agents: HashSet<String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.state == StepState::Dispatched)
+        .map(|s| s.agent_id.clone())
+        .collect();
+    let states = states_by_key(plan);
     let gate_canary = plan.policy.canary && !plan.canary_released;
     let mut to_send = Vec::new();
     for i in 0..plan.steps.len() {
         let s = &plan.steps[i];
-        if s.state != StepState::Pending || !deps_met(plan, s) || (gate_canary && !s.canary) {
+        if s.state != StepState::Pending || !deps_met(&states, s) || (gate_canary && !s.canary) {
             continue;
         }
         if !active.contains(&s.target) && active.len() >= max {
             continue;
         }
-        // Never two steps of one agent in flight at once: a host changes by one hand.
-        if plan
-            .steps
-            .iter()
-            .any(|o| o.state == StepState::Dispatched && o.agent_id == s.agent_id)
-            || to_send
-                .iter()
-                .any(|&j: &usize| plan.steps[j].agent_id == s.agent_id)
-        {
+        if busy_agents.contains(&s.agent_id) {
             continue;
         }
         let args = match resolve_refs(plan, &s.args) {
@@ -346,6 +359,7 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
             }
         };
         active.insert(s.target.clone());
+        busy_agents.insert(s.agent_id.clone());
         let s = &mut plan.steps[i];
         s.state = StepState::Dispatched;
         s.attempts += 1;
@@ -429,44 +443,55 @@ fn send_step(fleet: &Fleet, s: &Step) -> bool {
 }
 
 /// An agent (re)connected: send it every step still marked dispatched for it. Steps it already
-/// ran are answered from its journal.
+/// ran are answered from its journal. Reads the agent's own in-flight entries, never every plan.
 pub fn on_agent_connected(fleet: &Fleet, agent: &str) {
-    let Ok(all) = plans(fleet) else { return };
-    for plan in all.iter().filter(|p| {
-        matches!(
-            p.state,
-            PlanState::Running
-                | PlanState::RollingBack
-                | PlanState::WaitingCanary
-                | PlanState::Paused
-        )
-    }) {
-        for s in plan
-            .steps
-            .iter()
-            .filter(|s| s.state == StepState::Dispatched && s.agent_id == agent)
-        {
+    let in_flight = match storage::in_flight(&fleet.store, agent) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(agent, error = %e, "cannot read the steps in flight");
+            return;
+        }
+    };
+    let mut states: HashMap<String, Option<PlanState>> = HashMap::new();
+    for (plan_id, step_id) in in_flight {
+        let state = *states.entry(plan_id.clone()).or_insert_with(|| {
+            storage::load_header(&fleet.store, &plan_id)
+                .ok()
+                .flatten()
+                .map(|p| p.state)
+        });
+        if !matches!(
+            state,
+            Some(
+                PlanState::Running
+                    | PlanState::RollingBack
+                    | PlanState::WaitingCanary
+                    | PlanState::Paused
+            )
+        ) {
+            continue;
+        }
+        let Ok(Some((_, s))) = storage::load_step(&fleet.store, &step_id) else {
+            continue;
+        };
+        if s.state == StepState::Dispatched && s.agent_id == agent && s.action != OPERATOR_SIGN {
             tracing::info!(step = %s.id, agent, "re-sending in-flight step after reconnect");
-            send_step(fleet, s);
+            send_step(fleet, &s);
         }
     }
 }
 
-fn find_step(fleet: &Fleet, step_id: &str) -> Option<(Plan, usize)> {
-    let plan_id = step_id.rsplit_once('-').map(|(p, _)| p)?;
-    let plan = load(fleet, plan_id).ok()?;
-    let i = plan.steps.iter().position(|s| s.id == step_id)?;
-    Some((plan, i))
-}
-
-/// A step result from `agent`.
+/// A step result from `agent`: one step document rewritten and flushed before anything acts
+/// on it, whatever the size of its plan.
+///
+/// Idempotent: a result for a step that is no longer dispatched (a duplicate, or one answered
+/// from the agent's journal after a re-send) changes nothing.
 pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
     let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let Some((mut plan, i)) = find_step(fleet, &r.step_id) else {
+    let Ok(Some((i, mut s))) = storage::load_step(&fleet.store, &r.step_id) else {
         tracing::warn!(agent, step = %r.step_id, "result for an unknown step");
         return;
     };
-    let s = &mut plan.steps[i];
     if s.agent_id != agent {
         // An agent can only speak for its own steps.
         tracing::warn!(agent, step = %r.step_id, owner = %s.agent_id, "result from the wrong agent ignored");
@@ -476,6 +501,9 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
     if s.state != StepState::Dispatched {
         return;
     }
+    let plan_id = storage::parse_step_id(&s.id)
+        .map(|(p, _)| p.to_owned())
+        .unwrap_or_default();
     s.state = if r.ok {
         StepState::Succeeded
     } else {
@@ -490,32 +518,43 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
     s.finished_at = now();
     let (id, action, name, ok) = (s.id.clone(), s.action.clone(), s.name.clone(), r.ok);
     let msg = s.message.clone();
-    // A successful restore marks the step whose change it undid.
-    if ok
-        && let Some(orig) = s.key.strip_prefix("rollback-").map(str::to_owned)
-        && let Some(o) = plan.steps.iter_mut().find(|x| x.key == orig)
+    let mut written = storage::put_step(&fleet.store, &plan_id, i, &s);
+    // A successful restore marks the step whose change it undid (rollbacks only: they are the
+    // one case that needs the rest of the plan).
+    if written.is_ok()
+        && ok
+        && let Some(orig) = s.key.strip_prefix("rollback-")
     {
-        o.state = StepState::RolledBack;
+        written = storage::load(&fleet.store, &plan_id).and_then(|plan| {
+            let Some(mut plan) = plan else { return Ok(()) };
+            match plan.steps.iter().position(|x| x.key == orig) {
+                Some(j) => {
+                    plan.steps[j].state = StepState::RolledBack;
+                    storage::put_step(&fleet.store, &plan_id, j, &plan.steps[j])
+                }
+                None => Ok(()),
+            }
+        });
     }
-    if let Err(e) = save(fleet, &plan) {
-        tracing::error!(step = %id, error = %e.message(), "cannot persist step result");
+    if let Err(e) = written.and_then(|_| fleet.store.flush()) {
+        tracing::error!(step = %id, error = %e, "cannot persist step result");
         return;
     }
+    fleet.changed.notify_waiters();
     let _ = fleet.audit(
         &format!("agent:{agent}"),
         if ok { "step.succeeded" } else { "step.failed" },
-        &format!("plan:{}", plan.id),
+        &format!("plan:{plan_id}"),
         &format!("{id} {action} ({name}): {msg}"),
     );
 }
 
-/// A line of step output (kept in memory-bounded form in the plan, not flushed).
+/// A line of step output (kept in memory-bounded form in the step, not flushed).
 pub fn on_step_output(fleet: &Fleet, agent: &str, o: pb::StepOutput) {
     let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let Some((mut plan, i)) = find_step(fleet, &o.step_id) else {
+    let Ok(Some((i, mut s))) = storage::load_step(&fleet.store, &o.step_id) else {
         return;
     };
-    let s = &mut plan.steps[i];
     if s.agent_id != agent {
         return;
     }
@@ -524,7 +563,9 @@ pub fn on_step_output(fleet: &Fleet, agent: &str, o: pb::StepOutput) {
         let cut = s.output.len() - OUTPUT_LINES;
         s.output.drain(..cut);
     }
-    let _ = fleet.store.put("plans", &plan.id, &plan);
+    if let Some((plan_id, _)) = storage::parse_step_id(&o.step_id) {
+        let _ = storage::put_step(&fleet.store, plan_id, i, &s);
+    }
     fleet.changed.notify_waiters();
 }
 

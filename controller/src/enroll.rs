@@ -1,6 +1,8 @@
 //! Enrollment and re-binding: the only RPCs that work without a client certificate.
 //!
-//! - `Enroll` spends a single-use join token on a CSR made on the agent's host.
+//! - `Enroll` spends one use of a join token (single-use by default; a multi-use token with a
+//!   cap and an expiry serves a mass roll-out) on a CSR made on the agent's host. It reads the
+//!   token and the agent-name index only, never the list of agents, and flushes once.
 //! - `Rebind` lets an agent whose certificate expired while its host was off come back: the
 //!   old certificate must have been issued by this fleet's CA (its validity period is ignored),
 //!   and a fresh CSR signed by the *same key* proves possession. Unless the controller runs with
@@ -104,9 +106,9 @@ impl Enrollment for EnrollmentService {
 
         let _guard = fleet.enroll_lock.lock().await;
         let hash = token.hash();
-        let stored: TokenRecord = fleet
+        let (stored, read): (TokenRecord, _) = fleet
             .store
-            .get("tokens", &hash)
+            .get_for_swap("tokens", &hash)
             .map_err(internal)?
             .ok_or_else(|| {
                 self.refuse(
@@ -114,39 +116,19 @@ impl Enrollment for EnrollmentService {
                     Status::unauthenticated("unknown join token"),
                 )
             })?;
-        match stored.state {
-            TokenState::Used => {
-                return Err(self.refuse(
-                    "token_reused",
-                    Status::permission_denied(format!(
-                        "join token {} was already used (by agent {}); tokens are single-use",
-                        stored.id,
-                        stored.used_by.as_deref().unwrap_or("?")
-                    )),
-                ));
-            }
-            TokenState::Revoked => {
-                return Err(self.refuse(
-                    "token_revoked",
-                    Status::permission_denied(format!("join token {} was revoked", stored.id)),
-                ));
-            }
-            TokenState::Active if stored.expires_at <= now() => {
-                return Err(self.refuse(
-                    "token_expired",
-                    Status::permission_denied(format!(
-                        "join token {} expired at {}",
-                        stored.id,
-                        certfleet_common::model::format_time(stored.expires_at)
-                    )),
-                ));
-            }
-            TokenState::Active => {}
-        }
-        let agents: Vec<AgentRecord> = fleet.store.list("agents").map_err(internal)?;
-        if agents
-            .iter()
-            .any(|a| a.name == name && a.state != AgentState::Revoked)
+        let id = random_id();
+        let used =
+            spend_token(&stored, now(), &id).map_err(|(kind, status)| self.refuse(kind, status))?;
+        // The name index, not a scan of every agent: enrollment stays flat with fleet size.
+        if let Some(holder) = fleet
+            .store
+            .get::<String>("agent_names", &name)
+            .map_err(internal)?
+            && let Some(a) = fleet
+                .store
+                .get::<AgentRecord>("agents", &holder)
+                .map_err(internal)?
+            && a.state != AgentState::Revoked
         {
             return Err(self.refuse(
                 "name_taken",
@@ -156,16 +138,10 @@ impl Enrollment for EnrollmentService {
             ));
         }
 
-        let id = random_id();
         let (cert_pem, not_after, fingerprint) = self.issue(&req.csr_pem, &id, &name)?;
-        let used = TokenRecord {
-            state: TokenState::Used,
-            used_by: Some(id.clone()),
-            ..stored.clone()
-        };
         if !fleet
             .store
-            .compare_and_swap("tokens", &hash, &stored, &used)
+            .swap("tokens", &hash, &read, &used)
             .map_err(internal)?
         {
             return Err(self.refuse(
@@ -193,11 +169,20 @@ impl Enrollment for EnrollmentService {
             superseded: Vec::new(),
         };
         fleet.store.put("agents", &id, &record).map_err(internal)?;
+        fleet
+            .store
+            .put("agent_names", &name, &id)
+            .map_err(internal)?;
         fleet.audit(
             &format!("token:{}", stored.id),
             "agent.enroll",
             &format!("agent:{id}"),
-            &format!("name={name} hostname={} from={remote}", req.hostname),
+            &format!(
+                "name={name} hostname={} from={remote} token_use={}/{}",
+                req.hostname,
+                used.uses,
+                used.cap()
+            ),
         )?;
         fleet.metrics.enrollment("ok");
         Ok(Response::new(EnrollResponse {
@@ -370,10 +355,72 @@ pub fn random_id() -> String {
     hex::encode(b)
 }
 
-/// Creates a token record; returns `(token text, record)`.
+/// Whether a join token may enroll one more agent (`agent`) at `now`; the record to store
+/// (compare-and-swap against `stored`) when it may, the refusal (metric kind, status) when not.
+///
+/// A token is refused once revoked, expired or used `cap` times; each use is counted in the
+/// record, so two enrollments racing for the last use cannot both win the swap.
+pub fn spend_token(
+    stored: &TokenRecord,
+    now: i64,
+    agent: &str,
+) -> Result<TokenRecord, (&'static str, Status)> {
+    match stored.state {
+        TokenState::Used => {
+            return Err((
+                "token_reused",
+                Status::permission_denied(if stored.cap() == 1 {
+                    format!(
+                        "join token {} was already used (by agent {}); tokens are single-use",
+                        stored.id,
+                        stored.used_by.as_deref().unwrap_or("?")
+                    )
+                } else {
+                    format!(
+                        "join token {} is used up: {} of {} enrollments made",
+                        stored.id,
+                        stored.uses,
+                        stored.cap()
+                    )
+                }),
+            ));
+        }
+        TokenState::Revoked => {
+            return Err((
+                "token_revoked",
+                Status::permission_denied(format!("join token {} was revoked", stored.id)),
+            ));
+        }
+        TokenState::Active if stored.expires_at <= now => {
+            return Err((
+                "token_expired",
+                Status::permission_denied(format!(
+                    "join token {} expired at {}",
+                    stored.id,
+                    certfleet_common::model::format_time(stored.expires_at)
+                )),
+            ));
+        }
+        TokenState::Active => {}
+    }
+    let uses = stored.uses.saturating_add(1);
+    Ok(TokenRecord {
+        uses,
+        state: if uses >= stored.cap() {
+            TokenState::Used
+        } else {
+            TokenState::Active
+        },
+        used_by: Some(agent.to_owned()),
+        ..stored.clone()
+    })
+}
+
+/// Creates a token record allowing `max_uses` enrollments; returns `(token text, record)`.
 pub fn new_token(
     fleet: &Fleet,
     ttl_secs: u64,
+    max_uses: u32,
     labels: BTreeMap<String, String>,
     created_by: &str,
 ) -> (String, TokenRecord) {
@@ -388,6 +435,8 @@ pub fn new_token(
         labels,
         state: TokenState::Active,
         used_by: None,
+        max_uses: max_uses.max(1),
+        uses: 0,
     };
     (token.to_text(), rec)
 }
@@ -395,6 +444,62 @@ pub fn new_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(max_uses: u32) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            hash: "h".into(),
+            created_at: 0,
+            expires_at: 1000,
+            created_by: "admin".into(),
+            labels: BTreeMap::new(),
+            state: TokenState::Active,
+            used_by: None,
+            max_uses,
+            uses: 0,
+        }
+    }
+
+    #[test]
+    fn a_multi_use_token_enrolls_up_to_its_cap() {
+        let mut t = token(3);
+        for n in 1..=3 {
+            t = spend_token(&t, 10, &format!("a{n}")).unwrap();
+            assert_eq!(t.uses, n);
+        }
+        assert_eq!(t.state, TokenState::Used);
+        let (kind, status) = spend_token(&t, 10, "a4").unwrap_err();
+        assert_eq!(kind, "token_reused");
+        assert!(status.message().contains("used up: 3 of 3"), "{status:?}");
+    }
+
+    #[test]
+    fn a_multi_use_token_expires_and_revokes_with_uses_left() {
+        let t = spend_token(&token(100), 10, "a1").unwrap();
+        assert_eq!(t.state, TokenState::Active);
+        let (kind, status) = spend_token(&t, 1000, "a2").unwrap_err();
+        assert_eq!(kind, "token_expired");
+        assert!(status.message().contains("expired"), "{status:?}");
+        let revoked = TokenRecord {
+            state: TokenState::Revoked,
+            ..t
+        };
+        let (kind, _) = spend_token(&revoked, 10, "a2").unwrap_err();
+        assert_eq!(kind, "token_revoked");
+    }
+
+    #[test]
+    fn a_token_stored_before_multi_use_tokens_is_single_use() {
+        let old: TokenRecord = serde_json::from_value(serde_json::json!({
+            "id": "t0", "hash": "h", "created_at": 0, "expires_at": 1000,
+            "created_by": "admin", "labels": {}, "state": "active", "used_by": null,
+        }))
+        .unwrap();
+        let t = spend_token(&old, 10, "a1").unwrap();
+        assert_eq!(t.state, TokenState::Used);
+        let (_, status) = spend_token(&t, 10, "a2").unwrap_err();
+        assert!(status.message().contains("single-use"), "{status:?}");
+    }
 
     #[test]
     fn expired_certificate_of_our_ca_verifies_foreign_does_not() {

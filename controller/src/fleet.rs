@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub heartbeat_interval: Duration,
     /// Re-bind expired agents without operator approval.
     pub auto_approve_rebind: bool,
+    /// How long a dry-run plan is kept before it is removed.
+    pub dry_run_ttl: Duration,
 }
 
 impl Default for ServeOptions {
@@ -45,9 +47,13 @@ impl Default for ServeOptions {
             agent_cert_ttl: Duration::from_secs(30 * 86_400),
             heartbeat_interval: Duration::from_secs(15),
             auto_approve_rebind: false,
+            dry_run_ttl: DEFAULT_DRY_RUN_TTL,
         }
     }
 }
+
+/// Default time to live of a dry-run plan (`certfleet serve --dry-run-ttl`).
+pub const DEFAULT_DRY_RUN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Lifecycle of an enrolled agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +140,20 @@ impl AgentRecord {
         self.superseded.drain(..excess).collect()
     }
 
+    /// What a recipe sees of this agent.
+    pub fn target(&self) -> crate::plan::Target {
+        crate::plan::Target {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            platforms: self.platforms.clone(),
+            version: self.version.clone(),
+            labels: self.labels.clone(),
+            cas: self.cas.clone(),
+            renewable: self.renewable.clone(),
+        }
+    }
+
     /// Every certificate fingerprint this agent holds or held that is not yet revoked.
     pub fn fingerprints(&self) -> Vec<String> {
         std::iter::once(self.cert_fingerprint.clone())
@@ -156,55 +176,15 @@ pub struct RevokedCert {
     pub reason: String,
 }
 
-/// A file an agent can renew by CSR (from its hello).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RenewableSpec {
-    /// Certificate path.
-    pub cert: String,
-    /// Key path.
-    pub key: String,
-    /// CA name.
-    pub issuer: String,
-    /// Units to restart.
-    pub restart: Vec<String>,
-    /// Mode.
-    pub mode: String,
-    /// Owner.
-    pub owner: String,
-    /// Group.
-    pub group: String,
-    /// Days (0 = CA default).
-    pub days: u32,
-    /// Endpoint to verify.
-    pub verify_endpoint: String,
-    /// Extra install paths.
-    pub also: Vec<String>,
-}
-
-impl From<certfleet_common::proto::RenewableFile> for RenewableSpec {
-    fn from(r: certfleet_common::proto::RenewableFile) -> Self {
-        RenewableSpec {
-            cert: r.cert,
-            key: r.key,
-            issuer: r.issuer,
-            restart: r.restart,
-            mode: r.mode,
-            owner: r.owner,
-            group: r.group,
-            days: r.days,
-            verify_endpoint: r.verify_endpoint,
-            also: r.also,
-        }
-    }
-}
+pub use crate::plan::RenewableSpec;
 
 /// State of a join token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenState {
-    /// Usable once.
+    /// Usable (up to its `max_uses`).
     Active,
-    /// Used by an enrollment.
+    /// Used up.
     Used,
     /// Revoked by an operator.
     Revoked,
@@ -227,8 +207,21 @@ pub struct TokenRecord {
     pub labels: BTreeMap<String, String>,
     /// State.
     pub state: TokenState,
-    /// Agent id that used it.
+    /// Agent id that used it (the last one, for a multi-use token).
     pub used_by: Option<String>,
+    /// Enrollments it allows (0, in records older than multi-use tokens: 1).
+    #[serde(default)]
+    pub max_uses: u32,
+    /// Enrollments made with it.
+    #[serde(default)]
+    pub uses: u32,
+}
+
+impl TokenRecord {
+    /// Enrollments it allows.
+    pub fn cap(&self) -> u32 {
+        self.max_uses.max(1)
+    }
 }
 
 /// Operator roles.
@@ -623,12 +616,35 @@ impl Fleet {
         Ok(())
     }
 
+    /// Writes a plan (its header and the steps that changed since it was loaded), makes it
+    /// durable, and wakes the engine and watchers.
+    ///
+    /// Idempotent: saving the same plan again writes the same documents.
+    pub fn save_plan(&self, plan: &crate::plan::Plan) -> Result<(), Status> {
+        crate::plan::storage::save(&self.store, plan).map_err(internal)?;
+        self.store.flush().map_err(internal)?;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
     /// Finds an agent by id or name.
     pub fn find_agent(&self, id_or_name: &str) -> Result<AgentRecord, Status> {
         if let Some(a) = self
             .store
             .get::<AgentRecord>("agents", id_or_name)
             .map_err(internal)?
+        {
+            return Ok(a);
+        }
+        if let Some(id) = self
+            .store
+            .get::<String>("agent_names", id_or_name)
+            .map_err(internal)?
+            && let Some(a) = self
+                .store
+                .get::<AgentRecord>("agents", &id)
+                .map_err(internal)?
+            && a.name == id_or_name
         {
             return Ok(a);
         }

@@ -75,6 +75,8 @@ fn token_info(t: &TokenRecord) -> pb::TokenInfo {
         labels: labels(&t.labels),
         state: state.into(),
         used_by: t.used_by.clone().unwrap_or_default(),
+        uses: t.uses,
+        max_uses: t.cap(),
     }
 }
 
@@ -341,7 +343,13 @@ impl Operator for OperatorService {
         }
         let labels: BTreeMap<String, String> =
             req.labels.into_iter().map(|l| (l.key, l.value)).collect();
-        let (text, rec) = crate::enroll::new_token(&self.fleet, req.ttl_secs, labels, &op.name);
+        let (text, rec) = crate::enroll::new_token(
+            &self.fleet,
+            req.ttl_secs,
+            req.max_uses.max(1),
+            labels,
+            &op.name,
+        );
         self.fleet
             .store
             .put("tokens", &rec.hash, &rec)
@@ -351,8 +359,9 @@ impl Operator for OperatorService {
             "token.create",
             &format!("token:{}", rec.id),
             &format!(
-                "expires_at={}",
-                certfleet_common::model::format_time(rec.expires_at)
+                "expires_at={} max_uses={}",
+                certfleet_common::model::format_time(rec.expires_at),
+                rec.cap()
             ),
         )?;
         Ok(Response::new(pb::CreateTokenResponse {

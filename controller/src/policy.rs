@@ -15,10 +15,10 @@ use certfleet_common::roles;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use crate::engine;
-use crate::fleet::{AgentRecord, AgentState, Fleet, internal};
+use crate::fleet::{AgentState, Fleet, internal};
 use crate::plan::recipes::{self, RecipeInput};
-use crate::plan::{Plan, PlanState, Policy, Step, StepState};
+use crate::plan::window::{in_window, next_window};
+use crate::plan::{Plan, PlanState, Policy, Step, StepState, Target, storage};
 
 /// A renewal policy for one role.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,13 +95,15 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
     }
     let all = crate::inventory::all(fleet)?;
     // Name order: operators read plans top to bottom and expect hosts in the order they know.
-    let mut agents: Vec<&AgentRecord> = all
+    let active: Vec<Target> = all
         .iter()
         .map(|(a, _)| a)
         .filter(|a| a.state == AgentState::Active)
+        .map(|a| a.target())
         .collect();
+    let mut agents: Vec<&Target> = active.iter().collect();
     agents.sort_by(|a, b| a.name.cmp(&b.name));
-    let targets: Vec<&AgentRecord> = if req.agents.is_empty() {
+    let targets: Vec<&Target> = if req.agents.is_empty() {
         agents.clone()
     } else {
         let mut t = Vec::new();
@@ -187,8 +189,9 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
         canary_released: false,
         canary_done_at: 0,
         params: req.params,
+        stored: Vec::new(),
     };
-    engine::save(fleet, &plan)?;
+    fleet.save_plan(&plan)?;
     fleet.audit(
         &req.created_by,
         if req.dry_run {
@@ -209,7 +212,9 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
         return Ok(());
     }
     let now = now();
-    let open: Vec<Plan> = engine::plans(fleet)?
+    // Headers only: dry runs and steps stay unread.
+    let open: Vec<Plan> = storage::headers(&fleet.store)
+        .map_err(internal)?
         .into_iter()
         .filter(|p| !p.state.is_final() || p.state == PlanState::Failed)
         .collect();
@@ -237,8 +242,8 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
         let mut window = pol.window.clone();
         let mut note = String::new();
         if !window.is_empty()
-            && let Some(next) = engine::next_window(&window, now)
-            && !engine::in_window(&window, pol.window_secs, now).unwrap_or(false)
+            && let Some(next) = next_window(&window, now)
+            && !in_window(&window, pol.window_secs, now).unwrap_or(false)
             && next > deadline - 3600
         {
             note = format!(
@@ -271,7 +276,7 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
                     plan.state = PlanState::Running;
                 }
                 plan.message = note;
-                engine::save(fleet, &plan)?;
+                fleet.save_plan(&plan)?;
                 tracing::info!(plan = %plan.id, role = %pol.role, "policy created a plan");
             }
             Err(e) => {

@@ -273,6 +273,34 @@ impl Default for PeerLimits {
     }
 }
 
+/// Accept backlog of the gRPC listener. A restarted controller meets the whole fleet
+/// reconnecting at once; the usual 128 overflows while it is busy, and every dropped SYN costs
+/// an agent a connect timeout. The kernel caps it at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`) with [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` uses 128).
+pub async fn bind_listener(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|_| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
 /// Largest message an operator may send (a supplied certificate, a plan request).
 const MAX_OPERATOR_REQUEST_BYTES: usize = 4 << 20;
 /// Largest message an enrolling agent may send (a CSR).
@@ -458,4 +486,43 @@ pub async fn serve(
     fleet.persist_last_seen();
     fleet.store.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reconnect storm: many connections arrive before the controller accepts any. With a
+    /// backlog of 128 the kernel drops the SYNs beyond it and those connects time out.
+    #[tokio::test]
+    async fn the_listener_queues_a_reconnect_storm() {
+        let listener = bind_listener("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..400 {
+            connects.spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_millis(1500),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+            });
+        }
+        let mut held = Vec::new();
+        let mut timed_out = 0;
+        while let Some(r) = connects.join_next().await {
+            match r.unwrap() {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => panic!("connect failed: {e}"),
+                Err(_) => timed_out += 1,
+            }
+        }
+        assert_eq!(
+            timed_out,
+            0,
+            "{} connected, {timed_out} timed out",
+            held.len()
+        );
+        drop(listener);
+    }
 }

@@ -30,7 +30,12 @@ use serde::de::DeserializeOwned;
 ///
 /// - 1: values are JSON documents.
 /// - 2: values are [`FRAME_MAGIC`], the first 8 bytes of the SHA-256 of the JSON, the JSON.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: a plan is many small documents: its header in `plans` (or `dry_runs` for a dry run),
+///   each step in `plan_steps` under [`plan_step_key`], and each dispatched step indexed in
+///   `steps_in_flight` under [`in_flight_key`]; agents are indexed by name in `agent_names`.
+///   A step result rewrites one step, not the whole plan (sled never gives back the space of
+///   rewritten large values), and an agent connect reads its own in-flight entries only.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// First byte of a checksummed value (never the first byte of a JSON document).
 const FRAME_MAGIC: u8 = 0x02;
@@ -75,7 +80,23 @@ const TREES: &[&str] = &[
     "plans",
     "policies",
     "revoked_certs",
+    "dry_runs",
+    "plan_steps",
+    "steps_in_flight",
+    "agent_names",
 ];
+
+/// Key of step number `index` (0-based, dispatch order) of plan `plan` in `plan_steps`: zero
+/// padded so that key order is step order, and a plan's steps share the prefix `"<plan>/"`.
+pub fn plan_step_key(plan: &str, index: usize) -> String {
+    format!("{plan}/{index:08}")
+}
+
+/// Key of a dispatched step in `steps_in_flight` (value: the plan id): an agent's entries share
+/// the prefix `"<agent>/"`.
+pub fn in_flight_key(agent: &str, step_id: &str) -> String {
+    format!("{agent}/{step_id}")
+}
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +170,8 @@ pub struct Store {
     write_errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The audit sequence number last recorded in [`AUDIT_MARK`].
     audit_mark: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// See [`Store::bytes_written`].
+    bytes_written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// File in the store directory holding the number of the newest audit entry known durable.
@@ -174,6 +197,10 @@ pub struct PartialExport {
     /// Values skipped.
     pub skipped: usize,
 }
+
+/// A document's stored bytes, as read by [`Store::get_for_swap`].
+#[derive(Clone, Debug)]
+pub struct Stored(Vec<u8>);
 
 /// What [`Store::export`] wrote and what it had to skip.
 #[derive(Debug, Default)]
@@ -235,6 +262,7 @@ impl Store {
             append_lock: Default::default(),
             failure: Default::default(),
             write_errors: Default::default(),
+            bytes_written: Default::default(),
             // Read before anything is flushed, so that a lower number never overwrites it.
             audit_mark: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
                 recorded_audit_mark(dir),
@@ -318,28 +346,93 @@ impl Store {
                     found: v,
                 });
             }
-            Some(1) => {
-                // Schema 1 → 2: every value gets its checksum. Values that are not JSON are
-                // left as they are, so that verification reports them.
-                let mut n = 0usize;
-                for name in self.tree_names() {
-                    let t = self.db.open_tree(&name).map_err(self.sled_err())?;
-                    for kv in t.iter() {
-                        let (k, v) = kv.map_err(self.sled_err())?;
-                        if v.first() != Some(&FRAME_MAGIC)
-                            && serde_json::from_slice::<serde_json::Value>(&v).is_ok()
-                        {
-                            t.insert(k, frame(&v)).map_err(self.sled_err())?;
-                            n += 1;
-                        }
-                    }
+            Some(mut v) => {
+                if v == 1 {
+                    self.migrate_1_to_2()?;
+                    v = 2;
                 }
-                self.put("meta", "schema_version", &SCHEMA_VERSION)?;
-                self.flush()?;
-                tracing::info!(store = %self.path.display(), values = n, "state store migrated from schema 1 to 2 (checksums)");
+                if v == 2 {
+                    self.migrate_2_to_3()?;
+                }
             }
-            Some(_) => {}
         }
+        Ok(())
+    }
+
+    /// Schema 1 → 2: every value gets its checksum. Values that are not JSON are left as they
+    /// are, so that verification reports them.
+    fn migrate_1_to_2(&self) -> Result<(), StoreError> {
+        let mut n = 0usize;
+        for name in self.tree_names() {
+            let t = self.db.open_tree(&name).map_err(self.sled_err())?;
+            for kv in t.iter() {
+                let (k, v) = kv.map_err(self.sled_err())?;
+                if v.first() != Some(&FRAME_MAGIC)
+                    && serde_json::from_slice::<serde_json::Value>(&v).is_ok()
+                {
+                    t.insert(k, frame(&v)).map_err(self.sled_err())?;
+                    n += 1;
+                }
+            }
+        }
+        self.put("meta", "schema_version", &2u32)?;
+        self.flush()?;
+        tracing::info!(store = %self.path.display(), values = n, "state store migrated from schema 1 to 2 (checksums)");
+        Ok(())
+    }
+
+    /// Schema 2 → 3: each plan document is split into its header and one document per step
+    /// (dry runs move to `dry_runs`), dispatched steps are indexed by agent, agents by name.
+    /// Idempotent: a migration interrupted by a crash runs again from the start (the schema
+    /// version is written last), and a plan already split has no `steps` left to move.
+    fn migrate_2_to_3(&self) -> Result<(), StoreError> {
+        let plans = self.tree("plans")?;
+        let mut moved = 0usize;
+        for kv in plans.iter() {
+            let (k, v) = kv.map_err(self.sled_err())?;
+            let mut doc: serde_json::Value = self.decode("plans", &k, &v)?;
+            let id = doc["id"].as_str().unwrap_or_default().to_owned();
+            let steps = match doc.get_mut("steps").map(serde_json::Value::take) {
+                Some(serde_json::Value::Array(steps)) => steps,
+                _ => Vec::new(),
+            };
+            if let Some(m) = doc.as_object_mut() {
+                m.remove("steps");
+            }
+            for (i, step) in steps.iter().enumerate() {
+                self.put("plan_steps", &plan_step_key(&id, i), step)?;
+                if step["state"] == "dispatched" {
+                    let agent = step["agent_id"].as_str().unwrap_or_default();
+                    let sid = step["id"].as_str().unwrap_or_default();
+                    self.put("steps_in_flight", &in_flight_key(agent, sid), &id)?;
+                }
+            }
+            let key = String::from_utf8_lossy(&k).into_owned();
+            if doc["state"] == "dry_run" {
+                self.put("dry_runs", &key, &doc)?;
+                self.remove("plans", &key)?;
+            } else {
+                self.put("plans", &key, &doc)?;
+            }
+            moved += steps.len();
+        }
+        for kv in self.tree("agents")?.iter() {
+            let (k, v) = kv.map_err(self.sled_err())?;
+            let doc: serde_json::Value = self.decode("agents", &k, &v)?;
+            if let (Some(name), Some(id)) = (doc["name"].as_str(), doc["id"].as_str()) {
+                // A revoked agent's name is free again; an active one wins over it.
+                let keep = match self.get::<String>("agent_names", name)? {
+                    Some(other) if other != id => doc["state"] == "revoked",
+                    _ => false,
+                };
+                if !keep {
+                    self.put("agent_names", name, &id)?;
+                }
+            }
+        }
+        self.put("meta", "schema_version", &3u32)?;
+        self.flush()?;
+        tracing::info!(store = %self.path.display(), steps = moved, "state store migrated from schema 2 to 3 (plans as one document per step)");
         Ok(())
     }
 
@@ -473,6 +566,8 @@ impl Store {
         value: &T,
     ) -> Result<(), StoreError> {
         let bytes = frame(&serde_json::to_vec(value).expect("state documents serialize"));
+        self.bytes_written
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let r = self
             .tree(tree)
             .and_then(|t| t.insert(key, bytes).map_err(self.sled_err()));
@@ -504,6 +599,40 @@ impl Store {
         Ok(self.written(r)?.is_ok())
     }
 
+    /// Reads a document with what [`Store::swap`] needs to replace it only if it is unchanged
+    /// (its stored bytes: a document written by an older certfleet, without fields added since,
+    /// still swaps).
+    pub fn get_for_swap<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        key: &str,
+    ) -> Result<Option<(T, Stored)>, StoreError> {
+        match self.tree(tree)?.get(key).map_err(self.sled_err())? {
+            Some(v) => Ok(Some((
+                self.decode(tree, key.as_bytes(), &v)?,
+                Stored(v.to_vec()),
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Atomically replaces `key` with `new` if it still holds what [`Store::get_for_swap`] read;
+    /// false when another writer got there first.
+    pub fn swap<T: Serialize>(
+        &self,
+        tree: &'static str,
+        key: &str,
+        read: &Stored,
+        new: &T,
+    ) -> Result<bool, StoreError> {
+        let new = frame(&serde_json::to_vec(new).expect("serialize"));
+        let r = self.tree(tree).and_then(|t| {
+            t.compare_and_swap(key, Some(read.0.as_slice()), Some(new))
+                .map_err(self.sled_err())
+        });
+        Ok(self.written(r)?.is_ok())
+    }
+
     /// Every document of a tree, in key order.
     pub fn list<T: DeserializeOwned>(&self, tree: &'static str) -> Result<Vec<T>, StoreError> {
         let t = self.tree(tree)?;
@@ -513,6 +642,42 @@ impl Store {
             out.push(self.decode(tree, &k, &v)?);
         }
         Ok(out)
+    }
+
+    /// Every `(key, document)` of a tree whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<T: DeserializeOwned>(
+        &self,
+        tree: &'static str,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let t = self.tree(tree)?;
+        let mut out = Vec::new();
+        for kv in t.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(self.sled_err())?;
+            let doc = self.decode(tree, &k, &v)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), doc));
+        }
+        Ok(out)
+    }
+
+    /// Removes every document of a tree whose key starts with `prefix`; returns how many.
+    pub fn remove_prefix(&self, tree: &'static str, prefix: &str) -> Result<usize, StoreError> {
+        let t = self.tree(tree)?;
+        let mut n = 0;
+        for k in t.scan_prefix(prefix).keys() {
+            let k = k.map_err(self.sled_err())?;
+            let r = t.remove(k).map_err(self.sled_err());
+            self.written(r)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Bytes of documents written since the store was opened (framing included): what a
+    /// transition costs, for tests and the load generator.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Appends to an append-only tree (audit); returns the sequence number.
@@ -835,6 +1000,111 @@ mod tests {
         }
         let err = Store::open(dir.path()).err().unwrap();
         assert!(err.to_string().contains("schema_version"), "{err}");
+    }
+
+    /// A plan document as schema 2 stored it: one document, steps inside.
+    fn schema_2_plan(id: &str, state: &str, steps: usize) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = (0..steps)
+            .map(|i| {
+                serde_json::json!({
+                    "id": format!("{id}-{}", i + 1), "key": format!("k{i}"), "name": "n",
+                    "stage": "s", "target": format!("t{i}"), "agent_id": format!("a{}", i % 2),
+                    "agent_name": "x", "action": "cert.install", "args": {}, "depends_on": [],
+                    "commands": [], "files": [], "timeout_secs": 60, "canary": false,
+                    "state": if i == 1 && state == "running" { "dispatched" } else { "pending" },
+                    "attempts": 0,
+                    "message": "", "details": null, "output": [], "started_at": 0,
+                    "finished_at": 0,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": id, "recipe": "files", "state": state, "created_at": 5,
+            "created_by": "operator:admin", "origin": "operator", "policy": {
+                "max_parallel": 1, "canary": false, "canary_soak_secs": 0, "failure_budget": 0,
+                "approval_required": false, "window": "", "window_secs": 0,
+            },
+            "steps": steps, "message": "", "canary_released": false, "canary_done_at": 0,
+            "params": {},
+        })
+    }
+
+    #[test]
+    fn schema_2_plans_are_split_into_steps_and_dry_runs_moved_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open_unchecked(dir.path()).unwrap();
+            let put = |tree: &str, key: &str, v: serde_json::Value| {
+                raw_insert(
+                    &s,
+                    tree,
+                    key.as_bytes(),
+                    &frame(&serde_json::to_vec(&v).unwrap()),
+                )
+            };
+            put("meta", "schema_version", serde_json::json!(2));
+            put("plans", "preal", schema_2_plan("preal", "running", 3));
+            put("plans", "pdry", schema_2_plan("pdry", "dry_run", 2));
+            put(
+                "agents",
+                "a0",
+                serde_json::json!({"id": "a0", "name": "vc1", "state": "active"}),
+            );
+            put(
+                "agents",
+                "a9",
+                serde_json::json!({"id": "a9", "name": "vc1", "state": "revoked"}),
+            );
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), Some(SCHEMA_VERSION));
+        assert!(s.verify().is_empty());
+        // Headers without steps; the dry run in its own tree.
+        let header: serde_json::Value = s.get("plans", "preal").unwrap().unwrap();
+        assert!(header.get("steps").is_none(), "{header}");
+        assert_eq!(header["state"], "running");
+        assert!(
+            s.get::<serde_json::Value>("plans", "pdry")
+                .unwrap()
+                .is_none()
+        );
+        let dry: serde_json::Value = s.get("dry_runs", "pdry").unwrap().unwrap();
+        assert_eq!(dry["state"], "dry_run");
+        // One document per step, in order; the dispatched one indexed by its agent.
+        let steps = s
+            .scan_prefix::<serde_json::Value>("plan_steps", "preal/")
+            .unwrap();
+        let ids: Vec<&str> = steps
+            .iter()
+            .map(|(_, v)| v["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["preal-1", "preal-2", "preal-3"]);
+        assert_eq!(steps[1].0, plan_step_key("preal", 1));
+        let flying = s.scan_prefix::<String>("steps_in_flight", "a1/").unwrap();
+        assert_eq!(
+            flying,
+            vec![(in_flight_key("a1", "preal-2"), "preal".to_owned())]
+        );
+        assert_eq!(
+            s.scan_prefix::<serde_json::Value>("plan_steps", "pdry/")
+                .unwrap()
+                .len(),
+            2
+        );
+        // The name index points at the enrolled agent, not the revoked one.
+        assert_eq!(
+            s.get::<String>("agent_names", "vc1").unwrap().unwrap(),
+            "a0"
+        );
+        drop(s);
+        // Opening again changes nothing.
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.scan_prefix::<serde_json::Value>("plan_steps", "preal/")
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]

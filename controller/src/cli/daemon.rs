@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Re-bind agents with expired certificates without operator approval.
     #[arg(long)]
     auto_approve_rebind: bool,
+    /// How long dry-run plans are kept.
+    #[arg(long, value_parser = duration_in(secs(60), days(365)), default_value = "24h")]
+    dry_run_ttl: Duration,
     /// Start on an empty state store although the data directory holds a fleet CA
     /// (everyone must be issued and enrolled again).
     #[arg(long)]
@@ -141,6 +144,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         agent_cert_ttl: args.agent_cert_ttl,
         heartbeat_interval: args.heartbeat_interval,
         auto_approve_rebind: args.auto_approve_rebind,
+        dry_run_ttl: args.dry_run_ttl,
     };
     let mut limits = args.limits.limits();
     server::fit_fd_limit(&mut limits.listener);
@@ -149,7 +153,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let (self_stop, self_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(self_cert.run(std::time::Duration::from_secs(3600), self_rx));
     let listen = &args.listen;
-    let grpc = tokio::net::TcpListener::bind(listen)
+    let grpc = server::bind_listener(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     fleet

@@ -14,7 +14,7 @@ use super::output::{Cell, Column, OutputArgs, Show, labels_map, print_list, when
 /// `certfleet token ...`
 #[derive(Subcommand)]
 pub enum TokenCmd {
-    /// Create a single-use join token; prints only the token.
+    /// Create join tokens (single-use unless --uses); prints only the tokens, one a line.
     Create {
         /// How long the token may be used.
         #[arg(long, value_parser = duration_in(secs(1), days(30)))]
@@ -22,6 +22,13 @@ pub enum TokenCmd {
         /// Label for agents enrolled with it, key=value (repeatable).
         #[arg(long)]
         label: Vec<String>,
+        /// Enrollments each token allows (a capped multi-use token for a mass roll-out, e.g.
+        /// through Ansible; keep --ttl short).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        uses: u32,
+        /// How many tokens to create (one per host, for bulk enrollment).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        count: u32,
     },
     /// List tokens.
     List {
@@ -40,16 +47,25 @@ pub async fn run(conn: &Conn, cmd: &TokenCmd) -> anyhow::Result<()> {
     let mut c = conn.client();
     let e = |s| conn.explain(s);
     match cmd {
-        TokenCmd::Create { ttl, label } => {
-            let r = c
-                .create_token(pb::CreateTokenRequest {
-                    ttl_secs: ttl.as_secs(),
-                    labels: parse_labels(label)?,
-                })
-                .await
-                .map_err(e)?
-                .into_inner();
-            println!("{}", r.token);
+        TokenCmd::Create {
+            ttl,
+            label,
+            uses,
+            count,
+        } => {
+            let labels = parse_labels(label)?;
+            for _ in 0..*count {
+                let r = c
+                    .create_token(pb::CreateTokenRequest {
+                        ttl_secs: ttl.as_secs(),
+                        labels: labels.clone(),
+                        max_uses: *uses,
+                    })
+                    .await
+                    .map_err(e)?
+                    .into_inner();
+                println!("{}", r.token);
+            }
         }
         TokenCmd::List { output } => {
             let tokens = c
@@ -80,6 +96,8 @@ pub struct TokenView {
     created_by: String,
     labels: BTreeMap<String, String>,
     used_by: String,
+    uses: u32,
+    max_uses: u32,
 }
 
 impl From<&pb::TokenInfo> for TokenView {
@@ -92,6 +110,8 @@ impl From<&pb::TokenInfo> for TokenView {
             created_by: k.created_by.clone(),
             labels: labels_map(&k.labels),
             used_by: k.used_by.clone(),
+            uses: k.uses,
+            max_uses: k.max_uses,
         }
     }
 }
@@ -118,6 +138,9 @@ fn columns() -> Vec<Column<TokenView>> {
                     .collect::<Vec<_>>()
                     .join(","),
             )
+        }),
+        Column::new("USES", "uses", |v: &TokenView| {
+            Cell::plain(format!("{}/{}", v.uses, v.max_uses.max(1)))
         }),
         Column::new("USED BY", "used_by", |v: &TokenView| {
             Cell::plain(&v.used_by)

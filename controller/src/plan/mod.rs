@@ -1,9 +1,13 @@
 //! Plans: a recipe's step graph persisted with its policy, and the state of every step.
 //!
-//! A plan is one document in the store's `plans` tree. Every step transition is written and
-//! flushed *before* it is acted on (dispatching a step, declaring it done), so a controller
-//! killed at any moment resumes from the store: a step marked dispatched is sent again after a
-//! restart, and the agent's step journal answers it instead of running it twice.
+//! A plan is many small documents ([`storage`]): a header, and one document per step, so a
+//! step transition rewrites that step only. Every step transition is written and flushed
+//! *before* it is acted on (dispatching a step, declaring it done), so a controller killed at
+//! any moment resumes from the store: a step marked dispatched is sent again after a restart,
+//! and the agent's step journal answers it instead of running it twice.
+//!
+//! Data flows one way: recipes see a neutral [`Target`] (never the controller's agent
+//! records), this module and its children import nothing from the engine or policies.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +15,82 @@ use certfleet_common::proto as pb;
 use serde::{Deserialize, Serialize};
 
 pub mod recipes;
+pub mod storage;
+pub mod window;
+
+/// The action of a step that no agent runs: the plan waits until an operator supplies the
+/// signed certificate for the CSR an earlier step made (`certfleet plan supply`).
+pub const OPERATOR_SIGN: &str = "operator.sign";
+
+/// What a recipe knows about an agent it may plan steps for: what the agent told about its
+/// host, nothing of the controller's bookkeeping (certificates, enrollment, sessions).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Target {
+    /// Agent id (steps are addressed to it).
+    pub id: String,
+    /// Operator-facing agent name.
+    pub name: String,
+    /// Host name reported by the agent.
+    #[serde(default)]
+    pub hostname: String,
+    /// Platforms detected on the host.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+    /// Labels from the join token.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// CAs the agent can sign with.
+    #[serde(default)]
+    pub cas: Vec<String>,
+    /// Files it is configured to renew.
+    #[serde(default)]
+    pub renewable: Vec<RenewableSpec>,
+}
+
+/// A file an agent can renew by CSR (from its hello).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RenewableSpec {
+    /// Certificate path.
+    pub cert: String,
+    /// Key path.
+    pub key: String,
+    /// CA name.
+    pub issuer: String,
+    /// Units to restart.
+    pub restart: Vec<String>,
+    /// Mode.
+    pub mode: String,
+    /// Owner.
+    pub owner: String,
+    /// Group.
+    pub group: String,
+    /// Days (0 = CA default).
+    pub days: u32,
+    /// Endpoint to verify.
+    pub verify_endpoint: String,
+    /// Extra install paths.
+    pub also: Vec<String>,
+}
+
+impl From<pb::RenewableFile> for RenewableSpec {
+    fn from(r: pb::RenewableFile) -> Self {
+        RenewableSpec {
+            cert: r.cert,
+            key: r.key,
+            issuer: r.issuer,
+            restart: r.restart,
+            mode: r.mode,
+            owner: r.owner,
+            group: r.group,
+            days: r.days,
+            verify_endpoint: r.verify_endpoint,
+            also: r.also,
+        }
+    }
+}
 
 /// Plan lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,7 +294,9 @@ pub struct Plan {
     pub origin: String,
     /// Policy.
     pub policy: Policy,
-    /// Steps in dispatch order.
+    /// Steps in dispatch order: stored one document each ([`storage`]), never in the header
+    /// (read from a header only when migrating a schema-2 store).
+    #[serde(default, skip_serializing)]
     pub steps: Vec<Step>,
     /// Why it stopped, or what it waits for.
     pub message: String,
@@ -224,6 +306,10 @@ pub struct Plan {
     pub canary_done_at: i64,
     /// Recipe parameters.
     pub params: BTreeMap<String, String>,
+    /// Digest of each step as loaded from the store: [`storage::save`] writes only the steps
+    /// that changed since.
+    #[serde(skip)]
+    pub stored: Vec<u64>,
 }
 
 /// Output lines kept per step.

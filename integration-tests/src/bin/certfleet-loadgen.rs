@@ -290,21 +290,24 @@ async fn main() -> anyhow::Result<()> {
         secs(t0.elapsed())
     );
 
-    // Enrollment: one join token and one key per agent.
+    // Enrollment: one key per agent and one multi-use join token capped at the fleet's size,
+    // as a mass roll-out (Ansible) uses it.
     let mut op = operator(&ctl).await?;
     let t0 = Instant::now();
+    let token = op
+        .create_token(pb::CreateTokenRequest {
+            ttl_secs: 3600,
+            labels: vec![],
+            max_uses: u32::try_from(n).unwrap_or(u32::MAX),
+        })
+        .await
+        .map_err(|s| anyhow!("token create: {}", s.message()))?
+        .into_inner()
+        .token;
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let mut handles = Vec::with_capacity(n);
     for (i, certs) in all_certs.into_iter().enumerate() {
-        let token = op
-            .create_token(pb::CreateTokenRequest {
-                ttl_secs: 3600,
-                labels: vec![],
-            })
-            .await
-            .map_err(|s| anyhow!("token create: {}", s.message()))?
-            .into_inner()
-            .token;
+        let token = token.clone();
         let permit = sem.clone().acquire_owned().await?;
         let addr = ctl.addr.clone();
         handles.push(tokio::spawn(async move {

@@ -15,6 +15,7 @@ mod ovirt_engine_rotation;
 mod ovirt_rotation;
 mod recover;
 mod rotation;
+mod scale_store;
 mod store_faults;
 mod support;
 mod validation;

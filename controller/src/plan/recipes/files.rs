@@ -115,7 +115,7 @@ impl Recipe for Files {
                         target: target.clone(),
                         agent: String::new(),
                         agent_name: "operator".into(),
-                        action: crate::engine::OPERATOR_SIGN.into(),
+                        action: crate::plan::OPERATOR_SIGN.into(),
                         args: sign_args,
                         depends_on: vec![k("csr")],
                         commands: vec![

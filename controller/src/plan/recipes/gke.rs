@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::{Recipe, RecipeInput, StepSpec};
-use crate::fleet::AgentRecord;
+use crate::plan::Target;
 
 /// The recipe.
 pub struct GkeUserCa;
@@ -54,7 +54,7 @@ struct KubeconfigCopy {
 /// the earliest-expiring CA each copy trusts (a mid-rotation bundle holds two).
 fn kubeconfig_copies(
     input: &RecipeInput<'_>,
-    targets: &[&AgentRecord],
+    targets: &[&Target],
     role: &str,
 ) -> BTreeMap<String, Vec<KubeconfigCopy>> {
     let mut clusters: BTreeMap<String, Vec<KubeconfigCopy>> = BTreeMap::new();

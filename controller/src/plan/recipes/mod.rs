@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use certfleet_common::model::CertRecord;
 
-use crate::fleet::AgentRecord;
+use crate::plan::Target;
 
 pub mod files;
 pub mod gke;
@@ -17,9 +17,9 @@ pub mod vsphere;
 /// What a recipe sees.
 pub struct RecipeInput<'a> {
     /// Agents selected as targets (all active agents when none were named), in name order.
-    pub targets: Vec<&'a AgentRecord>,
+    pub targets: Vec<&'a Target>,
     /// Every active agent (CA holders and helpers may be outside the targets), in name order.
-    pub agents: Vec<&'a AgentRecord>,
+    pub agents: Vec<&'a Target>,
     /// Each agent's certificates.
     pub inventory: BTreeMap<String, Vec<CertRecord>>,
     /// Only these roles (empty = the recipe's own).

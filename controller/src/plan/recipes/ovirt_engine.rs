@@ -32,7 +32,7 @@
 use serde_json::json;
 
 use super::{Recipe, RecipeInput, StepSpec, openssl_subject};
-use crate::fleet::AgentRecord;
+use crate::plan::Target;
 use certfleet_common::model::CertRecord;
 
 /// engine-setup's `_COMMON_ENTITIES`, then the vmconsole proxy certificates its vmconsole
@@ -159,7 +159,7 @@ impl Recipe for OvirtEngine {
             }
             let target = format!("{}:{PKI}", e.name);
             let k = |s: &str| format!("{}-engine-{s}", e.name);
-            let on = |a: &AgentRecord,
+            let on = |a: &Target,
                       key: String,
                       name: String,
                       stage: &str,
@@ -387,7 +387,7 @@ mod tests {
 
     use super::*;
 
-    fn agent(id: &str) -> AgentRecord {
+    fn agent(id: &str) -> Target {
         serde_json::from_value(json!({
             "id": id, "name": id, "hostname": id, "platforms": [], "version": "0",
             "state": "active", "enrolled_at": 0, "last_seen": 0, "cert_not_after": 0,

@@ -58,7 +58,7 @@
 use serde_json::json;
 
 use super::{Recipe, RecipeInput, StepSpec, openssl_subject};
-use crate::fleet::AgentRecord;
+use crate::plan::Target;
 use certfleet_common::model::CertRecord;
 
 /// The VDSM certificate on a host.
@@ -85,9 +85,9 @@ pub struct OvirtHostsOffline;
 
 /// A host to renew and the engine that signs for it.
 pub(crate) struct HostJob<'a> {
-    pub host: &'a AgentRecord,
+    pub host: &'a Target,
     pub cert: &'a CertRecord,
-    pub engine: &'a AgentRecord,
+    pub engine: &'a Target,
     pub fqdn: String,
     pub san: String,
 }
@@ -314,7 +314,7 @@ impl Recipe for OvirtHosts {
         let mut tail: std::collections::BTreeMap<String, String> = Default::default();
         // One version probe per engine agent.
         let mut probed: Vec<&str> = Vec::new();
-        let version_key = |engine: &AgentRecord| format!("{}-engine-version", engine.name);
+        let version_key = |engine: &Target| format!("{}-engine-version", engine.name);
         for j in &jobs {
             if probed.contains(&j.engine.id.as_str()) {
                 continue;
@@ -477,7 +477,7 @@ mod tests {
 
     use super::*;
 
-    fn agent(id: &str, platform: &str) -> AgentRecord {
+    fn agent(id: &str, platform: &str) -> Target {
         serde_json::from_value(json!({
             "id": id, "name": id, "hostname": id, "platforms": [platform], "version": "0",
             "state": "active", "enrolled_at": 0, "last_seen": 0, "cert_not_after": 0,
@@ -577,7 +577,7 @@ mod tests {
     fn api_recipe_chains_hosts_of_a_cluster() {
         let ca = "C=US, O=example.test, CN=engine.example.test.12345";
         let engine = agent("engine", "ovirt_engine");
-        let hosts: Vec<AgentRecord> = ["kvm01", "kvm02"]
+        let hosts: Vec<Target> = ["kvm01", "kvm02"]
             .iter()
             .map(|n| agent(n, "ovirt_node"))
             .collect();

@@ -22,7 +22,7 @@
 use serde_json::json;
 
 use super::{Recipe, RecipeInput, StepSpec};
-use crate::fleet::AgentRecord;
+use crate::plan::Target;
 
 const VECS: &str = "/usr/lib/vmware-vmafd/bin/vecs-cli";
 const CERTOOL: &str = "/usr/lib/vmware-vmca/bin/certool";
@@ -35,7 +35,7 @@ const RESTART_CMDS: [&str; 5] = [
     "verify vsphere.https_address serves VECS MACHINE_SSL_CERT/__MACHINE_CERT",
 ];
 
-fn vsphere_targets<'a>(input: &RecipeInput<'a>) -> Vec<&'a AgentRecord> {
+fn vsphere_targets<'a>(input: &RecipeInput<'a>) -> Vec<&'a Target> {
     input
         .targets
         .iter()
@@ -51,7 +51,7 @@ fn vsphere_targets<'a>(input: &RecipeInput<'a>) -> Vec<&'a AgentRecord> {
 }
 
 /// `(domain name, domain key)` of `agent` (see the module documentation).
-fn sso_domain(input: &RecipeInput<'_>, agent: &AgentRecord) -> (String, String) {
+fn sso_domain(input: &RecipeInput<'_>, agent: &Target) -> (String, String) {
     let sts: Vec<_> = input
         .inventory
         .get(&agent.id)
@@ -86,9 +86,9 @@ fn sso_domain(input: &RecipeInput<'_>, agent: &AgentRecord) -> (String, String) 
 /// `nodes` grouped by SSO domain (key → (domain name, nodes)), in their given order.
 fn by_domain<'a>(
     input: &RecipeInput<'_>,
-    nodes: &[&'a AgentRecord],
-) -> Vec<(String, String, Vec<&'a AgentRecord>)> {
-    let mut out: Vec<(String, String, Vec<&'a AgentRecord>)> = Vec::new();
+    nodes: &[&'a Target],
+) -> Vec<(String, String, Vec<&'a Target>)> {
+    let mut out: Vec<(String, String, Vec<&'a Target>)> = Vec::new();
     for a in nodes {
         let (name, key) = sso_domain(input, a);
         match out.iter_mut().find(|(k, _, _)| *k == key) {
@@ -110,7 +110,7 @@ fn due(input: &RecipeInput<'_>, agent: &str, role: &str) -> bool {
 
 /// Steps of one node share the node as their target; steps of the domain-wide STS change share
 /// the domain, so the engine's max-parallel count never holds a node's later steps back.
-fn gate(agent: &AgentRecord, key: String, after: Option<String>, target: &str) -> StepSpec {
+fn gate(agent: &Target, key: String, after: Option<String>, target: &str) -> StepSpec {
     StepSpec {
         key,
         name: "replication gate (vdcrepadmin showpartnerstatus)".into(),
@@ -127,7 +127,7 @@ fn gate(agent: &AgentRecord, key: String, after: Option<String>, target: &str) -
     }
 }
 
-fn restart(agent: &AgentRecord, key: String, after: Vec<String>, target: &str) -> StepSpec {
+fn restart(agent: &Target, key: String, after: Vec<String>, target: &str) -> StepSpec {
     StepSpec {
         key,
         name: "restart all services and verify the endpoint".into(),
@@ -348,7 +348,7 @@ impl Recipe for Sts {
             return Err("no vSphere agent among the targets".into());
         }
         // Every vSphere agent of a targeted domain takes part (all restart, §9.6.4).
-        let all: Vec<&AgentRecord> = input
+        let all: Vec<&Target> = input
             .agents
             .iter()
             .copied()
@@ -387,12 +387,12 @@ fn sts_domain(
     input: &RecipeInput<'_>,
     key: &str,
     domain: &str,
-    nodes: &[&AgentRecord],
-    targets: &[&AgentRecord],
+    nodes: &[&Target],
+    targets: &[&Target],
     several: bool,
 ) -> Result<Vec<StepSpec>, String> {
     {
-        let nodes: Vec<&AgentRecord> = nodes.to_vec();
+        let nodes: Vec<&Target> = nodes.to_vec();
         // The node that runs the LDAP replacement: param `node`, else the first target reporting
         // a due STS signing certificate.
         let chosen = match input.params.get("node") {
@@ -452,7 +452,7 @@ fn sts_domain(
             timeout_secs: 600,
         });
         // Restart every node, the one that ran the fix first, one at a time.
-        let mut order: Vec<&AgentRecord> = vec![chosen];
+        let mut order: Vec<&Target> = vec![chosen];
         order.extend(nodes.iter().copied().filter(|a| a.id != chosen.id));
         let mut prev = p("sts");
         for a in order {
