@@ -135,6 +135,7 @@ async fn metrics(State(h): State<Http>) -> impl IntoResponse {
         fleet.store.size_on_disk() as i64,
     );
     crate::inventory::register_metrics(fleet, &mut r);
+    crate::cas::register_metrics(fleet, &mut r);
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &r).is_err() {
         return (

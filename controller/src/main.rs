@@ -316,6 +316,12 @@ enum InventoryCmd {
     },
     /// Ask agents (all connected, or one) to rescan now.
     Rescan { agent: Option<String> },
+    /// Every CA in the fleet: the leaves it caps and its cliff (the date from which new leaves
+    /// can no longer get a full lifetime).
+    Cas {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -764,6 +770,18 @@ async fn operator(cli: &Cli) -> anyhow::Result<()> {
                     .map_err(e)?
                     .into_inner();
                 eprintln!("rescan requested from {} agent(s)", r.agents);
+            }
+            Some(InventoryCmd::Cas { output }) => {
+                let all = c
+                    .inventory(pb::InventoryQuery::default())
+                    .await
+                    .map_err(e)?
+                    .into_inner();
+                let facts = certfleet_controller::cas::facts_from_list(&all);
+                certfleet_controller::cas::print(
+                    &certfleet_controller::cas::forecast(&facts, certfleet_common::model::now()),
+                    matches!(output, Format::Json),
+                );
             }
             Some(InventoryCmd::Show {
                 fingerprint,
