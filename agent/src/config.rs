@@ -229,6 +229,7 @@ pub const COLLECTORS: &[&str] = &[
     "kubeadm",
     "files",
     "endpoint",
+    "esxi",
 ];
 
 impl AgentConfig {

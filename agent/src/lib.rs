@@ -9,3 +9,4 @@ pub mod exec;
 pub mod link;
 pub mod report;
 pub mod state;
+pub mod vim;

@@ -3,6 +3,7 @@
 
 mod cas;
 mod crash;
+mod esxi;
 mod fabric;
 mod gke;
 mod gke_rotation;
