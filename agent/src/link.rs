@@ -255,68 +255,10 @@ impl Reported {
     }
 }
 
-/// Largest message the agent sends when the controller announces no limit (an older one):
-/// tonic's default decoding limit on the other side.
-const MAX_REPORT_BYTES: usize = 4 << 20;
 /// Largest message accepted from the controller (steps, renewed certificates).
 const MAX_CONTROLLER_MESSAGE_BYTES: usize = 32 << 20;
 
-/// The controller's limits on one report, as announced in its welcome.
-#[derive(Clone, Debug)]
-struct ReportLimits {
-    max_bytes: usize,
-    max_certificates: usize,
-    max_locations: usize,
-}
-
-impl ReportLimits {
-    fn from_welcome(w: &pb::Welcome) -> Self {
-        let or = |v: u64, default: usize| {
-            if v == 0 {
-                default
-            } else {
-                usize::try_from(v).unwrap_or(usize::MAX)
-            }
-        };
-        ReportLimits {
-            max_bytes: or(w.max_report_bytes, MAX_REPORT_BYTES),
-            max_certificates: or(u64::from(w.max_certificates), usize::MAX),
-            max_locations: or(u64::from(w.max_locations), usize::MAX),
-        }
-    }
-
-    /// Why a report (of an inventory holding `total` certificates) is over the limits.
-    fn check(&self, total: usize, report: &pb::InventoryReport) -> Result<(), String> {
-        use prost::Message as _;
-        if total > self.max_certificates {
-            return Err(format!(
-                "{total} certificates found, the controller accepts at most {} per agent",
-                self.max_certificates
-            ));
-        }
-        if let Some(c) = report
-            .certificates
-            .iter()
-            .find(|c| c.locations.len() > self.max_locations)
-        {
-            return Err(format!(
-                "certificate {} found at {} locations, the controller accepts at most {}",
-                c.fingerprint_sha256,
-                c.locations.len(),
-                self.max_locations
-            ));
-        }
-        // Room for the envelope (message kind and length prefix).
-        let size = report.encoded_len() + 16;
-        if size > self.max_bytes {
-            return Err(format!(
-                "report of {size} bytes, the controller accepts at most {} bytes",
-                self.max_bytes
-            ));
-        }
-        Ok(())
-    }
-}
+use certfleet_common::limits::ReportLimits;
 
 /// The report sent instead of one over the limits: no certificates (what the controller holds
 /// stays), the scan's problems and health, and the reason.
@@ -470,7 +412,7 @@ async fn session(
                         // the session, and send a full report once the inventory fits.
                         tracing::error!(controller = %ctl, reason = %why, "inventory not sent: over the controller's limits");
                         reported = Reported::default();
-                        over_limit_report(&why, &found)
+                        over_limit_report(&why.to_string(), &found)
                     }
                 };
                 send(&tx, pb::agent_message::Kind::Inventory(report))?;

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod clidoc;
 pub mod identity;
+pub mod limits;
 pub mod model;
 pub mod pem;
 pub mod pki;

@@ -12,8 +12,7 @@ use std::time::Duration;
 use certfleet_common::identity::Identity;
 use certfleet_common::proto::agent_link_server::AgentLink;
 use certfleet_common::proto::{
-    self as pb, AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message,
-    controller_message,
+    AgentMessage, ControllerMessage, RenewResponse, Welcome, agent_message, controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -23,54 +22,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::fleet::{AgentRecord, AgentState, Fleet, internal};
 
 /// Limits on what one agent may report, so that one agent cannot exhaust the controller's
-/// memory or store. They are announced in the welcome; an agent over them sends a problem
-/// instead of its report, and a report over them is refused here whoever sent it (the
-/// session stays up: a refused report is not a reason to reconnect and send it again).
-#[derive(Clone, Debug)]
-pub struct ReportLimits {
-    /// Largest message an agent may send (gRPC decoding limit on the link).
-    pub max_report_bytes: usize,
-    /// Certificates one agent may hold in the inventory.
-    pub max_certificates: usize,
-    /// Locations one certificate may be reported at.
-    pub max_locations: usize,
-}
-
-impl Default for ReportLimits {
-    fn default() -> Self {
-        ReportLimits {
-            max_report_bytes: 32 << 20,
-            max_certificates: 20_000,
-            max_locations: 256,
-        }
-    }
-}
-
-impl ReportLimits {
-    /// Why `report` is over the limits, if it is (before it is merged with what is stored).
-    pub fn check(&self, report: &pb::InventoryReport) -> Result<(), String> {
-        if report.certificates.len() > self.max_certificates {
-            return Err(format!(
-                "{} certificates, more than the limit of {}",
-                report.certificates.len(),
-                self.max_certificates
-            ));
-        }
-        if let Some(c) = report
-            .certificates
-            .iter()
-            .find(|c| c.locations.len() > self.max_locations)
-        {
-            return Err(format!(
-                "certificate {} at {} locations, more than the limit of {}",
-                c.fingerprint_sha256,
-                c.locations.len(),
-                self.max_locations
-            ));
-        }
-        Ok(())
-    }
-}
+/// memory or store (shared with the agent, see [`certfleet_common::limits`]). They are
+/// announced in the welcome; an agent over them sends a problem instead of its report, and a
+/// report over them is refused here whoever sent it (the session stays up: a refused report is
+/// not a reason to reconnect and send it again).
+pub use certfleet_common::limits::ReportLimits;
 
 /// The AgentLink gRPC service.
 pub struct AgentLinkService {
@@ -206,7 +162,7 @@ async fn handle(
     match msg.kind {
         Some(Kind::Heartbeat(_)) => {}
         Some(Kind::Inventory(report)) => {
-            if let Err(why) = limits.check(&report) {
+            if let Err(why) = limits.check(report.certificates.len(), &report) {
                 refuse_report(fleet, id, &format!("inventory report refused: {why}"));
                 return Ok(());
             }

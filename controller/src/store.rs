@@ -154,6 +154,27 @@ pub struct Store {
 /// File in the store directory holding the number of the newest audit entry known durable.
 const AUDIT_MARK: &str = "certfleet.audit-seq";
 
+/// Exit status of `certfleet store export` when it had to skip unreadable values: the export
+/// file holds everything else (a partial salvage), and the skipped values are listed on
+/// stderr. Distinct from 1 (nothing usable written: the export failed) and 2 (usage).
+pub const PARTIAL_EXPORT_EXIT: u8 = 3;
+
+/// `certfleet store export` wrote what it could but skipped unreadable values (exit status
+/// [`PARTIAL_EXPORT_EXIT`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "partial export: {skipped} unreadable value(s) skipped (listed above); {out} holds the {written} \
+     readable document(s)"
+)]
+pub struct PartialExport {
+    /// The export file.
+    pub out: PathBuf,
+    /// Documents written.
+    pub written: usize,
+    /// Values skipped.
+    pub skipped: usize,
+}
+
 /// What [`Store::export`] wrote and what it had to skip.
 #[derive(Debug, Default)]
 pub struct ExportSummary {

@@ -161,6 +161,21 @@ pub fn find(state: &StateDir, id: &str) -> Option<Manifest> {
     load(&root(state).join(id)).ok()
 }
 
+/// The bytes backup `m` keeps of `f` (checked against the manifest's SHA-256).
+pub fn read_stored(state: &StateDir, m: &Manifest, f: &BackedUpFile) -> Result<Vec<u8>, ActError> {
+    let p = root(state).join(&m.id).join(&f.stored);
+    let bytes = std::fs::read(&p)
+        .map_err(|e| ActError(format!("backup {}: {}: {e}", m.id, p.display())))?;
+    if certfleet_common::pki::sha256_hex(&bytes) != f.sha256 {
+        return Err(ActError(format!(
+            "backup {}: copy of {} is damaged (checksum mismatch)",
+            m.id,
+            f.path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Restores a backup: every file back with its bytes, mode and owner; files that did not exist
 /// are removed.
 pub fn restore(state: &StateDir, id: &str) -> Result<Manifest, ActError> {

@@ -120,6 +120,11 @@ fn cluster_arg(args: &Value) -> Result<&str, ActError> {
     Ok(c)
 }
 
+/// `gke.ca_rotate` (see the module table).
+///
+/// Idempotent by construction: gkectl keeps the rotation's stage in the admin cluster, and a
+/// run finds a rotation already in progress and follows it instead of starting a second one,
+/// so a resumed step (agent died mid-rotation) asks `status` first and goes on from there.
 fn ca_rotate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let cluster = cluster_arg(args)?;
     let poll = poll_interval(args, 30);
@@ -337,6 +342,10 @@ fn openssl_verify(
     r.map(|_| ()).map_err(|e| ActError(format!("{what}: {e}")))
 }
 
+/// `gke.fetch_kubeconfig` (see the module table).
+///
+/// Idempotent by construction: it only reads the admin cluster and stages a copy in the
+/// agent's state directory (written atomically, 0600); a resumed step reads and stages again.
 fn fetch_kubeconfig(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let cluster = cluster_arg(args)?;
     let text = secret_kubeconfig(ctx, cluster)?;
@@ -405,6 +414,12 @@ fn fetch_rest(
     }))
 }
 
+/// `kubeconfig.install` (see the module table).
+///
+/// Idempotent by construction: the destination is backed up once, before the first write, and
+/// a resumed step keeps that backup (the file as it was before the step, [`backup::create`]);
+/// installing writes the same staged bytes (checked against `sha256`) atomically again, and
+/// the checks run again.
 fn kubeconfig_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let staged = arg_str(args, "staged")?;
     if !certfleet_common::identity::valid_name(staged.trim_end_matches(".kubeconfig")) {
@@ -565,6 +580,12 @@ fn leaf_not_afters(pki: &Path, kdir: &Path) -> Result<Vec<(String, PathBuf, bool
     Ok(v)
 }
 
+/// `kubeadm.renew_all` (see the module table).
+///
+/// Not resumed after an agent crash (the step is refused, "interrupted, needs operator"): a
+/// second `kubeadm certs renew all` would issue every certificate again, and telling a finished
+/// renewal from one kubeadm stopped half-way needs each leaf compared with the step's backup,
+/// which is not done yet.
 fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let poll = poll_interval(args, 20);
     let start_wait = Duration::from_secs(
@@ -915,6 +936,12 @@ fn fp_arg(args: &Value, name: &str) -> Result<String, ActError> {
     Ok(fp)
 }
 
+/// `gke.admin_ca_rotate` (see the module table).
+///
+/// Idempotent by construction: before acting it reads from the admin cluster and the
+/// kubeconfig where the rotation of the CA in scope stands (gkectl `status`, which CA issued
+/// the kubeconfig's client certificate); a rotation already past the step's phase is not
+/// started again, and `rotate --admin-cluster` itself resumes an interrupted run.
 fn admin_ca_rotate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let phase = arg_str(args, "phase")?;
     let old_fp = fp_arg(args, "ca_sha256")?;
@@ -1050,6 +1077,11 @@ fn admin_kubeconfig_state(
     Ok(())
 }
 
+/// `gke.admin_kubeconfig_update` (see the module table).
+///
+/// Idempotent by construction: a kubeconfig already in the expected state (bundle or new CA,
+/// client certificate from the new CA) is left alone; the real file is backed up once, and a
+/// resumed step keeps that backup ([`backup::create`]).
 fn admin_kubeconfig_update(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let expect = arg_str(args, "expect")?;
     if !matches!(expect, "bundle" | "new") {

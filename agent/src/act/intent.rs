@@ -66,9 +66,28 @@ pub fn resume_policy(action: &str) -> Resume {
         // (`ovirt::enroll_request` asks [`openssl_ca_issued_since`] first).
         "ovirt.enroll_request" => Resume::Rerun,
         // Read-only checks.
-        "ovirt.verify_host_certs" | "ovirt.engine_verify" | "vsphere.replication_gate" => {
+        "ovirt.verify_host_certs"
+        | "ovirt.engine_verify"
+        | "ovirt.engine_version"
+        | "vsphere.replication_gate" => Resume::Rerun,
+        // Each finds out from the host what an interrupted attempt did; see its doc comment.
+        "vsphere.machine_ssl" | "vsphere.restart_services" | "vsphere.clean_backup_store" => {
             Resume::Rerun
         }
+        "gke.ca_rotate"
+        | "gke.fetch_kubeconfig"
+        | "kubeconfig.install"
+        | "gke.admin_ca_rotate"
+        | "gke.admin_kubeconfig_update" => Resume::Rerun,
+        "ovirt.power_management"
+        | "ovirt.host_maintenance"
+        | "ovirt.enroll_certificate"
+        | "ovirt.host_activate"
+        | "ovirt.global_maintenance"
+        | "ovirt.refresh_host_ca" => Resume::Rerun,
+        // Refused, each for the reason its doc comment gives: `vsphere.sts`,
+        // `vsphere.solution_users`, `kubeadm.renew_all`, `ovirt.engine_setup`,
+        // `ovirt.engine_reissue`, and every action not listed.
         _ => Resume::Refuse,
     }
 }
@@ -477,10 +496,12 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_platform_mutations_refuse_to_resume() {
+    fn unknown_and_unresumable_platform_mutations_refuse_to_resume() {
         assert_eq!(resume_policy("ca.sign"), Resume::Rerun);
-        assert_eq!(resume_policy("ovirt.enroll_certificate"), Resume::Refuse);
-        assert_eq!(resume_policy("vsphere.machine_ssl"), Resume::Refuse);
+        assert_eq!(resume_policy("ovirt.engine_setup"), Resume::Refuse);
+        assert_eq!(resume_policy("vsphere.sts"), Resume::Refuse);
+        assert_eq!(resume_policy("vsphere.machine_ssl"), Resume::Rerun);
+        assert_eq!(resume_policy("ovirt.refresh_host_ca"), Resume::Rerun);
         assert_eq!(resume_policy("something.new"), Resume::Refuse);
     }
 

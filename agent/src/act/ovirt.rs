@@ -407,6 +407,12 @@ fn action_ok(api: &api::Api, name: &str, id: &str, action: &str) -> Result<(), A
     Ok(())
 }
 
+/// `ovirt.power_management`: sets a host's power management and returns the `previous`
+/// setting, which a later step restores.
+///
+/// Idempotent by construction: the setting is only written when it differs, and the setting
+/// before the step is noted in the intent journal before the `PUT`, so a resumed step reports
+/// the setting the host had before the step, not the one its first attempt wrote.
 fn power_management(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "host")?;
     let want = args
@@ -415,8 +421,18 @@ fn power_management(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErro
         .ok_or_else(|| ActError("missing boolean argument \"enabled\"".into()))?;
     let api = api::Api::connect(ctx)?;
     let (h, id) = api_host(&api, args)?;
-    let previous = h["power_management"]["enabled"] == "true";
-    if previous != want {
+    // The setting before this step, as the first attempt saw it: a resumed step would see its
+    // own change and report that as the setting to restore.
+    ctx.note(
+        "previous",
+        json!(h["power_management"]["enabled"] == "true"),
+    )?;
+    let previous = ctx
+        .noted("previous")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let now = h["power_management"]["enabled"] == "true";
+    if now != want {
         let body =
             format!("<host><power_management><enabled>{want}</enabled></power_management></host>");
         (ctx.output)(format!("PUT hosts/{id} {body}"));
@@ -431,7 +447,7 @@ fn power_management(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErro
         }
     }
     Ok(json!({
-        "message": if previous == want {
+        "message": if now == want {
             format!("power management of {name} already {}", if want { "enabled" } else { "disabled" })
         } else {
             format!("power management of {name} {}", if want { "enabled" } else { "disabled" })
@@ -487,6 +503,10 @@ fn engine_version(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     }))
 }
 
+/// `ovirt.host_maintenance` (see the module table).
+///
+/// Idempotent by construction: the engine's host status is read first; a host already in
+/// maintenance (or preparing for it) is not deactivated again, so a resumed step waits.
 fn host_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "host")?;
     let direct = args
@@ -534,6 +554,14 @@ fn max_event_id(api: &api::Api) -> Result<u64, ActError> {
         .unwrap_or(0))
 }
 
+/// `ovirt.enroll_certificate` (see the module table).
+///
+/// Idempotent by construction: the engine's last event id is noted in the intent journal
+/// before the `POST`. A resumed step asks the engine instead of posting again: an enrollment
+/// event (881/882) for this host after that id, or the host `installing`, means the first
+/// attempt's request was taken, and it is followed to its end ([`follow_enrollment`]); neither
+/// is refused (interrupted, needs operator), since a request the engine has not acted on yet
+/// cannot be told from one never sent.
 fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "host")?;
     let api = api::Api::connect(ctx)?;
@@ -544,6 +572,14 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let from_non_responsive = st == "non_responsive" && direct;
+    let resumed_since = if ctx.resumed() {
+        ctx.noted("events_since").and_then(|v| v.as_u64())
+    } else {
+        None
+    };
+    if let Some(since) = resumed_since {
+        return follow_enrollment(ctx, &api, name, &id, since, &st, from_non_responsive);
+    }
     if st != "maintenance" && !from_non_responsive {
         return Err(ActError(format!(
             "host {name} is {st}: Enroll Certificate needs maintenance first{}",
@@ -555,13 +591,76 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
         )));
     }
     let since = max_event_id(&api)?;
+    ctx.note("events_since", json!(since))?;
+    ctx.crash_point("before-enroll");
     action_ok(&api, name, &id, "enrollcertificate")
         .map_err(|e| ActError(format!("{e}; host {name} stays in maintenance")))?;
+    ctx.crash_point("after-enroll");
     (ctx.output)(format!(
         "enrollcertificate accepted for {name}; waiting (events after {since})"
     ));
+    wait_enrollment(ctx, &api, name, &id, since, &st, from_non_responsive, false)
+}
+
+/// A resumed `ovirt.enroll_certificate` whose first attempt noted the last event id before its
+/// `POST`: the engine's events after it (881 done / 882 failed for this host) or the host
+/// `installing` say the enrollment was started, and it is followed to its end without a second
+/// `POST`. Neither (the host still in maintenance, no event) cannot tell a `POST` that never
+/// went out from one the engine has not acted on yet: refused.
+fn follow_enrollment(
+    ctx: &ActContext<'_>,
+    api: &api::Api,
+    name: &str,
+    id: &str,
+    since: u64,
+    st: &str,
+    from_non_responsive: bool,
+) -> Result<Value, ActError> {
+    let events = api.get(&format!("/events?from={since}"))?;
+    let started = events["event"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["host"]["id"] == id && (e["code"] == "881" || e["code"] == "882"));
+    if !started && st != "installing" {
+        return Err(ActError(format!(
+            "Enroll Certificate of host {name} was interrupted: the engine logged no enrollment \
+             event after event {since} and the host is {st}, so whether the request reached the \
+             engine is unknown; interrupted, needs operator (check the host's events, then \
+             re-plan)"
+        )));
+    }
+    (ctx.output)(format!(
+        "the interrupted attempt started Enroll Certificate of {name} (events after {since}, host {st}); following it"
+    ));
+    wait_enrollment(
+        ctx,
+        api,
+        name,
+        id,
+        since,
+        st,
+        from_non_responsive,
+        st == "installing",
+    )
+}
+
+/// Polls the host and the engine's events after `since` until the enrollment ends.
+#[allow(clippy::too_many_arguments)]
+fn wait_enrollment(
+    ctx: &ActContext<'_>,
+    api: &api::Api,
+    name: &str,
+    id: &str,
+    since: u64,
+    from: &str,
+    from_non_responsive: bool,
+    seen_installing: bool,
+) -> Result<Value, ActError> {
+    let st = from.to_owned();
+    let id = id.to_owned();
     let deadline = Instant::now() + ctx.timeout;
-    let mut seen_installing = false;
+    let mut seen_installing = seen_installing;
     let mut last = String::new();
     loop {
         let st = api.status(&id)?;
@@ -617,6 +716,10 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
     )
 }
 
+/// `ovirt.host_activate` (see the module table).
+///
+/// Idempotent by construction: a host already `up` is not activated again; a resumed step
+/// finds the host where the first attempt left it and waits for `up`.
 fn host_activate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "host")?;
     let api = api::Api::connect(ctx)?;
@@ -720,6 +823,10 @@ fn verify_host_certs(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActErr
     }))
 }
 
+/// `ovirt.global_maintenance` (see the module table).
+///
+/// Idempotent by construction: `hosted-engine --set-maintenance --mode=…` sets a state, so
+/// setting it again leaves the cluster as one run does, and the state is read back each time.
 fn global_maintenance(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let mode = arg_str(args, "mode")?;
     if !matches!(mode, "global" | "none") {
@@ -800,6 +907,13 @@ fn ca_fingerprint(pki: &Path, rel: &str) -> Option<String> {
     cert_rec(&pki.join(rel)).ok().map(|r| r.fingerprint_sha256)
 }
 
+/// `ovirt.engine_setup` (see the module table).
+///
+/// Not resumed after an agent crash (the step is refused, "interrupted, needs operator"):
+/// `engine-setup` runs for minutes and keeps its own transaction (it rolls the PKI back
+/// itself when it fails). An agent that died while it ran cannot tell whether that run is still
+/// going, finished, or rolled back, and a second run while the first one is alive would
+/// corrupt the engine PKI; the operator reads `/var/log/ovirt-engine/setup/` first.
 fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pki = engine_pki(ctx);
     let cas_before: Vec<Option<String>> = ENGINE_CA_FILES
@@ -1046,6 +1160,14 @@ fn vdsm_path(ctx: &ActContext<'_>, rel: &str) -> PathBuf {
     }
 }
 
+/// `ovirt.refresh_host_ca` (see the module table).
+///
+/// Idempotent by construction: the copies to change are backed up once, before the first
+/// write, and a resumed step keeps that backup (the copies as they were before the step) and
+/// takes its list of copies from it; a copy already holding the new CA is not written again.
+/// The restart is noted in the intent journal once it ran, so a resumed step does not restart
+/// again (it may repeat if the agent died between the restart and the note); every leaf is
+/// verified again.
 fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let units: Vec<String> = match args.get("restart").and_then(Value::as_array) {
         Some(a) => a
@@ -1122,11 +1244,21 @@ fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
             "no CA copy of the host-deploy layout exists on this host (or no CA given)".into(),
         ));
     }
-    let todo: Vec<PathBuf> = plan
-        .iter()
-        .filter(|(_, _, changed, _, _)| *changed)
-        .map(|(p, ..)| p.clone())
-        .collect();
+    // A resumed step takes the copies its interrupted attempt backed up (and may already have
+    // replaced): they still need the check and the restart, and the backup keeps them as they
+    // were before the step.
+    let earlier = ctx
+        .resumed()
+        .then(|| backup::find(ctx.state, ctx.step_id))
+        .flatten();
+    let todo: Vec<PathBuf> = match &earlier {
+        Some(m) => m.files.iter().map(|f| f.path.clone()).collect(),
+        None => plan
+            .iter()
+            .filter(|(_, _, changed, _, _)| *changed)
+            .map(|(p, ..)| p.clone())
+            .collect(),
+    };
     if todo.is_empty() {
         return Ok(json!({
             "message": format!("all {} CA copies already current", plan.len()),
@@ -1135,12 +1267,19 @@ fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
     }
     let m = backup::create(ctx.state, ctx.step_id, &todo)?;
     (ctx.output)(format!("backup {} holds {} CA copies", m.id, todo.len()));
+    ctx.crash_point("after-backup");
     let o = openssl(ctx);
     let attempt = (|| -> Result<(), ActError> {
         for (p, _, changed, body, _) in &plan {
             if *changed {
                 backup::install(p, body.as_bytes(), 0o644, None)?;
                 (ctx.output)(format!("refreshed {}", ctx.cfg.shown(p)));
+                ctx.crash_point("after-replace");
+            } else if todo.contains(p) {
+                (ctx.output)(format!(
+                    "{} already holds the new CA (interrupted attempt)",
+                    ctx.cfg.shown(p)
+                ));
             }
         }
         for (p, leaf, _, _, not_after) in &plan {
@@ -1164,7 +1303,16 @@ fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
             }
         }
         if !units.is_empty() {
-            super::generic::restart(ctx, &units)?;
+            if ctx.noted("restarted").is_some() {
+                (ctx.output)(format!(
+                    "{} restarted by the interrupted attempt",
+                    units.join(", ")
+                ));
+            } else {
+                super::generic::restart(ctx, &units)?;
+                ctx.note("restarted", json!(units))?;
+                ctx.crash_point("after-restart");
+            }
         }
         Ok(())
     })();
@@ -1191,6 +1339,11 @@ fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
     }))
 }
 
+/// `ovirt.engine_reissue` (see the module table).
+///
+/// Not resumed after an agent crash yet (the step is refused, "interrupted, needs operator"):
+/// its signing could be found in `database.txt` as `ovirt.enroll_request` does, but the
+/// `.p12`/`key.nopass` steps after it are not checked against the backup yet.
 fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "name")?;
     let subject = arg_str(args, "subject")?;

@@ -326,9 +326,18 @@ fn genkey(ctx: &ActContext<'_>, dir: &Path, name: &str) -> Result<PathBuf, ActEr
 /// restarted and the endpoint must serve the new certificate. On any failure every change is
 /// undone in reverse order.
 ///
-/// Idempotent: the old certificate, LDAP values and VCDB rows are saved to files (and an agent
-/// backup) before the first change; a re-sent step is answered from the journal; running it
-/// again issues another certificate and replaces the current one the same way.
+/// Idempotent by construction (resumed after an agent crash, see [`super::intent`]): every
+/// file of the step lives in its own work directory `STATE_DIR/vsphere/<step>/`. The new key
+/// and certificate are kept there until VECS holds them, so a resumed step reuses them instead
+/// of asking VMCA for a second certificate (a key already removed after success is read back
+/// from VECS `MACHINE_SSL_CERT`, which holds it). The old certificate, LDAP values and VCDB
+/// rows are saved to files and an agent backup before the first change; once that backup
+/// exists a resumed step reads the old values from it (never from the host, which may hold the
+/// new ones by then) and never overwrites it. Each change is then skipped when the host
+/// already holds its result: a VECS entry whose certificate has the new fingerprint (an entry
+/// deleted but not yet created is created), a Lookup Service registration trusting the new
+/// certificate, a `vpx_ext` row with the new thumbprint. The restart is noted in the intent
+/// journal after it ran, so it is not repeated; the endpoint is always checked again.
 fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let restart = args.get("restart").and_then(Value::as_bool).unwrap_or(true);
     let pnid = pnid(ctx)?;
@@ -344,30 +353,79 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         0o600,
     )
     .map_err(|e| ActError(format!("{}: {e}", cfg.display())))?;
-    let key = genkey(ctx, &dir, "machine-ssl")?;
     let crt = dir.join("machine-ssl.crt");
-    certool(
-        ctx,
-        &[
-            "--gencert",
-            &format!("--privkey={}", s(&key)),
-            &format!("--cert={}", s(&crt)),
-            &format!("--config={}", s(&cfg)),
-            "--server=localhost",
-        ],
-    )?;
+    let key = match issued_before(ctx, &dir, &crt)? {
+        Some(key) => key,
+        None => {
+            let key = genkey(ctx, &dir, "machine-ssl")?;
+            certool(
+                ctx,
+                &[
+                    "--gencert",
+                    &format!("--privkey={}", s(&key)),
+                    &format!("--cert={}", s(&crt)),
+                    &format!("--config={}", s(&cfg)),
+                    "--server=localhost",
+                ],
+            )?;
+            key
+        }
+    };
     let not_after = check_cert(ctx, &crt, Some(&pnid))?;
     let new_der = read_cert(&crt)?;
     let new_fp = certfleet_common::pki::sha256_hex(&new_der);
 
-    // Everything that will change, saved first.
-    let (old_crt, old_key) = export_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &dir, "old")?;
+    // Everything that will change, saved first. A resumed step whose first attempt completed
+    // its backup takes the old values from there: the host may hold the new ones already.
+    let earlier = ctx
+        .resumed()
+        .then(|| backup::find(ctx.state, ctx.step_id))
+        .flatten();
+    let (old_crt, old_key) = match &earlier {
+        Some(m) => {
+            (ctx.output)(format!(
+                "backup {} of the interrupted attempt holds the old Machine SSL certificate",
+                m.id
+            ));
+            restore_saved(ctx, m, &dir, &["old.crt", "old.key"])?;
+            (dir.join("old.crt"), dir.join("old.key"))
+        }
+        None => export_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &dir, "old")?,
+    };
     let old_der = read_cert(&old_crt)?;
+    if old_der == new_der {
+        return Err(ActError(format!(
+            "{}: the certificate saved as the old Machine SSL certificate is the new one; \
+             interrupted, needs operator",
+            old_crt.display()
+        )));
+    }
     let mut saved = vec![old_crt.clone(), old_key.clone()];
     let stores = store_names(ctx)?;
-    let sts_internal = stores.iter().any(|s| s == "STS_INTERNAL_SSL_CERT")
-        && entry_exists(ctx, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT")?;
-    let old_internal = if sts_internal {
+    let sts_internal = match &earlier {
+        Some(m) => m
+            .files
+            .iter()
+            .any(|f| f.path.ends_with("old-sts-internal.crt")),
+        None => {
+            stores.iter().any(|s| s == "STS_INTERNAL_SSL_CERT")
+                && entry_exists(ctx, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT")?
+        }
+    };
+    let old_internal = if let (true, Some(m)) = (sts_internal, &earlier) {
+        restore_saved(
+            ctx,
+            m,
+            &dir,
+            &["old-sts-internal.crt", "old-sts-internal.key"],
+        )?;
+        let (c, k) = (
+            dir.join("old-sts-internal.crt"),
+            dir.join("old-sts-internal.key"),
+        );
+        saved.extend([c.clone(), k.clone()]);
+        Some((c, k))
+    } else if sts_internal {
         let (c, k) = export_entry(
             ctx,
             "STS_INTERNAL_SSL_CERT",
@@ -381,27 +439,46 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         None
     };
     let ldap = Ldap::machine_account(ctx)?;
-    let ls = ls_trust_plan(ctx, &ldap, &dir, &old_der, &new_der)?;
+    let ls = ls_trust_plan(ctx, &ldap, &dir, &old_der, &new_der, earlier.is_some())?;
     if let Some(p) = &ls {
         saved.push(p.backup.clone());
     }
     let vcdb = Vcdb::find(ctx);
-    let ext = match &vcdb {
-        Some(db) => vpx_ext_plan(ctx, db, &dir, MACHINE_SSL_EXTENSIONS, &thumbprint(&new_der))?,
-        None => None,
+    let ext = match (&vcdb, &earlier) {
+        (Some(_), Some(m)) => {
+            saved_ext_plan(ctx, m, &dir, MACHINE_SSL_EXTENSIONS, &thumbprint(&new_der))?
+        }
+        (Some(db), None) => {
+            vpx_ext_plan(ctx, db, &dir, MACHINE_SSL_EXTENSIONS, &thumbprint(&new_der))?
+        }
+        (None, _) => None,
     };
     if let Some(p) = &ext {
         saved.push(p.backup.clone());
     }
-    let manifest = backup::create(ctx.state, ctx.step_id, &saved)?;
+    let manifest = match earlier {
+        Some(m) => m,
+        None => backup::create(ctx.state, ctx.step_id, &saved)?,
+    };
+    ctx.crash_point("after-backup");
     ensure_store(ctx, "BACKUP_STORE")?;
-    replace_entry(
-        ctx,
-        "BACKUP_STORE",
-        "bkp___MACHINE_CERT",
-        &old_crt,
-        &old_key,
-    )?;
+    if entry_cert(ctx, "BACKUP_STORE", "bkp___MACHINE_CERT")
+        .ok()
+        .as_deref()
+        == Some(&old_der)
+    {
+        (ctx.output)(
+            "VECS BACKUP_STORE/bkp___MACHINE_CERT already holds the old certificate".into(),
+        );
+    } else {
+        replace_entry(
+            ctx,
+            "BACKUP_STORE",
+            "bkp___MACHINE_CERT",
+            &old_crt,
+            &old_key,
+        )?;
+    }
 
     let mut undo: Vec<Undo> = Vec::new();
     let apply = |undo: &mut Vec<Undo>| -> Result<(), ActError> {
@@ -411,8 +488,7 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             crt: old_crt.clone(),
             key: old_key.clone(),
         });
-        replace_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &crt, &key)?;
-        expect_entry(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT", &new_der)?;
+        install_entry(ctx, "MACHINE_SSL_CERT", &crt, &key, &new_der)?;
         if let Some((c, k)) = &old_internal {
             undo.push(Undo::Vecs {
                 store: "STS_INTERNAL_SSL_CERT".into(),
@@ -420,8 +496,7 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
                 crt: c.clone(),
                 key: k.clone(),
             });
-            replace_entry(ctx, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT", &crt, &key)?;
-            expect_entry(ctx, "STS_INTERNAL_SSL_CERT", "__MACHINE_CERT", &new_der)?;
+            install_entry(ctx, "STS_INTERNAL_SSL_CERT", &crt, &key, &new_der)?;
         }
         if let Some(p) = &ls {
             undo.push(Undo::LsTrust {
@@ -429,7 +504,9 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
                 dns: p.dns.clone(),
                 old: old_der.clone(),
             });
-            ldap.modify(ctx, &p.change, false)?;
+            if p.to_change > 0 {
+                ldap.modify(ctx, &p.change, false)?;
+            }
             ls_trust_verify(ctx, &ldap, &p.dns, &new_der)?;
         }
         if let (Some(p), Some(db)) = (&ext, &vcdb) {
@@ -439,7 +516,13 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             vpx_ext_apply(ctx, db, p)?;
         }
         if restart {
-            restart_services(ctx)?;
+            if ctx.noted("restarted").is_some() {
+                (ctx.output)("services were restarted by the interrupted attempt".into());
+            } else {
+                ctx.crash_point("before-restart");
+                restart_services(ctx)?;
+                ctx.note("restarted", json!(true))?;
+            }
             verify_served(ctx)?;
         }
         Ok(())
@@ -475,6 +558,130 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         "backup_id": manifest.id,
         "restart": if restart { json!(["service-control --all"]) } else { json!([]) },
     }))
+}
+
+/// For a resumed `vsphere.machine_ssl`: the key of the certificate the interrupted attempt
+/// already had VMCA issue into `crt` (in the step's own work directory), so it is not issued
+/// twice. The key is the work directory's, or (removed once VECS held it) VECS
+/// `MACHINE_SSL_CERT/__MACHINE_CERT`'s when that entry holds `crt`. `None` when nothing usable
+/// was issued (not resumed, no certificate, or no key for it): a new one is issued.
+fn issued_before(
+    ctx: &ActContext<'_>,
+    dir: &Path,
+    crt: &Path,
+) -> Result<Option<PathBuf>, ActError> {
+    if !ctx.resumed() {
+        return Ok(None);
+    }
+    let Ok(der) = read_cert(crt) else {
+        (ctx.output)("the interrupted attempt had no certificate issued yet".into());
+        return Ok(None);
+    };
+    let key = dir.join("machine-ssl.key");
+    if !key.exists() {
+        if entry_cert(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT")
+            .ok()
+            .as_deref()
+            != Some(&der)
+        {
+            (ctx.output)(format!(
+                "{}: no key for the certificate issued before; issuing anew",
+                key.display()
+            ));
+            return Ok(None);
+        }
+        vecs(
+            ctx,
+            &[
+                "entry",
+                "getkey",
+                "--store",
+                "MACHINE_SSL_CERT",
+                "--alias",
+                "__MACHINE_CERT",
+                "--output",
+                &s(&key),
+            ],
+        )?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(PRIVATE))
+            .map_err(|e| ActError(format!("chmod 600 {}: {e}", key.display())))?;
+    }
+    super::generic::key_matches(ctx, &key, crt)?;
+    (ctx.output)(format!(
+        "{} was issued by the interrupted attempt (with its key); not asking VMCA again",
+        crt.display()
+    ));
+    Ok(Some(key))
+}
+
+/// Copies the files named `names` from the step's backup `m` back into the work directory
+/// (0600), where the first attempt saved them before it changed anything.
+fn restore_saved(
+    ctx: &ActContext<'_>,
+    m: &backup::Manifest,
+    dir: &Path,
+    names: &[&str],
+) -> Result<(), ActError> {
+    for name in names {
+        let f = m
+            .files
+            .iter()
+            .find(|f| f.path.file_name().is_some_and(|n| n == *name))
+            .ok_or_else(|| {
+                ActError(format!(
+                    "backup {} holds no {name}; interrupted, needs operator",
+                    m.id
+                ))
+            })?;
+        let bytes = backup::read_stored(ctx.state, m, f)?;
+        write_private(&dir.join(name), &bytes)
+            .map_err(|e| ActError(format!("{}: {e}", dir.join(name).display())))?;
+    }
+    Ok(())
+}
+
+/// VECS `store/__MACHINE_CERT` gets the new certificate (`crt`/`key`, DER `new`) unless it
+/// holds it already (a resumed step); an entry the interrupted attempt deleted is created.
+fn install_entry(
+    ctx: &ActContext<'_>,
+    store: &str,
+    crt: &Path,
+    key: &Path,
+    new: &[u8],
+) -> Result<(), ActError> {
+    let alias = "__MACHINE_CERT";
+    if entry_exists(ctx, store, alias)? {
+        if entry_cert(ctx, store, alias)? == new {
+            (ctx.output)(format!(
+                "VECS {store}/{alias} already holds the new certificate"
+            ));
+            return Ok(());
+        }
+        vecs(
+            ctx,
+            &["entry", "delete", "--store", store, "--alias", alias, "-y"],
+        )?;
+        ctx.crash_point(&format!("after-delete-{store}"));
+    } else {
+        (ctx.output)(format!("VECS {store} has no {alias}; creating it"));
+    }
+    vecs(
+        ctx,
+        &[
+            "entry",
+            "create",
+            "--store",
+            store,
+            "--alias",
+            alias,
+            "--cert",
+            &s(crt),
+            "--key",
+            &s(key),
+        ],
+    )?;
+    ctx.crash_point(&format!("after-create-{store}"));
+    expect_entry(ctx, store, alias, new)
 }
 
 fn read_cert(path: &Path) -> Result<Vec<u8>, ActError> {
@@ -712,6 +919,8 @@ const LS_TRUST_DER: &str = "vmwLKUPSslTrustAnchor";
 /// The registrations to change: LDIFs forward and back.
 struct LsPlan {
     dns: Vec<String>,
+    /// How many of `dns` still trust the old certificate (`change` holds only those).
+    to_change: usize,
     change: PathBuf,
     backup: PathBuf,
 }
@@ -725,6 +934,7 @@ fn ls_trust_plan(
     dir: &Path,
     old: &[u8],
     new: &[u8],
+    resumed: bool,
 ) -> Result<Option<LsPlan>, ActError> {
     let base = format!("cn=Sites,cn=Configuration,{}", ldap.domain_dn);
     let entries = ldap.search(
@@ -734,6 +944,7 @@ fn ls_trust_plan(
         &["vmwLKUPURI", LS_TRUST_B64, LS_TRUST_DER],
     )?;
     let (mut change, mut back, mut dns) = (String::new(), String::new(), Vec::new());
+    let mut to_change = 0;
     for (dn, attrs) in &entries {
         for (a, v) in attrs {
             let (attr, der) = if a.eq_ignore_ascii_case(LS_TRUST_B64) {
@@ -747,7 +958,11 @@ fn ls_trust_plan(
             } else {
                 continue;
             };
-            if der != old {
+            // A resumed step also takes the registrations its interrupted attempt already
+            // changed (they trust the new certificate): nothing to change, but undone on
+            // failure like the others.
+            let done = resumed && der == new;
+            if der != old && !done {
                 continue;
             }
             let line = |d: &[u8]| {
@@ -758,18 +973,23 @@ fn ls_trust_plan(
                 }
             };
             for (out, from, to) in [(&mut change, old, new), (&mut back, new, old)] {
+                if done && from == old {
+                    continue;
+                }
                 out.push_str(&format!(
                     "dn: {dn}\nchangetype: modify\ndelete: {attr}\n{}-\nadd: {attr}\n{}-\n\n",
                     line(from),
                     line(to)
                 ));
             }
+            if !done {
+                to_change += 1;
+            }
             dns.push(dn.clone());
         }
     }
     (ctx.output)(format!(
-        "Lookup Service: {} of {} endpoint registration(s) trust the old Machine SSL certificate",
-        dns.len(),
+        "Lookup Service: {to_change} of {} endpoint registration(s) trust the old Machine SSL certificate",
         entries.len()
     ));
     if dns.is_empty() {
@@ -782,6 +1002,7 @@ fn ls_trust_plan(
         .map_err(|e| ActError(format!("{}: {e}", bf.display())))?;
     Ok(Some(LsPlan {
         dns,
+        to_change,
         change: cf,
         backup: bf,
     }))
@@ -934,6 +1155,39 @@ fn vpx_ext_plan(
     }))
 }
 
+/// For a resumed step whose first attempt completed its backup: the `vpx_ext` rows as they
+/// were before it changed any (the file `vpx_ext_plan` saved into the backup), not as they are
+/// now. `None` when the first attempt found nothing to change.
+fn saved_ext_plan(
+    ctx: &ActContext<'_>,
+    m: &backup::Manifest,
+    dir: &Path,
+    ids: &[&str],
+    new: &str,
+) -> Result<Option<ExtPlan>, ActError> {
+    let name = format!("vpx_ext-{}.txt", ids.first().unwrap_or(&"ext"));
+    if !m
+        .files
+        .iter()
+        .any(|f| f.path.file_name().is_some_and(|n| n == name.as_str()))
+    {
+        return Ok(None);
+    }
+    restore_saved(ctx, m, dir, &[&name])?;
+    let backup = dir.join(&name);
+    let text = std::fs::read_to_string(&backup)
+        .map_err(|e| ActError(format!("{}: {e}", backup.display())))?;
+    Ok(Some(ExtPlan {
+        old_rows: text
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(i, t)| (i.to_owned(), t.to_owned()))
+            .collect(),
+        new: new.to_owned(),
+        backup,
+    }))
+}
+
 /// Sets every planned row to the new thumbprint and reads them back.
 fn vpx_ext_apply(ctx: &ActContext<'_>, db: &Vcdb, plan: &ExtPlan) -> Result<(), ActError> {
     let rows: Vec<(String, String)> = plan
@@ -989,7 +1243,8 @@ const BACKUP_STORES: [&str; 2] = ["BACKUP_STORE", "BACKUP_STORE_H5C"];
 ///
 /// Idempotent: every entry is exported (certificate and key, 0600) into an agent backup before
 /// anything is deleted (`certfleet-agent backups` keeps it; `vecs-cli entry create` puts one
-/// back); a second run finds nothing left to delete.
+/// back); a second run finds nothing left to delete. A resumed step keeps the first attempt's
+/// backup ([`backup::create`]) and deletes what is left.
 fn clean_backup_store(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let der = entry_cert(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT")?;
     let rec = certfleet_common::x509::parse_der(&der)
@@ -1053,6 +1308,17 @@ fn clean_backup_store(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
         }
     }
     if targets.is_empty() {
+        if let Some(m) = ctx
+            .resumed()
+            .then(|| backup::find(ctx.state, ctx.step_id))
+            .flatten()
+        {
+            return Ok(json!({
+                "message": format!("the interrupted attempt removed every BACKUP_STORE entry (kept in agent backup {})", m.id),
+                "removed": [],
+                "backup_id": m.id,
+            }));
+        }
         return Ok(json!({"message": "no BACKUP_STORE entries to remove", "removed": []}));
     }
     let index = dir.join("backup-store-index.txt");
@@ -1099,6 +1365,10 @@ fn clean_backup_store(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
 /// then read back (vmdir with `ldapsearch` as the machine account, like vCert's MISMATCH check,
 /// VECS with `vecs-cli entry getcert`) and must hold the new certificate. On any failure every
 /// user already changed, and the failing one, gets its old certificate back in vmdir and VECS.
+///
+/// Not resumed after an agent crash yet (refused, "interrupted, needs operator"): the per-user
+/// old certificates would have to come from the step's backup and every user be compared in
+/// vmdir and VECS, as `vsphere.machine_ssl` does for one entry; not done.
 fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pnid = pnid(ctx)?;
     let mid = machine_id(ctx)?;
@@ -1494,6 +1764,9 @@ fn b64(b: &[u8]) -> String {
 /// `TenantCredential-N`/`TrustedCertChain-N` and adding `-1` with `objectClass: top`, as vCert
 /// writes it) as the SSO administrator, as both scripts do. Idempotent: the old entries are
 /// saved as an LDIF (and an agent backup) before the change; a failed check puts them back.
+/// Not resumed after an agent crash yet (refused, "interrupted, needs operator"): a resumed
+/// step would have to find the new signing certificate in the tenant and tell it from one
+/// another node wrote, which is not done.
 fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     let reader = Ldap::machine_account(ctx)?;
     let writer = Ldap::administrator(ctx)?;
@@ -1675,7 +1948,9 @@ const SYSTEMCTL: &str = "/usr/bin/systemctl";
 /// until every service that ran before runs again (manual-start services that were `Stopped:`
 /// may stay stopped). Then vCert's checks: `vmon-cli -s` of envoy, rhttpproxy and
 /// vmware-vpostgres (those vmon knows) must say `RunState: STARTED`, `systemctl is-active`
-/// vmafdd and vmdird must say `active`. Idempotent: a restart can always be repeated.
+/// vmafdd and vmdird must say `active`. Idempotent: a restart can always be repeated (a
+/// resumed `vsphere.restart_services` restarts again rather than guess whether the first
+/// attempt's restart happened).
 fn restart_services(ctx: &ActContext<'_>) -> Result<(), ActError> {
     let sc = tool(ctx, "service-control", SERVICE_CONTROL);
     let before = parse_service_status(&ctx.run_ok(&sc, &["--status", "--all"], None)?.stdout);

@@ -405,3 +405,267 @@ fn ovirt_hosts_recipe_agents_killed_between_intent_and_result() {
     }
     journals_have_no_duplicates(&states, "ovirt");
 }
+
+/// `vsphere.machine_ssl` resumed after its agent died between its backup and the restart
+/// (after the backup, with VECS `__MACHINE_CERT` deleted, before the restart; a kill after
+/// `entry create` resumes as the last one does, so it is left out to keep the test short): one VMCA issuance per plan (the simulated VMCA's record), VECS, the endpoint,
+/// every Lookup Service registration and VCDB's vpx_ext row end on the new certificate; the
+/// step's backup keeps the certificate from before the plan; the services run as before.
+#[test]
+fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
+    use certfleet_integration_tests::sim::vcsa::{self, VcsaSpec, VcsaVersion};
+    use certfleet_integration_tests::sim::{Lifetime, SimHost};
+
+    use crate::vsphere_rotation::{
+        assert_services_as_before, fingerprint, getcert, ls_trust, served,
+    };
+    const POINTS: &[&str] = &[
+        "vsphere.machine_ssl:after-backup",
+        "vsphere.machine_ssl:after-delete-MACHINE_SSL_CERT",
+        "vsphere.machine_ssl:before-restart",
+    ];
+    vcsa::vmdir::require_slapd().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::new(
+        dir.path().join("vcsa"),
+        crate::support::bin("certfleet-sim"),
+    )
+    .unwrap();
+    let v = vcsa::build(
+        &host,
+        &VcsaSpec::new(VcsaVersion::V70, "vcsa01.lab.local")
+            .with("machine_ssl", Lifetime::days(720, 10)),
+    )
+    .unwrap();
+    let services = v.start_services().unwrap();
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("vc1");
+    let cfg = v.agent_config_path();
+    let root = v.host.root.display().to_string();
+    let mut agent = c.run_agent(&state, Some(&cfg), &["--root", &root]);
+    c.wait_connected(1);
+    for &point in POINTS {
+        let old = getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+        let issued = v.state().unwrap().vmca_issued.len();
+        agent.kill9();
+        agent = c.run_agent_env(
+            &state,
+            Some(&cfg),
+            &["--root", &root],
+            &[("CERTFLEET_TEST_CRASH_AT", point)],
+        );
+        c.wait_connected(1);
+        // The renewed certificate is valid 730 days: a wide window takes it again.
+        let plan = wait_for("plan create", Duration::from_secs(60), || {
+            let out = c.cli_as(
+                &c.admin(),
+                &[
+                    "plan",
+                    "create",
+                    "vsphere-machine-ssl",
+                    "--agent",
+                    "vc1",
+                    "--expiring-within",
+                    "800d",
+                    "--run",
+                    "-o",
+                    "json",
+                ],
+            );
+            if out.status.success() {
+                serde_json::from_slice::<Value>(&out.stdout).ok()
+            } else {
+                std::thread::sleep(Duration::from_millis(300));
+                None
+            }
+        });
+        let id = plan["id"].as_str().unwrap().to_owned();
+        wait_killed(&mut agent, point);
+        agent = c.run_agent(&state, Some(&cfg), &["--root", &root]);
+        let done = wait_plan(&c, &id, &["succeeded", "failed"], 180);
+        assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
+
+        let st = v.state().unwrap();
+        assert_eq!(
+            st.vmca_issued.len(),
+            issued + 1,
+            "{point}: VMCA issued {} certificates for one step",
+            st.vmca_issued.len() - issued
+        );
+        let new = getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+        assert_ne!(fingerprint(&new), fingerprint(&old), "{point}");
+        let new_path = dir.path().join("new.pem");
+        std::fs::write(&new_path, &new).unwrap();
+        let hex = |s: &str| {
+            s.trim_start_matches("0x")
+                .trim_start_matches('0')
+                .to_lowercase()
+        };
+        assert_eq!(
+            hex(&cert_serial(&new_path)),
+            hex(st.vmca_issued.last().unwrap()),
+            "{point}: VECS holds another certificate than the one VMCA issued"
+        );
+        assert_eq!(served(&v), fingerprint(&new), "{point}");
+        for (uri, fp) in ls_trust(&v) {
+            assert_eq!(fp, fingerprint(&new), "{point}: {uri}");
+        }
+        let rows = vcsa::vcdb::vpx_ext(&st).unwrap();
+        let vsan = rows
+            .iter()
+            .find(|(id, _)| id == "com.vmware.vsan.health")
+            .expect("vsan health registered");
+        assert_eq!(vsan.1, vcsa::thumbprint(&new).unwrap(), "{point}");
+        assert_services_as_before(&v);
+        let step = step_id(&done, "vsphere.machine_ssl", "vc1");
+        assert_eq!(
+            String::from_utf8(backed_up(&state, step, "/old.crt"))
+                .unwrap()
+                .trim(),
+            old.trim(),
+            "{point}: the step's backup lost the certificate from before the plan"
+        );
+        let bkp = st.store("BACKUP_STORE").expect("BACKUP_STORE created");
+        assert!(bkp.entries.is_empty(), "{point}: {:?}", bkp.entries);
+        journals_have_no_duplicates(std::slice::from_ref(&state), point);
+    }
+    drop(agent);
+    drop(services);
+}
+
+/// The oVirt engine recipe after engine-setup renewed both CAs: each host's
+/// `ovirt.refresh_host_ca` agent dies at another point (kvm01 after replacing the first copy,
+/// kvm02 after the restart); resumed, every copy holds the new CA with its owner and mode,
+/// libvirtd restarted exactly once, and the step's backup holds the old CA.
+#[test]
+fn ovirt_engine_refresh_host_ca_agents_killed_and_resumed() {
+    use std::os::unix::fs::MetadataExt;
+
+    use certfleet_integration_tests::sim::Lifetime;
+    use certfleet_integration_tests::sim::ovirt::{Engine, EngineSpec, OvirtVersion, setup};
+
+    use crate::ovirt_rotation::{PKI, fleet_spec, fqdn};
+    const COPIES: &[&str] = &[
+        "/etc/pki/vdsm/certs/cacert.pem",
+        "/etc/pki/vdsm/libvirt-spice/ca-cert.pem",
+        "/etc/pki/vdsm/libvirt-vnc/ca-cert.pem",
+        "/etc/pki/CA/cacert.pem",
+        "/etc/pki/vdsm/ovn/ca-cert.pem",
+    ];
+    const POINTS: &[(&str, &str)] = &[
+        ("kvm01", "ovirt.refresh_host_ca:after-replace"),
+        ("kvm02", "ovirt.refresh_host_ca:after-restart"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine"));
+    for ca in ["ca", "qemu-ca"] {
+        spec.lifetimes.insert(ca.into(), Lifetime::days(3450, 200));
+    }
+    let mut f = fleet_spec(dir.path(), spec, &[("kvm01", 1500), ("kvm02", 1500)], "");
+    let e = Engine::load(&f.engine).unwrap();
+    setup::engine_services(&e).unwrap();
+    for h in f.hosts.values() {
+        systemd::define_unit(h, "ovirt-imageio", &["/etc/pki/vdsm/certs/vdsmcert.pem"]).unwrap();
+    }
+    wait_for(
+        "the engine CA in the inventory",
+        Duration::from_secs(60),
+        || {
+            f.c.json(&["inventory"])
+                .to_string()
+                .contains("/etc/pki/ovirt-engine/qemu-ca.pem")
+                .then_some(())
+        },
+    );
+    let cfg = dir.path().join("agent.toml");
+    let old_ca = read(&f.engine.path(&format!("{PKI}/ca.pem")));
+    let mut before = Vec::new();
+    for (i, &(name, point)) in POINTS.iter().enumerate() {
+        let h = f.hosts[name].clone();
+        let perms: Vec<(u32, u32, u32)> = COPIES
+            .iter()
+            .map(|c| {
+                let m = std::fs::metadata(h.path(c)).unwrap();
+                (m.mode(), m.uid(), m.gid())
+            })
+            .collect();
+        before.push((perms, systemd::unit(&h, "libvirtd").unwrap().starts));
+        let root = h.root.display().to_string();
+        let state = f.c.dir.join(format!("agent-{name}"));
+        f._agents[i + 1].kill9();
+        f._agents[i + 1] = f.c.run_agent_env(
+            &state,
+            Some(&cfg),
+            &["--root", &root],
+            &[("CERTFLEET_TEST_CRASH_AT", point)],
+        );
+    }
+    f.c.wait_connected(3);
+    let plan = f.c.json(&[
+        "plan",
+        "create",
+        "ovirt-engine",
+        "--expiring-within",
+        "30d",
+        "--failure-budget",
+        "0",
+        "--run",
+    ]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    for (i, &(name, point)) in POINTS.iter().enumerate() {
+        wait_killed(&mut f._agents[i + 1], point);
+        let root = f.hosts[name].root.display().to_string();
+        let state = f.c.dir.join(format!("agent-{name}"));
+        f._agents[i + 1] = f.c.run_agent(&state, Some(&cfg), &["--root", &root]);
+    }
+    let done = crate::ovirt_rotation::wait_plan(&f.c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let new_ca = read(&f.engine.path(&format!("{PKI}/ca.pem")));
+    assert_ne!(new_ca, old_ca, "engine-setup did not renew the CA");
+    let mut states = Vec::new();
+    for (i, &(name, point)) in POINTS.iter().enumerate() {
+        let h = &f.hosts[name];
+        for (j, c) in COPIES.iter().enumerate() {
+            assert_eq!(read(&h.path(c)), new_ca, "{point}: {name}{c}");
+            let m = std::fs::metadata(h.path(c)).unwrap();
+            assert_eq!(
+                (m.mode(), m.uid(), m.gid()),
+                before[i].0[j],
+                "{point}: {name}{c}"
+            );
+        }
+        let v = openssl(&[
+            "verify",
+            "-CAfile",
+            h.path(COPIES[0]).to_str().unwrap(),
+            h.path("/etc/pki/vdsm/certs/vdsmcert.pem").to_str().unwrap(),
+        ]);
+        assert!(v.contains(": OK"), "{point}: {v}");
+        assert_eq!(
+            systemd::unit(h, "libvirtd").unwrap().starts,
+            before[i].1 + 1,
+            "{point}: {name}'s libvirtd not restarted exactly once"
+        );
+        let step = done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["action"] == "ovirt.refresh_host_ca" && s["agent"] == name)
+            .unwrap_or_else(|| panic!("no refresh step for {name}: {done:#}"));
+        assert!(
+            step["message"]
+                .as_str()
+                .unwrap()
+                .contains("refreshed 6 CA copies"),
+            "{point}: {step:#}"
+        );
+        let state = f.c.dir.join(format!("agent-{name}"));
+        assert_eq!(
+            backed_up(&state, step["id"].as_str().unwrap(), COPIES[0]),
+            old_ca,
+            "{point}: {name}'s backup does not hold the CA from before the plan"
+        );
+        states.push(state);
+    }
+    journals_have_no_duplicates(&states, "ovirt-engine");
+}

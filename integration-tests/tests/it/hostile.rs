@@ -268,7 +268,7 @@ fn an_agent_over_the_report_limits_reports_a_problem_and_keeps_its_session() {
     assert!(
         agent
             .log_text()
-            .contains("5 certificates found, the controller accepts at most 3"),
+            .contains("5 certificates, more than the limit of 3"),
         "{}",
         agent.log_text()
     );
@@ -407,36 +407,47 @@ fn vcsa_services_stops_its_children_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut cmd = Command::new(bin("certfleet-sim"));
-    cmd.arg("--root").arg(&root).arg("vcsa-services");
-    let mut p = Proc::spawn(cmd, tmp.path().join("services.log"));
-    let pids: Vec<u32> = wait_for("the services' pids", Duration::from_secs(30), || {
-        let log = p.log_text();
-        let line = log.lines().find(|l| l.contains("pids ["))?;
-        let list = line.split("pids [").nth(1)?.trim_end_matches(']');
-        Some(
-            list.split(',')
-                .filter_map(|s| s.trim().parse().ok())
-                .collect(),
-        )
-    });
-    assert_eq!(
-        pids.len(),
-        3,
-        "slapd, postgres (the VCDB) and the HTTPS listener: {pids:?}"
-    );
-    for pid in &pids {
-        assert!(alive(*pid), "child {pid} is not running");
-    }
+    let start = |log: &str| -> (Proc, Vec<u32>) {
+        let mut cmd = Command::new(bin("certfleet-sim"));
+        cmd.arg("--root").arg(&root).arg("vcsa-services");
+        let p = Proc::spawn(cmd, tmp.path().join(log));
+        let pids: Vec<u32> = wait_for("the services' pids", Duration::from_secs(30), || {
+            let log = p.log_text();
+            let line = log.lines().find(|l| l.contains("pids ["))?;
+            let list = line.split("pids [").nth(1)?.trim_end_matches(']');
+            Some(
+                list.split(',')
+                    .filter_map(|s| s.trim().parse().ok())
+                    .collect(),
+            )
+        });
+        assert_eq!(
+            pids.len(),
+            3,
+            "slapd, postgres (the VCDB) and the HTTPS listener: {pids:?}"
+        );
+        for pid in &pids {
+            assert!(alive(*pid), "child {pid} is not running");
+        }
+        (p, pids)
+    };
+    let gone = |pids: &[u32], how: &str| {
+        for pid in pids {
+            wait_for(
+                &format!("child {pid} to be gone after {how}"),
+                Duration::from_secs(10),
+                || (!alive(*pid)).then_some(()),
+            );
+        }
+    };
+    let (mut p, pids) = start("services.log");
     let code = p.term();
     assert_eq!(code, Some(128 + 15), "{}", p.log_text());
-    for pid in &pids {
-        wait_for(
-            &format!("child {pid} to be gone"),
-            Duration::from_secs(10),
-            || (!alive(*pid)).then_some(()),
-        );
-    }
+    gone(&pids, "SIGTERM");
+    // A test that drops its `Proc` (or panics) must not leave the children behind either.
+    let (p, pids) = start("services-2.log");
+    drop(p);
+    gone(&pids, "the test dropped its process");
 }
 
 /// A process exists and is not a zombie.

@@ -251,3 +251,177 @@ fn flip_in_value(dir: &Path, marker: &[u8]) -> bool {
     }
     false
 }
+
+/// A byte flipped inside one stored value, written through sled itself so that sled's own log
+/// checksums hold (bit rot before sled wrote it, a bad RAM page, a buggy writer): sled serves
+/// it as a good record, and only the per-value checksum can tell. The controller refuses to
+/// start naming the tree and key; `store export` writes every other document, lists the
+/// damaged one and exits with the partial-export status (3), not 0.
+#[test]
+fn a_flipped_byte_inside_one_value_is_named_and_export_exits_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Controller::start(tmp.path(), &[]);
+    for _ in 0..3 {
+        c.cli(&["token", "create", "--ttl", "1h"]);
+    }
+    c.proc.as_mut().unwrap().term();
+    let state = c.dir.join("data").join("state");
+    let (tree, key, stored) = {
+        let db = sled::open(&state).unwrap();
+        let name = "tokens".to_owned();
+        let t = db.open_tree(&name).unwrap();
+        let stored = t.len();
+        assert!(stored >= 3, "{stored} tokens stored");
+        let (k, v) = t.iter().next().unwrap().unwrap();
+        let mut v = v.to_vec();
+        // A letter of the document's first key: still JSON, no longer the same document.
+        let at = v.iter().position(|&b| b == b'"').expect("a JSON document") + 1;
+        v[at] ^= 0x20;
+        t.insert(&k, v).unwrap();
+        db.flush().unwrap();
+        let key = match std::str::from_utf8(&k) {
+            Ok(s) if !s.chars().any(char::is_control) => s.to_owned(),
+            _ => format!("0x{}", hex::encode(&k)),
+        };
+        (name, key, stored)
+    };
+    let named = format!("tree {tree}, key {key}: checksum mismatch");
+
+    let data = c.dir.join("data");
+    let mut serve = Command::new(bin("certfleet"));
+    serve
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+    let mut p = crate::support::Proc::spawn(serve, tmp.path().join("flipped-serve.log"));
+    let code = p.wait(Duration::from_secs(30));
+    let err = p.log_text();
+    assert_eq!(code, Some(1), "a damaged store was served:\n{err}");
+    assert!(
+        err.contains(&named),
+        "the damaged value is not named:\n{err}"
+    );
+
+    let export = tmp.path().join("salvage.jsonl");
+    let out = Command::new(bin("certfleet"))
+        .args(["store", "export", "--data-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&export)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a partial export must exit 3: {err}"
+    );
+    assert!(err.contains("skipped 1 unreadable value(s)"), "{err}");
+    assert!(err.contains(&named), "{err}");
+    assert!(err.contains("partial export"), "{err}");
+    let lines = std::fs::read_to_string(&export).unwrap();
+    assert!(lines.contains("\"tree\":\"operators\""), "{lines}");
+    let tokens = lines
+        .lines()
+        .filter(|l| l.contains(&format!("\"tree\":\"{tree}\"")))
+        .count();
+    assert_eq!(
+        tokens,
+        stored - 1,
+        "every intact token is exported: {lines}"
+    );
+}
+
+/// The agent's state directory on a full disk (a real 1 MiB tmpfs): a step cannot journal its
+/// intent, so it does not act; it fails with an error naming the intent journal and the OS
+/// error, the agent stays connected, its key, certificate, journals and intents stay readable,
+/// and once space returns the next plan renews for real.
+#[test]
+fn an_agent_whose_state_dir_is_full_acts_on_nothing_and_recovers() {
+    use crate::rotation::{self, index_lines, wait_plan};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = rotation::fleet(tmp.path(), 1, &[]);
+    let cfg = f.apps[0].2.clone();
+    let pem = f.apps[0].1.path("/etc/app/tls/app.pem");
+    let before = std::fs::read(&pem).unwrap();
+    let rows = index_lines(&f.ca_root);
+    // The enrolled state moves onto the tmpfs; the agent runs from there.
+    let small = tmp.path().join("small-state");
+    let _fs = Tmpfs::mount(&small, "1m");
+    f.procs[1].kill9();
+    for e in std::fs::read_dir(&f.states[1]).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), small.join(e.file_name())).unwrap();
+        }
+    }
+    let identity: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&small)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    f.procs[1] = f.c.run_agent(&small, Some(&cfg), &[]);
+    f.c.wait_connected(2);
+    let filler = fill(&small);
+
+    let plan = f.c.json(&[
+        "plan",
+        "create",
+        "files",
+        "--expiring-within",
+        "30d",
+        "--run",
+    ]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"], 60);
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let failed: Vec<&serde_json::Value> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{done:#}");
+    let msg = failed[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cannot journal the intent")
+            && msg.contains(&small.join("intents.jsonl").display().to_string())
+            && msg.contains("No space left on device"),
+        "the error does not say what and where: {msg}"
+    );
+    assert_eq!(std::fs::read(&pem).unwrap(), before, "the host changed");
+    assert_eq!(index_lines(&f.ca_root), rows, "the CA signed");
+    assert!(
+        f.procs[1].child.try_wait().unwrap().is_none(),
+        "the agent died"
+    );
+    for (p, bytes) in &identity {
+        assert_eq!(&std::fs::read(p).unwrap(), bytes, "{} changed", p.display());
+    }
+
+    // Space returns: the next plan acts, and every journal line is whole.
+    std::fs::remove_file(filler).unwrap();
+    f.c.wait_connected(2);
+    let plan = f.c.json(&[
+        "plan",
+        "create",
+        "files",
+        "--expiring-within",
+        "30d",
+        "--run",
+    ]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"], 60);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_ne!(std::fs::read(&pem).unwrap(), before);
+    assert_eq!(index_lines(&f.ca_root), rows + 1);
+    for name in ["journal.jsonl", "intents.jsonl"] {
+        let text = std::fs::read_to_string(small.join(name)).unwrap();
+        let bad: Vec<&str> = text
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+            .collect();
+        assert!(bad.is_empty(), "{name} holds broken lines: {bad:?}");
+    }
+    f.procs[1].kill9();
+}

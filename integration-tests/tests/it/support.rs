@@ -106,8 +106,23 @@ fn nix_kill(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
         .status()
 }
 
+/// How long a dropped process gets to exit after SIGTERM before it is SIGKILLed.
+const DROP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Proc {
+    /// SIGTERM first, so a process with children of its own (`certfleet-sim vcsa-services`:
+    /// slapd, postgres, the HTTPS listener) stops them instead of orphaning them; SIGKILL only
+    /// if it has not exited within [`DROP_GRACE`].
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok()
+            && self.wait(DROP_GRACE).is_some()
+        {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

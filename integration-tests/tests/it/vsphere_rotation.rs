@@ -105,7 +105,7 @@ fn finish(c: &Controller, id: &str) -> Value {
     })
 }
 
-fn getcert(v: &Vcsa, store: &str, alias: &str) -> String {
+pub(crate) fn getcert(v: &Vcsa, store: &str, alias: &str) -> String {
     let out = Command::new(v.host.path(vcsa::VECS_CLI))
         .args(["entry", "getcert", "--store", store, "--alias", alias])
         .output()
@@ -131,12 +131,12 @@ fn valid_for(pem: &str, secs: u64) -> bool {
         .success()
 }
 
-fn fingerprint(pem: &str) -> String {
+pub(crate) fn fingerprint(pem: &str) -> String {
     let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
     certfleet_common::pki::sha256_hex(&der)
 }
 
-fn served(v: &Vcsa) -> String {
+pub(crate) fn served(v: &Vcsa) -> String {
     let s = v.state().unwrap();
     let out = Command::new("openssl")
         .args([
@@ -172,7 +172,7 @@ const YEAR: u64 = 365 * 86_400;
 
 /// After a restart the automatic services run and the manual-start ones stay stopped, as on a
 /// real appliance (fixtures/real/vsphere/service-control-status_6.7_vcenter-dc1.txt).
-fn assert_services_as_before(v: &Vcsa) {
+pub(crate) fn assert_services_as_before(v: &Vcsa) {
     let st = v.state().unwrap();
     for x in &st.services {
         let want = if x.start_type == "MANUAL" {
@@ -187,7 +187,7 @@ fn assert_services_as_before(v: &Vcsa) {
 
 /// SHA-256 of the certificate each Lookup Service registration trusts, by URI (real
 /// `ldapsearch` as the machine account).
-fn ls_trust(v: &Vcsa) -> Vec<(String, String)> {
+pub(crate) fn ls_trust(v: &Vcsa) -> Vec<(String, String)> {
     use base64::Engine;
     let s = v.state().unwrap();
     let out = Command::new("/usr/bin/ldapsearch")

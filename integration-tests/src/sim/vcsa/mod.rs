@@ -410,6 +410,11 @@ pub struct VcsaState {
     /// Lookup Service endpoint registrations in vmdir ([`vmdir`]).
     #[serde(default)]
     pub ls_registrations: Vec<LsRegistration>,
+    /// Serial (`0x…`) of every certificate VMCA issued through `certool --gencert`, in order.
+    /// The real VMCA keeps a record of what it issued (`certool --enumcert --filter=all`); the
+    /// sim keeps only the serials, so tests can tell how many times a step asked VMCA.
+    #[serde(default)]
+    pub vmca_issued: Vec<String>,
 }
 
 /// A Lookup Service endpoint registration as vmdir stores it (reference §8.8, from fixcerts.py
@@ -1067,6 +1072,7 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         vcdb_port: free_port()?,
         vpx_ext,
         ls_registrations,
+        vmca_issued: Vec::new(),
     };
     state.save(host)?;
 

@@ -307,6 +307,10 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
     if std::fs::write(cert_out, &cert).is_err() {
         return certool_fail(2, &format!("Failed to open file [{cert_out}]"));
     }
+    state.vmca_issued.push(serial.clone());
+    if state.save(host).is_err() {
+        return certool_fail(1, "cannot record the issued certificate");
+    }
     if cis {
         // §7: --genCIScert also adds the new cert and key to the VECS store named --Name.
         if state.store(&name).is_none() {

@@ -1,0 +1,163 @@
+//! `certfleet init` and `certfleet serve`: setting up a controller's data directory and running
+//! the controller daemon with its limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::args::{count_in, days, duration_in, secs};
+use crate::fleet::ServeOptions;
+use crate::server;
+
+/// `certfleet init`
+#[derive(Args)]
+pub struct InitArgs {
+    /// Data directory to create (fleet CA, controller certificate, admin identity).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Extra DNS name or IP for the controller certificate (repeatable).
+    #[arg(long)]
+    san: Vec<String>,
+}
+
+/// `certfleet serve`
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Data directory made by `certfleet init`.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    listen: String,
+    /// HTTP address for /healthz and /metrics.
+    #[arg(long)]
+    http: Option<String>,
+    /// Lifetime of agent certificates (renewed at two thirds of it).
+    #[arg(long, value_parser = duration_in(secs(4), days(398)), default_value = "30d")]
+    agent_cert_ttl: Duration,
+    /// Heartbeat interval asked of agents.
+    #[arg(long, value_parser = duration_in(secs(1), secs(3600)), default_value = "15s")]
+    heartbeat_interval: Duration,
+    /// Re-bind agents with expired certificates without operator approval.
+    #[arg(long)]
+    auto_approve_rebind: bool,
+    /// Start on an empty state store although the data directory holds a fleet CA
+    /// (everyone must be issued and enrolled again).
+    #[arg(long)]
+    new_store: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Limits that keep one peer from hurting the others (`certfleet serve`).
+#[derive(Args)]
+struct LimitArgs {
+    /// Connections with a fleet client certificate (operators, agents).
+    #[arg(long, value_parser = count_in::<u64>(1, 1_000_000), default_value = "8192")]
+    max_connections: u64,
+    /// Connections in their TLS handshake or without a client certificate; the oldest is
+    /// closed to make room for a new one.
+    #[arg(long, value_parser = count_in::<u64>(1, 100_000), default_value = "512")]
+    max_anonymous_connections: u64,
+    /// Of those, from one IP address.
+    #[arg(long, value_parser = count_in::<u64>(1, 100_000), default_value = "64")]
+    max_anonymous_per_address: u64,
+    /// Deadline for a client's TLS handshake.
+    #[arg(long, value_parser = duration_in(secs(1), secs(300)), default_value = "10s")]
+    handshake_timeout: Duration,
+    /// Deadline, after the handshake, for the HTTP/2 preface and the first request.
+    #[arg(long, value_parser = duration_in(secs(1), secs(300)), default_value = "10s")]
+    first_request_timeout: Duration,
+    /// Largest message an agent may send (bytes).
+    #[arg(long, value_parser = count_in::<u64>(65_536, 1_073_741_824), default_value = "33554432")]
+    max_report_bytes: u64,
+    /// Certificates one agent may hold in the inventory.
+    #[arg(long, value_parser = count_in::<u64>(1, 10_000_000), default_value = "20000")]
+    max_certificates_per_agent: u64,
+    /// Locations one certificate may be reported at.
+    #[arg(long, value_parser = count_in::<u64>(1, 100_000), default_value = "256")]
+    max_locations_per_certificate: u64,
+    /// How often the state store is probed with a write.
+    #[arg(long, value_parser = duration_in(secs(1), secs(600)), default_value = "10s")]
+    store_probe_interval: Duration,
+    /// How long the store's writes may keep failing before the controller exits (status 1)
+    /// for its supervisor to restart it.
+    #[arg(long, value_parser = duration_in(secs(1), secs(3600)), default_value = "60s")]
+    store_failure_grace: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> server::PeerLimits {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        server::PeerLimits {
+            listener: certfleet_common::tls::ListenerLimits {
+                handshake_timeout: self.handshake_timeout,
+                first_request_timeout: self.first_request_timeout,
+                max_authenticated: n(self.max_connections),
+                max_anonymous: n(self.max_anonymous_connections),
+                max_anonymous_per_address: n(self.max_anonymous_per_address),
+            },
+            reports: crate::link::ReportLimits {
+                max_report_bytes: n(self.max_report_bytes),
+                max_certificates: n(self.max_certificates_per_agent),
+                max_locations: n(self.max_locations_per_certificate),
+            },
+            store_probe_interval: self.store_probe_interval,
+            store_failure_grace: self.store_failure_grace,
+        }
+    }
+}
+
+/// Runs `init`. Refused by `server::init` when the directory already holds a fleet CA, so a
+/// second run never replaces a CA.
+pub fn init(args: &InitArgs) -> anyhow::Result<()> {
+    let data_dir = &args.data_dir;
+    server::init(data_dir, &args.san)?;
+    let ca = std::fs::read(data_dir.join("ca/ca.pem"))?;
+    let der = certfleet_common::pem::first_certificate(&ca)?;
+    println!("fleet CA     {}", certfleet_common::pki::sha256_hex(&der));
+    println!("admin        {}", data_dir.join("admin").display());
+    println!(
+        "next         certfleet serve --data-dir {} --listen 0.0.0.0:7443",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// Runs `serve` until SIGINT or SIGTERM.
+pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let opts = ServeOptions {
+        agent_cert_ttl: args.agent_cert_ttl,
+        heartbeat_interval: args.heartbeat_interval,
+        auto_approve_rebind: args.auto_approve_rebind,
+    };
+    let mut limits = args.limits.limits();
+    server::fit_fd_limit(&mut limits.listener);
+    let (fleet, tls) = server::load(&args.data_dir, opts, args.new_store)?;
+    let listen = &args.listen;
+    let grpc = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let http = match &args.http {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        ),
+        None => None,
+    };
+    tracing::info!(listen = %grpc.local_addr()?, http = ?http.as_ref().and_then(|h| h.local_addr().ok()), ca = %fleet.ca.fingerprint(), "serving");
+    server::serve(
+        fleet,
+        tls,
+        grpc,
+        http,
+        limits,
+        certfleet_common::process::shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,615 @@
+//! `certfleet inventory`: the fleet's certificates, most urgent first, one line per place a
+//! certificate was found; `inventory show` for one certificate with its chain and what it
+//! signs; `inventory --compare` against an earlier `-o json`; `inventory rescan`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use certfleet_common::model::{Location, format_time, now};
+use certfleet_common::proto as pb;
+use certfleet_common::roles::{self, Status as Urgency};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::args::{MAX_HORIZON, duration_in, secs};
+use super::conn::Conn;
+use super::output::{
+    Cell, Column, OutputArgs, Show, Tone, print_document, print_list, render_list,
+};
+
+/// `certfleet inventory [...]`
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct InventoryArgs {
+    #[command(subcommand)]
+    sub: Option<InventoryCmd>,
+    /// Only certificates expiring within this duration (e.g. 90d).
+    #[arg(long, value_parser = duration_in(secs(1), MAX_HORIZON))]
+    expiring_within: Option<Duration>,
+    /// Only this platform (vsphere, ovirt, gke, kubeadm, kubernetes, any).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Only this role (or role prefix, e.g. vsphere.solution_user).
+    #[arg(long)]
+    role: Option<String>,
+    /// Only what this agent (id or name) reported.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only certificates issued by the CA with this fingerprint.
+    #[arg(long)]
+    issued_by: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Compare with an earlier `inventory -o json` saved to this file: what changed where.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+}
+
+/// `certfleet inventory show|rescan`
+#[derive(Subcommand)]
+pub enum InventoryCmd {
+    /// One certificate: where it is, its chain, what it signs.
+    Show {
+        /// SHA-256 fingerprint, or an unambiguous prefix of it.
+        fingerprint: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Every CA in the fleet: the leaves it caps and its cliff (the date from which new leaves
+    /// can no longer get a full lifetime). Table, or JSON with `-o json`.
+    Cas {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Ask agents (all connected, or one) to rescan now.
+    Rescan {
+        /// Agent id or name (default: every connected agent).
+        agent: Option<String>,
+    },
+}
+
+/// Runs an `inventory` command.
+pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
+    let mut c = conn.client();
+    let e = |s| conn.explain(s);
+    match &args.sub {
+        Some(InventoryCmd::Rescan { agent }) => {
+            let r = c
+                .rescan(pb::IdRequest {
+                    id: agent.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(e)?
+                .into_inner();
+            eprintln!("rescan requested from {} agent(s)", r.agents);
+        }
+        Some(InventoryCmd::Cas { output }) => {
+            let all = c
+                .inventory(pb::InventoryQuery::default())
+                .await
+                .map_err(e)?
+                .into_inner();
+            let facts = crate::cas::facts_from_list(&all);
+            crate::cas::print(
+                &crate::cas::forecast(&facts, certfleet_common::model::now()),
+                matches!(output.output, super::output::Format::Json),
+            );
+        }
+        Some(InventoryCmd::Show {
+            fingerprint,
+            output,
+        }) => {
+            let all = c
+                .inventory(pb::InventoryQuery::default())
+                .await
+                .map_err(e)?
+                .into_inner();
+            print_certificate(fingerprint, &all, output)?;
+        }
+        None => {
+            let q = pb::InventoryQuery {
+                expiring_within_secs: args.expiring_within.map(|d| d.as_secs()).unwrap_or(0),
+                platform: args.platform.clone().unwrap_or_default(),
+                role: args.role.clone().unwrap_or_default(),
+                agent: args.agent.clone().unwrap_or_default(),
+                issued_by: args.issued_by.clone().unwrap_or_default(),
+                fingerprint: String::new(),
+            };
+            let list = c.inventory(q).await.map_err(e)?.into_inner();
+            match &args.compare {
+                Some(before) => print_comparison(before, &list, &args.output)?,
+                None => print_inventory(&list, &args.output)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A place a certificate was found at, as printed.
+#[derive(Serialize)]
+pub struct SeenView {
+    agent_id: String,
+    agent: String,
+    hostname: String,
+    #[serde(flatten)]
+    location: Location,
+}
+
+/// A certificate of the inventory as printed (`-o json` is an array of these).
+#[derive(Serialize)]
+pub struct InventoryView {
+    fingerprint_sha256: String,
+    subject: String,
+    issuer: String,
+    serial: String,
+    sans: Vec<String>,
+    not_before: String,
+    not_after: String,
+    days_left: i64,
+    status: &'static str,
+    key_algorithm: String,
+    key_bits: u32,
+    is_ca: bool,
+    role: String,
+    platform: &'static str,
+    impact: &'static str,
+    recipe: &'static str,
+    subject_key_id: String,
+    authority_key_id: String,
+    locations: Vec<SeenView>,
+}
+
+fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
+    let c = i.certificate.clone().unwrap_or_default();
+    let info = roles::lookup(&c.role);
+    InventoryView {
+        days_left: (c.not_after - now).div_euclid(86_400),
+        status: Urgency::of(&c.role, c.not_after, now).as_str(),
+        fingerprint_sha256: c.fingerprint_sha256,
+        subject: c.subject,
+        issuer: c.issuer,
+        serial: c.serial,
+        sans: c.sans,
+        not_before: format_time(c.not_before),
+        not_after: format_time(c.not_after),
+        key_algorithm: c.key_algorithm,
+        key_bits: c.key_bits,
+        is_ca: c.is_ca,
+        platform: info.platform,
+        impact: info.impact,
+        recipe: info.recipe,
+        role: c.role,
+        subject_key_id: c.subject_key_id,
+        authority_key_id: c.authority_key_id,
+        locations: i
+            .seen
+            .iter()
+            .map(|s| SeenView {
+                agent_id: s.agent_id.clone(),
+                agent: s.agent_name.clone(),
+                hostname: s.hostname.clone(),
+                location: s.location.clone().unwrap_or_default().into(),
+            })
+            .collect(),
+    }
+}
+
+fn days_cell(v: &InventoryView) -> Cell {
+    let text = if v.days_left < 0 {
+        format!("EXPIRED {}d ago", -v.days_left)
+    } else {
+        v.days_left.to_string()
+    };
+    Cell::toned(
+        text,
+        match v.status {
+            "expired" => Tone::Bad,
+            "expiring" => Tone::Warn,
+            _ => Tone::Good,
+        },
+    )
+}
+
+/// One line of the inventory table: a certificate at one place.
+pub struct PlaceRow<'a> {
+    cert: &'a InventoryView,
+    seen: &'a SeenView,
+}
+
+fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
+    vec![
+        Column::new("FINGERPRINT", "fingerprint_sha256", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.fingerprint_sha256)
+        })
+        .only(Show::Csv),
+        Column::new("STATUS", "status", |r: &PlaceRow<'_>| {
+            Cell::plain(r.cert.status)
+        })
+        .only(Show::Csv),
+        Column::new("DAYS LEFT", "days_left", |r: &PlaceRow<'_>| {
+            days_cell(r.cert)
+        })
+        .only(Show::Screen),
+        Column::new("DAYS LEFT", "days_left", |r: &PlaceRow<'_>| {
+            Cell::plain(r.cert.days_left.to_string())
+        })
+        .only(Show::Csv),
+        Column::new("NOT AFTER", "not_after", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.not_after)
+        }),
+        Column::new("ROLE", "role", |r: &PlaceRow<'_>| Cell::plain(&r.cert.role)),
+        Column::new("PLATFORM", "platform", |r: &PlaceRow<'_>| {
+            Cell::plain(r.cert.platform)
+        })
+        .only(Show::Wide),
+        Column::new("SUBJECT", "subject", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.subject)
+        }),
+        Column::new("ISSUER", "issuer", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.issuer)
+        })
+        .only(Show::Wide),
+        Column::new("SERIAL", "serial", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.serial)
+        })
+        .only(Show::Wide),
+        Column::new("AGENT", "agent", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.seen.agent)
+        }),
+        Column::new("HOSTNAME", "hostname", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.seen.hostname)
+        })
+        .only(Show::Wide),
+        Column::new("WHERE", "location", |r: &PlaceRow<'_>| {
+            Cell::plain(r.seen.location.describe())
+        }),
+        Column::new("FINGERPRINT", "fingerprint_sha256", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.fingerprint_sha256[..16.min(r.cert.fingerprint_sha256.len())])
+        })
+        .only(Show::Screen),
+    ]
+}
+
+/// Prints an inventory listing sorted by urgency.
+pub fn print_inventory(list: &pb::InventoryList, out: &OutputArgs) -> anyhow::Result<()> {
+    let now = now();
+    let mut views: Vec<InventoryView> = list.items.iter().map(|i| inventory_view(i, now)).collect();
+    let rank = |s: &str| match s {
+        "expired" => 0,
+        "expiring" => 1,
+        _ => 2,
+    };
+    views.sort_by(|a, b| {
+        (rank(a.status), &a.not_after, &a.fingerprint_sha256).cmp(&(
+            rank(b.status),
+            &b.not_after,
+            &b.fingerprint_sha256,
+        ))
+    });
+    let rows: Vec<PlaceRow<'_>> = views
+        .iter()
+        .flat_map(|cert| {
+            cert.locations
+                .iter()
+                .map(move |seen| PlaceRow { cert, seen })
+        })
+        .collect();
+    print_list(out, "inventory", &views, &rows, &inventory_columns())?;
+    if out.output.is_table() {
+        for h in list.health.iter().filter(|h| !h.healthy) {
+            println!(
+                "HEALTH {} {}: {} ({})",
+                h.kind, h.subject, h.state, h.detail
+            );
+        }
+        for p in &list.problems {
+            println!("PROBLEM [{}] {}: {}", p.collector, p.subject, p.message);
+        }
+        let expired = views.iter().filter(|v| v.status == "expired").count();
+        let expiring = views.iter().filter(|v| v.status == "expiring").count();
+        println!(
+            "{} certificates: {expired} expired, {expiring} expiring; {} problems",
+            views.len(),
+            list.problems.len()
+        );
+    }
+    Ok(())
+}
+
+/// `inventory show`: one certificate, where it is, its chain up to a root, what it signs.
+pub fn print_certificate(
+    fp: &str,
+    all: &pb::InventoryList,
+    out: &OutputArgs,
+) -> anyhow::Result<()> {
+    let now = now();
+    let items: Vec<&pb::InventoryItem> = all.items.iter().collect();
+    let cert = |i: &pb::InventoryItem| i.certificate.clone().unwrap_or_default();
+    let matches: Vec<&&pb::InventoryItem> = items
+        .iter()
+        .filter(|i| cert(i).fingerprint_sha256.starts_with(&fp.to_lowercase()))
+        .collect();
+    let item = match matches.as_slice() {
+        [one] => **one,
+        [] => anyhow::bail!("no certificate with fingerprint {fp} in the fleet inventory"),
+        _ => anyhow::bail!(
+            "fingerprint prefix {fp} is ambiguous ({} matches); give more digits",
+            matches.len()
+        ),
+    };
+    // Chain: follow AKI → SKI (and issuer DN → subject DN) until a self-signed cert or a gap.
+    let mut chain = vec![item];
+    let mut cur = cert(item);
+    while cur.subject != cur.issuer && chain.len() < 10 {
+        let parent = items.iter().find(|i| {
+            let c = cert(i);
+            c.is_ca
+                && c.subject == cur.issuer
+                && (cur.authority_key_id.is_empty() || c.subject_key_id == cur.authority_key_id)
+        });
+        match parent {
+            Some(p) => {
+                chain.push(p);
+                cur = cert(p);
+            }
+            None => break,
+        }
+    }
+    let me = cert(item);
+    let signs: Vec<&&pb::InventoryItem> = items
+        .iter()
+        .filter(|i| {
+            let c = cert(i);
+            c.fingerprint_sha256 != me.fingerprint_sha256
+                && c.issuer == me.subject
+                && (me.subject_key_id.is_empty() || c.authority_key_id == me.subject_key_id)
+        })
+        .collect();
+    let last = cert(
+        chain
+            .last()
+            .expect("the chain holds the certificate itself"),
+    );
+    #[derive(Serialize)]
+    struct Show {
+        certificate: InventoryView,
+        chain: Vec<InventoryView>,
+        chain_complete: bool,
+        signs: Vec<InventoryView>,
+    }
+    let data = Show {
+        certificate: inventory_view(item, now),
+        chain: chain
+            .iter()
+            .skip(1)
+            .map(|i| inventory_view(i, now))
+            .collect(),
+        chain_complete: last.subject == last.issuer,
+        signs: signs.iter().map(|i| inventory_view(i, now)).collect(),
+    };
+    print_document(out, "inventory show", &data, |_| {
+        let v = &data.certificate;
+        let mut s = String::new();
+        let _ = writeln!(s, "fingerprint  {}", v.fingerprint_sha256);
+        let _ = writeln!(s, "subject      {}", v.subject);
+        let _ = writeln!(s, "issuer       {}", v.issuer);
+        let _ = writeln!(s, "serial       {}", v.serial);
+        let _ = writeln!(
+            s,
+            "validity     {} .. {} ({} days left, {})",
+            v.not_before, v.not_after, v.days_left, v.status
+        );
+        let _ = writeln!(
+            s,
+            "key          {} {} bits{}",
+            v.key_algorithm,
+            v.key_bits,
+            if v.is_ca { ", CA" } else { "" }
+        );
+        let _ = writeln!(s, "sans         {}", v.sans.join(", "));
+        let _ = writeln!(s, "role         {} ({})", v.role, v.platform);
+        let _ = writeln!(s, "if expired   {}", v.impact);
+        if !v.recipe.is_empty() {
+            let _ = writeln!(s, "renew with   certfleet plan create {}", v.recipe);
+        }
+        let _ = writeln!(s, "found at:");
+        for l in &v.locations {
+            let _ = writeln!(
+                s,
+                "  {} ({}): {}",
+                l.agent,
+                l.hostname,
+                l.location.describe()
+            );
+        }
+        let _ = writeln!(s, "chain:");
+        for (depth, i) in chain.iter().enumerate() {
+            let c = cert(i);
+            let _ = writeln!(
+                s,
+                "  {}{} [{}] until {}",
+                "  ".repeat(depth),
+                c.subject,
+                &c.fingerprint_sha256[..16.min(c.fingerprint_sha256.len())],
+                format_time(c.not_after)
+            );
+        }
+        if last.subject != last.issuer {
+            let _ = writeln!(
+                s,
+                "  {}(issuer {} not in the inventory)",
+                "  ".repeat(chain.len()),
+                last.issuer
+            );
+        }
+        if !signs.is_empty() {
+            let _ = writeln!(s, "signs {} certificate(s):", signs.len());
+            for i in &signs {
+                let c = cert(i);
+                let _ = writeln!(
+                    s,
+                    "  {} [{}] until {}",
+                    c.subject,
+                    &c.fingerprint_sha256[..16.min(c.fingerprint_sha256.len())],
+                    format_time(c.not_after)
+                );
+            }
+        }
+        s
+    })?;
+    Ok(())
+}
+
+/// A place that holds a different certificate than in the earlier inventory.
+#[derive(Serialize)]
+pub struct ChangeView {
+    role: String,
+    agent: String,
+    location: String,
+    before_fingerprint: String,
+    before_not_after: String,
+    before_days_left: i64,
+    after_fingerprint: String,
+    after_not_after: String,
+    after_days_left: i64,
+    after_status: &'static str,
+}
+
+fn change_columns() -> Vec<Column<ChangeView>> {
+    vec![
+        Column::new("ROLE", "role", |c: &ChangeView| Cell::plain(&c.role)),
+        Column::new("AGENT", "agent", |c: &ChangeView| Cell::plain(&c.agent)),
+        Column::new("WHERE", "location", |c: &ChangeView| {
+            Cell::plain(&c.location)
+        }),
+        Column::new("BEFORE", "before", |c: &ChangeView| {
+            let days = c.before_days_left;
+            Cell::toned(
+                format!(
+                    "{} ({})",
+                    c.before_not_after,
+                    if days < 0 {
+                        format!("expired {}d ago", -days)
+                    } else {
+                        format!("{days}d")
+                    }
+                ),
+                if days < 0 { Tone::Bad } else { Tone::Warn },
+            )
+        })
+        .only(Show::Screen),
+        Column::new("AFTER", "after", |c: &ChangeView| {
+            let days = c.after_days_left;
+            Cell::toned(
+                if days < 0 {
+                    format!("EXPIRED {}d ago", -days)
+                } else {
+                    days.to_string()
+                },
+                match c.after_status {
+                    "expired" => Tone::Bad,
+                    "expiring" => Tone::Warn,
+                    _ => Tone::Good,
+                },
+            )
+        })
+        .only(Show::Screen),
+        Column::new("", "before_fingerprint", |c: &ChangeView| {
+            Cell::plain(&c.before_fingerprint)
+        })
+        .only(Show::Csv),
+        Column::new("", "before_not_after", |c: &ChangeView| {
+            Cell::plain(&c.before_not_after)
+        })
+        .only(Show::Csv),
+        Column::new("", "after_fingerprint", |c: &ChangeView| {
+            Cell::plain(&c.after_fingerprint)
+        })
+        .only(Show::Csv),
+        Column::new("", "after_not_after", |c: &ChangeView| {
+            Cell::plain(&c.after_not_after)
+        })
+        .only(Show::Csv),
+    ]
+}
+
+/// `inventory --compare BEFORE.json`: what changed since an earlier `inventory -o json`, place by
+/// place (agent + location): the certificate that was there, the one there now.
+pub fn print_comparison(
+    before_path: &Path,
+    now_list: &pb::InventoryList,
+    out: &OutputArgs,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(before_path)
+        .with_context(|| format!("reading {}", before_path.display()))?;
+    let before: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not the output of `certfleet inventory -o json`",
+            before_path.display()
+        )
+    })?;
+    let now = now();
+    let place = |agent: &str, loc: &serde_json::Value| {
+        let l: Location = serde_json::from_value(loc.clone()).unwrap_or_default();
+        format!("{agent}\t{}", l.describe())
+    };
+    let mut was: BTreeMap<String, (String, i64, String)> = BTreeMap::new();
+    for item in &before {
+        for l in item["locations"].as_array().into_iter().flatten() {
+            was.insert(
+                place(l["agent"].as_str().unwrap_or(""), l),
+                (
+                    item["fingerprint_sha256"].as_str().unwrap_or("").to_owned(),
+                    item["days_left"].as_i64().unwrap_or(0),
+                    item["not_after"].as_str().unwrap_or("").to_owned(),
+                ),
+            );
+        }
+    }
+    let mut changes = Vec::new();
+    for item in &now_list.items {
+        let v = inventory_view(item, now);
+        for s in &v.locations {
+            let key = format!("{}\t{}", s.agent, s.location.describe());
+            let Some((fp, days, na)) = was.get(&key) else {
+                continue;
+            };
+            if *fp == v.fingerprint_sha256 {
+                continue;
+            }
+            changes.push(ChangeView {
+                role: v.role.clone(),
+                agent: s.agent.clone(),
+                location: s.location.describe(),
+                before_fingerprint: fp.clone(),
+                before_not_after: na.clone(),
+                before_days_left: *days,
+                after_fingerprint: v.fingerprint_sha256.clone(),
+                after_not_after: v.not_after.clone(),
+                after_days_left: v.days_left,
+                after_status: v.status,
+            });
+        }
+    }
+    print!(
+        "{}",
+        render_list(
+            out,
+            "inventory --compare",
+            &changes,
+            &changes,
+            &change_columns()
+        )?
+    );
+    if out.output.is_table() {
+        println!(
+            "{} place(s) now hold a different certificate than in {}",
+            changes.len(),
+            before_path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `certfleet store`: offline maintenance of the controller's state store (export to JSON
+//! lines, import into a fresh data directory).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::server;
+
+/// `certfleet store ...`
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Write the whole state as JSON lines. Works on a damaged store: unreadable values are
+    /// skipped and listed, everything else is written, and the exit status is then 3 (a
+    /// partial export) instead of 0.
+    Export {
+        /// The controller's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// File written.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load an export into a fresh data directory's store.
+    Import {
+        /// The controller's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// File read (from `store export`).
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+}
+
+/// Runs a `store` command (no controller connection: the store is opened directly).
+pub fn run(cmd: &StoreCmd) -> anyhow::Result<()> {
+    match cmd {
+        StoreCmd::Export { data_dir, out } => {
+            // Opened without verification: export is the way out of a damaged store.
+            let store =
+                crate::store::Store::open_for_salvage(&server::DataDir(data_dir.clone()).state())?;
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(out)
+                    .with_context(|| format!("creating {}", out.display()))?,
+            );
+            let summary = store.export(&mut f)?;
+            eprintln!(
+                "exported {} documents to {}",
+                summary.written,
+                out.display()
+            );
+            if !summary.skipped.is_empty() {
+                eprintln!("skipped {} unreadable value(s):", summary.skipped.len());
+                for s in &summary.skipped {
+                    eprintln!("  {s}");
+                }
+                // Written and synced first: a partial salvage is still the way out.
+                f.into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("writing {}", out.display()))?;
+                return Err(crate::store::PartialExport {
+                    out: out.clone(),
+                    written: summary.written,
+                    skipped: summary.skipped.len(),
+                }
+                .into());
+            }
+            Ok(())
+        }
+        StoreCmd::Import { data_dir, input } => {
+            let store = crate::store::Store::open(&server::DataDir(data_dir.clone()).state())?;
+            let mut f = std::io::BufReader::new(
+                std::fs::File::open(input)
+                    .with_context(|| format!("opening {}", input.display()))?,
+            );
+            let n = store.import(&mut f)?;
+            eprintln!("imported {n} documents into {}", data_dir.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `certfleet token`: single-use join tokens for enrolling agents.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use certfleet_common::proto as pb;
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::args::{days, duration_in, parse_labels, secs};
+use super::conn::Conn;
+use super::output::{Cell, Column, OutputArgs, Show, labels_map, print_list, when};
+
+/// `certfleet token ...`
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a single-use join token; prints only the token.
+    Create {
+        /// How long the token may be used.
+        #[arg(long, value_parser = duration_in(secs(1), days(30)))]
+        ttl: Duration,
+        /// Label for agents enrolled with it, key=value (repeatable).
+        #[arg(long)]
+        label: Vec<String>,
+    },
+    /// List tokens.
+    List {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Revoke an unused token.
+    Revoke {
+        /// Token id (from `token list`).
+        id: String,
+    },
+}
+
+/// Runs a `token` command.
+pub async fn run(conn: &Conn, cmd: &TokenCmd) -> anyhow::Result<()> {
+    let mut c = conn.client();
+    let e = |s| conn.explain(s);
+    match cmd {
+        TokenCmd::Create { ttl, label } => {
+            let r = c
+                .create_token(pb::CreateTokenRequest {
+                    ttl_secs: ttl.as_secs(),
+                    labels: parse_labels(label)?,
+                })
+                .await
+                .map_err(e)?
+                .into_inner();
+            println!("{}", r.token);
+        }
+        TokenCmd::List { output } => {
+            let tokens = c
+                .list_tokens(pb::Empty {})
+                .await
+                .map_err(e)?
+                .into_inner()
+                .tokens;
+            print_tokens(&tokens, output)?;
+        }
+        TokenCmd::Revoke { id } => {
+            c.revoke_token(pb::IdRequest { id: id.clone() })
+                .await
+                .map_err(e)?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// A token as `token list` shows it.
+#[derive(Serialize)]
+pub struct TokenView {
+    id: String,
+    state: String,
+    created_at: Option<String>,
+    expires_at: Option<String>,
+    created_by: String,
+    labels: BTreeMap<String, String>,
+    used_by: String,
+}
+
+impl From<&pb::TokenInfo> for TokenView {
+    fn from(k: &pb::TokenInfo) -> Self {
+        TokenView {
+            id: k.id.clone(),
+            state: k.state.clone(),
+            created_at: when(k.created_at),
+            expires_at: when(k.expires_at),
+            created_by: k.created_by.clone(),
+            labels: labels_map(&k.labels),
+            used_by: k.used_by.clone(),
+        }
+    }
+}
+
+fn columns() -> Vec<Column<TokenView>> {
+    vec![
+        Column::new("ID", "id", |v: &TokenView| Cell::plain(&v.id)),
+        Column::new("STATE", "state", |v: &TokenView| Cell::plain(&v.state)),
+        Column::new("CREATED", "created_at", |v: &TokenView| {
+            Cell::plain(v.created_at.clone().unwrap_or_default())
+        })
+        .only(Show::Wide),
+        Column::new("EXPIRES", "expires_at", |v: &TokenView| {
+            Cell::plain(v.expires_at.clone().unwrap_or_default())
+        }),
+        Column::new("CREATED BY", "created_by", |v: &TokenView| {
+            Cell::plain(&v.created_by)
+        }),
+        Column::new("LABELS", "labels", |v: &TokenView| {
+            Cell::plain(
+                v.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        }),
+        Column::new("USED BY", "used_by", |v: &TokenView| {
+            Cell::plain(&v.used_by)
+        }),
+    ]
+}
+
+/// Prints tokens.
+pub fn print_tokens(tokens: &[pb::TokenInfo], out: &OutputArgs) -> anyhow::Result<()> {
+    let views: Vec<TokenView> = tokens.iter().map(TokenView::from).collect();
+    print_list(out, "token list", &views, &views, &columns())?;
+    Ok(())
+}
