@@ -11,6 +11,8 @@
 #   packaging   rpm (rpm -qlp, rpm --root), systemd (systemd-analyze verify), binutils
 #               (objdump: the glibc check), curl (/healthz), python3-venv (the packaging tools'
 #               virtualenv; see packaging/pkgtools.sh) for build-packages.sh and test-packages.sh
+#   vcsim       golang-go + golang-github-vmware-govmomi-dev: VMware's vCenter simulator, built
+#               offline by packaging/build-vcsim.sh (ESXi host certificates, issue 13)
 # protoc is not needed: the build uses the protoc shipped in the protoc-bin-vendored crate.
 # Sourced by demo.sh and test.sh; safe to run again (installs only what is missing).
 set -euo pipefail
@@ -38,6 +40,9 @@ certfleet_install_deps() {
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     # Monitoring kit (issue 12): promtool check/test rules (packaging/check-monitoring.sh).
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+    # vcsim (issue 13): Go and govmomi's source, simulator/ included.
+    command -v go >/dev/null 2>&1 || need+=(golang-go)
+    [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || need+=(golang-github-vmware-govmomi-dev)
     if [ ${#need[@]} -eq 0 ]; then
         return 0
     fi

@@ -437,6 +437,7 @@ pub const COLLECTORS: &[&str] = &[
     "kubeadm",
     "files",
     "endpoint",
+    "esxi",
 ];
 
 impl AgentConfig {

@@ -10,3 +10,4 @@ pub mod link;
 pub mod recover;
 pub mod report;
 pub mod state;
+pub mod vim;

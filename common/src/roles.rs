@@ -109,6 +109,13 @@ pub const ROLES: &[RoleInfo] = &[
         "data-encipherment: encrypted guest customization data cannot be decrypted",
     ),
     r(
+        "vsphere.esxi_host",
+        "vsphere",
+        30,
+        "",
+        "ESXi host certificate: vpxa disconnects (host Not Responding), vMotion and HA fail; renewal needs the host connected and out of maintenance mode",
+    ),
+    r(
         "vsphere.sms",
         "vsphere",
         30,

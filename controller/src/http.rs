@@ -280,7 +280,10 @@ fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
         controller_cert_not_after: fleet.metrics.controller_cert_not_after(),
         per_certificate: fleet.metrics.per_certificate(),
     };
-    crate::metrics::encode(&crate::metrics::render_fleet(&view)).map_err(|e| e.to_string())
+    let mut r = crate::metrics::render_fleet(&view);
+    // The CA cliff per CA (issue 13), with the rest of the fleet's series.
+    crate::cas::register_metrics(fleet, &mut r);
+    crate::metrics::encode(&r).map_err(|e| e.to_string())
 }
 
 /// The fleet part of a scrape: the cached text while it is fresh, else rendered again on a

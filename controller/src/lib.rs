@@ -1,6 +1,7 @@
 //! certfleet controller: enrollment and the fleet CA, the registry of live agent streams, the
 //! fleet's inventory, and the operator API, with state in sled.
 
+pub mod cas;
 pub mod cli;
 pub mod engine;
 pub mod enroll;

@@ -14,6 +14,7 @@ use certfleet_common::model::{CertRecord, HealthFact, Location, Problem};
 use crate::config::AgentConfig;
 
 pub mod endpoint;
+pub mod esxi;
 pub mod files;
 pub mod gke_admin;
 pub mod kubeadm;
@@ -200,6 +201,7 @@ pub fn all() -> Vec<Box<dyn Collector + Send + Sync>> {
         Box::new(kubeadm::Kubeadm),
         Box::new(files::Files),
         Box::new(endpoint::Endpoints),
+        Box::new(esxi::Esxi),
     ]
 }
 

@@ -58,6 +58,12 @@ pub enum InventoryCmd {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Every CA in the fleet: the leaves it caps and its cliff (the date from which new leaves
+    /// can no longer get a full lifetime). Table, or JSON with `-o json`.
+    Cas {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Ask agents (all connected, or one) to rescan now.
     Rescan {
         /// Agent id or name (default: every connected agent).
@@ -79,6 +85,18 @@ pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
                 .map_err(e)?
                 .into_inner();
             eprintln!("rescan requested from {} agent(s)", r.agents);
+        }
+        Some(InventoryCmd::Cas { output }) => {
+            let all = c
+                .inventory(pb::InventoryQuery::default())
+                .await
+                .map_err(e)?
+                .into_inner();
+            let facts = crate::cas::facts_from_list(&all);
+            crate::cas::print(
+                &crate::cas::forecast(&facts, certfleet_common::model::now()),
+                matches!(output.output, super::output::Format::Json),
+            );
         }
         Some(InventoryCmd::Show {
             fingerprint,

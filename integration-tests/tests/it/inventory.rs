@@ -139,6 +139,7 @@ fn the_controller_inventory_is_what_the_agents_found() {
     assert!(sts["impact"].as_str().unwrap().contains("log in"));
     let all = c.json(&["inventory"]);
     assert!(urgent.as_array().unwrap().len() < all.as_array().unwrap().len());
+    crate::cas::check_demo_fleet(&c, &all);
 
     // Chains: the engine CA signs the VDSM certificates.
     // Found on the engine and on every host (as each host's copy of the CA): one certificate.

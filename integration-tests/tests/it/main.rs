@@ -1,7 +1,9 @@
 //! End-to-end tests: real binaries as processes against simulated hosts. One test binary for
 //! the whole crate keeps link time down.
 
+mod cas;
 mod crash;
+mod esxi;
 mod fabric;
 mod gke;
 mod gke_rotation;

@@ -1,0 +1,335 @@
+//! The agent's vCenter SOAP client (`agent/src/vim.rs`) against VMware's own vCenter simulator
+//! (govmomi vcsim, built by `packaging/build-vcsim.sh` from Debian's govmomi source and
+//! extended in `integration-tests/vcsim/main.go` with the CertificateManager and host
+//! connection calls vcsim 0.24 lacks). One simulator, two clusters: a healthy host, a host in
+//! maintenance mode, a disconnected host, and a host whose certificate expired (not
+//! responding).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use certfleet_agent::vim::{HostInfo, MoRef, Session, VimError, VimSettings};
+use serde_json::Value;
+
+use crate::support::{Proc, http_get, wait_for};
+
+/// Builds (or reuses the cached) certfleet-vcsim; returns its path.
+fn vcsim_binary() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-vcsim.sh");
+    let out = Command::new(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+struct Vcsim {
+    _proc: Proc,
+    manifest: Value,
+    dir: PathBuf,
+}
+
+impl Vcsim {
+    fn start(dir: &Path, spec: &Value) -> Vcsim {
+        std::fs::create_dir_all(dir).unwrap();
+        let spec_path = dir.join("spec.json");
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        let mut cmd = Command::new(vcsim_binary());
+        cmd.arg(&spec_path).arg(dir);
+        let proc = Proc::spawn(cmd, dir.join("vcsim.log"));
+        let manifest = wait_for("vcsim manifest", Duration::from_secs(20), || {
+            let t = std::fs::read_to_string(dir.join("vcsim.json")).ok()?;
+            serde_json::from_str::<Value>(&t).ok()
+        });
+        Vcsim {
+            _proc: proc,
+            manifest,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn settings(&self, password: &str) -> VimSettings {
+        let pw = self.dir.join(format!("pw-{}", password.len()));
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        VimSettings {
+            url: self.manifest["url"].as_str().unwrap().to_owned(),
+            user: "administrator@vsphere.local".into(),
+            password_file: pw,
+            ca_file: Some(self.dir.join("vmca-root.pem")),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn state(&self) -> Value {
+        let ctl = self.manifest["control"].as_str().unwrap();
+        let addr = ctl.trim_start_matches("http://");
+        serde_json::from_str(&http_get(addr, "/ctl/state").unwrap()).unwrap()
+    }
+
+    fn endpoint(&self, host: &str) -> String {
+        self.manifest["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == host)
+            .unwrap()["endpoint"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn pem_fingerprint(pem: &[u8]) -> String {
+    let der = certfleet_common::pem::first_certificate(pem).unwrap();
+    certfleet_common::pki::sha256_hex(&der)
+}
+
+fn served(addr: &str) -> String {
+    let chain =
+        certfleet_agent::collect::endpoint::probe(addr, "esxi.lab.local", Duration::from_secs(5))
+            .unwrap();
+    certfleet_common::pki::sha256_hex(&chain[0])
+}
+
+fn host<'a>(hosts: &'a [HostInfo], name: &str) -> &'a HostInfo {
+    hosts.iter().find(|h| h.name == name).unwrap()
+}
+
+/// `certfleet-agent scan -o json` with the esxi collector pointed at the simulator.
+fn agent_scan(vc: &Vcsim, config: &Path) -> Value {
+    let mut toml = format!(
+        "root = \"/\"\nplatforms = [\"esxi\"]\n[settings]\n\"esxi.vim_url\" = \"{}\"\n\
+\"esxi.vim_user\" = \"administrator@vsphere.local\"\n\"esxi.vim_password_file\" = \"{}\"\n\
+\"esxi.vim_ca_file\" = \"{}\"\n",
+        vc.manifest["url"].as_str().unwrap(),
+        vc.settings("s3cret&<pw>").password_file.display(),
+        vc.dir.join("vmca-root.pem").display()
+    );
+    for h in vc.manifest["hosts"].as_array().unwrap() {
+        toml.push_str(&format!(
+            "\"esxi.endpoint.{}\" = \"{}\"\n",
+            h["name"].as_str().unwrap(),
+            h["endpoint"].as_str().unwrap()
+        ));
+    }
+    std::fs::write(config, toml).unwrap();
+    let out = Command::new(crate::support::bin("certfleet-agent"))
+        .args(["scan", "-o", "json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait(s: &Session, task: &MoRef, method: &str) -> Result<(), VimError> {
+    s.wait_task(
+        task,
+        method,
+        Duration::from_millis(50),
+        Duration::from_secs(10),
+    )
+}
+
+#[test]
+fn the_vim_client_reads_and_renews_esxi_certificates_through_vcsim() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vc = Vcsim::start(
+        &tmp.path().join("vc"),
+        &serde_json::json!({
+            "clusters": 2, "hosts_per_cluster": 3, "mode": "vmca",
+            "user": "administrator@vsphere.local", "password": "s3cret&<pw>",
+            "hosts": {
+                "DC0_C0_H1": {"maintenance": true},
+                "DC0_C1_H0": {"disconnected": true},
+                "DC0_C1_H1": {"expired": true},
+                "DC0_C0_H2": {"stale_endpoint": true}
+            }
+        }),
+    );
+
+    // A wrong password is vCenter's InvalidLogin fault, naming the URL.
+    let err = Session::login(&vc.settings("wrong"))
+        .err()
+        .expect("login refused");
+    assert_eq!(err.fault(), Some("InvalidLogin"), "{err}");
+    assert!(err.to_string().contains("/sdk"), "{err}");
+    // A CA that did not sign vCenter's certificate: the TLS handshake fails.
+    let mut other_ca = vc.settings("s3cret&<pw>");
+    let rc = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    std::fs::write(tmp.path().join("other.pem"), rc.cert.pem()).unwrap();
+    other_ca.ca_file = Some(tmp.path().join("other.pem"));
+    assert!(matches!(
+        Session::login(&other_ca),
+        Err(VimError::Transport { .. })
+    ));
+
+    let s = Session::login(&vc.settings("s3cret&<pw>")).unwrap();
+    let hosts = s.hosts().unwrap();
+    let names: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|h| (h.cluster.as_str(), h.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("DC0_C0", "DC0_C0_H0"),
+            ("DC0_C0", "DC0_C0_H1"),
+            ("DC0_C0", "DC0_C0_H2"),
+            ("DC0_C1", "DC0_C1_H0"),
+            ("DC0_C1", "DC0_C1_H1"),
+            ("DC0_C1", "DC0_C1_H2")
+        ]
+    );
+    let state = vc.state();
+    for h in &hosts {
+        assert_eq!(
+            pem_fingerprint(&h.certificate),
+            state["hosts"][&h.name]["certificate_sha256"],
+            "{}: config.certificate",
+            h.name
+        );
+        assert_eq!(
+            served(&vc.endpoint(&h.name)),
+            pem_fingerprint(&h.certificate)
+        );
+    }
+    assert!(host(&hosts, "DC0_C0_H1").in_maintenance_mode);
+    assert_eq!(host(&hosts, "DC0_C0_H0").connection_state, "connected");
+    assert_eq!(host(&hosts, "DC0_C1_H0").connection_state, "disconnected");
+    assert_eq!(host(&hosts, "DC0_C1_H1").connection_state, "notResponding");
+
+    let opts = s.options("vpxd.certmgmt.").unwrap();
+    let get = |k: &str| opts.iter().find(|o| o.key == k).map(|o| o.value.as_str());
+    assert_eq!(get("vpxd.certmgmt.mode"), Some("vmca"));
+    assert_eq!(get("vpxd.certmgmt.certs.daysValid"), Some("1825"));
+
+    // Refresh a connected host: a new certificate in vCenter and on the host's endpoint.
+    let healthy = host(&hosts, "DC0_C0_H0");
+    let before = pem_fingerprint(&healthy.certificate);
+    let t = s
+        .refresh_certificates(std::slice::from_ref(&healthy.moref))
+        .unwrap();
+    wait(&s, &t, "CertMgrRefreshCertificates_Task").unwrap();
+    let after = s.hosts().unwrap();
+    let renewed = pem_fingerprint(&host(&after, "DC0_C0_H0").certificate);
+    assert_ne!(renewed, before);
+    assert_eq!(served(&vc.endpoint("DC0_C0_H0")), renewed);
+
+    // A host that got its new certificate but still serves the old one.
+    let stale = host(&hosts, "DC0_C0_H2");
+    let t = s
+        .refresh_certificates(std::slice::from_ref(&stale.moref))
+        .unwrap();
+    wait(&s, &t, "CertMgrRefreshCertificates_Task").unwrap();
+
+    // The agent's esxi collector sees the same through vCenter and the hosts' endpoints.
+    let scan = agent_scan(&vc, &tmp.path().join("agent.toml"));
+    let esxi: Vec<&Value> = scan["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "vsphere.esxi_host")
+        .collect();
+    let renewed_view = esxi
+        .iter()
+        .find(|c| c["fingerprint_sha256"] == renewed.as_str())
+        .expect("renewed host certificate in the scan");
+    let kinds: Vec<&str> = renewed_view["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"vcenter") && kinds.contains(&"endpoint"),
+        "{kinds:?}"
+    );
+    let health = scan["health"].as_array().unwrap();
+    let fact = |kind: &str, subject: &str| {
+        health
+            .iter()
+            .find(|h| h["kind"] == kind && h["subject"].as_str().unwrap().contains(subject))
+            .unwrap_or_else(|| panic!("no {kind} fact for {subject} in {health:#?}"))
+    };
+    assert_eq!(
+        fact("endpoint.stale", &vc.endpoint("DC0_C0_H2"))["healthy"],
+        false
+    );
+    assert!(
+        !health
+            .iter()
+            .any(|h| h["kind"] == "endpoint.stale"
+                && h["subject"] == vc.endpoint("DC0_C0_H0").as_str()),
+        "{health:#?}"
+    );
+    assert_eq!(
+        fact("esxi.host", "DC0_C0_H1")["state"],
+        "connected (maintenance mode)"
+    );
+    assert_eq!(fact("esxi.host", "DC0_C1_H0")["state"], "disconnected");
+    assert_eq!(fact("esxi.certmgmt", "/sdk")["state"], "vmca");
+
+    // Maintenance mode and disconnected hosts: the task fails with the fault's type.
+    for (name, fault) in [
+        ("DC0_C0_H1", "InvalidState"),
+        ("DC0_C1_H0", "HostNotConnected"),
+    ] {
+        let t = s
+            .refresh_certificates(&[host(&hosts, name).moref.clone()])
+            .unwrap();
+        let err = wait(&s, &t, "CertMgrRefreshCertificates_Task").unwrap_err();
+        assert_eq!(err.fault(), Some(fault), "{name}: {err}");
+        assert!(err.to_string().contains(&t.value), "{err}");
+    }
+
+    // The expired host: disconnect, reconnect, then refresh.
+    let expired = host(&hosts, "DC0_C1_H1").moref.clone();
+    wait(
+        &s,
+        &s.disconnect_host(&expired).unwrap(),
+        "DisconnectHost_Task",
+    )
+    .unwrap();
+    wait(
+        &s,
+        &s.reconnect_host(&expired).unwrap(),
+        "ReconnectHost_Task",
+    )
+    .unwrap();
+    assert_eq!(
+        host(&s.hosts().unwrap(), "DC0_C1_H1").connection_state,
+        "connected"
+    );
+    let t = s
+        .refresh_certificates(std::slice::from_ref(&expired))
+        .unwrap();
+    wait(&s, &t, "CertMgrRefreshCertificates_Task").unwrap();
+
+    // A new root: the CA refresh pushes it to the host.
+    let ctl = vc.manifest["control"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://");
+    let new_root = http_get(ctl, "/ctl/rotate-root").unwrap().trim().to_owned();
+    let t = s.refresh_ca_certificates(&[expired]).unwrap();
+    wait(&s, &t, "CertMgrRefreshCACertificatesAndCRLs_Task").unwrap();
+    let st = vc.state();
+    assert_eq!(
+        st["hosts"]["DC0_C1_H1"]["trusted_root_sha256"],
+        new_root.as_str()
+    );
+    assert_ne!(
+        st["hosts"]["DC0_C0_H0"]["trusted_root_sha256"],
+        new_root.as_str()
+    );
+    s.logout();
+}
