@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             // Exit now: dropping the runtime would wait for blocking tasks, and dropping the
             // store would flush it, and either can block for good on a failed disk (the
             // supervisor restarts us to get a fresh store handle).
-            std::process::exit(1)
+            std::process::exit(i32::from(cli::exit_code(&e)))
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::server;
 #[derive(Subcommand)]
 pub enum StoreCmd {
     /// Write the whole state as JSON lines.
+    #[command(
+        after_help = "Example:\n  certfleet store export --data-dir /var/lib/certfleet --out state.jsonl"
+    )]
     Export {
         /// The controller's data directory.
         #[arg(long)]
@@ -21,6 +24,9 @@ pub enum StoreCmd {
         out: PathBuf,
     },
     /// Load an export into a fresh data directory's store.
+    #[command(
+        after_help = "Example:\n  certfleet store import --data-dir /var/lib/certfleet --in state.jsonl"
+    )]
     Import {
         /// The controller's data directory.
         #[arg(long)]

@@ -9,12 +9,13 @@ use serde::Serialize;
 
 use super::args::{days, duration_in, parse_labels, secs};
 use super::conn::Conn;
-use super::output::{Cell, Column, OutputArgs, Show, labels_map, print_list, when};
+use super::output::{Cell, Column, OutputArgs, Show, labels_map, print_list, until, when};
 
 /// `certfleet token ...`
 #[derive(Subcommand)]
 pub enum TokenCmd {
     /// Create a single-use join token; prints only the token.
+    #[command(after_help = "Example:\n  certfleet token create --ttl 1h --label site=dc1")]
     Create {
         /// How long the token may be used.
         #[arg(long, value_parser = duration_in(secs(1), days(30)))]
@@ -24,11 +25,13 @@ pub enum TokenCmd {
         label: Vec<String>,
     },
     /// List tokens.
+    #[command(after_help = "Example:\n  certfleet token list -o json")]
     List {
         #[command(flatten)]
         output: OutputArgs,
     },
     /// Revoke an unused token.
+    #[command(after_help = "Example:\n  certfleet token revoke 3f9a0c1e")]
     Revoke {
         /// Token id (from `token list`).
         id: String,
@@ -80,6 +83,8 @@ pub struct TokenView {
     created_by: String,
     labels: BTreeMap<String, String>,
     used_by: String,
+    #[serde(skip)]
+    expires_at_secs: i64,
 }
 
 impl From<&pb::TokenInfo> for TokenView {
@@ -92,6 +97,7 @@ impl From<&pb::TokenInfo> for TokenView {
             created_by: k.created_by.clone(),
             labels: labels_map(&k.labels),
             used_by: k.used_by.clone(),
+            expires_at_secs: k.expires_at,
         }
     }
 }
@@ -104,9 +110,14 @@ fn columns() -> Vec<Column<TokenView>> {
             Cell::plain(v.created_at.clone().unwrap_or_default())
         })
         .only(Show::Wide),
-        Column::new("EXPIRES", "expires_at", |v: &TokenView| {
+        Column::new("EXPIRES", "expires_in", |v: &TokenView| {
+            Cell::plain(until(v.expires_at_secs))
+        })
+        .only(Show::Screen),
+        Column::new("EXPIRES AT", "expires_at", |v: &TokenView| {
             Cell::plain(v.expires_at.clone().unwrap_or_default())
-        }),
+        })
+        .only(Show::Wide),
         Column::new("CREATED BY", "created_by", |v: &TokenView| {
             Cell::plain(&v.created_by)
         }),

@@ -1,6 +1,7 @@
 //! End-to-end tests: real binaries as processes against simulated hosts. One test binary for
 //! the whole crate keeps link time down.
 
+mod cli;
 mod crash;
 mod fabric;
 mod gke;
