@@ -88,11 +88,12 @@ step "rotation, dry run first: certfleet plan create ovirt-hosts-offline --expir
 # scope says so and the demo goes on.
 for recipe in files ovirt-hosts-offline vsphere-sts vsphere-machine-ssl vsphere-solution-users gke-user-ca; do
     step "rotation: certfleet plan create $recipe --expiring-within 30d --run; certfleet plan watch"
-    if out=$("$bin/certfleet" plan create "$recipe" --expiring-within 30d --run -o json 2>&1); then
+    # "Nothing to renew" exits 0 with the reasons on stderr and nothing on stdout.
+    if out=$("$bin/certfleet" plan create "$recipe" --expiring-within 30d --run -o json); then
         plan=$(printf '%s\n' "$out" | sed -n 's/^  "id": "\(.*\)",$/\1/p')
-        "$bin/certfleet" plan watch "$plan" | grep -v '^    '
-    else
-        echo "$out"
+        if [ -n "$plan" ]; then
+            "$bin/certfleet" plan watch "$plan" | grep -v '^    ' || echo "plan $plan did not succeed"
+        fi
     fi
 done
 

@@ -17,16 +17,12 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match rt.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<certfleet_controller::store::PartialExport>() => {
-            eprintln!("certfleet: {e:#}");
-            ExitCode::from(certfleet_controller::store::PARTIAL_EXPORT_EXIT)
-        }
         Err(e) => {
             eprintln!("certfleet: {e:#}");
             // Exit now: dropping the runtime would wait for blocking tasks, and dropping the
             // store would flush it, and either can block for good on a failed disk (the
             // supervisor restarts us to get a fresh store handle).
-            std::process::exit(1)
+            std::process::exit(i32::from(cli::exit_code(&e)))
         }
     }
 }

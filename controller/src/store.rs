@@ -179,8 +179,9 @@ const AUDIT_MARK: &str = "certfleet.audit-seq";
 
 /// Exit status of `certfleet store export` when it had to skip unreadable values: the export
 /// file holds everything else (a partial salvage), and the skipped values are listed on
-/// stderr. Distinct from 1 (nothing usable written: the export failed) and 2 (usage).
-pub const PARTIAL_EXPORT_EXIT: u8 = 3;
+/// stderr. Distinct from 1 (nothing usable written: the export failed), 2 (usage) and the
+/// other codes of `certfleet --help`.
+pub const PARTIAL_EXPORT_EXIT: u8 = 6;
 
 /// `certfleet store export` wrote what it could but skipped unreadable values (exit status
 /// [`PARTIAL_EXPORT_EXIT`]).

@@ -8,17 +8,21 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::conn::Conn;
-use super::output::{Cell, Column, OutputArgs, Show, Tone, labels_map, print_list, when};
+use super::output::{
+    Cell, Column, OutputArgs, Show, Tone, ago, labels_map, print_list, until, when,
+};
 
 /// `certfleet agents ...`
 #[derive(Subcommand)]
 pub enum AgentsCmd {
     /// List agents.
+    #[command(after_help = "Example:\n  certfleet agents list -o wide")]
     List {
         #[command(flatten)]
         output: OutputArgs,
     },
     /// Show one agent (id or name).
+    #[command(after_help = "Example:\n  certfleet agents show vcsa-01 -o yaml")]
     Show {
         /// Agent id or name.
         id: String,
@@ -26,11 +30,13 @@ pub enum AgentsCmd {
         output: OutputArgs,
     },
     /// Revoke an agent: its stream is closed and it is refused from now on.
+    #[command(after_help = "Example:\n  certfleet agents revoke vcsa-01")]
     Revoke {
         /// Agent id or name.
         id: String,
     },
     /// Approve the re-binding of an agent whose certificate expired.
+    #[command(after_help = "Example:\n  certfleet agents approve vcsa-01")]
     Approve {
         /// Agent id or name.
         id: String,
@@ -94,6 +100,16 @@ pub struct AgentView {
     labels: BTreeMap<String, String>,
     cert_fingerprint: String,
     remote_addr: String,
+    /// The raw times, for relative columns.
+    #[serde(skip)]
+    at: RawTimes,
+}
+
+/// Unix times kept next to their formatted forms.
+#[derive(Default)]
+struct RawTimes {
+    last_seen: i64,
+    cert_not_after: i64,
 }
 
 impl From<&pb::AgentInfo> for AgentView {
@@ -112,13 +128,17 @@ impl From<&pb::AgentInfo> for AgentView {
             labels: labels_map(&a.labels),
             cert_fingerprint: a.cert_fingerprint.clone(),
             remote_addr: a.remote_addr.clone(),
+            at: RawTimes {
+                last_seen: a.last_seen,
+                cert_not_after: a.cert_not_after,
+            },
         }
     }
 }
 
 fn columns() -> Vec<Column<AgentView>> {
     vec![
-        Column::new("ID", "id", |a: &AgentView| Cell::plain(&a.id)),
+        Column::new("ID", "id", |a: &AgentView| Cell::plain(&a.id)).only(Show::Wide),
         Column::new("NAME", "name", |a: &AgentView| Cell::plain(&a.name)),
         Column::new("HOSTNAME", "hostname", |a: &AgentView| {
             Cell::plain(&a.hostname)
@@ -144,14 +164,25 @@ fn columns() -> Vec<Column<AgentView>> {
             }
         }),
         Column::new("LAST SEEN", "last_seen", |a: &AgentView| {
+            Cell::plain(ago(a.at.last_seen))
+        })
+        .only(Show::Screen),
+        Column::new("LAST SEEN", "last_seen", |a: &AgentView| {
             Cell::plain(a.last_seen.clone().unwrap_or_else(|| "never".into()))
-        }),
+        })
+        .only(Show::Csv),
+        Column::new("CERT EXPIRES", "cert_expires", |a: &AgentView| {
+            Cell::plain(until(a.at.cert_not_after))
+        })
+        .only(Show::Screen),
         Column::new("CERT NOT AFTER", "cert_not_after", |a: &AgentView| {
             Cell::plain(a.cert_not_after.clone().unwrap_or_default())
-        }),
+        })
+        .only(Show::Csv),
         Column::new("VERSION", "version", |a: &AgentView| {
             Cell::plain(&a.version)
-        }),
+        })
+        .only(Show::Wide),
         Column::new("ENROLLED", "enrolled_at", |a: &AgentView| {
             Cell::plain(a.enrolled_at.clone().unwrap_or_default())
         })

@@ -7,6 +7,8 @@ use anyhow::{Context, anyhow};
 use certfleet_common::proto::operator_client::OperatorClient;
 use tonic::transport::Channel;
 
+use super::CliError;
+
 /// Largest answer the CLI accepts from the controller.
 const MAX_ANSWER_BYTES: usize = 512 << 20;
 
@@ -45,8 +47,16 @@ impl Conn {
         self.client.clone()
     }
 
-    /// Turns a status into an operator-readable error naming the controller.
+    /// Turns a status into an operator-readable error naming the controller, typed by who is
+    /// at fault: the caller's input (exit 2), the caller's rights (exit 3), anything else (1).
     pub fn explain(&self, s: tonic::Status) -> anyhow::Error {
-        anyhow!(certfleet_common::tls::explain_status(&self.addr, &s))
+        let text = certfleet_common::tls::explain_status(&self.addr, &s);
+        match s.code() {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                CliError::Refused(text).into()
+            }
+            tonic::Code::InvalidArgument => CliError::Usage(text).into(),
+            _ => anyhow!(text),
+        }
     }
 }

@@ -17,7 +17,8 @@ use serde::Serialize;
 use super::args::{MAX_HORIZON, duration_in, secs};
 use super::conn::Conn;
 use super::output::{
-    Cell, Column, OutputArgs, Show, Tone, print_document, print_list, render_list,
+    Cell, Column, OutputArgs, Screen, Show, Tone, print_document, render_list, render_list_on,
+    shorten,
 };
 
 /// `certfleet inventory [...]`
@@ -52,6 +53,7 @@ pub struct InventoryArgs {
 #[derive(Subcommand)]
 pub enum InventoryCmd {
     /// One certificate: where it is, its chain, what it signs.
+    #[command(after_help = "Example:\n  certfleet inventory show 3f9a0c1e7b2d")]
     Show {
         /// SHA-256 fingerprint, or an unambiguous prefix of it.
         fingerprint: String,
@@ -65,6 +67,7 @@ pub enum InventoryCmd {
         output: OutputArgs,
     },
     /// Ask agents (all connected, or one) to rescan now.
+    #[command(after_help = "Example:\n  certfleet inventory rescan vcsa-01")]
     Rescan {
         /// Agent id or name (default: every connected agent).
         agent: Option<String>,
@@ -196,8 +199,9 @@ fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
 }
 
 fn days_cell(v: &InventoryView) -> Cell {
+    // "expired" rather than a negative count: the word survives a pipe without colour.
     let text = if v.days_left < 0 {
-        format!("EXPIRED {}d ago", -v.days_left)
+        "expired".to_owned()
     } else {
         v.days_left.to_string()
     };
@@ -222,11 +226,11 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         Column::new("FINGERPRINT", "fingerprint_sha256", |r: &PlaceRow<'_>| {
             Cell::plain(&r.cert.fingerprint_sha256)
         })
-        .only(Show::Csv),
+        .only(Show::Wide),
         Column::new("STATUS", "status", |r: &PlaceRow<'_>| {
             Cell::plain(r.cert.status)
         })
-        .only(Show::Csv),
+        .only(Show::Wide),
         Column::new("DAYS LEFT", "days_left", |r: &PlaceRow<'_>| {
             days_cell(r.cert)
         })
@@ -237,7 +241,12 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         .only(Show::Csv),
         Column::new("NOT AFTER", "not_after", |r: &PlaceRow<'_>| {
             Cell::plain(&r.cert.not_after)
-        }),
+        })
+        .only(Show::Wide),
+        Column::new("AGENT", "agent", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.seen.agent)
+        })
+        .only(Show::Screen),
         Column::new("ROLE", "role", |r: &PlaceRow<'_>| Cell::plain(&r.cert.role)),
         Column::new("PLATFORM", "platform", |r: &PlaceRow<'_>| {
             Cell::plain(r.cert.platform)
@@ -245,7 +254,8 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         .only(Show::Wide),
         Column::new("SUBJECT", "subject", |r: &PlaceRow<'_>| {
             Cell::plain(&r.cert.subject)
-        }),
+        })
+        .only(Show::Wide),
         Column::new("ISSUER", "issuer", |r: &PlaceRow<'_>| {
             Cell::plain(&r.cert.issuer)
         })
@@ -256,7 +266,8 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         .only(Show::Wide),
         Column::new("AGENT", "agent", |r: &PlaceRow<'_>| {
             Cell::plain(&r.seen.agent)
-        }),
+        })
+        .only(Show::Csv),
         Column::new("HOSTNAME", "hostname", |r: &PlaceRow<'_>| {
             Cell::plain(&r.seen.hostname)
         })
@@ -264,10 +275,6 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         Column::new("WHERE", "location", |r: &PlaceRow<'_>| {
             Cell::plain(r.seen.location.describe())
         }),
-        Column::new("FINGERPRINT", "fingerprint_sha256", |r: &PlaceRow<'_>| {
-            Cell::plain(&r.cert.fingerprint_sha256[..16.min(r.cert.fingerprint_sha256.len())])
-        })
-        .only(Show::Screen),
     ]
 }
 
@@ -289,7 +296,21 @@ async fn inventory_pages(
 
 /// Prints an inventory listing sorted by urgency.
 pub fn print_inventory(list: &pb::InventoryList, out: &OutputArgs) -> anyhow::Result<()> {
-    let now = now();
+    print!(
+        "{}",
+        render_inventory(list, out, now(), Screen::detect(out.output))?
+    );
+    Ok(())
+}
+
+/// An inventory listing as text, most urgent first, with the health, problems and totals
+/// under the table (table and wide only).
+pub fn render_inventory(
+    list: &pb::InventoryList,
+    out: &OutputArgs,
+    now: i64,
+    screen: Screen,
+) -> anyhow::Result<String> {
     let mut views: Vec<InventoryView> = list.items.iter().map(|i| inventory_view(i, now)).collect();
     let rank = |s: &str| match s {
         "expired" => 0,
@@ -311,26 +332,37 @@ pub fn print_inventory(list: &pb::InventoryList, out: &OutputArgs) -> anyhow::Re
                 .map(move |seen| PlaceRow { cert, seen })
         })
         .collect();
-    print_list(out, "inventory", &views, &rows, &inventory_columns())?;
+    let mut s = render_list_on(
+        out,
+        "inventory",
+        &views,
+        &rows,
+        &inventory_columns(),
+        screen,
+    )?;
     if out.output.is_table() {
+        let width = screen.width.unwrap_or(usize::MAX);
         for h in list.health.iter().filter(|h| !h.healthy) {
-            println!(
+            let line = format!(
                 "HEALTH {} {}: {} ({})",
                 h.kind, h.subject, h.state, h.detail
             );
+            let _ = writeln!(s, "{}", shorten(&line, width));
         }
         for p in &list.problems {
-            println!("PROBLEM [{}] {}: {}", p.collector, p.subject, p.message);
+            let line = format!("PROBLEM [{}] {}: {}", p.collector, p.subject, p.message);
+            let _ = writeln!(s, "{line}");
         }
         let expired = views.iter().filter(|v| v.status == "expired").count();
         let expiring = views.iter().filter(|v| v.status == "expiring").count();
-        println!(
+        let _ = writeln!(
+            s,
             "{} certificates: {expired} expired, {expiring} expiring; {} problems",
             views.len(),
             list.problems.len()
         );
     }
-    Ok(())
+    Ok(s)
 }
 
 /// `inventory show`: one certificate, where it is, its chain up to a root, what it signs.
@@ -626,4 +658,135 @@ pub fn print_comparison(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::output::Format;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn item(
+        fp: char,
+        role: &str,
+        subject: &str,
+        days: i64,
+        places: &[(&str, &str)],
+    ) -> pb::InventoryItem {
+        pb::InventoryItem {
+            certificate: Some(pb::CertificateRecord {
+                fingerprint_sha256: fp.to_string().repeat(64),
+                subject: subject.into(),
+                issuer: "CN=Corp Issuing CA 2019, O=Example Corporation, C=US".into(),
+                serial: "1a2b".into(),
+                not_before: NOW - 300 * 86_400,
+                not_after: NOW + days * 86_400 + 3600,
+                role: role.into(),
+                ..Default::default()
+            }),
+            seen: places
+                .iter()
+                .map(|(agent, path)| pb::SeenAt {
+                    agent_id: format!("id-{agent}"),
+                    agent_name: (*agent).into(),
+                    hostname: format!("{agent}.dc1.example.org"),
+                    location: Some(pb::Location {
+                        kind: "file".into(),
+                        path: (*path).into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn fleet() -> pb::InventoryList {
+        pb::InventoryList {
+            items: vec![
+                item(
+                    'a',
+                    "ovirt.engine.apache",
+                    "CN=engine.ovirt.dc1.example.org, O=Example Corporation",
+                    -3,
+                    &[("engine-01", "/etc/pki/ovirt-engine/certs/apache.cer")],
+                ),
+                item(
+                    'b',
+                    "vsphere.machine_ssl",
+                    "CN=vcsa-01.dc1.example.org",
+                    12,
+                    &[(
+                        "vcsa-01",
+                        "/usr/lib/vmware-vmafd/bin/vecs-cli/MACHINE_SSL_CERT/__MACHINE_CERT",
+                    )],
+                ),
+                item(
+                    'c',
+                    "file.pem",
+                    "CN=app.example.org",
+                    200,
+                    &[
+                        ("web-01", "/etc/app/tls/app.pem"),
+                        (
+                            "web-02",
+                            "/srv/containers/storage/overlay/3f9a0c1e7b2d/merged/etc/app/tls/app.pem",
+                        ),
+                    ],
+                ),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// The default inventory table at 80 columns, compared with `testdata/inventory-80.txt`
+    /// (`UPDATE_GOLDEN=1` rewrites it after a deliberate change).
+    #[test]
+    fn inventory_table_golden_at_80_columns() {
+        let out = OutputArgs::TABLE;
+        let screen = Screen {
+            width: Some(80),
+            color: false,
+        };
+        let text = render_inventory(&fleet(), &out, NOW, screen).unwrap();
+        for l in text.lines() {
+            assert!(
+                l.chars().count() <= 80,
+                "{l:?} is longer than 80 columns\n{text}"
+            );
+        }
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/cli/testdata/inventory-80.txt");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_default();
+        assert_eq!(text, want, "golden {} differs", golden.display());
+    }
+
+    #[test]
+    fn inventory_csv_is_one_line_per_place_with_every_column() {
+        let out = OutputArgs {
+            output: Format::Csv,
+            no_headers: false,
+        };
+        let screen = Screen {
+            width: Some(80),
+            color: false,
+        };
+        let text = render_inventory(&fleet(), &out, NOW, screen).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "fingerprint_sha256,status,days_left,not_after,role,platform,subject,issuer,serial,agent,hostname,location"
+        );
+        assert_eq!(lines.count(), 4, "{text}");
+        assert!(
+            text.contains(
+                "/srv/containers/storage/overlay/3f9a0c1e7b2d/merged/etc/app/tls/app.pem"
+            ),
+            "csv is never shortened"
+        );
+    }
 }

@@ -33,12 +33,82 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// Exit codes of every `certfleet` command (also in `--help` and the README).
+pub mod exit {
+    /// Done; also "nothing to renew" (the reasons are printed).
+    pub const OK: u8 = 0;
+    /// A runtime error: controller unreachable, a file unreadable, a store failure.
+    pub const RUNTIME: u8 = 1;
+    /// Usage: an unknown flag or value, a malformed argument, a name that matches nothing.
+    pub const USAGE: u8 = 2;
+    /// The controller refused: permission denied, unknown or revoked operator.
+    pub const REFUSED: u8 = 3;
+    /// `plan watch`: the plan ended failed or aborted.
+    pub const PLAN_FAILED: u8 = 4;
+    /// `plan create --fail-if-nothing`: the recipe found nothing to renew.
+    pub const NOTHING_TO_DO: u8 = 5;
+    /// `store export` skipped unreadable values and wrote the rest (a partial salvage).
+    pub const PARTIAL_EXPORT: u8 = crate::store::PARTIAL_EXPORT_EXIT;
+}
+
+/// The exit-code table printed at the end of `certfleet --help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (also \"nothing to renew\": the reasons are printed on stderr)
+  1  runtime error (controller unreachable, file unreadable, store failure)
+  2  usage error (unknown flag or value, a name that matches nothing)
+  3  refused by the controller (permission denied, unknown or revoked operator)
+  4  plan watch: the plan ended failed or aborted
+  5  plan create --fail-if-nothing: nothing to renew
+  6  store export: unreadable values skipped (listed), everything else written
+
+Example:
+  certfleet --controller ctl.example.org:7443 --identity ~/admin inventory --expiring-within 30d";
+
+/// An outcome with its own exit code; anything else exits with [`exit::RUNTIME`].
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad input found after parsing (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The controller refused the caller (exit 3).
+    #[error("{0}")]
+    Refused(String),
+    /// A watched plan ended failed or aborted (exit 4).
+    #[error("plan {id} ended {state}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    PlanFailed {
+        /// Plan id.
+        id: String,
+        /// Its final state.
+        state: String,
+        /// Its message.
+        message: String,
+    },
+    /// Nothing to renew, and the caller asked for a distinct code (exit 5).
+    #[error("{0}")]
+    NothingToDo(String),
+}
+
+/// The exit code for an error `run` returned.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<CliError>() {
+        Some(CliError::Usage(_)) => exit::USAGE,
+        Some(CliError::Refused(_)) => exit::REFUSED,
+        Some(CliError::PlanFailed { .. }) => exit::PLAN_FAILED,
+        Some(CliError::NothingToDo(_)) => exit::NOTHING_TO_DO,
+        None if e.downcast_ref::<output::OutputError>().is_some() => exit::USAGE,
+        None if e.is::<crate::store::PartialExport>() => exit::PARTIAL_EXPORT,
+        None => exit::RUNTIME,
+    }
+}
+
 /// `certfleet`: its global options and its command.
 #[derive(Parser)]
 #[command(
     name = "certfleet",
     version = VERSION,
-    about = "Keeps the certificates of virtualization fleets alive"
+    about = "Keeps the certificates of virtualization fleets alive",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     /// Controller address (host:port).
@@ -61,37 +131,65 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Create the fleet CA, the controller certificate and the first admin identity.
+    #[command(
+        after_help = "Example:\n  certfleet init --data-dir /var/lib/certfleet --san ctl.example.org"
+    )]
     Init(daemon::InitArgs),
     /// Run the controller.
+    #[command(
+        after_help = "Example:\n  certfleet serve --data-dir /var/lib/certfleet --listen 0.0.0.0:7443 --http 127.0.0.1:9443"
+    )]
     Serve(daemon::ServeArgs),
     /// Join tokens.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  certfleet token create --ttl 1h --label site=dc1")]
     Token(tokens::TokenCmd),
     /// Enrolled agents.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  certfleet agents list -o wide")]
     Agents(agents::AgentsCmd),
     /// Operator identities.
     #[command(subcommand)]
+    #[command(
+        after_help = "Example:\n  certfleet operators issue alice --role viewer --out ./alice"
+    )]
     Operators(operators::OperatorsCmd),
     /// The audit log of every mutation.
+    #[command(after_help = "Example:\n  certfleet audit --limit 20")]
     Audit(audit::AuditArgs),
     /// The fleet's certificate inventory.
+    #[command(
+        after_help = "Example:\n  certfleet inventory --expiring-within 30d --platform vsphere"
+    )]
     Inventory(inventory::InventoryArgs),
     /// Rotation plans: create (or dry-run), approve, run, watch, roll back.
     #[command(subcommand)]
+    #[command(
+        after_help = "Example:\n  certfleet plan create files --expiring-within 30d --dry-run"
+    )]
     Plan(plan::PlanCmd),
     /// Renewal policies: plans made automatically as certificates near expiry.
     #[command(subcommand)]
+    #[command(
+        after_help = "Example:\n  certfleet policy set ovirt.host --renew-within 30d --window \"0 2 * * SAT\""
+    )]
     Policy(policy::PolicyCmd),
     /// Offline maintenance of the state store (controller stopped).
     #[command(subcommand)]
+    #[command(
+        after_help = "Example:\n  certfleet store export --data-dir /var/lib/certfleet --out state.jsonl"
+    )]
     Store(store::StoreCmd),
     /// Print a shell completion script (bash, zsh, fish) to stdout.
+    #[command(
+        after_help = "Example:\n  certfleet completion bash > /etc/bash_completion.d/certfleet"
+    )]
     Completion {
         /// The shell.
         shell: certfleet_common::clidoc::Shell,
     },
     /// Write man pages, one per command, into a directory.
+    #[command(after_help = "Example:\n  certfleet man --out-dir /usr/local/share/man/man1")]
     Man {
         /// Directory the pages are written into.
         #[arg(long)]
@@ -153,5 +251,61 @@ mod tests {
     #[test]
     fn the_command_tree_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command's `--help` has an example and every flag and argument a help text.
+    #[test]
+    fn every_command_has_an_example_and_every_flag_a_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_name() == "help" {
+                return; // clap's own `help` subcommands
+            }
+            let path = format!("{path} {}", cmd.get_name()).trim().to_owned();
+            let after = cmd
+                .get_after_help()
+                .or(cmd.get_after_long_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if !after.contains("Example:\n  certfleet") {
+                missing.push(format!("`{path}`: no example in --help"));
+            }
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("`{path}` {}: no help text", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_documented() {
+        let codes = [
+            exit::OK,
+            exit::RUNTIME,
+            exit::USAGE,
+            exit::REFUSED,
+            exit::PLAN_FAILED,
+            exit::NOTHING_TO_DO,
+        ];
+        for (i, c) in codes.iter().enumerate() {
+            assert!(!codes[..i].contains(c), "exit code {c} used twice");
+            assert!(
+                EXIT_CODES.contains(&format!("\n  {c}  ")),
+                "exit code {c} missing from --help"
+            );
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        let e = anyhow::Error::new(CliError::Refused("no".into())).context("calling");
+        assert_eq!(exit_code(&e), exit::REFUSED);
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full")), exit::RUNTIME);
     }
 }

@@ -14,10 +14,13 @@ use super::output::{Cell, Column, OutputArgs, print_list, when};
 #[derive(Subcommand)]
 pub enum OperatorsCmd {
     /// Issue an operator identity into DIR (the key is made here).
+    #[command(
+        after_help = "Example:\n  certfleet operators issue alice --role viewer --out ./alice"
+    )]
     Issue {
         /// Operator name (the certificate's common name).
         name: String,
-        /// Role: admin, operator or viewer.
+        /// Role: admin or viewer.
         #[arg(long)]
         role: String,
         /// Directory written: key.pem, cert.pem, ca.pem.
@@ -29,11 +32,13 @@ pub enum OperatorsCmd {
         data_dir: Option<PathBuf>,
     },
     /// Revoke an operator.
+    #[command(after_help = "Example:\n  certfleet operators revoke alice")]
     Revoke {
         /// Operator name.
         name: String,
     },
     /// List operators.
+    #[command(after_help = "Example:\n  certfleet operators list")]
     List {
         #[command(flatten)]
         output: OutputArgs,

@@ -11,7 +11,7 @@ use std::fmt;
 use certfleet_common::model::format_time;
 use certfleet_common::proto as pb;
 use clap::{Args, ValueEnum};
-use comfy_table::{Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
 use serde::Serialize;
 
 /// Output format of commands that print something.
@@ -104,19 +104,6 @@ pub enum Tone {
     Undone,
 }
 
-impl Tone {
-    fn color(self) -> Option<Color> {
-        match self {
-            Tone::Plain => None,
-            Tone::Good => Some(Color::Green),
-            Tone::Warn => Some(Color::Yellow),
-            Tone::Bad => Some(Color::Red),
-            Tone::Busy => Some(Color::Cyan),
-            Tone::Undone => Some(Color::Magenta),
-        }
-    }
-}
-
 /// One cell: its text and its tone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cell {
@@ -202,6 +189,25 @@ pub fn render_list<R>(
     rows: &[R],
     columns: &[Column<R>],
 ) -> Result<String, OutputError> {
+    render_list_on(
+        out,
+        command,
+        data,
+        rows,
+        columns,
+        Screen::detect(out.output),
+    )
+}
+
+/// [`render_list`] for a given screen (golden tests render at 80 columns).
+pub fn render_list_on<R>(
+    out: &OutputArgs,
+    command: &'static str,
+    data: &impl Serialize,
+    rows: &[R],
+    columns: &[Column<R>],
+    screen: Screen,
+) -> Result<String, OutputError> {
     match out.output {
         Format::Json | Format::Yaml => serialize(out.output, command, data),
         Format::Csv => {
@@ -228,7 +234,7 @@ pub fn render_list<R>(
                 .iter()
                 .map(|r| cols.iter().map(|c| (c.cell)(r)).collect())
                 .collect();
-            Ok(table(&headers, body, out.no_headers))
+            Ok(table_for(&headers, body, out.no_headers, screen))
         }
     }
 }
@@ -309,24 +315,167 @@ fn serialize(
     }
 }
 
-/// A table of `rows` under `headers`, ending with a newline.
+/// Gap between table columns (kubectl's).
+const GAP: usize = 3;
+
+/// Where a table is printed: how wide it may be and whether it may use colour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Screen {
+    /// Largest line length; `None`: no limit (`-o wide`).
+    pub width: Option<usize>,
+    /// ANSI colours (a terminal, and `NO_COLOR` unset).
+    pub color: bool,
+}
+
+impl Screen {
+    /// 80 columns (or `COLUMNS`, or the terminal's width), colour only on a terminal without
+    /// `NO_COLOR`. Piped output is plain text: no colour, no box drawing (there is none).
+    pub fn detect(format: Format) -> Screen {
+        use std::io::IsTerminal;
+        let tty = std::io::stdout().is_terminal();
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.trim().parse::<usize>().ok())
+            .filter(|w| *w >= 40)
+            .or_else(|| {
+                tty.then(|| Table::new().width().map(usize::from))
+                    .flatten()
+                    .filter(|w| *w >= 40)
+            })
+            .unwrap_or(80);
+        Screen {
+            width: (format != Format::Wide).then_some(width),
+            color: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+}
+
+/// A table of `rows` under `headers` for the screen this process prints to (see
+/// [`Screen::detect`]), ending with a newline.
 pub fn table(headers: &[&str], rows: Vec<Vec<Cell>>, no_headers: bool) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
+    table_for(headers, rows, no_headers, Screen::detect(Format::Table))
+}
+
+/// A plain table: columns separated by three spaces, one line per row (a cell with line
+/// breaks continues on the next lines, aligned under its column), never wrapped. When the
+/// natural width exceeds `screen.width`, the widest columns are narrowed first and each
+/// overlong value is shortened in the middle (`/etc/pki/…/server.pem`), so the start and the
+/// end of a path, the parts people recognise, stay.
+pub fn table_for(
+    headers: &[&str],
+    rows: Vec<Vec<Cell>>,
+    no_headers: bool,
+    screen: Screen,
+) -> String {
+    let n = headers.len();
+    let len = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = headers.iter().map(|h| len(h)).collect();
+    for row in &rows {
+        for (i, c) in row.iter().enumerate().take(n) {
+            for l in c.text.lines() {
+                widths[i] = widths[i].max(len(l));
+            }
+        }
+    }
+    if let Some(max) = screen.width {
+        let floor: Vec<usize> = headers.iter().map(|h| len(h).max(6)).collect();
+        let total = |w: &[usize]| w.iter().sum::<usize>() + GAP * w.len().saturating_sub(1);
+        while total(&widths) > max {
+            // Narrow the widest column first: long paths and names give way, short columns
+            // (states, counts) stay whole.
+            let Some((i, _)) = widths
+                .iter()
+                .enumerate()
+                .filter(|(i, w)| **w > floor[*i])
+                .max_by_key(|(i, w)| (**w, *i))
+            else {
+                break;
+            };
+            widths[i] -= 1;
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<(String, Tone)>, out: &mut String| {
+        let mut parts: Vec<Vec<String>> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| {
+                let mut lines: Vec<String> = t.lines().map(|l| shorten(l, widths[i])).collect();
+                if lines.is_empty() {
+                    lines.push(String::new());
+                }
+                lines
+            })
+            .collect();
+        parts.resize(n, vec![String::new()]);
+        let height = parts.iter().map(Vec::len).max().unwrap_or(1);
+        for k in 0..height {
+            let mut l = String::new();
+            for (i, p) in parts.iter().enumerate() {
+                let text = p.get(k).map(String::as_str).unwrap_or("");
+                let last = i + 1 == n;
+                let pad = if last { 0 } else { widths[i] - len(text) + GAP };
+                match cells
+                    .get(i)
+                    .map(|c| c.1)
+                    .and_then(|t| screen.color.then(|| ansi(t)).flatten())
+                {
+                    Some(code) if !text.is_empty() => {
+                        l.push_str(&format!("\x1b[{code}m{text}\x1b[0m"));
+                    }
+                    _ => l.push_str(text),
+                }
+                l.push_str(&" ".repeat(pad));
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        }
+    };
     if !no_headers {
-        t.set_header(headers.to_vec());
+        line(
+            headers
+                .iter()
+                .map(|h| ((*h).to_owned(), Tone::Plain))
+                .collect(),
+            &mut out,
+        );
     }
     for row in rows {
-        t.add_row(row.into_iter().map(|c| {
-            let cell = comfy_table::Cell::new(c.text);
-            match c.tone.color() {
-                Some(color) => cell.fg(color),
-                None => cell,
-            }
-        }));
+        line(
+            row.into_iter().map(|c| (c.text, c.tone)).collect(),
+            &mut out,
+        );
     }
-    format!("{t}\n")
+    out
+}
+
+fn ansi(t: Tone) -> Option<&'static str> {
+    match t {
+        Tone::Plain => None,
+        Tone::Good => Some("32"),
+        Tone::Warn => Some("33"),
+        Tone::Bad => Some("31"),
+        Tone::Busy => Some("36"),
+        Tone::Undone => Some("35"),
+    }
+}
+
+/// `s` in at most `width` characters, shortened in the middle with `…` when longer.
+pub fn shorten(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        return s.to_owned();
+    }
+    if width <= 1 {
+        return "…".chars().take(width).collect();
+    }
+    let keep = width - 1;
+    let head = keep.div_ceil(2);
+    let tail = keep - head;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(n - tail));
+    out
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break.
@@ -341,6 +490,35 @@ pub fn csv_field(s: &str) -> String {
 /// A time for a view, `None` when unset (0).
 pub fn when(secs: i64) -> Option<String> {
     (secs > 0).then(|| format_time(secs))
+}
+
+/// A span in its largest whole unit: `45s`, `12m`, `5h`, `30d`, `2y` (negative: `-3d`).
+pub fn span(secs: i64) -> String {
+    let a = secs.unsigned_abs();
+    let (n, unit) = match a {
+        0..60 => (a, "s"),
+        60..3_600 => (a / 60, "m"),
+        3_600..86_400 => (a / 3_600, "h"),
+        86_400..31_536_000 => (a / 86_400, "d"),
+        _ => (a / 31_536_000, "y"),
+    };
+    format!("{}{n}{unit}", if secs < 0 { "-" } else { "" })
+}
+
+/// How long ago `at` was (`5m`), or `never` when unset.
+pub fn ago(at: i64) -> String {
+    if at <= 0 {
+        return "never".into();
+    }
+    span((certfleet_common::model::now() - at).max(0))
+}
+
+/// How long until `at` (`29d`, negative when past), or empty when unset.
+pub fn until(at: i64) -> String {
+    if at <= 0 {
+        return String::new();
+    }
+    span(at - certfleet_common::model::now())
 }
 
 /// Labels as a sorted map.
@@ -411,6 +589,67 @@ mod tests {
         assert!(w.contains("NOTE"), "{w}");
         let n = render_list(&out(Format::Table, true), "t", &r, &r, &columns()).unwrap();
         assert!(!n.contains("NAME"), "{n}");
+    }
+
+    #[test]
+    fn tables_fit_80_columns_shortening_long_values_in_the_middle() {
+        let screen = Screen {
+            width: Some(80),
+            color: false,
+        };
+        let rows = vec![
+            vec![
+                Cell::plain("web-01"),
+                Cell::plain(
+                    "/etc/pki/ovirt-engine/keys/very/deep/directory/structure/apache.key.nopass",
+                ),
+                Cell::toned("expired", Tone::Bad),
+            ],
+            vec![Cell::plain("b"), Cell::plain("/x"), Cell::plain("ok")],
+        ];
+        let t = table_for(&["AGENT", "WHERE", "STATUS"], rows, false, screen);
+        for l in t.lines() {
+            assert!(l.chars().count() <= 80, "{l:?} is longer than 80\n{t}");
+            assert!(
+                !l.contains(['│', '─', '┌', '\x1b']),
+                "box drawing or colour in {l:?}"
+            );
+        }
+        let long = t.lines().nth(1).unwrap();
+        assert!(
+            long.contains("/etc/pki/ovirt-") && long.contains("apache.key.nopass"),
+            "{t}"
+        );
+        assert!(long.contains('…'), "{t}");
+        let wide = table_for(
+            &["AGENT", "WHERE"],
+            vec![vec![Cell::plain("a"), Cell::plain("x".repeat(120))]],
+            false,
+            Screen {
+                width: None,
+                color: true,
+            },
+        );
+        assert!(
+            wide.contains(&"x".repeat(120)),
+            "-o wide keeps whole values"
+        );
+    }
+
+    #[test]
+    fn shorten_keeps_both_ends() {
+        assert_eq!(shorten("abcdefghij", 10), "abcdefghij");
+        assert_eq!(shorten("abcdefghij", 7), "abc…hij");
+        assert_eq!(shorten("abcdefghij", 6), "abc…ij");
+        assert_eq!(shorten("abc", 1), "…");
+    }
+
+    #[test]
+    fn spans_use_their_largest_unit() {
+        assert_eq!(span(45), "45s");
+        assert_eq!(span(3 * 3600 + 5), "3h");
+        assert_eq!(span(-3 * 86_400), "-3d");
+        assert_eq!(span(800 * 86_400), "2y");
     }
 
     #[test]

@@ -15,6 +15,9 @@ use super::output::{Cell, Column, OutputArgs, print_list};
 #[derive(Subcommand)]
 pub enum PolicyCmd {
     /// Renew certificates of ROLE when within DURATION of expiry.
+    #[command(
+        after_help = "Example:\n  certfleet policy set ovirt.host --renew-within 30d --window \"0 2 * * SAT\""
+    )]
     Set {
         /// Certificate role (see `certfleet inventory -o wide`).
         role: String,
@@ -35,6 +38,7 @@ pub enum PolicyCmd {
         max_parallel: u32,
     },
     /// List policies.
+    #[command(after_help = "Example:\n  certfleet policy list -o csv")]
     List {
         #[command(flatten)]
         output: OutputArgs,

@@ -12,8 +12,11 @@ use crate::server;
 #[derive(Subcommand)]
 pub enum StoreCmd {
     /// Write the whole state as JSON lines. Works on a damaged store: unreadable values are
-    /// skipped and listed, everything else is written, and the exit status is then 3 (a
+    /// skipped and listed, everything else is written, and the exit status is then 6 (a
     /// partial export) instead of 0.
+    #[command(
+        after_help = "Example:\n  certfleet store export --data-dir /var/lib/certfleet --out state.jsonl"
+    )]
     Export {
         /// The controller's data directory.
         #[arg(long)]
@@ -23,6 +26,9 @@ pub enum StoreCmd {
         out: PathBuf,
     },
     /// Load an export into a fresh data directory's store.
+    #[command(
+        after_help = "Example:\n  certfleet store import --data-dir /var/lib/certfleet --in state.jsonl"
+    )]
     Import {
         /// The controller's data directory.
         #[arg(long)]

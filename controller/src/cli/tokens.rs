@@ -9,12 +9,15 @@ use serde::Serialize;
 
 use super::args::{days, duration_in, parse_labels, secs};
 use super::conn::Conn;
-use super::output::{Cell, Column, OutputArgs, Show, labels_map, print_list, when};
+use super::output::{Cell, Column, OutputArgs, Show, labels_map, print_list, until, when};
 
 /// `certfleet token ...`
 #[derive(Subcommand)]
 pub enum TokenCmd {
     /// Create join tokens (single-use unless --uses); prints only the tokens, one a line.
+    #[command(
+        after_help = "Example:\n  certfleet token create --ttl 1h --label site=dc1\n  certfleet token create --ttl 2h --uses 500 --label site=dc1   # one token for an Ansible roll-out"
+    )]
     Create {
         /// How long the token may be used.
         #[arg(long, value_parser = duration_in(secs(1), days(30)))]
@@ -31,11 +34,13 @@ pub enum TokenCmd {
         count: u32,
     },
     /// List tokens.
+    #[command(after_help = "Example:\n  certfleet token list -o json")]
     List {
         #[command(flatten)]
         output: OutputArgs,
     },
     /// Revoke an unused token.
+    #[command(after_help = "Example:\n  certfleet token revoke 3f9a0c1e")]
     Revoke {
         /// Token id (from `token list`).
         id: String,
@@ -98,6 +103,8 @@ pub struct TokenView {
     used_by: String,
     uses: u32,
     max_uses: u32,
+    #[serde(skip)]
+    expires_at_secs: i64,
 }
 
 impl From<&pb::TokenInfo> for TokenView {
@@ -112,6 +119,7 @@ impl From<&pb::TokenInfo> for TokenView {
             used_by: k.used_by.clone(),
             uses: k.uses,
             max_uses: k.max_uses,
+            expires_at_secs: k.expires_at,
         }
     }
 }
@@ -124,9 +132,14 @@ fn columns() -> Vec<Column<TokenView>> {
             Cell::plain(v.created_at.clone().unwrap_or_default())
         })
         .only(Show::Wide),
-        Column::new("EXPIRES", "expires_at", |v: &TokenView| {
+        Column::new("EXPIRES", "expires_in", |v: &TokenView| {
+            Cell::plain(until(v.expires_at_secs))
+        })
+        .only(Show::Screen),
+        Column::new("EXPIRES AT", "expires_at", |v: &TokenView| {
             Cell::plain(v.expires_at.clone().unwrap_or_default())
-        }),
+        })
+        .only(Show::Wide),
         Column::new("CREATED BY", "created_by", |v: &TokenView| {
             Cell::plain(&v.created_by)
         }),

@@ -2,6 +2,7 @@
 //! the whole crate keeps link time down.
 
 mod cas;
+mod cli;
 mod crash;
 mod esxi;
 mod fabric;

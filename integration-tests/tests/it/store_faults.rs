@@ -256,7 +256,7 @@ fn flip_in_value(dir: &Path, marker: &[u8]) -> bool {
 /// checksums hold (bit rot before sled wrote it, a bad RAM page, a buggy writer): sled serves
 /// it as a good record, and only the per-value checksum can tell. The controller refuses to
 /// start naming the tree and key; `store export` writes every other document, lists the
-/// damaged one and exits with the partial-export status (3), not 0.
+/// damaged one and exits with the partial-export status (6), not 0.
 #[test]
 fn a_flipped_byte_inside_one_value_is_named_and_export_exits_partial() {
     let tmp = tempfile::tempdir().unwrap();
@@ -313,8 +313,8 @@ fn a_flipped_byte_inside_one_value_is_named_and_export_exits_partial() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
-        Some(3),
-        "a partial export must exit 3: {err}"
+        Some(6),
+        "a partial export must exit 6: {err}"
     );
     assert!(err.contains("skipped 1 unreadable value(s)"), "{err}");
     assert!(err.contains(&named), "{err}");

@@ -15,14 +15,24 @@ use clap::Subcommand;
 pub use render::{PlanView, print_plan, print_plans};
 pub use watch::PlanWatcher;
 
+use super::CliError;
 use super::args::{MAX_HORIZON, count_in, days, duration_in, parse_labels, secs};
 use super::conn::Conn;
 use super::output::OutputArgs;
+
+/// Whether the controller's refusal to build a plan means "the recipe found nothing to do"
+/// (recipes answer `nothing to renew: ...` / `nothing to rotate: ...`).
+fn is_nothing_to_do(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::FailedPrecondition && s.message().starts_with("nothing to ")
+}
 
 /// `certfleet plan ...`
 #[derive(Subcommand)]
 pub enum PlanCmd {
     /// Build a plan from a recipe; prints the whole step graph.
+    #[command(
+        after_help = "Example:\n  certfleet plan create ovirt-hosts-offline --expiring-within 30d --dry-run"
+    )]
     Create {
         /// Recipe (see `certfleet plan recipes`).
         recipe: String,
@@ -65,15 +75,20 @@ pub enum PlanCmd {
         /// Start at once (when no approval is required).
         #[arg(long)]
         run: bool,
+        /// Exit with code 5 (not 0) when the recipe finds nothing to renew.
+        #[arg(long)]
+        fail_if_nothing: bool,
         #[command(flatten)]
         output: OutputArgs,
     },
     /// List plans.
+    #[command(after_help = "Example:\n  certfleet plan list")]
     List {
         #[command(flatten)]
         output: OutputArgs,
     },
     /// Show a plan: every step, its commands, files, state and output.
+    #[command(after_help = "Example:\n  certfleet plan show p1a2b3c4d --output-lines")]
     Show {
         /// Plan id.
         id: String,
@@ -84,6 +99,9 @@ pub enum PlanCmd {
         output: OutputArgs,
     },
     /// Follow a plan live until it finishes.
+    #[command(
+        after_help = "Example:\n  certfleet plan watch p1a2b3c4d || echo \"plan failed (exit 4)\""
+    )]
     Watch {
         /// Plan id.
         id: String,
@@ -92,36 +110,43 @@ pub enum PlanCmd {
         output_lines: bool,
     },
     /// Approve a plan (or continue after its canary).
+    #[command(after_help = "Example:\n  certfleet plan approve p1a2b3c4d")]
     Approve {
         /// Plan id.
         id: String,
     },
     /// Start an approved plan.
+    #[command(after_help = "Example:\n  certfleet plan run p1a2b3c4d")]
     Run {
         /// Plan id.
         id: String,
     },
     /// Pause: running steps finish, nothing new starts.
+    #[command(after_help = "Example:\n  certfleet plan pause p1a2b3c4d")]
     Pause {
         /// Plan id.
         id: String,
     },
     /// Resume a paused plan.
+    #[command(after_help = "Example:\n  certfleet plan resume p1a2b3c4d")]
     Resume {
         /// Plan id.
         id: String,
     },
     /// Abort: nothing new starts.
+    #[command(after_help = "Example:\n  certfleet plan abort p1a2b3c4d")]
     Abort {
         /// Plan id.
         id: String,
     },
     /// Undo a finished plan's changes, last step first.
+    #[command(after_help = "Example:\n  certfleet plan rollback p1a2b3c4d")]
     Rollback {
         /// Plan id.
         id: String,
     },
     /// Print the CSR a step waits to have signed (`issuer = "operator"`).
+    #[command(after_help = "Example:\n  certfleet plan csr p1a2b3c4d web-01-renew > web-01.csr")]
     Csr {
         /// Plan id.
         id: String,
@@ -129,6 +154,7 @@ pub enum PlanCmd {
         step: String,
     },
     /// Hand in the certificate signed for a waiting step's CSR.
+    #[command(after_help = "Example:\n  certfleet plan supply p1a2b3c4d web-01-renew web-01.pem")]
     Supply {
         /// Plan id.
         id: String,
@@ -138,6 +164,7 @@ pub enum PlanCmd {
         cert: PathBuf,
     },
     /// List the built-in recipes.
+    #[command(after_help = "Example:\n  certfleet plan recipes")]
     Recipes,
 }
 
@@ -166,6 +193,7 @@ pub async fn run(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
             params,
             dry_run,
             run,
+            fail_if_nothing,
             output,
         } => {
             let req = pb::CreatePlanRequest {
@@ -185,7 +213,20 @@ pub async fn run(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
                 dry_run: *dry_run,
                 params: parse_labels(params)?,
             };
-            let mut plan = c.create_plan(req).await.map_err(e)?.into_inner();
+            let mut plan = match c.create_plan(req).await {
+                Ok(p) => p.into_inner(),
+                // "Nothing to renew" is an answer, not a failure: the reasons go to stderr
+                // (stdout stays empty for scripts) and the exit code is 0 unless asked.
+                Err(s) if is_nothing_to_do(&s) => {
+                    let why = format!("{recipe}: {}", s.message());
+                    if *fail_if_nothing {
+                        return Err(CliError::NothingToDo(why).into());
+                    }
+                    eprintln!("{why}");
+                    return Ok(());
+                }
+                Err(s) => return Err(e(s)),
+            };
             if *run && !*dry_run && !*require_approval {
                 plan = c
                     .control_plan(control(&plan.id, "run"))
@@ -226,6 +267,16 @@ pub async fn run(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
                 watcher.update(&p);
             }
             watcher.finish();
+            if let Some(p) = watcher.last()
+                && matches!(p.state.as_str(), "failed" | "aborted")
+            {
+                return Err(CliError::PlanFailed {
+                    id: p.id.clone(),
+                    state: p.state.clone(),
+                    message: p.message.clone(),
+                }
+                .into());
+            }
         }
         PlanCmd::Approve { id }
         | PlanCmd::Run { id }

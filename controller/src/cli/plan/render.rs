@@ -8,7 +8,8 @@ use certfleet_common::proto as pb;
 use serde::Serialize;
 
 use crate::cli::output::{
-    Cell, Column, OutputArgs, Show, Tone, print_document, print_list, table, when,
+    Cell, Column, Format, OutputArgs, Screen, Show, Tone, ago, print_document, print_list, shorten,
+    table_for, when,
 };
 
 /// A step as printed.
@@ -147,7 +148,7 @@ pub fn print_plan(p: &pb::PlanInfo, out: &OutputArgs, with_output: bool) -> anyh
         if !v.message.is_empty() {
             let _ = writeln!(s, "{}", v.message);
         }
-        let rows = v
+        let rows: Vec<Vec<Cell>> = v
             .steps
             .iter()
             .enumerate()
@@ -166,20 +167,40 @@ pub fn print_plan(p: &pb::PlanInfo, out: &OutputArgs, with_output: bool) -> anyh
                 ]
             })
             .collect();
-        s.push_str(&table(
-            &[
-                "#",
-                "STAGE",
-                "HOST",
-                "ACTION",
-                "TARGET",
-                "COMMANDS / FILES",
-                "STATE",
-                "MESSAGE",
-            ],
+        let mut headers = vec!["#", "STAGE", "HOST", "ACTION", "STATE", "MESSAGE"];
+        if out.output == Format::Wide {
+            headers.extend(["TARGET", "COMMANDS / FILES"]);
+        }
+        let rows = rows
+            .into_iter()
+            .map(|mut r: Vec<Cell>| {
+                // Table order: #, STAGE, HOST, ACTION, STATE, MESSAGE [, TARGET, COMMANDS].
+                let what = r.remove(5);
+                let target = r.remove(4);
+                if out.output == Format::Wide {
+                    r.extend([target, what]);
+                }
+                r
+            })
+            .collect();
+        s.push_str(&table_for(
+            &headers,
             rows,
             out.no_headers,
+            Screen::detect(out.output),
         ));
+        if out.output != Format::Wide {
+            // Commands and files under the table: what a reviewer of a dry run reads.
+            let width = Screen::detect(out.output).width.unwrap_or(usize::MAX);
+            for (i, st) in v.steps.iter().enumerate() {
+                for c in &st.commands {
+                    let _ = writeln!(s, "{}", shorten(&format!("{:>3}  $ {c}", i + 1), width));
+                }
+                for f in &st.files {
+                    let _ = writeln!(s, "{}", shorten(&format!("{:>3}  ~ {f}", i + 1), width));
+                }
+            }
+        }
         if v.steps.iter().any(|s| s.canary) {
             let _ = writeln!(s, "* canary target");
         }
@@ -216,6 +237,8 @@ pub struct PlanSummary {
     steps_total: usize,
     steps_succeeded: usize,
     steps_failed: usize,
+    #[serde(skip)]
+    created_at_secs: i64,
 }
 
 fn list_columns() -> Vec<Column<PlanSummary>> {
@@ -245,9 +268,14 @@ fn list_columns() -> Vec<Column<PlanSummary>> {
         })
         .only(Show::Csv),
         Column::new("ORIGIN", "origin", |v: &PlanSummary| Cell::plain(&v.origin)).only(Show::Wide),
+        Column::new("AGE", "age", |v: &PlanSummary| {
+            Cell::plain(ago(v.created_at_secs))
+        })
+        .only(Show::Screen),
         Column::new("CREATED", "created_at", |v: &PlanSummary| {
             Cell::plain(&v.created_at)
-        }),
+        })
+        .only(Show::Wide),
         Column::new("BY", "created_by", |v: &PlanSummary| {
             Cell::plain(&v.created_by)
         }),
@@ -274,6 +302,7 @@ pub fn print_plans(plans: &[pb::PlanInfo], out: &OutputArgs) -> anyhow::Result<(
                 steps_total: v.steps_total,
                 steps_succeeded: v.steps_succeeded,
                 steps_failed: v.steps_failed,
+                created_at_secs: p.created_at,
             }
         })
         .collect();

@@ -98,6 +98,11 @@ impl PlanWatcher {
         self.last = Some(p.clone());
     }
 
+    /// The last state of the plan seen.
+    pub fn last(&self) -> Option<&pb::PlanInfo> {
+        self.last.as_ref()
+    }
+
     /// Final summary.
     pub fn finish(&self) {
         if let Some(p) = &self.last {
