@@ -8,6 +8,9 @@ cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
+# The end-to-end tests mostly wait on processes (agents, controllers, simulated hosts): four at
+# a time keep two cores busy without starving them (RUST_TEST_THREADS overrides).
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

@@ -62,6 +62,9 @@ pub enum InventoryCmd {
     },
     /// Every CA in the fleet: the leaves it caps and its cliff (the date from which new leaves
     /// can no longer get a full lifetime). Table, or JSON with `-o json`.
+    #[command(
+        after_help = "Example:\n  certfleet inventory cas\n  certfleet inventory cas -o json"
+    )]
     Cas {
         #[command(flatten)]
         output: OutputArgs,

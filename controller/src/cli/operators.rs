@@ -15,7 +15,7 @@ use super::output::{Cell, Column, OutputArgs, print_list, when};
 pub enum OperatorsCmd {
     /// Issue an operator identity into DIR (the key is made here).
     #[command(
-        after_help = "Example:\n  certfleet operators issue alice --role viewer --out ./alice"
+        after_help = "Example:\n  certfleet operators issue alice --role viewer --out ./alice\n  certfleet operators issue root --role admin --out ./root --data-dir /var/lib/certfleet   # locked out: on the controller host, controller stopped"
     )]
     Issue {
         /// Operator name (the certificate's common name).

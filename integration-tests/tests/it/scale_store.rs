@@ -73,7 +73,7 @@ fn a_capped_multi_use_token_enrolls_a_batch_then_refuses_and_revocation_stops_it
         2,
         "{tokens}"
     );
-    let audit = c.cli(&["audit"]);
+    let audit = c.cli(&["audit", "-o", "wide"]);
     assert!(audit.contains("token_use=3/3"), "{audit}");
 
     // Revoked with uses left: refused from then on.
