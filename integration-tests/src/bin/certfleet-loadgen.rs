@@ -354,7 +354,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let took = t0.elapsed();
     rows.push(Row {
-        scenario: format!("enroll {n} agents (a token each)"),
+        scenario: format!("enroll {n} agents (one capped multi-use token)"),
         result: format!("{} ({:.0}/s)", secs(took), n as f64 / took.as_secs_f64()),
         target: "",
     });
