@@ -251,10 +251,14 @@ pub fn facts_from_list(list: &pb::InventoryList) -> Vec<CertFacts> {
         .collect()
 }
 
-/// The facts of every certificate in the stored inventories, plus the fleet CA itself.
-pub fn facts_from_store(fleet: &crate::fleet::Fleet) -> Result<Vec<CertFacts>, tonic::Status> {
+/// The facts of every certificate in the inventories `all` (as [`crate::inventory::all`] reads
+/// them: the caller's scrape already holds them), plus the fleet CA itself (`fleet_ca_pem`).
+pub fn facts(
+    all: &[(crate::fleet::AgentRecord, crate::inventory::AgentInventory)],
+    fleet_ca_pem: &str,
+) -> Vec<CertFacts> {
     let mut by_fp: BTreeMap<String, CertFacts> = BTreeMap::new();
-    for (agent, inv) in crate::inventory::all(fleet)? {
+    for (agent, inv) in all {
         for c in inv.records() {
             let f = by_fp
                 .entry(c.fingerprint_sha256.clone())
@@ -276,7 +280,7 @@ pub fn facts_from_store(fleet: &crate::fleet::Fleet) -> Result<Vec<CertFacts>, t
             f.agents.insert(agent.name.clone());
         }
     }
-    if let Ok(der) = certfleet_common::pem::first_certificate(fleet.ca.cert_pem().as_bytes())
+    if let Ok(der) = certfleet_common::pem::first_certificate(fleet_ca_pem.as_bytes())
         && let Ok(rec) = certfleet_common::x509::parse_der(&der)
     {
         by_fp
@@ -294,33 +298,28 @@ pub fn facts_from_store(fleet: &crate::fleet::Fleet) -> Result<Vec<CertFacts>, t
                 agents: BTreeSet::from(["controller".to_owned()]),
             });
     }
-    Ok(by_fp.into_values().collect())
+    by_fp.into_values().collect()
 }
 
 /// Adds the per-CA gauges to a scrape registry: `ca_cliff_seconds` (the date from which new
 /// leaves are cut short, Unix seconds), `ca_not_after_seconds` and `ca_capped_leaves`.
-pub fn register_metrics(
-    fleet: &crate::fleet::Fleet,
-    r: &mut prometheus_client::registry::Registry,
-) {
+pub fn register_metrics(facts: &[CertFacts], r: &mut prometheus_client::registry::Registry) {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     let cliff: Family<CaLabels, Gauge> = Family::default();
     let not_after: Family<CaLabels, Gauge> = Family::default();
     let capped: Family<CaLabels, Gauge> = Family::default();
-    if let Ok(facts) = facts_from_store(fleet) {
-        for f in forecast(&facts, certfleet_common::model::now()) {
-            let l = CaLabels {
-                platform: f.platform.clone(),
-                role: f.role.clone(),
-                subject: f.subject.clone(),
-                fingerprint: f.fingerprint_sha256[..16.min(f.fingerprint_sha256.len())].to_owned(),
-                absurd_span: if f.absurd_span { "true" } else { "false" }.into(),
-            };
-            cliff.get_or_create(&l).set(f.cliff_secs);
-            not_after.get_or_create(&l).set(f.not_after_secs);
-            capped.get_or_create(&l).set(f.capped_leaves() as i64);
-        }
+    for f in forecast(facts, certfleet_common::model::now()) {
+        let l = CaLabels {
+            platform: f.platform.clone(),
+            role: f.role.clone(),
+            subject: f.subject.clone(),
+            fingerprint: f.fingerprint_sha256[..16.min(f.fingerprint_sha256.len())].to_owned(),
+            absurd_span: if f.absurd_span { "true" } else { "false" }.into(),
+        };
+        cliff.get_or_create(&l).set(f.cliff_secs);
+        not_after.get_or_create(&l).set(f.not_after_secs);
+        capped.get_or_create(&l).set(f.capped_leaves() as i64);
     }
     r.register(
         "certfleet_ca_cliff_seconds",

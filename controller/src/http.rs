@@ -255,6 +255,8 @@ fn store_health(fleet: &Fleet) -> (StatusCode, String) {
 /// whole inventory).
 fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
     let all = crate::inventory::all(fleet).map_err(|e| e.message().to_owned())?;
+    // The CA cliff per CA (issue 13), from the same read of the inventory.
+    let ca_facts = crate::cas::facts(&all, fleet.ca.cert_pem());
     let mut agents = Vec::with_capacity(all.len());
     let mut inventory = HashMap::with_capacity(all.len());
     for (a, inv) in all {
@@ -265,10 +267,7 @@ fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
     let policies: Vec<crate::policy::RolePolicy> =
         fleet.store.list("policies").map_err(|e| e.to_string())?;
     let live: HashMap<String, i64> = fleet.registry.last_seen().into_iter().collect();
-    let ca_not_after = certfleet_common::pem::first_certificate(fleet.ca.cert_pem().as_bytes())
-        .ok()
-        .and_then(|der| certfleet_common::x509::parse_der(&der).ok())
-        .map_or(0, |c| c.not_after);
+    let ca_not_after = crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0);
     let view = crate::metrics::FleetView {
         now: now(),
         agents: &agents,
@@ -281,8 +280,7 @@ fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
         per_certificate: fleet.metrics.per_certificate(),
     };
     let mut r = crate::metrics::render_fleet(&view);
-    // The CA cliff per CA (issue 13), with the rest of the fleet's series.
-    crate::cas::register_metrics(fleet, &mut r);
+    crate::cas::register_metrics(&ca_facts, &mut r);
     crate::metrics::encode(&r).map_err(|e| e.to_string())
 }
 

@@ -1282,33 +1282,50 @@ fn vpx_ext_apply(ctx: &ActContext<'_>, db: &Vcdb, plan: &ExtPlan) -> Result<(), 
 /// `UPDATE vpx_ext SET thumbprint = … WHERE ext_id = …` per row (in one transaction), then checks
 /// them. Thumbprints and ids are checked to be plain before they go into SQL.
 fn vpx_ext_set(ctx: &ActContext<'_>, db: &Vcdb, rows: &[(String, String)]) -> Result<(), ActError> {
+    db.query(ctx, &thumbprint_update("vpx_ext", "ext_id", rows)?)?;
+    let ids: Vec<&str> = rows.iter().map(|(i, _)| i.as_str()).collect();
+    thumbprints_hold("VCDB vpx_ext", rows, &db.rows(ctx, &ids)?)
+}
+
+/// One transaction setting `thumbprint` of `table` row by row (`key` = the row's name), for
+/// both VCDB's `vpx_ext` and Auto Deploy's `vc_servers`. Names and thumbprints are checked to be
+/// plain (letters, digits, `:.-_`) before they go into SQL.
+fn thumbprint_update(
+    table: &str,
+    key: &str,
+    rows: &[(String, String)],
+) -> Result<String, ActError> {
     let plain = |x: &str| {
         x.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '.' || c == '-' || c == '_')
     };
     let mut sql = String::from("BEGIN;");
-    for (i, t) in rows {
-        if !plain(i) || !plain(t) {
+    for (k, t) in rows {
+        if !plain(k) || !plain(t) {
             return Err(ActError(format!(
-                "vpx_ext: refusing odd value {i:?} / {t:?}"
+                "{table}: refusing odd value {k:?} / {t:?}"
             )));
         }
         sql.push_str(&format!(
-            "UPDATE vpx_ext SET thumbprint = '{t}' WHERE ext_id = '{i}';"
+            "UPDATE {table} SET thumbprint = '{t}' WHERE {key} = '{k}';"
         ));
     }
     sql.push_str("COMMIT;");
-    db.query(ctx, &sql)?;
-    let ids: Vec<&str> = rows.iter().map(|(i, _)| i.as_str()).collect();
-    let now = db.rows(ctx, &ids)?;
-    for (i, t) in rows {
-        if !now.iter().any(|(ni, nt)| ni == i && nt == t) {
-            return Err(ActError(format!(
-                "VCDB vpx_ext {i}: thumbprint is not {t} after the update"
-            )));
-        }
+    Ok(sql)
+}
+
+/// Every row of `want` (name, thumbprint) is among the rows read back (`now`).
+fn thumbprints_hold(
+    what: &str,
+    want: &[(String, String)],
+    now: &[(String, String)],
+) -> Result<(), ActError> {
+    match want.iter().find(|w| !now.contains(w)) {
+        Some((k, t)) => Err(ActError(format!(
+            "{what} {k}: thumbprint is not {t} after the update"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 // === Lookup Service as its clients see it: lstool.py list ===
@@ -1609,22 +1626,7 @@ fn auto_deploy_set(
     plan: &AutoDeployPlan,
     rows: &[(String, String)],
 ) -> Result<(), ActError> {
-    let plain = |x: &str| {
-        x.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '.' || c == '-' || c == '_')
-    };
-    let mut sql = String::from("BEGIN;");
-    for (a, t) in rows {
-        if !plain(a) || !plain(t) {
-            return Err(ActError(format!(
-                "Auto Deploy vc_servers: refusing odd value {a:?} / {t:?}"
-            )));
-        }
-        sql.push_str(&format!(
-            "update vc_servers set thumbprint = '{t}' where addr = '{a}';"
-        ));
-    }
-    sql.push_str("COMMIT;");
+    let sql = thumbprint_update("vc_servers", "addr", rows)?;
     let sc = tool(ctx, "service-control", SERVICE_CONTROL);
     let vmon = tool(ctx, "vmon-cli", VMON_CLI);
     let running = crate::exec::run(&vmon, &["-s", "rbd"], None, ctx.timeout)?
@@ -1642,15 +1644,11 @@ fn auto_deploy_set(
     let started = ctx.run_ok(&sc, &["--start", RBD_SERVICE], None);
     let now = changed?;
     started?;
-    for (a, t) in rows {
-        if !now.iter().any(|(na, nt)| na == a && nt == t) {
-            return Err(ActError(format!(
-                "Auto Deploy {} vc_servers {a}: thumbprint is not {t} after the update",
-                ctx.cfg.shown(&plan.db)
-            )));
-        }
-    }
-    Ok(())
+    thumbprints_hold(
+        &format!("Auto Deploy {} vc_servers", ctx.cfg.shown(&plan.db)),
+        rows,
+        &now,
+    )
 }
 
 // === BACKUP_STORE clean-up ===

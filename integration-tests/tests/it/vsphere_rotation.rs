@@ -188,50 +188,14 @@ pub(crate) fn assert_services_as_before(v: &Vcsa) {
 /// SHA-256 of the certificate each Lookup Service registration trusts, by URI (real
 /// `ldapsearch` as the machine account).
 pub(crate) fn ls_trust(v: &Vcsa) -> Vec<(String, String)> {
-    use base64::Engine;
     let s = v.state().unwrap();
-    let out = Command::new("/usr/bin/ldapsearch")
-        .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
-        .arg(format!("ldap://127.0.0.1:{}", s.ldap_port))
-        .args([
-            "-D",
-            &s.machine_account_dn,
-            "-w",
-            &s.machine_account_password,
-        ])
-        .arg("-b")
-        .arg(format!("cn=Sites,cn=Configuration,{}", s.domain_dn()))
-        .args([
-            "(|(objectclass=vmwLKUPEndpointRegistration)(objectclass=vmwLKUPServiceEndpoint))",
-            "vmwLKUPURI",
-            "vmwLKUPEndpointSslTrust",
-            "vmwLKUPSslTrustAnchor",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut res = Vec::new();
-    let mut uri = String::new();
-    for l in String::from_utf8(out.stdout).unwrap().lines() {
-        if let Some(u) = l.strip_prefix("vmwLKUPURI: ") {
-            uri = u.to_owned();
-        } else if let Some(t) = l.strip_prefix("vmwLKUPEndpointSslTrust: ") {
-            res.push((
-                uri.clone(),
-                certfleet_common::pki::sha256_hex(&b64.decode(t).unwrap()),
-            ));
-        } else if let Some(t) = l.strip_prefix("vmwLKUPSslTrustAnchor:: ") {
-            res.push((
-                uri.clone(),
-                certfleet_common::pki::sha256_hex(&b64.decode(t).unwrap()),
-            ));
-        }
-    }
+    let res: Vec<(String, String)> =
+        certfleet_integration_tests::sim::vcsa::lstool::registrations(&s)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, _, _, trust)| !trust.is_empty())
+            .map(|(_, _, uri, trust)| (uri, certfleet_common::pki::sha256_hex(&trust)))
+            .collect();
     // Linked mode: the joined nodes' registrations are in the same vmdir.
     assert!(res.len() >= s.ls_registrations.len(), "{res:?}");
     res

@@ -32,10 +32,10 @@ pub fn local_url(v: VcsaVersion) -> &'static str {
 }
 
 /// An endpoint registration as vmdir holds it: (service id, endpoint cn, URI, trust DER).
-type Registration = (String, String, String, Vec<u8>);
+pub type Registration = (String, String, String, Vec<u8>);
 
-/// Endpoint registrations in the running vmdir.
-fn registrations(s: &VcsaState) -> anyhow::Result<Vec<Registration>> {
+/// Endpoint registrations in the running vmdir (also what tests check the agent's changes on).
+pub fn registrations(s: &VcsaState) -> anyhow::Result<Vec<Registration>> {
     let out = Command::new("/usr/bin/ldapsearch")
         .args(["-LLL", "-o", "ldif-wrap=no", "-x", "-H"])
         .arg(format!("ldap://127.0.0.1:{}", s.ldap_port))
