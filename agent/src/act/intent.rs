@@ -71,9 +71,11 @@ pub fn resume_policy(action: &str) -> Resume {
         | "ovirt.engine_version"
         | "vsphere.replication_gate" => Resume::Rerun,
         // Each finds out from the host what an interrupted attempt did; see its doc comment.
-        "vsphere.machine_ssl" | "vsphere.restart_services" | "vsphere.clean_backup_store" => {
-            Resume::Rerun
-        }
+        "vsphere.machine_ssl"
+        | "vsphere.sts"
+        | "vsphere.solution_users"
+        | "vsphere.restart_services"
+        | "vsphere.clean_backup_store" => Resume::Rerun,
         "gke.ca_rotate"
         | "gke.fetch_kubeconfig"
         | "kubeconfig.install"
@@ -85,9 +87,8 @@ pub fn resume_policy(action: &str) -> Resume {
         | "ovirt.host_activate"
         | "ovirt.global_maintenance"
         | "ovirt.refresh_host_ca" => Resume::Rerun,
-        // Refused, each for the reason its doc comment gives: `vsphere.sts`,
-        // `vsphere.solution_users`, `kubeadm.renew_all`, `ovirt.engine_setup`,
-        // `ovirt.engine_reissue`, and every action not listed.
+        // Refused, each for the reason its doc comment gives: `kubeadm.renew_all`,
+        // `ovirt.engine_setup`, `ovirt.engine_reissue`, and every action not listed.
         _ => Resume::Refuse,
     }
 }
@@ -499,7 +500,8 @@ mod tests {
     fn unknown_and_unresumable_platform_mutations_refuse_to_resume() {
         assert_eq!(resume_policy("ca.sign"), Resume::Rerun);
         assert_eq!(resume_policy("ovirt.engine_setup"), Resume::Refuse);
-        assert_eq!(resume_policy("vsphere.sts"), Resume::Refuse);
+        assert_eq!(resume_policy("vsphere.sts"), Resume::Rerun);
+        assert_eq!(resume_policy("vsphere.solution_users"), Resume::Rerun);
         assert_eq!(resume_policy("vsphere.machine_ssl"), Resume::Rerun);
         assert_eq!(resume_policy("ovirt.refresh_host_ca"), Resume::Rerun);
         assert_eq!(resume_policy("something.new"), Resume::Refuse);

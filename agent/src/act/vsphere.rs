@@ -639,6 +639,90 @@ fn issued_before(
     Ok(Some(key))
 }
 
+/// What an interrupted attempt of this step left of a certificate it had VMCA issue into its
+/// work directory (see [`issued_earlier`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Earlier {
+    /// Nothing usable (not resumed, or no certificate yet): issue one now.
+    Nothing,
+    /// The certificate and its key: reuse them, do not issue again.
+    Issued,
+    /// The certificate, its key already removed (the attempt got to its end): the host holds
+    /// the key if it holds the certificate.
+    KeyRemoved,
+}
+
+/// For a resumed step: whether the interrupted attempt already had VMCA issue `crt` (with key
+/// `key`, both in the step's own work directory), so it is not issued twice. A certificate
+/// whose fingerprint differs from the one noted for `name` ([`note_issued`]) is an error; a
+/// certificate without a note (the attempt died between certool and the note) is reused when
+/// its key matches, and noted then.
+fn issued_earlier(
+    ctx: &ActContext<'_>,
+    name: &str,
+    crt: &Path,
+    key: &Path,
+) -> Result<Earlier, ActError> {
+    if !ctx.resumed() {
+        return Ok(Earlier::Nothing);
+    }
+    let Ok(der) = read_cert(crt) else {
+        (ctx.output)(format!(
+            "the interrupted attempt had no {name} certificate issued yet"
+        ));
+        return Ok(Earlier::Nothing);
+    };
+    let fp = certfleet_common::pki::sha256_hex(&der);
+    let noted = ctx.noted(&format!("issued-{name}"));
+    if let Some(n) = &noted
+        && n.get("sha256").and_then(Value::as_str) != Some(fp.as_str())
+    {
+        return Err(ActError(format!(
+            "{} is not the {name} certificate this step noted ({n}); interrupted, needs operator",
+            crt.display()
+        )));
+    }
+    if !key.exists() {
+        if noted.is_none() {
+            return Ok(Earlier::Nothing);
+        }
+        return Ok(Earlier::KeyRemoved);
+    }
+    if super::generic::key_matches(ctx, key, crt).is_err() {
+        if noted.is_some() {
+            return Err(ActError(format!(
+                "{} does not match the {name} certificate this step had issued; interrupted, \
+                 needs operator",
+                key.display()
+            )));
+        }
+        (ctx.output)(format!(
+            "{}: not the key of {}; issuing anew",
+            key.display(),
+            crt.display()
+        ));
+        return Ok(Earlier::Nothing);
+    }
+    note_issued(ctx, name, crt)?;
+    (ctx.output)(format!(
+        "{} was issued by the interrupted attempt (with its key); not asking VMCA again",
+        crt.display()
+    ));
+    Ok(Earlier::Issued)
+}
+
+/// Notes (durably, first attempt wins) the fingerprint and public key of the certificate VMCA
+/// just issued into `crt` for `name`.
+fn note_issued(ctx: &ActContext<'_>, name: &str, crt: &Path) -> Result<(), ActError> {
+    let der = read_cert(crt)?;
+    let key = certfleet_common::pki::cert_public_key_id(&der)
+        .map_err(|e| ActError(format!("{}: {e}", crt.display())))?;
+    ctx.note(
+        &format!("issued-{name}"),
+        json!({"sha256": certfleet_common::pki::sha256_hex(&der), "public_key": key}),
+    )
+}
+
 /// Copies the files named `names` from the step's backup `m` back into the work directory
 /// (0600), where the first attempt saved them before it changed anything.
 fn restore_saved(
@@ -1787,9 +1871,21 @@ fn clean_backup_store(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
 /// VECS with `vecs-cli entry getcert`) and must hold the new certificate. On any failure every
 /// user already changed, and the failing one, gets its old certificate back in vmdir and VECS.
 ///
-/// Not resumed after an agent crash yet (refused, "interrupted, needs operator"): the per-user
-/// old certificates would have to come from the step's backup and every user be compared in
-/// vmdir and VECS, as `vsphere.machine_ssl` does for one entry; not done.
+/// Idempotent by construction (resumed after an agent crash, see [`super::intent`]): each
+/// user's new key and certificate live in the step's own work directory, and the certificate's
+/// fingerprint and key are noted (`issued-<user>`) right after VMCA issued it, so a resumed step
+/// reuses them: each user's certificate is issued once. The old VECS and vmdir certificates are
+/// saved to files and an agent backup before the first change; once that backup exists a
+/// resumed step reads them from it (never from the host, which may hold the new ones by then)
+/// and never overwrites it. Per user, vmdir is written only unless it already holds the new
+/// certificate (dir-cli refuses a certificate a principal holds) and VECS only unless its entry
+/// already holds it (an entry deleted but not yet created is created); a finished user is noted
+/// (`done-<user>`) and its key removed, VECS holding it. A resumed step therefore skips every
+/// user whose vmdir `userCertificate` and VECS entry already hold the noted certificate and
+/// continues with the rest; a user whose key is gone but whose host does not hold the new
+/// certificate is refused (interrupted, needs operator). The `vpx_ext` rows come from their own
+/// backup (`<step>-vpx_ext`) when the interrupted attempt took it, and setting them twice
+/// changes nothing.
 fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pnid = pnid(ctx)?;
     let mid = machine_id(ctx)?;
@@ -1834,46 +1930,85 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         )));
     }
     let dir = workdir(ctx)?;
+    // A resumed step whose first attempt completed its backup takes the old certificates from
+    // there: the host may hold the new ones already.
+    let earlier = ctx
+        .resumed()
+        .then(|| backup::find(ctx.state, ctx.step_id))
+        .flatten();
+    if let Some(m) = &earlier {
+        (ctx.output)(format!(
+            "backup {} of the interrupted attempt holds the solution users' old certificates",
+            m.id
+        ));
+    }
     let mut backups = Vec::new();
-    let run = |u: &str, backups: &mut Vec<PathBuf>| -> Result<(PathBuf, PathBuf, i64), ActError> {
-        let key = genkey(ctx, &dir, u)?;
+    // One user: its new certificate (issued once per step) and its old ones saved. The key is
+    // `None` when the interrupted attempt finished the user and removed it.
+    let run = |u: &str,
+               backups: &mut Vec<PathBuf>|
+     -> Result<(PathBuf, Option<PathBuf>, i64), ActError> {
+        let key = dir.join(format!("{u}.key"));
         let crt = dir.join(format!("{u}.crt"));
-        let ou = format!("--OrgUnit=mID-{mid}");
-        let mut a = vec![
-            "--gencert".to_owned(),
-            "--server=localhost".into(),
-            format!("--Name={u}"),
-            "--genCIScert".into(),
+        let names = [
+            format!("old-{u}.crt"),
+            format!("old-{u}.key"),
+            format!("old-{u}.vmdir.crt"),
         ];
-        if u == "wcp" {
-            a.push("--dataencipherment".into());
+        match &earlier {
+            Some(m) => {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                restore_saved(ctx, m, &dir, &refs)?;
+            }
+            None => {
+                export_entry(ctx, u, u, &dir, &format!("old-{u}"))?;
+                // The old vmdir certificate (normally the same as VECS; kept separately for
+                // rollback).
+                let der = sso.principal_cert(ctx, &format!("{u}-{mid}"))?;
+                write_file(
+                    &dir.join(&names[2]),
+                    certfleet_common::pem::encode("CERTIFICATE", &der).as_bytes(),
+                    PRIVATE,
+                )
+                .map_err(|e| ActError(format!("{}: {e}", dir.join(&names[2]).display())))?;
+            }
         }
-        a.extend([
-            format!("--privkey={}", s(&key)),
-            format!("--cert={}", s(&crt)),
-            "--config=/dev/null".into(),
-            "--Country=US".into(),
-            "--State=California".into(),
-            "--Locality=Palo Alto".into(),
-            "--Organization=VMware".into(),
-            ou,
-        ]);
-        if u != "wcp" {
-            a.push(format!("--FQDN={pnid}"));
-        }
-        let (old_crt, old_key) = export_entry(ctx, u, u, &dir, &format!("old-{u}"))?;
-        // The old vmdir certificate (normally the same as VECS; kept separately for rollback).
-        let old_vmdir = dir.join(format!("old-{u}.vmdir.crt"));
-        let der = sso.principal_cert(ctx, &format!("{u}-{mid}"))?;
-        write_file(
-            &old_vmdir,
-            certfleet_common::pem::encode("CERTIFICATE", &der).as_bytes(),
-            PRIVATE,
-        )
-        .map_err(|e| ActError(format!("{}: {e}", old_vmdir.display())))?;
-        backups.extend([old_crt, old_key, old_vmdir]);
-        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        certool(ctx, &refs)?;
+        backups.extend(names.iter().map(|n| dir.join(n)));
+        let key = match issued_earlier(ctx, u, &crt, &key)? {
+            Earlier::Issued => Some(key),
+            Earlier::KeyRemoved => None,
+            Earlier::Nothing => {
+                genkey(ctx, &dir, u)?;
+                let ou = format!("--OrgUnit=mID-{mid}");
+                let mut a = vec![
+                    "--gencert".to_owned(),
+                    "--server=localhost".into(),
+                    format!("--Name={u}"),
+                    "--genCIScert".into(),
+                ];
+                if u == "wcp" {
+                    a.push("--dataencipherment".into());
+                }
+                a.extend([
+                    format!("--privkey={}", s(&key)),
+                    format!("--cert={}", s(&crt)),
+                    "--config=/dev/null".into(),
+                    "--Country=US".into(),
+                    "--State=California".into(),
+                    "--Locality=Palo Alto".into(),
+                    "--Organization=VMware".into(),
+                    ou,
+                ]);
+                if u != "wcp" {
+                    a.push(format!("--FQDN={pnid}"));
+                }
+                let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+                certool(ctx, &refs)?;
+                note_issued(ctx, u, &crt)?;
+                ctx.crash_point(&format!("after-issue-{u}"));
+                Some(key)
+            }
+        };
         let not_after = check_cert(ctx, &crt, if u == "wcp" { None } else { Some(&pnid) })?;
         Ok((crt, key, not_after))
     };
@@ -1881,13 +2016,14 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
     for u in &users {
         issued.push((u.clone(), run(u, &mut backups)?));
     }
-    let manifest = backup::create(ctx.state, ctx.step_id, &backups)?;
+    let manifest = match &earlier {
+        Some(m) => m.clone(),
+        None => backup::create(ctx.state, ctx.step_id, &backups)?,
+    };
+    ctx.crash_point("after-backup");
     // vmdir and VECS both hold `crt`?
     let check_both = |u: &str, crt: &Path| -> Result<(), ActError> {
-        let want = certfleet_common::pem::first_certificate(
-            &std::fs::read(crt).map_err(|e| ActError(format!("{}: {e}", crt.display())))?,
-        )
-        .map_err(|e| ActError(format!("{}: {e}", crt.display())))?;
+        let want = read_cert(crt)?;
         let name = format!("{u}-{mid}");
         if sso.principal_cert(ctx, &name)? != want {
             return Err(ActError(format!(
@@ -1942,18 +2078,71 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         }
         failed
     };
+    // One user: vmdir first, VECS second, each skipped when it already holds the new
+    // certificate (a resumed step), then both read back.
+    let replace_user = |u: &str, crt: &Path, key: Option<&Path>| -> Result<(), ActError> {
+        let want = read_cert(crt)?;
+        let name = format!("{u}-{mid}");
+        let in_vmdir = sso.principal_cert(ctx, &name)? == want;
+        let in_vecs = entry_exists(ctx, u, u)? && entry_cert(ctx, u, u)? == want;
+        if in_vmdir && in_vecs {
+            (ctx.output)(format!(
+                "solution user {u}: vmdir and VECS already hold the new certificate{}",
+                if ctx.noted(&format!("done-{u}")).is_some() {
+                    " (finished by the interrupted attempt)"
+                } else {
+                    ""
+                }
+            ));
+            return check_both(u, crt);
+        }
+        let Some(key) = key else {
+            return Err(ActError(format!(
+                "solution user {u}: the key of {} is gone but vmdir/VECS do not hold it; \
+                 interrupted, needs operator",
+                crt.display()
+            )));
+        };
+        if in_vmdir {
+            (ctx.output)(format!("vmdir {name} already holds the new certificate"));
+        } else {
+            sso.dir_cli(
+                ctx,
+                &["service", "update", "--name", &name, "--cert", &s(crt)],
+            )?;
+        }
+        ctx.crash_point(&format!("after-vmdir-{u}"));
+        if in_vecs {
+            (ctx.output)(format!("VECS {u}/{u} already holds the new certificate"));
+        } else {
+            if entry_exists(ctx, u, u)? {
+                vecs(ctx, &["entry", "delete", "--store", u, "--alias", u, "-y"])?;
+                ctx.crash_point(&format!("after-delete-{u}"));
+            } else {
+                (ctx.output)(format!("VECS {u} has no entry {u}; creating it"));
+            }
+            vecs(
+                ctx,
+                &[
+                    "entry",
+                    "create",
+                    "--store",
+                    u,
+                    "--alias",
+                    u,
+                    "--cert",
+                    &s(crt),
+                    "--key",
+                    &s(key),
+                ],
+            )?;
+        }
+        check_both(u, crt)
+    };
     let mut done: Vec<String> = Vec::new();
     let mut result = serde_json::Map::new();
     for (u, (crt, key, not_after)) in &issued {
-        let name = format!("{u}-{mid}");
-        let r = sso
-            .dir_cli(
-                ctx,
-                &["service", "update", "--name", &name, "--cert", &s(crt)],
-            )
-            .and_then(|_| replace_entry(ctx, u, u, crt, key))
-            .and_then(|_| check_both(u, crt));
-        if let Err(e) = r {
+        if let Err(e) = replace_user(u, crt, key.as_deref()) {
             (ctx.output)(format!(
                 "solution user {u}: {e}; restoring vmdir and VECS of {} user(s)",
                 done.len() + 1
@@ -1971,9 +2160,16 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
                 }
             )));
         }
+        ctx.note(
+            &format!("done-{u}"),
+            json!(certfleet_common::pki::sha256_hex(&read_cert(crt)?)),
+        )?;
         result.insert(u.clone(), json!(not_after));
         done.push(u.clone());
-        let _ = std::fs::remove_file(key);
+        if let Some(k) = key {
+            let _ = std::fs::remove_file(k);
+        }
+        ctx.crash_point(&format!("after-user-{u}"));
     }
     // KB 57379: the extensions registered with the vpxd-extension certificate keep its old
     // thumbprint in VCDB vpx_ext until updated; EAM, Auto Deploy, Image Builder and vLCM break.
@@ -1981,14 +2177,24 @@ fn solution_users(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
     if let Some((_, (crt, _, _))) = issued.iter().find(|(u, _)| u == "vpxd-extension")
         && let Some(db) = Vcdb::find(ctx)
     {
+        let ext_backup = format!("{}-vpx_ext", ctx.step_id);
         let r = read_cert(crt).and_then(|der| {
-            let plan = vpx_ext_plan(ctx, &db, &dir, VPXD_EXTENSION_EXTENSIONS, &thumbprint(&der))?;
+            let tp = thumbprint(&der);
+            let plan = match ctx
+                .resumed()
+                .then(|| backup::find(ctx.state, &ext_backup))
+                .flatten()
+            {
+                Some(m) => saved_ext_plan(ctx, &m, &dir, VPXD_EXTENSION_EXTENSIONS, &tp)?,
+                None => {
+                    let plan = vpx_ext_plan(ctx, &db, &dir, VPXD_EXTENSION_EXTENSIONS, &tp)?;
+                    if let Some(p) = &plan {
+                        backup::create(ctx.state, &ext_backup, std::slice::from_ref(&p.backup))?;
+                    }
+                    plan
+                }
+            };
             if let Some(p) = &plan {
-                backup::create(
-                    ctx.state,
-                    &format!("{}-vpx_ext", ctx.step_id),
-                    std::slice::from_ref(&p.backup),
-                )?;
                 if let Err(e) = vpx_ext_apply(ctx, &db, p) {
                     let back = vpx_ext_set(ctx, &db, &p.old_rows)
                         .err()
@@ -2183,11 +2389,22 @@ fn b64(b: &[u8]) -> String {
 ///
 /// Reads the tenant as the machine account; writes (one LDIF deleting every
 /// `TenantCredential-N`/`TrustedCertChain-N` and adding `-1` with `objectClass: top`, as vCert
-/// writes it) as the SSO administrator, as both scripts do. Idempotent: the old entries are
-/// saved as an LDIF (and an agent backup) before the change; a failed check puts them back.
-/// Not resumed after an agent crash yet (refused, "interrupted, needs operator"): a resumed
-/// step would have to find the new signing certificate in the tenant and tell it from one
-/// another node wrote, which is not done.
+/// writes it) as the SSO administrator, as both scripts do. The old entries are saved as an LDIF
+/// (and an agent backup) before the change; a failed check puts them back.
+///
+/// Idempotent by construction (resumed after an agent crash, see [`super::intent`]): the new
+/// key and certificate live in the step's own work directory and the certificate's fingerprint
+/// and key are noted in the intent journal right after VMCA issued it, so a resumed step reuses
+/// them and never asks VMCA twice. Once the backup exists a resumed step takes the old entries
+/// from it (never from vmdir, which may hold the new ones by then) and never overwrites it.
+/// The LDIF is then built from what vmdir holds now ([`sts_converge_ldif`]): an entry
+/// `TenantCredential-1`/`TrustedCertChain-1` that already holds this step's certificate is
+/// kept, every other entry is deleted, and only what is missing is added, so a second
+/// `TenantCredential` is never created (the "Amount of tenant credentials: 1" check of
+/// fixsts.sh). An entry that is neither in the backup nor this step's (another node or an
+/// operator wrote it meanwhile) makes the step refuse. The key leaves the work directory only
+/// when the step ends; a resumed step that finds it gone and vmdir not holding the new
+/// credential refuses (interrupted, needs operator).
 fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     let reader = Ldap::machine_account(ctx)?;
     let writer = Ldap::administrator(ctx)?;
@@ -2198,7 +2415,7 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         "(|(objectclass=vmwSTSTenantCredential)(objectclass=vmwSTSTenantTrustedCertificateChain))";
     let search = || reader.search(ctx, &tenant, filter, &[]);
 
-    // 1. key + VMCA-signed ssoserverSign certificate (vCert's certool.cfg, §5.3).
+    // 1. key + VMCA-signed ssoserverSign certificate (vCert's certool.cfg, §5.3), once per step.
     let cfg = dir.join("certool.cfg");
     write_file(
         &cfg,
@@ -2210,92 +2427,140 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         0o600,
     )
     .map_err(|e| ActError(e.to_string()))?;
-    let key = genkey(ctx, &dir, "sts")?;
+    let key = dir.join("sts.key");
     let crt = dir.join("sts.cer");
-    certool(
-        ctx,
-        &[
-            "--gencert",
-            &format!("--cert={}", s(&crt)),
-            &format!("--privkey={}", s(&key)),
-            &format!("--config={}", s(&cfg)),
-            "--server=localhost",
-        ],
-    )?;
+    let have_key = match issued_earlier(ctx, "sts", &crt, &key)? {
+        Earlier::Issued => true,
+        Earlier::KeyRemoved => false,
+        Earlier::Nothing => {
+            genkey(ctx, &dir, "sts")?;
+            certool(
+                ctx,
+                &[
+                    "--gencert",
+                    &format!("--cert={}", s(&crt)),
+                    &format!("--privkey={}", s(&key)),
+                    &format!("--config={}", s(&cfg)),
+                    "--server=localhost",
+                ],
+            )?;
+            note_issued(ctx, "sts", &crt)?;
+            true
+        }
+    };
+    ctx.crash_point("after-issue");
     let not_after = check_cert(ctx, &crt, None)?;
     let sts_der = read_cert(&crt)?;
     let root_pem = std::fs::read(ctx.cfg.host_path(VMCA_ROOT))
         .map_err(|e| ActError(format!("{VMCA_ROOT}: {e}")))?;
     let chain = certfleet_common::pem::certificates(&root_pem)
         .map_err(|e| ActError(format!("{VMCA_ROOT}: {e}")))?;
-    let key_der = certfleet_common::pem::decode_all(
-        &std::fs::read(&key).map_err(|e| ActError(e.to_string()))?,
-    )
-    .map_err(|e| ActError(e.to_string()))?
-    .into_iter()
-    .find(|(l, _)| l == "PRIVATE KEY")
-    .map(|(_, d)| d)
-    .ok_or_else(|| ActError(format!("{}: not a PKCS#8 key", key.display())))?;
+    let key_der = if have_key {
+        Some(
+            certfleet_common::pem::decode_all(
+                &std::fs::read(&key).map_err(|e| ActError(format!("{}: {e}", key.display())))?,
+            )
+            .map_err(|e| ActError(format!("{}: {e}", key.display())))?
+            .into_iter()
+            .find(|(l, _)| l == "PRIVATE KEY")
+            .map(|(_, d)| d)
+            .ok_or_else(|| ActError(format!("{}: not a PKCS#8 key", key.display())))?,
+        )
+    } else {
+        None
+    };
 
-    // 2. back up every TenantCredential-N / TrustedCertChain-N (LDIF, as fixsts.sh step 8).
-    let old = search()?;
-    if old.is_empty() {
-        return Err(ActError(format!(
-            "vmdir {tenant}: no STS tenant credentials found"
-        )));
-    }
-    let mut backup_ldif = String::new();
-    for (dn, attrs) in &old {
-        backup_ldif.push_str(&format!("dn: {dn}\nchangetype: add\n"));
-        for (a, v) in attrs {
-            backup_ldif.push_str(&format!("{a}:: {}\n", b64(v)));
-        }
-        backup_ldif.push('\n');
-    }
+    // 2. back up every TenantCredential-N / TrustedCertChain-N (LDIF, as fixsts.sh step 8);
+    // a resumed step keeps the first attempt's backup and reads the old entries from it.
     let backup_file = dir.join("sts-backup.ldif");
-    write_private(&backup_file, backup_ldif.as_bytes()).map_err(|e| ActError(e.to_string()))?;
-    let manifest = backup::create(ctx.state, ctx.step_id, std::slice::from_ref(&backup_file))?;
+    let earlier = ctx
+        .resumed()
+        .then(|| backup::find(ctx.state, ctx.step_id))
+        .flatten();
+    let (old, manifest) = match earlier {
+        Some(m) => {
+            (ctx.output)(format!(
+                "backup {} of the interrupted attempt holds the tenant credentials from before it",
+                m.id
+            ));
+            restore_saved(ctx, &m, &dir, &["sts-backup.ldif"])?;
+            let text = std::fs::read_to_string(&backup_file)
+                .map_err(|e| ActError(format!("{}: {e}", backup_file.display())))?;
+            let old = parse_ldif(&text)
+                .map_err(|e| ActError(format!("{}: {e}", backup_file.display())))?;
+            (old, m)
+        }
+        None => {
+            let old = search()?;
+            if old.is_empty() {
+                return Err(ActError(format!(
+                    "vmdir {tenant}: no STS tenant credentials found"
+                )));
+            }
+            let mut backup_ldif = String::new();
+            for (dn, attrs) in &old {
+                backup_ldif.push_str(&format!("dn: {dn}\nchangetype: add\n"));
+                for (a, v) in attrs {
+                    backup_ldif.push_str(&format!("{a}:: {}\n", b64(v)));
+                }
+                backup_ldif.push('\n');
+            }
+            write_private(&backup_file, backup_ldif.as_bytes())
+                .map_err(|e| ActError(e.to_string()))?;
+            let m = backup::create(ctx.state, ctx.step_id, std::slice::from_ref(&backup_file))?;
+            (old, m)
+        }
+    };
+    ctx.crash_point("after-backup");
 
-    // 3. one LDIF: delete them all, add TenantCredential-1 and TrustedCertChain-1 (§5.3 step 9).
-    let mut ldif = String::new();
-    for (dn, _) in &old {
-        ldif.push_str(&format!("dn: {dn}\nchangetype: delete\n\n"));
-    }
-    ldif.push_str(&format!(
-        "dn: cn=TenantCredential-1,{tenant}\nchangetype: add\nobjectClass: vmwSTSTenantCredential\nobjectClass: top\ncn: TenantCredential-1\nuserCertificate:: {}\n",
-        b64(&sts_der)
-    ));
-    for c in &chain {
-        ldif.push_str(&format!("userCertificate:: {}\n", b64(c)));
-    }
-    ldif.push_str(&format!("vmwSTSPrivateKey:: {}\n\n", b64(&key_der)));
-    ldif.push_str(&format!(
-        "dn: cn=TrustedCertChain-1,cn=TrustedCertificateChains,{tenant}\nchangetype: add\nobjectClass: vmwSTSTenantTrustedCertificateChain\nobjectClass: top\ncn: TrustedCertChain-1\nuserCertificate:: {}\n",
-        b64(&sts_der)
-    ));
-    for c in &chain {
-        ldif.push_str(&format!("userCertificate:: {}\n", b64(c)));
-    }
-    let ldif_file = dir.join("sso-sts.ldif");
-    write_private(&ldif_file, ldif.as_bytes()).map_err(|e| ActError(e.to_string()))?;
-    let applied = writer.modify(ctx, &ldif_file, false);
+    // 3. one LDIF: delete them all, add TenantCredential-1 and TrustedCertChain-1 (§5.3 step 9),
+    // less what vmdir already holds of this step's change (a resumed step).
+    let now = search()?;
+    let ldif = sts_converge_ldif(
+        &tenant,
+        &now,
+        &old,
+        &sts_der,
+        &chain,
+        key_der.as_deref(),
+        &manifest.id,
+    )?;
+    let applied = if ldif.is_empty() {
+        (ctx.output)(format!(
+            "vmdir {tenant} already holds only this step's TenantCredential-1 and TrustedCertChain-1"
+        ));
+        Ok(())
+    } else {
+        let ldif_file = dir.join("sso-sts.ldif");
+        write_private(&ldif_file, ldif.as_bytes()).map_err(|e| ActError(e.to_string()))?;
+        writer.modify(ctx, &ldif_file, false)
+    };
+    ctx.crash_point("after-modify");
 
-    // 4. verify like checksts: the active signing certificate is the new one and valid.
+    // 4. verify like checksts: the active signing certificate is the new one and valid, and it
+    // is the only tenant credential and trusted chain.
     let verify = || -> Result<(), ActError> {
         applied.as_ref().map_err(|e| ActError(e.0.clone()))?;
         let now = search()?;
-        let creds: Vec<_> = now
-            .iter()
-            .filter(|(dn, _)| dn.to_ascii_lowercase().starts_with("cn=tenantcredential-"))
-            .collect();
-        let ok = creds.len() == 1
-            && creds[0]
-                .1
+        let only_new = |prefix: &str| {
+            let found: Vec<_> = now
                 .iter()
-                .any(|(a, v)| a.eq_ignore_ascii_case("userCertificate") && v == &sts_der);
-        if !ok {
+                .filter(|(dn, _)| dn.to_ascii_lowercase().starts_with(prefix))
+                .collect();
+            found.len() == 1
+                && found[0]
+                    .1
+                    .iter()
+                    .any(|(a, v)| a.eq_ignore_ascii_case("userCertificate") && v == &sts_der)
+        };
+        if !only_new("cn=tenantcredential-") {
             return Err(ActError(format!(
                 "vmdir {tenant}: the active TenantCredential does not hold the new ssoserverSign certificate"
+            )));
+        }
+        if !only_new("cn=trustedcertchain-") {
+            return Err(ActError(format!(
+                "vmdir {tenant}: the TrustedCertChain does not hold the new ssoserverSign certificate"
             )));
         }
         Ok(())
@@ -2329,6 +2594,84 @@ fn sts(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         "not_after": not_after,
         "backup_id": manifest.id,
     }))
+}
+
+/// The `userCertificate` values of an LDIF entry.
+fn user_certs(attrs: &[(String, Vec<u8>)]) -> Vec<&[u8]> {
+    attrs
+        .iter()
+        .filter(|(a, _)| a.eq_ignore_ascii_case("userCertificate"))
+        .map(|(_, v)| v.as_slice())
+        .collect()
+}
+
+/// The LDIF that takes the STS tenant from what vmdir holds `now` to exactly one
+/// `TenantCredential-1` and one `TrustedCertChain-1` holding `sts` (leaf, then `chain`):
+/// every other entry deleted first, then only the missing `-1` entries added. Empty when vmdir
+/// holds exactly that already. Refuses when `now` holds an entry that is neither this step's
+/// nor in the backup `old` with the same certificates (someone else changed the tenant since
+/// the backup), or when an entry must be added but the key is gone (`key` `None`).
+fn sts_converge_ldif(
+    tenant: &str,
+    now: &[crate::collect::vsphere::LdifEntry],
+    old: &[crate::collect::vsphere::LdifEntry],
+    sts: &[u8],
+    chain: &[Vec<u8>],
+    key: Option<&[u8]>,
+    backup_id: &str,
+) -> Result<String, ActError> {
+    let cred_dn = format!("cn=TenantCredential-1,{tenant}");
+    let chain_dn = format!("cn=TrustedCertChain-1,cn=TrustedCertificateChains,{tenant}");
+    let ours = |dn: &str, attrs: &[(String, Vec<u8>)]| {
+        (dn.eq_ignore_ascii_case(&cred_dn) || dn.eq_ignore_ascii_case(&chain_dn))
+            && user_certs(attrs).contains(&sts)
+    };
+    let mut ldif = String::new();
+    let (mut have_cred, mut have_chain) = (false, false);
+    for (dn, attrs) in now {
+        if ours(dn, attrs) {
+            have_cred |= dn.eq_ignore_ascii_case(&cred_dn);
+            have_chain |= dn.eq_ignore_ascii_case(&chain_dn);
+            continue;
+        }
+        let backed_up = old
+            .iter()
+            .any(|(o, oa)| o.eq_ignore_ascii_case(dn) && user_certs(oa) == user_certs(attrs));
+        if !backed_up {
+            return Err(ActError(format!(
+                "vmdir {dn} holds a certificate that neither backup {backup_id} nor this step \
+                 wrote: the STS tenant was changed by someone else meanwhile; interrupted, needs \
+                 operator"
+            )));
+        }
+        ldif.push_str(&format!("dn: {dn}\nchangetype: delete\n\n"));
+    }
+    if !have_cred {
+        let Some(key) = key else {
+            return Err(ActError(format!(
+                "vmdir {tenant} does not hold this step's TenantCredential-1 and its key is gone \
+                 (the interrupted attempt ended and removed it): interrupted, needs operator"
+            )));
+        };
+        ldif.push_str(&format!(
+            "dn: {cred_dn}\nchangetype: add\nobjectClass: vmwSTSTenantCredential\nobjectClass: top\ncn: TenantCredential-1\nuserCertificate:: {}\n",
+            b64(sts)
+        ));
+        for c in chain {
+            ldif.push_str(&format!("userCertificate:: {}\n", b64(c)));
+        }
+        ldif.push_str(&format!("vmwSTSPrivateKey:: {}\n\n", b64(key)));
+    }
+    if !have_chain {
+        ldif.push_str(&format!(
+            "dn: {chain_dn}\nchangetype: add\nobjectClass: vmwSTSTenantTrustedCertificateChain\nobjectClass: top\ncn: TrustedCertChain-1\nuserCertificate:: {}\n",
+            b64(sts)
+        ));
+        for c in chain {
+            ldif.push_str(&format!("userCertificate:: {}\n", b64(c)));
+        }
+    }
+    Ok(ldif)
 }
 
 // === services ===
@@ -2498,6 +2841,71 @@ fn verify_served(ctx: &ActContext<'_>) -> Result<String, ActError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The STS tenant from every state an interrupted replacement can leave (ldapmodify
+    /// applies its LDIF entry by entry): what is missing is added, what is this step's is kept,
+    /// a second credential is never written, and an entry nobody backed up is refused.
+    #[test]
+    fn sts_converge_ldif_finishes_any_partial_replacement_and_never_adds_a_second_credential() {
+        let t = "cn=vsphere.local,cn=Tenants,cn=IdentityManager,cn=Services,dc=vsphere,dc=local";
+        let cred = |n: u32, cert: &[u8]| -> crate::collect::vsphere::LdifEntry {
+            (
+                format!("cn=TenantCredential-{n},{t}"),
+                vec![
+                    ("cn".into(), format!("TenantCredential-{n}").into_bytes()),
+                    ("userCertificate".into(), cert.to_vec()),
+                    ("userCertificate".into(), b"root".to_vec()),
+                ],
+            )
+        };
+        let chain = |n: u32, cert: &[u8]| -> crate::collect::vsphere::LdifEntry {
+            (
+                format!("cn=TrustedCertChain-{n},cn=TrustedCertificateChains,{t}"),
+                vec![
+                    ("userCertificate".into(), cert.to_vec()),
+                    ("userCertificate".into(), b"root".to_vec()),
+                ],
+            )
+        };
+        let (old1, old2, new) = (b"old-1".as_slice(), b"old-2".as_slice(), b"new".as_slice());
+        let backup = vec![cred(1, old1), cred(2, old2), chain(1, old1), chain(2, old2)];
+        let roots = vec![b"root".to_vec()];
+        let conv = |now: &[crate::collect::vsphere::LdifEntry], key: Option<&[u8]>| {
+            sts_converge_ldif(t, now, &backup, new, &roots, key, "p1-2")
+        };
+        let count = |l: &str, what: &str| l.matches(what).count();
+
+        // Untouched: everything deleted, both -1 entries added.
+        let l = conv(&backup, Some(b"key")).unwrap();
+        assert_eq!(count(&l, "changetype: delete"), 4, "{l}");
+        assert_eq!(count(&l, "changetype: add"), 2, "{l}");
+        assert!(
+            l.find("changetype: delete") < l.find("changetype: add"),
+            "{l}"
+        );
+        assert_eq!(count(&l, "dn: cn=TenantCredential-1,"), 2, "{l}");
+        assert_eq!(count(&l, "cn: TenantCredential-"), 1, "{l}");
+        // Part of the deletes done.
+        let l = conv(&[cred(2, old2), chain(2, old2)], Some(b"key")).unwrap();
+        assert_eq!(count(&l, "changetype: delete"), 2, "{l}");
+        assert_eq!(count(&l, "changetype: add"), 2, "{l}");
+        // Every delete and the new credential done, the chain not yet: only the chain is added.
+        let l = conv(&[cred(1, new)], Some(b"key")).unwrap();
+        assert_eq!(count(&l, "changetype: delete"), 0, "{l}");
+        assert_eq!(count(&l, "changetype: add"), 1, "{l}");
+        assert!(l.contains("dn: cn=TrustedCertChain-1,"), "{l}");
+        assert!(!l.contains("vmwSTSPrivateKey"), "{l}");
+        // Done (the key already removed): nothing to write.
+        assert_eq!(conv(&[cred(1, new), chain(1, new)], None).unwrap(), "");
+        // Nothing of ours there and the key gone: refused, not a credential without its key.
+        let e = conv(&backup, None).unwrap_err();
+        assert!(e.0.contains("needs operator"), "{e}");
+        // A credential someone else wrote since the backup: refused.
+        let e = conv(&[cred(1, b"other"), chain(1, old1)], Some(b"key")).unwrap_err();
+        assert!(e.0.contains("someone else") && e.0.contains("p1-2"), "{e}");
+        let e = conv(&[cred(3, new), chain(1, new)], Some(b"key")).unwrap_err();
+        assert!(e.0.contains("TenantCredential-3"), "{e}");
+    }
 
     fn capture(name: &str) -> String {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,6 +4,7 @@
 mod cas;
 mod cli;
 mod crash;
+mod crash_vsphere;
 mod esxi;
 mod fabric;
 mod gke;
