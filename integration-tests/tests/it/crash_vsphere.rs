@@ -22,27 +22,32 @@ use crate::rotation::wait_plan;
 use crate::support::{Controller, Proc, wait_for};
 use crate::vsphere_rotation::{fingerprint, getcert};
 
-/// Kill points of `vsphere.sts`. The first one exists on every agent (so the test fails on an
-/// agent that refuses to resume the step); the others are the action's own, in order.
+/// Kill points of `vsphere.sts`, in the order one plan meets them: the agent dies at the first,
+/// is started again set to die at the next one (the resumed attempt dies in turn), and so on;
+/// started plainly after the last. `after-intent` exists on every agent, so the test fails on
+/// an agent that refuses to resume the step.
 const STS_POINTS: &[&str] = &[
-    "vsphere.sts:before-result",
     "vsphere.sts:after-intent",
     "vsphere.sts:after-issue",
     "vsphere.sts:after-backup",
     "vsphere.sts:after-modify",
+    "vsphere.sts:before-result",
+    "vsphere.sts:after-result",
 ];
 
 /// Kill points of `vsphere.solution_users` (users in the order machine, vsphere-webclient,
-/// vpxd, vpxd-extension, hvc, wcp): before the backup with two users issued, after the backup,
-/// with one user in vmdir but not VECS, after the 3rd user, with a VECS entry deleted but not
-/// created, and after everything.
+/// vpxd, vpxd-extension, hvc, wcp), met in turn by one plan as [`STS_POINTS`]: before the
+/// backup with two users issued, after the backup, with machine in vmdir but not VECS, after
+/// the 3rd user, with hvc's VECS entry deleted but not created, after everything.
 const SOLUTION_USER_POINTS: &[&str] = &[
-    "vsphere.solution_users:before-result",
+    "vsphere.solution_users:after-intent",
     "vsphere.solution_users:after-issue-vsphere-webclient",
     "vsphere.solution_users:after-backup",
     "vsphere.solution_users:after-vmdir-machine",
     "vsphere.solution_users:after-user-vpxd",
     "vsphere.solution_users:after-delete-hvc",
+    "vsphere.solution_users:before-result",
+    "vsphere.solution_users:after-result",
 ];
 
 const USERS: [&str; 6] = [
@@ -230,17 +235,23 @@ struct Node<'a> {
 }
 
 impl Node<'_> {
-    /// Starts the agent set to die at `point`, runs `recipe` (a wide window takes renewed
-    /// certificates again), waits for the death, restarts the agent plainly and returns the
-    /// finished plan.
-    fn run_killed(&self, agent: &mut Proc, recipe: &str, point: &str) -> Value {
+    /// Starts the agent set to die at `points[0]`, runs `recipe` (a wide window takes renewed
+    /// certificates again); each time the agent died at a point, starts it again set to die at
+    /// the next one, after the last plainly, as a supervisor would. Returns the finished plan.
+    fn run_killed(&self, agent: &mut Proc, recipe: &str, points: &[&str]) -> Value {
+        let start = |point: Option<&str>| match point {
+            Some(p) => self.c.run_agent_env(
+                self.state,
+                Some(self.cfg),
+                &["--root", &self.root],
+                &[("CERTFLEET_TEST_CRASH_AT", p)],
+            ),
+            None => self
+                .c
+                .run_agent(self.state, Some(self.cfg), &["--root", &self.root]),
+        };
         agent.kill9();
-        *agent = self.c.run_agent_env(
-            self.state,
-            Some(self.cfg),
-            &["--root", &self.root],
-            &[("CERTFLEET_TEST_CRASH_AT", point)],
-        );
+        *agent = start(points.first().copied());
         self.c.wait_connected(1);
         let plan = wait_for("plan create", Duration::from_secs(60), || {
             let out = self.c.cli_as(
@@ -266,13 +277,13 @@ impl Node<'_> {
             }
         });
         let id = plan["id"].as_str().unwrap().to_owned();
-        wait_killed(agent, point);
-        *agent = self
-            .c
-            .run_agent(self.state, Some(self.cfg), &["--root", &self.root]);
+        for (i, point) in points.iter().enumerate() {
+            wait_killed(agent, point);
+            *agent = start(points.get(i + 1).copied());
+        }
         let done = wait_plan(self.c, &id, &["succeeded", "failed"], 180);
-        assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
-        journal_has_no_duplicates(self.state, point);
+        assert_eq!(done["state"], "succeeded", "{recipe}: {done:#}");
+        journal_has_no_duplicates(self.state, recipe);
         done
     }
 }
@@ -322,10 +333,11 @@ fn vsphere_sts_and_solution_users_agent_killed_at_every_point_between_intent_and
         2
     );
 
-    for &point in STS_POINTS {
+    {
+        let point = "vsphere.sts";
         let before = tenant(&v);
         let issued = v.state().unwrap().vmca_issued.len();
-        let done = node.run_killed(&mut agent, "vsphere-sts", point);
+        let done = node.run_killed(&mut agent, "vsphere-sts", STS_POINTS);
 
         let st = v.state().unwrap();
         assert_eq!(
@@ -377,13 +389,14 @@ fn vsphere_sts_and_solution_users_agent_killed_at_every_point_between_intent_and
         }
     }
 
-    for &point in SOLUTION_USER_POINTS {
+    {
+        let point = "vsphere.solution_users";
         let before: Vec<(String, Vec<u8>)> = USERS
             .iter()
             .map(|u| (getcert(&v, u, u), principal(&v, u)))
             .collect();
         let issued = v.state().unwrap().vmca_issued.len();
-        let done = node.run_killed(&mut agent, "vsphere-solution-users", point);
+        let done = node.run_killed(&mut agent, "vsphere-solution-users", SOLUTION_USER_POINTS);
 
         let st = v.state().unwrap();
         let new_serials: Vec<String> = st.vmca_issued[issued..].iter().map(|s| hex(s)).collect();
