@@ -561,15 +561,13 @@ pub fn start(
             busy
         };
         if busy {
-            {
-                let mut res = result(&cmd.exec_id, pb::exec_result::Outcome::Refused);
-                res.rule = allowed.rule;
-                res.message = format!(
-                    "{MAX_RUNNING} remote commands are already running on this agent; try again when one ends"
-                );
-                send(&tx, pb::agent_message::Kind::ExecResult(res)).await;
-                return;
-            }
+            let mut res = result(&cmd.exec_id, pb::exec_result::Outcome::Refused);
+            res.rule = allowed.rule;
+            res.message = format!(
+                "{MAX_RUNNING} remote commands are already running on this agent; try again when one ends"
+            );
+            send(&tx, pb::agent_message::Kind::ExecResult(res)).await;
+            return;
         }
         tracing::info!(exec = %cmd.exec_id, operator = %cmd.operator, argv = ?cmd.argv, rule = %allowed.rule, timeout_s = allowed.timeout.as_secs(), "remote command allowed; running");
         let res = run(&cmd.exec_id, &allowed, &tx, cancel_rx).await;

@@ -5,6 +5,7 @@ mod cas;
 mod cli;
 mod crash;
 mod esxi;
+mod exec;
 mod fabric;
 mod gke;
 mod gke_rotation;
