@@ -46,6 +46,10 @@ pub struct AgentConfig {
     /// collector.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Remote commands (`certfleet exec`) this host allows: `[[exec.allow]]` rules, none by
+    /// default (see [`crate::remote_exec`]).
+    #[serde(default)]
+    pub exec: crate::remote_exec::ExecSection,
 }
 
 /// A glob of certificate files.
@@ -205,6 +209,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "renew",
             "cas",
             "settings",
+            "exec",
         ],
     ),
     (
@@ -244,6 +249,49 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+/// Known keys of `[exec]` and of each `[[exec.allow]]` rule.
+const EXEC_KEYS: &[&str] = &["allow"];
+const EXEC_RULE_KEYS: &[&str] = &[
+    "name",
+    "command",
+    "args",
+    "rest",
+    "run_as",
+    "timeout",
+    "env",
+    "max_output",
+];
+
+/// Unknown keys of `[exec]` and its rules (reported like the others), removed so that the
+/// other checks still run.
+fn exec_unknown_keys(table: &mut toml::Table) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(toml::Value::Table(exec)) = table.get_mut("exec") else {
+        return problems;
+    };
+    for k in exec.keys().filter(|k| !EXEC_KEYS.contains(&k.as_str())) {
+        problems.push(format!(
+            "exec.{k}: unknown key (known: {})",
+            EXEC_KEYS.join(", ")
+        ));
+    }
+    exec.retain(|k, _| EXEC_KEYS.contains(&k));
+    if let Some(toml::Value::Array(rules)) = exec.get_mut("allow") {
+        for (i, rule) in rules.iter_mut().enumerate() {
+            if let toml::Value::Table(t) = rule {
+                for k in t.keys().filter(|k| !EXEC_RULE_KEYS.contains(&k.as_str())) {
+                    problems.push(format!(
+                        "exec.allow[{i}].{k}: unknown key (known: {})",
+                        EXEC_RULE_KEYS.join(", ")
+                    ));
+                }
+                t.retain(|k, _| EXEC_RULE_KEYS.contains(&k));
+            }
+        }
+    }
+    problems
+}
 
 /// What `check-config` needs to know about the host beyond the file: whether accounts and
 /// units exist. The agent answers with the system's user database and `systemctl`; tests with
@@ -310,6 +358,7 @@ impl AgentConfig {
             Err(e) => return vec![format!("not valid TOML: {e}")],
         };
         let mut problems = unknown_keys(&table);
+        problems.extend(exec_unknown_keys(&mut table));
         // Parse what remains without the unknown keys, so that the other checks still run.
         table.retain(|k, _| KNOWN_KEYS[0].1.contains(&k));
         for (section, keys) in &KNOWN_KEYS[1..] {
@@ -340,6 +389,30 @@ impl AgentConfig {
             }
         }
         problems.extend(cfg.resolve_secrets());
+        for (i, r) in cfg.exec.allow.iter().enumerate() {
+            let at = format!("exec.allow[{i}] ({})", r.name);
+            let cmd = Path::new(&r.command);
+            if cmd.is_absolute() {
+                match std::fs::metadata(cmd) {
+                    Ok(m)
+                        if m.is_file()
+                            && std::os::unix::fs::PermissionsExt::mode(&m.permissions())
+                                & 0o111
+                                != 0 => {}
+                    Ok(_) => problems.push(format!(
+                        "{at}: command {} is not an executable file",
+                        r.command
+                    )),
+                    Err(e) => problems.push(format!("{at}: command {}: {e}", r.command)),
+                }
+            }
+            if let Some(u) = &r.run_as
+                && !u.trim().is_empty()
+                && !host.user_exists(u)
+            {
+                problems.push(format!("{at}: run_as: no user {u:?} on this host"));
+            }
+        }
         for (i, r) in cfg.renew.iter().enumerate() {
             if let Some(o) = &r.owner
                 && !host.user_exists(o)
@@ -415,6 +488,7 @@ impl Default for AgentConfig {
             cas: Vec::new(),
             renew: Vec::new(),
             settings: BTreeMap::new(),
+            exec: Default::default(),
         }
     }
 }
@@ -551,6 +625,7 @@ impl AgentConfig {
                 problems.push(format!("cas[{i}] ({}): command is empty", c.name));
             }
         }
+        problems.extend(self.exec.problems());
         problems
     }
 
@@ -666,6 +741,53 @@ mod tests {
         std::fs::write(&path, "root = [").unwrap();
         let p = AgentConfig::check_file(&path, None, &FakeHost);
         assert!(p.len() == 1 && p[0].starts_with("not valid TOML"), "{p:?}");
+    }
+
+    #[test]
+    fn check_file_reports_every_exec_rule_problem_and_allows_nothing_by_default() {
+        assert!(AgentConfig::default().exec.rules().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [exec]
+            allowed = []
+            [[exec.allow]]
+            name = "status"
+            command = "/bin/sh"
+            args = ["-c", { regex = "(" }]
+            run_as = "nobody-here"
+            timout = "5s"
+            [[exec.allow]]
+            name = "missing"
+            command = "/nonexistent/bin/tool"
+            rest = "any"
+            [[exec.allow]]
+            name = "not-executable"
+            command = "DIR/plain.txt"
+            "#
+            .replace("DIR", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("plain.txt"), "not a program").unwrap();
+        let problems = AgentConfig::check_file(&path, None, &FakeHost);
+        let all = problems.join("\n");
+        for want in [
+            "exec.allowed: unknown key (known: allow)",
+            "exec.allow[0].timout: unknown key",
+            "exec.allow[0] (status): args[1]: bad regex",
+            "exec.allow[0] (status): run_as: no user \"nobody-here\" on this host",
+            "exec.allow[1] (missing): command /nonexistent/bin/tool: No such file",
+            "(not-executable): command DIR/plain.txt is not an executable file",
+        ] {
+            let want = want.replace("DIR", &dir.path().display().to_string());
+            assert!(all.contains(&want), "missing {want:?} in\n{all}");
+        }
+        assert_eq!(problems.len(), 6, "{all}");
+        // The agent refuses to start with it.
+        let e = AgentConfig::load(&path).unwrap_err();
+        assert!(e.contains("timout"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod exec;
 pub mod link;
 pub mod recover;
+pub mod remote_exec;
 pub mod report;
 pub mod state;
 pub mod vim;

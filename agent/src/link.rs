@@ -438,7 +438,12 @@ async fn session(
             hostname: hostname(),
             platforms,
             version: env!("CARGO_PKG_VERSION").into(),
-            capabilities: vec!["inventory".into(), "renew".into(), "steps".into()],
+            capabilities: vec![
+                "inventory".into(),
+                "renew".into(),
+                "steps".into(),
+                "exec".into(),
+            ],
             journaled_steps: crate::act::journal::step_ids(state),
             cas: cfg.cas.iter().map(|c| c.name.clone()).collect(),
             renewable: cfg
@@ -496,6 +501,10 @@ async fn session(
     let mut reported = Reported::default();
     let mut generation = 0u64;
     let mut renew_pending = false;
+    // Remote commands: the rules as checked at start, and what runs (dropped with the session:
+    // a lost link does not kill a command, see `remote_exec`).
+    let exec_rules = Arc::new(cfg.exec.rules());
+    let exec_running = Arc::new(crate::remote_exec::Running::default());
     let start_scan = |scanning: &mut bool| {
         *scanning = true;
         let c = cfg.clone();
@@ -525,6 +534,10 @@ async fn session(
                     Some(pb::controller_message::Kind::Step(step)) => {
                         run_step(state.clone(), cfg.clone(), step, tx.clone());
                     }
+                    Some(pb::controller_message::Kind::Exec(cmd)) => {
+                        crate::remote_exec::start(exec_rules.clone(), exec_running.clone(), cmd, tx.clone());
+                    }
+                    Some(pb::controller_message::Kind::CancelExec(c)) => exec_running.cancel(&c.exec_id),
                     _ => {}
                 }
             }

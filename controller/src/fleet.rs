@@ -423,6 +423,8 @@ pub struct Fleet {
     pub plan_lock: std::sync::Mutex<()>,
     /// The inventory as queries read it (kept in step with the store's inventory documents).
     pub inventory: crate::inventory::Index,
+    /// Remote commands (`certfleet exec`) in flight.
+    pub execs: crate::remote_exec::Relay,
 }
 
 /// A store error as a gRPC status (the detail goes to the log, not the client).

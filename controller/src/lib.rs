@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod operator;
 pub mod plan;
 pub mod policy;
+pub mod remote_exec;
 pub mod self_cert;
 pub mod server;
 pub mod store;

@@ -142,6 +142,8 @@ impl AgentLink for AgentLinkService {
                     }
                 }
             }
+            // Remote commands relayed on this stream get nothing more from it.
+            fleet.execs.agent_gone(&id);
             if let Some(seen) = fleet.registry.disconnect(&id, session) {
                 if let Ok(Some(mut a)) = fleet.store.get::<AgentRecord>("agents", &id) {
                     a.last_seen = seen;
@@ -248,6 +250,8 @@ async fn handle(
         }
         Some(Kind::StepResult(r)) => crate::engine::on_step_result(fleet, id, r),
         Some(Kind::StepOutput(o)) => crate::engine::on_step_output(fleet, id, o),
+        Some(Kind::ExecOutput(o)) => fleet.execs.on_output(fleet, id, o).await,
+        Some(Kind::ExecResult(r)) => fleet.execs.on_result(fleet, id, r).await,
         Some(Kind::Hello(_)) => return Err(Status::invalid_argument("hello sent twice")),
         None => {}
     }

@@ -86,6 +86,14 @@ type PlanStream =
 #[tonic::async_trait]
 impl Operator for OperatorService {
     type WatchPlanStream = PlanStream;
+    type ExecStream = crate::remote_exec::ExecStream;
+
+    async fn exec(
+        &self,
+        request: Request<pb::ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        crate::remote_exec::exec(&self.fleet, request).await
+    }
 
     async fn create_plan(
         &self,

@@ -10,6 +10,7 @@ pub mod args;
 pub mod audit;
 pub mod conn;
 pub mod daemon;
+pub mod exec;
 pub mod inventory;
 pub mod operators;
 pub mod output;
@@ -61,6 +62,7 @@ Exit codes:
   4  plan watch: the plan ended failed or aborted
   5  plan create --fail-if-nothing: nothing to renew
   6  store export: unreadable values skipped (listed), everything else written
+  exec: the remote command's own exit code (128+N for signal N); 3 also when refused
 
 Example:
   certfleet --controller ctl.example.org:7443 --identity ~/admin inventory --expiring-within 30d";
@@ -87,6 +89,14 @@ pub enum CliError {
     /// Nothing to renew, and the caller asked for a distinct code (exit 5).
     #[error("{0}")]
     NothingToDo(String),
+    /// `exec`: the remote command ended with a non-zero code (exit with that code).
+    #[error("{message}")]
+    RemoteExit {
+        /// The code to exit with.
+        code: u8,
+        /// What ended it, naming the command and the agent.
+        message: String,
+    },
 }
 
 /// The exit code for an error `run` returned.
@@ -96,6 +106,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(CliError::Refused(_)) => exit::REFUSED,
         Some(CliError::PlanFailed { .. }) => exit::PLAN_FAILED,
         Some(CliError::NothingToDo(_)) => exit::NOTHING_TO_DO,
+        Some(CliError::RemoteExit { code, .. }) => *code,
         None if e.downcast_ref::<output::OutputError>().is_some() => exit::USAGE,
         None if e.is::<crate::store::PartialExport>() => exit::PARTIAL_EXPORT,
         None => exit::RUNTIME,
@@ -174,6 +185,11 @@ pub enum Command {
         after_help = "Example:\n  certfleet policy set ovirt.host --renew-within 30d --window \"0 2 * * SAT\""
     )]
     Policy(policy::PolicyCmd),
+    /// Run an allow-listed command on an agent (admins only), its output live, its exit code.
+    #[command(
+        after_help = "The agent decides: only commands its config's [[exec.allow]] rules permit run; a\nrefusal names the rule. No shell: the words after -- are the argv.\n\nExample:\n  certfleet exec vc1 --timeout 30s -- systemctl status vmware-vpxd.service"
+    )]
+    Exec(exec::ExecArgs),
     /// Offline maintenance of the state store (controller stopped).
     #[command(subcommand)]
     #[command(
@@ -231,6 +247,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inventory(args) => inventory::run(&connect(&cli)?, args).await,
         Command::Plan(cmd) => plan::run(&connect(&cli)?, cmd).await,
         Command::Policy(cmd) => policy::run(&connect(&cli)?, cmd).await,
+        Command::Exec(args) => exec::run(&connect(&cli)?, args).await,
     }
 }
 

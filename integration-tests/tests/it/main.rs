@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod crash_vsphere;
 mod esxi;
+mod exec;
 mod fabric;
 mod gke;
 mod gke_rotation;
