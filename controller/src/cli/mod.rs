@@ -15,6 +15,7 @@ pub mod operators;
 pub mod output;
 pub mod plan;
 pub mod policy;
+pub mod recover;
 pub mod store;
 pub mod tokens;
 
@@ -174,6 +175,10 @@ pub enum Command {
         after_help = "Example:\n  certfleet policy set ovirt.host --renew-within 30d --window \"0 2 * * SAT\""
     )]
     Policy(policy::PolicyCmd),
+    /// Emergency recovery of an outage through the agents, built from the recipes.
+    #[command(subcommand)]
+    #[command(after_help = "Example:\n  certfleet recover ovirt-hosts --cluster Default --dry-run")]
+    Recover(recover::RecoverCmd),
     /// Offline maintenance of the state store (controller stopped).
     #[command(subcommand)]
     #[command(
@@ -231,6 +236,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inventory(args) => inventory::run(&connect(&cli)?, args).await,
         Command::Plan(cmd) => plan::run(&connect(&cli)?, cmd).await,
         Command::Policy(cmd) => policy::run(&connect(&cli)?, cmd).await,
+        Command::Recover(cmd) => recover::run(&connect(&cli)?, cmd).await,
     }
 }
 
