@@ -170,6 +170,53 @@ enum RecoverCmd {
         #[command(flatten)]
         local: LocalArgs,
     },
+    /// Self-hosted engine host whose expired VDSM certificate keeps libvirtd, and so the
+    /// HostedEngine VM, down. `--csr-out`: bring the VM up and write the CSR; sign it on the
+    /// engine VM (`certfleet-agent sign`); `--cert-in`: install it and put libvirtd back to
+    /// normal. Prints its plan first, audits every action (recover-audit.jsonl in the state
+    /// directory), reports the wall time.
+    ///
+    /// Ways: `dropin` (default, safer): a systemd drop-in under /run starts libvirtd without
+    /// --listen, so without its TLS listener and without loading the expired certificate;
+    /// the clock is not touched. Risk: no TLS to the host (no migration, the engine cannot
+    /// manage it) until --cert-in removes the drop-in; a reboot drops it by itself; hosts
+    /// with a socket-activated libvirtd (libvirtd-tls.socket) are not handled.
+    /// `clock` (the manual procedure): stop chronyd, set the clock inside the certificate's
+    /// validity, start libvirtd and vdsmd, wait for the VM, restore the clock and chronyd.
+    /// The change is journaled before it is made and restored on failure, and at the next
+    /// agent start after a crash. Risk: everything on the host sees a wrong time for the
+    /// minutes the VM takes to start; a host reboot in between leaves the clock to chronyd.
+    #[command(
+        group = clap::ArgGroup::new("phase").required(true).args(["csr_out", "cert_in"]),
+        after_help = "Example:\n  certfleet-agent recover ovirt-hosted-engine --csr-out /root/host.csr\n  \
+                      certfleet-agent sign --csr host.csr --out host.cer   # on the engine VM\n  \
+                      certfleet-agent recover ovirt-hosted-engine --cert-in /root/host.cer"
+    )]
+    OvirtHostedEngine {
+        /// How the VM is brought up: dropin (libvirtd without TLS) or clock (clock set back).
+        #[arg(long, value_enum, default_value = "dropin")]
+        way: HeWay,
+        /// Bring the HostedEngine VM up and write a CSR from vdsmkey.pem to this file.
+        #[arg(long)]
+        csr_out: Option<PathBuf>,
+        /// Install this certificate (signed by the engine from that CSR) and restore libvirtd.
+        #[arg(long)]
+        cert_in: Option<PathBuf>,
+        /// Print the plan (and check --cert-in); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+}
+
+/// `recover ovirt-hosted-engine --way`.
+#[derive(Clone, Copy, ValueEnum)]
+enum HeWay {
+    /// libvirtd started without its TLS listener through a systemd drop-in (safer).
+    Dropin,
+    /// The host clock set inside the certificate's validity, then restored.
+    Clock,
 }
 
 fn local_setup(
@@ -177,10 +224,26 @@ fn local_setup(
 ) -> anyhow::Result<(AgentConfig, certfleet_agent::state::StateDir)> {
     let cfg = load_config(local.config.as_ref(), local.root.clone())?;
     certfleet_common::atomic::create_private_dir(&local.state_dir)?;
-    Ok((
+    let state = certfleet_agent::state::StateDir(local.state_dir.clone());
+    undo_pending_clock(&cfg, &state)?;
+    Ok((cfg, state))
+}
+
+/// A clock change left by an interrupted hosted-engine recovery is undone before anything
+/// else the agent does.
+fn undo_pending_clock(
+    cfg: &AgentConfig,
+    state: &certfleet_agent::state::StateDir,
+) -> anyhow::Result<()> {
+    if let Some(done) = certfleet_agent::recover::hosted_engine::undo_pending_clock(
         cfg,
-        certfleet_agent::state::StateDir(local.state_dir.clone()),
-    ))
+        state,
+        std::time::Duration::from_secs(120),
+        &print_line,
+    )? {
+        println!("{done}");
+    }
+    Ok(())
 }
 
 /// Progress of a local recovery, printed as it happens.
@@ -337,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load_config(config.as_ref(), root)?;
             let state = certfleet_agent::state::StateDir(state_dir);
+            undo_pending_clock(&cfg, &state)?;
             let opts = link::RunOptions {
                 backoff_cap: max_backoff,
                 ..Default::default()
@@ -391,6 +455,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("wall time {:.1}s", started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Recover {
+            what:
+                RecoverCmd::OvirtHostedEngine {
+                    way,
+                    csr_out,
+                    cert_in,
+                    dry_run,
+                    local,
+                },
+        } => {
+            use certfleet_agent::recover::hosted_engine::Way;
+            let started = std::time::Instant::now();
+            let (cfg, state) = local_setup(&local)?;
+            let l = certfleet_agent::recover::Local {
+                cfg: &cfg,
+                state: &state,
+                timeout: local.timeout,
+                out: &print_line,
+            };
+            let way = match way {
+                HeWay::Dropin => Way::DropIn,
+                HeWay::Clock => Way::Clock,
+            };
+            let result = match (csr_out, cert_in) {
+                (Some(out), _) => l.hosted_engine_start(way, &out, dry_run),
+                (None, Some(cert)) => l.hosted_engine_finish(way, &cert, dry_run),
+                (None, None) => unreachable!("clap requires one phase"),
+            };
+            let wall = started.elapsed().as_secs_f64();
+            match result {
+                Ok(msg) => {
+                    println!("{msg}");
+                    println!("wall time {wall:.1}s");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("certfleet-agent: recover ovirt-hosted-engine: {e}");
+                    println!("wall time {wall:.1}s");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::Sign {
             csr,

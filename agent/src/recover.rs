@@ -28,6 +28,8 @@
 //! certificate must match `vdsmkey.pem`, be valid now and chain to the host's
 //! `certs/cacert.pem` (real `openssl verify`), so a wrong file changes nothing.
 
+pub mod hosted_engine;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -16,6 +16,7 @@ pub mod operators;
 pub mod output;
 pub mod plan;
 pub mod policy;
+pub mod recover;
 pub mod store;
 pub mod tokens;
 
@@ -190,6 +191,10 @@ pub enum Command {
         after_help = "The agent decides: only commands its config's [[exec.allow]] rules permit run; a\nrefusal names the rule. No shell: the words after -- are the argv.\n\nExample:\n  certfleet exec vc1 --timeout 30s -- systemctl status vmware-vpxd.service"
     )]
     Exec(exec::ExecArgs),
+    /// Emergency recovery of an outage through the agents, built from the recipes.
+    #[command(subcommand)]
+    #[command(after_help = "Example:\n  certfleet recover ovirt-hosts --cluster Default --dry-run")]
+    Recover(recover::RecoverCmd),
     /// Offline maintenance of the state store (controller stopped).
     #[command(subcommand)]
     #[command(
@@ -248,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(cmd) => plan::run(&connect(&cli)?, cmd).await,
         Command::Policy(cmd) => policy::run(&connect(&cli)?, cmd).await,
         Command::Exec(args) => exec::run(&connect(&cli)?, args).await,
+        Command::Recover(cmd) => recover::run(&connect(&cli)?, cmd).await,
     }
 }
 

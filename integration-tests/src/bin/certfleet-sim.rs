@@ -60,6 +60,7 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
         }
         "gkectl" | "kubectl" | "kubeadm" | "crictl" => sim::gke::run_tool(&host, tool, &targs),
         "systemctl" => sim::systemd::run(&host, &targs),
+        "timedatectl" => sim::clock::timedatectl(&host, &targs),
         other => anyhow::bail!("unknown simulated tool {other:?}"),
     }
 }

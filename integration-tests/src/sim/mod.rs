@@ -17,6 +17,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+pub mod clock;
 pub mod demo;
 pub mod gke;
 pub mod kubeadm;

@@ -10,6 +10,21 @@
 //! be able to read as that account: a start fails when the key's owner, group and mode do not
 //! let that account read it (the kernel's rule: owner bits for the owner, group bits for the
 //! primary or a supplementary group, else the other bits; root reads everything).
+//!
+//! Units can also carry their `ExecStart=` line, drop-ins and dependencies, for the
+//! hosted-engine recovery: the command line is the shipped one with `$VAR`s from
+//! `/etc/sysconfig/<unit>` (the unit's `EnvironmentFile=`), overridden by drop-ins in
+//! `/etc/systemd/system/<unit>.service.d/*.conf` and `/run/systemd/system/<unit>.service.d/*.conf`
+//! (applied in file-name order; `ExecStart=` empty resets, a second one without a reset is
+//! refused as systemd refuses it for a non-oneshot service), and only `daemon-reload` loads
+//! them (a start with changed drop-ins prints systemd's "changed on disk" warning and uses the
+//! loaded line, as systemd does). A unit whose certificates serve only a TLS listener
+//! (`certs_only_with`: libvirtd's `--listen`, which makes `listen_tls` take effect, per
+//! `libvirtd.conf`) needs them only when its loaded command line has that argument.
+//! `requires` models `Requires=`: starting the unit starts the required ones first and fails
+//! with "A dependency job … failed" when one cannot start. Certificate validity is checked
+//! against the simulated host clock ([`super::clock::host_now`]). Unverified: the exact text
+//! of the dependency failure, and that vdsmd's only hard start dependency here is libvirtd.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +55,19 @@ pub struct Unit {
     /// The account it runs as (`None`: root).
     #[serde(default)]
     pub runs_as: Option<Account>,
+    /// `ExecStart=` as shipped (empty: not modelled).
+    #[serde(default)]
+    pub exec_start: String,
+    /// `ExecStart=` as the last `daemon-reload` loaded it, drop-ins applied and `$VAR`s
+    /// expanded (`Err` text when the drop-ins made it invalid).
+    #[serde(default)]
+    pub loaded_exec: Option<std::result::Result<String, String>>,
+    /// The certificates are needed only when the loaded command line has this argument.
+    #[serde(default)]
+    pub certs_only_with: Option<String>,
+    /// Units it `Requires=`.
+    #[serde(default)]
+    pub requires: Vec<String>,
 }
 
 /// A service account: uid and every group it has (primary first).
@@ -144,6 +172,91 @@ pub fn set_start_delay(host: &SimHost, unit: &str, ms: u64) -> Result<()> {
     save(host, &st)
 }
 
+/// Gives `unit` its shipped `ExecStart=` line and `Requires=` list; its certificates are then
+/// needed only when the loaded command line contains `certs_only_with` (if given). Loads it
+/// as `daemon-reload` would.
+pub fn define_exec(
+    host: &SimHost,
+    unit: &str,
+    exec_start: &str,
+    certs_only_with: Option<&str>,
+    requires: &[&str],
+) -> Result<()> {
+    let mut st = load(host)?;
+    let n = canonical(unit);
+    let u = st.units.get_mut(&n).context("no such unit")?;
+    u.exec_start = exec_start.to_owned();
+    u.certs_only_with = certs_only_with.map(str::to_owned);
+    u.requires = requires.iter().map(|s| s.to_string()).collect();
+    u.loaded_exec = Some(effective_exec(host, &n, exec_start));
+    save(host, &st)
+}
+
+/// The `ExecStart=` of `unit` as the files on disk give it now.
+fn effective_exec(
+    host: &SimHost,
+    unit: &str,
+    shipped: &str,
+) -> std::result::Result<String, String> {
+    let mut files = Vec::new();
+    for dir in ["/run/systemd/system", "/etc/systemd/system"] {
+        let d = host.path(&format!("{dir}/{unit}.service.d"));
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".conf") {
+                    // Same name in /etc masks the one in /run.
+                    files.retain(|(n, _): &(String, std::path::PathBuf)| *n != name);
+                    files.push((name, e.path()));
+                }
+            }
+        }
+    }
+    files.sort();
+    let mut exec = Some(shipped.to_owned());
+    for (_, path) in files {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines() {
+            let Some(v) = line.trim().strip_prefix("ExecStart=") else {
+                continue;
+            };
+            if v.trim().is_empty() {
+                exec = None;
+            } else if exec.is_some() {
+                return Err(format!(
+                    "{unit}.service has more than one ExecStart= setting, which is only \
+                     allowed for Type=oneshot services. Refusing."
+                ));
+            } else {
+                exec = Some(v.trim().to_owned());
+            }
+        }
+    }
+    let exec =
+        exec.ok_or_else(|| format!("{unit}.service has no ExecStart= setting. Refusing."))?;
+    // EnvironmentFile=-/etc/sysconfig/<unit>
+    let env =
+        std::fs::read_to_string(host.path(&format!("/etc/sysconfig/{unit}"))).unwrap_or_default();
+    let vars: BTreeMap<String, String> = env
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+        .collect();
+    Ok(exec
+        .split_whitespace()
+        .map(|w| match w.strip_prefix('$') {
+            Some(var) => vars
+                .get(var.trim_start_matches('{').trim_end_matches('}'))
+                .cloned()
+                .unwrap_or_default(),
+            None => w.to_owned(),
+        })
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 /// A unit's current record.
 pub fn unit(host: &SimHost, unit: &str) -> Result<Unit> {
     load(host)?
@@ -154,8 +267,12 @@ pub fn unit(host: &SimHost, unit: &str) -> Result<Unit> {
 }
 
 fn check_certs(host: &SimHost, u: &Unit) -> std::result::Result<(), String> {
-    let now = certfleet_common::model::now();
-    for c in &u.requires_certs {
+    let now = super::clock::host_now(host);
+    let certs_needed = match (&u.certs_only_with, &u.loaded_exec) {
+        (Some(arg), Some(Ok(line))) => line.split_whitespace().any(|w| w == arg),
+        _ => true,
+    };
+    for c in u.requires_certs.iter().filter(|_| certs_needed) {
         let p = host.path(c);
         let bytes = std::fs::read(&p).map_err(|e| format!("{c}: {e}"))?;
         let der =
@@ -196,6 +313,56 @@ fn check_certs(host: &SimHost, u: &Unit) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Starts unit `n` (its `Requires=` first); `Err(true)` when a dependency failed, `Err(false)`
+/// when the unit itself did. The outcome is recorded in `st`.
+fn start_unit(
+    host: &SimHost,
+    st: &mut State,
+    n: &str,
+    depth: u32,
+) -> std::result::Result<(), bool> {
+    let u = st.units.get(n).cloned().ok_or(false)?;
+    for r in &u.requires {
+        let r = canonical(r);
+        let active = st.units.get(&r).is_some_and(|d| d.state == "active");
+        if !active && (depth > 8 || start_unit(host, st, &r, depth + 1).is_err()) {
+            let entry = st.units.get_mut(n).expect("present");
+            entry.state = "failed".into();
+            entry.last_error = format!("dependency {r}.service failed to start");
+            return Err(true);
+        }
+    }
+    if u.start_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(u.start_ms));
+    }
+    if !u.exec_start.is_empty() && Some(effective_exec(host, n, &u.exec_start)) != u.loaded_exec {
+        eprintln!(
+            "Warning: The unit file, source configuration file or drop-ins of {n}.service changed on disk. Run 'systemctl daemon-reload' to reload units."
+        );
+    }
+    let outcome = if u.broken {
+        Err("service is broken".to_owned())
+    } else if let Some(Err(invalid)) = &u.loaded_exec {
+        Err(invalid.clone())
+    } else {
+        check_certs(host, &u)
+    };
+    let entry = st.units.get_mut(n).expect("present");
+    match outcome {
+        Ok(()) => {
+            entry.state = "active".into();
+            entry.starts += 1;
+            entry.last_error.clear();
+            Ok(())
+        }
+        Err(why) => {
+            entry.state = "failed".into();
+            entry.last_error = why;
+            Err(false)
+        }
+    }
+}
+
 /// `systemctl ARGS`; returns the exit code.
 pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
     let mut st = load(host)?;
@@ -223,41 +390,41 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
             let mut code = 0;
             for name in units {
                 let n = canonical(&name);
-                let Some(u) = st.units.get(&n).cloned() else {
+                if !st.units.contains_key(&n) {
                     eprintln!("Failed to {verb} {n}.service: Unit {n}.service not found.");
                     code = 5;
                     continue;
-                };
-                if u.start_ms > 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(u.start_ms));
                 }
-                let outcome = if u.broken {
-                    Err("service is broken".to_owned())
-                } else {
-                    check_certs(host, &u)
-                };
-                let entry = st.units.get_mut(&n).expect("present");
-                match outcome {
-                    Ok(()) => {
-                        entry.state = "active".into();
-                        entry.starts += 1;
-                        entry.last_error.clear();
-                    }
-                    Err(why) => {
-                        entry.state = "failed".into();
-                        entry.last_error = why;
+                if let Err(dependency) = start_unit(host, &mut st, &n, 0) {
+                    if dependency {
+                        eprintln!(
+                            "A dependency job for {n}.service failed. See 'journalctl -xe' for details."
+                        );
+                    } else {
                         eprintln!(
                             "Job for {n}.service failed because the control process exited with error code."
                         );
                         eprintln!(
                             "See \"systemctl status {n}.service\" and \"journalctl -xeu {n}.service\" for details."
                         );
-                        code = 1;
                     }
+                    code = 1;
                 }
             }
             save(host, &st)?;
             Ok(code)
+        }
+        "daemon-reload" => {
+            let names: Vec<String> = st.units.keys().cloned().collect();
+            for n in names {
+                let u = st.units.get(&n).expect("listed");
+                if !u.exec_start.is_empty() {
+                    let loaded = effective_exec(host, &n, &u.exec_start);
+                    st.units.get_mut(&n).expect("listed").loaded_exec = Some(loaded);
+                }
+            }
+            save(host, &st)?;
+            Ok(0)
         }
         "stop" => {
             for name in units {

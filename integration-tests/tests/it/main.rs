@@ -19,6 +19,7 @@ mod ovirt_api;
 mod ovirt_engine_rotation;
 mod ovirt_rotation;
 mod recover;
+mod recover_ovirt;
 mod rotation;
 mod scale_store;
 mod store_faults;

@@ -25,7 +25,7 @@ use crate::support::{self, Proc};
 const PASSWORD: &str = "s3cret pw&";
 
 /// A fleet whose engine serves the API on a free loopback port.
-fn api_fleet(dir: &Path, hosts: &[(&str, i64)]) -> (Fleet, Proc, u16) {
+pub(crate) fn api_fleet(dir: &Path, hosts: &[(&str, i64)]) -> (Fleet, Proc, u16) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -419,7 +419,7 @@ fn api_password_file_mode_and_playbook_failure() {
 
 /// A host whose VDSM certificate expired: libvirtd and vdsmd cannot start, the engine marks it
 /// non_responsive and still counts `vms` VMs on it.
-fn make_non_responsive(f: &Fleet, name: &str, vms: u32) {
+pub(crate) fn make_non_responsive(f: &Fleet, name: &str, vms: u32) {
     let h = &f.hosts[name];
     for u in ["libvirtd", "vdsmd"] {
         let code = systemd::run(h, &["restart".to_owned(), u.to_owned()]).unwrap();

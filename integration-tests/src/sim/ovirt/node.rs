@@ -246,17 +246,44 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
         vmconsole_host(&mut node, engine, &work, host_days)?;
     }
     std::fs::remove_dir_all(&work)?;
-    // libvirtd reads the VDSM certificate (A8 consumers) and refuses to start when it has
-    // expired (A12); vdsmd requires libvirtd (via supervdsmd) and serves the same certificate.
-    for unit in ["libvirtd", "vdsmd"] {
-        crate::sim::systemd::define_unit(host, unit, &[VDSM_CERT])?;
-    }
+    libvirtd_and_vdsmd(host)?;
     host.link_real_tool("/usr/bin/openssl")?;
     std::fs::write(
         host.state("ovirt-node-owners.json"),
         serde_json::to_vec_pretty(&node.owners)?,
     )?;
     Ok(node)
+}
+
+/// libvirtd reads the VDSM certificate (A8 consumers) for its TLS listener and refuses to start
+/// when it has expired (A12). As vdsm's `lib/vdsm/tool/configurators/libvirt.py` configures a
+/// host without socket activation, `listen_tls` is on in `libvirtd.conf` and
+/// `/etc/sysconfig/libvirtd` has `LIBVIRTD_ARGS=--listen` (libvirt's shipped unit:
+/// `ExecStart=/usr/sbin/libvirtd $LIBVIRTD_ARGS`); `listen_tls` only takes effect with
+/// `--listen` (libvirt `libvirtd.conf`), so libvirtd started without it needs no certificate.
+/// vdsmd `Requires=` libvirtd and fails when libvirtd cannot start; it does not itself refuse
+/// an expired certificate (Python's `load_cert_chain` does not check validity; unverified on a
+/// real host). Unverified: hosts with socket activation (`libvirtd-tls.socket`) are not
+/// modelled.
+pub fn libvirtd_and_vdsmd(host: &SimHost) -> Result<()> {
+    use crate::sim::systemd;
+    systemd::define_unit(host, "libvirtd", &[VDSM_CERT])?;
+    host.write("/etc/sysconfig/libvirtd", "LIBVIRTD_ARGS=--listen\n", 0o644)?;
+    systemd::define_exec(
+        host,
+        "libvirtd",
+        "/usr/sbin/libvirtd $LIBVIRTD_ARGS",
+        Some("--listen"),
+        &[],
+    )?;
+    systemd::define_unit(host, "vdsmd", &[])?;
+    systemd::define_exec(
+        host,
+        "vdsmd",
+        "/usr/libexec/vdsm/daemonAdapter -0 /dev/null -1 /dev/null -2 /dev/null /usr/libexec/vdsm/vdsmd",
+        None,
+        &["libvirtd"],
+    )
 }
 
 /// `ovirt-host-deploy-vm-console-certificates` (oVirt/ovirt-engine

@@ -5,6 +5,12 @@
 //!   `"global_maintenance": true`). The flag is the engine's `ha_global_maintenance`, kept in
 //!   the engine's simulator state (the host knows the engine root from
 //!   `.sim/hosted-engine.json`, written by [`make_he_host`]).
+//!   `--vm-start` and `--vm-status` report the HostedEngine VM (kept in that file): the
+//!   `Engine status` values are those of ovirt-hosted-engine-ha's engine-health monitor
+//!   (`{"vm": "down", "health": "bad", "detail": "unknown", "reason": "vm not running on this
+//!   host"}`, `… "detail": "Powering up" …`, `{"vm": "up", "health": "good", "detail": "Up"}`);
+//!   both need vdsmd running (the HA agent talks to VDSM). Unverified: the exact `--vm-start`
+//!   messages, and that a started VM shows `Powering up` for exactly one look.
 //! - `engine-setup [--offline] [--accept-defaults] [--config-append=FILE]` on the engine: reads
 //!   the otopi answer file (`[environment:default]`, `KEY=type:value`), refuses to run on a
 //!   hosted engine without global maintenance unless `OVESETUP_CONFIG/continueSetupOnHEVM`
@@ -132,6 +138,29 @@ pub fn make_he_host(host: &SimHost, engine: &Engine) -> Result<()> {
     Ok(())
 }
 
+/// The HostedEngine VM's state on `host`: `up` (also when never set), `down`, `powering_up`.
+pub fn he_vm(host: &SimHost) -> String {
+    std::fs::read(host.state("hosted-engine.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["vm"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "up".into())
+}
+
+/// Sets the HostedEngine VM's state on `host` (`down`: the outage, the VM stopped).
+pub fn set_he_vm(host: &SimHost, state: &str) -> Result<()> {
+    let p = host.state("hosted-engine.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&p)?)?;
+    v["vm"] = Value::String(state.to_owned());
+    std::fs::write(&p, serde_json::to_vec(&v)?)?;
+    Ok(())
+}
+
+/// Whether the host's vdsmd (and so the HA agent's view of the VM) is up.
+fn vdsm_up(host: &SimHost) -> bool {
+    crate::sim::systemd::unit(host, "vdsmd").is_ok_and(|u| u.state == "active")
+}
+
 fn update_engine(engine: &SimHost, f: impl FnOnce(&mut Value)) -> Result<Value> {
     let p = engine.state("ovirt-engine.json");
     let mut st: Value = serde_json::from_slice(
@@ -170,28 +199,56 @@ pub fn hosted_engine(host: &SimHost, args: &[String]) -> Result<i32> {
             update_engine(&engine, |st| st["ha_global_maintenance"] = Value::Bool(on))?;
             Ok(0)
         }
+        ["--vm-start"] => {
+            if !vdsm_up(host) {
+                eprintln!("Failed to start the VM: cannot connect to VDSM (is vdsmd running?)");
+                return Ok(1);
+            }
+            if he_vm(host) == "up" {
+                println!("VM exists and its status is Up");
+            } else {
+                set_he_vm(host, "powering_up")?;
+                println!("VM exists and is down, cleaning up and restarting");
+            }
+            Ok(0)
+        }
         ["--vm-status", rest @ ..] => {
+            if !vdsm_up(host) {
+                eprintln!(
+                    "The hosted engine configuration has not been retrieved from shared storage. Please ensure that ovirt-ha-agent is running and the storage server is reachable."
+                );
+                return Ok(1);
+            }
             let st: Value =
                 serde_json::from_slice(&std::fs::read(engine.state("ovirt-engine.json"))?)?;
             let gm = st["ha_global_maintenance"].as_bool().unwrap_or(false);
+            let status = match he_vm(host).as_str() {
+                "down" => {
+                    serde_json::json!({"vm": "down", "health": "bad", "detail": "unknown", "reason": "vm not running on this host"})
+                }
+                "powering_up" => {
+                    // Up on the next look.
+                    set_he_vm(host, "up")?;
+                    serde_json::json!({"vm": "up", "health": "bad", "detail": "Powering up", "reason": "bad vm status"})
+                }
+                _ => serde_json::json!({"vm": "up", "health": "good", "detail": "Up"}),
+            };
             if rest.contains(&"--json") {
                 println!(
                     "{}",
-                    serde_json::json!({"1": {"engine-status": {"vm": "up", "health": "good"}}, "global_maintenance": gm})
+                    serde_json::json!({"1": {"engine-status": status}, "global_maintenance": gm})
                 );
             } else {
                 if gm {
                     println!("\n\n!! Cluster is in GLOBAL MAINTENANCE mode !!\n");
                 }
-                println!(
-                    "--== Host 1 status ==--\n\nEngine status : {{\"vm\": \"up\", \"health\": \"good\"}}"
-                );
+                println!("--== Host 1 status ==--\n\nEngine status : {status}");
             }
             Ok(0)
         }
         _ => {
             eprintln!(
-                "Usage: hosted-engine --set-maintenance --mode=global|local|none | --vm-status [--json]"
+                "Usage: hosted-engine --set-maintenance --mode=global|local|none | --vm-start | --vm-status [--json]"
             );
             Ok(1)
         }

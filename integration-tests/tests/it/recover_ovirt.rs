@@ -1,0 +1,398 @@
+//! `recover ovirt-hosted-engine` (issue 11, seed 003 "HostedEngine unavailable"): a simulated
+//! 4.5 engine whose VM is down and two hosted-engine hosts whose VDSM certificates expired a
+//! month ago, so their simulated libvirtd refuses to start. Only the real `certfleet-agent`
+//! run by hand: `--csr-out` on the host brings the VM up, `sign` on the engine, `--cert-in`
+//! on the host finishes.
+//!
+//! - kvm01, `--way dropin`: libvirtd runs without `--listen` from a drop-in while the VM
+//!   starts, the clock is never touched; at the end the drop-in is gone and libvirtd runs with
+//!   its TLS listener and the new certificate.
+//! - kvm02, `--way clock`: a failure half-way (vdsmd broken) and a SIGKILL right after the
+//!   clock was set both leave the simulated host clock restored and chronyd running (the kill
+//!   is undone when the agent starts again); then the whole recovery succeeds.
+//!
+//! The host clock is the simulator's ([`certfleet_integration_tests::sim::clock`]), never the
+//! machine's. Needs `cargo build --workspace --bins` and `openssl`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use certfleet_integration_tests::sim::ovirt::{EngineSpec, NodeSpec, OvirtVersion, setup};
+use certfleet_integration_tests::sim::ovirt::{build_engine, build_node};
+use certfleet_integration_tests::sim::{Lifetime, SimHost, clock, systemd};
+
+use crate::ovirt_rotation::{VDSM_CERT, fqdn, hash_tree, not_after, now, s, systemctl};
+use crate::support;
+
+const DROPIN: &str = "/run/systemd/system/libvirtd.service.d/50-certfleet-recover-no-tls.conf";
+
+fn agent(args: &[&str], root: &Path, state: &Path, cfg: &Path, crash: Option<&str>) -> Output {
+    let mut cmd = Command::new(support::bin("certfleet-agent"));
+    cmd.args(args)
+        .arg("--root")
+        .arg(root)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--config")
+        .arg(cfg)
+        .env_remove("CERTFLEET_TEST_CRASH_AT");
+    if let Some(c) = crash {
+        cmd.env("CERTFLEET_TEST_CRASH_AT", c);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "agent failed: {}", text(o));
+    text(o)
+}
+
+fn failed(o: &Output) -> String {
+    assert!(!o.status.success(), "agent should have failed: {}", text(o));
+    text(o)
+}
+
+fn state(h: &SimHost, unit: &str) -> String {
+    systemd::unit(h, unit).unwrap().state
+}
+
+fn loaded_exec(h: &SimHost, unit: &str) -> String {
+    match systemd::unit(h, unit).unwrap().loaded_exec {
+        Some(Ok(line)) => line,
+        other => panic!("{unit}: {other:?}"),
+    }
+}
+
+/// The engine signs the CSR as `certfleet-agent sign` on the engine VM does.
+fn sign(engine: &SimHost, estate: &Path, cfg: &Path, csr: &Path, cer: &Path, host: &str) {
+    ok(&agent(
+        &[
+            "sign",
+            "--csr",
+            &s(csr),
+            "--out",
+            &s(cer),
+            "--san",
+            &format!("DNS:{}", fqdn(host)),
+        ],
+        &engine.root,
+        estate,
+        cfg,
+        None,
+    ));
+}
+
+/// The simulated clock is back at the real time (within rounding) and chronyd runs.
+fn clock_restored(h: &SimHost, state_dir: &Path) {
+    assert!(
+        clock::offset(h).abs() <= 2,
+        "clock still off by {}s: {:?}",
+        clock::offset(h),
+        clock::history(h)
+    );
+    assert_eq!(state(h, "chronyd"), "active");
+    assert!(!state_dir.join("recover-clock.json").exists());
+}
+
+#[test]
+fn hosted_engine_host_recovered_by_dropin_and_by_clock_even_after_failure_and_kill() {
+    let t0 = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sim = support::bin("certfleet-sim");
+    let engine = SimHost::new(d.join("root-engine"), &sim).unwrap();
+    let mut espec = EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine"));
+    // The engine CA predates the hosts (the clock way needs a time when both were valid).
+    espec
+        .lifetimes
+        .insert("ca".into(), Lifetime::days(2000, 3000));
+    let e = build_engine(&engine, &espec).unwrap();
+    let mut hosts = Vec::new();
+    for name in ["kvm01", "kvm02"] {
+        let h = SimHost::new(d.join(format!("root-{name}")), &sim).unwrap();
+        let mut spec = NodeSpec::new(&fqdn(name));
+        spec.vdsm = Some(Lifetime::days(1900, -30));
+        build_node(&h, &spec, &e).unwrap();
+        setup::make_he_host(&h, &e).unwrap();
+        clock::install(&h).unwrap();
+        // The outage: the VM is down and libvirtd (so vdsmd) cannot start.
+        setup::set_he_vm(&h, "down").unwrap();
+        assert_eq!(systemctl(&h, &["restart", "libvirtd"]), 1);
+        assert!(
+            systemd::unit(&h, "libvirtd")
+                .unwrap()
+                .last_error
+                .contains("expired")
+        );
+        assert_eq!(systemctl(&h, &["restart", "vdsmd"]), 1);
+        hosts.push(h);
+    }
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "[settings]\n\"ovirt.p12_password\" = \"mypass\"\n\"ovirt.he_vm_poll\" = \"50ms\"\n\
+         \"ovirt.he_vm_wait\" = \"20s\"\n",
+    )
+    .unwrap();
+    let estate = d.join("state-engine");
+    eprintln!("fleet built in {:.1}s", t0.elapsed().as_secs_f64());
+
+    // --- kvm01: the drop-in way (the default) ---
+    let h = &hosts[0];
+    let hstate = d.join("state-kvm01");
+    let (csr, cer) = (d.join("kvm01.csr"), d.join("kvm01.cer"));
+    let old_na = not_after(&h.path(VDSM_CERT));
+    let tree = hash_tree(&h.root);
+    let dry = ok(&agent(
+        &[
+            "recover",
+            "ovirt-hosted-engine",
+            "--csr-out",
+            &s(&csr),
+            "--dry-run",
+        ],
+        &h.root,
+        &hstate,
+        &cfg,
+        None,
+    ));
+    assert!(
+        dry.contains("plan (recover ovirt-hosted-engine --way dropin)"),
+        "{dry}"
+    );
+    assert!(dry.contains(DROPIN) && dry.contains("dry run"), "{dry}");
+    assert_eq!(hash_tree(&h.root), tree, "a dry run changed the host");
+    assert!(!csr.exists());
+
+    let out = ok(&agent(
+        &["recover", "ovirt-hosted-engine", "--csr-out", &s(&csr)],
+        &h.root,
+        &hstate,
+        &cfg,
+        None,
+    ));
+    assert!(out.contains("HostedEngine VM up (Up)"), "{out}");
+    assert!(out.contains("wall time"), "{out}");
+    assert!(h.path(DROPIN).exists());
+    assert_eq!(
+        loaded_exec(h, "libvirtd"),
+        "/usr/sbin/libvirtd",
+        "TLS listener still on"
+    );
+    assert_eq!(state(h, "libvirtd"), "active");
+    assert_eq!(state(h, "vdsmd"), "active");
+    assert_eq!(setup::he_vm(h), "up");
+    assert!(
+        clock::history(h).is_empty(),
+        "the drop-in way touched the clock"
+    );
+    assert!(csr.exists());
+    // The VDSM certificate itself is still the expired one: only the listener is off.
+    assert_eq!(not_after(&h.path(VDSM_CERT)), old_na);
+
+    sign(&engine, &estate, &cfg, &csr, &cer, "kvm01");
+    let tree = hash_tree(&h.root);
+    let dry = ok(&agent(
+        &[
+            "recover",
+            "ovirt-hosted-engine",
+            "--cert-in",
+            &s(&cer),
+            "--dry-run",
+        ],
+        &h.root,
+        &hstate,
+        &cfg,
+        None,
+    ));
+    assert!(dry.contains("dry run"), "{dry}");
+    assert_eq!(hash_tree(&h.root), tree, "a dry run changed the host");
+    let out = ok(&agent(
+        &["recover", "ovirt-hosted-engine", "--cert-in", &s(&cer)],
+        &h.root,
+        &hstate,
+        &cfg,
+        None,
+    ));
+    assert!(
+        out.contains("recovered:") && out.contains("TLS listener again"),
+        "{out}"
+    );
+    assert!(!h.path(DROPIN).exists(), "drop-in left behind");
+    assert_eq!(loaded_exec(h, "libvirtd"), "/usr/sbin/libvirtd --listen");
+    assert_eq!(state(h, "libvirtd"), "active");
+    assert_eq!(state(h, "vdsmd"), "active");
+    assert!(not_after(&h.path(VDSM_CERT)) > now() + 1800 * 86_400);
+    // libvirtd restarts with its TLS listener on the new certificate, as after a reboot.
+    assert_eq!(systemctl(h, &["restart", "libvirtd"]), 0);
+    let audit = std::fs::read_to_string(hstate.join("recover-audit.jsonl")).unwrap();
+    for what in [
+        "drop-in written",
+        "engine VM up",
+        "drop-in removed",
+        "recovered",
+    ] {
+        assert!(audit.contains(what), "audit lacks {what}: {audit}");
+    }
+
+    eprintln!("drop-in way done at {:.1}s", t0.elapsed().as_secs_f64());
+
+    // --- kvm02: the clock way ---
+    let h = &hosts[1];
+    let hstate = d.join("state-kvm02");
+    let (csr, cer) = (d.join("kvm02.csr"), d.join("kvm02.cer"));
+    let old_na = not_after(&h.path(VDSM_CERT));
+    let clock_way = |extra: &[&str], crash: Option<&str>| {
+        let mut a = vec!["recover", "ovirt-hosted-engine", "--way", "clock"];
+        a.extend_from_slice(extra);
+        agent(&a, &h.root, &hstate, &cfg, crash)
+    };
+
+    // 1. Fails half-way (vdsmd cannot start): the clock is restored, chronyd runs again.
+    systemd::set_broken(h, "vdsmd", true).unwrap();
+    let out = failed(&clock_way(&["--csr-out", &s(&csr)], None));
+    assert!(
+        out.contains("vdsmd") && out.contains("the clock was restored"),
+        "{out}"
+    );
+    let hist = clock::history(h);
+    assert_eq!(hist.len(), 2, "{hist:?}");
+    assert!(
+        hist[0].1 < old_na,
+        "clock not set inside the validity: {hist:?}"
+    );
+    // libvirtd did start while the clock was back: the expired certificate was accepted.
+    assert_eq!(state(h, "libvirtd"), "active");
+    clock_restored(h, &hstate);
+    assert!(!csr.exists());
+    systemd::set_broken(h, "vdsmd", false).unwrap();
+
+    // 2. Killed right after the clock was set: the clock stays back until the agent starts
+    // again, which undoes it first (here `run`, which then fails: this agent is not enrolled).
+    let killed = clock_way(
+        &["--csr-out", &s(&csr)],
+        Some("recover.hosted_engine:clock-set"),
+    );
+    assert!(!killed.status.success(), "{}", text(&killed));
+    assert!(
+        clock::offset(h) < -86_400 * 20,
+        "clock not set back before the kill"
+    );
+    assert_eq!(state(h, "chronyd"), "inactive");
+    assert!(hstate.join("recover-clock.json").exists());
+    let started = agent(&["run"], &h.root, &hstate, &cfg, None);
+    let started_text = text(&started);
+    assert!(
+        started_text.contains("undoing the clock change"),
+        "{started_text}"
+    );
+    clock_restored(h, &hstate);
+
+    // 3. The whole recovery: VM up, clock back, then the new certificate installed.
+    setup::set_he_vm(h, "down").unwrap();
+    let out = ok(&clock_way(&["--csr-out", &s(&csr)], None));
+    assert!(
+        out.contains("HostedEngine VM up") && out.contains("clock restored"),
+        "{out}"
+    );
+    clock_restored(h, &hstate);
+    assert_eq!(setup::he_vm(h), "up");
+    sign(&engine, &estate, &cfg, &csr, &cer, "kvm02");
+    let out = ok(&clock_way(&["--cert-in", &s(&cer)], None));
+    assert!(out.contains("recovered:"), "{out}");
+    assert!(not_after(&h.path(VDSM_CERT)) > now() + 1800 * 86_400);
+    assert_eq!(state(h, "libvirtd"), "active");
+    assert_eq!(state(h, "vdsmd"), "active");
+    clock_restored(h, &hstate);
+    let audit = std::fs::read_to_string(hstate.join("recover-audit.jsonl")).unwrap();
+    for what in [
+        "clock change journaled",
+        "failed",
+        "undo pending clock change",
+        "clock restored",
+        "recovered",
+    ] {
+        assert!(audit.contains(what), "audit lacks {what}: {audit}");
+    }
+}
+
+/// `certfleet recover ovirt-hosts --cluster Default` over two hosts whose VDSM certificates
+/// expired (libvirtd down, the engine sees them NonResponsive), the engine itself fine: the
+/// engine step finds nothing, both hosts are recovered offline two at a time, then enrolled
+/// properly through the (simulated) engine API. A dry run and an unknown cluster change
+/// nothing.
+#[test]
+fn recover_ovirt_hosts_cluster_brings_back_every_expired_host() {
+    use crate::ovirt_api::{api_fleet, make_non_responsive};
+    use crate::ovirt_rotation::{check_renewed, roots_hash};
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _api, _port) = api_fleet(dir.path(), &[("kvm01", -2), ("kvm02", -2)]);
+    let before: Vec<i64> = ["kvm01", "kvm02"]
+        .iter()
+        .map(|n| not_after(&f.hosts[*n].path(VDSM_CERT)))
+        .collect();
+    for n in ["kvm01", "kvm02"] {
+        make_non_responsive(&f, n, 0);
+    }
+    let roots = roots_hash(&f);
+    let unknown = f.c.cli_as(
+        &f.c.admin(),
+        &["recover", "ovirt-hosts", "--cluster", "nope"],
+    );
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(text(&unknown).contains("Default (2)"), "{}", text(&unknown));
+    let dry = f.c.cli_as(
+        &f.c.admin(),
+        &[
+            "recover",
+            "ovirt-hosts",
+            "--cluster",
+            "Default",
+            "--dry-run",
+        ],
+    );
+    let dry_text = text(&dry);
+    assert!(dry.status.success(), "{dry_text}");
+    assert!(
+        dry_text.contains("ovirt-hosts-offline") && dry_text.contains("dry run"),
+        "{dry_text}"
+    );
+    assert_eq!(roots_hash(&f), roots, "a dry run changed a host");
+
+    let out = f.c.cli_as(
+        &f.c.admin(),
+        &[
+            "recover",
+            "ovirt-hosts",
+            "--cluster",
+            "Default",
+            "--max-parallel",
+            "2",
+        ],
+    );
+    let out_text = text(&out);
+    assert!(out.status.success(), "{out_text}");
+    assert!(
+        out_text.contains("step 1: ovirt-engine: nothing to"),
+        "{out_text}"
+    );
+    assert!(
+        out_text.contains("step 2: ovirt-hosts-offline: plan"),
+        "{out_text}"
+    );
+    assert!(out_text.contains("step 3: ovirt-hosts: plan"), "{out_text}");
+    assert!(out_text.contains("wall time"), "{out_text}");
+    for (i, n) in ["kvm01", "kvm02"].iter().enumerate() {
+        check_renewed(&f, n, before[i]);
+        assert_eq!(state(&f.hosts[*n], "libvirtd"), "active");
+        assert_eq!(state(&f.hosts[*n], "vdsmd"), "active");
+    }
+}
