@@ -288,7 +288,7 @@ impl Store {
 
     fn open_unchecked(dir: &Path) -> Result<Self, StoreError> {
         let dir_lock = compact::lock_store_dir(dir)?;
-        recover_interrupted_compaction(dir)?;
+        compact::recover_locked(dir)?;
         let db = open_sled(dir)?;
         Ok(Store {
             db: std::sync::Arc::new(parking_lot::RwLock::new(Some(db))),

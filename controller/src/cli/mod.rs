@@ -174,7 +174,7 @@ pub enum Command {
         after_help = "Example:\n  certfleet policy set ovirt.host --renew-within 30d --window \"0 2 * * SAT\""
     )]
     Policy(policy::PolicyCmd),
-    /// Offline maintenance of the state store (controller stopped).
+    /// Maintenance of the state store: online compaction, offline export and import.
     #[command(subcommand)]
     #[command(
         after_help = "Example:\n  certfleet store export --data-dir /var/lib/certfleet --out state.jsonl"
@@ -216,6 +216,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Init(args) => daemon::init(args),
         Command::Serve(args) => daemon::serve(args).await,
+        Command::Store(store::StoreCmd::Compact { output }) => {
+            store::compact(&connect(&cli)?, output).await
+        }
         Command::Store(cmd) => store::run(cmd),
         Command::Token(cmd) => tokens::run(&connect(&cli)?, cmd).await,
         Command::Agents(cmd) => agents::run(&connect(&cli)?, cmd).await,

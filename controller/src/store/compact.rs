@@ -228,8 +228,17 @@ pub(super) fn lock_store_dir(
 }
 
 /// Finishes or discards a compaction a crash interrupted (see the module doc); a no-op when
-/// none was. Call with the store directory's lock held ([`lock_store_dir`]).
+/// none was. Refused while another process has the store open. Run by every open; `serve`
+/// also runs it before it checks that the store exists (a crash between the two renames of
+/// the swap leaves no `state` directory for a moment).
 pub fn recover_interrupted_compaction(dir: &Path) -> Result<(), StoreError> {
+    let _lock = lock_store_dir(dir)?;
+    recover_locked(dir)
+}
+
+/// [`recover_interrupted_compaction`], with the store directory's lock ([`lock_store_dir`])
+/// held by the caller.
+pub(super) fn recover_locked(dir: &Path) -> Result<(), StoreError> {
     let Some((parent, name)) = split(dir) else {
         return Ok(());
     };
