@@ -400,7 +400,12 @@ async fn auto_compact(
         if !policy.wants(size, live) {
             continue;
         }
-        tracing::info!(size_on_disk = size, live_bytes = live, ratio = policy.ratio, "state store holds mostly garbage: compacting");
+        tracing::info!(
+            size_on_disk = size,
+            live_bytes = live,
+            ratio = policy.ratio,
+            "state store holds mostly garbage: compacting"
+        );
         last = Some(tokio::time::Instant::now());
         let store = fleet.store.clone();
         // Failures are logged and counted in the store's compaction statistics.
