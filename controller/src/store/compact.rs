@@ -632,7 +632,7 @@ mod tests {
                     let mut n = 0u64;
                     while !stop.load(Ordering::SeqCst) || n < 50 {
                         s.put("tokens", &format!("w{w}-{}", n % 500), &n).unwrap();
-                        if n % 7 == 0 {
+                        if n.is_multiple_of(7) {
                             s.remove("agents", &format!("a{}", n % 200)).unwrap();
                         }
                         s.append("audit", |seq| serde_json::json!({"seq": seq}))
