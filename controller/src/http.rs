@@ -364,6 +364,36 @@ async fn metrics(State(h): State<Http>) -> impl IntoResponse {
         "Bytes the state store uses on disk",
         fleet.store.size_on_disk() as i64,
     );
+    let compaction = fleet.store.compaction_stats();
+    for (name, help, value) in [
+        (
+            "store_live_bytes",
+            "Bytes of keys and values the state store holds (its size without garbage)",
+            fleet.store.live_bytes() as i64,
+        ),
+        (
+            "store_compactions",
+            "Online compactions of the state store since the controller started",
+            compaction.runs as i64,
+        ),
+        (
+            "store_compaction_failures",
+            "Online compactions that failed (the live store was left as it was)",
+            compaction.failures as i64,
+        ),
+        (
+            "store_last_compaction_timestamp_seconds",
+            "Unix time the last compaction ended, successful or not (0: none yet)",
+            compaction.last_at,
+        ),
+        (
+            "store_last_compaction_duration_ms",
+            "How long the last compaction took",
+            compaction.last_duration.as_millis() as i64,
+        ),
+    ] {
+        crate::metrics::gauge(&mut r, name, help, value);
+    }
     let fail = |why: String| {
         tracing::error!(error = %why, "rendering /metrics failed");
         (

@@ -651,6 +651,39 @@ impl Operator for OperatorService {
         }))
     }
 
+    async fn compact_store(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::CompactStoreResponse>, Status> {
+        let op = self.fleet.require_operator(&request, true)?;
+        let store = self.fleet.store.clone();
+        let report = tokio::task::spawn_blocking(move || store.compact())
+            .await
+            .map_err(|e| Status::internal(format!("compaction task: {e}")))?
+            .map_err(|e| match e {
+                crate::store::StoreError::CompactionBusy { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+                e => Status::internal(e.to_string()),
+            })?;
+        self.fleet.audit(
+            &format!("operator:{}", op.name),
+            "store.compact",
+            "store",
+            &format!("{} -> {} bytes", report.before_bytes, report.after_bytes),
+        )?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Ok(Response::new(pb::CompactStoreResponse {
+            before_bytes: report.before_bytes,
+            after_bytes: report.after_bytes,
+            live_bytes: report.live_bytes,
+            documents: report.documents,
+            recopied: report.recopied,
+            duration_ms: ms(report.duration),
+            pause_ms: ms(report.pause),
+        }))
+    }
+
     async fn inventory(
         &self,
         request: Request<pb::InventoryQuery>,

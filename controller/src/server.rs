@@ -211,6 +211,8 @@ pub fn load_serving(
             dir.display()
         );
     }
+    // A compaction killed between its two renames leaves no `state` for a moment.
+    crate::store::recover_interrupted_compaction(&d.state())?;
     if !d.state().exists() && !new_store {
         bail!(
             "{} holds a fleet CA but no state store ({} is missing): starting on an empty store \
@@ -261,6 +263,8 @@ pub struct PeerLimits {
     /// How long writes may keep failing before the controller exits (non-zero) so that its
     /// supervisor restarts it.
     pub store_failure_grace: Duration,
+    /// When the store is compacted automatically (checked every `store_probe_interval`).
+    pub store_compaction: crate::store::CompactionPolicy,
 }
 
 impl Default for PeerLimits {
@@ -270,6 +274,7 @@ impl Default for PeerLimits {
             reports: ReportLimits::default(),
             store_probe_interval: Duration::from_secs(10),
             store_failure_grace: Duration::from_secs(60),
+            store_compaction: Default::default(),
         }
     }
 }
@@ -371,6 +376,44 @@ async fn store_watchdog(fleet: Arc<Fleet>, interval: Duration, grace: Duration) 
     }
 }
 
+/// Compacts the store when [`crate::store::CompactionPolicy::wants`] it, at most once per its
+/// interval (a failed attempt counts), checking every `every`, until `stop`.
+async fn auto_compact(
+    fleet: Arc<Fleet>,
+    every: Duration,
+    policy: crate::store::CompactionPolicy,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if !policy.enabled {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if last.is_some_and(|t| t.elapsed() < policy.interval) {
+            continue;
+        }
+        let (size, live) = (fleet.store.size_on_disk(), fleet.store.live_bytes());
+        if !policy.wants(size, live) {
+            continue;
+        }
+        tracing::info!(
+            size_on_disk = size,
+            live_bytes = live,
+            ratio = policy.ratio,
+            "state store holds mostly garbage: compacting"
+        );
+        last = Some(tokio::time::Instant::now());
+        let store = fleet.store.clone();
+        // Failures are logged and counted in the store's compaction statistics.
+        let _ = tokio::task::spawn_blocking(move || store.compact()).await;
+    }
+}
+
 /// Raises the open-file limit to its hard maximum, and shrinks the connection pools to fit it
 /// (each connection is one descriptor; some are kept for the store, HTTP and tools).
 pub fn fit_fd_limit(limits: &mut ListenerLimits) {
@@ -450,6 +493,13 @@ pub async fn serve(
             }
         }
     });
+
+    tokio::spawn(auto_compact(
+        fleet.clone(),
+        limits.store_probe_interval,
+        limits.store_compaction.clone(),
+        stop_rx.clone(),
+    ));
 
     let incoming = certfleet_common::tls::tls_incoming(grpc, tls, limits.listener.clone(), stats);
     let report_bytes = limits.reports.max_report_bytes;

@@ -26,6 +26,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod compact;
+pub use compact::{
+    CompactionPolicy, CompactionReport, CompactionStats, recover_interrupted_compaction,
+};
+
 /// Current on-disk schema. Bump with a migration in [`Store::open`].
 ///
 /// - 1: values are JSON documents.
@@ -148,6 +153,29 @@ pub enum StoreError {
         /// One line per unreadable value: tree, key, reason.
         problems: Vec<String>,
     },
+    /// The store is closed: reopening it after a compaction's swap failed. The data is on
+    /// disk; a restart opens it (and finishes or discards the compaction).
+    #[error(
+        "state store {path} is closed: reopening it after a compaction failed; restart the controller"
+    )]
+    Closed {
+        /// Store directory.
+        path: PathBuf,
+    },
+    /// A compaction failed; the live store was left as it was.
+    #[error("compacting state store {path}: {reason}; the live store is unchanged")]
+    Compaction {
+        /// Store directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A compaction was asked for while another one runs.
+    #[error("state store {path}: a compaction is already running")]
+    CompactionBusy {
+        /// Store directory.
+        path: PathBuf,
+    },
     /// Import/export I/O.
     #[error("{what}: {source}")]
     Io {
@@ -162,7 +190,18 @@ pub enum StoreError {
 /// The controller's state.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    /// The open sled database. Every access holds a read guard for its whole duration;
+    /// [`Store::compact`] takes the write guard to pause everyone while it swaps directories
+    /// (`None` only if reopening after a swap failed: every access then fails with
+    /// [`StoreError::Closed`]).
+    db: std::sync::Arc<parking_lot::RwLock<Option<sled::Db>>>,
+    /// Bytes of keys and values held (what the store would take with no garbage), kept up to
+    /// date by every write; counted on open by [`Store::verify`].
+    live_bytes: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Online compaction: keys written while it copies, its statistics.
+    compaction: std::sync::Arc<compact::Compaction>,
+    /// Held while the store is open (see [`compact::lock_store_dir`]).
+    _dir_lock: std::sync::Arc<Option<nix::fcntl::Flock<std::fs::File>>>,
     path: PathBuf,
     append_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// The last write failure, until a write succeeds again.
@@ -248,17 +287,14 @@ impl Store {
     }
 
     fn open_unchecked(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|source| StoreError::Sled {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        let dir_lock = compact::lock_store_dir(dir)?;
+        compact::recover_locked(dir)?;
+        let db = open_sled(dir)?;
         Ok(Store {
-            db,
+            db: std::sync::Arc::new(parking_lot::RwLock::new(Some(db))),
+            _dir_lock: std::sync::Arc::new(dir_lock),
+            live_bytes: Default::default(),
+            compaction: Default::default(),
             path: dir.to_path_buf(),
             append_lock: Default::default(),
             failure: Default::default(),
@@ -328,7 +364,7 @@ impl Store {
             None if self
                 .tree_names()
                 .iter()
-                .all(|t| self.db.open_tree(t).map(|t| t.is_empty()).unwrap_or(false)) =>
+                .all(|t| self.open_tree(t).map(|t| t.is_empty()).unwrap_or(false)) =>
             {
                 self.put("meta", "schema_version", &SCHEMA_VERSION)?;
                 self.flush()?;
@@ -365,7 +401,7 @@ impl Store {
     fn migrate_1_to_2(&self) -> Result<(), StoreError> {
         let mut n = 0usize;
         for name in self.tree_names() {
-            let t = self.db.open_tree(&name).map_err(self.sled_err())?;
+            let t = self.open_tree(&name)?;
             for kv in t.iter() {
                 let (k, v) = kv.map_err(self.sled_err())?;
                 if v.first() != Some(&FRAME_MAGIC)
@@ -439,19 +475,23 @@ impl Store {
 
     /// Names of the trees that hold data (sled's default tree excluded).
     fn tree_names(&self) -> Vec<String> {
-        self.db
-            .tree_names()
+        let Ok(db) = self.db() else {
+            return Vec::new();
+        };
+        db.tree_names()
             .into_iter()
             .filter(|n| n.as_ref() != b"__sled__default")
             .map(|n| String::from_utf8_lossy(&n).into_owned())
             .collect()
     }
 
-    /// Reads every value of every tree; one line per value that cannot be read.
+    /// Reads every value of every tree; one line per value that cannot be read. Also counts
+    /// the live bytes ([`Store::live_bytes`]).
     pub fn verify(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        let mut live = 0usize;
         for name in self.tree_names() {
-            let t = match self.db.open_tree(&name) {
+            let t = match self.open_tree(&name) {
                 Ok(t) => t,
                 Err(e) => {
                     problems.push(format!("tree {name}: {e}"));
@@ -461,6 +501,7 @@ impl Store {
             for kv in t.iter() {
                 match kv {
                     Ok((k, v)) => {
+                        live += k.len() + v.len();
                         if let Err(reason) = unframe(&v).and_then(|json| {
                             serde_json::from_slice::<serde_json::Value>(json)
                                 .map(|_| ())
@@ -473,6 +514,10 @@ impl Store {
                 }
             }
         }
+        self.live_bytes.store(
+            i64::try_from(live).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         problems
     }
 
@@ -526,8 +571,37 @@ impl Store {
         }
     }
 
-    fn tree(&self, name: &'static str) -> Result<sled::Tree, StoreError> {
-        self.db.open_tree(name).map_err(self.sled_err())
+    /// The open database, held (see [`Store::db`]'s field doc) until the guard drops.
+    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        parking_lot::RwLockReadGuard::try_map(self.db.read_recursive(), Option::as_ref).map_err(
+            |_| StoreError::Closed {
+                path: self.path.clone(),
+            },
+        )
+    }
+
+    /// A tree by name, with the database held while it is used.
+    fn open_tree(&self, name: &str) -> Result<HeldTree<'_>, StoreError> {
+        let db = self.db()?;
+        let tree = db.open_tree(name).map_err(self.sled_err())?;
+        Ok(HeldTree { tree, _db: db })
+    }
+
+    fn tree(&self, name: &'static str) -> Result<HeldTree<'_>, StoreError> {
+        self.open_tree(name)
+    }
+
+    /// Keeps [`Store::live_bytes`] current after a write replaced `old` by `new` under a key
+    /// of `key_len` bytes.
+    fn account(&self, key_len: usize, old: Option<usize>, new: Option<usize>) {
+        let size = |v: Option<usize>| v.map_or(0, |n| (n + key_len) as i64);
+        self.live_bytes
+            .fetch_add(size(new) - size(old), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes of keys and values the store holds: what it would take on disk without garbage.
+    pub fn live_bytes(&self) -> u64 {
+        u64::try_from(self.live_bytes.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0)
     }
 
     fn decode<T: DeserializeOwned>(
@@ -569,18 +643,25 @@ impl Store {
         let bytes = frame(&serde_json::to_vec(value).expect("state documents serialize"));
         self.bytes_written
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let r = self
-            .tree(tree)
-            .and_then(|t| t.insert(key, bytes).map_err(self.sled_err()));
-        self.written(r).map(|_| ())
+        let len = bytes.len();
+        let r = self.tree(tree).and_then(|t| {
+            self.compaction.note(tree, key.as_bytes());
+            t.insert(key, bytes).map_err(self.sled_err())
+        });
+        let old = self.written(r)?;
+        self.account(key.len(), old.map(|o| o.len()), Some(len));
+        Ok(())
     }
 
     /// Removes one document.
     pub fn remove(&self, tree: &'static str, key: &str) -> Result<(), StoreError> {
-        let r = self
-            .tree(tree)
-            .and_then(|t| t.remove(key).map_err(self.sled_err()));
-        self.written(r).map(|_| ())
+        let r = self.tree(tree).and_then(|t| {
+            self.compaction.note(tree, key.as_bytes());
+            t.remove(key).map_err(self.sled_err())
+        });
+        let old = self.written(r)?;
+        self.account(key.len(), old.map(|o| o.len()), None);
+        Ok(())
     }
 
     /// Atomically replaces `key` if it still holds `expected` (single-use tokens).
@@ -593,11 +674,17 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let old = frame(&serde_json::to_vec(expected).expect("serialize"));
         let new = frame(&serde_json::to_vec(new).expect("serialize"));
+        let (old_len, new_len) = (old.len(), new.len());
         let r = self.tree(tree).and_then(|t| {
+            self.compaction.note(tree, key.as_bytes());
             t.compare_and_swap(key, Some(old), Some(new))
                 .map_err(self.sled_err())
         });
-        Ok(self.written(r)?.is_ok())
+        let swapped = self.written(r)?.is_ok();
+        if swapped {
+            self.account(key.len(), Some(old_len), Some(new_len));
+        }
+        Ok(swapped)
     }
 
     /// Reads a document with what [`Store::swap`] needs to replace it only if it is unchanged
@@ -627,11 +714,17 @@ impl Store {
         new: &T,
     ) -> Result<bool, StoreError> {
         let new = frame(&serde_json::to_vec(new).expect("serialize"));
+        let new_len = new.len();
         let r = self.tree(tree).and_then(|t| {
+            self.compaction.note(tree, key.as_bytes());
             t.compare_and_swap(key, Some(read.0.as_slice()), Some(new))
                 .map_err(self.sled_err())
         });
-        Ok(self.written(r)?.is_ok())
+        let swapped = self.written(r)?.is_ok();
+        if swapped {
+            self.account(key.len(), Some(read.0.len()), Some(new_len));
+        }
+        Ok(swapped)
     }
 
     /// Every document of a tree, in key order.
@@ -667,8 +760,10 @@ impl Store {
         let mut n = 0;
         for k in t.scan_prefix(prefix).keys() {
             let k = k.map_err(self.sled_err())?;
-            let r = t.remove(k).map_err(self.sled_err());
-            self.written(r)?;
+            self.compaction.note(tree, &k);
+            let r = t.remove(&k).map_err(self.sled_err());
+            let old = self.written(r)?;
+            self.account(k.len(), old.map(|o| o.len()), None);
             n += 1;
         }
         Ok(n)
@@ -698,8 +793,11 @@ impl Store {
             .unwrap_or(0)
             + 1;
         let bytes = frame(&serde_json::to_vec(&make(seq)).expect("serialize"));
+        let len = bytes.len();
+        self.compaction.note(tree, &seq.to_be_bytes());
         let r = t.insert(seq.to_be_bytes(), bytes).map_err(self.sled_err());
-        self.written(r)?;
+        let old = self.written(r)?;
+        self.account(8, old.map(|o| o.len()), Some(len));
         Ok(seq)
     }
 
@@ -722,16 +820,18 @@ impl Store {
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         let r = self
-            .db
-            .flush()
-            .map_err(self.sled_err())
+            .db()
+            .and_then(|db| db.flush().map_err(self.sled_err()))
             .and_then(|_| self.record_audit_mark());
         self.written(r).map(|_| ())
     }
 
     /// Bytes used on disk (exported as a metric: sled amplifies space).
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db()
+            .ok()
+            .and_then(|db| db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 
     /// Writes every tree as JSON lines `{"tree":…,"key":…(hex),"value":…}`. Values that cannot
@@ -744,7 +844,7 @@ impl Store {
         };
         let mut summary = ExportSummary::default();
         for name in self.tree_names() {
-            let t = match self.db.open_tree(&name) {
+            let t = match self.open_tree(&name) {
                 Ok(t) => t,
                 Err(e) => {
                     summary.skipped.push(format!("tree {name}: {e}"));
@@ -821,15 +921,47 @@ impl Store {
                 continue;
             }
             let value = frame(&serde_json::to_vec(&doc["value"]).expect("serialize"));
-            let r = self
-                .tree(tree)
-                .and_then(|t| t.insert(key, value).map_err(self.sled_err()));
-            self.written(r)?;
+            let len = value.len();
+            let r = self.tree(tree).and_then(|t| {
+                self.compaction.note(tree, &key);
+                t.insert(key.as_slice(), value).map_err(self.sled_err())
+            });
+            let old = self.written(r)?;
+            self.account(key.len(), old.map(|o| o.len()), Some(len));
             n += 1;
         }
         self.flush()?;
         Ok(n)
     }
+}
+
+/// The open database, read-locked (see [`Store`]'s `db` field).
+type DbGuard<'a> = parking_lot::MappedRwLockReadGuard<'a, sled::Db>;
+
+/// A tree and the read guard that keeps its database from being swapped while it is used.
+struct HeldTree<'a> {
+    tree: sled::Tree,
+    _db: DbGuard<'a>,
+}
+
+impl std::ops::Deref for HeldTree<'_> {
+    type Target = sled::Tree;
+    fn deref(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+/// Opens sled in `dir` the way the controller always does.
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::LowSpace)
+        .flush_every_ms(Some(500))
+        .open()
+        .map_err(|source| StoreError::Sled {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// What [`AUDIT_MARK`] in `dir` says (0 when absent or unreadable: an older store).
@@ -894,8 +1026,9 @@ mod tests {
 
     /// Writes `value` under `key` bypassing the checksum, as bit rot or a schema-1 store would.
     fn raw_insert(s: &Store, tree: &str, key: &[u8], value: &[u8]) {
-        s.db.open_tree(tree).unwrap().insert(key, value).unwrap();
-        s.db.flush().unwrap();
+        let db = s.db().unwrap();
+        db.open_tree(tree).unwrap().insert(key, value).unwrap();
+        db.flush().unwrap();
     }
 
     #[test]
@@ -963,7 +1096,7 @@ mod tests {
             // What sled does with a damaged record: the newest entries are gone.
             let t = s.tree("audit").unwrap();
             t.remove(3u64.to_be_bytes()).unwrap();
-            s.db.flush().unwrap();
+            s.db().unwrap().flush().unwrap();
         }
         let err = Store::open(dir.path()).err().expect("refused");
         assert!(

@@ -98,6 +98,18 @@ struct LimitArgs {
     /// for its supervisor to restart it.
     #[arg(long, value_parser = duration_in(secs(1), secs(3600)), default_value = "60s")]
     store_failure_grace: Duration,
+    /// Never compact the state store on its own (`certfleet store compact` still does).
+    #[arg(long)]
+    no_store_auto_compact: bool,
+    /// Compact the state store when its size on disk exceeds this many times its live data.
+    #[arg(long, value_parser = count_in::<u64>(2, 1000), default_value = "4")]
+    store_compact_ratio: u64,
+    /// Never compact automatically a store smaller than this on disk (bytes).
+    #[arg(long, value_parser = count_in::<u64>(65_536, 1 << 40), default_value = "67108864")]
+    store_compact_min_size: u64,
+    /// At most one automatic compaction per this interval.
+    #[arg(long, value_parser = duration_in(secs(1), days(30)), default_value = "1h")]
+    store_compact_interval: Duration,
 }
 
 impl LimitArgs {
@@ -118,6 +130,12 @@ impl LimitArgs {
             },
             store_probe_interval: self.store_probe_interval,
             store_failure_grace: self.store_failure_grace,
+            store_compaction: crate::store::CompactionPolicy {
+                enabled: !self.no_store_auto_compact,
+                ratio: self.store_compact_ratio,
+                min_size_bytes: self.store_compact_min_size,
+                interval: self.store_compact_interval,
+            },
         }
     }
 }

@@ -195,7 +195,7 @@ pub enum Command {
     #[command(subcommand)]
     #[command(after_help = "Example:\n  certfleet recover ovirt-hosts --cluster Default --dry-run")]
     Recover(recover::RecoverCmd),
-    /// Offline maintenance of the state store (controller stopped).
+    /// Maintenance of the state store: online compaction, offline export and import.
     #[command(subcommand)]
     #[command(
         after_help = "Example:\n  certfleet store export --data-dir /var/lib/certfleet --out state.jsonl"
@@ -237,6 +237,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Init(args) => daemon::init(args),
         Command::Serve(args) => daemon::serve(args).await,
+        Command::Store(store::StoreCmd::Compact { output }) => {
+            store::compact(&connect(&cli)?, output).await
+        }
         Command::Store(cmd) => store::run(cmd),
         Command::Token(cmd) => tokens::run(&connect(&cli)?, cmd).await,
         Command::Agents(cmd) => agents::run(&connect(&cli)?, cmd).await,
