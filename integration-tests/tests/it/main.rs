@@ -4,6 +4,7 @@
 mod cas;
 mod cli;
 mod crash;
+mod crash_more;
 mod esxi;
 mod fabric;
 mod gke;
