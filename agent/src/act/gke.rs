@@ -882,7 +882,15 @@ fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             }
             let out = ctx.run_ok(&kubeadm, &a, None)?;
             let cmd = a[..3].join(" ");
-            if !out.stdout.contains("Done renewing certificates") {
+            // `renew all` closes with "Done renewing certificates"; one handler may print only
+            // its "<long name> renewed" line (unverified for every kubeadm version).
+            let done = out.stdout.contains("Done renewing certificates")
+                || (a[2] != "all"
+                    && out
+                        .stdout
+                        .lines()
+                        .any(|l| l.trim_end().ends_with(" renewed")));
+            if !done {
                 return Err(ActError(format!(
                     "kubeadm {cmd} did not report \"Done renewing certificates\""
                 )));
