@@ -48,7 +48,7 @@ pub async fn enroll(
     state: &StateDir,
     name: Option<&str>,
 ) -> Result<AgentMeta, LinkError> {
-    if state.is_enrolled() {
+    if state.path().join("agent.json").exists() {
         return Err(LinkError::Other(format!(
             "{} already holds an agent identity; use another --state-dir or remove it first",
             state.path().display()
@@ -57,8 +57,31 @@ pub async fn enroll(
     let token = JoinToken::parse(token_text).map_err(|e| LinkError::Other(e.to_string()))?;
     let host = hostname();
     let name = name.map(str::to_owned).unwrap_or_else(|| host.clone());
-    let (key_pem, csr_pem) = certfleet_common::pki::new_key_and_csr(&name)
-        .map_err(|e| LinkError::Other(e.to_string()))?;
+    // A key without an identity: an enrollment interrupted after the key was saved (the
+    // controller may already have enrolled it). Asking again with the same key and token is
+    // answered again by the controller without spending another use of the token.
+    let (key_pem, csr_pem) = match std::fs::read_to_string(state.key_path()) {
+        Ok(key) => {
+            tracing::info!(state = %state.path().display(), "an earlier enrollment was interrupted; enrolling again with its key");
+            let csr = certfleet_common::pki::csr_for_key(&key, &name).map_err(|e| {
+                LinkError::Other(format!(
+                    "{} holds a key from an interrupted enrollment that cannot be read ({e}); remove it and enroll again",
+                    state.key_path().display()
+                ))
+            })?;
+            (key, csr)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            certfleet_common::pki::new_key_and_csr(&name)
+                .map_err(|e| LinkError::Other(e.to_string()))?
+        }
+        Err(e) => {
+            return Err(LinkError::Other(format!(
+                "{}: {e}",
+                state.key_path().display()
+            )));
+        }
+    };
     let verifier = Arc::new(certfleet_common::tls::PinnedCaVerifier::new(
         &token.ca_fingerprint,
     ));
@@ -77,7 +100,18 @@ pub async fn enroll(
     let resp = match result {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            let _ = std::fs::remove_file(state.key_path());
+            // A refusal removes the key; a lost answer keeps it, since the controller may have
+            // enrolled it and answers a retry with the same key again.
+            let lost = matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            );
+            if !lost {
+                let _ = std::fs::remove_file(state.key_path());
+            }
             return Err(LinkError::Other(certfleet_common::tls::explain_status(
                 controller, &s,
             )));
@@ -91,6 +125,8 @@ pub async fn enroll(
             "controller returned a CA that does not match the join token's pin".into(),
         ));
     }
+    // Test hook: the window between the controller's answer and the saved certificate.
+    crate::act::intent::crash_point("enroll:before-save");
     state.save_cert(&resp.certificate_pem, &resp.ca_pem)?;
     let meta = AgentMeta {
         agent_id: resp.agent_id,

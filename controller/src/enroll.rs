@@ -60,6 +60,75 @@ impl EnrollmentService {
     }
 }
 
+impl EnrollmentService {
+    /// A repeated enrollment: the agent named `name` was enrolled with this token and the key
+    /// of this CSR, and has never connected (so it never saved its certificate). Issues it a
+    /// certificate again for the same agent id, supersedes the one it never received, and
+    /// spends no use of the token: re-enrolling with the same token and key is idempotent, so
+    /// a kill between the controller's answer and the agent's save loses no use of a capped
+    /// token. Anything else (another key, another token, an agent that connected, a revoked
+    /// token or agent) is `None` and goes through the ordinary checks.
+    fn replay(
+        &self,
+        token: &TokenRecord,
+        name: &str,
+        key_id: &str,
+        csr_pem: &str,
+        remote: &str,
+    ) -> Result<Option<EnrollResponse>, Status> {
+        let fleet = &self.fleet;
+        if token.state == TokenState::Revoked {
+            return Ok(None);
+        }
+        let Some(holder) = fleet
+            .store
+            .get::<String>("agent_names", name)
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        let Some(mut agent) = fleet
+            .store
+            .get::<AgentRecord>("agents", &holder)
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        if agent.state != AgentState::Active
+            || agent.last_seen != 0
+            || agent.key_id != key_id
+            || agent.enrolled_with.as_deref() != Some(token.id.as_str())
+        {
+            return Ok(None);
+        }
+        let (cert_pem, not_after, fingerprint) = self.issue(csr_pem, &agent.id, &agent.name)?;
+        agent.cert_not_after = not_after;
+        let retired = agent.supersede(fingerprint);
+        fleet.revoke_certs(&format!("agent:{}", agent.id), &retired, "superseded")?;
+        fleet
+            .store
+            .put("agents", &agent.id, &agent)
+            .map_err(internal)?;
+        fleet.audit(
+            &format!("token:{}", token.id),
+            "agent.enroll_repeated",
+            &format!("agent:{}", agent.id),
+            &format!(
+                "name={name} from={remote}: same token and key, never connected; certificate issued again, no token use spent ({}/{})",
+                token.uses,
+                token.cap()
+            ),
+        )?;
+        tracing::info!(agent = %agent.id, name, %remote, "repeated enrollment answered again");
+        fleet.metrics.enrollment("repeated");
+        Ok(Some(EnrollResponse {
+            agent_id: agent.id,
+            certificate_pem: cert_pem,
+            ca_pem: fleet.ca.cert_pem().to_owned(),
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl Enrollment for EnrollmentService {
     async fn enroll(
@@ -116,6 +185,12 @@ impl Enrollment for EnrollmentService {
                     Status::unauthenticated("unknown join token"),
                 )
             })?;
+        // The same agent asking again: it was killed after this controller enrolled it (and
+        // spent a use of the token) but before it saved its certificate, and retries with the
+        // key it had already saved. Answered again without spending another use.
+        if let Some(resp) = self.replay(&stored, &name, &key_id, &req.csr_pem, &remote)? {
+            return Ok(Response::new(resp));
+        }
         let id = random_id();
         let used =
             spend_token(&stored, now(), &id).map_err(|(kind, status)| self.refuse(kind, status))?;
@@ -161,6 +236,7 @@ impl Enrollment for EnrollmentService {
             cert_not_after: not_after,
             cert_fingerprint: fingerprint,
             key_id,
+            enrolled_with: Some(stored.id.clone()),
             labels: stored.labels.clone(),
             pending_csr: None,
             approved_cert: None,

@@ -103,6 +103,10 @@ pub struct AgentRecord {
     pub cert_fingerprint: String,
     /// SHA-256 of the public key it enrolled with (re-binding must prove this key).
     pub key_id: String,
+    /// Id of the join token it enrolled with (a repeated enrollment with the same token and
+    /// key is answered again, see `enroll`); `None` for agents enrolled before it was kept.
+    #[serde(default)]
+    pub enrolled_with: Option<String>,
     /// Labels from the join token.
     pub labels: BTreeMap<String, String>,
     /// CSR of a pending re-bind.

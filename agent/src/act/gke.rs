@@ -7,7 +7,7 @@
 //! | `kubeconfig.install` | installs a staged kubeconfig on the SAME host: backup, atomic 0600 write keeping the owner, re-read and check its CA data holds exactly the expected CAs and (`verify_access`) that `kubectl --kubeconfig … version` reaches the cluster with it, restore on failure |
 //! | `gke.admin_ca_rotate` | on an admin workstation, the admin-cluster CA rotation of reference B3 in two halves: `phase=start` runs `gkectl update credentials certificate-authorities rotate --admin-cluster` (first half; re-running it resumes an interrupted run) up to the pause where B3 says to update the kubeconfig; `phase=complete` runs `rotate --admin-cluster --complete` from the directory holding the admin kubeconfig (gkectl insists) and checks `status` reports `CARotationCompleted`. Both stream gkectl's lines and are safe to re-send: a rotation already past the CA in scope (`ca_sha256`: completed, and the kubeconfig's client certificate no longer comes from that CA) is not started again |
 //! | `gke.admin_kubeconfig_update` | runs `gkectl … update-kubeconfig --admin-cluster` on a private 0600 copy of the admin kubeconfig, checks the result (`expect=bundle`: the old CA plus exactly one new CA and a client certificate from the new one; `expect=new`: one CA, not the old one, that signed the client certificate, `openssl verify`), backs up the real file, installs the result atomically (0600, same owner), re-reads it, checks access with `kubectl --kubeconfig … version`, and restores the backup byte for byte on failure. Already in the expected state: nothing to do |
-//! | `kubeadm.renew_all` | on a kubeadm control-plane node: backs up `/etc/kubernetes/pki` and `/etc/kubernetes/*.conf`, runs `kubeadm certs renew all`, checks every leaf got a later not-after and chains to its CA (`openssl verify`), restarts the static pods by moving each manifest out of `/etc/kubernetes/manifests` and back (reference C4, etcd last) and waits for a new running container (`crictl ps`); on any failure restores the backup byte for byte and restarts the pods again |
+//! | `kubeadm.renew_all` | on a kubeadm control-plane node: backs up `/etc/kubernetes/pki` and `/etc/kubernetes/*.conf`, runs `kubeadm certs renew all`, checks every leaf got a later not-after and chains to its CA (`openssl verify`), restarts the static pods by moving each manifest out of `/etc/kubernetes/manifests` and back (reference C4, etcd last) and waits for a new running container (`crictl ps`); on any failure restores the backup byte for byte and restarts the pods again. Resumed after an agent crash: renews only the leaves the backup comparison shows not renewed, restarts only the pods not restarted yet |
 //!
 //! Kubeconfigs with client keys are credentials: they never travel through the controller. A
 //! workstation fetches its own copy from the admin cluster with its own admin kubeconfig, so a
@@ -580,12 +580,220 @@ fn leaf_not_afters(pki: &Path, kdir: &Path) -> Result<Vec<(String, PathBuf, bool
     Ok(v)
 }
 
+/// The kubeadm renewal handler (`kubeadm certs renew NAME`) of a leaf, by its label (path
+/// under the pki directory, or kubeconfig name), as kubeadm's `certs.go` lists them.
+fn kubeadm_handler(label: &str) -> Option<&'static str> {
+    Some(match label {
+        "apiserver.crt" => "apiserver",
+        "apiserver-etcd-client.crt" => "apiserver-etcd-client",
+        "apiserver-kubelet-client.crt" => "apiserver-kubelet-client",
+        "front-proxy-client.crt" => "front-proxy-client",
+        "etcd/server.crt" => "etcd-server",
+        "etcd/peer.crt" => "etcd-peer",
+        "etcd/healthcheck-client.crt" => "etcd-healthcheck-client",
+        "admin.conf" => "admin.conf",
+        "controller-manager.conf" => "controller-manager.conf",
+        "scheduler.conf" => "scheduler.conf",
+        "super-admin.conf" => "super-admin.conf",
+        _ => return None,
+    })
+}
+
+/// A leaf as the step's backup holds it (the file before the step).
+struct BackedUpLeaf {
+    label: String,
+    path: PathBuf,
+    is_conf: bool,
+    not_after: i64,
+    bytes: Vec<u8>,
+}
+
+/// The leaves kubeadm renews, read from the step's backup: on a resumed step the files on
+/// disk may already be renewed, so "before" must come from the backup, never from the disk.
+fn backed_up_leaves(
+    ctx: &ActContext<'_>,
+    m: &backup::Manifest,
+    pki: &Path,
+    kdir: &Path,
+) -> Result<Vec<BackedUpLeaf>, ActError> {
+    let mut v = Vec::new();
+    for f in m.files.iter().filter(|f| f.existed) {
+        let is_crt =
+            f.path.starts_with(pki) && f.path.extension().and_then(|e| e.to_str()) == Some("crt");
+        let conf = f.path.parent() == Some(kdir)
+            && f.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| {
+                    matches!(
+                        n,
+                        "admin.conf"
+                            | "controller-manager.conf"
+                            | "scheduler.conf"
+                            | "super-admin.conf"
+                    )
+                });
+        if !is_crt && !conf {
+            continue;
+        }
+        let bytes = backup::read_stored(ctx.state, m, f)?;
+        let what = format!("{} (backup {})", f.path.display(), m.id);
+        if conf {
+            let facts = kubeconfig_facts(&bytes, &what)?;
+            let label = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            v.push(BackedUpLeaf {
+                label,
+                path: f.path.clone(),
+                is_conf: true,
+                not_after: facts.client_not_after,
+                bytes,
+            });
+            continue;
+        }
+        let der = certfleet_common::pem::first_certificate(&bytes)
+            .map_err(|e| ActError(format!("{what}: {e}")))?;
+        let rec = certfleet_common::x509::parse_der(&der)
+            .map_err(|e| ActError(format!("{what}: {e}")))?;
+        if rec.is_ca {
+            continue;
+        }
+        v.push(BackedUpLeaf {
+            label: f
+                .path
+                .strip_prefix(pki)
+                .unwrap_or(&f.path)
+                .display()
+                .to_string(),
+            path: f.path.clone(),
+            is_conf: false,
+            not_after: rec.not_after,
+            bytes,
+        });
+    }
+    v.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(v)
+}
+
+/// Whether the private key `key_pem` belongs to the certificate `cert_der` (`openssl pkey
+/// -pubout` against the certificate's SubjectPublicKeyInfo). The key goes through stdin only.
+fn key_matches(ctx: &ActContext<'_>, cert_der: &[u8], key_pem: &[u8]) -> bool {
+    let openssl = ctx.cfg.tool("openssl", "/usr/bin/openssl");
+    let Ok(out) = crate::exec::run_ok(&openssl, &["pkey", "-pubout"], Some(key_pem), ctx.timeout)
+    else {
+        return false;
+    };
+    let Some((_, spki)) = certfleet_common::pem::decode_all(out.stdout.as_bytes())
+        .ok()
+        .and_then(|b| b.into_iter().next())
+    else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(cert_der)
+        .is_ok_and(|(_, c)| c.tbs_certificate.subject_pki.raw == spki.as_slice())
+}
+
+/// Whether an interrupted attempt already renewed `leaf`: the file differs from the backup,
+/// holds a certificate with a later not-after than the backed-up one, and its key (the `.key`
+/// beside a `.crt`, `client-key-data` of a kubeconfig) matches it. kubeadm writes the key
+/// first and the certificate second (`pkiutil.WriteCertAndKey`), so a renewal cut between the
+/// two leaves a new key beside the old certificate: not renewed.
+fn renewed_since_backup(ctx: &ActContext<'_>, leaf: &BackedUpLeaf) -> bool {
+    let Ok(now) = std::fs::read(&leaf.path) else {
+        return false;
+    };
+    if now == leaf.bytes {
+        return false;
+    }
+    let (cert_pem, key_pem) = if leaf.is_conf {
+        let Ok(kc) = kubeconfig::parse(&now) else {
+            return false;
+        };
+        let user = kc
+            .users
+            .as_ref()
+            .and_then(|u| u.first())
+            .and_then(|u| u.user.as_ref());
+        let field = |v: Option<&String>, name: &'static str| {
+            v.and_then(|s| kubeconfig::decode_base64(name, s).ok())
+        };
+        match (
+            field(
+                user.and_then(|u| u.client_certificate_data.as_ref()),
+                "client-certificate-data",
+            ),
+            field(
+                user.and_then(|u| u.client_key_data.as_ref()),
+                "client-key-data",
+            ),
+        ) {
+            (Some(c), Some(k)) => (c, k),
+            _ => return false,
+        }
+    } else {
+        match std::fs::read(leaf.path.with_extension("key")) {
+            Ok(k) => (now, k),
+            Err(_) => return false,
+        }
+    };
+    let Ok(der) = certfleet_common::pem::first_certificate(&cert_pem) else {
+        return false;
+    };
+    let later = certfleet_common::x509::parse_der(&der).is_ok_and(|r| r.not_after > leaf.not_after);
+    later && key_matches(ctx, &der, &key_pem)
+}
+
+/// Where [`restart_static_pod`] holds a manifest while its pod stops.
+fn hold_dir(manifests: &Path) -> PathBuf {
+    manifests
+        .parent()
+        .unwrap_or(manifests)
+        .join("certfleet-manifests-hold")
+}
+
+/// Puts back every manifest an interrupted restart left in the hold directory (its pod is
+/// stopped until then). A manifest already back in place is left as it is.
+fn return_held_manifests(ctx: &ActContext<'_>, manifests: &Path) -> Result<(), ActError> {
+    let hold = hold_dir(manifests);
+    for pod in STATIC_PODS {
+        let held = hold.join(format!("{pod}.yaml"));
+        let manifest = manifests.join(format!("{pod}.yaml"));
+        if held.is_file() && !manifest.exists() {
+            (ctx.output)(format!(
+                "{pod}: the interrupted attempt left its manifest out; $ mv {} {}",
+                held.display(),
+                manifest.display()
+            ));
+            std::fs::rename(&held, &manifest).map_err(|e| {
+                ActError(format!(
+                    "moving {} back to {}: {e} (the pod is stopped!)",
+                    held.display(),
+                    manifest.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// `kubeadm.renew_all` (see the module table).
 ///
-/// Not resumed after an agent crash (the step is refused, "interrupted, needs operator"): a
-/// second `kubeadm certs renew all` would issue every certificate again, and telling a finished
-/// renewal from one kubeadm stopped half-way needs each leaf compared with the step's backup,
-/// which is not done yet.
+/// Idempotent by construction. The backup of `/etc/kubernetes/pki` and the kubeconfigs is
+/// taken once, before kubeadm runs, and a resumed step keeps it ([`backup::create`]); "before"
+/// (the not-afters every leaf must beat) is read from that backup, not from the disk. kubeadm
+/// renews unconditionally, whatever the expiry, with a new key each time (its `certs renew`
+/// help: "Renewals run unconditionally, regardless of certificate expiration date";
+/// `RenewUsingLocalCA` issues a new certificate and key), and keeps no record of what it
+/// issued, so a second `renew all` would silently replace certificates the first attempt
+/// already renewed (and pods may already run on). A resumed step therefore compares each leaf
+/// with the backup ([`renewed_since_backup`]: other bytes, later not-after, key matches) and
+/// runs `kubeadm certs renew NAME` only for the leaves not renewed (`renew all` when none
+/// was). Static pods: each restart is noted in the intent journal after the new container
+/// runs; a resumed step that renewed nothing itself skips the pods already restarted, and
+/// first puts back a manifest an interrupted restart held out of `manifests/`.
 fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let poll = poll_interval(args, 20);
     let start_wait = Duration::from_secs(
@@ -609,7 +817,6 @@ fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     );
     let kubeadm = ctx.cfg.tool("kubeadm", "/usr/bin/kubeadm");
 
-    let before = leaf_not_afters(&pki, &kdir)?;
     let mut paths = files_under(&pki)?;
     let mut confs: Vec<PathBuf> = std::fs::read_dir(&kdir)
         .map_err(|e| ActError(format!("{}: {e}", kdir.display())))?
@@ -619,7 +826,12 @@ fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         .collect();
     confs.sort();
     paths.extend(confs);
-    let m = backup::create(ctx.state, ctx.step_id, &paths)?;
+    // A resumed step keeps the first attempt's backup; files kubeadm may have added since are
+    // in no backup, so a resumed step backs up what the first attempt saw (the manifest's).
+    let m = match backup::find(ctx.state, ctx.step_id).filter(|_| ctx.resumed()) {
+        Some(m) => m,
+        None => backup::create(ctx.state, ctx.step_id, &paths)?,
+    };
     (ctx.output)(format!(
         "backup {} holds {} file(s) of {} and {}/*.conf",
         m.id,
@@ -627,28 +839,72 @@ fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         pki.display(),
         kdir.display()
     ));
+    ctx.crash_point("after-backup");
+    let leaves = backed_up_leaves(ctx, &m, &pki, &kdir)?;
+    if ctx.resumed() {
+        return_held_manifests(ctx, &manifests)?;
+    }
 
     let mut restarted: Vec<String> = Vec::new();
     let attempt = (|| -> Result<Vec<(String, i64)>, ActError> {
         let pki_s = pki.display().to_string();
-        let mut a = vec!["certs", "renew", "all"];
-        if cert_dir_setting.is_some() {
-            a.extend(["--cert-dir", &pki_s]);
+        // What still needs kubeadm: everything on a first attempt; on a resumed one, the
+        // leaves the interrupted attempt did not renew.
+        let pending: Vec<&BackedUpLeaf> = if ctx.resumed() {
+            leaves
+                .iter()
+                .filter(|l| {
+                    let done = renewed_since_backup(ctx, l);
+                    if done {
+                        (ctx.output)(format!(
+                            "{}: already renewed by the interrupted attempt; not renewing it again",
+                            l.label
+                        ));
+                    }
+                    !done
+                })
+                .collect()
+        } else {
+            leaves.iter().collect()
+        };
+        let runs: Vec<Vec<&str>> = if pending.len() == leaves.len() {
+            vec![vec!["certs", "renew", "all"]]
+        } else {
+            pending
+                .iter()
+                .filter_map(|l| kubeadm_handler(&l.label))
+                .map(|h| vec!["certs", "renew", h])
+                .collect()
+        };
+        for mut a in runs.clone() {
+            if cert_dir_setting.is_some() {
+                a.extend(["--cert-dir", &pki_s]);
+            }
+            let out = ctx.run_ok(&kubeadm, &a, None)?;
+            let cmd = a[..3].join(" ");
+            // `renew all` closes with "Done renewing certificates"; one handler may print only
+            // its "<long name> renewed" line (unverified for every kubeadm version).
+            let done = out.stdout.contains("Done renewing certificates")
+                || (a[2] != "all"
+                    && out
+                        .stdout
+                        .lines()
+                        .any(|l| l.trim_end().ends_with(" renewed")));
+            if !done {
+                return Err(ActError(format!(
+                    "kubeadm {cmd} did not report \"Done renewing certificates\""
+                )));
+            }
+            if let Some(l) = out
+                .stdout
+                .lines()
+                .find(|l| l.starts_with("MISSING!") || l.starts_with("Detected external"))
+            {
+                return Err(ActError(format!("kubeadm {cmd}: {l}")));
+            }
         }
-        let out = ctx.run_ok(&kubeadm, &a, None)?;
-        if !out.stdout.contains("Done renewing certificates") {
-            return Err(ActError(
-                "kubeadm certs renew all did not report \"Done renewing certificates\"".into(),
-            ));
-        }
-        if let Some(l) = out
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("MISSING!") || l.starts_with("Detected external"))
-        {
-            return Err(ActError(format!("kubeadm certs renew all: {l}")));
-        }
-        // Every leaf: later not-after than before, valid now, and signed by a CA in the pki.
+        ctx.crash_point("after-renew");
+        // Every leaf: later not-after than in the backup, valid now, signed by a CA in the pki.
         let now = certfleet_common::model::now();
         let after = leaf_not_afters(&pki, &kdir)?;
         let ca_bundle: String = files_under(&pki)?
@@ -660,22 +916,23 @@ fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             .map(|d| certfleet_common::pem::encode("CERTIFICATE", &d))
             .collect();
         let mut renewed = Vec::new();
-        for (label, path, is_conf, old) in &before {
-            let Some((_, _, _, new)) = after.iter().find(|(l, ..)| l == label) else {
+        for l in &leaves {
+            let (label, path, is_conf, old) = (&l.label, &l.path, l.is_conf, l.not_after);
+            let Some((_, _, _, new)) = after.iter().find(|(x, ..)| x == label) else {
                 return Err(ActError(format!(
                     "{} is gone after kubeadm certs renew all",
                     path.display()
                 )));
             };
-            if *new <= *old || *new <= now {
+            if *new <= old || *new <= now {
                 return Err(ActError(format!(
                     "{} was not renewed: not-after {} (before {})",
                     path.display(),
                     certfleet_common::model::format_time(*new),
-                    certfleet_common::model::format_time(*old)
+                    certfleet_common::model::format_time(old)
                 )));
             }
-            let pem = if *is_conf {
+            let pem = if is_conf {
                 let b = std::fs::read(path)
                     .map_err(|e| ActError(format!("{}: {e}", path.display())))?;
                 kubeconfig_facts(&b, &path.display().to_string())?.client_pem
@@ -690,11 +947,24 @@ fn renew_all(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             ));
             renewed.push((label.clone(), *new));
         }
+        // Pods restarted by the interrupted attempt already run on these files, unless this
+        // attempt renewed something itself.
+        let renewed_now = !runs.is_empty();
         for pod in STATIC_PODS {
-            if manifests.join(format!("{pod}.yaml")).is_file() {
-                restarted.push(pod.to_string());
-                restart_static_pod(ctx, &manifests, pod, poll, start_wait)?;
+            if !manifests.join(format!("{pod}.yaml")).is_file() {
+                continue;
             }
+            restarted.push(pod.to_string());
+            let key = format!("restarted:{pod}");
+            if !renewed_now && ctx.noted(&key).is_some() {
+                (ctx.output)(format!(
+                    "{pod}: already restarted on the renewed certificates by the interrupted attempt"
+                ));
+                continue;
+            }
+            restart_static_pod(ctx, &manifests, pod, poll, start_wait)?;
+            ctx.note(&key, json!(true))?;
+            ctx.crash_point("after-restart");
         }
         Ok(renewed)
     })();
@@ -762,10 +1032,7 @@ fn restart_static_pod(
     start_wait: Duration,
 ) -> Result<(), ActError> {
     let manifest = manifests.join(format!("{pod}.yaml"));
-    let hold_dir = manifests
-        .parent()
-        .unwrap_or(manifests)
-        .join("certfleet-manifests-hold");
+    let hold_dir = hold_dir(manifests);
     std::fs::create_dir_all(&hold_dir)
         .map_err(|e| ActError(format!("{}: {e}", hold_dir.display())))?;
     let held = hold_dir.join(format!("{pod}.yaml"));
@@ -773,6 +1040,7 @@ fn restart_static_pod(
     (ctx.output)(format!("$ mv {} {}", manifest.display(), held.display()));
     std::fs::rename(&manifest, &held)
         .map_err(|e| ActError(format!("moving {} out: {e}", manifest.display())))?;
+    ctx.crash_point("manifest-held");
     let gone_deadline = Instant::now() + start_wait.max(poll * 3);
     let gone = loop {
         std::thread::sleep(poll);

@@ -65,6 +65,12 @@ pub fn resume_policy(action: &str) -> Resume {
         // Signing on the engine: the engine's database.txt tells whether it signed
         // (`ovirt::enroll_request` asks [`openssl_ca_issued_since`] first).
         "ovirt.enroll_request" => Resume::Rerun,
+        // Re-issue with the kept key: the key comes from the step's backup of the `.p12`, the
+        // signing is found in database.txt like `ovirt.enroll_request`; see its doc comment.
+        "ovirt.engine_reissue" => Resume::Rerun,
+        // Each leaf compared with the step's backup; only what was not renewed is renewed,
+        // pods already restarted are not restarted again (see `gke::renew_all`).
+        "kubeadm.renew_all" => Resume::Rerun,
         // Read-only checks.
         "ovirt.verify_host_certs"
         | "ovirt.engine_verify"
@@ -87,8 +93,8 @@ pub fn resume_policy(action: &str) -> Resume {
         | "ovirt.host_activate"
         | "ovirt.global_maintenance"
         | "ovirt.refresh_host_ca" => Resume::Rerun,
-        // Refused, each for the reason its doc comment gives: `kubeadm.renew_all`,
-        // `ovirt.engine_setup`, `ovirt.engine_reissue`, and every action not listed.
+        // Refused, for the reason its doc comment gives: `ovirt.engine_setup`, and every
+        // action not listed.
         _ => Resume::Refuse,
     }
 }
@@ -504,6 +510,8 @@ mod tests {
         assert_eq!(resume_policy("vsphere.solution_users"), Resume::Rerun);
         assert_eq!(resume_policy("vsphere.machine_ssl"), Resume::Rerun);
         assert_eq!(resume_policy("ovirt.refresh_host_ca"), Resume::Rerun);
+        assert_eq!(resume_policy("kubeadm.renew_all"), Resume::Rerun);
+        assert_eq!(resume_policy("ovirt.engine_reissue"), Resume::Rerun);
         assert_eq!(resume_policy("something.new"), Resume::Refuse);
     }
 

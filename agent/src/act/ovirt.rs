@@ -11,7 +11,7 @@
 //! | `ovirt.global_maintenance` | on a hosted-engine host: `hosted-engine --set-maintenance --mode=global\|none`, then `hosted-engine --vm-status --json` must report `global_maintenance` accordingly |
 //! | `ovirt.engine_setup` | on the engine: backs up every file of the engine PKI (and of `/etc/pki/ovirt-vmconsole`), writes the answer file (`OVESETUP_PKI/renew=bool:True`, `QUESTION/1/OVESETUP_SKIP_RENEW_PKI_CONFIRM=str:no`, plus `OVESETUP_CONFIG/continueSetupOnHEVM=bool:True` when `hosted_engine` — only after global maintenance was verified by the previous step) to `/root/certfleet-renew-pki.conf` (0600), runs `engine-setup --offline --accept-defaults --config-append=…` (A6), requires "Execution of setup completed successfully", then checks each `_COMMON_ENTITIES` certificate (A5) |
 //! | `ovirt.refresh_host_ca` | on a host, after engine-setup renewed the engine CA and/or the QEMU CA (same key and subject, new validity: `pki-create-ca.sh --renew`): replaces every copy the host-deploy roles wrote (`certs/cacert.pem`, `libvirt-spice/ca-cert.pem`, `libvirt-vnc/ca-cert.pem`, `/etc/pki/CA/cacert.pem`, `ovn/ca-cert.pem`; QEMU CA: `libvirt-migrate/ca-cert.pem`) that differs, owner/group/mode kept, after a backup; refuses a CA with another subject or key; verifies every leaf against its CA file with `openssl verify`, restarts `libvirtd`, `vdsmd`; on failure restores and restarts again. Idempotent: copies already equal to the given CA are left alone, and a re-sent step with nothing to change reports so |
-//! | `ovirt.engine_reissue` | on the engine: what `pki-enroll-pkcs12.sh --keep-key --san=…` then `pki-pkcs12-extract.sh` do for an entity engine-setup skips (OVN, A13/seed 003): key out of `keys/<name>.p12`, new `requests/<name>.req`, the script's `openssl ca` (as `ovirt.enroll_request`), new `.p12` (0600) and `key.nopass` (0600); everything backed up first and restored on failure |
+//! | `ovirt.engine_reissue` | on the engine: what `pki-enroll-pkcs12.sh --keep-key --san=…` then `pki-pkcs12-extract.sh` do for an entity engine-setup skips (OVN, A13/seed 003): key out of `keys/<name>.p12`, new `requests/<name>.req`, the script's `openssl ca` (as `ovirt.enroll_request`), new `.p12` (0600, renamed into place) and `key.nopass` (0600); everything backed up first and restored on failure; resumed after an agent crash without signing twice (the key from the backup's `.p12`, the signing found in `database.txt`) |
 //! | `ovirt.engine_verify` | on the engine: each named `certs/<name>.cer` chains to `ca.pem`, has a SAN, is valid for longer than `min_days`, and matches `keys/<name>.key.nopass` when there is one |
 //! | `ovirt.enroll_request` | what `/usr/share/ovirt-engine/bin/pki-enroll-request.sh` does for a host CSR: writes `requests/<name>.req`, takes the script's exclusive lock on the CA file, signs with the script's exact `openssl ca` line in the engine PKI directory (`openssl.conf`, `cert.conf` section `v3_ca_san` with `OVIRT_SAN` in the environment, notBefore back-dated a day), checks the result against the CA and returns the certificate |
 //!
@@ -557,11 +557,14 @@ fn max_event_id(api: &api::Api) -> Result<u64, ActError> {
 /// `ovirt.enroll_certificate` (see the module table).
 ///
 /// Idempotent by construction: the engine's last event id is noted in the intent journal
-/// before the `POST`. A resumed step asks the engine instead of posting again: an enrollment
-/// event (881/882) for this host after that id, or the host `installing`, means the first
-/// attempt's request was taken, and it is followed to its end ([`follow_enrollment`]); neither
-/// is refused (interrupted, needs operator), since a request the engine has not acted on yet
-/// cannot be told from one never sent.
+/// before the `POST`, and `posted` right after the engine accepted it. A resumed step never
+/// posts again once `posted` is noted: it follows the enrollment to its end (881/882 after
+/// that id, or `installing` then `maintenance`), even when the engine shows no sign of it yet
+/// (the A10 race). Without `posted` (the agent died between sending the `POST` and reading
+/// the answer), an enrollment event for this host after that id, or the host `installing`,
+/// means the request was taken and it is followed ([`follow_enrollment`]); neither is refused
+/// (interrupted, needs operator), since a request the engine has not acted on yet cannot be
+/// told from one never sent.
 fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "host")?;
     let api = api::Api::connect(ctx)?;
@@ -578,6 +581,21 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
         None
     };
     if let Some(since) = resumed_since {
+        if ctx.noted("posted").is_some() {
+            (ctx.output)(format!(
+                "the interrupted attempt's Enroll Certificate of {name} was accepted by the engine (host {st}); following it without posting again"
+            ));
+            return wait_enrollment(
+                ctx,
+                &api,
+                name,
+                &id,
+                since,
+                &st,
+                from_non_responsive,
+                st == "installing",
+            );
+        }
         return follow_enrollment(ctx, &api, name, &id, since, &st, from_non_responsive);
     }
     if st != "maintenance" && !from_non_responsive {
@@ -595,6 +613,10 @@ fn enroll_certificate(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
     ctx.crash_point("before-enroll");
     action_ok(&api, name, &id, "enrollcertificate")
         .map_err(|e| ActError(format!("{e}; host {name} stays in maintenance")))?;
+    // The engine took the request: a resumed step follows it and never posts again, even
+    // when the engine has not shown any sign of it yet (A10: the status still reads
+    // `maintenance` right after the POST).
+    ctx.note("posted", json!(true))?;
     ctx.crash_point("after-enroll");
     (ctx.output)(format!(
         "enrollcertificate accepted for {name}; waiting (events after {since})"
@@ -1341,9 +1363,16 @@ fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
 
 /// `ovirt.engine_reissue` (see the module table).
 ///
-/// Not resumed after an agent crash yet (the step is refused, "interrupted, needs operator"):
-/// its signing could be found in `database.txt` as `ovirt.enroll_request` does, but the
-/// `.p12`/`key.nopass` steps after it are not checked against the backup yet.
+/// Idempotent by construction. The four files (`certs/<name>.cer`, `keys/<name>.p12`,
+/// `keys/<name>.key.nopass`, `requests/<name>.req`) are backed up once, before anything
+/// changes, and a resumed step keeps that backup ([`backup::create`]). The key (`--keep-key`)
+/// is always taken from the backup's copy of the `.p12`, never from the file on disk, so an
+/// attempt cut while replacing the `.p12` cannot lose it. The signing is
+/// `ovirt.enroll_request`'s: the length of `database.txt` is noted before `openssl ca`, and a
+/// resumed step returns the certificate the database lists for this key since then instead of
+/// signing again (never two certificates for one step). The new `.p12` is exported to a
+/// private temporary file and renamed over the old one, `key.nopass` written atomically: a
+/// resumed step writes the same certificate and key again.
 fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let name = arg_str(args, "name")?;
     let subject = arg_str(args, "subject")?;
@@ -1361,7 +1390,7 @@ fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
         format!("keys/{name}.key.nopass"),
         format!("requests/{name}.req"),
     );
-    if !rel(&p12).exists() {
+    if !rel(&p12).exists() && backup::find(ctx.state, ctx.step_id).is_none() {
         return Err(ActError(format!(
             "{} is missing: nothing to keep the key from",
             rel(&p12).display()
@@ -1386,19 +1415,39 @@ fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
     let pass = format!("pass:{password}");
     let o = openssl(ctx);
     let tmpkey = format!("keys/.{name}.certfleet.tmpkey");
+    let tmpp12 = format!("keys/.{name}.certfleet.tmp.p12");
     let work = || -> Result<Value, ActError> {
-        // --keep-key: the key out of the existing PKCS#12 (stays inside keys/, 0600).
-        ctx.run_ok_in(
+        // --keep-key: the key out of the PKCS#12 as it was before the step (the backup's
+        // copy, through stdin); written 0600 inside keys/, never echoed.
+        let f = m
+            .files
+            .iter()
+            .find(|f| f.path == rel(&p12) && f.existed)
+            .ok_or_else(|| {
+                ActError(format!(
+                    "backup {} holds no {p12}: nothing to keep the key from",
+                    m.id
+                ))
+            })?;
+        let p12_before = backup::read_stored(ctx.state, &m, f)?;
+        let extract = ["pkcs12", "-passin", &pass, "-nodes", "-nocerts"];
+        (ctx.output)(format!(
+            "$ (cd {}) {} < {p12} (as backed up in {})",
+            pki.display(),
+            crate::exec::command_line(&o, &extract),
+            m.id
+        ));
+        let key = crate::exec::run_ok_in(
             &o,
-            &[
-                "pkcs12", "-in", &p12, "-out", &tmpkey, "-passin", &pass, "-nodes", "-nocerts",
-            ],
-            None,
+            &extract,
+            Some(&p12_before),
+            ctx.timeout,
             Some(&pki),
+            &[],
         )?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(rel(&tmpkey), std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ActError(format!("chmod 600 {tmpkey}: {e}")))?;
+        certfleet_common::atomic::write_file(&rel(&tmpkey), key.stdout.as_bytes(), 0o600)
+            .map_err(|e| ActError(format!("writing {tmpkey}: {e}")))?;
+        ctx.crash_point("after-key");
         let csr = ctx.run_ok_in(
             &o,
             &["req", "-new", "-key", &tmpkey, "-batch", "-subj", "/"],
@@ -1409,25 +1458,36 @@ fn engine_reissue(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError>
             ctx,
             &json!({"name": name, "subject": subject, "san": san, "csr_pem": csr.stdout, "ca": "ca"}),
         )?;
+        // Exported beside the old one (created 0600 first, so openssl never writes the key
+        // into a readable file), then renamed over it: the .p12 is never half-written.
+        certfleet_common::atomic::write_file(&rel(&tmpp12), b"", 0o600)
+            .map_err(|e| ActError(format!("creating {tmpp12}: {e}")))?;
         ctx.run_ok_in(
             &o,
             &[
-                "pkcs12", "-export", "-in", &cer, "-inkey", &tmpkey, "-out", &p12, "-passout",
+                "pkcs12", "-export", "-in", &cer, "-inkey", &tmpkey, "-out", &tmpp12, "-passout",
                 &pass,
             ],
             None,
             Some(&pki),
         )?;
-        std::fs::set_permissions(rel(&p12), std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ActError(format!("chmod 600 {p12}: {e}")))?;
+        let bytes = std::fs::read(rel(&tmpp12)).map_err(|e| ActError(format!("{tmpp12}: {e}")))?;
+        let owner = std::fs::metadata(rel(&p12)).ok().map(|md| {
+            use std::os::unix::fs::MetadataExt;
+            (md.uid(), md.gid())
+        });
+        backup::install(&rel(&p12), &bytes, 0o600, owner.or(Some((f.uid, f.gid))))?;
+        ctx.crash_point("after-p12");
         let key = std::fs::read(rel(&tmpkey)).map_err(|e| ActError(format!("{tmpkey}: {e}")))?;
         certfleet_common::atomic::write_file(&rel(&nopass), &key, 0o600)
             .map_err(|e| ActError(format!("writing {nopass}: {e}")))?;
+        ctx.crash_point("after-nopass");
         check_engine_certs(ctx, &[name], 0)?;
         Ok(signed)
     };
     let result = work();
     let _ = std::fs::remove_file(rel(&tmpkey));
+    let _ = std::fs::remove_file(rel(&tmpp12));
     let signed = result.map_err(undo)?;
     Ok(json!({
         "message": format!("re-issued {name} with its key: {}", signed["message"].as_str().unwrap_or_default()),

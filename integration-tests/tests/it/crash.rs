@@ -40,7 +40,7 @@ fn read(p: &Path) -> Vec<u8> {
 }
 
 /// Waits until the agent killed itself (SIGKILL) at `point`.
-fn wait_killed(p: &mut Proc, point: &str) {
+pub(crate) fn wait_killed(p: &mut Proc, point: &str) {
     use std::os::unix::process::ExitStatusExt;
     let st = wait_for(
         &format!("the agent to die at {point}"),
@@ -70,7 +70,7 @@ fn cert_serial(pem: &Path) -> String {
 }
 
 /// The bytes the backup of step `step` keeps for the host file ending in `suffix`.
-fn backed_up(state: &Path, step: &str, suffix: &str) -> Vec<u8> {
+pub(crate) fn backed_up(state: &Path, step: &str, suffix: &str) -> Vec<u8> {
     let dir = state.join("backups").join(step);
     let m: Value = serde_json::from_slice(&read(&dir.join("manifest.json"))).unwrap();
     let f = m["files"]
@@ -83,7 +83,7 @@ fn backed_up(state: &Path, step: &str, suffix: &str) -> Vec<u8> {
 }
 
 /// No step id twice in any agent's result journal.
-fn journals_have_no_duplicates(states: &[PathBuf], when: &str) {
+pub(crate) fn journals_have_no_duplicates(states: &[PathBuf], when: &str) {
     for st in states {
         let journal = std::fs::read_to_string(st.join("journal.jsonl")).unwrap_or_default();
         let mut ids: Vec<String> = journal

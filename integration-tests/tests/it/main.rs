@@ -4,6 +4,7 @@
 mod cas;
 mod cli;
 mod crash;
+mod crash_more;
 mod crash_vsphere;
 mod esxi;
 mod exec;
