@@ -85,6 +85,10 @@ pub fn resume_policy(action: &str) -> Resume {
         | "ovirt.host_activate"
         | "ovirt.global_maintenance"
         | "ovirt.refresh_host_ca" => Resume::Rerun,
+        // The serial console's certificate: see each one's doc comment in `ovirt/vmconsole.rs`.
+        "ovirt.vmconsole_pubkey" | "ovirt.vmconsole_sign" | "ovirt.vmconsole_install" => {
+            Resume::Rerun
+        }
         // Refused, each for the reason its doc comment gives: `vsphere.sts`,
         // `vsphere.solution_users`, `kubeadm.renew_all`, `ovirt.engine_setup`,
         // `ovirt.engine_reissue`, and every action not listed.
