@@ -339,6 +339,9 @@ pub(crate) fn check_renewed(f: &Fleet, name: &str, before_not_after: i64) {
 pub(crate) const VMCONSOLE_CERT: &str = "etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub";
 const VMCONSOLE_KEY: &str = "etc/pki/ovirt-vmconsole/host-ssh_host_rsa";
 
+/// Mode, uid, gid of a file.
+type ModeOwner = (u32, u32, u32);
+
 /// Runs the real `ssh-keygen`; returns its stdout.
 fn ssh_keygen(args: &[&str]) -> String {
     let out = Command::new("ssh-keygen").args(args).output().unwrap();
@@ -371,7 +374,7 @@ fn ssh_fingerprint(path: &Path) -> String {
 /// for the host's own key and FQDN, signed by the engine CA's key, valid after `before`'s
 /// end, byte-identical to the engine's `certs/<fqdn>-ssh-cert.pub`, mode and owner as
 /// before; the step's backup holds `before`; `ovirt-vmconsole-host-sshd` restarted.
-fn check_vmconsole_renewed(f: &Fleet, name: &str, before: &[u8], meta_before: (u32, u32, u32)) {
+fn check_vmconsole_renewed(f: &Fleet, name: &str, before: &[u8], meta_before: ModeOwner) {
     use std::os::unix::fs::MetadataExt;
     let h = &f.hosts[name];
     let cert = h.path(VMCONSOLE_CERT);
@@ -513,7 +516,7 @@ fn offline_recipe_renews_expired_and_expiring_hosts_and_dry_run_touches_nothing(
         .iter()
         .map(|(n, h)| (n.clone(), not_after(&h.path(VDSM_CERT))))
         .collect();
-    let console_before: BTreeMap<String, (Vec<u8>, (u32, u32, u32))> = f
+    let console_before: BTreeMap<String, (Vec<u8>, ModeOwner)> = f
         .hosts
         .iter()
         .map(|(n, h)| {
