@@ -93,6 +93,10 @@ pub fn resume_policy(action: &str) -> Resume {
         | "ovirt.host_activate"
         | "ovirt.global_maintenance"
         | "ovirt.refresh_host_ca" => Resume::Rerun,
+        // The serial console's certificate: see each one's doc comment in `ovirt/vmconsole.rs`.
+        "ovirt.vmconsole_pubkey" | "ovirt.vmconsole_sign" | "ovirt.vmconsole_install" => {
+            Resume::Rerun
+        }
         // Refused, for the reason its doc comment gives: `ovirt.engine_setup`, and every
         // action not listed.
         _ => Resume::Refuse,

@@ -14,6 +14,7 @@
 //! | `ovirt.engine_reissue` | on the engine: what `pki-enroll-pkcs12.sh --keep-key --san=…` then `pki-pkcs12-extract.sh` do for an entity engine-setup skips (OVN, A13/seed 003): key out of `keys/<name>.p12`, new `requests/<name>.req`, the script's `openssl ca` (as `ovirt.enroll_request`), new `.p12` (0600, renamed into place) and `key.nopass` (0600); everything backed up first and restored on failure; resumed after an agent crash without signing twice (the key from the backup's `.p12`, the signing found in `database.txt`) |
 //! | `ovirt.engine_verify` | on the engine: each named `certs/<name>.cer` chains to `ca.pem`, has a SAN, is valid for longer than `min_days`, and matches `keys/<name>.key.nopass` when there is one |
 //! | `ovirt.enroll_request` | what `/usr/share/ovirt-engine/bin/pki-enroll-request.sh` does for a host CSR: writes `requests/<name>.req`, takes the script's exclusive lock on the CA file, signs with the script's exact `openssl ca` line in the engine PKI directory (`openssl.conf`, `cert.conf` section `v3_ca_san` with `OVIRT_SAN` in the environment, notBefore back-dated a day), checks the result against the CA and returns the certificate |
+//! | `ovirt.vmconsole_pubkey`, `ovirt.vmconsole_sign`, `ovirt.vmconsole_install` | the serial console's OpenSSH host certificate without the engine API: public key out of `host-ssh_host_rsa` on the host, signed on the engine as `pki-enroll-openssh-cert.sh --host` does, installed and verified with `ssh-keygen -L` on the host (see [`vmconsole`]) |
 //!
 //! Why not the generic `ca.sign` with a `[[cas]]` entry: oVirt's `cert.conf` takes the
 //! subjectAltName (and custom key usages) from the environment (`${ENV::OVIRT_SAN}`), which a
@@ -45,6 +46,7 @@ const SCRIPT_DEFAULT_DAYS: u64 = 1827;
 const LOCK_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub mod api;
+pub mod vmconsole;
 
 /// Runs `action`.
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
@@ -61,6 +63,9 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "ovirt.engine_reissue" => engine_reissue(ctx, args),
         "ovirt.engine_verify" => engine_verify(ctx, args),
         "ovirt.refresh_host_ca" => refresh_host_ca(ctx, args),
+        "ovirt.vmconsole_pubkey" => vmconsole::pubkey(ctx, args),
+        "ovirt.vmconsole_sign" => vmconsole::sign(ctx, args),
+        "ovirt.vmconsole_install" => vmconsole::install(ctx, args),
         other => Err(ActError(format!(
             "unknown oVirt action {other:?} (this agent is version {})",
             env!("CARGO_PKG_VERSION")

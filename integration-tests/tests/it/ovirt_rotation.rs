@@ -1,8 +1,10 @@
 //! oVirt rotation end to end: a simulated 4.5 engine and VDSM hosts, a real controller, one
 //! real agent per host, `certfleet plan create ovirt-hosts-offline … --run`, then the hosts'
-//! files checked with the real `openssl` and the engine's `database.txt`. Also: a dry run
+//! files checked with the real `openssl` and the engine's `database.txt`, and the serial
+//! console's OpenSSH host certificate with the real `ssh-keygen -L`. Also: a dry run
 //! that touches nothing, a broken unit whose install rolls back and halts the plan, and
-//! `plan rollback`. Needs `cargo build --workspace --bins`, `openssl` and a JDK's `keytool`.
+//! `plan rollback`. Needs `cargo build --workspace --bins`, `openssl`, `ssh-keygen` and a JDK's
+//! `keytool`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,6 +62,17 @@ pub(crate) fn fleet_spec(
     hosts: &[(&str, i64)],
     extra: &str,
 ) -> Fleet {
+    fleet_nodes(dir, spec, hosts, extra, &|_| {})
+}
+
+/// [`fleet_spec`] with each host's [`NodeSpec`] adjusted by `node` before it is built.
+pub(crate) fn fleet_nodes(
+    dir: &Path,
+    spec: EngineSpec,
+    hosts: &[(&str, i64)],
+    extra: &str,
+    node: &dyn Fn(&mut NodeSpec),
+) -> Fleet {
     let sim = support::bin("certfleet-sim");
     assert!(
         sim.exists(),
@@ -73,6 +86,7 @@ pub(crate) fn fleet_spec(
         let h = SimHost::new(dir.join(format!("root-{name}")), &sim).unwrap();
         let mut spec = NodeSpec::new(&fqdn(name));
         spec.vdsm = Some(Lifetime::days(1800, *days));
+        node(&mut spec);
         build_node(&h, &spec, &e).unwrap();
         roots.insert(name.to_string(), h);
     }
@@ -322,14 +336,201 @@ pub(crate) fn check_renewed(f: &Fleet, name: &str, before_not_after: i64) {
     }
 }
 
+pub(crate) const VMCONSOLE_CERT: &str = "etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub";
+const VMCONSOLE_KEY: &str = "etc/pki/ovirt-vmconsole/host-ssh_host_rsa";
+
+/// Mode, uid, gid of a file.
+type ModeOwner = (u32, u32, u32);
+
+/// Runs the real `ssh-keygen`; returns its stdout.
+fn ssh_keygen(args: &[&str]) -> String {
+    let out = Command::new("ssh-keygen").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of `Name: value` in `ssh-keygen -L` output (first line that has it).
+fn listed<'a>(listing: &'a str, name: &str) -> &'a str {
+    listing
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {listing}"))
+}
+
+/// `SHA256:…` of an OpenSSH public key file, as `ssh-keygen -l` prints it.
+fn ssh_fingerprint(path: &Path) -> String {
+    ssh_keygen(&["-l", "-f", &s(path)])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+/// The serial console's host certificate after the offline recipe: a new host certificate
+/// for the host's own key and FQDN, signed by the engine CA's key, valid after `before`'s
+/// end, byte-identical to the engine's `certs/<fqdn>-ssh-cert.pub`, mode and owner as
+/// before; the step's backup holds `before`; `ovirt-vmconsole-host-sshd` restarted.
+fn check_vmconsole_renewed(f: &Fleet, name: &str, before: &[u8], meta_before: ModeOwner) {
+    use std::os::unix::fs::MetadataExt;
+    let h = &f.hosts[name];
+    let cert = h.path(VMCONSOLE_CERT);
+    let now_bytes = std::fs::read(&cert).unwrap();
+    assert_ne!(now_bytes, before, "{name}: {VMCONSOLE_CERT} not replaced");
+    let m = std::fs::metadata(&cert).unwrap();
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid(), m.gid()),
+        meta_before,
+        "{name}: mode/owner of {VMCONSOLE_CERT}"
+    );
+    let l = ssh_keygen(&["-L", "-f", &s(&cert)]);
+    let fq = fqdn(name);
+    assert!(
+        listed(&l, "Type").ends_with("host certificate"),
+        "{name}: {l}"
+    );
+    assert_eq!(listed(&l, "Key ID"), format!("\"{fq}\""), "{l}");
+    let principals: Vec<&str> = l
+        .lines()
+        .skip_while(|x| !x.trim().starts_with("Principals:"))
+        .skip(1)
+        .take_while(|x| !x.contains(": "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(principals, [fq.as_str()], "{l}");
+    // Signed by the engine CA key: its OpenSSH form derived here from ca.pem.
+    let work = tempfile::tempdir().unwrap();
+    let ca_pem = work.path().join("ca.pem");
+    std::fs::write(
+        &ca_pem,
+        openssl(&[
+            "x509",
+            "-in",
+            &s(&f.engine.path(&format!("{PKI}/ca.pem"))),
+            "-noout",
+            "-pubkey",
+        ]),
+    )
+    .unwrap();
+    let ca_pub = work.path().join("ca.pub");
+    std::fs::write(
+        &ca_pub,
+        ssh_keygen(&["-i", "-m", "PKCS8", "-f", &s(&ca_pem)]),
+    )
+    .unwrap();
+    let signer = listed(&l, "Signing CA");
+    assert!(
+        signer.contains(&ssh_fingerprint(&ca_pub)),
+        "{name}: signed by {signer}, not the engine CA"
+    );
+    // For the host's own key, which stayed where it was.
+    let host_pub = work.path().join("host.pub");
+    std::fs::write(
+        &host_pub,
+        ssh_keygen(&["-y", "-f", &s(&h.path(VMCONSOLE_KEY))]),
+    )
+    .unwrap();
+    assert!(
+        listed(&l, "Public key").ends_with(&ssh_fingerprint(&host_pub)),
+        "{name}: {l}"
+    );
+    // Later than before; `Valid: from A to B` in one time zone, so B compares as text.
+    let to = |listing: &str| {
+        listed(listing, "Valid")
+            .rsplit(" to ")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let old_file = work.path().join("old-cert.pub");
+    std::fs::write(&old_file, before).unwrap();
+    let old = ssh_keygen(&["-L", "-f", &s(&old_file)]);
+    assert!(
+        to(&l) > to(&old),
+        "{name}: valid {} (was {})",
+        to(&l),
+        to(&old)
+    );
+    let expect_year = time::OffsetDateTime::from_unix_timestamp(now() + 1827 * 86_400)
+        .unwrap()
+        .year()
+        .to_string();
+    assert!(to(&l).starts_with(&expect_year), "{name}: {l}");
+    assert_eq!(
+        std::fs::read(f.engine.path(&format!("{PKI}/certs/{fq}-ssh-cert.pub"))).unwrap(),
+        now_bytes,
+        "{name}: engine certs/{fq}-ssh-cert.pub is not what the host got"
+    );
+    let u = systemd::unit(h, "ovirt-vmconsole-host-sshd").unwrap();
+    assert_eq!(u.state, "active", "{name}");
+    assert!(
+        u.starts >= 1,
+        "{name}: ovirt-vmconsole-host-sshd not restarted"
+    );
+    // The agent's backup of the replaced certificate.
+    let backups = f.c.dir.join(format!("agent-{name}/backups"));
+    let kept = std::fs::read_dir(&backups)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|d| {
+            std::fs::read_to_string(d.path().join("manifest.json"))
+                .ok()
+                .map(|m| (d.path(), m))
+        })
+        .find_map(|(dir, m)| {
+            let v: Value = serde_json::from_str(&m).unwrap();
+            v["files"]
+                .as_array()?
+                .iter()
+                .find(|x| x["path"].as_str().unwrap().ends_with(VMCONSOLE_CERT))
+                .map(|x| std::fs::read(dir.join(x["stored"].as_str().unwrap())).unwrap())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{name}: no backup of {VMCONSOLE_CERT} in {}",
+                backups.display()
+            )
+        });
+    assert_eq!(
+        kept, before,
+        "{name}: the backup does not hold the old certificate"
+    );
+}
+
 #[test]
 fn offline_recipe_renews_expired_and_expiring_hosts_and_dry_run_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let f = fleet(dir.path(), &[("kvm01", -3), ("kvm02", 20), ("kvm03", 1500)]);
+    // The serial console certificate was issued with the VDSM one and expires with it.
+    let f = fleet_nodes(
+        dir.path(),
+        EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
+        &[("kvm01", -3), ("kvm02", 20), ("kvm03", 1500)],
+        "",
+        &|n| n.vmconsole = n.vdsm,
+    );
     let before: BTreeMap<String, i64> = f
         .hosts
         .iter()
         .map(|(n, h)| (n.clone(), not_after(&h.path(VDSM_CERT))))
+        .collect();
+    let console_before: BTreeMap<String, (Vec<u8>, ModeOwner)> = f
+        .hosts
+        .iter()
+        .map(|(n, h)| {
+            use std::os::unix::fs::MetadataExt;
+            let p = h.path(VMCONSOLE_CERT);
+            let m = std::fs::metadata(&p).unwrap();
+            (
+                n.clone(),
+                (
+                    std::fs::read(&p).unwrap(),
+                    (m.mode() & 0o7777, m.uid(), m.gid()),
+                ),
+            )
+        })
         .collect();
     // The expired host: libvirtd refuses to start.
     let h1 = &f.hosts["kvm01"];
@@ -354,7 +555,15 @@ fn offline_recipe_renews_expired_and_expiring_hosts_and_dry_run_touches_nothing(
     ]);
     assert_eq!(dry["state"], "dry_run");
     let steps = dry["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 6, "two hosts × csr/sign/install: {dry:#}");
+    assert_eq!(
+        steps.len(),
+        12,
+        "two hosts × VDSM csr/sign/install + vmconsole pubkey/sign/install: {dry:#}"
+    );
+    assert_eq!(
+        step(&dry, "kvm01", "ovirt.vmconsole_sign")["agent"],
+        "engine"
+    );
     assert!(!dry.to_string().contains("kvm03"), "healthy host planned");
     assert_eq!(
         step(&dry, "kvm01", "ovirt.enroll_request")["agent"],
@@ -379,7 +588,16 @@ fn offline_recipe_renews_expired_and_expiring_hosts_and_dry_run_touches_nothing(
     assert_eq!(done["state"], "succeeded", "{done:#}");
     for name in ["kvm01", "kvm02"] {
         check_renewed(&f, name, before[name]);
+        let (bytes, meta) = &console_before[name];
+        check_vmconsole_renewed(&f, name, bytes, *meta);
     }
+    // pki-enroll-openssh-cert.sh's host line: -h, the FQDN as id and principal, no -O.
+    let out = step(&done, "kvm01", "ovirt.vmconsole_sign")["output"].to_string();
+    assert!(
+        out.contains("-I kvm01.example.test -h -V -1h:+1827d -n kvm01.example.test"),
+        "{out}"
+    );
+    assert!(!out.contains(" -O "), "{out}");
     // The expired host's libvirtd started with the new certificate.
     let u = systemd::unit(h1, "libvirtd").unwrap();
     assert_eq!(u.state, "active");

@@ -15,14 +15,31 @@
 //!    `libvirt-spice/server-cert.pem`, `libvirt-vnc/server-cert.pem`,
 //!    `/etc/pki/libvirt/clientcert.pem`; mode 0644, owner kept — `root:kvm` as deployed), key
 //!    check against `vdsmkey.pem`, restart `libvirtd` then `vdsmd` and require both active;
-//!    a failure restores every file byte for byte and restarts the units again.
+//!    a failure restores every file byte for byte and restarts the units again;
+//! 4. the serial console's OpenSSH host certificate, as host-deploy's
+//!    `ovirt-host-deploy-vm-console-certificates` role makes it (it expires with the VDSM
+//!    certificate, so leaving it would break the serial console after a "successful"
+//!    recovery): `ovirt.vmconsole_pubkey` on the host (`ssh-keygen -y` of
+//!    `/etc/pki/ovirt-vmconsole/host-ssh_host_rsa`; the key never leaves the host);
+//!    `ovirt.vmconsole_sign` on the engine agent, `pki-enroll-openssh-cert.sh --host
+//!    --name=<fqdn>-ssh --id=<fqdn> --principals=<fqdn>`'s `ssh-keygen -s` with the engine CA
+//!    key, for as many days as step 2 gave the VDSM certificate; `ovirt.vmconsole_install` on
+//!    the host: `host-ssh_host_rsa-cert.pub` replaced after a backup (owner, group, mode
+//!    kept), checked with `ssh-keygen -L` (key id, principals, the host key, signed by the
+//!    engine CA key the host's `ca.pub` holds, valid later than before),
+//!    `ovirt-vmconsole-host-sshd` restarted and required active; a failure restores the file
+//!    byte for byte. A host without a vmconsole certificate in the inventory (serial console
+//!    not deployed), or a `--role` that leaves out `ovirt.node.vmconsole`, gets no such
+//!    steps, and its VDSM install step says why.
 //!
 //! Targets: agents whose `ovirt.node.vdsm` certificate at `/etc/pki/vdsm/certs/vdsmcert.pem`
 //! is in scope (`--expiring-within`, `--role`). The engine agent is the one holding the engine
 //! CA (`ovirt.engine.ca`) that issued the host's certificate.
 //!
 //! After the engine is back, a proper "Enroll Certificate" (recipe `ovirt-hosts`) also
-//! refreshes the QEMU, OVN and vmconsole certificates, which this path leaves.
+//! refreshes the QEMU and OVN certificates, which this path leaves, and re-issues the
+//! engine's X.509 twin of the vmconsole key (`certs/<fqdn>-ssh.cer`), which only
+//! `pki-enroll-openssh-cert.sh` reads.
 //!
 //! `ovirt-hosts` is the normal path (engine up, A10/A11, A14 step 4, with the power-management
 //! lesson of A13): per cluster, one host after the other, all API steps on the engine agent
@@ -94,6 +111,10 @@ pub(crate) struct HostJob<'a> {
 
 /// The serial console's host certificate (OpenSSH), re-issued by Enroll Certificate.
 pub const VMCONSOLE_CERT: &str = "/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub";
+/// The serial console's host key, which that certificate certifies.
+pub const VMCONSOLE_KEY: &str = "/etc/pki/ovirt-vmconsole/host-ssh_host_rsa";
+/// The unit host-deploy restarts after installing [`VMCONSOLE_CERT`].
+pub const VMCONSOLE_UNIT: &str = "ovirt-vmconsole-host-sshd";
 
 /// Hosts whose VDSM certificate (or, `with_vmconsole`, serial console certificate) is in
 /// scope, each with its engine agent.
@@ -265,6 +286,10 @@ impl Recipe for OvirtHostsOffline {
                     .iter()
                     .map(|u| format!("systemctl restart {u} && systemctl is-active {u}")),
             );
+            let vmconsole = vmconsole_scope(input, h);
+            if let Err(why) = &vmconsole {
+                commands.push(format!("# serial console certificate not renewed: {why}"));
+            }
             steps.push(StepSpec {
                 key: k("install"),
                 name: format!("install the VDSM certificate of {}", j.fqdn),
@@ -284,9 +309,125 @@ impl Recipe for OvirtHostsOffline {
                 files,
                 timeout_secs: 300,
             });
+            if let Ok(old) = vmconsole {
+                steps.extend(vmconsole_steps(j, old, &k("install"), &k("sign")));
+            }
         }
         Ok(steps)
     }
+}
+
+/// The host's serial console certificate as the inventory has it, or why the offline recipe
+/// leaves it alone.
+fn vmconsole_scope<'a>(
+    input: &'a RecipeInput<'a>,
+    host: &Target,
+) -> Result<&'a CertRecord, String> {
+    let Some(c) = input
+        .cert_at(&host.id, VMCONSOLE_CERT)
+        .filter(|c| c.role == "ovirt.node.vmconsole")
+    else {
+        return Err(format!(
+            "no {VMCONSOLE_CERT} in this host's inventory (ovirt-vmconsole-host not deployed)"
+        ));
+    };
+    if !input.roles.is_empty()
+        && !input
+            .roles
+            .iter()
+            .any(|r| "ovirt.node.vmconsole".starts_with(r.as_str()))
+    {
+        return Err(format!(
+            "--role {} leaves out ovirt.node.vmconsole",
+            input.roles.join(",")
+        ));
+    }
+    Ok(c)
+}
+
+/// Step 4 of the module doc for one host: after its VDSM certificate is installed
+/// (`after`), the serial console certificate for as many days as `vdsm_sign` gave.
+fn vmconsole_steps(
+    j: &HostJob<'_>,
+    old: &CertRecord,
+    after: &str,
+    vdsm_sign: &str,
+) -> Vec<StepSpec> {
+    let h = j.host;
+    let f = &j.fqdn;
+    let target = format!("{}:{VMCONSOLE_CERT}", h.name);
+    let k = |s: &str| format!("{}-vmconsole-{s}", h.name);
+    let name = format!("{f}-ssh");
+    vec![
+        StepSpec {
+            key: k("pubkey"),
+            name: format!("public key of the serial console host key of {f}"),
+            stage: "csr".into(),
+            target: target.clone(),
+            agent: h.id.clone(),
+            agent_name: h.name.clone(),
+            action: "ovirt.vmconsole_pubkey".into(),
+            args: json!({"key": VMCONSOLE_KEY}),
+            depends_on: vec![after.to_owned()],
+            commands: vec![format!("ssh-keygen -y -f {VMCONSOLE_KEY}")],
+            files: vec![VMCONSOLE_KEY.into()],
+            timeout_secs: 60,
+        },
+        StepSpec {
+            key: k("sign"),
+            name: format!("engine CA signs the serial console host key of {f}"),
+            stage: "sign".into(),
+            target: target.clone(),
+            agent: j.engine.id.clone(),
+            agent_name: j.engine.name.clone(),
+            action: "ovirt.vmconsole_sign".into(),
+            args: json!({
+                "name": name,
+                "id": f,
+                "principals": f,
+                "public_key": {"$ref": format!("{}.public_key", k("pubkey"))},
+                "days": {"$ref": format!("{vdsm_sign}.days")},
+            }),
+            depends_on: vec![k("pubkey")],
+            commands: vec![format!(
+                "(cd /etc/pki/ovirt-engine) ssh-keygen -s <copy of private/ca.pem> -I {f} -h -V -1h:+<days>d -n {f} certs/{name}.pub"
+            )],
+            files: vec![
+                format!("/etc/pki/ovirt-engine/certs/{name}.pub"),
+                format!("/etc/pki/ovirt-engine/certs/{name}-cert.pub"),
+            ],
+            timeout_secs: 120,
+        },
+        StepSpec {
+            key: k("install"),
+            name: format!("install the serial console host certificate of {f}"),
+            stage: "install".into(),
+            target,
+            agent: h.id.clone(),
+            agent_name: h.name.clone(),
+            action: "ovirt.vmconsole_install".into(),
+            args: json!({
+                "cert_text": {"$ref": format!("{}.cert_text", k("sign"))},
+                "ca_fingerprint": {"$ref": format!("{}.ca_fingerprint", k("sign"))},
+                "key_id": f,
+                "principals": [f],
+                "path": VMCONSOLE_CERT,
+                "key": VMCONSOLE_KEY,
+                "old_valid_before": old.not_after,
+                "restart": [VMCONSOLE_UNIT],
+            }),
+            depends_on: vec![k("sign")],
+            commands: vec![
+                format!("back up and replace {VMCONSOLE_CERT}"),
+                format!("ssh-keygen -L -f {VMCONSOLE_CERT}"),
+                format!(
+                    "systemctl restart {VMCONSOLE_UNIT} && systemctl is-active {VMCONSOLE_UNIT}"
+                ),
+            ],
+            files: vec![VMCONSOLE_CERT.into()],
+            timeout_secs: 300,
+        },
+    ]
 }
 
 /// `ovirt-hosts`.
@@ -571,6 +712,108 @@ mod tests {
         );
         assert_eq!(steps[2].args["targets"].as_array().unwrap().len(), 4);
         assert_eq!(steps[2].args["restart"], json!(["libvirtd", "vdsmd"]));
+    }
+
+    #[test]
+    fn offline_recipe_renews_the_serial_console_certificate_where_deployed() {
+        let ca = "C=US, O=example.test, CN=engine.example.test.12345";
+        let (engine, h1, h2) = (
+            agent("engine", "ovirt_engine"),
+            agent("kvm01", "ovirt_node"),
+            agent("kvm02", "ovirt_node"),
+        );
+        let mut inventory = BTreeMap::new();
+        inventory.insert(
+            "engine".to_owned(),
+            vec![cert(
+                "ovirt.engine.ca",
+                ca,
+                ca,
+                "/etc/pki/ovirt-engine/ca.pem",
+                7000,
+            )],
+        );
+        let vdsm = |n: &str| {
+            cert(
+                "ovirt.node.vdsm",
+                &format!("O=example.test, CN={n}.example.test"),
+                ca,
+                VDSM_CERT,
+                5,
+            )
+        };
+        // kvm01 has the serial console deployed; kvm02 has not.
+        let console = cert(
+            "ovirt.node.vmconsole",
+            "OpenSSH host certificate, key id kvm01.example.test",
+            "OpenSSH CA SHA256:x",
+            VMCONSOLE_CERT,
+            5,
+        );
+        inventory.insert("kvm01".into(), vec![vdsm("kvm01"), console.clone()]);
+        inventory.insert("kvm02".into(), vec![vdsm("kvm02")]);
+        let all = vec![&engine, &h1, &h2];
+        let mut input = RecipeInput {
+            targets: all.clone(),
+            agents: all,
+            inventory,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params: BTreeMap::new(),
+        };
+        let steps = OvirtHostsOffline.build(&input).unwrap();
+        let actions: Vec<(&str, &str)> = steps
+            .iter()
+            .map(|s| (s.agent.as_str(), s.action.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("kvm01", "csr.create"),
+                ("engine", "ovirt.enroll_request"),
+                ("kvm01", "cert.install"),
+                ("kvm01", "ovirt.vmconsole_pubkey"),
+                ("engine", "ovirt.vmconsole_sign"),
+                ("kvm01", "ovirt.vmconsole_install"),
+                ("kvm02", "csr.create"),
+                ("engine", "ovirt.enroll_request"),
+                ("kvm02", "cert.install"),
+            ]
+        );
+        // After the VDSM part, chained, with the VDSM certificate's days.
+        assert_eq!(steps[3].depends_on, vec![steps[2].key.clone()]);
+        assert_eq!(steps[4].depends_on, vec![steps[3].key.clone()]);
+        assert_eq!(steps[5].depends_on, vec![steps[4].key.clone()]);
+        let sign = &steps[4].args;
+        assert_eq!(sign["name"], "kvm01.example.test-ssh");
+        assert_eq!(sign["id"], "kvm01.example.test");
+        assert_eq!(sign["principals"], "kvm01.example.test");
+        assert_eq!(sign["days"]["$ref"], format!("{}.days", steps[1].key));
+        assert_eq!(
+            sign["public_key"]["$ref"],
+            format!("{}.public_key", steps[3].key)
+        );
+        let install = &steps[5].args;
+        assert_eq!(install["old_valid_before"], console.not_after);
+        assert_eq!(install["restart"], json!([VMCONSOLE_UNIT]));
+        assert_eq!(install["principals"], json!(["kvm01.example.test"]));
+        // kvm02's plan says why its serial console is left alone.
+        assert!(
+            steps[8]
+                .commands
+                .iter()
+                .any(|c| c.contains("not renewed") && c.contains("not deployed")),
+            "{:?}",
+            steps[8].commands
+        );
+        assert!(!steps[2].commands.iter().any(|c| c.contains("not renewed")));
+        // A --role that leaves out the serial console leaves it out, and says so.
+        input.roles = vec!["ovirt.node.vdsm".into()];
+        let steps = OvirtHostsOffline.build(&input).unwrap();
+        assert_eq!(steps.len(), 6);
+        assert!(steps[2].commands.iter().any(|c| c.contains("--role")));
+        input.roles = vec!["ovirt.node".into()];
+        assert_eq!(OvirtHostsOffline.build(&input).unwrap().len(), 9);
     }
 
     #[test]

@@ -403,8 +403,9 @@ pub fn build_engine(host: &SimHost, spec: &EngineSpec) -> Result<Engine> {
     engine.write_engine_conf()?;
     engine.save_state(&qemu_ca_subject)?;
     host.install_tool("/usr/bin/engine-config", "engine-config")?;
-    // The PKI scripts run the system openssl.
+    // The PKI scripts run the system openssl; pki-enroll-openssh-cert.sh runs ssh-keygen.
     host.link_real_tool("/usr/bin/openssl")?;
+    host.link_real_tool("/usr/bin/ssh-keygen")?;
     Ok(engine)
 }
 
@@ -808,11 +809,13 @@ impl Engine {
         Ok(self.path(&cert))
     }
 
-    /// `pki-enroll-openssh-cert.sh --name=<name> --id=<id> [--host] --principals=…`: the
-    /// X.509 certificate's public key as an OpenSSH key (`ssh-keygen -i -m PKCS8`) in
-    /// `certs/<name>.pub`, signed with the engine CA key by `ssh-keygen -s` into
-    /// `certs/<name>-cert.pub` (options `clear,permit-pty`, validity `-1h:+<days>d`, or the
-    /// test's lifetime).
+    /// `pki-enroll-openssh-cert.sh --name=<name> --id=<id> [--host] --principals=…`
+    /// (oVirt/ovirt-engine `packaging/bin/pki-enroll-openssh-cert.sh`): the X.509
+    /// certificate's public key as an OpenSSH key (`ssh-keygen -i -m PKCS8`) in
+    /// `certs/<name>.pub`, signed with a copy of the engine CA key (`private/ca.pem`, which the
+    /// real `ssh-keygen -s` reads as it is) into `certs/<name>-cert.pub`, validity
+    /// `-1h:+<days>d` (or the test's lifetime), options `clear,permit-pty` for a user
+    /// certificate and none for a host certificate (`[ -n "${HOST}" ] && OPTIONS=""`).
     pub(crate) fn enroll_openssh(
         &self,
         name: &str,
@@ -860,16 +863,10 @@ impl Engine {
         if host {
             args.push("-h");
         }
-        args.extend([
-            "-V",
-            &validity,
-            "-n",
-            principals,
-            "-O",
-            "clear",
-            "-O",
-            "permit-pty",
-        ]);
+        args.extend(["-V", &validity, "-n", principals]);
+        if !host {
+            args.extend(["-O", "clear", "-O", "permit-pty"]);
+        }
         args.push(&pub_s);
         run_tool("ssh-keygen", &args)?;
         let cert = self.path(&format!("certs/{name}-cert.pub"));

@@ -27,6 +27,12 @@ use crate::sim::{Lifetime, SimHost};
 
 /// The VDSM certificate that libvirtd and vdsmd need.
 pub const VDSM_CERT: &str = "/etc/pki/vdsm/certs/vdsmcert.pem";
+/// The serial console's host key (`ovirt_vmconsole_key_file`).
+pub const VMCONSOLE_KEY: &str = "/etc/pki/ovirt-vmconsole/host-ssh_host_rsa";
+/// Its OpenSSH host certificate (`ovirt_vmconsole_cert_file`).
+pub const VMCONSOLE_CERT: &str = "/etc/pki/ovirt-vmconsole/host-ssh_host_rsa-cert.pub";
+/// The serial console's sshd, restarted by `ovirt-host-deploy-vm-console`.
+pub const VMCONSOLE_SSHD: &str = "ovirt-vmconsole-host-sshd";
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -238,15 +244,23 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
             "openvswitch:openvswitch",
         )?;
     }
-    if engine
+    let vmconsole = engine
         .entities
         .iter()
-        .any(|e| e.name == super::engine::VMCONSOLE_HOST)
-    {
+        .any(|e| e.name == super::engine::VMCONSOLE_HOST);
+    if vmconsole {
         vmconsole_host(&mut node, engine, &work, host_days)?;
     }
     std::fs::remove_dir_all(&work)?;
     libvirtd_and_vdsmd(host)?;
+    if vmconsole {
+        // `ovirt-host-deploy-vm-console` restarts it after installing the certificate. It
+        // needs no valid certificate to start: sshd loads an expired or non-matching
+        // HostCertificate without failing (clients refuse it) — unverified on a real host,
+        // taken from OpenSSH's sshd.c, which logs a mismatch and goes on.
+        crate::sim::systemd::define_unit_as(host, VMCONSOLE_SSHD, &[], &[VMCONSOLE_KEY], None)?;
+        host.link_real_tool("/usr/bin/ssh-keygen")?;
+    }
     host.link_real_tool("/usr/bin/openssl")?;
     std::fs::write(
         host.state("ovirt-node-owners.json"),
@@ -292,7 +306,10 @@ pub fn libvirtd_and_vdsmd(host: &SimHost) -> Result<()> {
 /// --subject=/O=<org>/CN=<fqdn>` (no SAN), `pki-enroll-openssh-cert.sh --host --id=<fqdn>
 /// --principals=<fqdn>`, then `/etc/pki/ovirt-vmconsole/ca.pub` (the engine CA key as an
 /// OpenSSH key, 0644), `host-ssh_host_rsa-cert.pub` (0644) and `host-ssh_host_rsa`
-/// (`ovirt-vmconsole:ovirt-vmconsole` 0400).
+/// (`ovirt-vmconsole:ovirt-vmconsole` 0400, as the role's `copy` task sets them).
+/// Unverified: the owner and mode of `ca.pub` and of the certificate — the role's `copy`
+/// tasks name none, so they are Ansible's defaults (the connecting user, root, and the
+/// umask's 0644), not read off a real host.
 pub fn vmconsole_host(
     node: &mut Node,
     engine: &Engine,
@@ -318,14 +335,9 @@ pub fn vmconsole_host(
     node.dir(dir, 0o755, "root:root")?;
     let ca_pub = std::fs::read(engine.host.path(&format!("{dir}/ca.pub")))?;
     node.file(&format!("{dir}/ca.pub"), &ca_pub, 0o644, "root:root")?;
+    node.file(VMCONSOLE_CERT, &std::fs::read(cert)?, 0o644, "root:root")?;
     node.file(
-        &format!("{dir}/host-ssh_host_rsa-cert.pub"),
-        &std::fs::read(cert)?,
-        0o644,
-        "root:root",
-    )?;
-    node.file(
-        &format!("{dir}/host-ssh_host_rsa"),
+        VMCONSOLE_KEY,
         &std::fs::read(&key)?,
         0o400,
         "ovirt-vmconsole:ovirt-vmconsole",
