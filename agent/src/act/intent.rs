@@ -85,6 +85,8 @@ pub fn resume_policy(action: &str) -> Resume {
         | "ovirt.host_activate"
         | "ovirt.global_maintenance"
         | "ovirt.refresh_host_ca" => Resume::Rerun,
+        // Notes the served certificate before the refresh and checks it first on a resend.
+        "esxi.refresh_hosts" => Resume::Rerun,
         // Refused, each for the reason its doc comment gives: `vsphere.sts`,
         // `vsphere.solution_users`, `kubeadm.renew_all`, `ovirt.engine_setup`,
         // `ovirt.engine_reissue`, and every action not listed.

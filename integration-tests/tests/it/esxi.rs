@@ -299,9 +299,28 @@ fn the_vim_client_reads_and_renews_esxi_certificates_through_vcsim() {
         "DisconnectHost_Task",
     )
     .unwrap();
+    // vCenter does not take the expired certificate back without its thumbprint, nor with
+    // another one.
+    let served_der = certfleet_agent::collect::endpoint::probe(
+        &vc.endpoint("DC0_C1_H1"),
+        "esxi.lab.local",
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .remove(0);
+    let thumb = certfleet_agent::act::esxi::sha1_thumbprint(&served_der);
+    for given in [None, Some("00:11:22")] {
+        let err = wait(
+            &s,
+            &s.reconnect_host(&expired, given).unwrap(),
+            "ReconnectHost_Task",
+        )
+        .unwrap_err();
+        assert_eq!(err.fault(), Some("SSLVerifyFault"), "{err}");
+    }
     wait(
         &s,
-        &s.reconnect_host(&expired).unwrap(),
+        &s.reconnect_host(&expired, Some(&thumb)).unwrap(),
         "ReconnectHost_Task",
     )
     .unwrap();
