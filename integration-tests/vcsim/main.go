@@ -431,8 +431,11 @@ func main() {
 	ctl.HandleFunc("/ctl/rotate-root", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
+		old := root
 		root = newRoot("CA", 10)
-		must(ioutil.WriteFile(filepath.Join(out, "vmca-root.pem"), root.pem, 0o644))
+		// The trust bundle keeps the old root too (as VECS TRUSTED_ROOTS does after a root
+		// replacement): vCenter's own certificate still chains to it.
+		must(ioutil.WriteFile(filepath.Join(out, "vmca-root.pem"), append(append([]byte{}, root.pem...), old.pem...), 0o644))
 		fmt.Fprintln(w, fp(root.cert.Raw))
 	})
 	ctl.HandleFunc("/ctl/mode", func(w http.ResponseWriter, r *http.Request) {
