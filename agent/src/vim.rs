@@ -183,6 +183,11 @@ pub struct HostInfo {
     /// `config.certificate`: the host certificate (PEM bytes as vCenter holds them); empty
     /// when vCenter has none (e.g. a disconnected host).
     pub certificate: Vec<u8>,
+    /// `runtime.dasHostState.state`: the host's vSphere HA (FDM) agent state (`master`,
+    /// `connectedToMaster`, `networkIsolated`, …); empty when HA is not configured.
+    pub ha_state: String,
+    /// `config.vsanHostConfig.enabled`: the host is a member of a vSAN cluster.
+    pub vsan_enabled: bool,
 }
 
 /// One `OptionValue` of an `OptionManager`.
@@ -676,7 +681,8 @@ impl Session {
             "<RetrievePropertiesEx>{}<specSet>\
 <propSet><type>HostSystem</type><pathSet>name</pathSet><pathSet>parent</pathSet>\
 <pathSet>config.certificate</pathSet><pathSet>runtime.connectionState</pathSet>\
-<pathSet>runtime.inMaintenanceMode</pathSet></propSet>\
+<pathSet>runtime.inMaintenanceMode</pathSet><pathSet>runtime.dasHostState</pathSet>\
+<pathSet>config.vsanHostConfig.enabled</pathSet></propSet>\
 <propSet><type>ClusterComputeResource</type><pathSet>name</pathSet></propSet>\
 <objectSet>{}<skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><name>view</name>\
 <type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet>\
@@ -778,9 +784,26 @@ impl Session {
         )
     }
 
-    /// `HostSystem.ReconnectHost_Task` with no spec (vCenter re-reads the host and accepts its
-    /// current certificate). Idempotent: reconnecting a connected host re-syncs it.
-    pub fn reconnect_host(&self, host: &MoRef) -> Result<MoRef, VimError> {
+    /// `HostSystem.ReconnectHost_Task`. With `ssl_thumbprint` (SHA-1, colon-separated hex, as
+    /// vCenter shows it) a `HostConnectSpec` tells vCenter to accept the certificate the host
+    /// serves now (the emergency path for an expired host certificate); without, vCenter
+    /// re-reads the host with the trust it already has. Idempotent: reconnecting a connected
+    /// host re-syncs it.
+    pub fn reconnect_host(
+        &self,
+        host: &MoRef,
+        ssl_thumbprint: Option<&str>,
+    ) -> Result<MoRef, VimError> {
+        // HostConnectSpec field order of the WSDL: hostName, port, sslThumbprint, …, force
+        // (the only required field).
+        let spec = ssl_thumbprint
+            .map(|t| {
+                format!(
+                    "<cnxSpec><sslThumbprint>{}</sslThumbprint><force>false</force></cnxSpec>",
+                    escape(t)
+                )
+            })
+            .unwrap_or_default();
         self.call(
             "ReconnectHost_Task",
             |b| {
@@ -789,7 +812,7 @@ impl Session {
                     .ok_or("no task".into())
             },
             &format!(
-                "<ReconnectHost_Task>{}</ReconnectHost_Task>",
+                "<ReconnectHost_Task>{}{spec}</ReconnectHost_Task>",
                 host.xml("_this")
             ),
         )
@@ -900,6 +923,10 @@ fn parse_hosts(
                 cluster: text("parent"),
                 connection_state: text("runtime.connectionState"),
                 in_maintenance_mode: text("runtime.inMaintenanceMode") == "true",
+                ha_state: get("runtime.dasHostState")
+                    .and_then(|v| child_text(v, "state"))
+                    .unwrap_or_default(),
+                vsan_enabled: text("config.vsanHostConfig.enabled") == "true",
                 certificate: get("config.certificate")
                     .map(decode_byte_array)
                     .unwrap_or_default(),

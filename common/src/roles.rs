@@ -112,7 +112,7 @@ pub const ROLES: &[RoleInfo] = &[
         "vsphere.esxi_host",
         "vsphere",
         30,
-        "",
+        "esxi-hosts",
         "ESXi host certificate: vpxa disconnects (host Not Responding), vMotion and HA fail; renewal needs the host connected and out of maintenance mode",
     ),
     r(

@@ -9,6 +9,10 @@
 //     CertMgrRefreshCertificates_Task and CertMgrRefreshCACertificatesAndCRLs_Task.
 //   - HostSystem DisconnectHost_Task / ReconnectHost_Task (missing in vcsim 0.24).
 //   - OptionManager settings vpxd.certmgmt.mode and vpxd.certmgmt.certs.daysValid.
+//   - Per host (spec): runtime.dasHostState.state (vSphere HA agent state) and
+//     config.vsanHostConfig.enabled; vcsim leaves both unset.
+//   - ReconnectHost_Task's HostConnectSpec.sslThumbprint check for a host serving an expired
+//     certificate (SSLVerifyFault otherwise).
 //   - A TLS listener per host standing in for the host's own port 443.
 //
 // UNVERIFIED against a real vCenter (the vim25 types are real, these behaviours are not):
@@ -19,7 +23,7 @@
 //
 // Usage: certfleet-vcsim SPEC.json OUT_DIR. Writes OUT_DIR/vcsim.json (URL, hosts, ports,
 // control URL) and OUT_DIR/vmca-root.pem, then serves until killed. A control endpoint
-// (GET /ctl/state, POST /ctl/rotate-root, POST /ctl/machine-ssl) lets tests look and act
+// (GET /ctl/state, /ctl/rotate-root, /ctl/mode?set=MODE) lets tests look and act
 // from outside vCenter's API.
 package main
 
@@ -27,6 +31,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -43,6 +48,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,7 +64,9 @@ type hostSpec struct {
 	Maintenance  bool `json:"maintenance"`
 	Disconnected bool `json:"disconnected"`
 	Expired      bool `json:"expired"`
-	Stale        bool `json:"stale_endpoint"`
+	Stale        bool   `json:"stale_endpoint"`
+	HA           string `json:"ha_state"`
+	Vsan         bool   `json:"vsan"`
 }
 
 type spec struct {
@@ -94,6 +102,7 @@ var (
 	root    *issuer
 	hosts   = map[string]*hostState{}
 	theSpec spec
+	modeOpt *types.OptionValue
 )
 
 func fp(der []byte) string { s := sha256.Sum256(der); return hex.EncodeToString(s[:]) }
@@ -172,20 +181,42 @@ func (h *esxHost) DisconnectHostTask(req *types.DisconnectHost_Task) soap.HasFau
 }
 
 // ReconnectHostTask reconnects and, as a reconnect does, re-reads the certificate the host
-// serves (vCenter accepts the new thumbprint).
+// serves. A host serving an expired certificate is accepted only with
+// HostConnectSpec.sslThumbprint equal to the SHA-1 thumbprint of what it serves, else the task
+// fails with SSLVerifyFault carrying the thumbprint (as vCenter asks a client to confirm an
+// unknown host certificate). UNVERIFIED: the exact fault a real vCenter raises here.
 func (h *esxHost) ReconnectHostTask(req *types.ReconnectHost_Task) soap.HasFault {
 	task := simulator.CreateTask(&h.HostSystem, "reconnectHost", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
 		mu.Lock()
 		defer mu.Unlock()
-		h.Runtime.ConnectionState = types.HostSystemConnectionStateConnected
 		for _, s := range hosts {
-			if s.ref == h.Self {
-				h.Config.Certificate = pemOf(s.serving)
+			if s.ref != h.Self {
+				continue
 			}
+			leafCert, _ := x509.ParseCertificate(s.serving.Certificate[0])
+			thumb := sha1Thumbprint(s.serving.Certificate[0])
+			given := ""
+			if req.CnxSpec != nil {
+				given = req.CnxSpec.SslThumbprint
+			}
+			if (given != "" && given != thumb) || (given == "" && time.Now().After(leafCert.NotAfter)) {
+				return nil, &types.SSLVerifyFault{Thumbprint: thumb}
+			}
+			h.Config.Certificate = pemOf(s.serving)
 		}
+		h.Runtime.ConnectionState = types.HostSystemConnectionStateConnected
 		return nil, nil
 	})
 	return &methods.ReconnectHost_TaskBody{Res: &types.ReconnectHost_TaskResponse{Returnval: task.Run()}}
+}
+
+func sha1Thumbprint(der []byte) string {
+	sum := sha1.Sum(der)
+	parts := make([]string, len(sum))
+	for i, b := range sum {
+		parts[i] = fmt.Sprintf("%02X", b)
+	}
+	return strings.Join(parts, ":")
 }
 
 type certificateManager struct {
@@ -280,8 +311,9 @@ func main() {
 	out := os.Args[2]
 	root = newRoot("CA", 10)
 
+	modeOpt = &types.OptionValue{Key: "vpxd.certmgmt.mode", Value: theSpec.Mode}
 	vpx.Setting = append(vpx.Setting,
-		&types.OptionValue{Key: "vpxd.certmgmt.mode", Value: theSpec.Mode},
+		modeOpt,
 		&types.OptionValue{Key: "vpxd.certmgmt.certs.daysValid", Value: fmt.Sprint(theSpec.DaysValid)},
 	)
 	model := simulator.VPX()
@@ -324,6 +356,12 @@ func main() {
 		h.Config.Certificate = pemOf(c)
 		if hs.Maintenance {
 			h.Runtime.InMaintenanceMode = true
+		}
+		if hs.HA != "" {
+			h.Runtime.DasHostState = &types.ClusterDasFdmHostState{State: hs.HA}
+		}
+		if hs.Vsan {
+			h.Config.VsanHostConfig = &types.VsanHostConfigInfo{Enabled: types.NewBool(true)}
 		}
 		if hs.Disconnected || hs.Expired {
 			// An expired host certificate makes vpxa drop the connection: "Not Responding".
@@ -393,9 +431,19 @@ func main() {
 	ctl.HandleFunc("/ctl/rotate-root", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
+		old := root
 		root = newRoot("CA", 10)
-		must(ioutil.WriteFile(filepath.Join(out, "vmca-root.pem"), root.pem, 0o644))
+		// The trust bundle keeps the old root too (as VECS TRUSTED_ROOTS does after a root
+		// replacement): vCenter's own certificate still chains to it.
+		must(ioutil.WriteFile(filepath.Join(out, "vmca-root.pem"), append(append([]byte{}, root.pem...), old.pem...), 0o644))
 		fmt.Fprintln(w, fp(root.cert.Raw))
+	})
+	ctl.HandleFunc("/ctl/mode", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		theSpec.Mode = r.URL.Query().Get("set")
+		modeOpt.Value = theSpec.Mode
+		fmt.Fprintln(w, theSpec.Mode)
 	})
 	cln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(err)

@@ -97,6 +97,8 @@ pub fn resume_policy(action: &str) -> Resume {
         "ovirt.vmconsole_pubkey" | "ovirt.vmconsole_sign" | "ovirt.vmconsole_install" => {
             Resume::Rerun
         }
+        // Notes the served certificate before the refresh and checks it first on a resend.
+        "esxi.refresh_hosts" => Resume::Rerun,
         // Refused, for the reason its doc comment gives: `ovirt.engine_setup`, and every
         // action not listed.
         _ => Resume::Refuse,

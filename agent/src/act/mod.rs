@@ -18,6 +18,7 @@ use crate::config::AgentConfig;
 use crate::state::StateDir;
 
 pub mod backup;
+pub mod esxi;
 pub mod generic;
 pub mod gke;
 pub mod intent;
@@ -202,6 +203,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
             gke::dispatch(a, ctx, args)
         }
         a if a.starts_with("vsphere.") => vsphere::dispatch(a, ctx, args),
+        a if a.starts_with("esxi.") => esxi::dispatch(a, ctx, args),
         a => generic::dispatch(a, ctx, args),
     }
 }

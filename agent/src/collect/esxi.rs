@@ -11,6 +11,9 @@
 //! `esxi.vim_user`, `esxi.vim_password_file` (host path), `esxi.vim_ca_file` (host path of the
 //! VMCA root / CA bundle vCenter's certificate chains to), `esxi.endpoint_port` (default 443)
 //! and `esxi.endpoint.<host name>` (an explicit `address:port` for one host).
+//!
+//! The `vcenter` location's detail carries the host's facts ([`host_facts`]) so the controller
+//! can plan `esxi-hosts` waves per cluster and say why a host is left out.
 
 use std::time::Duration;
 
@@ -61,6 +64,24 @@ pub fn endpoint_of(cfg: &AgentConfig, host: &str) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// The facts the `esxi-hosts` recipe plans from, as the `detail` of a host certificate's
+/// `vcenter` location: `HostSystem <moref> config.certificate; cluster=…; connection=…;
+/// maintenance=…; ha=…; vsan=…; mode=…`, then the collector adds `esxi-hosts=<verdict>`
+/// ([`crate::act::esxi::verdict`]). Values never contain `;` or `=`.
+pub fn host_facts(h: &crate::vim::HostInfo, mode: &str) -> String {
+    let clean = |v: &str| v.replace([';', '='], "_");
+    format!(
+        "HostSystem {} config.certificate; cluster={}; connection={}; maintenance={}; ha={}; vsan={}; mode={}",
+        h.moref.value,
+        clean(&h.cluster),
+        clean(&h.connection_state),
+        h.in_maintenance_mode,
+        clean(&h.ha_state),
+        h.vsan_enabled,
+        clean(mode)
+    )
 }
 
 impl Collector for Esxi {
@@ -119,6 +140,13 @@ impl Collector for Esxi {
                 return session.logout();
             }
         };
+        let mode = out
+            .health
+            .iter()
+            .find(|f| f.kind == "esxi.certmgmt")
+            .map(|f| f.state.clone())
+            .unwrap_or_default();
+        let now = certfleet_common::model::now();
         for h in &hosts {
             let connected = h.connection_state == "connected";
             out.health.push(HealthFact {
@@ -151,7 +179,8 @@ impl Collector for Esxi {
                 ));
             } else {
                 let mut loc = Location::file("vcenter", h.name.clone());
-                loc.detail = format!("HostSystem {} config.certificate", h.moref.value);
+                let v = crate::act::esxi::verdict(h, &hosts, &mode, now);
+                loc.detail = format!("{}; esxi-hosts={}", host_facts(h, &mode), v.as_text());
                 out.add_blob(NAME, &h.certificate, ROLE, loc);
             }
             let addr = endpoint_of(cfg, &h.name);

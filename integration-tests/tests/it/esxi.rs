@@ -5,6 +5,7 @@
 //! maintenance mode, a disconnected host, and a host whose certificate expired (not
 //! responding).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use certfleet_agent::vim::{HostInfo, MoRef, Session, VimError, VimSettings};
 use serde_json::Value;
 
-use crate::support::{Proc, http_get, wait_for};
+use crate::support::{Controller, Proc, http_get, wait_for};
 
 /// Builds (or reuses the cached) certfleet-vcsim; returns its path.
 fn vcsim_binary() -> PathBuf {
@@ -299,9 +300,28 @@ fn the_vim_client_reads_and_renews_esxi_certificates_through_vcsim() {
         "DisconnectHost_Task",
     )
     .unwrap();
+    // vCenter does not take the expired certificate back without its thumbprint, nor with
+    // another one.
+    let served_der = certfleet_agent::collect::endpoint::probe(
+        &vc.endpoint("DC0_C1_H1"),
+        "esxi.lab.local",
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .remove(0);
+    let thumb = certfleet_agent::act::esxi::sha1_thumbprint(&served_der);
+    for given in [None, Some("00:11:22")] {
+        let err = wait(
+            &s,
+            &s.reconnect_host(&expired, given).unwrap(),
+            "ReconnectHost_Task",
+        )
+        .unwrap_err();
+        assert_eq!(err.fault(), Some("SSLVerifyFault"), "{err}");
+    }
     wait(
         &s,
-        &s.reconnect_host(&expired).unwrap(),
+        &s.reconnect_host(&expired, Some(&thumb)).unwrap(),
         "ReconnectHost_Task",
     )
     .unwrap();
@@ -332,4 +352,268 @@ fn the_vim_client_reads_and_renews_esxi_certificates_through_vcsim() {
         new_root.as_str()
     );
     s.logout();
+}
+
+/// The inventory's ESXi host certificates at `vcenter` locations: host name → location detail.
+fn esxi_inventory(c: &Controller) -> BTreeMap<String, String> {
+    let inv = c.json(&["inventory"]);
+    let mut out = BTreeMap::new();
+    for r in inv.as_array().unwrap() {
+        if r["role"] != "vsphere.esxi_host" {
+            continue;
+        }
+        for l in r["locations"].as_array().unwrap() {
+            if l["kind"] == "vcenter" {
+                out.insert(
+                    l["path"].as_str().unwrap().to_owned(),
+                    l["detail"].as_str().unwrap_or("").to_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `esxi-hosts` end to end: a controller, the agent on the "VCSA" talking to vcsim, two
+/// clusters with a host in maintenance mode, a disconnected host, an expired (not responding)
+/// host, a host whose HA agent is isolated, a vSAN member whose vSAN peer is disconnected, and
+/// a host that keeps serving its old certificate. The VMCA root is rotated before the run, so
+/// every refreshed host also gets the CA refresh. Then vCenter switches to custom mode and the
+/// recipe refuses with the reason.
+#[test]
+fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_expired_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vc = Vcsim::start(
+        &tmp.path().join("vc"),
+        &serde_json::json!({
+            "clusters": 2, "hosts_per_cluster": 5, "mode": "vmca", "host_days_left": 20,
+            "user": "administrator@vsphere.local", "password": "pw",
+            "hosts": {
+                "DC0_C0_H1": {"maintenance": true},
+                "DC0_C0_H2": {"stale_endpoint": true},
+                "DC0_C0_H4": {"ha_state": "networkIsolated"},
+                "DC0_C1_H0": {"disconnected": true, "vsan": true},
+                "DC0_C1_H1": {"expired": true},
+                "DC0_C1_H3": {"vsan": true}
+            }
+        }),
+    );
+    let c = Controller::start(&tmp.path().join("ctl"), &[]);
+    let mut toml = format!(
+        "platforms = [\"esxi\"]\nscan_interval = \"2s\"\n[settings]\n\"esxi.vim_url\" = \"{}\"\n\
+\"esxi.vim_user\" = \"administrator@vsphere.local\"\n\"esxi.vim_password_file\" = \"{}\"\n\
+\"esxi.vim_ca_file\" = \"{}\"\n",
+        vc.manifest["url"].as_str().unwrap(),
+        vc.settings("pw").password_file.display(),
+        vc.dir.join("vmca-root.pem").display()
+    );
+    for h in vc.manifest["hosts"].as_array().unwrap() {
+        toml.push_str(&format!(
+            "\"esxi.endpoint.{}\" = \"{}\"\n",
+            h["name"].as_str().unwrap(),
+            h["endpoint"].as_str().unwrap()
+        ));
+    }
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let state = c.enroll("vcsa");
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    c.wait_connected(1);
+    let inv = wait_for(
+        "10 ESXi hosts in the inventory",
+        Duration::from_secs(30),
+        || {
+            let i = esxi_inventory(&c);
+            (i.len() == 10).then_some(i)
+        },
+    );
+    assert!(
+        inv["DC0_C0_H1"].ends_with(
+            "esxi-hosts=skip: in maintenance mode (vCenter refreshes only hosts out of maintenance)"
+        ),
+        "{inv:#?}"
+    );
+    assert!(
+        inv["DC0_C1_H1"].ends_with("esxi-hosts=emergency"),
+        "{inv:#?}"
+    );
+
+    // Dry run: canary then waves per cluster, the skipped hosts with their reasons.
+    let create = |extra: &[&str]| {
+        let mut a = vec![
+            "plan",
+            "create",
+            "esxi-hosts",
+            "--expiring-within",
+            "60d",
+            "--param",
+            "wave_size=2",
+            "--param",
+            "max_failures=1",
+            "--param",
+            "verify_timeout=2",
+        ];
+        a.extend_from_slice(extra);
+        c.json(&a)
+    };
+    let dry = create(&["--dry-run"]);
+    let names: Vec<&str> = dry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "DC0_C0 canary: refresh DC0_C0_H0",
+            "DC0_C0 wave 1: refresh DC0_C0_H2, DC0_C0_H3",
+            "DC0_C1 canary: refresh DC0_C1_H2",
+            "DC0_C1 wave 1: refresh DC0_C1_H4, DC0_C1_H1"
+        ],
+        "{dry:#}"
+    );
+    let leave: Vec<String> = dry["steps"][0]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| {
+            c.as_str()
+                .filter(|c| c.starts_with("leave "))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(leave.len(), 4, "{leave:#?}");
+    for (host, why) in [
+        ("DC0_C0_H1", "maintenance mode"),
+        ("DC0_C0_H4", "HA agent state networkIsolated"),
+        ("DC0_C1_H0", "disconnected"),
+        (
+            "DC0_C1_H3",
+            "vSAN cluster DC0_C1 is degraded (DC0_C1_H0 disconnected)",
+        ),
+    ] {
+        assert!(
+            leave
+                .iter()
+                .any(|l| l.starts_with(&format!("leave {host} alone: ")) && l.contains(why)),
+            "{host}: {leave:#?}"
+        );
+    }
+    let before = vc.state();
+
+    // A new VMCA root: every refreshed host needs the CA refresh too.
+    let ctl = vc.manifest["control"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let new_root = http_get(&ctl, "/ctl/rotate-root")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let plan = create(&["--run"]);
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let done = crate::ovirt_rotation::wait_plan(&c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let steps = done["steps"].as_array().unwrap();
+    // The stale host is the one failure, within max_failures=1, carried to the next waves.
+    let failed: Vec<&str> = steps[1]["details"]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["DC0_C0_H2"], "{done:#}");
+    assert!(
+        steps[1]["details"]["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("still serves"),
+        "{done:#}"
+    );
+    assert_eq!(steps[3]["details"]["failures"], 1);
+    // Skipped hosts are reported by the first wave as read at run time.
+    let skipped = steps[0]["details"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 4, "{done:#}");
+    // The expired host went through disconnect + reconnect with its thumbprint.
+    let out = steps[3]["output"].to_string();
+    assert!(out.contains("DC0_C1_H1: disconnected"), "{out}");
+    assert!(out.contains("reconnected accepting thumbprint"), "{out}");
+
+    let after = vc.state();
+    let refreshed = [
+        "DC0_C0_H0",
+        "DC0_C0_H3",
+        "DC0_C1_H1",
+        "DC0_C1_H2",
+        "DC0_C1_H4",
+    ];
+    for name in refreshed {
+        let h = &after["hosts"][name];
+        assert_ne!(
+            h["serving_sha256"], before["hosts"][name]["serving_sha256"],
+            "{name} serves a new certificate"
+        );
+        assert_eq!(h["serving_sha256"], h["certificate_sha256"], "{name}");
+        assert_eq!(
+            h["trusted_root_sha256"],
+            new_root.as_str(),
+            "{name}: CA refresh"
+        );
+        assert_eq!(h["connection_state"], "connected", "{name}");
+        // The plan's record is what the host's own endpoint serves.
+        let r = steps
+            .iter()
+            .flat_map(|s| {
+                s["details"]["refreshed"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find(|r| r["host"] == name)
+            .unwrap();
+        assert_eq!(r["fingerprint_sha256"], served(&vc.endpoint(name)).as_str());
+        assert_eq!(r["ca_refreshed"], true);
+    }
+    for name in ["DC0_C0_H1", "DC0_C0_H4", "DC0_C1_H0", "DC0_C1_H3"] {
+        assert_eq!(
+            after["hosts"][name]["serving_sha256"], before["hosts"][name]["serving_sha256"],
+            "{name} was left alone"
+        );
+        assert_ne!(
+            after["hosts"][name]["trusted_root_sha256"],
+            new_root.as_str()
+        );
+    }
+
+    // vCenter in custom mode: the collector's verdict changes, and the recipe refuses, saying why.
+    http_get(&ctl, "/ctl/mode?set=custom").unwrap();
+    wait_for(
+        "custom mode in the inventory",
+        Duration::from_secs(30),
+        || {
+            esxi_inventory(&c)
+                .values()
+                .all(|d| d.contains("esxi-hosts=skip: vCenter is in custom mode"))
+                .then_some(())
+        },
+    );
+    let out = c.cli_as(
+        &c.admin(),
+        &[
+            "plan",
+            "create",
+            "esxi-hosts",
+            "--dry-run",
+            "--fail-if-nothing",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "nothing to renew exits 5");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to renew"), "{err}");
+    assert!(
+        err.contains("DC0_C0_H0: vCenter is in custom mode"),
+        "{err}"
+    );
 }

@@ -7,6 +7,7 @@ use certfleet_common::model::CertRecord;
 
 use crate::plan::Target;
 
+pub mod esxi;
 pub mod files;
 pub mod gke;
 pub mod kubeadm;
@@ -82,6 +83,7 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
         Box::new(vsphere::MachineSsl),
         Box::new(vsphere::SolutionUsers),
         Box::new(vsphere::Sts),
+        Box::new(esxi::EsxiHosts),
     ]
 }
 
