@@ -105,6 +105,9 @@ sleep 5
 step "what is still expiring within 30 days"
 "$bin/certfleet" inventory --expiring-within 30d
 
+step "the controller at a glance: certfleet status"
+"$bin/certfleet" status
+
 echo
 echo "work dir: $work (logs, controller data, agent state)"
 if [ $keep = 1 ]; then

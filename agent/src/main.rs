@@ -18,6 +18,15 @@ const VERSION: &str = concat!(
 #[derive(Parser)]
 #[command(name = "certfleet-agent", version = VERSION, about = "certfleet host agent")]
 struct Cli {
+    /// Log lines as text (colour only on a terminal) or JSON, one object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CERTFLEET_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: certfleet_common::process::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -277,9 +286,9 @@ fn load_config(path: Option<&PathBuf>, root: Option<PathBuf>) -> anyhow::Result<
 }
 
 fn main() -> ExitCode {
-    certfleet_common::process::init_tracing();
-    certfleet_common::tls::install_crypto_provider();
     let cli = Cli::parse();
+    certfleet_common::process::init_tracing(cli.log_format);
+    certfleet_common::tls::install_crypto_provider();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

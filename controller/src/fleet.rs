@@ -307,6 +307,9 @@ struct Conn {
 pub struct Registry {
     conns: Mutex<HashMap<String, Conn>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Set by [`Registry::kick_all`]: operator streams (`plan watch`) end too, or they would
+    /// hold the graceful shutdown open.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -356,9 +359,16 @@ impl Registry {
 
     /// Closes every stream (controller shutdown): agents reconnect with backoff.
     pub fn kick_all(&self, status: Status) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for (_, c) in self.conns.lock().unwrap().drain() {
             let _ = c.tx.try_send(Err(status.clone()));
         }
+    }
+
+    /// Whether the controller is shutting down (streams are being closed).
+    pub fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Notes a heartbeat.

@@ -228,7 +228,9 @@ async fn readyz(State(h): State<Http>) -> impl IntoResponse {
     )
 }
 
-fn store_health(fleet: &Fleet) -> (StatusCode, String) {
+/// Whether the store is open and its writes succeed, as `/healthz` (and `certfleet status`)
+/// report it.
+pub fn store_health(fleet: &Fleet) -> (StatusCode, String) {
     if let Some(failure) = fleet.store.failure() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -505,6 +505,129 @@ pub struct InventorySnapshot {
     pub earliest_not_after: Option<i64>,
 }
 
+// ===== Filters that name something =====
+//
+// A filter naming something that does not exist (a typo in `--agent`, `--platform`, `--role`,
+// `--issued-by`, a recipe `--param`) is refused with what is valid, never answered with an
+// empty list: "nothing expiring" after a typo is the worst answer an expiry tool can give.
+
+/// How many valid values a refusal lists before "and N more".
+const LISTED: usize = 12;
+
+/// The closest valid value to a mistyped one, if one is close enough to be a likely typo.
+fn did_you_mean<'a>(given: &str, valid: &'a [String]) -> Option<&'a str> {
+    valid
+        .iter()
+        .map(|v| (strsim::jaro_winkler(given, v), v))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The refusal of an unknown value for `what` (e.g. `--agent`), listing what is valid
+/// (shortened when many) and the likely typo. `InvalidArgument`: the CLI exits 2.
+pub fn unknown_value(what: &str, given: &str, valid: &[String]) -> Status {
+    let mut msg = format!("unknown {what} {given:?}");
+    if let Some(close) = did_you_mean(given, valid) {
+        msg.push_str(&format!(" (did you mean {close:?}?)"));
+    }
+    if valid.is_empty() {
+        msg.push_str("; valid: none");
+    } else {
+        let shown: Vec<&str> = valid.iter().take(LISTED).map(String::as_str).collect();
+        msg.push_str("; valid: ");
+        msg.push_str(&shown.join(", "));
+        if valid.len() > LISTED {
+            msg.push_str(&format!(" and {} more", valid.len() - LISTED));
+        }
+    }
+    Status::invalid_argument(msg)
+}
+
+/// Every platform the role catalogue knows (what `--platform` takes).
+pub fn known_platforms() -> Vec<String> {
+    let mut p: Vec<String> = roles::ROLES.iter().map(|r| r.platform.to_owned()).collect();
+    p.sort();
+    p.dedup();
+    p
+}
+
+/// Refuses a `--platform` the catalogue does not know.
+pub fn check_platform(platform: &str) -> Result<(), Status> {
+    let known = known_platforms();
+    if platform.is_empty() || known.iter().any(|p| p == platform) {
+        return Ok(());
+    }
+    Err(unknown_value("--platform", platform, &known))
+}
+
+/// Role families whose last part is chosen in each agent's configuration (`file.<name>`,
+/// `endpoint.<name>`): any name under them is a role someone may have configured.
+const CONFIGURED_FAMILIES: &[&str] = &["file.", "endpoint."];
+
+/// Whether `role` (exact, or a `.`-separated prefix as `--role` takes it) names a role of the
+/// catalogue or a family of them; with `configured`, any name under a family named in agent
+/// configurations counts too.
+fn catalogue_knows(role: &str, configured: bool) -> bool {
+    let below = format!("{role}.");
+    (configured && CONFIGURED_FAMILIES.iter().any(|f| role.starts_with(f)))
+        || roles::ROLES.iter().any(|r| {
+            let name = r.role.trim_end_matches('.');
+            !name.is_empty() && (name == role || r.role.starts_with(&below))
+        })
+}
+
+/// Refuses a `--role` that neither the catalogue nor any reported certificate has (exact or
+/// as a `.`-separated prefix); `seen` lists the roles certificates were reported with.
+///
+/// `configured_ok`: accept any name under `file.` / `endpoint.` even when no agent reported
+/// it (yet). Inventory queries do: an agent's configuration names these roles and a query may
+/// come before its first report. Plans do not: a plan is built from what was reported.
+pub fn check_role<S: AsRef<str>>(
+    role: &str,
+    seen: impl IntoIterator<Item = S>,
+    configured_ok: bool,
+) -> Result<(), Status> {
+    if role.is_empty() || catalogue_knows(role, configured_ok) {
+        return Ok(());
+    }
+    let below = format!("{role}.");
+    let mut valid: BTreeSet<String> = BTreeSet::new();
+    for r in seen {
+        let r = r.as_ref();
+        if r == role || r.starts_with(&below) {
+            return Ok(());
+        }
+        if !r.is_empty() {
+            valid.insert(r.to_owned());
+        }
+    }
+    valid.extend(
+        roles::ROLES
+            .iter()
+            .filter(|r| !r.role.is_empty() && !r.role.ends_with('.'))
+            .map(|r| r.role.to_owned()),
+    );
+    let valid: Vec<String> = valid.into_iter().collect();
+    Err(unknown_value("--role", role, &valid))
+}
+
+/// Refuses an agent id or name no agent has; lists the names.
+pub fn check_agent<'a>(
+    given: &str,
+    agents: impl Iterator<Item = &'a AgentRecord>,
+) -> Result<(), Status> {
+    let mut names = Vec::new();
+    for a in agents {
+        if a.id == given || a.name == given {
+            return Ok(());
+        }
+        names.push(a.name.clone());
+    }
+    names.sort();
+    Err(unknown_value("--agent", given, &names))
+}
+
 /// Largest page an inventory answer holds (a query asking for more, or for no limit, gets
 /// this many and a page token).
 pub const MAX_PAGE: usize = 5_000;
@@ -521,19 +644,24 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         .into_iter()
         .map(|a| (a.id.clone(), a))
         .collect();
+    check_platform(&q.platform)?;
     let only_agent: Option<String> = if q.agent.is_empty() {
         None
     } else {
-        Some(
-            agents
-                .values()
-                .find(|a| a.id == q.agent || a.name == q.agent)
-                .map(|a| a.id.clone())
-                // An unknown agent matches nothing, as before.
-                .unwrap_or_else(|| format!("\u{0}unknown:{}", q.agent)),
-        )
+        check_agent(&q.agent, agents.values())?;
+        agents
+            .values()
+            .find(|a| a.id == q.agent || a.name == q.agent)
+            .map(|a| a.id.clone())
     };
     let st = fleet.inventory.read(fleet)?;
+    check_role(
+        &q.role,
+        st.certs
+            .values()
+            .flat_map(|c| c.sightings.iter().map(|s| &*s.role)),
+        true,
+    )?;
     let first_page = q.page_token.is_empty();
     let mut problems = Vec::new();
     let mut health = Vec::new();
@@ -564,12 +692,40 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let issuer_ski: Option<Shared> = if issuer_filter.is_empty() {
         None
     } else {
-        Some(
-            st.certs
-                .get(issuer_filter.as_str())
-                .map(|c| Shared::from(&*c.subject_key_id))
-                .unwrap_or_else(|| Shared::from("")),
-        )
+        match st.certs.get(issuer_filter.as_str()) {
+            Some(c) => Some(Shared::from(&*c.subject_key_id)),
+            None => {
+                // The CAs the fleet reported, as "fingerprint (subject)".
+                let cas: Vec<String> = st
+                    .certs
+                    .iter()
+                    .filter(|(_, c)| c.is_ca)
+                    .map(|(fp, c)| format!("{fp} ({})", c.subject))
+                    .collect();
+                let fps: Vec<String> = cas
+                    .iter()
+                    .map(|c| c.split(' ').next().unwrap_or_default().to_owned())
+                    .collect();
+                let mut e = unknown_value("--issued-by", &q.issued_by, &fps);
+                if !cas.is_empty() {
+                    e = Status::invalid_argument(format!(
+                        "{} (a CA's full SHA-256 fingerprint, see `certfleet inventory cas`); CAs: {}{}",
+                        e.message().split("; valid:").next().unwrap_or_default(),
+                        cas.iter()
+                            .take(LISTED)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if cas.len() > LISTED {
+                            format!(" and {} more", cas.len() - LISTED)
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+                return Err(e);
+            }
+        }
     };
     let fp_filter = q.fingerprint.to_lowercase();
     let role_prefix = format!("{}.", q.role);
@@ -709,4 +865,70 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         health,
         next_page_token,
     })
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_values_list_what_is_valid_shortened_with_the_likely_typo() {
+        let names: Vec<String> = (1..=40).map(|i| format!("vcsa-{i:02}")).collect();
+        let e = unknown_value("--agent", "vcsa01", &names);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let m = e.message();
+        assert!(m.contains("did you mean \"vcsa-01\"?"), "{m}");
+        assert!(m.contains("vcsa-12") && !m.contains("vcsa-13"), "{m}");
+        assert!(m.ends_with("and 28 more"), "{m}");
+        assert!(
+            unknown_value("--param", "x", &[])
+                .message()
+                .ends_with("valid: none")
+        );
+    }
+
+    #[test]
+    fn roles_platforms_and_agents() {
+        assert!(check_platform("vsphere").is_ok() && check_platform("").is_ok());
+        let e = check_platform("vshpere").unwrap_err();
+        assert!(
+            e.message().contains("did you mean \"vsphere\""),
+            "{}",
+            e.message()
+        );
+        let none: [&str; 0] = [];
+        // The catalogue: exact names and families (`.`-separated prefixes).
+        for ok in [
+            "vsphere",
+            "vsphere.machine_ssl",
+            "ovirt.node",
+            "vsphere.solution_user",
+        ] {
+            assert!(check_role(ok, none, false).is_ok(), "{ok}");
+        }
+        // Reported roles and their families.
+        assert!(
+            check_role(
+                "vsphere.vecs.BACKUP",
+                ["vsphere.vecs.BACKUP_STORE.x"],
+                false
+            )
+            .is_err()
+        );
+        assert!(check_role("vsphere.vecs.X", ["vsphere.vecs.X.a"], false).is_ok());
+        // Configured families: accepted by inventory queries, not by plans.
+        assert!(check_role("file.web", none, true).is_ok());
+        let e = check_role("file.web", ["file.webs"], false).unwrap_err();
+        assert!(
+            e.message().contains("did you mean \"file.webs\""),
+            "{}",
+            e.message()
+        );
+        let e = check_role("vsphere.machne_ssl", none, true).unwrap_err();
+        assert!(
+            e.message().contains("did you mean \"vsphere.machine_ssl\""),
+            "{}",
+            e.message()
+        );
+    }
 }

@@ -8,9 +8,9 @@ use certfleet_controller::cli::{self, Cli};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    certfleet_common::process::init_tracing();
-    certfleet_common::tls::install_crypto_provider();
     let cli = Cli::parse();
+    certfleet_common::process::init_tracing(cli.log_format());
+    certfleet_common::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -264,7 +264,9 @@ impl Operator for OperatorService {
                         return;
                     }
                 }
-                if plan.state.is_final() {
+                // Shutting down: end the stream (the watcher reconnects) rather than hold the
+                // graceful shutdown open.
+                if plan.state.is_final() || fleet.registry.closing() {
                     return;
                 }
                 tokio::select! {
@@ -337,6 +339,25 @@ impl Operator for OperatorService {
         Ok(Response::new(pb::OperatorInfo {
             name: op.name,
             role: op.role.as_str().into(),
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::ControllerStatus>, Status> {
+        self.fleet.require_operator(&request, false)?;
+        let fleet = &self.fleet;
+        let (code, message) = crate::http::store_health(fleet);
+        Ok(Response::new(pb::ControllerStatus {
+            version: crate::cli::VERSION.to_owned(),
+            controller_cert_not_after: fleet.metrics.controller_cert_not_after(),
+            ca_not_after: crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0),
+            ca_fingerprint: fleet.ca.fingerprint().to_owned(),
+            store_healthy: code == axum::http::StatusCode::OK,
+            store_message: message.trim_end().to_owned(),
+            engine_last_pass: fleet.metrics.last_engine_beat(),
+            now: now(),
         }))
     }
 

@@ -88,12 +88,32 @@ pub struct PlanRequest {
 /// Builds (and stores) a plan from a recipe.
 pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
     let recipe = recipes::find(&req.recipe).map_err(Status::invalid_argument)?;
+    if let Some(takes) = recipes::params_of(recipe.name()) {
+        let valid: Vec<String> = takes.iter().map(|p| (*p).to_owned()).collect();
+        for k in req.params.keys() {
+            if !takes.contains(&k.as_str()) {
+                return Err(crate::inventory::unknown_value(
+                    &format!("--param of recipe {}:", recipe.name()),
+                    k,
+                    &valid,
+                ));
+            }
+        }
+    }
     if !req.policy.window.is_empty() {
         req.policy.window.parse::<croner::Cron>().map_err(|e| {
             Status::invalid_argument(format!("window {:?}: {e}", req.policy.window))
         })?;
     }
     let all = crate::inventory::all(fleet)?;
+    for role in &req.roles {
+        crate::inventory::check_role(
+            role,
+            all.iter()
+                .flat_map(|(_, inv)| inv.certificates().map(|c| c.role)),
+            false,
+        )?;
+    }
     // Name order: operators read plans top to bottom and expect hosts in the order they know.
     let active: Vec<Target> = all
         .iter()
@@ -111,7 +131,18 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
             let a = agents
                 .iter()
                 .find(|a| &a.id == name || &a.name == name)
-                .ok_or_else(|| Status::not_found(format!("no active agent {name:?}")))?;
+                .ok_or_else(|| {
+                    let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+                    let mut e = crate::inventory::unknown_value("--agent", name, &names);
+                    if all.iter().any(|(a, _)| &a.id == name || &a.name == name) {
+                        // Known, but revoked or awaiting approval: not a target.
+                        e = Status::invalid_argument(format!(
+                            "agent {name:?} is not active (revoked or awaiting approval); active agents: {}",
+                            e.message().split("valid: ").nth(1).unwrap_or("none")
+                        ));
+                    }
+                    e
+                })?;
             t.push(*a);
         }
         t

@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// (everyone must be issued and enrolled again).
     #[arg(long)]
     new_store: bool,
+    /// Log lines as text (colour only on a terminal) or JSON, one object per line.
+    #[arg(long, value_enum, env = "CERTFLEET_LOG_FORMAT", default_value = "text")]
+    pub log_format: certfleet_common::process::LogFormat,
     #[command(flatten)]
     limits: LimitArgs,
 }

@@ -17,6 +17,7 @@ pub mod output;
 pub mod plan;
 pub mod policy;
 pub mod recover;
+pub mod status;
 pub mod store;
 pub mod tokens;
 
@@ -51,6 +52,8 @@ pub mod exit {
     pub const NOTHING_TO_DO: u8 = 5;
     /// `store export` skipped unreadable values and wrote the rest (a partial salvage).
     pub const PARTIAL_EXPORT: u8 = crate::store::PARTIAL_EXPORT_EXIT;
+    /// `status --check`: something needs attention (listed).
+    pub const ATTENTION: u8 = 7;
 }
 
 /// The exit-code table printed at the end of `certfleet --help`.
@@ -63,6 +66,7 @@ Exit codes:
   4  plan watch: the plan ended failed or aborted
   5  plan create --fail-if-nothing: nothing to renew
   6  store export: unreadable values skipped (listed), everything else written
+  7  status --check: something needs attention (listed, each with its fix)
   exec: the remote command's own exit code (128+N for signal N); 3 also when refused
 
 Example:
@@ -98,6 +102,9 @@ pub enum CliError {
         /// What ended it, naming the command and the agent.
         message: String,
     },
+    /// `status --check` found something that needs attention (exit 7).
+    #[error("{0}")]
+    Attention(String),
 }
 
 /// The exit code for an error `run` returned.
@@ -108,6 +115,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(CliError::PlanFailed { .. }) => exit::PLAN_FAILED,
         Some(CliError::NothingToDo(_)) => exit::NOTHING_TO_DO,
         Some(CliError::RemoteExit { code, .. }) => *code,
+        Some(CliError::Attention(_)) => exit::ATTENTION,
         None if e.downcast_ref::<output::OutputError>().is_some() => exit::USAGE,
         None if e.is::<crate::store::PartialExport>() => exit::PARTIAL_EXPORT,
         None => exit::RUNTIME,
@@ -152,6 +160,10 @@ pub enum Command {
         after_help = "Example:\n  certfleet serve --data-dir /var/lib/certfleet --listen 0.0.0.0:7443 --http 127.0.0.1:9443"
     )]
     Serve(daemon::ServeArgs),
+    /// The controller at a glance: version, certificates, store, agents, plans, and what
+    /// needs attention.
+    #[command(after_help = "Example:\n  certfleet status\n  certfleet status --check -o json")]
+    Status(status::StatusArgs),
     /// Join tokens.
     #[command(subcommand)]
     #[command(after_help = "Example:\n  certfleet token create --ttl 1h --label site=dc1")]
@@ -218,6 +230,17 @@ pub enum Command {
     },
 }
 
+impl Cli {
+    /// How this command logs: `serve --log-format`, text for everything else (the operator
+    /// commands print their answers, not logs).
+    pub fn log_format(&self) -> certfleet_common::process::LogFormat {
+        match &self.command {
+            Command::Serve(a) => a.log_format,
+            _ => certfleet_common::process::LogFormat::Text,
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
@@ -241,6 +264,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             store::compact(&connect(&cli)?, output).await
         }
         Command::Store(cmd) => store::run(cmd),
+        Command::Status(args) => status::run(&connect(&cli)?, args).await,
         Command::Token(cmd) => tokens::run(&connect(&cli)?, cmd).await,
         Command::Agents(cmd) => agents::run(&connect(&cli)?, cmd).await,
         // Break-glass: from the data directory, with no operator certificate to connect with.
@@ -320,6 +344,8 @@ mod tests {
             exit::REFUSED,
             exit::PLAN_FAILED,
             exit::NOTHING_TO_DO,
+            exit::PARTIAL_EXPORT,
+            exit::ATTENTION,
         ];
         for (i, c) in codes.iter().enumerate() {
             assert!(!codes[..i].contains(c), "exit code {c} used twice");

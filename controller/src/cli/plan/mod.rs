@@ -108,6 +108,13 @@ pub enum PlanCmd {
         /// Print each step's streamed output as it arrives.
         #[arg(long)]
         output_lines: bool,
+        /// Print a heartbeat line (running steps and how long they have run) after this long
+        /// without output.
+        #[arg(long, value_parser = duration_in(secs(1), secs(3600)), default_value = "30s")]
+        heartbeat: Duration,
+        /// After losing the controller (a restart), keep reconnecting for this long.
+        #[arg(long, value_parser = duration_in(secs(0), days(1)), default_value = "5m")]
+        reconnect_for: Duration,
     },
     /// Approve a plan (or continue after its canary).
     #[command(after_help = "Example:\n  certfleet plan approve p1a2b3c4d")]
@@ -256,27 +263,18 @@ pub async fn run(conn: &Conn, cmd: &PlanCmd) -> anyhow::Result<()> {
             output,
             *output_lines,
         )?,
-        PlanCmd::Watch { id, output_lines } => {
-            let mut stream = c
-                .watch_plan(pb::IdRequest { id: id.clone() })
-                .await
-                .map_err(e)?
-                .into_inner();
-            let mut watcher = PlanWatcher::new(*output_lines);
-            while let Some(p) = stream.message().await.map_err(e)? {
-                watcher.update(&p);
-            }
-            watcher.finish();
-            if let Some(p) = watcher.last()
-                && matches!(p.state.as_str(), "failed" | "aborted")
-            {
-                return Err(CliError::PlanFailed {
-                    id: p.id.clone(),
-                    state: p.state.clone(),
-                    message: p.message.clone(),
-                }
-                .into());
-            }
+        PlanCmd::Watch {
+            id,
+            output_lines,
+            heartbeat,
+            reconnect_for,
+        } => {
+            let opts = watch::WatchOptions {
+                output_lines: *output_lines,
+                heartbeat: *heartbeat,
+                reconnect_for: *reconnect_for,
+            };
+            watch::follow(conn, id, &opts).await?;
         }
         PlanCmd::Approve { id }
         | PlanCmd::Run { id }

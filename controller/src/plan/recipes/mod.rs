@@ -87,6 +87,27 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
     ]
 }
 
+/// The `--param` names each built-in recipe reads; any other is refused (a mistyped name would
+/// otherwise be ignored and the default used). A recipe not listed is not checked. Kept in step
+/// with what the recipes read by `every_param_a_recipe_reads_is_declared`.
+const PARAMS: &[(&str, &[&str])] = &[
+    ("files", &[]),
+    ("ovirt-engine", &["min_days", "ca_window_days", "he_host"]),
+    ("ovirt-hosts", &[]),
+    ("ovirt-hosts-offline", &["days"]),
+    ("gke-user-ca", &["cluster", "poll", "rotate_timeout"]),
+    ("gke-admin-ca", &["cluster", "rotate_timeout"]),
+    ("kubeadm-certs", &["poll", "pod_start"]),
+    ("vsphere-machine-ssl", &[]),
+    ("vsphere-solution-users", &[]),
+    ("vsphere-sts", &["node"]),
+];
+
+/// The `--param` names `recipe` takes, or `None` when it does not declare them.
+pub fn params_of(recipe: &str) -> Option<&'static [&'static str]> {
+    PARAMS.iter().find(|(r, _)| *r == recipe).map(|(_, p)| *p)
+}
+
 /// A recipe by name.
 pub fn find(name: &str) -> Result<Box<dyn Recipe>, String> {
     all().into_iter().find(|r| r.name() == name).ok_or_else(|| {
@@ -154,4 +175,68 @@ pub fn openssl_subject(dn: &str) -> String {
         out.push_str(&part.replace('/', "\\/"));
     }
     out
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+
+    /// Reads every recipe source file and checks that each parameter name a recipe in it reads
+    /// (`param("x"`, `param_list("x"`, `params.get("x"`, `params.contains_key("x"`) is declared
+    /// in [`PARAMS`] for a recipe of that file: a new parameter must be declared or the
+    /// controller refuses it.
+    #[test]
+    fn every_param_a_recipe_reads_is_declared() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/plan/recipes");
+        let mut problems = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "mod.rs") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            let quoted_after = |marker: &str| -> Vec<String> {
+                src.match_indices(marker)
+                    .filter_map(|(i, _)| {
+                        let rest = src[i + marker.len()..].trim_start();
+                        let rest = rest.strip_prefix('"')?;
+                        Some(rest[..rest.find('"')?].to_owned())
+                    })
+                    .collect()
+            };
+            let names = quoted_after("fn name(&self) -> &'static str {");
+            let declared: Vec<&str> = names
+                .iter()
+                .filter_map(|n| params_of(n))
+                .flatten()
+                .copied()
+                .collect();
+            if names.iter().all(|n| params_of(n).is_none()) {
+                continue; // no recipe of this file is checked
+            }
+            for marker in [
+                "param(",
+                "param_list(",
+                "params.get(",
+                "params.contains_key(",
+            ] {
+                for p in quoted_after(marker) {
+                    if !declared.contains(&p.as_str()) {
+                        problems.push(format!(
+                            "{}: --param {p} is read but not declared in PARAMS",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        for r in all() {
+            assert!(
+                params_of(r.name()).is_some(),
+                "recipe {} declares no params",
+                r.name()
+            );
+        }
+    }
 }
