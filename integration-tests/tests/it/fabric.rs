@@ -187,13 +187,31 @@ async fn security_rules() {
     }
     drop(tx);
 
-    // 3. An agent cannot call operator RPCs (its state dir looks like an identity dir).
+    // 3. An agent cannot call operator RPCs (its state dir looks like an identity dir): the CLI
+    // says so before connecting, and the controller refuses the agent's certificate itself.
     let out = c.cli_as(&a, &["agents", "list"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("may not use the operator API"),
+        stderr(&out).contains("is not an operator's"),
         "{}",
         stderr(&out)
+    );
+    let agent_chan = certfleet_common::tls::mtls_channel(
+        &c.addr,
+        &ca,
+        &read(&a.join("cert.pem")),
+        &read(&a.join("key.pem")),
+    )
+    .unwrap();
+    let err = OperatorClient::new(agent_chan)
+        .list_agents(pb::Empty {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("may not use the operator API"),
+        "{}",
+        err.message()
     );
     // ...and an operator cannot open an agent session.
     let admin_chan = certfleet_common::tls::mtls_channel(
