@@ -98,7 +98,8 @@ pub(crate) fn journals_have_no_duplicates(states: &[PathBuf], when: &str) {
     }
 }
 
-fn step_id<'a>(plan: &'a Value, action: &str, target: &str) -> &'a str {
+/// The id of the plan's `action` step whose target starts with `target` ("" for any).
+pub(crate) fn step_id<'a>(plan: &'a Value, action: &str, target: &str) -> &'a str {
     plan["steps"]
         .as_array()
         .unwrap()

@@ -18,6 +18,7 @@ use certfleet_integration_tests::sim::vcsa::{self, Vcsa, VcsaSpec, VcsaVersion};
 use certfleet_integration_tests::sim::{Lifetime, SimHost};
 use serde_json::Value;
 
+use crate::crash;
 use crate::rotation::wait_plan;
 use crate::support::{Controller, Proc, wait_for};
 use crate::vsphere_rotation::{fingerprint, getcert};
@@ -146,67 +147,6 @@ fn principal(v: &Vcsa, u: &str) -> Vec<u8> {
     e[0].1[0].clone()
 }
 
-/// Waits until the agent killed itself (SIGKILL) at `point`.
-fn wait_killed(p: &mut Proc, point: &str) {
-    use std::os::unix::process::ExitStatusExt;
-    let st = wait_for(
-        &format!("the agent to die at {point}"),
-        Duration::from_secs(60),
-        || {
-            let st = p.child.try_wait().unwrap();
-            if st.is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            st
-        },
-    );
-    assert_eq!(
-        st.signal(),
-        Some(9),
-        "the agent did not die at {point}: {st:?}\n{}",
-        p.log_text()
-    );
-}
-
-/// The bytes the backup of step `step` keeps for the file named `name`.
-fn backed_up(state: &Path, step: &str, name: &str) -> Vec<u8> {
-    let dir = state.join("backups").join(step);
-    let m: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let f = m["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"].as_str().unwrap().ends_with(&format!("/{name}")))
-        .unwrap_or_else(|| panic!("backup {step} holds no {name}: {m:#}"));
-    std::fs::read(dir.join(f["stored"].as_str().unwrap())).unwrap()
-}
-
-fn step_id<'a>(plan: &'a Value, action: &str) -> &'a str {
-    plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["action"] == action)
-        .unwrap_or_else(|| panic!("no {action} step: {plan:#}"))["id"]
-        .as_str()
-        .unwrap()
-}
-
-/// No step id twice in the agent's result journal.
-fn journal_has_no_duplicates(state: &Path, when: &str) {
-    let journal = std::fs::read_to_string(state.join("journal.jsonl")).unwrap_or_default();
-    let mut ids: Vec<String> = journal
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|e| e["step_id"].as_str().unwrap().to_owned())
-        .collect();
-    let n = ids.len();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), n, "{when}: a step ran twice");
-}
-
 /// The public key of a PEM certificate and of a PEM private key, by the real openssl.
 fn pubkey_of(pem: &str, is_key: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -278,12 +218,12 @@ impl Node<'_> {
         });
         let id = plan["id"].as_str().unwrap().to_owned();
         for (i, point) in points.iter().enumerate() {
-            wait_killed(agent, point);
+            crash::wait_killed(agent, point);
             *agent = start(points.get(i + 1).copied());
         }
         let done = wait_plan(self.c, &id, &["succeeded", "failed"], 180);
         assert_eq!(done["state"], "succeeded", "{recipe}: {done:#}");
-        journal_has_no_duplicates(self.state, recipe);
+        crash::journals_have_no_duplicates(&[self.state.to_path_buf()], recipe);
         done
     }
 }
@@ -373,8 +313,8 @@ fn vsphere_sts_and_solution_users_agent_killed_at_every_point_between_intent_and
             String::from_utf8_lossy(&out.stderr)
         );
         // The step's backup holds every entry from before the plan, with its certificate.
-        let step = step_id(&done, "vsphere.sts");
-        let saved = String::from_utf8(backed_up(&state, step, "sts-backup.ldif")).unwrap();
+        let step = crash::step_id(&done, "vsphere.sts", "");
+        let saved = String::from_utf8(crash::backed_up(&state, step, "/sts-backup.ldif")).unwrap();
         assert_eq!(
             saved.matches("dn: ").count(),
             before.len(),
@@ -407,7 +347,7 @@ fn vsphere_sts_and_solution_users_agent_killed_at_every_point_between_intent_and
             new_serials.len(),
             USERS.len()
         );
-        let step = step_id(&done, "vsphere.solution_users");
+        let step = crash::step_id(&done, "vsphere.solution_users", "");
         let mut held = Vec::new();
         for (u, (old_pem, old_vmdir)) in USERS.iter().zip(&before) {
             let pem = getcert(&v, u, u);
@@ -436,13 +376,18 @@ fn vsphere_sts_and_solution_users_agent_killed_at_every_point_between_intent_and
             // The backup holds the certificates from before the plan.
             assert_eq!(
                 fingerprint(
-                    &String::from_utf8(backed_up(&state, step, &format!("old-{u}.crt"))).unwrap()
+                    &String::from_utf8(crash::backed_up(&state, step, &format!("/old-{u}.crt")))
+                        .unwrap()
                 ),
                 fingerprint(old_pem),
                 "{point}: the backup lost {u}'s VECS certificate from before the plan"
             );
-            let vm =
-                String::from_utf8(backed_up(&state, step, &format!("old-{u}.vmdir.crt"))).unwrap();
+            let vm = String::from_utf8(crash::backed_up(
+                &state,
+                step,
+                &format!("/old-{u}.vmdir.crt"),
+            ))
+            .unwrap();
             assert_eq!(der(&vm), *old_vmdir, "{point}: {u} vmdir backup");
         }
         held.sort();

@@ -179,9 +179,9 @@ impl Drop for Scratch {
     }
 }
 
-/// Writes a new file 0600 in a scratch directory.
+/// Writes a secret 0600 in a scratch directory (never inheriting a mode).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ActError> {
-    certfleet_common::atomic::write_file(path, bytes, 0o600)
+    certfleet_common::atomic::write_private(path, bytes)
         .map_err(|e| ActError(format!("writing {}: {e}", path.display())))
 }
 
