@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod args;
 pub mod audit;
+pub mod backup;
 pub mod conn;
 pub mod daemon;
 pub mod exec;
@@ -213,6 +214,18 @@ pub enum Command {
         after_help = "Example:\n  certfleet store export --data-dir /var/lib/certfleet --out state.jsonl"
     )]
     Store(store::StoreCmd),
+    /// Write the whole controller (store snapshot, fleet CA and its key, the controller's
+    /// identity) to one file encrypted with a passphrase, while it runs (admins only).
+    #[command(
+        after_help = "The passphrase comes from --passphrase-file or CERTFLEET_BACKUP_PASSPHRASE, never argv.\n\nExample:\n  certfleet backup --out /srv/backup/certfleet-$(date +%F).cfbak --passphrase-file /root/backup.pass"
+    )]
+    Backup(backup::BackupArgs),
+    /// Bring a controller back from `certfleet backup` into a new (empty) data directory:
+    /// same fleet CA, agents reconnect without enrolling again.
+    #[command(
+        after_help = "Nothing is written unless the passphrase and every digest check out.\n\nExample:\n  certfleet restore --in certfleet-2026-12-01.cfbak --data-dir /var/lib/certfleet --passphrase-file /root/backup.pass"
+    )]
+    Restore(backup::RestoreArgs),
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     #[command(
         after_help = "Example:\n  certfleet completion bash > /etc/bash_completion.d/certfleet"
@@ -264,6 +277,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             store::compact(&connect(&cli)?, output).await
         }
         Command::Store(cmd) => store::run(cmd),
+        Command::Backup(args) => backup::backup(&connect(&cli)?, args).await,
+        Command::Restore(args) => backup::restore(args),
         Command::Status(args) => status::run(&connect(&cli)?, args).await,
         Command::Token(cmd) => tokens::run(&connect(&cli)?, cmd).await,
         Command::Agents(cmd) => agents::run(&connect(&cli)?, cmd).await,
