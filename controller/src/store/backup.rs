@@ -1043,7 +1043,7 @@ mod tests {
         let mut big = bundle.encode();
         big.extend(std::iter::repeat_n(b'x', 2 * CHUNK + 10));
         let file = seal_with(&big, PASS, TEST_LOG_N).unwrap();
-        let err = |f: &[u8], p: &str| open(f, p).err().expect("refused").to_string();
+        let err = |f: &[u8], p: &str| open(f, p).expect_err("refused").to_string();
 
         assert!(err(&file, "not the passphrase").contains("wrong passphrase"));
         assert!(err(b"hello", PASS).contains("not a certfleet backup"));

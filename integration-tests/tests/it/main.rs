@@ -1,6 +1,7 @@
 //! End-to-end tests: real binaries as processes against simulated hosts. One test binary for
 //! the whole crate keeps link time down.
 
+mod backup;
 mod cas;
 mod cli;
 mod crash;
