@@ -54,6 +54,11 @@ pub struct RestoreArgs {
     /// read.
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// Re-issue the controller's certificate (same fleet CA) adding this DNS name or IP, for
+    /// a new machine agents reach by another name (repeatable; this host's name and the
+    /// loopback addresses are added too).
+    #[arg(long)]
+    san: Vec<String>,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -192,14 +197,25 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         .map(|u| u.name)
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
     let detail = format!(
-        "from {} (taken {} by {} on {}, {} documents)",
+        "from {} (taken {} by {} on {}, {} documents){}",
         input.display(),
         certfleet_common::model::format_time(m.created_at),
         m.created_by,
         m.controller_host,
-        m.documents
+        m.documents,
+        if args.san.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; controller certificate re-issued adding {}",
+                args.san.join(", ")
+            )
+        }
     );
-    let restored = bk::restore(&bundle, &args.data_dir, |store| {
+    let restored = bk::restore(&bundle, &args.data_dir, |dir, store| {
+        if !args.san.is_empty() {
+            reissue_server_cert(dir, &ca, &args.san)?;
+        }
         store
             .append("audit", |seq| crate::fleet::AuditEntry {
                 seq,
@@ -210,6 +226,7 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
                 detail: detail.clone(),
             })
             .map(|_| ())
+            .map_err(bk::BackupError::from)
     })?;
     tracing::info!(data_dir = %args.data_dir.display(), documents = restored.documents, files = restored.files, "controller restored");
     let doc = RestoredDoc {
@@ -235,5 +252,35 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
             doc.data_dir.display(),
         )
     })?;
+    Ok(())
+}
+
+/// Re-issues the controller certificate in the data directory `dir` being restored, for the
+/// names it had plus `extra` (and this host's defaults), signed by the restored fleet CA.
+///
+/// Idempotent: the key and certificate are replaced atomically (key first), and the names
+/// are a set; agents verify the controller against the fleet CA, which does not change.
+fn reissue_server_cert(
+    dir: &Path,
+    ca: &certfleet_common::pki::FleetCa,
+    extra: &[String],
+) -> Result<(), bk::BackupError> {
+    let d = crate::server::DataDir(dir.to_path_buf());
+    let mut sans: Vec<String> = std::fs::read_to_string(d.server_sans())
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default();
+    for s in crate::server::default_sans(extra) {
+        if !sans.contains(&s) {
+            sans.push(s);
+        }
+    }
+    crate::server::issue_server_cert(&d, ca, &sans).map_err(|e| {
+        bk::BackupError::Finish(format!(
+            "re-issuing the controller certificate {} for {}: {e:#}",
+            d.server_cert().display(),
+            sans.join(", ")
+        ))
+    })?;
+    tracing::info!(cert = %d.server_cert().display(), sans = %sans.join(","), "controller certificate re-issued for the new machine");
     Ok(())
 }

@@ -100,6 +100,9 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    /// The caller's last step inside the new data directory failed (see [`restore`]).
+    #[error("{0}")]
+    Finish(String),
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -529,7 +532,9 @@ pub fn check_destination(dir: &Path) -> Result<(), BackupError> {
 
 /// Writes `bundle` as the data directory `dir` (absent or empty): every file with its mode
 /// (keys 0600, each written atomically), the store imported from the snapshot, then
-/// `audit(&store)` (the restore's own audit entry) before the store is flushed.
+/// `finish(new_dir, &store)` (the caller's last changes inside the directory being built:
+/// the restore's own audit entry, a re-issued controller certificate) before the store is
+/// flushed.
 ///
 /// Nothing is written into `dir` until everything is in place: the directory is built next
 /// to it (`.<name>.restore-<pid>`) and renamed onto it in one step (a rename replaces an empty
@@ -538,7 +543,7 @@ pub fn check_destination(dir: &Path) -> Result<(), BackupError> {
 pub fn restore(
     bundle: &Bundle,
     dir: &Path,
-    audit: impl FnOnce(&Store) -> Result<(), StoreError>,
+    finish: impl FnOnce(&Path, &Store) -> Result<(), BackupError>,
 ) -> Result<Restored, BackupError> {
     check_destination(dir)?;
     let name = dir
@@ -558,7 +563,7 @@ pub fn restore(
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io(format!("removing {}", staging.display())))?;
     }
-    let r = build(bundle, &staging, audit).and_then(|restored| {
+    let r = build(bundle, &staging, finish).and_then(|restored| {
         std::fs::rename(&staging, dir).map_err(io(format!(
             "renaming {} to {}",
             staging.display(),
@@ -582,7 +587,7 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
 fn build(
     bundle: &Bundle,
     staging: &Path,
-    audit: impl FnOnce(&Store) -> Result<(), StoreError>,
+    finish: impl FnOnce(&Path, &Store) -> Result<(), BackupError>,
 ) -> Result<Restored, BackupError> {
     let wrote = |e: certfleet_common::atomic::WriteError| BackupError::Io {
         what: format!("writing {}", e.path.display()),
@@ -615,7 +620,7 @@ fn build(
         bundle.manifest.schema_version,
         &mut std::io::BufReader::new(state),
     )?;
-    audit(&store)?;
+    finish(staging, &store)?;
     store.flush()?;
     drop(store);
     for d in dirs.iter().rev() {
@@ -793,12 +798,13 @@ mod tests {
         assert_eq!(back.manifest, bundle.manifest);
 
         let dest = tmp.path().join("new/data");
-        let r = restore(&back, &dest, |s| {
+        let r = restore(&back, &dest, |_, s| {
             s.append(
                 "audit",
                 |seq| serde_json::json!({"seq": seq, "restored": true}),
             )
             .map(|_| ())
+            .map_err(BackupError::from)
         })
         .unwrap();
         assert_eq!(
@@ -924,7 +930,7 @@ mod tests {
         let (bundle, _) = take(&store, &data, "t").unwrap();
         // The live data directory itself: refused, untouched.
         let before = tree_of(&data);
-        let e = restore(&bundle, &data, |_| Ok(()))
+        let e = restore(&bundle, &data, |_, _| Ok(()))
             .err()
             .unwrap()
             .to_string();
@@ -932,7 +938,7 @@ mod tests {
         assert_eq!(tree_of(&data), before);
         // A file, not a directory.
         std::fs::write(tmp.path().join("file"), "x").unwrap();
-        assert!(restore(&bundle, &tmp.path().join("file"), |_| Ok(())).is_err());
+        assert!(restore(&bundle, &tmp.path().join("file"), |_, _| Ok(())).is_err());
         // A snapshot line that does not import: nothing left, in the destination or beside it.
         let mut b = bundle_of(
             data_dir_files(&data).unwrap(),
@@ -942,7 +948,7 @@ mod tests {
         b.manifest.documents = 2;
         let dest = tmp.path().join("fresh");
         std::fs::create_dir(&dest).unwrap();
-        let e = restore(&b, &dest, |_| Ok(())).err().unwrap().to_string();
+        let e = restore(&b, &dest, |_, _| Ok(())).err().unwrap().to_string();
         assert!(e.contains("line 2"), "{e}");
         assert!(walk_names(&dest).is_empty(), "{:?}", walk_names(&dest));
         let beside: Vec<String> = walk_names(tmp.path())
@@ -951,7 +957,7 @@ mod tests {
             .collect();
         assert!(beside.is_empty(), "{beside:?}");
         // An empty existing directory takes the restore (replaced in one rename).
-        let r = restore(&bundle, &dest, |_| Ok(())).unwrap();
+        let r = restore(&bundle, &dest, |_, _| Ok(())).unwrap();
         assert_eq!(r.documents, 2);
         assert!(dest.join("ca/ca.key").exists());
     }
@@ -975,7 +981,7 @@ mod tests {
             line("meta", "schema_version", serde_json::json!(2)) + &line("plans", "p1", plan);
         let b = bundle_of(data_dir_files(&data).unwrap(), state.as_bytes(), 2);
         let dest = tmp.path().join("restored");
-        restore(&b, &dest, |_| Ok(())).unwrap();
+        restore(&b, &dest, |_, _| Ok(())).unwrap();
         let s = Store::open(&dest.join("state")).unwrap();
         let header: serde_json::Value = s.get("plans", "p1").unwrap().unwrap();
         assert!(header.get("steps").is_none(), "{header}");

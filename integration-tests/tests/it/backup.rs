@@ -197,7 +197,9 @@ fn a_backup_restored_on_a_new_machine_serves_the_same_fleet_without_re_enrollmen
     assert!(err(&o).contains("not empty"), "{}", err(&o));
 
     let mut json_args = pass_arg.to_vec();
-    json_args.extend(["-o", "json"]);
+    // The new machine is also reached by a new name: the controller certificate is re-issued
+    // (same fleet CA) with it added.
+    json_args.extend(["-o", "json", "--san", "newhost.example"]);
     let o = restore(&file, &data, &json_args, &[]);
     assert!(o.status.success(), "{}", err(&o));
     let restored: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -207,6 +209,29 @@ fn a_backup_restored_on_a_new_machine_serves_the_same_fleet_without_re_enrollmen
     );
     let key_mode = std::fs::metadata(data.join("ca/ca.key")).unwrap();
     assert_eq!(key_mode.permissions().mode() & 0o777, 0o600);
+    let old_cert = std::fs::read(f.c.dir.join("data/server/cert.pem")).unwrap();
+    assert_ne!(
+        std::fs::read(data.join("server/cert.pem")).unwrap(),
+        old_cert
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(data.join("server/cert.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("DNS:newhost.example") && text.contains("IP Address:127.0.0.1"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(data.join("server/key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
 
     // The new controller, on another address.
     let mut c2 = Controller {
