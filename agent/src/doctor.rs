@@ -541,7 +541,7 @@ pub async fn check_controller(
     let date = metadata
         .get("date")
         .and_then(|v| v.to_str().ok())
-        .and_then(|d| httpdate_to_unix(d));
+        .and_then(httpdate_to_unix);
     out.push(match date {
         Some(there) => check_skew(addr, here, there),
         None => Finding::new(
