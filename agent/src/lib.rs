@@ -5,6 +5,7 @@
 pub mod act;
 pub mod collect;
 pub mod config;
+pub mod doctor;
 pub mod exec;
 pub mod link;
 pub mod recover;
