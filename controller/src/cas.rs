@@ -251,35 +251,42 @@ pub fn facts_from_list(list: &pb::InventoryList) -> Vec<CertFacts> {
         .collect()
 }
 
-/// The facts of every certificate in the inventories `all` (as [`crate::inventory::all`] reads
-/// them: the caller's scrape already holds them), plus the fleet CA itself (`fleet_ca_pem`).
+/// The facts of every certificate the agents in `names` (id → name) reported, as the scrape
+/// reads them ([`crate::metrics::FleetCerts`]: the inventory index), plus the fleet CA itself
+/// (`fleet_ca_pem`).
 pub fn facts(
-    all: &[(crate::fleet::AgentRecord, crate::inventory::AgentInventory)],
+    certs: &dyn crate::metrics::FleetCerts,
+    names: &std::collections::HashMap<&str, &str>,
     fleet_ca_pem: &str,
 ) -> Vec<CertFacts> {
     let mut by_fp: BTreeMap<String, CertFacts> = BTreeMap::new();
-    for (agent, inv) in all {
-        for c in inv.records() {
-            let f = by_fp
-                .entry(c.fingerprint_sha256.clone())
-                .or_insert_with(|| CertFacts {
-                    fingerprint: c.fingerprint_sha256.clone(),
-                    subject: c.subject.clone(),
-                    issuer: c.issuer.clone(),
-                    role: c.role.clone(),
+    certs.each(&mut |agent, c| {
+        let Some(name) = names.get(agent) else {
+            return;
+        };
+        if !by_fp.contains_key(c.fingerprint) {
+            by_fp.insert(
+                c.fingerprint.to_owned(),
+                CertFacts {
+                    fingerprint: c.fingerprint.to_owned(),
+                    subject: c.subject.to_owned(),
+                    issuer: c.issuer.to_owned(),
+                    role: c.role.to_owned(),
                     not_before: c.not_before,
                     not_after: c.not_after,
                     is_ca: c.is_ca,
-                    subject_key_id: c.subject_key_id.clone(),
-                    authority_key_id: c.authority_key_id.clone(),
+                    subject_key_id: c.subject_key_id.to_owned(),
+                    authority_key_id: c.authority_key_id.to_owned(),
                     agents: BTreeSet::new(),
-                });
-            if f.role.is_empty() || (f.role.starts_with("file.") && !c.role.is_empty()) {
-                f.role = c.role.clone();
-            }
-            f.agents.insert(agent.name.clone());
+                },
+            );
         }
-    }
+        let f = by_fp.get_mut(c.fingerprint).expect("just inserted");
+        if f.role.is_empty() || (f.role.starts_with("file.") && !c.role.is_empty()) {
+            f.role = c.role.to_owned();
+        }
+        f.agents.insert((*name).to_owned());
+    });
     if let Ok(der) = certfleet_common::pem::first_certificate(fleet_ca_pem.as_bytes())
         && let Ok(rec) = certfleet_common::x509::parse_der(&der)
     {

@@ -381,6 +381,35 @@ impl IndexState {
     }
 }
 
+/// The index as the metrics read it: one sighting per (certificate, agent that reported it).
+struct IndexCerts<'a>(&'a IndexState);
+
+impl crate::metrics::FleetCerts for IndexCerts<'_> {
+    fn each(&self, f: &mut dyn FnMut(&str, &crate::metrics::Sighting<'_>)) {
+        for (fp, c) in &self.0.certs {
+            for s in &c.sightings {
+                let locations = || s.locations.iter().map(CompactLocation::to_model).collect();
+                f(
+                    &s.agent,
+                    &crate::metrics::Sighting {
+                        fingerprint: fp,
+                        subject: &c.subject,
+                        issuer: &c.issuer,
+                        serial: &c.serial,
+                        role: &s.role,
+                        not_before: c.not_before,
+                        not_after: c.not_after,
+                        is_ca: c.is_ca,
+                        subject_key_id: &c.subject_key_id,
+                        authority_key_id: &c.authority_key_id,
+                        locations: &locations,
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// The controller's in-memory inventory index (one per [`Fleet`]).
 #[derive(Default)]
 pub struct Index {
@@ -418,6 +447,17 @@ impl Index {
             .unwrap_or_else(|p| p.into_inner());
         f(&mut st);
         Ok(())
+    }
+
+    /// Runs `f` on the index as a [`crate::metrics::FleetCerts`] source (under its read lock:
+    /// reports wait until `f` returns). What `/metrics` renders from.
+    pub fn with_certs<R>(
+        &self,
+        fleet: &Fleet,
+        f: impl FnOnce(&dyn crate::metrics::FleetCerts) -> R,
+    ) -> Result<R, Status> {
+        let st = self.read(fleet)?;
+        Ok(f(&IndexCerts(&st)))
     }
 
     /// Aggregates for `/metrics` and health: one pass over the index, nothing decoded.

@@ -539,6 +539,16 @@ pub async fn serve(
     Ok(())
 }
 
+/// A fleet on a fresh data directory (`certfleet init` + load), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_fleet() -> (tempfile::TempDir, Arc<Fleet>) {
+    certfleet_common::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    init(dir.path(), &[]).expect("certfleet init");
+    let (fleet, _) = load(dir.path(), ServeOptions::default(), false).expect("load");
+    (dir, fleet)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,27 @@ pub fn headers(store: &Store) -> Result<Vec<Plan>, StoreError> {
     store.list(PLANS)
 }
 
+/// Headers of every plan, dry runs included; the steps loaded only for the plans `with_steps`
+/// picks (a `/metrics` scrape reads the steps of open plans, not of every plan ever run).
+pub fn all_headers(
+    store: &Store,
+    with_steps: impl Fn(PlanState) -> bool,
+) -> Result<Vec<Plan>, StoreError> {
+    let mut out = Vec::new();
+    for tree in [PLANS, DRY_RUNS] {
+        for h in store.list::<Plan>(tree)? {
+            if with_steps(h.state) {
+                if let Some(p) = load(store, &h.id)? {
+                    out.push(p);
+                }
+            } else {
+                out.push(h);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every plan with its steps, dry runs included (operator listings).
 pub fn all(store: &Store) -> Result<Vec<Plan>, StoreError> {
     let mut out = Vec::new();
@@ -161,7 +182,7 @@ pub fn expire_dry_runs(store: &Store, created_before: i64) -> Result<Vec<String>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::plan::Policy;
 
