@@ -246,6 +246,7 @@ pub fn load_serving(
         changed: Default::default(),
         plan_lock: Default::default(),
         inventory: Default::default(),
+        active_plans: Default::default(),
         execs: Default::default(),
     };
     Ok((Arc::new(fleet), tls, self_cert))

@@ -46,6 +46,19 @@ pub fn load_header(store: &Store, id: &str) -> Result<Option<Plan>, StoreError> 
     store.get(DRY_RUNS, id)
 }
 
+thread_local! {
+    static STEPS_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Step documents decoded by this thread so far (what a wake of the engine costs; tests).
+pub fn steps_read() -> u64 {
+    STEPS_READ.with(|c| c.get())
+}
+
+fn count_read(n: usize) {
+    STEPS_READ.with(|c| c.set(c.get() + n as u64));
+}
+
 /// A whole plan: header and steps.
 pub fn load(store: &Store, id: &str) -> Result<Option<Plan>, StoreError> {
     let Some(mut plan) = load_header(store, id)? else {
@@ -56,6 +69,7 @@ pub fn load(store: &Store, id: &str) -> Result<Option<Plan>, StoreError> {
         .into_iter()
         .map(|(_, s)| s)
         .collect();
+    count_read(plan.steps.len());
     plan.stored = plan.steps.iter().map(digest).collect();
     Ok(Some(plan))
 }
@@ -118,6 +132,19 @@ pub fn save(store: &Store, plan: &Plan) -> Result<usize, StoreError> {
     Ok(written)
 }
 
+/// Writes a plan's header and the steps at `indices` (what the engine changed). Not flushed.
+///
+/// Idempotent like [`save`]: the same call again rewrites the same documents.
+pub fn save_steps(store: &Store, plan: &Plan, indices: &[usize]) -> Result<usize, StoreError> {
+    store.put(header_tree(plan.state), &plan.id, plan)?;
+    for &i in indices {
+        if let Some(s) = plan.steps.get(i) {
+            put_step(store, &plan.id, i, s)?;
+        }
+    }
+    Ok(indices.len())
+}
+
 /// Writes one step (index `index` of plan `plan_id`) and keeps its in-flight entry. Not
 /// flushed.
 pub fn put_step(store: &Store, plan_id: &str, index: usize, s: &Step) -> Result<(), StoreError> {
@@ -142,6 +169,7 @@ pub fn load_step(store: &Store, step_id: &str) -> Result<Option<(usize, Step)>, 
     let Some((plan, i)) = parse_step_id(step_id) else {
         return Ok(None);
     };
+    count_read(1);
     Ok(store
         .get::<Step>(STEPS, &plan_step_key(plan, i))?
         .filter(|s| s.id == step_id)
