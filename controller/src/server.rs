@@ -480,6 +480,15 @@ pub async fn serve(
         });
     }
 
+    // The inventory index before the fleet reconnects and reports: built once, off the async
+    // threads, while handshakes and hellos go on (reports wait for it).
+    let f = fleet.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = f.inventory.warm(&f) {
+            tracing::error!(error = %e.message(), "building the inventory index failed");
+        }
+    });
+
     tokio::spawn(crate::engine::run(fleet.clone(), stop_rx.clone()));
 
     // Batched heartbeat persistence: no fsync per heartbeat.
