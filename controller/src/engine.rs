@@ -284,7 +284,8 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         {
             s.state = StepState::Skipped;
         }
-        fleet.audit(
+        audit_unflushed(
+            fleet,
             &format!("plan:{}", plan.id),
             "plan.halt",
             &format!("plan:{}", plan.id),
@@ -373,7 +374,8 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         if state == PlanState::Failed && plan.message.is_empty() {
             plan.message = "finished with failed steps (within the failure budget)".into();
         }
-        fleet.audit(
+        audit_unflushed(
+            fleet,
             &format!("plan:{}", plan.id),
             action,
             &format!("plan:{}", plan.id),
@@ -480,7 +482,26 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
     if to_send.is_empty() {
         return Ok(changed);
     }
-    // Durable before acted on.
+    // Durable before acted on: the transitions and their audit entries, with one flush.
+    for &i in &to_send {
+        let s = &plan.steps[i];
+        if s.action == OPERATOR_SIGN {
+            continue;
+        }
+        audit_unflushed(
+            fleet,
+            &format!("plan:{}", plan.id),
+            "step.dispatch",
+            &format!("agent:{}", s.agent_id),
+            &format!(
+                "{} {} ({}): {}",
+                s.id,
+                s.action,
+                s.name,
+                s.commands.join("; ")
+            ),
+        )?;
+    }
     persist(fleet, plan, before)?;
     for i in to_send {
         let s = &plan.steps[i];
@@ -488,23 +509,33 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
             tracing::info!(plan = %plan.id, step = %s.id, "waiting for an operator to supply a certificate");
             continue;
         }
-        fleet
-            .audit(
-                &format!("plan:{}", plan.id),
-                "step.dispatch",
-                &format!("agent:{}", s.agent_id),
-                &format!(
-                    "{} {} ({}): {}",
-                    s.id,
-                    s.action,
-                    s.name,
-                    s.commands.join("; ")
-                ),
-            )
-            .ok();
         send_step(fleet, s);
     }
     Ok(false)
+}
+
+/// Appends an audit entry without flushing: the caller flushes it together with the
+/// transition it records (one flush per engine pass, not one per step).
+fn audit_unflushed(
+    fleet: &Fleet,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), Status> {
+    fleet
+        .store
+        .append("audit", |seq| crate::fleet::AuditEntry {
+            seq,
+            at: now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail: detail.to_owned(),
+        })
+        .map_err(internal)?;
+    tracing::info!(actor, action, target, detail, "audit");
+    Ok(())
 }
 
 /// After a plan ends, the agents it touched rescan, so the inventory shows the new certificates
@@ -645,19 +676,23 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
             }
         });
     }
-    if let Err(e) = written.and_then(|_| fleet.store.flush()) {
+    // The result and its audit entry made durable by one flush.
+    let audited = written.map_err(internal).and_then(|_| {
+        audit_unflushed(
+            fleet,
+            &format!("agent:{agent}"),
+            if ok { "step.succeeded" } else { "step.failed" },
+            &format!("plan:{plan_id}"),
+            &format!("{id} {action} ({name}): {msg}"),
+        )
+    });
+    if let Err(e) = audited.and_then(|_| fleet.store.flush().map_err(internal)) {
         // What is stored is unsure: the engine reads the plan again.
         fleet.active_plans.forget(&plan_id);
-        tracing::error!(step = %id, error = %e, "cannot persist step result");
+        tracing::error!(step = %id, error = %e.message(), "cannot persist step result");
         return;
     }
     fleet.changed.notify_waiters();
-    let _ = fleet.audit(
-        &format!("agent:{agent}"),
-        if ok { "step.succeeded" } else { "step.failed" },
-        &format!("plan:{plan_id}"),
-        &format!("{id} {action} ({name}): {msg}"),
-    );
 }
 
 /// A line of step output (kept in memory-bounded form in the step, not flushed).
@@ -891,6 +926,10 @@ mod tests {
                 "the next steps are durable before they are sent (round {round})"
             );
         }
+        // Each dispatch and each result is in the audit log (flushed with its transition).
+        let audit: Vec<crate::fleet::AuditEntry> = fleet.store.tail("audit", 10_000).unwrap();
+        let count = |action: &str| audit.iter().filter(|e| e.action == action).count();
+        assert_eq!((count("step.dispatch"), count("step.succeeded")), (28, 21));
         let reads = storage::steps_read();
         tick(&fleet).unwrap();
         assert_eq!(
