@@ -437,6 +437,8 @@ pub struct Fleet {
     pub plan_lock: std::sync::Mutex<()>,
     /// The inventory as queries read it (kept in step with the store's inventory documents).
     pub inventory: crate::inventory::Index,
+    /// The plans the engine drives, held in memory between its wakes (under `plan_lock`).
+    pub active_plans: crate::engine::ActivePlans,
     /// Remote commands (`certfleet exec`) in flight.
     pub execs: crate::remote_exec::Relay,
 }
@@ -637,6 +639,8 @@ impl Fleet {
     ///
     /// Idempotent: saving the same plan again writes the same documents.
     pub fn save_plan(&self, plan: &crate::plan::Plan) -> Result<(), Status> {
+        // The engine reads the plan again from the store on its next wake.
+        self.active_plans.forget(&plan.id);
         crate::plan::storage::save(&self.store, plan).map_err(internal)?;
         self.store.flush().map_err(internal)?;
         self.changed.notify_waiters();

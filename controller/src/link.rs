@@ -183,13 +183,14 @@ async fn handle(
                     return Ok(());
                 }
             };
-            // The store write (and the index update) off the async threads.
-            let (f, agent, max) = (fleet.clone(), id.to_owned(), limits.max_certificates);
-            let applied = tokio::task::spawn_blocking(move || {
-                crate::inventory::apply(&f, &agent, report, max)
-            })
-            .await
-            .map_err(|e| Status::internal(format!("applying a report: {e}")))?;
+            // The store write (and the index update) off the async threads, a few at once.
+            let applied = crate::inventory::Index::apply_off_thread(
+                fleet,
+                id,
+                report,
+                limits.max_certificates,
+            )
+            .await;
             match applied {
                 Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                     refuse_report(fleet, id, s.message())
