@@ -299,6 +299,9 @@ struct Conn {
     tx: mpsc::Sender<Result<ControllerMessage, Status>>,
     remote: String,
     last_seen: i64,
+    /// What the agent's hello of this session said it can do (`exec`, `steps`, ...): kept per
+    /// session, since an agent upgraded or downgraded in place says it anew.
+    capabilities: Vec<String>,
 }
 
 /// Live agent streams, keyed by agent id. One entry per connected agent, bounded channel per
@@ -313,12 +316,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Registers a stream; an older stream of the same agent is closed.
+    /// Registers a stream with the capabilities its hello listed; an older stream of the same
+    /// agent is closed.
     pub fn connect(
         &self,
         agent: &str,
         tx: mpsc::Sender<Result<ControllerMessage, Status>>,
         remote: String,
+        capabilities: Vec<String>,
     ) -> u64 {
         let session = self
             .next_session
@@ -331,6 +336,7 @@ impl Registry {
                 tx,
                 remote,
                 last_seen: now(),
+                capabilities,
             },
         );
         if let Some(old) = old {
@@ -385,6 +391,15 @@ impl Registry {
             .unwrap()
             .get(agent)
             .map(|c| (c.last_seen, c.remote.clone()))
+    }
+
+    /// The capabilities the live session of `agent` announced; `None` if it is not connected.
+    pub fn capabilities(&self, agent: &str) -> Option<Vec<String>> {
+        self.conns
+            .lock()
+            .unwrap()
+            .get(agent)
+            .map(|c| c.capabilities.clone())
     }
 
     /// Sends a message to a connected agent; false if it is not connected or its queue is full.

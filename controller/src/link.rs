@@ -89,9 +89,12 @@ impl AgentLink for AgentLinkService {
             .map_err(internal)?;
 
         let (tx, rx) = mpsc::channel(64);
-        let session = fleet
-            .registry
-            .connect(&agent.id, tx.clone(), remote.clone());
+        let session = fleet.registry.connect(
+            &agent.id,
+            tx.clone(),
+            remote.clone(),
+            hello.capabilities.clone(),
+        );
         tracing::info!(agent = %agent.id, name = %agent.name, %remote, platforms = ?agent.platforms, "agent connected");
         let welcome = ControllerMessage {
             kind: Some(controller_message::Kind::Welcome(Welcome {

@@ -21,6 +21,7 @@ mod ovirt_api;
 mod ovirt_engine_rotation;
 mod ovirt_rotation;
 mod recover;
+mod recover_gke;
 mod recover_ovirt;
 mod rotation;
 mod scale_store;
