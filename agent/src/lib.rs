@@ -7,6 +7,7 @@ pub mod collect;
 pub mod config;
 pub mod exec;
 pub mod link;
+pub mod pins;
 pub mod recover;
 pub mod remote_exec;
 pub mod report;

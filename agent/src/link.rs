@@ -354,6 +354,7 @@ impl Reported {
             removed,
             problems: c.problems.iter().map(Into::into).collect(),
             health: c.health.iter().map(Into::into).collect(),
+            pins: c.pins.iter().map(Into::into).collect(),
             scanned_at: now(),
             ..Default::default()
         }
@@ -414,6 +415,7 @@ fn split_report(
     current.removed = report.removed;
     current.problems = report.problems;
     current.health = report.health;
+    current.pins = report.pins;
     current.more = false;
     let last = current.encoded_len() + 16;
     if last > limits.max_report_bytes {
@@ -443,6 +445,7 @@ fn over_limit_report(why: &str, found: &Collection) -> pb::InventoryReport {
         removed: Vec::new(),
         problems,
         health: found.health.iter().map(Into::into).collect(),
+        pins: found.pins.iter().map(Into::into).collect(),
         scanned_at: now(),
         ..Default::default()
     }

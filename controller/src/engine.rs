@@ -276,6 +276,8 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
             &format!("plan:{}", plan.id),
             &plan.message,
         )?;
+        // Post-plan hook: the rescan below is the pin check (`crate::pins`).
+        crate::pins::plan_finished(fleet, plan)?;
         rescan_touched(fleet, plan);
         return Ok(true);
     }

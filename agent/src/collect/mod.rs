@@ -22,6 +22,7 @@ pub mod kubeconfig;
 pub mod ovirt_engine;
 pub mod ovirt_node;
 pub mod vsphere;
+pub mod vsphere_pins;
 
 /// Certificates, problems and health facts from one scan.
 #[derive(Debug, Default, Clone)]
@@ -33,6 +34,8 @@ pub struct Collection {
     pub health: Vec<HealthFact>,
     /// Collectors that ran.
     pub platforms: Vec<String>,
+    /// What pins the certificates (see [`crate::pins`]).
+    pub pins: Vec<certfleet_common::model::Pin>,
 }
 
 impl Collection {
@@ -234,6 +237,7 @@ pub fn scan(cfg: &AgentConfig) -> Collection {
         }
     }
     stale_endpoints(&mut out);
+    crate::pins::evaluate(cfg, &mut out);
     out
 }
 
