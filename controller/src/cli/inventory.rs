@@ -321,10 +321,11 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
             Cell::plain(&r.seen.hostname)
         })
         .only(Show::Wide),
-        Column::new("PINS", "pins", |r: &PlaceRow<'_>| pins_cell(r.cert)).only(Show::Wide),
         Column::new("WHERE", "location", |r: &PlaceRow<'_>| {
             Cell::plain(r.seen.location.describe())
         }),
+        // Last, so that CSV columns keep their positions.
+        Column::new("PINS", "pins", |r: &PlaceRow<'_>| pins_cell(r.cert)).only(Show::Wide),
     ]
 }
 
@@ -860,7 +861,7 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "fingerprint_sha256,status,days_left,not_after,role,platform,subject,issuer,serial,agent,hostname,location"
+            "fingerprint_sha256,status,days_left,not_after,role,platform,subject,issuer,serial,agent,hostname,location,pins"
         );
         assert_eq!(lines.count(), 4, "{text}");
         assert!(
