@@ -187,6 +187,9 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
             &format!("plan:{}", plan.id),
             &plan.message,
         )?;
+        // A halted plan may have changed certificates too: pin check and rescan.
+        crate::pins::plan_finished(fleet, plan)?;
+        rescan_touched(fleet, plan);
         return Ok(true);
     }
     // Steps that can never run (a dependency failed) are skipped, their target counted failed.
