@@ -8,6 +8,7 @@ pub mod config;
 pub mod doctor;
 pub mod exec;
 pub mod link;
+pub mod pins;
 pub mod recover;
 pub mod remote_exec;
 pub mod report;

@@ -393,6 +393,7 @@ impl Reported {
         let first = !self.sent_full;
         let problems = c.problems.iter().map(Into::into).collect();
         let health = c.health.iter().map(Into::into).collect();
+        let pins = c.pins.iter().map(Into::into).collect();
         let mut now_set = HashMap::with_capacity(c.len());
         let mut changed = Vec::new();
         for rec in c.into_certificates() {
@@ -417,6 +418,7 @@ impl Reported {
             removed,
             problems,
             health,
+            pins,
             scanned_at: now(),
             ..Default::default()
         }
@@ -486,6 +488,7 @@ fn split_report(
     current.removed = report.removed;
     current.problems = report.problems;
     current.health = report.health;
+    current.pins = report.pins;
     current.more = false;
     let last = current.encoded_len() + 16;
     if last > limits.max_report_bytes {
@@ -504,6 +507,7 @@ fn over_limit_report(
     why: &str,
     mut problems: Vec<pb::Problem>,
     health: Vec<pb::HealthFact>,
+    pins: Vec<pb::Pin>,
 ) -> pb::InventoryReport {
     problems.truncate(1000);
     problems.push(pb::Problem {
@@ -518,6 +522,7 @@ fn over_limit_report(
         removed: Vec::new(),
         problems,
         health,
+        pins,
         scanned_at: now(),
         ..Default::default()
     }
@@ -666,7 +671,11 @@ async fn session(
                 tracing::info!(certificates = total, sent = report.certificates.len(), full = report.full, problems = report.problems.len(), "inventory scanned");
                 generation += 1;
                 // Kept for the report sent instead if this one is over the limits (small).
-                let (problems, health) = (report.problems.clone(), report.health.clone());
+                let (problems, health, pins) = (
+                    report.problems.clone(),
+                    report.health.clone(),
+                    report.pins.clone(),
+                );
                 let parts = limits
                     .check_counts(total, &report)
                     .map_err(|e| e.to_string())
@@ -679,7 +688,7 @@ async fn session(
                         // the session, and send a full report once the inventory fits.
                         tracing::error!(controller = %ctl, reason = %why, "inventory not sent: over the controller's limits");
                         reported = Reported::default();
-                        vec![over_limit_report(&why, problems, health)]
+                        vec![over_limit_report(&why, problems, health, pins)]
                     }
                 };
                 if parts.len() > 1 {

@@ -291,6 +291,9 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
             &format!("plan:{}", plan.id),
             &plan.message,
         )?;
+        // A halted plan may have changed certificates too: pin check and rescan.
+        crate::pins::plan_finished(fleet, plan)?;
+        rescan_touched(fleet, plan);
         return Ok(true);
     }
     // Steps that can never run (a dependency failed) are skipped, their target counted failed.
@@ -381,6 +384,8 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
             &format!("plan:{}", plan.id),
             &plan.message,
         )?;
+        // Post-plan hook: the rescan below is the pin check (`crate::pins`).
+        crate::pins::plan_finished(fleet, plan)?;
         rescan_touched(fleet, plan);
         return Ok(true);
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use certfleet_common::model::{CertRecord, HealthFact, Problem, now};
+use certfleet_common::model::{CertRecord, HealthFact, Pin, Problem, now};
 use certfleet_common::proto as pb;
 use certfleet_common::roles;
 use serde::{Deserialize, Serialize};
@@ -38,9 +38,17 @@ pub struct AgentInventory {
     certs: BTreeMap<String, StoredCert>,
     problems: Vec<Problem>,
     health: Vec<HealthFact>,
+    /// What pins its certificates (see `crate::pins`).
+    #[serde(default)]
+    pins: Vec<Pin>,
 }
 
 impl AgentInventory {
+    /// The pins the agent reported with its last scan.
+    pub fn pins(&self) -> &[Pin] {
+        &self.pins
+    }
+
     /// Certificate records as stored (no DER: for filters that look at roles and dates).
     pub fn records(&self) -> impl Iterator<Item = &CertRecord> + '_ {
         self.certs.values().map(|s| &s.record)
@@ -98,6 +106,7 @@ pub fn apply(
     }
     inv.problems = report.problems.into_iter().map(Into::into).collect();
     inv.health = report.health.into_iter().map(Into::into).collect();
+    inv.pins = report.pins.into_iter().map(Into::into).collect();
     inv.scanned_at = report.scanned_at;
     inv.received_at = now();
     fleet
@@ -115,6 +124,7 @@ pub fn apply(
         "inventory received"
     );
     fleet.changed.notify_waiters();
+    crate::pins::on_report(fleet, agent, &inv.pins, inv.scanned_at)?;
     Ok(())
 }
 
@@ -296,6 +306,7 @@ struct AgentEntry {
     fingerprints: Vec<Shared>,
     problems: Vec<Problem>,
     health: Vec<HealthFact>,
+    pins: Vec<Pin>,
 }
 
 #[derive(Default)]
@@ -377,6 +388,7 @@ impl IndexState {
                 fingerprints,
                 problems: inv.problems.clone(),
                 health: inv.health.clone(),
+                pins: inv.pins.clone(),
             },
         );
     }
@@ -763,6 +775,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let first_page = q.page_token.is_empty();
     let mut problems = Vec::new();
     let mut health = Vec::new();
+    let mut pins = Vec::new();
     if first_page {
         let mut ids: Vec<&String> = st.agents.keys().collect();
         ids.sort();
@@ -783,6 +796,11 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 let mut h = h.clone();
                 h.subject = format!("{}: {}", agent.name, h.subject);
                 health.push((&h).into());
+            }
+            for p in &entry.pins {
+                let mut p: pb::Pin = p.into();
+                p.agent = agent.name.clone();
+                pins.push(p);
             }
         }
     }
@@ -962,6 +980,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         problems,
         health,
         next_page_token,
+        pins,
     })
 }
 

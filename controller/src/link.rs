@@ -283,6 +283,7 @@ fn assemble(
             acc.removed.extend(chunk.removed);
             acc.problems = chunk.problems;
             acc.health = chunk.health;
+            acc.pins = chunk.pins;
             acc.scanned_at = chunk.scanned_at;
             acc.more = chunk.more;
             acc

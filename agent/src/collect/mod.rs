@@ -22,6 +22,7 @@ pub mod kubeconfig;
 pub mod ovirt_engine;
 pub mod ovirt_node;
 pub mod vsphere;
+pub mod vsphere_pins;
 
 /// Certificates, problems and health facts from one scan.
 #[derive(Debug, Default, Clone)]
@@ -35,6 +36,8 @@ pub struct Collection {
     pub platforms: Vec<String>,
     /// Records keep no DER (a local scan prints none; a report to the controller needs it).
     drop_der: bool,
+    /// What pins the certificates (see [`crate::pins`]).
+    pub pins: Vec<certfleet_common::model::Pin>,
 }
 
 impl Collection {
@@ -256,6 +259,7 @@ pub fn scan_into(cfg: &AgentConfig, mut out: Collection) -> Collection {
         }
     }
     stale_endpoints(&mut out);
+    crate::pins::evaluate(cfg, &mut out);
     out
 }
 

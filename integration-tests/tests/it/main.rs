@@ -20,6 +20,7 @@ mod ovirt;
 mod ovirt_api;
 mod ovirt_engine_rotation;
 mod ovirt_rotation;
+mod pins;
 mod recover;
 mod recover_gke;
 mod recover_ovirt;
