@@ -34,16 +34,17 @@ pub struct Collection {
     pub health: Vec<HealthFact>,
     /// Collectors that ran.
     pub platforms: Vec<String>,
-    /// Records keep no DER (a local scan prints none; a report to the controller needs it).
+    /// Records keep no DER once the scan ends (a local scan prints none; a report to the
+    /// controller needs it).
     drop_der: bool,
     /// What pins the certificates (see [`crate::pins`]).
     pub pins: Vec<certfleet_common::model::Pin>,
 }
 
 impl Collection {
-    /// A collection whose records keep no DER: everything else as [`Collection::default`].
-    /// For `certfleet-agent scan`, whose output has no DER; 10,000 certificates then take
-    /// about a third less memory.
+    /// A collection whose records drop their DER when the scan ends (health checks such as
+    /// the oVirt chain signature check read it during the scan): everything else as
+    /// [`Collection::default`]. For `certfleet-agent scan`, whose output has no DER.
     pub fn without_der() -> Self {
         Collection {
             drop_der: true,
@@ -75,9 +76,6 @@ impl Collection {
                     None => {
                         rec.role = role.to_owned();
                         rec.locations.push(location);
-                        if self.drop_der {
-                            rec.der = Vec::new();
-                        }
                         self.certs.insert(fp.clone(), rec);
                     }
                 }
@@ -147,11 +145,8 @@ impl Collection {
 
     /// Adds a record built by a collector (a non-X.509 certificate such as an OpenSSH
     /// certificate), merging its locations into an existing record with the same fingerprint.
-    pub fn add_record(&mut self, mut rec: CertRecord) -> String {
+    pub fn add_record(&mut self, rec: CertRecord) -> String {
         let fp = rec.fingerprint_sha256.clone();
-        if self.drop_der {
-            rec.der = Vec::new();
-        }
         match self.certs.get_mut(&fp) {
             Some(existing) => {
                 for l in rec.locations {
@@ -260,6 +255,13 @@ pub fn scan_into(cfg: &AgentConfig, mut out: Collection) -> Collection {
     }
     stale_endpoints(&mut out);
     crate::pins::evaluate(cfg, &mut out);
+    // Dropped only now: collectors' health checks (the oVirt chain signature check) need
+    // the DER of records other collectors added.
+    if out.drop_der {
+        for rec in out.certs.values_mut() {
+            rec.der = Vec::new();
+        }
+    }
     out
 }
 
