@@ -421,6 +421,14 @@ impl crate::metrics::FleetCerts for IndexCerts<'_> {
             }
         }
     }
+
+    fn each_pin(&self, f: &mut dyn FnMut(&str, &Pin)) {
+        for (agent, entry) in &self.0.agents {
+            for p in &entry.pins {
+                f(agent, p);
+            }
+        }
+    }
 }
 
 /// The controller's in-memory inventory index (one per [`Fleet`]).

@@ -13,7 +13,8 @@
 //! - *aggregated* (the default, a few series per platform, role and agent whatever the fleet's
 //!   size): `certfleet_certificates{platform,role,expiry}` counts per expiry bucket,
 //!   `certfleet_certificates_lifetime_left{platform,role,le}` counts of certificates with at most
-//!   that fraction of their lifetime left, and `certfleet_agent_earliest_not_after_seconds`;
+//!   that fraction of their lifetime left, and `certfleet_agent_earliest_not_after_seconds`
+//!   (pins are always counted per agent: `certfleet_pins`, `certfleet_pin_stale`);
 //! - *per certificate*: additionally the x509-certificate-exporter's own series
 //!   (`x509_cert_not_after`, `x509_cert_not_before`, `x509_cert_expired`, with its labels
 //!   `serial_number` in decimal, `issuer_CN`, `subject_CN`, `issuer_O`, …, `filepath`,
@@ -30,7 +31,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use certfleet_common::model::{CertRecord, Location};
+use certfleet_common::model::{CertRecord, Location, Pin, pin_state};
 use certfleet_common::roles;
 
 use crate::fleet::{AgentRecord, AgentState};
@@ -188,6 +189,8 @@ pub struct Sighting<'a> {
 pub trait FleetCerts {
     /// Calls `f(agent id, sighting)` once per certificate per agent that reported it.
     fn each(&self, f: &mut dyn FnMut(&str, &Sighting<'_>));
+    /// Calls `f(agent id, pin)` once per pin each agent reported with its last scan.
+    fn each_pin(&self, f: &mut dyn FnMut(&str, &Pin));
 }
 
 impl FleetCerts for HashMap<String, Vec<CertRecord>> {
@@ -213,6 +216,9 @@ impl FleetCerts for HashMap<String, Vec<CertRecord>> {
             }
         }
     }
+
+    /// Certificate records carry no pins: this source has none.
+    fn each_pin(&self, _f: &mut dyn FnMut(&str, &Pin)) {}
 }
 
 /// Everything the fleet part of a scrape is computed from (read by the caller).
@@ -445,6 +451,8 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
         lifetime,
     );
 
+    register_pins(&mut r, v, &names);
+
     if v.per_certificate {
         register_per_certificate(&mut r, v, &names);
     }
@@ -591,6 +599,64 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
 }
 
 /// The x509-certificate-exporter's series, one per certificate location and agent.
+/// Pins (see `crate::pins`): `certfleet_pins{agent,host,source,state}` counts, every state of
+/// every (agent, source) present with zeros included (a stale count that drops to 0 clears the
+/// alert instead of vanishing), and `certfleet_pin_stale{agent,host,source,name,cert_role}` = 1
+/// for each stale pin, so an alert can name what breaks. A VCSA has a few dozen pins: the
+/// series stay few whatever the fleet's size.
+fn register_pins(r: &mut Registry, v: &FleetView<'_>, names: &HashMap<&str, &AgentRecord>) {
+    const STATES: [&str; 3] = [pin_state::MATCH, pin_state::STALE, pin_state::UNKNOWN];
+    let mut counts: BTreeMap<(&str, String), [i64; 3]> = BTreeMap::new();
+    let stale: Family<Labels, Gauge> = Family::default();
+    v.certs.each_pin(&mut |agent, pin| {
+        let Some((id, _)) = names.get_key_value(agent) else {
+            return;
+        };
+        let per_state = counts.entry((*id, pin.source.clone())).or_default();
+        match STATES.iter().position(|s| *s == pin.state) {
+            Some(i) => per_state[i] += 1,
+            // An agent newer than this controller may know more states: counted as unknown.
+            None => per_state[2] += 1,
+        }
+        if pin.state == pin_state::STALE {
+            let a = names[*id];
+            stale
+                .get_or_create(&labels([
+                    ("agent", &a.name),
+                    ("host", &a.hostname),
+                    ("source", &pin.source),
+                    ("name", &pin.name),
+                    ("cert_role", &pin.cert_role),
+                ]))
+                .set(1);
+        }
+    });
+    let family: Family<Labels, Gauge> = Family::default();
+    for ((id, source), per_state) in &counts {
+        let a = names[*id];
+        for (i, state) in STATES.iter().enumerate() {
+            family
+                .get_or_create(&labels([
+                    ("agent", &a.name),
+                    ("host", &a.hostname),
+                    ("source", source),
+                    ("state", state),
+                ]))
+                .set(per_state[i]);
+        }
+    }
+    r.register(
+        "certfleet_pins",
+        "Pins reported by each agent (vpx_ext, lookup_service, declared) by state: match, stale (the consumer pins another certificate), unknown",
+        family,
+    );
+    r.register(
+        "certfleet_pin_stale",
+        "1 for each pin whose consumer pins another certificate than the host holds",
+        stale,
+    );
+}
+
 fn register_per_certificate(
     r: &mut Registry,
     v: &FleetView<'_>,
@@ -945,5 +1011,98 @@ mod tests {
         let after = crate::http::render_fleet_snapshot(&fleet).unwrap();
         assert_eq!(sorted(&after), sorted(&before));
         assert!(after.contains(r#"expiry="expired"} 1"#), "{after}");
+    }
+    #[test]
+    fn pins_are_counted_per_state_and_each_stale_pin_is_named() {
+        use certfleet_common::proto as pb;
+        let (_dir, fleet) = crate::server::test_fleet();
+        let now = certfleet_common::model::now();
+        for (id, name, state) in [("a1", "vc1", "active"), ("a3", "gone", "revoked")] {
+            let rec: AgentRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "name": name, "hostname": format!("{name}.lab"), "platforms": [],
+                "version": "1", "state": state, "enrolled_at": 1, "last_seen": now - 60,
+                "cert_not_after": now + 86_400, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap();
+            fleet.store.put("agents", id, &rec).unwrap();
+        }
+        let pin = |source: &str, name: &str, state: &str| pb::Pin {
+            source: source.into(),
+            name: name.into(),
+            cert_role: "vsphere.machine_ssl".into(),
+            state: state.into(),
+            ..Default::default()
+        };
+        let report = |pins: Vec<pb::Pin>| pb::InventoryReport {
+            full: true,
+            scanned_at: now,
+            pins,
+            ..Default::default()
+        };
+        crate::inventory::apply(
+            &fleet,
+            "a1",
+            report(vec![
+                pin("vpx_ext", "com.vmware.vsan.health", "stale"),
+                pin("vpx_ext", "com.vmware.vim.eam", "match"),
+                pin(
+                    "lookup_service",
+                    "cs.identity https://vc1.lab/sts",
+                    "unknown",
+                ),
+            ]),
+            1000,
+        )
+        .unwrap();
+        crate::inventory::apply(
+            &fleet,
+            "a3",
+            report(vec![pin("declared", "old-backup-tool", "stale")]),
+            1000,
+        )
+        .unwrap();
+        let got = crate::http::render_fleet_snapshot(&fleet).unwrap();
+        for series in [
+            r#"certfleet_pins{agent="vc1",host="vc1.lab",source="vpx_ext",state="stale"} 1"#,
+            r#"certfleet_pins{agent="vc1",host="vc1.lab",source="vpx_ext",state="match"} 1"#,
+            r#"certfleet_pins{agent="vc1",host="vc1.lab",source="vpx_ext",state="unknown"} 0"#,
+            r#"certfleet_pins{agent="vc1",host="vc1.lab",source="lookup_service",state="stale"} 0"#,
+            r#"certfleet_pins{agent="vc1",host="vc1.lab",source="lookup_service",state="unknown"} 1"#,
+            r#"certfleet_pin_stale{agent="vc1",host="vc1.lab",source="vpx_ext",name="com.vmware.vsan.health",cert_role="vsphere.machine_ssl"} 1"#,
+        ] {
+            assert!(got.contains(series), "{series} missing from\n{got}");
+        }
+        assert!(
+            !got.contains("eam\",cert_role"),
+            "a matching pin is not stale: {got}"
+        );
+        assert!(!got.contains("gone"), "a revoked agent's pins: {got}");
+
+        // Re-trusted: the stale count reads 0 (the alert clears) and the named series is gone.
+        crate::inventory::apply(
+            &fleet,
+            "a1",
+            report(vec![
+                pin("vpx_ext", "com.vmware.vsan.health", "match"),
+                pin("vpx_ext", "com.vmware.vim.eam", "match"),
+            ]),
+            1000,
+        )
+        .unwrap();
+        let got = crate::http::render_fleet_snapshot(&fleet).unwrap();
+        assert!(
+            got.contains(
+                r#"certfleet_pins{agent="vc1",host="vc1.lab",source="vpx_ext",state="stale"} 0"#
+            ),
+            "{got}"
+        );
+        assert!(
+            got.contains(
+                r#"certfleet_pins{agent="vc1",host="vc1.lab",source="vpx_ext",state="match"} 2"#
+            ),
+            "{got}"
+        );
+        assert!(!got.contains("certfleet_pin_stale{"), "{got}");
     }
 }

@@ -127,9 +127,19 @@ fn metrics_rules_and_dashboard_match_a_live_controller() {
         );
     }
 
+    // app1 restarted with a declared pin (a load balancer pinning its certificate by a
+    // thumbprint it no longer has): CertfleetPinStale's series.
+    f.procs[1].kill9();
+    let mut text = std::fs::read_to_string(app_cfg).unwrap();
+    text.push_str(
+        "[[pins]]\nname = \"lb-pool\"\ncert_path = \"/etc/app/tls/app.pem\"\nthumbprint = \"00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33\"\n",
+    );
+    std::fs::write(app_cfg, text).unwrap();
+    f.procs[1] = c.run_agent(&f.states[1], Some(app_cfg), &[]);
+
     // Per-certificate series, in the exporter's names and labels plus certfleet's.
     let m = wait_for(
-        "the policy's plan awaiting approval in /metrics",
+        "the policy's plan awaiting approval and the stale pin in /metrics",
         Duration::from_secs(40),
         || {
             let m = c.metrics();
@@ -141,8 +151,32 @@ fn metrics_rules_and_dashboard_match_a_live_controller() {
                     "state=\"awaiting_approval\"",
                 ],
             )
+            .and(sample(&m, "certfleet_pin_stale", &["name=\"lb-pool\""]))
             .map(|_| m.clone())
         },
+    );
+    let pin = ["agent=\"app1\"", "source=\"declared\""];
+    assert_eq!(
+        value(
+            sample(
+                &m,
+                "certfleet_pin_stale",
+                &[pin[0], pin[1], "cert_role=\"file.renewable\""]
+            )
+            .unwrap()
+        ),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        value(sample(&m, "certfleet_pins", &[pin[0], pin[1], "state=\"stale\""]).unwrap()),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        value(sample(&m, "certfleet_pins", &[pin[0], pin[1], "state=\"match\""]).unwrap()),
+        0,
+        "{m}"
     );
     let inv = c.json(&["inventory", "--role", "file.renewable"]);
     let soon = &inv[0];

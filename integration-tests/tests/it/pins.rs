@@ -88,6 +88,30 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
         text.contains("stale   vpx_ext com.vmware.vsan.health on vc1"),
         "{text}"
     );
+    // /metrics names each stale pin (alert CertfleetPinStale) and counts them per state.
+    // (The fleet part of a scrape is reused for 5 s: wait for one rendered after the rescan.)
+    let m = wait_for("stale pins in /metrics", Duration::from_secs(15), || {
+        let m = c.metrics();
+        m.contains("certfleet_pin_stale{").then_some(m)
+    });
+    for (source, name) in [
+        ("vpx_ext", "com.vmware.vsan.health"),
+        ("declared", "backup"),
+        ("declared", "monitor"),
+    ] {
+        let found = m.lines().any(|l| {
+            l.starts_with("certfleet_pin_stale{")
+                && l.contains(&format!("source=\"{source}\",name=\"{name}\""))
+                && l.ends_with(" 1")
+        });
+        assert!(found, "no stale series for {source} {name}:\n{m}");
+    }
+    assert!(
+        m.lines().any(|l| l.starts_with("certfleet_pins{")
+            && l.contains("source=\"declared\",state=\"stale\"")
+            && l.ends_with(" 2")),
+        "{m}"
+    );
 
     // A machine-ssl plan re-trusts the declared pins; monitor's command fails.
     let p = wait_for("plan create", Duration::from_secs(30), || {
@@ -148,4 +172,19 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
         "{show:#}"
     );
     assert_eq!(pin(&show, "monitor").unwrap()["state"], "stale", "{show:#}");
+    // Re-trusted pins leave /metrics; the one whose re-trust failed stays.
+    let m = wait_for(
+        "re-trusted pins gone from /metrics",
+        Duration::from_secs(15),
+        || {
+            let m = c.metrics();
+            (m.matches("certfleet_pin_stale{").count() == 1).then_some(m)
+        },
+    );
+    let stale: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("certfleet_pin_stale{"))
+        .collect();
+    assert_eq!(stale.len(), 1, "{stale:#?}");
+    assert!(stale[0].contains("name=\"monitor\""), "{stale:#?}");
 }
