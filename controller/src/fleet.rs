@@ -39,6 +39,9 @@ pub struct ServeOptions {
     pub auto_approve_rebind: bool,
     /// How long a dry-run plan is kept before it is removed.
     pub dry_run_ttl: Duration,
+    /// Whether an admin may take a backup (fleet CA key included) through the API
+    /// (`certfleet serve --no-backup-over-api` turns it off).
+    pub backup_over_api: bool,
 }
 
 impl Default for ServeOptions {
@@ -48,6 +51,7 @@ impl Default for ServeOptions {
             heartbeat_interval: Duration::from_secs(15),
             auto_approve_rebind: false,
             dry_run_ttl: DEFAULT_DRY_RUN_TTL,
+            backup_over_api: true,
         }
     }
 }

@@ -105,6 +105,19 @@ impl Operator for OperatorService {
     ) -> Result<Response<Self::BackupStream>, Status> {
         let op = self.fleet.require_operator(&request, true)?;
         let actor = format!("operator:{}", op.name);
+        if !self.fleet.opts.backup_over_api {
+            self.fleet.audit(
+                &actor,
+                "store.backup_refused",
+                "store",
+                "backups over the API are off (serve --no-backup-over-api)",
+            )?;
+            return Err(Status::permission_denied(
+                "this controller refuses backups over the API (started with \
+                 `certfleet serve --no-backup-over-api`): on the controller host, stop it and \
+                 copy its data directory, or restart it without the flag",
+            ));
+        }
         let store = self.fleet.store.clone();
         let by = actor.clone();
         let (bundle, snap) = tokio::task::spawn_blocking(move || {

@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// How long dry-run plans are kept.
     #[arg(long, value_parser = duration_in(secs(60), days(365)), default_value = "24h")]
     dry_run_ttl: Duration,
+    /// Refuse `certfleet backup` (the bundle holds the fleet CA key: whoever has an admin
+    /// certificate could take it). Back up on the controller host instead (stop it, copy the
+    /// data directory).
+    #[arg(long)]
+    no_backup_over_api: bool,
     /// Start on an empty state store although the data directory holds a fleet CA
     /// (everyone must be issued and enrolled again).
     #[arg(long)]
@@ -166,6 +171,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat_interval,
         auto_approve_rebind: args.auto_approve_rebind,
         dry_run_ttl: args.dry_run_ttl,
+        backup_over_api: !args.no_backup_over_api,
     };
     let mut limits = args.limits.limits();
     server::fit_fd_limit(&mut limits.listener);

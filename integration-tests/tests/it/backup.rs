@@ -239,7 +239,8 @@ fn a_backup_restored_on_a_new_machine_serves_the_same_fleet_without_re_enrollmen
         addr: format!("127.0.0.1:{}", free_port()),
         http: format!("127.0.0.1:{}", free_port()),
         proc: None,
-        extra: Vec::new(),
+        // The restored controller keeps its CA key to itself.
+        extra: vec!["--no-backup-over-api".into()],
     };
     c2.serve();
     // Agents are told the new address (as DNS would) and restarted: no enrollment.
@@ -281,5 +282,15 @@ fn a_backup_restored_on_a_new_machine_serves_the_same_fleet_without_re_enrollmen
     assert_eq!(status["store_healthy"], true, "{status}");
     assert_eq!(status["agents_connected"], 2, "{status}");
     assert_eq!(status["healthy"], true, "{status}");
+    // `serve --no-backup-over-api`: even an admin is refused (3), naming the flag; audited.
+    let again = tmp.path().join("again.cfbak");
+    let mut args = vec!["backup", "--out", again.to_str().unwrap()];
+    args.extend(pass_arg);
+    let o = c2.cli_as(&c2.admin(), &args);
+    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+    assert!(err(&o).contains("--no-backup-over-api"), "{}", err(&o));
+    assert!(!again.exists());
+    let audit = c2.json(&["audit"]).to_string();
+    assert!(audit.contains("store.backup_refused"), "{audit}");
     drop(procs);
 }
