@@ -10,6 +10,10 @@
 //! controller answers without doing anything (a method it does not have, answered
 //! `Unimplemented`), whose HTTP `date` header gives the clock skew.
 //!
+//! Then, per recipe this host takes part in (by its platforms), whether it can run here: the
+//! tools, files and settings its steps on this host use, one finding per recipe naming what is
+//! missing.
+//!
 //! The list of tools per platform below mirrors the `cfg.tool(name, default)` calls of
 //! `collect/` and `act/`; a tool added there must be added here too.
 
@@ -162,6 +166,16 @@ fn tools_of(platform: &str) -> Vec<Tool> {
                 "/opt/vmware/vpostgres/current/bin/psql",
                 "recipe vsphere.* (extension certificates)",
             ),
+            tool(
+                "ldapsearch",
+                "/usr/bin/ldapsearch",
+                "recipe vsphere.machine_ssl, vsphere.sts (vmdir)",
+            ),
+            tool(
+                "ldapmodify",
+                "/usr/bin/ldapmodify",
+                "recipe vsphere.machine_ssl, vsphere.sts (vmdir)",
+            ),
             tool("openssl", "/usr/bin/openssl", "recipe vsphere.*"),
         ],
         "ovirt_engine" => vec![
@@ -257,7 +271,7 @@ pub fn check_tools(cfg: &AgentConfig, platforms: &[String]) -> Vec<Finding> {
         .flat_map(|p| tools_of(p).into_iter().map(move |t| (p.as_str(), t)))
         .chain(tools_of_renew(cfg).into_iter().map(|t| ("files", t)));
     for (platform, t) in all {
-        let path = cfg.tool(t.name, t.default);
+        let path = tool_path(cfg, t.name, t.default);
         if seen.iter().any(|(n, p)| *n == t.name && *p == path) {
             continue;
         }
@@ -282,6 +296,498 @@ pub fn check_tools(cfg: &AgentConfig, platforms: &[String]) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Something a recipe needs on this host besides its tools.
+enum Need {
+    /// A file the recipe reads: from a setting (`None`: a fixed path) with its default
+    /// (`None`: the setting must be set).
+    File {
+        setting: Option<&'static str>,
+        default: Option<&'static str>,
+        what: &'static str,
+        /// A password file, and what the agent does when group or others can read it.
+        secret: Secret,
+    },
+    /// A setting that must be set (no default).
+    Setting {
+        key: &'static str,
+        what: &'static str,
+    },
+    /// A directory the recipe writes in.
+    Dir {
+        setting: Option<&'static str>,
+        default: &'static str,
+        what: &'static str,
+    },
+}
+
+/// A password file's exposure: whether the agent refuses one that group or others can read.
+#[derive(Clone, Copy, PartialEq)]
+enum Secret {
+    /// Not a secret.
+    No,
+    /// A secret the agent reads anyway (a warning: anyone on the host can read it).
+    Exposed,
+    /// A secret the agent refuses to read unless it is 0600-like (a failure).
+    Refused,
+}
+
+/// What one recipe needs on a host of one platform: the part this host plays in it (the
+/// agent actions the recipe's steps call on it), the tools those actions run and the files and
+/// settings they read. From the recipes' `steps` and the actions' module docs in `act/`.
+struct RecipeNeeds {
+    recipe: &'static str,
+    platform: &'static str,
+    part: &'static str,
+    /// Tools its steps run here (names of [`tools_of`]); it fails without them.
+    tools: &'static [&'static str],
+    /// Tools some of its steps use when present (it runs without them, doing less).
+    optional: &'static [&'static str],
+    needs: &'static [Need],
+}
+
+const SSO_PASSWORD: Need = Need::File {
+    setting: Some("vsphere.sso_password_file"),
+    default: None,
+    what: "SSO administrator password (replication gate, vmdir writes)",
+    secret: Secret::Exposed,
+};
+const VMCA_ROOT: Need = Need::File {
+    setting: None,
+    default: Some("/var/lib/vmware/vmca/root.cer"),
+    what: "VMCA root certificate (chain of the new certificates)",
+    secret: Secret::No,
+};
+const ENGINE_CA_KEY: Need = Need::File {
+    setting: None,
+    default: Some("/etc/pki/ovirt-engine/private/ca.pem"),
+    what: "engine CA key (openssl ca signs with it)",
+    secret: Secret::No,
+};
+const VDSM_PKI: Need = Need::Dir {
+    setting: Some("ovirt.vdsm_pki"),
+    default: "/etc/pki/vdsm",
+    what: "VDSM PKI directory (certificates installed there)",
+};
+const GKE_ADMIN_KUBECONFIG: Need = Need::File {
+    setting: Some("gke.admin_kubeconfig"),
+    default: Some("/home/ubuntu/kubeconfig"),
+    what: "admin cluster kubeconfig",
+    secret: Secret::No,
+};
+
+/// Every recipe and what it needs on each platform it touches.
+const RECIPES: &[RecipeNeeds] = &[
+    RecipeNeeds {
+        recipe: "vsphere-machine-ssl",
+        platform: "vsphere",
+        part: "new Machine SSL from VMCA into VECS, Lookup Service and extensions re-trusted, services restarted",
+        tools: &[
+            "vdcrepadmin",
+            "certool",
+            "vecs-cli",
+            "lwregshell",
+            "ldapsearch",
+            "ldapmodify",
+            "service-control",
+            "vmon-cli",
+            "openssl",
+        ],
+        optional: &["psql"],
+        needs: &[SSO_PASSWORD, VMCA_ROOT],
+    },
+    RecipeNeeds {
+        recipe: "vsphere-solution-users",
+        platform: "vsphere",
+        part: "solution users re-issued by VMCA into vmdir and VECS, extension thumbprints updated",
+        tools: &[
+            "vdcrepadmin",
+            "dir-cli",
+            "certool",
+            "vecs-cli",
+            "service-control",
+            "vmon-cli",
+            "openssl",
+        ],
+        optional: &["psql"],
+        needs: &[SSO_PASSWORD, VMCA_ROOT],
+    },
+    RecipeNeeds {
+        recipe: "vsphere-sts",
+        platform: "vsphere",
+        part: "new STS signing certificate written to vmdir with ldapmodify",
+        tools: &[
+            "vdcrepadmin",
+            "certool",
+            "ldapsearch",
+            "ldapmodify",
+            "service-control",
+        ],
+        optional: &[],
+        needs: &[SSO_PASSWORD, VMCA_ROOT],
+    },
+    RecipeNeeds {
+        recipe: "esxi-hosts",
+        platform: "vsphere",
+        part: "ESXi host certificates renewed through vCenter's SOAP API",
+        tools: &[],
+        optional: &[],
+        needs: &[
+            Need::File {
+                setting: Some("esxi.vim_password_file"),
+                default: None,
+                what: "vCenter SSO user's password",
+                secret: Secret::Exposed,
+            },
+            Need::Setting {
+                key: "esxi.vim_url",
+                what: "vCenter SDK URL",
+            },
+            Need::Setting {
+                key: "esxi.vim_user",
+                what: "vCenter SSO user",
+            },
+        ],
+    },
+    RecipeNeeds {
+        recipe: "ovirt-engine",
+        platform: "ovirt_engine",
+        part: "engine certificates re-signed by the engine CA, ovirt-engine restarted",
+        tools: &["openssl", "engine-config", "systemctl"],
+        optional: &["engine-setup"],
+        needs: &[ENGINE_CA_KEY],
+    },
+    RecipeNeeds {
+        recipe: "ovirt-hosts",
+        platform: "ovirt_engine",
+        part: "hosts put in maintenance and re-enrolled through the engine API",
+        tools: &[],
+        optional: &[],
+        needs: &[
+            Need::File {
+                setting: Some("ovirt.api_password_file"),
+                default: None,
+                what: "engine API password",
+                secret: Secret::Refused,
+            },
+            Need::Setting {
+                key: "ovirt.api_url",
+                what: "engine API URL",
+            },
+        ],
+    },
+    RecipeNeeds {
+        recipe: "ovirt-hosts",
+        platform: "ovirt_node",
+        part: "host files backed up and verified after the engine re-enrolled it",
+        tools: &["openssl"],
+        optional: &[],
+        needs: &[VDSM_PKI],
+    },
+    RecipeNeeds {
+        recipe: "ovirt-hosts-offline",
+        platform: "ovirt_engine",
+        part: "host CSRs signed with openssl ca, vmconsole keys signed with ssh-keygen",
+        tools: &["openssl", "ssh-keygen"],
+        optional: &[],
+        needs: &[ENGINE_CA_KEY],
+    },
+    RecipeNeeds {
+        recipe: "ovirt-hosts-offline",
+        platform: "ovirt_node",
+        part: "CSR made here, signed certificate installed, libvirtd and vdsmd restarted",
+        tools: &["openssl", "systemctl"],
+        optional: &["hosted-engine"],
+        needs: &[VDSM_PKI],
+    },
+    RecipeNeeds {
+        recipe: "gke-user-ca",
+        platform: "gke_admin",
+        part: "gkectl update credentials certificate-authorities (user clusters), kubeconfigs renewed",
+        tools: &["gkectl", "kubectl", "openssl"],
+        optional: &[],
+        needs: &[GKE_ADMIN_KUBECONFIG],
+    },
+    RecipeNeeds {
+        recipe: "gke-admin-ca",
+        platform: "gke_admin",
+        part: "gkectl update credentials certificate-authorities (admin cluster)",
+        tools: &["gkectl", "kubectl", "openssl"],
+        optional: &[],
+        needs: &[GKE_ADMIN_KUBECONFIG],
+    },
+    RecipeNeeds {
+        recipe: "gke-kubeconfig",
+        platform: "gke_admin",
+        part: "user-cluster kubeconfigs fetched anew from the admin cluster",
+        tools: &["kubectl", "openssl"],
+        optional: &[],
+        needs: &[GKE_ADMIN_KUBECONFIG],
+    },
+    RecipeNeeds {
+        recipe: "kubeadm-certs",
+        platform: "kubeadm",
+        part: "kubeadm certs renew, static pods restarted",
+        tools: &["kubeadm", "kubectl", "crictl", "openssl"],
+        optional: &[],
+        needs: &[Need::Dir {
+            setting: Some("kubeadm.cert_dir"),
+            default: "/etc/kubernetes/pki",
+            what: "kubeadm PKI directory",
+        }],
+    },
+];
+
+/// Where the agent would run `name` (the LDAP tools are looked up in two places).
+fn tool_path(cfg: &AgentConfig, name: &str, default: &str) -> PathBuf {
+    match name {
+        "ldapsearch" | "ldapmodify" => crate::collect::vsphere::ldap_tool(cfg, name),
+        _ => cfg.tool(name, default),
+    }
+}
+
+/// Why a needed file, directory or setting is not usable (with its fix, and whether it keeps
+/// the recipe from running), or `None` when it is.
+fn need_problem(cfg: &AgentConfig, need: &Need) -> Option<(String, String, bool)> {
+    let blocking = |(why, fix): (String, String)| Some((why, fix, true));
+    match need {
+        Need::Setting { key, what } => match cfg.setting(key) {
+            Some(_) => None,
+            None => blocking((
+                format!("{what}: setting {key} is not set"),
+                format!("set {key} under [settings]"),
+            )),
+        },
+        Need::File {
+            setting,
+            default,
+            what,
+            secret,
+        } => {
+            let (shown, path) = match setting.and_then(|s| cfg.setting(s)).or(*default) {
+                Some(p) => (p.to_owned(), cfg.host_path(p)),
+                None => {
+                    let key = setting.unwrap_or("?");
+                    return blocking((
+                        format!("{what}: setting {key} is not set"),
+                        format!("set {key} = \"/path/to/file\" (mode 0600) under [settings]"),
+                    ));
+                }
+            };
+            match std::fs::metadata(&path) {
+                Err(e) => blocking((
+                    format!("{what} {shown}: {e}"),
+                    match setting {
+                        Some(key) => format!("create it, or point {key} at it"),
+                        None => "this host is not what the recipe expects".into(),
+                    },
+                )),
+                Ok(m) if !m.is_file() => {
+                    blocking((format!("{what} {shown}: not a regular file"), String::new()))
+                }
+                Ok(m) if *secret != Secret::No && m.permissions().mode() & 0o077 != 0 => Some((
+                    format!(
+                        "{what} {shown}: mode {:o}, {}",
+                        m.permissions().mode() & 0o777,
+                        if *secret == Secret::Refused {
+                            "the agent refuses a password file others can read"
+                        } else {
+                            "anyone on this host can read the password"
+                        }
+                    ),
+                    format!("chmod 600 {shown}"),
+                    *secret == Secret::Refused,
+                )),
+                Ok(_) => None,
+            }
+        }
+        Need::Dir {
+            setting,
+            default,
+            what,
+        } => {
+            let shown = setting.and_then(|s| cfg.setting(s)).unwrap_or(default);
+            match std::fs::metadata(cfg.host_path(shown)) {
+                Ok(m) if m.is_dir() => None,
+                Ok(_) => blocking((format!("{what} {shown}: not a directory"), String::new())),
+                Err(e) => blocking((
+                    format!("{what} {shown}: {e}"),
+                    match setting {
+                        Some(key) => format!("point {key} at it"),
+                        None => String::new(),
+                    },
+                )),
+            }
+        }
+    }
+}
+
+/// One finding per recipe this host takes part in (by its platforms, and `files` for
+/// `[[renew]]`/`[[cas]]`): ready, or what keeps it from running here. Its optional tools
+/// missing only narrow it (a note in the tool findings).
+pub fn check_recipes(cfg: &AgentConfig, platforms: &[String]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for r in RECIPES
+        .iter()
+        .filter(|r| platforms.iter().any(|p| p == r.platform))
+    {
+        let known = tools_of(r.platform);
+        let mut missing = Vec::new();
+        let mut risks = Vec::new();
+        let mut fixes = Vec::new();
+        for name in r.tools {
+            let default = known
+                .iter()
+                .find(|t| t.name == *name)
+                .map(|t| t.default)
+                .unwrap_or_default();
+            let path = tool_path(cfg, name, default);
+            if let Err(why) = executable(&path) {
+                missing.push(format!("{name} at {}: {why}", cfg.shown(&path)));
+                fixes.push(format!("install {name} or set [tools] {name:?}"));
+            }
+        }
+        for n in r.needs {
+            if let Some((why, fix, blocks)) = need_problem(cfg, n) {
+                if blocks {
+                    missing.push(why);
+                } else {
+                    risks.push(why);
+                }
+                if !fix.is_empty() {
+                    fixes.push(fix);
+                }
+            }
+        }
+        let mut f = recipe_finding(r.recipe, r.platform, r.part, missing, fixes.clone());
+        if !risks.is_empty() {
+            if f.level == Level::Ok {
+                f.level = Level::Warn;
+                f.detail = format!("{}, but {}", f.detail, risks.join("; "));
+            } else {
+                f.detail = format!("{}; also {}", f.detail, risks.join("; "));
+            }
+            f.fix = fixes.join("; ");
+        }
+        let absent: Vec<&str> = r
+            .optional
+            .iter()
+            .copied()
+            .filter(|name| {
+                let default = known
+                    .iter()
+                    .find(|t| t.name == *name)
+                    .map(|t| t.default)
+                    .unwrap_or_default();
+                executable(&tool_path(cfg, name, default)).is_err()
+            })
+            .collect();
+        if f.level < Level::Warn && !absent.is_empty() {
+            f.level = Level::Note;
+            f.detail = format!(
+                "{} (without {}: the steps that use it are skipped or do less)",
+                f.detail,
+                absent.join(", ")
+            );
+        }
+        out.push(f);
+    }
+    if !cfg.renew.is_empty() || !cfg.cas.is_empty() {
+        out.push(files_recipe(cfg));
+    }
+    out
+}
+
+fn recipe_finding(
+    recipe: &str,
+    platform: &str,
+    part: &str,
+    missing: Vec<String>,
+    fixes: Vec<String>,
+) -> Finding {
+    if missing.is_empty() {
+        Finding::new(
+            "recipe",
+            Level::Ok,
+            format!("{recipe} ({platform}: {part}): ready"),
+            "",
+        )
+    } else {
+        Finding::new(
+            "recipe",
+            Level::Fail,
+            format!(
+                "{recipe} ({platform}: {part}) cannot run here: {}",
+                missing.join("; ")
+            ),
+            fixes.join("; "),
+        )
+    }
+}
+
+/// The `files` recipe: on a host with `[[renew]]`, a CSR made next to each certificate and the
+/// signed one installed (openssl, the directories, systemctl for restarts); on a CA host
+/// (`[[cas]]`), the sign command and the CA directory.
+fn files_recipe(cfg: &AgentConfig) -> Finding {
+    let mut missing = Vec::new();
+    let mut fixes = Vec::new();
+    let mut tool = |name: &str, default: &str, missing: &mut Vec<String>| {
+        let path = cfg.tool(name, default);
+        if let Err(why) = executable(&path) {
+            missing.push(format!("{name} at {}: {why}", cfg.shown(&path)));
+            fixes.push(format!("install {name} or set [tools] {name:?}"));
+        }
+    };
+    if !cfg.renew.is_empty() {
+        tool("openssl", "/usr/bin/openssl", &mut missing);
+    }
+    if cfg.renew.iter().any(|r| !r.restart.is_empty()) {
+        tool("systemctl", "/usr/bin/systemctl", &mut missing);
+    }
+    for (i, r) in cfg.renew.iter().enumerate() {
+        for (what, file) in [("cert", &r.cert), ("key", &r.key)] {
+            let dir = Path::new(file).parent().unwrap_or(Path::new("/"));
+            if !cfg.host_path(dir).is_dir() {
+                missing.push(format!(
+                    "renew[{i}].{what} {file}: directory {} does not exist",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    for (i, c) in cfg.cas.iter().enumerate() {
+        if !cfg.host_path(&c.dir).is_dir() {
+            missing.push(format!(
+                "cas[{i}] ({}): directory {} does not exist",
+                c.name, c.dir
+            ));
+        }
+        if let Some(program) = c.command.first() {
+            let path = if program == "openssl" {
+                cfg.tool("openssl", "/usr/bin/openssl")
+            } else if Path::new(program).is_absolute() {
+                cfg.host_path(program)
+            } else {
+                PathBuf::from(program)
+            };
+            if path.is_absolute()
+                && let Err(why) = executable(&path)
+            {
+                missing.push(format!(
+                    "cas[{i}] ({}): sign command {}: {why}",
+                    c.name,
+                    cfg.shown(&path)
+                ));
+            }
+        }
+    }
+    let part = match (cfg.renew.is_empty(), cfg.cas.is_empty()) {
+        (false, false) => "renews the [[renew]] certificates and signs with the [[cas]]",
+        (false, true) => "renews the [[renew]] certificates",
+        _ => "signs with the [[cas]]",
+    };
+    recipe_finding("files", "files", part, missing, fixes)
 }
 
 /// The state directory (0700) and the key (0600), both owned by the account running this.
@@ -712,5 +1218,162 @@ mod tests {
         assert_eq!(w.level, Level::Warn);
         assert!(w.detail.contains("30s behind"), "{w:?}");
         assert_eq!(check_skew("c:1", 1000, 100).level, Level::Fail);
+    }
+    #[test]
+    fn every_recipe_of_the_controller_has_its_needs_here() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/src/plan/recipes");
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            for part in text.split("fn name(&self) -> &'static str {").skip(1) {
+                // (mod.rs's own tests search for the same text inside a string.)
+                let name = part.split('"').nth(1).unwrap_or_default();
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        assert!(names.len() >= 10, "{names:?}");
+        for n in &names {
+            assert!(
+                n == "files" || RECIPES.iter().any(|r| r.recipe == n),
+                "recipe {n} has no needs in doctor::RECIPES"
+            );
+        }
+        // Every tool a recipe names is one the tool findings check, at the same default path.
+        for r in RECIPES {
+            let known = tools_of(r.platform);
+            for t in r.tools.iter().chain(r.optional) {
+                assert!(
+                    known.iter().any(|k| k.name == *t),
+                    "{} on {}: {t} not in tools_of",
+                    r.recipe,
+                    r.platform
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn recipes_name_what_keeps_them_from_running() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for t in [
+            "usr/lib/vmware-vmdir/bin/vdcrepadmin",
+            "usr/lib/vmware-vmca/bin/certool",
+            "usr/lib/vmware-vmafd/bin/vecs-cli",
+            "usr/lib/vmware-vmafd/bin/dir-cli",
+            "opt/likewise/bin/lwregshell",
+            // ldapsearch where the VCSA has it, not in /usr/bin; no ldapmodify at all.
+            "opt/likewise/bin/ldapsearch",
+            "bin/service-control",
+            "usr/lib/vmware-vmon/vmon-cli",
+            "usr/bin/openssl",
+        ] {
+            exe(&root.join(t), 0o755);
+        }
+        std::fs::create_dir_all(root.join("var/lib/vmware/vmca")).unwrap();
+        std::fs::write(root.join("var/lib/vmware/vmca/root.cer"), "x").unwrap();
+        std::fs::create_dir_all(root.join("etc/certfleet")).unwrap();
+        let pw = root.join("etc/certfleet/sso.pass");
+        std::fs::write(&pw, "secret\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = cfg_at(
+            root,
+            "[settings]\n\"vsphere.sso_password_file\" = \"/etc/certfleet/sso.pass\"\n",
+        );
+        let f = check_recipes(&cfg, &["vsphere".into()]);
+        let by = |f: &[Finding], name: &str| {
+            f.iter()
+                .find(|x| x.detail.starts_with(&format!("{name} (")))
+                .unwrap_or_else(|| panic!("{name}: {f:#?}"))
+                .clone()
+        };
+        let sts = by(&f, "vsphere-sts");
+        assert_eq!(sts.level, Level::Fail, "{sts:?}");
+        assert!(
+            sts.detail.contains("ldapmodify at /usr/bin/ldapmodify"),
+            "{sts:?}"
+        );
+        assert!(
+            !sts.detail.contains("ldapsearch"),
+            "found in /opt/likewise/bin: {sts:?}"
+        );
+        assert!(
+            sts.detail.contains("/etc/certfleet/sso.pass: mode 644"),
+            "{sts:?}"
+        );
+        assert!(
+            sts.fix.contains("chmod 600 /etc/certfleet/sso.pass"),
+            "{sts:?}"
+        );
+        // Solution users need no ldapmodify: they run, but the password is readable by all.
+        let su = by(&f, "vsphere-solution-users");
+        assert_eq!(su.level, Level::Warn, "{su:?}");
+        assert!(!su.detail.contains("ldapmodify"), "{su:?}");
+        assert!(
+            su.detail
+                .contains("/etc/certfleet/sso.pass: mode 644, anyone on this host"),
+            "{su:?}"
+        );
+        // No vCenter password setting: the ESXi recipe says which setting.
+        let esxi = by(&f, "esxi-hosts");
+        assert!(
+            esxi.detail.contains("esxi.vim_password_file is not set")
+                && esxi.detail.contains("esxi.vim_url is not set"),
+            "{esxi:?}"
+        );
+
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        exe(&root.join("usr/bin/ldapmodify"), 0o755);
+        let f = check_recipes(&cfg, &["vsphere".into()]);
+        assert_eq!(by(&f, "vsphere-sts").level, Level::Ok, "{f:#?}");
+        // psql is optional: ready, doing less.
+        let ssl = by(&f, "vsphere-machine-ssl");
+        assert_eq!(ssl.level, Level::Note, "{ssl:?}");
+        assert!(ssl.detail.contains("without psql"), "{ssl:?}");
+        // Only the recipes of this host's platforms.
+        assert!(f.iter().all(|x| !x.detail.starts_with("ovirt")), "{f:#?}");
+
+        // oVirt host: the VDSM directory missing, hosted-engine optional.
+        let f = check_recipes(&cfg, &["ovirt_node".into()]);
+        let off = by(&f, "ovirt-hosts-offline");
+        assert_eq!(off.level, Level::Fail, "{off:?}");
+        assert!(off.detail.contains("/etc/pki/vdsm"), "{off:?}");
+        assert!(off.detail.contains("systemctl"), "{off:?}");
+    }
+
+    #[test]
+    fn the_files_recipe_checks_renew_directories_and_the_sign_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        exe(&root.join("usr/bin/openssl"), 0o755);
+        std::fs::create_dir_all(root.join("etc/app/tls")).unwrap();
+        std::fs::create_dir_all(root.join("srv/ca")).unwrap();
+        let cfg = cfg_at(
+            root,
+            "[[renew]]\ncert = \"/etc/app/tls/app.pem\"\nkey = \"/etc/app/private/app.key\"\nissuer = \"corp\"\n\
+             [[cas]]\nname = \"corp\"\ndir = \"/srv/ca\"\ncommand = [\"/usr/local/bin/sign\", \"{csr}\"]\n",
+        );
+        let f = check_recipes(&cfg, &[]);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].level, Level::Fail, "{f:#?}");
+        assert!(
+            f[0].detail.contains(
+                "renew[0].key /etc/app/private/app.key: directory /etc/app/private does not exist"
+            ),
+            "{f:#?}"
+        );
+        assert!(!f[0].detail.contains("renew[0].cert"), "{f:#?}");
+        assert!(
+            f[0].detail
+                .contains("cas[0] (corp): sign command /usr/local/bin/sign: not found"),
+            "{f:#?}"
+        );
+        std::fs::create_dir_all(root.join("etc/app/private")).unwrap();
+        exe(&root.join("usr/local/bin/sign"), 0o755);
+        let f = check_recipes(&cfg, &[]);
+        assert_eq!(f[0].level, Level::Ok, "{f:#?}");
+        assert!(f[0].detail.contains("ready"), "{f:#?}");
     }
 }

@@ -641,6 +641,7 @@ fn doctor(
         fix: String::new(),
     });
     findings.extend(d::check_tools(&cfg, &platforms));
+    findings.extend(d::check_recipes(&cfg, &platforms));
     let state = certfleet_agent::state::StateDir(state_dir.to_path_buf());
     findings.extend(d::check_state(&state, nix::unistd::geteuid().as_raw()));
     if state.is_enrolled() {

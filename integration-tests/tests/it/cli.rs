@@ -627,4 +627,57 @@ fn contexts_and_agent_doctor() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // What each recipe this host takes part in needs: a [[renew]] whose key directory does
+    // not exist keeps the files recipe from running (named, exit 7); created, it is ready.
+    let host = tmp.path().join("doc-host");
+    std::fs::create_dir_all(host.join("etc/app/tls")).unwrap();
+    let cfg = host.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "root = {:?}\nplatforms = [\"files\"]\n[tools]\nopenssl = \"/usr/bin/openssl\"\n\
+             [[renew]]\ncert = \"/etc/app/tls/app.pem\"\nkey = \"/etc/app/private/app.key\"\nissuer = \"corp\"\n",
+            host.display().to_string()
+        ),
+    )
+    .unwrap();
+    let recipe = |o: &std::process::Output| -> serde_json::Value {
+        let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == "recipe")
+            .cloned()
+            .unwrap_or_else(|| panic!("no recipe finding: {all:#}"))
+    };
+    let with_cfg = || {
+        Command::new(bin("certfleet-agent"))
+            .args(["doctor", "-o", "json", "--no-controller", "--config"])
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let o = with_cfg();
+    assert_eq!(code(&o), 7, "{}", String::from_utf8_lossy(&o.stdout));
+    let r = recipe(&o);
+    assert_eq!(r["level"], "fail", "{r}");
+    assert!(
+        r["detail"].as_str().unwrap().contains(
+            "renew[0].key /etc/app/private/app.key: directory /etc/app/private does not exist"
+        ),
+        "{r}"
+    );
+    std::fs::create_dir_all(host.join("etc/app/private")).unwrap();
+    let o = with_cfg();
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        recipe(&o)["level"],
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
