@@ -31,6 +31,8 @@ use super::conn::Conn;
 use super::output::OutputArgs;
 use super::plan::print_plan;
 
+mod vsphere;
+
 /// The agent label naming a host's oVirt cluster (as the `ovirt-hosts` recipe reads it).
 const CLUSTER_LABEL: &str = "ovirt.cluster";
 
@@ -62,6 +64,13 @@ pub enum RecoverCmd {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Expired vCenter certificates of an SSO domain (or one node): STS first, then Machine SSL,
+    /// then solution users (wcp and hvc included), each through its recipe with restarts and
+    /// checks; refuses an expired VMCA root. See `recover vsphere --help`.
+    #[command(
+        after_help = "Example:\n  certfleet recover vsphere --domain vsphere.local --dry-run"
+    )]
+    Vsphere(vsphere::VsphereArgs),
 }
 
 /// Hosts of `cluster` among `agents`: platform `ovirt_node`, label `ovirt.cluster` equal to it
@@ -87,13 +96,16 @@ pub fn cluster_hosts(agents: &[pb::AgentInfo], cluster: &str) -> Vec<String> {
 
 /// Runs a `recover` command.
 pub async fn run(conn: &Conn, cmd: &RecoverCmd) -> anyhow::Result<()> {
-    let RecoverCmd::OvirtHosts {
-        cluster,
-        max_parallel,
-        no_enroll,
-        dry_run,
-        output,
-    } = cmd;
+    let (cluster, max_parallel, no_enroll, dry_run, output) = match cmd {
+        RecoverCmd::OvirtHosts {
+            cluster,
+            max_parallel,
+            no_enroll,
+            dry_run,
+            output,
+        } => (cluster, max_parallel, no_enroll, dry_run, output),
+        RecoverCmd::Vsphere(args) => return vsphere::run(conn, args).await,
+    };
     let started = Instant::now();
     let mut c = conn.client();
     let e = |s| conn.explain(s);
