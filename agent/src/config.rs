@@ -50,6 +50,9 @@ pub struct AgentConfig {
     /// default (see [`crate::remote_exec`]).
     #[serde(default)]
     pub exec: crate::remote_exec::ExecSection,
+    /// External consumers that pin a certificate (`[[pins]]`, see [`crate::pins`]).
+    #[serde(default)]
+    pub pins: Vec<crate::pins::PinDecl>,
 }
 
 /// A glob of certificate files.
@@ -210,8 +213,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "cas",
             "settings",
             "exec",
+            "pins",
         ],
     ),
+    ("pins", crate::pins::DECL_KEYS),
     (
         "files",
         &["paths", "role", "password", "password_file", "no_password"],
@@ -489,6 +494,7 @@ impl Default for AgentConfig {
             renew: Vec::new(),
             settings: BTreeMap::new(),
             exec: Default::default(),
+            pins: Vec::new(),
         }
     }
 }
@@ -626,6 +632,7 @@ impl AgentConfig {
             }
         }
         problems.extend(self.exec.problems());
+        problems.extend(crate::pins::problems(&self.pins));
         problems
     }
 

@@ -161,7 +161,12 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
             .then(|| now + req.expiring_within_secs as i64),
         params: req.params.clone(),
     };
-    let specs = recipe.build(&input).map_err(Status::failed_precondition)?;
+    let mut specs = recipe.build(&input).map_err(Status::failed_precondition)?;
+    let pins = all
+        .iter()
+        .map(|(a, inv)| (a.id.clone(), inv.pins().to_vec()))
+        .collect();
+    crate::pins::add_retrust_steps(&req.recipe, &mut specs, &pins);
     let id = format!("p{}", &crate::enroll::random_id()[..8]);
     let first_target = specs.first().map(|s| s.target.clone()).unwrap_or_default();
     let mut seen = std::collections::HashSet::new();

@@ -473,6 +473,7 @@ pub async fn run(conn: &Conn, args: &VsphereArgs) -> anyhow::Result<()> {
             agents: agents.clone(),
             within: args.within,
             max_parallel: 1,
+            params: vec![],
         };
         match stage.run(conn, args.dry_run, &args.output).await? {
             Outcome::Nothing(why) => eprintln!("step {}: {recipe}: {why}", i + 1),
