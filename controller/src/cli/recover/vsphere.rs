@@ -413,9 +413,11 @@ pub async fn run(conn: &Conn, args: &VsphereArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let domain_names: BTreeSet<String> = targets.iter().map(|n| n.domain().0).collect();
     eprintln!(
-        "recover vsphere {scope}: node(s) {} (SSO domain: {}); expired or due within {}:",
+        "recover vsphere {scope}: node(s) {} (SSO domain {}: {}); expired or due within {}:",
         names(&targets),
+        domain_names.into_iter().collect::<Vec<_>>().join(", "),
         names(&domain),
         humantime::format_duration(args.within)
     );
