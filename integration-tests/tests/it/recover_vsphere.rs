@@ -204,11 +204,19 @@ fn recover_vsphere_brings_a_fully_expired_vcenter_back() {
         );
     }
 
-    // 1. An unknown domain: usage error naming the known ones, nothing planned.
+    // 1. An unknown domain (or agent): usage error naming the known ones, nothing planned.
     let o = recover(&["--domain", "corp.local"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("known domains: vsphere.local (vc1)"),
+        "{}",
+        text(&o)
+    );
+
+    let o = recover(&["--agent", "vc9"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("agents running the vsphere collector: vc1"),
         "{}",
         text(&o)
     );
