@@ -3,9 +3,10 @@
 //! Machine SSL certificate and every solution user (wcp and hvc included, seed 000) expired
 //! five days ago, after an earlier replacement left an expired `BACKUP_STORE` entry. The
 //! simulated services refuse as a real vCenter does (reference vsphere.md §4.2): the vCenter
-//! login fails while the STS signing certificate in vmdir is expired
-//! (`certfleet-sim vcsa-login`, sim/vcsa/mutate.rs, "Signing certificate is not valid"), and
-//! the real `openssl s_client` refuses the expired Machine SSL certificate the proxy serves.
+//! login (`certfleet-sim vcsa-login`, sim/vcsa/mutate.rs) fails while the STS signing
+//! certificate in vmdir is expired ("Signing certificate is not valid") and, with 503, while the
+//! vsphere-webclient or vpxd solution user is (KB 344201: services get no SAML token); the real
+//! `openssl s_client` refuses the expired Machine SSL certificate the proxy serves.
 //! Checked, in order: an unknown domain exits 2 naming the known ones; `--dry-run` prints the
 //! three plans in the GSS order (STS, Machine SSL, solution users) and changes nothing; one
 //! `recover vsphere --domain vsphere.local` brings everything back (login and TLS work, the
@@ -182,8 +183,10 @@ fn recover_vsphere_brings_a_fully_expired_vcenter_back() {
     // Before: the simulated services refuse.
     let (ok, out) = login(&v);
     assert!(
-        !ok && out.contains("expired"),
-        "login with an expired STS: {out}"
+        !ok && out.contains("the STS signing certificate CN=ssoserverSign")
+            && out.contains("[503] Service Unavailable: the vsphere-webclient solution user")
+            && out.contains("[503] Service Unavailable: the vpxd solution user"),
+        "login with an expired STS and solution users: {out}"
     );
     let (ok, out) = tls_verifies(&v);
     assert!(
