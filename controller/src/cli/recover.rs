@@ -32,6 +32,7 @@ use super::output::OutputArgs;
 use super::plan::print_plan;
 
 mod gke;
+mod vsphere;
 
 /// The agent label naming a host's oVirt cluster (as the `ovirt-hosts` recipe reads it).
 const CLUSTER_LABEL: &str = "ovirt.cluster";
@@ -64,6 +65,13 @@ pub enum RecoverCmd {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Expired vCenter certificates of an SSO domain (or one node): STS first, then Machine SSL,
+    /// then solution users (wcp and hvc included), each through its recipe with restarts and
+    /// checks; refuses an expired VMCA root. See `recover vsphere --help`.
+    #[command(
+        after_help = "Example:\n  certfleet recover vsphere --domain vsphere.local --dry-run"
+    )]
+    Vsphere(vsphere::VsphereArgs),
     /// User-cluster kubeconfigs on GKE on VMware admin workstations whose client certificate
     /// expired: fetched anew from the admin cluster (secret admin of the cluster's namespace)
     /// and installed with a backup, checked with kubectl (recipe gke-kubeconfig).
@@ -96,18 +104,16 @@ pub fn cluster_hosts(agents: &[pb::AgentInfo], cluster: &str) -> Vec<String> {
 
 /// Runs a `recover` command.
 pub async fn run(conn: &Conn, cmd: &RecoverCmd) -> anyhow::Result<()> {
-    let RecoverCmd::OvirtHosts {
-        cluster,
-        max_parallel,
-        no_enroll,
-        dry_run,
-        output,
-    } = cmd
-    else {
-        return match cmd {
-            RecoverCmd::GkeKubeconfig(a) => gke::run(conn, a).await,
-            RecoverCmd::OvirtHosts { .. } => unreachable!("matched above"),
-        };
+    let (cluster, max_parallel, no_enroll, dry_run, output) = match cmd {
+        RecoverCmd::OvirtHosts {
+            cluster,
+            max_parallel,
+            no_enroll,
+            dry_run,
+            output,
+        } => (cluster, max_parallel, no_enroll, dry_run, output),
+        RecoverCmd::Vsphere(args) => return vsphere::run(conn, args).await,
+        RecoverCmd::GkeKubeconfig(a) => return gke::run(conn, a).await,
     };
     let started = Instant::now();
     let mut c = conn.client();

@@ -24,16 +24,31 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup(spec: VcsaSpec) -> Setup {
+/// A simulated VCSA built from `spec` under `dir/host`, its services (slapd vmdir, HTTPS
+/// listener, VCDB) started, and its agent enrolled as `name` in `c` and running. The caller
+/// waits for the connections (`c.wait_connected`). Shared with the recovery tests, which put
+/// several hosts in one fleet.
+pub(crate) fn start_vcsa(
+    c: &Controller,
+    dir: &Path,
+    host: &str,
+    name: &str,
+    spec: &VcsaSpec,
+) -> (Vcsa, Services, Proc) {
     vcsa::vmdir::require_slapd().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let host = SimHost::new(dir.path().join("vcsa"), support::bin("certfleet-sim")).unwrap();
-    let vcsa = vcsa::build(&host, &spec).unwrap();
+    let host = SimHost::new(dir.join(host), support::bin("certfleet-sim")).unwrap();
+    let vcsa = vcsa::build(&host, spec).unwrap();
     let services = vcsa.start_services().unwrap();
-    let c = Controller::start(&dir.path().join("ctl"), &[]);
-    let state = c.enroll("vc1");
+    let state = c.enroll(name);
     let root = vcsa.host.root.display().to_string();
     let agent = c.run_agent(&state, Some(&vcsa.agent_config_path()), &["--root", &root]);
+    (vcsa, services, agent)
+}
+
+fn setup(spec: VcsaSpec) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let (vcsa, services, agent) = start_vcsa(&c, dir.path(), "vcsa", "vc1", &spec);
     c.wait_connected(1);
     Setup {
         vcsa,
@@ -51,7 +66,8 @@ fn spec() -> VcsaSpec {
         .with("wcp", Lifetime::days(720, 12))
 }
 
-fn login(v: &Vcsa) -> (bool, String) {
+/// The simulated vCenter login (`certfleet-sim vcsa-login`): whether it succeeded, and its output.
+pub(crate) fn login(v: &Vcsa) -> (bool, String) {
     let out = Command::new(support::bin("certfleet-sim"))
         .arg("--root")
         .arg(&v.host.root)
@@ -158,7 +174,7 @@ pub(crate) fn served(v: &Vcsa) -> String {
 }
 
 /// Hash of every file under the simulated root except slapd's own database and logs.
-fn hash_root(root: &Path) -> String {
+pub(crate) fn hash_root(root: &Path) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg("find . -path ./.sim/vmdir -prune -o -type f -print | sort | xargs sha256sum")

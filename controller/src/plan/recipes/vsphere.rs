@@ -61,25 +61,40 @@ fn sso_domain(input: &RecipeInput<'_>, agent: &Target) -> (String, String) {
                 .collect()
         })
         .unwrap_or_default();
-    let name = sts
-        .iter()
-        .flat_map(|c| c.locations.iter())
-        .filter(|l| l.kind == "vmdir")
-        .find_map(|l| {
-            let lower = l.path.to_ascii_lowercase();
-            let end = lower.find(",cn=tenants,")?;
-            let start = l.path[..end].rfind("cn=")? + 3;
-            Some(l.path[start..end].to_owned())
-        });
+    sso_domain_of(
+        &agent.name,
+        sts.iter().map(|c| c.fingerprint_sha256.as_str()),
+        sts.iter()
+            .flat_map(|c| c.locations.iter())
+            .filter(|l| l.kind == "vmdir")
+            .map(|l| l.path.as_str()),
+    )
+}
+
+/// `(domain name, domain key)` of the vSphere node `node` from the SHA-256 fingerprints of the
+/// STS signing certificates its vmdir holds and their vmdir DNs (`cn=<domain>,cn=Tenants,…`).
+/// The recipes group nodes by the key; `certfleet recover vsphere --domain` picks by the name.
+/// A node without STS facts is a domain of its own (`node:<name>`).
+pub fn sso_domain_of<'a>(
+    node: &str,
+    sts_fingerprints: impl IntoIterator<Item = &'a str>,
+    vmdir_dns: impl IntoIterator<Item = &'a str>,
+) -> (String, String) {
+    let name = vmdir_dns.into_iter().find_map(|path| {
+        let lower = path.to_ascii_lowercase();
+        let end = lower.find(",cn=tenants,")?;
+        let start = path[..end].rfind("cn=")? + 3;
+        Some(path[start..end].to_owned())
+    });
     match name {
         Some(name) => {
-            let mut fps: Vec<&str> = sts.iter().map(|c| c.fingerprint_sha256.as_str()).collect();
+            let mut fps: Vec<&str> = sts_fingerprints.into_iter().collect();
             fps.sort_unstable();
             fps.dedup();
             let id = certfleet_common::pki::sha256_hex(fps.join(",").as_bytes());
             (name.clone(), format!("{name}@{}", &id[..8]))
         }
-        None => (agent.name.clone(), format!("node:{}", agent.name)),
+        None => (node.to_owned(), format!("node:{node}")),
     }
 }
 

@@ -4,7 +4,8 @@
 //! with the VMCA root key), `service-control` (§8.1: `--stop/--start --all|<svc>`, `--status`
 //! headings) and a vCenter "login" probe (`certfleet-sim --root R vcsa-login`) that asks the real
 //! slapd (vmdir) for the active STS signing certificate and fails, as SSO does, while it is
-//! expired or the `sts` service is not running. `ldapmodify` is the real binary (linked at
+//! expired or the `sts` service is not running, or while the `vsphere-webclient` or `vpxd`
+//! solution-user certificate is expired (503, [DER]). `ldapmodify` is the real binary (linked at
 //! `/opt/likewise/bin/ldapmodify`); the machine account may write the tenant subtree.
 
 use std::collections::BTreeMap;
@@ -633,34 +634,73 @@ pub fn active_sts_signing(s: &VcsaState) -> anyhow::Result<certfleet_common::mod
         .ok_or_else(|| anyhow::anyhow!("vmdir holds no STS signing certificate"))
 }
 
-fn login(s: &VcsaState) -> i32 {
-    let user = format!("administrator@{}", s.domain);
+/// Solution users a vSphere Client login goes through: vsphere-ui presents `vsphere-webclient`
+/// and vpxd presents `vpxd` to the STS for their own tokens. With either expired the login gets
+/// `503 Service Unavailable` (reference vsphere.md §4.2, KB 344201: "Services cannot get SAML
+/// tokens"). [DER: which solution users a login needs is inferred from the store usage; the
+/// exact text a real vCenter shows is not captured.]
+const LOGIN_SOLUTION_USERS: [&str; 2] = ["vsphere-webclient", "vpxd"];
+
+/// Every reason the login is refused, in the order the request meets them: the STS service, the
+/// STS signing certificate in vmdir, then the solution users in VECS.
+fn login_refusals(s: &VcsaState) -> (Vec<String>, Option<certfleet_common::model::CertRecord>) {
+    let mut why = Vec::new();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if s.services
         .iter()
         .any(|x| x.name == "sts" && x.run_state != "STARTED")
     {
-        eprintln!("Login failed for {user}: the STS service (vmware-stsd) is not running");
-        return 1;
+        why.push("the STS service (vmware-stsd) is not running".to_owned());
     }
-    match active_sts_signing(s) {
-        Ok(rec) => {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            if rec.not_after <= now {
-                eprintln!(
-                    "Login failed for {user}: An error occurred while trying to sign the token: \
-                     the STS signing certificate {} expired at {}",
-                    rec.subject, rec.not_after
-                );
-                return 1;
-            }
+    let sts = match active_sts_signing(s) {
+        Ok(rec) if rec.not_after <= now => {
+            why.push(format!(
+                "An error occurred while trying to sign the token: the STS signing certificate \
+                 {} expired at {}",
+                rec.subject, rec.not_after
+            ));
+            None
+        }
+        Ok(rec) => Some(rec),
+        Err(e) => {
+            why.push(format!("{e:#}"));
+            None
+        }
+    };
+    for user in LOGIN_SOLUTION_USERS {
+        let Some(pem) = s.entry(user, user).and_then(|e| e.cert.clone()) else {
+            continue;
+        };
+        let rec = certfleet_common::pem::first_certificate(pem.as_bytes())
+            .ok()
+            .and_then(|der| certfleet_common::x509::parse_der(&der).ok());
+        if let Some(rec) = rec
+            && rec.not_after <= now
+        {
+            why.push(format!(
+                "[503] Service Unavailable: the {user} solution user certificate {} expired at \
+                 {} (its service cannot get a SAML token)",
+                rec.subject, rec.not_after
+            ));
+        }
+    }
+    (why, sts)
+}
+
+fn login(s: &VcsaState) -> i32 {
+    let user = format!("administrator@{}", s.domain);
+    match login_refusals(s) {
+        (why, Some(rec)) if why.is_empty() => {
             println!(
                 "Login succeeded: {user} (SAML token signed by {}, valid until {})",
                 rec.subject, rec.not_after
             );
             0
         }
-        Err(e) => {
-            eprintln!("Login failed for {user}: {e:#}");
+        (why, _) => {
+            for w in why {
+                eprintln!("Login failed for {user}: {w}");
+            }
             1
         }
     }
