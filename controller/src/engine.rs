@@ -473,7 +473,9 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         let s = &mut plan.steps[i];
         s.state = StepState::Dispatched;
         s.attempts += 1;
-        s.started_at = now;
+        // The clock now, not the pass's start: a dependency's result may have landed (and
+        // been stamped) since, and a step must not read as started before it finished.
+        s.started_at = now.max(certfleet_common::model::now());
         s.args = args;
         if s.action == OPERATOR_SIGN {
             s.message = format!(

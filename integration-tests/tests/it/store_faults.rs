@@ -509,7 +509,10 @@ fn the_store_compacts_online_while_agents_report_and_a_plan_runs() {
     let report = f.c.json(&["store", "compact"]);
     eprintln!("{report}");
     let after = report["after_bytes"].as_i64().unwrap();
-    assert!(after < grown * 3 / 4, "{grown} -> {after} bytes");
+    // Smaller, and (below) near the live data. Not a fixed fraction of `grown`: with 60 kB
+    // documents rewritten once, `grown` is only ~3 times the live data and a fresh copy ~2.5
+    // (a "< 3/4 of grown" bound failed on a loaded CI run at 5,277,192 -> 4,451,062 bytes).
+    assert!(after < grown, "{grown} -> {after} bytes");
     // sled keeps 60 kB values inline in its tree nodes and rewrites a node as it fills, so a
     // fresh copy of these documents takes about 2.5 times their size (one segment for small
     // documents: see the store's unit tests).
