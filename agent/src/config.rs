@@ -50,6 +50,10 @@ pub struct AgentConfig {
     /// default (see [`crate::remote_exec`]).
     #[serde(default)]
     pub exec: crate::remote_exec::ExecSection,
+    /// Renewers other than certfleet that no collector can see (`[[renewers]]`, see
+    /// [`crate::collect::renewers`]).
+    #[serde(default)]
+    pub renewers: Vec<crate::collect::renewers::Declared>,
 }
 
 /// A glob of certificate files.
@@ -210,8 +214,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "cas",
             "settings",
             "exec",
+            "renewers",
         ],
     ),
+    ("renewers", crate::collect::renewers::KEYS),
     (
         "files",
         &["paths", "role", "password", "password_file", "no_password"],
@@ -489,6 +495,7 @@ impl Default for AgentConfig {
             renew: Vec::new(),
             settings: BTreeMap::new(),
             exec: Default::default(),
+            renewers: Vec::new(),
         }
     }
 }
@@ -547,6 +554,7 @@ impl AgentConfig {
         if !self.root.is_absolute() {
             problems.push(format!("root {:?} must be an absolute path", self.root));
         }
+        problems.extend(crate::collect::renewers::validate(&self.renewers));
         for (i, f) in self.files.iter().enumerate() {
             if f.paths.is_empty() {
                 problems.push(format!("files[{i}]: no paths"));

@@ -8,7 +8,8 @@
 //   - CertificateManager (vcsim 0.24 only names it in ServiceContent):
 //     CertMgrRefreshCertificates_Task and CertMgrRefreshCACertificatesAndCRLs_Task.
 //   - HostSystem DisconnectHost_Task / ReconnectHost_Task (missing in vcsim 0.24).
-//   - OptionManager settings vpxd.certmgmt.mode and vpxd.certmgmt.certs.daysValid.
+//   - OptionManager settings vpxd.certmgmt.mode and vpxd.certmgmt.certs.daysValid (and, when
+//     the spec asks, vpxd.certmgmt.certs.autoRenewThreshold).
 //   - Per host (spec): runtime.dasHostState.state (vSphere HA agent state) and
 //     config.vsanHostConfig.enabled; vcsim leaves both unset.
 //   - ReconnectHost_Task's HostConnectSpec.sslThumbprint check for a host serving an expired
@@ -75,6 +76,11 @@ type spec struct {
 	Mode            string              `json:"mode"`
 	DaysValid       int                 `json:"days_valid"`
 	HostDaysLeft    int                 `json:"host_days_left"`
+	// vCenter 8.0 U3h+ / 9.x auto-renew: when set, the advanced setting
+	// vpxd.certmgmt.certs.autoRenewThreshold (days) exists with this value. Name from VMware's
+	// "What's new with vSphere 9.1" blog; UNVERIFIED for 8.0 U3h, and vcsim does not renew by
+	// itself (tests replace certificates through the API to stand in for the renewal).
+	AutoRenewThreshold int `json:"auto_renew_threshold"`
 	User            string              `json:"user"`
 	Password        string              `json:"password"`
 	Hosts           map[string]hostSpec `json:"hosts"`
@@ -316,6 +322,10 @@ func main() {
 		modeOpt,
 		&types.OptionValue{Key: "vpxd.certmgmt.certs.daysValid", Value: fmt.Sprint(theSpec.DaysValid)},
 	)
+	if theSpec.AutoRenewThreshold > 0 {
+		vpx.Setting = append(vpx.Setting,
+			&types.OptionValue{Key: "vpxd.certmgmt.certs.autoRenewThreshold", Value: fmt.Sprint(theSpec.AutoRenewThreshold)})
+	}
 	model := simulator.VPX()
 	model.Cluster = theSpec.Clusters
 	model.ClusterHost = theSpec.HostsPerCluster

@@ -21,6 +21,7 @@ pub mod kubeadm;
 pub mod kubeconfig;
 pub mod ovirt_engine;
 pub mod ovirt_node;
+pub mod renewers;
 pub mod vsphere;
 
 /// Certificates, problems and health facts from one scan.
@@ -234,6 +235,7 @@ pub fn scan(cfg: &AgentConfig) -> Collection {
         }
     }
     stale_endpoints(&mut out);
+    renewers::declared_facts(&cfg.renewers, &mut out);
     out
 }
 

@@ -163,6 +163,8 @@ pub struct InventoryView {
     recipe: &'static str,
     subject_key_id: String,
     authority_key_id: String,
+    /// Who renews it: `certfleet`, `platform:<renewer>`, `unknown-renewer`, or `-`.
+    owner: String,
     locations: Vec<SeenView>,
 }
 
@@ -188,6 +190,11 @@ fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
         role: c.role,
         subject_key_id: c.subject_key_id,
         authority_key_id: c.authority_key_id,
+        owner: if i.owner.is_empty() {
+            "-".to_owned()
+        } else {
+            i.owner.clone()
+        },
         locations: i
             .seen
             .iter()
@@ -253,6 +260,10 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         Column::new("ROLE", "role", |r: &PlaceRow<'_>| Cell::plain(&r.cert.role)),
         Column::new("PLATFORM", "platform", |r: &PlaceRow<'_>| {
             Cell::plain(r.cert.platform)
+        })
+        .only(Show::Wide),
+        Column::new("OWNER", "owner", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.owner)
         })
         .only(Show::Wide),
         Column::new("SUBJECT", "subject", |r: &PlaceRow<'_>| {
@@ -460,6 +471,7 @@ pub fn print_certificate(
         );
         let _ = writeln!(s, "sans         {}", v.sans.join(", "));
         let _ = writeln!(s, "role         {} ({})", v.role, v.platform);
+        let _ = writeln!(s, "renewed by   {}", v.owner);
         let _ = writeln!(s, "if expired   {}", v.impact);
         if !v.recipe.is_empty() {
             let _ = writeln!(s, "renew with   certfleet plan create {}", v.recipe);
@@ -702,6 +714,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            owner: String::new(),
         }
     }
 
