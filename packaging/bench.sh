@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks: release binaries, then the scan benchmark and the fleet load generator (each
-# prints a table). Pass --files N for the scan. Fleet size from the environment:
+# prints a table). Pass --files N for the scan (and --no-loop to leave out the minutes-long
+# openssl comparison loop and measure only the agent: speed, idle and peak RSS of the release
+# agent binary). Fleet size from the environment:
 #   LOADGEN_AGENTS (500), LOADGEN_CERTS (10), LOADGEN_PLAN_AGENTS (100), LOADGEN_QUERIES (10)
 # The scale (takes a while and most of a 2-core machine):
 #   LOADGEN_AGENTS=10000 LOADGEN_CERTS=10 LOADGEN_PLAN_AGENTS=1000 packaging/bench.sh

@@ -54,6 +54,9 @@ pub struct AgentConfig {
     /// [`crate::collect::renewers`]).
     #[serde(default)]
     pub renewers: Vec<crate::collect::renewers::Declared>,
+    /// External consumers that pin a certificate (`[[pins]]`, see [`crate::pins`]).
+    #[serde(default)]
+    pub pins: Vec<crate::pins::PinDecl>,
 }
 
 /// A glob of certificate files.
@@ -215,9 +218,11 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "settings",
             "exec",
             "renewers",
+            "pins",
         ],
     ),
     ("renewers", crate::collect::renewers::KEYS),
+    ("pins", crate::pins::DECL_KEYS),
     (
         "files",
         &["paths", "role", "password", "password_file", "no_password"],
@@ -496,6 +501,7 @@ impl Default for AgentConfig {
             settings: BTreeMap::new(),
             exec: Default::default(),
             renewers: Vec::new(),
+            pins: Vec::new(),
         }
     }
 }
@@ -634,6 +640,7 @@ impl AgentConfig {
             }
         }
         problems.extend(self.exec.problems());
+        problems.extend(crate::pins::problems(&self.pins));
         problems
     }
 

@@ -5,8 +5,10 @@
 pub mod act;
 pub mod collect;
 pub mod config;
+pub mod doctor;
 pub mod exec;
 pub mod link;
+pub mod pins;
 pub mod recover;
 pub mod remote_exec;
 pub mod report;

@@ -321,23 +321,88 @@ fn send(
         .map_err(|e| LinkError::Other(format!("outbound queue: {e}")))
 }
 
-/// What was last reported, to send deltas.
+/// What was last reported, to send deltas: per fingerprint, the SHA-256 of the record as it
+/// was sent. A digest, not the record's JSON: an agent with 10,000 certificates kept ~7 MB of
+/// JSON between scans for this alone (issue 10).
 #[derive(Default)]
 struct Reported {
-    certs: HashMap<String, String>,
+    certs: HashMap<String, [u8; 32]>,
     sent_full: bool,
 }
 
+/// SHA-256 of a record's JSON form (what a delta compares; the DER is in the fingerprint).
+fn record_digest(rec: &certfleet_common::model::CertRecord) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    // Serializing into the digest directly: no copy of the JSON is kept.
+    let _ = serde_json::to_writer(DigestWriter(&mut ctx), rec);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+struct DigestWriter<'a>(&'a mut ring::digest::Context);
+
+impl std::io::Write for DigestWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A record moved (not copied) into its wire form: the scan's DER and strings are handed to
+/// the report instead of being held twice while it is sent.
+fn into_wire(c: certfleet_common::model::CertRecord) -> pb::CertificateRecord {
+    pb::CertificateRecord {
+        fingerprint_sha256: c.fingerprint_sha256,
+        subject: c.subject,
+        issuer: c.issuer,
+        serial: c.serial,
+        sans: c.sans,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        key_algorithm: c.key_algorithm,
+        key_bits: c.key_bits,
+        is_ca: c.is_ca,
+        subject_key_id: c.subject_key_id,
+        authority_key_id: c.authority_key_id,
+        role: c.role,
+        locations: c
+            .locations
+            .into_iter()
+            .map(|l| pb::Location {
+                kind: l.kind,
+                path: l.path,
+                store: l.store,
+                alias: l.alias,
+                detail: l.detail,
+            })
+            .collect(),
+        der: c.der,
+    }
+}
+
 impl Reported {
-    fn report(&mut self, c: &Collection) -> pb::InventoryReport {
-        let mut now_set = HashMap::new();
+    /// The report of scan `c` (consumed: its records move into the report): every record on
+    /// the first report, afterwards those new or changed since the last one, and the
+    /// fingerprints gone.
+    fn report(&mut self, c: Collection) -> pb::InventoryReport {
+        let first = !self.sent_full;
+        let problems = c.problems.iter().map(Into::into).collect();
+        let health = c.health.iter().map(Into::into).collect();
+        let pins = c.pins.iter().map(Into::into).collect();
+        let mut now_set = HashMap::with_capacity(c.len());
         let mut changed = Vec::new();
-        for rec in c.certificates() {
-            let digest = serde_json::to_string(rec).unwrap_or_default();
-            if self.certs.get(&rec.fingerprint_sha256) != Some(&digest) || !self.sent_full {
-                changed.push(rec.into());
-            }
+        for rec in c.into_certificates() {
+            let digest = record_digest(&rec);
+            let same = self.certs.get(&rec.fingerprint_sha256) == Some(&digest);
             now_set.insert(rec.fingerprint_sha256.clone(), digest);
+            if first || !same {
+                changed.push(into_wire(rec));
+            }
         }
         let removed = self
             .certs
@@ -345,15 +410,15 @@ impl Reported {
             .filter(|k| !now_set.contains_key(*k))
             .cloned()
             .collect();
-        let full = !self.sent_full;
         self.certs = now_set;
         self.sent_full = true;
         pb::InventoryReport {
-            full,
+            full: first,
             certificates: changed,
             removed,
-            problems: c.problems.iter().map(Into::into).collect(),
-            health: c.health.iter().map(Into::into).collect(),
+            problems,
+            health,
+            pins,
             scanned_at: now(),
             ..Default::default()
         }
@@ -365,9 +430,17 @@ const MAX_CONTROLLER_MESSAGE_BYTES: usize = 32 << 20;
 
 use certfleet_common::limits::ReportLimits;
 
+/// Largest report the agent sends as one message, even when the controller takes more: the
+/// message is encoded into one buffer before it leaves, so a 10,000-certificate inventory in
+/// one 15 MB message cost the agent 15 MB more at its peak (issue 10). Larger reports go in
+/// chunks of at most half this, which every controller that announces limits assembles (and
+/// the legacy limit is this same size).
+const MAX_MESSAGE_SENT_BYTES: usize = certfleet_common::limits::LEGACY_MAX_REPORT_BYTES;
+
 /// `report` as one message, or as chunks of one `generation` when it is larger than the
-/// controller takes in one (each chunk at most half the limit, problems and health in the
-/// last). Err when even one certificate, or the last chunk, does not fit.
+/// controller takes in one, or than [`MAX_MESSAGE_SENT_BYTES`] (each chunk at most half the
+/// smaller of the two, problems and health in the last). Err when even one certificate, or
+/// the last chunk, does not fit the controller's limit.
 fn split_report(
     limits: &ReportLimits,
     report: pb::InventoryReport,
@@ -376,10 +449,11 @@ fn split_report(
     use prost::Message as _;
     // Room for the envelope (message kind and length prefix).
     let size = report.encoded_len() + 16;
-    if size <= limits.max_report_bytes {
+    let message_cap = limits.max_report_bytes.min(MAX_MESSAGE_SENT_BYTES);
+    if size <= message_cap {
         return Ok(vec![report]);
     }
-    let budget = limits.max_report_bytes / 2;
+    let budget = message_cap / 2;
     let mut chunks = Vec::new();
     let mut current = pb::InventoryReport {
         full: report.full,
@@ -414,6 +488,7 @@ fn split_report(
     current.removed = report.removed;
     current.problems = report.problems;
     current.health = report.health;
+    current.pins = report.pins;
     current.more = false;
     let last = current.encoded_len() + 16;
     if last > limits.max_report_bytes {
@@ -428,8 +503,12 @@ fn split_report(
 
 /// The report sent instead of one over the limits: no certificates (what the controller holds
 /// stays), the scan's problems and health, and the reason.
-fn over_limit_report(why: &str, found: &Collection) -> pb::InventoryReport {
-    let mut problems: Vec<pb::Problem> = found.problems.iter().map(Into::into).collect();
+fn over_limit_report(
+    why: &str,
+    mut problems: Vec<pb::Problem>,
+    health: Vec<pb::HealthFact>,
+    pins: Vec<pb::Pin>,
+) -> pb::InventoryReport {
     problems.truncate(1000);
     problems.push(pb::Problem {
         subject: "inventory".into(),
@@ -442,7 +521,8 @@ fn over_limit_report(why: &str, found: &Collection) -> pb::InventoryReport {
         certificates: Vec::new(),
         removed: Vec::new(),
         problems,
-        health: found.health.iter().map(Into::into).collect(),
+        health,
+        pins,
         scanned_at: now(),
         ..Default::default()
     }
@@ -586,11 +666,18 @@ async fn session(
             }
             Some(found) = scan_rx.recv() => {
                 scanning = false;
-                let report = reported.report(&found);
-                tracing::info!(certificates = found.len(), sent = report.certificates.len(), full = report.full, problems = found.problems.len(), "inventory scanned");
+                let total = found.len();
+                let report = reported.report(found);
+                tracing::info!(certificates = total, sent = report.certificates.len(), full = report.full, problems = report.problems.len(), "inventory scanned");
                 generation += 1;
+                // Kept for the report sent instead if this one is over the limits (small).
+                let (problems, health, pins) = (
+                    report.problems.clone(),
+                    report.health.clone(),
+                    report.pins.clone(),
+                );
                 let parts = limits
-                    .check_counts(found.len(), &report)
+                    .check_counts(total, &report)
                     .map_err(|e| e.to_string())
                     .and_then(|()| split_report(&limits, report, generation));
                 let parts = match parts {
@@ -601,7 +688,7 @@ async fn session(
                         // the session, and send a full report once the inventory fits.
                         tracing::error!(controller = %ctl, reason = %why, "inventory not sent: over the controller's limits");
                         reported = Reported::default();
-                        vec![over_limit_report(&why, &found)]
+                        vec![over_limit_report(&why, problems, health, pins)]
                     }
                 };
                 if parts.len() > 1 {
@@ -699,5 +786,100 @@ mod reconnect_tests {
             ceilings,
             [S(1), S(2), S(4), S(8), S(16), S(32), S(60), S(60)]
         );
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+    use certfleet_common::model::{CertRecord, Location, Problem};
+
+    fn record(n: u32, der_len: usize) -> CertRecord {
+        CertRecord {
+            fingerprint_sha256: format!("{n:064x}"),
+            subject: format!("CN=host-{n}"),
+            issuer: "CN=ca".into(),
+            serial: format!("{n:X}"),
+            sans: vec![format!("DNS:host-{n}")],
+            not_before: 1,
+            not_after: 1_000 + i64::from(n),
+            key_algorithm: "EC P-256".into(),
+            key_bits: 256,
+            is_ca: false,
+            subject_key_id: String::new(),
+            authority_key_id: String::new(),
+            role: "file.custom".into(),
+            locations: vec![Location {
+                kind: "file".into(),
+                path: format!("/etc/pki/host-{n}.pem"),
+                ..Default::default()
+            }],
+            der: vec![n as u8; der_len],
+        }
+    }
+
+    fn collection(recs: &[CertRecord]) -> Collection {
+        let mut c = Collection::default();
+        for r in recs {
+            c.add_record(r.clone());
+        }
+        c.problem(Problem::error("files", "/etc/pki/bad.pem", "bad"));
+        c
+    }
+
+    #[test]
+    fn deltas_from_digests_send_what_changed_and_move_records_unchanged() {
+        let recs: Vec<CertRecord> = (0..4).map(|n| record(n, 40)).collect();
+        let mut reported = Reported::default();
+        // First report: everything, each record exactly as the borrowing conversion makes it.
+        let r = reported.report(collection(&recs));
+        assert!(r.full);
+        let want: Vec<pb::CertificateRecord> = recs.iter().map(Into::into).collect();
+        assert_eq!(r.certificates, want);
+        assert_eq!(r.problems.len(), 1);
+        // Nothing changed: nothing sent, nothing removed.
+        let r = reported.report(collection(&recs));
+        assert!(!r.full && r.certificates.is_empty() && r.removed.is_empty());
+        // One moved (new location), one gone, one new.
+        let mut next = recs.clone();
+        next[1].locations.push(Location {
+            kind: "file".into(),
+            path: "/etc/pki/copy.pem".into(),
+            ..Default::default()
+        });
+        next.remove(3);
+        next.push(record(9, 40));
+        let r = reported.report(collection(&next));
+        let sent: Vec<&str> = r.certificates.iter().map(|c| c.subject.as_str()).collect();
+        assert_eq!(sent, ["CN=host-1", "CN=host-9"]);
+        assert_eq!(r.certificates[0].locations.len(), 2);
+        assert_eq!(r.removed, [format!("{:064x}", 3)]);
+    }
+
+    #[test]
+    fn a_report_larger_than_the_send_cap_goes_in_chunks_even_when_the_controller_takes_it_whole() {
+        use prost::Message as _;
+        // ~6 MiB of certificates; the controller would take 32 MiB in one message.
+        let recs: Vec<CertRecord> = (0..600).map(|n| record(n, 10 * 1024)).collect();
+        let report = Reported::default().report(collection(&recs));
+        assert!(report.encoded_len() > MAX_MESSAGE_SENT_BYTES);
+        let limits = ReportLimits::default();
+        assert!(limits.max_report_bytes > report.encoded_len());
+        let parts = split_report(&limits, report.clone(), 7).unwrap();
+        assert!(parts.len() >= 2, "{} part(s)", parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.encoded_len() <= MAX_MESSAGE_SENT_BYTES, "part {i}");
+            assert_eq!(p.generation, 7);
+            assert_eq!(p.more, i + 1 < parts.len());
+            assert!(p.full);
+        }
+        // Put back together, the chunks are the report.
+        let certs: Vec<pb::CertificateRecord> =
+            parts.iter().flat_map(|p| p.certificates.clone()).collect();
+        assert_eq!(certs, report.certificates);
+        assert_eq!(parts.last().unwrap().problems, report.problems);
+        // A small report stays one message.
+        let small = Reported::default().report(collection(&recs[..3]));
+        assert_eq!(split_report(&limits, small, 8).unwrap().len(), 1);
     }
 }

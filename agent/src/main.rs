@@ -129,6 +129,31 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Check this host for certfleet: the config, the tools each platform's collector and
+    /// recipes run, the state directory and key permissions, the agent's certificate, the
+    /// controller (TLS with this agent's identity) and the clock skew against it. Each
+    /// finding comes with its fix. Read-only. Exits 0 when all is fine, 7 when something
+    /// needs attention (a WARN or FAIL line), 1 when the check itself could not run.
+    #[command(
+        after_help = "Example:\n  certfleet-agent doctor --config /etc/certfleet/agent.toml\n  certfleet-agent doctor -o json --no-controller"
+    )]
+    Doctor {
+        /// Where the agent keeps its identity.
+        #[arg(long, default_value = "/var/lib/certfleet-agent")]
+        state_dir: PathBuf,
+        /// Agent configuration file (default: none, built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Root prefix of the host (overrides the config).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Skip the controller and clock checks (offline).
+        #[arg(long)]
+        no_controller: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     Completion {
         shell: certfleet_common::clidoc::Shell,
@@ -299,10 +324,14 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    // Two workers are plenty for one stream and a scan; keeps the agent's footprint small.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread drives the link (one stream, heartbeats, timers); scans and steps run on
+    // blocking threads. A current-thread runtime has no worker threads, so no worker stacks
+    // and, with glibc, no per-worker malloc arenas: the agent is meant to be invisible on the
+    // hosts it watches (issue 10: <= 8 MB idle). Blocking threads exit after a few idle seconds
+    // (tokio keeps them 10 s), so a finished scan's thread does not linger.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
         .expect("tokio runtime")
 }
@@ -328,6 +357,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+        Command::Doctor {
+            state_dir,
+            config,
+            root,
+            no_controller,
+            output,
+        } => doctor(&state_dir, config.as_deref(), root, no_controller, output),
         Command::Completion { shell } => {
             certfleet_common::clidoc::write_completion(
                 &mut Cli::command(),
@@ -547,7 +583,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let cfg = load_config(config.as_ref(), root)?;
-            let found = collect::scan(&cfg);
+            // The local report prints no DER: the scan does not keep it (a third of what
+            // 10,000 certificates take in memory).
+            let found = collect::scan_into(&cfg, collect::Collection::without_der());
             let now = certfleet_common::model::now();
             match output {
                 Format::Json => report::write_json(&found, now, std::io::stdout().lock())
@@ -557,6 +595,96 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `certfleet-agent doctor`: the findings of [`certfleet_agent::doctor`], printed.
+fn doctor(
+    state_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    root: Option<PathBuf>,
+    no_controller: bool,
+    output: Format,
+) -> anyhow::Result<ExitCode> {
+    use certfleet_agent::doctor as d;
+    let root = match root {
+        Some(r) => {
+            Some(std::fs::canonicalize(&r).with_context(|| format!("root {}", r.display()))?)
+        }
+        None => None,
+    };
+    let mut findings = d::check_config(config, root.as_deref(), &SystemFacts);
+    // The tools are checked against the config as the agent would load it; a config too broken
+    // to load is already a finding, and the tools are then checked at their defaults.
+    let mut cfg = config
+        .and_then(|p| AgentConfig::load(p).ok())
+        .unwrap_or_default();
+    if let Some(r) = root {
+        cfg.root = r;
+    }
+    let platforms = collect::detect(&cfg);
+    findings.push(d::Finding {
+        check: "platforms",
+        level: d::Level::Note,
+        detail: if platforms.is_empty() {
+            "no platform detected (nothing to collect)".into()
+        } else {
+            format!(
+                "{} ({})",
+                platforms.join(", "),
+                if cfg.platforms.is_empty() {
+                    "detected"
+                } else {
+                    "configured"
+                }
+            )
+        },
+        fix: String::new(),
+    });
+    findings.extend(d::check_tools(&cfg, &platforms));
+    let state = certfleet_agent::state::StateDir(state_dir.to_path_buf());
+    findings.extend(d::check_state(&state, nix::unistd::geteuid().as_raw()));
+    if state.is_enrolled() {
+        match state.load() {
+            Ok(id) => {
+                findings.push(d::check_certificate(
+                    id.not_before,
+                    id.not_after,
+                    &state_dir.join("cert.pem"),
+                    certfleet_common::model::now(),
+                ));
+                if !no_controller {
+                    findings.extend(runtime().block_on(d::check_controller(
+                        &id.meta.controller,
+                        &id.ca_pem,
+                        &id.cert_pem,
+                        &id.key_pem,
+                    )));
+                }
+            }
+            Err(e) => findings.push(d::Finding {
+                check: "state",
+                level: d::Level::Fail,
+                detail: e.to_string(),
+                fix: "re-enroll this host (certfleet token create; certfleet-agent enroll)".into(),
+            }),
+        }
+    }
+    match output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        Format::Table => {
+            for f in &findings {
+                println!("{:<4}  {:<11}  {}", f.level.to_string(), f.check, f.detail);
+                if !f.fix.is_empty() {
+                    println!("{:<4}  {:<11}  fix: {}", "", "", f.fix);
+                }
+            }
+        }
+    }
+    Ok(if d::needs_attention(&findings) {
+        ExitCode::from(d::ATTENTION_EXIT)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The host as `check-config` sees it: accounts from the system's user database (what the

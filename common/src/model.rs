@@ -299,6 +299,70 @@ impl From<pb::HealthFact> for HealthFact {
     }
 }
 
+/// Something that pins a certificate (vCenter extension thumbprint, Lookup Service SSL trust,
+/// a consumer declared in the agent config) and breaks when that certificate changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// `vpx_ext`, `lookup_service` or `declared`.
+    pub source: String,
+    /// What pins (extension id, service id and URL, declared name).
+    pub name: String,
+    /// Role of the certificate it should match.
+    pub cert_role: String,
+    /// SHA-256 fingerprint of that certificate as the host holds it now (empty if unknown).
+    pub cert_fingerprint: String,
+    /// What the consumer pins (SHA-1 `AA:BB:…` thumbprint or SHA-256 fingerprint).
+    pub pinned: String,
+    /// `match`, `stale` or `unknown`.
+    pub state: String,
+    /// Why.
+    pub detail: String,
+    /// How it is re-trusted: `certfleet` (the platform's own actions), `command` or empty
+    /// (by hand).
+    pub retrust: String,
+}
+
+/// [`Pin::state`] values.
+pub mod pin_state {
+    /// The consumer pins the certificate the host holds.
+    pub const MATCH: &str = "match";
+    /// The consumer pins another certificate: it breaks (or broke) when this one is served.
+    pub const STALE: &str = "stale";
+    /// What the consumer pins could not be read, or the certificate is not known.
+    pub const UNKNOWN: &str = "unknown";
+}
+
+impl From<&Pin> for pb::Pin {
+    fn from(p: &Pin) -> Self {
+        pb::Pin {
+            source: p.source.clone(),
+            name: p.name.clone(),
+            cert_role: p.cert_role.clone(),
+            cert_fingerprint: p.cert_fingerprint.clone(),
+            pinned: p.pinned.clone(),
+            state: p.state.clone(),
+            detail: p.detail.clone(),
+            retrust: p.retrust.clone(),
+            agent: String::new(),
+        }
+    }
+}
+
+impl From<pb::Pin> for Pin {
+    fn from(p: pb::Pin) -> Self {
+        Pin {
+            source: p.source,
+            name: p.name,
+            cert_role: p.cert_role,
+            cert_fingerprint: p.cert_fingerprint,
+            pinned: p.pinned,
+            state: p.state,
+            detail: p.detail,
+            retrust: p.retrust,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 //! the platforms' documented defaults (`shared/reference/vsphere.md` §4.1, `ovirt_gke.md` A4/B1);
 //! for a CA of no known platform the longest lifetime among the leaves it signed is used.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use certfleet_common::proto as pb;
 use certfleet_common::roles;
@@ -164,11 +164,42 @@ fn same_issuer(ca: &CertFacts, leaf: &CertFacts) -> bool {
 /// Computes the forecast for every CA among `certs`, soonest cliff first.
 pub fn forecast(certs: &[CertFacts], now: i64) -> Vec<CaForecast> {
     let fmt = certfleet_common::model::format_time;
+    // Leaves by authority key id and by issuer name: each CA looks at its own candidates, not
+    // at every certificate (a fleet of 100,000 certificates and hundreds of CAs is rendered on
+    // every `/metrics` scrape).
+    let mut by_aki: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut by_issuer: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut by_issuer_no_aki: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, c) in certs.iter().enumerate() {
+        by_issuer.entry(&c.issuer).or_default().push(i);
+        if c.authority_key_id.is_empty() {
+            by_issuer_no_aki.entry(&c.issuer).or_default().push(i);
+        } else {
+            by_aki.entry(&c.authority_key_id).or_default().push(i);
+        }
+    }
+    let none: Vec<usize> = Vec::new();
     let mut out: Vec<CaForecast> = certs
         .iter()
         .filter(|c| c.is_ca)
         .map(|ca| {
-            let signed: Vec<&CertFacts> = certs.iter().filter(|l| same_issuer(ca, l)).collect();
+            let mut candidates: Vec<usize> = if ca.subject_key_id.is_empty() {
+                by_issuer.get(ca.subject.as_str()).unwrap_or(&none).clone()
+            } else {
+                let mut v = by_aki
+                    .get(ca.subject_key_id.as_str())
+                    .unwrap_or(&none)
+                    .clone();
+                v.extend(by_issuer_no_aki.get(ca.subject.as_str()).unwrap_or(&none));
+                v
+            };
+            candidates.sort_unstable();
+            candidates.dedup();
+            let signed: Vec<&CertFacts> = candidates
+                .into_iter()
+                .map(|i| &certs[i])
+                .filter(|l| same_issuer(ca, l))
+                .collect();
             let (leaf_days, source) = match default_leaf_lifetime(&ca.role) {
                 Some((d, s)) => (d, s.to_owned()),
                 None => match signed.iter().map(|l| l.span_days()).max() {
@@ -251,35 +282,42 @@ pub fn facts_from_list(list: &pb::InventoryList) -> Vec<CertFacts> {
         .collect()
 }
 
-/// The facts of every certificate in the inventories `all` (as [`crate::inventory::all`] reads
-/// them: the caller's scrape already holds them), plus the fleet CA itself (`fleet_ca_pem`).
+/// The facts of every certificate the agents in `names` (id → name) reported, as the scrape
+/// reads them ([`crate::metrics::FleetCerts`]: the inventory index), plus the fleet CA itself
+/// (`fleet_ca_pem`).
 pub fn facts(
-    all: &[(crate::fleet::AgentRecord, crate::inventory::AgentInventory)],
+    certs: &dyn crate::metrics::FleetCerts,
+    names: &std::collections::HashMap<&str, &str>,
     fleet_ca_pem: &str,
 ) -> Vec<CertFacts> {
     let mut by_fp: BTreeMap<String, CertFacts> = BTreeMap::new();
-    for (agent, inv) in all {
-        for c in inv.records() {
-            let f = by_fp
-                .entry(c.fingerprint_sha256.clone())
-                .or_insert_with(|| CertFacts {
-                    fingerprint: c.fingerprint_sha256.clone(),
-                    subject: c.subject.clone(),
-                    issuer: c.issuer.clone(),
-                    role: c.role.clone(),
+    certs.each(&mut |agent, c| {
+        let Some(name) = names.get(agent) else {
+            return;
+        };
+        if !by_fp.contains_key(c.fingerprint) {
+            by_fp.insert(
+                c.fingerprint.to_owned(),
+                CertFacts {
+                    fingerprint: c.fingerprint.to_owned(),
+                    subject: c.subject.to_owned(),
+                    issuer: c.issuer.to_owned(),
+                    role: c.role.to_owned(),
                     not_before: c.not_before,
                     not_after: c.not_after,
                     is_ca: c.is_ca,
-                    subject_key_id: c.subject_key_id.clone(),
-                    authority_key_id: c.authority_key_id.clone(),
+                    subject_key_id: c.subject_key_id.to_owned(),
+                    authority_key_id: c.authority_key_id.to_owned(),
                     agents: BTreeSet::new(),
-                });
-            if f.role.is_empty() || (f.role.starts_with("file.") && !c.role.is_empty()) {
-                f.role = c.role.clone();
-            }
-            f.agents.insert(agent.name.clone());
+                },
+            );
         }
-    }
+        let f = by_fp.get_mut(c.fingerprint).expect("just inserted");
+        if f.role.is_empty() || (f.role.starts_with("file.") && !c.role.is_empty()) {
+            f.role = c.role.to_owned();
+        }
+        f.agents.insert((*name).to_owned());
+    });
     if let Ok(der) = certfleet_common::pem::first_certificate(fleet_ca_pem.as_bytes())
         && let Ok(rec) = certfleet_common::x509::parse_der(&der)
     {
@@ -426,6 +464,49 @@ mod tests {
             subject_key_id: ski.into(),
             authority_key_id: aki.into(),
             agents: BTreeSet::new(),
+        }
+    }
+
+    /// The per-CA candidates (by key id, by issuer name) find exactly the leaves a comparison
+    /// with every certificate finds, with and without key identifiers on either side.
+    #[test]
+    fn indexed_leaves_are_the_ones_a_full_scan_finds() {
+        let mut certs = Vec::new();
+        for i in 0..60usize {
+            let ski = ["", "k1", "k2"][i % 3];
+            let aki = ["", "k1", "k2", "k3"][i % 4];
+            let mut c = cert(
+                &format!("c{i}"),
+                "file.x",
+                0,
+                100 + i as i64,
+                i % 5 == 0,
+                ski,
+                aki,
+            );
+            c.issuer = format!("CN=c{}", (i * 7) % 10);
+            certs.push(c);
+        }
+        let got = forecast(&certs, 0);
+        assert_eq!(got.len(), 12);
+        for f in got {
+            let ca = certs
+                .iter()
+                .find(|c| c.fingerprint == f.fingerprint_sha256)
+                .unwrap();
+            let mut want: Vec<&str> = certs
+                .iter()
+                .filter(|l| same_issuer(ca, l))
+                .map(|l| l.fingerprint.as_str())
+                .collect();
+            let mut have: Vec<&str> = f
+                .leaves
+                .iter()
+                .map(|l| l.fingerprint_sha256.as_str())
+                .collect();
+            want.sort();
+            have.sort();
+            assert_eq!(have, want, "CA {}", ca.fingerprint);
         }
     }
 

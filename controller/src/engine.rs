@@ -6,6 +6,16 @@
 //! written the same way before anything else looks at them. After a crash the store says
 //! exactly which steps were in flight; they are sent again and the agents' journals answer the
 //! ones that already ran.
+//!
+//! A wake must not cost O(steps) store reads: with a 1,000-agent plan of instant steps every
+//! result wakes the engine, and decoding every step document each time made a plan cost
+//! O(steps²). The engine keeps the plans it drives in memory ([`ActivePlans`]): a wake reads
+//! the plan headers (small) and nothing else for a plan it already holds, and writes only the
+//! steps whose state it changed. The store stays the source of truth: a plan is (re)loaded
+//! whenever its stored header differs from the cached one, whenever anything saves it through
+//! [`Fleet::save_plan`] (operator commands, policies), and after any failed write; step
+//! results and output, which write one step document, update the cached step under the same
+//! plan lock.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +48,55 @@ pub fn save(fleet: &Fleet, plan: &Plan) -> Result<(), Status> {
     fleet.save_plan(plan)
 }
 
+/// The plans the engine drives, as last read or written by it (see the module comment).
+/// Every access happens under [`Fleet::plan_lock`].
+#[derive(Default)]
+pub struct ActivePlans {
+    plans: std::sync::Mutex<HashMap<String, Plan>>,
+}
+
+impl ActivePlans {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Plan>> {
+        self.plans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the cached copy of a plan: the next wake reads it from the store. Called by every
+    /// save that does not go through the engine.
+    pub fn forget(&self, id: &str) {
+        self.map().remove(id);
+    }
+
+    fn take(&self, id: &str) -> Option<Plan> {
+        self.map().remove(id)
+    }
+
+    fn put(&self, plan: Plan) {
+        self.map().insert(plan.id.clone(), plan);
+    }
+
+    fn retain(&self, keep: &HashSet<&str>) {
+        self.map().retain(|id, _| keep.contains(id.as_str()));
+    }
+
+    /// Applies `f` to the cached copy of step `index` of plan `id`, if that plan is cached.
+    fn update_step(&self, id: &str, index: usize, f: impl FnOnce(&mut Step)) {
+        if let Some(s) = self.map().get_mut(id).and_then(|p| p.steps.get_mut(index)) {
+            f(s);
+        }
+    }
+
+    /// How many plans are cached (tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+/// Whether two plan headers are the same document (steps are not part of a header).
+fn same_header(a: &Plan, b: &Plan) -> bool {
+    serde_json::to_vec(a).ok() == serde_json::to_vec(b).ok()
+}
+
 /// How often dry runs past their time to live are removed.
 const DRY_RUN_SWEEP: Duration = Duration::from_secs(60);
 
@@ -57,6 +116,11 @@ pub async fn run(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>
         if sweep_due {
             last_sweep = std::time::Instant::now();
         }
+        // Listen before the tick: a result that lands while it runs wakes the next one at once
+        // (a notification nobody waits for is lost, and would cost a plan round a second).
+        let notified = fleet.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let f = fleet.clone();
         let work = tokio::task::spawn_blocking(move || {
             if let Err(e) = tick(&f) {
@@ -71,7 +135,7 @@ pub async fn run(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>
         });
         let _ = work.await;
         tokio::select! {
-            _ = fleet.changed.notified() => {}
+            _ = notified => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => return,
         }
@@ -95,20 +159,58 @@ pub fn expire_dry_runs(fleet: &Fleet) {
     }
 }
 
-fn tick(fleet: &Fleet) -> Result<(), Status> {
-    for id in storage::headers(&fleet.store)
+/// One pass over the running plans: the headers from the store, the steps from the cache.
+pub(crate) fn tick(fleet: &Fleet) -> Result<(), Status> {
+    let ids: Vec<String> = storage::headers(&fleet.store)
         .map_err(internal)?
         .into_iter()
         .filter(|p| active(p.state))
         .map(|p| p.id)
+        .collect();
     {
         let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
-        // Re-read under the lock: a step result may have landed since the listing.
-        let mut plan = load(fleet, &id)?;
-        if active(plan.state) && advance(fleet, &mut plan)? {
-            save(fleet, &plan)?;
-        }
+        fleet
+            .active_plans
+            .retain(&ids.iter().map(String::as_str).collect());
     }
+    for id in ids {
+        let _guard = fleet.plan_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Re-read the header under the lock: an operator may have changed the plan since the
+        // listing. Out of the cache while it is worked on: an error leaves nothing stale.
+        let Some(header) = storage::load_header(&fleet.store, &id).map_err(internal)? else {
+            fleet.active_plans.forget(&id);
+            continue;
+        };
+        let mut plan = match fleet.active_plans.take(&id) {
+            Some(p) if same_header(&p, &header) => p,
+            _ => load(fleet, &id)?,
+        };
+        if !active(plan.state) {
+            continue;
+        }
+        let before: Vec<StepState> = plan.steps.iter().map(|s| s.state).collect();
+        if advance(fleet, &mut plan, &before)? {
+            persist(fleet, &plan, &before)?;
+        }
+        fleet.active_plans.put(plan);
+    }
+    Ok(())
+}
+
+/// Writes the header and the steps whose state changed since `before`, and makes them durable
+/// (the engine changes no step without changing its state). Not through [`Fleet::save_plan`]:
+/// that would drop the plan from the cache.
+fn persist(fleet: &Fleet, plan: &Plan, before: &[StepState]) -> Result<(), Status> {
+    let changed: Vec<usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| before.get(*i) != Some(&s.state))
+        .map(|(i, _)| i)
+        .collect();
+    storage::save_steps(&fleet.store, plan, &changed).map_err(internal)?;
+    fleet.store.flush().map_err(internal)?;
+    fleet.changed.notify_waiters();
     Ok(())
 }
 
@@ -133,8 +235,9 @@ fn deps_met(states: &HashMap<String, StepState>, step: &Step) -> bool {
         .all(|d| states.get(d) == Some(&StepState::Succeeded))
 }
 
-/// Moves one plan forward; returns whether it changed.
-fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
+/// Moves one plan forward; returns whether it changed since `before` (its step states when
+/// loaded) and is not yet written.
+fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool, Status> {
     let now = now();
     let mut changed = false;
 
@@ -181,12 +284,16 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
         {
             s.state = StepState::Skipped;
         }
-        fleet.audit(
+        audit_unflushed(
+            fleet,
             &format!("plan:{}", plan.id),
             "plan.halt",
             &format!("plan:{}", plan.id),
             &plan.message,
         )?;
+        // A halted plan may have changed certificates too: pin check and rescan.
+        crate::pins::plan_finished(fleet, plan)?;
+        rescan_touched(fleet, plan);
         return Ok(true);
     }
     // Steps that can never run (a dependency failed) are skipped, their target counted failed.
@@ -270,12 +377,15 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
         if state == PlanState::Failed && plan.message.is_empty() {
             plan.message = "finished with failed steps (within the failure budget)".into();
         }
-        fleet.audit(
+        audit_unflushed(
+            fleet,
             &format!("plan:{}", plan.id),
             action,
             &format!("plan:{}", plan.id),
             &plan.message,
         )?;
+        // Post-plan hook: the rescan below is the pin check (`crate::pins`).
+        crate::pins::plan_finished(fleet, plan)?;
         rescan_touched(fleet, plan);
         return Ok(true);
     }
@@ -377,31 +487,60 @@ fn advance(fleet: &Fleet, plan: &mut Plan) -> Result<bool, Status> {
     if to_send.is_empty() {
         return Ok(changed);
     }
-    // Durable before acted on.
-    save(fleet, plan)?;
+    // Durable before acted on: the transitions and their audit entries, with one flush.
+    for &i in &to_send {
+        let s = &plan.steps[i];
+        if s.action == OPERATOR_SIGN {
+            continue;
+        }
+        audit_unflushed(
+            fleet,
+            &format!("plan:{}", plan.id),
+            "step.dispatch",
+            &format!("agent:{}", s.agent_id),
+            &format!(
+                "{} {} ({}): {}",
+                s.id,
+                s.action,
+                s.name,
+                s.commands.join("; ")
+            ),
+        )?;
+    }
+    persist(fleet, plan, before)?;
     for i in to_send {
         let s = &plan.steps[i];
         if s.action == OPERATOR_SIGN {
             tracing::info!(plan = %plan.id, step = %s.id, "waiting for an operator to supply a certificate");
             continue;
         }
-        fleet
-            .audit(
-                &format!("plan:{}", plan.id),
-                "step.dispatch",
-                &format!("agent:{}", s.agent_id),
-                &format!(
-                    "{} {} ({}): {}",
-                    s.id,
-                    s.action,
-                    s.name,
-                    s.commands.join("; ")
-                ),
-            )
-            .ok();
         send_step(fleet, s);
     }
     Ok(false)
+}
+
+/// Appends an audit entry without flushing: the caller flushes it together with the
+/// transition it records (one flush per engine pass, not one per step).
+fn audit_unflushed(
+    fleet: &Fleet,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), Status> {
+    fleet
+        .store
+        .append("audit", |seq| crate::fleet::AuditEntry {
+            seq,
+            at: now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail: detail.to_owned(),
+        })
+        .map_err(internal)?;
+    tracing::info!(actor, action, target, detail, "audit");
+    Ok(())
 }
 
 /// After a plan ends, the agents it touched rescan, so the inventory shows the new certificates
@@ -519,12 +658,18 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
     let (id, action, name, ok) = (s.id.clone(), s.action.clone(), s.name.clone(), r.ok);
     let msg = s.message.clone();
     let mut written = storage::put_step(&fleet.store, &plan_id, i, &s);
+    if written.is_ok() {
+        fleet
+            .active_plans
+            .update_step(&plan_id, i, |cached| *cached = s.clone());
+    }
     // A successful restore marks the step whose change it undid (rollbacks only: they are the
-    // one case that needs the rest of the plan).
+    // one case that needs the rest of the plan; the engine reads the plan again).
     if written.is_ok()
         && ok
         && let Some(orig) = s.key.strip_prefix("rollback-")
     {
+        fleet.active_plans.forget(&plan_id);
         written = storage::load(&fleet.store, &plan_id).and_then(|plan| {
             let Some(mut plan) = plan else { return Ok(()) };
             match plan.steps.iter().position(|x| x.key == orig) {
@@ -536,17 +681,23 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
             }
         });
     }
-    if let Err(e) = written.and_then(|_| fleet.store.flush()) {
-        tracing::error!(step = %id, error = %e, "cannot persist step result");
+    // The result and its audit entry made durable by one flush.
+    let audited = written.map_err(internal).and_then(|_| {
+        audit_unflushed(
+            fleet,
+            &format!("agent:{agent}"),
+            if ok { "step.succeeded" } else { "step.failed" },
+            &format!("plan:{plan_id}"),
+            &format!("{id} {action} ({name}): {msg}"),
+        )
+    });
+    if let Err(e) = audited.and_then(|_| fleet.store.flush().map_err(internal)) {
+        // What is stored is unsure: the engine reads the plan again.
+        fleet.active_plans.forget(&plan_id);
+        tracing::error!(step = %id, error = %e.message(), "cannot persist step result");
         return;
     }
     fleet.changed.notify_waiters();
-    let _ = fleet.audit(
-        &format!("agent:{agent}"),
-        if ok { "step.succeeded" } else { "step.failed" },
-        &format!("plan:{plan_id}"),
-        &format!("{id} {action} ({name}): {msg}"),
-    );
 }
 
 /// A line of step output (kept in memory-bounded form in the step, not flushed).
@@ -564,7 +715,15 @@ pub fn on_step_output(fleet: &Fleet, agent: &str, o: pb::StepOutput) {
         s.output.drain(..cut);
     }
     if let Some((plan_id, _)) = storage::parse_step_id(&o.step_id) {
-        let _ = storage::put_step(&fleet.store, plan_id, i, &s);
+        match storage::put_step(&fleet.store, plan_id, i, &s) {
+            Ok(()) => {
+                let lines = s.output;
+                fleet
+                    .active_plans
+                    .update_step(plan_id, i, |cached| cached.output = lines);
+            }
+            Err(_) => fleet.active_plans.forget(plan_id),
+        }
     }
     fleet.changed.notify_waiters();
 }
@@ -694,4 +853,121 @@ pub fn supply(plan: &mut Plan, step_id: &str, cert_pem: &str) -> Result<(), Stat
         "not_after": rec.not_after,
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_states(fleet: &Fleet, id: &str) -> Vec<StepState> {
+        storage::load(&fleet.store, id)
+            .unwrap()
+            .unwrap()
+            .steps
+            .iter()
+            .map(|s| s.state)
+            .collect()
+    }
+
+    fn result(step: &Step) -> pb::StepResult {
+        pb::StepResult {
+            step_id: step.id.clone(),
+            ok: true,
+            message: "done".into(),
+            details_json: "{}".into(),
+            from_journal: false,
+        }
+    }
+
+    /// A wake reads the steps of a plan once, then only the step documents results rewrite:
+    /// never the whole plan again (it did on every wake: O(steps²) for a plan of instant
+    /// steps). What the engine holds stays what the store holds.
+    #[test]
+    fn a_wake_reads_no_step_of_a_plan_it_holds() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        let mut plan = storage::tests::plan("pbig", 300, PlanState::Running);
+        plan.policy.max_parallel = 300;
+        fleet.save_plan(&plan).unwrap();
+
+        let reads = storage::steps_read();
+        tick(&fleet).unwrap();
+        // The first wake loads the plan (300 steps) and dispatches one step per agent.
+        assert_eq!(storage::steps_read() - reads, 300);
+        let dispatched: Vec<usize> = stored_states(&fleet, "pbig")
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == StepState::Dispatched)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(dispatched.len(), 7, "one step per agent in flight");
+
+        for round in 0..3 {
+            let plan = storage::load(&fleet.store, "pbig").unwrap().unwrap();
+            let in_flight: Vec<&Step> = plan
+                .steps
+                .iter()
+                .filter(|s| s.state == StepState::Dispatched)
+                .collect();
+            assert_eq!(in_flight.len(), 7, "round {round}");
+            let reads = storage::steps_read();
+            for s in &in_flight {
+                on_step_result(&fleet, &s.agent_id, result(s));
+            }
+            tick(&fleet).unwrap();
+            // One read per result, none for the wake.
+            assert_eq!(storage::steps_read() - reads, 7, "round {round}");
+            let states = stored_states(&fleet, "pbig");
+            let done = states
+                .iter()
+                .filter(|s| **s == StepState::Succeeded)
+                .count();
+            assert_eq!(done, 7 * (round + 1), "round {round}");
+            assert_eq!(
+                states
+                    .iter()
+                    .filter(|s| **s == StepState::Dispatched)
+                    .count(),
+                7,
+                "the next steps are durable before they are sent (round {round})"
+            );
+        }
+        // Each dispatch and each result is in the audit log (flushed with its transition).
+        let audit: Vec<crate::fleet::AuditEntry> = fleet.store.tail("audit", 10_000).unwrap();
+        let count = |action: &str| audit.iter().filter(|e| e.action == action).count();
+        assert_eq!((count("step.dispatch"), count("step.succeeded")), (28, 21));
+        let reads = storage::steps_read();
+        tick(&fleet).unwrap();
+        assert_eq!(
+            storage::steps_read() - reads,
+            0,
+            "an idle wake reads nothing"
+        );
+        assert_eq!(fleet.active_plans.len(), 1);
+
+        // An operator's save goes around the cache: the engine reads the plan again and obeys.
+        let mut paused = storage::load(&fleet.store, "pbig").unwrap().unwrap();
+        paused.state = PlanState::Paused;
+        paused.steps[299].message = "touched by an operator".into();
+        fleet.save_plan(&paused).unwrap();
+        let before = stored_states(&fleet, "pbig");
+        tick(&fleet).unwrap();
+        assert_eq!(
+            stored_states(&fleet, "pbig"),
+            before,
+            "a paused plan stays put"
+        );
+        assert_eq!(fleet.active_plans.len(), 0, "a plan that stopped is let go");
+        let mut resumed = storage::load(&fleet.store, "pbig").unwrap().unwrap();
+        resumed.state = PlanState::Running;
+        fleet.save_plan(&resumed).unwrap();
+        let reads = storage::steps_read();
+        tick(&fleet).unwrap();
+        assert_eq!(
+            storage::steps_read() - reads,
+            300,
+            "read again after a save"
+        );
+        let plan = storage::load(&fleet.store, "pbig").unwrap().unwrap();
+        assert_eq!(plan.steps[299].message, "touched by an operator");
+    }
 }

@@ -299,6 +299,9 @@ struct Conn {
     tx: mpsc::Sender<Result<ControllerMessage, Status>>,
     remote: String,
     last_seen: i64,
+    /// What the agent's hello of this session said it can do (`exec`, `steps`, ...): kept per
+    /// session, since an agent upgraded or downgraded in place says it anew.
+    capabilities: Vec<String>,
 }
 
 /// Live agent streams, keyed by agent id. One entry per connected agent, bounded channel per
@@ -313,12 +316,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Registers a stream; an older stream of the same agent is closed.
+    /// Registers a stream with the capabilities its hello listed; an older stream of the same
+    /// agent is closed.
     pub fn connect(
         &self,
         agent: &str,
         tx: mpsc::Sender<Result<ControllerMessage, Status>>,
         remote: String,
+        capabilities: Vec<String>,
     ) -> u64 {
         let session = self
             .next_session
@@ -331,6 +336,7 @@ impl Registry {
                 tx,
                 remote,
                 last_seen: now(),
+                capabilities,
             },
         );
         if let Some(old) = old {
@@ -387,6 +393,15 @@ impl Registry {
             .map(|c| (c.last_seen, c.remote.clone()))
     }
 
+    /// The capabilities the live session of `agent` announced; `None` if it is not connected.
+    pub fn capabilities(&self, agent: &str) -> Option<Vec<String>> {
+        self.conns
+            .lock()
+            .unwrap()
+            .get(agent)
+            .map(|c| c.capabilities.clone())
+    }
+
     /// Sends a message to a connected agent; false if it is not connected or its queue is full.
     pub fn send(&self, agent: &str, msg: ControllerMessage) -> bool {
         let tx = self.conns.lock().unwrap().get(agent).map(|c| c.tx.clone());
@@ -437,6 +452,8 @@ pub struct Fleet {
     pub plan_lock: std::sync::Mutex<()>,
     /// The inventory as queries read it (kept in step with the store's inventory documents).
     pub inventory: crate::inventory::Index,
+    /// The plans the engine drives, held in memory between its wakes (under `plan_lock`).
+    pub active_plans: crate::engine::ActivePlans,
     /// Remote commands (`certfleet exec`) in flight.
     pub execs: crate::remote_exec::Relay,
 }
@@ -637,6 +654,8 @@ impl Fleet {
     ///
     /// Idempotent: saving the same plan again writes the same documents.
     pub fn save_plan(&self, plan: &crate::plan::Plan) -> Result<(), Status> {
+        // The engine reads the plan again from the store on its next wake.
+        self.active_plans.forget(&plan.id);
         crate::plan::storage::save(&self.store, plan).map_err(internal)?;
         self.store.flush().map_err(internal)?;
         self.changed.notify_waiters();

@@ -6,7 +6,8 @@
 //! certificate asked: it exposes no secrets and accepts no changes).
 //!
 //! `/metrics` must stay cheap with 100,000 certificates and several scrapers: the fleet part
-//! reads the whole inventory, so it is rendered on a blocking thread, one render at a time, and
+//! is a pass over the in-memory inventory index (never the stored documents), rendered on a
+//! blocking thread, one render at a time, and
 //! the text is reused for [`crate::metrics::SNAPSHOT_MAX_AGE`]. Counters and connection
 //! statistics are encoded fresh on every scrape.
 
@@ -253,36 +254,44 @@ pub fn store_health(fleet: &Fleet) -> (StatusCode, String) {
     }
 }
 
-/// Reads what the fleet gauges need from the store and renders them (blocking: decodes the
-/// whole inventory).
-fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
-    let all = crate::inventory::all(fleet).map_err(|e| e.message().to_owned())?;
-    // The CA cliff per CA (issue 13), from the same read of the inventory.
-    let ca_facts = crate::cas::facts(&all, fleet.ca.cert_pem());
-    let mut agents = Vec::with_capacity(all.len());
-    let mut inventory = HashMap::with_capacity(all.len());
-    for (a, inv) in all {
-        inventory.insert(a.id.clone(), inv.records().cloned().collect());
-        agents.push(a);
-    }
-    let plans = crate::engine::plans(fleet).map_err(|e| e.message().to_owned())?;
+/// Reads what the fleet gauges need and renders them (blocking: a pass over the inventory
+/// index, the agent records, plan headers and the steps of open plans; no inventory document
+/// is decoded).
+pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
+    let agents: Vec<crate::fleet::AgentRecord> =
+        fleet.store.list("agents").map_err(|e| e.to_string())?;
+    let plans = crate::plan::storage::all_headers(&fleet.store, crate::metrics::plan_steps_shown)
+        .map_err(|e| e.to_string())?;
     let policies: Vec<crate::policy::RolePolicy> =
         fleet.store.list("policies").map_err(|e| e.to_string())?;
     let live: HashMap<String, i64> = fleet.registry.last_seen().into_iter().collect();
     let ca_not_after = crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0);
-    let view = crate::metrics::FleetView {
-        now: now(),
-        agents: &agents,
-        inventory: &inventory,
-        live: &live,
-        plans: &plans,
-        policies: &policies,
-        fleet_ca_not_after: ca_not_after,
-        controller_cert_not_after: fleet.metrics.controller_cert_not_after(),
-        per_certificate: fleet.metrics.per_certificate(),
-    };
-    let mut r = crate::metrics::render_fleet(&view);
-    crate::cas::register_metrics(&ca_facts, &mut r);
+    // Every agent's name, revoked ones included (the CA forecast names who saw a CA).
+    let names: HashMap<&str, &str> = agents
+        .iter()
+        .map(|a| (a.id.as_str(), a.name.as_str()))
+        .collect();
+    let r = fleet
+        .inventory
+        .with_certs(fleet, |certs| {
+            // The CA cliff per CA (issue 13), from the same pass over the index.
+            let ca_facts = crate::cas::facts(certs, &names, fleet.ca.cert_pem());
+            let view = crate::metrics::FleetView {
+                now: now(),
+                agents: &agents,
+                certs,
+                live: &live,
+                plans: &plans,
+                policies: &policies,
+                fleet_ca_not_after: ca_not_after,
+                controller_cert_not_after: fleet.metrics.controller_cert_not_after(),
+                per_certificate: fleet.metrics.per_certificate(),
+            };
+            let mut r = crate::metrics::render_fleet(&view);
+            crate::cas::register_metrics(&ca_facts, &mut r);
+            r
+        })
+        .map_err(|e| e.message().to_owned())?;
     crate::metrics::encode(&r).map_err(|e| e.to_string())
 }
 

@@ -9,11 +9,12 @@
 //! the async threads, in pages, with DER only when asked for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use certfleet_common::model::{CertRecord, HealthFact, Problem, now};
+use certfleet_common::model::{CertRecord, HealthFact, Pin, Problem, now};
 use certfleet_common::proto as pb;
 use certfleet_common::roles;
 use serde::{Deserialize, Serialize};
@@ -43,9 +44,17 @@ pub struct AgentInventory {
     /// (fingerprint → `certfleet` / `unknown-renewer`, see [`owner`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     owners: BTreeMap<String, String>,
+    /// What pins its certificates (see `crate::pins`).
+    #[serde(default)]
+    pins: Vec<Pin>,
 }
 
 impl AgentInventory {
+    /// The pins the agent reported with its last scan.
+    pub fn pins(&self) -> &[Pin] {
+        &self.pins
+    }
+
     /// Certificate records as stored (no DER: for filters that look at roles and dates).
     pub fn records(&self) -> impl Iterator<Item = &CertRecord> + '_ {
         self.certs.values().map(|s| &s.record)
@@ -104,6 +113,7 @@ pub fn apply(
     }
     inv.problems = report.problems.into_iter().map(Into::into).collect();
     inv.health = report.health.into_iter().map(Into::into).collect();
+    inv.pins = report.pins.into_iter().map(Into::into).collect();
     inv.scanned_at = report.scanned_at;
     inv.received_at = now();
     for (place, old, new, owner) in owner::note_replacements(fleet, agent, &prior, &mut inv)? {
@@ -124,6 +134,7 @@ pub fn apply(
         "inventory received"
     );
     fleet.changed.notify_waiters();
+    crate::pins::on_report(fleet, agent, &inv.pins, inv.scanned_at)?;
     Ok(())
 }
 
@@ -326,6 +337,7 @@ struct AgentEntry {
     health: Vec<HealthFact>,
     owners: BTreeMap<String, String>,
     scanned_at: i64,
+    pins: Vec<Pin>,
 }
 
 #[derive(Default)]
@@ -419,6 +431,7 @@ impl IndexState {
                 health: inv.health.clone(),
                 owners: inv.owners.clone(),
                 scanned_at: inv.scanned_at,
+                pins: inv.pins.clone(),
             },
         );
     }
@@ -481,15 +494,72 @@ impl IndexState {
     }
 }
 
+/// The index as the metrics read it: one sighting per (certificate, agent that reported it).
+struct IndexCerts<'a>(&'a IndexState);
+
+impl crate::metrics::FleetCerts for IndexCerts<'_> {
+    fn each(&self, f: &mut dyn FnMut(&str, &crate::metrics::Sighting<'_>)) {
+        for (fp, c) in &self.0.certs {
+            for s in &c.sightings {
+                let locations = || s.locations.iter().map(CompactLocation::to_model).collect();
+                f(
+                    &s.agent,
+                    &crate::metrics::Sighting {
+                        fingerprint: fp,
+                        subject: &c.subject,
+                        issuer: &c.issuer,
+                        serial: &c.serial,
+                        role: &s.role,
+                        not_before: c.not_before,
+                        not_after: c.not_after,
+                        is_ca: c.is_ca,
+                        subject_key_id: &c.subject_key_id,
+                        authority_key_id: &c.authority_key_id,
+                        locations: &locations,
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// The controller's in-memory inventory index (one per [`Fleet`]).
-#[derive(Default)]
 pub struct Index {
     state: OnceLock<RwLock<IndexState>>,
+    /// Held while the index is built: a restarted controller meets the whole fleet reporting
+    /// at once, and every first user building its own copy (each decoding every stored
+    /// document) cost minutes of CPU and hundreds of MB at 1,000 agents.
+    building: Mutex<()>,
+    /// Times the index was built (once per process).
+    builds: AtomicU64,
+    /// Reports applied at once (each on a blocking thread): more only queue on the index's
+    /// write lock, and spread allocations over many threads' heaps (RSS that stays after a
+    /// reconnect storm).
+    appliers: tokio::sync::Semaphore,
+}
+
+/// Reports applied at once (see [`Index`]).
+const CONCURRENT_APPLIES: usize = 4;
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            state: OnceLock::new(),
+            building: Mutex::new(()),
+            builds: AtomicU64::new(0),
+            appliers: tokio::sync::Semaphore::new(CONCURRENT_APPLIES),
+        }
+    }
 }
 
 impl Index {
-    /// The index, built from the store on first use (one decode of every document).
+    /// The index, built from the store on first use (one decode of every document, by one
+    /// caller; the others wait for it).
     fn state(&self, fleet: &Fleet) -> Result<&RwLock<IndexState>, Status> {
+        if let Some(s) = self.state.get() {
+            return Ok(s);
+        }
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = self.state.get() {
             return Ok(s);
         }
@@ -497,12 +567,12 @@ impl Index {
         for (agent, inv) in all(fleet)? {
             st.set_agent(&agent.id, &inv);
         }
+        self.builds.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             agents = st.agents.len(),
             certificates = st.certs.len(),
             "inventory index built"
         );
-        // Two first users at once: one build wins, the other is dropped (both read the store).
         let _ = self.state.set(RwLock::new(st));
         Ok(self.state.get().expect("just set"))
     }
@@ -528,6 +598,35 @@ impl Index {
         Ok(out)
     }
 
+    /// Builds the index now (at start, before the fleet reconnects), if not built yet.
+    pub fn warm(&self, fleet: &Fleet) -> Result<(), Status> {
+        self.state(fleet).map(|_| ())
+    }
+
+    /// How many times the index was built (once per process).
+    pub fn builds(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
+    }
+
+    /// [`apply`] on a blocking thread, at most a few at once (see [`Index::appliers`]).
+    pub async fn apply_off_thread(
+        fleet: &std::sync::Arc<Fleet>,
+        agent: &str,
+        report: pb::InventoryReport,
+        max_certificates: usize,
+    ) -> Result<(), Status> {
+        let _permit = fleet
+            .inventory
+            .appliers
+            .acquire()
+            .await
+            .map_err(|e| Status::internal(format!("applying a report: {e}")))?;
+        let (f, agent) = (fleet.clone(), agent.to_owned());
+        tokio::task::spawn_blocking(move || apply(&f, &agent, report, max_certificates))
+            .await
+            .map_err(|e| Status::internal(format!("applying a report: {e}")))?
+    }
+
     fn read(&self, fleet: &Fleet) -> Result<RwLockReadGuard<'_, IndexState>, Status> {
         Ok(self.state(fleet)?.read().unwrap_or_else(|p| p.into_inner()))
     }
@@ -539,6 +638,17 @@ impl Index {
             .unwrap_or_else(|p| p.into_inner());
         f(&mut st);
         Ok(())
+    }
+
+    /// Runs `f` on the index as a [`crate::metrics::FleetCerts`] source (under its read lock:
+    /// reports wait until `f` returns). What `/metrics` renders from.
+    pub fn with_certs<R>(
+        &self,
+        fleet: &Fleet,
+        f: impl FnOnce(&dyn crate::metrics::FleetCerts) -> R,
+    ) -> Result<R, Status> {
+        let st = self.read(fleet)?;
+        Ok(f(&IndexCerts(&st)))
     }
 
     /// Aggregates for `/metrics` and health: one pass over the index, nothing decoded.
@@ -772,6 +882,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let first_page = q.page_token.is_empty();
     let mut problems = Vec::new();
     let mut health = Vec::new();
+    let mut pins = Vec::new();
     if first_page {
         let mut ids: Vec<&String> = st.agents.keys().collect();
         ids.sort();
@@ -792,6 +903,11 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 let mut h = h.clone();
                 h.subject = format!("{}: {}", agent.name, h.subject);
                 health.push((&h).into());
+            }
+            for p in &entry.pins {
+                let mut p: pb::Pin = p.into();
+                p.agent = agent.name.clone();
+                pins.push(p);
             }
         }
         // Certificates another renewer owns and has not renewed in time. Renewers renew weeks
@@ -1002,12 +1118,76 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         problems,
         health,
         next_page_token,
+        pins,
     })
 }
 
 #[cfg(test)]
 mod filter_tests {
     use super::*;
+
+    /// A restarted controller meets every agent reporting at once: the index is built from the
+    /// store once, however many first users arrive together (each built its own copy before).
+    #[test]
+    fn concurrent_first_users_build_the_index_once() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        for a in 0..50 {
+            let mut inv = AgentInventory::default();
+            for c in 0..20 {
+                let fp = format!("{a:04}{c:060}");
+                let record = CertRecord {
+                    fingerprint_sha256: fp.clone(),
+                    subject: format!("CN=c{c}"),
+                    issuer: "CN=ca".into(),
+                    serial: "01".into(),
+                    sans: vec![],
+                    not_before: 0,
+                    not_after: 2_000_000_000,
+                    key_algorithm: "EC".into(),
+                    key_bits: 256,
+                    is_ca: false,
+                    subject_key_id: String::new(),
+                    authority_key_id: String::new(),
+                    role: "file.server".into(),
+                    locations: vec![],
+                    der: vec![],
+                };
+                inv.certs.insert(
+                    fp,
+                    StoredCert {
+                        record,
+                        der_b64: STANDARD.encode([0u8; 600]),
+                    },
+                );
+            }
+            fleet
+                .store
+                .put("inventory", &format!("agent{a:02}"), &inv)
+                .unwrap();
+            let agent: AgentRecord = serde_json::from_value(serde_json::json!({
+                "id": format!("agent{a:02}"), "name": format!("a{a}"), "hostname": "h",
+                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
+                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap();
+            fleet
+                .store
+                .put("agents", &format!("agent{a:02}"), &agent)
+                .unwrap();
+        }
+        let go = std::sync::Barrier::new(8);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    go.wait();
+                    let snap = fleet.inventory.snapshot(&fleet).unwrap();
+                    assert_eq!(snap.certificates, 1000);
+                });
+            }
+        });
+        assert_eq!(fleet.inventory.builds(), 1);
+    }
 
     #[test]
     fn unknown_values_list_what_is_valid_shortened_with_the_likely_typo() {

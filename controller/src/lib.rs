@@ -12,6 +12,7 @@ pub mod link;
 pub mod local_admin;
 pub mod metrics;
 pub mod operator;
+pub mod pins;
 pub mod plan;
 pub mod policy;
 pub mod remote_exec;

@@ -89,9 +89,12 @@ impl AgentLink for AgentLinkService {
             .map_err(internal)?;
 
         let (tx, rx) = mpsc::channel(64);
-        let session = fleet
-            .registry
-            .connect(&agent.id, tx.clone(), remote.clone());
+        let session = fleet.registry.connect(
+            &agent.id,
+            tx.clone(),
+            remote.clone(),
+            hello.capabilities.clone(),
+        );
         tracing::info!(agent = %agent.id, name = %agent.name, %remote, platforms = ?agent.platforms, "agent connected");
         let welcome = ControllerMessage {
             kind: Some(controller_message::Kind::Welcome(Welcome {
@@ -183,13 +186,14 @@ async fn handle(
                     return Ok(());
                 }
             };
-            // The store write (and the index update) off the async threads.
-            let (f, agent, max) = (fleet.clone(), id.to_owned(), limits.max_certificates);
-            let applied = tokio::task::spawn_blocking(move || {
-                crate::inventory::apply(&f, &agent, report, max)
-            })
-            .await
-            .map_err(|e| Status::internal(format!("applying a report: {e}")))?;
+            // The store write (and the index update) off the async threads, a few at once.
+            let applied = crate::inventory::Index::apply_off_thread(
+                fleet,
+                id,
+                report,
+                limits.max_certificates,
+            )
+            .await;
             match applied {
                 Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                     refuse_report(fleet, id, s.message())
@@ -279,6 +283,7 @@ fn assemble(
             acc.removed.extend(chunk.removed);
             acc.problems = chunk.problems;
             acc.health = chunk.health;
+            acc.pins = chunk.pins;
             acc.scanned_at = chunk.scanned_at;
             acc.more = chunk.more;
             acc

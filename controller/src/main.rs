@@ -4,11 +4,10 @@
 
 use std::process::ExitCode;
 
-use certfleet_controller::cli::{self, Cli};
-use clap::Parser;
+use certfleet_controller::cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     certfleet_common::process::init_tracing(cli.log_format());
     certfleet_common::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -2,8 +2,11 @@
 //!
 //! Two parts, rendered separately. Process counters and connection statistics live in
 //! [`Metrics`] and are encoded fresh on every scrape (they are a handful of atomics). The fleet
-//! part (certificates, agents, plans, policies) is derived from the store by [`render_fleet`]:
-//! it reads the whole inventory, so the HTTP side runs it on a blocking thread and keeps the
+//! part (certificates, agents, plans, policies) is rendered by [`render_fleet`] from a
+//! [`FleetCerts`] source: in the controller the in-memory inventory index
+//! ([`crate::inventory::Index::with_certs`]), never the stored inventory documents (decoding
+//! them, DER in base64, took seconds and hundreds of MB at 100,000 certificates). It is still a
+//! pass over every certificate, so the HTTP side runs it on a blocking thread and keeps the
 //! text for [`SNAPSHOT_MAX_AGE`], however many scrapers ask (see `http.rs`).
 //!
 //! Certificate series come in two shapes, chosen with `certfleet serve --metrics-per-certificate`:
@@ -27,7 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use certfleet_common::model::CertRecord;
+use certfleet_common::model::{CertRecord, Location};
 use certfleet_common::roles;
 
 use crate::fleet::{AgentRecord, AgentState};
@@ -153,17 +156,77 @@ pub fn gauge(r: &mut Registry, name: &str, help: &str, value: i64) {
     r.register(name, help, g);
 }
 
-/// Everything the fleet part of a scrape is computed from (read from the store by the caller).
+/// One certificate as one agent reported it: what the fleet gauges read of it.
+pub struct Sighting<'a> {
+    /// SHA-256 fingerprint.
+    pub fingerprint: &'a str,
+    /// Subject DN.
+    pub subject: &'a str,
+    /// Issuer DN.
+    pub issuer: &'a str,
+    /// Serial number (hex).
+    pub serial: &'a str,
+    /// Role this agent gave it.
+    pub role: &'a str,
+    /// Start of validity.
+    pub not_before: i64,
+    /// End of validity.
+    pub not_after: i64,
+    /// Basic constraints CA flag.
+    pub is_ca: bool,
+    /// Subject key identifier, hex.
+    pub subject_key_id: &'a str,
+    /// Authority key identifier, hex.
+    pub authority_key_id: &'a str,
+    /// Where this agent saw it (built only when asked: per-certificate series).
+    pub locations: &'a dyn Fn() -> Vec<Location>,
+}
+
+/// Every certificate every agent reported, as the fleet gauges read them. The controller's
+/// source is the inventory index; a map of records per agent is the same data as the stored
+/// documents hold it (what the gauges were computed from before the index).
+pub trait FleetCerts {
+    /// Calls `f(agent id, sighting)` once per certificate per agent that reported it.
+    fn each(&self, f: &mut dyn FnMut(&str, &Sighting<'_>));
+}
+
+impl FleetCerts for HashMap<String, Vec<CertRecord>> {
+    fn each(&self, f: &mut dyn FnMut(&str, &Sighting<'_>)) {
+        for (agent, certs) in self {
+            for c in certs {
+                f(
+                    agent,
+                    &Sighting {
+                        fingerprint: &c.fingerprint_sha256,
+                        subject: &c.subject,
+                        issuer: &c.issuer,
+                        serial: &c.serial,
+                        role: &c.role,
+                        not_before: c.not_before,
+                        not_after: c.not_after,
+                        is_ca: c.is_ca,
+                        subject_key_id: &c.subject_key_id,
+                        authority_key_id: &c.authority_key_id,
+                        locations: &|| c.locations.clone(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Everything the fleet part of a scrape is computed from (read by the caller).
 pub struct FleetView<'a> {
     /// Unix time the snapshot is for.
     pub now: i64,
     /// Every enrolled agent.
     pub agents: &'a [AgentRecord],
-    /// Certificate records per agent id (as stored; no DER needed).
-    pub inventory: &'a HashMap<String, Vec<CertRecord>>,
+    /// Certificates per agent (no DER needed).
+    pub certs: &'a dyn FleetCerts,
     /// Live heartbeat time per connected agent id.
     pub live: &'a HashMap<String, i64>,
-    /// Every stored plan.
+    /// Every stored plan: headers, with the steps of the plans the per-plan series show (open
+    /// ones, and failed ones for [`FAILED_PLAN_VISIBLE_SECS`]; see [`plan_steps_shown`]).
     pub plans: &'a [Plan],
     /// Every renewal policy.
     pub policies: &'a [RolePolicy],
@@ -175,6 +238,12 @@ pub struct FleetView<'a> {
     pub per_certificate: bool,
 }
 
+/// Whether the per-plan series read a plan's steps (the others are counted by their header
+/// only, so a scrape loads no step of a finished plan or a dry run).
+pub fn plan_steps_shown(state: PlanState) -> bool {
+    state == PlanState::Failed || (state != PlanState::DryRun && !state.is_final())
+}
+
 /// Expiry buckets of `certfleet_certificates` (upper bounds in days; a certificate is counted in
 /// the first that holds it).
 const EXPIRY_BUCKETS: &[(&str, i64)] = &[("7d", 7), ("30d", 30), ("90d", 90)];
@@ -182,20 +251,36 @@ const EXPIRY_BUCKETS: &[(&str, i64)] = &[("7d", 7), ("30d", 30), ("90d", 90)];
 /// Fractions of lifetime left counted by `certfleet_certificates_lifetime_left` (cumulative).
 const LIFETIME_LEFT: &[(&str, f64)] = &[("0.1", 0.1), ("0.2", 0.2), ("0.33", 0.33), ("1", 1.0)];
 
-fn expiry_bucket(not_after: i64, now: i64) -> &'static str {
+/// Every value of the `expiry` label, in [`expiry_index`] order.
+const EXPIRY_NAMES: [&str; 5] = ["expired", "7d", "30d", "90d", "later"];
+
+/// Index in [`EXPIRY_NAMES`] of the bucket holding a certificate.
+fn expiry_index(not_after: i64, now: i64) -> usize {
     if not_after <= now {
-        return "expired";
+        return 0;
     }
     EXPIRY_BUCKETS
         .iter()
-        .find(|(_, days)| not_after - now <= days * 86_400)
-        .map_or("later", |(b, _)| b)
+        .position(|(_, days)| not_after - now <= days * 86_400)
+        .map_or(EXPIRY_NAMES.len() - 1, |i| i + 1)
+}
+
+#[cfg(test)]
+fn expiry_bucket(not_after: i64, now: i64) -> &'static str {
+    EXPIRY_NAMES[expiry_index(not_after, now)]
+}
+
+/// Certificates of one role: how many per expiry bucket and per lifetime-left threshold.
+#[derive(Default)]
+struct RoleCounts {
+    expiry: [i64; EXPIRY_NAMES.len()],
+    lifetime: [i64; LIFETIME_LEFT.len()],
 }
 
 /// Fraction of the validity period still ahead (0 when expired; 1 when not yet valid).
-fn lifetime_left(c: &CertRecord, now: i64) -> f64 {
-    let total = (c.not_after - c.not_before).max(1) as f64;
-    ((c.not_after - now) as f64 / total).clamp(0.0, 1.0)
+fn lifetime_left(not_before: i64, not_after: i64, now: i64) -> f64 {
+    let total = (not_after - not_before).max(1) as f64;
+    ((not_after - now) as f64 / total).clamp(0.0, 1.0)
 }
 
 /// Whether a certificate's role falls under a policy for `role` (the role or a sub-role).
@@ -243,14 +328,39 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
     );
 
     // Agents: their own certificate, last heartbeat, connection, earliest certificate.
+    let mut names: HashMap<&str, &AgentRecord> = HashMap::new();
+    for a in v.agents.iter().filter(|a| a.state != AgentState::Revoked) {
+        names.insert(a.id.as_str(), a);
+    }
+    // One pass over the certificates: each agent's earliest, counts per role.
+    let mut earliest_of: HashMap<&str, i64> = HashMap::new();
+    let mut by_role: HashMap<String, RoleCounts> = HashMap::new();
+    v.certs.each(&mut |agent, c| {
+        let Some((id, _)) = names.get_key_value(agent) else {
+            return;
+        };
+        earliest_of
+            .entry(*id)
+            .and_modify(|e| *e = (*e).min(c.not_after))
+            .or_insert(c.not_after);
+        if !by_role.contains_key(c.role) {
+            by_role.insert(c.role.to_owned(), RoleCounts::default());
+        }
+        let rc = by_role.get_mut(c.role).expect("just inserted");
+        rc.expiry[expiry_index(c.not_after, now)] += 1;
+        let left = lifetime_left(c.not_before, c.not_after, now);
+        for (i, (_, f)) in LIFETIME_LEFT.iter().enumerate() {
+            if left <= *f {
+                rc.lifetime[i] += 1;
+            }
+        }
+    });
     let agent_cert: Family<Labels, Gauge> = Family::default();
     let last_seen: Family<Labels, Gauge> = Family::default();
     let connected: Family<Labels, Gauge> = Family::default();
     let earliest: Family<Labels, Gauge> = Family::default();
     let mut missing = 0i64;
-    let mut names: HashMap<&str, &AgentRecord> = HashMap::new();
-    for a in v.agents.iter().filter(|a| a.state != AgentState::Revoked) {
-        names.insert(a.id.as_str(), a);
+    for a in names.values() {
         let l = labels([("agent", &a.name), ("host", &a.hostname)]);
         agent_cert.get_or_create(&l).set(a.cert_not_after);
         let live = v.live.get(&a.id);
@@ -261,12 +371,8 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
         if live.is_none() && a.state == AgentState::Active {
             missing += 1;
         }
-        if let Some(first) = v
-            .inventory
-            .get(&a.id)
-            .and_then(|certs| certs.iter().map(|c| c.not_after).min())
-        {
-            earliest.get_or_create(&l).set(first);
+        if let Some(first) = earliest_of.get(a.id.as_str()) {
+            earliest.get_or_create(&l).set(*first);
         }
     }
     r.register(
@@ -302,56 +408,30 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
         earliest,
     );
 
-    // Certificates, aggregated.
+    // Certificates, aggregated. Every bucket of every role present, zeros included: a count
+    // that drops to nothing must read 0, not vanish (an alert on a vanished series would
+    // silently clear).
     let counts: Family<Labels, Gauge> = Family::default();
     let lifetime: Family<Labels, Gauge> = Family::default();
-    let mut roles_seen: BTreeMap<(&'static str, &str), ()> = BTreeMap::new();
-    for certs in v
-        .inventory
-        .iter()
-        .filter(|(id, _)| names.contains_key(id.as_str()))
-        .map(|(_, c)| c)
-    {
-        for c in certs {
-            let platform = roles::lookup(&c.role).platform;
-            roles_seen.insert((platform, c.role.as_str()), ());
+    for (role, rc) in &by_role {
+        let platform = roles::lookup(role).platform;
+        for (i, b) in EXPIRY_NAMES.iter().enumerate() {
             counts
                 .get_or_create(&labels([
                     ("platform", platform),
-                    ("role", &c.role),
-                    ("expiry", expiry_bucket(c.not_after, now)),
+                    ("role", role),
+                    ("expiry", b),
                 ]))
-                .inc();
-            let left = lifetime_left(c, now);
-            for (le, f) in LIFETIME_LEFT {
-                if left <= *f {
-                    lifetime
-                        .get_or_create(&labels([
-                            ("platform", platform),
-                            ("role", &c.role),
-                            ("le", le),
-                        ]))
-                        .inc();
-                }
-            }
+                .set(rc.expiry[i]);
         }
-    }
-    // Every bucket of every role present, zeros included: a count that drops to nothing must
-    // read 0, not vanish (an alert on a vanished series would silently clear).
-    for (platform, role) in roles_seen.keys() {
-        for b in ["expired", "7d", "30d", "90d", "later"] {
-            let _ = counts.get_or_create(&labels([
-                ("platform", platform),
-                ("role", role),
-                ("expiry", b),
-            ]));
-        }
-        for (le, _) in LIFETIME_LEFT {
-            let _ = lifetime.get_or_create(&labels([
-                ("platform", platform),
-                ("role", role),
-                ("le", le),
-            ]));
+        for (i, (le, _)) in LIFETIME_LEFT.iter().enumerate() {
+            lifetime
+                .get_or_create(&labels([
+                    ("platform", platform),
+                    ("role", role),
+                    ("le", le),
+                ]))
+                .set(rc.lifetime[i]);
         }
     }
     r.register(
@@ -462,18 +542,15 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
             .set(i64::try_from(pol.renew_within_secs).unwrap_or(i64::MAX));
         let mut n_due = 0i64;
         let mut first: Option<i64> = None;
-        for (_, certs) in v
-            .inventory
-            .iter()
-            .filter(|(id, _)| names.contains_key(id.as_str()))
-        {
-            for c in certs.iter().filter(|c| in_scope(&pol.role, &c.role)) {
-                first = Some(first.map_or(c.not_after, |f| f.min(c.not_after)));
-                if c.not_after - now <= pol.renew_within_secs as i64 {
-                    n_due += 1;
-                }
+        v.certs.each(&mut |agent, c| {
+            if !names.contains_key(agent) || !in_scope(&pol.role, c.role) {
+                return;
             }
-        }
+            first = Some(first.map_or(c.not_after, |f| f.min(c.not_after)));
+            if c.not_after - now <= pol.renew_within_secs as i64 {
+                n_due += 1;
+            }
+        });
         due.get_or_create(&l).set(n_due);
         if let Some(f) = first {
             earliest_in_scope.get_or_create(&l).set(f);
@@ -522,39 +599,37 @@ fn register_per_certificate(
     let not_after: Family<Labels, Gauge> = Family::default();
     let not_before: Family<Labels, Gauge> = Family::default();
     let expired: Family<Labels, Gauge> = Family::default();
-    for (id, certs) in v.inventory {
-        let Some(agent) = agents.get(id.as_str()) else {
-            continue;
+    v.certs.each(&mut |id, c| {
+        let Some(agent) = agents.get(id) else {
+            return;
         };
-        for c in certs {
-            let mut base = labels([
-                ("agent", &agent.name),
-                ("host", &agent.hostname),
-                ("platform", roles::lookup(&c.role).platform),
-                ("role", &c.role),
-                ("serial_number", &serial_decimal(&c.serial)),
-            ]);
-            for (prefix, dn) in [("issuer", &c.issuer), ("subject", &c.subject)] {
-                for (attr, value) in dn_attributes(dn) {
-                    base.push((format!("{prefix}_{attr}"), value));
-                }
-            }
-            for loc in &c.locations {
-                let mut l = base.clone();
-                if !loc.path.is_empty() {
-                    l.push(("filepath".into(), loc.path.clone()));
-                    let name = loc.path.rsplit('/').next().unwrap_or(&loc.path);
-                    l.push(("filename".into(), name.to_owned()));
-                }
-                l.push(("location".into(), loc.describe()));
-                not_after.get_or_create(&l).set(c.not_after);
-                not_before.get_or_create(&l).set(c.not_before);
-                expired
-                    .get_or_create(&l)
-                    .set(i64::from(c.not_after <= v.now));
+        let mut base = labels([
+            ("agent", &agent.name),
+            ("host", &agent.hostname),
+            ("platform", roles::lookup(c.role).platform),
+            ("role", c.role),
+            ("serial_number", &serial_decimal(c.serial)),
+        ]);
+        for (prefix, dn) in [("issuer", c.issuer), ("subject", c.subject)] {
+            for (attr, value) in dn_attributes(dn) {
+                base.push((format!("{prefix}_{attr}"), value));
             }
         }
-    }
+        for loc in (c.locations)() {
+            let mut l = base.clone();
+            if !loc.path.is_empty() {
+                l.push(("filepath".into(), loc.path.clone()));
+                let name = loc.path.rsplit('/').next().unwrap_or(&loc.path);
+                l.push(("filename".into(), name.to_owned()));
+            }
+            l.push(("location".into(), loc.describe()));
+            not_after.get_or_create(&l).set(c.not_after);
+            not_before.get_or_create(&l).set(c.not_before);
+            expired
+                .get_or_create(&l)
+                .set(i64::from(c.not_after <= v.now));
+        }
+    });
     r.register(
         "x509_cert_not_after",
         "Indicates the certificate's not after timestamp",
@@ -660,5 +735,215 @@ mod tests {
             "vsphere.solution_user.wcp"
         ));
         assert!(!in_scope("vsphere.solution_user", "vsphere.solution_users"));
+    }
+
+    /// A store holding what a small fleet reported, plans and a policy: agents sharing a CA,
+    /// roles of several platforms, a revoked agent, an open, a finished and a dry-run plan.
+    fn fixture_fleet() -> (tempfile::TempDir, std::sync::Arc<crate::fleet::Fleet>) {
+        use certfleet_common::proto as pb;
+        let (dir, fleet) = crate::server::test_fleet();
+        let now = certfleet_common::model::now();
+        let day = 86_400;
+        let cert = |fp: &str, subject: &str, role: &str, days: i64, ca: bool, path: &str| {
+            pb::CertificateRecord {
+                fingerprint_sha256: fp.into(),
+                subject: format!("CN={subject}, O=Acme"),
+                issuer: if ca {
+                    format!("CN={subject}, O=Acme")
+                } else {
+                    "CN=root, O=Acme".into()
+                },
+                serial: format!("{:X}", fp.len() * 7919 + subject.len()),
+                not_before: now - 100 * day,
+                not_after: now + days * day + 3600,
+                is_ca: ca,
+                subject_key_id: if ca { "aa11".into() } else { String::new() },
+                authority_key_id: "aa11".into(),
+                role: role.into(),
+                locations: vec![pb::Location {
+                    kind: "file".into(),
+                    path: path.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        };
+        let agents = [
+            ("a1", "vc1", AgentState::Active),
+            ("a2", "esx1", AgentState::Active),
+            ("a3", "gone", AgentState::Revoked),
+            ("a4", "quiet", AgentState::Active),
+        ];
+        for (id, name, state) in agents {
+            let rec: AgentRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "name": name, "hostname": format!("{name}.lab"), "platforms": [],
+                "version": "1", "state": state, "enrolled_at": 1, "last_seen": now - 60,
+                "cert_not_after": now + 30 * day, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap();
+            fleet.store.put("agents", id, &rec).unwrap();
+        }
+        let reports = [
+            (
+                "a1",
+                vec![
+                    cert(
+                        "ca",
+                        "root",
+                        "vsphere.vmca_root",
+                        3000,
+                        true,
+                        "/etc/root.pem",
+                    ),
+                    cert("m1", "vc1", "vsphere.machine_ssl", 5, false, "/etc/m1.pem"),
+                    cert("f1", "web", "file.web", -3, false, "/etc/web.pem"),
+                ],
+            ),
+            (
+                "a2",
+                vec![
+                    // The same CA, seen under a file role by the second agent.
+                    cert("ca", "root", "file.trust", 3000, true, "/etc/ssl/root.pem"),
+                    cert("e1", "esx1", "vsphere.esxi_host", 45, false, "/etc/rui.crt"),
+                    cert(
+                        "e2",
+                        "esx1b",
+                        "vsphere.esxi_host",
+                        200,
+                        false,
+                        "/etc/rui2.crt",
+                    ),
+                ],
+            ),
+            (
+                "a3",
+                vec![cert("g1", "gone", "vsphere.esxi_host", 20, false, "/x.pem")],
+            ),
+        ];
+        for (id, certs) in reports {
+            let report = pb::InventoryReport {
+                full: true,
+                certificates: certs,
+                scanned_at: now,
+                ..Default::default()
+            };
+            crate::inventory::apply(&fleet, id, report, 1000).unwrap();
+        }
+        let policy = RolePolicy {
+            role: "vsphere.esxi_host".into(),
+            renew_within_secs: 60 * day as u64,
+            window: String::new(),
+            window_secs: 0,
+            auto_approve: false,
+            max_parallel: 1,
+        };
+        fleet.store.put("policies", &policy.role, &policy).unwrap();
+        for (id, state, steps) in [
+            ("p-open", PlanState::Running, 6),
+            ("p-done", PlanState::Succeeded, 4),
+            ("p-dry", PlanState::DryRun, 3),
+            ("p-failed", PlanState::Failed, 2),
+        ] {
+            let mut p = crate::plan::storage::tests::plan(id, steps, state);
+            p.created_at = now - 600;
+            p.steps[0].state = StepState::Succeeded;
+            p.steps[1].state = if state == PlanState::Failed {
+                StepState::Failed
+            } else {
+                StepState::Dispatched
+            };
+            p.steps[1].started_at = now - 30;
+            crate::plan::storage::save(&fleet.store, &p).unwrap();
+        }
+        (dir, fleet)
+    }
+
+    /// The fleet part as it was rendered before the index: every inventory document and every
+    /// plan decoded in full.
+    fn render_from_documents(fleet: &crate::fleet::Fleet, per_certificate: bool) -> String {
+        let all = crate::inventory::all(fleet).unwrap();
+        let mut agents = Vec::new();
+        let mut inventory: HashMap<String, Vec<CertRecord>> = HashMap::new();
+        for (a, inv) in all {
+            inventory.insert(a.id.clone(), inv.records().cloned().collect());
+            agents.push(a);
+        }
+        let names: HashMap<&str, &str> = agents
+            .iter()
+            .map(|a| (a.id.as_str(), a.name.as_str()))
+            .collect();
+        let ca_facts = crate::cas::facts(&inventory, &names, fleet.ca.cert_pem());
+        let plans = crate::plan::storage::all(&fleet.store).unwrap();
+        let policies: Vec<RolePolicy> = fleet.store.list("policies").unwrap();
+        let view = FleetView {
+            now: certfleet_common::model::now(),
+            agents: &agents,
+            certs: &inventory,
+            live: &HashMap::new(),
+            plans: &plans,
+            policies: &policies,
+            fleet_ca_not_after: crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0),
+            controller_cert_not_after: fleet.metrics.controller_cert_not_after(),
+            per_certificate,
+        };
+        let mut r = render_fleet(&view);
+        crate::cas::register_metrics(&ca_facts, &mut r);
+        encode(&r).unwrap()
+    }
+
+    /// Series in a stable order (a family's series come out in hash order).
+    fn sorted(text: &str) -> Vec<String> {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn the_fleet_part_renders_from_the_index_as_it_did_from_the_documents() {
+        let (_dir, fleet) = fixture_fleet();
+        for per_certificate in [false, true] {
+            fleet.metrics.set_per_certificate(per_certificate);
+            let expected = render_from_documents(&fleet, per_certificate);
+            let got = crate::http::render_fleet_snapshot(&fleet).unwrap();
+            assert_eq!(
+                sorted(&got),
+                sorted(&expected),
+                "per_certificate={per_certificate}"
+            );
+            // The fixture is not trivially empty.
+            for series in [
+                r#"certfleet_certificates{platform="vsphere",role="vsphere.esxi_host",expiry="90d"} 1"#,
+                r#"certfleet_certificates{platform="vsphere",role="vsphere.machine_ssl",expiry="7d"} 1"#,
+                r#"certfleet_policy_certificates_due{role="vsphere.esxi_host"} 1"#,
+                r#"certfleet_plans{state="dry_run"} 1"#,
+                r#"certfleet_ca_capped_leaves{"#,
+            ] {
+                assert!(got.contains(series), "{series} missing from\n{got}");
+            }
+            assert_eq!(
+                got.contains(r#"x509_cert_not_after{agent="esx1""#),
+                per_certificate,
+                "{got}"
+            );
+            assert!(
+                !got.contains("gone"),
+                "a revoked agent's certificates: {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scrape_reads_the_index_not_the_inventory_documents() {
+        let (_dir, fleet) = fixture_fleet();
+        let before = crate::http::render_fleet_snapshot(&fleet).unwrap();
+        // Documents gone behind the index's back: a render that decoded them would count
+        // nothing; one from the index is unchanged.
+        for id in ["a1", "a2", "a3"] {
+            fleet.store.remove("inventory", id).unwrap();
+        }
+        let after = crate::http::render_fleet_snapshot(&fleet).unwrap();
+        assert_eq!(sorted(&after), sorted(&before));
+        assert!(after.contains(r#"expiry="expired"} 1"#), "{after}");
     }
 }

@@ -215,12 +215,17 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
             .then(|| now + req.expiring_within_secs as i64),
         params: req.params.clone(),
     };
-    let specs = recipe.build(&input).map_err(|e| {
+    let mut specs = recipe.build(&input).map_err(|e| {
         Status::failed_precondition(match &left_note {
             Some(note) => format!("{e}; {note}"),
             None => e,
         })
     })?;
+    let pins = all
+        .iter()
+        .map(|(a, inv)| (a.id.clone(), inv.pins().to_vec()))
+        .collect();
+    crate::pins::add_retrust_steps(&req.recipe, &mut specs, &pins);
     let id = format!("p{}", &crate::enroll::random_id()[..8]);
     let first_target = specs.first().map(|s| s.target.clone()).unwrap_or_default();
     let mut seen = std::collections::HashSet::new();

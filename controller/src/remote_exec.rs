@@ -134,6 +134,32 @@ fn outcome_word(o: i32) -> &'static str {
     }
 }
 
+/// The capability an agent's hello lists when it runs remote commands (`agent/src/link.rs`).
+pub const EXEC_CAPABILITY: &str = "exec";
+
+/// Whether the session's `capabilities` include [`EXEC_CAPABILITY`]; the error names the
+/// agent, its version and what it does support.
+fn supports_exec(
+    name: &str,
+    id: &str,
+    version: &str,
+    capabilities: &[String],
+) -> Result<(), String> {
+    if capabilities.iter().any(|c| c == EXEC_CAPABILITY) {
+        return Ok(());
+    }
+    Err(format!(
+        "agent {name} ({id}) version {} does not support remote commands: its hello lists \
+         capabilities [{}], without {EXEC_CAPABILITY:?}; upgrade the agent",
+        if version.is_empty() {
+            "unknown"
+        } else {
+            version
+        },
+        capabilities.join(", ")
+    ))
+}
+
 fn check_request(r: &pb::ExecRequest) -> Result<(), Status> {
     if r.argv.is_empty() || r.argv[0].is_empty() {
         return Err(Status::invalid_argument(
@@ -197,11 +223,22 @@ pub async fn exec(
             agent.name, agent.id
         )));
     }
-    if fleet.registry.status(&agent.id).is_none() {
+    let Some(capabilities) = fleet.registry.capabilities(&agent.id) else {
         return Err(Status::unavailable(format!(
             "agent {} ({}) is not connected; a remote command needs its live stream",
             agent.name, agent.id
         )));
+    };
+    // An agent that never said it runs remote commands would drop the message: the operator
+    // would wait for the whole timeout and the grace for nothing. Refuse at once instead.
+    if let Err(why) = supports_exec(&agent.name, &agent.id, &agent.version, &capabilities) {
+        fleet.audit(
+            &actor,
+            "agent.exec",
+            &format!("agent:{}", agent.id),
+            &format!("refused: {why}; argv={argv_json}"),
+        )?;
+        return Err(Status::failed_precondition(why));
     }
     let exec_id = new_exec_id();
     let target = format!("agent:{}", agent.id);
@@ -417,5 +454,22 @@ mod tests {
                 tonic::Code::InvalidArgument
             );
         }
+    }
+
+    #[test]
+    fn an_agent_without_the_exec_capability_is_named_with_its_version() {
+        let caps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(supports_exec("a", "id", "0.2.0", &caps(&["steps", "exec"])).is_ok());
+        let e = supports_exec("old", "ag-1", "0.1.0", &caps(&["inventory", "steps"])).unwrap_err();
+        assert_eq!(
+            e,
+            "agent old (ag-1) version 0.1.0 does not support remote commands: its hello lists \
+             capabilities [inventory, steps], without \"exec\"; upgrade the agent"
+        );
+        assert!(
+            supports_exec("x", "i", "", &[])
+                .unwrap_err()
+                .contains("version unknown")
+        );
     }
 }

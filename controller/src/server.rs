@@ -246,6 +246,7 @@ pub fn load_serving(
         changed: Default::default(),
         plan_lock: Default::default(),
         inventory: Default::default(),
+        active_plans: Default::default(),
         execs: Default::default(),
     };
     Ok((Arc::new(fleet), tls, self_cert))
@@ -479,6 +480,15 @@ pub async fn serve(
         });
     }
 
+    // The inventory index before the fleet reconnects and reports: built once, off the async
+    // threads, while handshakes and hellos go on (reports wait for it).
+    let f = fleet.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = f.inventory.warm(&f) {
+            tracing::error!(error = %e.message(), "building the inventory index failed");
+        }
+    });
+
     tokio::spawn(crate::engine::run(fleet.clone(), stop_rx.clone()));
 
     // Batched heartbeat persistence: no fsync per heartbeat.
@@ -537,6 +547,16 @@ pub async fn serve(
     fleet.persist_last_seen();
     fleet.store.flush()?;
     Ok(())
+}
+
+/// A fleet on a fresh data directory (`certfleet init` + load), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_fleet() -> (tempfile::TempDir, Arc<Fleet>) {
+    certfleet_common::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    init(dir.path(), &[]).expect("certfleet init");
+    let (fleet, _) = load(dir.path(), ServeOptions::default(), false).expect("load");
+    (dir, fleet)
 }
 
 #[cfg(test)]

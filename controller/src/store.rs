@@ -30,6 +30,7 @@ mod compact;
 pub use compact::{
     CompactionPolicy, CompactionReport, CompactionStats, recover_interrupted_compaction,
 };
+pub mod backup;
 
 /// Current on-disk schema. Bump with a migration in [`Store::open`].
 ///
@@ -273,6 +274,45 @@ impl Store {
             });
         }
         Ok(store)
+    }
+
+    /// Creates the store in `dir` (which must not hold one) from an export of a store at
+    /// `schema_version` ([`Store::export`] or [`Store::snapshot`] lines), then opens it as the
+    /// controller does: an older schema is migrated, every value verified. Returns the open
+    /// store and the number of documents imported. Used by `certfleet restore`, which builds
+    /// the directory aside and renames it into place (so a failure here leaves nothing).
+    pub fn import_fresh(
+        dir: &Path,
+        schema_version: u32,
+        input: &mut dyn BufRead,
+    ) -> Result<(Self, usize), StoreError> {
+        if schema_version > SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                path: dir.to_path_buf(),
+                found: schema_version,
+            });
+        }
+        let n = {
+            let s = Self::open_unchecked(dir)?;
+            if s.schema_version()?.is_some() {
+                return Err(StoreError::Io {
+                    what: format!("importing into {}", dir.display()),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a store is already there",
+                    ),
+                });
+            }
+            // The export's schema, so that opening migrates what it holds.
+            s.put("meta", "schema_version", &schema_version)?;
+            s.import(input)?
+        };
+        Ok((Self::open(dir)?, n))
+    }
+
+    /// The store's directory (`DATA_DIR/state`).
+    pub fn dir(&self) -> &Path {
+        &self.path
     }
 
     /// Opens the store without migrating or verifying it, for salvage ([`Store::export`]).

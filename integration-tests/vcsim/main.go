@@ -15,6 +15,9 @@
 //   - ReconnectHost_Task's HostConnectSpec.sslThumbprint check for a host serving an expired
 //     certificate (SSLVerifyFault otherwise).
 //   - A TLS listener per host standing in for the host's own port 443.
+//   - For fault-injection tests: a count of CertMgrRefreshCertificates_Task calls per host, and
+//     an optional delay before a refresh task does its work (the task is returned "running"
+//     at once and completes later, as a real vCenter's task does while the host renews).
 //
 // UNVERIFIED against a real vCenter (the vim25 types are real, these behaviours are not):
 // the faults a refresh raises for a disconnected host (HostNotConnected), a host in
@@ -24,7 +27,8 @@
 //
 // Usage: certfleet-vcsim SPEC.json OUT_DIR. Writes OUT_DIR/vcsim.json (URL, hosts, ports,
 // control URL) and OUT_DIR/vmca-root.pem, then serves until killed. A control endpoint
-// (GET /ctl/state, /ctl/rotate-root, /ctl/mode?set=MODE) lets tests look and act
+// (GET /ctl/state, /ctl/rotate-root, /ctl/mode?set=MODE, /ctl/refresh-delay?ms=N) lets
+// tests look and act
 // from outside vCenter's API.
 package main
 
@@ -49,6 +53,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -101,6 +106,8 @@ type hostState struct {
 	stale       bool
 	trustedRoot string
 	port        int
+	// CertMgrRefreshCertificates_Task calls naming this host (test bookkeeping).
+	refreshes int
 }
 
 var (
@@ -109,6 +116,8 @@ var (
 	hosts   = map[string]*hostState{}
 	theSpec spec
 	modeOpt *types.OptionValue
+	// Set by /ctl/refresh-delay: how long a refresh task stays running before it renews.
+	refreshDelay time.Duration
 )
 
 func fp(der []byte) string { s := sha256.Sum256(der); return hex.EncodeToString(s[:]) }
@@ -276,6 +285,29 @@ func (m *certificateManager) CertMgrRefreshCertificatesTask(req *types.CertMgrRe
 		}
 		return nil, nil
 	})
+	mu.Lock()
+	for _, ref := range req.Host {
+		for _, s := range hosts {
+			if s.ref == ref {
+				s.refreshes++
+			}
+		}
+	}
+	delay := refreshDelay
+	mu.Unlock()
+	if delay > 0 {
+		// Returned while running; the work happens after the delay (UNVERIFIED: how long a
+		// real host's renewal keeps the task running).
+		simulator.Map.Update(task, []types.PropertyChange{
+			{Name: "info.startTime", Val: time.Now()},
+			{Name: "info.state", Val: types.TaskInfoStateRunning},
+		})
+		go func() {
+			time.Sleep(delay)
+			simulator.Map.WithLock(task, func() { task.Run() })
+		}()
+		return &methods.CertMgrRefreshCertificates_TaskBody{Res: &types.CertMgrRefreshCertificates_TaskResponse{Returnval: task.Self}}
+	}
 	return &methods.CertMgrRefreshCertificates_TaskBody{Res: &types.CertMgrRefreshCertificates_TaskResponse{Returnval: task.Run()}}
 }
 
@@ -426,6 +458,7 @@ func main() {
 			TrustedRoot string `json:"trusted_root_sha256"`
 			Connection  string `json:"connection_state"`
 			Maintenance bool   `json:"maintenance"`
+			Refreshes   int    `json:"refreshes"`
 		}
 		m := map[string]hs{}
 		for n, s := range hosts {
@@ -434,7 +467,7 @@ func main() {
 			if b != nil {
 				c = fp(b.Bytes)
 			}
-			m[n] = hs{c, fp(s.serving.Certificate[0]), s.trustedRoot, string(s.host.Runtime.ConnectionState), s.host.Runtime.InMaintenanceMode}
+			m[n] = hs{c, fp(s.serving.Certificate[0]), s.trustedRoot, string(s.host.Runtime.ConnectionState), s.host.Runtime.InMaintenanceMode, s.refreshes}
 		}
 		_ = json.NewEncoder(w).Encode(map[string]interface{}{"hosts": m, "root_sha256": fp(root.cert.Raw)})
 	})
@@ -447,6 +480,17 @@ func main() {
 		// replacement): vCenter's own certificate still chains to it.
 		must(ioutil.WriteFile(filepath.Join(out, "vmca-root.pem"), append(append([]byte{}, root.pem...), old.pem...), 0o644))
 		fmt.Fprintln(w, fp(root.cert.Raw))
+	})
+	ctl.HandleFunc("/ctl/refresh-delay", func(w http.ResponseWriter, r *http.Request) {
+		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
+		if err != nil || ms < 0 {
+			http.Error(w, "ms must be a number of milliseconds", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		refreshDelay = time.Duration(ms) * time.Millisecond
+		fmt.Fprintln(w, refreshDelay)
 	})
 	ctl.HandleFunc("/ctl/mode", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()

@@ -244,9 +244,14 @@ fn served(ctx: &ActContext<'_>, name: &str) -> Result<Vec<u8>, String> {
 /// `esxi.refresh_hosts`: one wave (see the module table).
 ///
 /// Idempotent and resumable: before any refresh it notes (intent journal, first writer wins)
-/// the fingerprint each host serves; a re-sent step whose host already serves a certificate
-/// other than the noted one, identical to vCenter's `config.certificate`, valid now, does not
-/// refresh it again and goes straight to verification. Disconnect and reconnect happen only
+/// the fingerprint each host serves, and right after vCenter accepted the refresh, the task it
+/// started for that host. A re-sent step whose host already serves a certificate other than
+/// the noted one, identical to vCenter's `config.certificate`, valid now, does not refresh it
+/// again and goes straight to verification; one whose host has a noted task waits for that
+/// task (still running in vCenter after the agent died) instead of starting a second refresh,
+/// then verifies. Only a kill between vCenter's answer and the note of its task (one journal
+/// append) can lead to a second refresh, which only issues one more certificate; the
+/// verification checks the one served at the end. Disconnect and reconnect happen only
 /// for a host whose certificate is still expired; the CA refresh pushes the same roots again
 /// at most (no effect). Nothing on the VCSA's disk changes.
 fn refresh_hosts(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
@@ -393,6 +398,14 @@ fn run_wave(
                 go.push((p, h.moref.clone(), noted));
                 continue;
             }
+            if let Some(task) = noted_task(ctx, &p.moref) {
+                out(format!(
+                    "{}: the interrupted attempt started {}; waiting for it, not refreshing again",
+                    p.name, task.value
+                ));
+                go.push((p, h.moref.clone(), noted));
+                continue;
+            }
         }
         let v = verdict(h, &all, &mode, now);
         out(format!("{}: {}", p.name, v.as_text()));
@@ -429,12 +442,17 @@ fn run_wave(
             tasks.push((p, moref, noted, None));
             continue;
         }
+        if let Some(t) = noted_task(ctx, &p.moref) {
+            tasks.push((p, moref, noted, Some(t)));
+            continue;
+        }
         match s.refresh_certificates(std::slice::from_ref(&moref)) {
             Ok(t) => {
                 out(format!(
                     "{}: CertMgrRefreshCertificates_Task {} started",
                     p.name, t.value
                 ));
+                ctx.note(&format!("task:{}", p.moref), json!(t.value))?;
                 tasks.push((p, moref, noted, Some(t)));
             }
             Err(e) => res
@@ -497,6 +515,16 @@ fn run_wave(
         }));
     }
     Ok(res)
+}
+
+/// The refresh task an earlier attempt of this step started for host `moref`, if it noted one.
+fn noted_task(ctx: &ActContext<'_>, moref: &str) -> Option<MoRef> {
+    ctx.noted(&format!("task:{moref}"))
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .map(|value| MoRef {
+            kind: "Task".into(),
+            value,
+        })
 }
 
 /// Disconnects (unless already) and reconnects `h`, accepting the certificate it serves now.

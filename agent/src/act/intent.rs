@@ -71,6 +71,8 @@ pub fn resume_policy(action: &str) -> Resume {
         // Each leaf compared with the step's backup; only what was not renewed is renewed,
         // pods already restarted are not restarted again (see `gke::renew_all`).
         "kubeadm.renew_all" => Resume::Rerun,
+        // Hands the current certificate over again and reads the pin back (see `pins::retrust`).
+        "pins.retrust" => Resume::Rerun,
         // Read-only checks.
         "ovirt.verify_host_certs"
         | "ovirt.engine_verify"

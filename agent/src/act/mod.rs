@@ -204,6 +204,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         }
         a if a.starts_with("vsphere.") => vsphere::dispatch(a, ctx, args),
         a if a.starts_with("esxi.") => esxi::dispatch(a, ctx, args),
+        a if a.starts_with("pins.") => crate::pins::dispatch(a, ctx, args),
         a => generic::dispatch(a, ctx, args),
     }
 }

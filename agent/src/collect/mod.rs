@@ -23,6 +23,7 @@ pub mod ovirt_engine;
 pub mod ovirt_node;
 pub mod renewers;
 pub mod vsphere;
+pub mod vsphere_pins;
 
 /// Certificates, problems and health facts from one scan.
 #[derive(Debug, Default, Clone)]
@@ -34,9 +35,24 @@ pub struct Collection {
     pub health: Vec<HealthFact>,
     /// Collectors that ran.
     pub platforms: Vec<String>,
+    /// Records keep no DER once the scan ends (a local scan prints none; a report to the
+    /// controller needs it).
+    drop_der: bool,
+    /// What pins the certificates (see [`crate::pins`]).
+    pub pins: Vec<certfleet_common::model::Pin>,
 }
 
 impl Collection {
+    /// A collection whose records drop their DER when the scan ends (health checks such as
+    /// the oVirt chain signature check read it during the scan): everything else as
+    /// [`Collection::default`]. For `certfleet-agent scan`, whose output has no DER.
+    pub fn without_der() -> Self {
+        Collection {
+            drop_der: true,
+            ..Default::default()
+        }
+    }
+
     /// Adds one DER certificate found at `location` with `role`. Returns the fingerprint, or
     /// records a problem naming the location if the DER is unreadable.
     pub fn add_der(
@@ -225,7 +241,11 @@ fn selected(cfg: &AgentConfig, c: &dyn Collector) -> bool {
 
 /// Runs every selected collector.
 pub fn scan(cfg: &AgentConfig) -> Collection {
-    let mut out = Collection::default();
+    scan_into(cfg, Collection::default())
+}
+
+/// Runs every selected collector into `out` (e.g. [`Collection::without_der`]).
+pub fn scan_into(cfg: &AgentConfig, mut out: Collection) -> Collection {
     for c in all() {
         if selected(cfg, c.as_ref()) {
             out.platforms.push(c.name().to_owned());
@@ -236,6 +256,14 @@ pub fn scan(cfg: &AgentConfig) -> Collection {
     }
     stale_endpoints(&mut out);
     renewers::declared_facts(&cfg.renewers, &mut out);
+    crate::pins::evaluate(cfg, &mut out);
+    // Dropped only now: collectors' health checks (the oVirt chain signature check) need
+    // the DER of records other collectors added.
+    if out.drop_der {
+        for rec in out.certs.values_mut() {
+            rec.der = Vec::new();
+        }
+    }
     out
 }
 
@@ -317,5 +345,79 @@ fn describe_io(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(40) => "symlink loop".into(), // ELOOP
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileWatch;
+
+    /// A tree of certificate files: single PEMs, a bundle of two, one certificate copied
+    /// under a second name (one record, two locations), one broken file.
+    fn fixture_tree(root: &Path) -> AgentConfig {
+        let d = root.join("etc/pki");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        let pem = |n: &str| {
+            certfleet_common::pki::generate_ca(n, std::time::Duration::from_secs(86_400))
+                .unwrap()
+                .cert_pem
+        };
+        for i in 0..5 {
+            std::fs::write(d.join(format!("c{i}.pem")), pem(&format!("leaf {i}"))).unwrap();
+        }
+        std::fs::write(d.join("sub/bundle.pem"), pem("b1") + &pem("b2")).unwrap();
+        std::fs::copy(d.join("c0.pem"), d.join("sub/again.pem")).unwrap();
+        std::fs::write(
+            d.join("sub/broken.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAA\n",
+        )
+        .unwrap();
+        AgentConfig {
+            root: root.to_path_buf(),
+            platforms: vec!["files".into()],
+            files: vec![FileWatch {
+                paths: vec!["/etc/pki/**/*.pem".into()],
+                role: "file.custom".into(),
+                password: None,
+                password_file: None,
+                no_password: false,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_scan_without_der_finds_exactly_what_a_full_scan_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = fixture_tree(dir.path());
+        let full = scan(&cfg);
+        let lean = scan_into(&cfg, Collection::without_der());
+        assert_eq!(
+            full.len(),
+            7,
+            "{:#?}",
+            full.certificates().collect::<Vec<_>>()
+        );
+        assert!(full.certificates().all(|c| {
+            !c.der.is_empty() && certfleet_common::pki::sha256_hex(&c.der) == c.fingerprint_sha256
+        }));
+        assert!(lean.certificates().all(|c| c.der.is_empty()));
+        // Everything but the DER is identical: records, locations, problems, health.
+        let strip = |c: &CertRecord| CertRecord {
+            der: Vec::new(),
+            ..c.clone()
+        };
+        let a: Vec<CertRecord> = full.certificates().map(strip).collect();
+        let b: Vec<CertRecord> = lean.certificates().cloned().collect();
+        assert_eq!(a, b);
+        assert_eq!(
+            full.problems.iter().map(|p| &p.subject).collect::<Vec<_>>(),
+            lean.problems.iter().map(|p| &p.subject).collect::<Vec<_>>()
+        );
+        assert_eq!(full.problems.len(), 1, "{:?}", full.problems);
+        assert_eq!(full.platforms, lean.platforms);
+        // The copy is one record with two locations.
+        assert!(lean.certificates().any(|c| c.locations.len() == 2));
     }
 }

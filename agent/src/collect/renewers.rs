@@ -82,10 +82,7 @@ pub fn validate(declared: &[Declared]) -> Vec<String> {
             ));
         }
         if r.roles.is_empty() && r.paths.is_empty() {
-            problems.push(format!(
-                "{at} ({}): give roles or paths it renews",
-                r.name
-            ));
+            problems.push(format!("{at} ({}): give roles or paths it renews", r.name));
         }
         if r.roles.iter().chain(&r.paths).any(|s| s.trim().is_empty()) {
             problems.push(format!("{at} ({}): empty role or path", r.name));
@@ -209,7 +206,10 @@ mod tests {
         assert_eq!(on.len(), 2);
         assert_eq!(on[0].0, "vsphere.esxi_host");
         assert_eq!(on[0].1, 45);
-        assert!(on[0].2.starts_with("lead_days=45; grace_days=3; "), "{on:?}");
+        assert!(
+            on[0].2.starts_with("lead_days=45; grace_days=3; "),
+            "{on:?}"
+        );
         assert!(
             vcenter_auto_renew(&opts(&[
                 ("vpxd.certmgmt.mode", "custom"),

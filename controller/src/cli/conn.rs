@@ -11,7 +11,7 @@
 //! are checked before connecting: an expired certificate or a clock behind its start is told
 //! without a round trip, naming the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use certfleet_common::model::{format_time, now};
@@ -19,6 +19,7 @@ use certfleet_common::proto::operator_client::OperatorClient;
 use tonic::transport::Channel;
 
 use super::CliError;
+use super::context::IdentityFiles;
 
 /// Largest answer the CLI accepts from the controller.
 const MAX_ANSWER_BYTES: usize = 512 << 20;
@@ -27,8 +28,8 @@ const MAX_ANSWER_BYTES: usize = 512 << 20;
 pub struct Conn {
     /// Address as given.
     pub addr: String,
-    /// The identity directory (named in errors).
-    pub identity: PathBuf,
+    /// The identity files (named in errors).
+    pub identity: IdentityFiles,
     client: OperatorClient<Channel>,
 }
 
@@ -61,10 +62,10 @@ fn check_own_certificate(cert_pem: &str, path: &Path, at: i64) -> anyhow::Result
 /// Whether `cert.pem` was issued by the CA in `ca.pem` (the fleet CA the controller's
 /// certificate must chain to): an identity directory mixing two fleets is told here, because the
 /// controller's refusal of a client certificate reaches the client only as a closed connection.
-fn check_own_chain(ca_pem: &str, cert_pem: &str, dir: &Path) -> anyhow::Result<()> {
+fn check_own_chain(ca_pem: &str, cert_pem: &str, id: &IdentityFiles) -> anyhow::Result<()> {
     use rustls_pki_types::{CertificateDer, UnixTime};
-    let ca_path = dir.join("ca.pem");
-    let cert_path = dir.join("cert.pem");
+    let ca_path = &id.ca;
+    let cert_path = &id.cert;
     let mut roots = rustls::RootCertStore::empty();
     for der in certfleet_common::pem::certificates(ca_pem.as_bytes())
         .with_context(|| format!("reading {}", ca_path.display()))?
@@ -98,21 +99,21 @@ fn check_own_chain(ca_pem: &str, cert_pem: &str, dir: &Path) -> anyhow::Result<(
 }
 
 impl Conn {
-    /// Connects with the identity in `dir` (`ca.pem`, `cert.pem`, `key.pem`).
-    pub fn new(addr: &str, dir: &Path) -> anyhow::Result<Self> {
-        let read = |f: &str| {
-            let p = dir.join(f);
-            std::fs::read_to_string(&p)
+    /// Connects with the identity files `id` (an identity directory's `ca.pem`, `cert.pem`,
+    /// `key.pem`, or the files a context names).
+    pub fn new(addr: &str, id: &IdentityFiles) -> anyhow::Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
                 .with_context(|| format!("reading operator identity {}", p.display()))
         };
-        let cert = read("cert.pem")?;
-        let ca = read("ca.pem")?;
-        check_own_certificate(&cert, &dir.join("cert.pem"), now())?;
-        check_own_chain(&ca, &cert, dir)?;
-        let channel = certfleet_common::tls::mtls_channel(addr, &ca, &cert, &read("key.pem")?)?;
+        let cert = read(&id.cert)?;
+        let ca = read(&id.ca)?;
+        check_own_certificate(&cert, &id.cert, now())?;
+        check_own_chain(&ca, &cert, id)?;
+        let channel = certfleet_common::tls::mtls_channel(addr, &ca, &cert, &read(&id.key)?)?;
         Ok(Conn {
             addr: addr.to_owned(),
-            identity: dir.to_path_buf(),
+            identity: id.clone(),
             // Inventory answers grow with the fleet: the limit is explicit and generous.
             client: OperatorClient::new(channel)
                 .max_decoding_message_size(MAX_ANSWER_BYTES)
@@ -263,9 +264,10 @@ impl Cause {
     }
 
     /// One sentence: what is wrong, naming the address and the files, and what to do.
-    pub fn sentence(&self, addr: &str, dir: &Path, at: i64) -> String {
-        let ca = dir.join("ca.pem");
-        let cert = dir.join("cert.pem");
+    pub fn sentence(&self, addr: &str, id: &IdentityFiles, at: i64) -> String {
+        let ca = &id.ca;
+        let cert = &id.cert;
+        let dir = id.shown();
         let clock = format_time(at);
         match self {
             Cause::WrongCa => format!(
@@ -301,7 +303,7 @@ impl Cause {
             ),
             Cause::UnknownOperator(name) => format!(
                 "the controller at {addr} knows no operator {name:?} (the identity {} is from another controller, or from before its store was replaced): ask an admin for a new identity (`certfleet operators issue {name} --out DIR`)",
-                dir.display()
+                dir
             ),
             Cause::ClosedEarly => format!(
                 "the controller at {addr} closed the connection before answering: it most likely refused the operator certificate {} (see its log for \"TLS handshake refused\"; an identity from a fleet CA it no longer uses?), so ask an admin for a new identity",
@@ -309,7 +311,7 @@ impl Cause {
             ),
             Cause::NotAnOperator => format!(
                 "the identity {} is not an operator's (an agent's state directory?): use an operator identity directory (`certfleet operators issue NAME --out DIR`)",
-                dir.display()
+                dir
             ),
         }
     }
@@ -365,8 +367,8 @@ mod tests {
 
     #[test]
     fn sentences_name_the_address_and_the_files() {
-        let dir = Path::new("/home/op/.certfleet/admin");
-        let s = Cause::WrongCa.sentence("ctl:7443", dir, 0);
+        let dir = IdentityFiles::in_dir(Path::new("/home/op/.certfleet/admin"));
+        let s = Cause::WrongCa.sentence("ctl:7443", &dir, 0);
         assert!(
             s.contains("ctl:7443") && s.contains("/home/op/.certfleet/admin/ca.pem"),
             "{s}"

@@ -69,7 +69,15 @@ pub async fn run(conn: &Conn, args: &ExecArgs) -> anyhow::Result<()> {
             env,
         })
         .await
-        .map_err(|s| conn.explain(s))?
+        .map_err(|s| {
+            // The controller refuses a command for an agent that cannot run it (revoked, no
+            // `exec` capability): refused by the controller, 3.
+            if s.code() == tonic::Code::FailedPrecondition {
+                CliError::Refused(format!("agent {}: {}", args.agent, s.message())).into()
+            } else {
+                conn.explain(s)
+            }
+        })?
         .into_inner();
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let result = loop {

@@ -166,6 +166,51 @@ pub struct InventoryView {
     /// Who renews it: `certfleet`, `platform:<renewer>`, `unknown-renewer`, or `-`.
     owner: String,
     locations: Vec<SeenView>,
+    /// What pins it (reported by the agents; empty when nothing is known to).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pins: Vec<PinView>,
+}
+
+/// Something that pins a certificate, as printed.
+#[derive(Serialize)]
+pub struct PinView {
+    agent: String,
+    source: String,
+    name: String,
+    /// `match`, `stale` or `unknown`.
+    state: String,
+    pinned: String,
+    retrust: String,
+    detail: String,
+}
+
+/// The pins of the certificate `fingerprint` in `list`.
+fn pins_of(list: &pb::InventoryList, fingerprint: &str) -> Vec<PinView> {
+    let mut v: Vec<PinView> = list
+        .pins
+        .iter()
+        .filter(|p| !p.cert_fingerprint.is_empty() && p.cert_fingerprint == fingerprint)
+        .map(|p| PinView {
+            agent: p.agent.clone(),
+            source: p.source.clone(),
+            name: p.name.clone(),
+            state: p.state.clone(),
+            pinned: p.pinned.clone(),
+            retrust: p.retrust.clone(),
+            detail: p.detail.clone(),
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.agent, &a.source, &a.name).cmp(&(&b.agent, &b.source, &b.name)));
+    v
+}
+
+fn pins_cell(v: &InventoryView) -> Cell {
+    let stale = v.pins.iter().filter(|p| p.state == "stale").count();
+    match (v.pins.len(), stale) {
+        (0, _) => Cell::plain(""),
+        (n, 0) => Cell::toned(n.to_string(), Tone::Good),
+        (n, s) => Cell::toned(format!("{n} ({s} stale)"), Tone::Bad),
+    }
 }
 
 fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
@@ -205,6 +250,7 @@ fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
                 location: s.location.clone().unwrap_or_default().into(),
             })
             .collect(),
+        pins: Vec::new(),
     }
 }
 
@@ -289,6 +335,8 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         Column::new("WHERE", "location", |r: &PlaceRow<'_>| {
             Cell::plain(r.seen.location.describe())
         }),
+        // Last, so that CSV columns keep their positions.
+        Column::new("PINS", "pins", |r: &PlaceRow<'_>| pins_cell(r.cert)).only(Show::Wide),
     ]
 }
 
@@ -326,6 +374,11 @@ pub fn render_inventory(
     screen: Screen,
 ) -> anyhow::Result<String> {
     let mut views: Vec<InventoryView> = list.items.iter().map(|i| inventory_view(i, now)).collect();
+    if !list.pins.is_empty() {
+        for v in &mut views {
+            v.pins = pins_of(list, &v.fingerprint_sha256);
+        }
+    }
     let rank = |s: &str| match s {
         "expired" => 0,
         "expiring" => 1,
@@ -440,8 +493,10 @@ pub fn print_certificate(
         chain_complete: bool,
         signs: Vec<InventoryView>,
     }
+    let mut certificate = inventory_view(item, now);
+    certificate.pins = pins_of(all, &certificate.fingerprint_sha256);
     let data = Show {
-        certificate: inventory_view(item, now),
+        certificate,
         chain: chain
             .iter()
             .skip(1)
@@ -485,6 +540,30 @@ pub fn print_certificate(
                 l.hostname,
                 l.location.describe()
             );
+        }
+        if !v.pins.is_empty() {
+            let stale = v.pins.iter().filter(|p| p.state == "stale").count();
+            let _ = writeln!(s, "pinned by ({} pin(s), {stale} stale):", v.pins.len());
+            for p in &v.pins {
+                let _ = writeln!(
+                    s,
+                    "  {:<7} {} {} on {}: pins {}{}{}",
+                    p.state,
+                    p.source,
+                    p.name,
+                    p.agent,
+                    if p.pinned.is_empty() { "?" } else { &p.pinned },
+                    match p.retrust.as_str() {
+                        "" => "; re-trust by hand".to_owned(),
+                        r => format!("; re-trust: {r}"),
+                    },
+                    if p.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", p.detail)
+                    }
+                );
+            }
         }
         let _ = writeln!(s, "chain:");
         for (depth, i) in chain.iter().enumerate() {
@@ -728,16 +807,19 @@ mod tests {
                     -3,
                     &[("engine-01", "/etc/pki/ovirt-engine/certs/apache.cer")],
                 ),
-                item(
-                    'b',
-                    "vsphere.machine_ssl",
-                    "CN=vcsa-01.dc1.example.org",
-                    12,
-                    &[(
-                        "vcsa-01",
-                        "/usr/lib/vmware-vmafd/bin/vecs-cli/MACHINE_SSL_CERT/__MACHINE_CERT",
-                    )],
-                ),
+                pb::InventoryItem {
+                    owner: "platform:vcenter-auto-renew".into(),
+                    ..item(
+                        'b',
+                        "vsphere.machine_ssl",
+                        "CN=vcsa-01.dc1.example.org",
+                        12,
+                        &[(
+                            "vcsa-01",
+                            "/usr/lib/vmware-vmafd/bin/vecs-cli/MACHINE_SSL_CERT/__MACHINE_CERT",
+                        )],
+                    )
+                },
                 item(
                     'c',
                     "file.pem",
@@ -795,9 +877,23 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "fingerprint_sha256,status,days_left,not_after,role,platform,subject,issuer,serial,agent,hostname,location"
+            "fingerprint_sha256,status,days_left,not_after,role,platform,owner,subject,issuer,serial,agent,hostname,location,pins"
         );
-        assert_eq!(lines.count(), 4, "{text}");
+        let rows: Vec<&str> = lines.collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        // The owner column: the platform's renewer where known, `-` where nothing is known.
+        let owner_of = |role: &str| {
+            rows.iter()
+                .find(|r| r.contains(role))
+                .and_then(|r| r.split(',').nth(6))
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            owner_of("vsphere.machine_ssl"),
+            "platform:vcenter-auto-renew",
+            "{text}"
+        );
+        assert_eq!(owner_of("ovirt.engine.apache"), "-", "{text}");
         assert!(
             text.contains(
                 "/srv/containers/storage/overlay/3f9a0c1e7b2d/merged/etc/app/tls/app.pem"

@@ -8,7 +8,9 @@
 pub mod agents;
 pub mod args;
 pub mod audit;
+pub mod backup;
 pub mod conn;
+pub mod context;
 pub mod daemon;
 pub mod exec;
 pub mod inventory;
@@ -23,7 +25,7 @@ pub mod tokens;
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use conn::Conn;
 pub use output::{Format, OutputArgs};
@@ -131,17 +133,22 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// Controller address (host:port).
-    #[arg(
-        long,
-        global = true,
-        env = "CERTFLEET_CONTROLLER",
-        default_value = "127.0.0.1:7443"
-    )]
-    pub controller: String,
-    /// Operator identity directory (ca.pem, cert.pem, key.pem).
-    #[arg(long, global = true, env = "CERTFLEET_IDENTITY")]
+    /// Controller address (host:port) [env: CERTFLEET_CONTROLLER; else the context's; else
+    /// 127.0.0.1:7443].
+    #[arg(long, global = true)]
+    pub controller: Option<String>,
+    /// Operator identity directory (ca.pem, cert.pem, key.pem) [env: CERTFLEET_IDENTITY; else
+    /// the context's].
+    #[arg(long, global = true)]
     pub identity: Option<PathBuf>,
+    /// Client context to use (from the client config) instead of its current-context [env:
+    /// CERTFLEET_CONTEXT].
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Client config file [env: CERTFLEET_CONFIG; default:
+    /// $XDG_CONFIG_HOME/certfleet/config.toml, else ~/.config/certfleet/config.toml].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -213,6 +220,24 @@ pub enum Command {
         after_help = "Example:\n  certfleet store export --data-dir /var/lib/certfleet --out state.jsonl"
     )]
     Store(store::StoreCmd),
+    /// Write the whole controller (store snapshot, fleet CA and its key, the controller's
+    /// identity) to one file encrypted with a passphrase, while it runs (admins only).
+    #[command(
+        after_help = "The passphrase comes from --passphrase-file or CERTFLEET_BACKUP_PASSPHRASE, never argv.\n\nExample:\n  certfleet backup --out /srv/backup/certfleet-$(date +%F).cfbak --passphrase-file /root/backup.pass"
+    )]
+    Backup(backup::BackupArgs),
+    /// Bring a controller back from `certfleet backup` into a new (empty) data directory:
+    /// same fleet CA, agents reconnect without enrolling again.
+    #[command(
+        after_help = "Nothing is written unless the passphrase and every digest check out.\n\nExample:\n  certfleet restore --in certfleet-2026-12-01.cfbak --data-dir /var/lib/certfleet --passphrase-file /root/backup.pass"
+    )]
+    Restore(backup::RestoreArgs),
+    /// Client contexts: named controllers and identities for several fleets.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Example:\n  certfleet --controller ctl.example.org:7443 --identity ~/prod-admin context set prod --use\n  certfleet --context lab inventory"
+    )]
+    Context(context::ContextCmd),
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     #[command(
         after_help = "Example:\n  certfleet completion bash > /etc/bash_completion.d/certfleet"
@@ -258,12 +283,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Context(cmd) => context::run(&cli.globals(), cmd),
         Command::Init(args) => daemon::init(args),
         Command::Serve(args) => daemon::serve(args).await,
         Command::Store(store::StoreCmd::Compact { output }) => {
             store::compact(&connect(&cli)?, output).await
         }
         Command::Store(cmd) => store::run(cmd),
+        Command::Backup(args) => backup::backup(&connect(&cli)?, args).await,
+        Command::Restore(args) => backup::restore(args),
         Command::Status(args) => status::run(&connect(&cli)?, args).await,
         Command::Token(cmd) => tokens::run(&connect(&cli)?, cmd).await,
         Command::Agents(cmd) => agents::run(&connect(&cli)?, cmd).await,
@@ -284,14 +312,73 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The operator connection the global options describe.
+impl Cli {
+    /// The global options the context resolution takes.
+    pub fn globals(&self) -> context::Globals {
+        context::Globals {
+            controller: self.controller.clone(),
+            identity: self.identity.clone(),
+            context: self.context.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Parses the command line; a context's default output becomes the default of every `-o`
+/// (a given `-o` still wins). A client config that cannot be read is reported when a command
+/// resolves it, not here.
+pub fn parse() -> Cli {
+    let cli = Cli::parse();
+    let default = context::resolve(&cli.globals(), &context::ProcessEnv)
+        .ok()
+        .and_then(|r| r.output);
+    match default {
+        None => cli,
+        Some(f) => {
+            let cmd = with_output_default(Cli::command(), f);
+            Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+        }
+    }
+}
+
+/// `cmd` with `format` as the default of every `-o/--output` in its tree.
+fn with_output_default(mut cmd: clap::Command, format: Format) -> clap::Command {
+    let value: &'static str = match format {
+        Format::Table => "table",
+        Format::Wide => "wide",
+        Format::Json => "json",
+        Format::Yaml => "yaml",
+        Format::Csv => "csv",
+    };
+    if cmd.get_arguments().any(|a| {
+        a.get_id() == "output"
+            && a.get_possible_values()
+                .iter()
+                .any(|p| p.get_name() == "wide")
+    }) {
+        cmd = cmd.mut_arg("output", |a| a.default_value(value));
+    }
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for n in names {
+        cmd = cmd.mut_subcommand(n, |s| with_output_default(s, format));
+    }
+    cmd
+}
+
+/// The operator connection the global options, the environment and the client context
+/// describe (resolved in [`context::resolve`]).
 fn connect(cli: &Cli) -> anyhow::Result<Conn> {
-    let dir = cli.identity.clone().ok_or_else(|| {
+    let r = context::resolve(&cli.globals(), &context::ProcessEnv)?;
+    let id = r.identity.ok_or_else(|| {
         anyhow::anyhow!(
-            "no operator identity: pass --identity DIR or set CERTFLEET_IDENTITY (e.g. DATA_DIR/admin)"
+            "no operator identity: pass --identity DIR, set CERTFLEET_IDENTITY (e.g. DATA_DIR/admin), or use a context (`certfleet context set NAME --help`)"
         )
     })?;
-    Conn::new(&cli.controller, &dir)
+    tracing::debug!(controller = %r.controller, context = ?r.context, "resolved connection");
+    Conn::new(&r.controller, &id)
 }
 
 #[cfg(test)]

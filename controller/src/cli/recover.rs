@@ -31,6 +31,8 @@ use super::conn::Conn;
 use super::output::OutputArgs;
 use super::plan::print_plan;
 
+mod gke;
+
 /// The agent label naming a host's oVirt cluster (as the `ovirt-hosts` recipe reads it).
 const CLUSTER_LABEL: &str = "ovirt.cluster";
 
@@ -62,6 +64,13 @@ pub enum RecoverCmd {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// User-cluster kubeconfigs on GKE on VMware admin workstations whose client certificate
+    /// expired: fetched anew from the admin cluster (secret admin of the cluster's namespace)
+    /// and installed with a backup, checked with kubectl (recipe gke-kubeconfig).
+    #[command(
+        after_help = "Example:\n  certfleet recover gke-kubeconfig --agent ws1 --cluster user-cluster-1 --dry-run"
+    )]
+    GkeKubeconfig(gke::GkeKubeconfigArgs),
 }
 
 /// Hosts of `cluster` among `agents`: platform `ovirt_node`, label `ovirt.cluster` equal to it
@@ -93,7 +102,13 @@ pub async fn run(conn: &Conn, cmd: &RecoverCmd) -> anyhow::Result<()> {
         no_enroll,
         dry_run,
         output,
-    } = cmd;
+    } = cmd
+    else {
+        return match cmd {
+            RecoverCmd::GkeKubeconfig(a) => gke::run(conn, a).await,
+            RecoverCmd::OvirtHosts { .. } => unreachable!("matched above"),
+        };
+    };
     let started = Instant::now();
     let mut c = conn.client();
     let e = |s| conn.explain(s);
@@ -163,18 +178,21 @@ pub async fn run(conn: &Conn, cmd: &RecoverCmd) -> anyhow::Result<()> {
         agents: engines.clone(),
         within: Duration::from_secs(1),
         max_parallel: 1,
+        params: vec![],
     };
     let offline = Stage {
         recipe: "ovirt-hosts-offline",
         agents: hosts.clone(),
         within: Duration::from_secs(1),
         max_parallel: *max_parallel,
+        params: vec![],
     };
     let enroll = Stage {
         recipe: "ovirt-hosts",
         agents: hosts.clone(),
         within: MAX_HORIZON,
         max_parallel: *max_parallel,
+        params: vec![],
     };
     let mut stages = vec![&engine_stage, &offline];
     if !*no_enroll {
@@ -209,6 +227,8 @@ struct Stage {
     agents: Vec<String>,
     within: Duration,
     max_parallel: u32,
+    /// `--param`s of the plan.
+    params: Vec<pb::Label>,
 }
 
 enum Outcome {
@@ -239,7 +259,7 @@ impl Stage {
                 ..Default::default()
             }),
             dry_run,
-            params: Default::default(),
+            params: self.params.clone(),
         };
         let plan = match c.create_plan(req).await {
             Ok(p) => p.into_inner(),

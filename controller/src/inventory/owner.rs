@@ -144,7 +144,10 @@ pub fn overdue_fact(
 /// A location as "the same place" for replacement detection: everything but the detail (which
 /// carries volatile facts such as host state).
 pub fn place_key(l: &Location) -> String {
-    format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", l.kind, l.path, l.store, l.alias)
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        l.kind, l.path, l.store, l.alias
+    )
 }
 
 /// What the index knew about an agent before a report: leaf certificates by place (places
@@ -325,7 +328,13 @@ mod tests {
         assert!(!is_other(OWNER_CERTFLEET) && !is_other(""));
     }
 
-    fn cert(fp: &str, role: &str, path: &str, not_after: i64, is_ca: bool) -> super::super::StoredCert {
+    fn cert(
+        fp: &str,
+        role: &str,
+        path: &str,
+        not_after: i64,
+        is_ca: bool,
+    ) -> super::super::StoredCert {
         super::super::StoredCert {
             record: certfleet_common::model::CertRecord {
                 fingerprint_sha256: fp.into(),
@@ -358,8 +367,20 @@ mod tests {
             cert("e1", "vsphere.esxi_host", "esx1", now + 10 * 86_400, false),
             cert("f1", "file.web", "/etc/web.crt", now + 5 * 86_400, false),
             cert("c1", "file.ca", "/etc/ca.crt", now + 5 * 86_400, true),
-            cert("b1", "file.bundle", "/etc/bundle.crt", now + 50 * 86_400, false),
-            cert("b2", "file.bundle", "/etc/bundle.crt", now + 60 * 86_400, false),
+            cert(
+                "b1",
+                "file.bundle",
+                "/etc/bundle.crt",
+                now + 50 * 86_400,
+                false,
+            ),
+            cert(
+                "b2",
+                "file.bundle",
+                "/etc/bundle.crt",
+                now + 60 * 86_400,
+                false,
+            ),
         ] {
             inv.certs.insert(c.record.fingerprint_sha256.clone(), c);
         }
@@ -368,8 +389,7 @@ mod tests {
             "vcenter-auto-renew",
             "lead_days=30; grace_days=5",
         ));
-        inv.owners
-            .insert("f1".into(), OWNER_UNKNOWN.into());
+        inv.owners.insert("f1".into(), OWNER_UNKNOWN.into());
         inv.scanned_at = now - 60;
         let mut st = super::super::IndexState::default();
         st.set_agent("a1", &inv);
@@ -389,13 +409,25 @@ mod tests {
         assert_eq!(e1.overdue_at, now - 15 * 86_400);
         let prior = st.prior("a1");
         assert_eq!(prior.scanned_at, now - 60);
-        assert_eq!(prior.notes.get("f1").map(String::as_str), Some(OWNER_UNKNOWN));
+        assert_eq!(
+            prior.notes.get("f1").map(String::as_str),
+            Some(OWNER_UNKNOWN)
+        );
         assert_eq!(prior.fingerprints.len(), 5);
-        let at = |p: &str| prior.places.get(&place_key(&Location::file("file", p))).cloned();
+        let at = |p: &str| {
+            prior
+                .places
+                .get(&place_key(&Location::file("file", p)))
+                .cloned()
+        };
         assert_eq!(at("/etc/web.crt").as_deref(), Some("f1"));
         assert_eq!(at("esx1").as_deref(), Some("e1"));
         assert_eq!(at("/etc/ca.crt"), None, "CAs are left out");
-        assert_eq!(at("/etc/bundle.crt"), None, "a place with several leaves is left out");
+        assert_eq!(
+            at("/etc/bundle.crt"),
+            None,
+            "a place with several leaves is left out"
+        );
         assert!(st.prior("nobody").places.is_empty());
     }
 }

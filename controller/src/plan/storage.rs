@@ -46,6 +46,19 @@ pub fn load_header(store: &Store, id: &str) -> Result<Option<Plan>, StoreError> 
     store.get(DRY_RUNS, id)
 }
 
+thread_local! {
+    static STEPS_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Step documents decoded by this thread so far (what a wake of the engine costs; tests).
+pub fn steps_read() -> u64 {
+    STEPS_READ.with(|c| c.get())
+}
+
+fn count_read(n: usize) {
+    STEPS_READ.with(|c| c.set(c.get() + n as u64));
+}
+
 /// A whole plan: header and steps.
 pub fn load(store: &Store, id: &str) -> Result<Option<Plan>, StoreError> {
     let Some(mut plan) = load_header(store, id)? else {
@@ -56,6 +69,7 @@ pub fn load(store: &Store, id: &str) -> Result<Option<Plan>, StoreError> {
         .into_iter()
         .map(|(_, s)| s)
         .collect();
+    count_read(plan.steps.len());
     plan.stored = plan.steps.iter().map(digest).collect();
     Ok(Some(plan))
 }
@@ -63,6 +77,27 @@ pub fn load(store: &Store, id: &str) -> Result<Option<Plan>, StoreError> {
 /// Headers of every plan that is not a dry run (what the engine and policies look at).
 pub fn headers(store: &Store) -> Result<Vec<Plan>, StoreError> {
     store.list(PLANS)
+}
+
+/// Headers of every plan, dry runs included; the steps loaded only for the plans `with_steps`
+/// picks (a `/metrics` scrape reads the steps of open plans, not of every plan ever run).
+pub fn all_headers(
+    store: &Store,
+    with_steps: impl Fn(PlanState) -> bool,
+) -> Result<Vec<Plan>, StoreError> {
+    let mut out = Vec::new();
+    for tree in [PLANS, DRY_RUNS] {
+        for h in store.list::<Plan>(tree)? {
+            if with_steps(h.state) {
+                if let Some(p) = load(store, &h.id)? {
+                    out.push(p);
+                }
+            } else {
+                out.push(h);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every plan with its steps, dry runs included (operator listings).
@@ -97,6 +132,19 @@ pub fn save(store: &Store, plan: &Plan) -> Result<usize, StoreError> {
     Ok(written)
 }
 
+/// Writes a plan's header and the steps at `indices` (what the engine changed). Not flushed.
+///
+/// Idempotent like [`save`]: the same call again rewrites the same documents.
+pub fn save_steps(store: &Store, plan: &Plan, indices: &[usize]) -> Result<usize, StoreError> {
+    store.put(header_tree(plan.state), &plan.id, plan)?;
+    for &i in indices {
+        if let Some(s) = plan.steps.get(i) {
+            put_step(store, &plan.id, i, s)?;
+        }
+    }
+    Ok(indices.len())
+}
+
 /// Writes one step (index `index` of plan `plan_id`) and keeps its in-flight entry. Not
 /// flushed.
 pub fn put_step(store: &Store, plan_id: &str, index: usize, s: &Step) -> Result<(), StoreError> {
@@ -121,6 +169,7 @@ pub fn load_step(store: &Store, step_id: &str) -> Result<Option<(usize, Step)>, 
     let Some((plan, i)) = parse_step_id(step_id) else {
         return Ok(None);
     };
+    count_read(1);
     Ok(store
         .get::<Step>(STEPS, &plan_step_key(plan, i))?
         .filter(|s| s.id == step_id)
@@ -161,7 +210,7 @@ pub fn expire_dry_runs(store: &Store, created_before: i64) -> Result<Vec<String>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::plan::Policy;
 

@@ -106,8 +106,8 @@ pub struct CompactionStats {
 /// The store's compaction state, shared by its clones.
 #[derive(Default)]
 pub(super) struct Compaction {
-    /// One compaction at a time.
-    running: std::sync::Mutex<()>,
+    /// One compaction (or backup snapshot) at a time.
+    pub(super) running: std::sync::Mutex<()>,
     /// Fast check for [`Compaction::note`]; set and cleared under the swap guard's write side.
     noting: AtomicBool,
     /// Keys written since the bulk copy began.
@@ -127,12 +127,12 @@ impl Compaction {
         }
     }
 
-    fn start_noting(&self) {
+    pub(super) fn start_noting(&self) {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.noting.store(true, Ordering::SeqCst);
     }
 
-    fn stop_noting(&self) -> BTreeSet<(&'static str, Vec<u8>)> {
+    pub(super) fn stop_noting(&self) -> BTreeSet<(&'static str, Vec<u8>)> {
         self.noting.store(false, Ordering::SeqCst);
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -289,7 +289,7 @@ pub(super) fn recover_locked(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Checks one value as [`Store::verify`] does.
-fn check(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
+pub(super) fn check(tree: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
     unframe(value)
         .and_then(|json| {
             serde_json::from_slice::<serde_json::Value>(json)

@@ -533,3 +533,98 @@ fn status_filters_watch_logs_and_tls_errors() {
     );
     drop(f.procs);
 }
+
+/// A context alone (no --controller, --identity or their environment variables) reaches the
+/// controller and gives the listing its default format; a context that does not exist is
+/// refused with the known ones (2). Then `certfleet-agent doctor` on an enrolled agent: the
+/// controller reached with the agent's identity, the clock compared, and a state directory
+/// opened to others reported with its fix (exit 7).
+#[test]
+fn contexts_and_agent_doctor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Controller::start(tmp.path(), &[]);
+    let config = tmp.path().join("client/config.toml");
+    let bare = |args: &[&str]| {
+        Command::new(bin("certfleet"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("CERTFLEET_CONTROLLER")
+            .env_remove("CERTFLEET_IDENTITY")
+            .env_remove("CERTFLEET_CONTEXT")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let admin = c.admin();
+    let o = bare(&[
+        "--controller",
+        &c.addr,
+        "--identity",
+        admin.to_str().unwrap(),
+        "context",
+        "set",
+        "lab",
+        "--default-output",
+        "json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let o = bare(&["operators", "list"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let ops: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(ops[0]["name"], "admin", "{ops}");
+    // A given -o wins over the context's default.
+    let o = bare(&["operators", "list", "-o", "csv"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("name,"),
+        "{}",
+        err(&o)
+    );
+    let o = bare(&["--context", "prod", "operators", "list"]);
+    assert_eq!(code(&o), 2, "{}", err(&o));
+    assert!(err(&o).contains("known: lab"), "{}", err(&o));
+
+    let state = c.enroll("doc");
+    let doctor = || {
+        Command::new(bin("certfleet-agent"))
+            .args(["doctor", "-o", "json", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let o = doctor();
+    let findings: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let find = |check: &str| -> serde_json::Value {
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {check} finding: {findings:#}"))
+    };
+    assert_eq!(find("controller")["level"], "ok", "{findings:#}");
+    assert!(
+        find("controller")["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&c.addr)
+    );
+    let clock = find("clock");
+    assert_eq!(clock["level"], "ok", "{findings:#}");
+    assert!(
+        clock["detail"].as_str().unwrap().contains("clock is"),
+        "{clock}"
+    );
+    assert_eq!(find("certificate")["level"], "ok", "{findings:#}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = doctor();
+    assert_eq!(code(&o), 7, "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("chmod 700"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -5,8 +5,12 @@
 //! certificate and `plan rollback` restores it byte for byte), not only from journals.
 //!
 //! Agents die by `CERTFLEET_TEST_CRASH_AT=<action>:<point>` (the agent SIGKILLs itself there;
-//! see `agent/src/act/intent.rs`), then are started again without it, as a supervisor would.
+//! see `agent/src/act/intent.rs`), then are started again, as a supervisor would. To keep CI
+//! time down, one plan passes every kill point of a recipe ([`run_killed_chain`]): each agent
+//! is started again set to die at its next point, so each step is resumed from what the
+//! previous attempt left, again and again, and the host's state is judged once at the end.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,7 +48,9 @@ pub(crate) fn wait_killed(p: &mut Proc, point: &str) {
     use std::os::unix::process::ExitStatusExt;
     let st = wait_for(
         &format!("the agent to die at {point}"),
-        Duration::from_secs(60),
+        // Generous: on a loaded 2-core CI machine, engine-setup before a kill point took
+        // over a minute; only a failing run waits this long.
+        Duration::from_secs(180),
         || p.child.try_wait().unwrap(),
     );
     assert_eq!(
@@ -53,6 +59,53 @@ pub(crate) fn wait_killed(p: &mut Proc, point: &str) {
         "the agent did not die at {point}: {st:?}\n{}",
         p.log_text()
     );
+}
+
+/// Runs one plan while agents die at `points` (`(point, agent index)`, each agent's points in
+/// the order the plan meets them): every agent with points is started set to die at its first
+/// one (`start(i, Some(point))`); `create` then makes and runs the plan and returns its id;
+/// each time an agent dies (SIGKILL, at the point it was set to, as its log says) it is
+/// started again set to die at its next point, after its last plainly (`start(i, None)`).
+/// Returns the plan id once every point was met.
+pub(crate) fn run_killed_chain(
+    agents: &mut [Proc],
+    points: &[(&str, usize)],
+    start: &dyn Fn(usize, Option<&str>) -> Proc,
+    create: impl FnOnce() -> String,
+) -> String {
+    let mut queues: BTreeMap<usize, VecDeque<&str>> = BTreeMap::new();
+    for &(point, i) in points {
+        queues.entry(i).or_default().push_back(point);
+    }
+    for (&i, q) in &queues {
+        agents[i].kill9();
+        agents[i] = start(i, q.front().copied());
+    }
+    let id = create();
+    while queues.values().any(|q| !q.is_empty()) {
+        let pending: Vec<String> = queues.values().flatten().map(|p| p.to_string()).collect();
+        let i = wait_for(
+            &format!("an agent to die at its next kill point (left: {pending:?})"),
+            Duration::from_secs(90),
+            || {
+                queues
+                    .iter()
+                    .filter(|(_, q)| !q.is_empty())
+                    .map(|(&i, _)| i)
+                    .find(|&i| matches!(agents[i].child.try_wait(), Ok(Some(_))))
+            },
+        );
+        let q = queues.get_mut(&i).unwrap();
+        let point = q.pop_front().unwrap();
+        wait_killed(&mut agents[i], point);
+        assert!(
+            agents[i].log_text().contains(point),
+            "agent {i} died, but not at {point}:\n{}",
+            agents[i].log_text()
+        );
+        agents[i] = start(i, q.front().copied());
+    }
+    id
 }
 
 /// Serial (upper-case hex) of the last row of an `openssl ca` database.
@@ -110,24 +163,6 @@ pub(crate) fn step_id<'a>(plan: &'a Value, action: &str, target: &str) -> &'a st
         .unwrap()
 }
 
-fn wait_renewable_expiring(c: &Controller, n: usize) {
-    c.cli(&["inventory", "rescan"]);
-    wait_for(
-        "the pre-plan certificates back in the inventory",
-        Duration::from_secs(30),
-        || {
-            let inv = c.json(&[
-                "inventory",
-                "--role",
-                "file.renewable",
-                "--expiring-within",
-                "30d",
-            ]);
-            (inv.as_array().unwrap().len() == n).then_some(())
-        },
-    );
-}
-
 #[test]
 fn files_recipe_agent_killed_at_every_point_between_intent_and_result() {
     let tmp = tempfile::tempdir().unwrap();
@@ -139,21 +174,25 @@ fn files_recipe_agent_killed_at_every_point_between_intent_and_result() {
     let copy = host.path("/etc/app/tls/copy/app.pem");
     let key = host.path("/etc/app/tls/app.key");
     let key_pub = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
-    for &(point, who) in FILES_POINTS {
-        let before = read(&pem);
-        let before_copy = read(&copy);
-        let rows = index_lines(&f.ca_root);
-        let starts = systemd::unit(&host, "app").unwrap().starts;
+    let point = "every point of csr.create, ca.sign and cert.install";
+    let before = read(&pem);
+    let before_copy = read(&copy);
+    let rows = index_lines(&f.ca_root);
+    let starts = systemd::unit(&host, "app").unwrap().starts;
 
-        f.procs[who].kill9();
-        f.procs[who] = f.c.run_agent_env(
-            &f.states[who],
-            Some(&cfgs[who]),
+    let (c, states) = (&f.c, f.states.clone());
+    let start = |i: usize, at: Option<&str>| match at {
+        Some(p) => c.run_agent_env(
+            &states[i],
+            Some(&cfgs[i]),
             &[],
-            &[("CERTFLEET_TEST_CRASH_AT", point)],
-        );
-        f.c.wait_connected(2);
-        let plan = f.c.json(&[
+            &[("CERTFLEET_TEST_CRASH_AT", p)],
+        ),
+        None => c.run_agent(&states[i], Some(&cfgs[i]), &[]),
+    };
+    let id = run_killed_chain(&mut f.procs, FILES_POINTS, &start, || {
+        c.wait_connected(2);
+        let plan = c.json(&[
             "plan",
             "create",
             "files",
@@ -161,55 +200,52 @@ fn files_recipe_agent_killed_at_every_point_between_intent_and_result() {
             "30d",
             "--run",
         ]);
-        let id = plan["id"].as_str().unwrap().to_owned();
-        wait_killed(&mut f.procs[who], point);
-        f.procs[who] = f.c.run_agent(&f.states[who], Some(&cfgs[who]), &[]);
-        let done = wait_plan(&f.c, &id, &["succeeded", "failed"], 90);
-        assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
+        plan["id"].as_str().unwrap().to_owned()
+    });
+    let done = wait_plan(&f.c, &id, &["succeeded", "failed"], 120);
+    assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
 
-        // One signature, the certificate installed everywhere is the one signed, for the key
-        // that never moved; the unit restarted once.
-        assert_eq!(
-            index_lines(&f.ca_root),
-            rows + 1,
-            "{point}: the CA signed {} times for one step",
-            index_lines(&f.ca_root) - rows
-        );
-        let now = read(&pem);
-        assert_ne!(now, before, "{point}: the certificate was not replaced");
-        assert_eq!(read(&copy), now, "{point}: the copy differs");
-        assert_eq!(cert_serial(&pem), last_db_serial(&db), "{point}");
-        assert_eq!(
-            openssl(&["x509", "-in", pem.to_str().unwrap(), "-noout", "-pubkey"]),
-            key_pub,
-            "{point}"
-        );
-        assert_eq!(
-            systemd::unit(&host, "app").unwrap().starts,
-            starts + 1,
-            "{point}: the unit was not restarted exactly once"
-        );
-        // The install step's backup holds the pre-plan certificate, never the new one.
-        let install = step_id(&done, "cert.install", "app1");
-        assert_eq!(
-            backed_up(&f.states[1], install, "/etc/app/tls/app.pem"),
-            before,
-            "{point}: the backup lost the pre-plan certificate"
-        );
-        journals_have_no_duplicates(&f.states, point);
+    // One signature, the certificate installed everywhere is the one signed, for the key
+    // that never moved; the unit restarted once.
+    assert_eq!(
+        index_lines(&f.ca_root),
+        rows + 1,
+        "{point}: the CA signed {} times for one step",
+        index_lines(&f.ca_root) - rows
+    );
+    let now = read(&pem);
+    assert_ne!(now, before, "{point}: the certificate was not replaced");
+    assert_eq!(read(&copy), now, "{point}: the copy differs");
+    assert_eq!(cert_serial(&pem), last_db_serial(&db), "{point}");
+    assert_eq!(
+        openssl(&["x509", "-in", pem.to_str().unwrap(), "-noout", "-pubkey"]),
+        key_pub,
+        "{point}"
+    );
+    assert_eq!(
+        systemd::unit(&host, "app").unwrap().starts,
+        starts + 1,
+        "{point}: the unit was not restarted exactly once"
+    );
+    // The install step's backup holds the pre-plan certificate, never the new one.
+    let install = step_id(&done, "cert.install", "app1");
+    assert_eq!(
+        backed_up(&f.states[1], install, "/etc/app/tls/app.pem"),
+        before,
+        "{point}: the backup lost the pre-plan certificate"
+    );
+    journals_have_no_duplicates(&f.states, point);
 
-        // Rolled back: the pre-plan files, byte for byte.
-        f.c.cli(&["plan", "rollback", &id]);
-        let back = wait_plan(&f.c, &id, &["rolled_back", "failed"], 60);
-        assert_eq!(back["state"], "rolled_back", "{point}: {back:#}");
-        assert_eq!(read(&pem), before, "{point}: rollback did not restore");
-        assert_eq!(
-            read(&copy),
-            before_copy,
-            "{point}: rollback did not restore"
-        );
-        wait_renewable_expiring(&f.c, 1);
-    }
+    // Rolled back: the pre-plan files, byte for byte.
+    f.c.cli(&["plan", "rollback", &id]);
+    let back = wait_plan(&f.c, &id, &["rolled_back", "failed"], 60);
+    assert_eq!(back["state"], "rolled_back", "{point}: {back:#}");
+    assert_eq!(read(&pem), before, "{point}: rollback did not restore");
+    assert_eq!(
+        read(&copy),
+        before_copy,
+        "{point}: rollback did not restore"
+    );
     drop(f.procs);
 }
 
@@ -323,42 +359,101 @@ fn controller_killed_at_100_random_points_loses_and_doubles_no_step() {
 }
 
 /// The oVirt offline host recipe (`csr.create` on the host, `ovirt.enroll_request` signing in
-/// the engine's PKI, `cert.install` of the four VDSM copies), agents killed at every point of
-/// the engine's signing step and inside the host's install.
+/// the engine's PKI, `cert.install` of the four VDSM copies, then the serial console's OpenSSH
+/// host certificate: `ovirt.vmconsole_sign` on the engine, `ovirt.vmconsole_install` on the
+/// host), agents killed at every point of the engine's signing steps and inside the host's
+/// installs, all in one plan. Judged from the hosts: one `openssl ca` row and one
+/// `ssh-keygen -s` on the engine (a wrapper in the engine's root records each), every copy on
+/// the new certificate, the serial console unit restarted exactly once, the backups holding
+/// the pre-plan files, and `plan rollback` restoring the host byte for byte.
 #[test]
 fn ovirt_hosts_recipe_agents_killed_between_intent_and_result() {
-    use crate::ovirt_rotation::{PKI, VDSM_CERT, check_renewed, fleet, hash_tree, not_after};
+    use certfleet_integration_tests::sim::ovirt::{EngineSpec, OvirtVersion};
+
+    use crate::ovirt_rotation::{
+        PKI, VDSM_CERT, VMCONSOLE_CERT, check_renewed, check_vmconsole_renewed, fleet_nodes, fqdn,
+        hash_tree, not_after,
+    };
     const POINTS: &[(&str, usize)] = &[
         ("ovirt.enroll_request:after-intent", 0),
         ("ovirt.enroll_request:before-sign", 0),
         ("ovirt.enroll_request:after-sign", 0),
         ("ovirt.enroll_request:before-result", 0),
+        ("ovirt.vmconsole_sign:after-intent", 0),
+        ("ovirt.vmconsole_sign:after-backup", 0),
+        ("ovirt.vmconsole_sign:before-sign", 0),
+        ("ovirt.vmconsole_sign:after-sign", 0),
+        ("ovirt.vmconsole_sign:before-result", 0),
         ("csr.create:before-result", 1),
         ("cert.install:after-replace", 1),
         ("cert.install:after-restart", 1),
+        ("ovirt.vmconsole_install:after-intent", 1),
+        ("ovirt.vmconsole_install:after-backup", 1),
+        ("ovirt.vmconsole_install:after-replace", 1),
+        ("ovirt.vmconsole_install:after-restart", 1),
+        ("ovirt.vmconsole_install:before-result", 1),
     ];
     let dir = tempfile::tempdir().unwrap();
-    let mut f = fleet(dir.path(), &[("kvm01", 20)]);
+    // The serial console certificate was issued with the VDSM one and expires with it.
+    let mut f = fleet_nodes(
+        dir.path(),
+        EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
+        &[("kvm01", 20)],
+        "",
+        &|n| n.vmconsole = n.vdsm,
+    );
+    // Every `ssh-keygen -s` the engine's agent runs is recorded, then run for real.
+    let signs = dir.path().join("ssh-keygen-signs.log");
+    let kg = f.engine.path("/usr/bin/ssh-keygen");
+    std::fs::remove_file(&kg).unwrap();
+    std::fs::write(
+        &kg,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" -s \"*) echo \"$*\" >> {} ;; esac\nexec /usr/bin/ssh-keygen \"$@\"\n",
+            signs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&kg, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let roots = [f.engine.root.clone(), f.hosts["kvm01"].root.clone()];
     let states = [f.c.dir.join("agent-engine"), f.c.dir.join("agent-kvm01")];
     let cfg = dir.path().join("agent.toml");
     let db = f.engine.path(&format!("{PKI}/database.txt"));
     let rows = |db: &Path| String::from_utf8(read(db)).unwrap().lines().count();
-    for &(point, who) in POINTS {
-        let h = f.hosts["kvm01"].clone();
-        let before = hash_tree(&h.root.join("etc"));
-        let before_na = not_after(&h.path(VDSM_CERT));
-        let rows_before = rows(&db);
-        let root = roots[who].display().to_string();
-        f._agents[who].kill9();
-        f._agents[who] = f.c.run_agent_env(
-            &states[who],
-            Some(&cfg),
-            &["--root", &root],
-            &[("CERTFLEET_TEST_CRASH_AT", point)],
-        );
-        f.c.wait_connected(2);
-        let plan = f.c.json(&[
+    let h = f.hosts["kvm01"].clone();
+    let before = hash_tree(&h.root.join("etc"));
+    let before_na = not_after(&h.path(VDSM_CERT));
+    let console = h.path(VMCONSOLE_CERT);
+    let console_before = read(&console);
+    let console_meta = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&console).unwrap();
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    let fq = fqdn("kvm01");
+    let engine_cert = f.engine.path(&format!("{PKI}/certs/{fq}-ssh-cert.pub"));
+    let engine_cert_before = read(&engine_cert);
+    let console_starts = systemd::unit(&h, "ovirt-vmconsole-host-sshd")
+        .unwrap()
+        .starts;
+    let rows_before = rows(&db);
+
+    let c = &f.c;
+    let start = |i: usize, at: Option<&str>| {
+        let root = roots[i].display().to_string();
+        match at {
+            Some(p) => c.run_agent_env(
+                &states[i],
+                Some(&cfg),
+                &["--root", &root],
+                &[("CERTFLEET_TEST_CRASH_AT", p)],
+            ),
+            None => c.run_agent(&states[i], Some(&cfg), &["--root", &root]),
+        }
+    };
+    let id = run_killed_chain(&mut f._agents, POINTS, &start, || {
+        c.wait_connected(2);
+        let plan = c.json(&[
             "plan",
             "create",
             "ovirt-hosts-offline",
@@ -366,52 +461,69 @@ fn ovirt_hosts_recipe_agents_killed_between_intent_and_result() {
             "30d",
             "--run",
         ]);
-        let id = plan["id"].as_str().unwrap().to_owned();
-        wait_killed(&mut f._agents[who], point);
-        f._agents[who] = f.c.run_agent(&states[who], Some(&cfg), &["--root", &root]);
-        let done = crate::ovirt_rotation::wait_plan(&f.c, &id, &["succeeded", "failed"]);
-        assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
-        assert_eq!(
-            rows(&db),
-            rows_before + 1,
-            "{point}: the engine CA signed more than once for one step"
-        );
-        assert_eq!(
-            cert_serial(&h.path(VDSM_CERT)),
-            last_db_serial(&db),
-            "{point}"
-        );
-        check_renewed(&f, "kvm01", before_na);
-        f.c.cli(&["plan", "rollback", &id]);
-        let back = crate::ovirt_rotation::wait_plan(&f.c, &id, &["rolled_back", "failed"]);
-        assert_eq!(back["state"], "rolled_back", "{point}: {back:#}");
-        assert_eq!(
-            hash_tree(&h.root.join("etc")),
-            before,
-            "{point}: kvm01 not restored byte for byte"
-        );
-        f.c.cli(&["inventory", "rescan"]);
-        wait_for(
-            "kvm01's old certificate back in the inventory",
-            Duration::from_secs(30),
-            || {
-                let inv = f.c.json(&["inventory", "--expiring-within", "30d"]);
-                inv.as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|r| r["role"] == "ovirt.node.vdsm")
-                    .then_some(())
-            },
-        );
-    }
-    journals_have_no_duplicates(&states, "ovirt");
+        plan["id"].as_str().unwrap().to_owned()
+    });
+    let point = "every point of the ovirt-hosts-offline recipe";
+    let done = crate::ovirt_rotation::wait_plan(&f.c, &id, &["succeeded", "failed"]);
+    assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
+    assert_eq!(
+        rows(&db),
+        rows_before + 1,
+        "{point}: the engine CA signed more than once for one step"
+    );
+    assert_eq!(
+        cert_serial(&h.path(VDSM_CERT)),
+        last_db_serial(&db),
+        "{point}"
+    );
+    check_renewed(&f, "kvm01", before_na);
+    // The serial console: signed once, installed once (the unit restarted once), the
+    // engine's copy is what the host got, the host's backup holds the pre-plan certificate.
+    let signed = std::fs::read_to_string(&signs).unwrap_or_default();
+    assert_eq!(
+        signed.lines().count(),
+        1,
+        "{point}: the engine ran ssh-keygen -s more than once: {signed}"
+    );
+    check_vmconsole_renewed(&f, "kvm01", &console_before, console_meta);
+    assert_eq!(
+        systemd::unit(&h, "ovirt-vmconsole-host-sshd")
+            .unwrap()
+            .starts,
+        console_starts + 1,
+        "{point}: ovirt-vmconsole-host-sshd not restarted exactly once"
+    );
+    let install = step_id(&done, "ovirt.vmconsole_install", "kvm01");
+    assert_eq!(
+        backed_up(&states[1], install, VMCONSOLE_CERT),
+        console_before,
+        "{point}: the install step's backup lost the pre-plan serial console certificate"
+    );
+    let sign = step_id(&done, "ovirt.vmconsole_sign", "kvm01");
+    assert_eq!(
+        backed_up(&states[0], sign, &format!("certs/{fq}-ssh-cert.pub")),
+        engine_cert_before,
+        "{point}: the sign step's backup lost the engine's pre-plan certificate"
+    );
+    journals_have_no_duplicates(&states, point);
+
+    f.c.cli(&["plan", "rollback", &id]);
+    let back = crate::ovirt_rotation::wait_plan(&f.c, &id, &["rolled_back", "failed"]);
+    assert_eq!(back["state"], "rolled_back", "{point}: {back:#}");
+    assert_eq!(
+        hash_tree(&h.root.join("etc")),
+        before,
+        "{point}: kvm01 not restored byte for byte"
+    );
 }
 
 /// `vsphere.machine_ssl` resumed after its agent died between its backup and the restart
-/// (after the backup, with VECS `__MACHINE_CERT` deleted, before the restart; a kill after
-/// `entry create` resumes as the last one does, so it is left out to keep the test short): one VMCA issuance per plan (the simulated VMCA's record), VECS, the endpoint,
-/// every Lookup Service registration and VCDB's vpx_ext row end on the new certificate; the
-/// step's backup keeps the certificate from before the plan; the services run as before.
+/// (after the backup, with VECS `__MACHINE_CERT` deleted, before the restart, one plan, each
+/// resumed attempt killed at the next point; a kill after `entry create` resumes as the last
+/// one does, so it is left out to keep the test short): one VMCA issuance per plan (the
+/// simulated VMCA's record), VECS, the endpoint, every Lookup Service registration and VCDB's
+/// vpx_ext row end on the new certificate; the step's backup keeps the certificate from before
+/// the plan; the services run as before.
 #[test]
 fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
     use certfleet_integration_tests::sim::vcsa::{self, VcsaSpec, VcsaVersion};
@@ -443,46 +555,50 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
     let state = c.enroll("vc1");
     let cfg = v.agent_config_path();
     let root = v.host.root.display().to_string();
-    let mut agent = c.run_agent(&state, Some(&cfg), &["--root", &root]);
+    let mut agents = vec![c.run_agent(&state, Some(&cfg), &["--root", &root])];
     c.wait_connected(1);
-    for &point in POINTS {
+    {
+        let point = "every point between backup and restart";
         let old = getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
         let issued = v.state().unwrap().vmca_issued.len();
-        agent.kill9();
-        agent = c.run_agent_env(
-            &state,
-            Some(&cfg),
-            &["--root", &root],
-            &[("CERTFLEET_TEST_CRASH_AT", point)],
-        );
-        c.wait_connected(1);
-        // The renewed certificate is valid 730 days: a wide window takes it again.
-        let plan = wait_for("plan create", Duration::from_secs(60), || {
-            let out = c.cli_as(
-                &c.admin(),
-                &[
-                    "plan",
-                    "create",
-                    "vsphere-machine-ssl",
-                    "--agent",
-                    "vc1",
-                    "--expiring-within",
-                    "800d",
-                    "--run",
-                    "-o",
-                    "json",
-                ],
-            );
-            if out.status.success() {
-                serde_json::from_slice::<Value>(&out.stdout).ok()
-            } else {
-                std::thread::sleep(Duration::from_millis(300));
-                None
-            }
+        let start = |_: usize, at: Option<&str>| match at {
+            Some(p) => c.run_agent_env(
+                &state,
+                Some(&cfg),
+                &["--root", &root],
+                &[("CERTFLEET_TEST_CRASH_AT", p)],
+            ),
+            None => c.run_agent(&state, Some(&cfg), &["--root", &root]),
+        };
+        let points: Vec<(&str, usize)> = POINTS.iter().map(|p| (*p, 0)).collect();
+        let id = run_killed_chain(&mut agents, &points, &start, || {
+            c.wait_connected(1);
+            // The renewed certificate is valid 730 days: a wide window takes it again.
+            let plan = wait_for("plan create", Duration::from_secs(60), || {
+                let out = c.cli_as(
+                    &c.admin(),
+                    &[
+                        "plan",
+                        "create",
+                        "vsphere-machine-ssl",
+                        "--agent",
+                        "vc1",
+                        "--expiring-within",
+                        "800d",
+                        "--run",
+                        "-o",
+                        "json",
+                    ],
+                );
+                if out.status.success() {
+                    serde_json::from_slice::<Value>(&out.stdout).ok()
+                } else {
+                    std::thread::sleep(Duration::from_millis(300));
+                    None
+                }
+            });
+            plan["id"].as_str().unwrap().to_owned()
         });
-        let id = plan["id"].as_str().unwrap().to_owned();
-        wait_killed(&mut agent, point);
-        agent = c.run_agent(&state, Some(&cfg), &["--root", &root]);
         let done = wait_plan(&c, &id, &["succeeded", "failed"], 180);
         assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
 
@@ -530,7 +646,7 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
         assert!(bkp.entries.is_empty(), "{point}: {:?}", bkp.entries);
         journals_have_no_duplicates(std::slice::from_ref(&state), point);
     }
-    drop(agent);
+    drop(agents);
     drop(services);
 }
 

@@ -378,8 +378,10 @@ fn esxi_inventory(c: &Controller) -> BTreeMap<String, String> {
 /// clusters with a host in maintenance mode, a disconnected host, an expired (not responding)
 /// host, a host whose HA agent is isolated, a vSAN member whose vSAN peer is disconnected, and
 /// a host that keeps serving its old certificate. The VMCA root is rotated before the run, so
-/// every refreshed host also gets the CA refresh. Then vCenter switches to custom mode and the
-/// recipe refuses with the reason.
+/// every refreshed host also gets the CA refresh. The agent is killed right after it started
+/// the canary's refresh task (kept running by vcsim): resumed, it waits for that task and
+/// every host is refreshed exactly once. Then vCenter switches to custom mode and the recipe
+/// refuses with the reason.
 #[test]
 fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_expired_host() {
     let tmp = tempfile::tempdir().unwrap();
@@ -417,7 +419,7 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
     let cfg = tmp.path().join("agent.toml");
     std::fs::write(&cfg, toml).unwrap();
     let state = c.enroll("vcsa");
-    let _agent = c.run_agent(&state, Some(&cfg), &[]);
+    let mut agent = c.run_agent(&state, Some(&cfg), &[]);
     c.wait_connected(1);
     let inv = wait_for(
         "10 ESXi hosts in the inventory",
@@ -512,11 +514,33 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
         .unwrap()
         .trim()
         .to_owned();
+    // Fault injection (issue 8): vCenter's refresh tasks stay running 4 s, and the agent dies
+    // right after starting the canary's; started again, the re-sent step must wait for that
+    // task, not start a second refresh of the same host, and verify.
+    let point = "esxi.refresh_hosts:after-refresh-started";
+    http_get(&ctl, "/ctl/refresh-delay?ms=4000").unwrap();
+    agent.kill9();
+    agent = c.run_agent_env(
+        &state,
+        Some(&cfg),
+        &[],
+        &[("CERTFLEET_TEST_CRASH_AT", point)],
+    );
+    c.wait_connected(1);
     let plan = create(&["--run"]);
     let id = plan["id"].as_str().unwrap().to_owned();
+    crate::crash::wait_killed(&mut agent, point);
+    http_get(&ctl, "/ctl/refresh-delay?ms=0").unwrap();
+    let _agent = c.run_agent(&state, Some(&cfg), &[]);
     let done = crate::ovirt_rotation::wait_plan(&c, &id, &["succeeded", "failed"]);
     assert_eq!(done["state"], "succeeded", "{done:#}");
     let steps = done["steps"].as_array().unwrap();
+    let canary = steps[0]["output"].to_string();
+    assert!(
+        canary.contains("DC0_C0_H0: the interrupted attempt started")
+            && canary.contains("waiting for it"),
+        "{point}: the resumed canary did not wait for the task it had started: {canary}"
+    );
     // The stale host is the one failure, within max_failures=1, carried to the next waves.
     let failed: Vec<&str> = steps[1]["details"]["failed"]
         .as_array()
@@ -576,11 +600,20 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
         assert_eq!(r["fingerprint_sha256"], served(&vc.endpoint(name)).as_str());
         assert_eq!(r["ca_refreshed"], true);
     }
+    // One CertMgrRefreshCertificates_Task per refreshed host (the stale one included), the
+    // canary's too although its agent died with the task running.
+    for name in refreshed.iter().chain(&["DC0_C0_H2"]) {
+        assert_eq!(
+            after["hosts"][name]["refreshes"], 1,
+            "{name}: refreshed more than once ({point})"
+        );
+    }
     for name in ["DC0_C0_H1", "DC0_C0_H4", "DC0_C1_H0", "DC0_C1_H3"] {
         assert_eq!(
             after["hosts"][name]["serving_sha256"], before["hosts"][name]["serving_sha256"],
             "{name} was left alone"
         );
+        assert_eq!(after["hosts"][name]["refreshes"], 0, "{name}");
         assert_ne!(
             after["hosts"][name]["trusted_root_sha256"],
             new_root.as_str()

@@ -2,7 +2,9 @@
 //! rules): output streamed while the command still runs and its exit code returned; a command
 //! and an argument no rule allows refused by the agent, naming the rule; a viewer refused by
 //! the controller; a command past its timeout killed with its whole process group; every call
-//! in the audit with the digest of its output.
+//! in the audit with the digest of its output; a rule with `run_as` runs the command as that
+//! user (`id -u` says so); an agent whose hello does not list the `exec` capability (an older
+//! agent, played by a loadgen virtual agent) refused by the controller at once, naming it.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -72,6 +74,12 @@ timeout = "10s"
 name = "unit-status"
 command = "/bin/echo"
 args = ["status", {{ glob = "*.service" }}]
+
+[[exec.allow]]
+name = "whoami"
+command = "/usr/bin/id"
+args = ["-u"]
+run_as = "nobody"
 "#,
             root = root.display(),
             bin = bin_dir.display(),
@@ -147,12 +155,24 @@ args = ["status", {{ glob = "*.service" }}]
     assert_eq!(o.stdout, b"status sshd.service\n");
     let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &o.stdout).as_ref());
 
+    // 2b. `run_as`: the agent (root here) runs the command as the rule's user.
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    assert!(nobody.status.success());
+    assert_ne!(nobody.stdout, b"0\n");
+    let o = exec(&c.admin(), &["id", "-u"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&nobody.stdout),
+        "`id -u` under rule whoami (run_as = nobody)"
+    );
+
     // 3. A command no rule allows, and an argument its rule refuses: 3, naming the rules.
     let o = exec(&c.admin(), &["/bin/cat", "/etc/passwd"]);
     assert_eq!(code(&o), 3, "{}", err(&o));
     assert!(o.stdout.is_empty());
     assert!(
-        err(&o).contains("no rule allows /bin/cat (rules: live, hang, unit-status)"),
+        err(&o).contains("no rule allows /bin/cat (rules: live, hang, unit-status, whoami)"),
         "{}",
         err(&o)
     );
@@ -181,6 +201,41 @@ args = ["status", {{ glob = "*.service" }}]
     assert_eq!(code(&o), 3, "{}", err(&o));
     assert!(err(&o).contains("needs admin"), "{}", err(&o));
     assert!(o.stdout.is_empty());
+
+    // 4b. An agent whose hello has no `exec` capability (older agent): the controller refuses
+    //     at once (3), naming the agent, its version and what it can do, instead of sending the
+    //     command into the void and waiting for the timeout and the grace.
+    let old = OldAgent::start(&c, "old1");
+    c.wait_connected(2);
+    let started = Instant::now();
+    let o = c.cli_as(
+        &c.admin(),
+        &[
+            "exec",
+            "old1",
+            "--timeout",
+            "20s",
+            "--",
+            "echo",
+            "status",
+            "x.service",
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}", err(&o));
+    assert!(
+        err(&o).contains(&format!(
+            "agent old1 ({}) version loadgen does not support remote commands: its hello lists capabilities [inventory, steps], without \"exec\"",
+            old.id
+        )),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    drop(old);
 
     // 5. Past its timeout (the operator's 1s, under the rule's 10s): its group is killed, TERM
     //    ignored or not, and the CLI says so (1).
@@ -238,7 +293,7 @@ args = ["status", {{ glob = "*.service" }}]
             e["detail"].as_str().unwrap().to_owned()
         })
         .collect();
-    assert_eq!(ends.len(), 6, "{ends:#?}");
+    assert_eq!(ends.len(), 8, "{ends:#?}");
     let find = |needle: &[&str]| {
         ends.iter()
             .find(|d| needle.iter().all(|n| d.contains(n)))
@@ -264,6 +319,12 @@ args = ["status", {{ glob = "*.service" }}]
     ]);
     find(&["\"restart\"", "rule=unit-status", "outcome=refused"]);
     find(&["refused: operator vic has role viewer"]);
+    find(&[
+        "argv=[\"id\",\"-u\"]",
+        "rule=whoami",
+        "outcome=exited exit_code=0",
+    ]);
+    find(&["refused: agent old1", "without \"exec\""]);
     find(&["rule=hang", "outcome=timed_out", "signal=9"]);
     let starts = audit
         .as_array()
@@ -272,7 +333,63 @@ args = ["status", {{ glob = "*.service" }}]
         .filter(|e| e["action"] == "agent.exec.start")
         .count();
     assert_eq!(
-        starts, 5,
+        starts, 6,
         "every call sent to the agent is recorded before it is sent"
     );
+}
+
+/// A connected agent that speaks the link protocol but whose hello lists no `exec` capability
+/// (as agents before remote commands did): a loadgen virtual agent. Stops when dropped.
+pub(crate) struct OldAgent {
+    /// Its agent id.
+    pub id: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl OldAgent {
+    /// Enrolls `name` at `c` with a fresh token and keeps it connected.
+    pub(crate) fn start(c: &Controller, name: &str) -> OldAgent {
+        use certfleet_integration_tests::loadgen;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(loadgen::enroll(&c.addr, &c.token(), name))
+            .unwrap();
+        let a = loadgen::VirtualAgent {
+            index: 0,
+            name: name.to_owned(),
+            agent_id: e.agent_id.clone(),
+            cert_pem: e.cert_pem,
+            key_pem: e.key_pem,
+            ca_pem: e.ca_pem,
+            certificates: std::sync::Arc::new(vec![]),
+            renewable: vec![],
+            cas: vec![],
+        };
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        rt.spawn(loadgen::run(
+            c.addr.clone(),
+            a,
+            std::sync::Arc::new(loadgen::FleetCounters::default()),
+            stop_rx,
+        ));
+        OldAgent {
+            id: e.agent_id,
+            stop,
+            rt: Some(rt),
+        }
+    }
+}
+
+impl Drop for OldAgent {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
 }

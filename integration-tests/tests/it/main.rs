@@ -1,6 +1,7 @@
 //! End-to-end tests: real binaries as processes against simulated hosts. One test binary for
 //! the whole crate keeps link time down.
 
+mod backup;
 mod cas;
 mod cli;
 mod crash;
@@ -19,7 +20,9 @@ mod ovirt;
 mod ovirt_api;
 mod ovirt_engine_rotation;
 mod ovirt_rotation;
+mod pins;
 mod recover;
+mod recover_gke;
 mod recover_ovirt;
 mod rotation;
 mod scale_store;

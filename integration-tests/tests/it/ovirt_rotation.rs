@@ -340,7 +340,7 @@ pub(crate) const VMCONSOLE_CERT: &str = "etc/pki/ovirt-vmconsole/host-ssh_host_r
 const VMCONSOLE_KEY: &str = "etc/pki/ovirt-vmconsole/host-ssh_host_rsa";
 
 /// Mode, uid, gid of a file.
-type ModeOwner = (u32, u32, u32);
+pub(crate) type ModeOwner = (u32, u32, u32);
 
 /// Runs the real `ssh-keygen`; returns its stdout.
 fn ssh_keygen(args: &[&str]) -> String {
@@ -374,7 +374,12 @@ fn ssh_fingerprint(path: &Path) -> String {
 /// for the host's own key and FQDN, signed by the engine CA's key, valid after `before`'s
 /// end, byte-identical to the engine's `certs/<fqdn>-ssh-cert.pub`, mode and owner as
 /// before; the step's backup holds `before`; `ovirt-vmconsole-host-sshd` restarted.
-fn check_vmconsole_renewed(f: &Fleet, name: &str, before: &[u8], meta_before: ModeOwner) {
+pub(crate) fn check_vmconsole_renewed(
+    f: &Fleet,
+    name: &str,
+    before: &[u8],
+    meta_before: ModeOwner,
+) {
     use std::os::unix::fs::MetadataExt;
     let h = &f.hosts[name];
     let cert = h.path(VMCONSOLE_CERT);

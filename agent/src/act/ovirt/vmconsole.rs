@@ -268,6 +268,7 @@ pub(super) fn sign(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
         pub_path.display(),
         cert_path.display()
     ));
+    ctx.crash_point("after-backup");
     let scratch = Scratch::new(ctx)?;
     // `cat "${PKIDIR}/private/ca.pem" > "${TMPCA}"`: ssh-keygen wants the CA key in a file of
     // its own, private to the caller.
@@ -442,6 +443,7 @@ pub(super) fn install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
     }
     let m = backup::create(ctx.state, ctx.step_id, std::slice::from_ref(&path))?;
     (ctx.output)(format!("backup {} holds {}", m.id, path.display()));
+    ctx.crash_point("after-backup");
     let body = text.as_bytes();
     if ctx.resumed() {
         let f = &m.files[0];

@@ -386,3 +386,148 @@ fn parent(path: &str) -> &str {
         None => ".",
     }
 }
+
+/// `gke-kubeconfig`: user-cluster kubeconfigs on admin workstations whose client certificate
+/// is in scope (expired, for `certfleet recover gke-kubeconfig`), fetched anew the way the GDC
+/// docs and seed 004 say after the client certificates changed: `kubectl --kubeconfig
+/// ADMIN_CLUSTER_KUBECONFIG get secret admin -n USER_CLUSTER_NAME -o
+/// jsonpath='{.data.admin\.conf}' | base64 --decode` (reference B2). The admin cluster keeps that
+/// secret current (it re-issues the user cluster's certificates on every upgrade, B1), so a
+/// workstation copy that expired is simply stale. Each copy is fetched on its own workstation
+/// with that workstation's admin kubeconfig (`gke.fetch_kubeconfig`: the secret's copy must
+/// trust one CA that signed its client certificate, `openssl verify`, which also refuses an
+/// expired one) and installed (`kubeconfig.install`: backup, atomic 0600 write, same owner,
+/// `kubectl version` through it, the backup restored on failure). No CA rotation.
+///
+/// Not covered: an admin kubeconfig whose own client certificate expired (the admin cluster
+/// then refuses the very read that fetches the user kubeconfig): the recipe refuses such a
+/// workstation, naming the file, rather than plan steps that cannot work.
+///
+/// Parameters: `cluster` (comma-separated names).
+pub struct GkeKubeconfig;
+
+impl Recipe for GkeKubeconfig {
+    fn name(&self) -> &'static str {
+        "gke-kubeconfig"
+    }
+
+    fn about(&self) -> &'static str {
+        "fetch anew, from the admin cluster, the user-cluster kubeconfigs of admin workstations whose client certificate expired (no CA rotation)"
+    }
+
+    fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
+        let only = input.param_list("cluster");
+        let targets = &input.targets;
+        let clusters = kubeconfig_copies(input, targets, "gke.user_cluster.ca");
+        // (agent id, kubeconfig path) -> earliest not-after of a client certificate in it.
+        let mut clients: BTreeMap<(String, String), i64> = BTreeMap::new();
+        // agent id -> (admin kubeconfig path, not-after) of an admin client certificate in scope.
+        let mut admin_expired: BTreeMap<String, (String, i64)> = BTreeMap::new();
+        for agent in targets {
+            for cert in input.inventory.get(&agent.id).into_iter().flatten() {
+                let admin = match cert.role.as_str() {
+                    "gke.user_cluster.client" => false,
+                    "gke.admin_cluster.client" => true,
+                    _ => continue,
+                };
+                for loc in cert.locations.iter().filter(|l| l.kind == "kubeconfig") {
+                    if admin {
+                        if input.due(cert.not_after) {
+                            admin_expired
+                                .insert(agent.id.clone(), (loc.path.clone(), cert.not_after));
+                        }
+                        continue;
+                    }
+                    let e = clients
+                        .entry((agent.id.clone(), loc.path.clone()))
+                        .or_insert(cert.not_after);
+                    *e = (*e).min(cert.not_after);
+                }
+            }
+        }
+        let mut steps = Vec::new();
+        let mut blocked = Vec::new();
+        for (cluster, copies) in &clusters {
+            if !only.is_empty() && !only.contains(cluster) {
+                continue;
+            }
+            for (i, c) in copies.iter().enumerate() {
+                let Some(not_after) = clients.get(&(c.agent.clone(), c.kubeconfig.clone())) else {
+                    continue;
+                };
+                if !input.due(*not_after) {
+                    continue;
+                }
+                if let Some((admin_kc, admin_na)) = admin_expired.get(&c.agent) {
+                    blocked.push(format!(
+                        "{}:{} (cluster {cluster}) cannot be fetched: the admin kubeconfig {admin_kc} of that workstation has a client certificate expiring at {} too, and the admin cluster refuses it; renew the admin cluster certificates first",
+                        c.agent_name,
+                        c.kubeconfig,
+                        certfleet_common::model::format_time(*admin_na)
+                    ));
+                    continue;
+                }
+                let k = |s: &str| format!("{cluster}-{}-{i}-{s}", c.agent_name);
+                let target = format!("{}:{}", c.agent_name, c.kubeconfig);
+                steps.push(StepSpec {
+                    key: k("fetch"),
+                    name: format!("fetch the kubeconfig of {cluster} anew (client certificate expired)"),
+                    stage: "fetch".into(),
+                    target: target.clone(),
+                    agent: c.agent.clone(),
+                    agent_name: c.agent_name.clone(),
+                    action: "gke.fetch_kubeconfig".into(),
+                    args: json!({"cluster": cluster}),
+                    depends_on: vec![],
+                    commands: vec![
+                        format!("kubectl --kubeconfig <admin kubeconfig> get secret admin -n {cluster} -o jsonpath='{{.data.admin\\.conf}}' | base64 --decode > STATE_DIR/staged/<step>.kubeconfig (0600, stays on this host)"),
+                        "openssl verify -CAfile <its CA> <its client certificate> (refuses an expired one)".into(),
+                    ],
+                    files: vec!["STATE_DIR/staged/<step>.kubeconfig".into()],
+                    timeout_secs: 120,
+                });
+                steps.push(StepSpec {
+                    key: k("install"),
+                    name: format!("install the fetched kubeconfig of {cluster}"),
+                    stage: "install".into(),
+                    target,
+                    agent: c.agent.clone(),
+                    agent_name: c.agent_name.clone(),
+                    action: "kubeconfig.install".into(),
+                    args: json!({
+                        "path": c.kubeconfig,
+                        "staged": {"$ref": format!("{}.staged", k("fetch"))},
+                        "sha256": {"$ref": format!("{}.sha256", k("fetch"))},
+                        "ca_sha256": {"$ref": format!("{}.ca_sha256", k("fetch"))},
+                        "verify_access": true,
+                    }),
+                    depends_on: vec![k("fetch")],
+                    commands: vec![
+                        format!("back up {}", c.kubeconfig),
+                        format!("write {} atomically, mode 0600, same owner", c.kubeconfig),
+                        format!(
+                            "kubectl --kubeconfig {} version; restore the backup on failure",
+                            c.kubeconfig
+                        ),
+                    ],
+                    files: vec![c.kubeconfig.clone()],
+                    timeout_secs: 120,
+                });
+            }
+        }
+        if !blocked.is_empty() {
+            return Err(blocked.join("; "));
+        }
+        if steps.is_empty() {
+            return Err(if clusters.is_empty() {
+                "nothing to fetch: no target agent reported a GKE user cluster kubeconfig (gke_admin collector)".to_owned()
+            } else {
+                format!(
+                    "nothing to fetch: no user cluster kubeconfig with a client certificate in scope (clusters: {})",
+                    clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            });
+        }
+        Ok(steps)
+    }
+}

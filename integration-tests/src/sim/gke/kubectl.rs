@@ -15,7 +15,8 @@
 //! [-o jsonpath={.data.KEY}|-o json]`, `version` (reaches the cluster the kubeconfig's server
 //! names: the admin cluster or a user cluster), `--kubeconfig`/`KUBECONFIG`, `--namespace`.
 //! A kubeconfig gets through when its CA data holds the CA the API server serves from and its
-//! client certificate is signed by a CA the cluster still accepts
+//! client certificate is signed by a CA the cluster still accepts and is inside its validity
+//! period (an expired one: `error: You must be logged in to the server (Unauthorized)`)
 //! ([`super::ClusterState::check_access`]).
 
 use std::io::Write as _;

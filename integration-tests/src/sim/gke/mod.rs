@@ -138,6 +138,15 @@ impl ClusterState {
             ));
         }
         let client = kubeconfig::first_user_cert(text).unwrap_or_default();
+        // An expired (or not yet valid) client certificate fails the API server's x509
+        // verification: the request is unauthenticated and kubectl prints the same 401 line
+        // as for an unknown signer (kubernetes `staging/src/k8s.io/apiserver/pkg/
+        // authentication/request/x509/x509.go` verifies with the current time; the 401 line
+        // is kubectl's for any failed authentication). Unverified against a real cluster:
+        // the exact server log text.
+        if !cert_currently_valid(&client) {
+            return Err("error: You must be logged in to the server (Unauthorized)".into());
+        }
         let accepted = self.client_versions().iter().any(|v| {
             self.cas
                 .get(v)
@@ -191,6 +200,18 @@ impl ClusterState {
         })?;
         Ok(())
     }
+}
+
+/// Whether PEM certificate `cert` is inside its validity period now (false if unparsable).
+pub fn cert_currently_valid(cert: &str) -> bool {
+    x509_parser::pem::parse_x509_pem(cert.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| {
+            x509_parser::parse_x509_certificate(&pem.contents)
+                .ok()
+                .map(|(_, c)| c.validity().is_valid())
+        })
+        .unwrap_or(false)
 }
 
 /// Whether PEM certificate `cert` carries a valid signature of CA certificate `ca`.

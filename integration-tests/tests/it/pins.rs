@@ -1,0 +1,151 @@
+//! Pins (issue 13): one simulated VCSA whose Machine SSL is changed outside certfleet, with two
+//! declared consumers; the inventory shows the stale `vpx_ext` thumbprint and declared pins, a
+//! machine-ssl plan re-trusts the declared pins (one re-trust command fails with its output),
+//! and the pin check after the plan records the pin left stale.
+
+use std::time::Duration;
+
+use certfleet_integration_tests::sim::vcsa::{self, VcsaSpec, VcsaVersion};
+use certfleet_integration_tests::sim::{Lifetime, SimHost};
+use serde_json::Value;
+
+use crate::support::{self, Controller, wait_for};
+
+fn fingerprint(pem: &str) -> String {
+    let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
+    certfleet_common::pki::sha256_hex(&der)
+}
+
+fn pin<'a>(show: &'a Value, name: &str) -> Option<&'a Value> {
+    show["certificate"]["pins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+}
+
+#[test]
+fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
+    vcsa::vmdir::require_slapd().unwrap();
+    vcsa::vcdb::require_postgres().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::new(dir.path().join("vcsa"), support::bin("certfleet-sim")).unwrap();
+    let spec = VcsaSpec::new(VcsaVersion::V70, "vcsa01.lab.local")
+        .with("machine_ssl", Lifetime::days(720, 10));
+    let v = vcsa::build(&host, &spec).unwrap();
+    let _services = v.start_services().unwrap();
+    let old_pem = crate::vsphere_rotation::getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+    let consumers = dir.path().join("consumers");
+    std::fs::create_dir_all(&consumers).unwrap();
+    let backup = consumers.join("backup.pem");
+    let monitor = consumers.join("monitor.pem");
+    std::fs::write(&backup, &old_pem).unwrap();
+    std::fs::write(&monitor, &old_pem).unwrap();
+    let cfg = v.agent_config().unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[[pins]]\nname = \"backup\"\ncert_role = \"vsphere.machine_ssl\"\n\
+         read_command = [\"/bin/cat\", {b:?}]\nretrust_command = [\"/usr/bin/tee\", {b:?}]\n\
+         \n[[pins]]\nname = \"monitor\"\ncert_role = \"vsphere.machine_ssl\"\n\
+         read_command = [\"/bin/cat\", {m:?}]\nretrust_command = [\"/usr/bin/tee\", {bad:?}]\n",
+        b = backup.display().to_string(),
+        m = monitor.display().to_string(),
+        bad = consumers.join("missing/monitor.pem").display().to_string(),
+    ));
+    std::fs::write(&cfg, text).unwrap();
+
+    let c = Controller::start(&dir.path().join("ctl"), &[]);
+    let state = c.enroll("vc1");
+    let root = v.host.root.display().to_string();
+    let _agent = c.run_agent(&state, Some(&cfg), &["--root", &root]);
+    c.wait_connected(1);
+
+    // Machine SSL replaced directly in VECS: nothing re-trusted it.
+    v.renew_machine_ssl_without_restart(Lifetime::days(720, 10))
+        .unwrap();
+    let new_fp = fingerprint(&crate::vsphere_rotation::getcert(
+        &v,
+        "MACHINE_SSL_CERT",
+        "__MACHINE_CERT",
+    ));
+    c.cli(&["inventory", "rescan"]);
+    let show = wait_for(
+        "stale pins in the inventory",
+        Duration::from_secs(60),
+        || {
+            let out = c.cli_as(&c.admin(), &["inventory", "show", &new_fp, "-o", "json"]);
+            let s: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let ok = pin(&s, "com.vmware.vsan.health").is_some_and(|p| p["state"] == "stale");
+            if !ok {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            ok.then_some(s)
+        },
+    );
+    assert_eq!(pin(&show, "backup").unwrap()["state"], "stale", "{show:#}");
+    assert_eq!(pin(&show, "monitor").unwrap()["state"], "stale", "{show:#}");
+    let text = c.cli(&["inventory", "show", &new_fp]);
+    assert!(
+        text.contains("stale   vpx_ext com.vmware.vsan.health on vc1"),
+        "{text}"
+    );
+
+    // A machine-ssl plan re-trusts the declared pins; monitor's command fails.
+    let p = wait_for("plan create", Duration::from_secs(30), || {
+        let out = c.cli_as(
+            &c.admin(),
+            &[
+                "plan",
+                "create",
+                "vsphere-machine-ssl",
+                "--expiring-within",
+                "90d",
+                "--run",
+                "-o",
+                "json",
+            ],
+        );
+        serde_json::from_slice::<Value>(&out.stdout).ok()
+    });
+    let id = p["id"].as_str().unwrap().to_owned();
+    let p = wait_for("pin check on the plan", Duration::from_secs(300), || {
+        let p = c.json(&["plan", "show", &id]);
+        let done = p["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pin check on vc1");
+        if !done {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        done.then_some(p)
+    });
+    assert_eq!(p["state"], "failed", "{p:#}");
+    let steps = p["steps"].as_array().unwrap();
+    let step = |n: &str| {
+        steps
+            .iter()
+            .find(|s| s["action"] == "pins.retrust" && s["args"]["name"] == n)
+            .unwrap_or_else(|| panic!("no retrust step for {n}: {p:#}"))
+    };
+    assert_eq!(step("backup")["state"], "succeeded", "{p:#}");
+    assert_eq!(step("monitor")["state"], "failed", "{p:#}");
+    let msg = step("monitor")["message"].as_str().unwrap();
+    assert!(msg.contains("tee") && msg.contains("No such file"), "{msg}");
+    let m = p["message"].as_str().unwrap();
+    assert!(m.contains("1 stale pin(s): declared monitor"), "{m}");
+    let audit = c.json(&["audit"]).to_string();
+    assert!(audit.contains("plan.pins_stale"), "{audit}");
+
+    let now_fp = fingerprint(&crate::vsphere_rotation::getcert(
+        &v,
+        "MACHINE_SSL_CERT",
+        "__MACHINE_CERT",
+    ));
+    let show = c.json(&["inventory", "show", &now_fp]);
+    assert_eq!(pin(&show, "backup").unwrap()["state"], "match", "{show:#}");
+    assert_eq!(
+        pin(&show, "com.vmware.vsan.health").unwrap()["state"],
+        "match",
+        "{show:#}"
+    );
+    assert_eq!(pin(&show, "monitor").unwrap()["state"], "stale", "{show:#}");
+}
