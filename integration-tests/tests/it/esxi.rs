@@ -28,14 +28,14 @@ fn vcsim_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-struct Vcsim {
+pub(crate) struct Vcsim {
     _proc: Proc,
-    manifest: Value,
-    dir: PathBuf,
+    pub(crate) manifest: Value,
+    pub(crate) dir: PathBuf,
 }
 
 impl Vcsim {
-    fn start(dir: &Path, spec: &Value) -> Vcsim {
+    pub(crate) fn start(dir: &Path, spec: &Value) -> Vcsim {
         std::fs::create_dir_all(dir).unwrap();
         let spec_path = dir.join("spec.json");
         std::fs::write(&spec_path, spec.to_string()).unwrap();
@@ -53,7 +53,7 @@ impl Vcsim {
         }
     }
 
-    fn settings(&self, password: &str) -> VimSettings {
+    pub(crate) fn settings(&self, password: &str) -> VimSettings {
         let pw = self.dir.join(format!("pw-{}", password.len()));
         std::fs::write(&pw, format!("{password}\n")).unwrap();
         VimSettings {

@@ -24,6 +24,7 @@ mod pins;
 mod recover;
 mod recover_gke;
 mod recover_ovirt;
+mod renewers;
 mod rotation;
 mod scale_store;
 mod store_faults;
