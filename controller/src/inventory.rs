@@ -476,6 +476,7 @@ impl IndexState {
             if c.is_ca {
                 continue;
             }
+            prior.not_after.insert(fp.to_string(), c.not_after);
             for s in c.sightings.iter().filter(|s| &*s.agent == agent) {
                 for l in s.locations.iter() {
                     let k = owner::place_key(&l.to_model());

@@ -12,7 +12,8 @@
 //!   optionally `grace_days=N;` (how late it may be, e.g. vCenter's poll interval). Such a
 //!   certificate is owned by `platform:<name>`.
 //! * **A replacement.** A report puts a new certificate where another one was (same location
-//!   kind, path, store and alias; leaves only, since CA bundles reorder). If no certfleet plan
+//!   kind, path, store and alias; leaves only, since CA bundles reorder) that expires later
+//!   than the old one (a renewal; a shorter-lived one names no renewer). If no certfleet plan
 //!   step ran on that agent since the previous scan, the new certificate is owned by
 //!   [`OWNER_UNKNOWN`]; otherwise by [`OWNER_CERTFLEET`]. The note is kept with the agent's
 //!   inventory for as long as the certificate is reported.
@@ -158,6 +159,8 @@ pub struct Prior {
     pub places: HashMap<String, String>,
     /// Fingerprints it held.
     pub fingerprints: std::collections::HashSet<String>,
+    /// Not-after of the leaves in `places`, by fingerprint.
+    pub not_after: HashMap<String, i64>,
     /// Owner notes (fingerprint → owner).
     pub notes: BTreeMap<String, String>,
     /// When the agent scanned for its previous report.
@@ -197,6 +200,15 @@ pub fn note_replacements(
         }) else {
             continue;
         };
+        // A renewal lasts longer than what it replaces; anything else (a test fixture, an
+        // operator putting a shorter-lived certificate back) names no renewer.
+        if prior
+            .not_after
+            .get(&old)
+            .is_some_and(|old_na| stored.record.not_after <= *old_na)
+        {
+            continue;
+        }
         let ours = match worked_on {
             Some(w) => w,
             None => *worked_on.insert(certfleet_worked_on(fleet, agent, prior.scanned_at)?),

@@ -4,7 +4,8 @@
 //! `inventory show`); `plan create esxi-hosts` leaves them to vCenter and says so, unless
 //! `--param take_over=true`; they are 20 days from expiry, past vCenter's renew point (30 days
 //! ahead, polled every 5 days), so the inventory flags the renewal overdue naming the owner; the
-//! file replaced outside certfleet shows as `unknown-renewer` after the next report.
+//! file renewed outside certfleet shows as `unknown-renewer` after the next report (one replaced
+//! by a shorter-lived certificate does not).
 
 use std::time::Duration;
 
@@ -15,11 +16,30 @@ use crate::support::{Controller, wait_for};
 
 const AUTO: &str = "platform:vcenter-auto-renew";
 
-fn self_signed(name: &str) -> String {
-    rcgen::generate_simple_self_signed(vec![name.into()])
-        .unwrap()
-        .cert
-        .pem()
+/// A self-signed certificate for `name` expiring in `days`.
+fn self_signed(name: &str, days: i64) -> String {
+    let mut p = rcgen::CertificateParams::new(vec![name.into()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(days);
+    let k = rcgen::KeyPair::generate().unwrap();
+    p.self_signed(&k).unwrap().pem()
+}
+
+/// Writes `pem` over `path`, rescans, and returns the inventory item once it shows.
+fn replace_and_rescan(c: &Controller, path: &std::path::Path, pem: &str) -> Value {
+    std::fs::write(path, pem).unwrap();
+    let fp = fingerprint(pem);
+    c.cli(&["inventory", "rescan"]);
+    wait_for(
+        "the replaced file in the inventory",
+        Duration::from_secs(30),
+        || {
+            of_role(c, "file.custom")
+                .into_iter()
+                .find(|i| i["fingerprint_sha256"] == fp.as_str())
+        },
+    )
 }
 
 fn fingerprint(pem: &str) -> String {
@@ -52,7 +72,7 @@ fn platform_renewed_and_outside_replaced_certificates_are_owned_by_others_and_le
     let app_dir = tmp.path().join("app");
     std::fs::create_dir_all(&app_dir).unwrap();
     let app = app_dir.join("app.pem");
-    std::fs::write(&app, self_signed("app.lab.local")).unwrap();
+    std::fs::write(&app, self_signed("app.lab.local", 300)).unwrap();
 
     let c = Controller::start(&tmp.path().join("ctl"), &[]);
     let mut toml = format!(
@@ -166,20 +186,13 @@ fn platform_renewed_and_outside_replaced_certificates_are_owned_by_others_and_le
     );
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 
-    // Replaced outside certfleet: owned by an unknown renewer after the next report.
-    let new_pem = self_signed("app2.lab.local");
-    std::fs::write(&app, &new_pem).unwrap();
+    // A shorter-lived certificate put in its place renews nothing: no owner.
+    let item = replace_and_rescan(&c, &app, &self_signed("app.lab.local", 200));
+    assert_eq!(item["owner"], "-", "{item:#}");
+    // Renewed outside certfleet: owned by an unknown renewer after the next report.
+    let new_pem = self_signed("app.lab.local", 400);
+    let item = replace_and_rescan(&c, &app, &new_pem);
     let new_fp = fingerprint(&new_pem);
-    c.cli(&["inventory", "rescan"]);
-    let item = wait_for(
-        "the replaced file in the inventory",
-        Duration::from_secs(30),
-        || {
-            of_role(&c, "file.custom")
-                .into_iter()
-                .find(|i| i["fingerprint_sha256"] == new_fp.as_str())
-        },
-    );
     assert_eq!(item["owner"], "unknown-renewer", "{item:#}");
     let show = c.cli(&["inventory", "show", &new_fp]);
     assert!(
