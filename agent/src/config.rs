@@ -50,6 +50,10 @@ pub struct AgentConfig {
     /// default (see [`crate::remote_exec`]).
     #[serde(default)]
     pub exec: crate::remote_exec::ExecSection,
+    /// Renewers other than certfleet that no collector can see (`[[renewers]]`, see
+    /// [`crate::collect::renewers`]).
+    #[serde(default)]
+    pub renewers: Vec<crate::collect::renewers::Declared>,
     /// External consumers that pin a certificate (`[[pins]]`, see [`crate::pins`]).
     #[serde(default)]
     pub pins: Vec<crate::pins::PinDecl>,
@@ -213,9 +217,11 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "cas",
             "settings",
             "exec",
+            "renewers",
             "pins",
         ],
     ),
+    ("renewers", crate::collect::renewers::KEYS),
     ("pins", crate::pins::DECL_KEYS),
     (
         "files",
@@ -494,6 +500,7 @@ impl Default for AgentConfig {
             renew: Vec::new(),
             settings: BTreeMap::new(),
             exec: Default::default(),
+            renewers: Vec::new(),
             pins: Vec::new(),
         }
     }
@@ -553,6 +560,7 @@ impl AgentConfig {
         if !self.root.is_absolute() {
             problems.push(format!("root {:?} must be an absolute path", self.root));
         }
+        problems.extend(crate::collect::renewers::validate(&self.renewers));
         for (i, f) in self.files.iter().enumerate() {
             if f.paths.is_empty() {
                 problems.push(format!("files[{i}]: no paths"));

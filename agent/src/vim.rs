@@ -4,7 +4,8 @@
 //! is the whole client: session login (`SessionManager.Login`, the password read from a file),
 //! `RetrievePropertiesEx` over a `ContainerView` of every `HostSystem` and cluster,
 //! `OptionManager.QueryOptions` for the `vpxd.certmgmt.*` settings, the `CertificateManager`
-//! refresh methods, `DisconnectHost_Task` / `ReconnectHost_Task`, and task polling.
+//! refresh methods, `DisconnectHost_Task` / `ReconnectHost_Task`, task polling, and
+//! `HostVsanInternalSystem.QuerySyncingVsanObjects` (vSAN resync) for connected vSAN members.
 //!
 //! Requests follow the vim25 WSDL as govmomi generates it (`vim25/methods`, `vim25/types`);
 //! they were exercised against govmomi's own simulator (vcsim, extended where it lacks a call:
@@ -15,7 +16,8 @@
 //!
 //! Unverified against a real vCenter: the encoding of `config.certificate` (vcsim sends the PEM
 //! as the text of one `<byte>` element; the WSDL's `ArrayOfByte` is one signed `<byte>` per
-//! octet — both are accepted).
+//! octet — both are accepted); the JSON layout of `QuerySyncingVsanObjects`' answer (see
+//! [`count_syncing_objects`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -188,6 +190,11 @@ pub struct HostInfo {
     pub ha_state: String,
     /// `config.vsanHostConfig.enabled`: the host is a member of a vSAN cluster.
     pub vsan_enabled: bool,
+    /// `configManager.vsanInternalSystem` (vSAN hosts).
+    pub vsan_internal_system: Option<MoRef>,
+    /// vSAN objects this host reports resyncing (`QuerySyncingVsanObjects`), asked of connected
+    /// vSAN members only (None otherwise); `Err` says why the question failed.
+    pub vsan_syncing: Option<Result<u64, String>>,
 }
 
 /// One `OptionValue` of an `OptionManager`.
@@ -682,7 +689,8 @@ impl Session {
 <propSet><type>HostSystem</type><pathSet>name</pathSet><pathSet>parent</pathSet>\
 <pathSet>config.certificate</pathSet><pathSet>runtime.connectionState</pathSet>\
 <pathSet>runtime.inMaintenanceMode</pathSet><pathSet>runtime.dasHostState</pathSet>\
-<pathSet>config.vsanHostConfig.enabled</pathSet></propSet>\
+<pathSet>config.vsanHostConfig.enabled</pathSet>\
+<pathSet>configManager.vsanInternalSystem</pathSet></propSet>\
 <propSet><type>ClusterComputeResource</type><pathSet>name</pathSet></propSet>\
 <objectSet>{}<skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><name>view</name>\
 <type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet>\
@@ -705,7 +713,32 @@ impl Session {
             }
         }
         hosts.sort_by(|a, b| (&a.cluster, &a.name).cmp(&(&b.cluster, &b.name)));
+        for h in &mut hosts {
+            if !h.vsan_enabled || h.connection_state != "connected" {
+                continue;
+            }
+            h.vsan_syncing = Some(match &h.vsan_internal_system {
+                Some(vis) => self.syncing_vsan_objects(vis).map_err(|e| e.to_string()),
+                None => Err("vCenter names no configManager.vsanInternalSystem".into()),
+            });
+        }
         Ok(hosts)
+    }
+
+    /// `HostVsanInternalSystem.QuerySyncingVsanObjects` with no UUIDs (every object): how many
+    /// vSAN objects the host reports resyncing. Read-only.
+    pub fn syncing_vsan_objects(&self, vis: &MoRef) -> Result<u64, VimError> {
+        self.call(
+            "QuerySyncingVsanObjects",
+            |b| {
+                let json = child_text(b, "returnval").unwrap_or_default();
+                count_syncing_objects(&json)
+            },
+            &format!(
+                "<QuerySyncingVsanObjects>{}</QuerySyncingVsanObjects>",
+                vis.xml("_this")
+            ),
+        )
     }
 
     /// `OptionManager.QueryOptions` on vCenter's settings for keys starting with `prefix`
@@ -894,6 +927,22 @@ impl Session {
     }
 }
 
+/// The number of objects in `QuerySyncingVsanObjects`' answer: a JSON object whose
+/// `dom_objects` holds one entry per DOM object resyncing (the layout RVC's
+/// `vsan.resync_dashboard` reads; UNVERIFIED against a real host, the WSDL only says "string").
+pub fn count_syncing_objects(json: &str) -> Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| format!("QuerySyncingVsanObjects answer is not JSON: {e}"))?;
+    match v.get("dom_objects") {
+        Some(serde_json::Value::Object(m)) => Ok(m.len() as u64),
+        None | Some(serde_json::Value::Null) if v.is_object() => Ok(0),
+        _ => Err(format!(
+            "QuerySyncingVsanObjects answer has no dom_objects object: {}",
+            json.chars().take(200).collect::<String>()
+        )),
+    }
+}
+
 /// Hosts (cluster field holding the parent's moref value) and cluster names by moref value.
 fn parse_hosts(
     b: roxmltree::Node<'_, '_>,
@@ -927,6 +976,8 @@ fn parse_hosts(
                     .and_then(|v| child_text(v, "state"))
                     .unwrap_or_default(),
                 vsan_enabled: text("config.vsanHostConfig.enabled") == "true",
+                vsan_internal_system: get("configManager.vsanInternalSystem").and_then(moref_of),
+                vsan_syncing: None,
                 certificate: get("config.certificate")
                     .map(decode_byte_array)
                     .unwrap_or_default(),
@@ -941,6 +992,18 @@ fn parse_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syncing_objects_are_the_dom_objects_entries() {
+        let two = r#"{"dom_objects": {"a": {"uuid": "a"}, "b": {}}, "lsom_objects": {}}"#;
+        assert_eq!(count_syncing_objects(two), Ok(2));
+        assert_eq!(count_syncing_objects(r#"{"dom_objects": {}}"#), Ok(0));
+        assert_eq!(count_syncing_objects("{}"), Ok(0));
+        let e = count_syncing_objects("[1]").unwrap_err();
+        assert!(e.contains("no dom_objects"), "{e}");
+        let e = count_syncing_objects("<html>").unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+    }
 
     #[test]
     fn byte_arrays_decode_in_both_encodings() {

@@ -22,6 +22,8 @@ use tonic::Status;
 
 use crate::fleet::{AgentRecord, Fleet, internal};
 
+pub mod owner;
+
 /// A certificate as stored (the DER travels base64 so chains can be rebuilt).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredCert {
@@ -38,6 +40,10 @@ pub struct AgentInventory {
     certs: BTreeMap<String, StoredCert>,
     problems: Vec<Problem>,
     health: Vec<HealthFact>,
+    /// Who put a certificate in place, when a report showed it replacing another one
+    /// (fingerprint → `certfleet` / `unknown-renewer`, see [`owner`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    owners: BTreeMap<String, String>,
     /// What pins its certificates (see `crate::pins`).
     #[serde(default)]
     pins: Vec<Pin>,
@@ -72,6 +78,7 @@ pub fn apply(
     report: pb::InventoryReport,
     max_certificates: usize,
 ) -> Result<(), Status> {
+    let prior = fleet.inventory.prior(fleet, agent)?;
     let mut inv: AgentInventory = if report.full {
         AgentInventory::default()
     } else {
@@ -109,6 +116,9 @@ pub fn apply(
     inv.pins = report.pins.into_iter().map(Into::into).collect();
     inv.scanned_at = report.scanned_at;
     inv.received_at = now();
+    for (place, old, new, owner) in owner::note_replacements(fleet, agent, &prior, &mut inv)? {
+        tracing::warn!(agent, place, old, new, owner, "certificate replaced");
+    }
     fleet
         .store
         .put("inventory", agent, &inv)
@@ -214,6 +224,10 @@ struct Sighting {
     agent: Shared,
     role: Shared,
     locations: Box<[CompactLocation]>,
+    /// Who renews it as this agent sees it ("" when nobody known, see [`owner`]).
+    owner: Shared,
+    /// From when it counts as not renewed in time by its owner (`i64::MAX`: never).
+    overdue_at: i64,
 }
 
 struct CompactLocation {
@@ -274,6 +288,21 @@ impl IndexedCert {
         best
     }
 
+    /// Its owner as `agent` (any agent when None) sees it: a renewer other than certfleet first.
+    fn owner_seen_by(&self, agent: Option<&str>) -> &str {
+        let mut best: &str = "";
+        for s in self
+            .sightings
+            .iter()
+            .filter(|s| agent.is_none_or(|a| &*s.agent == a))
+        {
+            if best.is_empty() || (!owner::is_other(best) && owner::is_other(&s.owner)) {
+                best = &s.owner;
+            }
+        }
+        best
+    }
+
     fn record(&self, fp: &str, only_agent: Option<&str>) -> CertRecord {
         CertRecord {
             fingerprint_sha256: fp.to_owned(),
@@ -306,6 +335,8 @@ struct AgentEntry {
     fingerprints: Vec<Shared>,
     problems: Vec<Problem>,
     health: Vec<HealthFact>,
+    owners: BTreeMap<String, String>,
+    scanned_at: i64,
     pins: Vec<Pin>,
 }
 
@@ -339,8 +370,18 @@ impl IndexState {
         let mut fingerprints = Vec::with_capacity(inv.certs.len());
         for (fp, stored) in &inv.certs {
             let r = &stored.record;
+            let (owner, overdue_at) = owner::owner_of(
+                &inv.owners,
+                &inv.health,
+                fp,
+                &r.role,
+                &r.locations,
+                r.not_after,
+            );
             let sighting = Sighting {
                 agent: agent_s.clone(),
+                owner: self.strings.get(&owner),
+                overdue_at,
                 role: self.strings.get(&r.role),
                 locations: r
                     .locations
@@ -388,9 +429,69 @@ impl IndexState {
                 fingerprints,
                 problems: inv.problems.clone(),
                 health: inv.health.clone(),
+                owners: inv.owners.clone(),
+                scanned_at: inv.scanned_at,
                 pins: inv.pins.clone(),
             },
         );
+    }
+
+    /// See [`Index::earliest_due`].
+    fn earliest_due(&self, role: &str, now: i64, within: i64) -> Option<i64> {
+        let st = self;
+        let prefix = format!("{role}.");
+        for (not_after, fp) in st
+            .by_expiry
+            .range(..(now.saturating_add(within) + 1, Shared::from("")))
+        {
+            // A certificate another renewer owns is not the policy's to renew (its overdue
+            // check is a health fact of the inventory).
+            if let Some(c) = st.certs.get(fp)
+                && c.sightings.iter().any(|s| {
+                    (&*s.role == role || s.role.starts_with(&prefix)) && !owner::is_other(&s.owner)
+                })
+            {
+                return Some(*not_after);
+            }
+        }
+        None
+    }
+
+    /// What a report from `agent` is compared with to find replaced certificates.
+    fn prior(&self, agent: &str) -> owner::Prior {
+        let Some(entry) = self.agents.get(agent) else {
+            return owner::Prior::default();
+        };
+        let mut prior = owner::Prior {
+            notes: entry.owners.clone(),
+            scanned_at: entry.scanned_at,
+            ..Default::default()
+        };
+        let mut shared: HashSet<String> = HashSet::new();
+        for fp in &entry.fingerprints {
+            prior.fingerprints.insert(fp.to_string());
+            let Some(c) = self.certs.get(fp) else {
+                continue;
+            };
+            if c.is_ca {
+                continue;
+            }
+            prior.not_after.insert(fp.to_string(), c.not_after);
+            for s in c.sightings.iter().filter(|s| &*s.agent == agent) {
+                for l in s.locations.iter() {
+                    let k = owner::place_key(&l.to_model());
+                    if let Some(other) = prior.places.insert(k.clone(), fp.to_string())
+                        && *other != **fp
+                    {
+                        shared.insert(k);
+                    }
+                }
+            }
+        }
+        for k in shared {
+            prior.places.remove(&k);
+        }
+        prior
     }
 }
 
@@ -483,6 +584,27 @@ impl Index {
         );
         let _ = self.state.set(RwLock::new(st));
         Ok(self.state.get().expect("just set"))
+    }
+
+    /// What the index holds about `agent` before its next report is applied.
+    fn prior(&self, fleet: &Fleet, agent: &str) -> Result<owner::Prior, Status> {
+        Ok(self.read(fleet)?.prior(agent))
+    }
+
+    /// (agent id, fingerprint) → owner, for every certificate a renewer other than certfleet
+    /// owns (what plans leave alone unless told to take over).
+    pub fn owned_by_others(
+        &self,
+        fleet: &Fleet,
+    ) -> Result<HashMap<(String, String), String>, Status> {
+        let st = self.read(fleet)?;
+        let mut out = HashMap::new();
+        for (fp, c) in &st.certs {
+            for s in c.sightings.iter().filter(|s| owner::is_other(&s.owner)) {
+                out.insert((s.agent.to_string(), fp.to_string()), s.owner.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Builds the index now (at start, before the fleet reconnects), if not built yet.
@@ -588,21 +710,7 @@ impl Index {
         now: i64,
         within: i64,
     ) -> Result<Option<i64>, Status> {
-        let st = self.read(fleet)?;
-        let prefix = format!("{role}.");
-        for (not_after, fp) in st
-            .by_expiry
-            .range(..(now.saturating_add(within) + 1, Shared::from("")))
-        {
-            if let Some(c) = st.certs.get(fp)
-                && c.sightings
-                    .iter()
-                    .any(|s| &*s.role == role || s.role.starts_with(&prefix))
-            {
-                return Ok(Some(*not_after));
-            }
-        }
-        Ok(None)
+        Ok(self.read(fleet)?.earliest_due(role, now, within))
     }
 }
 
@@ -811,6 +919,36 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 pins.push(p);
             }
         }
+        // Certificates another renewer owns and has not renewed in time. Renewers renew weeks
+        // to months ahead: only what expires within two years is looked at.
+        let horizon = now.saturating_add(2 * 366 * 86_400);
+        for (not_after, fp) in st.by_expiry.range(..(horizon, Shared::from(""))) {
+            let Some(c) = st.certs.get(fp) else { continue };
+            for s in &c.sightings {
+                if s.overdue_at > now || only_agent.as_ref().is_some_and(|a| **a != *s.agent) {
+                    continue;
+                }
+                let Some(agent) = agents.get(&*s.agent) else {
+                    continue;
+                };
+                let place = s
+                    .locations
+                    .first()
+                    .map(|l| l.to_model().describe())
+                    .unwrap_or_default();
+                health.push(
+                    (&owner::overdue_fact(
+                        &agent.name,
+                        &s.owner,
+                        &s.role,
+                        &place,
+                        *not_after,
+                        s.overdue_at,
+                    ))
+                        .into(),
+                );
+            }
+        }
     }
     let issuer_filter = q.issued_by.to_lowercase();
     let issuer_ski: Option<Shared> = if issuer_filter.is_empty() {
@@ -981,6 +1119,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         items.push(pb::InventoryItem {
             certificate: Some(cert),
             seen,
+            owner: c.owner_seen_by(only_agent.as_deref()).to_owned(),
         });
     }
     Ok(pb::InventoryList {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::fleet::{AgentState, Fleet, internal};
+use crate::inventory::owner::TAKE_OVER;
 use crate::plan::recipes::{self, RecipeInput};
 use crate::plan::window::{in_window, next_window};
 use crate::plan::{Plan, PlanState, Policy, Step, StepState, Target, storage};
@@ -89,9 +90,10 @@ pub struct PlanRequest {
 pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
     let recipe = recipes::find(&req.recipe).map_err(Status::invalid_argument)?;
     if let Some(takes) = recipes::params_of(recipe.name()) {
-        let valid: Vec<String> = takes.iter().map(|p| (*p).to_owned()).collect();
+        let mut valid: Vec<String> = takes.iter().map(|p| (*p).to_owned()).collect();
+        valid.push(TAKE_OVER.to_owned());
         for k in req.params.keys() {
-            if !takes.contains(&k.as_str()) {
+            if !takes.contains(&k.as_str()) && k != TAKE_OVER {
                 return Err(crate::inventory::unknown_value(
                     &format!("--param of recipe {}:", recipe.name()),
                     k,
@@ -147,10 +149,62 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
         }
         t
     };
+    let take_over = match req.params.get(TAKE_OVER).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(Status::invalid_argument(format!(
+                "--param {TAKE_OVER}={v:?}: expected true or false"
+            )));
+        }
+    };
+    // Certificates another renewer owns stay out unless the operator takes them over: the
+    // recipe never sees them, and the plan (or the refusal) says which were left and to whom.
+    let owned = if take_over {
+        Default::default()
+    } else {
+        fleet.inventory.owned_by_others(fleet)?
+    };
+    let mut left_to_others: Vec<String> = Vec::new();
     let inventory = all
         .iter()
-        .map(|(a, inv)| (a.id.clone(), inv.certificates().collect()))
+        .map(|(a, inv)| {
+            let certs: Vec<_> = inv
+                .certificates()
+                .filter(|c| {
+                    let Some(o) = owned.get(&(a.id.clone(), c.fingerprint_sha256.clone())) else {
+                        return true;
+                    };
+                    if req.roles.is_empty()
+                        || req
+                            .roles
+                            .iter()
+                            .any(|r| c.role == *r || c.role.starts_with(&format!("{r}.")))
+                    {
+                        left_to_others.push(format!(
+                            "{} {} at {}: renewed by {o}",
+                            a.name,
+                            c.role,
+                            c.locations
+                                .first()
+                                .map(|l| l.describe())
+                                .unwrap_or_default()
+                        ));
+                    }
+                    false
+                })
+                .collect();
+            (a.id.clone(), certs)
+        })
         .collect();
+    left_to_others.sort();
+    left_to_others.dedup();
+    let left_note = (!left_to_others.is_empty()).then(|| {
+        format!(
+            "left to their own renewers (--param {TAKE_OVER}=true to renew them anyway): {}",
+            left_to_others.join("; ")
+        )
+    });
     let now = now();
     let input = RecipeInput {
         targets,
@@ -161,7 +215,12 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
             .then(|| now + req.expiring_within_secs as i64),
         params: req.params.clone(),
     };
-    let mut specs = recipe.build(&input).map_err(Status::failed_precondition)?;
+    let mut specs = recipe.build(&input).map_err(|e| {
+        Status::failed_precondition(match &left_note {
+            Some(note) => format!("{e}; {note}"),
+            None => e,
+        })
+    })?;
     let pins = all
         .iter()
         .map(|(a, inv)| (a.id.clone(), inv.pins().to_vec()))
@@ -221,7 +280,7 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
         origin: req.origin.clone(),
         policy: req.policy,
         steps,
-        message: String::new(),
+        message: left_note.unwrap_or_default(),
         canary_released: false,
         canary_done_at: 0,
         params: req.params,
@@ -311,7 +370,13 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
                 if pol.auto_approve {
                     plan.state = PlanState::Running;
                 }
-                plan.message = note;
+                if !note.is_empty() {
+                    plan.message = if plan.message.is_empty() {
+                        note
+                    } else {
+                        format!("{note}; {}", plan.message)
+                    };
+                }
                 fleet.save_plan(&plan)?;
                 tracing::info!(plan = %plan.id, role = %pol.role, "policy created a plan");
             }

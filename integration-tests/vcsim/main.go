@@ -8,9 +8,12 @@
 //   - CertificateManager (vcsim 0.24 only names it in ServiceContent):
 //     CertMgrRefreshCertificates_Task and CertMgrRefreshCACertificatesAndCRLs_Task.
 //   - HostSystem DisconnectHost_Task / ReconnectHost_Task (missing in vcsim 0.24).
-//   - OptionManager settings vpxd.certmgmt.mode and vpxd.certmgmt.certs.daysValid.
+//   - OptionManager settings vpxd.certmgmt.mode and vpxd.certmgmt.certs.daysValid (and, when
+//     the spec asks, vpxd.certmgmt.certs.autoRenewThreshold).
 //   - Per host (spec): runtime.dasHostState.state (vSphere HA agent state) and
 //     config.vsanHostConfig.enabled; vcsim leaves both unset.
+//   - Per vSAN host: configManager.vsanInternalSystem with QuerySyncingVsanObjects (objects
+//     resyncing, spec vsan_syncing); see vsanInternalSystem for what is unverified.
 //   - ReconnectHost_Task's HostConnectSpec.sslThumbprint check for a host serving an expired
 //     certificate (SSLVerifyFault otherwise).
 //   - A TLS listener per host standing in for the host's own port 443.
@@ -66,23 +69,30 @@ import (
 )
 
 type hostSpec struct {
-	Maintenance  bool `json:"maintenance"`
-	Disconnected bool `json:"disconnected"`
-	Expired      bool `json:"expired"`
+	Maintenance  bool   `json:"maintenance"`
+	Disconnected bool   `json:"disconnected"`
+	Expired      bool   `json:"expired"`
 	Stale        bool   `json:"stale_endpoint"`
 	HA           string `json:"ha_state"`
 	Vsan         bool   `json:"vsan"`
+	// vSAN DOM objects this host reports resyncing (HostVsanInternalSystem, see below).
+	VsanSyncing int `json:"vsan_syncing"`
 }
 
 type spec struct {
-	Clusters        int                 `json:"clusters"`
-	HostsPerCluster int                 `json:"hosts_per_cluster"`
-	Mode            string              `json:"mode"`
-	DaysValid       int                 `json:"days_valid"`
-	HostDaysLeft    int                 `json:"host_days_left"`
-	User            string              `json:"user"`
-	Password        string              `json:"password"`
-	Hosts           map[string]hostSpec `json:"hosts"`
+	Clusters        int    `json:"clusters"`
+	HostsPerCluster int    `json:"hosts_per_cluster"`
+	Mode            string `json:"mode"`
+	DaysValid       int    `json:"days_valid"`
+	HostDaysLeft    int    `json:"host_days_left"`
+	// vCenter 8.0 U3h+ / 9.x auto-renew: when set, the advanced setting
+	// vpxd.certmgmt.certs.autoRenewThreshold (days) exists with this value. Name from VMware's
+	// "What's new with vSphere 9.1" blog; UNVERIFIED for 8.0 U3h, and vcsim does not renew by
+	// itself (tests replace certificates through the API to stand in for the renewal).
+	AutoRenewThreshold int                 `json:"auto_renew_threshold"`
+	User               string              `json:"user"`
+	Password           string              `json:"password"`
+	Hosts              map[string]hostSpec `json:"hosts"`
 }
 
 type issuer struct {
@@ -228,6 +238,38 @@ func sha1Thumbprint(der []byte) string {
 	return strings.Join(parts, ":")
 }
 
+// vsanInternalSystem is a vSAN host's HostVsanInternalSystem (configManager.vsanInternalSystem),
+// which vcsim 0.24 does not model; only QuerySyncingVsanObjects. Source: the vim25 WSDL as
+// govmomi vendors it (vim25/types: QuerySyncingVsanObjectsRequestType{uuids},
+// QuerySyncingVsanObjectsResponse{returnval string}; the API reference: "uuids: List of
+// VSAN/DOM object UUIDs to restrict search to", none = all). The returned string is JSON.
+// UNVERIFIED: its layout — modelled as RVC's vsan.resync_dashboard reads it, an object
+// {"dom_objects": {uuid: {...}}, "lsom_objects": {...}} with one dom_objects entry per object
+// resyncing; and that vCenter forwards the call to the host as it does other host methods.
+type vsanInternalSystem struct {
+	Self    types.ManagedObjectReference
+	host    string
+	syncing int
+}
+
+func (v *vsanInternalSystem) Reference() types.ManagedObjectReference { return v.Self }
+
+func (v *vsanInternalSystem) QuerySyncingVsanObjects(req *types.QuerySyncingVsanObjects) soap.HasFault {
+	mu.Lock()
+	n := v.syncing
+	mu.Unlock()
+	dom := map[string]interface{}{}
+	for i := 0; i < n; i++ {
+		uuid := fmt.Sprintf("5f%06x-%04x-0000-0000-00505601%04x", i+1, len(v.host), i)
+		dom[uuid] = map[string]interface{}{
+			"uuid": uuid, "owner": v.host,
+			"content": map[string]interface{}{"type": "Configuration", "attributes": map[string]interface{}{"bytesToSync": 1 << 30}},
+		}
+	}
+	b, _ := json.Marshal(map[string]interface{}{"dom_objects": dom, "lsom_objects": map[string]interface{}{}})
+	return &methods.QuerySyncingVsanObjectsBody{Res: &types.QuerySyncingVsanObjectsResponse{Returnval: string(b)}}
+}
+
 type certificateManager struct {
 	mo.CertificateManager
 }
@@ -348,6 +390,10 @@ func main() {
 		modeOpt,
 		&types.OptionValue{Key: "vpxd.certmgmt.certs.daysValid", Value: fmt.Sprint(theSpec.DaysValid)},
 	)
+	if theSpec.AutoRenewThreshold > 0 {
+		vpx.Setting = append(vpx.Setting,
+			&types.OptionValue{Key: "vpxd.certmgmt.certs.autoRenewThreshold", Value: fmt.Sprint(theSpec.AutoRenewThreshold)})
+	}
 	model := simulator.VPX()
 	model.Cluster = theSpec.Clusters
 	model.ClusterHost = theSpec.HostsPerCluster
@@ -394,6 +440,10 @@ func main() {
 		}
 		if hs.Vsan {
 			h.Config.VsanHostConfig = &types.VsanHostConfigInfo{Enabled: types.NewBool(true)}
+			vis := &vsanInternalSystem{host: h.Name, syncing: hs.VsanSyncing}
+			vis.Self = types.ManagedObjectReference{Type: "HostVsanInternalSystem", Value: "vsanInternalSystem-" + h.Self.Value}
+			simulator.Map.Put(vis)
+			h.ConfigManager.VsanInternalSystem = &vis.Self
 		}
 		if hs.Disconnected || hs.Expired {
 			// An expired host certificate makes vpxa drop the connection: "Not Responding".

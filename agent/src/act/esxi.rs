@@ -12,7 +12,9 @@
 //! maintenance mode, a disconnected host, a host not responding with a certificate that has
 //! not expired, a host whose HA agent (`runtime.dasHostState.state`) is neither `master` nor
 //! `connectedToMaster`, a vSAN member whose cluster has another vSAN member disconnected, not
-//! responding or in maintenance mode (its objects may be resyncing) — skipped; a host whose
+//! responding or in maintenance mode (its objects may be resyncing), a vSAN member whose
+//! cluster's members report objects resyncing (`QuerySyncingVsanObjects`, see
+//! [`crate::vim::HostInfo::vsan_syncing`]) or whose own question failed — skipped; a host whose
 //! certificate has expired and is not disconnected by an operator — emergency path.
 
 use std::time::{Duration, Instant};
@@ -118,6 +120,32 @@ pub fn verdict(h: &HostInfo, peers: &[HostInfo], mode: &str, now: i64) -> Verdic
                 "vSAN cluster {} is degraded ({}): its objects may be resyncing",
                 h.cluster,
                 degraded.join(", ")
+            ));
+        }
+        let members = || {
+            peers
+                .iter()
+                .filter(|p| p.cluster == h.cluster && p.vsan_enabled)
+        };
+        let syncing: Vec<String> = members()
+            .filter_map(|p| match &p.vsan_syncing {
+                Some(Ok(n)) if *n > 0 => Some(format!("{} reports {n} object(s)", p.name)),
+                _ => None,
+            })
+            .collect();
+        if !syncing.is_empty() {
+            return skip(format!(
+                "vSAN cluster {} is resyncing objects ({}): a refresh restarts the host's agents; wait until the resync ends",
+                h.cluster,
+                syncing.join(", ")
+            ));
+        }
+        if let Some(Err(e)) = &h.vsan_syncing
+            && !members().any(|p| matches!(p.vsan_syncing, Some(Ok(_))))
+        {
+            return skip(format!(
+                "cannot tell whether vSAN cluster {} is resyncing: {e}",
+                h.cluster
             ));
         }
     }
@@ -629,6 +657,8 @@ mod tests {
             certificate: Vec::new(),
             ha_state: String::new(),
             vsan_enabled: false,
+            vsan_internal_system: None,
+            vsan_syncing: None,
         }
     }
 
@@ -691,7 +721,44 @@ mod tests {
         );
         b.in_maintenance_mode = false;
         assert_eq!(
-            verdict(&a, &[a.clone(), b, c], "vmca", now),
+            verdict(&a, &[a.clone(), b.clone(), c.clone()], "vmca", now),
+            Verdict::Refresh
+        );
+    }
+
+    /// vSAN resync: any member of the cluster reporting objects resyncing holds every member
+    /// back; a failed question holds back only when no member answered.
+    #[test]
+    fn a_resyncing_vsan_cluster_waits() {
+        let now = certfleet_common::model::now();
+        let member = |name: &str, cluster: &str, syncing: Option<Result<u64, String>>| {
+            let mut h = with_cert(host(name, cluster, "connected"), 100);
+            h.vsan_enabled = true;
+            h.vsan_syncing = syncing;
+            h
+        };
+        let a = member("ha", "C0", Some(Ok(0)));
+        let b = member("hb", "C0", Some(Ok(3)));
+        let other = member("hc", "C1", Some(Ok(7)));
+        let peers = vec![a.clone(), b.clone(), other.clone()];
+        for h in [&a, &b] {
+            assert!(
+                matches!(verdict(h, &peers, "vmca", now), Verdict::Skip(r)
+                    if r.starts_with("vSAN cluster C0 is resyncing objects (hb reports 3 object(s))")),
+                "{:?}",
+                verdict(h, &peers, "vmca", now)
+            );
+        }
+        let calm = vec![a.clone(), member("hb", "C0", Some(Ok(0))), other];
+        assert_eq!(verdict(&a, &calm, "vmca", now), Verdict::Refresh);
+        let unknown = member("hu", "C2", Some(Err("HTTP 500".into())));
+        assert!(
+            matches!(verdict(&unknown, std::slice::from_ref(&unknown), "vmca", now), Verdict::Skip(r)
+                if r.contains("cannot tell whether vSAN cluster C2 is resyncing: HTTP 500"))
+        );
+        let answered = member("hv", "C2", Some(Ok(0)));
+        assert_eq!(
+            verdict(&unknown, &[unknown.clone(), answered], "vmca", now),
             Verdict::Refresh
         );
     }

@@ -5,7 +5,8 @@
 //! `vcenter`, path = host name) and the one the host's own TLS endpoint serves (kind
 //! `endpoint`), so the scan's stale-endpoint check shows "renewed but still serving the old
 //! one". Host state (cluster, connection, maintenance mode) and vCenter's certificate mode
-//! (`vpxd.certmgmt.mode`, `vpxd.certmgmt.certs.daysValid`) are health facts.
+//! (`vpxd.certmgmt.mode`, `vpxd.certmgmt.certs.daysValid`) are health facts, and so is
+//! vCenter's own auto-renew when its settings show it ([`super::renewers::vcenter_auto_renew`]).
 //!
 //! Settings: `esxi.vim_url` (enables the collector, e.g. `https://localhost/sdk`),
 //! `esxi.vim_user`, `esxi.vim_password_file` (host path), `esxi.vim_ca_file` (host path of the
@@ -130,6 +131,20 @@ impl Collector for Esxi {
                     ),
                     healthy: true,
                 });
+                // vCenter renewing ESXi / Machine SSL certificates by itself.
+                let kv: Vec<(String, String)> = opts
+                    .iter()
+                    .map(|o| (o.key.clone(), o.value.clone()))
+                    .collect();
+                for (role, _, detail) in super::renewers::vcenter_auto_renew(&kv) {
+                    out.health.push(HealthFact {
+                        kind: super::renewers::FACT.into(),
+                        subject: role.into(),
+                        state: "vcenter-auto-renew".into(),
+                        detail,
+                        healthy: true,
+                    });
+                }
             }
             Err(e) => out.problem(Problem::error(NAME, &settings.url, e.to_string())),
         }

@@ -21,6 +21,7 @@ pub mod kubeadm;
 pub mod kubeconfig;
 pub mod ovirt_engine;
 pub mod ovirt_node;
+pub mod renewers;
 pub mod vsphere;
 pub mod vsphere_pins;
 
@@ -254,6 +255,7 @@ pub fn scan_into(cfg: &AgentConfig, mut out: Collection) -> Collection {
         }
     }
     stale_endpoints(&mut out);
+    renewers::declared_facts(&cfg.renewers, &mut out);
     crate::pins::evaluate(cfg, &mut out);
     // Dropped only now: collectors' health checks (the oVirt chain signature check) need
     // the DER of records other collectors added.

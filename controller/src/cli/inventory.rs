@@ -163,6 +163,8 @@ pub struct InventoryView {
     recipe: &'static str,
     subject_key_id: String,
     authority_key_id: String,
+    /// Who renews it: `certfleet`, `platform:<renewer>`, `unknown-renewer`, or `-`.
+    owner: String,
     locations: Vec<SeenView>,
     /// What pins it (reported by the agents; empty when nothing is known to).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -233,6 +235,11 @@ fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
         role: c.role,
         subject_key_id: c.subject_key_id,
         authority_key_id: c.authority_key_id,
+        owner: if i.owner.is_empty() {
+            "-".to_owned()
+        } else {
+            i.owner.clone()
+        },
         locations: i
             .seen
             .iter()
@@ -299,6 +306,10 @@ fn inventory_columns<'a>() -> Vec<Column<PlaceRow<'a>>> {
         Column::new("ROLE", "role", |r: &PlaceRow<'_>| Cell::plain(&r.cert.role)),
         Column::new("PLATFORM", "platform", |r: &PlaceRow<'_>| {
             Cell::plain(r.cert.platform)
+        })
+        .only(Show::Wide),
+        Column::new("OWNER", "owner", |r: &PlaceRow<'_>| {
+            Cell::plain(&r.cert.owner)
         })
         .only(Show::Wide),
         Column::new("SUBJECT", "subject", |r: &PlaceRow<'_>| {
@@ -515,6 +526,7 @@ pub fn print_certificate(
         );
         let _ = writeln!(s, "sans         {}", v.sans.join(", "));
         let _ = writeln!(s, "role         {} ({})", v.role, v.platform);
+        let _ = writeln!(s, "renewed by   {}", v.owner);
         let _ = writeln!(s, "if expired   {}", v.impact);
         if !v.recipe.is_empty() {
             let _ = writeln!(s, "renew with   certfleet plan create {}", v.recipe);
@@ -781,6 +793,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            owner: String::new(),
         }
     }
 
@@ -794,16 +807,19 @@ mod tests {
                     -3,
                     &[("engine-01", "/etc/pki/ovirt-engine/certs/apache.cer")],
                 ),
-                item(
-                    'b',
-                    "vsphere.machine_ssl",
-                    "CN=vcsa-01.dc1.example.org",
-                    12,
-                    &[(
-                        "vcsa-01",
-                        "/usr/lib/vmware-vmafd/bin/vecs-cli/MACHINE_SSL_CERT/__MACHINE_CERT",
-                    )],
-                ),
+                pb::InventoryItem {
+                    owner: "platform:vcenter-auto-renew".into(),
+                    ..item(
+                        'b',
+                        "vsphere.machine_ssl",
+                        "CN=vcsa-01.dc1.example.org",
+                        12,
+                        &[(
+                            "vcsa-01",
+                            "/usr/lib/vmware-vmafd/bin/vecs-cli/MACHINE_SSL_CERT/__MACHINE_CERT",
+                        )],
+                    )
+                },
                 item(
                     'c',
                     "file.pem",
@@ -861,9 +877,23 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "fingerprint_sha256,status,days_left,not_after,role,platform,subject,issuer,serial,agent,hostname,location,pins"
+            "fingerprint_sha256,status,days_left,not_after,role,platform,owner,subject,issuer,serial,agent,hostname,location,pins"
         );
-        assert_eq!(lines.count(), 4, "{text}");
+        let rows: Vec<&str> = lines.collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        // The owner column: the platform's renewer where known, `-` where nothing is known.
+        let owner_of = |role: &str| {
+            rows.iter()
+                .find(|r| r.contains(role))
+                .and_then(|r| r.split(',').nth(6))
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            owner_of("vsphere.machine_ssl"),
+            "platform:vcenter-auto-renew",
+            "{text}"
+        );
+        assert_eq!(owner_of("ovirt.engine.apache"), "-", "{text}");
         assert!(
             text.contains(
                 "/srv/containers/storage/overlay/3f9a0c1e7b2d/merged/etc/app/tls/app.pem"

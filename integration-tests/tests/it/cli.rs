@@ -324,7 +324,11 @@ fn status_filters_watch_logs_and_tls_errors() {
     ];
     let o =
         f.c.cli_as(&admin, &[&dry[..], &["--param", "dayz=3"][..]].concat());
-    refused(&o, 2, &["--param of recipe files: \"dayz\"", "valid: none"]);
+    refused(
+        &o,
+        2,
+        &["--param of recipe files: \"dayz\"", "valid: take_over"],
+    );
     let o =
         f.c.cli_as(&admin, &[&dry[..], &["--agent", "app2"][..]].concat());
     refused(

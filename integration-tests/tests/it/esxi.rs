@@ -28,14 +28,14 @@ fn vcsim_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-struct Vcsim {
+pub(crate) struct Vcsim {
     _proc: Proc,
-    manifest: Value,
-    dir: PathBuf,
+    pub(crate) manifest: Value,
+    pub(crate) dir: PathBuf,
 }
 
 impl Vcsim {
-    fn start(dir: &Path, spec: &Value) -> Vcsim {
+    pub(crate) fn start(dir: &Path, spec: &Value) -> Vcsim {
         std::fs::create_dir_all(dir).unwrap();
         let spec_path = dir.join("spec.json");
         std::fs::write(&spec_path, spec.to_string()).unwrap();
@@ -53,7 +53,7 @@ impl Vcsim {
         }
     }
 
-    fn settings(&self, password: &str) -> VimSettings {
+    pub(crate) fn settings(&self, password: &str) -> VimSettings {
         let pw = self.dir.join(format!("pw-{}", password.len()));
         std::fs::write(&pw, format!("{password}\n")).unwrap();
         VimSettings {
@@ -649,4 +649,54 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
         err.contains("DC0_C0_H0: vCenter is in custom mode"),
         "{err}"
     );
+}
+
+/// vSAN resync (`HostVsanInternalSystem.QuerySyncingVsanObjects`, added to vcsim in
+/// `integration-tests/vcsim/main.go`): every member of a cluster in which one member reports
+/// objects resyncing is skipped with the reason; a vSAN cluster with nothing resyncing is not.
+#[test]
+fn esxi_hosts_of_a_resyncing_vsan_cluster_are_skipped_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vc = Vcsim::start(
+        &tmp.path().join("vc"),
+        &serde_json::json!({
+            "clusters": 2, "hosts_per_cluster": 2, "mode": "vmca",
+            "user": "administrator@vsphere.local", "password": "s3cret&<pw>",
+            "hosts": {
+                "DC0_C0_H0": {"vsan": true},
+                "DC0_C0_H1": {"vsan": true, "vsan_syncing": 3},
+                "DC0_C1_H0": {"vsan": true},
+                "DC0_C1_H1": {"vsan": true}
+            }
+        }),
+    );
+    let s = Session::login(&vc.settings("s3cret&<pw>")).unwrap();
+    let hosts = s.hosts().unwrap();
+    assert_eq!(host(&hosts, "DC0_C0_H1").vsan_syncing, Some(Ok(3)));
+    assert_eq!(host(&hosts, "DC0_C1_H0").vsan_syncing, Some(Ok(0)));
+    s.logout();
+
+    let scan = agent_scan(&vc, &tmp.path().join("agent.toml"));
+    let verdicts: BTreeMap<String, String> = scan["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["locations"].as_array().unwrap().iter())
+        .filter(|l| l["kind"] == "vcenter")
+        .map(|l| {
+            let d = l["detail"].as_str().unwrap();
+            let v = d.split("esxi-hosts=").nth(1).unwrap_or("").to_owned();
+            (l["path"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    for h in ["DC0_C0_H0", "DC0_C0_H1"] {
+        assert_eq!(
+            verdicts[h],
+            "skip: vSAN cluster DC0_C0 is resyncing objects (DC0_C0_H1 reports 3 object(s)): a refresh restarts the host's agents; wait until the resync ends",
+            "{verdicts:#?}"
+        );
+    }
+    for h in ["DC0_C1_H0", "DC0_C1_H1"] {
+        assert_eq!(verdicts[h], "refresh", "{verdicts:#?}");
+    }
 }

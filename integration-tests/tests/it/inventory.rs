@@ -190,7 +190,11 @@ fn the_controller_inventory_is_what_the_agents_found() {
 
     // CSV for spreadsheets.
     let csv = c.cli(&["inventory", "--expiring-within", "30d", "-o", "csv"]);
-    assert!(csv.starts_with("fingerprint_sha256,status,days_left,not_after,role,platform,subject"));
+    assert!(
+        csv.starts_with(
+            "fingerprint_sha256,status,days_left,not_after,role,platform,owner,subject"
+        )
+    );
     assert!(csv.lines().count() > urgent.as_array().unwrap().len());
 
     // Metrics in the x509-certificate-exporter style.

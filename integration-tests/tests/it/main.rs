@@ -25,6 +25,7 @@ mod recover;
 mod recover_gke;
 mod recover_ovirt;
 mod recover_vsphere;
+mod renewers;
 mod rotation;
 mod scale_store;
 mod store_faults;
