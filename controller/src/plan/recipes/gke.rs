@@ -145,53 +145,7 @@ impl Recipe for GkeUserCa {
                 timeout_secs: rotate_timeout,
             });
             for (i, c) in copies.iter().enumerate() {
-                let k = |s: &str| format!("{cluster}-{}-{i}-{s}", c.agent_name);
-                let target = format!("{}:{}", c.agent_name, c.kubeconfig);
-                steps.push(StepSpec {
-                    key: k("fetch"),
-                    name: format!("fetch the new kubeconfig of {cluster}"),
-                    stage: "fetch".into(),
-                    target: target.clone(),
-                    agent: c.agent.clone(),
-                    agent_name: c.agent_name.clone(),
-                    action: "gke.fetch_kubeconfig".into(),
-                    args: json!({"cluster": cluster}),
-                    depends_on: vec![rotate_key.clone()],
-                    commands: vec![
-                        format!("kubectl --kubeconfig <admin kubeconfig> get secret admin -n {cluster} -o jsonpath='{{.data.admin\\.conf}}' | base64 --decode > STATE_DIR/staged/<step>.kubeconfig (0600, stays on this host)"),
-                        "openssl verify -CAfile <its CA> <its client certificate>".into(),
-                    ],
-                    files: vec!["STATE_DIR/staged/<step>.kubeconfig".into()],
-                    timeout_secs: 120,
-                });
-                steps.push(StepSpec {
-                    key: k("install"),
-                    name: format!("install the new kubeconfig of {cluster}"),
-                    stage: "install".into(),
-                    target,
-                    agent: c.agent.clone(),
-                    agent_name: c.agent_name.clone(),
-                    action: "kubeconfig.install".into(),
-                    args: json!({
-                        "path": c.kubeconfig,
-                        "staged": {"$ref": format!("{}.staged", k("fetch"))},
-                        "sha256": {"$ref": format!("{}.sha256", k("fetch"))},
-                        "ca_sha256": {"$ref": format!("{}.ca_sha256", k("fetch"))},
-                        "verify_access": true,
-                    }),
-                    depends_on: vec![k("fetch")],
-                    commands: vec![
-                        format!("back up {}", c.kubeconfig),
-                        format!("write {} atomically, mode 0600, same owner", c.kubeconfig),
-                        "check its certificate-authority-data holds the new CA only".into(),
-                        format!(
-                            "kubectl --kubeconfig {} version; restore the backup on failure",
-                            c.kubeconfig
-                        ),
-                    ],
-                    files: vec![c.kubeconfig.clone()],
-                    timeout_secs: 120,
-                });
+                steps.extend(fetch_and_install(cluster, i, c, Some(&rotate_key)));
             }
         }
         if steps.is_empty() {
@@ -206,6 +160,86 @@ impl Recipe for GkeUserCa {
         }
         Ok(steps)
     }
+}
+
+/// The two steps that replace workstation copy `i` of `cluster`'s kubeconfig with the one the
+/// admin cluster holds now: fetch (verified with `openssl verify`, staged 0600 on that host,
+/// never sent anywhere) and install (backup, atomic write keeping owner and mode, `kubectl
+/// version` through it, the backup restored on failure). After a CA rotation (`rotation`: the
+/// rotation step it waits for) the installed file must also hold the new CA only; without one
+/// (`gke-kubeconfig`), the client certificate had expired.
+fn fetch_and_install(
+    cluster: &str,
+    i: usize,
+    c: &KubeconfigCopy,
+    rotation: Option<&String>,
+) -> [StepSpec; 2] {
+    let k = |s: &str| format!("{cluster}-{}-{i}-{s}", c.agent_name);
+    let target = format!("{}:{}", c.agent_name, c.kubeconfig);
+    let (fetch_name, verify, install_name) = match rotation {
+        Some(_) => (
+            format!("fetch the new kubeconfig of {cluster}"),
+            "openssl verify -CAfile <its CA> <its client certificate>",
+            format!("install the new kubeconfig of {cluster}"),
+        ),
+        None => (
+            format!("fetch the kubeconfig of {cluster} anew (client certificate expired)"),
+            "openssl verify -CAfile <its CA> <its client certificate> (refuses an expired one)",
+            format!("install the fetched kubeconfig of {cluster}"),
+        ),
+    };
+    let mut install_commands = vec![
+        format!("back up {}", c.kubeconfig),
+        format!("write {} atomically, mode 0600, same owner", c.kubeconfig),
+    ];
+    if rotation.is_some() {
+        install_commands.push("check its certificate-authority-data holds the new CA only".into());
+    }
+    install_commands.push(format!(
+        "kubectl --kubeconfig {} version; restore the backup on failure",
+        c.kubeconfig
+    ));
+    [
+        StepSpec {
+            key: k("fetch"),
+            name: fetch_name,
+            stage: "fetch".into(),
+            target: target.clone(),
+            agent: c.agent.clone(),
+            agent_name: c.agent_name.clone(),
+            action: "gke.fetch_kubeconfig".into(),
+            args: json!({"cluster": cluster}),
+            depends_on: rotation.cloned().into_iter().collect(),
+            commands: vec![
+                format!(
+                    "kubectl --kubeconfig <admin kubeconfig> get secret admin -n {cluster} -o jsonpath='{{.data.admin\\.conf}}' | base64 --decode > STATE_DIR/staged/<step>.kubeconfig (0600, stays on this host)"
+                ),
+                verify.into(),
+            ],
+            files: vec!["STATE_DIR/staged/<step>.kubeconfig".into()],
+            timeout_secs: 120,
+        },
+        StepSpec {
+            key: k("install"),
+            name: install_name,
+            stage: "install".into(),
+            target,
+            agent: c.agent.clone(),
+            agent_name: c.agent_name.clone(),
+            action: "kubeconfig.install".into(),
+            args: json!({
+                "path": c.kubeconfig,
+                "staged": {"$ref": format!("{}.staged", k("fetch"))},
+                "sha256": {"$ref": format!("{}.sha256", k("fetch"))},
+                "ca_sha256": {"$ref": format!("{}.ca_sha256", k("fetch"))},
+                "verify_access": true,
+            }),
+            depends_on: vec![k("fetch")],
+            commands: install_commands,
+            files: vec![c.kubeconfig.clone()],
+            timeout_secs: 120,
+        },
+    ]
 }
 
 /// The admin-cluster CA rotation recipe.
@@ -467,52 +501,7 @@ impl Recipe for GkeKubeconfig {
                     ));
                     continue;
                 }
-                let k = |s: &str| format!("{cluster}-{}-{i}-{s}", c.agent_name);
-                let target = format!("{}:{}", c.agent_name, c.kubeconfig);
-                steps.push(StepSpec {
-                    key: k("fetch"),
-                    name: format!("fetch the kubeconfig of {cluster} anew (client certificate expired)"),
-                    stage: "fetch".into(),
-                    target: target.clone(),
-                    agent: c.agent.clone(),
-                    agent_name: c.agent_name.clone(),
-                    action: "gke.fetch_kubeconfig".into(),
-                    args: json!({"cluster": cluster}),
-                    depends_on: vec![],
-                    commands: vec![
-                        format!("kubectl --kubeconfig <admin kubeconfig> get secret admin -n {cluster} -o jsonpath='{{.data.admin\\.conf}}' | base64 --decode > STATE_DIR/staged/<step>.kubeconfig (0600, stays on this host)"),
-                        "openssl verify -CAfile <its CA> <its client certificate> (refuses an expired one)".into(),
-                    ],
-                    files: vec!["STATE_DIR/staged/<step>.kubeconfig".into()],
-                    timeout_secs: 120,
-                });
-                steps.push(StepSpec {
-                    key: k("install"),
-                    name: format!("install the fetched kubeconfig of {cluster}"),
-                    stage: "install".into(),
-                    target,
-                    agent: c.agent.clone(),
-                    agent_name: c.agent_name.clone(),
-                    action: "kubeconfig.install".into(),
-                    args: json!({
-                        "path": c.kubeconfig,
-                        "staged": {"$ref": format!("{}.staged", k("fetch"))},
-                        "sha256": {"$ref": format!("{}.sha256", k("fetch"))},
-                        "ca_sha256": {"$ref": format!("{}.ca_sha256", k("fetch"))},
-                        "verify_access": true,
-                    }),
-                    depends_on: vec![k("fetch")],
-                    commands: vec![
-                        format!("back up {}", c.kubeconfig),
-                        format!("write {} atomically, mode 0600, same owner", c.kubeconfig),
-                        format!(
-                            "kubectl --kubeconfig {} version; restore the backup on failure",
-                            c.kubeconfig
-                        ),
-                    ],
-                    files: vec![c.kubeconfig.clone()],
-                    timeout_secs: 120,
-                });
+                steps.extend(fetch_and_install(cluster, i, c, None));
             }
         }
         if !blocked.is_empty() {
