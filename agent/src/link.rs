@@ -353,38 +353,6 @@ impl std::io::Write for DigestWriter<'_> {
     }
 }
 
-/// A record moved (not copied) into its wire form: the scan's DER and strings are handed to
-/// the report instead of being held twice while it is sent.
-fn into_wire(c: certfleet_common::model::CertRecord) -> pb::CertificateRecord {
-    pb::CertificateRecord {
-        fingerprint_sha256: c.fingerprint_sha256,
-        subject: c.subject,
-        issuer: c.issuer,
-        serial: c.serial,
-        sans: c.sans,
-        not_before: c.not_before,
-        not_after: c.not_after,
-        key_algorithm: c.key_algorithm,
-        key_bits: c.key_bits,
-        is_ca: c.is_ca,
-        subject_key_id: c.subject_key_id,
-        authority_key_id: c.authority_key_id,
-        role: c.role,
-        locations: c
-            .locations
-            .into_iter()
-            .map(|l| pb::Location {
-                kind: l.kind,
-                path: l.path,
-                store: l.store,
-                alias: l.alias,
-                detail: l.detail,
-            })
-            .collect(),
-        der: c.der,
-    }
-}
-
 impl Reported {
     /// The report of scan `c` (consumed: its records move into the report): every record on
     /// the first report, afterwards those new or changed since the last one, and the
@@ -401,7 +369,8 @@ impl Reported {
             let same = self.certs.get(&rec.fingerprint_sha256) == Some(&digest);
             now_set.insert(rec.fingerprint_sha256.clone(), digest);
             if first || !same {
-                changed.push(into_wire(rec));
+                // Moved, not copied, into the report.
+                changed.push(rec.into());
             }
         }
         let removed = self

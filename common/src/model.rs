@@ -185,15 +185,21 @@ pub mod rfc3339 {
 
 // === wire conversions ===
 
+impl From<Location> for pb::Location {
+    fn from(l: Location) -> Self {
+        pb::Location {
+            kind: l.kind,
+            path: l.path,
+            store: l.store,
+            alias: l.alias,
+            detail: l.detail,
+        }
+    }
+}
+
 impl From<&Location> for pb::Location {
     fn from(l: &Location) -> Self {
-        pb::Location {
-            kind: l.kind.clone(),
-            path: l.path.clone(),
-            store: l.store.clone(),
-            alias: l.alias.clone(),
-            detail: l.detail.clone(),
-        }
+        l.clone().into()
     }
 }
 
@@ -209,25 +215,33 @@ impl From<pb::Location> for Location {
     }
 }
 
-impl From<&CertRecord> for pb::CertificateRecord {
-    fn from(c: &CertRecord) -> Self {
+/// Moves the record into its wire form (the agent hands a scan's DER and strings to the
+/// report instead of holding them twice while it is sent).
+impl From<CertRecord> for pb::CertificateRecord {
+    fn from(c: CertRecord) -> Self {
         pb::CertificateRecord {
-            fingerprint_sha256: c.fingerprint_sha256.clone(),
-            subject: c.subject.clone(),
-            issuer: c.issuer.clone(),
-            serial: c.serial.clone(),
-            sans: c.sans.clone(),
+            fingerprint_sha256: c.fingerprint_sha256,
+            subject: c.subject,
+            issuer: c.issuer,
+            serial: c.serial,
+            sans: c.sans,
             not_before: c.not_before,
             not_after: c.not_after,
-            key_algorithm: c.key_algorithm.clone(),
+            key_algorithm: c.key_algorithm,
             key_bits: c.key_bits,
             is_ca: c.is_ca,
-            subject_key_id: c.subject_key_id.clone(),
-            authority_key_id: c.authority_key_id.clone(),
-            role: c.role.clone(),
-            locations: c.locations.iter().map(Into::into).collect(),
-            der: c.der.clone(),
+            subject_key_id: c.subject_key_id,
+            authority_key_id: c.authority_key_id,
+            role: c.role,
+            locations: c.locations.into_iter().map(Into::into).collect(),
+            der: c.der,
         }
+    }
+}
+
+impl From<&CertRecord> for pb::CertificateRecord {
+    fn from(c: &CertRecord) -> Self {
+        c.clone().into()
     }
 }
 
