@@ -284,8 +284,7 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         {
             s.state = StepState::Skipped;
         }
-        audit_unflushed(
-            fleet,
+        fleet.audit_unflushed(
             &format!("plan:{}", plan.id),
             "plan.halt",
             &format!("plan:{}", plan.id),
@@ -377,8 +376,7 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         if state == PlanState::Failed && plan.message.is_empty() {
             plan.message = "finished with failed steps (within the failure budget)".into();
         }
-        audit_unflushed(
-            fleet,
+        fleet.audit_unflushed(
             &format!("plan:{}", plan.id),
             action,
             &format!("plan:{}", plan.id),
@@ -495,8 +493,7 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         if s.action == OPERATOR_SIGN {
             continue;
         }
-        audit_unflushed(
-            fleet,
+        fleet.audit_unflushed(
             &format!("plan:{}", plan.id),
             "step.dispatch",
             &format!("agent:{}", s.agent_id),
@@ -519,30 +516,6 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         send_step(fleet, s);
     }
     Ok(false)
-}
-
-/// Appends an audit entry without flushing: the caller flushes it together with the
-/// transition it records (one flush per engine pass, not one per step).
-fn audit_unflushed(
-    fleet: &Fleet,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: &str,
-) -> Result<(), Status> {
-    fleet
-        .store
-        .append("audit", |seq| crate::fleet::AuditEntry {
-            seq,
-            at: now(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            detail: detail.to_owned(),
-        })
-        .map_err(internal)?;
-    tracing::info!(actor, action, target, detail, "audit");
-    Ok(())
 }
 
 /// After a plan ends, the agents it touched rescan, so the inventory shows the new certificates
@@ -685,8 +658,7 @@ pub fn on_step_result(fleet: &Fleet, agent: &str, r: pb::StepResult) {
     }
     // The result and its audit entry made durable by one flush.
     let audited = written.map_err(internal).and_then(|_| {
-        audit_unflushed(
-            fleet,
+        fleet.audit_unflushed(
             &format!("agent:{agent}"),
             if ok { "step.succeeded" } else { "step.failed" },
             &format!("plan:{plan_id}"),

@@ -130,20 +130,8 @@ impl EnrollmentService {
         target: &str,
         detail: &str,
     ) -> Result<(), Status> {
-        self.fleet
-            .store
-            .append("audit", |seq| crate::fleet::AuditEntry {
-                seq,
-                at: now(),
-                actor: actor.to_owned(),
-                action: action.to_owned(),
-                target: target.to_owned(),
-                detail: detail.to_owned(),
-            })
-            .map_err(internal)?;
-        self.durable.flush(&self.fleet.store).await?;
-        tracing::info!(actor, action, target, detail, "audit");
-        Ok(())
+        self.fleet.audit_unflushed(actor, action, target, detail)?;
+        self.durable.flush(&self.fleet.store).await
     }
 
     fn refuse(&self, kind: &str, status: Status) -> Status {

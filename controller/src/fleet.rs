@@ -638,6 +638,19 @@ impl Fleet {
         target: &str,
         detail: &str,
     ) -> Result<(), Status> {
+        self.audit_unflushed(actor, action, target, detail)?;
+        self.store.flush().map_err(internal)
+    }
+
+    /// Appends an audit entry without flushing: for callers that flush it together with the
+    /// transition it records (the engine, once per pass; enrollment, with a shared flush).
+    pub fn audit_unflushed(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), Status> {
         self.store
             .append("audit", |seq| AuditEntry {
                 seq,
@@ -648,7 +661,6 @@ impl Fleet {
                 detail: detail.to_owned(),
             })
             .map_err(internal)?;
-        self.store.flush().map_err(internal)?;
         tracing::info!(actor, action, target, detail, "audit");
         Ok(())
     }
