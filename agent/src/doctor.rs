@@ -633,65 +633,35 @@ pub fn check_recipes(cfg: &AgentConfig, platforms: &[String]) -> Vec<Finding> {
         .filter(|r| platforms.iter().any(|p| p == r.platform))
     {
         let known = tools_of(r.platform);
-        let mut missing = Vec::new();
-        let mut risks = Vec::new();
-        let mut fixes = Vec::new();
-        for name in r.tools {
-            let default = known
+        let default_of = |name: &str| {
+            known
                 .iter()
-                .find(|t| t.name == *name)
+                .find(|t| t.name == name)
                 .map(|t| t.default)
-                .unwrap_or_default();
-            let path = tool_path(cfg, name, default);
-            if let Err(why) = executable(&path) {
-                missing.push(format!("{name} at {}: {why}", cfg.shown(&path)));
-                fixes.push(format!("install {name} or set [tools] {name:?}"));
-            }
+                .unwrap_or_default()
+        };
+        let mut b = Blockers::default();
+        for name in r.tools {
+            b.tool(cfg, name, default_of(name));
         }
         for n in r.needs {
             if let Some((why, fix, blocks)) = need_problem(cfg, n) {
                 if blocks {
-                    missing.push(why);
+                    b.missing.push(why);
                 } else {
-                    risks.push(why);
+                    b.risks.push(why);
                 }
                 if !fix.is_empty() {
-                    fixes.push(fix);
+                    b.fixes.push(fix);
                 }
             }
         }
-        let mut f = recipe_finding(r.recipe, r.platform, r.part, missing, fixes.clone());
-        if !risks.is_empty() {
-            if f.level == Level::Ok {
-                f.level = Level::Warn;
-                f.detail = format!("{}, but {}", f.detail, risks.join("; "));
-            } else {
-                f.detail = format!("{}; also {}", f.detail, risks.join("; "));
+        for name in r.optional {
+            if executable(&tool_path(cfg, name, default_of(name))).is_err() {
+                b.absent_optional.push(name);
             }
-            f.fix = fixes.join("; ");
         }
-        let absent: Vec<&str> = r
-            .optional
-            .iter()
-            .copied()
-            .filter(|name| {
-                let default = known
-                    .iter()
-                    .find(|t| t.name == *name)
-                    .map(|t| t.default)
-                    .unwrap_or_default();
-                executable(&tool_path(cfg, name, default)).is_err()
-            })
-            .collect();
-        if f.level < Level::Warn && !absent.is_empty() {
-            f.level = Level::Note;
-            f.detail = format!(
-                "{} (without {}: the steps that use it are skipped or do less)",
-                f.detail,
-                absent.join(", ")
-            );
-        }
-        out.push(f);
+        out.push(b.finding(r.recipe, r.platform, r.part));
     }
     if !cfg.renew.is_empty() || !cfg.cas.is_empty() {
         out.push(files_recipe(cfg));
@@ -699,57 +669,70 @@ pub fn check_recipes(cfg: &AgentConfig, platforms: &[String]) -> Vec<Finding> {
     out
 }
 
-fn recipe_finding(
-    recipe: &str,
-    platform: &str,
-    part: &str,
+/// What keeps one recipe from running here, gathered into its finding.
+#[derive(Default)]
+struct Blockers {
+    /// Without these it fails.
     missing: Vec<String>,
+    /// It runs, but these need attention (a password file others can read).
+    risks: Vec<String>,
+    /// Optional tools absent: it does less.
+    absent_optional: Vec<&'static str>,
     fixes: Vec<String>,
-) -> Finding {
-    if missing.is_empty() {
-        Finding::new(
-            "recipe",
-            Level::Ok,
-            format!("{recipe} ({platform}: {part}): ready"),
-            "",
-        )
-    } else {
-        Finding::new(
-            "recipe",
-            Level::Fail,
-            format!(
-                "{recipe} ({platform}: {part}) cannot run here: {}",
-                missing.join("; ")
-            ),
-            fixes.join("; "),
-        )
+}
+
+impl Blockers {
+    /// Records `name` as missing unless it is executable where the agent would run it.
+    fn tool(&mut self, cfg: &AgentConfig, name: &str, default: &str) {
+        let path = tool_path(cfg, name, default);
+        if let Err(why) = executable(&path) {
+            self.missing
+                .push(format!("{name} at {}: {why}", cfg.shown(&path)));
+            self.fixes
+                .push(format!("install {name} or set [tools] {name:?}"));
+        }
+    }
+
+    /// Fail when something is missing (risks added), else warn on risks, else a note on
+    /// absent optional tools, else ready.
+    fn finding(self, recipe: &str, platform: &str, part: &str) -> Finding {
+        let head = format!("{recipe} ({platform}: {part})");
+        let fix = self.fixes.join("; ");
+        if !self.missing.is_empty() {
+            let mut detail = format!("{head} cannot run here: {}", self.missing.join("; "));
+            if !self.risks.is_empty() {
+                detail = format!("{detail}; also {}", self.risks.join("; "));
+            }
+            return Finding::new("recipe", Level::Fail, detail, fix);
+        }
+        if !self.risks.is_empty() {
+            let detail = format!("{head}: ready, but {}", self.risks.join("; "));
+            return Finding::new("recipe", Level::Warn, detail, fix);
+        }
+        if !self.absent_optional.is_empty() {
+            let detail = format!(
+                "{head}: ready (without {}: the steps that use it are skipped or do less)",
+                self.absent_optional.join(", ")
+            );
+            return Finding::new("recipe", Level::Note, detail, fix);
+        }
+        Finding::new("recipe", Level::Ok, format!("{head}: ready"), fix)
     }
 }
 
 /// The `files` recipe: on a host with `[[renew]]`, a CSR made next to each certificate and the
-/// signed one installed (openssl, the directories, systemctl for restarts); on a CA host
+/// signed one installed (the tools of [`tools_of_renew`], the directories); on a CA host
 /// (`[[cas]]`), the sign command and the CA directory.
 fn files_recipe(cfg: &AgentConfig) -> Finding {
-    let mut missing = Vec::new();
-    let mut fixes = Vec::new();
-    let mut tool = |name: &str, default: &str, missing: &mut Vec<String>| {
-        let path = cfg.tool(name, default);
-        if let Err(why) = executable(&path) {
-            missing.push(format!("{name} at {}: {why}", cfg.shown(&path)));
-            fixes.push(format!("install {name} or set [tools] {name:?}"));
-        }
-    };
-    if !cfg.renew.is_empty() {
-        tool("openssl", "/usr/bin/openssl", &mut missing);
-    }
-    if cfg.renew.iter().any(|r| !r.restart.is_empty()) {
-        tool("systemctl", "/usr/bin/systemctl", &mut missing);
+    let mut b = Blockers::default();
+    for t in tools_of_renew(cfg) {
+        b.tool(cfg, t.name, t.default);
     }
     for (i, r) in cfg.renew.iter().enumerate() {
         for (what, file) in [("cert", &r.cert), ("key", &r.key)] {
             let dir = Path::new(file).parent().unwrap_or(Path::new("/"));
             if !cfg.host_path(dir).is_dir() {
-                missing.push(format!(
+                b.missing.push(format!(
                     "renew[{i}].{what} {file}: directory {} does not exist",
                     dir.display()
                 ));
@@ -758,7 +741,7 @@ fn files_recipe(cfg: &AgentConfig) -> Finding {
     }
     for (i, c) in cfg.cas.iter().enumerate() {
         if !cfg.host_path(&c.dir).is_dir() {
-            missing.push(format!(
+            b.missing.push(format!(
                 "cas[{i}] ({}): directory {} does not exist",
                 c.name, c.dir
             ));
@@ -774,7 +757,7 @@ fn files_recipe(cfg: &AgentConfig) -> Finding {
             if path.is_absolute()
                 && let Err(why) = executable(&path)
             {
-                missing.push(format!(
+                b.missing.push(format!(
                     "cas[{i}] ({}): sign command {}: {why}",
                     c.name,
                     cfg.shown(&path)
@@ -787,7 +770,7 @@ fn files_recipe(cfg: &AgentConfig) -> Finding {
         (false, true) => "renews the [[renew]] certificates",
         _ => "signs with the [[cas]]",
     };
-    recipe_finding("files", "files", part, missing, fixes)
+    b.finding("files", "files", part)
 }
 
 /// The state directory (0700) and the key (0600), both owned by the account running this.
