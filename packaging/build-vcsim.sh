@@ -9,13 +9,21 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 src="$here/integration-tests/vcsim/main.go"
 target="${CARGO_TARGET_DIR:-$here/target}"
 out="$target/vcsim/certfleet-vcsim"
+mkdir -p "$target/vcsim"
+# Tests start several simulators at once: one build at a time (the lock), each into its own
+# temporary file, so a second caller waits and then finds the binary fresh.
+exec 9>"$target/vcsim/.build.lock"
+flock 9
 if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
-    mkdir -p "$target/vcsim"
+    tmp="$(mktemp "$out.XXXXXX")"
+    trap 'rm -f "$tmp"' EXIT
     (
         cd "$here/integration-tests/vcsim"
         GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE="$target/vcsim/go-cache" \
-            go build -o "$out.tmp" .
+            go build -o "$tmp" .
     )
-    mv "$out.tmp" "$out"
+    chmod 0755 "$tmp"
+    mv "$tmp" "$out"
+    trap - EXIT
 fi
 echo "$out"

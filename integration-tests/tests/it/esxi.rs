@@ -15,17 +15,22 @@ use serde_json::Value;
 
 use crate::support::{Controller, Proc, http_get, wait_for};
 
-/// Builds (or reuses the cached) certfleet-vcsim; returns its path.
+/// Builds (or reuses the cached) certfleet-vcsim once per test process; returns its path.
 fn vcsim_binary() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-vcsim.sh");
-    let out = Command::new(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-vcsim.sh");
+            let out = Command::new(&script).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+        .clone()
 }
 
 pub(crate) struct Vcsim {
