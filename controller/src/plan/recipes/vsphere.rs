@@ -103,9 +103,37 @@ fn by_domain<'a>(
     input: &RecipeInput<'_>,
     nodes: &[&'a Target],
 ) -> Vec<(String, String, Vec<&'a Target>)> {
+    group_by(input, nodes, |_, key| key.to_owned())
+}
+
+/// `nodes` grouped by SSO domain *name* only, for the recipes that go node by node. The
+/// fingerprint part of the key changes on one node before the others: right after an STS
+/// replacement the node that ran it reports the new certificate while its partners still report
+/// the old one until their next scan, and grouping by the full key would then put partners of
+/// one domain in two groups and renew them at the same time. Two distinct domains that share a
+/// name (both `vsphere.local`) are only serialised, which is slower, never unsafe.
+fn by_domain_name<'a>(
+    input: &RecipeInput<'_>,
+    nodes: &[&'a Target],
+) -> Vec<(String, String, Vec<&'a Target>)> {
+    group_by(input, nodes, |name, key| {
+        if key.starts_with("node:") {
+            key.to_owned()
+        } else {
+            format!("name:{}", name.to_ascii_lowercase())
+        }
+    })
+}
+
+fn group_by<'a>(
+    input: &RecipeInput<'_>,
+    nodes: &[&'a Target],
+    group: impl Fn(&str, &str) -> String,
+) -> Vec<(String, String, Vec<&'a Target>)> {
     let mut out: Vec<(String, String, Vec<&'a Target>)> = Vec::new();
     for a in nodes {
         let (name, key) = sso_domain(input, a);
+        let key = group(&name, &key);
         match out.iter_mut().find(|(k, _, _)| *k == key) {
             Some((_, _, v)) => v.push(a),
             None => out.push((key, name, vec![a])),
@@ -174,7 +202,7 @@ impl Recipe for MachineSsl {
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
         let mut steps = Vec::new();
         let targets = vsphere_targets(input);
-        let domains = by_domain(input, &targets);
+        let domains = by_domain_name(input, &targets);
         for (_, _, nodes) in &domains {
             let mut prev: Option<String> = None;
             for &a in nodes {
@@ -277,7 +305,7 @@ impl Recipe for SolutionUsers {
     fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
         let mut steps = Vec::new();
         let targets = vsphere_targets(input);
-        let domains = by_domain(input, &targets);
+        let domains = by_domain_name(input, &targets);
         for (_, _, nodes) in &domains {
             let mut prev: Option<String> = None;
             for &a in nodes {
@@ -476,5 +504,89 @@ fn sts_domain(
             prev = key;
         }
         Ok(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use certfleet_common::model::CertRecord;
+
+    use super::*;
+
+    fn node(name: &str) -> Target {
+        serde_json::from_value(json!({"id": name, "name": name, "platforms": ["vsphere"]})).unwrap()
+    }
+
+    fn cert(node: &str, role: &str, fp: &str, location: (&str, &str)) -> CertRecord {
+        let now = certfleet_common::model::now();
+        let t = certfleet_common::model::format_time;
+        serde_json::from_value(json!({
+            "fingerprint_sha256": fp, "subject": format!("CN={node}"), "issuer": "CN=CA",
+            "serial": "1", "sans": [], "not_before": t(now - 86_400),
+            "not_after": t(now + 10 * 86_400), "key_algorithm": "RSA", "key_bits": 2048,
+            "is_ca": false, "subject_key_id": "", "authority_key_id": "", "role": role,
+            "locations": [{"kind": location.0, "path": location.1}],
+        }))
+        .unwrap()
+    }
+
+    /// Right after an STS replacement vc1 reports the new STS certificate and vc2 still the old
+    /// one (until its next scan): the two are one domain all the same, and Machine SSL goes
+    /// node by node, vc2's gate after vc1's last step (seen once as a flaky integration test).
+    #[test]
+    fn partners_reporting_different_sts_certificates_are_still_renewed_one_at_a_time() {
+        let (vc1, vc2) = (node("vc1"), node("vc2"));
+        let dn = "cn=TenantCredential-1,cn=vsphere.local,cn=Tenants,cn=IdentityManager,cn=Services,dc=vsphere,dc=local";
+        let mut inventory = BTreeMap::new();
+        for (n, sts) in [("vc1", "new-sts"), ("vc2", "old-sts")] {
+            inventory.insert(
+                n.to_owned(),
+                vec![
+                    cert(n, "vsphere.sts_signing", sts, ("vmdir", dn)),
+                    cert(
+                        n,
+                        "vsphere.machine_ssl",
+                        n,
+                        ("vecs", "MACHINE_SSL_CERT/__MACHINE_CERT"),
+                    ),
+                    cert(
+                        n,
+                        "vsphere.solution_user.vpxd",
+                        &format!("{n}-vpxd"),
+                        ("vecs", "vpxd/vpxd"),
+                    ),
+                ],
+            );
+        }
+        let all = vec![&vc1, &vc2];
+        let input = RecipeInput {
+            targets: all.clone(),
+            agents: all,
+            inventory,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params: BTreeMap::new(),
+        };
+        let steps = MachineSsl.build(&input).unwrap();
+        let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "vc1-gate",
+                "vc1-machine-ssl",
+                "vc1-clean-backup-store",
+                "vc2-gate",
+                "vc2-machine-ssl",
+                "vc2-clean-backup-store"
+            ]
+        );
+        assert_eq!(steps[3].depends_on, ["vc1-clean-backup-store"]);
+        let steps = SolutionUsers.build(&input).unwrap();
+        let gate2 = steps.iter().find(|s| s.key == "vc2-gate").unwrap();
+        assert_eq!(gate2.depends_on.len(), 1, "{:?}", gate2.depends_on);
+        // The STS recipe still tells two domains apart by their certificates.
+        assert_ne!(sso_domain(&input, &vc1).1, sso_domain(&input, &vc2).1);
     }
 }
