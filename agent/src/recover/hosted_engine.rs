@@ -4,19 +4,30 @@
 //! HostedEngine VM cannot start), so there is no engine to sign a new certificate. Two ways to
 //! get the VM up long enough, run on the hosted-engine host:
 //!
-//! - **`dropin`** (default): a systemd drop-in,
-//!   `/run/systemd/system/libvirtd.service.d/50-certfleet-recover-no-tls.conf`, resets
-//!   `ExecStart=` to `/usr/sbin/libvirtd` without `$LIBVIRTD_ARGS`. vdsm's libvirt
-//!   configurator (oVirt/vdsm `lib/vdsm/tool/configurators/libvirt.py`) turns on `listen_tls`
-//!   and puts `--listen` in `/etc/sysconfig/libvirtd`; `listen_tls` has no effect without
-//!   `--listen` (libvirt's `libvirtd.conf`), so libvirtd starts on its local UNIX sockets only
-//!   and never loads the expired certificate. vdsmd and the HA agent then start the
-//!   HostedEngine VM (`hosted-engine --vm-start`, then `--vm-status --json` until the engine's
-//!   health is `good`). The clock is never touched. Risks: while the drop-in is in place the
-//!   host accepts no TLS connections (no migrations to or from it, the engine cannot manage
-//!   it); the drop-in lives under `/run`, so a reboot drops it by itself. Not handled: hosts
-//!   whose libvirtd is socket-activated (`libvirtd-tls.socket`), where the TLS listener is a
-//!   socket unit and this drop-in does not remove it.
+//! - **`dropin`** (default): systemd drop-ins under `/run` take libvirtd's TLS listener away,
+//!   in both ways vdsm's libvirt configurator (oVirt/vdsm
+//!   `lib/vdsm/tool/configurators/libvirt.py`) sets one up:
+//!   - vdsm ≥ 4.40 (oVirt 4.4 and 4.5) uses socket activation: libvirtd.service requires
+//!     `libvirtd-tls.socket` (a symlink in `/etc/systemd/system/libvirtd.service.requires/`)
+//!     and libvirtd loads the certificate for the TLS socket systemd passes it.
+//!     [`SOCKET_DROPIN`] gives the socket `ConditionPathExists=!<the drop-in itself>`, so
+//!     while it exists a start of the socket is skipped; the socket is stopped, and libvirtd,
+//!     which still starts when a required unit is skipped by a condition (systemd.unit(5):
+//!     "other units are still pulled in and ordered as if this unit was successfully
+//!     activated"), gets no TLS socket. Written only on hosts where the socket is required or
+//!     active.
+//!   - older vdsm turns on `listen_tls` and puts `--listen` in `/etc/sysconfig/libvirtd`;
+//!     [`DROPIN`] resets `ExecStart=` to `/usr/sbin/libvirtd` without `$LIBVIRTD_ARGS`, and
+//!     `listen_tls` has no effect without `--listen` (libvirt's `libvirtd.conf`). Written on
+//!     every host (harmless where `LIBVIRTD_ARGS` is already empty).
+//!
+//!   Either way libvirtd starts on its local UNIX sockets only and never loads the expired
+//!   certificate. vdsmd and the HA agent then start the HostedEngine VM (`hosted-engine
+//!   --vm-start`, then `--vm-status --json` until the engine's health is `good`). The clock is
+//!   never touched. Risks: while the drop-ins are in place the host accepts no TLS connections
+//!   (no migrations to or from it, the engine cannot manage it); they live under `/run`, so a
+//!   reboot drops them by itself. Unverified on a real host: that a condition-skipped
+//!   `libvirtd-tls.socket` lets a requiring libvirtd.service start (the man page's words).
 //! - **`clock`** (the seed's way, seed 003): `systemctl stop chronyd`, `timedatectl set-time`
 //!   inside the certificate's validity, libvirtd and vdsmd restarted, the VM started and
 //!   waited for, then the clock and time sync restored. The clock change is journaled in the
@@ -54,6 +65,19 @@ use crate::state::StateDir;
 
 /// The temporary drop-in (under `/run`: never survives a reboot).
 pub const DROPIN: &str = "/run/systemd/system/libvirtd.service.d/50-certfleet-recover-no-tls.conf";
+/// The temporary drop-in that keeps `libvirtd-tls.socket` from starting (socket activation).
+pub const SOCKET_DROPIN: &str =
+    "/run/systemd/system/libvirtd-tls.socket.d/50-certfleet-recover-no-tls.conf";
+/// What it holds: a condition that fails while the drop-in itself exists.
+const SOCKET_DROPIN_TEXT: &str = "# Written by `certfleet-agent recover ovirt-hosted-engine --way dropin`:\n\
+# libvirtd-tls.socket skipped (libvirtd gets no TLS socket) while the VDSM certificate is expired.\n\
+# Removed by `recover ovirt-hosted-engine --cert-in`; under /run, so gone at the next boot.\n\
+[Unit]\nConditionPathExists=!/run/systemd/system/libvirtd-tls.socket.d/50-certfleet-recover-no-tls.conf\n";
+/// vdsm ≥ 4.40's requirement of the TLS socket (`_inject_unit_requirement`).
+const TLS_SOCKET_REQUIREMENT: &str =
+    "/etc/systemd/system/libvirtd.service.requires/libvirtd-tls.socket";
+/// The TLS socket unit.
+const TLS_SOCKET: &str = "libvirtd-tls.socket";
 /// What it holds: libvirtd without `$LIBVIRTD_ARGS` (so without `--listen`).
 const DROPIN_TEXT: &str = "# Written by `certfleet-agent recover ovirt-hosted-engine --way dropin`:\n\
 # libvirtd without --listen (no TLS listener) while the VDSM certificate is expired.\n\
@@ -329,7 +353,16 @@ impl Local<'_> {
                     "write {} (libvirtd without --listen: no TLS listener)",
                     DROPIN
                 ));
+                if self.socket_activated() {
+                    p.push(format!(
+                        "write {SOCKET_DROPIN} (libvirtd is socket-activated: {TLS_SOCKET} \
+                         skipped while it exists)"
+                    ));
+                }
                 p.push("systemctl daemon-reload".into());
+                if self.socket_activated() {
+                    p.push(format!("systemctl stop {TLS_SOCKET}"));
+                }
             }
             Way::Clock => {
                 p.push(format!(
@@ -480,40 +513,86 @@ impl Local<'_> {
         ))
     }
 
+    /// Whether libvirtd gets its TLS listener from `libvirtd-tls.socket` (vdsm ≥ 4.40 requires
+    /// it; or the socket is simply running), or a socket drop-in of ours is already in place.
+    fn socket_activated(&self) -> bool {
+        std::fs::symlink_metadata(self.cfg.host_path(TLS_SOCKET_REQUIREMENT)).is_ok()
+            || self.cfg.host_path(SOCKET_DROPIN).exists()
+            || self.host().is_active(TLS_SOCKET)
+    }
+
+    /// Writes the drop-ins (see the module doc), reloads systemd and stops the TLS socket.
+    ///
+    /// Idempotent: the files are written whole (same bytes on a repeat), and the socket is
+    /// stopped only when it runs.
     fn write_dropin(&self) -> Result<(), RecoverError> {
-        let p = self.cfg.host_path(DROPIN);
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| RecoverError::Input {
-                path: dir.to_path_buf(),
-                reason: format!("cannot create the drop-in directory: {e}"),
-            })?;
+        let socket = self.socket_activated();
+        let mut written = vec![(DROPIN, DROPIN_TEXT)];
+        if socket {
+            written.push((SOCKET_DROPIN, SOCKET_DROPIN_TEXT));
         }
-        certfleet_common::atomic::write_file(
-            &p,
-            DROPIN_TEXT.as_bytes(),
-            certfleet_common::atomic::PUBLIC,
-        )?;
-        audit(self.state, "drop-in written", json!({"path": DROPIN}))?;
-        (self.out)(format!("wrote {DROPIN}"));
-        self.host().systemctl(&["daemon-reload"])?;
+        for (path, text) in written {
+            let p = self.cfg.host_path(path);
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| RecoverError::Input {
+                    path: dir.to_path_buf(),
+                    reason: format!("cannot create the drop-in directory: {e}"),
+                })?;
+            }
+            certfleet_common::atomic::write_file(
+                &p,
+                text.as_bytes(),
+                certfleet_common::atomic::PUBLIC,
+            )?;
+            audit(self.state, "drop-in written", json!({"path": path}))?;
+            (self.out)(format!("wrote {path}"));
+        }
+        let host = self.host();
+        host.systemctl(&["daemon-reload"])?;
+        if socket && host.is_active(TLS_SOCKET) {
+            host.systemctl(&["stop", TLS_SOCKET])?;
+            audit(
+                self.state,
+                "TLS socket stopped",
+                json!({"unit": TLS_SOCKET}),
+            )?;
+        }
         Ok(())
     }
 
+    /// Removes the drop-ins, reloads systemd and starts the TLS socket again where ours kept it
+    /// from starting.
+    ///
+    /// Idempotent: absent drop-ins are skipped; starting a running socket is a no-op.
     fn remove_dropin(&self) -> Result<(), RecoverError> {
-        let p = self.cfg.host_path(DROPIN);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(RecoverError::Input {
-                    path: p,
-                    reason: format!("cannot remove the drop-in: {e}"),
-                });
+        let mut socket = false;
+        for path in [DROPIN, SOCKET_DROPIN] {
+            let p = self.cfg.host_path(path);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {
+                    socket |= path == SOCKET_DROPIN;
+                    audit(self.state, "drop-in removed", json!({"path": path}))?;
+                    (self.out)(format!("removed {path}"));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(RecoverError::Input {
+                        path: p,
+                        reason: format!("cannot remove the drop-in: {e}"),
+                    });
+                }
             }
         }
-        audit(self.state, "drop-in removed", json!({"path": DROPIN}))?;
-        (self.out)(format!("removed {DROPIN}"));
-        self.host().systemctl(&["daemon-reload"])?;
+        let host = self.host();
+        host.systemctl(&["daemon-reload"])?;
+        if socket {
+            host.systemctl(&["start", TLS_SOCKET])?;
+            audit(
+                self.state,
+                "TLS socket started",
+                json!({"unit": TLS_SOCKET}),
+            )?;
+        }
         Ok(())
     }
 
@@ -571,7 +650,10 @@ impl Local<'_> {
         ));
         let mut steps = vec![format!("check {} against this host", cert_in.display())];
         if way == Way::DropIn {
-            steps.push(format!("remove {DROPIN}; systemctl daemon-reload"));
+            steps.push(format!(
+                "remove {DROPIN} (and {SOCKET_DROPIN} where written); systemctl daemon-reload; \
+                 systemctl start {TLS_SOCKET} where it was kept from starting"
+            ));
         }
         steps.push(
             "install at every VDSM path with backups; restart libvirtd (with TLS) and vdsmd; verify"
@@ -590,14 +672,17 @@ impl Local<'_> {
             "hosted-engine recovery: install",
             json!({"way": way.name(), "cert_in": cert_in.display().to_string()}),
         )?;
-        let had_dropin = self.cfg.host_path(DROPIN).exists();
+        let had_dropin =
+            self.cfg.host_path(DROPIN).exists() || self.cfg.host_path(SOCKET_DROPIN).exists();
         if way == Way::DropIn || had_dropin {
             self.remove_dropin()?;
         }
         match self.ovirt_host_install(cert_in, false) {
             Ok(msg) => {
-                if self.cfg.host_path(DROPIN).exists() {
-                    return Err(RecoverError::Check(format!("{DROPIN} is still present")));
+                for path in [DROPIN, SOCKET_DROPIN] {
+                    if self.cfg.host_path(path).exists() {
+                        return Err(RecoverError::Check(format!("{path} is still present")));
+                    }
                 }
                 audit(self.state, "recovered", json!({"result": msg}))?;
                 Ok(format!("{msg}; libvirtd runs with its TLS listener again"))

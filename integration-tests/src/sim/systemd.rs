@@ -22,7 +22,16 @@
 //! (`certs_only_with`: libvirtd's `--listen`, which makes `listen_tls` take effect, per
 //! `libvirtd.conf`) needs them only when its loaded command line has that argument.
 //! `requires` models `Requires=`: starting the unit starts the required ones first and fails
-//! with "A dependency job … failed" when one cannot start. Certificate validity is checked
+//! with "A dependency job … failed" when one cannot start. Requirements also come from
+//! `/etc/systemd/system/<unit>.requires/` (and `/run/…`), the way vdsm ≥ 4.40
+//! (`lib/vdsm/tool/configurators/libvirt.py`, `_inject_unit_requirement`) makes libvirtd.service
+//! require `libvirtd-tls.socket`. A unit whose certificates serve a socket systemd passes it
+//! (`certs_with_active`: libvirtd with socket activation loads them for the TLS socket) needs
+//! them only when that socket unit is active at its start. `ConditionPathExists=` lines
+//! (`!` negates) in `<unit>.d/*.conf` drop-ins are loaded by `daemon-reload`; a start whose
+//! condition fails leaves the unit inactive and, as systemd.unit(5) says, "other units are still
+//! pulled in and ordered as if this unit was successfully activated", so a requiring unit still
+//! starts (from the man page; not tried on a real host). Certificate validity is checked
 //! against the simulated host clock ([`super::clock::host_now`]). Unverified: the exact text
 //! of the dependency failure, and that vdsmd's only hard start dependency here is libvirtd.
 
@@ -68,6 +77,12 @@ pub struct Unit {
     /// Units it `Requires=`.
     #[serde(default)]
     pub requires: Vec<String>,
+    /// The certificates are needed only when this (socket) unit is active at the start.
+    #[serde(default)]
+    pub certs_with_active: Option<String>,
+    /// `ConditionPathExists=` values of its drop-ins, as the last `daemon-reload` loaded them.
+    #[serde(default)]
+    pub loaded_conditions: Vec<String>,
 }
 
 /// A service account: uid and every group it has (primary first).
@@ -120,6 +135,84 @@ fn canonical(name: &str) -> String {
     name.trim_end_matches(".service").to_owned()
 }
 
+/// The unit's file name: `libvirtd` → `libvirtd.service`; `libvirtd-tls.socket` as it is.
+fn unit_file(n: &str) -> String {
+    if n.contains('.') {
+        n.to_owned()
+    } else {
+        format!("{n}.service")
+    }
+}
+
+/// Entries of `<unit file>.<suffix>` under `/run/systemd/system` and `/etc/systemd/system`,
+/// by file name (the one in `/etc` masks the one in `/run`), sorted.
+fn unit_dir_entries(host: &SimHost, n: &str, suffix: &str) -> Vec<(String, std::path::PathBuf)> {
+    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for dir in ["/run/systemd/system", "/etc/systemd/system"] {
+        let d = host.path(&format!("{dir}/{}.{suffix}", unit_file(n)));
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                files.retain(|(f, _)| *f != name);
+                files.push((name, e.path()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The unit's drop-in files (`<unit file>.d/*.conf`), in the order systemd applies them.
+fn dropins(host: &SimHost, n: &str) -> Vec<std::path::PathBuf> {
+    unit_dir_entries(host, n, "d")
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".conf"))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// `ConditionPathExists=` values of the unit's drop-ins (an empty one resets the list).
+fn conditions(host: &SimHost, n: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in dropins(host, n) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(v) = line.trim().strip_prefix("ConditionPathExists=") {
+                if v.trim().is_empty() {
+                    out.clear();
+                } else {
+                    out.push(v.trim().to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The first loaded condition that does not hold now.
+fn failed_condition(host: &SimHost, u: &Unit) -> Option<String> {
+    u.loaded_conditions.iter().find_map(|c| {
+        let (negated, path) = match c.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, c.as_str()),
+        };
+        let exists = std::fs::symlink_metadata(host.path(path)).is_ok();
+        (exists == negated).then(|| format!("ConditionPathExists={c}"))
+    })
+}
+
+/// `Requires=` from the unit and from its `.requires/` directories.
+fn requirements(host: &SimHost, n: &str, u: &Unit) -> Vec<String> {
+    let mut all: Vec<String> = u.requires.iter().map(|r| canonical(r)).collect();
+    for (name, _) in unit_dir_entries(host, n, "requires") {
+        let name = canonical(&name);
+        if !all.contains(&name) {
+            all.push(name);
+        }
+    }
+    all
+}
+
 /// Installs `systemctl` at `/usr/bin/systemctl` and defines `unit` (active) needing `certs`.
 pub fn define_unit(host: &SimHost, unit: &str, certs: &[&str]) -> Result<()> {
     host.install_tool("/usr/bin/systemctl", "systemctl")?;
@@ -149,6 +242,21 @@ pub fn define_unit_as(
     let u = st.units.get_mut(&canonical(unit)).expect("just defined");
     u.requires_keys = keys.iter().map(|s| s.to_string()).collect();
     u.runs_as = account;
+    save(host, &st)
+}
+
+/// Defines the socket unit `name` (`libvirtd-tls.socket`), active, needing nothing.
+pub fn define_socket(host: &SimHost, name: &str) -> Result<()> {
+    define_unit(host, name, &[])
+}
+
+/// The certificates of `unit` are needed only when the socket unit `socket` is active at its
+/// start (libvirtd with socket activation).
+pub fn certs_with_socket(host: &SimHost, unit: &str, socket: &str) -> Result<()> {
+    let mut st = load(host)?;
+    let u = st.units.get_mut(&canonical(unit)).context("no such unit")?;
+    u.certs_with_active = Some(socket.to_owned());
+    u.certs_only_with = None;
     save(host, &st)
 }
 
@@ -198,23 +306,8 @@ fn effective_exec(
     unit: &str,
     shipped: &str,
 ) -> std::result::Result<String, String> {
-    let mut files = Vec::new();
-    for dir in ["/run/systemd/system", "/etc/systemd/system"] {
-        let d = host.path(&format!("{dir}/{unit}.service.d"));
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".conf") {
-                    // Same name in /etc masks the one in /run.
-                    files.retain(|(n, _): &(String, std::path::PathBuf)| *n != name);
-                    files.push((name, e.path()));
-                }
-            }
-        }
-    }
-    files.sort();
     let mut exec = Some(shipped.to_owned());
-    for (_, path) in files {
+    for path in dropins(host, unit) {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         for line in text.lines() {
             let Some(v) = line.trim().strip_prefix("ExecStart=") else {
@@ -266,12 +359,26 @@ pub fn unit(host: &SimHost, unit: &str) -> Result<Unit> {
         .context("no such unit")
 }
 
-fn check_certs(host: &SimHost, u: &Unit) -> std::result::Result<(), String> {
-    let now = super::clock::host_now(host);
-    let certs_needed = match (&u.certs_only_with, &u.loaded_exec) {
-        (Some(arg), Some(Ok(line))) => line.split_whitespace().any(|w| w == arg),
-        _ => true,
+/// Whether `u` needs its certificates for this start: always, unless they serve only a TLS
+/// listener (`--listen` on the loaded command line, or an active TLS socket unit).
+fn certs_needed(st: &State, u: &Unit) -> bool {
+    let by_arg = match (&u.certs_only_with, &u.loaded_exec) {
+        (Some(arg), Some(Ok(line))) => Some(line.split_whitespace().any(|w| w == arg)),
+        _ => None,
     };
+    let by_socket = u.certs_with_active.as_ref().map(|s| {
+        st.units
+            .get(&canonical(s))
+            .is_some_and(|d| d.state == "active")
+    });
+    match (by_arg, by_socket) {
+        (None, None) => true,
+        (a, b) => a.unwrap_or(false) || b.unwrap_or(false),
+    }
+}
+
+fn check_certs(host: &SimHost, u: &Unit, certs_needed: bool) -> std::result::Result<(), String> {
+    let now = super::clock::host_now(host);
     for c in u.requires_certs.iter().filter(|_| certs_needed) {
         let p = host.path(c);
         let bytes = std::fs::read(&p).map_err(|e| format!("{c}: {e}"))?;
@@ -322,13 +429,18 @@ fn start_unit(
     depth: u32,
 ) -> std::result::Result<(), bool> {
     let u = st.units.get(n).cloned().ok_or(false)?;
-    for r in &u.requires {
-        let r = canonical(r);
+    if let Some(cond) = failed_condition(host, &u) {
+        let entry = st.units.get_mut(n).expect("present");
+        entry.state = "inactive".into();
+        entry.last_error = format!("{n} was skipped because of an unmet condition check ({cond})");
+        return Ok(());
+    }
+    for r in requirements(host, n, &u) {
         let active = st.units.get(&r).is_some_and(|d| d.state == "active");
         if !active && (depth > 8 || start_unit(host, st, &r, depth + 1).is_err()) {
             let entry = st.units.get_mut(n).expect("present");
             entry.state = "failed".into();
-            entry.last_error = format!("dependency {r}.service failed to start");
+            entry.last_error = format!("dependency {} failed to start", unit_file(&r));
             return Err(true);
         }
     }
@@ -345,7 +457,7 @@ fn start_unit(
     } else if let Some(Err(invalid)) = &u.loaded_exec {
         Err(invalid.clone())
     } else {
-        check_certs(host, &u)
+        check_certs(host, &u, certs_needed(st, &u))
     };
     let entry = st.units.get_mut(n).expect("present");
     match outcome {
@@ -417,10 +529,11 @@ pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
         "daemon-reload" => {
             let names: Vec<String> = st.units.keys().cloned().collect();
             for n in names {
-                let u = st.units.get(&n).expect("listed");
+                let conditions = conditions(host, &n);
+                let u = st.units.get_mut(&n).expect("listed");
+                u.loaded_conditions = conditions;
                 if !u.exec_start.is_empty() {
-                    let loaded = effective_exec(host, &n, &u.exec_start);
-                    st.units.get_mut(&n).expect("listed").loaded_exec = Some(loaded);
+                    u.loaded_exec = Some(effective_exec(host, &n, &u.exec_start));
                 }
             }
             save(host, &st)?;

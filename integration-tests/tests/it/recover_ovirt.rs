@@ -4,9 +4,12 @@
 //! run by hand: `--csr-out` on the host brings the VM up, `sign` on the engine, `--cert-in`
 //! on the host finishes.
 //!
-//! - kvm01, `--way dropin`: libvirtd runs without `--listen` from a drop-in while the VM
-//!   starts, the clock is never touched; at the end the drop-in is gone and libvirtd runs with
-//!   its TLS listener and the new certificate.
+//! - kvm01, `--way dropin` on vdsm ≥ 4.40's socket activation: `libvirtd-tls.socket` is kept
+//!   from starting by a drop-in while the VM starts (libvirtd gets no TLS socket), the clock is
+//!   never touched; at the end the drop-ins are gone and libvirtd runs with its TLS socket and
+//!   the new certificate.
+//! - kvm03, `--way dropin` on the pre-4.40 layout: libvirtd runs without `--listen` from a
+//!   drop-in, the same way round.
 //! - kvm02, `--way clock`: a failure half-way (vdsmd broken) and a SIGKILL right after the
 //!   clock was set both leave the simulated host clock restored and chronyd running (the kill
 //!   is undone when the agent starts again); then the whole recovery succeeds.
@@ -25,6 +28,8 @@ use crate::ovirt_rotation::{VDSM_CERT, fqdn, hash_tree, not_after, now, s, syste
 use crate::support;
 
 const DROPIN: &str = "/run/systemd/system/libvirtd.service.d/50-certfleet-recover-no-tls.conf";
+const SOCKET_DROPIN: &str =
+    "/run/systemd/system/libvirtd-tls.socket.d/50-certfleet-recover-no-tls.conf";
 
 fn agent(args: &[&str], root: &Path, state: &Path, cfg: &Path, crash: Option<&str>) -> Output {
     let mut cmd = Command::new(support::bin("certfleet-agent"));
@@ -116,10 +121,11 @@ fn hosted_engine_host_recovered_by_dropin_and_by_clock_even_after_failure_and_ki
         .insert("ca".into(), Lifetime::days(2000, 3000));
     let e = build_engine(&engine, &espec).unwrap();
     let mut hosts = Vec::new();
-    for name in ["kvm01", "kvm02"] {
+    for name in ["kvm01", "kvm02", "kvm03"] {
         let h = SimHost::new(d.join(format!("root-{name}")), &sim).unwrap();
         let mut spec = NodeSpec::new(&fqdn(name));
         spec.vdsm = Some(Lifetime::days(1900, -30));
+        spec.libvirtd_listen = name == "kvm03";
         build_node(&h, &spec, &e).unwrap();
         setup::make_he_host(&h, &e).unwrap();
         clock::install(&h).unwrap();
@@ -145,104 +151,11 @@ fn hosted_engine_host_recovered_by_dropin_and_by_clock_even_after_failure_and_ki
     let estate = d.join("state-engine");
     eprintln!("fleet built in {:.1}s", t0.elapsed().as_secs_f64());
 
-    // --- kvm01: the drop-in way (the default) ---
-    let h = &hosts[0];
-    let hstate = d.join("state-kvm01");
-    let (csr, cer) = (d.join("kvm01.csr"), d.join("kvm01.cer"));
-    let old_na = not_after(&h.path(VDSM_CERT));
-    let tree = hash_tree(&h.root);
-    let dry = ok(&agent(
-        &[
-            "recover",
-            "ovirt-hosted-engine",
-            "--csr-out",
-            &s(&csr),
-            "--dry-run",
-        ],
-        &h.root,
-        &hstate,
-        &cfg,
-        None,
-    ));
-    assert!(
-        dry.contains("plan (recover ovirt-hosted-engine --way dropin)"),
-        "{dry}"
-    );
-    assert!(dry.contains(DROPIN) && dry.contains("dry run"), "{dry}");
-    assert_eq!(hash_tree(&h.root), tree, "a dry run changed the host");
-    assert!(!csr.exists());
-
-    let out = ok(&agent(
-        &["recover", "ovirt-hosted-engine", "--csr-out", &s(&csr)],
-        &h.root,
-        &hstate,
-        &cfg,
-        None,
-    ));
-    assert!(out.contains("HostedEngine VM up (Up)"), "{out}");
-    assert!(out.contains("wall time"), "{out}");
-    assert!(h.path(DROPIN).exists());
-    assert_eq!(
-        loaded_exec(h, "libvirtd"),
-        "/usr/sbin/libvirtd",
-        "TLS listener still on"
-    );
-    assert_eq!(state(h, "libvirtd"), "active");
-    assert_eq!(state(h, "vdsmd"), "active");
-    assert_eq!(setup::he_vm(h), "up");
-    assert!(
-        clock::history(h).is_empty(),
-        "the drop-in way touched the clock"
-    );
-    assert!(csr.exists());
-    // The VDSM certificate itself is still the expired one: only the listener is off.
-    assert_eq!(not_after(&h.path(VDSM_CERT)), old_na);
-
-    sign(&engine, &estate, &cfg, &csr, &cer, "kvm01");
-    let tree = hash_tree(&h.root);
-    let dry = ok(&agent(
-        &[
-            "recover",
-            "ovirt-hosted-engine",
-            "--cert-in",
-            &s(&cer),
-            "--dry-run",
-        ],
-        &h.root,
-        &hstate,
-        &cfg,
-        None,
-    ));
-    assert!(dry.contains("dry run"), "{dry}");
-    assert_eq!(hash_tree(&h.root), tree, "a dry run changed the host");
-    let out = ok(&agent(
-        &["recover", "ovirt-hosted-engine", "--cert-in", &s(&cer)],
-        &h.root,
-        &hstate,
-        &cfg,
-        None,
-    ));
-    assert!(
-        out.contains("recovered:") && out.contains("TLS listener again"),
-        "{out}"
-    );
-    assert!(!h.path(DROPIN).exists(), "drop-in left behind");
-    assert_eq!(loaded_exec(h, "libvirtd"), "/usr/sbin/libvirtd --listen");
-    assert_eq!(state(h, "libvirtd"), "active");
-    assert_eq!(state(h, "vdsmd"), "active");
-    assert!(not_after(&h.path(VDSM_CERT)) > now() + 1800 * 86_400);
-    // libvirtd restarts with its TLS listener on the new certificate, as after a reboot.
-    assert_eq!(systemctl(h, &["restart", "libvirtd"]), 0);
-    let audit = std::fs::read_to_string(hstate.join("recover-audit.jsonl")).unwrap();
-    for what in [
-        "drop-in written",
-        "engine VM up",
-        "drop-in removed",
-        "recovered",
-    ] {
-        assert!(audit.contains(what), "audit lacks {what}: {audit}");
+    // --- kvm01 (socket activation) and kvm03 (--listen): the drop-in way (the default) ---
+    for (h, name) in [(&hosts[0], "kvm01"), (&hosts[2], "kvm03")] {
+        let socket = name == "kvm01";
+        dropin_way(h, name, socket, d, &cfg, &engine, &estate);
     }
-
     eprintln!("drop-in way done at {:.1}s", t0.elapsed().as_secs_f64());
 
     // --- kvm02: the clock way ---
@@ -322,6 +235,143 @@ fn hosted_engine_host_recovered_by_dropin_and_by_clock_even_after_failure_and_ki
     ] {
         assert!(audit.contains(what), "audit lacks {what}: {audit}");
     }
+}
+
+/// The drop-in way on `h`: VM up with libvirtd's TLS listener off, CSR signed on the engine,
+/// the certificate installed and the listener back. `socket`: vdsm ≥ 4.40's
+/// `libvirtd-tls.socket` layout, else `--listen`.
+fn dropin_way(
+    h: &SimHost,
+    name: &str,
+    socket: bool,
+    d: &Path,
+    cfg: &Path,
+    engine: &SimHost,
+    estate: &Path,
+) {
+    let hstate = d.join(format!("state-{name}"));
+    let (csr, cer) = (d.join(format!("{name}.csr")), d.join(format!("{name}.cer")));
+    let old_na = not_after(&h.path(VDSM_CERT));
+    let tree = hash_tree(&h.root);
+    let dry = ok(&agent(
+        &[
+            "recover",
+            "ovirt-hosted-engine",
+            "--csr-out",
+            &s(&csr),
+            "--dry-run",
+        ],
+        &h.root,
+        &hstate,
+        cfg,
+        None,
+    ));
+    assert!(
+        dry.contains("plan (recover ovirt-hosted-engine --way dropin)"),
+        "{dry}"
+    );
+    assert!(dry.contains(DROPIN) && dry.contains("dry run"), "{dry}");
+    assert_eq!(dry.contains(SOCKET_DROPIN), socket, "{dry}");
+    assert_eq!(hash_tree(&h.root), tree, "a dry run changed the host");
+    assert!(!csr.exists());
+
+    let out = ok(&agent(
+        &["recover", "ovirt-hosted-engine", "--csr-out", &s(&csr)],
+        &h.root,
+        &hstate,
+        cfg,
+        None,
+    ));
+    assert!(out.contains("HostedEngine VM up (Up)"), "{out}");
+    assert!(out.contains("wall time"), "{out}");
+    assert!(h.path(DROPIN).exists());
+    assert_eq!(
+        loaded_exec(h, "libvirtd"),
+        "/usr/sbin/libvirtd",
+        "TLS listener still on"
+    );
+    if socket {
+        assert!(h.path(SOCKET_DROPIN).exists());
+        assert_eq!(
+            state(h, "libvirtd-tls.socket"),
+            "inactive",
+            "TLS socket still on"
+        );
+    } else {
+        assert!(
+            !h.path(SOCKET_DROPIN).exists(),
+            "socket drop-in on a --listen host"
+        );
+    }
+    assert_eq!(state(h, "libvirtd"), "active");
+    assert_eq!(state(h, "vdsmd"), "active");
+    assert_eq!(setup::he_vm(h), "up");
+    assert!(
+        clock::history(h).is_empty(),
+        "the drop-in way touched the clock"
+    );
+    assert!(csr.exists());
+    // The VDSM certificate itself is still the expired one: only the listener is off.
+    assert_eq!(not_after(&h.path(VDSM_CERT)), old_na);
+
+    sign(engine, estate, cfg, &csr, &cer, name);
+    let tree = hash_tree(&h.root);
+    let dry = ok(&agent(
+        &[
+            "recover",
+            "ovirt-hosted-engine",
+            "--cert-in",
+            &s(&cer),
+            "--dry-run",
+        ],
+        &h.root,
+        &hstate,
+        cfg,
+        None,
+    ));
+    assert!(dry.contains("dry run"), "{dry}");
+    assert_eq!(hash_tree(&h.root), tree, "a dry run changed the host");
+    let out = ok(&agent(
+        &["recover", "ovirt-hosted-engine", "--cert-in", &s(&cer)],
+        &h.root,
+        &hstate,
+        cfg,
+        None,
+    ));
+    assert!(
+        out.contains("recovered:") && out.contains("TLS listener again"),
+        "{out}"
+    );
+    assert!(!h.path(DROPIN).exists(), "drop-in left behind");
+    assert!(
+        !h.path(SOCKET_DROPIN).exists(),
+        "socket drop-in left behind"
+    );
+    if socket {
+        assert_eq!(loaded_exec(h, "libvirtd"), "/usr/sbin/libvirtd");
+        assert_eq!(
+            state(h, "libvirtd-tls.socket"),
+            "active",
+            "TLS socket not back"
+        );
+    } else {
+        assert_eq!(loaded_exec(h, "libvirtd"), "/usr/sbin/libvirtd --listen");
+    }
+    assert_eq!(state(h, "libvirtd"), "active");
+    assert_eq!(state(h, "vdsmd"), "active");
+    assert!(not_after(&h.path(VDSM_CERT)) > now() + 1800 * 86_400);
+    // libvirtd restarts with its TLS listener on the new certificate, as after a reboot.
+    assert_eq!(systemctl(h, &["restart", "libvirtd"]), 0);
+    let audit = std::fs::read_to_string(hstate.join("recover-audit.jsonl")).unwrap();
+    for what in [
+        "drop-in written",
+        "engine VM up",
+        "drop-in removed",
+        "recovered",
+    ] {
+        assert!(audit.contains(what), "audit lacks {what}: {audit}");
+    }
+    assert_eq!(audit.contains("TLS socket stopped"), socket, "{audit}");
 }
 
 /// `certfleet recover ovirt-hosts --cluster Default` over two hosts whose VDSM certificates

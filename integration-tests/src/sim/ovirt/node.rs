@@ -50,6 +50,9 @@ pub struct NodeSpec {
     /// Write some other CA into `certs/cacert.pem` (a host that trusts the wrong CA, e.g. after
     /// a botched restore), so the VDSM certificate does not chain to the CA the host holds.
     pub foreign_ca: bool,
+    /// libvirtd configured the pre-4.40 vdsm way (`LIBVIRTD_ARGS=--listen`, no socket
+    /// activation: oVirt 4.3 and older) instead of vdsm ≥ 4.40's `libvirtd-tls.socket`.
+    pub libvirtd_listen: bool,
 }
 
 impl NodeSpec {
@@ -62,6 +65,7 @@ impl NodeSpec {
             ovn: true,
             vmconsole: None,
             foreign_ca: false,
+            libvirtd_listen: false,
         }
     }
 }
@@ -252,7 +256,7 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
         vmconsole_host(&mut node, engine, &work, host_days)?;
     }
     std::fs::remove_dir_all(&work)?;
-    libvirtd_and_vdsmd(host)?;
+    libvirtd_and_vdsmd(host, node.spec.libvirtd_listen)?;
     if vmconsole {
         // `ovirt-host-deploy-vm-console` restarts it after installing the certificate. It
         // needs no valid certificate to start: sshd loads an expired or non-matching
@@ -270,26 +274,62 @@ pub fn build_node(host: &SimHost, spec: &NodeSpec, engine: &Engine) -> Result<No
 }
 
 /// libvirtd reads the VDSM certificate (A8 consumers) for its TLS listener and refuses to start
-/// when it has expired (A12). As vdsm's `lib/vdsm/tool/configurators/libvirt.py` configures a
-/// host without socket activation, `listen_tls` is on in `libvirtd.conf` and
-/// `/etc/sysconfig/libvirtd` has `LIBVIRTD_ARGS=--listen` (libvirt's shipped unit:
-/// `ExecStart=/usr/sbin/libvirtd $LIBVIRTD_ARGS`); `listen_tls` only takes effect with
-/// `--listen` (libvirt `libvirtd.conf`), so libvirtd started without it needs no certificate.
+/// when it has expired (A12). Two layouts, both from vdsm's
+/// `lib/vdsm/tool/configurators/libvirt.py`:
+/// - vdsm ≥ 4.40 (oVirt 4.4 and 4.5, the default here; commit a5218e80a "tool: Adjust to
+///   libvirt's systemd socket activation"): `LIBVIRTD_ARGS=` empty in `/etc/sysconfig/libvirtd`,
+///   and libvirtd.service made to require `libvirtd-tls.socket` by a symlink in
+///   `/etc/systemd/system/libvirtd.service.requires/` (`_inject_unit_requirement`). libvirtd
+///   loads the certificate for the TLS socket systemd passes it, so it needs it only while
+///   that socket unit is active. The socket unit's text is libvirt's
+///   `src/remote/libvirtd-tls.socket.in` as we read it (unverified against a packaged file).
+/// - `libvirtd_listen` (vdsm before 4.40): `listen_tls` on in `libvirtd.conf` and
+///   `LIBVIRTD_ARGS=--listen` (libvirt's shipped unit: `ExecStart=/usr/sbin/libvirtd
+///   $LIBVIRTD_ARGS`); `listen_tls` only takes effect with `--listen` (libvirt
+///   `libvirtd.conf`), so libvirtd started without it needs no certificate.
+///
 /// vdsmd `Requires=` libvirtd and fails when libvirtd cannot start; it does not itself refuse
 /// an expired certificate (Python's `load_cert_chain` does not check validity; unverified on a
-/// real host). Unverified: hosts with socket activation (`libvirtd-tls.socket`) are not
-/// modelled.
-pub fn libvirtd_and_vdsmd(host: &SimHost) -> Result<()> {
+/// real host).
+pub fn libvirtd_and_vdsmd(host: &SimHost, listen: bool) -> Result<()> {
     use crate::sim::systemd;
     systemd::define_unit(host, "libvirtd", &[VDSM_CERT])?;
-    host.write("/etc/sysconfig/libvirtd", "LIBVIRTD_ARGS=--listen\n", 0o644)?;
-    systemd::define_exec(
-        host,
-        "libvirtd",
-        "/usr/sbin/libvirtd $LIBVIRTD_ARGS",
-        Some("--listen"),
-        &[],
-    )?;
+    if listen {
+        host.write("/etc/sysconfig/libvirtd", "LIBVIRTD_ARGS=--listen\n", 0o644)?;
+        systemd::define_exec(
+            host,
+            "libvirtd",
+            "/usr/sbin/libvirtd $LIBVIRTD_ARGS",
+            Some("--listen"),
+            &[],
+        )?;
+    } else {
+        host.write(
+            "/etc/sysconfig/libvirtd",
+            "## beginning of configuration section by vdsm-4.40.0\nDAEMON_COREFILE_LIMIT=unlimited\nLIBVIRTD_ARGS=\n## end of configuration section by vdsm-4.40.0\n",
+            0o644,
+        )?;
+        host.write(
+            "/usr/lib/systemd/system/libvirtd-tls.socket",
+            "[Unit]\nDescription=Libvirt TLS IP socket\nBefore=libvirtd.service\nBindsTo=libvirtd.socket\nAfter=libvirtd.socket\n\n[Socket]\nListenStream=16514\nService=libvirtd.service\n\n[Install]\nWantedBy=sockets.target\n",
+            0o644,
+        )?;
+        let requires = host.path("/etc/systemd/system/libvirtd.service.requires");
+        std::fs::create_dir_all(&requires)?;
+        std::os::unix::fs::symlink(
+            "../../../../usr/lib/systemd/system/libvirtd-tls.socket",
+            requires.join("libvirtd-tls.socket"),
+        )?;
+        systemd::define_socket(host, "libvirtd-tls.socket")?;
+        systemd::define_exec(
+            host,
+            "libvirtd",
+            "/usr/sbin/libvirtd $LIBVIRTD_ARGS",
+            None,
+            &[],
+        )?;
+        systemd::certs_with_socket(host, "libvirtd", "libvirtd-tls.socket")?;
+    }
     systemd::define_unit(host, "vdsmd", &[])?;
     systemd::define_exec(
         host,
