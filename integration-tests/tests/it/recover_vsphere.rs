@@ -327,7 +327,7 @@ fn recover_vsphere_brings_a_fully_expired_vcenter_back() {
     let plans = c.json(&["plan", "list"]);
     let hash = hash_root(&v.host.root);
     let o = recover(&["--domain", "vsphere.local", "--within", "800d"]);
-    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let t = text(&o);
     assert!(
         t.contains("STOP:")

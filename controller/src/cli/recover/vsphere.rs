@@ -20,7 +20,8 @@
 //! certificates chain to (the "reset all" case: a new VMCA root, then everything it signs;
 //! certificate-manager option 8), more than one STS `TenantCredential` in vmdir (seed 001's
 //! "Amount of tenant credentials" check; `--allow-several-tenant-credentials` after looking),
-//! and a node of the domain that is not connected (every vCenter of the domain restarts).
+//! and a node of the domain that is not connected (every vCenter of the domain restarts). Such
+//! a stop exits 3 (refused), like a refusal by the controller: nothing was tried.
 //! At the end the agents rescan and the inventory must show nothing due any more.
 //!
 //! Like `recover ovirt-hosts`, each plan runs to its end before the next is built; the first
@@ -428,10 +429,11 @@ pub async fn run(conn: &Conn, args: &VsphereArgs) -> anyhow::Result<()> {
         for b in &a.blockers {
             eprintln!("  STOP: {b}");
         }
-        anyhow::bail!(
+        return Err(CliError::Refused(format!(
             "recover vsphere {scope}: not started, nothing changed: {}",
             a.blockers.join("; ")
-        );
+        ))
+        .into());
     }
     if a.nothing() {
         eprintln!(
