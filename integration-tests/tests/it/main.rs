@@ -22,6 +22,7 @@ mod ovirt_engine_rotation;
 mod ovirt_rotation;
 mod pins;
 mod recover;
+mod recover_fleet;
 mod recover_gke;
 mod recover_ovirt;
 mod recover_vsphere;

@@ -65,7 +65,7 @@ fn failed(o: &Output) -> String {
     text(o)
 }
 
-fn state(h: &SimHost, unit: &str) -> String {
+pub(crate) fn state(h: &SimHost, unit: &str) -> String {
     systemd::unit(h, unit).unwrap().state
 }
 
@@ -372,77 +372,4 @@ fn dropin_way(
         assert!(audit.contains(what), "audit lacks {what}: {audit}");
     }
     assert_eq!(audit.contains("TLS socket stopped"), socket, "{audit}");
-}
-
-/// `certfleet recover ovirt-hosts --cluster Default` over two hosts whose VDSM certificates
-/// expired (libvirtd down, the engine sees them NonResponsive), the engine itself fine: the
-/// engine step finds nothing, both hosts are recovered offline two at a time, then enrolled
-/// properly through the (simulated) engine API. A dry run and an unknown cluster change
-/// nothing.
-#[test]
-fn recover_ovirt_hosts_cluster_brings_back_every_expired_host() {
-    use crate::ovirt_api::{api_fleet, make_non_responsive};
-    use crate::ovirt_rotation::{check_renewed, roots_hash};
-    let dir = tempfile::tempdir().unwrap();
-    let (f, _api, _port) = api_fleet(dir.path(), &[("kvm01", -2), ("kvm02", -2)]);
-    let before: Vec<i64> = ["kvm01", "kvm02"]
-        .iter()
-        .map(|n| not_after(&f.hosts[*n].path(VDSM_CERT)))
-        .collect();
-    for n in ["kvm01", "kvm02"] {
-        make_non_responsive(&f, n, 0);
-    }
-    let roots = roots_hash(&f);
-    let unknown = f.c.cli_as(
-        &f.c.admin(),
-        &["recover", "ovirt-hosts", "--cluster", "nope"],
-    );
-    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
-    assert!(text(&unknown).contains("Default (2)"), "{}", text(&unknown));
-    let dry = f.c.cli_as(
-        &f.c.admin(),
-        &[
-            "recover",
-            "ovirt-hosts",
-            "--cluster",
-            "Default",
-            "--dry-run",
-        ],
-    );
-    let dry_text = text(&dry);
-    assert!(dry.status.success(), "{dry_text}");
-    assert!(
-        dry_text.contains("ovirt-hosts-offline") && dry_text.contains("dry run"),
-        "{dry_text}"
-    );
-    assert_eq!(roots_hash(&f), roots, "a dry run changed a host");
-
-    let out = f.c.cli_as(
-        &f.c.admin(),
-        &[
-            "recover",
-            "ovirt-hosts",
-            "--cluster",
-            "Default",
-            "--max-parallel",
-            "2",
-        ],
-    );
-    let out_text = text(&out);
-    assert!(out.status.success(), "{out_text}");
-    assert!(
-        out_text.contains("step 1: ovirt-engine: nothing to"),
-        "{out_text}"
-    );
-    assert!(
-        out_text.contains("step 2: ovirt-hosts-offline: plan"),
-        "{out_text}"
-    );
-    assert!(out_text.contains("step 3: ovirt-hosts: plan"), "{out_text}");
-    assert!(out_text.contains("wall time"), "{out_text}");
-    for (i, n) in ["kvm01", "kvm02"].iter().enumerate() {
-        check_renewed(&f, n, before[i]);
-        assert_eq!(state(&f.hosts[*n], "libvirtd"), "active");
-        assert_eq!(state(&f.hosts[*n], "vdsmd"), "active");
-    }
 }
