@@ -517,6 +517,8 @@ impl crate::metrics::FleetCerts for IndexCerts<'_> {
                         subject_key_id: &c.subject_key_id,
                         authority_key_id: &c.authority_key_id,
                         locations: &locations,
+                        owner: &s.owner,
+                        overdue_at: s.overdue_at,
                     },
                 );
             }

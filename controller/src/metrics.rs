@@ -14,11 +14,14 @@
 //!   size): `certfleet_certificates{platform,role,expiry}` counts per expiry bucket,
 //!   `certfleet_certificates_lifetime_left{platform,role,le}` counts of certificates with at most
 //!   that fraction of their lifetime left, and `certfleet_agent_earliest_not_after_seconds`
-//!   (pins are always counted per agent: `certfleet_pins`, `certfleet_pin_stale`);
+//!   (pins are always counted per agent: `certfleet_pins`, `certfleet_pin_stale`), and for
+//!   certificates another renewer owns `certfleet_certificates_owned{platform,role,owner}` and
+//!   `certfleet_certificates_renewal_overdue{platform,role,owner}`;
 //! - *per certificate*: additionally the x509-certificate-exporter's own series
 //!   (`x509_cert_not_after`, `x509_cert_not_before`, `x509_cert_expired`, with its labels
 //!   `serial_number` in decimal, `issuer_CN`, `subject_CN`, `issuer_O`, …, `filepath`,
-//!   `filename`) plus `agent`, `host`, `platform`, `role` and `location`, so dashboards built
+//!   `filename`) plus `agent`, `host`, `platform`, `role`, `location` and `owner` (when one is
+//!   known), so dashboards built
 //!   for that exporter work unchanged (labels after enix/x509-certificate-exporter
 //!   `internal/collector.go`).
 
@@ -181,6 +184,10 @@ pub struct Sighting<'a> {
     pub authority_key_id: &'a str,
     /// Where this agent saw it (built only when asked: per-certificate series).
     pub locations: &'a dyn Fn() -> Vec<Location>,
+    /// Who renews it as this agent sees it (`""`: nobody known; see `inventory::owner`).
+    pub owner: &'a str,
+    /// From when it counts as not renewed in time by its owner (`i64::MAX`: never).
+    pub overdue_at: i64,
 }
 
 /// Every certificate every agent reported, as the fleet gauges read them. The controller's
@@ -211,6 +218,8 @@ impl FleetCerts for HashMap<String, Vec<CertRecord>> {
                         subject_key_id: &c.subject_key_id,
                         authority_key_id: &c.authority_key_id,
                         locations: &|| c.locations.clone(),
+                        owner: "",
+                        overdue_at: i64::MAX,
                     },
                 );
             }
@@ -341,10 +350,19 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
     // One pass over the certificates: each agent's earliest, counts per role.
     let mut earliest_of: HashMap<&str, i64> = HashMap::new();
     let mut by_role: HashMap<String, RoleCounts> = HashMap::new();
+    // Certificates another renewer owns, and how many of them it has not renewed in time.
+    let mut owned: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     v.certs.each(&mut |agent, c| {
         let Some((id, _)) = names.get_key_value(agent) else {
             return;
         };
+        if crate::inventory::owner::is_other(c.owner) {
+            let e = owned
+                .entry((c.role.to_owned(), c.owner.to_owned()))
+                .or_default();
+            e.0 += 1;
+            e.1 += i64::from(c.overdue_at <= now);
+        }
         earliest_of
             .entry(*id)
             .and_modify(|e| *e = (*e).min(c.not_after))
@@ -449,6 +467,30 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
         "certfleet_certificates_lifetime_left",
         "Certificates (per agent view) with at most the fraction `le` of their lifetime left",
         lifetime,
+    );
+
+    // Owned by another renewer (vCenter's auto-renewal, a declared renewer, an unknown one):
+    // every (role, owner) seen, overdue zeros included, so an overdue count that drops reads 0.
+    let owned_count: Family<Labels, Gauge> = Family::default();
+    let overdue: Family<Labels, Gauge> = Family::default();
+    for ((role, owner), (n, late)) in &owned {
+        let l = labels([
+            ("platform", roles::lookup(role).platform),
+            ("role", role),
+            ("owner", owner),
+        ]);
+        owned_count.get_or_create(&l).set(*n);
+        overdue.get_or_create(&l).set(*late);
+    }
+    r.register(
+        "certfleet_certificates_owned",
+        "Certificates (per agent view) another renewer owns, by platform, role and owner",
+        owned_count,
+    );
+    r.register(
+        "certfleet_certificates_renewal_overdue",
+        "Certificates (per agent view) another renewer owns and did not renew in time (past its own renewal point plus grace)",
+        overdue,
     );
 
     register_pins(&mut r, v, &names);
@@ -676,6 +718,9 @@ fn register_per_certificate(
             ("role", c.role),
             ("serial_number", &serial_decimal(c.serial)),
         ]);
+        if !c.owner.is_empty() {
+            base.push(("owner".into(), c.owner.to_owned()));
+        }
         for (prefix, dn) in [("issuer", c.issuer), ("subject", c.subject)] {
             for (attr, value) in dn_attributes(dn) {
                 base.push((format!("{prefix}_{attr}"), value));
@@ -1012,6 +1057,116 @@ mod tests {
         assert_eq!(sorted(&after), sorted(&before));
         assert!(after.contains(r#"expiry="expired"} 1"#), "{after}");
     }
+    /// Certificates with an owner and a renewal point, as the index gives them.
+    struct Owned(Vec<(&'static str, &'static str, &'static str, i64)>);
+
+    impl FleetCerts for Owned {
+        fn each(&self, f: &mut dyn FnMut(&str, &Sighting<'_>)) {
+            for (i, (agent, role, owner, overdue_at)) in self.0.iter().enumerate() {
+                let fp = format!("{i:064x}");
+                f(
+                    agent,
+                    &Sighting {
+                        fingerprint: &fp,
+                        subject: "CN=esx01.lab",
+                        issuer: "CN=CA",
+                        serial: "01",
+                        role,
+                        not_before: 0,
+                        not_after: 4_000_000_000,
+                        is_ca: false,
+                        subject_key_id: "",
+                        authority_key_id: "",
+                        locations: &|| {
+                            vec![Location {
+                                kind: "endpoint".into(),
+                                path: "esx01.lab:443".into(),
+                                ..Default::default()
+                            }]
+                        },
+                        owner,
+                        overdue_at: *overdue_at,
+                    },
+                );
+            }
+        }
+
+        fn each_pin(&self, _: &mut dyn FnMut(&str, &Pin)) {}
+    }
+
+    #[test]
+    fn certificates_another_renewer_owns_are_counted_per_owner_with_the_overdue_ones() {
+        let now = 2_000_000_000;
+        let agents: Vec<AgentRecord> = vec![
+            serde_json::from_value(serde_json::json!({
+                "id": "a1", "name": "vc1", "hostname": "vc1.lab", "platforms": [],
+                "version": "1", "state": "active", "enrolled_at": 1, "last_seen": now,
+                "cert_not_after": now + 86_400, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap(),
+        ];
+        let certs = Owned(vec![
+            (
+                "a1",
+                "vsphere.esxi_host",
+                "platform:vcenter-auto-renew",
+                now - 1,
+            ),
+            (
+                "a1",
+                "vsphere.esxi_host",
+                "platform:vcenter-auto-renew",
+                now + 86_400,
+            ),
+            (
+                "a1",
+                "vsphere.machine_ssl",
+                "platform:vcenter-auto-renew",
+                i64::MAX,
+            ),
+            ("a1", "files.leaf", "certfleet", now - 1),
+            ("a1", "files.leaf", "", i64::MAX),
+            ("gone", "files.leaf", "unknown-renewer", now - 1),
+        ]);
+        let render = |per_certificate| {
+            encode(&render_fleet(&FleetView {
+                now,
+                agents: &agents,
+                certs: &certs,
+                live: &HashMap::new(),
+                plans: &[],
+                policies: &[],
+                fleet_ca_not_after: 0,
+                controller_cert_not_after: 0,
+                per_certificate,
+            }))
+            .unwrap()
+        };
+        let got = render(true);
+        for series in [
+            r#"certfleet_certificates_owned{platform="vsphere",role="vsphere.esxi_host",owner="platform:vcenter-auto-renew"} 2"#,
+            r#"certfleet_certificates_renewal_overdue{platform="vsphere",role="vsphere.esxi_host",owner="platform:vcenter-auto-renew"} 1"#,
+            r#"certfleet_certificates_owned{platform="vsphere",role="vsphere.machine_ssl",owner="platform:vcenter-auto-renew"} 1"#,
+            r#"certfleet_certificates_renewal_overdue{platform="vsphere",role="vsphere.machine_ssl",owner="platform:vcenter-auto-renew"} 0"#,
+        ] {
+            assert!(got.contains(series), "{series} missing from\n{got}");
+        }
+        // certfleet's own, nobody's and an unknown agent's certificates are not counted.
+        assert!(
+            !got.lines()
+                .any(|l| l.starts_with("certfleet_certificates_owned{")
+                    && l.contains(r#"role="files.leaf""#)),
+            "{got}"
+        );
+        // The per-certificate series carry the owner when one is known.
+        assert!(
+            got.lines().any(|l| l.starts_with("x509_cert_not_after{")
+                && l.contains(r#"owner="platform:vcenter-auto-renew""#)),
+            "{got}"
+        );
+    }
+
     #[test]
     fn pins_are_counted_per_state_and_each_stale_pin_is_named() {
         use certfleet_common::proto as pb;
