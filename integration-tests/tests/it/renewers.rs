@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::esxi::Vcsim;
-use crate::support::{Controller, wait_for};
+use crate::support::{Controller, http_get, wait_for};
 
 const AUTO: &str = "platform:vcenter-auto-renew";
 
@@ -143,6 +143,25 @@ fn platform_renewed_and_outside_replaced_certificates_are_owned_by_others_and_le
             .iter()
             .all(|l| l.contains(&format!("owned by {AUTO}"))),
         "{overdue:?}"
+    );
+
+    // /metrics counts them per owner, the overdue ones apart (the snapshot is up to 5 s old).
+    let overdue_series = format!(
+        r#"certfleet_certificates_renewal_overdue{{platform="vsphere",role="vsphere.esxi_host",owner="{AUTO}"}} 2"#
+    );
+    wait_for(
+        "the overdue auto-renewed hosts in /metrics",
+        Duration::from_secs(30),
+        || {
+            let m = http_get(&c.http, "/metrics")?;
+            (m.contains(&overdue_series)
+                && m.lines().any(|l| {
+                    l.starts_with(&format!(
+                        r#"certfleet_certificates_owned{{platform="vsphere",role="vsphere.esxi_host",owner="{AUTO}"}}"#
+                    ))
+                }))
+            .then_some(())
+        },
     );
 
     // No competing plan: nothing to renew (exit 5 with --fail-if-nothing), naming the owner,
