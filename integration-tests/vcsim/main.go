@@ -16,6 +16,8 @@
 //     resyncing, spec vsan_syncing); see vsanInternalSystem for what is unverified.
 //   - ReconnectHost_Task's HostConnectSpec.sslThumbprint check for a host serving an expired
 //     certificate (SSLVerifyFault otherwise).
+//   - Per host (spec custom): a certificate issued by another CA ("Corp Issuing CA"), as an
+//     operator installs by hand on a host of a vCenter in vmca mode.
 //   - A TLS listener per host standing in for the host's own port 443.
 //   - For fault-injection tests: a count of CertMgrRefreshCertificates_Task calls per host, and
 //     an optional delay before a refresh task does its work (the task is returned "running"
@@ -77,6 +79,9 @@ type hostSpec struct {
 	Vsan         bool   `json:"vsan"`
 	// vSAN DOM objects this host reports resyncing (HostVsanInternalSystem, see below).
 	VsanSyncing int `json:"vsan_syncing"`
+	// A certificate from another CA ("Corp Issuing CA"), installed by hand on a host of a
+	// vCenter in vmca mode.
+	Custom bool `json:"custom"`
 }
 
 type spec struct {
@@ -117,6 +122,7 @@ type hostState struct {
 var (
 	mu      sync.Mutex
 	root    *issuer
+	corp    *issuer
 	hosts   = map[string]*hostState{}
 	theSpec spec
 	modeOpt *types.OptionValue
@@ -157,8 +163,13 @@ func newRoot(cn string, years int) *issuer {
 // leaf issues a certificate for name valid from notBefore to notAfter, capped at the root's
 // not-after as VMCA does.
 func leaf(name string, notBefore, notAfter time.Time) tls.Certificate {
-	if notAfter.After(root.cert.NotAfter) {
-		notAfter = root.cert.NotAfter
+	return leafBy(root, name, notBefore, notAfter)
+}
+
+// leafBy issues the certificate with iss.
+func leafBy(iss *issuer, name string, notBefore, notAfter time.Time) tls.Certificate {
+	if notAfter.After(iss.cert.NotAfter) {
+		notAfter = iss.cert.NotAfter
 	}
 	k := newKey()
 	t := &x509.Certificate{
@@ -169,7 +180,7 @@ func leaf(name string, notBefore, notAfter time.Time) tls.Certificate {
 	if ip := net.ParseIP(name); ip != nil {
 		t.IPAddresses = []net.IP{ip}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, t, root.cert, &k.PublicKey, root.key)
+	der, err := x509.CreateCertificate(rand.Reader, t, iss.cert, &k.PublicKey, iss.key)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -431,6 +442,12 @@ func main() {
 			na = time.Now().AddDate(0, 0, -2)
 		}
 		c := leaf(h.Name, nb, na)
+		if hs.Custom {
+			if corp == nil {
+				corp = newRoot("Corp Issuing CA", 10)
+			}
+			c = leafBy(corp, h.Name, nb, na)
+		}
 		h.Config.Certificate = pemOf(c)
 		if hs.Maintenance {
 			h.Runtime.InMaintenanceMode = true

@@ -46,6 +46,51 @@ impl Verdict {
     }
 }
 
+/// The certificates VMCA issues host certificates with, as `(subject DN, subject key id)`:
+/// those of `/var/lib/vmware/vmca/root.cer` on the VCSA (VMCA's signing certificate, a
+/// subordinate's chain with it), else of `esxi.vim_ca_file` (the CA bundle vCenter's
+/// certificate chains to). Empty when neither can be read: no host is then taken for custom.
+pub fn vmca_issuers(cfg: &crate::config::AgentConfig) -> Vec<(String, String)> {
+    let candidates = [
+        Some(cfg.host_path("/var/lib/vmware/vmca/root.cer")),
+        cfg.setting("esxi.vim_ca_file").map(|p| cfg.host_path(p)),
+    ];
+    for path in candidates.into_iter().flatten() {
+        let Ok(pem) = std::fs::read(&path) else {
+            continue;
+        };
+        let ids: Vec<(String, String)> = certfleet_common::pem::certificates(&pem)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|der| certfleet_common::x509::parse_der(der).ok())
+            .filter(|c| c.is_ca)
+            .map(|c| (c.subject, c.subject_key_id))
+            .collect();
+        if !ids.is_empty() {
+            return ids;
+        }
+    }
+    Vec::new()
+}
+
+/// The issuer DN of `h`'s certificate when one of `vmca` did not issue it (matched by the
+/// authority key id, else by the issuer DN); `None` when VMCA issued it or nothing is known.
+pub fn custom_issuer(h: &HostInfo, vmca: &[(String, String)]) -> Option<String> {
+    if vmca.is_empty() {
+        return None;
+    }
+    let der = certfleet_common::pem::first_certificate(&h.certificate).ok()?;
+    let c = certfleet_common::x509::parse_der(&der).ok()?;
+    let by_vmca = vmca.iter().any(|(subject, ski)| {
+        if !c.authority_key_id.is_empty() && !ski.is_empty() {
+            c.authority_key_id.eq_ignore_ascii_case(ski)
+        } else {
+            c.issuer == *subject
+        }
+    });
+    (!by_vmca).then_some(c.issuer)
+}
+
 /// Whether the certificate vCenter holds for `h` expired before `now` (no certificate: no).
 pub fn expired(h: &HostInfo, now: i64) -> bool {
     certfleet_common::pem::first_certificate(&h.certificate)
@@ -55,8 +100,16 @@ pub fn expired(h: &HostInfo, now: i64) -> bool {
 }
 
 /// The decision for host `h` of vCenter in certificate `mode`, with `peers` every host vCenter
-/// manages (its cluster's hosts among them).
-pub fn verdict(h: &HostInfo, peers: &[HostInfo], mode: &str, now: i64) -> Verdict {
+/// manages (its cluster's hosts among them) and `vmca` the issuers of VMCA ([`vmca_issuers`]):
+/// in `vmca` mode a host whose certificate another CA issued (installed by hand) is left
+/// alone, since a refresh would replace it with a VMCA one.
+pub fn verdict(
+    h: &HostInfo,
+    peers: &[HostInfo],
+    mode: &str,
+    vmca: &[(String, String)],
+    now: i64,
+) -> Verdict {
     let skip = |r: String| Verdict::Skip(r);
     match mode {
         "custom" => {
@@ -70,6 +123,12 @@ pub fn verdict(h: &HostInfo, peers: &[HostInfo], mode: &str, now: i64) -> Verdic
             );
         }
         _ => {}
+    }
+    if let Some(issuer) = custom_issuer(h, vmca) {
+        return skip(format!(
+            "custom certificate (issued by {issuer}, not by this vCenter's VMCA): a refresh \
+             would replace it with a VMCA one; renew it with its own CA"
+        ));
     }
     if h.in_maintenance_mode {
         return skip(
@@ -382,13 +441,14 @@ fn run_wave(
         .map(|o| o.value)
         .unwrap_or_else(|| "vmca".into());
     let all = s.hosts().map_err(vim)?;
+    let vmca = vmca_issuers(ctx.cfg);
     let now = certfleet_common::model::now();
     let mut res = WaveOutcome::default();
     // Hosts the plan leaves alone: their state now, for the record.
     for sk in wave_skips {
         let reason = match all.iter().find(|h| h.moref.value == sk.moref) {
             None => format!("{} (vCenter no longer has {})", sk.reason, sk.moref),
-            Some(h) => match verdict(h, &all, &mode, now) {
+            Some(h) => match verdict(h, &all, &mode, &vmca, now) {
                 Verdict::Skip(now_reason) => now_reason,
                 v => format!(
                     "{} when planned; now {}: not in this plan, plan again to include it",
@@ -435,7 +495,7 @@ fn run_wave(
                 continue;
             }
         }
-        let v = verdict(h, &all, &mode, now);
+        let v = verdict(h, &all, &mode, &vmca, now);
         out(format!("{}: {}", p.name, v.as_text()));
         match v {
             Verdict::Skip(reason) => {
@@ -672,41 +732,87 @@ mod tests {
         h
     }
 
+    /// A host certificate issued by `ca`.
+    fn issued_by(mut h: HostInfo, ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> HostInfo {
+        let p = rcgen::CertificateParams::new(vec![h.name.clone()]).unwrap();
+        let k = rcgen::KeyPair::generate().unwrap();
+        h.certificate = p.signed_by(&k, ca).unwrap().pem().into_bytes();
+        h
+    }
+
+    /// A self-signed CA: its certificate and an issuer for it.
+    fn ca(cn: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+        let k = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&k).unwrap();
+        (cert, rcgen::Issuer::new(p, k))
+    }
+
+    #[test]
+    fn a_host_certificate_vmca_did_not_issue_is_left_alone_in_vmca_mode() {
+        let now = certfleet_common::model::now();
+        let (vmca, vmca_issuer) = ca("CA");
+        let (_, corp_issuer) = ca("Corp Issuing CA");
+        let ids: Vec<(String, String)> = [&vmca]
+            .iter()
+            .map(|c| {
+                let r = certfleet_common::x509::parse_der(c.der()).unwrap();
+                (r.subject, r.subject_key_id)
+            })
+            .collect();
+        let by_vmca = issued_by(host("h0", "C0", "connected"), &vmca_issuer);
+        let custom = issued_by(host("h1", "C0", "connected"), &corp_issuer);
+        let all = vec![by_vmca.clone(), custom.clone()];
+        assert_eq!(verdict(&by_vmca, &all, "vmca", &ids, now), Verdict::Refresh);
+        match verdict(&custom, &all, "vmca", &ids, now) {
+            Verdict::Skip(r) => assert!(
+                r.starts_with("custom certificate (issued by CN=Corp Issuing CA"),
+                "{r}"
+            ),
+            v => panic!("{v:?}"),
+        }
+        // Nothing known about VMCA: no host is taken for custom.
+        assert_eq!(verdict(&custom, &all, "vmca", &[], now), Verdict::Refresh);
+    }
+
     #[test]
     fn verdicts_follow_mode_state_ha_and_vsan() {
         let now = certfleet_common::model::now();
         let ok = with_cert(host("h0", "C0", "connected"), 100);
         let all = vec![ok.clone()];
-        assert_eq!(verdict(&ok, &all, "vmca", now), Verdict::Refresh);
+        assert_eq!(verdict(&ok, &all, "vmca", &[], now), Verdict::Refresh);
         assert!(
-            matches!(verdict(&ok, &all, "custom", now), Verdict::Skip(r) if r.contains("custom"))
+            matches!(verdict(&ok, &all, "custom", &[], now), Verdict::Skip(r) if r.contains("custom"))
         );
         assert!(matches!(
-            verdict(&ok, &all, "thumbprint", now),
+            verdict(&ok, &all, "thumbprint", &[], now),
             Verdict::Skip(_)
         ));
         let mut mm = ok.clone();
         mm.in_maintenance_mode = true;
         assert!(
-            matches!(verdict(&mm, &all, "vmca", now), Verdict::Skip(r) if r.contains("maintenance"))
+            matches!(verdict(&mm, &all, "vmca", &[], now), Verdict::Skip(r) if r.contains("maintenance"))
         );
         let gone = with_cert(host("h1", "C0", "disconnected"), -2);
         assert!(
-            matches!(verdict(&gone, &all, "vmca", now), Verdict::Skip(r) if r.starts_with("disconnected, certificate expired"))
+            matches!(verdict(&gone, &all, "vmca", &[], now), Verdict::Skip(r) if r.starts_with("disconnected, certificate expired"))
         );
         let dead = with_cert(host("h2", "C0", "notResponding"), -2);
-        assert_eq!(verdict(&dead, &all, "vmca", now), Verdict::Emergency);
+        assert_eq!(verdict(&dead, &all, "vmca", &[], now), Verdict::Emergency);
         let flaky = with_cert(host("h3", "C0", "notResponding"), 30);
         assert!(
-            matches!(verdict(&flaky, &all, "vmca", now), Verdict::Skip(r) if r.contains("not expired"))
+            matches!(verdict(&flaky, &all, "vmca", &[], now), Verdict::Skip(r) if r.contains("not expired"))
         );
         let mut isolated = ok.clone();
         isolated.ha_state = "networkIsolated".into();
         assert!(
-            matches!(verdict(&isolated, &all, "vmca", now), Verdict::Skip(r) if r.contains("networkIsolated"))
+            matches!(verdict(&isolated, &all, "vmca", &[], now), Verdict::Skip(r) if r.contains("networkIsolated"))
         );
         isolated.ha_state = "connectedToMaster".into();
-        assert_eq!(verdict(&isolated, &all, "vmca", now), Verdict::Refresh);
+        assert_eq!(verdict(&isolated, &all, "vmca", &[], now), Verdict::Refresh);
         // vSAN: a member whose peer is in maintenance mode waits; a peer elsewhere does not count.
         let mut a = ok.clone();
         a.vsan_enabled = true;
@@ -717,11 +823,11 @@ mod tests {
         c.vsan_enabled = true;
         let peers = vec![a.clone(), b.clone(), c.clone()];
         assert!(
-            matches!(verdict(&a, &peers, "vmca", now), Verdict::Skip(r) if r.contains("hb in maintenance mode") && !r.contains("hc"))
+            matches!(verdict(&a, &peers, "vmca", &[], now), Verdict::Skip(r) if r.contains("hb in maintenance mode") && !r.contains("hc"))
         );
         b.in_maintenance_mode = false;
         assert_eq!(
-            verdict(&a, &[a.clone(), b.clone(), c.clone()], "vmca", now),
+            verdict(&a, &[a.clone(), b.clone(), c.clone()], "vmca", &[], now),
             Verdict::Refresh
         );
     }
@@ -743,22 +849,22 @@ mod tests {
         let peers = vec![a.clone(), b.clone(), other.clone()];
         for h in [&a, &b] {
             assert!(
-                matches!(verdict(h, &peers, "vmca", now), Verdict::Skip(r)
+                matches!(verdict(h, &peers, "vmca", &[], now), Verdict::Skip(r)
                     if r.starts_with("vSAN cluster C0 is resyncing objects (hb reports 3 object(s))")),
                 "{:?}",
-                verdict(h, &peers, "vmca", now)
+                verdict(h, &peers, "vmca", &[], now)
             );
         }
         let calm = vec![a.clone(), member("hb", "C0", Some(Ok(0))), other];
-        assert_eq!(verdict(&a, &calm, "vmca", now), Verdict::Refresh);
+        assert_eq!(verdict(&a, &calm, "vmca", &[], now), Verdict::Refresh);
         let unknown = member("hu", "C2", Some(Err("HTTP 500".into())));
         assert!(
-            matches!(verdict(&unknown, std::slice::from_ref(&unknown), "vmca", now), Verdict::Skip(r)
+            matches!(verdict(&unknown, std::slice::from_ref(&unknown), "vmca", &[], now), Verdict::Skip(r)
                 if r.contains("cannot tell whether vSAN cluster C2 is resyncing: HTTP 500"))
         );
         let answered = member("hv", "C2", Some(Ok(0)));
         assert_eq!(
-            verdict(&unknown, &[unknown.clone(), answered], "vmca", now),
+            verdict(&unknown, &[unknown.clone(), answered], "vmca", &[], now),
             Verdict::Refresh
         );
     }

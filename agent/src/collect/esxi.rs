@@ -162,6 +162,7 @@ impl Collector for Esxi {
             .map(|f| f.state.clone())
             .unwrap_or_default();
         let now = certfleet_common::model::now();
+        let vmca = crate::act::esxi::vmca_issuers(cfg);
         for h in &hosts {
             let connected = h.connection_state == "connected";
             out.health.push(HealthFact {
@@ -194,7 +195,7 @@ impl Collector for Esxi {
                 ));
             } else {
                 let mut loc = Location::file("vcenter", h.name.clone());
-                let v = crate::act::esxi::verdict(h, &hosts, &mode, now);
+                let v = crate::act::esxi::verdict(h, &hosts, &mode, &vmca, now);
                 loc.detail = format!("{}; esxi-hosts={}", host_facts(h, &mode), v.as_text());
                 out.add_blob(NAME, &h.certificate, ROLE, loc);
             }

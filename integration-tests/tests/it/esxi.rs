@@ -380,7 +380,8 @@ fn esxi_inventory(c: &Controller) -> BTreeMap<String, String> {
 }
 
 /// `esxi-hosts` end to end: a controller, the agent on the "VCSA" talking to vcsim, two
-/// clusters with a host in maintenance mode, a disconnected host, an expired (not responding)
+/// clusters with a host in maintenance mode, a host with a custom certificate in vmca mode, a
+/// disconnected host, an expired (not responding)
 /// host, a host whose HA agent is isolated, a vSAN member whose vSAN peer is disconnected, and
 /// a host that keeps serving its old certificate. The VMCA root is rotated before the run, so
 /// every refreshed host also gets the CA refresh. The agent is killed right after it started
@@ -398,6 +399,7 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
             "hosts": {
                 "DC0_C0_H1": {"maintenance": true},
                 "DC0_C0_H2": {"stale_endpoint": true},
+                "DC0_C0_H3": {"custom": true},
                 "DC0_C0_H4": {"ha_state": "networkIsolated"},
                 "DC0_C1_H0": {"disconnected": true, "vsan": true},
                 "DC0_C1_H1": {"expired": true},
@@ -444,6 +446,12 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
         inv["DC0_C1_H1"].ends_with("esxi-hosts=emergency"),
         "{inv:#?}"
     );
+    assert!(
+        inv["DC0_C0_H3"].contains(
+            "esxi-hosts=skip: custom certificate (issued by O=VMware, CN=Corp Issuing CA, not by this vCenter's VMCA)"
+        ),
+        "{inv:#?}"
+    );
 
     // Dry run: canary then waves per cluster, the skipped hosts with their reasons.
     let create = |extra: &[&str]| {
@@ -474,7 +482,7 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
         names,
         [
             "DC0_C0 canary: refresh DC0_C0_H0",
-            "DC0_C0 wave 1: refresh DC0_C0_H2, DC0_C0_H3",
+            "DC0_C0 wave 1: refresh DC0_C0_H2",
             "DC0_C1 canary: refresh DC0_C1_H2",
             "DC0_C1 wave 1: refresh DC0_C1_H4, DC0_C1_H1"
         ],
@@ -490,9 +498,10 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
                 .map(str::to_owned)
         })
         .collect();
-    assert_eq!(leave.len(), 4, "{leave:#?}");
+    assert_eq!(leave.len(), 5, "{leave:#?}");
     for (host, why) in [
         ("DC0_C0_H1", "maintenance mode"),
+        ("DC0_C0_H3", "custom certificate"),
         ("DC0_C0_H4", "HA agent state networkIsolated"),
         ("DC0_C1_H0", "disconnected"),
         (
@@ -564,20 +573,14 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
     assert_eq!(steps[3]["details"]["failures"], 1);
     // Skipped hosts are reported by the first wave as read at run time.
     let skipped = steps[0]["details"]["skipped"].as_array().unwrap();
-    assert_eq!(skipped.len(), 4, "{done:#}");
+    assert_eq!(skipped.len(), 5, "{done:#}");
     // The expired host went through disconnect + reconnect with its thumbprint.
     let out = steps[3]["output"].to_string();
     assert!(out.contains("DC0_C1_H1: disconnected"), "{out}");
     assert!(out.contains("reconnected accepting thumbprint"), "{out}");
 
     let after = vc.state();
-    let refreshed = [
-        "DC0_C0_H0",
-        "DC0_C0_H3",
-        "DC0_C1_H1",
-        "DC0_C1_H2",
-        "DC0_C1_H4",
-    ];
+    let refreshed = ["DC0_C0_H0", "DC0_C1_H1", "DC0_C1_H2", "DC0_C1_H4"];
     for name in refreshed {
         let h = &after["hosts"][name];
         assert_ne!(
@@ -613,7 +616,13 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
             "{name}: refreshed more than once ({point})"
         );
     }
-    for name in ["DC0_C0_H1", "DC0_C0_H4", "DC0_C1_H0", "DC0_C1_H3"] {
+    for name in [
+        "DC0_C0_H1",
+        "DC0_C0_H3",
+        "DC0_C0_H4",
+        "DC0_C1_H0",
+        "DC0_C1_H3",
+    ] {
         assert_eq!(
             after["hosts"][name]["serving_sha256"], before["hosts"][name]["serving_sha256"],
             "{name} was left alone"
