@@ -14,3 +14,4 @@ pub mod remote_exec;
 pub mod report;
 pub mod state;
 pub mod vim;
+pub mod webhook;

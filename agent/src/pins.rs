@@ -15,8 +15,10 @@
 //! a fingerprint or a PEM certificate; or a fixed `thumbprint`), and optionally how to re-trust
 //! it after a change (`retrust_command`, an absolute program and its arguments, run without a
 //! shell, given the new certificate's PEM on standard input and `CERTFLEET_PIN`,
-//! `CERTFLEET_CERT_SHA256`, `CERTFLEET_CERT_SHA1` in its environment). Commands run as written,
-//! not under the configured root: they are the operator's own tools.
+//! `CERTFLEET_CERT_SHA256`, `CERTFLEET_CERT_SHA1` in its environment), or a `retrust_webhook`
+//! the certificate is POSTed to as JSON ([`crate::webhook`]: `https://` verified against
+//! `webhook_ca_file`, or `http://` to loopback; a bearer token from `webhook_token_file`).
+//! Commands run as written, not under the configured root: they are the operator's own tools.
 //!
 //! Example:
 //! ```toml
@@ -25,6 +27,14 @@
 //! cert_role = "vsphere.machine_ssl"
 //! read_command = ["/usr/local/bin/backup-cli", "vcenter", "thumbprint"]
 //! retrust_command = ["/usr/local/bin/backup-cli", "vcenter", "trust", "--pem-stdin"]
+//!
+//! [[pins]]
+//! name = "nsx-compute-manager"
+//! cert_role = "vsphere.machine_ssl"
+//! read_command = ["/usr/local/bin/nsx-cm-thumbprint"]
+//! retrust_webhook = "https://nsx-helper.lab.local/api/v1/trust"
+//! webhook_ca_file = "/etc/certfleet/nsx-helper-ca.pem"
+//! webhook_token_file = "/etc/certfleet/nsx-helper.token"
 //! ```
 //!
 //! The controller adds a `pins.retrust` step after the steps that change a declared pin's
@@ -102,6 +112,16 @@ pub struct PinDecl {
     /// Absolute program and arguments that make the consumer trust the current certificate.
     #[serde(default)]
     pub retrust_command: Vec<String>,
+    /// URL the certificate is POSTed to instead (JSON, see [`retrust`]); one of this and
+    /// `retrust_command`.
+    #[serde(default)]
+    pub retrust_webhook: Option<String>,
+    /// Host path of the CA bundle an `https://` webhook's server is verified against.
+    #[serde(default)]
+    pub webhook_ca_file: Option<String>,
+    /// Host path of a file holding a bearer token for the webhook (mode 0600 or stricter).
+    #[serde(default)]
+    pub webhook_token_file: Option<String>,
 }
 
 /// Keys of a `[[pins]]` entry (for `check-config`'s unknown-key report).
@@ -112,6 +132,9 @@ pub const DECL_KEYS: &[&str] = &[
     "read_command",
     "thumbprint",
     "retrust_command",
+    "retrust_webhook",
+    "webhook_ca_file",
+    "webhook_token_file",
 ];
 
 /// Everything wrong with the `[[pins]]` entries, all at once.
@@ -163,6 +186,35 @@ pub fn problems(decls: &[PinDecl]) -> Vec<String> {
             out.push(format!(
                 "{at}: retrust_command needs read_command, to verify the re-trust by reading the pin again"
             ));
+        }
+        if let Some(url) = &d.retrust_webhook {
+            if !d.retrust_command.is_empty() {
+                out.push(format!(
+                    "{at}: both retrust_command and retrust_webhook; keep one"
+                ));
+            }
+            if d.read_command.is_empty() {
+                out.push(format!(
+                    "{at}: retrust_webhook needs read_command, to verify the re-trust by reading the pin again"
+                ));
+            }
+            if let Err(e) = crate::webhook::check_url(url, d.webhook_ca_file.as_deref()) {
+                out.push(format!("{at}: retrust_webhook {e}"));
+            }
+        } else if d.webhook_ca_file.is_some() || d.webhook_token_file.is_some() {
+            out.push(format!(
+                "{at}: webhook_ca_file / webhook_token_file without retrust_webhook"
+            ));
+        }
+        for (key, path) in [
+            ("webhook_ca_file", &d.webhook_ca_file),
+            ("webhook_token_file", &d.webhook_token_file),
+        ] {
+            if let Some(p) = path
+                && !p.starts_with('/')
+            {
+                out.push(format!("{at}: {key} {p:?} must be an absolute host path"));
+            }
         }
     }
     out
@@ -321,7 +373,9 @@ fn declared_pin(cfg: &AgentConfig, out: &Collection, d: &PinDecl) -> Pin {
         source: "declared".into(),
         name: d.name.clone(),
         cert_role: d.cert_role.clone().unwrap_or_default(),
-        retrust: if d.retrust_command.is_empty() {
+        retrust: if d.retrust_webhook.is_some() {
+            "webhook".into()
+        } else if d.retrust_command.is_empty() {
             String::new()
         } else {
             "command".into()
@@ -396,7 +450,10 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
 }
 
 /// `pins.retrust {"name": N}`: runs the declared pin's `retrust_command` with the certificate
-/// the host holds now, then reads the pin again and fails unless it matches.
+/// the host holds now (or POSTs it to its `retrust_webhook`: a JSON object with `pin`,
+/// `cert_role`, `fingerprint_sha256`, `thumbprint_sha1`, `not_after` and `pem`, a bearer token
+/// from `webhook_token_file` when set; any 2xx status is success), then reads the pin again
+/// and fails unless it matches.
 ///
 /// Idempotent: it looks at the host first (a fresh scan finds the current certificate) and
 /// hands that certificate over again; a consumer that already trusts it is given the same one,
@@ -420,15 +477,116 @@ fn retrust(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
                     .join(", ")
             ))
         })?;
-    let Some((program, rest)) = d.retrust_command.split_first() else {
+    if d.retrust_command.is_empty() && d.retrust_webhook.is_none() {
         return Err(ActError(format!(
-            "pin {name}: no retrust_command declared; re-trust it by hand"
+            "pin {name}: no retrust_command or retrust_webhook declared; re-trust it by hand"
         )));
-    };
+    }
     let scan = crate::collect::scan(ctx.cfg);
     let cert = declared_cert(ctx.cfg, &scan, d).map_err(|e| ActError(e.to_string()))?;
     let pem = certfleet_common::pem::encode("CERTIFICATE", &cert.der);
     let sha1 = thumbprint(&cert.der);
+    match (&d.retrust_webhook, d.retrust_command.split_first()) {
+        (Some(url), _) => call_webhook(ctx, d, url, &cert, &pem, &sha1)?,
+        (None, Some((program, rest))) => {
+            run_retrust_command(ctx, name, program, rest, &cert, &pem, &sha1)?
+        }
+        (None, None) => unreachable!("checked above"),
+    }
+    let now = read_pinned(ctx.cfg, d).map_err(|e| ActError(e.to_string()))?;
+    if !now.matches(&cert.der) {
+        return Err(ActError(format!(
+            "pin {name}: re-trust {} succeeded but the pin still reads {} (expected {} / {})",
+            if d.retrust_webhook.is_some() {
+                "webhook"
+            } else {
+                "command"
+            },
+            now.shown(),
+            sha1,
+            cert.fingerprint_sha256
+        )));
+    }
+    tracing::info!(pin = name, fingerprint = %cert.fingerprint_sha256, "pin re-trusted");
+    Ok(json!({
+        "message": format!("pin {name} re-trusted: it now pins {} ({})", now.shown(), cert.role),
+        "pin": name,
+        "fingerprint": cert.fingerprint_sha256,
+    }))
+}
+
+/// POSTs the certificate to the pin's webhook; a non-2xx answer is an error naming the status
+/// and the start of the body.
+fn call_webhook(
+    ctx: &ActContext<'_>,
+    d: &PinDecl,
+    url: &str,
+    cert: &CertRecord,
+    pem: &str,
+    sha1: &str,
+) -> Result<(), ActError> {
+    let name = d.name.as_str();
+    let token = match &d.webhook_token_file {
+        None => None,
+        Some(rel) => {
+            use std::os::unix::fs::PermissionsExt;
+            let p = ctx.cfg.host_path(rel);
+            let meta = std::fs::metadata(&p)
+                .map_err(|e| ActError(format!("pin {name}: webhook_token_file {rel}: {e}")))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(ActError(format!(
+                    "pin {name}: webhook_token_file {rel} has mode {:o}: must not be readable by group or others (chmod 600)",
+                    meta.permissions().mode() & 0o777
+                )));
+            }
+            Some(
+                std::fs::read_to_string(&p)
+                    .map_err(|e| ActError(format!("pin {name}: webhook_token_file {rel}: {e}")))?
+                    .trim()
+                    .to_owned(),
+            )
+        }
+    };
+    let ca = d.webhook_ca_file.as_deref().map(|p| ctx.cfg.host_path(p));
+    (ctx.output)(format!(
+        "POST {url}  (certificate {} of role {})",
+        cert.fingerprint_sha256, cert.role
+    ));
+    let body = json!({
+        "pin": name,
+        "cert_role": cert.role,
+        "fingerprint_sha256": cert.fingerprint_sha256,
+        "thumbprint_sha1": sha1,
+        "not_after": certfleet_common::model::format_time(cert.not_after),
+        "pem": pem,
+    });
+    let answer =
+        crate::webhook::post_json(url, ca.as_deref(), token.as_deref(), &body, ctx.timeout)
+            .map_err(|e| ActError(format!("pin {name}: re-trust webhook: {e}")))?;
+    (ctx.output)(format!("HTTP {}", answer.status));
+    for line in answer.body.lines().take(20) {
+        (ctx.output)(line.to_owned());
+    }
+    if !(200..300).contains(&answer.status) {
+        return Err(ActError(format!(
+            "pin {name}: re-trust webhook {url} answered HTTP {}: {}",
+            answer.status,
+            answer.body.lines().next().unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the pin's `retrust_command` with the PEM on standard input.
+fn run_retrust_command(
+    ctx: &ActContext<'_>,
+    name: &str,
+    program: &str,
+    rest: &[String],
+    cert: &CertRecord,
+    pem: &str,
+    sha1: &str,
+) -> Result<(), ActError> {
     let argv: Vec<&str> = rest.iter().map(String::as_str).collect();
     (ctx.output)(format!(
         "$ {}  (stdin: certificate {} of role {})",
@@ -445,7 +603,7 @@ fn retrust(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         &[
             ("CERTFLEET_PIN", name),
             ("CERTFLEET_CERT_SHA256", &cert.fingerprint_sha256),
-            ("CERTFLEET_CERT_SHA1", &sha1),
+            ("CERTFLEET_CERT_SHA1", sha1),
         ],
     )
     .map_err(|source| {
@@ -460,21 +618,7 @@ fn retrust(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     for line in out.stdout.lines().chain(out.stderr.lines()).take(20) {
         (ctx.output)(line.to_owned());
     }
-    let now = read_pinned(ctx.cfg, d).map_err(|e| ActError(e.to_string()))?;
-    if !now.matches(&cert.der) {
-        return Err(ActError(format!(
-            "pin {name}: re-trust command succeeded but the pin still reads {} (expected {} / {})",
-            now.shown(),
-            sha1,
-            cert.fingerprint_sha256
-        )));
-    }
-    tracing::info!(pin = name, fingerprint = %cert.fingerprint_sha256, "pin re-trusted");
-    Ok(json!({
-        "message": format!("pin {name} re-trusted: it now pins {} ({})", now.shown(), cert.role),
-        "pin": name,
-        "fingerprint": cert.fingerprint_sha256,
-    }))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -547,6 +691,29 @@ mod tests {
             retrust_command = ["/bin/true"]
             [[pins]]
             name = ""
+            [[pins]]
+            name = "w1"
+            cert_role = "vsphere.machine_ssl"
+            read_command = ["/bin/cat", "/x"]
+            retrust_command = ["/usr/bin/tee", "/x"]
+            retrust_webhook = "https://nsx.lab/api/v1/trust"
+            [[pins]]
+            name = "w2"
+            cert_role = "vsphere.machine_ssl"
+            retrust_webhook = "http://nsx.lab/trust"
+            webhook_token_file = "token"
+            [[pins]]
+            name = "w3"
+            cert_role = "vsphere.machine_ssl"
+            read_command = ["/bin/cat", "/x"]
+            webhook_ca_file = "/etc/ca.pem"
+            [[pins]]
+            name = "w4"
+            cert_role = "vsphere.machine_ssl"
+            read_command = ["/bin/cat", "/x"]
+            retrust_webhook = "https://nsx.lab/api/v1/trust"
+            webhook_ca_file = "/etc/ssl/nsx-ca.pem"
+            webhook_token_file = "/etc/certfleet/nsx.token"
             "#,
         );
         let p = problems(&d);
@@ -561,9 +728,16 @@ mod tests {
             "pins[4]: name is empty",
             "pins[4] (): set cert_role or cert_path",
             "pins[4] (): set read_command",
+            "pins[5] (w1): both retrust_command and retrust_webhook",
+            "pins[5] (w1): retrust_webhook \"https://nsx.lab/api/v1/trust\": set webhook_ca_file",
+            "pins[6] (w2): retrust_webhook needs read_command",
+            "pins[6] (w2): retrust_webhook \"http://nsx.lab/trust\": http:// only to a loopback address",
+            "pins[6] (w2): webhook_token_file \"token\" must be an absolute host path",
+            "pins[7] (w3): webhook_ca_file / webhook_token_file without retrust_webhook",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
+        assert!(!all.contains("pins[8]"), "{all}");
         assert!(!all.contains("pins[0]"), "{all}");
     }
 }

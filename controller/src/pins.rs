@@ -68,7 +68,11 @@ pub fn add_retrust_steps(
         };
         let ours: Vec<&Pin> = agent_pins
             .iter()
-            .filter(|p| p.source == "declared" && p.retrust == "command" && renews(recipe, p))
+            .filter(|p| {
+                p.source == "declared"
+                    && matches!(p.retrust.as_str(), "command" | "webhook")
+                    && renews(recipe, p)
+            })
             .collect();
         if ours.is_empty() {
             continue;
@@ -96,10 +100,17 @@ pub fn add_retrust_steps(
                     args: json!({"name": p.name}),
                     depends_on: vec![anchor.key.clone()],
                     commands: vec![
-                        format!(
-                            "[[pins]] {}: retrust_command (the new certificate's PEM on stdin; CERTFLEET_PIN, CERTFLEET_CERT_SHA256, CERTFLEET_CERT_SHA1 set)",
-                            p.name
-                        ),
+                        if p.retrust == "webhook" {
+                            format!(
+                                "[[pins]] {}: POST retrust_webhook (JSON: pin, cert_role, fingerprint_sha256, thumbprint_sha1, not_after, pem; 2xx expected)",
+                                p.name
+                            )
+                        } else {
+                            format!(
+                                "[[pins]] {}: retrust_command (the new certificate's PEM on stdin; CERTFLEET_PIN, CERTFLEET_CERT_SHA256, CERTFLEET_CERT_SHA1 set)",
+                                p.name
+                            )
+                        },
                         format!(
                             "[[pins]] {}: read_command again (must pin the new certificate)",
                             p.name

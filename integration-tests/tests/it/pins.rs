@@ -1,7 +1,9 @@
-//! Pins (issue 13): one simulated VCSA whose Machine SSL is changed outside certfleet, with two
-//! declared consumers; the inventory shows the stale `vpx_ext` thumbprint and declared pins, a
-//! machine-ssl plan re-trusts the declared pins (one re-trust command fails with its output),
-//! and the pin check after the plan records the pin left stale.
+//! Pins (issue 13): one simulated VCSA whose Machine SSL is changed outside certfleet, with three
+//! declared consumers (two re-trusted by a command, one by a webhook: a consumer's HTTP API on
+//! loopback that takes the PEM and checks the bearer token); the inventory shows the stale
+//! `vpx_ext` thumbprint and declared pins, a machine-ssl plan re-trusts the declared pins (one
+//! re-trust command fails with its output), and the pin check after the plan records the pin
+//! left stale.
 
 use std::time::Duration;
 
@@ -10,6 +12,61 @@ use certfleet_integration_tests::sim::{Lifetime, SimHost};
 use serde_json::Value;
 
 use crate::support::{self, Controller, wait_for};
+
+/// A consumer's re-trust API on loopback: each POST must carry `Bearer TOKEN`; its JSON `pem`
+/// is written to `store` (what the consumer pins then) and answered 200, anything else 401.
+/// Returns the URL and the requests received.
+fn webhook_consumer(
+    token: &'static str,
+    store: std::path::PathBuf,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/trust",
+        listener.local_addr().unwrap().port()
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).ok();
+            let authorized = head.contains(&format!("authorization: Bearer {token}\r\n"));
+            let pem = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["pem"].as_str().map(str::to_owned));
+            let answer = match (authorized, pem) {
+                (true, Some(pem)) => {
+                    std::fs::write(&store, pem).unwrap();
+                    "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntrusted\n"
+                }
+                _ => {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 9\r\nConnection: close\r\n\r\ndenied\r\n\n"
+                }
+            };
+            conn.write_all(answer.as_bytes()).ok();
+            log.lock()
+                .unwrap()
+                .push(format!("{head}\n{}", String::from_utf8_lossy(&body)));
+        }
+    });
+    (url, seen)
+}
 
 fn fingerprint(pem: &str) -> String {
     let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
@@ -38,15 +95,24 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
     std::fs::create_dir_all(&consumers).unwrap();
     let backup = consumers.join("backup.pem");
     let monitor = consumers.join("monitor.pem");
+    let nsx = consumers.join("nsx.pem");
     std::fs::write(&backup, &old_pem).unwrap();
     std::fs::write(&monitor, &old_pem).unwrap();
+    std::fs::write(&nsx, &old_pem).unwrap();
+    let (nsx_url, nsx_requests) = webhook_consumer("nsx-t0ken", nsx.clone());
+    host.write("/etc/certfleet/nsx.token", "nsx-t0ken\n", 0o600)
+        .unwrap();
     let cfg = v.agent_config().unwrap();
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
         "\n[[pins]]\nname = \"backup\"\ncert_role = \"vsphere.machine_ssl\"\n\
          read_command = [\"/bin/cat\", {b:?}]\nretrust_command = [\"/usr/bin/tee\", {b:?}]\n\
+         \n[[pins]]\nname = \"nsx\"\ncert_role = \"vsphere.machine_ssl\"\n\
+         read_command = [\"/bin/cat\", {n:?}]\nretrust_webhook = {nsx_url:?}\n\
+         webhook_token_file = \"/etc/certfleet/nsx.token\"\n\
          \n[[pins]]\nname = \"monitor\"\ncert_role = \"vsphere.machine_ssl\"\n\
          read_command = [\"/bin/cat\", {m:?}]\nretrust_command = [\"/usr/bin/tee\", {bad:?}]\n",
+        n = nsx.display().to_string(),
         b = backup.display().to_string(),
         m = monitor.display().to_string(),
         bad = consumers.join("missing/monitor.pem").display().to_string(),
@@ -83,6 +149,7 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
     );
     assert_eq!(pin(&show, "backup").unwrap()["state"], "stale", "{show:#}");
     assert_eq!(pin(&show, "monitor").unwrap()["state"], "stale", "{show:#}");
+    assert_eq!(pin(&show, "nsx").unwrap()["state"], "stale", "{show:#}");
     let text = c.cli(&["inventory", "show", &new_fp]);
     assert!(
         text.contains("stale   vpx_ext com.vmware.vsan.health on vc1"),
@@ -98,6 +165,7 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
         ("vpx_ext", "com.vmware.vsan.health"),
         ("declared", "backup"),
         ("declared", "monitor"),
+        ("declared", "nsx"),
     ] {
         let found = m.lines().any(|l| {
             l.starts_with("certfleet_pin_stale{")
@@ -109,7 +177,7 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
     assert!(
         m.lines().any(|l| l.starts_with("certfleet_pins{")
             && l.contains("source=\"declared\",state=\"stale\"")
-            && l.ends_with(" 2")),
+            && l.ends_with(" 3")),
         "{m}"
     );
 
@@ -151,6 +219,21 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
             .unwrap_or_else(|| panic!("no retrust step for {n}: {p:#}"))
     };
     assert_eq!(step("backup")["state"], "succeeded", "{p:#}");
+    assert_eq!(step("nsx")["state"], "succeeded", "{p:#}");
+    assert!(
+        step("nsx")["commands"]
+            .to_string()
+            .contains("POST retrust_webhook"),
+        "{p:#}"
+    );
+    let requests = nsx_requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert!(
+        requests[0].starts_with("POST /api/v1/trust HTTP/1.1\r\n")
+            && requests[0].contains("\"pin\":\"nsx\"")
+            && requests[0].contains("\"cert_role\":\"vsphere.machine_ssl\""),
+        "{requests:#?}"
+    );
     assert_eq!(step("monitor")["state"], "failed", "{p:#}");
     let msg = step("monitor")["message"].as_str().unwrap();
     assert!(msg.contains("tee") && msg.contains("No such file"), "{msg}");
@@ -166,6 +249,7 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
     ));
     let show = c.json(&["inventory", "show", &now_fp]);
     assert_eq!(pin(&show, "backup").unwrap()["state"], "match", "{show:#}");
+    assert_eq!(pin(&show, "nsx").unwrap()["state"], "match", "{show:#}");
     assert_eq!(
         pin(&show, "com.vmware.vsan.health").unwrap()["state"],
         "match",
