@@ -528,6 +528,26 @@ pub const COLLECTORS: &[&str] = &[
 ];
 
 impl AgentConfig {
+    /// Reads the secret (a password, a token) in the file at host path `rel`, without its line
+    /// end; refuses a file that group or others can read. Errors name `what` and the path.
+    pub fn read_secret_file(&self, what: &str, rel: &str) -> Result<String, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.host_path(rel);
+        let meta = std::fs::metadata(&p).map_err(|e| format!("{what} {rel}: {e}"))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{what} {rel} has mode {mode:o}: must not be readable by group or others (chmod 600)"
+            ));
+        }
+        Ok(std::fs::read_to_string(&p)
+            .map_err(|e| format!("{what} {rel}: {e}"))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned())
+    }
+}
+
+impl AgentConfig {
     /// Reads and validates a config file; all problems are reported together.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)

@@ -528,24 +528,13 @@ fn call_webhook(
     let name = d.name.as_str();
     let token = match &d.webhook_token_file {
         None => None,
-        Some(rel) => {
-            use std::os::unix::fs::PermissionsExt;
-            let p = ctx.cfg.host_path(rel);
-            let meta = std::fs::metadata(&p)
-                .map_err(|e| ActError(format!("pin {name}: webhook_token_file {rel}: {e}")))?;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(ActError(format!(
-                    "pin {name}: webhook_token_file {rel} has mode {:o}: must not be readable by group or others (chmod 600)",
-                    meta.permissions().mode() & 0o777
-                )));
-            }
-            Some(
-                std::fs::read_to_string(&p)
-                    .map_err(|e| ActError(format!("pin {name}: webhook_token_file {rel}: {e}")))?
-                    .trim()
-                    .to_owned(),
-            )
-        }
+        Some(rel) => Some(
+            ctx.cfg
+                .read_secret_file("webhook_token_file", rel)
+                .map_err(|e| ActError(format!("pin {name}: {e}")))?
+                .trim()
+                .to_owned(),
+        ),
     };
     let ca = d.webhook_ca_file.as_deref().map(|p| ctx.cfg.host_path(p));
     (ctx.output)(format!(

@@ -79,20 +79,10 @@ impl Api {
         let pw_setting = ctx.cfg.setting("ovirt.api_password_file").ok_or_else(|| {
             ActError("setting ovirt.api_password_file is not set on this agent".into())
         })?;
-        let pw_path = ctx.cfg.host_path(pw_setting);
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(&pw_path)
-            .map_err(|e| ActError(format!("password file {pw_setting}: {e}")))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ActError(format!(
-                "password file {pw_setting} has mode {:o}: must not be readable by group or others (chmod 600)",
-                meta.permissions().mode() & 0o777
-            )));
-        }
-        let password = std::fs::read_to_string(&pw_path)
-            .map_err(|e| ActError(format!("password file {pw_setting}: {e}")))?
-            .trim_end_matches(['\r', '\n'])
-            .to_owned();
+        let password = ctx
+            .cfg
+            .read_secret_file("password file", pw_setting)
+            .map_err(ActError)?;
         let poll = ctx
             .cfg
             .setting("ovirt.api_poll_ms")

@@ -307,17 +307,12 @@ mod tests {
     ) -> RecipeInput<'a> {
         let mut inventory = BTreeMap::new();
         inventory.insert("vc".to_owned(), certs);
-        RecipeInput {
-            targets: agents.clone(),
-            agents,
-            inventory,
-            roles: vec![],
-            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        let mut input = RecipeInput::for_test(agents, inventory);
+        input.params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        input
     }
 
     #[test]

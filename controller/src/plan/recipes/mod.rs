@@ -127,6 +127,22 @@ pub fn find(name: &str) -> Result<Box<dyn Recipe>, String> {
     })
 }
 
+impl<'a> RecipeInput<'a> {
+    /// Every agent targeted, certificates due within 90 days, no roles or params given: the
+    /// input the recipes' unit tests build from.
+    #[cfg(test)]
+    pub fn for_test(agents: Vec<&'a Target>, inventory: BTreeMap<String, Vec<CertRecord>>) -> Self {
+        RecipeInput {
+            targets: agents.clone(),
+            agents,
+            inventory,
+            roles: vec![],
+            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
+            params: BTreeMap::new(),
+        }
+    }
+}
+
 impl RecipeInput<'_> {
     /// A `--param NAME=VALUE` parsed as `T`, or `default` when not given.
     pub fn param<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>

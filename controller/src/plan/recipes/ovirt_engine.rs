@@ -452,14 +452,8 @@ mod tests {
         let all = vec![&engine, &kvm01];
         let mut params = BTreeMap::new();
         params.insert("he_host".to_owned(), "kvm01".to_owned());
-        let input = RecipeInput {
-            targets: all.clone(),
-            agents: all,
-            inventory,
-            roles: vec![],
-            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
-            params,
-        };
+        let mut input = RecipeInput::for_test(all, inventory);
+        input.params = params;
         let steps = OvirtEngine.build(&input).unwrap();
         let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(
@@ -491,14 +485,7 @@ mod tests {
         ca_rec.subject = ca.into();
         ca_only.insert("engine".to_owned(), vec![ca_rec]);
         ca_only.insert("kvm01".to_owned(), input.inventory["kvm01"].clone());
-        let ca_input = RecipeInput {
-            targets: input.targets.clone(),
-            agents: input.agents.clone(),
-            inventory: ca_only,
-            roles: vec![],
-            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
-            params: BTreeMap::new(),
-        };
+        let ca_input = RecipeInput::for_test(input.agents.clone(), ca_only);
         let steps = OvirtEngine.build(&ca_input).unwrap();
         let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(

@@ -684,14 +684,7 @@ mod tests {
         inventory.insert("kvm02".into(), h("kvm02", ca, 1500));
         inventory.insert("kvm03".into(), h("kvm03", "CN=elsewhere", 3));
         let all = vec![&engine, &h1, &h2, &h3];
-        let input = RecipeInput {
-            targets: all.clone(),
-            agents: all,
-            inventory,
-            roles: vec![],
-            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
-            params: BTreeMap::new(),
-        };
+        let input = RecipeInput::for_test(all, inventory);
         let (jobs, problems) = host_jobs(&input, false);
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].host.name, "kvm01");
@@ -753,14 +746,7 @@ mod tests {
         inventory.insert("kvm01".into(), vec![vdsm("kvm01"), console.clone()]);
         inventory.insert("kvm02".into(), vec![vdsm("kvm02")]);
         let all = vec![&engine, &h1, &h2];
-        let mut input = RecipeInput {
-            targets: all.clone(),
-            agents: all,
-            inventory,
-            roles: vec![],
-            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
-            params: BTreeMap::new(),
-        };
+        let mut input = RecipeInput::for_test(all, inventory);
         let steps = OvirtHostsOffline.build(&input).unwrap();
         let actions: Vec<(&str, &str)> = steps
             .iter()
@@ -849,14 +835,7 @@ mod tests {
         }
         let mut all = vec![&engine];
         all.extend(hosts.iter());
-        let input = RecipeInput {
-            targets: all.clone(),
-            agents: all,
-            inventory,
-            roles: vec![],
-            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
-            params: BTreeMap::new(),
-        };
+        let input = RecipeInput::for_test(all, inventory);
         let mut steps = OvirtHosts.build(&input).unwrap();
         // One engine version probe first; the API steps of each host wait for it.
         let probe = steps.remove(0);

@@ -561,14 +561,7 @@ mod tests {
             );
         }
         let all = vec![&vc1, &vc2];
-        let input = RecipeInput {
-            targets: all.clone(),
-            agents: all,
-            inventory,
-            roles: vec![],
-            expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
-            params: BTreeMap::new(),
-        };
+        let input = RecipeInput::for_test(all, inventory);
         let steps = MachineSsl.build(&input).unwrap();
         let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(
