@@ -428,6 +428,20 @@ const RECIPES: &[RecipeNeeds] = &[
         needs: &[SSO_PASSWORD, VMCA_ROOT],
     },
     RecipeNeeds {
+        recipe: "pins-retrust",
+        platform: "vsphere",
+        part: "Lookup Service trust and vpx_ext thumbprints made to match VECS, no certificate changed",
+        tools: &[
+            "vmafd-cli",
+            "vecs-cli",
+            "lwregshell",
+            "ldapsearch",
+            "ldapmodify",
+        ],
+        optional: &["psql"],
+        needs: &[],
+    },
+    RecipeNeeds {
         recipe: "esxi-hosts",
         platform: "vsphere",
         part: "ESXi host certificates renewed through vCenter's SOAP API",

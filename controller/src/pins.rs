@@ -46,6 +46,47 @@ fn renews(recipe: &str, pin: &Pin) -> bool {
     !pin.cert_role.is_empty() && roles::lookup(&pin.cert_role).recipe == recipe
 }
 
+/// The `pins.retrust` step of declared pin `p` on agent `agent` (id) named `agent_name`.
+pub fn retrust_step(
+    key: String,
+    target: &str,
+    agent: &str,
+    agent_name: &str,
+    p: &Pin,
+    depends_on: Vec<String>,
+) -> StepSpec {
+    StepSpec {
+        key,
+        name: format!("re-trust pin {} ({})", p.name, p.cert_role),
+        stage: "retrust".into(),
+        target: target.to_owned(),
+        agent: agent.to_owned(),
+        agent_name: agent_name.to_owned(),
+        action: RETRUST.into(),
+        args: json!({"name": p.name}),
+        depends_on,
+        commands: vec![
+            if p.retrust == "webhook" {
+                format!(
+                    "[[pins]] {}: POST retrust_webhook (JSON: pin, cert_role, fingerprint_sha256, thumbprint_sha1, not_after, pem; 2xx expected)",
+                    p.name
+                )
+            } else {
+                format!(
+                    "[[pins]] {}: retrust_command (the new certificate's PEM on stdin; CERTFLEET_PIN, CERTFLEET_CERT_SHA256, CERTFLEET_CERT_SHA1 set)",
+                    p.name
+                )
+            },
+            format!(
+                "[[pins]] {}: read_command again (must pin the new certificate)",
+                p.name
+            ),
+        ],
+        files: vec![],
+        timeout_secs: 120,
+    }
+}
+
 /// Adds a `pins.retrust` step per declared, re-trustable pin whose certificate a plan of
 /// `recipe` renews, after the last step of that pin's agent in the plan (so after the change
 /// and any restart), on the same target. `pins`: each agent's reported pins, by agent id.
@@ -89,36 +130,14 @@ pub fn add_retrust_steps(
                 while !keys.insert(key.clone()) {
                     key.push('_');
                 }
-                StepSpec {
+                retrust_step(
                     key,
-                    name: format!("re-trust pin {} ({})", p.name, p.cert_role),
-                    stage: "retrust".into(),
-                    target: anchor.target.clone(),
-                    agent: agent.clone(),
-                    agent_name: anchor.agent_name.clone(),
-                    action: RETRUST.into(),
-                    args: json!({"name": p.name}),
-                    depends_on: vec![anchor.key.clone()],
-                    commands: vec![
-                        if p.retrust == "webhook" {
-                            format!(
-                                "[[pins]] {}: POST retrust_webhook (JSON: pin, cert_role, fingerprint_sha256, thumbprint_sha1, not_after, pem; 2xx expected)",
-                                p.name
-                            )
-                        } else {
-                            format!(
-                                "[[pins]] {}: retrust_command (the new certificate's PEM on stdin; CERTFLEET_PIN, CERTFLEET_CERT_SHA256, CERTFLEET_CERT_SHA1 set)",
-                                p.name
-                            )
-                        },
-                        format!(
-                            "[[pins]] {}: read_command again (must pin the new certificate)",
-                            p.name
-                        ),
-                    ],
-                    files: vec![],
-                    timeout_secs: 120,
-                }
+                    &anchor.target,
+                    &agent,
+                    &anchor.agent_name,
+                    p,
+                    vec![anchor.key.clone()],
+                )
             })
             .collect();
         let at = last + 1;

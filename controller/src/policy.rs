@@ -214,6 +214,10 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
         expiring_before: (req.expiring_within_secs > 0)
             .then(|| now + req.expiring_within_secs as i64),
         params: req.params.clone(),
+        pins: all
+            .iter()
+            .map(|(a, inv)| (a.id.clone(), inv.pins().to_vec()))
+            .collect(),
     };
     let mut specs = recipe.build(&input).map_err(|e| {
         Status::failed_precondition(match &left_note {
@@ -221,11 +225,7 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
             None => e,
         })
     })?;
-    let pins = all
-        .iter()
-        .map(|(a, inv)| (a.id.clone(), inv.pins().to_vec()))
-        .collect();
-    crate::pins::add_retrust_steps(&req.recipe, &mut specs, &pins);
+    crate::pins::add_retrust_steps(&req.recipe, &mut specs, &input.pins);
     let id = format!("p{}", &crate::enroll::random_id()[..8]);
     let first_target = specs.first().map(|s| s.target.clone()).unwrap_or_default();
     let mut seen = std::collections::HashSet::new();

@@ -83,7 +83,8 @@ pub fn resume_policy(action: &str) -> Resume {
         | "vsphere.sts"
         | "vsphere.solution_users"
         | "vsphere.restart_services"
-        | "vsphere.clean_backup_store" => Resume::Rerun,
+        | "vsphere.clean_backup_store"
+        | "vsphere.retrust_pins" => Resume::Rerun,
         "gke.ca_rotate"
         | "gke.fetch_kubeconfig"
         | "kubeconfig.install"

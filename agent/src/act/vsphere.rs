@@ -8,6 +8,7 @@
 //! | `vsphere.solution_users` | `dir-cli service list` (SSO password and principals), then per solution user (wcp with `--dataencipherment` and no `--FQDN`, §7/§9.2): `certool --genkey`, `--gencert --genCIScert`; then per user vmdir first (`dir-cli service update --name <user>-<machine-id>`), VECS second (`vecs-cli entry delete/create`), both read back and compared; then VCDB `vpx_ext` thumbprints of EAM, Auto Deploy, Image Builder, VUM/vLCM (KB 57379) when vpxd-extension changed; old vmdir and VECS certificates backed up and restored on failure (what already holds the old certificate is skipped: dir-cli refuses a certificate a principal holds) |
 //! | `vsphere.sts` | fixsts.sh/vCert (§5.3): new `ssoserverSign` cert from certool, LDIF backup of every `TenantCredential-N`/`TrustedCertChain-N`, one `ldapmodify` (SSO administrator, as vCert) deleting them and adding `-1` (`objectClass: top` too), then checks vmdir like checksts (the active signing cert is the new one and valid); re-adds the backup if the check fails |
 //! | `vsphere.restart_services` | `service-control --status --all` (what runs now), `--stop --all`, `--start --all` (`--vmon-profile HAActive` on an HACore node), polls `--status --all` until everything that ran before runs again (manual-start services may stay `Stopped:`; a transient RC=5 is waited out), vCert's `vmon-cli -s` (envoy, rhttpproxy, vmware-vpostgres) and `systemctl is-active` (vmafdd, vmdird) checks, then checks the endpoint serves VECS `__MACHINE_CERT` |
+//! | `vsphere.retrust_pins` | no certificate changed: the Lookup Service registrations at the PNID and the `vpx_ext` thumbprints (Machine SSL's and vpxd-extension's extensions) made to trust what VECS holds now, after another renewer changed it; backed up, read back, undone on failure |
 //! | `vsphere.clean_backup_store` | after a verified Machine SSL: exports every `BACKUP_STORE`/`BACKUP_STORE_H5C` entry to an agent backup, then `vecs-cli entry delete -y` each (expired ones keep the "Certificate Status" alarm red) |
 //!
 //! Host layout (defaults, override in `[tools]`): `certool` at `/usr/lib/vmware-vmca/bin/certool`,
@@ -48,6 +49,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "vsphere.solution_users" => solution_users(ctx, args),
         "vsphere.sts" => sts(ctx),
         "vsphere.clean_backup_store" => clean_backup_store(ctx, args),
+        "vsphere.retrust_pins" => retrust_pins(ctx),
         "vsphere.restart_services" => {
             restart_services(ctx)?;
             let fp = verify_served(ctx)?;
@@ -582,6 +584,104 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         "not_after": not_after,
         "backup_id": manifest.id,
         "restart": if restart { json!(["service-control --all"]) } else { json!([]) },
+    }))
+}
+
+/// `vsphere.retrust_pins`: after another renewer (vCenter's own auto-renewal, an operator's
+/// manual replacement) changed the Machine SSL or vpxd-extension certificate, makes what pins
+/// them trust the certificates VECS holds now, without changing any certificate: the Lookup
+/// Service registrations at the PNID (their SSL trust), the `vpx_ext` thumbprints of the
+/// extensions registered with the Machine SSL certificate and of those registered with the
+/// vpxd-extension certificate (KB 57379). Old values are backed up first; a failed read-back
+/// undoes every change. No service is restarted (unverified: whether vsan-health and EAM pick
+/// up a changed `vpx_ext` thumbprint without one).
+///
+/// Idempotent: each part compares with what VECS holds now and changes only what differs; a
+/// resumed attempt takes the old values from the backup its first attempt made.
+fn retrust_pins(ctx: &ActContext<'_>) -> Result<Value, ActError> {
+    let pnid = pnid(ctx)?;
+    let dir = workdir(ctx)?;
+    let machine = entry_cert(ctx, "MACHINE_SSL_CERT", "__MACHINE_CERT")?;
+    let extension = entry_cert(ctx, "vpxd-extension", "vpxd-extension").ok();
+    let earlier = ctx
+        .resumed()
+        .then(|| backup::find(ctx.state, ctx.step_id))
+        .flatten();
+    let ldap = Ldap::machine_account(ctx)?;
+    // No "old" certificate to match by: every registration at the PNID that trusts anything
+    // but the current one is re-trusted.
+    let ls = ls_trust_plan(ctx, &ldap, &dir, &pnid, &[], &machine, earlier.is_some())?;
+    let vcdb = Vcdb::find(ctx);
+    let mut ext = Vec::new();
+    if let Some(db) = &vcdb {
+        let mut wanted = vec![(MACHINE_SSL_EXTENSIONS, thumbprint(&machine))];
+        if let Some(der) = &extension {
+            wanted.push((VPXD_EXTENSION_EXTENSIONS, thumbprint(der)));
+        }
+        for (ids, tp) in wanted {
+            let plan = match &earlier {
+                Some(m) => saved_ext_plan(ctx, m, &dir, ids, &tp)?,
+                None => vpx_ext_plan(ctx, db, &dir, ids, &tp)?,
+            };
+            ext.extend(plan);
+        }
+    }
+    let mut saved: Vec<PathBuf> = ext.iter().map(|p| p.backup.clone()).collect();
+    saved.extend(ls.as_ref().map(|p| p.backup.clone()));
+    let manifest = match earlier {
+        Some(m) => Some(m),
+        None if saved.is_empty() => None,
+        None => Some(backup::create(ctx.state, ctx.step_id, &saved)?),
+    };
+    ctx.crash_point("after-backup");
+    let mut undo: Vec<Undo> = Vec::new();
+    let apply = |undo: &mut Vec<Undo>| -> Result<(), ActError> {
+        if let Some(p) = &ls {
+            undo.push(Undo::LsTrust {
+                file: p.backup.clone(),
+                dns: p.dns.clone(),
+            });
+            if p.to_change > 0 {
+                ldap.modify(ctx, &p.change, false)?;
+            }
+            let want: Vec<(String, Vec<u8>)> = p
+                .dns
+                .iter()
+                .map(|(dn, _)| (dn.clone(), machine.clone()))
+                .collect();
+            ls_trust_verify(ctx, &ldap, &want)?;
+        }
+        if let Some(db) = &vcdb {
+            for p in &ext {
+                undo.push(Undo::VpxExt {
+                    rows: p.old_rows.clone(),
+                });
+                vpx_ext_apply(ctx, db, p)?;
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = apply(&mut undo) {
+        let failed = run_undo(ctx, &ldap, vcdb.as_ref(), undo);
+        return Err(ActError(if failed.is_empty() {
+            format!("re-trusting the pins of {pnid}: {e}; every change undone")
+        } else {
+            format!(
+                "re-trusting the pins of {pnid}: {e}; UNDO FAILED: {}",
+                failed.join("; ")
+            )
+        }));
+    }
+    let ls_changed = ls.as_ref().map_or(0, |p| p.to_change);
+    let ext_changed: usize = ext.iter().map(ExtPlan::changed).sum();
+    Ok(json!({
+        "message": format!(
+            "{pnid}: {ls_changed} Lookup Service registration(s) and {ext_changed} vpx_ext row(s) now trust the certificates VECS holds{}",
+            if vcdb.is_none() { " (no VCDB: vpx_ext not checked)" } else { "" }
+        ),
+        "pnid": pnid,
+        "fingerprint": certfleet_common::pki::sha256_hex(&machine),
+        "backup_id": manifest.map(|m| m.id),
     }))
 }
 

@@ -181,6 +181,72 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
         "{m}"
     );
 
+    // pins-retrust renews nothing and re-trusts what the outside change left stale: the
+    // vpx_ext thumbprint (and the Lookup Service trust) to VECS's certificate, then the declared
+    // pins; monitor's command fails.
+    let p = c.json(&["plan", "create", "pins-retrust", "--run"]);
+    let id = p["id"].as_str().unwrap().to_owned();
+    let p = wait_for(
+        "pins-retrust and its pin check",
+        Duration::from_secs(120),
+        || {
+            let p = c.json(&["plan", "show", &id]);
+            let done = p["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("pin check on vc1");
+            if !done {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            done.then_some(p)
+        },
+    );
+    let actions: Vec<(&str, &str)> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["action"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("vsphere.retrust_pins", "succeeded"),
+            ("pins.retrust", "succeeded"),
+            ("pins.retrust", "succeeded"),
+            ("pins.retrust", "failed"),
+        ],
+        "{p:#}"
+    );
+    assert!(
+        p["steps"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 vpx_ext row(s) now trust"),
+        "{p:#}"
+    );
+    assert_eq!(
+        new_fp,
+        fingerprint(&crate::vsphere_rotation::getcert(
+            &v,
+            "MACHINE_SSL_CERT",
+            "__MACHINE_CERT",
+        )),
+        "pins-retrust changed the certificate"
+    );
+    let show = c.json(&["inventory", "show", &new_fp]);
+    for (name, state) in [
+        ("com.vmware.vsan.health", "match"),
+        ("backup", "match"),
+        ("nsx", "match"),
+        ("monitor", "stale"),
+    ] {
+        assert_eq!(
+            pin(&show, name).unwrap()["state"],
+            state,
+            "{name}: {show:#}"
+        );
+    }
+
     // A machine-ssl plan re-trusts the declared pins; monitor's command fails.
     let p = wait_for("plan create", Duration::from_secs(30), || {
         let out = c.cli_as(
@@ -227,11 +293,11 @@ fn pins_go_stale_after_an_outside_change_and_a_plan_retrusts_them() {
         "{p:#}"
     );
     let requests = nsx_requests.lock().unwrap().clone();
-    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests.len(), 2, "{requests:#?}");
     assert!(
-        requests[0].starts_with("POST /api/v1/trust HTTP/1.1\r\n")
-            && requests[0].contains("\"pin\":\"nsx\"")
-            && requests[0].contains("\"cert_role\":\"vsphere.machine_ssl\""),
+        requests[1].starts_with("POST /api/v1/trust HTTP/1.1\r\n")
+            && requests[1].contains("\"pin\":\"nsx\"")
+            && requests[1].contains("\"cert_role\":\"vsphere.machine_ssl\""),
         "{requests:#?}"
     );
     assert_eq!(step("monitor")["state"], "failed", "{p:#}");

@@ -13,6 +13,7 @@ pub mod gke;
 pub mod kubeadm;
 pub mod ovirt_engine;
 pub mod ovirt_hosts;
+pub mod pins;
 pub mod vsphere;
 
 /// What a recipe sees.
@@ -29,6 +30,8 @@ pub struct RecipeInput<'a> {
     pub expiring_before: Option<i64>,
     /// Recipe parameters.
     pub params: BTreeMap<String, String>,
+    /// Each agent's pins as its last report gave them, by agent id.
+    pub pins: BTreeMap<String, Vec<certfleet_common::model::Pin>>,
 }
 
 /// A step before it is numbered into a plan.
@@ -85,6 +88,7 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
         Box::new(vsphere::SolutionUsers),
         Box::new(vsphere::Sts),
         Box::new(esxi::EsxiHosts),
+        Box::new(pins::PinsRetrust),
     ]
 }
 
@@ -103,6 +107,7 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("vsphere-machine-ssl", &[]),
     ("vsphere-solution-users", &[]),
     ("vsphere-sts", &["node"]),
+    ("pins-retrust", &[]),
     (
         "esxi-hosts",
         &[
@@ -139,6 +144,7 @@ impl<'a> RecipeInput<'a> {
             roles: vec![],
             expiring_before: Some(certfleet_common::model::now() + 90 * 86_400),
             params: BTreeMap::new(),
+            pins: BTreeMap::new(),
         }
     }
 }
