@@ -491,7 +491,7 @@ fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
     c.enroll("engine");
     c.enroll("kvm01");
     let mut engine_agent = run("engine", &engine.root);
-    let _host_agent = run("kvm01", &h.root);
+    let mut host_agent = run("kvm01", &h.root);
     // Before the outage the engine's agent reported the engine PKI (which is how the recipe
     // finds who signs for kvm01 while that agent is down).
     wait_for(
@@ -579,8 +579,18 @@ fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
         t0.elapsed().as_secs_f64()
     );
 
-    // The recovery: the engine's agent starts when the simulated VM comes up again.
+    // The recovery: the engine's agent starts when the simulated VM comes up again; kvm01's
+    // agent dies once after the second half acted and before it answered, and the step
+    // resumes when the agent is back (the controller sends it again).
     setup::set_he_vm(&h, "down").unwrap();
+    host_agent.term();
+    let crash = "ovirt.hosted_engine_finish:before-result";
+    host_agent = c.run_agent_env(
+        &c.dir.join("agent-kvm01"),
+        Some(&cfg),
+        &["--root", &s(&h.root)],
+        &[("CERTFLEET_TEST_CRASH_AT", crash)],
+    );
     let old_na = not_after(&h.path(VDSM_CERT));
     let child = cli(&["--agent", "kvm01", "--engine-wait", "60s"])
         .spawn()
@@ -589,6 +599,19 @@ fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
         (setup::he_vm(&h) == "up").then_some(())
     });
     let _engine_agent = run("engine", &engine.root);
+    wait_for(
+        "kvm01's agent killed at the crash point",
+        Duration::from_secs(60),
+        || host_agent.child.try_wait().unwrap().map(|_| ()),
+    );
+    assert!(
+        host_agent
+            .log_text()
+            .contains("CERTFLEET_TEST_CRASH_AT reached"),
+        "{}",
+        host_agent.log_text()
+    );
+    let host_agent = run("kvm01", &h.root);
     let o = child.wait_with_output().unwrap();
     let out = text(&o);
     assert!(o.status.success(), "{out}");
@@ -612,6 +635,13 @@ fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
     assert!(
         na > now() + 365 * 86_400 && na > old_na,
         "VDSM certificate not renewed"
+    );
+    assert!(
+        host_agent
+            .log_text()
+            .contains("resuming an interrupted step"),
+        "{}",
+        host_agent.log_text()
     );
     // libvirtd restarts with its TLS socket on the new certificate, as after a reboot.
     assert_eq!(systemctl(&h, &["restart", "libvirtd"]), 0);
