@@ -516,6 +516,22 @@ const RECIPES: &[RecipeNeeds] = &[
         needs: &[VDSM_PKI],
     },
     RecipeNeeds {
+        recipe: "ovirt-hosted-engine",
+        platform: "ovirt_engine",
+        part: "the hosted-engine host's CSR signed with openssl ca once the engine VM is up",
+        tools: &["openssl"],
+        optional: &[],
+        needs: &[ENGINE_CA_KEY],
+    },
+    RecipeNeeds {
+        recipe: "ovirt-hosted-engine",
+        platform: "ovirt_node",
+        part: "self-hosted engine hosts only: engine VM up without libvirtd's TLS listener (or with the clock set back), CSR made here, signed certificate installed",
+        tools: &["openssl", "systemctl"],
+        optional: &["hosted-engine"],
+        needs: &[VDSM_PKI],
+    },
+    RecipeNeeds {
         recipe: "gke-user-ca",
         platform: "gke_admin",
         part: "gkectl update credentials certificate-authorities (user clusters), kubeconfigs renewed",

@@ -100,6 +100,10 @@ pub fn resume_policy(action: &str) -> Resume {
         "ovirt.vmconsole_pubkey" | "ovirt.vmconsole_sign" | "ovirt.vmconsole_install" => {
             Resume::Rerun
         }
+        // The hosted-engine recovery's halves: see each one's doc comment in
+        // `hosted_engine.rs` (drop-ins rewritten whole, clock change journaled, CSR and
+        // install answered from the journal).
+        "ovirt.hosted_engine_start" | "ovirt.hosted_engine_finish" => Resume::Rerun,
         // Notes the served certificate before the refresh and checks it first on a resend.
         "esxi.refresh_hosts" => Resume::Rerun,
         // Refused, for the reason its doc comment gives: `ovirt.engine_setup`, and every

@@ -21,6 +21,7 @@ pub mod backup;
 pub mod esxi;
 pub mod generic;
 pub mod gke;
+pub mod hosted_engine;
 pub mod intent;
 pub mod journal;
 pub mod ovirt;
@@ -198,6 +199,7 @@ pub fn execute(
 /// else is platform-neutral ([`generic`]).
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     match action {
+        a if a.starts_with("ovirt.hosted_engine_") => hosted_engine::dispatch(a, ctx, args),
         a if a.starts_with("ovirt.") => ovirt::dispatch(a, ctx, args),
         a if a.starts_with("gke.") || a.starts_with("kubeadm.") || a.starts_with("kubeconfig.") => {
             gke::dispatch(a, ctx, args)

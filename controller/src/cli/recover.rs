@@ -32,6 +32,7 @@ use super::output::OutputArgs;
 use super::plan::print_plan;
 
 mod gke;
+mod hosted_engine;
 mod vsphere;
 
 /// The agent label naming a host's oVirt cluster (as the `ovirt-hosts` recipe reads it).
@@ -79,6 +80,15 @@ pub enum RecoverCmd {
         after_help = "Example:\n  certfleet recover gke-kubeconfig --agent ws1 --cluster user-cluster-1 --dry-run"
     )]
     GkeKubeconfig(gke::GkeKubeconfigArgs),
+    /// The self-hosted engine VM is down because libvirtd on its host refuses the expired
+    /// VDSM certificate: on the host, the VM brought up without libvirtd's TLS listener (or
+    /// with the clock set back) and a CSR from the host's key; the engine VM's agent waited
+    /// for, the CSR signed there; on the host, the certificate installed and TLS back (recipe
+    /// ovirt-hosted-engine).
+    #[command(
+        after_help = "Example:\n  certfleet recover ovirt-hosted-engine --agent kvm01 --way dropin --dry-run"
+    )]
+    OvirtHostedEngine(hosted_engine::HostedEngineArgs),
 }
 
 /// Hosts of `cluster` among `agents`: platform `ovirt_node`, label `ovirt.cluster` equal to it
@@ -114,6 +124,7 @@ pub async fn run(conn: &Conn, cmd: &RecoverCmd) -> anyhow::Result<()> {
         } => (cluster, max_parallel, no_enroll, dry_run, output),
         RecoverCmd::Vsphere(args) => return vsphere::run(conn, args).await,
         RecoverCmd::GkeKubeconfig(a) => return gke::run(conn, a).await,
+        RecoverCmd::OvirtHostedEngine(a) => return hosted_engine::run(conn, a).await,
     };
     let started = Instant::now();
     let mut c = conn.client();

@@ -373,3 +373,214 @@ fn dropin_way(
     }
     assert_eq!(audit.contains("TLS socket stopped"), socket, "{audit}");
 }
+
+/// `certfleet recover ovirt-hosted-engine --agent kvm01` through a controller: a hosted-engine
+/// host whose VDSM certificate expired (libvirtd refuses it, the VM is down) and the engine,
+/// both with agents enrolled; the engine's agent is down with its VM and, as a booting engine
+/// VM does, starts again only once the simulated VM is up. An unknown agent exits 2 naming
+/// kvm01; a dry run changes nothing; an engine agent that never comes makes the command abort
+/// the plan naming it (exit 4) within `--engine-wait`; then the recovery: libvirtd active with
+/// its TLS socket, the drop-ins gone, a new VDSM certificate, the steps in the audit log.
+#[test]
+fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
+    use crate::support::{Controller, wait_for};
+    use std::time::Duration;
+    let t0 = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sim = support::bin("certfleet-sim");
+    let engine = SimHost::new(d.join("root-engine"), &sim).unwrap();
+    let e = build_engine(
+        &engine,
+        &EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
+    )
+    .unwrap();
+    let h = SimHost::new(d.join("root-kvm01"), &sim).unwrap();
+    let mut spec = NodeSpec::new(&fqdn("kvm01"));
+    spec.vdsm = Some(Lifetime::days(1800, -30));
+    build_node(&h, &spec, &e).unwrap();
+    setup::make_he_host(&h, &e).unwrap();
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "[settings]\n\"ovirt.p12_password\" = \"mypass\"\n\"ovirt.he_vm_poll\" = \"50ms\"\n\
+         \"ovirt.he_vm_wait\" = \"20s\"\n",
+    )
+    .unwrap();
+    let c = Controller::start(&d.join("ctl"), &[]);
+    let run = |name: &str, root: &Path| {
+        c.run_agent(
+            &c.dir.join(format!("agent-{name}")),
+            Some(&cfg),
+            &["--root", &s(root)],
+        )
+    };
+    c.enroll("engine");
+    c.enroll("kvm01");
+    let mut engine_agent = run("engine", &engine.root);
+    let mut host_agent = run("kvm01", &h.root);
+    // Before the outage the engine's agent reported the engine PKI (which is how the recipe
+    // finds who signs for kvm01 while that agent is down).
+    wait_for(
+        "kvm01's VDSM certificate and the engine's certificates",
+        Duration::from_secs(60),
+        || {
+            let inv = c.json(&["inventory"]).to_string();
+            (inv.contains("ovirt.node.vdsm") && inv.contains("ovirt.engine.apache")).then_some(())
+        },
+    );
+    // The outage: the VM (with the engine's agent) down, libvirtd cannot start.
+    engine_agent.term();
+    setup::set_he_vm(&h, "down").unwrap();
+    assert_eq!(systemctl(&h, &["restart", "libvirtd"]), 1);
+    wait_for(
+        "the engine agent disconnected",
+        Duration::from_secs(20),
+        || {
+            c.agents()
+                .iter()
+                .any(|a| a["name"] == "engine" && a["connected"] == false)
+                .then_some(())
+        },
+    );
+    eprintln!("fleet built in {:.1}s", t0.elapsed().as_secs_f64());
+    let cli = |args: &[&str]| {
+        let mut a = vec!["recover", "ovirt-hosted-engine"];
+        a.extend_from_slice(args);
+        let mut cmd = Command::new(support::bin("certfleet"));
+        cmd.args(["--controller", &c.addr, "--identity"])
+            .arg(c.admin())
+            .args(&a)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+
+    // Usage: an agent that is not a hosted-engine host.
+    let o = cli(&["--agent", "nope"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("\"nope\"") && text(&o).contains("kvm01"),
+        "{}",
+        text(&o)
+    );
+    let o = cli(&["--agent", "engine"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // Dry run: the plan printed, nothing changed.
+    let tree = hash_tree(&h.root);
+    let o = cli(&["--agent", "kvm01", "--dry-run"]).output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for want in [
+        "ovirt.hosted_engine_start",
+        "ovirt.enroll_request",
+        "ovirt.hosted_engine_finish",
+        "(dry run)",
+        "wall time",
+    ] {
+        assert!(out.contains(want), "{want} missing: {out}");
+    }
+    assert_eq!(hash_tree(&h.root), tree, "a dry run changed the host");
+    assert_eq!(setup::he_vm(&h), "down");
+
+    // The engine's agent never comes: the plan is aborted, naming it, after --engine-wait.
+    let o = cli(&["--agent", "kvm01", "--engine-wait", "5s"])
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(
+        out.contains("engine VM's agent engine did not connect within 5s"),
+        "{out}"
+    );
+    assert_eq!(
+        setup::he_vm(&h),
+        "up",
+        "the first half did not bring the VM up"
+    );
+    assert!(h.path(SOCKET_DROPIN).exists());
+    eprintln!(
+        "engine-wait abort done at {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // The recovery: the engine's agent starts when the simulated VM comes up again; kvm01's
+    // agent dies once after the second half acted and before it answered, and the step
+    // resumes when the agent is back (the controller sends it again).
+    setup::set_he_vm(&h, "down").unwrap();
+    host_agent.term();
+    let crash = "ovirt.hosted_engine_finish:before-result";
+    host_agent = c.run_agent_env(
+        &c.dir.join("agent-kvm01"),
+        Some(&cfg),
+        &["--root", &s(&h.root)],
+        &[("CERTFLEET_TEST_CRASH_AT", crash)],
+    );
+    let old_na = not_after(&h.path(VDSM_CERT));
+    let child = cli(&["--agent", "kvm01", "--engine-wait", "60s"])
+        .spawn()
+        .unwrap();
+    wait_for("the HostedEngine VM up", Duration::from_secs(60), || {
+        (setup::he_vm(&h) == "up").then_some(())
+    });
+    let _engine_agent = run("engine", &engine.root);
+    wait_for(
+        "kvm01's agent killed at the crash point",
+        Duration::from_secs(60),
+        || host_agent.child.try_wait().unwrap().map(|_| ()),
+    );
+    assert!(
+        host_agent
+            .log_text()
+            .contains("CERTFLEET_TEST_CRASH_AT reached"),
+        "{}",
+        host_agent.log_text()
+    );
+    let host_agent = run("kvm01", &h.root);
+    let o = child.wait_with_output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("succeeded") && out.contains("wall time"),
+        "{out}"
+    );
+    assert!(!h.path(DROPIN).exists(), "drop-in left behind");
+    assert!(
+        !h.path(SOCKET_DROPIN).exists(),
+        "socket drop-in left behind"
+    );
+    assert_eq!(
+        state(&h, "libvirtd-tls.socket"),
+        "active",
+        "TLS socket not back"
+    );
+    assert_eq!(state(&h, "libvirtd"), "active");
+    assert_eq!(state(&h, "vdsmd"), "active");
+    let na = not_after(&h.path(VDSM_CERT));
+    assert!(
+        na > now() + 365 * 86_400 && na > old_na,
+        "VDSM certificate not renewed"
+    );
+    assert!(
+        host_agent
+            .log_text()
+            .contains("resuming an interrupted step"),
+        "{}",
+        host_agent.log_text()
+    );
+    // libvirtd restarts with its TLS socket on the new certificate, as after a reboot.
+    assert_eq!(systemctl(&h, &["restart", "libvirtd"]), 0);
+    let audit = c.json(&["audit"]).to_string();
+    for want in [
+        "plan.dry_run",
+        "ovirt.hosted_engine_start",
+        "ovirt.enroll_request",
+        "ovirt.hosted_engine_finish",
+        "plan.succeeded",
+    ] {
+        assert!(audit.contains(want), "audit lacks {want}: {audit}");
+    }
+    eprintln!("done at {:.1}s", t0.elapsed().as_secs_f64());
+}

@@ -12,6 +12,7 @@ pub mod files;
 pub mod gke;
 pub mod kubeadm;
 pub mod ovirt_engine;
+pub mod ovirt_hosted_engine;
 pub mod ovirt_hosts;
 pub mod pins;
 pub mod vsphere;
@@ -80,6 +81,7 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
         Box::new(ovirt_engine::OvirtEngine),
         Box::new(ovirt_hosts::OvirtHosts),
         Box::new(ovirt_hosts::OvirtHostsOffline),
+        Box::new(ovirt_hosted_engine::OvirtHostedEngine),
         Box::new(gke::GkeUserCa),
         Box::new(gke::GkeAdminCa),
         Box::new(gke::GkeKubeconfig),
@@ -100,6 +102,7 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("ovirt-engine", &["min_days", "ca_window_days", "he_host"]),
     ("ovirt-hosts", &[]),
     ("ovirt-hosts-offline", &["days"]),
+    ("ovirt-hosted-engine", &["way", "days", "engine_wait"]),
     ("gke-user-ca", &["cluster", "poll", "rotate_timeout"]),
     ("gke-admin-ca", &["cluster", "rotate_timeout"]),
     ("gke-kubeconfig", &["cluster"]),

@@ -238,41 +238,7 @@ impl Recipe for OvirtHostsOffline {
                 files: vec![VDSM_KEY.into()],
                 timeout_secs: 60,
             });
-            let mut sign = json!({
-                "name": j.fqdn,
-                "subject": subject,
-                "san": j.san,
-                "ca": "ca",
-                "csr_pem": {"$ref": format!("{}.csr_pem", k("csr"))},
-            });
-            if let Some(d) = days {
-                sign["days"] = json!(d);
-            }
-            steps.push(StepSpec {
-                key: k("sign"),
-                name: format!("engine CA signs {}", j.fqdn),
-                stage: "sign".into(),
-                target: target.clone(),
-                agent: j.engine.id.clone(),
-                agent_name: j.engine.name.clone(),
-                action: "ovirt.enroll_request".into(),
-                args: sign,
-                depends_on: vec![k("csr")],
-                commands: vec![format!(
-                    "(cd /etc/pki/ovirt-engine) OVIRT_SAN={} openssl ca -batch -policy policy_match -config openssl.conf -cert ca.pem -keyfile private/ca.pem -days {} -in requests/{f}.req -out certs/{f}.cer -startdate <yesterday> -subj '{subject}' -utf8 -extfile cert.conf -extensions v3_ca_san",
-                    j.san,
-                    days.map(|d| d.to_string())
-                        .unwrap_or_else(|| "<VdsCertificateValidityInDays>".into()),
-                    f = j.fqdn,
-                )],
-                files: vec![
-                    format!("/etc/pki/ovirt-engine/requests/{}.req", j.fqdn),
-                    format!("/etc/pki/ovirt-engine/certs/{}.cer", j.fqdn),
-                    "/etc/pki/ovirt-engine/database.txt".into(),
-                    "/etc/pki/ovirt-engine/serial.txt".into(),
-                ],
-                timeout_secs: 120,
-            });
+            steps.push(sign_step(j, days, &k("sign"), &k("csr"), "csr_pem", 120));
             let mut files = vec![VDSM_CERT.to_owned()];
             files.extend(VDSM_COPIES.iter().map(|s| s.to_string()));
             let targets: Vec<_> = files
@@ -314,6 +280,55 @@ impl Recipe for OvirtHostsOffline {
             }
         }
         Ok(steps)
+    }
+}
+
+/// The step that signs a host's CSR on its engine: `ovirt.enroll_request`, with the CSR taken
+/// from field `csr_field` of step `csr_key`'s result (`days`: `None` = the engine's
+/// `VdsCertificateValidityInDays`). Shared by `ovirt-hosts-offline` and `ovirt-hosted-engine`.
+pub(crate) fn sign_step(
+    j: &HostJob<'_>,
+    days: Option<u64>,
+    key: &str,
+    csr_key: &str,
+    csr_field: &str,
+    timeout_secs: u32,
+) -> StepSpec {
+    let subject = openssl_subject(&j.cert.subject);
+    let mut sign = json!({
+        "name": j.fqdn,
+        "subject": subject,
+        "san": j.san,
+        "ca": "ca",
+        "csr_pem": {"$ref": format!("{csr_key}.{csr_field}")},
+    });
+    if let Some(d) = days {
+        sign["days"] = json!(d);
+    }
+    StepSpec {
+        key: key.to_owned(),
+        name: format!("engine CA signs {}", j.fqdn),
+        stage: "sign".into(),
+        target: format!("{}:{VDSM_CERT}", j.host.name),
+        agent: j.engine.id.clone(),
+        agent_name: j.engine.name.clone(),
+        action: "ovirt.enroll_request".into(),
+        args: sign,
+        depends_on: vec![csr_key.to_owned()],
+        commands: vec![format!(
+            "(cd /etc/pki/ovirt-engine) OVIRT_SAN={} openssl ca -batch -policy policy_match -config openssl.conf -cert ca.pem -keyfile private/ca.pem -days {} -in requests/{f}.req -out certs/{f}.cer -startdate <yesterday> -subj '{subject}' -utf8 -extfile cert.conf -extensions v3_ca_san",
+            j.san,
+            days.map(|d| d.to_string())
+                .unwrap_or_else(|| "<VdsCertificateValidityInDays>".into()),
+            f = j.fqdn,
+        )],
+        files: vec![
+            format!("/etc/pki/ovirt-engine/requests/{}.req", j.fqdn),
+            format!("/etc/pki/ovirt-engine/certs/{}.cer", j.fqdn),
+            "/etc/pki/ovirt-engine/database.txt".into(),
+            "/etc/pki/ovirt-engine/serial.txt".into(),
+        ],
+        timeout_secs,
     }
 }
 
