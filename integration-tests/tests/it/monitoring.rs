@@ -136,6 +136,16 @@ fn metrics_rules_and_dashboard_match_a_live_controller() {
     );
     std::fs::write(app_cfg, text).unwrap();
     f.procs[1] = c.run_agent(&f.states[1], Some(app_cfg), &[]);
+    // The CA host restarted with a declared renewer of its CA certificate (the corporate PKI
+    // renews it 10 years ahead, so it is overdue now): CertfleetOwnerRenewalOverdue's series.
+    f.procs[0].kill9();
+    let ca_cfg = f.ca_root.join("agent.toml");
+    let mut text = std::fs::read_to_string(&ca_cfg).unwrap();
+    text.push_str(
+        "[[renewers]]\nname = \"corp-pki\"\nroles = [\"file.ca\"]\nrenew_before = \"3650d\"\n",
+    );
+    std::fs::write(&ca_cfg, text).unwrap();
+    f.procs[0] = c.run_agent(&f.states[0], Some(&ca_cfg), &[]);
 
     // Per-certificate series, in the exporter's names and labels plus certfleet's.
     let m = wait_for(
@@ -152,6 +162,11 @@ fn metrics_rules_and_dashboard_match_a_live_controller() {
                 ],
             )
             .and(sample(&m, "certfleet_pin_stale", &["name=\"lb-pool\""]))
+            .and(sample(
+                &m,
+                "certfleet_certificates_renewal_overdue",
+                &["role=\"file.ca\"", "owner=\"platform:corp-pki\""],
+            ))
             .map(|_| m.clone())
         },
     );
