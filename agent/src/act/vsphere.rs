@@ -511,19 +511,7 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             replace_verified(ctx, undo, "STS_INTERNAL_SSL_CERT", (c, k), &new)?;
         }
         if let Some(p) = &ls {
-            undo.push(Undo::LsTrust {
-                file: p.backup.clone(),
-                dns: p.dns.clone(),
-            });
-            if p.to_change > 0 {
-                ldap.modify(ctx, &p.change, false)?;
-            }
-            let want: Vec<(String, Vec<u8>)> = p
-                .dns
-                .iter()
-                .map(|(dn, _)| (dn.clone(), new_der.clone()))
-                .collect();
-            ls_trust_verify(ctx, &ldap, &want)?;
+            ls_trust_apply(ctx, &ldap, p, &new_der, undo)?;
         }
         if let Some(t) = &lstool {
             t.verify(ctx, &pnid, &old_der, &new_der)?;
@@ -596,8 +584,9 @@ fn machine_ssl(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
 /// undoes every change. No service is restarted (unverified: whether vsan-health and EAM pick
 /// up a changed `vpx_ext` thumbprint without one).
 ///
-/// Idempotent: each part compares with what VECS holds now and changes only what differs; a
-/// resumed attempt takes the old values from the backup its first attempt made.
+/// Idempotent: each part compares with what VECS holds now and changes only what differs, so a
+/// resumed attempt re-trusts only what still differs (and undoes only that on failure); the
+/// backup of the first attempt, the values from before any change, is kept, never replaced.
 fn retrust_pins(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     let pnid = pnid(ctx)?;
     let dir = workdir(ctx)?;
@@ -609,8 +598,10 @@ fn retrust_pins(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         .flatten();
     let ldap = Ldap::machine_account(ctx)?;
     // No "old" certificate to match by: every registration at the PNID that trusts anything
-    // but the current one is re-trusted.
-    let ls = ls_trust_plan(ctx, &ldap, &dir, &pnid, &[], &machine, earlier.is_some())?;
+    // but the current one is re-trusted. Planned from what the registrations hold now, also on
+    // a resume (`resumed` would take those trusting the current certificate as changed by the
+    // interrupted attempt and give them an empty "old" trust to undo to).
+    let ls = ls_trust_plan(ctx, &ldap, &dir, &pnid, &[], &machine, false)?;
     let vcdb = Vcdb::find(ctx);
     let mut ext = Vec::new();
     if let Some(db) = &vcdb {
@@ -619,11 +610,7 @@ fn retrust_pins(ctx: &ActContext<'_>) -> Result<Value, ActError> {
             wanted.push((VPXD_EXTENSION_EXTENSIONS, thumbprint(der)));
         }
         for (ids, tp) in wanted {
-            let plan = match &earlier {
-                Some(m) => saved_ext_plan(ctx, m, &dir, ids, &tp)?,
-                None => vpx_ext_plan(ctx, db, &dir, ids, &tp)?,
-            };
-            ext.extend(plan);
+            ext.extend(vpx_ext_plan(ctx, db, &dir, ids, &tp)?);
         }
     }
     let mut saved: Vec<PathBuf> = ext.iter().map(|p| p.backup.clone()).collect();
@@ -637,19 +624,7 @@ fn retrust_pins(ctx: &ActContext<'_>) -> Result<Value, ActError> {
     let mut undo: Vec<Undo> = Vec::new();
     let apply = |undo: &mut Vec<Undo>| -> Result<(), ActError> {
         if let Some(p) = &ls {
-            undo.push(Undo::LsTrust {
-                file: p.backup.clone(),
-                dns: p.dns.clone(),
-            });
-            if p.to_change > 0 {
-                ldap.modify(ctx, &p.change, false)?;
-            }
-            let want: Vec<(String, Vec<u8>)> = p
-                .dns
-                .iter()
-                .map(|(dn, _)| (dn.clone(), machine.clone()))
-                .collect();
-            ls_trust_verify(ctx, &ldap, &want)?;
+            ls_trust_apply(ctx, &ldap, p, &machine, undo)?;
         }
         if let Some(db) = &vcdb {
             for p in &ext {
@@ -1272,6 +1247,30 @@ fn ls_trust_plan(
         change: cf,
         backup: bf,
     }))
+}
+
+/// Applies `p` (its undo noted first), then reads every registration of it back: each must
+/// trust `new`.
+fn ls_trust_apply(
+    ctx: &ActContext<'_>,
+    ldap: &Ldap,
+    p: &LsPlan,
+    new: &[u8],
+    undo: &mut Vec<Undo>,
+) -> Result<(), ActError> {
+    undo.push(Undo::LsTrust {
+        file: p.backup.clone(),
+        dns: p.dns.clone(),
+    });
+    if p.to_change > 0 {
+        ldap.modify(ctx, &p.change, false)?;
+    }
+    let want: Vec<(String, Vec<u8>)> = p
+        .dns
+        .iter()
+        .map(|(dn, _)| (dn.clone(), new.to_vec()))
+        .collect();
+    ls_trust_verify(ctx, ldap, &want)
 }
 
 /// Every registration in `dns` trusts the certificate paired with it.
