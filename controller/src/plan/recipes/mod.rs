@@ -213,6 +213,29 @@ pub fn openssl_subject(dn: &str) -> String {
     out
 }
 
+/// A certificate record for the recipes' unit tests: `role` at file `path`, valid from a day ago
+/// for `days` more days (negative: expired).
+#[cfg(test)]
+pub(crate) fn test_cert(
+    role: &str,
+    subject: &str,
+    issuer: &str,
+    path: &str,
+    days: i64,
+) -> CertRecord {
+    let now = certfleet_common::model::now();
+    let t = certfleet_common::model::format_time;
+    serde_json::from_value(serde_json::json!({
+        "fingerprint_sha256": format!("{role}{subject}"), "subject": subject,
+        "issuer": issuer, "serial": "1000", "sans": [],
+        "not_before": t(now - 86_400), "not_after": t(now + days * 86_400),
+        "key_algorithm": "RSA", "key_bits": 2048, "is_ca": false,
+        "subject_key_id": "", "authority_key_id": "", "role": role,
+        "locations": [{"kind": "file", "path": path}],
+    }))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod param_tests {
     use super::*;

@@ -181,8 +181,6 @@ impl Recipe for OvirtHostedEngine {
 mod tests {
     use std::collections::BTreeMap;
 
-    use certfleet_common::model::CertRecord;
-
     use super::*;
     use crate::plan::Target;
 
@@ -195,19 +193,7 @@ mod tests {
         }
     }
 
-    fn cert(role: &str, subject: &str, issuer: &str, path: &str, days: i64) -> CertRecord {
-        let now = certfleet_common::model::now();
-        let t = |s: i64| certfleet_common::model::format_time(s);
-        serde_json::from_value(json!({
-            "fingerprint_sha256": format!("{role}{subject}"), "subject": subject,
-            "issuer": issuer, "serial": "1000", "sans": [],
-            "not_before": t(now - 86_400), "not_after": t(now + days * 86_400),
-            "key_algorithm": "RSA", "key_bits": 2048, "is_ca": false,
-            "subject_key_id": "", "authority_key_id": "", "role": role,
-            "locations": [{"kind": "file", "path": path}],
-        }))
-        .unwrap()
-    }
+    use super::super::test_cert as cert;
 
     fn build(targets: &[&str], params: &[(&str, &str)]) -> Result<Vec<StepSpec>, String> {
         let agents = [

@@ -642,19 +642,7 @@ mod tests {
         .unwrap()
     }
 
-    fn cert(role: &str, subject: &str, issuer: &str, path: &str, days: i64) -> CertRecord {
-        let now = certfleet_common::model::now();
-        let t = |s: i64| certfleet_common::model::format_time(s);
-        serde_json::from_value(json!({
-            "fingerprint_sha256": format!("{role}{subject}"), "subject": subject,
-            "issuer": issuer, "serial": "1000", "sans": [],
-            "not_before": t(now - 86_400), "not_after": t(now + days * 86_400),
-            "key_algorithm": "RSA", "key_bits": 2048, "is_ca": false,
-            "subject_key_id": "", "authority_key_id": "", "role": role,
-            "locations": [{"kind": "file", "path": path}],
-        }))
-        .unwrap()
-    }
+    use super::super::test_cert as cert;
 
     #[test]
     fn plans_due_hosts_signed_by_their_engine_only() {
