@@ -63,6 +63,8 @@ pub const LDAPSEARCH: &str = "/opt/likewise/bin/ldapsearch";
 pub const VMCA_ROOT: &str = "/var/lib/vmware/vmca/root.cer";
 /// VMCA root key.
 pub const VMCA_KEY: &str = "/var/lib/vmware/vmca/privatekey.pem";
+/// The SSO server's copy of the VMCA root (reference §1).
+pub const SSO_ROOT_COPY: &str = "/etc/vmware-sso/keys/ssoserverRoot.crt";
 /// vmon's default start profile (vCert reads it: `HACore` → `--vmon-profile HAActive`).
 pub const DEFAULT_START_PROFILE: &str = "/storage/vmware-vmon/defaultStartProfile";
 /// File holding the SSO administrator password for the agent (`vsphere.sso_password_file`).
@@ -439,6 +441,13 @@ pub struct VcsaState {
     /// sim keeps only the serials, so tests can tell how many times a step asked VMCA.
     #[serde(default)]
     pub vmca_issued: Vec<String>,
+    /// CA certificates (PEM) published in vmdir (`cn=Certificate-Authorities,cn=Configuration,
+    /// <dn>`), which vmafd copies into VECS `TRUSTED_ROOTS`: the VMCA root at build, and every
+    /// root `certool --rootca` provisions (`VMCASrvNotifyDirSync`). [UNV] vmafd's own periodic
+    /// sync is not modelled: the simulator copies them into `TRUSTED_ROOTS` on `vecs-cli
+    /// force-refresh` only. Kept in the state file, not in slapd.
+    #[serde(default)]
+    pub vmdir_cas: Vec<String>,
 }
 
 /// A Lookup Service endpoint registration as vmdir stores it (reference §8.8, from fixcerts.py
@@ -831,6 +840,9 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
     let vmca = Vmca::new(pnid, &spec.domain, spec.life("vmca_root"))?;
     host.write(VMCA_ROOT, format!("{}\n", vmca.pem), 0o644)?;
     write_private(&host.path(VMCA_KEY), vmca.key_pem.as_bytes())?;
+    // The SSO server's copy of the root, which vCert refreshes after a VMCA root change
+    // (reference §1, [SRC] vCert).
+    host.write(SSO_ROOT_COPY, format!("{}\n", vmca.pem), 0o644)?;
 
     let ms_subject = [
         ("CN", pnid),
@@ -1136,6 +1148,7 @@ pub fn build(host: &SimHost, spec: &VcsaSpec) -> Result<Vcsa> {
         vpx_ext,
         ls_registrations,
         vmca_issued: Vec::new(),
+        vmdir_cas: vec![vmca.pem.clone()],
     };
     state.save(host)?;
 

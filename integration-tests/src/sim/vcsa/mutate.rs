@@ -1,7 +1,9 @@
 //! The simulated VCSA's mutating tools, as `shared/reference/vsphere.md` describes them:
 //! `certool` (§7: `--genkey`, `--gencert` with `--config`/cfg-key flags/`--FQDN`, `--genCIScert`
 //! with its VECS side effect and `--dataencipherment`; keys and signatures by the real `openssl`
-//! with the VMCA root key), `service-control` (§8.1: `--stop/--start --all|<svc>`, `--status`
+//! with the VMCA root key, capped at the root's end as VMCA does; `--genselfcacert`, `--rootca`
+//! and `--getrootca` from lightwave's vmca/certool and vmca/service sources, see each
+//! function), `service-control` (§8.1: `--stop/--start --all|<svc>`, `--status`
 //! headings) and a vCenter "login" probe (`certfleet-sim --root R vcsa-login`) that asks the real
 //! slapd (vmdir) for the active STS signing certificate and fails, as SSO does, while it is
 //! expired or the `sts` service is not running, or while the `vsphere-webclient` or `vpxd`
@@ -43,10 +45,13 @@ const CFG_KEYS: [&str; 10] = [
 
 /// Parses `--opt=value`, `--opt value` and bare flags.
 fn parse_certool(args: &[String]) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
-    const FLAGS: [&str; 6] = [
+    const FLAGS: [&str; 9] = [
         "--genkey",
         "--gencert",
         "--genCIScert",
+        "--genselfcacert",
+        "--rootca",
+        "--getrootca",
         "--dataencipherment",
         "--help",
         "--version",
@@ -138,6 +143,22 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
             &format!("cannot reach VMCA on {server}: the simulator has only localhost"),
         );
     }
+    if has("genselfcacert") {
+        return genselfcacert(&opts);
+    }
+    if has("rootca") {
+        return rootca(host, state, &opts);
+    }
+    if has("getrootca") {
+        return match std::fs::read_to_string(host.path(super::VMCA_ROOT)) {
+            Ok(pem) => {
+                println!("{}", pem.trim_end());
+                println!("Status : Success");
+                0
+            }
+            Err(_) => certool_fail(70_000, "Root CA Certificate is missing"),
+        };
+    }
     if has("genkey") {
         let (Some(privkey), Some(pubkey)) = (opts.get("privkey"), opts.get("pubkey")) else {
             return certool_fail(87, "--genkey needs --privkey and --pubkey");
@@ -169,7 +190,10 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
         return 0;
     }
     if !has("gencert") && !has("genCIScert") {
-        println!("Usage: certool --genkey|--gencert|--genCIScert ... (only these are simulated)");
+        println!(
+            "Usage: certool --genkey|--gencert|--genCIScert|--genselfcacert|--rootca|--getrootca \
+             ... (only these are simulated)"
+        );
         return certool_fail(87, "unsupported command");
     }
     let (Some(cert_out), Some(privkey)) = (opts.get("cert"), opts.get("privkey")) else {
@@ -203,26 +227,15 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
     let Some(name) = cfg.get("Name").cloned() else {
         return certool_fail(87, "Name is required");
     };
-    let esc = |v: &str| v.replace('/', "\\/");
-    let mut subject = format!("/CN={}", esc(&name));
-    if cis {
-        for dc in state.domain.split('.') {
-            subject.push_str(&format!("/DC={}", esc(dc)));
-        }
-    } else if let Some(dc) = cfg.get("DomainComponent") {
-        subject.push_str(&format!("/DC={}", esc(dc)));
-    }
-    for (k, short) in [
-        ("Country", "C"),
-        ("State", "ST"),
-        ("Locality", "L"),
-        ("Organization", "O"),
-        ("OrgUnit", "OU"),
-    ] {
-        if let Some(v) = cfg.get(k).filter(|v| !v.is_empty()) {
-            subject.push_str(&format!("/{short}={}", esc(v)));
-        }
-    }
+    let dcs: Vec<&str> = if cis {
+        state.domain.split('.').collect()
+    } else {
+        cfg.get("DomainComponent")
+            .map(String::as_str)
+            .into_iter()
+            .collect()
+    };
+    let subject = openssl_subject(&name, &dcs, &cfg);
     let mut sans = Vec::new();
     if let Some(h) = cfg.get("Hostname") {
         sans.extend(
@@ -266,6 +279,18 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
     let root = host.path(super::VMCA_ROOT).display().to_string();
     let ca_key = host.path(super::VMCA_KEY).display().to_string();
     let serial = format!("0x1{}", hex::encode(super::random_bytes::<15>()));
+    // VMCA caps a certificate at its root's end ("If the request is beyond CA cert validity
+    // use CA cert validity", `VMCASignedRequestPrivate` in lightwave vmca/service/utils.c), and
+    // signs even when that end has passed: an expired root gives certificates born expired.
+    // [DER] the simulator caps to whole days (`openssl x509 -days`, negative when past).
+    let days = match root_not_after(host) {
+        Some(end) => {
+            let left = end - time::OffsetDateTime::now_utc().unix_timestamp();
+            left.div_euclid(86_400).min(730)
+        }
+        None => 730,
+    }
+    .to_string();
     let signed = openssl(
         &[
             "req",
@@ -293,7 +318,7 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
                 "-set_serial",
                 &serial,
                 "-days",
-                "730",
+                &days,
                 "-sha256",
                 "-extfile",
                 &extfile.display().to_string(),
@@ -334,6 +359,215 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
                 println!("Warning : 5, Adding cert to VECS Store Failed.");
             }
         }
+    }
+    println!("Status : Success");
+    0
+}
+
+/// `-subj` for openssl from certool's config keys (CN, DC…, C, ST, L, O, OU).
+fn openssl_subject(name: &str, dcs: &[&str], cfg: &BTreeMap<String, String>) -> String {
+    let esc = |v: &str| v.replace('/', "\\/");
+    let mut subject = format!("/CN={}", esc(name));
+    for dc in dcs
+        .iter()
+        .flat_map(|d| d.split('.'))
+        .filter(|d| !d.is_empty())
+    {
+        subject.push_str(&format!("/DC={}", esc(dc)));
+    }
+    for (k, short) in [
+        ("Country", "C"),
+        ("State", "ST"),
+        ("Locality", "L"),
+        ("Organization", "O"),
+        ("OrgUnit", "OU"),
+    ] {
+        if let Some(v) = cfg.get(k).filter(|v| !v.is_empty()) {
+            subject.push_str(&format!("/{short}={}", esc(v)));
+        }
+    }
+    subject
+}
+
+/// `notAfter` (Unix seconds) of the VMCA root the host holds now.
+fn root_not_after(host: &SimHost) -> Option<i64> {
+    let pem = std::fs::read(host.path(super::VMCA_ROOT)).ok()?;
+    let der = certfleet_common::pem::first_certificate(&pem).ok()?;
+    Some(certfleet_common::x509::parse_der(&der).ok()?.not_after)
+}
+
+/// `VMCA_ARGUMENT_ERROR` (vmca_error.h: 70000 + 3).
+const VMCA_ARGUMENT_ERROR: u32 = 70_003;
+
+/// `certool --genselfcacert --outprivkey K --outcert C --config F` (lightwave
+/// vmca/certool/Handler.cpp `HandleGenSelfCert`): a new RSA 2048 key and a self-signed CA
+/// certificate from the config file's values (CN from `Name`, `DomainComponent`, O, OU, ST, C,
+/// `Hostname`, `Email`, `IPAddress` as alternative names), key usage certificate and CRL
+/// signing, path length 0 (as the real root in fixtures/real/vsphere/), valid from now for
+/// `VMCA_DEFAULT_CA_CERT_VALIDITY` (10 years, certool.h). Local only: VMCA is not asked. The
+/// three options are required, with the messages of certool.cpp. [DER] the order of the
+/// subject's attributes; [UNV] whether a `Hostname` lands in the SAN of a root as it does in a
+/// leaf.
+fn genselfcacert(opts: &BTreeMap<String, String>) -> i32 {
+    for (opt, what) in [
+        ("outprivkey", "No private key file specified."),
+        ("outcert", "No certficate file specified."),
+        ("config", "No configuration file specified."),
+    ] {
+        if !opts.contains_key(opt) {
+            println!("Error : {what}");
+            println!(
+                "Example : certool --genselfcacert --outprivkey=<filename> --outcert=<filename>"
+            );
+            return certool_fail(VMCA_ARGUMENT_ERROR, "Invalid arguments found");
+        }
+    }
+    let config = &opts["config"];
+    println!("Using config file : {config}");
+    let mut cfg = match read_cfg(config) {
+        Ok(c) => c,
+        Err(e) => {
+            print!("Unable to read the config file");
+            return certool_fail(VMCA_ARGUMENT_ERROR, &e);
+        }
+    };
+    for k in CFG_KEYS {
+        if let Some(v) = opts.get(k) {
+            cfg.insert(k.to_owned(), v.clone());
+        }
+    }
+    let name = cfg.get("Name").cloned().unwrap_or_else(|| "CA".into());
+    let dcs: Vec<&str> = cfg
+        .get("DomainComponent")
+        .map(String::as_str)
+        .into_iter()
+        .collect();
+    let subject = openssl_subject(&name, &dcs, &cfg);
+    let key = match openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        None,
+    ) {
+        Ok(k) => k,
+        Err(e) => return certool_fail(1, &e),
+    };
+    let work = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return certool_fail(1, &e.to_string()),
+    };
+    let key_file = work.path().join("ca.key");
+    if super::write_private(&key_file, &key).is_err() {
+        return certool_fail(1, "cannot write the key");
+    }
+    let mut args = vec![
+        "req".to_owned(),
+        "-x509".into(),
+        "-new".into(),
+        "-key".into(),
+        key_file.display().to_string(),
+        "-subj".into(),
+        subject,
+        "-days".into(),
+        "3650".into(),
+        "-sha256".into(),
+        "-set_serial".into(),
+        format!("0x1{}", hex::encode(super::random_bytes::<15>())),
+        "-addext".into(),
+        "basicConstraints=critical,CA:TRUE,pathlen:0".into(),
+        "-addext".into(),
+        "keyUsage=critical,keyCertSign,cRLSign".into(),
+        "-addext".into(),
+        "subjectKeyIdentifier=hash".into(),
+    ];
+    // As the real root in fixtures/real/vsphere/vmca-root_photon-machine_metasploit.pem: the
+    // config's e-mail and IP address (and host name) as subject alternative names, pathlen 0.
+    let mut sans = Vec::new();
+    for (k, kind) in [("Hostname", "DNS"), ("Email", "email"), ("IPAddress", "IP")] {
+        if let Some(v) = cfg.get(k).filter(|v| !v.is_empty()) {
+            sans.push(format!("{kind}:{v}"));
+        }
+    }
+    if !sans.is_empty() {
+        args.push("-addext".into());
+        args.push(format!("subjectAltName={}", sans.join(",")));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cert = match openssl(&argv, None) {
+        Ok(c) => c,
+        Err(e) => return certool_fail(1, &e),
+    };
+    let (out_cert, out_key) = (&opts["outcert"], &opts["outprivkey"]);
+    if std::fs::write(out_cert, &cert).is_err() {
+        return certool_fail(2, &format!("Failed to open file [{out_cert}]"));
+    }
+    if super::write_private(Path::new(out_key), &key).is_err() {
+        return certool_fail(2, &format!("Failed to open file [{out_key}]"));
+    }
+    println!("Status : Success");
+    0
+}
+
+/// `certool --rootca --cert C --privkey K [--server S]` (Handler.cpp `HandleRootCACertificate`,
+/// vmca/service/entrypoints.c `VMCAAddRootCertificate`): VMCA checks that the certificate is a
+/// CA (`VMCA_NOT_CA_CERT`, 70011 "Not a CA Cert") and that the key is its key
+/// (`VMCA_CERT_PRIVATE_KEY_MISMATCH`, 70037 "Cert/Key pair does not match"), keeps the old
+/// files (`VMCABackupRootCAFiles`: `root.cer.0` … `.32`, rotated, the same for the key), writes
+/// the new root and key, and publishes the root to vmdir (`VMCASrvNotifyDirSync`). From then
+/// on VMCA signs with it. [UNV] whether certool asks for `--force` over an existing root
+/// (`VMCA_ROOT_CA_ALREADY_EXISTS`'s text says so; certificate-manager option 8 replaces it,
+/// so the simulator overwrites).
+fn rootca(host: &SimHost, mut state: VcsaState, opts: &BTreeMap<String, String>) -> i32 {
+    let (Some(cert), Some(privkey)) = (opts.get("cert"), opts.get("privkey")) else {
+        println!("To upload a Root CA Cert, we need both Cert and Private Key.\n");
+        println!("Example: certool --rootca --cert=root.cert --privkey=privatekey.pem\n");
+        return certool_fail(VMCA_ARGUMENT_ERROR, "Invalid arguments found");
+    };
+    let (Ok(pem), Ok(key)) = (std::fs::read_to_string(cert), std::fs::read(privkey)) else {
+        return certool_fail(2, &format!("Failed to open file [{cert}] or [{privkey}]"));
+    };
+    let der = match certfleet_common::pem::first_certificate(pem.as_bytes()) {
+        Ok(d) => d,
+        Err(e) => return certool_fail(70_004, &format!("Invalid certificate: {e}")),
+    };
+    match certfleet_common::x509::parse_der(&der) {
+        Ok(rec) if rec.is_ca => {}
+        _ => return certool_fail(70_011, "Not a CA Cert"),
+    }
+    let cert_pub = openssl(&["x509", "-noout", "-pubkey"], Some(pem.as_bytes()));
+    let key_pub = openssl(&["pkey", "-pubout"], Some(&key));
+    match (cert_pub, key_pub) {
+        (Ok(a), Ok(b)) if a == b => {}
+        _ => return certool_fail(70_037, "Cert/Key pair does not match"),
+    }
+    for base in [super::VMCA_ROOT, super::VMCA_KEY] {
+        let path = host.path(base);
+        let numbered = |n: u32| std::path::PathBuf::from(format!("{}.{n}", path.display()));
+        for n in (1..=32).rev() {
+            let _ = std::fs::remove_file(numbered(n));
+            let _ = std::fs::copy(numbered(n - 1), numbered(n));
+        }
+        if path.exists() && std::fs::copy(&path, numbered(0)).is_err() {
+            return certool_fail(5, &format!("cannot back up {}", path.display()));
+        }
+    }
+    if host
+        .write(super::VMCA_ROOT, format!("{}\n", pem.trim_end()), 0o644)
+        .is_err()
+        || super::write_private(&host.path(super::VMCA_KEY), &key).is_err()
+    {
+        return certool_fail(5, "cannot write the root CA files");
+    }
+    let pem = pem.trim_end().to_owned();
+    if !state.vmdir_cas.contains(&pem) {
+        state.vmdir_cas.push(pem);
+    }
+    if state.save(host).is_err() {
+        return certool_fail(1, "cannot publish the root to vmdir");
     }
     println!("Status : Success");
     0

@@ -238,7 +238,8 @@ fn vecs_cli(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
         ["store", "list"] => store_list(&state),
         ["store", "create"] => store_create(host, &mut state, &a),
         ["store", "delete"] => store_delete(host, &mut state, &a),
-        ["store", "permission"] | ["store", "get-permissions"] | ["force-refresh"] => 0,
+        ["store", "permission"] | ["store", "get-permissions"] => 0,
+        ["force-refresh"] => force_refresh(host, &mut state),
         ["entry", "list"] => entry_list(&state, &a),
         ["entry", "getcert"] => entry_get(&state, &a, false),
         ["entry", "getkey"] => entry_get(&state, &a, true),
@@ -248,6 +249,39 @@ fn vecs_cli(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
     };
     let _ = std::io::stdout().flush();
     code
+}
+
+/// `vecs-cli force-refresh`: vmafd copies the CA certificates published in vmdir into
+/// `TRUSTED_ROOTS` (alias: SHA-1 of the DER, as the build names them). [UNV] The real command
+/// also refreshes `TRUSTED_ROOT_CRLS` and never removes entries; it prints nothing on success
+/// (§2.2 gives no message for it).
+fn force_refresh(host: &SimHost, s: &mut VcsaState) -> i32 {
+    let mut changed = false;
+    for pem in s.vmdir_cas.clone() {
+        let Ok(alias) = super::sha1_alias(&pem) else {
+            continue;
+        };
+        if s.store("TRUSTED_ROOTS").is_none() {
+            s.stores.push(VecsStore {
+                name: "TRUSTED_ROOTS".into(),
+                entries: Vec::new(),
+            });
+        }
+        let st = s.store_mut("TRUSTED_ROOTS").expect("just created");
+        if !st.entries.iter().any(|e| e.alias == alias) {
+            st.entries.push(VecsEntry {
+                alias,
+                entry_type: EntryType::TrustedCert,
+                cert: Some(pem.trim_end().to_owned()),
+                key: None,
+            });
+            changed = true;
+        }
+    }
+    if changed && !save(host, s) {
+        return vecs_fail(ERROR_ACCESS_DENIED);
+    }
+    0
 }
 
 fn store_list(s: &VcsaState) -> i32 {
