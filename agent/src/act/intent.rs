@@ -84,7 +84,8 @@ pub fn resume_policy(action: &str) -> Resume {
         | "vsphere.solution_users"
         | "vsphere.restart_services"
         | "vsphere.clean_backup_store"
-        | "vsphere.retrust_pins" => Resume::Rerun,
+        | "vsphere.retrust_pins"
+        | "vsphere.vmca_root" => Resume::Rerun,
         "gke.ca_rotate"
         | "gke.fetch_kubeconfig"
         | "kubeconfig.install"

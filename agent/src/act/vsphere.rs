@@ -9,6 +9,7 @@
 //! | `vsphere.sts` | fixsts.sh/vCert (§5.3): new `ssoserverSign` cert from certool, LDIF backup of every `TenantCredential-N`/`TrustedCertChain-N`, one `ldapmodify` (SSO administrator, as vCert) deleting them and adding `-1` (`objectClass: top` too), then checks vmdir like checksts (the active signing cert is the new one and valid); re-adds the backup if the check fails |
 //! | `vsphere.restart_services` | `service-control --status --all` (what runs now), `--stop --all`, `--start --all` (`--vmon-profile HAActive` on an HACore node), polls `--status --all` until everything that ran before runs again (manual-start services may stay `Stopped:`; a transient RC=5 is waited out), vCert's `vmon-cli -s` (envoy, rhttpproxy, vmware-vpostgres) and `systemctl is-active` (vmafdd, vmdird) checks, then checks the endpoint serves VECS `__MACHINE_CERT` |
 //! | `vsphere.retrust_pins` | no certificate changed: the Lookup Service registrations at the PNID and the `vpx_ext` thumbprints (Machine SSL's and vpxd-extension's extensions) made to trust what VECS holds now, after another renewer changed it; backed up, read back, undone on failure |
+//! | `vsphere.vmca_root` | "reset all", first half (§9.4): `certool --genselfcacert` with the old root's subject, `--rootca`, `--getrootca` must print it, `vecs-cli force-refresh` and `TRUSTED_ROOTS` must hold it, the SSO server's copy refreshed; STS, Machine SSL and solution users must follow (see [`vmca_root`]) |
 //! | `vsphere.clean_backup_store` | after a verified Machine SSL: exports every `BACKUP_STORE`/`BACKUP_STORE_H5C` entry to an agent backup, then `vecs-cli entry delete -y` each (expired ones keep the "Certificate Status" alarm red) |
 //!
 //! Host layout (defaults, override in `[tools]`): `certool` at `/usr/lib/vmware-vmca/bin/certool`,
@@ -40,6 +41,13 @@ const CERTOOL: &str = "/usr/lib/vmware-vmca/bin/certool";
 const DIR_CLI: &str = "/usr/lib/vmware-vmafd/bin/dir-cli";
 const SERVICE_CONTROL: &str = "/bin/service-control";
 const VMCA_ROOT: &str = "/var/lib/vmware/vmca/root.cer";
+/// VMCA's private key (its root's).
+const VMCA_KEY: &str = "/var/lib/vmware/vmca/privatekey.pem";
+/// The SSO server's copy of the VMCA root, which vCert refreshes after a root change
+/// (reference §1).
+const SSO_ROOT_COPY: &str = "/etc/vmware-sso/keys/ssoserverRoot.crt";
+
+mod vmca_root;
 
 /// Runs `action` (`vsphere.*`).
 pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
@@ -50,6 +58,7 @@ pub fn dispatch(action: &str, ctx: &ActContext<'_>, args: &Value) -> Result<Valu
         "vsphere.sts" => sts(ctx),
         "vsphere.clean_backup_store" => clean_backup_store(ctx, args),
         "vsphere.retrust_pins" => retrust_pins(ctx),
+        "vsphere.vmca_root" => vmca_root::vmca_root(ctx),
         "vsphere.restart_services" => {
             restart_services(ctx)?;
             let fp = verify_served(ctx)?;
