@@ -68,7 +68,8 @@ pub enum RecoverCmd {
     },
     /// Expired vCenter certificates of an SSO domain (or one node): STS first, then Machine SSL,
     /// then solution users (wcp and hvc included), each through its recipe with restarts and
-    /// checks; refuses an expired VMCA root. See `recover vsphere --help`.
+    /// checks; an expired VMCA root gets "reset all" (a new root first, then everything it
+    /// signed issued again). See `recover vsphere --help`.
     #[command(
         after_help = "Example:\n  certfleet recover vsphere --domain vsphere.local --dry-run"
     )]

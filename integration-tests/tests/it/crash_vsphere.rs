@@ -1,7 +1,7 @@
 //! Fault injection on the vSphere actions that change vmdir: the VCSA agent is killed
 //! (SIGKILL, `CERTFLEET_TEST_CRASH_AT=<action>:<point>`, see `agent/src/act/intent.rs`) at
-//! every point between the intent and the result of `vsphere.sts` and
-//! `vsphere.solution_users`, started again as a supervisor would, and the plan must finish.
+//! every point between the intent and the result of `vsphere.sts`,
+//! `vsphere.solution_users` and `vsphere.vmca_root`, started again as a supervisor would, and the plan must finish.
 //! Each case is judged from the simulated VCSA (vmdir through the real slapd and `ldapsearch`,
 //! VECS through `vecs-cli`, VMCA's record of what it issued) and the agent's backups: exactly
 //! one tenant credential, one certificate issued per step and user, vmdir and VECS agreeing,
@@ -34,6 +34,15 @@ const STS_POINTS: &[&str] = &[
     "vsphere.sts:after-modify",
     "vsphere.sts:before-result",
     "vsphere.sts:after-result",
+];
+
+/// Kill points of `vsphere.vmca_root`: after the new root was generated, after VMCA took it.
+const VMCA_ROOT_POINTS: &[&str] = &[
+    "vsphere.vmca_root:after-intent",
+    "vsphere.vmca_root:generated",
+    "vsphere.vmca_root:provisioned",
+    "vsphere.vmca_root:before-result",
+    "vsphere.vmca_root:after-result",
 ];
 
 /// Kill points of `vsphere.solution_users` (users in the order machine, vsphere-webclient,
@@ -241,7 +250,9 @@ fn vsphere_sts_and_solution_users_agent_killed_at_every_point_between_intent_and
         &host,
         &VcsaSpec::new(VcsaVersion::V70, "vcsa01.lab.local")
             .with("sts", Lifetime::days(735, -5))
-            .with("wcp", Lifetime::days(720, 10)),
+            .with("wcp", Lifetime::days(720, 10))
+            // Due within the plans' 800-day window, for the `vsphere.vmca_root` case.
+            .with("vmca_root", Lifetime::days(3000, 600)),
     )
     .unwrap();
     // Two tenant credentials before the first plan (an earlier replacement left one): every
@@ -397,6 +408,45 @@ fn vsphere_sts_and_solution_users_agent_killed_at_every_point_between_intent_and
             USERS.len(),
             "{point}: one new certificate per user"
         );
+    }
+    {
+        // One new root for the step, given to VMCA once: `root.cer.0` holds the old root and
+        // there is no `root.cer.1` (a second `--rootca` would have rotated them); the key VMCA
+        // holds is the new root's; the agent backup holds the old root; the work key is gone.
+        let point = "vsphere.vmca_root";
+        let root = v.host.path(vcsa::VMCA_ROOT);
+        let numbered = |n: u32| std::path::PathBuf::from(format!("{}.{n}", root.display()));
+        let old_root = std::fs::read_to_string(&root).unwrap();
+        let done = node.run_killed(&mut agent, "vsphere-vmca-root", VMCA_ROOT_POINTS);
+        let new_root = std::fs::read_to_string(&root).unwrap();
+        assert_ne!(fingerprint(&new_root), fingerprint(&old_root), "{point}");
+        assert_eq!(
+            fingerprint(&std::fs::read_to_string(numbered(0)).unwrap()),
+            fingerprint(&old_root),
+            "{point}: root.cer.0"
+        );
+        assert!(
+            !numbered(1).exists(),
+            "{point}: VMCA was given a root more than once"
+        );
+        let key = std::fs::read_to_string(v.host.path(vcsa::VMCA_KEY)).unwrap();
+        assert_eq!(
+            pubkey_of(&key, true),
+            pubkey_of(&new_root, false),
+            "{point}"
+        );
+        let step = crash::step_id(&done, "vsphere.vmca_root", "");
+        assert_eq!(
+            fingerprint(&String::from_utf8(crash::backed_up(&state, step, "/root.cer")).unwrap()),
+            fingerprint(&old_root),
+            "{point}: the backup lost the old root"
+        );
+        let left = Command::new("find")
+            .arg(&state)
+            .args(["-name", "vmca-root.key"])
+            .output()
+            .unwrap();
+        assert!(left.stdout.is_empty(), "{point}: work key left behind");
     }
     drop(agent);
     drop(services);

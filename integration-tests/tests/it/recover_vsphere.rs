@@ -11,8 +11,9 @@
 //! three plans in the GSS order (STS, Machine SSL, solution users) and changes nothing; one
 //! `recover vsphere --domain vsphere.local` brings everything back (login and TLS work, the
 //! inventory shows nothing expired, the services run as before, a second run has nothing to
-//! do); then the VMCA root itself expires and the recovery stops before any plan, naming
-//! certificate-manager option 8.
+//! do); then "reset all" on a second vCenter whose VMCA root ended with everything it signed:
+//! a new root first, then STS, Machine SSL and solution users issued from it (logins and TLS
+//! verified against the new root work again; VMCA's own `root.cer.0` and the SSO copy checked).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -141,32 +142,6 @@ fn expired_roles(c: &Controller, agent: &str) -> Vec<String> {
         })
         .map(|(r, _)| r)
         .collect()
-}
-
-/// The VMCA root reaches its end: the same key and subject, re-issued with a validity that
-/// ended a day ago (what a 10-year-old root looks like), written where VMCA keeps it.
-fn expire_vmca_root(v: &Vcsa) {
-    let root = v.host.path(vcsa::VMCA_ROOT);
-    let pem = std::fs::read_to_string(&root).unwrap();
-    let key = std::fs::read_to_string(v.host.path(vcsa::VMCA_KEY)).unwrap();
-    let key = rcgen::KeyPair::from_pem(&key).unwrap();
-    let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
-    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    for attr in x.subject().iter_attributes() {
-        let oid: Vec<u64> = attr.attr_type().iter().unwrap().collect();
-        p.distinguished_name
-            .push(rcgen::DnType::from_oid(&oid), attr.as_str().unwrap());
-    }
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let t = time::OffsetDateTime::now_utc();
-    p.not_before = t - time::Duration::days(3651);
-    p.not_after = t - time::Duration::days(1);
-    std::fs::write(&root, p.self_signed(&key).unwrap().pem()).unwrap();
 }
 
 #[test]
@@ -310,36 +285,127 @@ fn recover_vsphere_brings_a_fully_expired_vcenter_back() {
     assert!(text(&o).contains("nothing to recover"), "{}", text(&o));
     assert!(steps(&o).is_empty(), "{}", text(&o));
 
-    // 4. The VMCA root expires: the recovery stops before any plan, naming option 8, even
-    // with every certificate counted as due (--within 800d).
-    expire_vmca_root(&v);
-    c.cli(&["inventory", "rescan", "vc1"]);
+    // 4. "Reset all": a second vCenter, in its own SSO domain, whose 10-year VMCA root ended
+    // five days ago and every certificate with it (VMCA caps a certificate at its root's end).
+    // One command makes a new root, then issues STS, Machine SSL and every solution user from
+    // it, in that order; logins and TLS (verified against the new root) work again.
+    let mut spec = expired_vcsa_spec("vc2.lab.local").with("vmca_root", expired());
+    spec.domain = "reset.local".into();
+    let (v2, _services2, _agent2) = start_vcsa(&c, dir.path(), "vc2", "vc2", &spec);
     support::wait_for(
-        "the expired VMCA root in the inventory",
+        "vc2 to report its expired VMCA root",
         Duration::from_secs(60),
         || {
-            certs(&c, "vc1")
+            certs(&c, "vc2")
                 .iter()
                 .any(|(r, na)| r == "vsphere.vmca_root" && *na <= now())
                 .then_some(())
         },
     );
-    let plans = c.json(&["plan", "list"]);
-    let hash = hash_root(&v.host.root);
-    let o = recover(&["--domain", "vsphere.local", "--within", "800d"]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    let t = text(&o);
-    assert!(
-        t.contains("STOP:")
-            && t.contains("certificate-manager option 8")
-            && t.contains("nothing changed"),
-        "{t}"
-    );
-    assert!(steps(&o).is_empty(), "{t}");
-    assert_eq!(c.json(&["plan", "list"]), plans, "a plan was created");
+    let old_root = std::fs::read_to_string(v2.host.path(vcsa::VMCA_ROOT)).unwrap();
+    assert!(!login(&v2).0 && !tls_verifies(&v2).0);
+    let hash = hash_root(&v2.host.root);
+    let o = recover(&["--domain", "reset.local", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let order: Vec<String> = steps(&o).into_iter().map(|(_, r, _)| r).collect();
     assert_eq!(
-        hash_root(&v.host.root),
-        hash,
-        "the refused recovery changed the host"
+        order,
+        [
+            "vsphere-vmca-root",
+            "vsphere-sts",
+            "vsphere-machine-ssl",
+            "vsphere-solution-users"
+        ],
+        "{}",
+        text(&o)
     );
+    assert!(text(&o).contains("reset all"), "{}", text(&o));
+    assert_eq!(hash_root(&v2.host.root), hash, "the dry run changed vc2");
+    let o = recover(&["--domain", "reset.local"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let done = steps(&o);
+    assert_eq!(done.len(), 4, "{}", text(&o));
+    assert!(text(&o).contains("verified:"), "{}", text(&o));
+    assert!(
+        text(&o).contains("the old VMCA root stays in TRUSTED_ROOTS"),
+        "{}",
+        text(&o)
+    );
+    let new_root = std::fs::read_to_string(v2.host.path(vcsa::VMCA_ROOT)).unwrap();
+    assert_ne!(new_root, old_root);
+    let root = certfleet_common::x509::parse_der(
+        &certfleet_common::pem::first_certificate(new_root.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        root.is_ca && root.not_after > now() + 9 * 365 * 86_400,
+        "{root:?}"
+    );
+    // VMCA kept the old root and key (`root.cer.0`); the SSO copy and TRUSTED_ROOTS hold the
+    // new root; the new key is nowhere but where VMCA keeps it.
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.0", v2.host.path(vcsa::VMCA_ROOT).display())).unwrap(),
+        old_root
+    );
+    assert_eq!(
+        std::fs::read_to_string(v2.host.path(vcsa::SSO_ROOT_COPY)).unwrap(),
+        new_root
+    );
+    let trusted = v2.state().unwrap();
+    assert!(
+        trusted
+            .store("TRUSTED_ROOTS")
+            .unwrap()
+            .entries
+            .iter()
+            .any(|e| e
+                .cert
+                .as_deref()
+                .is_some_and(|p| p.trim_end() == new_root.trim_end())),
+        "the new root is not in TRUSTED_ROOTS"
+    );
+    let keys = Command::new("find")
+        .arg(dir.path())
+        .args(["-name", "vmca-root.key"])
+        .output()
+        .unwrap();
+    assert!(keys.stdout.is_empty(), "{}", text(&keys));
+    let (ok, out) = login(&v2);
+    assert!(ok, "login after reset all: {out}");
+    let (ok, out) = tls_verifies(&v2);
+    assert!(ok, "TLS against the new root after reset all: {out}");
+    let root_file = v2.host.path(vcsa::VMCA_ROOT);
+    for (store, alias) in [
+        ("MACHINE_SSL_CERT", "__MACHINE_CERT"),
+        ("vpxd", "vpxd"),
+        ("wcp", "wcp"),
+        ("vsphere-webclient", "vsphere-webclient"),
+    ] {
+        let pem = getcert(&v2, store, alias);
+        let mut child = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&root_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pem.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{store}/{alias} does not chain to the new root: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(expired_roles(&c, "vc2"), Vec::<String>::new());
+    // vc1, in the other domain, was not touched.
+    assert!(login(&v).0);
 }

@@ -14,14 +14,18 @@
 //! 3. `vsphere-solution-users` on each node with a due solution user (wcp and hvc included,
 //!    seed 000): vmdir first, VECS second, extension thumbprints, restart and check.
 //!
-//! Only what is due is touched; a step with nothing due is skipped and says so. Before any plan
-//! the inventory is read and the command stops, changing nothing, on what it must not handle:
-//! an expired (or due) VMCA root, or an expired root in `TRUSTED_ROOTS` that the node's
-//! certificates chain to (the "reset all" case: a new VMCA root, then everything it signs;
-//! certificate-manager option 8), more than one STS `TenantCredential` in vmdir (seed 001's
-//! "Amount of tenant credentials" check; `--allow-several-tenant-credentials` after looking),
-//! and a node of the domain that is not connected (every vCenter of the domain restarts). Such
-//! a stop exits 3 (refused), like a refusal by the controller: nothing was tried.
+//! Only what is due is touched; a step with nothing due is skipped and says so. The exception
+//! is a VMCA root that expired or is due: that node gets certificate-manager option 8's "reset
+//! all" (§9.4). `vsphere-vmca-root` first (a new root, given to VMCA, in `TRUSTED_ROOTS`), then
+//! STS (when that root signed it, on that node), Machine SSL and every solution user issued
+//! again from the new root whatever their expiry, since a certificate ends with the root that
+//! signed it. Before any plan the inventory is read and the command stops, changing nothing,
+//! on what it must not handle: an expired root in `TRUSTED_ROOTS` that is not the VMCA root (a
+//! custom CA, which must issue its new certificate first) and that the node's certificates
+//! chain to, more than one STS `TenantCredential` in vmdir (seed 001's "Amount of tenant
+//! credentials" check; `--allow-several-tenant-credentials` after looking), and a node of the
+//! domain that is not connected (every vCenter of the domain restarts). Such a stop exits 3
+//! (refused), like a refusal by the controller: nothing was tried.
 //! At the end the agents rescan and the inventory must show nothing due any more.
 //!
 //! Like `recover ovirt-hosts`, each plan runs to its end before the next is built; the first
@@ -122,13 +126,25 @@ struct Assessment {
     machine_ssl: Vec<String>,
     /// Due solution-user certificates, one line per node and user.
     solution_users: Vec<String>,
+    /// Due VMCA roots, one line per node: "reset all" there.
+    vmca_roots: Vec<String>,
+    /// Ids of the nodes whose VMCA root is due: everything their VMCA signed is issued again.
+    reset: BTreeSet<String>,
+    /// Name of the node whose due VMCA root signed the STS signing certificate, when one did:
+    /// the STS replacement runs there, after the new root.
+    sts_reset_node: Option<String>,
+    /// ESXi host certificates the reset roots signed (follow-up after the recovery).
+    esxi_under_reset: usize,
     /// Why the recovery must not start (nothing is changed).
     blockers: Vec<String>,
 }
 
 impl Assessment {
     fn nothing(&self) -> bool {
-        self.sts.is_empty() && self.machine_ssl.is_empty() && self.solution_users.is_empty()
+        self.sts.is_empty()
+            && self.machine_ssl.is_empty()
+            && self.solution_users.is_empty()
+            && self.vmca_roots.is_empty()
     }
 }
 
@@ -138,6 +154,20 @@ fn when(not_after: i64, now: i64) -> String {
     } else {
         format!("expires {}", format_time(not_after))
     }
+}
+
+/// Whether `c`, reported by `n`, was signed by one of the VMCA roots being reset
+/// (`reset_skis`: subject key id → node name). Without an authority key id a certificate of a
+/// reset node counts as signed by its root (VMCA always sets it; a certificate without it is
+/// issued again rather than left with a dead root).
+fn signed_by_reset_root(reset_skis: &BTreeMap<String, String>, n: &Node, c: &Seen) -> bool {
+    if c.is_ca {
+        return false;
+    }
+    if c.authority_key_id.is_empty() {
+        return reset_skis.values().any(|name| *name == n.name);
+    }
+    reset_skis.contains_key(&c.authority_key_id)
 }
 
 /// Reads what `targets` (and, for the domain-wide parts, every node of their `domain`) report.
@@ -153,6 +183,29 @@ fn assess(
     let due = |c: &Seen| c.not_after <= horizon;
     let mut seen_sts = BTreeSet::new();
     let mut blocked_roots = BTreeSet::new();
+    // The VMCA roots due on the targets (subject key id → node): "reset all" on those nodes,
+    // and everything those roots signed is issued again, due or not.
+    let mut reset_skis: BTreeMap<String, String> = BTreeMap::new();
+    for n in targets {
+        for c in &n.certs {
+            if c.role == "vsphere.vmca_root" && c.is_ca && due(c) {
+                if !a.reset.contains(&n.id) {
+                    a.vmca_roots.push(format!(
+                        "{}: VMCA root {} {} — reset all: a new root, then STS, Machine SSL and \
+                         solution users issued again from it",
+                        n.name,
+                        c.subject,
+                        when(c.not_after, now)
+                    ));
+                }
+                a.reset.insert(n.id.clone());
+                if !c.subject_key_id.is_empty() {
+                    reset_skis.insert(c.subject_key_id.clone(), n.name.clone());
+                }
+            }
+        }
+    }
+    let under_reset = |n: &Node, c: &Seen| signed_by_reset_root(&reset_skis, n, c);
     for n in targets {
         // Each certificate once per node (a certificate is reported once per place).
         let mut certs: BTreeMap<(&str, &str), &Seen> = BTreeMap::new();
@@ -169,49 +222,50 @@ fn assess(
             })
             .collect();
         for c in certs.values().copied() {
-            if c.role.starts_with("vsphere.sts_signing") && due(c) {
-                if seen_sts.insert(c.fingerprint.clone()) {
-                    a.sts.push(format!(
-                        "{}: STS signing {} {}",
-                        n.name,
-                        c.subject,
-                        when(c.not_after, now)
-                    ));
+            let reissue = under_reset(n, c);
+            let why = |c: &Seen| {
+                if due(c) {
+                    when(c.not_after, now)
+                } else {
+                    format!("{} (signed by the old VMCA root)", when(c.not_after, now))
                 }
-            } else if c.role == "vsphere.machine_ssl" && due(c) {
-                a.machine_ssl.push(format!(
-                    "{}: Machine SSL {} {}",
-                    n.name,
-                    c.subject,
-                    when(c.not_after, now)
-                ));
+            };
+            if c.role.starts_with("vsphere.sts_signing") && (due(c) || reissue) {
+                if seen_sts.insert(c.fingerprint.clone()) {
+                    a.sts
+                        .push(format!("{}: STS signing {} {}", n.name, c.subject, why(c)));
+                    if reissue {
+                        a.sts_reset_node = reset_skis.get(&c.authority_key_id).cloned();
+                    }
+                }
+            } else if c.role == "vsphere.machine_ssl" && (due(c) || reissue) {
+                a.machine_ssl
+                    .push(format!("{}: Machine SSL {} {}", n.name, c.subject, why(c)));
             } else if let Some(user) = c.role.strip_prefix("vsphere.solution_user.")
-                && due(c)
+                && (due(c) || reissue)
             {
-                a.solution_users.push(format!(
-                    "{}: solution user {user} {}",
-                    n.name,
-                    when(c.not_after, now)
-                ));
+                a.solution_users
+                    .push(format!("{}: solution user {user} {}", n.name, why(c)));
+            } else if c.role == "vsphere.esxi_host" && reissue {
+                a.esxi_under_reset += 1;
             }
-            // The VMCA root itself, or a CA in TRUSTED_ROOTS this node's certificates chain
-            // to: renewing leaves under it is pointless (VMCA caps a leaf at its root's end).
-            let root = c.is_ca
+            // A CA in TRUSTED_ROOTS this node's certificates chain to that is not this node's
+            // VMCA root (a custom or enterprise CA): renewing leaves under it is pointless
+            // (they end with it) and certfleet cannot issue that CA's new certificate.
+            let custom_root = c.is_ca
                 && due(c)
-                && (c.role == "vsphere.vmca_root"
-                    || (c.role == "vsphere.trusted_root"
-                        && !c.subject_key_id.is_empty()
-                        && leaves
-                            .iter()
-                            .any(|l| l.authority_key_id == c.subject_key_id)));
-            if root && blocked_roots.insert(c.fingerprint.clone()) {
+                && c.role == "vsphere.trusted_root"
+                && !c.subject_key_id.is_empty()
+                && !reset_skis.contains_key(&c.subject_key_id)
+                && leaves
+                    .iter()
+                    .any(|l| l.authority_key_id == c.subject_key_id);
+            if custom_root && blocked_roots.insert(c.fingerprint.clone()) {
                 a.blockers.push(format!(
-                    "{}: the root {} that signs this vCenter's certificates {} — a new VMCA root \
-                     is needed first, then everything it signs, in order (the \"reset all\" \
-                     case: certificate-manager option 8 \"Reset all Certificates\", or \
-                     certool --genselfcacert + certool --rootca as in reference §9.4, then \
-                     Machine SSL, solution users and STS on every node, then restart every \
-                     node); certfleet does not regenerate a VMCA root",
+                    "{}: the root {} in TRUSTED_ROOTS that signs this vCenter's certificates {} \
+                     is not its VMCA root (a custom CA): that CA must issue a new certificate \
+                     first, then the certificates it signed are replaced with ones it issues \
+                     (reference §9.3); certfleet renews only what VMCA signs",
                     n.name,
                     c.subject,
                     when(c.not_after, now)
@@ -422,7 +476,13 @@ pub async fn run(conn: &Conn, args: &VsphereArgs) -> anyhow::Result<()> {
         names(&domain),
         humantime::format_duration(args.within)
     );
-    for line in a.sts.iter().chain(&a.machine_ssl).chain(&a.solution_users) {
+    for line in a
+        .vmca_roots
+        .iter()
+        .chain(&a.sts)
+        .chain(&a.machine_ssl)
+        .chain(&a.solution_users)
+    {
         eprintln!("  {line}");
     }
     if !a.blockers.is_empty() {
@@ -449,44 +509,55 @@ pub async fn run(conn: &Conn, args: &VsphereArgs) -> anyhow::Result<()> {
             ""
         }
     };
-    eprintln!(
-        "  1. vsphere-sts: replication gate on every node, fixsts.sh replacement once, every node restarted{}",
+    let mut n = 0;
+    let mut line = |text: String| {
+        n += 1;
+        eprintln!("  {n}. {text}");
+    };
+    if !a.reset.is_empty() {
+        line(
+            "vsphere-vmca-root: new VMCA root (certool --genselfcacert, --rootca), published \
+             to TRUSTED_ROOTS, node by node; then everything below is issued from it"
+                .into(),
+        );
+    }
+    line(format!(
+        "vsphere-sts: replication gate on every node, fixsts.sh replacement once, every node restarted{}",
         skip(&a.sts)
-    );
-    eprintln!(
-        "  2. vsphere-machine-ssl: node by node, follow-ups, restart, endpoint checked, BACKUP_STORE cleaned{}",
+    ));
+    line(format!(
+        "vsphere-machine-ssl: node by node, follow-ups, restart, endpoint checked, BACKUP_STORE cleaned{}",
         skip(&a.machine_ssl)
-    );
-    eprintln!(
-        "  3. vsphere-solution-users: node by node (wcp, hvc included), restart, checked{}",
+    ));
+    line(format!(
+        "vsphere-solution-users: node by node (wcp, hvc included), restart, checked{}",
         skip(&a.solution_users)
-    );
-    let agents: Vec<String> = targets.iter().map(|n| n.id.clone()).collect();
-    let stages = [
-        ("vsphere-sts", &a.sts),
-        ("vsphere-machine-ssl", &a.machine_ssl),
-        ("vsphere-solution-users", &a.solution_users),
-    ];
-    for (i, &(recipe, due)) in stages.iter().enumerate() {
-        if due.is_empty() {
-            eprintln!("step {}: {recipe}: nothing due, skipped", i + 1);
-            continue;
-        }
-        let stage = Stage {
-            recipe,
-            agents: agents.clone(),
-            within: args.within,
-            max_parallel: 1,
-            params: vec![],
-        };
-        match stage.run(conn, args.dry_run, &args.output).await? {
-            Outcome::Nothing(why) => eprintln!("step {}: {recipe}: {why}", i + 1),
-            Outcome::Planned(id) => eprintln!("step {}: {recipe}: plan {id} (dry run)", i + 1),
-            Outcome::Done(id) => eprintln!("step {}: {recipe}: plan {id} succeeded", i + 1),
+    ));
+    for stage in stages(&targets, &a, args) {
+        let (label, note) = (&stage.label, &stage.note);
+        match stage.stage.run(conn, args.dry_run, &args.output).await? {
+            Outcome::Nothing(why) => eprintln!("{label}: {why}"),
+            Outcome::Planned(id) => eprintln!("{label}: plan {id} (dry run){note}"),
+            Outcome::Done(id) => eprintln!("{label}: plan {id} succeeded{note}"),
         }
     }
     if !args.dry_run {
         verify(conn, args, &targets).await?;
+    }
+    if a.esxi_under_reset > 0 {
+        eprintln!(
+            "then: {} ESXi host certificate(s) were signed by the old VMCA root; in VMCA mode \
+             refresh them (certfleet plan create esxi-hosts --agent <vCenter agent>), reference \
+             §9.4",
+            a.esxi_under_reset
+        );
+    }
+    if !a.reset.is_empty() {
+        eprintln!(
+            "note: the old VMCA root stays in TRUSTED_ROOTS and vmdir while anything may still \
+             present a certificate it signed; remove it afterwards (dir-cli trustedcert \
+             unpublish, vecs-cli entry delete --store TRUSTED_ROOTS), reference §9.5"
+        );
     }
     eprintln!(
         "recover vsphere {scope}: {} in {:.1}s wall time",
@@ -494,6 +565,96 @@ pub async fn run(conn: &Conn, args: &VsphereArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A plan of the recovery and how it is announced.
+struct Planned {
+    /// `step N: RECIPE`.
+    label: String,
+    /// Said after the plan id (` (issued from the new root)` or nothing).
+    note: String,
+    stage: Stage,
+}
+
+/// The plans, in order. Nodes whose VMCA root is reset get a new root first, then every
+/// certificate their VMCA signed is issued again whatever its expiry (`within` 0 = everything
+/// in scope; the STS replacement runs on the node whose root signed it); the other targets
+/// get what is due within `--within`.
+fn stages(targets: &[&Node], a: &Assessment, args: &VsphereArgs) -> Vec<Planned> {
+    let reset: Vec<String> = targets
+        .iter()
+        .filter(|n| a.reset.contains(&n.id))
+        .map(|n| n.id.clone())
+        .collect();
+    let rest: Vec<String> = targets
+        .iter()
+        .filter(|n| !a.reset.contains(&n.id))
+        .map(|n| n.id.clone())
+        .collect();
+    let stage =
+        |recipe: &'static str, agents: &[String], within: Duration, params: Vec<pb::Label>| Stage {
+            recipe,
+            agents: agents.to_vec(),
+            within,
+            max_parallel: 1,
+            params,
+        };
+    let mut out = Vec::new();
+    let mut push = |note: &str, s: Stage| {
+        let n = out.len() + 1;
+        out.push(Planned {
+            label: format!("step {n}: {}", s.recipe),
+            note: note.to_owned(),
+            stage: s,
+        });
+    };
+    let everything = Duration::ZERO;
+    if !reset.is_empty() {
+        push("", stage("vsphere-vmca-root", &reset, args.within, vec![]));
+    }
+    if !a.sts.is_empty() {
+        match &a.sts_reset_node {
+            Some(node) => push(
+                " (issued from the new root)",
+                stage(
+                    "vsphere-sts",
+                    &reset,
+                    everything,
+                    vec![pb::Label {
+                        key: "node".into(),
+                        value: node.clone(),
+                    }],
+                ),
+            ),
+            None => push(
+                "",
+                stage(
+                    "vsphere-sts",
+                    &targets.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
+                    args.within,
+                    vec![],
+                ),
+            ),
+        }
+    }
+    for (recipe, due) in [
+        ("vsphere-machine-ssl", &a.machine_ssl),
+        ("vsphere-solution-users", &a.solution_users),
+    ] {
+        if due.is_empty() {
+            continue;
+        }
+        if !reset.is_empty() {
+            push(
+                " (issued from the new root)",
+                stage(recipe, &reset, everything, vec![]),
+            );
+        }
+        if !rest.is_empty() {
+            push("", stage(recipe, &rest, args.within, vec![]));
+        }
+    }
+    out
 }
 
 /// After the plans: every node rescans; the inventory must show no STS, Machine SSL or
@@ -653,7 +814,7 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_vmca_root_or_trusted_root_it_chains_to_stops_everything() {
+    fn an_expired_vmca_root_resets_all_and_a_custom_root_it_chains_to_stops_everything() {
         let mut n = expired_node("vc1");
         for c in &mut n.certs {
             if c.role == "vsphere.vmca_root" {
@@ -661,10 +822,52 @@ mod tests {
             }
         }
         let r = assess(&[&n], &[&n], NOW, NOW + 7 * DAY, false);
-        assert_eq!(r.blockers.len(), 1, "{r:?}");
-        assert!(r.blockers[0].contains("option 8"), "{r:?}");
-        assert!(r.blockers[0].contains("--genselfcacert"), "{r:?}");
-        // The same root only in TRUSTED_ROOTS, with a leaf chaining to it.
+        assert!(r.blockers.is_empty(), "{r:?}");
+        assert_eq!(r.reset, BTreeSet::from(["id-vc1".to_owned()]), "{r:?}");
+        assert_eq!(r.vmca_roots.len(), 1, "{r:?}");
+        assert!(r.vmca_roots[0].contains("reset all"), "{r:?}");
+        // Everything the old root signed is issued again, due or not: the STS (on the node
+        // whose root signed it), Machine SSL, and both solution users (vpxd has 400 days
+        // left); the backup entry is not touched.
+        assert_eq!(r.sts.len(), 1, "{r:?}");
+        assert_eq!(r.sts_reset_node.as_deref(), Some("vc1"), "{r:?}");
+        assert_eq!(r.machine_ssl.len(), 1, "{r:?}");
+        assert_eq!(r.solution_users.len(), 2, "{r:?}");
+        assert!(
+            r.solution_users
+                .iter()
+                .any(|l| l.contains("vpxd") && l.contains("signed by the old VMCA root")),
+            "{r:?}"
+        );
+        let plans = stages(
+            &[&n],
+            &r,
+            &VsphereArgs {
+                domain: Some("vsphere.local".into()),
+                agent: None,
+                within: Duration::from_secs(7 * 86_400),
+                allow_several_tenant_credentials: false,
+                dry_run: true,
+                output: OutputArgs::TABLE,
+            },
+        );
+        let order: Vec<(&str, u64)> = plans
+            .iter()
+            .map(|p| (p.stage.recipe, p.stage.within.as_secs()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("vsphere-vmca-root", 7 * 86_400),
+                ("vsphere-sts", 0),
+                ("vsphere-machine-ssl", 0),
+                ("vsphere-solution-users", 0)
+            ],
+            "the new root first, then everything issued from it, whatever its expiry"
+        );
+        assert_eq!(plans[1].stage.params[0].value, "vc1");
+        // An expired root in TRUSTED_ROOTS that is not the VMCA root (a custom CA), with a
+        // leaf chaining to it: certfleet cannot issue that CA's certificate, so it stops.
         let mut n = expired_node("vc1");
         n.certs.retain(|c| c.role != "vsphere.vmca_root");
         for c in &mut n.certs {
@@ -674,6 +877,8 @@ mod tests {
         }
         let r = assess(&[&n], &[&n], NOW, NOW + 7 * DAY, false);
         assert_eq!(r.blockers.len(), 1, "{r:?}");
+        assert!(r.blockers[0].contains("not its VMCA root"), "{r:?}");
+        assert!(r.reset.is_empty(), "{r:?}");
         // An expired CA in TRUSTED_ROOTS that nothing chains to is only an alarm, not a stop.
         for c in &mut n.certs {
             if c.role == "vsphere.trusted_root" {

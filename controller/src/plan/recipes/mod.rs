@@ -89,6 +89,7 @@ pub fn all() -> Vec<Box<dyn Recipe>> {
         Box::new(vsphere::MachineSsl),
         Box::new(vsphere::SolutionUsers),
         Box::new(vsphere::Sts),
+        Box::new(vsphere::VmcaRoot),
         Box::new(esxi::EsxiHosts),
         Box::new(pins::PinsRetrust),
     ]
@@ -110,6 +111,7 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("vsphere-machine-ssl", &[]),
     ("vsphere-solution-users", &[]),
     ("vsphere-sts", &["node"]),
+    ("vsphere-vmca-root", &[]),
     ("pins-retrust", &[]),
     (
         "esxi-hosts",

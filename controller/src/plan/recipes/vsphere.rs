@@ -8,6 +8,10 @@
 //!   leave `BACKUP_STORE` (they keep the "Certificate Status" alarm red). Nodes go one at a time (§9.6: per-node
 //!   objects node by node), each gate waiting for the previous node to finish.
 //! * `vsphere-solution-users` — the same shape for the solution-user certificates.
+//! * `vsphere-vmca-root` — a new VMCA root on each vCenter whose root is due (certool
+//!   `--genselfcacert` + `--rootca`, §9.4), node by node behind the replication gate. It is the
+//!   first half of "reset all": everything the old root signed must be issued again, which
+//!   `certfleet recover vsphere` does right after it (STS, Machine SSL, solution users).
 //! * `vsphere-sts` — the STS signing certificate is domain-wide (§9.6.2): replication is checked
 //!   on every node first, the fixsts/vCert LDAP replacement runs on one node only, then services
 //!   restart on every vCenter of the domain one at a time (§9.6.4), each checked.
@@ -368,6 +372,68 @@ impl Recipe for SolutionUsers {
         }
         if steps.is_empty() {
             return Err("nothing to renew: no solution-user certificate is in scope".into());
+        }
+        Ok(steps)
+    }
+}
+
+/// `vsphere-vmca-root`.
+pub struct VmcaRoot;
+
+impl Recipe for VmcaRoot {
+    fn name(&self) -> &'static str {
+        "vsphere-vmca-root"
+    }
+
+    fn about(&self) -> &'static str {
+        "new VMCA root (certool --genselfcacert, --rootca) node by node, the first half of \"reset all\": STS, Machine SSL and solution users must follow (certfleet recover vsphere runs them)"
+    }
+
+    fn build(&self, input: &RecipeInput<'_>) -> Result<Vec<StepSpec>, String> {
+        let mut steps = Vec::new();
+        let targets = vsphere_targets(input);
+        for (_, _, nodes) in &by_domain_name(input, &targets) {
+            let mut prev: Option<String> = None;
+            for &a in nodes {
+                if !due(input, &a.id, "vsphere.vmca_root") {
+                    continue;
+                }
+                let k = |s: &str| format!("{}-{s}", a.name);
+                steps.push(gate(a, k("gate"), prev.clone(), &a.name));
+                steps.push(StepSpec {
+                    key: k("vmca-root"),
+                    name: "new VMCA root, published to TRUSTED_ROOTS".into(),
+                    stage: "replace".into(),
+                    target: a.name.clone(),
+                    agent: a.id.clone(),
+                    agent_name: a.name.clone(),
+                    action: "vsphere.vmca_root".into(),
+                    args: json!({}),
+                    depends_on: vec![k("gate")],
+                    commands: vec![
+                        "/usr/lib/vmware-vmafd/bin/vmafd-cli get-pnid --server-name localhost".into(),
+                        "WORK/vmca-root.cfg: Name, DomainComponent, Organization, OrgUnit, State, Country, Locality of the old root's subject; Hostname = <PNID>".into(),
+                        format!("{CERTOOL} --genselfcacert --outprivkey=WORK/vmca-root.key --outcert=WORK/vmca-root.crt --config=WORK/vmca-root.cfg"),
+                        "openssl x509 -pubkey / openssl pkey -pubout  (a CA, valid from now for years, the key its key)".into(),
+                        format!("{CERTOOL} --rootca --cert=WORK/vmca-root.crt --privkey=WORK/vmca-root.key --server=localhost  (VMCA keeps root.cer.0, privatekey.pem.0)"),
+                        format!("{CERTOOL} --getrootca --server=localhost  (must print the new root)"),
+                        format!("{VECS} force-refresh ; {VECS} entry list/getcert --store TRUSTED_ROOTS  (must hold the new root)"),
+                        "/etc/vmware-sso/keys/ssoserverRoot.crt := the new root (vCert; where it exists)".into(),
+                        "rm WORK/vmca-root.key  (VMCA holds it)".into(),
+                    ],
+                    files: vec![
+                        "/var/lib/vmware/vmca/root.cer, privatekey.pem (agent backup; VMCA keeps .0 copies)".into(),
+                        "vmdir CA certificates, VECS TRUSTED_ROOTS".into(),
+                        "/etc/vmware-sso/keys/ssoserverRoot.crt".into(),
+                        "STATE_DIR/vsphere/<step>/ (WORK)".into(),
+                    ],
+                    timeout_secs: 300,
+                });
+                prev = Some(k("vmca-root"));
+            }
+        }
+        if steps.is_empty() {
+            return Err("nothing to renew: no vCenter's VMCA root is in scope".into());
         }
         Ok(steps)
     }
