@@ -48,29 +48,40 @@ impl Verdict {
 
 /// The certificates VMCA issues host certificates with, as `(subject DN, subject key id)`:
 /// those of `/var/lib/vmware/vmca/root.cer` on the VCSA (VMCA's signing certificate, a
-/// subordinate's chain with it), else of `esxi.vim_ca_file` (the CA bundle vCenter's
-/// certificate chains to). Empty when neither can be read: no host is then taken for custom.
+/// subordinate's chain with it) and of the earlier roots VMCA keeps beside it after a root
+/// change (`root.cer.0` … `root.cer.32`, `VMCABackupRootCAFiles` in lightwave vmca/common/
+/// certutils.c): after "reset all" the hosts still hold certificates of the old root, which
+/// VMCA issued and a refresh must replace. Else those of `esxi.vim_ca_file` (the CA bundle
+/// vCenter's certificate chains to). Empty when none can be read: no host is then taken for
+/// custom.
 pub fn vmca_issuers(cfg: &crate::config::AgentConfig) -> Vec<(String, String)> {
-    let candidates = [
-        Some(cfg.host_path("/var/lib/vmware/vmca/root.cer")),
-        cfg.setting("esxi.vim_ca_file").map(|p| cfg.host_path(p)),
-    ];
-    for path in candidates.into_iter().flatten() {
-        let Ok(pem) = std::fs::read(&path) else {
-            continue;
-        };
-        let ids: Vec<(String, String)> = certfleet_common::pem::certificates(&pem)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|der| certfleet_common::x509::parse_der(der).ok())
-            .filter(|c| c.is_ca)
-            .map(|c| (c.subject, c.subject_key_id))
-            .collect();
-        if !ids.is_empty() {
-            return ids;
+    let root = cfg.host_path("/var/lib/vmware/vmca/root.cer");
+    let earlier = (0..=32).map(|n| std::path::PathBuf::from(format!("{}.{n}", root.display())));
+    let ids = |paths: &mut dyn Iterator<Item = std::path::PathBuf>| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for path in paths {
+            let Ok(pem) = std::fs::read(&path) else {
+                continue;
+            };
+            for der in certfleet_common::pem::certificates(&pem).unwrap_or_default() {
+                if let Ok(c) = certfleet_common::x509::parse_der(&der)
+                    && c.is_ca
+                    && !out.iter().any(|(_, ski)| *ski == c.subject_key_id)
+                {
+                    out.push((c.subject, c.subject_key_id));
+                }
+            }
         }
+        out
+    };
+    let vmca = ids(&mut std::iter::once(root.clone()).chain(earlier));
+    if !vmca.is_empty() {
+        return vmca;
     }
-    Vec::new()
+    ids(&mut cfg
+        .setting("esxi.vim_ca_file")
+        .map(|p| cfg.host_path(p))
+        .into_iter())
 }
 
 /// The issuer DN of `h`'s certificate when one of `vmca` did not issue it (matched by the
@@ -734,7 +745,9 @@ mod tests {
 
     /// A host certificate issued by `ca`.
     fn issued_by(mut h: HostInfo, ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> HostInfo {
-        let p = rcgen::CertificateParams::new(vec![h.name.clone()]).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![h.name.clone()]).unwrap();
+        // As VMCA does: the authority key id names the issuing root's key.
+        p.use_authority_key_identifier_extension = true;
         let k = rcgen::KeyPair::generate().unwrap();
         h.certificate = p.signed_by(&k, ca).unwrap().pem().into_bytes();
         h
@@ -776,6 +789,41 @@ mod tests {
         }
         // Nothing known about VMCA: no host is taken for custom.
         assert_eq!(verdict(&custom, &all, "vmca", &[], now), Verdict::Refresh);
+    }
+
+    #[test]
+    fn after_reset_all_hosts_of_the_old_vmca_root_are_still_vmca_issued() {
+        let now = certfleet_common::model::now();
+        let dir = tempfile::tempdir().unwrap();
+        let (old, old_issuer) = ca("CA");
+        let (new, _) = ca("CA");
+        let (_, corp_issuer) = ca("Corp Issuing CA");
+        let vmca = dir.path().join("var/lib/vmware/vmca");
+        std::fs::create_dir_all(&vmca).unwrap();
+        std::fs::write(vmca.join("root.cer"), new.pem()).unwrap();
+        std::fs::write(vmca.join("root.cer.0"), old.pem()).unwrap();
+        let cfg = crate::config::AgentConfig {
+            root: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let ids = vmca_issuers(&cfg);
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        let h = issued_by(host("h0", "C0", "connected"), &old_issuer);
+        let custom = issued_by(host("h1", "C0", "connected"), &corp_issuer);
+        let all = vec![h.clone(), custom.clone()];
+        assert_eq!(verdict(&h, &all, "vmca", &ids, now), Verdict::Refresh);
+        assert!(matches!(
+            verdict(&custom, &all, "vmca", &ids, now),
+            Verdict::Skip(_)
+        ));
+        // Without VMCA's copy of the old root (same subject, another key), the host would be
+        // taken for custom.
+        std::fs::remove_file(vmca.join("root.cer.0")).unwrap();
+        let ids = vmca_issuers(&cfg);
+        assert!(matches!(
+            verdict(&h, &all, "vmca", &ids, now),
+            Verdict::Skip(_)
+        ));
     }
 
     #[test]
