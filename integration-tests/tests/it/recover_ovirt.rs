@@ -380,7 +380,10 @@ fn dropin_way(
 /// VM does, starts again only once the simulated VM is up. An unknown agent exits 2 naming
 /// kvm01; a dry run changes nothing; an engine agent that never comes makes the command abort
 /// the plan naming it (exit 4) within `--engine-wait`; then the recovery: libvirtd active with
-/// its TLS socket, the drop-ins gone, a new VDSM certificate, the steps in the audit log.
+/// its TLS socket, the drop-ins gone, a new VDSM certificate, the steps in the audit log. Then
+/// `--way clock` on a second host, kvm02, whose agent is killed right after it set the clock
+/// back: started again it restores the clock first, the step is sent again, and the recovery
+/// ends with the clock right, chronyd running and a new certificate.
 #[test]
 fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
     use crate::support::{Controller, wait_for};
@@ -390,16 +393,30 @@ fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
     let d = dir.path();
     let sim = support::bin("certfleet-sim");
     let engine = SimHost::new(d.join("root-engine"), &sim).unwrap();
-    let e = build_engine(
-        &engine,
-        &EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine")),
-    )
-    .unwrap();
+    let mut espec = EngineSpec::new(OvirtVersion::V4_5, &fqdn("engine"));
+    // The engine CA predates the hosts (the clock way needs a time when both were valid).
+    espec
+        .lifetimes
+        .insert("ca".into(), Lifetime::days(2000, 3000));
+    let e = build_engine(&engine, &espec).unwrap();
     let h = SimHost::new(d.join("root-kvm01"), &sim).unwrap();
     let mut spec = NodeSpec::new(&fqdn("kvm01"));
     spec.vdsm = Some(Lifetime::days(1800, -30));
     build_node(&h, &spec, &e).unwrap();
     setup::make_he_host(&h, &e).unwrap();
+    // kvm02, a second hosted-engine host, for the clock way.
+    let h2 = SimHost::new(d.join("root-kvm02"), &sim).unwrap();
+    build_node(
+        &h2,
+        &NodeSpec {
+            vdsm: Some(Lifetime::days(1800, -30)),
+            ..NodeSpec::new(&fqdn("kvm02"))
+        },
+        &e,
+    )
+    .unwrap();
+    setup::make_he_host(&h2, &e).unwrap();
+    clock::install(&h2).unwrap();
     let cfg = d.join("agent.toml");
     std::fs::write(
         &cfg,
@@ -417,8 +434,16 @@ fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
     };
     c.enroll("engine");
     c.enroll("kvm01");
+    c.enroll("kvm02");
     let mut engine_agent = run("engine", &engine.root);
     let mut host_agent = run("kvm01", &h.root);
+    // kvm02's agent dies right after it set the host clock back (clock way, below).
+    let mut kvm02_agent = c.run_agent_env(
+        &c.dir.join("agent-kvm02"),
+        Some(&cfg),
+        &["--root", &s(&h2.root)],
+        &[("CERTFLEET_TEST_CRASH_AT", "recover.hosted_engine:clock-set")],
+    );
     // Before the outage the engine's agent reported the engine PKI (which is how the recipe
     // finds who signs for kvm01 while that agent is down).
     wait_for(
@@ -582,5 +607,48 @@ fn recover_hosted_engine_through_the_controller_waits_for_the_engine_agent() {
     ] {
         assert!(audit.contains(want), "audit lacks {want}: {audit}");
     }
+
+    // The clock way through the controller, killed at its worst moment: kvm02's agent dies
+    // right after it set the clock back (chronyd stopped). Started again as a supervisor
+    // would, it restores the clock before anything else; the controller sends the step again,
+    // the clock goes back inside the certificate's validity once more, the VM comes up, the
+    // clock is restored, and the engine signs. At the end the clock is right and chronyd runs.
+    setup::set_he_vm(&h2, "down").unwrap();
+    assert_eq!(systemctl(&h2, &["restart", "libvirtd"]), 1);
+    let old_na = not_after(&h2.path(VDSM_CERT));
+    let child = cli(&["--agent", "kvm02", "--way", "clock", "--engine-wait", "60s"])
+        .spawn()
+        .unwrap();
+    wait_for(
+        "kvm02's agent killed with the clock set back",
+        Duration::from_secs(60),
+        || kvm02_agent.child.try_wait().unwrap().map(|_| ()),
+    );
+    assert!(
+        clock::offset(&h2) < -86_400 * 20,
+        "clock not set back before the kill: {:?}",
+        clock::history(&h2)
+    );
+    assert_ne!(state(&h2, "chronyd"), "active");
+    kvm02_agent = run("kvm02", &h2.root);
+    let o = child.wait_with_output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        kvm02_agent.log_text().contains("undoing the clock change"),
+        "{}",
+        kvm02_agent.log_text()
+    );
+    clock_restored(&h2, &c.dir.join("agent-kvm02"));
+    assert_eq!(state(&h2, "libvirtd"), "active");
+    assert_eq!(state(&h2, "vdsmd"), "active");
+    let na = not_after(&h2.path(VDSM_CERT));
+    assert!(
+        na > now() + 365 * 86_400 && na > old_na,
+        "kvm02's VDSM certificate not renewed"
+    );
+    // Restarted with the real clock, libvirtd takes the new certificate.
+    assert_eq!(systemctl(&h2, &["restart", "libvirtd"]), 0);
+    drop(kvm02_agent);
     eprintln!("done at {:.1}s", t0.elapsed().as_secs_f64());
 }
