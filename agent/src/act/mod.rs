@@ -185,7 +185,7 @@ pub fn execute(
     };
     ctx.crash_point("after-intent");
     tracing::info!(step = %req.step_id, action = %req.action, "running step");
-    let outcome = dispatch(&req.action, &ctx, &args);
+    let outcome = guarded(&req.action, || dispatch(&req.action, &ctx, &args));
     let res = result(req, outcome);
     ctx.crash_point("before-result");
     if let Err(e) = journal::record(state, &res) {
@@ -193,6 +193,24 @@ pub fn execute(
     }
     ctx.crash_point("after-result");
     res
+}
+
+/// Runs an action, turning a panic (a bug in certfleet-agent, never expected) into a failed
+/// step that says so, instead of a step that never answers and an agent thread gone.
+fn guarded(action: &str, run: impl FnOnce() -> Result<Value, ActError>) -> Result<Value, ActError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(action, panic = %what, "action panicked");
+        Err(ActError(format!(
+            "internal error in certfleet-agent while running {action}: {what}. This is a bug \
+             (please report it with the agent's log); the host may be half-changed: check it \
+             and the step's backup before retrying"
+        )))
+    })
 }
 
 /// Routes an action to its module: platform actions are named `<platform>.<verb>`; everything
@@ -231,5 +249,28 @@ fn result(req: &pb::StepRequest, outcome: Result<Value, ActError>) -> pb::StepRe
             details_json: String::new(),
             from_journal: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_action_fails_its_step_with_a_message_instead_of_never_answering() {
+        let r = guarded("test.action", || -> Result<Value, ActError> {
+            let empty: Vec<u32> = std::hint::black_box(Vec::new());
+            Ok(Value::from(empty[0]))
+        });
+        let e = r.unwrap_err().0;
+        assert!(
+            e.starts_with("internal error in certfleet-agent while running test.action:")
+                && e.contains("index out of bounds"),
+            "{e}"
+        );
+        assert_eq!(
+            guarded("test.action", || Ok(Value::Null)).unwrap(),
+            Value::Null
+        );
     }
 }
