@@ -635,6 +635,7 @@ fn retrust_pins(ctx: &ActContext<'_>) -> Result<Value, ActError> {
         if let Some(p) = &ls {
             ls_trust_apply(ctx, &ldap, p, &machine, undo)?;
         }
+        ctx.crash_point("after-lookup-service");
         if let Some(db) = &vcdb {
             for p in &ext {
                 undo.push(Undo::VpxExt {
@@ -1154,6 +1155,20 @@ struct LsPlan {
     backup: PathBuf,
 }
 
+/// Whether the certificate `der` was issued to `name`: its CN or one of its DNS names.
+fn issued_to(der: &[u8], name: &str) -> bool {
+    let Ok(rec) = certfleet_common::x509::parse_der(der) else {
+        return false;
+    };
+    rec.subject
+        .split(", ")
+        .any(|part| part.eq_ignore_ascii_case(&format!("CN={name}")))
+        || rec
+            .sans
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case(name) || x.eq_ignore_ascii_case(&format!("DNS:{name}")))
+}
+
 /// Host part of a registration URI (`https://vc.lab:443/sdk` → `vc.lab`).
 fn uri_host(uri: &str) -> Option<&str> {
     let rest = uri.split_once("://")?.1;
@@ -1166,7 +1181,10 @@ fn uri_host(uri: &str) -> Option<&str> {
 /// and the LDIF putting each old value back. A registration is changed when it trusts `old` (as
 /// `ls_update_certs.py` matches them: also those registered by IP address) or when its URI is
 /// at the PNID and it trusts anything but `new` (vCert's `vmwLKUPURI=https://<pnid>…` filter:
-/// a trust anchor an earlier replacement missed). `None` when there is nothing to change.
+/// a trust anchor an earlier replacement missed). With no `old` (`vsphere.retrust_pins`: another
+/// renewer replaced the certificate and nothing kept the one before), a registration trusting
+/// a certificate issued to the PNID (its CN or a DNS name) counts as trusting an old one, so
+/// registrations by IP address are found too. `None` when there is nothing to change.
 fn ls_trust_plan(
     ctx: &ActContext<'_>,
     ldap: &Ldap,
@@ -1207,11 +1225,12 @@ fn ls_trust_plan(
             // changed (they trust the new certificate now; they trusted the old one before):
             // nothing to change, but undone on failure like the others.
             let done = resumed && der == new;
-            if !done && (der == new || (der != old && !at_pnid)) {
+            let was_ours = der == old || (old.is_empty() && issued_to(&der, pnid));
+            if !done && (der == new || (!was_ours && !at_pnid)) {
                 continue;
             }
             let der = if done { old.to_vec() } else { der };
-            if der != old {
+            if !done && !was_ours {
                 stale += 1;
             }
             let line = |d: &[u8]| {

@@ -523,7 +523,9 @@ fn ovirt_hosts_recipe_agents_killed_between_intent_and_result() {
 /// one does, so it is left out to keep the test short): one VMCA issuance per plan (the
 /// simulated VMCA's record), VECS, the endpoint, every Lookup Service registration and VCDB's
 /// vpx_ext row end on the new certificate; the step's backup keeps the certificate from before
-/// the plan; the services run as before.
+/// the plan; the services run as before. Then `vsphere.retrust_pins` (after Machine SSL was
+/// replaced behind certfleet's back) killed after its intent, its backup and its Lookup
+/// Service change: everything ends trusting VECS's certificate, nothing is issued.
 #[test]
 fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
     use certfleet_integration_tests::sim::vcsa::{self, VcsaSpec, VcsaVersion};
@@ -644,6 +646,92 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
         );
         let bkp = st.store("BACKUP_STORE").expect("BACKUP_STORE created");
         assert!(bkp.entries.is_empty(), "{point}: {:?}", bkp.entries);
+        journals_have_no_duplicates(std::slice::from_ref(&state), point);
+    }
+    {
+        // `vsphere.retrust_pins` after another renewer replaced Machine SSL in VECS: its agent
+        // dies after the intent, after the backup, and between the Lookup Service and the
+        // `vpx_ext` change, each resumed attempt at the next. The end: every registration and
+        // the vsan-health row trust VECS's certificate, the certificate is unchanged, and the
+        // step's backup holds the row from before the plan (the first attempt's).
+        let point = "vsphere.retrust_pins";
+        let before = getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+        v.renew_machine_ssl_without_restart(Lifetime::days(720, 10))
+            .unwrap();
+        let now_in_vecs = getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
+        let issued = v.state().unwrap().vmca_issued.len();
+        let start = |_: usize, at: Option<&str>| match at {
+            Some(p) => c.run_agent_env(
+                &state,
+                Some(&cfg),
+                &["--root", &root],
+                &[("CERTFLEET_TEST_CRASH_AT", p)],
+            ),
+            None => c.run_agent(&state, Some(&cfg), &["--root", &root]),
+        };
+        let points: Vec<(&str, usize)> = [
+            "vsphere.retrust_pins:after-intent",
+            "vsphere.retrust_pins:after-backup",
+            "vsphere.retrust_pins:after-lookup-service",
+        ]
+        .iter()
+        .map(|p| (*p, 0))
+        .collect();
+        let id = run_killed_chain(&mut agents, &points, &start, || {
+            c.wait_connected(1);
+            // The agent reports the stale pins after its rescan.
+            let plan = wait_for("plan create", Duration::from_secs(60), || {
+                let out = c.cli_as(
+                    &c.admin(),
+                    &[
+                        "plan",
+                        "create",
+                        "pins-retrust",
+                        "--agent",
+                        "vc1",
+                        "--run",
+                        "-o",
+                        "json",
+                    ],
+                );
+                match serde_json::from_slice::<Value>(&out.stdout) {
+                    Ok(p) if out.status.success() => Some(p),
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(300));
+                        None
+                    }
+                }
+            });
+            plan["id"].as_str().unwrap().to_owned()
+        });
+        let done = wait_plan(&c, &id, &["succeeded", "failed"], 180);
+        assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
+        let st = v.state().unwrap();
+        assert_eq!(
+            st.vmca_issued.len(),
+            issued,
+            "{point}: a certificate was issued"
+        );
+        assert_eq!(
+            getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT"),
+            now_in_vecs,
+            "{point}: the certificate changed"
+        );
+        for (uri, fp) in ls_trust(&v) {
+            assert_eq!(fp, fingerprint(&now_in_vecs), "{point}: {uri}");
+        }
+        let rows = vcsa::vcdb::vpx_ext(&st).unwrap();
+        let vsan = rows
+            .iter()
+            .find(|(id, _)| id == "com.vmware.vsan.health")
+            .expect("vsan health registered");
+        assert_eq!(vsan.1, vcsa::thumbprint(&now_in_vecs).unwrap(), "{point}");
+        let step = step_id(&done, "vsphere.retrust_pins", "vc1");
+        let saved = String::from_utf8(backed_up(&state, step, ".txt")).unwrap();
+        assert!(
+            saved.contains(&vcsa::thumbprint(&before).unwrap()),
+            "{point}: the backup lost the row from before the plan: {saved}"
+        );
         journals_have_no_duplicates(std::slice::from_ref(&state), point);
     }
     drop(agents);
