@@ -242,6 +242,63 @@ enum RecoverCmd {
         #[command(flatten)]
         local: LocalArgs,
     },
+    /// vCenter (VCSA) whose STS, Machine SSL or solution-user certificates expired, recovered
+    /// on this node with no controller: scans locally, prints the plan (STS, Machine SSL,
+    /// solution users, in the GSS order), runs only what is due (replication gate, then each
+    /// replacement with its restart, as the controller's recipes do), rescans and verifies.
+    /// Refuses before any change (exit 3) on several STS tenant credentials, an expired custom
+    /// root the certificates chain to, or a due VMCA root. A run killed half-way is resumed
+    /// by running the command again. Audited in recover-audit.jsonl; prints the wall time.
+    /// On a multi-node SSO domain the STS replacement is domain-wide: restart every other
+    /// vCenter afterwards (the command says so).
+    #[command(
+        after_help = "Example:\n  certfleet-agent recover vsphere --config /etc/certfleet/agent.toml --dry-run\n  \
+                      certfleet-agent recover vsphere --config /etc/certfleet/agent.toml --within 7d"
+    )]
+    Vsphere {
+        /// Certificates expiring within this long count as expired (e.g. 7d, 30d).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        within: std::time::Duration,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Go on although vmdir holds more than one STS TenantCredential (the STS step deletes
+        /// them all and writes one; check first which one vCenter signs with, e.g. checksts.py).
+        #[arg(long)]
+        allow_several_tenant_credentials: bool,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+    /// GKE on VMware admin workstation: user-cluster kubeconfigs whose client certificate
+    /// expired, fetched anew from the admin cluster (kubectl get secret admin -n CLUSTER) and
+    /// installed with a backup, owner and mode kept, checked with kubectl; no controller.
+    /// Refuses (exit 3) when the admin kubeconfig itself expired, naming it. Audited in
+    /// recover-audit.jsonl; prints the wall time.
+    #[command(
+        after_help = "Example:\n  certfleet-agent recover gke-kubeconfig --dry-run\n  \
+                      certfleet-agent recover gke-kubeconfig --cluster user-cluster-1"
+    )]
+    GkeKubeconfig {
+        /// Only the kubeconfigs of this user cluster (repeatable; default: every one expired).
+        #[arg(long = "cluster")]
+        clusters: Vec<String>,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+}
+
+/// Exit code of a local recovery's error: 3 refused (nothing changed), 2 usage, 1 otherwise.
+fn recover_exit(what: &str, e: &certfleet_agent::recover::RecoverError) -> ExitCode {
+    use certfleet_agent::recover::RecoverError as E;
+    eprintln!("certfleet-agent: {what}: {e}");
+    ExitCode::from(match e {
+        E::Refused(_) => 3,
+        E::Usage(_) => 2,
+        _ => 1,
+    })
 }
 
 /// `recover ovirt-hosted-engine --way`.
@@ -542,6 +599,67 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Recover {
+            what:
+                RecoverCmd::Vsphere {
+                    within,
+                    dry_run,
+                    allow_several_tenant_credentials,
+                    local,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let (cfg, state) = local_setup(&local)?;
+            let l = certfleet_agent::recover::Local {
+                cfg: &cfg,
+                state: &state,
+                timeout: local.timeout,
+                out: &print_line,
+            };
+            let result = l.vsphere(&certfleet_agent::recover::vsphere::VsphereOptions {
+                within,
+                dry_run,
+                allow_several_tenant_credentials,
+            });
+            let wall = started.elapsed().as_secs_f64();
+            let code = match result {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => recover_exit("recover vsphere", &e),
+            };
+            println!("wall time {wall:.1}s");
+            Ok(code)
+        }
+        Command::Recover {
+            what:
+                RecoverCmd::GkeKubeconfig {
+                    clusters,
+                    dry_run,
+                    local,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let (cfg, state) = local_setup(&local)?;
+            let l = certfleet_agent::recover::Local {
+                cfg: &cfg,
+                state: &state,
+                timeout: local.timeout,
+                out: &print_line,
+            };
+            let result = l.gke_kubeconfig(&clusters, dry_run);
+            let wall = started.elapsed().as_secs_f64();
+            let code = match result {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => recover_exit("recover gke-kubeconfig", &e),
+            };
+            println!("wall time {wall:.1}s");
+            Ok(code)
         }
         Command::Sign {
             csr,

@@ -145,7 +145,7 @@ fn expired_roles(c: &Controller, agent: &str) -> Vec<String> {
 
 /// The VMCA root reaches its end: the same key and subject, re-issued with a validity that
 /// ended a day ago (what a 10-year-old root looks like), written where VMCA keeps it.
-fn expire_vmca_root(v: &Vcsa) {
+pub(crate) fn expire_vmca_root(v: &Vcsa) {
     let root = v.host.path(vcsa::VMCA_ROOT);
     let pem = std::fs::read_to_string(&root).unwrap();
     let key = std::fs::read_to_string(v.host.path(vcsa::VMCA_KEY)).unwrap();
