@@ -247,8 +247,11 @@ enum RecoverCmd {
     /// solution users, in the GSS order), runs only what is due (replication gate, then each
     /// replacement with its restart, as the controller's recipes do), rescans and verifies.
     /// Refuses before any change (exit 3) on several STS tenant credentials, an expired custom
-    /// root the certificates chain to, or a due VMCA root. A run killed half-way is resumed
-    /// by running the command again. Audited in recover-audit.jsonl; prints the wall time.
+    /// root the certificates chain to, or a due VMCA root. A run killed half-way, or stopped
+    /// by a failed step (rolled back), is finished by running the command again; finished
+    /// steps are not repeated. Each step's tools get at least the controller recipe's time
+    /// (10-15 min for replacements and restarts) whatever --timeout says. Audited in
+    /// recover-audit.jsonl; prints the wall time.
     /// On a multi-node SSO domain the STS replacement is domain-wide: restart every other
     /// vCenter afterwards (the command says so).
     #[command(

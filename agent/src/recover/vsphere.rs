@@ -14,12 +14,14 @@
 //!
 //! Step ids come from what each step acts on (the fingerprints of the certificates it
 //! replaces), never from the clock. Before the first step the plan is written to
-//! `recover-vsphere-plan.json` in the state directory and removed once the run ends (done or
-//! failed with its rollback): a run that was killed leaves it behind, and the repeated command
-//! resumes that plan instead of assessing a host that is now half-recovered (after a kill
-//! during the restart that follows the STS replacement, a fresh scan would no longer show the
-//! STS as due and the interrupted restart would never finish). Finished steps are answered
-//! from the journal; the interrupted one resumes from its intent.
+//! `recover-vsphere-plan.json` in the state directory and removed once every step succeeded:
+//! a run that was killed (or whose step failed and rolled back) leaves it behind, and the
+//! repeated command resumes that plan instead of assessing a host that is now half-recovered
+//! (after a kill during the restart that follows the STS replacement, a fresh scan would no
+//! longer show the STS as due and the interrupted restart would never finish). Finished steps
+//! are answered from the journal; the interrupted one resumes from its intent, a failed one
+//! runs again as the next generation of its id. Removing the file makes the next run assess
+//! afresh.
 //!
 //! Refused before any change (exit 3), as the controller's version refuses: more than one STS
 //! `TenantCredential` in vmdir while the STS is due (seed 001; `--allow-several-tenant-credentials`
@@ -329,6 +331,18 @@ pub fn plan(a: &Assessment) -> Vec<PlannedStep> {
     steps
 }
 
+/// How long the controller's recipes give each step (controller/src/plan/recipes/vsphere.rs);
+/// a local run gives each tool at least that long, so a real VCSA's minutes-long
+/// `service-control --start --all` is not cut short by `--timeout`'s 5-minute default.
+fn recipe_timeout(action: &str) -> Duration {
+    Duration::from_secs(match action {
+        "vsphere.replication_gate" => 60,
+        "vsphere.clean_backup_store" => 300,
+        "vsphere.sts" | "vsphere.restart_services" => 600,
+        _ => 900,
+    })
+}
+
 /// A run under way, as written before its first step.
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedPlan {
@@ -419,7 +433,7 @@ impl Local<'_> {
             Some(s) => {
                 (self.out)(format!(
                     "resuming the recovery begun at {} (plan in {}; finished steps are answered \
-                     from the journal, the interrupted one resumes):",
+                     from the journal, an interrupted or failed one runs again):",
                     s.started_at,
                     plan_path.display()
                 ));
@@ -549,14 +563,19 @@ impl Local<'_> {
         }
         if o.dry_run {
             return Ok(format!(
-                "dry run: an interrupted run is pending ({}); run without --dry-run to finish it",
+                "dry run: an unfinished run is pending ({}); run without --dry-run to finish it, \
+                 or remove that file to assess the host afresh",
                 plan_path.display()
             ));
         }
         let mut partners: Vec<String> = Vec::new();
         let mut sts_done = false;
         for s in &steps {
-            match self.step(&s.prefix, &s.action, &s.args, &|_| true) {
+            let local = Local {
+                timeout: self.timeout.max(recipe_timeout(&s.action)),
+                ..*self
+            };
+            match local.step(&s.prefix, &s.action, &s.args, &|_| true) {
                 Ok(done) => {
                     if s.action == "vsphere.replication_gate" {
                         partners = done.details["partners"]
@@ -576,8 +595,15 @@ impl Local<'_> {
                     )?;
                 }
                 Err(e) => {
-                    // The action rolled its own change back; a new run assesses afresh.
-                    let _ = std::fs::remove_file(&plan_path);
+                    // The action rolled its own change back. The plan stays: a repeat retries
+                    // from this step (the journal answers the finished ones), which a fresh
+                    // assessment would not do for a failed restart after the STS replacement
+                    // (the STS is no longer due, the services may be down).
+                    (self.out)(format!(
+                        "run the command again to retry from this step (finished steps are not \
+                         repeated); to assess the host afresh instead, remove {}",
+                        plan_path.display()
+                    ));
                     audit(
                         self.state,
                         "recover vsphere failed",
