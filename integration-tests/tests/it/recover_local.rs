@@ -161,8 +161,23 @@ fn local_recover_vsphere_resumes_after_a_kill_and_gke_kubeconfig_with_no_control
     assert!(state.join("recover-vsphere-plan.json").exists());
     assert_eq!(count(&state, "intents.jsonl", "action", "vsphere.sts"), 1);
 
-    // 3. The same command again resumes the plan: finished steps from the journal, the STS
-    // replaced once, everything verified.
+    // 3. Resumed, but VECS refuses the new Machine SSL entry once: that step fails and rolls
+    // back, the plan stays, and the command says how to go on.
+    v.update(|st| st.deny_create.push("MACHINE_SSL_CERT".into()))
+        .unwrap();
+    let o = recover(&[], None);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("resuming the recovery begun at")
+            && t.contains("(vsphere.sts) already ran")
+            && t.contains("run the command again to retry from this step"),
+        "{t}"
+    );
+    assert!(state.join("recover-vsphere-plan.json").exists());
+
+    // 4. Once more: finished steps from the journal (the STS replaced once, the restart after
+    // it not again), the failed Machine SSL step retried, everything verified.
     let o = recover(&[], None);
     let t = text(&o);
     eprintln!("resumed run:\n{t}");
@@ -170,8 +185,29 @@ fn local_recover_vsphere_resumes_after_a_kill_and_gke_kubeconfig_with_no_control
     assert!(t.contains("resuming the recovery begun at"), "{t}");
     assert!(
         t.contains("(vsphere.replication_gate) already ran")
-            && t.contains("(vsphere.sts) already ran"),
+            && t.contains("(vsphere.sts) already ran")
+            && t.contains("(vsphere.restart_services) already ran"),
         "{t}"
+    );
+    // The Machine SSL step: generation 1 failed, generation 2 succeeded.
+    let journal = std::fs::read_to_string(state.join("journal.jsonl")).unwrap();
+    let ms: Vec<(String, bool)> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["step_id"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("recover-vsphere-machine-ssl-"))
+        })
+        .map(|v| {
+            let id = v["step_id"].as_str().unwrap();
+            (id[id.len() - 2..].to_owned(), v["ok"] == true)
+        })
+        .collect();
+    assert_eq!(
+        ms,
+        [("-1".to_owned(), false), ("-2".to_owned(), true)],
+        "{journal}"
     );
     assert!(t.contains("recovered:") && t.contains("verified:"), "{t}");
     // The simulated node has a replication partner: the STS change is domain-wide.
@@ -212,12 +248,12 @@ fn local_recover_vsphere_resumes_after_a_kill_and_gke_kubeconfig_with_no_control
         assert!(audit.contains(what), "{what} not audited: {audit}");
     }
 
-    // 4. Nothing left to do.
+    // 5. Nothing left to do.
     let o = recover(&[], None);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("nothing to recover"), "{}", text(&o));
 
-    // 5. The VMCA root expires: refused before any change, naming it.
+    // 6. The VMCA root expires: refused before any change, naming it.
     expire_vmca_root(&v);
     let hash = hash_root(&v.host.root);
     let o = recover(&["--within", "800d"], None);
