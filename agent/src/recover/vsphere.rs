@@ -400,9 +400,10 @@ impl Local<'_> {
     /// summary; [`RecoverError::Refused`] when a blocker stops it before any change.
     ///
     /// Idempotent: the step ids derive from the fingerprints being replaced and the plan is
-    /// kept in the state directory until the run ends, so a repeat after a kill resumes the
-    /// same steps (finished ones answered from the journal, the interrupted one resumed from
-    /// its intent), and a repeat after success finds nothing due.
+    /// kept in the state directory until every step succeeded, so a repeat after a kill or a
+    /// failed step resumes the same steps (finished ones answered from the journal, the
+    /// interrupted one resumed from its intent, the failed one run again), and a repeat after
+    /// success finds nothing due.
     pub fn vsphere(&self, o: &VsphereOptions) -> Result<String, RecoverError> {
         let plan_path = self.state.path().join(PLAN_FILE);
         let saved =
@@ -411,8 +412,8 @@ impl Local<'_> {
                     RecoverError::Input {
                         path: plan_path.clone(),
                         reason: format!(
-                            "unreadable plan of an interrupted run: {e} (look at it; remove it to \
-                         start a new assessment)"
+                            "unreadable plan of an unfinished run: {e} (look at it; remove it \
+                             to start a new assessment)"
                         ),
                     }
                 })?),
