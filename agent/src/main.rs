@@ -839,3 +839,39 @@ impl certfleet_agent::config::HostFacts for SystemFacts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The controller-less vSphere and GKE recoveries: an example after the help, help on
+    /// every flag (the controller's CLI test checks its own tree the same way).
+    #[test]
+    fn local_recoveries_document_every_flag_and_give_an_example() {
+        let cli = Cli::command();
+        let recover = cli.find_subcommand("recover").unwrap();
+        for name in ["vsphere", "gke-kubeconfig"] {
+            let c = recover
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("no recover {name}"));
+            let after = c
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.starts_with("Example:\n  certfleet-agent recover ") && after.contains(name),
+                "recover {name}: {after:?}"
+            );
+            for a in c.get_arguments() {
+                if matches!(a.get_id().as_str(), "help" | "log_format") {
+                    continue;
+                }
+                assert!(
+                    a.get_help().is_some() || a.get_long_help().is_some(),
+                    "recover {name} --{}: no help",
+                    a.get_id()
+                );
+            }
+        }
+    }
+}
