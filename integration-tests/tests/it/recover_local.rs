@@ -8,11 +8,14 @@
 //! vSphere, in order: the dry run prints the plan in the GSS order and changes nothing; the run
 //! is SIGKILLed right after the intent of the restart that follows the STS replacement; the
 //! repeated command resumes that plan (the gate and the STS step answered from the journal, the
-//! STS replaced once), finishes, and login and TLS work again, a local scan shows nothing
-//! expired, the audit has the run; a third run has nothing to do; then the VMCA root expires
-//! and the command refuses (exit 3) naming it, changing nothing. GKE: the workstation whose
-//! admin kubeconfig expired is refused (exit 3) naming it; the other gets its kubeconfig anew
-//! (backup, owner and mode kept, kubectl works), and a repeat has nothing to fetch.
+//! restart resumed) but VECS refuses the new Machine SSL entry once, so that step fails, rolls
+//! back and keeps the plan; the next repeat retries it (generation 2) without repeating the
+//! finished steps (the STS replaced once), finishes, and login and TLS work again, a local scan
+//! shows nothing expired, the audit has the run; a further run has nothing to do; then the VMCA
+//! root expires and the command refuses (exit 3) naming it, changing nothing. GKE: the workstation whose
+//! admin kubeconfig expired is refused (exit 3) naming it; on the other, a run killed during
+//! the install is finished by the repeat without fetching again (backup, owner and mode kept,
+//! kubectl works), and a further repeat has nothing to fetch.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
@@ -313,9 +316,24 @@ fn local_recover_vsphere_resumes_after_a_kill_and_gke_kubeconfig_with_no_control
     );
     assert_eq!(std::fs::read(&kc1).unwrap(), old1, "the dry run changed it");
     assert!(!kubectl_version(&w.host, &kc1).status.success());
+    // Killed once the install's intent is down; the repeat installs the kubeconfig already
+    // fetched (not fetched twice).
+    let o = agent(
+        &["recover", "gke-kubeconfig"],
+        &w.config,
+        &ws_state,
+        Some("kubeconfig.install:after-intent"),
+    );
+    assert_eq!(o.status.signal(), Some(9), "not killed: {}", text(&o));
     let o = agent(&["recover", "gke-kubeconfig"], &w.config, &ws_state, None);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("(gke.fetch_kubeconfig) already ran"), "{t}");
+    assert_eq!(
+        count(&ws_state, "intents.jsonl", "action", "gke.fetch_kubeconfig"),
+        1,
+        "fetched twice"
+    );
     assert!(
         t.contains("recovered: 1 kubeconfig(s)") && t.contains("wall time"),
         "{t}"
