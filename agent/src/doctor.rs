@@ -428,6 +428,23 @@ const RECIPES: &[RecipeNeeds] = &[
         needs: &[SSO_PASSWORD, VMCA_ROOT],
     },
     RecipeNeeds {
+        recipe: "vsphere-vmca-root",
+        platform: "vsphere",
+        part: "new VMCA root (certool --genselfcacert, --rootca) published to TRUSTED_ROOTS; STS, Machine SSL and solution users must follow",
+        tools: &["vdcrepadmin", "vmafd-cli", "certool", "vecs-cli", "openssl"],
+        optional: &[],
+        needs: &[
+            SSO_PASSWORD,
+            VMCA_ROOT,
+            Need::File {
+                setting: None,
+                default: Some("/var/lib/vmware/vmca/privatekey.pem"),
+                what: "VMCA's private key (backed up before the new root replaces it)",
+                secret: Secret::No,
+            },
+        ],
+    },
+    RecipeNeeds {
         recipe: "pins-retrust",
         platform: "vsphere",
         part: "Lookup Service trust and vpx_ext thumbprints made to match VECS, no certificate changed",

@@ -242,6 +242,66 @@ enum RecoverCmd {
         #[command(flatten)]
         local: LocalArgs,
     },
+    /// vCenter (VCSA) whose STS, Machine SSL or solution-user certificates expired, recovered
+    /// on this node with no controller: scans locally, prints the plan (STS, Machine SSL,
+    /// solution users, in the GSS order), runs only what is due (replication gate, then each
+    /// replacement with its restart, as the controller's recipes do), rescans and verifies.
+    /// Refuses before any change (exit 3) on several STS tenant credentials, an expired custom
+    /// root the certificates chain to, or a due VMCA root. A run killed half-way, or stopped
+    /// by a failed step (rolled back), is finished by running the command again; finished
+    /// steps are not repeated. Each step's tools get at least the controller recipe's time
+    /// (10-15 min for replacements and restarts) whatever --timeout says. Audited in
+    /// recover-audit.jsonl; prints the wall time.
+    /// On a multi-node SSO domain the STS replacement is domain-wide: restart every other
+    /// vCenter afterwards (the command says so).
+    #[command(
+        after_help = "Example:\n  certfleet-agent recover vsphere --config /etc/certfleet/agent.toml --dry-run\n  \
+                      certfleet-agent recover vsphere --config /etc/certfleet/agent.toml --within 7d"
+    )]
+    Vsphere {
+        /// Certificates expiring within this long count as expired (e.g. 7d, 30d).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        within: std::time::Duration,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Go on although vmdir holds more than one STS TenantCredential (the STS step deletes
+        /// them all and writes one; check first which one vCenter signs with, e.g. checksts.py).
+        #[arg(long)]
+        allow_several_tenant_credentials: bool,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+    /// GKE on VMware admin workstation: user-cluster kubeconfigs whose client certificate
+    /// expired, fetched anew from the admin cluster (kubectl get secret admin -n CLUSTER) and
+    /// installed with a backup, owner and mode kept, checked with kubectl; no controller.
+    /// Refuses (exit 3) when the admin kubeconfig itself expired, naming it. Audited in
+    /// recover-audit.jsonl; prints the wall time.
+    #[command(
+        after_help = "Example:\n  certfleet-agent recover gke-kubeconfig --dry-run\n  \
+                      certfleet-agent recover gke-kubeconfig --cluster user-cluster-1"
+    )]
+    GkeKubeconfig {
+        /// Only the kubeconfigs of this user cluster (repeatable; default: every one expired).
+        #[arg(long = "cluster")]
+        clusters: Vec<String>,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+}
+
+/// Exit code of a local recovery's error: 3 refused (nothing changed), 2 usage, 1 otherwise.
+fn recover_exit(what: &str, e: &certfleet_agent::recover::RecoverError) -> ExitCode {
+    use certfleet_agent::recover::RecoverError as E;
+    eprintln!("certfleet-agent: {what}: {e}");
+    ExitCode::from(match e {
+        E::Refused(_) => 3,
+        E::Usage(_) => 2,
+        _ => 1,
+    })
 }
 
 /// `recover ovirt-hosted-engine --way`.
@@ -543,6 +603,67 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Recover {
+            what:
+                RecoverCmd::Vsphere {
+                    within,
+                    dry_run,
+                    allow_several_tenant_credentials,
+                    local,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let (cfg, state) = local_setup(&local)?;
+            let l = certfleet_agent::recover::Local {
+                cfg: &cfg,
+                state: &state,
+                timeout: local.timeout,
+                out: &print_line,
+            };
+            let result = l.vsphere(&certfleet_agent::recover::vsphere::VsphereOptions {
+                within,
+                dry_run,
+                allow_several_tenant_credentials,
+            });
+            let wall = started.elapsed().as_secs_f64();
+            let code = match result {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => recover_exit("recover vsphere", &e),
+            };
+            println!("wall time {wall:.1}s");
+            Ok(code)
+        }
+        Command::Recover {
+            what:
+                RecoverCmd::GkeKubeconfig {
+                    clusters,
+                    dry_run,
+                    local,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let (cfg, state) = local_setup(&local)?;
+            let l = certfleet_agent::recover::Local {
+                cfg: &cfg,
+                state: &state,
+                timeout: local.timeout,
+                out: &print_line,
+            };
+            let result = l.gke_kubeconfig(&clusters, dry_run);
+            let wall = started.elapsed().as_secs_f64();
+            let code = match result {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => recover_exit("recover gke-kubeconfig", &e),
+            };
+            println!("wall time {wall:.1}s");
+            Ok(code)
+        }
         Command::Sign {
             csr,
             out,
@@ -715,6 +836,42 @@ impl certfleet_agent::config::HostFacts for SystemFacts {
                 systemctl.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The controller-less vSphere and GKE recoveries: an example after the help, help on
+    /// every flag (the controller's CLI test checks its own tree the same way).
+    #[test]
+    fn local_recoveries_document_every_flag_and_give_an_example() {
+        let cli = Cli::command();
+        let recover = cli.find_subcommand("recover").unwrap();
+        for name in ["vsphere", "gke-kubeconfig"] {
+            let c = recover
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("no recover {name}"));
+            let after = c
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.starts_with("Example:\n  certfleet-agent recover ") && after.contains(name),
+                "recover {name}: {after:?}"
+            );
+            for a in c.get_arguments() {
+                if matches!(a.get_id().as_str(), "help" | "log_format") {
+                    continue;
+                }
+                assert!(
+                    a.get_help().is_some() || a.get_long_help().is_some(),
+                    "recover {name} --{}: no help",
+                    a.get_id()
+                );
+            }
         }
     }
 }

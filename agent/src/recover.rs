@@ -28,7 +28,9 @@
 //! certificate must match `vdsmkey.pem`, be valid now and chain to the host's
 //! `certs/cacert.pem` (real `openssl verify`), so a wrong file changes nothing.
 
+pub mod gke;
 pub mod hosted_engine;
+pub mod vsphere;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -82,6 +84,44 @@ pub enum RecoverError {
     /// Writing an output file failed.
     #[error(transparent)]
     Write(#[from] certfleet_common::atomic::WriteError),
+    /// The recovery must not start (a blocker named in the message); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The command line names something this host does not have.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The audit log of local recoveries in the agent's state directory.
+pub const AUDIT: &str = "recover-audit.jsonl";
+
+/// Appends one line (time, what, detail) to [`AUDIT`], synced. An unwritable log stops a
+/// recovery before it changes anything: the first line is written before the first change.
+pub(crate) fn audit(
+    state: &StateDir,
+    what: &str,
+    detail: serde_json::Value,
+) -> Result<(), RecoverError> {
+    use std::io::Write;
+    let p = state.path().join(AUDIT);
+    let line = json!({
+        "at": certfleet_common::model::format_time(certfleet_common::model::now()),
+        "what": what,
+        "detail": detail,
+    });
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .and_then(|mut f| {
+            writeln!(f, "{line}")?;
+            f.sync_data()
+        })
+        .map_err(|e| RecoverError::Input {
+            path: p.clone(),
+            reason: format!("cannot append to the recovery audit log: {e}"),
+        })?;
+    Ok(())
 }
 
 impl From<ActError> for RecoverError {

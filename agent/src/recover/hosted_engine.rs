@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Local, RecoverError, VDSM_CA, VDSM_CERT};
+use super::{Local, RecoverError, VDSM_CA, VDSM_CERT, audit};
 use crate::config::AgentConfig;
 use crate::state::StateDir;
 
@@ -85,8 +85,6 @@ const DROPIN_TEXT: &str = "# Written by `certfleet-agent recover ovirt-hosted-en
 [Service]\nExecStart=\nExecStart=/usr/sbin/libvirtd\n";
 /// The clock journal in the agent's state directory.
 const CLOCK_JOURNAL: &str = "recover-clock.json";
-/// The audit log in the agent's state directory.
-const AUDIT: &str = "recover-audit.jsonl";
 
 /// How the VM is brought up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,31 +136,6 @@ fn systemd_time(secs: i64) -> String {
     certfleet_common::model::format_time(secs)
         .replacen('T', " ", 1)
         .replace('Z', " UTC")
-}
-
-/// Appends one line to the audit log. An unwritable log stops the recovery before it changes
-/// anything: the first line is written before the first change.
-fn audit(state: &StateDir, what: &str, detail: serde_json::Value) -> Result<(), RecoverError> {
-    use std::io::Write;
-    let p = state.path().join(AUDIT);
-    let line = json!({
-        "at": certfleet_common::model::format_time(certfleet_common::model::now()),
-        "what": what,
-        "detail": detail,
-    });
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p)
-        .and_then(|mut f| {
-            writeln!(f, "{line}")?;
-            f.sync_data()
-        })
-        .map_err(|e| RecoverError::Input {
-            path: p.clone(),
-            reason: format!("cannot append to the recovery audit log: {e}"),
-        })?;
-    Ok(())
 }
 
 /// Tool runner shared by the recovery and the start-up undo.

@@ -24,6 +24,7 @@ mod pins;
 mod recover;
 mod recover_fleet;
 mod recover_gke;
+mod recover_local;
 mod recover_ovirt;
 mod recover_vsphere;
 mod renewers;

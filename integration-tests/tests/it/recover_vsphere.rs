@@ -144,6 +144,32 @@ fn expired_roles(c: &Controller, agent: &str) -> Vec<String> {
         .collect()
 }
 
+/// The VMCA root reaches its end: the same key and subject, re-issued with a validity that
+/// ended a day ago (what a 10-year-old root looks like), written where VMCA keeps it.
+pub(crate) fn expire_vmca_root(v: &Vcsa) {
+    let root = v.host.path(vcsa::VMCA_ROOT);
+    let pem = std::fs::read_to_string(&root).unwrap();
+    let key = std::fs::read_to_string(v.host.path(vcsa::VMCA_KEY)).unwrap();
+    let key = rcgen::KeyPair::from_pem(&key).unwrap();
+    let der = certfleet_common::pem::first_certificate(pem.as_bytes()).unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    for attr in x.subject().iter_attributes() {
+        let oid: Vec<u64> = attr.attr_type().iter().unwrap().collect();
+        p.distinguished_name
+            .push(rcgen::DnType::from_oid(&oid), attr.as_str().unwrap());
+    }
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let t = time::OffsetDateTime::now_utc();
+    p.not_before = t - time::Duration::days(3651);
+    p.not_after = t - time::Duration::days(1);
+    std::fs::write(&root, p.self_signed(&key).unwrap().pem()).unwrap();
+}
+
 #[test]
 fn recover_vsphere_brings_a_fully_expired_vcenter_back() {
     let dir = tempfile::tempdir().unwrap();
