@@ -347,9 +347,11 @@ fn served(ctx: &ActContext<'_>, name: &str) -> Result<Vec<u8>, String> {
 /// the noted one, identical to vCenter's `config.certificate`, valid now, does not refresh it
 /// again and goes straight to verification; one whose host has a noted task waits for that
 /// task (still running in vCenter after the agent died) instead of starting a second refresh,
-/// then verifies. Only a kill between vCenter's answer and the note of its task (one journal
-/// append) can lead to a second refresh, which only issues one more certificate; the
-/// verification checks the one served at the end. Disconnect and reconnect happen only
+/// then verifies. The request itself is noted before the call: a re-sent step whose host was
+/// asked for but has no noted task (the agent died between vCenter's answer and the note)
+/// waits, as long as a refresh task may run (`task_timeout_secs`), for the certificate that refresh brings before
+/// asking again, so a second refresh happens only when the first brought nothing in that
+/// time. Disconnect and reconnect happen only
 /// for a host whose certificate is still expired; the CA refresh pushes the same roots again
 /// at most (no effect). Nothing on the VCSA's disk changes.
 fn refresh_hosts(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
@@ -545,8 +547,34 @@ fn run_wave(
             tasks.push((p, moref, noted, Some(t)));
             continue;
         }
+        // The interrupted attempt asked vCenter to refresh this host and died before it noted
+        // the task: the refresh may still be running there. Wait for its certificate (as long
+        // as a refresh task may run) before asking a second time.
+        let requested = format!("requested:{}", p.moref);
+        if ctx.resumed() && ctx.noted(&requested).is_some() {
+            out(format!(
+                "{}: the interrupted attempt asked vCenter to refresh it and stopped before \
+                 noting the task; waiting up to {}s for the new certificate before asking again",
+                p.name,
+                task_timeout.as_secs()
+            ));
+            match renewed_in_vcenter(s, p, &noted, task_timeout, poll) {
+                Ok(()) => {
+                    out(format!(
+                        "{}: vCenter holds a new certificate: the earlier request did it; not \
+                         asking again",
+                        p.name
+                    ));
+                    tasks.push((p, moref, noted, None));
+                    continue;
+                }
+                Err(e) => out(format!("{}: {e}; asking vCenter again", p.name)),
+            }
+        }
+        ctx.note(&requested, json!(certfleet_common::model::now()))?;
         match s.refresh_certificates(std::slice::from_ref(&moref)) {
             Ok(t) => {
+                ctx.crash_point("after-refresh-call");
                 out(format!(
                     "{}: CertMgrRefreshCertificates_Task {} started",
                     p.name, t.value
@@ -652,6 +680,35 @@ fn reconnect(
         h.name, t.value
     ));
     Ok(())
+}
+
+/// Waits until vCenter's `config.certificate` for the host is another than `noted` (a refresh
+/// took effect there; whether the host serves it is [`verify`]'s question).
+fn renewed_in_vcenter(
+    s: &Session,
+    p: &Planned,
+    noted: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let hosts = s.hosts().map_err(|e| e.to_string())?;
+        let h = hosts
+            .iter()
+            .find(|h| h.moref.value == p.moref)
+            .ok_or_else(|| format!("vCenter has no HostSystem {}", p.moref))?;
+        if der_of(h).is_some_and(|d| certfleet_common::pki::sha256_hex(&d) != noted) {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(format!(
+                "config.certificate is still the old certificate after {}s",
+                start.elapsed().as_secs()
+            ));
+        }
+        std::thread::sleep(poll);
+    }
 }
 
 /// Waits until vCenter holds a certificate other than `noted` for the host, the host's

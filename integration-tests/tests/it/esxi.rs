@@ -544,6 +544,17 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
     let plan = create(&["--run"]);
     let id = plan["id"].as_str().unwrap().to_owned();
     crate::crash::wait_killed(&mut agent, point);
+    // Then the worst moment: in the next wave the agent dies between vCenter's answer to a
+    // refresh and the note of its task. The re-sent step must wait for that refresh (still
+    // running in vCenter) instead of asking for a second one.
+    let point2 = "esxi.refresh_hosts:after-refresh-call";
+    agent = c.run_agent_env(
+        &state,
+        Some(&cfg),
+        &[],
+        &[("CERTFLEET_TEST_CRASH_AT", point2)],
+    );
+    crate::crash::wait_killed(&mut agent, point2);
     http_get(&ctl, "/ctl/refresh-delay?ms=0").unwrap();
     let _agent = c.run_agent(&state, Some(&cfg), &[]);
     let done = crate::ovirt_rotation::wait_plan(&c, &id, &["succeeded", "failed"]);
@@ -554,6 +565,12 @@ fn esxi_hosts_recipe_refreshes_in_waves_skips_with_reasons_and_reconnects_the_ex
         canary.contains("DC0_C0_H0: the interrupted attempt started")
             && canary.contains("waiting for it"),
         "{point}: the resumed canary did not wait for the task it had started: {canary}"
+    );
+    let second = steps[1]["output"].to_string();
+    assert!(
+        second.contains("stopped before noting the task")
+            && second.contains("the earlier request did it; not asking again"),
+        "{point2}: the resumed wave did not wait for the refresh it had asked for: {second}"
     );
     // The stale host is the one failure, within max_failures=1, carried to the next waves.
     let failed: Vec<&str> = steps[1]["details"]["failed"]
