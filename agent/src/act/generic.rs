@@ -14,6 +14,7 @@
 //! re-sent after its agent died mid-step ([`super::intent`]) runs again and finds out from the
 //! host what the first attempt did, so nothing is signed, replaced or backed up twice.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -304,9 +305,9 @@ fn targets(ctx: &ActContext<'_>, args: &Value) -> Result<Vec<Target>, ActError> 
 /// the files as they were before the plan). A target is written only if it does not already
 /// hold the new certificate; a resumed step refuses (needs operator) a target that holds
 /// neither the new certificate nor what the backup recorded, since another hand changed it.
-/// After the restart the intent journal notes `restarted`, so a resumed step restarts only if
-/// the first attempt had not (a restart may repeat if the agent died between the restart and
-/// that note). Verification always runs again.
+/// Units are restarted once per step ([`restart_once`]: noted `restarted` after, and each
+/// unit's systemd `InvocationID` noted before, so a step resumed after a crash between the
+/// restart and its note does not restart again). Verification always runs again.
 fn cert_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pem = arg_str(args, "cert_pem")?;
     let der = certfleet_common::pem::first_certificate(pem.as_bytes())
@@ -392,16 +393,7 @@ fn cert_install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             key_matches(ctx, &ctx.cfg.host_path(key), &paths[0])?;
         }
         if !units.is_empty() {
-            if ctx.noted("restarted").is_some() {
-                (ctx.output)(format!(
-                    "{} restarted by the interrupted attempt after the certificate was written",
-                    units.join(", ")
-                ));
-            } else {
-                restart(ctx, &units)?;
-                ctx.note("restarted", json!(units))?;
-                ctx.crash_point("after-restart");
-            }
+            restart_once(ctx, &units)?;
         }
         if let Some(addr) = args.get("verify_endpoint").and_then(Value::as_str) {
             verify_endpoint(ctx, addr, &rec.fingerprint_sha256)?;
@@ -472,6 +464,65 @@ pub fn key_matches(
 }
 
 /// `systemctl restart` each unit, then require `systemctl is-active` to say `active`.
+/// Restarts `units` once per step, also across an agent crash: a step that already noted
+/// `restarted` restarts nothing again; before restarting, each unit's systemd `InvocationID`
+/// (new at every start, systemd.exec(5)) is noted, so a step resumed after a crash between the
+/// restart and its note finds the units started since and does not restart them a second
+/// time. A unit whose id cannot be read (an empty value: not running, or a systemd without
+/// it) is restarted.
+pub fn restart_once(ctx: &ActContext<'_>, units: &[String]) -> Result<(), ActError> {
+    if ctx.noted("restarted").is_some() {
+        (ctx.output)(format!(
+            "{} restarted by the interrupted attempt after the certificate was written",
+            units.join(", ")
+        ));
+        return Ok(());
+    }
+    let ids: BTreeMap<&str, String> = units
+        .iter()
+        .map(|u| (u.as_str(), invocation_id(ctx, u)))
+        .collect();
+    // First writer wins: a resumed attempt compares with the ids from before any restart.
+    ctx.note("invocations-before-restart", json!(ids))?;
+    let before = ctx.noted("invocations-before-restart").unwrap_or_default();
+    let todo: Vec<String> = units
+        .iter()
+        .filter(|u| {
+            let was = before.get(u.as_str()).and_then(Value::as_str).unwrap_or("");
+            let since = ctx.resumed() && !was.is_empty() && ids[u.as_str()] != was;
+            if since {
+                (ctx.output)(format!(
+                    "{u}: started since the interrupted attempt noted it (InvocationID {was} → \
+                     {}): not restarted again",
+                    ids[u.as_str()]
+                ));
+            }
+            !since
+        })
+        .cloned()
+        .collect();
+    restart(ctx, &todo)?;
+    ctx.crash_point("restarted-unnoted");
+    ctx.note("restarted", json!(units))?;
+    ctx.crash_point("after-restart");
+    Ok(())
+}
+
+/// `systemctl show -p InvocationID --value UNIT`; empty when it cannot be read.
+fn invocation_id(ctx: &ActContext<'_>, unit: &str) -> String {
+    let systemctl = ctx.cfg.tool("systemctl", "/usr/bin/systemctl");
+    crate::exec::run(
+        &systemctl,
+        &["show", "-p", "InvocationID", "--value", unit],
+        None,
+        ctx.timeout,
+    )
+    .ok()
+    .filter(|o| o.code == Some(0))
+    .map(|o| o.stdout.trim().to_owned())
+    .unwrap_or_default()
+}
+
 pub fn restart(ctx: &ActContext<'_>, units: &[String]) -> Result<(), ActError> {
     let systemctl = ctx.cfg.tool("systemctl", "/usr/bin/systemctl");
     for u in units {

@@ -1330,16 +1330,7 @@ fn refresh_host_ca(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
             }
         }
         if !units.is_empty() {
-            if ctx.noted("restarted").is_some() {
-                (ctx.output)(format!(
-                    "{} restarted by the interrupted attempt",
-                    units.join(", ")
-                ));
-            } else {
-                super::generic::restart(ctx, &units)?;
-                ctx.note("restarted", json!(units))?;
-                ctx.crash_point("after-restart");
-            }
+            super::generic::restart_once(ctx, &units)?;
         }
         Ok(())
     })();

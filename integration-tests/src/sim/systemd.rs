@@ -475,9 +475,55 @@ fn start_unit(
     }
 }
 
+/// `systemctl show -p InvocationID --value UNIT` (also `--property=InvocationID`): the unit's
+/// invocation id, which systemd.exec(5) says is "randomly generated each time the unit is
+/// started" (here derived from the unit's name and its start count: it changes on every
+/// start); empty while the unit is not active. Only this property is simulated; any other
+/// prints an empty value. [UNV] the value systemd shows for a unit stopped after running (the
+/// simulator prints nothing).
+fn show(st: &State, args: &[String]) -> i32 {
+    let mut props = Vec::new();
+    let mut value_only = false;
+    let mut units = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-p" | "--property" => props.extend(it.next().cloned()),
+            "--value" => value_only = true,
+            x if x.starts_with("--property=") => props.push(x["--property=".len()..].to_owned()),
+            x if x.starts_with('-') => {}
+            x => units.push(x.to_owned()),
+        }
+    }
+    for name in units {
+        let u = st.units.get(&canonical(&name));
+        for p in &props {
+            let v = match (p.as_str(), u) {
+                ("InvocationID", Some(u)) if u.state == "active" => {
+                    let d = ring::digest::digest(
+                        &ring::digest::SHA256,
+                        format!("{name}:{}", u.starts).as_bytes(),
+                    );
+                    hex::encode(&d.as_ref()[..16])
+                }
+                _ => String::new(),
+            };
+            if value_only {
+                println!("{v}");
+            } else {
+                println!("{p}={v}");
+            }
+        }
+    }
+    0
+}
+
 /// `systemctl ARGS`; returns the exit code.
 pub fn run(host: &SimHost, args: &[String]) -> Result<i32> {
     let mut st = load(host)?;
+    if args.first().map(String::as_str) == Some("show") {
+        return Ok(show(&st, &args[1..]));
+    }
     let (verb, units) = match args.iter().find(|a| !a.starts_with('-')) {
         Some(v) => (
             v.as_str(),

@@ -34,6 +34,7 @@ const FILES_POINTS: &[(&str, usize)] = &[
     ("cert.install:after-intent", 1),
     ("cert.install:after-backup", 1),
     ("cert.install:after-replace", 1),
+    ("cert.install:restarted-unnoted", 1),
     ("cert.install:after-restart", 1),
     ("cert.install:before-result", 1),
     ("cert.install:after-result", 1),
@@ -390,6 +391,7 @@ fn ovirt_hosts_recipe_agents_killed_between_intent_and_result() {
         ("ovirt.vmconsole_install:after-intent", 1),
         ("ovirt.vmconsole_install:after-backup", 1),
         ("ovirt.vmconsole_install:after-replace", 1),
+        ("ovirt.vmconsole_install:restarted-unnoted", 1),
         ("ovirt.vmconsole_install:after-restart", 1),
         ("ovirt.vmconsole_install:before-result", 1),
     ];

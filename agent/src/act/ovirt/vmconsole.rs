@@ -390,9 +390,9 @@ pub(super) fn sign(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError
 /// before the first write, and that backup is never overwritten (a resumed step keeps the one
 /// of its first attempt, of the file as it was before the plan). The file is written only if
 /// it does not already hold the new certificate; a resumed step refuses (needs operator) a
-/// file that holds neither the new certificate nor what the backup recorded. After the restart
-/// the intent journal notes `restarted`, so a resumed step restarts only if the first attempt
-/// had not. Verification always runs again.
+/// file that holds neither the new certificate nor what the backup recorded. The unit is
+/// restarted once per step, also across a crash between the restart and its note
+/// ([`crate::act::generic::restart_once`]). Verification always runs again.
 pub(super) fn install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let text = arg_str(args, "cert_text")?;
     let ca_fp = arg_str(args, "ca_fingerprint")?;
@@ -549,16 +549,7 @@ pub(super) fn install(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActEr
             l.valid
         ));
         if !units.is_empty() {
-            if ctx.noted("restarted").is_some() {
-                (ctx.output)(format!(
-                    "{} restarted by the interrupted attempt after the certificate was written",
-                    units.join(", ")
-                ));
-            } else {
-                super::super::generic::restart(ctx, &units)?;
-                ctx.note("restarted", json!(units))?;
-                ctx.crash_point("after-restart");
-            }
+            super::super::generic::restart_once(ctx, &units)?;
         }
         Ok(l.valid)
     })();
