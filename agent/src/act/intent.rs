@@ -91,6 +91,9 @@ pub fn resume_policy(action: &str) -> Resume {
         | "kubeconfig.install"
         | "gke.admin_ca_rotate"
         | "gke.admin_kubeconfig_update" => Resume::Rerun,
+        // Waits for an engine-setup its interrupted attempt started, then judges from the
+        // engine PKI against the step's backup (see its doc comment).
+        "ovirt.engine_setup" => Resume::Rerun,
         "ovirt.power_management"
         | "ovirt.host_maintenance"
         | "ovirt.enroll_certificate"
@@ -107,8 +110,7 @@ pub fn resume_policy(action: &str) -> Resume {
         "ovirt.hosted_engine_start" | "ovirt.hosted_engine_finish" => Resume::Rerun,
         // Notes the served certificate before the refresh and checks it first on a resend.
         "esxi.refresh_hosts" => Resume::Rerun,
-        // Refused, for the reason its doc comment gives: `ovirt.engine_setup`, and every
-        // action not listed.
+        // Every action not listed.
         _ => Resume::Refuse,
     }
 }
@@ -519,7 +521,7 @@ mod tests {
     #[test]
     fn unknown_and_unresumable_platform_mutations_refuse_to_resume() {
         assert_eq!(resume_policy("ca.sign"), Resume::Rerun);
-        assert_eq!(resume_policy("ovirt.engine_setup"), Resume::Refuse);
+        assert_eq!(resume_policy("ovirt.engine_setup"), Resume::Rerun);
         assert_eq!(resume_policy("vsphere.sts"), Resume::Rerun);
         assert_eq!(resume_policy("vsphere.solution_users"), Resume::Rerun);
         assert_eq!(resume_policy("vsphere.machine_ssl"), Resume::Rerun);

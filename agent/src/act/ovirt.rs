@@ -926,6 +926,117 @@ fn cert_rec(path: &Path) -> Result<certfleet_common::model::CertRecord, ActError
         .map_err(|e| ActError(format!("{}: {e}", path.display())))
 }
 
+/// Runs `program` with stdout and stderr into `log` (created 0600, truncated) and stdin
+/// closed, waiting up to the step's timeout (then killed, as [`crate::exec::run`] does). A
+/// run survives the agent's death: it holds no pipe of the agent.
+fn run_detached(
+    ctx: &ActContext<'_>,
+    program: &Path,
+    args: &[&str],
+    log: &Path,
+) -> Result<crate::exec::ToolOutput, ActError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cmd = crate::exec::command_line(program, args);
+    (ctx.output)(format!("$ {cmd}  (output in {})", log.display()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(log)
+        .map_err(|e| ActError(format!("{}: {e}", log.display())))?;
+    let err = file
+        .try_clone()
+        .map_err(|e| ActError(format!("{}: {e}", log.display())))?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| ActError(format!("`{cmd}`: {e}")))?;
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() >= ctx.timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ActError(format!(
+                    "`{cmd}`: no answer after {}s; killed (its output: {})",
+                    ctx.timeout.as_secs(),
+                    log.display()
+                )));
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Err(e) => return Err(ActError(format!("`{cmd}`: {e}"))),
+        }
+    };
+    let text = std::fs::read(log).map_err(|e| ActError(format!("{}: {e}", log.display())))?;
+    Ok(crate::exec::ToolOutput {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&text).into_owned(),
+        stderr: String::new(),
+    })
+}
+
+/// Waits (up to the step's timeout) while a process whose command line holds `arg` lives: an
+/// `engine-setup` an interrupted attempt started (`/proc/<pid>/cmdline`, NUL-separated).
+fn wait_while_running(ctx: &ActContext<'_>, arg: &str) -> Result<(), ActError> {
+    let running = || -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+            })
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let pids = running();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if !said {
+            (ctx.output)(format!(
+                "the interrupted attempt's engine-setup is still running (pid {pids:?}); \
+                 waiting for it to end"
+            ));
+            said = true;
+        }
+        if start.elapsed() >= ctx.timeout {
+            return Err(ActError(format!(
+                "the engine-setup the interrupted attempt started (pid {pids:?}) still runs \
+                 after {}s; not starting a second one: needs operator",
+                start.elapsed().as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Whether a file of backup `m` differs now from what the backup recorded (content, or
+/// existence).
+fn pki_changed_since(m: &backup::Manifest) -> Result<bool, ActError> {
+    for f in &m.files {
+        let now = match std::fs::read(&f.path) {
+            Ok(b) => Some(certfleet_common::pki::sha256_hex(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ActError(format!("{}: {e}", f.path.display()))),
+        };
+        let then = f.existed.then(|| f.sha256.clone());
+        if now != then {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The engine's CA files (`pki-common.sh` `--ca-file`): the engine CA and the QEMU CA.
 const ENGINE_CA_FILES: &[&str] = &["ca.pem", "qemu-ca.pem"];
 
@@ -936,18 +1047,25 @@ fn ca_fingerprint(pki: &Path, rel: &str) -> Option<String> {
 
 /// `ovirt.engine_setup` (see the module table).
 ///
-/// Not resumed after an agent crash (the step is refused, "interrupted, needs operator"):
-/// `engine-setup` runs for minutes and keeps its own transaction (it rolls the PKI back
-/// itself when it fails). An agent that died while it ran cannot tell whether that run is still
-/// going, finished, or rolled back, and a second run while the first one is alive would
-/// corrupt the engine PKI; the operator reads `/var/log/ovirt-engine/setup/` first.
+/// Idempotent by construction (resumed after an agent crash, see [`super::intent`]):
+/// `engine-setup` runs for minutes and keeps its own transaction (it rolls the PKI back itself
+/// when it fails), and the agent's unit kills only the agent (`KillMode=process`), so a run
+/// started by an attempt that died goes on without it. The fingerprints of the engine
+/// certificates and CAs are noted before anything changes, and the start of `engine-setup` is
+/// noted before it runs. A resumed step whose earlier attempt started it first waits while a
+/// process with this step's `--config-append=` answer file lives (`/proc/*/cmdline`), then
+/// judges from the files against the step's backup (taken once, before the first run): an
+/// engine PKI as it was means that run did nothing or rolled back, and `engine-setup` runs
+/// (again); a changed one is checked like a finished run (every certificate valid, chaining,
+/// consistent) and reported against the noted fingerprints, never run a second time. A
+/// changed PKI that fails the checks is a failure naming the backup to restore.
 fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     let pki = engine_pki(ctx);
-    let cas_before: Vec<Option<String>> = ENGINE_CA_FILES
+    let cas_now: Vec<Option<String>> = ENGINE_CA_FILES
         .iter()
         .map(|f| ca_fingerprint(&pki, f))
         .collect();
-    let before: Vec<(String, String)> = ENGINE_ENTITIES
+    let before_now: Vec<(String, String)> = ENGINE_ENTITIES
         .iter()
         .filter_map(|n| {
             cert_rec(&pki.join(format!("certs/{n}.cer")))
@@ -955,6 +1073,16 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
                 .map(|r| (n.to_string(), r.fingerprint_sha256))
         })
         .collect();
+    // First writer wins: a resumed attempt compares with the PKI from before any run.
+    ctx.note(
+        "engine_pki_before",
+        json!({"cas": cas_now, "certs": before_now}),
+    )?;
+    let noted = ctx.noted("engine_pki_before").unwrap_or_default();
+    let cas_before: Vec<Option<String>> =
+        serde_json::from_value(noted["cas"].clone()).unwrap_or(cas_now);
+    let before: Vec<(String, String)> =
+        serde_json::from_value(noted["certs"].clone()).unwrap_or(before_now);
     if before.is_empty() {
         return Err(ActError(format!(
             "no engine certificates under {}",
@@ -968,11 +1096,16 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
     if vmconsole.is_dir() {
         files_under(&vmconsole, &mut files)?;
     }
-    let m = backup::create(ctx.state, ctx.step_id, &files)?;
+    // A resumed step keeps the backup of its first attempt (the PKI before any run), whose
+    // file list engine-setup may have grown since.
+    let m = match backup::find(ctx.state, ctx.step_id).filter(|_| ctx.resumed()) {
+        Some(m) => m,
+        None => backup::create(ctx.state, ctx.step_id, &files)?,
+    };
     (ctx.output)(format!(
         "backup {} holds {} files of {}",
         m.id,
-        files.len(),
+        m.files.len(),
         ctx.cfg.shown(&pki)
     ));
     let mut answers = String::from(
@@ -991,21 +1124,67 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         .map_err(|e| ActError(format!("writing the answer file: {e}")))?;
     let tool = ctx.cfg.tool("engine-setup", "/usr/bin/engine-setup");
     let append = format!("--config-append={}", answer_file.display());
-    let out = crate::exec::run(
-        &tool,
-        &["--offline", "--accept-defaults", &append],
-        None,
-        ctx.timeout,
-    )
-    .map_err(|e| ActError(format!("engine-setup: {e}")))?;
-    for l in out.stdout.lines().chain(out.stderr.lines()) {
-        (ctx.output)(l.to_owned());
+    // engine-setup writes to a file, not to a pipe of the agent: if the agent dies, the run
+    // goes on (a broken pipe would kill it at its next line) and its output stays readable.
+    let setup_log = ctx.state.path().join(format!(
+        "engine-setup-{}.log",
+        ctx.step_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>()
+    ));
+    let mut earlier_run = false;
+    if ctx.resumed() && ctx.noted("engine-setup-started").is_some() {
+        wait_while_running(ctx, &append)?;
+        if let Ok(text) = std::fs::read_to_string(&setup_log) {
+            (ctx.output)("output of the interrupted attempt's engine-setup (last lines):".into());
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines[lines.len().saturating_sub(20)..] {
+                (ctx.output)(format!("  {l}"));
+            }
+        }
+        if pki_changed_since(&m)? {
+            (ctx.output)(format!(
+                "the interrupted attempt's engine-setup changed the engine PKI (backup {}); \
+                 checking what it left instead of running it again",
+                m.id
+            ));
+            earlier_run = true;
+        } else {
+            (ctx.output)(
+                "the interrupted attempt's engine-setup left the engine PKI as it was (it did \
+                 not get to it, or rolled back): running engine-setup"
+                    .into(),
+            );
+        }
     }
-    if out.code != Some(0)
-        || !out
-            .stdout
-            .contains("Execution of setup completed successfully")
-    {
+    let out = if earlier_run {
+        None
+    } else {
+        ctx.note(
+            "engine-setup-started",
+            json!(certfleet_common::model::now()),
+        )?;
+        let out = run_detached(
+            ctx,
+            &tool,
+            &["--offline", "--accept-defaults", &append],
+            &setup_log,
+        )?;
+        ctx.crash_point("after-engine-setup");
+        Some(out)
+    };
+    if let Some(out) = &out {
+        for l in out.stdout.lines().chain(out.stderr.lines()) {
+            (ctx.output)(l.to_owned());
+        }
+    }
+    if let Some(out) = out.filter(|out| {
+        out.code != Some(0)
+            || !out
+                .stdout
+                .contains("Execution of setup completed successfully")
+    }) {
         let err = out
             .stdout
             .lines()
@@ -1034,7 +1213,18 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
         .map(|(n, _)| n.clone())
         .collect();
     let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
-    check_engine_certs(ctx, &names, 0)?;
+    check_engine_certs(ctx, &names, 0).map_err(|e| {
+        if earlier_run {
+            ActError(format!(
+                "{e}: the engine PKI as the interrupted attempt's engine-setup left it fails \
+                 the checks; read /var/log/ovirt-engine/setup/, then restore backup {} \
+                 (certfleet-agent backups) or run engine-setup by hand",
+                m.id
+            ))
+        } else {
+            e
+        }
+    })?;
     // `pki-create-ca.sh --renew` keeps key and subject; hosts hold copies of the old file
     // ("please refresh manually distributed copies"): hand the new files to the next steps.
     let mut ca_renewed = Vec::new();

@@ -411,7 +411,7 @@ fn engine_setup_renews_the_cas_in_their_window_and_the_plan_refreshes_every_host
     for ca in ["ca", "qemu-ca"] {
         spec.lifetimes.insert(ca.into(), Lifetime::days(3450, 200));
     }
-    let f = fleet_spec(dir.path(), spec, &[("kvm01", 1500), ("kvm02", 1500)], "");
+    let mut f = fleet_spec(dir.path(), spec, &[("kvm01", 1500), ("kvm02", 1500)], "");
     let e = Engine::load(&f.engine).unwrap();
     setup::engine_services(&e).unwrap();
     for h in f.hosts.values() {
@@ -452,6 +452,7 @@ fn engine_setup_renews_the_cas_in_their_window_and_the_plan_refreshes_every_host
         .map(|h| systemd::unit(h, "libvirtd").unwrap().starts)
         .collect();
 
+    setup::set_engine_setup_delay(&f.engine, 3000).unwrap();
     let plan = f.c.json(&[
         "plan",
         "create",
@@ -463,9 +464,33 @@ fn engine_setup_renews_the_cas_in_their_window_and_the_plan_refreshes_every_host
         "--run",
     ]);
     let id = plan["id"].as_str().unwrap().to_owned();
+    // The engine's agent dies while engine-setup runs (it runs for minutes on a real engine;
+    // 3 s here), as a crash of the agent's unit leaves it running (KillMode=process). The
+    // agent started again must wait for that run and take what it did, not start another.
+    support::wait_for("engine-setup started", Duration::from_secs(60), || {
+        (setup::engine_setup_runs(&f.engine) == 1).then_some(())
+    });
+    f._agents[0].kill9();
+    let cfg = dir.path().join("agent.toml");
+    let root = f.engine.root.display().to_string();
+    f._agents[0] = f.c.run_agent(
+        &f.c.dir.join("agent-engine"),
+        Some(&cfg),
+        &["--root", &root],
+    );
     let done = wait_plan(&f.c, &id, &["succeeded", "failed"]);
     assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(
+        setup::engine_setup_runs(&f.engine),
+        1,
+        "engine-setup ran a second time after the agent died"
+    );
     let out = step(&done, "engine", "ovirt.engine_setup")["output"].to_string();
+    assert!(
+        out.contains("engine-setup is still running")
+            && out.contains("instead of running it again"),
+        "the resumed step did not wait for the running engine-setup: {out}"
+    );
     for ca in ["ca.pem", "qemu-ca.pem"] {
         assert!(
             out.contains(&format!("Renewing CA: /etc/pki/ovirt-engine/{ca}")),

@@ -283,8 +283,36 @@ fn stamp() -> String {
     )
 }
 
+/// Makes every later `engine-setup` run take `ms` longer (a real one runs for minutes), after
+/// it was counted and before it changes anything, so a test can kill the agent while it runs.
+pub fn set_engine_setup_delay(host: &SimHost, ms: u64) -> Result<()> {
+    std::fs::write(host.state("engine-setup-delay-ms"), ms.to_string())?;
+    Ok(())
+}
+
+/// How many times `engine-setup` was started on this engine.
+pub fn engine_setup_runs(host: &SimHost) -> usize {
+    std::fs::read_to_string(host.state("engine-setup.runs"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
 /// `engine-setup ARGS` on the engine.
 pub fn engine_setup(host: &SimHost, args: &[String]) -> Result<i32> {
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(host.state("engine-setup.runs"))?;
+        writeln!(f, "{}", std::process::id())?;
+    }
+    if let Some(ms) = std::fs::read_to_string(host.state("engine-setup-delay-ms"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     let engine = Engine::load(host)?;
     let st: Value = serde_json::from_slice(&std::fs::read(host.state("ovirt-engine.json"))?)?;
     let mut env = BTreeMap::new();
