@@ -340,6 +340,20 @@ fn undo_pending_clock(
     Ok(())
 }
 
+/// The context of a local recovery: progress printed as it happens.
+fn local_recovery<'a>(
+    cfg: &'a AgentConfig,
+    state: &'a certfleet_agent::state::StateDir,
+    local: &LocalArgs,
+) -> certfleet_agent::recover::Local<'a> {
+    certfleet_agent::recover::Local {
+        cfg,
+        state,
+        timeout: local.timeout,
+        out: &print_line,
+    }
+}
+
 /// Progress of a local recovery, printed as it happens.
 fn print_line(line: String) {
     println!("  {line}");
@@ -540,12 +554,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let started = std::time::Instant::now();
             let (cfg, state) = local_setup(&local)?;
-            let l = certfleet_agent::recover::Local {
-                cfg: &cfg,
-                state: &state,
-                timeout: local.timeout,
-                out: &print_line,
-            };
+            let l = local_recovery(&cfg, &state, &local);
             if let Some(out) = csr_out {
                 let san = l.ovirt_host_csr(&out, subject.as_deref())?;
                 println!("wrote {}", out.display());
@@ -574,12 +583,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use certfleet_agent::recover::hosted_engine::Way;
             let started = std::time::Instant::now();
             let (cfg, state) = local_setup(&local)?;
-            let l = certfleet_agent::recover::Local {
-                cfg: &cfg,
-                state: &state,
-                timeout: local.timeout,
-                out: &print_line,
-            };
+            let l = local_recovery(&cfg, &state, &local);
             let way = match way {
                 HeWay::Dropin => Way::DropIn,
                 HeWay::Clock => Way::Clock,
@@ -614,12 +618,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let started = std::time::Instant::now();
             let (cfg, state) = local_setup(&local)?;
-            let l = certfleet_agent::recover::Local {
-                cfg: &cfg,
-                state: &state,
-                timeout: local.timeout,
-                out: &print_line,
-            };
+            let l = local_recovery(&cfg, &state, &local);
             let result = l.vsphere(&certfleet_agent::recover::vsphere::VsphereOptions {
                 within,
                 dry_run,
@@ -646,12 +645,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let started = std::time::Instant::now();
             let (cfg, state) = local_setup(&local)?;
-            let l = certfleet_agent::recover::Local {
-                cfg: &cfg,
-                state: &state,
-                timeout: local.timeout,
-                out: &print_line,
-            };
+            let l = local_recovery(&cfg, &state, &local);
             let result = l.gke_kubeconfig(&clusters, dry_run);
             let wall = started.elapsed().as_secs_f64();
             let code = match result {
@@ -673,12 +667,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             local,
         } => {
             let (cfg, state) = local_setup(&local)?;
-            let l = certfleet_agent::recover::Local {
-                cfg: &cfg,
-                state: &state,
-                timeout: local.timeout,
-                out: &print_line,
-            };
+            let l = local_recovery(&cfg, &state, &local);
             let done = l.sign(&certfleet_agent::recover::SignRequest {
                 csr: &csr,
                 out: &out,

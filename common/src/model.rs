@@ -10,7 +10,7 @@ use certfleet_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 /// One certificate, wherever it was seen.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertRecord {
     /// SHA-256 of the DER, lowercase hex: the certificate's identity.
     pub fingerprint_sha256: String,

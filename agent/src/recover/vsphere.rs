@@ -647,25 +647,8 @@ mod tests {
 
     use super::*;
 
-    /// A record with every field empty (`CertRecord` has no `Default`).
     fn blank() -> CertRecord {
-        CertRecord {
-            fingerprint_sha256: String::new(),
-            subject: String::new(),
-            issuer: String::new(),
-            serial: String::new(),
-            sans: vec![],
-            not_before: 0,
-            not_after: 0,
-            key_algorithm: String::new(),
-            key_bits: 0,
-            is_ca: false,
-            subject_key_id: String::new(),
-            authority_key_id: String::new(),
-            role: String::new(),
-            locations: vec![],
-            der: vec![],
-        }
+        CertRecord::default()
     }
 
     const TENANT: &str =

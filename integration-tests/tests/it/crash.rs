@@ -124,6 +124,25 @@ fn cert_serial(pem: &Path) -> String {
 }
 
 /// The bytes the backup of step `step` keeps for the host file ending in `suffix`.
+/// `plan create RECIPE ARGS --run -o json` as admin, repeated until the controller plans it
+/// (a restarted agent's report may still be on its way); the plan's id.
+pub(crate) fn create_when_planned(c: &Controller, args: &[&str]) -> String {
+    let mut all = vec!["plan", "create"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--run", "-o", "json"]);
+    let plan = wait_for("plan create", Duration::from_secs(60), || {
+        let out = c.cli_as(&c.admin(), &all);
+        match serde_json::from_slice::<Value>(&out.stdout) {
+            Ok(p) if out.status.success() => Some(p),
+            _ => {
+                std::thread::sleep(Duration::from_millis(300));
+                None
+            }
+        }
+    });
+    plan["id"].as_str().unwrap().to_owned()
+}
+
 pub(crate) fn backed_up(state: &Path, step: &str, suffix: &str) -> Vec<u8> {
     let dir = state.join("backups").join(step);
     let m: Value = serde_json::from_slice(&read(&dir.join("manifest.json"))).unwrap();
@@ -578,30 +597,16 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
         let id = run_killed_chain(&mut agents, &points, &start, || {
             c.wait_connected(1);
             // The renewed certificate is valid 730 days: a wide window takes it again.
-            let plan = wait_for("plan create", Duration::from_secs(60), || {
-                let out = c.cli_as(
-                    &c.admin(),
-                    &[
-                        "plan",
-                        "create",
-                        "vsphere-machine-ssl",
-                        "--agent",
-                        "vc1",
-                        "--expiring-within",
-                        "800d",
-                        "--run",
-                        "-o",
-                        "json",
-                    ],
-                );
-                if out.status.success() {
-                    serde_json::from_slice::<Value>(&out.stdout).ok()
-                } else {
-                    std::thread::sleep(Duration::from_millis(300));
-                    None
-                }
-            });
-            plan["id"].as_str().unwrap().to_owned()
+            create_when_planned(
+                &c,
+                &[
+                    "vsphere-machine-ssl",
+                    "--agent",
+                    "vc1",
+                    "--expiring-within",
+                    "800d",
+                ],
+            )
         });
         let done = wait_plan(&c, &id, &["succeeded", "failed"], 180);
         assert_eq!(done["state"], "succeeded", "{point}: {done:#}");
@@ -682,29 +687,7 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
         let id = run_killed_chain(&mut agents, &points, &start, || {
             c.wait_connected(1);
             // The agent reports the stale pins after its rescan.
-            let plan = wait_for("plan create", Duration::from_secs(60), || {
-                let out = c.cli_as(
-                    &c.admin(),
-                    &[
-                        "plan",
-                        "create",
-                        "pins-retrust",
-                        "--agent",
-                        "vc1",
-                        "--run",
-                        "-o",
-                        "json",
-                    ],
-                );
-                match serde_json::from_slice::<Value>(&out.stdout) {
-                    Ok(p) if out.status.success() => Some(p),
-                    _ => {
-                        std::thread::sleep(Duration::from_millis(300));
-                        None
-                    }
-                }
-            });
-            plan["id"].as_str().unwrap().to_owned()
+            create_when_planned(&c, &["pins-retrust", "--agent", "vc1"])
         });
         let done = wait_plan(&c, &id, &["succeeded", "failed"], 180);
         assert_eq!(done["state"], "succeeded", "{point}: {done:#}");

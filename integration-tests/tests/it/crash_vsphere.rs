@@ -11,7 +11,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use base64::Engine;
 use certfleet_integration_tests::sim::vcsa::{self, Vcsa, VcsaSpec, VcsaVersion};
@@ -20,7 +19,7 @@ use serde_json::Value;
 
 use crate::crash;
 use crate::rotation::wait_plan;
-use crate::support::{Controller, Proc, wait_for};
+use crate::support::{Controller, Proc};
 use crate::vsphere_rotation::{fingerprint, getcert};
 
 /// Kill points of `vsphere.sts`, in the order one plan meets them: the agent dies at the first,
@@ -202,30 +201,10 @@ impl Node<'_> {
         agent.kill9();
         *agent = start(points.first().copied());
         self.c.wait_connected(1);
-        let plan = wait_for("plan create", Duration::from_secs(60), || {
-            let out = self.c.cli_as(
-                &self.c.admin(),
-                &[
-                    "plan",
-                    "create",
-                    recipe,
-                    "--agent",
-                    "vc1",
-                    "--expiring-within",
-                    "800d",
-                    "--run",
-                    "-o",
-                    "json",
-                ],
-            );
-            if out.status.success() {
-                serde_json::from_slice::<Value>(&out.stdout).ok()
-            } else {
-                std::thread::sleep(Duration::from_millis(300));
-                None
-            }
-        });
-        let id = plan["id"].as_str().unwrap().to_owned();
+        let id = crash::create_when_planned(
+            self.c,
+            &[recipe, "--agent", "vc1", "--expiring-within", "800d"],
+        );
         for (i, point) in points.iter().enumerate() {
             crash::wait_killed(agent, point);
             *agent = start(points.get(i + 1).copied());
