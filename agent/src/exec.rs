@@ -60,6 +60,77 @@ pub enum ToolError {
     },
 }
 
+/// Waits for `child` up to `timeout`; kills it then.
+fn wait(
+    child: &mut std::process::Child,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus, ToolError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ToolError::Timeout {
+                    cmd: cmd.to_owned(),
+                    secs: timeout.as_secs(),
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(source) => {
+                return Err(ToolError::Spawn {
+                    cmd: cmd.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Runs a tool as [`run`] does, but with stdout and stderr into `log` (created 0600,
+/// truncated) instead of pipes: a run outlives the agent (with `KillMode=process`), since a
+/// broken pipe would kill it at its next line, and its output stays readable. Stdin is
+/// closed. The output returned is the log's content (stderr empty); it is not required to
+/// succeed.
+pub fn run_to_file(
+    program: &Path,
+    args: &[&str],
+    log: &Path,
+    timeout: Duration,
+) -> Result<ToolOutput, ToolError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cmd = command_line(program, args);
+    let spawn = |source| ToolError::Spawn {
+        cmd: format!("{cmd} > {}", log.display()),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(log)
+        .map_err(spawn)?;
+    let err = file.try_clone().map_err(spawn)?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .env("LC_ALL", "C")
+        .spawn()
+        .map_err(spawn)?;
+    let status = wait(&mut child, &cmd, timeout)?;
+    let text = std::fs::read(log).map_err(spawn)?;
+    Ok(ToolOutput {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&text).into_owned(),
+        stderr: String::new(),
+    })
+}
+
 /// Renders a command line for messages.
 pub fn command_line(program: &Path, args: &[&str]) -> String {
     let mut s = program.display().to_string();
@@ -147,22 +218,7 @@ pub fn run_in(
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ToolError::Timeout {
-                    cmd,
-                    secs: timeout.as_secs(),
-                });
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(source) => return Err(ToolError::Spawn { cmd, source }),
-        }
-    };
+    let status = wait(&mut child, &cmd, timeout)?;
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     let stdout = String::from_utf8(stdout).map_err(|_| ToolError::NotUtf8 { cmd: cmd.clone() })?;

@@ -926,60 +926,6 @@ fn cert_rec(path: &Path) -> Result<certfleet_common::model::CertRecord, ActError
         .map_err(|e| ActError(format!("{}: {e}", path.display())))
 }
 
-/// Runs `program` with stdout and stderr into `log` (created 0600, truncated) and stdin
-/// closed, waiting up to the step's timeout (then killed, as [`crate::exec::run`] does). A
-/// run survives the agent's death: it holds no pipe of the agent.
-fn run_detached(
-    ctx: &ActContext<'_>,
-    program: &Path,
-    args: &[&str],
-    log: &Path,
-) -> Result<crate::exec::ToolOutput, ActError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let cmd = crate::exec::command_line(program, args);
-    (ctx.output)(format!("$ {cmd}  (output in {})", log.display()));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(log)
-        .map_err(|e| ActError(format!("{}: {e}", log.display())))?;
-    let err = file
-        .try_clone()
-        .map_err(|e| ActError(format!("{}: {e}", log.display())))?;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| ActError(format!("`{cmd}`: {e}")))?;
-    let start = std::time::Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if start.elapsed() >= ctx.timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ActError(format!(
-                    "`{cmd}`: no answer after {}s; killed (its output: {})",
-                    ctx.timeout.as_secs(),
-                    log.display()
-                )));
-            }
-            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
-            Err(e) => return Err(ActError(format!("`{cmd}`: {e}"))),
-        }
-    };
-    let text = std::fs::read(log).map_err(|e| ActError(format!("{}: {e}", log.display())))?;
-    Ok(crate::exec::ToolOutput {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&text).into_owned(),
-        stderr: String::new(),
-    })
-}
-
 /// Waits (up to the step's timeout) while a process whose command line holds `arg` lives: an
 /// `engine-setup` an interrupted attempt started (`/proc/<pid>/cmdline`, NUL-separated).
 fn wait_while_running(ctx: &ActContext<'_>, arg: &str) -> Result<(), ActError> {
@@ -1165,12 +1111,14 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             "engine-setup-started",
             json!(certfleet_common::model::now()),
         )?;
-        let out = run_detached(
-            ctx,
-            &tool,
-            &["--offline", "--accept-defaults", &append],
-            &setup_log,
-        )?;
+        let args = ["--offline", "--accept-defaults", append.as_str()];
+        (ctx.output)(format!(
+            "$ {}  (output in {})",
+            crate::exec::command_line(&tool, &args),
+            setup_log.display()
+        ));
+        let out = crate::exec::run_to_file(&tool, &args, &setup_log, ctx.timeout)
+            .map_err(|e| ActError(format!("engine-setup: {e}")))?;
         ctx.crash_point("after-engine-setup");
         Some(out)
     };
