@@ -30,10 +30,6 @@ use crate::collect::vsphere::parse_entry_list;
 /// makes and is refused before VMCA is given it.
 const MIN_NEW_ROOT_LIFE: i64 = 365 * 86_400;
 
-fn now() -> i64 {
-    certfleet_common::model::now()
-}
-
 /// The first certificate in `pem` (bytes read from `what`), parsed.
 fn parse(
     pem: &[u8],
@@ -102,19 +98,11 @@ fn root_config(der: &[u8], pnid: &str) -> Result<String, ActError> {
     Ok(cfg)
 }
 
-/// The public key of a certificate file and of a key file, as `openssl` prints them.
-fn same_key(ctx: &ActContext<'_>, crt: &Path, key: &Path) -> Result<bool, ActError> {
-    let ssl = super::openssl(ctx);
-    let a = ctx.run_ok(&ssl, &["x509", "-noout", "-pubkey", "-in", &s(crt)], None)?;
-    let b = ctx.run_ok(&ssl, &["pkey", "-pubout", "-in", &s(key)], None)?;
-    Ok(a.stdout.trim() == b.stdout.trim())
-}
-
 /// Checks a freshly generated root before VMCA is given it: a CA, valid now and for at least
 /// a year, and `key` is its key.
 fn check_new_root(ctx: &ActContext<'_>, crt: &Path, key: &Path) -> Result<String, ActError> {
     let (_, rec) = read_cert(crt)?;
-    let t = now();
+    let t = certfleet_common::model::now();
     if !rec.is_ca {
         return Err(ActError(format!(
             "{}: certool --genselfcacert made a certificate that is not a CA",
@@ -130,13 +118,7 @@ fn check_new_root(ctx: &ActContext<'_>, crt: &Path, key: &Path) -> Result<String
             certfleet_common::model::format_time(rec.not_after)
         )));
     }
-    if !same_key(ctx, crt, key)? {
-        return Err(ActError(format!(
-            "{} and {} are not one key pair",
-            crt.display(),
-            key.display()
-        )));
-    }
+    crate::act::generic::key_matches(ctx, key, crt)?;
     Ok(rec.fingerprint_sha256)
 }
 
