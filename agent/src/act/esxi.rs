@@ -682,6 +682,16 @@ fn reconnect(
     Ok(())
 }
 
+/// The certificate vCenter holds for host `p` now (`config.certificate`, read afresh).
+fn vcenter_certificate(s: &Session, p: &Planned) -> Result<Option<Vec<u8>>, String> {
+    let hosts = s.hosts().map_err(|e| e.to_string())?;
+    let h = hosts
+        .iter()
+        .find(|h| h.moref.value == p.moref)
+        .ok_or_else(|| format!("vCenter has no HostSystem {}", p.moref))?;
+    Ok(der_of(h))
+}
+
 /// Waits until vCenter's `config.certificate` for the host is another than `noted` (a refresh
 /// took effect there; whether the host serves it is [`verify`]'s question).
 fn renewed_in_vcenter(
@@ -693,12 +703,9 @@ fn renewed_in_vcenter(
 ) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        let hosts = s.hosts().map_err(|e| e.to_string())?;
-        let h = hosts
-            .iter()
-            .find(|h| h.moref.value == p.moref)
-            .ok_or_else(|| format!("vCenter has no HostSystem {}", p.moref))?;
-        if der_of(h).is_some_and(|d| certfleet_common::pki::sha256_hex(&d) != noted) {
+        if vcenter_certificate(s, p)?
+            .is_some_and(|d| certfleet_common::pki::sha256_hex(&d) != noted)
+        {
             return Ok(());
         }
         if start.elapsed() >= timeout {
@@ -723,12 +730,7 @@ fn verify(
 ) -> Result<Vec<u8>, String> {
     let start = Instant::now();
     loop {
-        let hosts = s.hosts().map_err(|e| e.to_string())?;
-        let h = hosts
-            .iter()
-            .find(|h| h.moref.value == p.moref)
-            .ok_or_else(|| format!("vCenter has no HostSystem {}", p.moref))?;
-        let vc = der_of(h).ok_or("vCenter holds no certificate for the host")?;
+        let vc = vcenter_certificate(s, p)?.ok_or("vCenter holds no certificate for the host")?;
         let vc_fp = certfleet_common::pki::sha256_hex(&vc);
         let served = served(ctx, &p.name)?;
         let served_fp = certfleet_common::pki::sha256_hex(&served);
