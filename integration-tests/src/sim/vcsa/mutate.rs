@@ -107,6 +107,20 @@ fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, String> {
     Ok(out.stdout)
 }
 
+/// A new RSA 2048 key, PEM (`CERTOOL_PRIVATE_KEY_LENGTH`).
+fn rsa_key() -> Result<Vec<u8>, String> {
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        None,
+    )
+}
+
 fn read_cfg(path: &str) -> Result<BTreeMap<String, String>, String> {
     let bytes = std::fs::read(path).map_err(|_| format!("Failed to open file [{path}]"))?;
     if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
@@ -163,16 +177,7 @@ fn certool(host: &SimHost, mut state: VcsaState, args: &[String]) -> i32 {
         let (Some(privkey), Some(pubkey)) = (opts.get("privkey"), opts.get("pubkey")) else {
             return certool_fail(87, "--genkey needs --privkey and --pubkey");
         };
-        let key = match openssl(
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ],
-            None,
-        ) {
+        let key = match rsa_key() {
             Ok(k) => k,
             Err(e) => return certool_fail(1, &e),
         };
@@ -443,16 +448,7 @@ fn genselfcacert(opts: &BTreeMap<String, String>) -> i32 {
         .into_iter()
         .collect();
     let subject = openssl_subject(&name, &dcs, &cfg);
-    let key = match openssl(
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ],
-        None,
-    ) {
+    let key = match rsa_key() {
         Ok(k) => k,
         Err(e) => return certool_fail(1, &e),
     };
