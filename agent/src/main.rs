@@ -304,6 +304,24 @@ fn recover_exit(what: &str, e: &certfleet_agent::recover::RecoverError) -> ExitC
     })
 }
 
+/// Prints a local recovery's outcome and wall time; its exit code.
+fn recovery_done(
+    what: &str,
+    started: std::time::Instant,
+    result: Result<String, certfleet_agent::recover::RecoverError>,
+) -> ExitCode {
+    let wall = started.elapsed().as_secs_f64();
+    let code = match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => recover_exit(what, &e),
+    };
+    println!("wall time {wall:.1}s");
+    code
+}
+
 /// `recover ovirt-hosted-engine --way`.
 #[derive(Clone, Copy, ValueEnum)]
 enum HeWay {
@@ -624,16 +642,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dry_run,
                 allow_several_tenant_credentials,
             });
-            let wall = started.elapsed().as_secs_f64();
-            let code = match result {
-                Ok(msg) => {
-                    println!("{msg}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => recover_exit("recover vsphere", &e),
-            };
-            println!("wall time {wall:.1}s");
-            Ok(code)
+            Ok(recovery_done("recover vsphere", started, result))
         }
         Command::Recover {
             what:
@@ -647,16 +656,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (cfg, state) = local_setup(&local)?;
             let l = local_recovery(&cfg, &state, &local);
             let result = l.gke_kubeconfig(&clusters, dry_run);
-            let wall = started.elapsed().as_secs_f64();
-            let code = match result {
-                Ok(msg) => {
-                    println!("{msg}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => recover_exit("recover gke-kubeconfig", &e),
-            };
-            println!("wall time {wall:.1}s");
-            Ok(code)
+            Ok(recovery_done("recover gke-kubeconfig", started, result))
         }
         Command::Sign {
             csr,
