@@ -580,19 +580,20 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
     let root = v.host.root.display().to_string();
     let mut agents = vec![c.run_agent(&state, Some(&cfg), &["--root", &root])];
     c.wait_connected(1);
+    // The agent, as a supervisor starts it again, set to die at a point or not.
+    let start = |_: usize, at: Option<&str>| match at {
+        Some(p) => c.run_agent_env(
+            &state,
+            Some(&cfg),
+            &["--root", &root],
+            &[("CERTFLEET_TEST_CRASH_AT", p)],
+        ),
+        None => c.run_agent(&state, Some(&cfg), &["--root", &root]),
+    };
     {
         let point = "every point between backup and restart";
         let old = getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
         let issued = v.state().unwrap().vmca_issued.len();
-        let start = |_: usize, at: Option<&str>| match at {
-            Some(p) => c.run_agent_env(
-                &state,
-                Some(&cfg),
-                &["--root", &root],
-                &[("CERTFLEET_TEST_CRASH_AT", p)],
-            ),
-            None => c.run_agent(&state, Some(&cfg), &["--root", &root]),
-        };
         let points: Vec<(&str, usize)> = POINTS.iter().map(|p| (*p, 0)).collect();
         let id = run_killed_chain(&mut agents, &points, &start, || {
             c.wait_connected(1);
@@ -667,15 +668,6 @@ fn vsphere_machine_ssl_agent_killed_between_backup_and_restart() {
             .unwrap();
         let now_in_vecs = getcert(&v, "MACHINE_SSL_CERT", "__MACHINE_CERT");
         let issued = v.state().unwrap().vmca_issued.len();
-        let start = |_: usize, at: Option<&str>| match at {
-            Some(p) => c.run_agent_env(
-                &state,
-                Some(&cfg),
-                &["--root", &root],
-                &[("CERTFLEET_TEST_CRASH_AT", p)],
-            ),
-            None => c.run_agent(&state, Some(&cfg), &["--root", &root]),
-        };
         let points: Vec<(&str, usize)> = [
             "vsphere.retrust_pins:after-intent",
             "vsphere.retrust_pins:after-backup",
