@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -24,7 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
@@ -257,29 +257,57 @@ pub struct ListenerStats {
 }
 
 /// The pool of anonymous connections, oldest first.
+///
+/// When it is full, the oldest connection is closed only once it has had half its handshake
+/// deadline ([`AnonymousPool::evictable_after`]); before that the listener stops accepting, and
+/// new connections wait in the kernel's accept queue. Closing the oldest at once made a
+/// reconnect storm feed on itself: 10,000 agents reconnecting to a 2-core controller keep
+/// hundreds of handshakes in flight, the oldest are the ones about to finish, and each one
+/// closed was an agent backing off for longer (25,289 closed while 10,000 agents connected, in
+/// `certfleet-loadgen`). A client that holds handshakes open on purpose still loses its oldest
+/// to newcomers after that half deadline, and one address never holds more than its share.
 #[derive(Default)]
 struct AnonymousPool {
     next_id: u64,
-    /// Connection id (increasing with age) → source address and the eviction signal.
-    by_age: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    /// Connection id (increasing with age) → source address, admission time and the eviction
+    /// signal.
+    by_age: BTreeMap<u64, (IpAddr, Instant, oneshot::Sender<()>)>,
     per_address: HashMap<IpAddr, usize>,
 }
 
+/// What [`AnonymousPool::admit`] decided.
+#[derive(Debug)]
+enum Admission {
+    /// Admitted: the connection's id and its eviction signal.
+    In(u64, oneshot::Receiver<()>),
+    /// The pool is full of connections too young to close: try again at this time, or when a
+    /// place is given back.
+    Full(Instant),
+}
+
 impl AnonymousPool {
-    /// Admits a connection from `ip`, evicting the oldest ones over the limits.
+    /// How long a connection keeps its place in a full pool.
+    fn evictable_after(limits: &ListenerLimits) -> Duration {
+        limits.handshake_timeout / 2
+    }
+
+    /// Admits a connection from `ip` at `now`: evicts the oldest of its address over the
+    /// per-address limit, then, when the pool is full, its oldest connection if that one is old
+    /// enough (else refuses for now).
     fn admit(
         &mut self,
         ip: IpAddr,
+        now: Instant,
         limits: &ListenerLimits,
         stats: &ListenerStats,
-    ) -> (u64, oneshot::Receiver<()>) {
+    ) -> Admission {
         while self.per_address.get(&ip).copied().unwrap_or(0)
             >= limits.max_anonymous_per_address.max(1)
         {
             let oldest = self
                 .by_age
                 .iter()
-                .find(|(_, (a, _))| *a == ip)
+                .find(|(_, (a, _, _))| *a == ip)
                 .map(|(id, _)| *id);
             match oldest {
                 Some(id) => self.evict(id, stats),
@@ -287,17 +315,21 @@ impl AnonymousPool {
             }
         }
         while self.by_age.len() >= limits.max_anonymous.max(1) {
-            let Some(id) = self.by_age.keys().next().copied() else {
+            let Some((&id, &(_, since, _))) = self.by_age.iter().next() else {
                 break;
             };
+            let evictable = since + Self::evictable_after(limits);
+            if evictable > now {
+                return Admission::Full(evictable);
+            }
             self.evict(id, stats);
         }
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = oneshot::channel();
-        self.by_age.insert(id, (ip, tx));
+        self.by_age.insert(id, (ip, now, tx));
         *self.per_address.entry(ip).or_default() += 1;
-        (id, rx)
+        Admission::In(id, rx)
     }
 
     fn evict(&mut self, id: u64, stats: &ListenerStats) {
@@ -309,7 +341,7 @@ impl AnonymousPool {
     }
 
     fn leave(&mut self, id: u64) -> Option<(IpAddr, oneshot::Sender<()>)> {
-        let (ip, tx) = self.by_age.remove(&id)?;
+        let (ip, _, tx) = self.by_age.remove(&id)?;
         if let Some(n) = self.per_address.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -320,16 +352,19 @@ impl AnonymousPool {
     }
 }
 
-/// A place in the anonymous pool, given back on drop.
+/// A place in the anonymous pool, given back on drop (waking a listener waiting for one).
 struct AnonymousSlot {
     pool: Arc<Mutex<AnonymousPool>>,
+    freed: Arc<Notify>,
     id: u64,
 }
 
 impl Drop for AnonymousSlot {
     fn drop(&mut self) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.leave(self.id);
+        if pool.leave(self.id).is_some() {
+            self.freed.notify_one();
+        }
     }
 }
 
@@ -496,6 +531,7 @@ pub fn tls_incoming(
     let (tx, rx) = mpsc::channel(128);
     let acceptor = TlsAcceptor::from(config);
     let pool: Arc<Mutex<AnonymousPool>> = Default::default();
+    let freed = Arc::new(Notify::new());
     let authenticated = Arc::new(Semaphore::new(limits.max_authenticated.max(1)));
     tokio::spawn(async move {
         loop {
@@ -512,12 +548,25 @@ pub fn tls_incoming(
             if tx.is_closed() {
                 break;
             }
-            let (id, mut evicted) =
-                pool.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .admit(peer.ip(), &limits, &stats);
+            // A full pool of young handshakes: wait (the rest wait in the accept queue).
+            let (id, mut evicted) = loop {
+                let admission = pool.lock().unwrap_or_else(|p| p.into_inner()).admit(
+                    peer.ip(),
+                    Instant::now(),
+                    &limits,
+                    &stats,
+                );
+                match admission {
+                    Admission::In(id, evicted) => break (id, evicted),
+                    Admission::Full(retry_at) => tokio::select! {
+                        _ = freed.notified() => {}
+                        _ = tokio::time::sleep_until(retry_at.into()) => {}
+                    },
+                }
+            };
             let slot = AnonymousSlot {
                 pool: pool.clone(),
+                freed: freed.clone(),
                 id,
             };
             let acceptor = acceptor.clone();
@@ -835,32 +884,53 @@ mod tests {
     }
 
     #[test]
-    fn anonymous_pool_evicts_the_oldest_per_address_then_overall() {
+    fn anonymous_pool_evicts_the_oldest_per_address_then_overall_once_old_enough() {
         let limits = ListenerLimits {
             max_anonymous: 4,
             max_anonymous_per_address: 2,
+            handshake_timeout: Duration::from_secs(10),
             ..Default::default()
         };
         let stats = ListenerStats::default();
         let mut pool = AnonymousPool::default();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let c: IpAddr = "10.0.0.3".parse().unwrap();
-        let (_, mut a1) = pool.admit(a, &limits, &stats);
-        let (_, mut a2) = pool.admit(a, &limits, &stats);
-        let (_, mut b1) = pool.admit(b, &limits, &stats);
-        // A third from `a` evicts a's oldest, not b's.
-        let (_, mut a3) = pool.admit(a, &limits, &stats);
+        let t0 = Instant::now();
+        let admit = |pool: &mut AnonymousPool, ip: &str, at: u64| match pool.admit(
+            ip.parse().unwrap(),
+            t0 + Duration::from_secs(at),
+            &limits,
+            &stats,
+        ) {
+            Admission::In(_, rx) => Some(rx),
+            Admission::Full(_) => None,
+        };
+        let mut a1 = admit(&mut pool, "10.0.0.1", 0).unwrap();
+        let mut a2 = admit(&mut pool, "10.0.0.1", 0).unwrap();
+        let mut b1 = admit(&mut pool, "10.0.0.2", 0).unwrap();
+        // A third from `a` evicts a's oldest at once, not b's.
+        let mut a3 = admit(&mut pool, "10.0.0.1", 1).unwrap();
         assert_eq!(a1.try_recv(), Ok(()));
         assert!(a2.try_recv().is_err() && b1.try_recv().is_err());
-        // Pool full (a2, b1, a3, c1): the next evicts the oldest overall (a2).
-        let (_, _c1) = pool.admit(c, &limits, &stats);
-        let (_, _c2) = pool.admit(c, &limits, &stats);
+        let _c1 = admit(&mut pool, "10.0.0.3", 1).unwrap();
+        // Full (a2, b1, a3, c1), all younger than half the handshake deadline: nobody is
+        // closed, the newcomer waits.
+        assert!(admit(&mut pool, "10.0.0.3", 4).is_none());
+        assert!(a2.try_recv().is_err() && b1.try_recv().is_err());
+        match pool.admit(
+            "10.0.0.3".parse().unwrap(),
+            t0 + Duration::from_secs(4),
+            &limits,
+            &stats,
+        ) {
+            Admission::Full(at) => assert_eq!(at, t0 + Duration::from_secs(5)),
+            other => panic!("{other:?}"),
+        }
+        // Half the deadline later the oldest overall (a2) makes room.
+        let _c2 = admit(&mut pool, "10.0.0.3", 5).unwrap();
         assert_eq!(a2.try_recv(), Ok(()));
         assert!(b1.try_recv().is_err() && a3.try_recv().is_err());
         assert_eq!(stats.evicted.load(Ordering::Relaxed), 2);
         assert_eq!(pool.by_age.len(), 4);
-        assert_eq!(pool.per_address[&a], 1);
+        assert_eq!(pool.per_address[&"10.0.0.1".parse::<IpAddr>().unwrap()], 1);
     }
 
     #[test]
