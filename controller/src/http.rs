@@ -258,8 +258,13 @@ pub fn store_health(fleet: &Fleet) -> (StatusCode, String) {
 /// index, the agent records, plan headers and the steps of open plans; no inventory document
 /// is decoded).
 pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
-    let agents: Vec<crate::fleet::AgentRecord> =
-        fleet.store.list("agents").map_err(|e| e.to_string())?;
+    let mut agents: Vec<crate::fleet::AgentRecord> = fleet
+        .agent_directory()
+        .map_err(|e| e.message().to_owned())?
+        .values()
+        .cloned()
+        .collect();
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
     let plans = crate::plan::storage::all_headers(&fleet.store, crate::metrics::plan_steps_shown)
         .map_err(|e| e.to_string())?;
     let policies: Vec<crate::policy::RolePolicy> =

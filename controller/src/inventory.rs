@@ -305,6 +305,20 @@ impl IndexedCert {
 
     fn record(&self, fp: &str, only_agent: Option<&str>) -> CertRecord {
         CertRecord {
+            locations: self
+                .sightings
+                .iter()
+                .filter(|s| only_agent.is_none_or(|a| &*s.agent == a))
+                .flat_map(|s| s.locations.iter().map(CompactLocation::to_model))
+                .collect(),
+            ..self.summary(fp, only_agent)
+        }
+    }
+
+    /// [`IndexedCert::record`] without its locations (an inventory answer lists them per
+    /// sighting agent instead).
+    fn summary(&self, fp: &str, only_agent: Option<&str>) -> CertRecord {
+        CertRecord {
             fingerprint_sha256: fp.to_owned(),
             subject: self.subject.to_string(),
             issuer: self.issuer.to_string(),
@@ -318,12 +332,7 @@ impl IndexedCert {
             subject_key_id: self.subject_key_id.to_string(),
             authority_key_id: self.authority_key_id.to_string(),
             role: self.role_seen_by(only_agent).to_owned(),
-            locations: self
-                .sightings
-                .iter()
-                .filter(|s| only_agent.is_none_or(|a| &*s.agent == a))
-                .flat_map(|s| s.locations.iter().map(CompactLocation::to_model))
-                .collect(),
+            locations: Vec::new(),
             der: Vec::new(),
         }
     }
@@ -865,13 +874,7 @@ pub const MAX_PAGE: usize = 5_000;
 /// health on the first page. DER only when `with_der` is set (read from the store).
 pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList, Status> {
     let now = now();
-    let agents: HashMap<String, AgentRecord> = fleet
-        .store
-        .list::<AgentRecord>("agents")
-        .map_err(internal)?
-        .into_iter()
-        .map(|a| (a.id.clone(), a))
-        .collect();
+    let agents = fleet.agent_directory()?;
     check_platform(&q.platform)?;
     let only_agent: Option<String> = if q.agent.is_empty() {
         None
@@ -1082,9 +1085,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let mut der_of: HashMap<String, AgentInventory> = HashMap::new();
     let mut items = Vec::with_capacity(picked.len());
     for (fp, c) in picked {
-        let mut record = c.record(fp, only_agent.as_deref());
-        record.locations.clear();
-        let mut cert: pb::CertificateRecord = (&record).into();
+        let mut cert: pb::CertificateRecord = c.summary(fp, only_agent.as_deref()).into();
         if q.with_der
             && let Some(s) = c.sightings.first()
         {
@@ -1198,6 +1199,47 @@ mod filter_tests {
             }
         });
         assert_eq!(fleet.inventory.builds(), 1);
+    }
+
+    /// Inventory pages and listings read the agent records from the directory: decoded once
+    /// per change of the agents tree, never stale after one.
+    #[test]
+    fn the_agent_directory_follows_the_agents_tree() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        let agent = |id: &str, name: &str| -> AgentRecord {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "name": name, "hostname": "h",
+                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
+                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap()
+        };
+        fleet
+            .store
+            .put("agents", "a1", &agent("a1", "vc1"))
+            .unwrap();
+        let first = fleet.agent_directory().unwrap();
+        assert_eq!(first["a1"].name, "vc1");
+        // Nothing changed in the tree (an inventory write is another tree): the same copy.
+        fleet
+            .store
+            .put("inventory", "a1", &AgentInventory::default())
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &fleet.agent_directory().unwrap()));
+        // A rename and a new agent are seen at once.
+        fleet
+            .store
+            .put("agents", "a1", &agent("a1", "vc1-renamed"))
+            .unwrap();
+        fleet
+            .store
+            .put("agents", "a2", &agent("a2", "vc2"))
+            .unwrap();
+        let now = fleet.agent_directory().unwrap();
+        assert_eq!((now["a1"].name.as_str(), now.len()), ("vc1-renamed", 2));
+        fleet.store.remove("agents", "a2").unwrap();
+        assert!(!fleet.agent_directory().unwrap().contains_key("a2"));
     }
 
     #[test]

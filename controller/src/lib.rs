@@ -6,6 +6,7 @@ pub mod cli;
 pub mod engine;
 pub mod enroll;
 pub mod fleet;
+pub mod heap;
 pub mod http;
 pub mod inventory;
 pub mod link;

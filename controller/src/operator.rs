@@ -513,7 +513,8 @@ impl Operator for OperatorService {
         request: Request<pb::Empty>,
     ) -> Result<Response<pb::AgentList>, Status> {
         self.fleet.require_operator(&request, false)?;
-        let mut agents: Vec<AgentRecord> = self.fleet.store.list("agents").map_err(internal)?;
+        let dir = self.fleet.agent_directory()?;
+        let mut agents: Vec<&AgentRecord> = dir.values().collect();
         agents.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(pb::AgentList {
             agents: agents.iter().map(|a| agent_info(&self.fleet, a)).collect(),

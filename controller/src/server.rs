@@ -248,6 +248,7 @@ pub fn load_serving(
         inventory: Default::default(),
         active_plans: Default::default(),
         execs: Default::default(),
+        agent_cache: Default::default(),
     };
     Ok((Arc::new(fleet), tls, self_cert))
 }
@@ -487,6 +488,8 @@ pub async fn serve(
         if let Err(e) = f.inventory.warm(&f) {
             tracing::error!(error = %e.message(), "building the inventory index failed");
         }
+        // Building it decoded every stored inventory document: give that heap back.
+        crate::heap::trim();
     });
 
     tokio::spawn(crate::engine::run(fleet.clone(), stop_rx.clone()));
@@ -503,6 +506,8 @@ pub async fn serve(
             }
         }
     });
+
+    tokio::spawn(crate::heap::trim_periodically(stop_rx.clone()));
 
     tokio::spawn(auto_compact(
         fleet.clone(),

@@ -512,6 +512,7 @@ impl Store {
     fn copy_all(&self, dest: &Path) -> Result<(sled::Db, u64), String> {
         let fresh = sled::Config::new()
             .path(dest)
+            .cache_capacity(super::SLED_CACHE_BYTES)
             .mode(sled::Mode::LowSpace)
             .flush_every_ms(None)
             .open()
