@@ -345,7 +345,9 @@ async fn inventory_pages(
     c: &mut certfleet_common::proto::operator_client::OperatorClient<tonic::transport::Channel>,
     mut q: pb::InventoryQuery,
 ) -> Result<pb::InventoryList, tonic::Status> {
-    q.page_size = 2_000;
+    // The largest page the controller serves: each page costs a round trip and a pass over the
+    // index's filters.
+    q.page_size = u32::try_from(crate::inventory::MAX_PAGE).unwrap_or(u32::MAX);
     let mut all = c.inventory(q.clone()).await?.into_inner();
     while !all.next_page_token.is_empty() {
         q.page_token = std::mem::take(&mut all.next_page_token);
