@@ -423,9 +423,11 @@ async fn main() -> anyhow::Result<()> {
     });
     let (rss, _) = ctl.rss_mib();
     rows.push(Row {
-        scenario: format!("controller RSS, {n} agents connected, {total} certificates"),
+        scenario: format!(
+            "controller RSS when the last report is in, {n} agents, {total} certificates"
+        ),
         result: format!("{rss:.0} MiB"),
-        target: "≤ 1 GiB at 10,000 × 10",
+        target: "",
     });
 
     // Idle heartbeat CPU over 10 s.
@@ -440,6 +442,16 @@ async fn main() -> anyhow::Result<()> {
         scenario: "controller CPU while the fleet heartbeats (10 s)".into(),
         result: format!("{cpu:.1} % of one core"),
         target: "",
+    });
+    // The fleet connected and reported, after the burst (the controller gives freed heap back
+    // every few seconds): what the controller holds for it.
+    let (rss, hwm) = ctl.rss_mib();
+    rows.push(Row {
+        scenario: format!(
+            "controller RSS, {n} agents connected and heartbeating, {total} certificates (now / peak)"
+        ),
+        result: format!("{rss:.0} / {hwm:.0} MiB"),
+        target: "≤ 1 GiB at 10,000 × 10",
     });
 
     // Operator queries while the fleet heartbeats.
