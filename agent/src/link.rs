@@ -139,11 +139,14 @@ pub async fn enroll(
 
 /// Backoff with full jitter: a random delay in `[0, min(cap, base · 2^attempt)]`.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = backoff_ceiling(attempt, base, cap);
+    backoff_ceiling(attempt, base, cap).mul_f64(unit_random())
+}
+
+/// A uniform random number in `[0, 1]`.
+fn unit_random() -> f64 {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
-    let frac = u64::from_le_bytes(b) as f64 / u64::MAX as f64;
-    ceiling.mul_f64(frac)
+    u64::from_le_bytes(b) as f64 / u64::MAX as f64
 }
 
 /// The longest delay of a backoff attempt: `min(cap, base · 2^attempt)`.
@@ -171,6 +174,8 @@ pub struct Reconnect {
     base: Duration,
     cap: Duration,
     stable: Duration,
+    /// The controller's reconnect spread (its last welcome): the least ceiling of a delay.
+    spread: Duration,
 }
 
 impl Reconnect {
@@ -182,7 +187,14 @@ impl Reconnect {
             base,
             cap,
             stable,
+            spread: Duration::ZERO,
         }
+    }
+
+    /// Takes the reconnect spread a controller announced in its welcome (0: none): a fleet cut
+    /// off at once then comes back spread over it instead of all within the first backoff step.
+    pub fn set_spread(&mut self, spread: Duration) {
+        self.spread = spread.min(self.cap);
     }
 
     /// Records how a session ended; returns the attempt number the next delay is drawn for.
@@ -197,14 +209,14 @@ impl Reconnect {
         attempt
     }
 
-    /// The longest next delay (before jitter) for `attempt`.
+    /// The longest next delay (before jitter) for `attempt`: the backoff, at least the spread.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        backoff_ceiling(attempt, self.base, self.cap)
+        backoff_ceiling(attempt, self.base, self.cap).max(self.spread)
     }
 
-    /// The next delay, jittered.
+    /// The next delay, jittered: uniform in `[0, ceiling(attempt)]`.
     pub fn delay(&self, attempt: u32) -> Duration {
-        backoff(attempt, self.base, self.cap)
+        self.ceiling(attempt).mul_f64(unit_random())
     }
 }
 
@@ -241,11 +253,12 @@ pub async fn run(
     loop {
         let id = state.load()?;
         let mut welcomed_at: Option<std::time::Instant> = None;
+        let mut spread: Option<Duration> = None;
         let step = async {
             if id.not_after <= now() {
                 rebind(&state, &id).await.map(|_| false)
             } else {
-                session(&state, &id, &cfg, &mut welcomed_at).await
+                session(&state, &id, &cfg, &mut welcomed_at, &mut spread).await
             }
         };
         let outcome = tokio::select! {
@@ -257,6 +270,9 @@ pub async fn run(
             Err(LinkError::Revoked(m)) => return Err(LinkError::Revoked(m)),
             Err(LinkError::State(e)) => return Err(LinkError::State(e)),
             Err(e) => tracing::warn!(error = %e, "link to controller lost"),
+        }
+        if let Some(spread) = spread {
+            reconnect.set_spread(spread);
         }
         let attempt = reconnect.session_ended(match welcomed_at {
             Some(t) => SessionEnd::Welcomed(t.elapsed()),
@@ -499,12 +515,14 @@ fn over_limit_report(
 
 /// One session. `Ok(true)` once the controller welcomed us and the session later ended;
 /// errors are returned for the retry loop. `welcomed_at` is set when the welcome arrives (the
-/// backoff resets only after a welcomed session that lived long enough).
+/// backoff resets only after a welcomed session that lived long enough), and `spread` to the
+/// reconnect spread the welcome announced.
 async fn session(
     state: &StateDir,
     id: &AgentIdentity,
     cfg: &AgentConfig,
     welcomed_at: &mut Option<std::time::Instant>,
+    spread: &mut Option<Duration>,
 ) -> Result<bool, LinkError> {
     let ctl = id.meta.controller.clone();
     let channel = certfleet_common::tls::mtls_channel(&ctl, &id.ca_pem, &id.cert_pem, &id.key_pem)
@@ -563,10 +581,13 @@ async fn session(
         .map_err(|_| LinkError::Other("no welcome from controller within 30s".into()))?
         .map_err(|s| classify(&ctl, s))?;
     let (interval, limits) = match welcome.and_then(|m| m.kind) {
-        Some(pb::controller_message::Kind::Welcome(w)) => (
-            Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
-            ReportLimits::from_welcome(&w),
-        ),
+        Some(pb::controller_message::Kind::Welcome(w)) => {
+            *spread = Some(Duration::from_secs(u64::from(w.reconnect_spread_secs)));
+            (
+                Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
+                ReportLimits::from_welcome(&w),
+            )
+        }
         _ => {
             return Err(LinkError::Other(
                 "controller did not answer the hello with a welcome".into(),
@@ -741,6 +762,29 @@ mod reconnect_tests {
         // A later failure starts from the bottom again.
         assert_eq!(next(&mut r, SessionEnd::NotWelcomed), S(2));
         assert!(r.delay(0) <= S(1));
+    }
+
+    /// A controller with many agents announces a spread: after a session that lived, the first
+    /// reconnect of each agent is drawn from the whole spread, not from the first backoff step
+    /// (10,000 agents reconnecting within 1 s queue past their handshake deadline).
+    #[test]
+    fn the_announced_spread_is_the_least_ceiling() {
+        let mut r = Reconnect::new(S(1), S(60), S(30));
+        r.set_spread(S(20));
+        let a = r.session_ended(SessionEnd::Welcomed(S(3600)));
+        assert_eq!((a, r.ceiling(a)), (0, S(20)));
+        // The backoff grows past it, and the cap still holds.
+        assert_eq!(next(&mut r, SessionEnd::NotWelcomed), S(20));
+        let ceilings: Vec<Duration> = (0..4)
+            .map(|_| next(&mut r, SessionEnd::NotWelcomed))
+            .collect();
+        assert_eq!(ceilings, [S(20), S(20), S(20), S(32)]);
+        assert!((0..50).all(|_| r.delay(0) <= S(20)));
+        // A spread over the cap is the cap; none announced (an older controller) is none.
+        r.set_spread(S(600));
+        assert_eq!(r.ceiling(0), S(60));
+        r.set_spread(Duration::ZERO);
+        assert_eq!(r.ceiling(0), S(1));
     }
 
     #[test]

@@ -103,6 +103,9 @@ impl AgentLink for AgentLinkService {
                 max_report_bytes: self.limits.max_report_bytes as u64,
                 max_certificates: u32::try_from(self.limits.max_certificates).unwrap_or(u32::MAX),
                 max_locations: u32::try_from(self.limits.max_locations).unwrap_or(u32::MAX),
+                reconnect_spread_secs: certfleet_common::limits::reconnect_spread(
+                    fleet.registry.count(),
+                ),
             })),
         };
         tx.send(Ok(welcome))

@@ -182,7 +182,8 @@ fn channel(controller: &str, a: &VirtualAgent) -> anyhow::Result<tonic::transpor
 }
 
 /// Keeps `a` connected until `stop` turns true: reconnects with the real agent's backoff (full
-/// jitter, 1 s base, 60 s cap, reset after a welcomed session).
+/// jitter, 1 s base, 60 s cap, reset after a welcomed session, at least the reconnect spread the
+/// controller announced).
 pub async fn run(
     controller: String,
     a: VirtualAgent,
@@ -190,6 +191,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut attempt = 0u32;
+    let mut spread = Duration::ZERO;
     loop {
         if *stop.borrow() {
             return;
@@ -198,10 +200,16 @@ pub async fn run(
             r = session(&controller, &a, &counters) => r,
             _ = stop.changed() => return,
         };
-        if welcomed {
+        if let Some(announced) = welcomed {
             attempt = 0;
+            spread = announced;
         }
-        let delay = backoff(attempt, Duration::from_secs(1), Duration::from_secs(60));
+        let delay = backoff(
+            attempt,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            spread,
+        );
         attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -210,19 +218,23 @@ pub async fn run(
     }
 }
 
-/// The agent's backoff: a random delay in `[0, min(cap, base · 2^attempt)]`.
-fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+/// The agent's backoff: a random delay in `[0, max(spread, min(cap, base · 2^attempt))]`
+/// (`spread` at most `cap`).
+fn backoff(attempt: u32, base: Duration, cap: Duration, spread: Duration) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(cap)
+        .max(spread.min(cap));
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
     ceiling.mul_f64(u64::from_le_bytes(b) as f64 / u64::MAX as f64)
 }
 
-/// One session; true once welcomed.
-async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -> bool {
+/// One session; once welcomed, the reconnect spread the welcome announced.
+async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -> Option<Duration> {
     let Ok(ch) = channel(controller, a) else {
         counters.connect_errors.fetch_add(1, Ordering::Relaxed);
-        return false;
+        return None;
     };
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     let send = |k: pb::agent_message::Kind| pb::AgentMessage { kind: Some(k) };
@@ -255,22 +267,26 @@ async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -
             } else {
                 counters.connect_errors.fetch_add(1, Ordering::Relaxed);
             }
-            return false;
+            return None;
         }
         Err(_) => {
             counters.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return None;
         }
     };
-    let interval = match tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
-        Ok(Ok(Some(pb::ControllerMessage {
-            kind: Some(pb::controller_message::Kind::Welcome(w)),
-        }))) => Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
-        _ => {
-            counters.connect_errors.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-    };
+    let (interval, spread) =
+        match tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
+            Ok(Ok(Some(pb::ControllerMessage {
+                kind: Some(pb::controller_message::Kind::Welcome(w)),
+            }))) => (
+                Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
+                Duration::from_secs(u64::from(w.reconnect_spread_secs)),
+            ),
+            _ => {
+                counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
     counters.connected.fetch_add(1, Ordering::Relaxed);
     counters.welcomed.fetch_add(1, Ordering::Relaxed);
     let report = pb::InventoryReport {
@@ -323,5 +339,5 @@ async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -
         }
     }
     counters.connected.fetch_sub(1, Ordering::Relaxed);
-    true
+    Some(spread)
 }
