@@ -434,13 +434,19 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         .map(|s| s.target.clone())
         .collect();
     active.extend(in_progress);
-    // Never two steps of one agent in flight at once: a host changes by one hand.
-    let mut busy_agents: HashSet<String> = plan
+    // Never two steps of one agent in flight at once (a host changes by one hand), except
+    // signings queued on a CA agent (see `plan::QUEUEABLE_ACTIONS`): agent → (steps in flight,
+    // all of them queueable).
+    let mut busy_agents: HashMap<String, (usize, bool)> = HashMap::new();
+    for s in plan
         .steps
         .iter()
         .filter(|s| s.state == StepState::Dispatched)
-        .map(|s| s.agent_id.clone())
-        .collect();
+    {
+        let e = busy_agents.entry(s.agent_id.clone()).or_insert((0, true));
+        e.0 += 1;
+        e.1 &= crate::plan::queueable(&s.action);
+    }
     let states = states_by_key(plan);
     let gate_canary = plan.policy.canary && !plan.canary_released;
     let mut to_send = Vec::new();
@@ -452,7 +458,11 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
         if !active.contains(&s.target) && active.len() >= max {
             continue;
         }
-        if busy_agents.contains(&s.agent_id) {
+        if let Some(&(n, all_queueable)) = busy_agents.get(&s.agent_id)
+            && !(all_queueable
+                && crate::plan::queueable(&s.action)
+                && n < crate::plan::QUEUED_SIGNS)
+        {
             continue;
         }
         let args = match resolve_refs(plan, &s.args) {
@@ -467,7 +477,9 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
             }
         };
         active.insert(s.target.clone());
-        busy_agents.insert(s.agent_id.clone());
+        let e = busy_agents.entry(s.agent_id.clone()).or_insert((0, true));
+        e.0 += 1;
+        e.1 &= crate::plan::queueable(&s.action);
         let s = &mut plan.steps[i];
         s.state = StepState::Dispatched;
         s.attempts += 1;
@@ -851,6 +863,51 @@ mod tests {
             details_json: "{}".into(),
             from_journal: false,
         }
+    }
+
+    /// Signings for many targets queue on the CA agent (at most `QUEUED_SIGNS`); a step that
+    /// changes the host never joins them, and none joins it.
+    #[test]
+    fn signings_queue_on_a_ca_agent_other_steps_go_alone() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        let mut plan = storage::tests::plan("psign", 40, PlanState::Running);
+        plan.policy.max_parallel = 40;
+        for (i, s) in plan.steps.iter_mut().enumerate() {
+            s.agent_id = "ca".into();
+            s.target = format!("host{i}");
+            s.depends_on.clear();
+            s.action = if i < 30 { "ca.sign" } else { "cert.install" }.into();
+        }
+        fleet.save_plan(&plan).unwrap();
+        let in_flight = |fleet: &Fleet| -> Vec<usize> {
+            stored_states(fleet, "psign")
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s == StepState::Dispatched)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        tick(&fleet).unwrap();
+        assert_eq!(
+            in_flight(&fleet),
+            (0..crate::plan::QUEUED_SIGNS).collect::<Vec<_>>()
+        );
+        let answer = |fleet: &Fleet, steps: &[usize]| {
+            let plan = storage::load(&fleet.store, "psign").unwrap().unwrap();
+            for &i in steps {
+                on_step_result(fleet, "ca", result(&plan.steps[i]));
+            }
+        };
+        // Room again: the next signings fill it; the installs wait for every signing to end.
+        answer(&fleet, &in_flight(&fleet));
+        tick(&fleet).unwrap();
+        assert_eq!(in_flight(&fleet), (16..30).collect::<Vec<_>>());
+        answer(&fleet, &in_flight(&fleet));
+        tick(&fleet).unwrap();
+        assert_eq!(in_flight(&fleet), vec![30], "a host change goes alone");
+        answer(&fleet, &[30]);
+        tick(&fleet).unwrap();
+        assert_eq!(in_flight(&fleet), vec![31]);
     }
 
     /// A wake reads the steps of a plan once, then only the step documents results rewrite:
