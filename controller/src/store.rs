@@ -1028,7 +1028,7 @@ impl std::ops::Deref for HeldTree<'_> {
 /// store in the controller's heap (RSS past 1 GiB). The hot reads are answered elsewhere (the
 /// inventory index, the engine's plans); what sled reads past its cache comes from the kernel's
 /// page cache, which is not the controller's RSS.
-pub(crate) const SLED_CACHE_BYTES: u64 = 64 << 20;
+pub(crate) const SLED_CACHE_BYTES: u64 = 32 << 20;
 
 /// Opens sled in `dir` the way the controller always does.
 fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
