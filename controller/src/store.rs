@@ -635,16 +635,13 @@ impl Store {
         self.open_tree(name)
     }
 
-    /// Keeps [`Store::live_bytes`] current after a write replaced `old` by `new` under a key
-    /// of `key_len` bytes.
-    fn account(&self, key_len: usize, old: Option<usize>, new: Option<usize>) {
+    /// Books a write done to `tree` that replaced `old` by `new` under a key of `key_len`
+    /// bytes: keeps [`Store::live_bytes`] current and counts the write for
+    /// [`Store::generation`] (after it happened). Every write path calls it once it succeeded.
+    fn account(&self, tree: &'static str, key_len: usize, old: Option<usize>, new: Option<usize>) {
         let size = |v: Option<usize>| v.map_or(0, |n| (n + key_len) as i64);
         self.live_bytes
             .fetch_add(size(new) - size(old), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Counts a write to `tree` (after it happened: see [`Store::generation`]).
-    fn wrote(&self, tree: &'static str) {
         *self
             .generations
             .lock()
@@ -715,8 +712,7 @@ impl Store {
             t.insert(key, bytes).map_err(self.sled_err())
         });
         let old = self.written(r)?;
-        self.account(key.len(), old.map(|o| o.len()), Some(len));
-        self.wrote(tree);
+        self.account(tree, key.len(), old.map(|o| o.len()), Some(len));
         Ok(())
     }
 
@@ -727,8 +723,7 @@ impl Store {
             t.remove(key).map_err(self.sled_err())
         });
         let old = self.written(r)?;
-        self.account(key.len(), old.map(|o| o.len()), None);
-        self.wrote(tree);
+        self.account(tree, key.len(), old.map(|o| o.len()), None);
         Ok(())
     }
 
@@ -750,8 +745,7 @@ impl Store {
         });
         let swapped = self.written(r)?.is_ok();
         if swapped {
-            self.account(key.len(), Some(old_len), Some(new_len));
-            self.wrote(tree);
+            self.account(tree, key.len(), Some(old_len), Some(new_len));
         }
         Ok(swapped)
     }
@@ -791,8 +785,7 @@ impl Store {
         });
         let swapped = self.written(r)?.is_ok();
         if swapped {
-            self.account(key.len(), Some(read.0.len()), Some(new_len));
-            self.wrote(tree);
+            self.account(tree, key.len(), Some(read.0.len()), Some(new_len));
         }
         Ok(swapped)
     }
@@ -833,8 +826,7 @@ impl Store {
             self.compaction.note(tree, &k);
             let r = t.remove(&k).map_err(self.sled_err());
             let old = self.written(r)?;
-            self.account(k.len(), old.map(|o| o.len()), None);
-            self.wrote(tree);
+            self.account(tree, k.len(), old.map(|o| o.len()), None);
             n += 1;
         }
         Ok(n)
@@ -868,8 +860,7 @@ impl Store {
         self.compaction.note(tree, &seq.to_be_bytes());
         let r = t.insert(seq.to_be_bytes(), bytes).map_err(self.sled_err());
         let old = self.written(r)?;
-        self.account(8, old.map(|o| o.len()), Some(len));
-        self.wrote(tree);
+        self.account(tree, 8, old.map(|o| o.len()), Some(len));
         Ok(seq)
     }
 
@@ -999,8 +990,7 @@ impl Store {
                 t.insert(key.as_slice(), value).map_err(self.sled_err())
             });
             let old = self.written(r)?;
-            self.account(key.len(), old.map(|o| o.len()), Some(len));
-            self.wrote(tree);
+            self.account(tree, key.len(), old.map(|o| o.len()), Some(len));
             n += 1;
         }
         self.flush()?;
