@@ -734,11 +734,10 @@ impl Fleet {
         {
             return Ok(a);
         }
-        self.store
-            .list::<AgentRecord>("agents")
-            .map_err(internal)?
-            .into_iter()
+        self.agent_directory()?
+            .values()
             .find(|a| a.name == id_or_name)
+            .cloned()
             .ok_or_else(|| Status::not_found(format!("no agent with id or name {id_or_name:?}")))
     }
 

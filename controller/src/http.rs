@@ -258,13 +258,9 @@ pub fn store_health(fleet: &Fleet) -> (StatusCode, String) {
 /// index, the agent records, plan headers and the steps of open plans; no inventory document
 /// is decoded).
 pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
-    let mut agents: Vec<crate::fleet::AgentRecord> = fleet
+    let directory = fleet
         .agent_directory()
-        .map_err(|e| e.message().to_owned())?
-        .values()
-        .cloned()
-        .collect();
-    agents.sort_by(|a, b| a.id.cmp(&b.id));
+        .map_err(|e| e.message().to_owned())?;
     let plans = crate::plan::storage::all_headers(&fleet.store, crate::metrics::plan_steps_shown)
         .map_err(|e| e.to_string())?;
     let policies: Vec<crate::policy::RolePolicy> =
@@ -272,8 +268,8 @@ pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
     let live: HashMap<String, i64> = fleet.registry.last_seen().into_iter().collect();
     let ca_not_after = crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0);
     // Every agent's name, revoked ones included (the CA forecast names who saw a CA).
-    let names: HashMap<&str, &str> = agents
-        .iter()
+    let names: HashMap<&str, &str> = directory
+        .values()
         .map(|a| (a.id.as_str(), a.name.as_str()))
         .collect();
     let r = fleet
@@ -283,7 +279,7 @@ pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
             let ca_facts = crate::cas::facts(certs, &names, fleet.ca.cert_pem());
             let view = crate::metrics::FleetView {
                 now: now(),
-                agents: &agents,
+                agents: directory.values().collect(),
                 certs,
                 live: &live,
                 plans: &plans,

@@ -234,8 +234,8 @@ impl FleetCerts for HashMap<String, Vec<CertRecord>> {
 pub struct FleetView<'a> {
     /// Unix time the snapshot is for.
     pub now: i64,
-    /// Every enrolled agent.
-    pub agents: &'a [AgentRecord],
+    /// Every enrolled agent (the records of [`crate::fleet::Fleet::agent_directory`], not copies).
+    pub agents: Vec<&'a AgentRecord>,
     /// Certificates per agent (no DER needed).
     pub certs: &'a dyn FleetCerts,
     /// Live heartbeat time per connected agent id.
@@ -344,7 +344,12 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
 
     // Agents: their own certificate, last heartbeat, connection, earliest certificate.
     let mut names: HashMap<&str, &AgentRecord> = HashMap::new();
-    for a in v.agents.iter().filter(|a| a.state != AgentState::Revoked) {
+    for a in v
+        .agents
+        .iter()
+        .copied()
+        .filter(|a| a.state != AgentState::Revoked)
+    {
         names.insert(a.id.as_str(), a);
     }
     // One pass over the certificates: each agent's earliest, counts per role.
@@ -989,7 +994,7 @@ mod tests {
         let policies: Vec<RolePolicy> = fleet.store.list("policies").unwrap();
         let view = FleetView {
             now: certfleet_common::model::now(),
-            agents: &agents,
+            agents: agents.iter().collect(),
             certs: &inventory,
             live: &HashMap::new(),
             plans: &plans,
@@ -1132,7 +1137,7 @@ mod tests {
         let render = |per_certificate| {
             encode(&render_fleet(&FleetView {
                 now,
-                agents: &agents,
+                agents: agents.iter().collect(),
                 certs: &certs,
                 live: &HashMap::new(),
                 plans: &[],
