@@ -488,8 +488,6 @@ pub async fn serve(
         if let Err(e) = f.inventory.warm(&f) {
             tracing::error!(error = %e.message(), "building the inventory index failed");
         }
-        // Building it decoded every stored inventory document: give that heap back.
-        crate::heap::trim();
     });
 
     tokio::spawn(crate::engine::run(fleet.clone(), stop_rx.clone()));
