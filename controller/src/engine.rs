@@ -438,14 +438,17 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
     // signings queued on a CA agent (see `plan::QUEUEABLE_ACTIONS`): agent → (steps in flight,
     // all of them queueable).
     let mut busy_agents: HashMap<String, (usize, bool)> = HashMap::new();
+    let occupy = |busy: &mut HashMap<String, (usize, bool)>, s: &Step| {
+        let e = busy.entry(s.agent_id.clone()).or_insert((0, true));
+        e.0 += 1;
+        e.1 &= crate::plan::queueable(&s.action);
+    };
     for s in plan
         .steps
         .iter()
         .filter(|s| s.state == StepState::Dispatched)
     {
-        let e = busy_agents.entry(s.agent_id.clone()).or_insert((0, true));
-        e.0 += 1;
-        e.1 &= crate::plan::queueable(&s.action);
+        occupy(&mut busy_agents, s);
     }
     let states = states_by_key(plan);
     let gate_canary = plan.policy.canary && !plan.canary_released;
@@ -477,9 +480,7 @@ fn advance(fleet: &Fleet, plan: &mut Plan, before: &[StepState]) -> Result<bool,
             }
         };
         active.insert(s.target.clone());
-        let e = busy_agents.entry(s.agent_id.clone()).or_insert((0, true));
-        e.0 += 1;
-        e.1 &= crate::plan::queueable(&s.action);
+        occupy(&mut busy_agents, s);
         let s = &mut plan.steps[i];
         s.state = StepState::Dispatched;
         s.attempts += 1;
