@@ -125,6 +125,24 @@ impl ReportLimits {
     }
 }
 
+/// Connections a controller is assumed to take per second when it spreads a fleet's reconnects
+/// (see [`reconnect_spread`]). Measured with `certfleet-loadgen` on a 2-core machine shared with
+/// the load generator: 10,000 agents connected in 6.8 s (about 1,500/s, TLS, hello and full
+/// report); a third of that leaves room for the reports and the queries meanwhile.
+pub const RECONNECTS_PER_SECOND: usize = 500;
+
+/// The longest reconnect spread a controller announces.
+pub const MAX_RECONNECT_SPREAD_SECS: u32 = 60;
+
+/// The reconnect spread (seconds) a controller with `connected` agents announces: long enough
+/// for all of them to come back at [`RECONNECTS_PER_SECOND`], at least 1 s (the agent's own
+/// first backoff step), at most [`MAX_RECONNECT_SPREAD_SECS`].
+pub fn reconnect_spread(connected: usize) -> u32 {
+    u32::try_from(connected.div_ceil(RECONNECTS_PER_SECOND))
+        .unwrap_or(u32::MAX)
+        .clamp(1, MAX_RECONNECT_SPREAD_SECS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,29 +194,6 @@ mod tests {
             LEGACY_MAX_REPORT_BYTES
         );
     }
-}
-
-/// Connections a controller is assumed to take per second when it spreads a fleet's reconnects
-/// (see [`reconnect_spread`]). Measured with `certfleet-loadgen` on a 2-core machine shared with
-/// the load generator: 10,000 agents connected in 6.8 s (about 1,500/s, TLS, hello and full
-/// report); a third of that leaves room for the reports and the queries meanwhile.
-pub const RECONNECTS_PER_SECOND: usize = 500;
-
-/// The longest reconnect spread a controller announces.
-pub const MAX_RECONNECT_SPREAD_SECS: u32 = 60;
-
-/// The reconnect spread (seconds) a controller with `connected` agents announces: long enough
-/// for all of them to come back at [`RECONNECTS_PER_SECOND`], at least 1 s (the agent's own
-/// first backoff step), at most [`MAX_RECONNECT_SPREAD_SECS`].
-pub fn reconnect_spread(connected: usize) -> u32 {
-    u32::try_from(connected.div_ceil(RECONNECTS_PER_SECOND))
-        .unwrap_or(u32::MAX)
-        .clamp(1, MAX_RECONNECT_SPREAD_SECS)
-}
-
-#[cfg(test)]
-mod spread_tests {
-    use super::*;
 
     #[test]
     fn the_reconnect_spread_grows_with_the_fleet_within_bounds() {
