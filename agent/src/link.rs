@@ -220,6 +220,15 @@ impl Reconnect {
     }
 }
 
+/// A welcome received: when, and the reconnect spread it announced.
+#[derive(Clone, Copy, Debug)]
+pub struct Welcomed {
+    /// When the welcome arrived.
+    pub at: std::time::Instant,
+    /// The controller's reconnect spread (zero from a controller that announces none).
+    pub spread: Duration,
+}
+
 /// Runtime knobs for [`run`].
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -252,13 +261,12 @@ pub async fn run(
     let mut reconnect = Reconnect::new(opts.backoff_base, opts.backoff_cap, opts.stable_session);
     loop {
         let id = state.load()?;
-        let mut welcomed_at: Option<std::time::Instant> = None;
-        let mut spread: Option<Duration> = None;
+        let mut welcomed: Option<Welcomed> = None;
         let step = async {
             if id.not_after <= now() {
                 rebind(&state, &id).await.map(|_| false)
             } else {
-                session(&state, &id, &cfg, &mut welcomed_at, &mut spread).await
+                session(&state, &id, &cfg, &mut welcomed).await
             }
         };
         let outcome = tokio::select! {
@@ -271,11 +279,11 @@ pub async fn run(
             Err(LinkError::State(e)) => return Err(LinkError::State(e)),
             Err(e) => tracing::warn!(error = %e, "link to controller lost"),
         }
-        if let Some(spread) = spread {
-            reconnect.set_spread(spread);
+        if let Some(w) = welcomed {
+            reconnect.set_spread(w.spread);
         }
-        let attempt = reconnect.session_ended(match welcomed_at {
-            Some(t) => SessionEnd::Welcomed(t.elapsed()),
+        let attempt = reconnect.session_ended(match welcomed {
+            Some(w) => SessionEnd::Welcomed(w.at.elapsed()),
             None => SessionEnd::NotWelcomed,
         });
         let delay = reconnect.delay(attempt);
@@ -514,15 +522,13 @@ fn over_limit_report(
 }
 
 /// One session. `Ok(true)` once the controller welcomed us and the session later ended;
-/// errors are returned for the retry loop. `welcomed_at` is set when the welcome arrives (the
-/// backoff resets only after a welcomed session that lived long enough), and `spread` to the
-/// reconnect spread the welcome announced.
+/// errors are returned for the retry loop. `welcomed` is set when the welcome arrives (the
+/// backoff resets only after a welcomed session that lived long enough).
 async fn session(
     state: &StateDir,
     id: &AgentIdentity,
     cfg: &AgentConfig,
-    welcomed_at: &mut Option<std::time::Instant>,
-    spread: &mut Option<Duration>,
+    welcomed: &mut Option<Welcomed>,
 ) -> Result<bool, LinkError> {
     let ctl = id.meta.controller.clone();
     let channel = certfleet_common::tls::mtls_channel(&ctl, &id.ca_pem, &id.cert_pem, &id.key_pem)
@@ -580,21 +586,22 @@ async fn session(
         .await
         .map_err(|_| LinkError::Other("no welcome from controller within 30s".into()))?
         .map_err(|s| classify(&ctl, s))?;
-    let (interval, limits) = match welcome.and_then(|m| m.kind) {
-        Some(pb::controller_message::Kind::Welcome(w)) => {
-            *spread = Some(Duration::from_secs(u64::from(w.reconnect_spread_secs)));
-            (
-                Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
-                ReportLimits::from_welcome(&w),
-            )
-        }
+    let (interval, limits, spread) = match welcome.and_then(|m| m.kind) {
+        Some(pb::controller_message::Kind::Welcome(w)) => (
+            Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
+            ReportLimits::from_welcome(&w),
+            Duration::from_secs(u64::from(w.reconnect_spread_secs)),
+        ),
         _ => {
             return Err(LinkError::Other(
                 "controller did not answer the hello with a welcome".into(),
             ));
         }
     };
-    *welcomed_at = Some(std::time::Instant::now());
+    *welcomed = Some(Welcomed {
+        at: std::time::Instant::now(),
+        spread,
+    });
     tracing::info!(agent = %id.meta.agent_id, controller = %ctl, "connected");
 
     let mut current = id.clone();

@@ -181,17 +181,20 @@ fn channel(controller: &str, a: &VirtualAgent) -> anyhow::Result<tonic::transpor
         .connect_lazy())
 }
 
-/// Keeps `a` connected until `stop` turns true: reconnects with the real agent's backoff (full
-/// jitter, 1 s base, 60 s cap, reset after a welcomed session, at least the reconnect spread the
-/// controller announced).
+/// Keeps `a` connected until `stop` turns true: reconnects with the real agent's backoff
+/// ([`certfleet_agent::link::Reconnect`] with the agent's default settings).
 pub async fn run(
     controller: String,
     a: VirtualAgent,
     counters: Arc<FleetCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut attempt = 0u32;
-    let mut spread = Duration::ZERO;
+    let opts = certfleet_agent::link::RunOptions::default();
+    let mut reconnect = certfleet_agent::link::Reconnect::new(
+        opts.backoff_base,
+        opts.backoff_cap,
+        opts.stable_session,
+    );
     loop {
         if *stop.borrow() {
             return;
@@ -200,17 +203,14 @@ pub async fn run(
             r = session(&controller, &a, &counters) => r,
             _ = stop.changed() => return,
         };
-        if let Some(announced) = welcomed {
-            attempt = 0;
-            spread = announced;
+        if let Some(w) = welcomed {
+            reconnect.set_spread(w.spread);
         }
-        let delay = backoff(
-            attempt,
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-            spread,
-        );
-        attempt = attempt.saturating_add(1);
+        let attempt = reconnect.session_ended(match welcomed {
+            Some(w) => certfleet_agent::link::SessionEnd::Welcomed(w.at.elapsed()),
+            None => certfleet_agent::link::SessionEnd::NotWelcomed,
+        });
+        let delay = reconnect.delay(attempt);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
@@ -218,20 +218,12 @@ pub async fn run(
     }
 }
 
-/// The agent's backoff: a random delay in `[0, max(spread, min(cap, base · 2^attempt))]`
-/// (`spread` at most `cap`).
-fn backoff(attempt: u32, base: Duration, cap: Duration, spread: Duration) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(cap)
-        .max(spread.min(cap));
-    let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
-    ceiling.mul_f64(u64::from_le_bytes(b) as f64 / u64::MAX as f64)
-}
-
-/// One session; once welcomed, the reconnect spread the welcome announced.
-async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -> Option<Duration> {
+/// One session; once welcomed, when and with what reconnect spread.
+async fn session(
+    controller: &str,
+    a: &VirtualAgent,
+    counters: &FleetCounters,
+) -> Option<certfleet_agent::link::Welcomed> {
     let Ok(ch) = channel(controller, a) else {
         counters.connect_errors.fetch_add(1, Ordering::Relaxed);
         return None;
@@ -287,6 +279,10 @@ async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -
                 return None;
             }
         };
+    let welcomed = certfleet_agent::link::Welcomed {
+        at: Instant::now(),
+        spread,
+    };
     counters.connected.fetch_add(1, Ordering::Relaxed);
     counters.welcomed.fetch_add(1, Ordering::Relaxed);
     let report = pb::InventoryReport {
@@ -339,5 +335,5 @@ async fn session(controller: &str, a: &VirtualAgent, counters: &FleetCounters) -
         }
     }
     counters.connected.fetch_sub(1, Ordering::Relaxed);
-    Some(spread)
+    Some(welcomed)
 }
