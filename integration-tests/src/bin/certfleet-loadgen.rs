@@ -127,6 +127,16 @@ impl Controller {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// A table row of the controller's RSS now and at its peak so far.
+    fn rss_row(&self, scenario: String, target: &'static str) -> Row {
+        let (rss, hwm) = self.rss_mib();
+        Row {
+            scenario: format!("{scenario} (now / peak)"),
+            result: format!("{rss:.0} / {hwm:.0} MiB"),
+            target,
+        }
+    }
+
     /// utime + stime in clock ticks.
     fn cpu_ticks(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
@@ -421,14 +431,10 @@ async fn main() -> anyhow::Result<()> {
         },
         target: "",
     });
-    let (rss, _) = ctl.rss_mib();
-    rows.push(Row {
-        scenario: format!(
-            "controller RSS when the last report is in, {n} agents, {total} certificates"
-        ),
-        result: format!("{rss:.0} MiB"),
-        target: "",
-    });
+    rows.push(ctl.rss_row(
+        format!("controller RSS when the last report is in, {n} agents, {total} certificates"),
+        "",
+    ));
 
     // Idle heartbeat CPU over 10 s.
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -445,14 +451,10 @@ async fn main() -> anyhow::Result<()> {
     });
     // The fleet connected and reported, after the burst (the controller gives freed heap back
     // every few seconds): what the controller holds for it.
-    let (rss, hwm) = ctl.rss_mib();
-    rows.push(Row {
-        scenario: format!(
-            "controller RSS, {n} agents connected and heartbeating, {total} certificates (now / peak)"
-        ),
-        result: format!("{rss:.0} / {hwm:.0} MiB"),
-        target: "≤ 1 GiB at 10,000 × 10",
-    });
+    rows.push(ctl.rss_row(
+        format!("controller RSS, {n} agents connected and heartbeating, {total} certificates"),
+        "≤ 1 GiB at 10,000 × 10",
+    ));
 
     // Operator queries while the fleet heartbeats.
     let probe = format!("vagent-{:05}", n / 2);
@@ -563,12 +565,7 @@ async fn main() -> anyhow::Result<()> {
     });
     // RSS once the reports after the storm are in.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (rss, hwm) = ctl.rss_mib();
-    rows.push(Row {
-        scenario: "controller RSS after the storm (now / peak)".into(),
-        result: format!("{rss:.0} / {hwm:.0} MiB"),
-        target: "≤ 1 GiB",
-    });
+    rows.push(ctl.rss_row("controller RSS after the storm".into(), "≤ 1 GiB"));
 
     let _ = stop_tx.send(true);
     for t in tasks {
