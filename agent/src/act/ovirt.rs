@@ -1117,8 +1117,13 @@ fn engine_setup(ctx: &ActContext<'_>, args: &Value) -> Result<Value, ActError> {
             crate::exec::command_line(&tool, &args),
             setup_log.display()
         ));
-        let out = crate::exec::run_to_file(&tool, &args, &setup_log, ctx.timeout)
-            .map_err(|e| ActError(format!("engine-setup: {e}")))?;
+        // The log holds what engine-setup said before it failed or was killed.
+        let out = crate::exec::run_to_file(&tool, &args, &setup_log, ctx.timeout).map_err(|e| {
+            ActError(format!(
+                "engine-setup: {e} (its output: {})",
+                setup_log.display()
+            ))
+        })?;
         ctx.crash_point("after-engine-setup");
         Some(out)
     };
