@@ -2,7 +2,7 @@
 //! certificate was found; `inventory show` for one certificate with its chain and what it
 //! signs; `inventory --compare` against an earlier `-o json`; `inventory rescan`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::args::{MAX_HORIZON, duration_in, secs};
 use super::conn::Conn;
 use super::output::{
-    Cell, Column, OutputArgs, Screen, Show, Tone, print_document, render_list, render_list_on,
-    shorten,
+    Cell, Column, Format, OutputArgs, Screen, Show, Tone, print_document, render_list,
+    render_list_on, shorten, write_json,
 };
 
 /// `certfleet inventory [...]`
@@ -125,7 +125,7 @@ pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
             let list = inventory_pages(&mut c, q).await.map_err(e)?;
             match &args.compare {
                 Some(before) => print_comparison(before, &list, &args.output)?,
-                None => print_inventory(&list, &args.output)?,
+                None => print_inventory(list, &args.output)?,
             }
         }
     }
@@ -152,6 +152,9 @@ pub struct InventoryView {
     sans: Vec<String>,
     not_before: String,
     not_after: String,
+    /// `not_after` as seconds (the sort key).
+    #[serde(skip)]
+    not_after_ts: i64,
     days_left: i64,
     status: &'static str,
     key_algorithm: String,
@@ -186,22 +189,39 @@ pub struct PinView {
 
 /// The pins of the certificate `fingerprint` in `list`.
 fn pins_of(list: &pb::InventoryList, fingerprint: &str) -> Vec<PinView> {
-    let mut v: Vec<PinView> = list
+    let mine = list
         .pins
         .iter()
-        .filter(|p| !p.cert_fingerprint.is_empty() && p.cert_fingerprint == fingerprint)
-        .map(|p| PinView {
-            agent: p.agent.clone(),
-            source: p.source.clone(),
-            name: p.name.clone(),
-            state: p.state.clone(),
-            pinned: p.pinned.clone(),
-            retrust: p.retrust.clone(),
-            detail: p.detail.clone(),
-        })
+        .filter(|p| p.cert_fingerprint == fingerprint)
+        .cloned()
         .collect();
-    v.sort_by(|a, b| (&a.agent, &a.source, &a.name).cmp(&(&b.agent, &b.source, &b.name)));
-    v
+    pins_by_fingerprint(mine)
+        .remove(fingerprint)
+        .unwrap_or_default()
+}
+
+/// Pins grouped by the certificate they pin (each group sorted by agent, source and name);
+/// pins of no known certificate are left out.
+fn pins_by_fingerprint(pins: Vec<pb::Pin>) -> HashMap<String, Vec<PinView>> {
+    let mut by: HashMap<String, Vec<PinView>> = HashMap::new();
+    for p in pins {
+        if p.cert_fingerprint.is_empty() {
+            continue;
+        }
+        by.entry(p.cert_fingerprint).or_default().push(PinView {
+            agent: p.agent,
+            source: p.source,
+            name: p.name,
+            state: p.state,
+            pinned: p.pinned,
+            retrust: p.retrust,
+            detail: p.detail,
+        });
+    }
+    for v in by.values_mut() {
+        v.sort_by(|a, b| (&a.agent, &a.source, &a.name).cmp(&(&b.agent, &b.source, &b.name)));
+    }
+    by
 }
 
 fn pins_cell(v: &InventoryView) -> Cell {
@@ -214,11 +234,17 @@ fn pins_cell(v: &InventoryView) -> Cell {
 }
 
 fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
-    let c = i.certificate.clone().unwrap_or_default();
+    into_view(i.clone(), now)
+}
+
+/// The printed form of an item, moving its strings (a fleet's listing has 100,000 of them).
+fn into_view(i: pb::InventoryItem, now: i64) -> InventoryView {
+    let c = i.certificate.unwrap_or_default();
     let info = roles::lookup(&c.role);
     InventoryView {
         days_left: (c.not_after - now).div_euclid(86_400),
         status: Urgency::of(&c.role, c.not_after, now).as_str(),
+        not_after_ts: c.not_after,
         fingerprint_sha256: c.fingerprint_sha256,
         subject: c.subject,
         issuer: c.issuer,
@@ -238,20 +264,52 @@ fn inventory_view(i: &pb::InventoryItem, now: i64) -> InventoryView {
         owner: if i.owner.is_empty() {
             "-".to_owned()
         } else {
-            i.owner.clone()
+            i.owner
         },
         locations: i
             .seen
-            .iter()
+            .into_iter()
             .map(|s| SeenView {
-                agent_id: s.agent_id.clone(),
-                agent: s.agent_name.clone(),
-                hostname: s.hostname.clone(),
-                location: s.location.clone().unwrap_or_default().into(),
+                agent_id: s.agent_id,
+                agent: s.agent_name,
+                hostname: s.hostname,
+                location: s.location.unwrap_or_default().into(),
             })
             .collect(),
         pins: Vec::new(),
     }
+}
+
+/// A listing's certificates as printed, each with its pins, most urgent first: expired, then
+/// expiring, then the rest, each by expiry (the fingerprint breaks ties, so the order is total).
+fn listing_views(list: pb::InventoryList, now: i64) -> Vec<InventoryView> {
+    let mut pins = pins_by_fingerprint(list.pins);
+    let mut views: Vec<InventoryView> = list.items.into_iter().map(|i| into_view(i, now)).collect();
+    if !pins.is_empty() {
+        for v in &mut views {
+            v.pins = pins.remove(&v.fingerprint_sha256).unwrap_or_default();
+        }
+    }
+    let rank = |s: &str| match s {
+        "expired" => 0,
+        "expiring" => 1,
+        _ => 2,
+    };
+    // The views are large: sorting keys next to their positions moves 24 bytes a swap, not the
+    // views themselves.
+    let mut order: Vec<(u8, i64, usize)> = views
+        .iter()
+        .enumerate()
+        .map(|(n, v)| (rank(v.status), v.not_after_ts, n))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        (a.0, a.1, &views[a.2].fingerprint_sha256).cmp(&(b.0, b.1, &views[b.2].fingerprint_sha256))
+    });
+    let mut slots: Vec<Option<InventoryView>> = views.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|(_, _, n)| slots[n].take())
+        .collect()
 }
 
 fn days_cell(v: &InventoryView) -> Cell {
@@ -358,8 +416,13 @@ async fn inventory_pages(
     Ok(all)
 }
 
-/// Prints an inventory listing sorted by urgency.
-pub fn print_inventory(list: &pb::InventoryList, out: &OutputArgs) -> anyhow::Result<()> {
+/// Prints an inventory listing sorted by urgency. JSON is written as it is serialized: a
+/// fleet's inventory is some 100 MB of it.
+pub fn print_inventory(list: pb::InventoryList, out: &OutputArgs) -> anyhow::Result<()> {
+    if out.output == Format::Json {
+        let views = listing_views(list, now());
+        return write_json(std::io::stdout().lock(), "inventory", &views).map_err(Into::into);
+    }
     print!(
         "{}",
         render_inventory(list, out, now(), Screen::detect(out.output))?
@@ -370,29 +433,14 @@ pub fn print_inventory(list: &pb::InventoryList, out: &OutputArgs) -> anyhow::Re
 /// An inventory listing as text, most urgent first, with the health, problems and totals
 /// under the table (table and wide only).
 pub fn render_inventory(
-    list: &pb::InventoryList,
+    mut list: pb::InventoryList,
     out: &OutputArgs,
     now: i64,
     screen: Screen,
 ) -> anyhow::Result<String> {
-    let mut views: Vec<InventoryView> = list.items.iter().map(|i| inventory_view(i, now)).collect();
-    if !list.pins.is_empty() {
-        for v in &mut views {
-            v.pins = pins_of(list, &v.fingerprint_sha256);
-        }
-    }
-    let rank = |s: &str| match s {
-        "expired" => 0,
-        "expiring" => 1,
-        _ => 2,
-    };
-    views.sort_by(|a, b| {
-        (rank(a.status), &a.not_after, &a.fingerprint_sha256).cmp(&(
-            rank(b.status),
-            &b.not_after,
-            &b.fingerprint_sha256,
-        ))
-    });
+    let health = std::mem::take(&mut list.health);
+    let problems = std::mem::take(&mut list.problems);
+    let views = listing_views(list, now);
     let rows: Vec<PlaceRow<'_>> = views
         .iter()
         .flat_map(|cert| {
@@ -411,14 +459,14 @@ pub fn render_inventory(
     )?;
     if out.output.is_table() {
         let width = screen.width.unwrap_or(usize::MAX);
-        for h in list.health.iter().filter(|h| !h.healthy) {
+        for h in health.iter().filter(|h| !h.healthy) {
             let line = format!(
                 "HEALTH {} {}: {} ({})",
                 h.kind, h.subject, h.state, h.detail
             );
             let _ = writeln!(s, "{}", shorten(&line, width));
         }
-        for p in &list.problems {
+        for p in &problems {
             let line = format!("PROBLEM [{}] {}: {}", p.collector, p.subject, p.message);
             let _ = writeln!(s, "{line}");
         }
@@ -428,7 +476,7 @@ pub fn render_inventory(
             s,
             "{} certificates: {expired} expired, {expiring} expiring; {} problems",
             views.len(),
-            list.problems.len()
+            problems.len()
         );
     }
     Ok(s)
@@ -759,7 +807,6 @@ pub fn print_comparison(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::output::Format;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -840,6 +887,65 @@ mod tests {
         }
     }
 
+    #[test]
+    fn listings_put_the_most_urgent_first_and_each_pin_on_its_certificate() {
+        let mut list = fleet();
+        // Two more: expiring on the same second as 'b' (the fingerprint orders them) and long
+        // valid.
+        list.items
+            .push(item('0', "file.pem", "CN=tie", 12, &[("web-03", "/x.pem")]));
+        list.items.push(item(
+            '9',
+            "file.pem",
+            "CN=late",
+            900,
+            &[("web-03", "/y.pem")],
+        ));
+        let pin = |fp: char, agent: &str, name: &str, state: &str| pb::Pin {
+            source: "declared".into(),
+            name: name.into(),
+            cert_fingerprint: fp.to_string().repeat(64),
+            state: state.into(),
+            agent: agent.into(),
+            ..Default::default()
+        };
+        list.pins = vec![
+            pin('b', "vcsa-01", "nsx", "stale"),
+            pin('c', "web-02", "lb", "match"),
+            pin('b', "vcsa-01", "backup", "match"),
+            // Pinned to nothing known: left out.
+            pb::Pin {
+                cert_fingerprint: String::new(),
+                ..pin('x', "web-01", "orphan", "unknown")
+            },
+        ];
+        let views = listing_views(list, NOW);
+        let order: Vec<&str> = views.iter().map(|v| &v.subject[..]).collect();
+        assert_eq!(
+            order,
+            [
+                "CN=engine.ovirt.dc1.example.org, O=Example Corporation",
+                "CN=tie",
+                "CN=vcsa-01.dc1.example.org",
+                "CN=app.example.org",
+                "CN=late"
+            ]
+        );
+        let pins = |subject: &str| -> Vec<String> {
+            let v = views.iter().find(|v| v.subject == subject).unwrap();
+            v.pins
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.state))
+                .collect()
+        };
+        assert_eq!(
+            pins("CN=vcsa-01.dc1.example.org"),
+            ["backup match", "nsx stale"]
+        );
+        assert_eq!(pins("CN=app.example.org"), ["lb match"]);
+        assert!(pins("CN=tie").is_empty());
+    }
+
     /// The default inventory table at 80 columns, compared with `testdata/inventory-80.txt`
     /// (`UPDATE_GOLDEN=1` rewrites it after a deliberate change).
     #[test]
@@ -849,7 +955,7 @@ mod tests {
             width: Some(80),
             color: false,
         };
-        let text = render_inventory(&fleet(), &out, NOW, screen).unwrap();
+        let text = render_inventory(fleet(), &out, NOW, screen).unwrap();
         for l in text.lines() {
             assert!(
                 l.chars().count() <= 80,
@@ -875,7 +981,7 @@ mod tests {
             width: Some(80),
             color: false,
         };
-        let text = render_inventory(&fleet(), &out, NOW, screen).unwrap();
+        let text = render_inventory(fleet(), &out, NOW, screen).unwrap();
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),

@@ -85,6 +85,14 @@ pub enum OutputError {
         /// The serializer's message.
         message: String,
     },
+    /// Standard output could not be written (disk full, a closed terminal).
+    #[error("writing the output of `{command}`: {source}")]
+    Write {
+        /// The command.
+        command: &'static str,
+        /// What the write returned.
+        source: std::io::Error,
+    },
 }
 
 /// How a cell is coloured in a table (never in csv, json or yaml).
@@ -312,6 +320,27 @@ fn serialize(
                 s
             })
             .map_err(|e| err(e.to_string())),
+    }
+}
+
+/// Writes `data` as pretty JSON (the same text as `-o json` renders) while it is serialized,
+/// through a buffer: a large listing is never held twice. A reader that went away (`| head`)
+/// ends the output quietly, as it does for `cat`.
+pub fn write_json(
+    out: impl std::io::Write,
+    command: &'static str,
+    data: &impl Serialize,
+) -> Result<(), OutputError> {
+    use std::io::Write as _;
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, out);
+    let written = serde_json::to_writer_pretty(&mut w, data)
+        .map_err(std::io::Error::from)
+        .and_then(|()| w.write_all(b"\n"))
+        .and_then(|()| w.flush());
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(source) => Err(OutputError::Write { command, source }),
     }
 }
 
@@ -578,6 +607,36 @@ mod tests {
         let y = render_list(&out(Format::Yaml, false), "t", &r, &r, &columns()).unwrap();
         let v: serde_json::Value = serde_norway::from_str(&y).unwrap();
         assert_eq!(v[0]["note"], "x, \"y\"");
+    }
+
+    /// A writer that fails every write with `kind`.
+    struct Failing(std::io::ErrorKind);
+
+    impl std::io::Write for Failing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(self.0.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn streamed_json_is_the_rendered_json_and_a_closed_reader_is_not_an_error() {
+        let r = rows();
+        let rendered = render_list(&out(Format::Json, false), "t", &r, &r, &columns()).unwrap();
+        let mut streamed = Vec::new();
+        write_json(&mut streamed, "t", &r).unwrap();
+        assert_eq!(String::from_utf8(streamed).unwrap(), rendered);
+        // `certfleet inventory -o json | head`: the reader left, the output just ends.
+        write_json(Failing(std::io::ErrorKind::BrokenPipe), "t", &r).unwrap();
+        let full = write_json(Failing(std::io::ErrorKind::StorageFull), "inventory", &r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            full.starts_with("writing the output of `inventory`: "),
+            "{full}"
+        );
     }
 
     #[test]
