@@ -17,6 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use certfleet_common::model::{CertRecord, HealthFact, Pin, Problem, now};
 use certfleet_common::proto as pb;
 use certfleet_common::roles;
+use certfleet_proto::wire;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
@@ -1105,9 +1106,13 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     // An agent's id is one interned string however many sightings it has: its address finds
     // the agent's record without hashing the id again for each of a page's 5,000 items.
     let mut agent_at: HashMap<*const u8, Option<&AgentRecord>> = HashMap::new();
-    let mut items = Vec::with_capacity(picked.len());
+    // Items are written straight from the index into the answer's bytes (see
+    // `certfleet_proto::wire`): no message per item is built, encoded and freed.
+    let mut encoded_items = Vec::new();
+    let mut writer = wire::ItemWriter::default();
+    let mut seen: Vec<wire::SeenFields<'_>> = Vec::new();
     for (fp, c) in picked {
-        let mut cert: pb::CertificateRecord = c.summary(fp, only_agent.as_deref()).into();
+        let mut der = Vec::new();
         if q.with_der
             && let Some(s) = c.sightings.first()
         {
@@ -1120,10 +1125,10 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 der_of.insert(s.agent.to_string(), inv);
             }
             if let Some(stored) = der_of[&*s.agent].certs.get(&**fp) {
-                cert.der = STANDARD.decode(&stored.der_b64).unwrap_or_default();
+                der = STANDARD.decode(&stored.der_b64).unwrap_or_default();
             }
         }
-        let mut seen = Vec::new();
+        seen.clear();
         for s in &c.sightings {
             if only_agent.as_ref().is_some_and(|a| **a != *s.agent) {
                 continue;
@@ -1135,33 +1140,180 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 continue;
             };
             for loc in s.locations.iter() {
-                seen.push(pb::SeenAt {
-                    agent_id: agent.id.clone(),
-                    agent_name: agent.name.clone(),
-                    hostname: agent.hostname.clone(),
-                    platforms: agent.platforms.clone(),
-                    location: Some(loc.to_model().into()),
+                seen.push(wire::SeenFields {
+                    agent_id: &agent.id,
+                    agent_name: &agent.name,
+                    hostname: &agent.hostname,
+                    platforms: &agent.platforms,
+                    location: [&loc.kind, &loc.path, &loc.store, &loc.alias, &loc.detail],
                 });
             }
         }
-        items.push(pb::InventoryItem {
-            certificate: Some(cert),
-            seen,
-            owner: c.owner_seen_by(only_agent.as_deref()).to_owned(),
-        });
+        writer.write(
+            &mut encoded_items,
+            &wire::CertificateFields {
+                fingerprint_sha256: fp,
+                subject: &c.subject,
+                issuer: &c.issuer,
+                serial: &c.serial,
+                sans: &c.sans,
+                not_before: c.not_before,
+                not_after: c.not_after,
+                key_algorithm: &c.key_algorithm,
+                key_bits: c.key_bits,
+                is_ca: c.is_ca,
+                subject_key_id: &c.subject_key_id,
+                authority_key_id: &c.authority_key_id,
+                role: c.role_seen_by(only_agent.as_deref()),
+                der: &der,
+            },
+            seen.drain(..),
+            c.owner_seen_by(only_agent.as_deref()),
+        );
     }
     Ok(pb::InventoryList {
-        items,
+        items: Vec::new(),
         problems,
         health,
         next_page_token,
         pins,
+        encoded_items,
     })
 }
 
 #[cfg(test)]
 mod filter_tests {
     use super::*;
+
+    /// An answer's items are written from the index as bytes; decoded, they are the items:
+    /// each certificate once with every place every agent saw it, the agent's name, host and
+    /// platforms on each place, DER only when asked, one agent's view with `--agent`.
+    #[test]
+    fn answers_decode_to_each_certificate_with_its_places() {
+        use prost::Message as _;
+        let (_dir, fleet) = crate::server::test_fleet();
+        for (id, name, platforms) in [("a1", "vc1", vec!["vsphere"]), ("a2", "eng1", vec![])] {
+            let agent: AgentRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "name": name, "hostname": format!("{name}.example.org"),
+                "platforms": platforms, "version": "1", "state": "active", "enrolled_at": 1,
+                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap();
+            fleet.store.put("agents", id, &agent).unwrap();
+        }
+        let der = b"a CA certificate".to_vec();
+        let ca_fp = certfleet_common::pki::sha256_hex(&der);
+        let cert = |role: &str, der: &[u8], fp: &str, path: &str| pb::CertificateRecord {
+            fingerprint_sha256: fp.into(),
+            subject: format!("CN={role}"),
+            issuer: "CN=CA".into(),
+            serial: "01".into(),
+            sans: vec!["a.example.org".into(), "b.example.org".into()],
+            not_before: -5,
+            not_after: 2_000_000_000,
+            key_algorithm: "RSA".into(),
+            key_bits: 2048,
+            role: role.into(),
+            locations: vec![pb::Location {
+                kind: "file".into(),
+                path: path.into(),
+                ..Default::default()
+            }],
+            der: der.to_vec(),
+            ..Default::default()
+        };
+        let leaf_fp = "ee".repeat(32);
+        apply(
+            &fleet,
+            "a1",
+            pb::InventoryReport {
+                full: true,
+                certificates: vec![
+                    cert("file.ca", &der, "", "/etc/ca.pem"),
+                    cert("file.server", &[], &leaf_fp, "/etc/tls.pem"),
+                ],
+                ..Default::default()
+            },
+            100,
+        )
+        .unwrap();
+        apply(
+            &fleet,
+            "a2",
+            pb::InventoryReport {
+                full: true,
+                certificates: vec![cert("file.ca", &der, "", "/srv/ca.pem")],
+                ..Default::default()
+            },
+            100,
+        )
+        .unwrap();
+        let ask = |q: pb::InventoryQuery| {
+            let sent = query(&fleet, &q).unwrap();
+            assert!(sent.items.is_empty(), "items travel written, not built");
+            pb::InventoryList::decode(sent.encode_to_vec().as_slice()).unwrap()
+        };
+        let all = ask(pb::InventoryQuery::default());
+        assert_eq!(all.items.len(), 2);
+        let ca = all
+            .items
+            .iter()
+            .find(|i| i.certificate.as_ref().unwrap().fingerprint_sha256 == ca_fp)
+            .unwrap();
+        let c = ca.certificate.as_ref().unwrap();
+        assert_eq!(
+            (
+                c.subject.as_str(),
+                c.not_before,
+                c.key_bits,
+                c.sans.len(),
+                c.der.len()
+            ),
+            ("CN=file.ca", -5, 2048, 2, 0)
+        );
+        let places: Vec<String> = ca
+            .seen
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {:?} {}",
+                    s.agent_name,
+                    s.hostname,
+                    s.platforms,
+                    s.location.as_ref().unwrap().path
+                )
+            })
+            .collect();
+        assert_eq!(
+            places,
+            [
+                "vc1 vc1.example.org [\"vsphere\"] /etc/ca.pem",
+                "eng1 eng1.example.org [] /srv/ca.pem"
+            ]
+        );
+        let one = ask(pb::InventoryQuery {
+            agent: "eng1".into(),
+            with_der: true,
+            ..Default::default()
+        });
+        assert_eq!(one.items.len(), 1);
+        assert_eq!(one.items[0].seen.len(), 1);
+        assert_eq!(one.items[0].certificate.as_ref().unwrap().der, der);
+        // Pages: one item each, the token carried over.
+        let first = ask(pb::InventoryQuery {
+            page_size: 1,
+            ..Default::default()
+        });
+        let second = ask(pb::InventoryQuery {
+            page_size: 1,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        });
+        assert_eq!((first.items.len(), second.items.len()), (1, 1));
+        assert!(second.next_page_token.is_empty());
+        assert_ne!(first.items[0], second.items[0]);
+    }
 
     /// A restarted controller meets every agent reporting at once: the index is built from the
     /// store once, however many first users arrive together (each built its own copy before).

@@ -8,4 +8,7 @@
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("certfleet.v1");
+    pub use crate::wire::InventoryList;
 }
+
+pub mod wire;
