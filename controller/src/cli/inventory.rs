@@ -122,10 +122,15 @@ pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
                 issued_by: args.issued_by.clone().unwrap_or_default(),
                 ..Default::default()
             };
-            let list = inventory_pages(&mut c, q).await.map_err(e)?;
             match &args.compare {
-                Some(before) => print_comparison(before, &list, &args.output)?,
-                None => print_inventory(list, &args.output)?,
+                Some(before) => {
+                    let list = inventory_pages(&mut c, q).await.map_err(e)?;
+                    print_comparison(before, &list, &args.output)?
+                }
+                None => {
+                    let listing = inventory_listing(&c, q, now()).await.map_err(e)?;
+                    print_inventory(listing, &args.output)?
+                }
             }
         }
     }
@@ -280,49 +285,61 @@ fn into_view(i: pb::InventoryItem, now: i64) -> InventoryView {
     }
 }
 
-/// A listing's certificates as printed, each with its pins.
+/// A listing's certificates as printed, each with its pins, built page by page.
+#[derive(Default)]
 struct Listing {
     views: Vec<InventoryView>,
-    /// Positions in `views`, most urgent first.
-    order: Vec<usize>,
+    /// The answer's pins by the certificate they pin (they come with the first page).
+    pins: HashMap<String, Vec<PinView>>,
+    health: Vec<pb::HealthFact>,
+    problems: Vec<pb::Problem>,
 }
 
 impl Listing {
+    /// A whole answer.
+    #[cfg(test)]
     fn new(list: pb::InventoryList, now: i64) -> Listing {
-        let mut pins = pins_by_fingerprint(list.pins);
-        let mut views: Vec<InventoryView> =
-            list.items.into_iter().map(|i| into_view(i, now)).collect();
-        if !pins.is_empty() {
-            for v in &mut views {
-                v.pins = pins.remove(&v.fingerprint_sha256).unwrap_or_default();
+        let mut listing = Listing::default();
+        listing.add(list, now);
+        listing
+    }
+
+    /// Adds a page of the answer.
+    fn add(&mut self, page: pb::InventoryList, now: i64) {
+        self.pins.extend(pins_by_fingerprint(page.pins));
+        self.health.extend(page.health);
+        self.problems.extend(page.problems);
+        self.views.reserve(page.items.len());
+        for item in page.items {
+            let mut v = into_view(item, now);
+            if let Some(pins) = self.pins.remove(&v.fingerprint_sha256) {
+                v.pins = pins;
             }
+            self.views.push(v);
         }
-        let rank = |s: &str| match s {
-            "expired" => 0u8,
-            "expiring" => 1,
-            _ => 2,
-        };
-        // Positions are sorted, not the views: a view is some 500 bytes.
-        let mut keyed: Vec<(u8, i64, usize)> = views
-            .iter()
-            .enumerate()
-            .map(|(n, v)| (rank(v.status), v.not_after_ts, n))
-            .collect();
-        keyed.sort_unstable_by(|a, b| {
-            (a.0, a.1, &views[a.2].fingerprint_sha256).cmp(&(
-                b.0,
-                b.1,
-                &views[b.2].fingerprint_sha256,
-            ))
-        });
-        let order = keyed.into_iter().map(|(_, _, n)| n).collect();
-        Listing { views, order }
     }
 
     /// Most urgent first: expired, then expiring, then the rest, each by expiry (the
     /// fingerprint breaks ties, so the order is total).
     fn sorted(&self) -> Vec<&InventoryView> {
-        self.order.iter().map(|&n| &self.views[n]).collect()
+        let rank = |s: &str| match s {
+            "expired" => 0u8,
+            "expiring" => 1,
+            _ => 2,
+        };
+        // The keys sit next to each other; a view (some 500 bytes, anywhere in memory) is
+        // read only to break a tie.
+        let mut keyed: Vec<(u8, i64, &InventoryView)> = self
+            .views
+            .iter()
+            .map(|v| (rank(v.status), v.not_after_ts, v))
+            .collect();
+        keyed.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| a.2.fingerprint_sha256.cmp(&b.2.fingerprint_sha256))
+        });
+        keyed.into_iter().map(|(_, _, v)| v).collect()
     }
 }
 
@@ -430,11 +447,37 @@ async fn inventory_pages(
     Ok(all)
 }
 
+/// An inventory query's answer as a listing, page by page: each page is converted while the
+/// controller prepares the next.
+async fn inventory_listing(
+    c: &certfleet_common::proto::operator_client::OperatorClient<tonic::transport::Channel>,
+    mut q: pb::InventoryQuery,
+    now: i64,
+) -> Result<Listing, tonic::Status> {
+    q.page_size = u32::try_from(crate::inventory::MAX_PAGE).unwrap_or(u32::MAX);
+    let fetch = |q: pb::InventoryQuery| {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.inventory(q).await.map(tonic::Response::into_inner) })
+    };
+    let mut listing = Listing::default();
+    let mut next = Some(fetch(q.clone()));
+    while let Some(fetching) = next.take() {
+        let mut page = fetching
+            .await
+            .map_err(|e| tonic::Status::internal(format!("fetching an inventory page: {e}")))??;
+        if !page.next_page_token.is_empty() {
+            q.page_token = std::mem::take(&mut page.next_page_token);
+            next = Some(fetch(q.clone()));
+        }
+        listing.add(page, now);
+    }
+    Ok(listing)
+}
+
 /// Prints an inventory listing sorted by urgency. JSON is written as it is serialized: a
 /// fleet's inventory is some 100 MB of it.
-pub fn print_inventory(list: pb::InventoryList, out: &OutputArgs) -> anyhow::Result<()> {
+fn print_inventory(listing: Listing, out: &OutputArgs) -> anyhow::Result<()> {
     if out.output == Format::Json {
-        let listing = Listing::new(list, now());
         let written = write_json(std::io::stdout().lock(), "inventory", &listing.sorted());
         // The process ends next: freeing two million strings one by one would add a sixth to
         // a fleet-sized listing's time, for memory the exit gives back at once.
@@ -443,22 +486,17 @@ pub fn print_inventory(list: pb::InventoryList, out: &OutputArgs) -> anyhow::Res
     }
     print!(
         "{}",
-        render_inventory(list, out, now(), Screen::detect(out.output))?
+        render_inventory(&listing, out, Screen::detect(out.output))?
     );
     Ok(())
 }
 
 /// An inventory listing as text, most urgent first, with the health, problems and totals
 /// under the table (table and wide only).
-pub fn render_inventory(
-    mut list: pb::InventoryList,
-    out: &OutputArgs,
-    now: i64,
-    screen: Screen,
-) -> anyhow::Result<String> {
-    let health = std::mem::take(&mut list.health);
-    let problems = std::mem::take(&mut list.problems);
-    let listing = Listing::new(list, now);
+fn render_inventory(listing: &Listing, out: &OutputArgs, screen: Screen) -> anyhow::Result<String> {
+    let Listing {
+        health, problems, ..
+    } = listing;
     let views = listing.sorted();
     let rows: Vec<PlaceRow<'_>> = views
         .iter()
@@ -485,7 +523,7 @@ pub fn render_inventory(
             );
             let _ = writeln!(s, "{}", shorten(&line, width));
         }
-        for p in &problems {
+        for p in problems {
             let line = format!("PROBLEM [{}] {}: {}", p.collector, p.subject, p.message);
             let _ = writeln!(s, "{line}");
         }
@@ -975,7 +1013,7 @@ mod tests {
             width: Some(80),
             color: false,
         };
-        let text = render_inventory(fleet(), &out, NOW, screen).unwrap();
+        let text = render_inventory(&Listing::new(fleet(), NOW), &out, screen).unwrap();
         for l in text.lines() {
             assert!(
                 l.chars().count() <= 80,
@@ -1001,7 +1039,7 @@ mod tests {
             width: Some(80),
             color: false,
         };
-        let text = render_inventory(fleet(), &out, NOW, screen).unwrap();
+        let text = render_inventory(&Listing::new(fleet(), NOW), &out, screen).unwrap();
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),
