@@ -18,7 +18,7 @@ use super::args::{MAX_HORIZON, duration_in, secs};
 use super::conn::Conn;
 use super::output::{
     Cell, Column, Format, OutputArgs, Screen, Show, Tone, print_document, render_list,
-    render_list_on, shorten, write_json_array,
+    render_list_on, shorten, write_json,
 };
 
 /// `certfleet inventory [...]`
@@ -478,7 +478,7 @@ async fn inventory_listing(
 /// fleet's inventory is some 100 MB of it.
 fn print_inventory(listing: Listing, out: &OutputArgs) -> anyhow::Result<()> {
     if out.output == Format::Json {
-        let written = write_json_array(std::io::stdout().lock(), "inventory", &listing.sorted());
+        let written = write_json(std::io::stdout().lock(), "inventory", &listing.sorted());
         // The process ends next: freeing two million strings one by one would add a sixth to
         // a fleet-sized listing's time, for memory the exit gives back at once.
         std::mem::forget(listing);

@@ -344,65 +344,6 @@ pub fn write_json(
     }
 }
 
-/// [`write_json`] for a large array, serialized on two threads in slices of [`SLICE`]
-/// elements while this one writes the finished slices in order (a fleet's inventory is
-/// 100,000 elements, 100 MB: serializing it is most of what is left of the listing's time once
-/// it arrived). The text is [`write_json`]'s: a slice serialized as an array has its elements
-/// at the same indent as the whole array does, so the slices' insides are joined.
-pub fn write_json_array<T: Serialize + Sync>(
-    out: impl std::io::Write,
-    command: &'static str,
-    items: &[T],
-) -> Result<(), OutputError> {
-    use std::io::Write as _;
-    /// Elements per slice: small enough that two in flight are a few MB.
-    const SLICE: usize = 4096;
-    if items.len() <= SLICE {
-        return write_json(out, command, &items);
-    }
-    let slice = |part: &[T]| -> Result<Vec<u8>, OutputError> {
-        let mut text = serde_json::to_vec_pretty(part).map_err(|e| OutputError::Serialize {
-            command,
-            format: Format::Json,
-            message: e.to_string(),
-        })?;
-        // "[\n" … "\n]": the elements, each line indented as in the whole array.
-        text.truncate(text.len().saturating_sub(2));
-        text.drain(..2.min(text.len()));
-        Ok(text)
-    };
-    let mut w = std::io::BufWriter::with_capacity(1 << 16, out);
-    let written = std::thread::scope(|scope| -> Result<std::io::Result<()>, OutputError> {
-        let mut parts = items.chunks(SLICE).enumerate();
-        let mut pending = std::collections::VecDeque::new();
-        for _ in 0..2 {
-            if let Some(part) = parts.next() {
-                pending.push_back(scope.spawn(move || (part.0, slice(part.1))));
-            }
-        }
-        let mut io = w.write_all(b"[\n");
-        while let Some(done) = pending.pop_front() {
-            let (n, text) = done.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            let text = text?;
-            if let Some(part) = parts.next() {
-                pending.push_back(scope.spawn(move || (part.0, slice(part.1))));
-            }
-            if io.is_ok() {
-                let sep: &[u8] = if n == 0 { b"" } else { b",\n" };
-                io = w.write_all(sep).and_then(|()| w.write_all(&text));
-            }
-        }
-        Ok(io
-            .and_then(|()| w.write_all(b"\n]\n"))
-            .and_then(|()| w.flush()))
-    })?;
-    match written {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(source) => Err(OutputError::Write { command, source }),
-    }
-}
-
 /// Gap between table columns (kubectl's).
 const GAP: usize = 3;
 
@@ -696,34 +637,6 @@ mod tests {
             full.starts_with("writing the output of `inventory`: "),
             "{full}"
         );
-    }
-
-    #[test]
-    fn a_large_array_written_in_slices_is_the_same_text() {
-        #[derive(Serialize)]
-        struct Item {
-            n: usize,
-            name: String,
-            tags: Vec<&'static str>,
-        }
-        for len in [0, 1, 4096, 4097, 3 * 4096 + 5] {
-            let items: Vec<Item> = (0..len)
-                .map(|n| Item {
-                    n,
-                    name: format!("item \"{n}\""),
-                    tags: if n % 2 == 0 { vec![] } else { vec!["a", "b"] },
-                })
-                .collect();
-            let mut whole = Vec::new();
-            write_json(&mut whole, "t", &items).unwrap();
-            let mut sliced = Vec::new();
-            write_json_array(&mut sliced, "t", &items).unwrap();
-            assert!(sliced == whole, "{len} items differ");
-        }
-        let items = vec![1; 10_000];
-        write_json_array(Failing(std::io::ErrorKind::BrokenPipe), "t", &items).unwrap();
-        let e = write_json_array(Failing(std::io::ErrorKind::StorageFull), "t", &items);
-        assert!(matches!(e, Err(OutputError::Write { .. })));
     }
 
     #[test]
