@@ -348,10 +348,21 @@ fn send(
 /// What was last reported, to send deltas: per fingerprint, the SHA-256 of the record as it
 /// was sent. A digest, not the record's JSON: an agent with 10,000 certificates kept ~7 MB of
 /// JSON between scans for this alone (issue 10).
+/// Keyed by the fingerprint's 32 bytes, not its hex: 10,000 small strings allocated while the
+/// scan's records were freed pinned the heap's pages, and a trim after the report gave nothing
+/// back (issue 10).
 #[derive(Default)]
 struct Reported {
-    certs: HashMap<String, [u8; 32]>,
+    certs: HashMap<[u8; 32], [u8; 32]>,
     sent_full: bool,
+}
+
+/// A fingerprint's bytes; None for one that is not 64 hex digits (none is: every record's is
+/// `sha256_hex`), which is then sent with every report and never listed as removed.
+fn fingerprint_key(fingerprint: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(fingerprint, &mut key).ok()?;
+    Some(key)
 }
 
 /// SHA-256 of a record's JSON form (what a delta compares; the DER is in the fingerprint).
@@ -392,8 +403,11 @@ impl Reported {
         let mut sizes = Vec::with_capacity(changed.capacity());
         for rec in c.into_certificates() {
             let digest = record_digest(&rec);
-            let same = self.certs.get(&rec.fingerprint_sha256) == Some(&digest);
-            now_set.insert(rec.fingerprint_sha256.clone(), digest);
+            let key = fingerprint_key(&rec.fingerprint_sha256);
+            let same = key.is_some_and(|k| self.certs.get(&k) == Some(&digest));
+            if let Some(k) = key {
+                now_set.insert(k, digest);
+            }
             if first || !same {
                 // The wire form of one record at a time, for its size only.
                 sizes.push(pb::CertificateRecord::from(&rec).encoded_len());
@@ -404,7 +418,7 @@ impl Reported {
             .certs
             .keys()
             .filter(|k| !now_set.contains_key(*k))
-            .cloned()
+            .map(hex::encode)
             .collect();
         self.certs = now_set;
         self.sent_full = true;
@@ -452,6 +466,12 @@ use certfleet_common::limits::ReportLimits;
 /// chunks of at most half this, which every controller that announces limits assembles (and
 /// the legacy limit is this same size).
 const MAX_MESSAGE_SENT_BYTES: usize = certfleet_common::limits::LEGACY_MAX_REPORT_BYTES;
+
+/// Size of the chunks a large report is cut into (a certificate larger than this still goes,
+/// alone in its chunk, up to half the message cap). Each chunk is encoded into one buffer that
+/// the stream keeps for reuse, and waits whole in the HTTP/2 send queue: at 2 MiB, chunks of a
+/// 10,000-certificate report kept the agent 10 MB above its scan (issue 10).
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// The messages of one report, each built (its certificates converted) only when it is taken.
 struct Messages {
@@ -520,7 +540,8 @@ impl ExactSizeIterator for Messages {}
 /// one `generation` when the report is larger than the controller takes in one, or than
 /// [`MAX_MESSAGE_SENT_BYTES`] (each chunk at most half the smaller of the two, problems and
 /// health in the last). Err when even one certificate, or the last chunk, does not fit the
-/// controller's limit. Decided from the certificates' sizes: nothing is converted yet.
+/// controller's limit. Chunks are of [`CHUNK_BYTES`] at most, but for a larger certificate.
+/// Decided from the certificates' sizes: nothing is converted yet.
 fn split_report(
     limits: &ReportLimits,
     report: &ScanReport,
@@ -548,7 +569,7 @@ fn split_report(
                 c.fingerprint_sha256, limits.max_report_bytes
             ));
         }
-        if used + n > budget && count > 0 {
+        if used + n > budget.min(CHUNK_BYTES) && count > 0 {
             cuts.push(count);
             (count, used) = (0, 0);
         }
