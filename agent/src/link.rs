@@ -348,10 +348,21 @@ fn send(
 /// What was last reported, to send deltas: per fingerprint, the SHA-256 of the record as it
 /// was sent. A digest, not the record's JSON: an agent with 10,000 certificates kept ~7 MB of
 /// JSON between scans for this alone (issue 10).
+/// Keyed by the fingerprint's 32 bytes, not its hex: 10,000 small strings allocated while the
+/// scan's records were freed pinned the heap's pages, and a trim after the report gave nothing
+/// back (issue 10).
 #[derive(Default)]
 struct Reported {
-    certs: HashMap<String, [u8; 32]>,
+    certs: HashMap<[u8; 32], [u8; 32]>,
     sent_full: bool,
+}
+
+/// A fingerprint's bytes; None for one that is not 64 hex digits (none is: every record's is
+/// `sha256_hex`), which is then sent with every report and never listed as removed.
+fn fingerprint_key(fingerprint: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(fingerprint, &mut key).ok()?;
+    Some(key)
 }
 
 /// SHA-256 of a record's JSON form (what a delta compares; the DER is in the fingerprint).
@@ -378,45 +389,71 @@ impl std::io::Write for DigestWriter<'_> {
 }
 
 impl Reported {
-    /// The report of scan `c` (consumed: its records move into the report): every record on
-    /// the first report, afterwards those new or changed since the last one, and the
-    /// fingerprints gone.
-    fn report(&mut self, c: Collection) -> pb::InventoryReport {
+    /// The report of scan `c` (consumed: its records move into the report, still in the
+    /// scan's form): every record on the first report, afterwards those new or changed since
+    /// the last one, and the fingerprints gone.
+    fn report(&mut self, c: Collection) -> ScanReport {
+        use prost::Message as _;
         let first = !self.sent_full;
         let problems = c.problems.iter().map(Into::into).collect();
         let health = c.health.iter().map(Into::into).collect();
         let pins = c.pins.iter().map(Into::into).collect();
         let mut now_set = HashMap::with_capacity(c.len());
-        let mut changed = Vec::new();
+        let mut changed = Vec::with_capacity(if first { c.len() } else { 0 });
+        let mut sizes = Vec::with_capacity(changed.capacity());
         for rec in c.into_certificates() {
             let digest = record_digest(&rec);
-            let same = self.certs.get(&rec.fingerprint_sha256) == Some(&digest);
-            now_set.insert(rec.fingerprint_sha256.clone(), digest);
+            let key = fingerprint_key(&rec.fingerprint_sha256);
+            let same = key.is_some_and(|k| self.certs.get(&k) == Some(&digest));
+            if let Some(k) = key {
+                now_set.insert(k, digest);
+            }
             if first || !same {
-                // Moved, not copied, into the report.
-                changed.push(rec.into());
+                // The wire form of one record at a time, for its size only.
+                sizes.push(pb::CertificateRecord::from(&rec).encoded_len());
+                changed.push(rec);
             }
         }
         let removed = self
             .certs
             .keys()
             .filter(|k| !now_set.contains_key(*k))
-            .cloned()
+            .map(hex::encode)
             .collect();
         self.certs = now_set;
         self.sent_full = true;
-        pb::InventoryReport {
-            full: first,
+        ScanReport {
             certificates: changed,
-            removed,
-            problems,
-            health,
-            pins,
-            scanned_at: now(),
-            ..Default::default()
+            sizes,
+            last: pb::InventoryReport {
+                full: first,
+                removed,
+                problems,
+                health,
+                pins,
+                scanned_at: now(),
+                ..Default::default()
+            },
         }
     }
 }
+
+/// A scan's report before it is cut into messages. Its certificates stay in the scan's form
+/// until the message that carries them is built ([`Messages`]): a 10,000-certificate report
+/// converted whole, then cut, then queued, held the inventory two and three times over
+/// (issue 10).
+struct ScanReport {
+    /// What is sent, in fingerprint order.
+    certificates: Vec<certfleet_common::model::CertRecord>,
+    /// The encoded size of each certificate's wire form.
+    sizes: Vec<usize>,
+    /// Everything else: what the last (or only) message carries besides certificates.
+    last: pb::InventoryReport,
+}
+
+/// How long after its last chunk was queued a report is assumed to have left (encoded and
+/// written out), so that the heap is trimmed once its buffers are freed too.
+const TRIM_AFTER_REPORT: Duration = Duration::from_secs(2);
 
 /// Largest message accepted from the controller (steps, renewed certificates).
 const MAX_CONTROLLER_MESSAGE_BYTES: usize = 32 << 20;
@@ -430,68 +467,131 @@ use certfleet_common::limits::ReportLimits;
 /// the legacy limit is this same size).
 const MAX_MESSAGE_SENT_BYTES: usize = certfleet_common::limits::LEGACY_MAX_REPORT_BYTES;
 
-/// `report` as one message, or as chunks of one `generation` when it is larger than the
-/// controller takes in one, or than [`MAX_MESSAGE_SENT_BYTES`] (each chunk at most half the
-/// smaller of the two, problems and health in the last). Err when even one certificate, or
-/// the last chunk, does not fit the controller's limit.
+/// Size of the chunks a large report is cut into (a certificate larger than this still goes,
+/// alone in its chunk, up to half the message cap). Each chunk is encoded into one buffer that
+/// the stream keeps for reuse, and waits whole in the HTTP/2 send queue: at 2 MiB, chunks of a
+/// 10,000-certificate report kept the agent 10 MB above its scan (issue 10).
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// The messages of one report, each built (its certificates converted) only when it is taken.
+struct Messages {
+    certificates: std::vec::IntoIter<certfleet_common::model::CertRecord>,
+    /// How many certificates each message carries, in order; the last also carries `last`.
+    cuts: std::vec::IntoIter<usize>,
+    last: Option<pb::InventoryReport>,
+}
+
+impl Messages {
+    /// `report` in messages of `cuts` certificates each (see [`split_report`]); chunks, when
+    /// there are several, of one `generation`.
+    fn new(report: ScanReport, cuts: Vec<usize>, generation: u64) -> Self {
+        let mut last = report.last;
+        if cuts.len() > 1 {
+            last.generation = generation;
+            last.more = false;
+        }
+        Messages {
+            certificates: report.certificates.into_iter(),
+            cuts: cuts.into_iter(),
+            last: Some(last),
+        }
+    }
+
+    /// A report of one message with no certificates.
+    fn one(last: pb::InventoryReport) -> Self {
+        Messages {
+            certificates: Vec::new().into_iter(),
+            cuts: vec![0].into_iter(),
+            last: Some(last),
+        }
+    }
+}
+
+impl Iterator for Messages {
+    type Item = pb::InventoryReport;
+
+    fn next(&mut self) -> Option<pb::InventoryReport> {
+        let n = self.cuts.next()?;
+        let certificates = self.certificates.by_ref().take(n).map(Into::into).collect();
+        if self.cuts.len() == 0 {
+            let mut last = self.last.take()?;
+            last.certificates = certificates;
+            return Some(last);
+        }
+        let last = self.last.as_ref()?;
+        Some(pb::InventoryReport {
+            full: last.full,
+            generation: last.generation,
+            more: true,
+            scanned_at: last.scanned_at,
+            certificates,
+            ..Default::default()
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.cuts.len(), Some(self.cuts.len()))
+    }
+}
+
+impl ExactSizeIterator for Messages {}
+
+/// How many certificates of `report` each message carries: all in one message, or chunks of
+/// one `generation` when the report is larger than the controller takes in one, or than
+/// [`MAX_MESSAGE_SENT_BYTES`] (each chunk at most half the smaller of the two, problems and
+/// health in the last). Err when even one certificate, or the last chunk, does not fit the
+/// controller's limit. Chunks are of [`CHUNK_BYTES`] at most, but for a larger certificate.
+/// Decided from the certificates' sizes: nothing is converted yet.
 fn split_report(
     limits: &ReportLimits,
-    report: pb::InventoryReport,
+    report: &ScanReport,
     generation: u64,
-) -> Result<Vec<pb::InventoryReport>, String> {
+) -> Result<Vec<usize>, String> {
     use prost::Message as _;
+    use prost::encoding::{encoded_len_varint, key_len};
+    // A certificate's size as a field of the report (tag, length, record).
+    let field = |n: usize| key_len(2) + encoded_len_varint(n as u64) + n;
+    let sizes = &report.sizes;
     // Room for the envelope (message kind and length prefix).
-    let size = report.encoded_len() + 16;
+    let size = report.last.encoded_len() + sizes.iter().map(|&n| field(n)).sum::<usize>() + 16;
     let message_cap = limits.max_report_bytes.min(MAX_MESSAGE_SENT_BYTES);
     if size <= message_cap {
-        return Ok(vec![report]);
+        return Ok(vec![sizes.len()]);
     }
     let budget = message_cap / 2;
-    let mut chunks = Vec::new();
-    let mut current = pb::InventoryReport {
-        full: report.full,
-        generation,
-        more: true,
-        scanned_at: report.scanned_at,
-        ..Default::default()
-    };
-    let mut used = 0usize;
-    for c in report.certificates {
-        let n = c.encoded_len() + 16;
+    let mut cuts = Vec::new();
+    let (mut count, mut used) = (0usize, 0usize);
+    for (&n, c) in sizes.iter().zip(&report.certificates) {
+        let n = n + 16;
         if n > budget {
             return Err(format!(
                 "certificate {} alone is {n} bytes, the controller accepts at most {} bytes per message",
                 c.fingerprint_sha256, limits.max_report_bytes
             ));
         }
-        if used + n > budget && !current.certificates.is_empty() {
-            let next = pb::InventoryReport {
-                full: report.full,
-                generation,
-                more: true,
-                scanned_at: report.scanned_at,
-                ..Default::default()
-            };
-            chunks.push(std::mem::replace(&mut current, next));
-            used = 0;
+        if used + n > budget.min(CHUNK_BYTES) && count > 0 {
+            cuts.push(count);
+            (count, used) = (0, 0);
         }
         used += n;
-        current.certificates.push(c);
+        count += 1;
     }
-    current.removed = report.removed;
-    current.problems = report.problems;
-    current.health = report.health;
-    current.pins = report.pins;
-    current.more = false;
-    let last = current.encoded_len() + 16;
-    if last > limits.max_report_bytes {
+    cuts.push(count);
+    // The last chunk: its certificates, everything else of the report, and its generation.
+    let in_last: usize = sizes[sizes.len() - count..].iter().map(|&n| field(n)).sum();
+    let generation_field = if generation == 0 {
+        0
+    } else {
+        key_len(7) + encoded_len_varint(generation)
+    };
+    let last_size = report.last.encoded_len() + generation_field + in_last + 16;
+    if last_size > limits.max_report_bytes {
         return Err(format!(
-            "last part of the report is {last} bytes (problems, health, removals), the controller accepts at most {} bytes",
+            "last part of the report is {last_size} bytes (problems, health, removals), the controller accepts at most {} bytes",
             limits.max_report_bytes
         ));
     }
-    chunks.push(current);
-    Ok(chunks)
+    Ok(cuts)
 }
 
 /// The report sent instead of one over the limits: no certificates (what the controller holds
@@ -614,6 +714,8 @@ async fn session(
     let mut reported = Reported::default();
     let mut generation = 0u64;
     let mut renew_pending = false;
+    // When to give the heap back after a report (see TRIM_AFTER_REPORT).
+    let mut trim_at: Option<tokio::time::Instant> = None;
     // Remote commands: the rules as checked at start, and what runs (dropped with the session:
     // a lost link does not kill a command, see `remote_exec`).
     let exec_rules = Arc::new(cfg.exec.rules());
@@ -665,42 +767,54 @@ async fn session(
                 scanning = false;
                 let total = found.len();
                 let report = reported.report(found);
-                tracing::info!(certificates = total, sent = report.certificates.len(), full = report.full, problems = report.problems.len(), "inventory scanned");
+                tracing::info!(certificates = total, sent = report.certificates.len(), full = report.last.full, problems = report.last.problems.len(), "inventory scanned");
                 generation += 1;
-                // Kept for the report sent instead if this one is over the limits (small).
-                let (problems, health, pins) = (
-                    report.problems.clone(),
-                    report.health.clone(),
-                    report.pins.clone(),
-                );
-                let parts = limits
-                    .check_counts(total, &report)
+                let cuts = limits
+                    .check_records(
+                        total,
+                        report
+                            .certificates
+                            .iter()
+                            .map(|c| (c.fingerprint_sha256.as_str(), c.locations.len())),
+                    )
                     .map_err(|e| e.to_string())
-                    .and_then(|()| split_report(&limits, report, generation));
-                let parts = match parts {
-                    Ok(parts) => parts,
+                    .and_then(|()| split_report(&limits, &report, generation));
+                let parts = match cuts {
+                    Ok(cuts) => Messages::new(report, cuts, generation),
                     Err(why) => {
                         // Sending it would only be refused (or end the stream, and a
                         // reconnect would send it again): report the problem instead, keep
                         // the session, and send a full report once the inventory fits.
                         tracing::error!(controller = %ctl, reason = %why, "inventory not sent: over the controller's limits");
                         reported = Reported::default();
-                        vec![over_limit_report(&why, problems, health, pins)]
+                        let last = report.last;
+                        Messages::one(over_limit_report(&why, last.problems, last.health, last.pins))
                     }
                 };
                 if parts.len() > 1 {
                     tracing::info!(chunks = parts.len(), generation, "inventory report sent in chunks");
                 }
                 for part in parts {
-                    // Waits for room in the queue: chunks are many, and none may be dropped.
                     tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Inventory(part)) })
                         .await
                         .map_err(|e| LinkError::Other(format!("outbound queue: {e}")))?;
+                    // The next chunk is built once the stream took this one (the queue is
+                    // empty): one chunk at a time between the scan's records and the wire.
+                    // Heartbeats would only queue behind the chunks on the same stream.
+                    drop(tx.reserve_many(tx.max_capacity()).await);
                 }
+                // What the scan and its report freed goes back to the system once the last
+                // chunk has left (glibc keeps it otherwise: the agent idled at its peak).
+                trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_REPORT);
                 if rescan_wanted {
                     rescan_wanted = false;
                     start_scan(&mut scanning);
                 }
+            }
+            _ = tokio::time::sleep_until(trim_at.unwrap_or_else(tokio::time::Instant::now)), if trim_at.is_some() => {
+                trim_at = None;
+                let released = certfleet_common::heap::trim();
+                tracing::debug!(released, rss_mb = certfleet_common::heap::rss_bytes() >> 20, "heap trimmed after the report");
             }
             _ = tokio::time::sleep(renew_in), if !renew_pending => {
                 let csr = certfleet_common::pki::csr_for_key(&current.key_pem, &current.meta.name).map_err(|e| LinkError::Other(e.to_string()))?;
@@ -847,19 +961,32 @@ mod report_tests {
         c
     }
 
+    /// The messages of `report` as the session sends them.
+    fn messages(
+        limits: &ReportLimits,
+        report: ScanReport,
+        generation: u64,
+    ) -> Vec<pb::InventoryReport> {
+        let cuts = split_report(limits, &report, generation).unwrap();
+        Messages::new(report, cuts, generation).collect()
+    }
+
     #[test]
     fn deltas_from_digests_send_what_changed_and_move_records_unchanged() {
         let recs: Vec<CertRecord> = (0..4).map(|n| record(n, 40)).collect();
+        let limits = ReportLimits::default();
         let mut reported = Reported::default();
         // First report: everything, each record exactly as the borrowing conversion makes it.
-        let r = reported.report(collection(&recs));
-        assert!(r.full);
+        let r = messages(&limits, reported.report(collection(&recs)), 1);
+        assert_eq!(r.len(), 1);
+        let r = &r[0];
+        assert!(r.full && !r.more);
         let want: Vec<pb::CertificateRecord> = recs.iter().map(Into::into).collect();
         assert_eq!(r.certificates, want);
         assert_eq!(r.problems.len(), 1);
         // Nothing changed: nothing sent, nothing removed.
         let r = reported.report(collection(&recs));
-        assert!(!r.full && r.certificates.is_empty() && r.removed.is_empty());
+        assert!(!r.last.full && r.certificates.is_empty() && r.last.removed.is_empty());
         // One moved (new location), one gone, one new.
         let mut next = recs.clone();
         next[1].locations.push(Location {
@@ -869,11 +996,20 @@ mod report_tests {
         });
         next.remove(3);
         next.push(record(9, 40));
-        let r = reported.report(collection(&next));
+        let r = messages(&limits, reported.report(collection(&next)), 2).remove(0);
         let sent: Vec<&str> = r.certificates.iter().map(|c| c.subject.as_str()).collect();
         assert_eq!(sent, ["CN=host-1", "CN=host-9"]);
         assert_eq!(r.certificates[0].locations.len(), 2);
         assert_eq!(r.removed, [format!("{:064x}", 3)]);
+    }
+
+    /// The report as one message, built the old way (whole, then encoded): what the chunks
+    /// must add up to, and the size the split is decided on.
+    fn whole(recs: &[CertRecord]) -> pb::InventoryReport {
+        let mut r = Reported::default().report(collection(recs));
+        let mut last = std::mem::take(&mut r.last);
+        last.certificates = r.certificates.into_iter().map(Into::into).collect();
+        last
     }
 
     #[test]
@@ -881,25 +1017,86 @@ mod report_tests {
         use prost::Message as _;
         // ~6 MiB of certificates; the controller would take 32 MiB in one message.
         let recs: Vec<CertRecord> = (0..600).map(|n| record(n, 10 * 1024)).collect();
-        let report = Reported::default().report(collection(&recs));
-        assert!(report.encoded_len() > MAX_MESSAGE_SENT_BYTES);
+        let whole = whole(&recs);
+        assert!(whole.encoded_len() > MAX_MESSAGE_SENT_BYTES);
         let limits = ReportLimits::default();
-        assert!(limits.max_report_bytes > report.encoded_len());
-        let parts = split_report(&limits, report.clone(), 7).unwrap();
+        assert!(limits.max_report_bytes > whole.encoded_len());
+        let parts = messages(&limits, Reported::default().report(collection(&recs)), 7);
         assert!(parts.len() >= 2, "{} part(s)", parts.len());
         for (i, p) in parts.iter().enumerate() {
-            assert!(p.encoded_len() <= MAX_MESSAGE_SENT_BYTES, "part {i}");
+            assert!(p.encoded_len() <= MAX_MESSAGE_SENT_BYTES / 2, "part {i}");
             assert_eq!(p.generation, 7);
             assert_eq!(p.more, i + 1 < parts.len());
             assert!(p.full);
+            assert_eq!(p.scanned_at, whole.scanned_at);
         }
         // Put back together, the chunks are the report.
         let certs: Vec<pb::CertificateRecord> =
             parts.iter().flat_map(|p| p.certificates.clone()).collect();
-        assert_eq!(certs, report.certificates);
-        assert_eq!(parts.last().unwrap().problems, report.problems);
-        // A small report stays one message.
-        let small = Reported::default().report(collection(&recs[..3]));
-        assert_eq!(split_report(&limits, small, 8).unwrap().len(), 1);
+        assert_eq!(certs, whole.certificates);
+        assert_eq!(parts.last().unwrap().problems, whole.problems);
+        assert!(
+            parts[..parts.len() - 1]
+                .iter()
+                .all(|p| p.problems.is_empty())
+        );
+        // A small report stays one message, of no generation (as before chunks existed).
+        let small = messages(
+            &limits,
+            Reported::default().report(collection(&recs[..3])),
+            8,
+        );
+        assert_eq!(small.len(), 1);
+        assert_eq!((small[0].generation, small[0].more), (0, false));
+    }
+
+    /// The split is decided on sizes computed without building the message: they must be the
+    /// encoded sizes exactly, at the one-message cap and at the controller's limit.
+    #[test]
+    fn sizes_computed_ahead_are_the_encoded_sizes() {
+        use prost::Message as _;
+        let recs: Vec<CertRecord> = (0..40).map(|n| record(n, 1000 + n as usize)).collect();
+        let size = whole(&recs).encoded_len() + 16;
+        let at = |max_report_bytes| ReportLimits {
+            max_report_bytes,
+            ..ReportLimits::default()
+        };
+        let split = |limits: &ReportLimits| {
+            split_report(limits, &Reported::default().report(collection(&recs)), 3)
+        };
+        assert_eq!(split(&at(size)).unwrap(), [40]);
+        let cuts = split(&at(size - 1)).unwrap();
+        assert!(
+            cuts.len() > 1 && cuts.iter().sum::<usize>() == 40,
+            "{cuts:?}"
+        );
+        // Each chunk within the budget, the last one too (with its generation).
+        let parts = messages(
+            &at(size - 1),
+            Reported::default().report(collection(&recs)),
+            3,
+        );
+        assert_eq!(parts.len(), cuts.len());
+        for p in &parts {
+            assert!(
+                p.encoded_len() + 16 <= (size - 1) / 2 + 16 * 40,
+                "{}",
+                p.encoded_len()
+            );
+        }
+        assert_eq!(parts.last().unwrap().generation, 3);
+    }
+
+    #[test]
+    fn a_certificate_larger_than_a_chunk_is_refused_before_anything_is_sent() {
+        let mut recs: Vec<CertRecord> = (0..10).map(|n| record(n, 100)).collect();
+        recs.push(record(99, 5 << 20));
+        let e = split_report(
+            &ReportLimits::default(),
+            &Reported::default().report(collection(&recs)),
+            1,
+        )
+        .unwrap_err();
+        assert!(e.contains("alone is"), "{e}");
     }
 }

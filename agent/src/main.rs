@@ -403,6 +403,9 @@ fn load_config(path: Option<&PathBuf>, root: Option<PathBuf>) -> anyhow::Result<
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts (see the function's note): scans run on a blocking thread, and
+    // their records are encoded and freed on the runtime's.
+    certfleet_common::heap::one_arena();
     let cli = Cli::parse();
     certfleet_common::process::init_tracing(cli.log_format);
     certfleet_common::tls::install_crypto_provider();

@@ -23,9 +23,22 @@ pub struct CertView<'a> {
 #[derive(Serialize)]
 pub struct ScanReport<'a> {
     platforms: &'a [String],
-    certificates: Vec<CertView<'a>>,
+    certificates: Views<'a>,
     problems: &'a [Problem],
     health: &'a [HealthFact],
+}
+
+/// The certificates of `scan -o json`, in order, each made into its [`CertView`] only as it is
+/// written.
+pub struct Views<'a> {
+    records: Vec<&'a CertRecord>,
+    now: i64,
+}
+
+impl Serialize for Views<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.records.iter().map(|r| view(r, self.now)))
+    }
 }
 
 /// Sorted by urgency: expired first, then by not-after.
@@ -34,13 +47,15 @@ pub fn by_urgency<'a>(
     now: i64,
 ) -> Vec<&'a CertRecord> {
     let mut v: Vec<&CertRecord> = certs.collect();
-    v.sort_by_key(|c| {
+    // Keys borrowed, not cloned: sort_by_key made two fingerprint copies per comparison.
+    let key = |c: &'a CertRecord| {
         (
             Status::of(&c.role, c.not_after, now),
             c.not_after,
-            c.fingerprint_sha256.clone(),
+            c.fingerprint_sha256.as_str(),
         )
-    });
+    };
+    v.sort_by(|a, b| key(a).cmp(&key(b)));
     v
 }
 
@@ -66,10 +81,10 @@ pub fn days_left(not_after: i64, now: i64) -> i64 {
 pub fn write_json(c: &Collection, now: i64, out: impl std::io::Write) -> std::io::Result<()> {
     let report = ScanReport {
         platforms: &c.platforms,
-        certificates: by_urgency(c.certificates(), now)
-            .into_iter()
-            .map(|r| view(r, now))
-            .collect(),
+        certificates: Views {
+            records: by_urgency(c.certificates(), now),
+            now,
+        },
         problems: &c.problems,
         health: &c.health,
     };

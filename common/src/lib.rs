@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod clidoc;
+pub mod heap;
 pub mod identity;
 pub mod limits;
 pub mod model;

@@ -103,23 +103,37 @@ impl ReportLimits {
         total: usize,
         report: &pb::InventoryReport,
     ) -> Result<(), OverLimit> {
-        let total = total.max(report.certificates.len());
+        self.check_records(
+            total,
+            report
+                .certificates
+                .iter()
+                .map(|c| (c.fingerprint_sha256.as_str(), c.locations.len())),
+        )
+    }
+
+    /// [`Self::check_counts`] of a report whose certificates are given as (fingerprint, number
+    /// of locations): an agent checks its scan's records before it converts them.
+    pub fn check_records<'a>(
+        &self,
+        total: usize,
+        sent: impl ExactSizeIterator<Item = (&'a str, usize)>,
+    ) -> Result<(), OverLimit> {
+        let total = total.max(sent.len());
         if total > self.max_certificates {
             return Err(OverLimit::Certificates {
                 count: total,
                 limit: self.max_certificates,
             });
         }
-        if let Some(c) = report
-            .certificates
-            .iter()
-            .find(|c| c.locations.len() > self.max_locations)
-        {
-            return Err(OverLimit::Locations {
-                fingerprint: c.fingerprint_sha256.clone(),
-                count: c.locations.len(),
-                limit: self.max_locations,
-            });
+        for (fingerprint, count) in sent {
+            if count > self.max_locations {
+                return Err(OverLimit::Locations {
+                    fingerprint: fingerprint.to_owned(),
+                    count,
+                    limit: self.max_locations,
+                });
+            }
         }
         Ok(())
     }

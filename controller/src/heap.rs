@@ -16,37 +16,10 @@
 
 use std::time::{Duration, Instant};
 
+use certfleet_common::heap::{rss_bytes, trim};
+
 /// How often the heap is trimmed.
 pub const EVERY: Duration = Duration::from_secs(5);
-
-/// The resident set size, in bytes (`/proc/self/statm`; 0 where it cannot be read).
-pub fn rss_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|p| u64::try_from(p).ok())
-        .unwrap_or(4096);
-    pages * page
-}
-
-/// Returns the heap's free memory to the system; true when some was.
-#[allow(unsafe_code)]
-pub fn trim() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only walks and releases malloc's own free lists; it takes the
-        // arenas' locks like any malloc call and has no preconditions.
-        unsafe { libc::malloc_trim(0) == 1 }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
-}
 
 /// Trims every [`EVERY`] (see the module's note) until `stop`.
 pub async fn trim_periodically(mut stop: tokio::sync::watch::Receiver<bool>) {

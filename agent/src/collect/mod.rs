@@ -25,6 +25,24 @@ pub mod renewers;
 pub mod vsphere;
 pub mod vsphere_pins;
 
+/// How long a collection's records keep their DER.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum KeepDer {
+    /// For good: the report to the controller carries it.
+    #[default]
+    Always,
+    /// Until the scan ends: checks during the scan read it (see [`DER_READERS`]).
+    DuringScan,
+    /// Not at all: nothing of this scan reads it.
+    Never,
+}
+
+/// Platforms whose collectors (or whose checks after the collectors) read the DER of records
+/// during the scan: the oVirt node's chain signature check, the vSphere pins' thumbprints.
+/// Declared `[[pins]]` read it too (see [`crate::pins::evaluate`]). A scan with none of them
+/// keeps no DER at all when its output needs none: a third of what 10,000 records take.
+const DER_READERS: &[&str] = &["vsphere", "ovirt_node"];
+
 /// Certificates, problems and health facts from one scan.
 #[derive(Debug, Default, Clone)]
 pub struct Collection {
@@ -35,9 +53,9 @@ pub struct Collection {
     pub health: Vec<HealthFact>,
     /// Collectors that ran.
     pub platforms: Vec<String>,
-    /// Records keep no DER once the scan ends (a local scan prints none; a report to the
-    /// controller needs it).
-    drop_der: bool,
+    /// How long records keep their DER (a local scan prints none; a report to the controller
+    /// needs it).
+    der: KeepDer,
     /// What pins the certificates (see [`crate::pins`]).
     pub pins: Vec<certfleet_common::model::Pin>,
 }
@@ -48,7 +66,7 @@ impl Collection {
     /// [`Collection::default`]. For `certfleet-agent scan`, whose output has no DER.
     pub fn without_der() -> Self {
         Collection {
-            drop_der: true,
+            der: KeepDer::DuringScan,
             ..Default::default()
         }
     }
@@ -64,6 +82,9 @@ impl Collection {
     ) -> Option<String> {
         match certfleet_common::x509::parse_der(der) {
             Ok(mut rec) => {
+                if self.der == KeepDer::Never {
+                    rec.der = Vec::new();
+                }
                 let fp = rec.fingerprint_sha256.clone();
                 match self.certs.get_mut(&fp) {
                     Some(existing) => {
@@ -246,20 +267,28 @@ pub fn scan(cfg: &AgentConfig) -> Collection {
 
 /// Runs every selected collector into `out` (e.g. [`Collection::without_der`]).
 pub fn scan_into(cfg: &AgentConfig, mut out: Collection) -> Collection {
-    for c in all() {
-        if selected(cfg, c.as_ref()) {
-            out.platforms.push(c.name().to_owned());
-            let span = tracing::debug_span!("collect", collector = c.name());
-            let _enter = span.enter();
-            c.collect(cfg, &mut out);
-        }
+    let collectors: Vec<_> = all()
+        .into_iter()
+        .filter(|c| selected(cfg, c.as_ref()))
+        .collect();
+    if out.der == KeepDer::DuringScan
+        && cfg.pins.is_empty()
+        && !collectors.iter().any(|c| DER_READERS.contains(&c.name()))
+    {
+        out.der = KeepDer::Never;
+    }
+    for c in collectors {
+        out.platforms.push(c.name().to_owned());
+        let span = tracing::debug_span!("collect", collector = c.name());
+        let _enter = span.enter();
+        c.collect(cfg, &mut out);
     }
     stale_endpoints(&mut out);
     renewers::declared_facts(&cfg.renewers, &mut out);
     crate::pins::evaluate(cfg, &mut out);
     // Dropped only now: collectors' health checks (the oVirt chain signature check) need
     // the DER of records other collectors added.
-    if out.drop_der {
+    if out.der != KeepDer::Always {
         for rec in out.certs.values_mut() {
             rec.der = Vec::new();
         }
