@@ -135,8 +135,8 @@ fn main() {
         assert_eq!(docs.len(), agents);
     }
     let _ = fleet.agent_directory().unwrap();
-    certfleet_controller::heap::trim();
-    let rss_before = certfleet_controller::heap::rss_bytes() as usize;
+    certfleet_common::heap::trim();
+    let rss_before = certfleet_common::heap::rss_bytes() as usize;
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     let t = Instant::now();
@@ -144,8 +144,8 @@ fn main() {
     let built = t.elapsed();
     let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
-    certfleet_controller::heap::trim();
-    let rss_grew = (certfleet_controller::heap::rss_bytes() as usize).saturating_sub(rss_before);
+    certfleet_common::heap::trim();
+    let rss_grew = (certfleet_common::heap::rss_bytes() as usize).saturating_sub(rss_before);
     let snap = fleet.inventory.snapshot(&fleet).unwrap();
     assert_eq!(snap.certificates, total);
 
