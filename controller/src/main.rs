@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use certfleet_controller::cli;
 
 fn main() -> ExitCode {
+    // Before any thread starts (see the function's note).
+    certfleet_common::heap::arena_per_core();
     let cli = cli::parse();
     certfleet_common::process::init_tracing(cli.log_format());
     certfleet_common::tls::install_crypto_provider();
