@@ -1078,12 +1078,19 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     } else {
         use std::ops::Bound;
         picked = Vec::new();
-        let start: Bound<&str> = if after.is_empty() {
+        // Fingerprints with a given prefix are one run of keys: the scan starts at the prefix
+        // (or past the token) and ends with the run (the CLI lists a fleet as 16 prefixes).
+        let start: Bound<&str> = if after.is_empty() && fp_filter.is_empty() {
             Bound::Unbounded
-        } else {
+        } else if after >= fp_filter.as_str() {
             Bound::Excluded(after)
+        } else {
+            Bound::Included(fp_filter.as_str())
         };
         for (fp, c) in st.certs.range::<str, _>((start, Bound::Unbounded)) {
+            if !fp.starts_with(fp_filter.as_str()) {
+                break;
+            }
             if !matches(fp, c) {
                 continue;
             }
@@ -1313,6 +1320,38 @@ mod filter_tests {
         assert_eq!((first.items.len(), second.items.len()), (1, 1));
         assert!(second.next_page_token.is_empty());
         assert_ne!(first.items[0], second.items[0]);
+        // A fingerprint prefix: only its run of keys, paged like the rest.
+        let fps = |l: &pb::InventoryList| -> Vec<String> {
+            l.items
+                .iter()
+                .map(|i| i.certificate.as_ref().unwrap().fingerprint_sha256.clone())
+                .collect()
+        };
+        for prefix in ["e", &ca_fp[..1], "0", "ee", "f"] {
+            let mut got = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = ask(pb::InventoryQuery {
+                    fingerprint: prefix.into(),
+                    page_size: 1,
+                    page_token: token,
+                    ..Default::default()
+                });
+                got.extend(fps(&page));
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            let want: Vec<String> = [&ca_fp, &leaf_fp]
+                .into_iter()
+                .filter(|f| f.starts_with(prefix))
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            assert_eq!(got, want, "prefix {prefix}");
+        }
     }
 
     /// A restarted controller meets every agent reporting at once: the index is built from the
