@@ -301,6 +301,7 @@ impl Listing {
     fn new(list: pb::InventoryList, now: i64) -> Listing {
         let mut listing = Listing::default();
         listing.add(list, now);
+        listing.attach_pins();
         listing
     }
 
@@ -309,13 +310,20 @@ impl Listing {
         self.pins.extend(pins_by_fingerprint(page.pins));
         self.health.extend(page.health);
         self.problems.extend(page.problems);
-        self.views.reserve(page.items.len());
-        for item in page.items {
-            let mut v = into_view(item, now);
+        self.views
+            .extend(page.items.into_iter().map(|i| into_view(i, now)));
+    }
+
+    /// Puts each pin on its certificate, once every page is in (pages come in any order, the
+    /// pins with the first).
+    fn attach_pins(&mut self) {
+        if self.pins.is_empty() {
+            return;
+        }
+        for v in &mut self.views {
             if let Some(pins) = self.pins.remove(&v.fingerprint_sha256) {
                 v.pins = pins;
             }
-            self.views.push(v);
         }
     }
 
@@ -447,30 +455,90 @@ async fn inventory_pages(
     Ok(all)
 }
 
-/// An inventory query's answer as a listing, page by page: each page is converted while the
-/// controller prepares the next.
+/// An inventory query's answer as a listing, page by page, each page turned into views as it
+/// arrives. A listing that walks the fleet in fingerprint order (no expiry or agent filter) is
+/// asked for as 16 fingerprint prefixes, two at a time: the controller writes one prefix's
+/// page while the other's is on its way and decoded here, instead of each page waiting for the
+/// last one's token (issue 10: a 100,000-certificate listing is 20 pages).
 async fn inventory_listing(
     c: &certfleet_common::proto::operator_client::OperatorClient<tonic::transport::Channel>,
     mut q: pb::InventoryQuery,
     now: i64,
 ) -> Result<Listing, tonic::Status> {
     q.page_size = u32::try_from(crate::inventory::MAX_PAGE).unwrap_or(u32::MAX);
-    let fetch = |q: pb::InventoryQuery| {
-        let mut c = c.clone();
-        tokio::spawn(async move { c.inventory(q).await.map(tonic::Response::into_inner) })
-    };
+    let prefixes: Vec<String> =
+        if q.expiring_within_secs == 0 && q.agent.is_empty() && q.fingerprint.is_empty() {
+            (0..16).map(|d| format!("{d:x}")).collect()
+        } else {
+            vec![q.fingerprint.clone()]
+        };
+    let prefixes = std::sync::Arc::new(prefixes);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // (prefix's position, first page of it, the page)
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<(usize, bool, pb::InventoryList), tonic::Status>>(4);
+    for _ in 0..2 {
+        let (mut c, q, prefixes, next, tx) = (
+            c.clone(),
+            q.clone(),
+            prefixes.clone(),
+            next.clone(),
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(prefix) = prefixes.get(n) else {
+                    return;
+                };
+                // After the first prefix, a token of the prefix itself: items start after it,
+                // which is at its first fingerprint, and the fleet-wide problems, health and
+                // pins are not computed and sent again.
+                let mut q = pb::InventoryQuery {
+                    fingerprint: prefix.clone(),
+                    page_token: if n == 0 {
+                        String::new()
+                    } else {
+                        prefix.clone()
+                    },
+                    ..q.clone()
+                };
+                let mut first = true;
+                loop {
+                    let page = c
+                        .inventory(q.clone())
+                        .await
+                        .map(tonic::Response::into_inner);
+                    let token = page
+                        .as_ref()
+                        .map(|p| p.next_page_token.clone())
+                        .unwrap_or_default();
+                    let failed = page.is_err();
+                    if tx.send(page.map(|p| (n, first, p))).await.is_err() || failed {
+                        return;
+                    }
+                    if token.is_empty() {
+                        break;
+                    }
+                    (q.page_token, first) = (token, false);
+                }
+            }
+        });
+    }
+    drop(tx);
     let mut listing = Listing::default();
-    let mut next = Some(fetch(q.clone()));
-    while let Some(fetching) = next.take() {
-        let mut page = fetching
-            .await
-            .map_err(|e| tonic::Status::internal(format!("fetching an inventory page: {e}")))??;
-        if !page.next_page_token.is_empty() {
-            q.page_token = std::mem::take(&mut page.next_page_token);
-            next = Some(fetch(q.clone()));
+    while let Some(page) = rx.recv().await {
+        let (n, first, mut page) = page?;
+        // Problems, health and pins come with the first page only (a controller that sends
+        // them for each prefix's first page is not counted twice).
+        if n != 0 || !first {
+            page.problems.clear();
+            page.health.clear();
+            page.pins.clear();
         }
         listing.add(page, now);
     }
+    listing.attach_pins();
     Ok(listing)
 }
 
