@@ -156,6 +156,13 @@ fn put_varint(buf: &mut Vec<u8>, tag: u32, v: u64) {
     }
 }
 
+/// A repeated string field: every value, empty ones too.
+fn put_each<'v>(buf: &mut Vec<u8>, tag: u32, values: impl Iterator<Item = &'v str>) {
+    for v in values {
+        put_message(buf, tag, v.as_bytes());
+    }
+}
+
 /// A nested message: its key, its length, its bytes (even when empty).
 fn put_message(buf: &mut Vec<u8>, tag: u32, m: &[u8]) {
     encode_key(tag, WireType::LengthDelimited, buf);
@@ -179,12 +186,7 @@ impl ItemWriter {
         put_str(part, 2, cert.subject);
         put_str(part, 3, cert.issuer);
         put_str(part, 4, cert.serial);
-        for san in cert.sans {
-            // Repeated strings are written even when empty.
-            encode_key(5, WireType::LengthDelimited, part);
-            encode_varint(san.len() as u64, part);
-            part.put_slice(san.as_bytes());
-        }
+        put_each(part, 5, cert.sans.iter().map(|s| &**s));
         // int64: negative values as their two's complement, ten bytes.
         put_varint(part, 6, cert.not_before as u64);
         put_varint(part, 7, cert.not_after as u64);
@@ -201,11 +203,7 @@ impl ItemWriter {
             put_str(part, 1, s.agent_id);
             put_str(part, 2, s.agent_name);
             put_str(part, 3, s.hostname);
-            for p in s.platforms {
-                encode_key(4, WireType::LengthDelimited, part);
-                encode_varint(p.len() as u64, part);
-                part.put_slice(p.as_bytes());
-            }
+            put_each(part, 4, s.platforms.iter().map(String::as_str));
             // The location, nested once more: its length is known before it is written.
             let loc_len: usize = s
                 .location
