@@ -716,6 +716,10 @@ async fn session(
     let mut renew_pending = false;
     // When to give the heap back after a report (see TRIM_AFTER_REPORT).
     let mut trim_at: Option<tokio::time::Instant> = None;
+    // The report being sent, chunk by chunk, beside the session: steps, renewals and rescans
+    // requested meanwhile are read and started at once. No scan starts until it is sent (two
+    // reports' chunks must not interleave).
+    let mut sending: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     // Remote commands: the rules as checked at start, and what runs (dropped with the session:
     // a lost link does not kill a command, see `remote_exec`).
     let exec_rules = Arc::new(cfg.exec.rules());
@@ -744,7 +748,7 @@ async fn session(
                     }
                     Some(pb::controller_message::Kind::Scan(s)) => {
                         tracing::info!(reason = %s.reason, "rescan requested");
-                        if scanning { rescan_wanted = true } else { start_scan(&mut scanning) }
+                        if scanning || sending.is_some() { rescan_wanted = true } else { start_scan(&mut scanning) }
                     }
                     Some(pb::controller_message::Kind::Step(step)) => {
                         run_step(state.clone(), cfg.clone(), step, tx.clone());
@@ -761,7 +765,7 @@ async fn session(
                 send(&tx, pb::agent_message::Kind::Heartbeat(pb::Heartbeat { seq }))?;
             }
             _ = rescan.tick() => {
-                if scanning { rescan_wanted = true } else { start_scan(&mut scanning) }
+                if scanning || sending.is_some() { rescan_wanted = true } else { start_scan(&mut scanning) }
             }
             Some(found) = scan_rx.recv() => {
                 scanning = false;
@@ -794,15 +798,24 @@ async fn session(
                 if parts.len() > 1 {
                     tracing::info!(chunks = parts.len(), generation, "inventory report sent in chunks");
                 }
-                for part in parts {
-                    tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Inventory(part)) })
-                        .await
-                        .map_err(|e| LinkError::Other(format!("outbound queue: {e}")))?;
-                    // The next chunk is built once the stream took this one (the queue is
-                    // empty): one chunk at a time between the scan's records and the wire.
-                    // Heartbeats would only queue behind the chunks on the same stream.
-                    drop(tx.reserve_many(tx.max_capacity()).await);
-                }
+                let out = tx.clone();
+                // Ends by itself when the session does: its sends fail once the stream is gone.
+                sending = Some(tokio::spawn(async move {
+                    for part in parts {
+                        out.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Inventory(part)) })
+                            .await
+                            .map_err(|e| format!("outbound queue: {e}"))?;
+                        // The next chunk is built once the stream took this one (the queue is
+                        // empty): one chunk at a time between the scan's records and the wire.
+                        drop(out.reserve_many(out.max_capacity()).await);
+                    }
+                    Ok(())
+                }));
+            }
+            sent = async { sending.as_mut().expect("guarded by is_some").await }, if sending.is_some() => {
+                sending = None;
+                sent.map_err(|e| LinkError::Other(format!("sending the inventory report: {e}")))?
+                    .map_err(LinkError::Other)?;
                 // What the scan and its report freed goes back to the system once the last
                 // chunk has left (glibc keeps it otherwise: the agent idled at its peak).
                 trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_REPORT);
