@@ -93,11 +93,10 @@ pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
             eprintln!("rescan requested from {} agent(s)", r.agents);
         }
         Some(InventoryCmd::Cas { output }) => {
-            let all = c
-                .inventory(pb::InventoryQuery::default())
+            // Paged like every listing: one answer of the whole inventory grows with the fleet.
+            let all = inventory_pages(&mut c, pb::InventoryQuery::default())
                 .await
-                .map_err(e)?
-                .into_inner();
+                .map_err(e)?;
             let facts = crate::cas::facts_from_list(&all);
             crate::cas::print(
                 &crate::cas::forecast(&facts, certfleet_common::model::now()),

@@ -258,14 +258,17 @@ fn the_controller_inventory_is_what_the_agents_found() {
 /// Fleet scale, finding 1: an agent whose inventory is larger than the controller takes in one
 /// message sends it in chunks (the controller assembles them); `certfleet inventory -o json`
 /// over an answer larger than gRPC's default 4 MiB works (the CLI reads it page by page); a
-/// page is bounded and DER comes only when asked for.
+/// page is bounded and DER comes only when asked for; `inventory cas` reads every page too (more
+/// leaves than one page holds, all counted under their CA).
 #[test]
 fn a_large_inventory_is_sent_in_chunks_and_read_in_pages_without_der() {
     use certfleet_common::proto as pb;
     use certfleet_common::proto::operator_client::OperatorClient;
     use certfleet_integration_tests::sim::{Lifetime, SimCa, dn};
 
-    const FILES: usize = 4_500;
+    // More leaves than the controller's largest page (5,000), plus their CA.
+    const FILES: usize = 5_100;
+    const CERTS: usize = FILES + 1;
     let tmp = tempfile::tempdir().unwrap();
     let certs = tmp.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
@@ -283,6 +286,7 @@ fn a_large_inventory_is_sent_in_chunks_and_read_in_pages_without_der() {
             .unwrap();
         std::fs::write(certs.join(format!("c{i:05}.pem")), c.cert_pem).unwrap();
     }
+    std::fs::write(certs.join("ca.pem"), &ca.cert_pem).unwrap();
     let config = tmp.path().join("agent.toml");
     std::fs::write(
         &config,
@@ -314,14 +318,23 @@ fn a_large_inventory_is_sent_in_chunks_and_read_in_pages_without_der() {
         "the whole inventory at the controller",
         Duration::from_secs(60),
         || {
-            let page = rt
-                .block_on(op.inventory(pb::InventoryQuery {
-                    page_size: 5_000,
-                    ..Default::default()
-                }))
-                .ok()?
-                .into_inner();
-            (page.items.len() == FILES).then_some(())
+            let (mut seen, mut token) = (0, String::new());
+            loop {
+                let page = rt
+                    .block_on(op.inventory(pb::InventoryQuery {
+                        page_size: 5_000,
+                        page_token: token,
+                        ..Default::default()
+                    }))
+                    .ok()?
+                    .into_inner();
+                seen += page.items.len();
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            (seen == CERTS).then_some(())
         },
     );
     assert!(
@@ -337,10 +350,19 @@ fn a_large_inventory_is_sent_in_chunks_and_read_in_pages_without_der() {
         out.len()
     );
     let all: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(fingerprints(&all).len(), FILES);
+    assert_eq!(fingerprints(&all).len(), CERTS);
     let soon = c.json(&["inventory", "--expiring-within", "30d"]);
     let n_soon = soon.as_array().unwrap().len();
     assert!(n_soon > 0 && n_soon < FILES, "{n_soon}");
+    // The CA forecast reads the inventory page by page: every leaf is counted under its CA.
+    let cas = c.json(&["inventory", "cas"]);
+    let big = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subject"].as_str().is_some_and(|s| s.contains("big CA")))
+        .unwrap_or_else(|| panic!("no forecast for the big CA: {cas:#}"));
+    assert_eq!(big["leaves"].as_array().unwrap().len(), FILES);
 
     // The RPC itself: a bounded page without DER, and DER when asked.
     rt.block_on(async {
