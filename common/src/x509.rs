@@ -50,6 +50,9 @@ pub fn parse_der(der: &[u8]) -> Result<CertRecord, X509Error> {
             _ => {}
         }
     }
+    // A vector's first push reserves four slots; most certificates have one or two names, and
+    // an agent holds thousands of these records.
+    sans.shrink_to_fit();
     let (key_algorithm, key_bits) = key_info(&cert);
     Ok(CertRecord {
         fingerprint_sha256: crate::pki::sha256_hex(der),
