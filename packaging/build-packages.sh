@@ -7,7 +7,10 @@
 #
 # Environment: CERTFLEET_PKG_OUT (output directory), CERTFLEET_PKG_RELEASE (package release,
 # default 1; the upgrade test builds a 2), CERTFLEET_PKG_SKIP_BUILD=1 (package the binaries
-# already in target/x86_64-unknown-linux-gnu/release, used for that second build).
+# already built in target/x86_64-unknown-linux-gnu/, used for that second build).
+#
+# The agent is built with the `agent` profile (size-optimised, fat LTO: see Cargo.toml), the
+# controller with `release`.
 #
 # Why zigbuild and not musl: the musl target's std cannot be installed here (rustup reaches no
 # download server), while `cargo zigbuild --target x86_64-unknown-linux-gnu.2.28` links against
@@ -24,20 +27,25 @@ out="${CERTFLEET_PKG_OUT:-$src/target/packages}"
 release="${CERTFLEET_PKG_RELEASE:-1}"
 version="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Cargo.toml)"
 [ -n "$version" ] || { echo "build-packages: no version in [workspace.package] of Cargo.toml" >&2; exit 1; }
-bins="$src/target/$triple/release"
+agent_bin="$src/target/$triple/agent/certfleet-agent"
+controller_bin="$src/target/$triple/release/certfleet"
 
 if [ "${CERTFLEET_PKG_SKIP_BUILD:-0}" != 1 ]; then
     start=$SECONDS
+    cargo zigbuild --profile agent --locked --target "$triple.$glibc" \
+        -p certfleet-agent --bin certfleet-agent
+    echo "build-packages: agent build (profile agent) took $((SECONDS - start)) s" >&2
+    start=$SECONDS
     cargo zigbuild --release --locked --target "$triple.$glibc" \
-        -p certfleet-agent -p certfleet-controller --bins
-    echo "build-packages: release build took $((SECONDS - start)) s" >&2
+        -p certfleet-controller --bin certfleet
+    echo "build-packages: controller build (release) took $((SECONDS - start)) s" >&2
 fi
-packaging/check-glibc.sh --max "$glibc" "$bins/certfleet-agent" "$bins/certfleet"
+packaging/check-glibc.sh --max "$glibc" "$agent_bin" "$controller_bin"
 
 stage="$src/target/packages-stage"
 rm -rf "$stage"
 mkdir -p "$stage/completions" "$stage/man/agent" "$stage/man/controller" "$out"
-install -m 0755 "$bins/certfleet-agent" "$bins/certfleet" "$stage/"
+install -m 0755 "$agent_bin" "$controller_bin" "$stage/"
 
 # Completions and man pages come from the binaries themselves (clap), so they match the flags.
 for shell in bash zsh fish; do
@@ -78,10 +86,10 @@ for pkg in agent controller; do
     done
 done
 # The bare binaries too: VCSA has no supported package manager for third-party software.
-install -m 0755 "$bins/certfleet-agent" "$out/certfleet-agent-$version-linux-x86_64"
-install -m 0755 "$bins/certfleet" "$out/certfleet-$version-linux-x86_64"
+install -m 0755 "$agent_bin" "$out/certfleet-agent-$version-linux-x86_64"
+install -m 0755 "$controller_bin" "$out/certfleet-$version-linux-x86_64"
 (cd "$out" && sha256sum -- * | grep -v ' SHA256SUMS$' >SHA256SUMS && sha256sum --quiet -c SHA256SUMS)
 
 echo "build-packages: $out"
 (cd "$out" && ls -l -- *)
-echo "agent binary (release, stripped): $(stat -c %s "$bins/certfleet-agent") bytes"
+echo "agent binary (profile agent, stripped): $(stat -c %s "$agent_bin") bytes"

@@ -1,8 +1,8 @@
 //! Scan benchmark: `certfleet-agent scan` over N certificate files, side by side with the
 //! operators' way today (a shell loop of `openssl x509 -noout -enddate -in FILE`), plus the
-//! release agent's memory: peak RSS of the local scan, RSS when idle on a live link, and peak
-//! RSS of `certfleet-agent run` scanning the same N files and reporting them to a controller
-//! (issue 10's targets: idle <= 8 MB, peak <= 20 MB while scanning 10,000 files).
+//! packaged agent's memory (profile `agent`): peak RSS of the local scan, RSS when idle on a live
+//! link, and peak RSS of `certfleet-agent run` scanning the same N files and reporting them to a
+//! controller (issue 10's targets: idle <= 8 MB, peak <= 20 MB while scanning 10,000 files).
 //!
 //! Run with `./packaging/bench.sh` (builds release binaries first), or
 //! `cargo bench -p certfleet-integration-tests --bench scan -- [--files N] [--no-loop]`
@@ -16,13 +16,24 @@ use std::time::{Duration, Instant};
 
 use certfleet_integration_tests::sim::{Lifetime, SimCa, dn};
 
-fn release_bin(name: &str) -> PathBuf {
+/// A binary built with `profile` (`release`, or `agent`: what the packages ship, see the
+/// workspace's Cargo.toml) next to this benchmark's own `release` directory.
+fn built_bin(profile: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/release/deps/scan-… → target/release/NAME
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    // target/release/deps/scan-… → target/PROFILE/NAME
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(profile)
+        .join(name);
     assert!(
         p.exists(),
-        "{} missing: run `cargo build --release --bins` first (packaging/bench.sh does)",
+        "{} missing: run `cargo build --release --bins` and `cargo build --profile agent --bin \
+         certfleet-agent` first (packaging/bench.sh does)",
         p.display()
     );
     p
@@ -94,8 +105,8 @@ fn main() {
     }
     let openssl_loop = !args.iter().any(|a| a == "--no-loop");
     certfleet_common::tls::install_crypto_provider();
-    let agent = release_bin("certfleet-agent");
-    let ctl = release_bin("certfleet");
+    let agent = built_bin("agent", "certfleet-agent");
+    let ctl = built_bin("release", "certfleet");
     let tmp = tempfile::tempdir().unwrap();
     let certs = tmp.path().join("certs");
     eprintln!("generating {files} certificate files…");
