@@ -223,6 +223,12 @@ impl Collection {
         self.certs.values().map(|rec| &**rec)
     }
 
+    /// Consumes the collection into its certificates, one at a time, in fingerprint order, as
+    /// it holds them: no second copy of every record exists at once.
+    pub fn into_records(self) -> impl Iterator<Item = Box<CertRecord>> {
+        self.certs.into_values()
+    }
+
     /// Consumes the collection into its certificates.
     pub fn into_certificates(self) -> Vec<CertRecord> {
         self.certs.into_values().map(|rec| *rec).collect()
