@@ -425,7 +425,9 @@ impl IndexState {
                         is_ca: r.is_ca,
                         subject_key_id: r.subject_key_id.as_str().into(),
                         authority_key_id: self.strings.get(&r.authority_key_id),
-                        sightings: Vec::new(),
+                        // Most certificates are seen by one agent; a first push into an empty
+                        // vector reserves four sightings (288 bytes, half of what an entry took).
+                        sightings: Vec::with_capacity(1),
                     };
                     self.by_expiry.insert((r.not_after, k.clone()));
                     self.certs.insert(k.clone(), entry);
