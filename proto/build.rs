@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.extern_path(".certfleet.v1.InventoryList", "crate::wire::InventoryList");
 
     tonic_prost_build::configure()
+        // Smaller per-call buffers (see `src/codec.rs`).
+        .codec_path("crate::codec::SmallBuffers")
         .build_server(true)
         .build_client(true)
         .compile_with_config(config, &protos, &includes)?;

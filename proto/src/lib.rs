@@ -11,4 +11,5 @@ pub mod v1 {
     pub use crate::wire::InventoryList;
 }
 
+pub mod codec;
 pub mod wire;
