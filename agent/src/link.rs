@@ -445,7 +445,10 @@ impl Reported {
 /// converted whole, then cut, then queued, held the inventory two and three times over
 /// (issue 10).
 struct ScanReport {
-    /// What is sent, in fingerprint order (boxed as the scan held them).
+    /// What is sent, in fingerprint order, boxed as the scan held them: a vector of 10,000
+    /// records unboxed is 3 MB more at the agent's peak (each record moved into it while the
+    /// scan's boxes still exist); of boxes, 80 KB.
+    #[allow(clippy::vec_box)]
     certificates: Vec<Box<certfleet_common::model::CertRecord>>,
     /// The encoded size of each certificate's wire form.
     sizes: Vec<usize>,
