@@ -357,14 +357,6 @@ struct Reported {
     sent_full: bool,
 }
 
-/// A fingerprint's bytes; None for one that is not 64 hex digits (none is: every record's is
-/// `sha256_hex`), which is then sent with every report and never listed as removed.
-fn fingerprint_key(fingerprint: &str) -> Option<[u8; 32]> {
-    let mut key = [0u8; 32];
-    hex::decode_to_slice(fingerprint, &mut key).ok()?;
-    Some(key)
-}
-
 /// SHA-256 of a record's JSON form (what a delta compares; the DER is in the fingerprint).
 fn record_digest(rec: &certfleet_common::model::CertRecord) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -405,7 +397,9 @@ impl Reported {
         // vector of records first held two vectors of 10,000 records (3 MB each) beside it.
         for rec in c.into_records() {
             let digest = record_digest(&rec);
-            let key = fingerprint_key(&rec.fingerprint_sha256);
+            // None for a fingerprint that is not 64 lowercase hex digits (none is: every
+            // record's is `sha256_hex`): sent with every report, never listed as removed.
+            let key = crate::collect::fingerprint_bytes(&rec.fingerprint_sha256);
             let same = key.is_some_and(|k| self.certs.get(&k) == Some(&digest));
             if let Some(k) = key {
                 now_set.insert(k, digest);

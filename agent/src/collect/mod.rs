@@ -55,12 +55,22 @@ enum Key {
 
 impl Key {
     fn of(fingerprint: &str) -> Key {
-        let mut bytes = [0u8; 32];
-        match hex::decode_to_slice(fingerprint, &mut bytes) {
-            Ok(()) if !fingerprint.bytes().any(|b| b.is_ascii_uppercase()) => Key::Sha256(bytes),
-            _ => Key::Other(fingerprint.into()),
+        match fingerprint_bytes(fingerprint) {
+            Some(bytes) => Key::Sha256(bytes),
+            None => Key::Other(fingerprint.into()),
         }
     }
+}
+
+/// The 32 bytes of a fingerprint as every record carries it (`sha256_hex`: 64 lowercase hex
+/// digits); None for anything else, which callers keep as text.
+pub(crate) fn fingerprint_bytes(fingerprint: &str) -> Option<[u8; 32]> {
+    if fingerprint.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(fingerprint, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Certificates, problems and health facts from one scan.
