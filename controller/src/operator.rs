@@ -180,6 +180,8 @@ impl Operator for OperatorService {
                 params: r.params.into_iter().map(|l| (l.key, l.value)).collect(),
                 created_by: format!("operator:{}", op.name),
                 origin: "operator".into(),
+                start: false,
+                note: String::new(),
             },
         )?;
         Ok(Response::new(plan.info()))

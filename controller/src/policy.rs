@@ -84,6 +84,11 @@ pub struct PlanRequest {
     pub created_by: String,
     /// `operator` or `policy:<role>`.
     pub origin: String,
+    /// Store the plan running (a policy that needs no approval), not approved and waiting for
+    /// `plan run`. Ignored for dry runs and when approval is required.
+    pub start: bool,
+    /// What the plan's message begins with (a policy's reason for deviating from its window).
+    pub note: String,
 }
 
 /// Builds (and stores) a plan from a recipe.
@@ -268,9 +273,18 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
         PlanState::DryRun
     } else if req.policy.approval_required {
         PlanState::AwaitingApproval
+    } else if req.start {
+        PlanState::Running
     } else {
         PlanState::Approved
     };
+    // Written once, whole: a reader (or a crash) never sees the plan without its state or note.
+    let message = [Some(req.note), left_note]
+        .into_iter()
+        .flatten()
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     let plan = Plan {
         id: id.clone(),
         recipe: req.recipe.clone(),
@@ -280,7 +294,7 @@ pub fn create_plan(fleet: &Fleet, req: PlanRequest) -> Result<Plan, Status> {
         origin: req.origin.clone(),
         policy: req.policy,
         steps,
-        message: left_note.unwrap_or_default(),
+        message,
         canary_released: false,
         canary_done_at: 0,
         params: req.params,
@@ -364,20 +378,14 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
             params: BTreeMap::new(),
             created_by: origin.clone(),
             origin: origin.clone(),
+            // Stored running and with its note in one write: a second save of this copy could
+            // undo what the engine did in between, and a crash between two writes would leave an
+            // auto-approved plan waiting for `plan run` with no one to give it.
+            start: pol.auto_approve,
+            note,
         };
         match create_plan(fleet, req) {
-            Ok(mut plan) => {
-                if pol.auto_approve {
-                    plan.state = PlanState::Running;
-                }
-                if !note.is_empty() {
-                    plan.message = if plan.message.is_empty() {
-                        note
-                    } else {
-                        format!("{note}; {}", plan.message)
-                    };
-                }
-                fleet.save_plan(&plan)?;
+            Ok(plan) => {
                 tracing::info!(plan = %plan.id, role = %pol.role, "policy created a plan");
             }
             Err(e) => {
@@ -386,4 +394,84 @@ pub fn tick(fleet: &Fleet) -> Result<(), Status> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::AgentRecord;
+
+    /// A policy that needs no approval and whose window comes after the certificate expires
+    /// writes its plan once: running, with the reason it is not waiting. A second write of the
+    /// policy's own copy could undo what the engine did in between; a reader (or a crash) between
+    /// two writes saw an approved plan with no note, waiting for a `plan run` no one would give.
+    #[test]
+    fn an_auto_approved_policy_stores_its_plan_running_with_its_note_in_one_write() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        let now = now();
+        let day = 86_400;
+        let mut agent: AgentRecord = serde_json::from_value(serde_json::json!({
+            "id": "a1", "name": "web1", "hostname": "web1.lab", "platforms": [],
+            "version": "1", "state": AgentState::Active, "enrolled_at": 1, "last_seen": now,
+            "cert_not_after": now + 30 * day, "cert_fingerprint": "", "key_id": "",
+            "labels": {}, "cas": [], "superseded": [],
+        }))
+        .unwrap();
+        agent.renewable = vec![crate::plan::RenewableSpec {
+            cert: "/etc/app/app.pem".into(),
+            key: "/etc/app/app.key".into(),
+            issuer: recipes::files::OPERATOR_ISSUER.into(),
+            ..Default::default()
+        }];
+        fleet.store.put("agents", "a1", &agent).unwrap();
+        let report = pb::InventoryReport {
+            full: true,
+            certificates: vec![pb::CertificateRecord {
+                fingerprint_sha256: "f1".into(),
+                subject: "CN=web1".into(),
+                issuer: "CN=ops".into(),
+                not_before: now - day,
+                not_after: now + 5 * day,
+                role: "file.renewable".into(),
+                locations: vec![pb::Location {
+                    kind: "file".into(),
+                    path: "/etc/app/app.pem".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            scanned_at: now,
+            ..Default::default()
+        };
+        crate::inventory::apply(&fleet, "a1", report, 1000).unwrap();
+        // 29 February: months or years away, far past an expiry in 5 days.
+        let policy = RolePolicy {
+            role: "file.renewable".into(),
+            renew_within_secs: 30 * day as u64,
+            window: "0 3 29 2 *".into(),
+            window_secs: 3600,
+            auto_approve: true,
+            max_parallel: 1,
+        };
+        fleet.store.put("policies", &policy.role, &policy).unwrap();
+
+        let writes = fleet.store.generation("plans");
+        tick(&fleet).unwrap();
+        assert_eq!(
+            fleet.store.generation("plans") - writes,
+            1,
+            "the plan's header is written once"
+        );
+        let plans = storage::headers(&fleet.store).unwrap();
+        assert_eq!(plans.len(), 1);
+        let plan = storage::load(&fleet.store, &plans[0].id).unwrap().unwrap();
+        assert_eq!(plan.state, PlanState::Running);
+        assert_eq!(plan.origin, "policy:file.renewable");
+        assert!(plan.message.contains("too late"), "{}", plan.message);
+        assert!(!plan.steps.is_empty());
+
+        // The next tick sees the open plan and makes no other.
+        tick(&fleet).unwrap();
+        assert_eq!(storage::headers(&fleet.store).unwrap().len(), 1);
+    }
 }
