@@ -323,20 +323,61 @@ fn serialize(
     }
 }
 
-/// Writes `data` as pretty JSON (the same text as `-o json` renders) while it is serialized,
-/// through a buffer: a large listing is never held twice. A reader that went away (`| head`)
-/// ends the output quietly, as it does for `cat`.
-pub fn write_json(
+/// Writes `items` as a pretty JSON array (the same text as `-o json` renders) while it is
+/// serialized, through a buffer: a large listing is never held twice. A reader that went away
+/// (`| head`) ends the output quietly, as it does for `cat`.
+///
+/// A fleet's inventory is some 100 MB of JSON, and serializing it took half the listing's time
+/// on one core. The items are serialized in chunks on every core, each chunk as a pretty array
+/// of its own, and written in order: the inside of the array `[\n  a,\n  b\n]` (everything
+/// but its `[` and closing `\n]`) joined with `,` is, byte for byte, the whole array's.
+pub fn write_json<T: Serialize + Sync>(
     out: impl std::io::Write,
     command: &'static str,
-    data: &impl Serialize,
+    items: &[T],
 ) -> Result<(), OutputError> {
     use std::io::Write as _;
+    /// Items per chunk: some 2 MB of an inventory's JSON.
+    const CHUNK: usize = 2048;
     let mut w = std::io::BufWriter::with_capacity(1 << 16, out);
-    let written = serde_json::to_writer_pretty(&mut w, data)
-        .map_err(std::io::Error::from)
-        .and_then(|()| w.write_all(b"\n"))
-        .and_then(|()| w.flush());
+    let chunks: Vec<&[T]> = items.chunks(CHUNK).collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(chunks.len().max(1));
+    let written = std::thread::scope(|scope| -> std::io::Result<()> {
+        // Worker `k` serializes chunks k, k + workers, ...; each hands over one chunk at a time,
+        // so at most two chunks per worker are held. Dropping the receivers (a write failed)
+        // ends the workers at their next chunk.
+        let receivers: Vec<_> = (0..workers)
+            .map(|k| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let chunks = &chunks;
+                scope.spawn(move || {
+                    for chunk in chunks.iter().skip(k).step_by(workers) {
+                        if tx.send(serde_json::to_vec_pretty(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        w.write_all(b"[")?;
+        for i in 0..chunks.len() {
+            let json = receivers[i % workers]
+                .recv()
+                .map_err(|_| std::io::Error::other("a JSON worker ended early"))?
+                .map_err(std::io::Error::from)?;
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            // `[` + "\n  item,\n  item" + "\n]": the inside.
+            w.write_all(&json[1..json.len() - 2])?;
+        }
+        w.write_all(if chunks.is_empty() { b"]\n" } else { b"\n]\n" })?;
+        w.flush()
+    });
     match written {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -628,6 +669,17 @@ mod tests {
         let mut streamed = Vec::new();
         write_json(&mut streamed, "t", &r).unwrap();
         assert_eq!(String::from_utf8(streamed).unwrap(), rendered);
+        // Every chunking edge: none, one item, a chunk less one, a chunk, a chunk and one, many.
+        for n in [0, 1, 2047, 2048, 2049, 3 * 2048 + 5] {
+            let items: Vec<serde_json::Value> = (0..n)
+                .map(|i| serde_json::json!({"n": i, "tags": ["a", i.to_string()], "o": {"k": []}}))
+                .collect();
+            let mut streamed = Vec::new();
+            write_json(&mut streamed, "t", &items).unwrap();
+            let mut whole = serde_json::to_vec_pretty(&items).unwrap();
+            whole.push(b'\n');
+            assert!(streamed == whole, "{n} items differ from one serialization");
+        }
         // `certfleet inventory -o json | head`: the reader left, the output just ends.
         write_json(Failing(std::io::ErrorKind::BrokenPipe), "t", &r).unwrap();
         let full = write_json(Failing(std::io::ErrorKind::StorageFull), "inventory", &r)
