@@ -316,3 +316,112 @@ fn refuse_report(fleet: &Fleet, id: &str, why: &str) {
         tracing::warn!(agent = %id, error = %e.message(), "could not record the refused report");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanState, StepState, storage};
+    use certfleet_common::proto as pb;
+
+    /// A large report goes in chunks, and while they are on their way the agent runs the step
+    /// it was sent and answers it (its output, then its result), between two chunks. The result
+    /// is recorded at once, not after the upload; and the chunks still make the one report.
+    #[tokio::test]
+    async fn a_step_answered_between_the_chunks_of_a_report_is_recorded_and_the_report_is_whole() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        let now = certfleet_common::model::now();
+        let agent: AgentRecord = serde_json::from_value(serde_json::json!({
+            "id": "agent0", "name": "esx0", "hostname": "esx0.lab", "platforms": [],
+            "version": "1", "state": AgentState::Active, "enrolled_at": 1, "last_seen": now,
+            "cert_not_after": now + 86_400, "cert_fingerprint": "", "key_id": "",
+            "labels": {}, "cas": [], "renewable": [], "superseded": [],
+        }))
+        .unwrap();
+        fleet.store.put("agents", "agent0", &agent).unwrap();
+        // A plan whose one step (on agent0) was dispatched.
+        let mut plan = storage::tests::plan("pchunk", 1, PlanState::Running);
+        plan.steps[0].state = StepState::Dispatched;
+        let step_id = plan.steps[0].id.clone();
+        assert_eq!(plan.steps[0].agent_id, "agent0");
+        storage::save(&fleet.store, &plan).unwrap();
+
+        let (tx, _rx) = mpsc::channel(8);
+        let limits = ReportLimits::default();
+        let mut pending = None;
+        let chunk = |from: usize, to: usize, more: bool| AgentMessage {
+            kind: Some(agent_message::Kind::Inventory(pb::InventoryReport {
+                full: true,
+                generation: 7,
+                more,
+                scanned_at: now,
+                certificates: (from..to)
+                    .map(|n| pb::CertificateRecord {
+                        fingerprint_sha256: format!("{n:064x}"),
+                        subject: format!("CN=host{n}"),
+                        issuer: "CN=ca".into(),
+                        not_before: now - 86_400,
+                        not_after: now + 90 * 86_400,
+                        role: "file.server".into(),
+                        locations: vec![pb::Location {
+                            kind: "file".into(),
+                            path: format!("/etc/tls/{n}.pem"),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+        };
+        let certificates = |fleet: &Fleet| -> usize {
+            crate::inventory::all(fleet)
+                .unwrap()
+                .iter()
+                .filter(|(a, _)| a.id == "agent0")
+                .map(|(_, inv)| inv.certificates().count())
+                .sum()
+        };
+        macro_rules! send {
+            ($m:expr) => {
+                handle(&fleet, "agent0", $m, &tx, &limits, &mut pending)
+                    .await
+                    .unwrap()
+            };
+        }
+
+        send!(chunk(0, 400, true));
+        assert_eq!(certificates(&fleet), 0, "nothing applied before the last chunk");
+        send!(
+            AgentMessage {
+                kind: Some(agent_message::Kind::StepOutput(pb::StepOutput {
+                    step_id: step_id.clone(),
+                    line: "backup taken".into(),
+                })),
+            }
+        );
+        send!(
+            AgentMessage {
+                kind: Some(agent_message::Kind::StepResult(pb::StepResult {
+                    step_id: step_id.clone(),
+                    ok: true,
+                    message: "installed".into(),
+                    ..Default::default()
+                })),
+            }
+        );
+        let (_, step) = storage::load_step(&fleet.store, &step_id).unwrap().unwrap();
+        assert_eq!(step.state, StepState::Succeeded, "recorded during the upload");
+        assert_eq!(step.message, "installed");
+        assert!(pending.is_some(), "the report's first chunk is still held");
+
+        send!(chunk(400, 800, true));
+        send!(
+            AgentMessage {
+                kind: Some(agent_message::Kind::Heartbeat(pb::Heartbeat { seq: 1 })),
+            }
+        );
+        send!(chunk(800, 1000, false));
+        assert!(pending.is_none());
+        assert_eq!(certificates(&fleet), 1000, "the three chunks are one report");
+    }
+}
