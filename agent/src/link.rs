@@ -357,27 +357,11 @@ struct Reported {
     sent_full: bool,
 }
 
-/// SHA-256 of a record's JSON form (what a delta compares; the DER is in the fingerprint).
-fn record_digest(rec: &certfleet_common::model::CertRecord) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    // Serializing into the digest directly: no copy of the JSON is kept.
-    let _ = serde_json::to_writer(DigestWriter(&mut ctx), rec);
+/// SHA-256 of a record's wire form (what a delta compares).
+fn record_digest(wire: &crate::collect::Wire) -> [u8; 32] {
     let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, wire.bytes()).as_ref());
     out
-}
-
-struct DigestWriter<'a>(&'a mut ring::digest::Context);
-
-impl std::io::Write for DigestWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Reported {
@@ -385,29 +369,26 @@ impl Reported {
     /// scan's form): every record on the first report, afterwards those new or changed since
     /// the last one, and the fingerprints gone.
     fn report(&mut self, c: Collection) -> ScanReport {
-        use prost::Message as _;
         let first = !self.sent_full;
         let problems = c.problems.iter().map(Into::into).collect();
         let health = c.health.iter().map(Into::into).collect();
         let pins = c.pins.iter().map(Into::into).collect();
         let mut now_set = HashMap::with_capacity(c.len());
         let mut changed = Vec::with_capacity(if first { c.len() } else { 0 });
-        let mut sizes = Vec::with_capacity(changed.capacity());
-        // Each record moves from the scan into the report in its box: converting the scan into a
-        // vector of records first held two vectors of 10,000 records (3 MB each) beside it.
-        for rec in c.into_records() {
-            let digest = record_digest(&rec);
+        let mut locations = Vec::with_capacity(changed.capacity());
+        // Each record moves from the scan into the report in its wire form: converting the scan
+        // into a vector of records first held two vectors of 10,000 records (3 MB each) beside it.
+        for (key, wire) in c.into_wire() {
+            let digest = record_digest(&wire);
             // None for a fingerprint that is not 64 lowercase hex digits (none is: every
             // record's is `sha256_hex`): sent with every report, never listed as removed.
-            let key = crate::collect::fingerprint_bytes(&rec.fingerprint_sha256);
             let same = key.is_some_and(|k| self.certs.get(&k) == Some(&digest));
             if let Some(k) = key {
                 now_set.insert(k, digest);
             }
             if first || !same {
-                // The wire form of one record at a time, for its size only.
-                sizes.push(pb::CertificateRecord::from(&*rec).encoded_len());
-                changed.push(rec);
+                locations.push(u32::try_from(wire.message().locations.len()).unwrap_or(u32::MAX));
+                changed.push(wire);
             }
         }
         let removed = self
@@ -420,7 +401,7 @@ impl Reported {
         self.sent_full = true;
         ScanReport {
             certificates: changed,
-            sizes,
+            locations,
             last: pb::InventoryReport {
                 full: first,
                 removed,
@@ -439,13 +420,11 @@ impl Reported {
 /// converted whole, then cut, then queued, held the inventory two and three times over
 /// (issue 10).
 struct ScanReport {
-    /// What is sent, in fingerprint order, boxed as the scan held them: a vector of 10,000
-    /// records unboxed is 3 MB more at the agent's peak (each record moved into it while the
-    /// scan's boxes still exist); of boxes, 80 KB.
-    #[allow(clippy::vec_box)]
-    certificates: Vec<Box<certfleet_common::model::CertRecord>>,
-    /// The encoded size of each certificate's wire form.
-    sizes: Vec<usize>,
+    /// What is sent, in fingerprint order, encoded as the scan held them.
+    certificates: Vec<crate::collect::Wire>,
+    /// How many places each certificate was found at (checked against the controller's limit
+    /// without decoding the records).
+    locations: Vec<u32>,
     /// Everything else: what the last (or only) message carries besides certificates.
     last: pb::InventoryReport,
 }
@@ -474,7 +453,7 @@ const CHUNK_BYTES: usize = 256 << 10;
 
 /// The messages of one report, each built (its certificates converted) only when it is taken.
 struct Messages {
-    certificates: std::vec::IntoIter<Box<certfleet_common::model::CertRecord>>,
+    certificates: std::vec::IntoIter<crate::collect::Wire>,
     /// How many certificates each message carries, in order; the last also carries `last`.
     cuts: std::vec::IntoIter<usize>,
     last: Option<pb::InventoryReport>,
@@ -515,7 +494,7 @@ impl Iterator for Messages {
             .certificates
             .by_ref()
             .take(n)
-            .map(|c| pb::CertificateRecord::from(*c))
+            .map(|w| w.message())
             .collect();
         if self.cuts.len() == 0 {
             let mut last = self.last.take()?;
@@ -555,7 +534,7 @@ fn split_report(
     use prost::encoding::{encoded_len_varint, key_len};
     // A certificate's size as a field of the report (tag, length, record).
     let field = |n: usize| key_len(2) + encoded_len_varint(n as u64) + n;
-    let sizes = &report.sizes;
+    let sizes: Vec<usize> = report.certificates.iter().map(|w| w.bytes().len()).collect();
     // Room for the envelope (message kind and length prefix).
     let size = report.last.encoded_len() + sizes.iter().map(|&n| field(n)).sum::<usize>() + 16;
     let message_cap = limits.max_report_bytes.min(MAX_MESSAGE_SENT_BYTES);
@@ -570,7 +549,8 @@ fn split_report(
         if n > budget {
             return Err(format!(
                 "certificate {} alone is {n} bytes, the controller accepts at most {} bytes per message",
-                c.fingerprint_sha256, limits.max_report_bytes
+                c.message().fingerprint_sha256,
+                limits.max_report_bytes
             ));
         }
         if used + n > budget.min(CHUNK_BYTES) && count > 0 {
@@ -596,6 +576,29 @@ fn split_report(
         ));
     }
     Ok(cuts)
+}
+
+/// [`ReportLimits::check_records`] of a report of encoded records: only a record over the
+/// locations limit is decoded, for its fingerprint.
+fn check_report(
+    limits: &ReportLimits,
+    total: usize,
+    report: &ScanReport,
+) -> Result<(), certfleet_common::limits::OverLimit> {
+    let over = report
+        .locations
+        .iter()
+        .position(|&n| n as usize > limits.max_locations)
+        .map(|i| {
+            (
+                report.certificates[i].message().fingerprint_sha256,
+                report.locations[i] as usize,
+            )
+        });
+    limits.check_records(
+        total.max(report.certificates.len()),
+        over.iter().map(|(fp, n)| (fp.as_str(), *n)),
+    )
 }
 
 /// The report sent instead of one over the limits: no certificates (what the controller holds
@@ -777,14 +780,7 @@ async fn session(
                 let report = reported.report(found);
                 tracing::info!(certificates = total, sent = report.certificates.len(), full = report.last.full, problems = report.last.problems.len(), "inventory scanned");
                 generation += 1;
-                let cuts = limits
-                    .check_records(
-                        total,
-                        report
-                            .certificates
-                            .iter()
-                            .map(|c| (c.fingerprint_sha256.as_str(), c.locations.len())),
-                    )
+                let cuts = check_report(&limits, total, &report)
                     .map_err(|e| e.to_string())
                     .and_then(|()| split_report(&limits, &report, generation));
                 let parts = match cuts {
@@ -1025,7 +1021,7 @@ mod report_tests {
     fn whole(recs: &[CertRecord]) -> pb::InventoryReport {
         let mut r = Reported::default().report(collection(recs));
         let mut last = std::mem::take(&mut r.last);
-        last.certificates = r.certificates.into_iter().map(|c| (*c).into()).collect();
+        last.certificates = r.certificates.iter().map(|w| w.message()).collect();
         last
     }
 

@@ -306,8 +306,8 @@ pub fn thumbprint(der: &[u8]) -> String {
 
 /// The certificate with `role` in a scan: the one the host holds (a store or file), before one
 /// an endpoint serves.
-pub fn cert_by_role<'a>(out: &'a Collection, role: &str) -> Option<&'a CertRecord> {
-    let mut found: Vec<&CertRecord> = out.certificates().filter(|c| c.role == role).collect();
+pub fn cert_by_role(out: &Collection, role: &str) -> Option<CertRecord> {
+    let mut found: Vec<CertRecord> = out.certificates().filter(|c| c.role == role).collect();
     found.sort_by_key(|c| c.locations.iter().all(|l| l.kind == "endpoint"));
     found.into_iter().next()
 }
@@ -319,9 +319,7 @@ fn declared_cert(cfg: &AgentConfig, out: &Collection, d: &PinDecl) -> Result<Cer
         reason,
     };
     if let Some(role) = &d.cert_role {
-        return cert_by_role(out, role)
-            .cloned()
-            .ok_or_else(|| no(format!("no certificate with role {role} on this host")));
+        return cert_by_role(out, role).ok_or_else(|| no(format!("no certificate with role {role} on this host")));
     }
     let path = d.cert_path.as_deref().unwrap_or_default();
     let bytes = crate::collect::read_small_file(&cfg.host_path(path))

@@ -5,7 +5,7 @@ use certfleet_common::roles::{self, Status};
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
-use crate::collect::Collection;
+use crate::collect::{Collection, Wire};
 
 /// One certificate in `scan -o json`.
 #[derive(Serialize)]
@@ -28,35 +28,41 @@ pub struct ScanReport<'a> {
     health: &'a [HealthFact],
 }
 
-/// The certificates of `scan -o json`, in order, each made into its [`CertView`] only as it is
-/// written.
+/// The certificates of `scan -o json`, in order, each decoded and made into its [`CertView`]
+/// only as it is written: the collection's encoded records are never all decoded at once.
 pub struct Views<'a> {
-    records: Vec<&'a CertRecord>,
+    records: Vec<&'a Wire>,
     now: i64,
 }
 
 impl Serialize for Views<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.records.iter().map(|r| view(r, self.now)))
+        use serde::ser::SerializeSeq as _;
+        let mut seq = s.serialize_seq(Some(self.records.len()))?;
+        for w in &self.records {
+            seq.serialize_element(&view(&w.record(), self.now))?;
+        }
+        seq.end()
     }
 }
 
-/// Sorted by urgency: expired first, then by not-after.
-pub fn by_urgency<'a>(
-    certs: impl Iterator<Item = &'a CertRecord>,
-    now: i64,
-) -> Vec<&'a CertRecord> {
-    let mut v: Vec<&CertRecord> = certs.collect();
-    // Keys borrowed, not cloned: sort_by_key made two fingerprint copies per comparison.
-    let key = |c: &'a CertRecord| {
-        (
-            Status::of(&c.role, c.not_after, now),
-            c.not_after,
-            c.fingerprint_sha256.as_str(),
-        )
-    };
-    v.sort_by(|a, b| key(a).cmp(&key(b)));
-    v
+/// The collection's records sorted by urgency: expired first, then by not-after (the
+/// fingerprint breaks ties). Each record is decoded once for its key; only the keys are kept.
+pub fn by_urgency(c: &Collection, now: i64) -> Vec<&Wire> {
+    let mut keyed: Vec<(Status, i64, String, &Wire)> = c
+        .wire()
+        .map(|w| {
+            let r = w.message();
+            (
+                Status::of(&r.role, r.not_after, now),
+                r.not_after,
+                r.fingerprint_sha256,
+                w,
+            )
+        })
+        .collect();
+    keyed.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    keyed.into_iter().map(|(_, _, _, w)| w).collect()
 }
 
 fn view(c: &CertRecord, now: i64) -> CertView<'_> {
@@ -82,7 +88,7 @@ pub fn write_json(c: &Collection, now: i64, out: impl std::io::Write) -> std::io
     let report = ScanReport {
         platforms: &c.platforms,
         certificates: Views {
-            records: by_urgency(c.certificates(), now),
+            records: by_urgency(c, now),
             now,
         },
         problems: &c.problems,
@@ -122,7 +128,8 @@ pub fn table(c: &Collection, now: i64) -> String {
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(vec!["DAYS LEFT", "NOT AFTER", "ROLE", "SUBJECT", "WHERE"]);
-    for r in by_urgency(c.certificates(), now) {
+    for w in by_urgency(c, now) {
+        let r = w.record();
         let wher = r
             .locations
             .iter()

@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(out.len(), 3, "{:?}", out.problems);
         let details: Vec<String> = out
             .certificates()
-            .flat_map(|c| c.locations.iter().map(|l| l.detail.clone()))
+            .flat_map(|c| c.locations.into_iter().map(|l| l.detail))
             .collect();
         assert!(
             details.contains(&"cluster=c1 bundle=1/2".to_owned()),

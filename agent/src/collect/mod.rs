@@ -73,12 +73,47 @@ pub(crate) fn fingerprint_bytes(fingerprint: &str) -> Option<[u8; 32]> {
     Some(bytes)
 }
 
+/// A record as a [`Collection`] holds it: its wire form, the `pb::CertificateRecord` the report
+/// sends, encoded. One allocation of some 400 bytes (700 with its DER) where the record's
+/// strings, vectors and box took 1.2 KB (1.5 with DER): 10,000 records were 12 MB of heap at
+/// the agent's peak (issue 10). Reading a record decodes it (about a microsecond).
+#[derive(Debug, Clone)]
+pub struct Wire(Box<[u8]>);
+
+impl Wire {
+    fn of(rec: CertRecord) -> Wire {
+        use prost::Message as _;
+        Wire(
+            certfleet_common::proto::CertificateRecord::from(rec)
+                .encode_to_vec()
+                .into_boxed_slice(),
+        )
+    }
+
+    /// The record in its wire form (what the report sends).
+    pub fn message(&self) -> certfleet_common::proto::CertificateRecord {
+        use prost::Message as _;
+        // Only `Wire::of` makes these bytes, by prost from a message: they decode.
+        certfleet_common::proto::CertificateRecord::decode(&*self.0)
+            .expect("a record decodes from the bytes prost encoded it to")
+    }
+
+    /// The record.
+    pub fn record(&self) -> CertRecord {
+        self.message().into()
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Certificates, problems and health facts from one scan.
 #[derive(Debug, Default, Clone)]
 pub struct Collection {
-    /// Boxed: a B-tree node holds eleven slots and is partly empty; a slot the size of a record
-    /// (about 300 bytes) wasted a third of what 10,000 records take.
-    certs: BTreeMap<Key, Box<CertRecord>>,
+    /// Each record encoded (see [`Wire`]), by fingerprint.
+    certs: BTreeMap<Key, Wire>,
     /// What could not be read.
     pub problems: Vec<Problem>,
     /// Replication health, CA rotation stage, stale endpoints, …
@@ -118,21 +153,27 @@ impl Collection {
                     rec.der = Vec::new();
                 }
                 let fp = rec.fingerprint_sha256.clone();
-                match self.certs.get_mut(&Key::of(&fp)) {
-                    Some(existing) => {
+                let key = Key::of(&fp);
+                match self.certs.get_mut(&key) {
+                    Some(stored) => {
+                        let mut existing = stored.record();
+                        let mut changed = false;
                         if !existing.locations.contains(&location) {
                             existing.locations.push(location);
+                            changed = true;
                         }
                         if is_generic(&existing.role) && !is_generic(role) {
                             existing.role = role.to_owned();
+                            changed = true;
+                        }
+                        if changed {
+                            *stored = Wire::of(existing);
                         }
                     }
                     None => {
                         rec.role = role.to_owned();
-                        // Not `push`: a vector's first push reserves four slots (480 bytes
-                        // here), a third of what a record takes; most records have one place.
                         rec.locations = vec![location];
-                        self.certs.insert(Key::of(&fp), Box::new(rec));
+                        self.certs.insert(key, Wire::of(rec));
                     }
                 }
                 Some(fp)
@@ -203,16 +244,22 @@ impl Collection {
     /// certificate), merging its locations into an existing record with the same fingerprint.
     pub fn add_record(&mut self, rec: CertRecord) -> String {
         let fp = rec.fingerprint_sha256.clone();
-        match self.certs.get_mut(&Key::of(&fp)) {
-            Some(existing) => {
+        let key = Key::of(&fp);
+        match self.certs.get_mut(&key) {
+            Some(stored) => {
+                let mut existing = stored.record();
+                let before = existing.locations.len();
                 for l in rec.locations {
                     if !existing.locations.contains(&l) {
                         existing.locations.push(l);
                     }
                 }
+                if existing.locations.len() != before {
+                    *stored = Wire::of(existing);
+                }
             }
             None => {
-                self.certs.insert(Key::of(&fp), Box::new(rec));
+                self.certs.insert(key, Wire::of(rec));
             }
         }
         fp
@@ -223,25 +270,35 @@ impl Collection {
         self.problems.push(p);
     }
 
-    /// A certificate by fingerprint.
-    pub fn get(&self, fingerprint: &str) -> Option<&CertRecord> {
-        self.certs.get(&Key::of(fingerprint)).map(|rec| &**rec)
+    /// A certificate by fingerprint (decoded: a copy).
+    pub fn get(&self, fingerprint: &str) -> Option<CertRecord> {
+        self.certs.get(&Key::of(fingerprint)).map(Wire::record)
     }
 
-    /// All certificates, in fingerprint order.
-    pub fn certificates(&self) -> impl Iterator<Item = &CertRecord> {
-        self.certs.values().map(|rec| &**rec)
+    /// All certificates, in fingerprint order, each decoded as it is taken.
+    pub fn certificates(&self) -> impl Iterator<Item = CertRecord> + '_ {
+        self.certs.values().map(Wire::record)
     }
 
-    /// Consumes the collection into its certificates, one at a time, in fingerprint order, as
-    /// it holds them: no second copy of every record exists at once.
-    pub fn into_records(self) -> impl Iterator<Item = Box<CertRecord>> {
-        self.certs.into_values()
+    /// All certificates in their wire form, in fingerprint order.
+    pub fn wire(&self) -> impl Iterator<Item = &Wire> {
+        self.certs.values()
+    }
+
+    /// Consumes the collection into its certificates' wire forms, one at a time, in
+    /// fingerprint order, as it holds them: no second copy of every record exists at once.
+    /// Each comes with its fingerprint's 32 bytes (None for a fingerprint that is not 64
+    /// lowercase hex digits; no collector makes one).
+    pub fn into_wire(self) -> impl Iterator<Item = (Option<[u8; 32]>, Wire)> {
+        self.certs.into_iter().map(|(k, w)| match k {
+            Key::Sha256(bytes) => (Some(bytes), w),
+            Key::Other(_) => (None, w),
+        })
     }
 
     /// Consumes the collection into its certificates.
     pub fn into_certificates(self) -> Vec<CertRecord> {
-        self.certs.into_values().map(|rec| *rec).collect()
+        self.certs.into_values().map(|w| w.record()).collect()
     }
 
     /// Number of distinct certificates.
@@ -328,9 +385,11 @@ pub fn scan_into(cfg: &AgentConfig, mut out: Collection) -> Collection {
     crate::pins::evaluate(cfg, &mut out);
     // Dropped only now: collectors' health checks (the oVirt chain signature check) need
     // the DER of records other collectors added.
-    if out.der != KeepDer::Always {
-        for rec in out.certs.values_mut() {
+    if out.der == KeepDer::DuringScan {
+        for stored in out.certs.values_mut() {
+            let mut rec = stored.message();
             rec.der = Vec::new();
+            *stored = Wire(prost::Message::encode_to_vec(&rec).into_boxed_slice());
         }
     }
     out
@@ -343,7 +402,6 @@ fn stale_endpoints(out: &mut Collection) {
     let served: Vec<CertRecord> = out
         .certificates()
         .filter(|c| c.locations.iter().any(|l| l.kind == "endpoint"))
-        .cloned()
         .collect();
     for s in served {
         let newer = out
@@ -354,8 +412,7 @@ fn stale_endpoints(out: &mut Collection) {
                     && c.issuer == s.issuer
                     && c.not_after > s.not_after
                     && c.locations.iter().any(|l| l.kind != "endpoint")
-            })
-            .cloned();
+            });
         if let Some(newer) = newer {
             for l in s.locations.iter().filter(|l| l.kind == "endpoint") {
                 out.health.push(HealthFact {
@@ -482,10 +539,8 @@ mod tests {
         c.add_record(record(&"a0".repeat(32), "/again"));
         c.add_record(record(&"a0".repeat(32), "/p2"));
         assert_eq!(c.len(), 6);
-        let hex: Vec<&str> = c
-            .certificates()
-            .map(|r| r.fingerprint_sha256.as_str())
-            .collect();
+        let hex: Vec<String> = c.certificates().map(|r| r.fingerprint_sha256).collect();
+        let hex: Vec<&str> = hex.iter().map(String::as_str).collect();
         let mut sha256: Vec<&str> = fps[..4].iter().map(String::as_str).collect();
         sha256.sort();
         assert_eq!(&hex[..4], &sha256[..]);
@@ -530,12 +585,12 @@ mod tests {
         }));
         assert!(lean.certificates().all(|c| c.der.is_empty()));
         // Everything but the DER is identical: records, locations, problems, health.
-        let strip = |c: &CertRecord| CertRecord {
+        let strip = |c: CertRecord| CertRecord {
             der: Vec::new(),
-            ..c.clone()
+            ..c
         };
         let a: Vec<CertRecord> = full.certificates().map(strip).collect();
-        let b: Vec<CertRecord> = lean.certificates().cloned().collect();
+        let b: Vec<CertRecord> = lean.certificates().collect();
         assert_eq!(a, b);
         assert_eq!(
             full.problems.iter().map(|p| &p.subject).collect::<Vec<_>>(),

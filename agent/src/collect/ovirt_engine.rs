@@ -503,7 +503,6 @@ fn outlives_ca(out: &mut Collection, ca_path: &str) {
     let Some(ca) = out
         .certificates()
         .find(|c| c.locations.iter().any(|l| l.path == ca_path))
-        .cloned()
     else {
         return;
     };

@@ -152,7 +152,7 @@ impl Collector for OvirtNode {
             else {
                 continue;
             };
-            facts.push(chain_fact(&shown(leaf), l, &shown(ca), c));
+            facts.push(chain_fact(&shown(leaf), &l, &shown(ca), &c));
         }
         if let Some(v) = record_at(out, &shown("certs/vdsmcert.pem")) {
             for copy in VDSM_COPIES {
@@ -184,7 +184,7 @@ fn vdsm_dir(cfg: &AgentConfig) -> &str {
 }
 
 /// The record found at `path` (the first certificate of the file).
-fn record_at<'a>(out: &'a Collection, path: &str) -> Option<&'a CertRecord> {
+fn record_at(out: &Collection, path: &str) -> Option<CertRecord> {
     out.certificates().find(|c| {
         c.locations.iter().any(|l| {
             l.path == path

@@ -115,7 +115,7 @@ fn vpx_ext(cfg: &AgentConfig, out: &Collection, pins: &mut Vec<Pin>, problems: &
         }
     };
     // Thumbprints of every certificate this host holds, to tie unknown extensions.
-    let by_thumbprint: Vec<(String, &certfleet_common::model::CertRecord)> = out
+    let by_thumbprint: Vec<(String, certfleet_common::model::CertRecord)> = out
         .certificates()
         .filter(|c| !c.der.is_empty() && c.locations.iter().any(|l| l.kind != "endpoint"))
         .map(|c| (normalized(&thumbprint(&c.der)), c))
