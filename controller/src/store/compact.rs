@@ -439,7 +439,7 @@ impl Store {
             if mark > 0 {
                 certfleet_common::atomic::write_file(
                     &building.join(AUDIT_MARK),
-                    format!("{mark}\n").as_bytes(),
+                    super::audit_mark_text(mark).as_bytes(),
                     certfleet_common::atomic::PUBLIC,
                 )
                 .map_err(|e| format!("writing {}: {e}", building.join(AUDIT_MARK).display()))?;
