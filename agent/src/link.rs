@@ -534,7 +534,11 @@ fn split_report(
     use prost::encoding::{encoded_len_varint, key_len};
     // A certificate's size as a field of the report (tag, length, record).
     let field = |n: usize| key_len(2) + encoded_len_varint(n as u64) + n;
-    let sizes: Vec<usize> = report.certificates.iter().map(|w| w.bytes().len()).collect();
+    let sizes: Vec<usize> = report
+        .certificates
+        .iter()
+        .map(|w| w.bytes().len())
+        .collect();
     // Room for the envelope (message kind and length prefix).
     let size = report.last.encoded_len() + sizes.iter().map(|&n| field(n)).sum::<usize>() + 16;
     let message_cap = limits.max_report_bytes.min(MAX_MESSAGE_SENT_BYTES);

@@ -319,7 +319,8 @@ fn declared_cert(cfg: &AgentConfig, out: &Collection, d: &PinDecl) -> Result<Cer
         reason,
     };
     if let Some(role) = &d.cert_role {
-        return cert_by_role(out, role).ok_or_else(|| no(format!("no certificate with role {role} on this host")));
+        return cert_by_role(out, role)
+            .ok_or_else(|| no(format!("no certificate with role {role} on this host")));
     }
     let path = d.cert_path.as_deref().unwrap_or_default();
     let bytes = crate::collect::read_small_file(&cfg.host_path(path))

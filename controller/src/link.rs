@@ -390,38 +390,44 @@ mod tests {
         }
 
         send!(chunk(0, 400, true));
-        assert_eq!(certificates(&fleet), 0, "nothing applied before the last chunk");
-        send!(
-            AgentMessage {
-                kind: Some(agent_message::Kind::StepOutput(pb::StepOutput {
-                    step_id: step_id.clone(),
-                    line: "backup taken".into(),
-                })),
-            }
+        assert_eq!(
+            certificates(&fleet),
+            0,
+            "nothing applied before the last chunk"
         );
-        send!(
-            AgentMessage {
-                kind: Some(agent_message::Kind::StepResult(pb::StepResult {
-                    step_id: step_id.clone(),
-                    ok: true,
-                    message: "installed".into(),
-                    ..Default::default()
-                })),
-            }
-        );
+        send!(AgentMessage {
+            kind: Some(agent_message::Kind::StepOutput(pb::StepOutput {
+                step_id: step_id.clone(),
+                line: "backup taken".into(),
+            })),
+        });
+        send!(AgentMessage {
+            kind: Some(agent_message::Kind::StepResult(pb::StepResult {
+                step_id: step_id.clone(),
+                ok: true,
+                message: "installed".into(),
+                ..Default::default()
+            })),
+        });
         let (_, step) = storage::load_step(&fleet.store, &step_id).unwrap().unwrap();
-        assert_eq!(step.state, StepState::Succeeded, "recorded during the upload");
+        assert_eq!(
+            step.state,
+            StepState::Succeeded,
+            "recorded during the upload"
+        );
         assert_eq!(step.message, "installed");
         assert!(pending.is_some(), "the report's first chunk is still held");
 
         send!(chunk(400, 800, true));
-        send!(
-            AgentMessage {
-                kind: Some(agent_message::Kind::Heartbeat(pb::Heartbeat { seq: 1 })),
-            }
-        );
+        send!(AgentMessage {
+            kind: Some(agent_message::Kind::Heartbeat(pb::Heartbeat { seq: 1 })),
+        });
         send!(chunk(800, 1000, false));
         assert!(pending.is_none());
-        assert_eq!(certificates(&fleet), 1000, "the three chunks are one report");
+        assert_eq!(
+            certificates(&fleet),
+            1000,
+            "the three chunks are one report"
+        );
     }
 }

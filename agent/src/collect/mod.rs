@@ -404,15 +404,13 @@ fn stale_endpoints(out: &mut Collection) {
         .filter(|c| c.locations.iter().any(|l| l.kind == "endpoint"))
         .collect();
     for s in served {
-        let newer = out
-            .certificates()
-            .find(|c| {
-                c.fingerprint_sha256 != s.fingerprint_sha256
-                    && c.subject == s.subject
-                    && c.issuer == s.issuer
-                    && c.not_after > s.not_after
-                    && c.locations.iter().any(|l| l.kind != "endpoint")
-            });
+        let newer = out.certificates().find(|c| {
+            c.fingerprint_sha256 != s.fingerprint_sha256
+                && c.subject == s.subject
+                && c.issuer == s.issuer
+                && c.not_after > s.not_after
+                && c.locations.iter().any(|l| l.kind != "endpoint")
+        });
         if let Some(newer) = newer {
             for l in s.locations.iter().filter(|l| l.kind == "endpoint") {
                 out.health.push(HealthFact {
