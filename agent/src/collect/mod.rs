@@ -403,13 +403,29 @@ fn stale_endpoints(out: &mut Collection) {
         .certificates()
         .filter(|c| c.locations.iter().any(|l| l.kind == "endpoint"))
         .collect();
-    for s in served {
-        let newer = out.certificates().find(|c| {
+    if served.is_empty() {
+        return;
+    }
+    // Records are decoded as they are read: one pass collects, in fingerprint order, the held
+    // records of the served certificates' holders, instead of one pass over the whole
+    // collection per endpoint.
+    let holders: std::collections::HashSet<(&str, &str)> = served
+        .iter()
+        .map(|s| (s.subject.as_str(), s.issuer.as_str()))
+        .collect();
+    let held: Vec<CertRecord> = out
+        .certificates()
+        .filter(|c| {
+            holders.contains(&(c.subject.as_str(), c.issuer.as_str()))
+                && c.locations.iter().any(|l| l.kind != "endpoint")
+        })
+        .collect();
+    for s in &served {
+        let newer = held.iter().find(|c| {
             c.fingerprint_sha256 != s.fingerprint_sha256
                 && c.subject == s.subject
                 && c.issuer == s.issuer
                 && c.not_after > s.not_after
-                && c.locations.iter().any(|l| l.kind != "endpoint")
         });
         if let Some(newer) = newer {
             for l in s.locations.iter().filter(|l| l.kind == "endpoint") {
