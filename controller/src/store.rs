@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -1021,17 +1022,82 @@ impl std::ops::Deref for HeldTree<'_> {
 pub(crate) const SLED_CACHE_BYTES: u64 = 32 << 20;
 
 /// Opens sled in `dir` the way the controller always does.
+/// How long [`open_sled`] waits for sled's own file lock (see there).
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
-    sled::Config::new()
+    open_sled_waiting(dir, SLED_LOCK_WAIT)
+}
+
+/// Opens sled at `dir`, waiting up to `wait` for sled's lock on `dir/db`.
+///
+/// Every caller holds the store directory's own lock ([`compact::lock_store_dir`]), so no other
+/// process can hold sled's: a held lock here is the previous handle of this process, whose
+/// background threads drop their copy of the locked file some milliseconds after the last `Db`
+/// is dropped (sled 0.34 does not join them: spacejam/sled#1234, #1289). A compaction reopens
+/// right after the swap and once failed on this under CI load. sled reports the lock as
+/// `ErrorKind::Other` with the errno only in its text, so the lock is probed with the same
+/// `flock` sled takes (fs2 on Linux) rather than by matching that text. Any other error, and a
+/// lock still held after `wait`, is returned as is.
+fn open_sled_waiting(dir: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
         .path(dir)
         .cache_capacity(SLED_CACHE_BYTES)
         .mode(sled::Mode::LowSpace)
-        .flush_every_ms(Some(500))
-        .open()
-        .map_err(|source| StoreError::Sled {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .flush_every_ms(Some(500));
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let err = match sled_lock_held(dir) {
+            true => None,
+            false => match config.open() {
+                Ok(db) => return Ok(db),
+                // Taken between the probe and the open: probe again.
+                Err(e) if sled_lock_held(dir) => Some(e),
+                Err(source) => {
+                    return Err(StoreError::Sled {
+                        path: dir.to_path_buf(),
+                        source,
+                    });
+                }
+            },
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            let source = err.unwrap_or_else(|| {
+                sled::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is still locked after {} s (another handle of this store?)",
+                        dir.join("db").display(),
+                        wait.as_secs()
+                    ),
+                ))
+            });
+            return Err(StoreError::Sled {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Whether something holds sled's exclusive `flock` on `dir/db` now (false when there is no
+/// such file yet, or it cannot be opened: [`sled::Config::open`] then says why).
+fn sled_lock_held(dir: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("db"))
+    else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(_unlocked_on_drop) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+    }
 }
 
 /// The text of [`AUDIT_MARK`] for entry `seq`: the number, zero-padded to a fixed width, and
@@ -1114,6 +1180,49 @@ fn show_key(k: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// sled's lock lingers after the last handle of this process is dropped
+    /// (spacejam/sled#1289); a compaction's reopen once failed on it under CI load. The open
+    /// waits for it, and names the file when it is held past the wait.
+    #[test]
+    fn an_open_waits_for_the_sled_lock_a_dropped_handle_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let lingering = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        assert!(sled_lock_held(&path));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(lingering);
+        });
+        let db = open_sled_waiting(&path, Duration::from_secs(20)).unwrap();
+        release.join().unwrap();
+        drop(db);
+
+        let holder = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let err = open_sled_waiting(&path, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("still locked after"), "{err}");
+        assert!(
+            err.contains(&path.join("db").display().to_string()),
+            "{err}"
+        );
+        drop(holder);
+        // Any other failure is not waited on: a file where the directory should be.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let started = Instant::now();
+        assert!(open_sled_waiting(&file, Duration::from_secs(20)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     #[test]
     fn survives_reopen_and_round_trips_through_export() {
