@@ -375,7 +375,6 @@ impl Reported {
         let pins = c.pins.iter().map(Into::into).collect();
         let mut now_set = HashMap::with_capacity(c.len());
         let mut changed = Vec::with_capacity(if first { c.len() } else { 0 });
-        let mut locations = Vec::with_capacity(changed.capacity());
         // Each record moves from the scan into the report in its wire form: converting the scan
         // into a vector of records first held two vectors of 10,000 records (3 MB each) beside it.
         for (key, wire) in c.into_wire() {
@@ -387,7 +386,6 @@ impl Reported {
                 now_set.insert(k, digest);
             }
             if first || !same {
-                locations.push(u32::try_from(wire.message().locations.len()).unwrap_or(u32::MAX));
                 changed.push(wire);
             }
         }
@@ -401,7 +399,6 @@ impl Reported {
         self.sent_full = true;
         ScanReport {
             certificates: changed,
-            locations,
             last: pb::InventoryReport {
                 full: first,
                 removed,
@@ -422,9 +419,6 @@ impl Reported {
 struct ScanReport {
     /// What is sent, in fingerprint order, encoded as the scan held them.
     certificates: Vec<crate::collect::Wire>,
-    /// How many places each certificate was found at (checked against the controller's limit
-    /// without decoding the records).
-    locations: Vec<u32>,
     /// Everything else: what the last (or only) message carries besides certificates.
     last: pb::InventoryReport,
 }
@@ -590,15 +584,10 @@ fn check_report(
     report: &ScanReport,
 ) -> Result<(), certfleet_common::limits::OverLimit> {
     let over = report
-        .locations
+        .certificates
         .iter()
-        .position(|&n| n as usize > limits.max_locations)
-        .map(|i| {
-            (
-                report.certificates[i].message().fingerprint_sha256,
-                report.locations[i] as usize,
-            )
-        });
+        .find(|w| w.locations() > limits.max_locations)
+        .map(|w| (w.message().fingerprint_sha256, w.locations()));
     limits.check_records(
         total.max(report.certificates.len()),
         over.iter().map(|(fp, n)| (fp.as_str(), *n)),
@@ -986,6 +975,37 @@ mod report_tests {
     ) -> Vec<pb::InventoryReport> {
         let cuts = split_report(limits, &report, generation).unwrap();
         Messages::new(report, cuts, generation).collect()
+    }
+
+    /// The locations limit is checked on the counts the scan kept, and a record over it is named
+    /// by its fingerprint; merged places count (a certificate found again adds one).
+    #[test]
+    fn a_certificate_at_more_places_than_the_controller_takes_is_named() {
+        let mut recs: Vec<CertRecord> = (0..3).map(|n| record(n, 40)).collect();
+        for extra in ["/a.pem", "/b.pem"] {
+            let mut again = recs[1].clone();
+            again.locations = vec![Location {
+                kind: "file".into(),
+                path: extra.into(),
+                ..Default::default()
+            }];
+            recs.push(again);
+        }
+        let report = Reported::default().report(collection(&recs));
+        let limits = ReportLimits {
+            max_locations: 2,
+            ..ReportLimits::default()
+        };
+        let err = check_report(&limits, 3, &report).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{:064x}", 1)) && err.contains("3 locations"),
+            "{err}"
+        );
+        let roomy = ReportLimits {
+            max_locations: 3,
+            ..ReportLimits::default()
+        };
+        check_report(&roomy, 3, &report).unwrap();
     }
 
     #[test]

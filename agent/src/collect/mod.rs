@@ -78,23 +78,31 @@ pub(crate) fn fingerprint_bytes(fingerprint: &str) -> Option<[u8; 32]> {
 /// strings, vectors and box took 1.2 KB (1.5 with DER): 10,000 records were 12 MB of heap at
 /// the agent's peak (issue 10). Reading a record decodes it (about a microsecond).
 #[derive(Debug, Clone)]
-pub struct Wire(Box<[u8]>);
+pub struct Wire {
+    bytes: Box<[u8]>,
+    /// How many places the record was found at: what the report checks against the
+    /// controller's limit, kept so that no record is decoded for it.
+    locations: u32,
+}
 
 impl Wire {
     fn of(rec: CertRecord) -> Wire {
+        Wire::from_message(&certfleet_common::proto::CertificateRecord::from(rec))
+    }
+
+    fn from_message(m: &certfleet_common::proto::CertificateRecord) -> Wire {
         use prost::Message as _;
-        Wire(
-            certfleet_common::proto::CertificateRecord::from(rec)
-                .encode_to_vec()
-                .into_boxed_slice(),
-        )
+        Wire {
+            bytes: m.encode_to_vec().into_boxed_slice(),
+            locations: u32::try_from(m.locations.len()).unwrap_or(u32::MAX),
+        }
     }
 
     /// The record in its wire form (what the report sends).
     pub fn message(&self) -> certfleet_common::proto::CertificateRecord {
         use prost::Message as _;
         // Only `Wire::of` makes these bytes, by prost from a message: they decode.
-        certfleet_common::proto::CertificateRecord::decode(&*self.0)
+        certfleet_common::proto::CertificateRecord::decode(&*self.bytes)
             .expect("a record decodes from the bytes prost encoded it to")
     }
 
@@ -105,7 +113,12 @@ impl Wire {
 
     /// The encoded bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
+    }
+
+    /// How many places the record was found at.
+    pub fn locations(&self) -> usize {
+        self.locations as usize
     }
 }
 
@@ -389,7 +402,7 @@ pub fn scan_into(cfg: &AgentConfig, mut out: Collection) -> Collection {
         for stored in out.certs.values_mut() {
             let mut rec = stored.message();
             rec.der = Vec::new();
-            *stored = Wire(prost::Message::encode_to_vec(&rec).into_boxed_slice());
+            *stored = Wire::from_message(&rec);
         }
     }
     out
