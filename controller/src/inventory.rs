@@ -1460,6 +1460,40 @@ mod filter_tests {
         assert!(!fleet.agent_directory().unwrap().contains_key("a2"));
     }
 
+    /// Callers that miss the directory together (a listing's four concurrent prefixes) wait
+    /// for one decode instead of each decoding every agent record.
+    #[test]
+    fn callers_that_miss_the_agent_directory_together_share_one_decode() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        for n in 0..3000 {
+            let id = format!("a{n}");
+            let record: AgentRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "name": format!("host-{n}"), "hostname": "h",
+                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
+                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap();
+            fleet.store.put("agents", &id, &record).unwrap();
+        }
+        let before = fleet.agent_cache.decodes();
+        let start = std::sync::Barrier::new(8);
+        let dirs: Vec<crate::fleet::AgentDirectory> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        fleet.agent_directory().unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(fleet.agent_cache.decodes() - before, 1);
+        assert_eq!(dirs[0].len(), 3000);
+        assert!(dirs.iter().all(|d| Arc::ptr_eq(d, &dirs[0])));
+    }
+
     #[test]
     fn unknown_values_list_what_is_valid_shortened_with_the_likely_typo() {
         let names: Vec<String> = (1..=40).map(|i| format!("vcsa-{i:02}")).collect();
