@@ -494,6 +494,16 @@ async fn main() -> anyhow::Result<()> {
                 failure = Some(String::from_utf8_lossy(&out.stderr).trim().to_owned());
             }
         }
+        // Every run in the log, in the order they ran (a slow first one is a cold cache; a slow
+        // one anywhere is something else the controller did meanwhile).
+        eprintln!(
+            "loadgen: {label}: runs {}",
+            times
+                .iter()
+                .map(|t| format!("{:.2}", t.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         times.sort();
         rows.push(Row {
             scenario: label.clone(),
