@@ -1021,10 +1021,11 @@ impl std::ops::Deref for HeldTree<'_> {
 /// page cache, which is not the controller's RSS.
 pub(crate) const SLED_CACHE_BYTES: u64 = 32 << 20;
 
-/// Opens sled in `dir` the way the controller always does.
-/// How long [`open_sled`] waits for sled's own file lock (see there).
+/// How long [`open_sled`] waits for sled's own file lock (see [`open_sled_waiting`]). Bounded:
+/// a compaction holds every store access while it reopens.
 const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// Opens sled in `dir` the way the controller always does.
 fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
     open_sled_waiting(dir, SLED_LOCK_WAIT)
 }

@@ -101,7 +101,7 @@ impl Wire {
     /// The record in its wire form (what the report sends).
     pub fn message(&self) -> certfleet_common::proto::CertificateRecord {
         use prost::Message as _;
-        // Only `Wire::of` makes these bytes, by prost from a message: they decode.
+        // Only `Wire::from_message` makes these bytes, by prost from a message: they decode.
         certfleet_common::proto::CertificateRecord::decode(&*self.bytes)
             .expect("a record decodes from the bytes prost encoded it to")
     }

@@ -494,8 +494,8 @@ async fn main() -> anyhow::Result<()> {
                 failure = Some(String::from_utf8_lossy(&out.stderr).trim().to_owned());
             }
         }
-        // Every run in the log, in the order they ran (a slow first one is a cold cache; a slow
-        // one anywhere is something else the controller did meanwhile).
+        // Every run in the log, in the order they ran: the p99 of ten runs is the slowest, and
+        // whether that is the first run or any run points at different causes.
         eprintln!(
             "loadgen: {label}: runs {}",
             times
