@@ -83,7 +83,7 @@ impl AgentState {
 }
 
 /// An enrolled agent.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
     /// Controller-assigned id (also in the certificate's SAN URI).
     pub id: String,
@@ -99,7 +99,9 @@ pub struct AgentRecord {
     pub state: AgentState,
     /// When it enrolled.
     pub enrolled_at: i64,
-    /// Last heartbeat persisted (the live value is in the registry).
+    /// Set at the first hello (0 until then: the agent never connected); later heartbeat
+    /// times are in the registry while it is connected and in `agent_seen` after (see
+    /// [`crate::operator::agent_info`]). Records written before `agent_seen` have their last heartbeat here.
     pub last_seen: i64,
     /// Not-after of the newest certificate issued to it.
     pub cert_not_after: i64,
@@ -484,6 +486,11 @@ impl AgentCache {
         }
     }
 
+    /// Whether the directory read at `generation` of the agents tree is cached.
+    pub fn is_current(&self, generation: u64) -> bool {
+        matches!(&*self.cached.lock().unwrap_or_else(|p| p.into_inner()), Some((g, _)) if *g == generation)
+    }
+
     /// How many times the agent records were decoded so far.
     pub fn decodes(&self) -> u64 {
         self.decodes.load(std::sync::atomic::Ordering::Relaxed)
@@ -770,14 +777,112 @@ impl Fleet {
             .ok_or_else(|| Status::not_found(format!("no agent with id or name {id_or_name:?}")))
     }
 
-    /// Persists the registry's heartbeat times (batched; not flushed: losing a few seconds of
-    /// `last_seen` in a crash is harmless).
-    pub fn persist_last_seen(&self) {
+    /// Persists the registry's heartbeat times that changed since `persisted` (what the last
+    /// call wrote, updated here) to `agent_seen`, batched and not flushed: losing a few seconds
+    /// of `last_seen` in a crash is harmless. Blocking (a write per connected agent): not for
+    /// the runtime's threads.
+    pub fn persist_last_seen(&self, persisted: &mut HashMap<String, i64>) {
         for (id, seen) in self.registry.last_seen() {
-            if let Ok(Some(mut a)) = self.store.get::<AgentRecord>("agents", &id) {
-                a.last_seen = seen;
-                let _ = self.store.put("agents", &id, &a);
+            if persisted.get(&id) == Some(&seen) {
+                continue;
+            }
+            match self.store.put("agent_seen", &id, &seen) {
+                Ok(()) => {
+                    persisted.insert(id, seen);
+                }
+                // The store watchdog reports a failing store; the next tick tries again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "persisting heartbeat times");
+                    return;
+                }
             }
         }
+    }
+
+    /// Every agent's persisted heartbeat time by id (see [`Fleet::persist_last_seen`]); an
+    /// agent record's own `last_seen` (its first hello, or a store older than `agent_seen`) may
+    /// be later, so a reader takes the larger of the two.
+    pub fn persisted_seen(&self) -> Result<HashMap<String, i64>, Status> {
+        Ok(self
+            .store
+            .scan_prefix::<i64>("agent_seen", "")
+            .map_err(internal)?
+            .into_iter()
+            .collect())
+    }
+
+    /// The persisted heartbeat time of one agent (0 if none was persisted).
+    pub fn persisted_seen_of(&self, id: &str) -> Result<i64, Status> {
+        Ok(self
+            .store
+            .get::<i64>("agent_seen", id)
+            .map_err(internal)?
+            .unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Heartbeat times are persisted in `agent_seen`, only those that changed, without
+    /// rewriting an agent record or making the agent directory stale; a listing reports the
+    /// persisted time of an agent that is gone (issue 10: 10,000 records rewritten every 30 s
+    /// made the next listing decode them all again).
+    #[test]
+    fn heartbeat_times_are_persisted_apart_from_the_agent_records() {
+        let (_dir, fleet) = crate::server::test_fleet();
+        let record: AgentRecord = serde_json::from_value(serde_json::json!({
+            "id": "a1", "name": "vc1", "hostname": "h", "platforms": [], "version": "1",
+            "state": "active", "enrolled_at": 1, "last_seen": 50, "cert_not_after": 0,
+            "cert_fingerprint": "", "key_id": "", "labels": {}, "cas": [], "renewable": [],
+            "superseded": [],
+        }))
+        .unwrap();
+        fleet.store.put("agents", "a1", &record).unwrap();
+        fleet.agent_directory().unwrap();
+        let decodes = fleet.agent_cache.decodes();
+        let agents = fleet.store.generation("agents");
+
+        let (tx, _rx) = mpsc::channel(1);
+        let session = fleet
+            .registry
+            .connect("a1", tx, "127.0.0.1:1".into(), vec![]);
+        let live = fleet.registry.status("a1").unwrap().0;
+        let mut persisted = HashMap::new();
+        fleet.persist_last_seen(&mut persisted);
+        assert_eq!(fleet.persisted_seen().unwrap().get("a1"), Some(&live));
+        assert_eq!(
+            fleet.store.generation("agents"),
+            agents,
+            "no agent record rewritten"
+        );
+        fleet.agent_directory().unwrap();
+        assert_eq!(
+            fleet.agent_cache.decodes(),
+            decodes,
+            "the directory is still current"
+        );
+        // Unchanged times are not written again.
+        let seen_writes = fleet.store.generation("agent_seen");
+        fleet.persist_last_seen(&mut persisted);
+        assert_eq!(fleet.store.generation("agent_seen"), seen_writes);
+
+        // Connected: the live time. Gone: the persisted one, or the record's if it is later.
+        let info = |a: &AgentRecord, persisted| crate::operator::agent_info(&fleet, a, persisted);
+        let stored = fleet.persisted_seen_of("a1").unwrap();
+        assert!(info(&record, stored).connected);
+        assert_eq!(info(&record, stored).last_seen, live);
+        fleet.registry.disconnect("a1", session);
+        assert!(!info(&record, stored).connected);
+        assert_eq!(info(&record, stored).last_seen, live);
+        let newer = AgentRecord {
+            last_seen: live + 10,
+            ..record.clone()
+        };
+        assert_eq!(info(&newer, stored).last_seen, live + 10);
+        // An agent never persisted (a store older than `agent_seen`): the record's own time.
+        assert_eq!(fleet.persisted_seen_of("a2").unwrap(), 0);
+        assert_eq!(info(&record, 0).last_seen, 50);
     }
 }

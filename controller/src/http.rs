@@ -266,6 +266,7 @@ pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
     let policies: Vec<crate::policy::RolePolicy> =
         fleet.store.list("policies").map_err(|e| e.to_string())?;
     let live: HashMap<String, i64> = fleet.registry.last_seen().into_iter().collect();
+    let seen = fleet.persisted_seen().map_err(|e| e.message().to_owned())?;
     let ca_not_after = crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0);
     // Every agent's name, revoked ones included (the CA forecast names who saw a CA).
     let names: HashMap<&str, &str> = directory
@@ -282,6 +283,7 @@ pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
                 agents: directory.values().collect(),
                 certs,
                 live: &live,
+                seen: &seen,
                 plans: &plans,
                 policies: &policies,
                 fleet_ca_not_after: ca_not_after,

@@ -77,16 +77,38 @@ impl AgentLink for AgentLinkService {
                 ));
             }
         };
-        agent.hostname = hello.hostname.clone();
-        agent.platforms = hello.platforms.clone();
-        agent.version = hello.version.clone();
-        agent.cas = hello.cas.clone();
-        agent.renewable = hello.renewable.iter().cloned().map(Into::into).collect();
-        agent.last_seen = certfleet_common::model::now();
-        fleet
-            .store
-            .put("agents", &agent.id, &agent)
-            .map_err(internal)?;
+        // Applied to the record as it is now, not as it was read before the hello (up to 30 s
+        // ago), and swapped in only if it is still unchanged: a revocation or a renewal written
+        // meanwhile is not overwritten with an older copy.
+        let now = certfleet_common::model::now();
+        loop {
+            let Some((mut current, read)) = fleet
+                .store
+                .get_for_swap::<AgentRecord>("agents", &agent.id)
+                .map_err(internal)?
+            else {
+                return Err(Status::unauthenticated(format!(
+                    "unknown agent {}",
+                    agent.id
+                )));
+            };
+            if current.state == AgentState::Revoked {
+                fleet.metrics.rpc_error("revoked");
+                return Err(Status::permission_denied(format!(
+                    "agent {} ({}) has been revoked",
+                    current.name, current.id
+                )));
+            }
+            if !apply_hello(&mut current, &hello, now)
+                || fleet
+                    .store
+                    .swap("agents", &agent.id, &read, &current)
+                    .map_err(internal)?
+            {
+                agent = current;
+                break;
+            }
+        }
 
         let (tx, rx) = mpsc::channel(64);
         let session = fleet.registry.connect(
@@ -151,16 +173,32 @@ impl AgentLink for AgentLinkService {
             // Remote commands relayed on this stream get nothing more from it.
             fleet.execs.agent_gone(&id);
             if let Some(seen) = fleet.registry.disconnect(&id, session) {
-                if let Ok(Some(mut a)) = fleet.store.get::<AgentRecord>("agents", &id) {
-                    a.last_seen = seen;
-                    let _ = fleet.store.put("agents", &id, &a);
-                }
+                let _ = fleet.store.put("agent_seen", &id, &seen);
                 tracing::info!(agent = %id, "agent disconnected");
                 fleet.changed.notify_waiters();
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Puts what a hello says into the agent's record; true when the record must be written: the
+/// hello changed it, or it is the agent's first (a `last_seen` of 0 means never connected, see
+/// `enroll`; it is set to `now` then). A reconnect storm of 10,000 unchanged agents so writes
+/// no record and leaves the agent directory current; the heartbeat time itself lives in the
+/// registry and in `agent_seen`.
+fn apply_hello(agent: &mut AgentRecord, hello: &pb::Hello, now: i64) -> bool {
+    let before = agent.clone();
+    agent.hostname = hello.hostname.clone();
+    agent.platforms = hello.platforms.clone();
+    agent.version = hello.version.clone();
+    agent.cas = hello.cas.clone();
+    agent.renewable = hello.renewable.iter().cloned().map(Into::into).collect();
+    if *agent == before && agent.last_seen != 0 {
+        return false;
+    }
+    agent.last_seen = now;
+    true
 }
 
 async fn handle(
@@ -322,6 +360,53 @@ mod tests {
     use super::*;
     use crate::plan::{PlanState, StepState, storage};
     use certfleet_common::proto as pb;
+
+    /// Only a first hello or one that says something new rewrites the agent's record: a
+    /// reconnect storm of unchanged agents writes no record (issue 10).
+    #[test]
+    fn a_hello_rewrites_the_agent_record_only_when_it_changes_it_or_is_the_first() {
+        let mut agent: AgentRecord = serde_json::from_value(serde_json::json!({
+            "id": "agent0", "name": "esx0", "hostname": "", "platforms": [],
+            "version": "", "state": AgentState::Active, "enrolled_at": 1, "last_seen": 0,
+            "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
+            "labels": {}, "cas": [], "renewable": [], "superseded": [],
+        }))
+        .unwrap();
+        let hello = pb::Hello {
+            hostname: "esx0.lab".into(),
+            platforms: vec!["vcenter".into()],
+            version: "1.0".into(),
+            cas: vec!["engine".into()],
+            renewable: vec![pb::RenewableFile {
+                cert: "/etc/pki/vdsm/certs/vdsmcert.pem".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // The first hello: written, and `last_seen` says the agent has connected.
+        assert!(apply_hello(&mut agent, &hello, 100));
+        assert_eq!(agent.last_seen, 100);
+        assert_eq!(agent.hostname, "esx0.lab");
+        // The same hello again (a reconnect): nothing to write, nothing changed.
+        let kept = agent.clone();
+        assert!(!apply_hello(&mut agent, &hello, 200));
+        assert_eq!(agent, kept);
+        // Each field a hello carries, changed, is written.
+        let changes: [fn(&mut pb::Hello); 5] = [
+            |h| h.hostname = "esx0-new.lab".into(),
+            |h| h.platforms.push("ovirt-node".into()),
+            |h| h.version = "1.1".into(),
+            |h| h.cas.clear(),
+            |h| h.renewable[0].days = 30,
+        ];
+        for (n, change) in changes.iter().enumerate() {
+            let mut h = hello.clone();
+            change(&mut h);
+            let mut a = kept.clone();
+            assert!(apply_hello(&mut a, &h, 300), "change {n} not written");
+            assert_eq!(a.last_seen, 300);
+        }
+    }
 
     /// A large report goes in chunks, and while they are on their way the agent runs the step
     /// it was sent and answers it (its output, then its result), between two chunks. The result

@@ -240,6 +240,8 @@ pub struct FleetView<'a> {
     pub certs: &'a dyn FleetCerts,
     /// Live heartbeat time per connected agent id.
     pub live: &'a HashMap<String, i64>,
+    /// Persisted heartbeat time per agent id (`agent_seen`), for agents not connected.
+    pub seen: &'a HashMap<String, i64>,
     /// Every stored plan: headers, with the steps of the plans the per-plan series show (open
     /// ones, and failed ones for [`FAILED_PLAN_VISIBLE_SECS`]; see [`plan_steps_shown`]).
     pub plans: &'a [Plan],
@@ -393,9 +395,10 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
         let l = labels([("agent", &a.name), ("host", &a.hostname)]);
         agent_cert.get_or_create(&l).set(a.cert_not_after);
         let live = v.live.get(&a.id);
-        last_seen
-            .get_or_create(&l)
-            .set(live.copied().unwrap_or(a.last_seen).max(a.last_seen));
+        last_seen.get_or_create(&l).set(live.copied().map_or_else(
+            || v.seen.get(&a.id).copied().unwrap_or(0).max(a.last_seen),
+            |l| l.max(a.last_seen),
+        ));
         connected.get_or_create(&l).set(i64::from(live.is_some()));
         if live.is_none() && a.state == AgentState::Active {
             missing += 1;
@@ -997,6 +1000,7 @@ mod tests {
             agents: agents.iter().collect(),
             certs: &inventory,
             live: &HashMap::new(),
+            seen: &HashMap::new(),
             plans: &plans,
             policies: &policies,
             fleet_ca_not_after: crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0),
@@ -1099,6 +1103,49 @@ mod tests {
         fn each_pin(&self, _: &mut dyn FnMut(&str, &Pin)) {}
     }
 
+    /// An agent's last-seen gauge: its live heartbeat while connected, else the later of its
+    /// persisted heartbeat (`agent_seen`) and its record's own time.
+    #[test]
+    fn the_last_seen_gauge_is_live_then_persisted_then_the_record() {
+        let now = 2_000_000_000;
+        let agents: Vec<AgentRecord> = vec![
+            serde_json::from_value(serde_json::json!({
+                "id": "a1", "name": "vc1", "hostname": "vc1.lab", "platforms": [],
+                "version": "1", "state": "active", "enrolled_at": 1, "last_seen": now,
+                "cert_not_after": now + 86_400, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap(),
+        ];
+        let gauge = |live: &[(&str, i64)], seen: &[(&str, i64)]| {
+            let map = |v: &[(&str, i64)]| -> HashMap<String, i64> {
+                v.iter().map(|(k, t)| ((*k).to_owned(), *t)).collect()
+            };
+            let text = encode(&render_fleet(&FleetView {
+                now,
+                agents: agents.iter().collect(),
+                certs: &Owned(vec![]),
+                live: &map(live),
+                seen: &map(seen),
+                plans: &[],
+                policies: &[],
+                fleet_ca_not_after: 0,
+                controller_cert_not_after: 0,
+                per_certificate: false,
+            }))
+            .unwrap();
+            text.lines()
+                .find(|l| l.starts_with("certfleet_agent_last_seen_seconds{"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("no last-seen series in\n{text}"))
+        };
+        assert_eq!(gauge(&[], &[]), now);
+        assert_eq!(gauge(&[], &[("a1", now + 5)]), now + 5);
+        assert_eq!(gauge(&[], &[("a1", now - 5)]), now);
+        assert_eq!(gauge(&[("a1", now + 9)], &[("a1", now + 5)]), now + 9);
+    }
+
     #[test]
     fn certificates_another_renewer_owns_are_counted_per_owner_with_the_overdue_ones() {
         let now = 2_000_000_000;
@@ -1140,6 +1187,7 @@ mod tests {
                 agents: agents.iter().collect(),
                 certs: &certs,
                 live: &HashMap::new(),
+                seen: &HashMap::new(),
                 plans: &[],
                 policies: &[],
                 fleet_ca_not_after: 0,

@@ -40,8 +40,8 @@ fn labels(l: &BTreeMap<String, String>) -> Vec<pb::Label> {
         .collect()
 }
 
-/// The wire view of an agent.
-pub fn agent_info(fleet: &Fleet, a: &AgentRecord) -> pb::AgentInfo {
+/// The wire view of an agent; `persisted` is its heartbeat time in `agent_seen` (0 if none).
+pub fn agent_info(fleet: &Fleet, a: &AgentRecord, persisted: i64) -> pb::AgentInfo {
     let live = fleet.registry.status(&a.id);
     pb::AgentInfo {
         id: a.id.clone(),
@@ -50,7 +50,9 @@ pub fn agent_info(fleet: &Fleet, a: &AgentRecord) -> pb::AgentInfo {
         platforms: a.platforms.clone(),
         version: a.version.clone(),
         connected: live.is_some(),
-        last_seen: live.as_ref().map(|l| l.0).unwrap_or(a.last_seen),
+        // Live while connected; else the later of the record's (its first hello, or a store
+        // older than `agent_seen`) and the persisted heartbeat.
+        last_seen: live.as_ref().map_or(persisted.max(a.last_seen), |l| l.0),
         cert_not_after: a.cert_not_after,
         state: a.state.as_str().to_owned(),
         enrolled_at: a.enrolled_at,
@@ -516,10 +518,14 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::AgentList>, Status> {
         self.fleet.require_operator(&request, false)?;
         let dir = self.fleet.agent_directory()?;
+        let seen = self.fleet.persisted_seen()?;
         let mut agents: Vec<&AgentRecord> = dir.values().collect();
         agents.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(pb::AgentList {
-            agents: agents.iter().map(|a| agent_info(&self.fleet, a)).collect(),
+            agents: agents
+                .iter()
+                .map(|a| agent_info(&self.fleet, a, seen.get(&a.id).copied().unwrap_or(0)))
+                .collect(),
         }))
     }
 
@@ -529,7 +535,8 @@ impl Operator for OperatorService {
     ) -> Result<Response<pb::AgentInfo>, Status> {
         self.fleet.require_operator(&request, false)?;
         let a = self.fleet.find_agent(&request.into_inner().id)?;
-        Ok(Response::new(agent_info(&self.fleet, &a)))
+        let seen = self.fleet.persisted_seen_of(&a.id)?;
+        Ok(Response::new(agent_info(&self.fleet, &a, seen)))
     }
 
     async fn revoke_agent(

@@ -14,6 +14,7 @@
 //! listener, caps on reports); a store whose writes keep failing makes [`serve`] return an
 //! error, so the process exits non-zero and its supervisor restarts it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -462,6 +463,10 @@ pub async fn serve(
     let f = fleet.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // The heartbeat times since the last batch, while the streams are still registered (a
+        // kicked stream's end writes none).
+        let g = f.clone();
+        let _ = tokio::task::spawn_blocking(move || g.persist_last_seen(&mut HashMap::new())).await;
         // Long-lived agent streams would hold a graceful shutdown open forever: end them.
         f.registry
             .kick_all(tonic::Status::unavailable("controller shutting down"));
@@ -492,14 +497,45 @@ pub async fn serve(
 
     tokio::spawn(crate::engine::run(fleet.clone(), stop_rx.clone()));
 
-    // Batched heartbeat persistence: no fsync per heartbeat.
+    // Batched heartbeat persistence: no fsync per heartbeat, only the times that changed, off
+    // the runtime's threads (a write per connected agent).
     let f = fleet.clone();
     let mut rx = stop_rx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
+        let persisted = Arc::new(std::sync::Mutex::new(HashMap::new()));
         loop {
             tokio::select! {
-                _ = tick.tick() => f.persist_last_seen(),
+                _ = tick.tick() => {
+                    let (f, persisted) = (f.clone(), persisted.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        f.persist_last_seen(&mut persisted.lock().unwrap_or_else(|p| p.into_inner()));
+                    })
+                    .await;
+                }
+                _ = rx.changed() => break,
+            }
+        }
+    });
+
+    // The agent directory decoded again off the request path once the agents tree has been
+    // quiet for a second (after a wave of first hellos or enrollments): the next listing finds
+    // it current instead of decoding 10,000 records on its own time.
+    let f = fleet.clone();
+    let mut rx = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut before = u64::MAX;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let g = f.store.generation("agents");
+                    if g == before && !f.agent_cache.is_current(g) {
+                        let f = f.clone();
+                        let _ = tokio::task::spawn_blocking(move || f.agent_directory()).await;
+                    }
+                    before = g;
+                }
                 _ = rx.changed() => break,
             }
         }
@@ -547,7 +583,6 @@ pub async fn serve(
             return Err(e);
         }
     }
-    fleet.persist_last_seen();
     fleet.store.flush()?;
     Ok(())
 }

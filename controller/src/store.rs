@@ -18,7 +18,10 @@
 //! supervisor restarts it on a fresh handle.
 //!
 //! Heartbeats are *not* written here (no fsync per heartbeat): the registry keeps `last_seen`
-//! in memory and persists it in batches.
+//! in memory and persists it in batches, to `agent_seen` (id → Unix time), not into the agent
+//! records: 10,000 heartbeat times every 30 s would rewrite 10,000 records (sled keeps the space
+//! of rewritten values until it cleans their segments) and leave every cache of the records
+//! stale.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -43,6 +46,8 @@ pub mod backup;
 ///   `steps_in_flight` under [`in_flight_key`]; agents are indexed by name in `agent_names`.
 ///   A step result rewrites one step, not the whole plan (sled never gives back the space of
 ///   rewritten large values), and an agent connect reads its own in-flight entries only.
+///   Added later without a bump (older certfleets ignore it and read the records' own, older
+///   `last_seen`): `agent_seen`, each agent's persisted heartbeat time by id.
 pub const SCHEMA_VERSION: u32 = 3;
 
 /// First byte of a checksummed value (never the first byte of a JSON document).
@@ -92,6 +97,7 @@ const TREES: &[&str] = &[
     "plan_steps",
     "steps_in_flight",
     "agent_names",
+    "agent_seen",
 ];
 
 /// Key of step number `index` (0-based, dispatch order) of plan `plan` in `plan_steps`: zero

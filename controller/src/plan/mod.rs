@@ -66,7 +66,7 @@ pub struct Target {
 }
 
 /// A file an agent can renew by CSR (from its hello).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RenewableSpec {
     /// Certificate path.
     pub cert: String,
