@@ -13,7 +13,8 @@
 //! the platforms' documented defaults (`shared/reference/vsphere.md` §4.1, `ovirt_gke.md` A4/B1);
 //! for a CA of no known platform the longest lifetime among the leaves it signed is used.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 
 use certfleet_common::proto as pb;
 use certfleet_common::roles;
@@ -28,17 +29,19 @@ pub const ABSURD_SPAN_DAYS: i64 = 36_500;
 /// (the CA/Browser Forum maximum for TLS server certificates).
 const FALLBACK_LEAF_DAYS: i64 = 398;
 
-/// What the forecast needs to know of one certificate.
+/// What the forecast needs to know of one certificate, borrowed from where it is read (the
+/// inventory index holds 100,000 certificates: copying each one's strings on every `/metrics`
+/// scrape was half the scrape).
 #[derive(Clone, Debug, Default)]
-pub struct CertFacts {
+pub struct CertFacts<'a> {
     /// SHA-256 fingerprint.
-    pub fingerprint: String,
+    pub fingerprint: Cow<'a, str>,
     /// Subject DN.
-    pub subject: String,
+    pub subject: Cow<'a, str>,
     /// Issuer DN.
-    pub issuer: String,
+    pub issuer: Cow<'a, str>,
     /// Role (see [`roles`]).
-    pub role: String,
+    pub role: Cow<'a, str>,
     /// Start of validity, Unix seconds.
     pub not_before: i64,
     /// End of validity, Unix seconds.
@@ -46,14 +49,14 @@ pub struct CertFacts {
     /// Basic constraints CA flag.
     pub is_ca: bool,
     /// Subject key identifier, hex.
-    pub subject_key_id: String,
+    pub subject_key_id: Cow<'a, str>,
     /// Authority key identifier, hex.
-    pub authority_key_id: String,
+    pub authority_key_id: Cow<'a, str>,
     /// Agents (names) that saw it.
-    pub agents: BTreeSet<String>,
+    pub agents: BTreeSet<Cow<'a, str>>,
 }
 
-impl CertFacts {
+impl CertFacts<'_> {
     fn span_days(&self) -> i64 {
         (self.not_after - self.not_before) / DAY
     }
@@ -150,7 +153,7 @@ fn platform_of(role: &str) -> &'static str {
     }
 }
 
-fn same_issuer(ca: &CertFacts, leaf: &CertFacts) -> bool {
+fn same_issuer(ca: &CertFacts<'_>, leaf: &CertFacts<'_>) -> bool {
     if leaf.fingerprint == ca.fingerprint {
         return false;
     }
@@ -162,7 +165,7 @@ fn same_issuer(ca: &CertFacts, leaf: &CertFacts) -> bool {
 }
 
 /// Computes the forecast for every CA among `certs`, soonest cliff first.
-pub fn forecast(certs: &[CertFacts], now: i64) -> Vec<CaForecast> {
+pub fn forecast(certs: &[CertFacts<'_>], now: i64) -> Vec<CaForecast> {
     let fmt = certfleet_common::model::format_time;
     // Leaves by authority key id and by issuer name: each CA looks at its own candidates, not
     // at every certificate (a fleet of 100,000 certificates and hundreds of CAs is rendered on
@@ -184,18 +187,18 @@ pub fn forecast(certs: &[CertFacts], now: i64) -> Vec<CaForecast> {
         .filter(|c| c.is_ca)
         .map(|ca| {
             let mut candidates: Vec<usize> = if ca.subject_key_id.is_empty() {
-                by_issuer.get(ca.subject.as_str()).unwrap_or(&none).clone()
+                by_issuer.get(ca.subject.as_ref()).unwrap_or(&none).clone()
             } else {
                 let mut v = by_aki
-                    .get(ca.subject_key_id.as_str())
+                    .get(ca.subject_key_id.as_ref())
                     .unwrap_or(&none)
                     .clone();
-                v.extend(by_issuer_no_aki.get(ca.subject.as_str()).unwrap_or(&none));
+                v.extend(by_issuer_no_aki.get(ca.subject.as_ref()).unwrap_or(&none));
                 v
             };
             candidates.sort_unstable();
             candidates.dedup();
-            let signed: Vec<&CertFacts> = candidates
+            let signed: Vec<&CertFacts<'_>> = candidates
                 .into_iter()
                 .map(|i| &certs[i])
                 .filter(|l| same_issuer(ca, l))
@@ -223,9 +226,9 @@ pub fn forecast(certs: &[CertFacts], now: i64) -> Vec<CaForecast> {
             let mut leaves: Vec<CappedLeaf> = signed
                 .iter()
                 .map(|l| CappedLeaf {
-                    fingerprint_sha256: l.fingerprint.clone(),
-                    subject: l.subject.clone(),
-                    role: l.role.clone(),
+                    fingerprint_sha256: l.fingerprint.to_string(),
+                    subject: l.subject.to_string(),
+                    role: l.role.to_string(),
                     not_after: fmt(l.not_after),
                     capped: (ca.not_after - l.not_after).abs() <= DAY,
                     absurd_span: l.span_days() >= ABSURD_SPAN_DAYS,
@@ -233,9 +236,9 @@ pub fn forecast(certs: &[CertFacts], now: i64) -> Vec<CaForecast> {
                 .collect();
             leaves.sort_by(|a, b| (&a.not_after, &a.subject).cmp(&(&b.not_after, &b.subject)));
             CaForecast {
-                fingerprint_sha256: ca.fingerprint.clone(),
-                subject: ca.subject.clone(),
-                role: ca.role.clone(),
+                fingerprint_sha256: ca.fingerprint.to_string(),
+                subject: ca.subject.to_string(),
+                role: ca.role.to_string(),
                 platform: platform_of(&ca.role).to_owned(),
                 not_before: fmt(ca.not_before),
                 not_after: fmt(ca.not_after),
@@ -250,7 +253,7 @@ pub fn forecast(certs: &[CertFacts], now: i64) -> Vec<CaForecast> {
                 days_left: (ca.not_after - now).div_euclid(DAY),
                 status,
                 leaves,
-                agents: ca.agents.iter().cloned().collect(),
+                agents: ca.agents.iter().map(|a| a.to_string()).collect(),
             }
         })
         .collect();
@@ -261,22 +264,26 @@ pub fn forecast(certs: &[CertFacts], now: i64) -> Vec<CaForecast> {
 }
 
 /// The facts of every certificate in an inventory answer (one entry per fingerprint).
-pub fn facts_from_list(list: &pb::InventoryList) -> Vec<CertFacts> {
+pub fn facts_from_list(list: &pb::InventoryList) -> Vec<CertFacts<'_>> {
     list.items
         .iter()
         .filter_map(|i| {
             let c = i.certificate.as_ref()?;
             Some(CertFacts {
-                fingerprint: c.fingerprint_sha256.clone(),
-                subject: c.subject.clone(),
-                issuer: c.issuer.clone(),
-                role: c.role.clone(),
+                fingerprint: c.fingerprint_sha256.as_str().into(),
+                subject: c.subject.as_str().into(),
+                issuer: c.issuer.as_str().into(),
+                role: c.role.as_str().into(),
                 not_before: c.not_before,
                 not_after: c.not_after,
                 is_ca: c.is_ca,
-                subject_key_id: c.subject_key_id.clone(),
-                authority_key_id: c.authority_key_id.clone(),
-                agents: i.seen.iter().map(|s| s.agent_name.clone()).collect(),
+                subject_key_id: c.subject_key_id.as_str().into(),
+                authority_key_id: c.authority_key_id.as_str().into(),
+                agents: i
+                    .seen
+                    .iter()
+                    .map(|s| s.agent_name.as_str().into())
+                    .collect(),
             })
         })
         .collect()
@@ -284,64 +291,87 @@ pub fn facts_from_list(list: &pb::InventoryList) -> Vec<CertFacts> {
 
 /// The facts of every certificate the agents in `names` (id → name) reported, as the scrape
 /// reads them ([`crate::metrics::FleetCerts`]: the inventory index), plus the fleet CA itself
-/// (`fleet_ca_pem`).
-pub fn facts(
-    certs: &dyn crate::metrics::FleetCerts,
-    names: &std::collections::HashMap<&str, &str>,
+/// (`fleet_ca_pem`), in fingerprint order.
+pub fn facts<'a, S: std::hash::BuildHasher>(
+    certs: &'a dyn crate::metrics::FleetCerts,
+    names: &HashMap<&str, &'a str, S>,
     fleet_ca_pem: &str,
-) -> Vec<CertFacts> {
-    let mut by_fp: BTreeMap<String, CertFacts> = BTreeMap::new();
+) -> Vec<CertFacts<'a>> {
+    // One entry per run of sightings of the same certificate (the inventory index gives each
+    // certificate's sightings one after the other, in fingerprint order), merged below with
+    // any later run of the same certificate: no map of 100,000 fingerprints per scrape.
+    let mut out: Vec<CertFacts<'a>> = Vec::new();
     certs.each(&mut |agent, c| {
         let Some(name) = names.get(agent) else {
             return;
         };
-        if !by_fp.contains_key(c.fingerprint) {
-            by_fp.insert(
-                c.fingerprint.to_owned(),
-                CertFacts {
-                    fingerprint: c.fingerprint.to_owned(),
-                    subject: c.subject.to_owned(),
-                    issuer: c.issuer.to_owned(),
-                    role: c.role.to_owned(),
-                    not_before: c.not_before,
-                    not_after: c.not_after,
-                    is_ca: c.is_ca,
-                    subject_key_id: c.subject_key_id.to_owned(),
-                    authority_key_id: c.authority_key_id.to_owned(),
-                    agents: BTreeSet::new(),
-                },
-            );
+        match out.last_mut() {
+            Some(f) if f.fingerprint == c.fingerprint => {
+                merge_sighting(f, c.role.into(), Cow::Borrowed(*name));
+            }
+            _ => out.push(CertFacts {
+                fingerprint: c.fingerprint.into(),
+                subject: c.subject.into(),
+                issuer: c.issuer.into(),
+                role: c.role.into(),
+                not_before: c.not_before,
+                not_after: c.not_after,
+                is_ca: c.is_ca,
+                subject_key_id: c.subject_key_id.into(),
+                authority_key_id: c.authority_key_id.into(),
+                agents: BTreeSet::from([Cow::Borrowed(*name)]),
+            }),
         }
-        let f = by_fp.get_mut(c.fingerprint).expect("just inserted");
-        if f.role.is_empty() || (f.role.starts_with("file.") && !c.role.is_empty()) {
-            f.role = c.role.to_owned();
+    });
+    // Stable: of two runs of one certificate the earlier comes first, as it was seen first
+    // (already sorted input, the index's, costs one comparison per entry).
+    out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+    out.dedup_by(|later, earlier| {
+        if later.fingerprint != earlier.fingerprint {
+            return false;
         }
-        f.agents.insert((*name).to_owned());
+        let role = std::mem::take(&mut later.role);
+        for name in std::mem::take(&mut later.agents) {
+            merge_sighting(earlier, role.clone(), name);
+        }
+        true
     });
     if let Ok(der) = certfleet_common::pem::first_certificate(fleet_ca_pem.as_bytes())
         && let Ok(rec) = certfleet_common::x509::parse_der(&der)
+        && let Err(at) =
+            out.binary_search_by(|f| f.fingerprint.as_ref().cmp(&rec.fingerprint_sha256))
     {
-        by_fp
-            .entry(rec.fingerprint_sha256.clone())
-            .or_insert(CertFacts {
-                fingerprint: rec.fingerprint_sha256.clone(),
-                subject: rec.subject.clone(),
-                issuer: rec.issuer.clone(),
+        out.insert(
+            at,
+            CertFacts {
+                fingerprint: rec.fingerprint_sha256.into(),
+                subject: rec.subject.into(),
+                issuer: rec.issuer.into(),
                 role: "certfleet.fleet_ca".into(),
                 not_before: rec.not_before,
                 not_after: rec.not_after,
                 is_ca: true,
-                subject_key_id: rec.subject_key_id.clone(),
-                authority_key_id: rec.authority_key_id.clone(),
-                agents: BTreeSet::from(["controller".to_owned()]),
-            });
+                subject_key_id: rec.subject_key_id.into(),
+                authority_key_id: rec.authority_key_id.into(),
+                agents: BTreeSet::from([Cow::Borrowed("controller")]),
+            },
+        );
     }
-    by_fp.into_values().collect()
+    out
+}
+
+/// Adds another agent's sighting of the same certificate: a role from a platform's own store
+/// wins over a generic file role (or none).
+fn merge_sighting<'a>(f: &mut CertFacts<'a>, role: Cow<'a, str>, name: Cow<'a, str>) {
+    if f.role.is_empty() || (f.role.starts_with("file.") && !role.is_empty()) {
+        f.role = role;
+    }
+    f.agents.insert(name);
 }
 
 /// Adds the per-CA gauges to a scrape registry: `ca_cliff_seconds` (the date from which new
 /// leaves are cut short, Unix seconds), `ca_not_after_seconds` and `ca_capped_leaves`.
-pub fn register_metrics(facts: &[CertFacts], r: &mut prometheus_client::registry::Registry) {
+pub fn register_metrics(facts: &[CertFacts<'_>], r: &mut prometheus_client::registry::Registry) {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     let cliff: Family<CaLabels, Gauge> = Family::default();
@@ -444,6 +474,63 @@ pub fn print(forecasts: &[CaForecast], json: bool) {
 mod tests {
     use super::*;
 
+    /// A certificate several agents saw is one fact with every agent's name and the most
+    /// specific role, whatever order the sightings come in (the index gives them one after the
+    /// other; a map of records per agent does not); agents not in `names` are left out.
+    #[test]
+    fn facts_merge_every_sighting_of_a_certificate_in_any_order() {
+        use certfleet_common::model::CertRecord;
+        let record = |fp: &str, role: &str| CertRecord {
+            fingerprint_sha256: fp.into(),
+            subject: format!("CN={fp}"),
+            role: role.into(),
+            ..Default::default()
+        };
+        let names: HashMap<&str, &str> =
+            [("a1", "vc1"), ("a2", "vc2"), ("a3", "vc3"), ("a4", "vc4")].into();
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+            let seen = [
+                ("a1", vec![record("bb", "file.leaf"), record("aa", "")]),
+                (
+                    "a2",
+                    vec![
+                        record("cc", "file.leaf"),
+                        record("bb", "vsphere.machine_ssl"),
+                    ],
+                ),
+                ("a3", vec![record("bb", ""), record("aa", "file.leaf")]),
+                (
+                    "gone",
+                    vec![record("bb", "kubeadm.apiserver"), record("dd", "")],
+                ),
+            ];
+            let source: HashMap<String, Vec<CertRecord>> = order
+                .iter()
+                .map(|&k| (seen[k].0.to_owned(), seen[k].1.clone()))
+                .collect();
+            let facts = facts(&source, &names, "");
+            let got: Vec<(&str, &str, Vec<&str>)> = facts
+                .iter()
+                .map(|f| {
+                    (
+                        f.fingerprint.as_ref(),
+                        f.role.as_ref(),
+                        f.agents.iter().map(|a| a.as_ref()).collect(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("aa", "file.leaf", vec!["vc1", "vc3"]),
+                    ("bb", "vsphere.machine_ssl", vec!["vc1", "vc2", "vc3"]),
+                    ("cc", "file.leaf", vec!["vc2"]),
+                ],
+                "sightings in order {order:?}"
+            );
+        }
+    }
+
     fn cert(
         fp: &str,
         role: &str,
@@ -452,17 +539,17 @@ mod tests {
         ca: bool,
         ski: &str,
         aki: &str,
-    ) -> CertFacts {
+    ) -> CertFacts<'static> {
         CertFacts {
-            fingerprint: fp.into(),
-            subject: format!("CN={fp}"),
-            issuer: String::new(),
-            role: role.into(),
+            fingerprint: fp.to_owned().into(),
+            subject: format!("CN={fp}").into(),
+            issuer: "".into(),
+            role: role.to_owned().into(),
             not_before: nb_days * DAY,
             not_after: na_days * DAY,
             is_ca: ca,
-            subject_key_id: ski.into(),
-            authority_key_id: aki.into(),
+            subject_key_id: ski.to_owned().into(),
+            authority_key_id: aki.to_owned().into(),
             agents: BTreeSet::new(),
         }
     }
@@ -484,7 +571,7 @@ mod tests {
                 ski,
                 aki,
             );
-            c.issuer = format!("CN=c{}", (i * 7) % 10);
+            c.issuer = format!("CN=c{}", (i * 7) % 10).into();
             certs.push(c);
         }
         let got = forecast(&certs, 0);
@@ -497,7 +584,7 @@ mod tests {
             let mut want: Vec<&str> = certs
                 .iter()
                 .filter(|l| same_issuer(ca, l))
-                .map(|l| l.fingerprint.as_str())
+                .map(|l| l.fingerprint.as_ref())
                 .collect();
             let mut have: Vec<&str> = f
                 .leaves

@@ -269,7 +269,7 @@ pub fn render_fleet_snapshot(fleet: &Fleet) -> Result<String, String> {
     let seen = fleet.persisted_seen().map_err(|e| e.message().to_owned())?;
     let ca_not_after = crate::self_cert::ca_not_after(fleet.ca.cert_pem()).unwrap_or(0);
     // Every agent's name, revoked ones included (the CA forecast names who saw a CA).
-    let names: HashMap<&str, &str> = directory
+    let names: crate::metrics::ScrapeMap<&str, &str> = directory
         .values()
         .map(|a| (a.id.as_str(), a.name.as_str()))
         .collect();

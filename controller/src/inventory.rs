@@ -519,7 +519,7 @@ impl IndexState {
 struct IndexCerts<'a>(&'a IndexState);
 
 impl crate::metrics::FleetCerts for IndexCerts<'_> {
-    fn each(&self, f: &mut dyn FnMut(&str, &crate::metrics::Sighting<'_>)) {
+    fn each<'s>(&'s self, f: &mut dyn FnMut(&'s str, &crate::metrics::Sighting<'s, '_>)) {
         for (fp, c) in &self.0.certs {
             for s in &c.sightings {
                 let locations = || s.locations.iter().map(CompactLocation::to_model).collect();

@@ -160,8 +160,14 @@ pub fn gauge(r: &mut Registry, name: &str, help: &str, value: i64) {
     r.register(name, help, g);
 }
 
-/// One certificate as one agent reported it: what the fleet gauges read of it.
-pub struct Sighting<'a> {
+/// A map for a scrape's own passes over 100,000 sightings (agent ids, roles): SipHash, the
+/// standard map's, was a fifth of a scrape. Its seed is random per process, and the keys come
+/// from enrolled agents.
+pub type ScrapeMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One certificate as one agent reported it: what the fleet gauges read of it (its strings
+/// live as long as the source, `'a`; its locations are built only for the call, `'l`).
+pub struct Sighting<'a, 'l> {
     /// SHA-256 fingerprint.
     pub fingerprint: &'a str,
     /// Subject DN.
@@ -183,7 +189,7 @@ pub struct Sighting<'a> {
     /// Authority key identifier, hex.
     pub authority_key_id: &'a str,
     /// Where this agent saw it (built only when asked: per-certificate series).
-    pub locations: &'a dyn Fn() -> Vec<Location>,
+    pub locations: &'l dyn Fn() -> Vec<Location>,
     /// Who renews it as this agent sees it (`""`: nobody known; see `inventory::owner`).
     pub owner: &'a str,
     /// From when it counts as not renewed in time by its owner (`i64::MAX`: never).
@@ -194,14 +200,15 @@ pub struct Sighting<'a> {
 /// source is the inventory index; a map of records per agent is the same data as the stored
 /// documents hold it (what the gauges were computed from before the index).
 pub trait FleetCerts {
-    /// Calls `f(agent id, sighting)` once per certificate per agent that reported it.
-    fn each(&self, f: &mut dyn FnMut(&str, &Sighting<'_>));
+    /// Calls `f(agent id, sighting)` once per certificate per agent that reported it (what it
+    /// is given lives as long as the source: the CA forecast keeps it, see [`crate::cas::facts`]).
+    fn each<'s>(&'s self, f: &mut dyn FnMut(&'s str, &Sighting<'s, '_>));
     /// Calls `f(agent id, pin)` once per pin each agent reported with its last scan.
     fn each_pin(&self, f: &mut dyn FnMut(&str, &Pin));
 }
 
 impl FleetCerts for HashMap<String, Vec<CertRecord>> {
-    fn each(&self, f: &mut dyn FnMut(&str, &Sighting<'_>)) {
+    fn each<'s>(&'s self, f: &mut dyn FnMut(&'s str, &Sighting<'s, '_>)) {
         for (agent, certs) in self {
             for c in certs {
                 f(
@@ -345,7 +352,7 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
     );
 
     // Agents: their own certificate, last heartbeat, connection, earliest certificate.
-    let mut names: HashMap<&str, &AgentRecord> = HashMap::new();
+    let mut names: ScrapeMap<&str, &AgentRecord> = ScrapeMap::default();
     for a in v
         .agents
         .iter()
@@ -355,8 +362,8 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
         names.insert(a.id.as_str(), a);
     }
     // One pass over the certificates: each agent's earliest, counts per role.
-    let mut earliest_of: HashMap<&str, i64> = HashMap::new();
-    let mut by_role: HashMap<String, RoleCounts> = HashMap::new();
+    let mut earliest_of: ScrapeMap<&str, i64> = ScrapeMap::default();
+    let mut by_role: ScrapeMap<String, RoleCounts> = ScrapeMap::default();
     // Certificates another renewer owns, and how many of them it has not renewed in time.
     let mut owned: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     v.certs.each(&mut |agent, c| {
@@ -654,7 +661,7 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
 /// alert instead of vanishing), and `certfleet_pin_stale{agent,host,source,name,cert_role}` = 1
 /// for each stale pin, so an alert can name what breaks. A VCSA has a few dozen pins: the
 /// series stay few whatever the fleet's size.
-fn register_pins(r: &mut Registry, v: &FleetView<'_>, names: &HashMap<&str, &AgentRecord>) {
+fn register_pins(r: &mut Registry, v: &FleetView<'_>, names: &ScrapeMap<&str, &AgentRecord>) {
     const STATES: [&str; 3] = [pin_state::MATCH, pin_state::STALE, pin_state::UNKNOWN];
     let mut counts: BTreeMap<(&str, String), [i64; 3]> = BTreeMap::new();
     let stale: Family<Labels, Gauge> = Family::default();
@@ -710,7 +717,7 @@ fn register_pins(r: &mut Registry, v: &FleetView<'_>, names: &HashMap<&str, &Age
 fn register_per_certificate(
     r: &mut Registry,
     v: &FleetView<'_>,
-    agents: &HashMap<&str, &AgentRecord>,
+    agents: &ScrapeMap<&str, &AgentRecord>,
 ) {
     let not_after: Family<Labels, Gauge> = Family::default();
     let not_before: Family<Labels, Gauge> = Family::default();
@@ -1067,16 +1074,27 @@ mod tests {
         assert!(after.contains(r#"expiry="expired"} 1"#), "{after}");
     }
     /// Certificates with an owner and a renewal point, as the index gives them.
-    struct Owned(Vec<(&'static str, &'static str, &'static str, i64)>);
+    /// Sightings `(agent, role, owner, overdue_at)`, each of its own certificate.
+    struct Owned(
+        Vec<(&'static str, &'static str, &'static str, i64)>,
+        /// Their fingerprints.
+        Vec<String>,
+    );
+
+    impl Owned {
+        fn new(v: Vec<(&'static str, &'static str, &'static str, i64)>) -> Owned {
+            let fps = (0..v.len()).map(|i| format!("{i:064x}")).collect();
+            Owned(v, fps)
+        }
+    }
 
     impl FleetCerts for Owned {
-        fn each(&self, f: &mut dyn FnMut(&str, &Sighting<'_>)) {
-            for (i, (agent, role, owner, overdue_at)) in self.0.iter().enumerate() {
-                let fp = format!("{i:064x}");
+        fn each<'s>(&'s self, f: &mut dyn FnMut(&'s str, &Sighting<'s, '_>)) {
+            for ((agent, role, owner, overdue_at), fp) in self.0.iter().zip(&self.1) {
                 f(
                     agent,
                     &Sighting {
-                        fingerprint: &fp,
+                        fingerprint: fp,
                         subject: "CN=esx01.lab",
                         issuer: "CN=CA",
                         serial: "01",
@@ -1124,7 +1142,7 @@ mod tests {
             let text = encode(&render_fleet(&FleetView {
                 now,
                 agents: agents.iter().collect(),
-                certs: &Owned(vec![]),
+                certs: &Owned::new(vec![]),
                 live: &map(live),
                 seen: &map(seen),
                 plans: &[],
@@ -1158,7 +1176,7 @@ mod tests {
             }))
             .unwrap(),
         ];
-        let certs = Owned(vec![
+        let certs = Owned::new(vec![
             (
                 "a1",
                 "vsphere.esxi_host",
