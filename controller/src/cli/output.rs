@@ -336,6 +336,20 @@ pub fn write_json<T: Serialize + Sync>(
     command: &'static str,
     items: &[T],
 ) -> Result<(), OutputError> {
+    write_json_with(out, command, items, |chunk| {
+        serde_json::to_vec_pretty(chunk)
+    })
+}
+
+/// [`write_json`] with each chunk serialized by `chunk_json`, which must give what
+/// `serde_json::to_vec_pretty` gives for the chunk (a listing's views may write their own JSON
+/// on this hot path: `inventory -o json`).
+pub fn write_json_with<T: Sync>(
+    out: impl std::io::Write,
+    command: &'static str,
+    items: &[T],
+    chunk_json: impl Fn(&[T]) -> Result<Vec<u8>, serde_json::Error> + Sync,
+) -> Result<(), OutputError> {
     use std::io::Write as _;
     /// Items per chunk: some 2 MB of an inventory's JSON.
     const CHUNK: usize = 2048;
@@ -352,10 +366,10 @@ pub fn write_json<T: Serialize + Sync>(
         let receivers: Vec<_> = (0..workers)
             .map(|k| {
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let chunks = &chunks;
+                let (chunks, chunk_json) = (&chunks, &chunk_json);
                 scope.spawn(move || {
                     for chunk in chunks.iter().skip(k).step_by(workers) {
-                        if tx.send(serde_json::to_vec_pretty(chunk)).is_err() {
+                        if tx.send(chunk_json(chunk)).is_err() {
                             return;
                         }
                     }
