@@ -1118,7 +1118,6 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     // Items are written straight from the index into the answer's bytes (see
     // `certfleet_proto::wire`): no message per item is built, encoded and freed.
     let mut encoded_items = Vec::new();
-    let mut writer = wire::ItemWriter::default();
     let mut seen: Vec<wire::SeenFields<'_>> = Vec::new();
     for (fp, c) in picked {
         let mut der = Vec::new();
@@ -1158,7 +1157,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 });
             }
         }
-        writer.write(
+        wire::write_item(
             &mut encoded_items,
             &wire::CertificateFields {
                 fingerprint_sha256: fp,
@@ -1176,7 +1175,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
                 role: c.role_seen_by(only_agent.as_deref()),
                 der: &der,
             },
-            seen.drain(..),
+            &seen,
             c.owner_seen_by(only_agent.as_deref()),
         );
     }
