@@ -81,7 +81,15 @@ impl AgentLink for AgentLinkService {
         // ago), and swapped in only if it is still unchanged: a revocation or a renewal written
         // meanwhile is not overwritten with an older copy.
         let now = certfleet_common::model::now();
+        let mut attempts = 0;
         loop {
+            attempts += 1;
+            if attempts > HELLO_SWAP_ATTEMPTS {
+                return Err(Status::unavailable(format!(
+                    "agent {}'s record kept changing under {HELLO_SWAP_ATTEMPTS} attempts to record its hello; reconnect",
+                    agent.id
+                )));
+            }
             let Some((mut current, read)) = fleet
                 .store
                 .get_for_swap::<AgentRecord>("agents", &agent.id)
@@ -181,6 +189,9 @@ impl AgentLink for AgentLinkService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+/// Attempts to swap a hello into an agent record that other writers keep changing.
+const HELLO_SWAP_ATTEMPTS: usize = 100;
 
 /// Puts what a hello says into the agent's record; true when the record must be written: the
 /// hello changed it, or it is the agent's first (a `last_seen` of 0 means never connected, see
