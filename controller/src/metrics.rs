@@ -1121,20 +1121,23 @@ mod tests {
         fn each_pin(&self, _: &mut dyn FnMut(&str, &Pin)) {}
     }
 
+    /// Agent `a1` (`vc1`), last seen at `now`, its certificate valid for a day more.
+    fn agent_vc1(now: i64) -> AgentRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": "a1", "name": "vc1", "hostname": "vc1.lab", "platforms": [],
+            "version": "1", "state": "active", "enrolled_at": 1, "last_seen": now,
+            "cert_not_after": now + 86_400, "cert_fingerprint": "", "key_id": "",
+            "labels": {}, "cas": [], "renewable": [], "superseded": [],
+        }))
+        .unwrap()
+    }
+
     /// An agent's last-seen gauge: its live heartbeat while connected, else the later of its
     /// persisted heartbeat (`agent_seen`) and its record's own time.
     #[test]
     fn the_last_seen_gauge_is_live_then_persisted_then_the_record() {
         let now = 2_000_000_000;
-        let agents: Vec<AgentRecord> = vec![
-            serde_json::from_value(serde_json::json!({
-                "id": "a1", "name": "vc1", "hostname": "vc1.lab", "platforms": [],
-                "version": "1", "state": "active", "enrolled_at": 1, "last_seen": now,
-                "cert_not_after": now + 86_400, "cert_fingerprint": "", "key_id": "",
-                "labels": {}, "cas": [], "renewable": [], "superseded": [],
-            }))
-            .unwrap(),
-        ];
+        let agents = [agent_vc1(now)];
         let gauge = |live: &[(&str, i64)], seen: &[(&str, i64)]| {
             let map = |v: &[(&str, i64)]| -> HashMap<String, i64> {
                 v.iter().map(|(k, t)| ((*k).to_owned(), *t)).collect()
@@ -1167,15 +1170,7 @@ mod tests {
     #[test]
     fn certificates_another_renewer_owns_are_counted_per_owner_with_the_overdue_ones() {
         let now = 2_000_000_000;
-        let agents: Vec<AgentRecord> = vec![
-            serde_json::from_value(serde_json::json!({
-                "id": "a1", "name": "vc1", "hostname": "vc1.lab", "platforms": [],
-                "version": "1", "state": "active", "enrolled_at": 1, "last_seen": now,
-                "cert_not_after": now + 86_400, "cert_fingerprint": "", "key_id": "",
-                "labels": {}, "cas": [], "renewable": [], "superseded": [],
-            }))
-            .unwrap(),
-        ];
+        let agents = [agent_vc1(now)];
         let certs = Owned::new(vec![
             (
                 "a1",
