@@ -811,6 +811,13 @@ impl Fleet {
             .collect())
     }
 
+    /// The last time an agent was heard from: its live heartbeat while connected, else the
+    /// later of its persisted one (`agent_seen`, 0 if none) and its record's own `last_seen`
+    /// (its first hello, or a store older than `agent_seen`).
+    pub fn last_seen(live: Option<i64>, persisted: i64, record: &AgentRecord) -> i64 {
+        live.unwrap_or(persisted).max(record.last_seen)
+    }
+
     /// The persisted heartbeat time of one agent (0 if none was persisted).
     pub fn persisted_seen_of(&self, id: &str) -> Result<i64, Status> {
         Ok(self

@@ -402,10 +402,13 @@ pub fn render_fleet(v: &FleetView<'_>) -> Registry {
         let l = labels([("agent", &a.name), ("host", &a.hostname)]);
         agent_cert.get_or_create(&l).set(a.cert_not_after);
         let live = v.live.get(&a.id);
-        last_seen.get_or_create(&l).set(live.copied().map_or_else(
-            || v.seen.get(&a.id).copied().unwrap_or(0).max(a.last_seen),
-            |l| l.max(a.last_seen),
-        ));
+        last_seen
+            .get_or_create(&l)
+            .set(crate::fleet::Fleet::last_seen(
+                live.copied(),
+                v.seen.get(&a.id).copied().unwrap_or(0),
+                a,
+            ));
         connected.get_or_create(&l).set(i64::from(live.is_some()));
         if live.is_none() && a.state == AgentState::Active {
             missing += 1;

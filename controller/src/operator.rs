@@ -50,9 +50,7 @@ pub fn agent_info(fleet: &Fleet, a: &AgentRecord, persisted: i64) -> pb::AgentIn
         platforms: a.platforms.clone(),
         version: a.version.clone(),
         connected: live.is_some(),
-        // Live while connected; else the later of the record's (its first hello, or a store
-        // older than `agent_seen`) and the persisted heartbeat.
-        last_seen: live.as_ref().map_or(persisted.max(a.last_seen), |l| l.0),
+        last_seen: Fleet::last_seen(live.as_ref().map(|l| l.0), persisted, a),
         cert_not_after: a.cert_not_after,
         state: a.state.as_str().to_owned(),
         enrolled_at: a.enrolled_at,
