@@ -439,11 +439,19 @@ use certfleet_common::limits::ReportLimits;
 /// the legacy limit is this same size).
 const MAX_MESSAGE_SENT_BYTES: usize = certfleet_common::limits::LEGACY_MAX_REPORT_BYTES;
 
-/// Size of the chunks a large report is cut into (a certificate larger than this still goes,
-/// alone in its chunk, up to half the message cap). Each chunk is encoded into one buffer that
-/// the stream keeps for reuse, and waits whole in the HTTP/2 send queue: at 2 MiB, chunks of a
-/// 10,000-certificate report kept the agent 10 MB above its scan (issue 10).
-const CHUNK_BYTES: usize = 256 << 10;
+/// Size of the chunks a report is cut into (a certificate larger than this still goes, alone in
+/// its chunk, up to half the message cap).
+///
+/// Small, for the controller's sake: its gRPC decoding buffer for an agent's stream grows to
+/// about twice the largest message that agent sent (tonic reserves a message's length on top of
+/// the message already read), and its HTTP/2 read buffer to the largest frame over 8 KiB; both
+/// stay that size for as long as the agent is connected. A report of ten certificates in one
+/// 13 KiB message held 32 KiB of the two per connected agent, 310 MB at 10,000 agents (issue 10;
+/// heaptrack at 2,000 loadgen agents); a VCSA's hundreds of certificates in one message would
+/// have held a megabyte. In chunks of 2 KiB (mostly one certificate each) the two hold about
+/// 4 + 8 KiB. On the agent's side each chunk is encoded into a buffer the stream reuses, and the
+/// next is built once the stream took this one, so a chunk is a frame of its own.
+pub const CHUNK_BYTES: usize = 2 << 10;
 
 /// The messages of one report, each built (its certificates converted) only when it is taken.
 struct Messages {
@@ -513,43 +521,90 @@ impl Iterator for Messages {
 
 impl ExactSizeIterator for Messages {}
 
-/// How many certificates of `report` each message carries: all in one message, or chunks of
-/// one `generation` when the report is larger than the controller takes in one, or than
-/// [`MAX_MESSAGE_SENT_BYTES`] (each chunk at most half the smaller of the two, problems and
-/// health in the last). Err when even one certificate, or the last chunk, does not fit the
-/// controller's limit. Chunks are of [`CHUNK_BYTES`] at most, but for a larger certificate.
-/// Decided from the certificates' sizes: nothing is converted yet.
+/// How many certificates of `report` each message carries (see [`report_cuts`]), with what
+/// does not fit named by its fingerprint. Decided from the certificates' sizes: nothing is
+/// converted yet.
 fn split_report(
     limits: &ReportLimits,
+    assembles: bool,
     report: &ScanReport,
     generation: u64,
 ) -> Result<Vec<usize>, String> {
     use prost::Message as _;
-    use prost::encoding::{encoded_len_varint, key_len};
-    // A certificate's size as a field of the report (tag, length, record).
-    let field = |n: usize| key_len(2) + encoded_len_varint(n as u64) + n;
     let sizes: Vec<usize> = report
         .certificates
         .iter()
         .map(|w| w.bytes().len())
         .collect();
+    report_cuts(
+        limits,
+        assembles,
+        &sizes,
+        report.last.encoded_len(),
+        generation,
+    )
+    .map_err(|e| match e {
+        Cut::Certificate { index, size } => format!(
+            "certificate {} alone is {size} bytes, the controller accepts at most {} bytes per message",
+            report.certificates[index].message().fingerprint_sha256,
+            limits.max_report_bytes
+        ),
+        Cut::Last { size } => format!(
+            "last part of the report is {size} bytes (problems, health, removals), the controller accepts at most {} bytes",
+            limits.max_report_bytes
+        ),
+    })
+}
+
+/// What keeps a report from being cut into messages the controller takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Certificate `index` alone is `size` bytes, over half the message cap.
+    Certificate {
+        /// Its place in the report.
+        index: usize,
+        /// Its size as a field of the report.
+        size: usize,
+    },
+    /// The last message (problems, health, removals, its certificates) is over the limit.
+    Last {
+        /// Its size.
+        size: usize,
+    },
+}
+
+/// How many certificates each message of a report carries, from the encoded sizes of its
+/// certificates (`sizes`, each a `CertificateRecord`) and of everything else (`rest_len`: the
+/// report without certificates): all in one message when it is no larger than a chunk
+/// ([`CHUNK_BYTES`]), else chunks of one `generation` of at most [`CHUNK_BYTES`] each (a larger
+/// certificate goes alone, up to half the message cap), problems and health in the last.
+///
+/// `assembles`: the controller announced its limits, and every controller that does assembles
+/// chunks. One that announces none gets the report in one message up to the cap it is assumed
+/// to have ([`MAX_MESSAGE_SENT_BYTES`]); a larger one it could not take whole in any case.
+pub fn report_cuts(
+    limits: &ReportLimits,
+    assembles: bool,
+    sizes: &[usize],
+    rest_len: usize,
+    generation: u64,
+) -> Result<Vec<usize>, Cut> {
+    use prost::encoding::{encoded_len_varint, key_len};
+    // A certificate's size as a field of the report (tag, length, record).
+    let field = |n: usize| key_len(2) + encoded_len_varint(n as u64) + n;
     // Room for the envelope (message kind and length prefix).
-    let size = report.last.encoded_len() + sizes.iter().map(|&n| field(n)).sum::<usize>() + 16;
+    let size = rest_len + sizes.iter().map(|&n| field(n)).sum::<usize>() + 16;
     let message_cap = limits.max_report_bytes.min(MAX_MESSAGE_SENT_BYTES);
-    if size <= message_cap {
+    if size <= CHUNK_BYTES.min(message_cap) || (!assembles && size <= message_cap) {
         return Ok(vec![sizes.len()]);
     }
     let budget = message_cap / 2;
     let mut cuts = Vec::new();
     let (mut count, mut used) = (0usize, 0usize);
-    for (&n, c) in sizes.iter().zip(&report.certificates) {
+    for (index, &n) in sizes.iter().enumerate() {
         let n = n + 16;
         if n > budget {
-            return Err(format!(
-                "certificate {} alone is {n} bytes, the controller accepts at most {} bytes per message",
-                c.message().fingerprint_sha256,
-                limits.max_report_bytes
-            ));
+            return Err(Cut::Certificate { index, size: n });
         }
         if used + n > budget.min(CHUNK_BYTES) && count > 0 {
             cuts.push(count);
@@ -566,12 +621,9 @@ fn split_report(
     } else {
         key_len(7) + encoded_len_varint(generation)
     };
-    let last_size = report.last.encoded_len() + generation_field + in_last + 16;
+    let last_size = rest_len + generation_field + in_last + 16;
     if last_size > limits.max_report_bytes {
-        return Err(format!(
-            "last part of the report is {last_size} bytes (problems, health, removals), the controller accepts at most {} bytes",
-            limits.max_report_bytes
-        ));
+        return Err(Cut::Last { size: last_size });
     }
     Ok(cuts)
 }
@@ -686,10 +738,12 @@ async fn session(
         .await
         .map_err(|_| LinkError::Other("no welcome from controller within 30s".into()))?
         .map_err(|s| classify(&ctl, s))?;
-    let (interval, limits, spread) = match welcome.and_then(|m| m.kind) {
+    let (interval, limits, assembles, spread) = match welcome.and_then(|m| m.kind) {
         Some(pb::controller_message::Kind::Welcome(w)) => (
             Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
             ReportLimits::from_welcome(&w),
+            // Every controller that announces its limits assembles chunks (see `report_cuts`).
+            w.max_report_bytes != 0,
             Duration::from_secs(u64::from(w.reconnect_spread_secs)),
         ),
         _ => {
@@ -775,7 +829,7 @@ async fn session(
                 generation += 1;
                 let cuts = check_report(&limits, total, &report)
                     .map_err(|e| e.to_string())
-                    .and_then(|()| split_report(&limits, &report, generation));
+                    .and_then(|()| split_report(&limits, assembles, &report, generation));
                 let parts = match cuts {
                     Ok(cuts) => Messages::new(report, cuts, generation),
                     Err(why) => {
@@ -973,7 +1027,7 @@ mod report_tests {
         report: ScanReport,
         generation: u64,
     ) -> Vec<pb::InventoryReport> {
-        let cuts = split_report(limits, &report, generation).unwrap();
+        let cuts = split_report(limits, true, &report, generation).unwrap();
         Messages::new(report, cuts, generation).collect()
     }
 
@@ -1083,50 +1137,87 @@ mod report_tests {
                 .all(|p| p.problems.is_empty())
         );
         // A small report stays one message, of no generation (as before chunks existed).
-        let small = messages(
-            &limits,
-            Reported::default().report(collection(&recs[..3])),
-            8,
-        );
+        let few: Vec<CertRecord> = (0..3).map(|n| record(n, 100)).collect();
+        let small = messages(&limits, Reported::default().report(collection(&few)), 8);
         assert_eq!(small.len(), 1);
         assert_eq!((small[0].generation, small[0].more), (0, false));
     }
 
     /// The split is decided on sizes computed without building the message: they must be the
-    /// encoded sizes exactly, at the one-message cap and at the controller's limit.
+    /// encoded sizes exactly, at a chunk's size, at the one-message cap of a controller that
+    /// assembles no chunks, and at the controller's limit.
     #[test]
     fn sizes_computed_ahead_are_the_encoded_sizes() {
         use prost::Message as _;
-        let recs: Vec<CertRecord> = (0..40).map(|n| record(n, 1000 + n as usize)).collect();
-        let size = whole(&recs).encoded_len() + 16;
         let at = |max_report_bytes| ReportLimits {
             max_report_bytes,
             ..ReportLimits::default()
         };
-        let split = |limits: &ReportLimits| {
-            split_report(limits, &Reported::default().report(collection(&recs)), 3)
+        let split = |recs: &[CertRecord], limits: &ReportLimits, assembles: bool| {
+            split_report(
+                limits,
+                assembles,
+                &Reported::default().report(collection(recs)),
+                3,
+            )
         };
-        assert_eq!(split(&at(size)).unwrap(), [40]);
-        let cuts = split(&at(size - 1)).unwrap();
-        assert!(
-            cuts.len() > 1 && cuts.iter().sum::<usize>() == 40,
-            "{cuts:?}"
-        );
-        // Each chunk within the budget, the last one too (with its generation).
+        // The largest report of three that fits a chunk: one message; the next larger: chunks.
+        let sized = |len: usize| -> Vec<CertRecord> { (0..3).map(|n| record(n, len)).collect() };
+        let size_of = |len: usize| whole(&sized(len)).encoded_len() + 16;
+        let len = (1..CHUNK_BYTES)
+            .take_while(|&len| size_of(len) <= CHUNK_BYTES)
+            .last()
+            .unwrap();
+        let limits = ReportLimits::default();
+        assert_eq!(split(&sized(len), &limits, true).unwrap(), [3]);
+        // Cut as soon as the certificates alone are over a chunk (a little later than the whole
+        // report, whose last part also carries problems and health), each part within a chunk.
+        let cut = (len + 1..CHUNK_BYTES)
+            .find(|&len| split(&sized(len), &limits, true).unwrap().len() > 1)
+            .unwrap();
+        assert!(cut - len < 16, "cut at {cut}, the whole fits up to {len}");
         let parts = messages(
-            &at(size - 1),
-            Reported::default().report(collection(&recs)),
+            &limits,
+            Reported::default().report(collection(&sized(cut))),
             3,
         );
-        assert_eq!(parts.len(), cuts.len());
         for p in &parts {
-            assert!(
-                p.encoded_len() + 16 <= (size - 1) / 2 + 16 * 40,
-                "{}",
-                p.encoded_len()
-            );
+            assert!(p.encoded_len() + 16 <= CHUNK_BYTES, "{}", p.encoded_len());
         }
-        assert_eq!(parts.last().unwrap().generation, 3);
+
+        // Larger reports: chunks of at most a chunk's size for a controller that assembles
+        // them; in one message up to the cap for one that announces no limits.
+        let recs: Vec<CertRecord> = (0..40).map(|n| record(n, 1000 + n as usize)).collect();
+        let size = whole(&recs).encoded_len() + 16;
+        assert!(size > CHUNK_BYTES);
+        assert_eq!(split(&recs, &at(size), false).unwrap(), [40]);
+        for (limits, assembles) in [(at(size - 1), false), (at(size), true), (limits, true)] {
+            let cuts = split(&recs, &limits, assembles).unwrap();
+            assert!(
+                cuts.len() > 1 && cuts.iter().sum::<usize>() == 40,
+                "{cuts:?}"
+            );
+            // Each chunk within the budget, the last one too (with its generation).
+            let cuts = split_report(
+                &limits,
+                assembles,
+                &Reported::default().report(collection(&recs)),
+                3,
+            )
+            .unwrap();
+            let parts: Vec<_> = Messages::new(
+                Reported::default().report(collection(&recs)),
+                cuts.clone(),
+                3,
+            )
+            .collect();
+            assert_eq!(parts.len(), cuts.len());
+            for p in &parts {
+                let p = p.encoded_len() + 16;
+                assert!(p <= CHUNK_BYTES.min((size - 1) / 2) + 16 * 40, "{p}");
+            }
+            assert_eq!(parts.last().unwrap().generation, 3);
+        }
     }
 
     #[test]
@@ -1135,6 +1226,7 @@ mod report_tests {
         recs.push(record(99, 5 << 20));
         let e = split_report(
             &ReportLimits::default(),
+            true,
             &Reported::default().report(collection(&recs)),
             1,
         )

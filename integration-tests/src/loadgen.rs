@@ -4,9 +4,11 @@
 //! after every welcome, heartbeats at the interval the controller asks, and answers every step
 //! at once with success (so a plan measures the controller's engine, not host work).
 //!
-//! What a real agent does that these do not: scanning (their certificates are made up front),
-//! renewing their own certificate, the step journal, and splitting reports by the announced
-//! limits (a virtual agent sends what it is given, so a test can also send too much).
+//! Reports are cut into chunks as the agent cuts them (`certfleet_agent::link::report_cuts`):
+//! how large the messages are decides how large the controller's buffers for each connection
+//! grow. What a real agent does that these do not: scanning (their certificates are made up
+//! front), renewing their own certificate, the step journal, and checking a report against the
+//! announced limits (a virtual agent sends what it is given, so a test can also send too much).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -266,13 +268,15 @@ async fn session(
             return None;
         }
     };
-    let (interval, spread) =
+    let (interval, spread, limits, assembles) =
         match tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
             Ok(Ok(Some(pb::ControllerMessage {
                 kind: Some(pb::controller_message::Kind::Welcome(w)),
             }))) => (
                 Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
                 Duration::from_secs(u64::from(w.reconnect_spread_secs)),
+                certfleet_common::limits::ReportLimits::from_welcome(&w),
+                w.max_report_bytes != 0,
             ),
             _ => {
                 counters.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -285,20 +289,7 @@ async fn session(
     };
     counters.connected.fetch_add(1, Ordering::Relaxed);
     counters.welcomed.fetch_add(1, Ordering::Relaxed);
-    let report = pb::InventoryReport {
-        full: true,
-        certificates: a.certificates.to_vec(),
-        removed: vec![],
-        problems: vec![],
-        health: vec![],
-        scanned_at: certfleet_common::model::now(),
-        ..Default::default()
-    };
-    if tx
-        .send(send(pb::agent_message::Kind::Inventory(report)))
-        .await
-        .is_ok()
-    {
+    if send_report(&a, &tx, &limits, assembles).await {
         counters.reports.fetch_add(1, Ordering::Relaxed);
     }
     let mut heartbeat = tokio::time::interval(interval);
@@ -336,4 +327,54 @@ async fn session(
     }
     counters.connected.fetch_sub(1, Ordering::Relaxed);
     Some(welcomed)
+}
+
+/// Sends `a`'s full inventory cut as the agent cuts it ([`certfleet_agent::link::report_cuts`]),
+/// each chunk once the stream took the one before, as the agent does; in one message when it
+/// cannot be cut within the limits (a virtual agent sends what it is given, so a test can also
+/// send too much). False when the stream is gone.
+async fn send_report(
+    a: &VirtualAgent,
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    limits: &certfleet_common::limits::ReportLimits,
+    assembles: bool,
+) -> bool {
+    use prost::Message as _;
+    let mut last = pb::InventoryReport {
+        full: true,
+        scanned_at: certfleet_common::model::now(),
+        ..Default::default()
+    };
+    let sizes: Vec<usize> = a.certificates.iter().map(|c| c.encoded_len()).collect();
+    let generation = 1;
+    let cuts = certfleet_agent::link::report_cuts(
+        limits,
+        assembles,
+        &sizes,
+        last.encoded_len(),
+        generation,
+    )
+    .unwrap_or_else(|_| vec![sizes.len()]);
+    let chunked = cuts.len() > 1;
+    if chunked {
+        last.generation = generation;
+    }
+    let mut certificates = a.certificates.iter();
+    for (i, n) in cuts.iter().enumerate() {
+        let mut part = pb::InventoryReport {
+            more: i + 1 < cuts.len(),
+            ..last.clone()
+        };
+        part.certificates = certificates.by_ref().take(*n).cloned().collect();
+        let m = pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Inventory(part)),
+        };
+        if tx.send(m).await.is_err() {
+            return false;
+        }
+        if chunked {
+            drop(tx.reserve_many(tx.max_capacity()).await);
+        }
+    }
+    true
 }
