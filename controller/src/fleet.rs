@@ -299,10 +299,15 @@ pub struct AuditEntry {
 
 // === impl Registry ===
 
+/// What goes down an agent's stream, boxed. The stream's queue holds its messages in blocks of
+/// 32 slots whatever its capacity; a slot of the message and status unboxed made the first
+/// block 3.3 KiB per connected agent (heaptrack at 2,000 loadgen agents), 16 bytes a slot boxed.
+pub type Outgoing = Result<Box<ControllerMessage>, Box<Status>>;
+
 /// A live agent stream.
 struct Conn {
     session: u64,
-    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+    tx: mpsc::Sender<Outgoing>,
     remote: String,
     last_seen: i64,
     /// What the agent's hello of this session said it can do (`exec`, `steps`, ...): kept per
@@ -327,7 +332,7 @@ impl Registry {
     pub fn connect(
         &self,
         agent: &str,
-        tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+        tx: mpsc::Sender<Outgoing>,
         remote: String,
         capabilities: Vec<String>,
     ) -> u64 {
@@ -346,9 +351,9 @@ impl Registry {
             },
         );
         if let Some(old) = old {
-            let _ = old.tx.try_send(Err(Status::aborted(
+            let _ = old.tx.try_send(Err(Box::new(Status::aborted(
                 "superseded by a newer session of the same agent",
-            )));
+            ))));
         }
         session
     }
@@ -365,7 +370,7 @@ impl Registry {
     /// Closes an agent's stream with `status` (revocation).
     pub fn kick(&self, agent: &str, status: Status) {
         if let Some(c) = self.conns.lock().unwrap().remove(agent) {
-            let _ = c.tx.try_send(Err(status));
+            let _ = c.tx.try_send(Err(Box::new(status)));
         }
     }
 
@@ -374,7 +379,7 @@ impl Registry {
         self.closing
             .store(true, std::sync::atomic::Ordering::Relaxed);
         for (_, c) in self.conns.lock().unwrap().drain() {
-            let _ = c.tx.try_send(Err(status.clone()));
+            let _ = c.tx.try_send(Err(Box::new(status.clone())));
         }
     }
 
@@ -411,7 +416,7 @@ impl Registry {
     /// Sends a message to a connected agent; false if it is not connected or its queue is full.
     pub fn send(&self, agent: &str, msg: ControllerMessage) -> bool {
         let tx = self.conns.lock().unwrap().get(agent).map(|c| c.tx.clone());
-        tx.is_some_and(|tx| tx.try_send(Ok(msg)).is_ok())
+        tx.is_some_and(|tx| tx.try_send(Ok(Box::new(msg))).is_ok())
     }
 
     /// Ids of connected agents.

@@ -16,8 +16,8 @@ use certfleet_common::proto::{
     controller_message,
 };
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{AgentRecord, AgentState, Fleet, internal};
@@ -138,7 +138,7 @@ impl AgentLink for AgentLinkService {
                 ),
             })),
         };
-        tx.send(Ok(welcome))
+        tx.send(Ok(Box::new(welcome)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         fleet.changed.notify_waiters();
@@ -159,7 +159,7 @@ impl AgentLink for AgentLinkService {
                         if let Err(status) =
                             handle(&fleet, &id, m, &tx, &limits, &mut pending).await
                         {
-                            let _ = tx.send(Err(status)).await;
+                            let _ = tx.send(Err(Box::new(status))).await;
                             break;
                         }
                     }
@@ -171,7 +171,7 @@ impl AgentLink for AgentLinkService {
                             // ends, not just that it did.
                             let why = format!("message refused: {}", status.message());
                             refuse_report(&fleet, &id, &why);
-                            let _ = tx.send(Err(Status::out_of_range(why))).await;
+                            let _ = tx.send(Err(Box::new(Status::out_of_range(why)))).await;
                         }
                         tracing::info!(agent = %id, error = %status.message(), "agent stream ended");
                         break;
@@ -186,7 +186,9 @@ impl AgentLink for AgentLinkService {
                 fleet.changed.notify_waiters();
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|m| m.map(|m| *m).map_err(|s| *s)),
+        )))
     }
 }
 
@@ -216,7 +218,7 @@ async fn handle(
     fleet: &Arc<Fleet>,
     id: &str,
     msg: AgentMessage,
-    tx: &mpsc::Sender<Result<ControllerMessage, Status>>,
+    tx: &mpsc::Sender<crate::fleet::Outgoing>,
     limits: &ReportLimits,
     pending: &mut Option<pb::InventoryReport>,
 ) -> Result<(), Status> {
@@ -300,7 +302,7 @@ async fn handle(
                     ca_pem: fleet.ca.cert_pem().to_owned(),
                 })),
             };
-            tx.send(Ok(reply))
+            tx.send(Ok(Box::new(reply)))
                 .await
                 .map_err(|_| Status::cancelled("stream closed"))?;
         }
