@@ -1114,7 +1114,8 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let mut der_of: HashMap<String, AgentInventory> = HashMap::new();
     // An agent's id is one interned string however many sightings it has: its address finds
     // the agent's record without hashing the id again for each of a page's 5,000 items.
-    let mut agent_at: HashMap<*const u8, Option<&AgentRecord>> = HashMap::new();
+    let mut agent_at: HashMap<*const u8, Option<&AgentRecord>, foldhash::fast::RandomState> =
+        HashMap::default();
     // Items are written straight from the index into the answer's bytes (see
     // `certfleet_proto::wire`): no message per item is built, encoded and freed.
     let mut encoded_items = Vec::new();
