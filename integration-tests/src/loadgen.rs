@@ -289,7 +289,7 @@ async fn session(
     };
     counters.connected.fetch_add(1, Ordering::Relaxed);
     counters.welcomed.fetch_add(1, Ordering::Relaxed);
-    if send_report(&a, &tx, &limits, assembles).await {
+    if send_report(a, &tx, &limits, assembles).await {
         counters.reports.fetch_add(1, Ordering::Relaxed);
     }
     let mut heartbeat = tokio::time::interval(interval);
