@@ -742,8 +742,7 @@ async fn session(
         Some(pb::controller_message::Kind::Welcome(w)) => (
             Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
             ReportLimits::from_welcome(&w),
-            // Every controller that announces its limits assembles chunks (see `report_cuts`).
-            w.max_report_bytes != 0,
+            ReportLimits::assembles_chunks(&w),
             Duration::from_secs(u64::from(w.reconnect_spread_secs)),
         ),
         _ => {

@@ -80,6 +80,12 @@ impl ReportLimits {
         }
     }
 
+    /// Whether the controller that sent `w` assembles a report sent in chunks: every controller
+    /// that announces its limits does; one that announces none (older) takes a report whole.
+    pub fn assembles_chunks(w: &pb::Welcome) -> bool {
+        w.max_report_bytes != 0
+    }
+
     /// Why `report` (of an inventory holding `total` certificates; the report itself may hold
     /// only the changes) is over the limits, if it is.
     pub fn check(&self, total: usize, report: &pb::InventoryReport) -> Result<(), OverLimit> {

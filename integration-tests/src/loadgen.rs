@@ -276,7 +276,7 @@ async fn session(
                 Duration::from_secs(u64::from(w.heartbeat_interval_secs.max(1))),
                 Duration::from_secs(u64::from(w.reconnect_spread_secs)),
                 certfleet_common::limits::ReportLimits::from_welcome(&w),
-                w.max_report_bytes != 0,
+                certfleet_common::limits::ReportLimits::assembles_chunks(&w),
             ),
             _ => {
                 counters.connect_errors.fetch_add(1, Ordering::Relaxed);
