@@ -58,6 +58,10 @@ pub fn trim() -> bool {
 /// relocated data (RELRO: read-only, but private copies) and everything writable are left
 /// alone, as are locked and special mappings and the whole process when a debugger traces it
 /// (its breakpoints are private copies made between our reading and our unmapping).
+/// A range read from smaps is assumed still to be the same mapping when it is unmapped: the
+/// binary and the libraries loaded with it stay mapped for the life of the process, and so do
+/// the only ones loaded later (glibc's NSS modules, which it never unloads); nothing in the
+/// workspace loads or unloads a library.
 /// `MADV_DONTNEED` rather than `MADV_PAGEOUT`: it keeps the pages cached (so the idle loop
 /// refaults without reading the disk) and exists on every kernel the agent runs on (EL8's
 /// 4.18, Photon 3's 4.19; `MADV_PAGEOUT` came in 5.4).
