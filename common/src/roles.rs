@@ -383,6 +383,16 @@ pub fn lookup(role: &str) -> &'static RoleInfo {
         .unwrap_or(&ROLES[ROLES.len() - 1])
 }
 
+/// The longest warning window of any role, in seconds: a certificate further from its
+/// not-after than this is `Ok` whatever its role.
+pub fn longest_warning_secs() -> i64 {
+    ROLES
+        .iter()
+        .map(|r| i64::from(r.warn_days) * 86_400)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Urgency of a certificate with `not_after` under its role's threshold, at `now`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
@@ -420,6 +430,28 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_is_expiring_beyond_the_longest_warning() {
+        let longest = longest_warning_secs();
+        assert_eq!(
+            longest,
+            90 * 86_400,
+            "vsphere.sts_signing warns 90 days ahead"
+        );
+        assert_eq!(
+            Status::of("vsphere.sts_signing", longest, 0),
+            Status::Expiring
+        );
+        for r in ROLES {
+            let role = if r.role.ends_with('.') {
+                format!("{}x", r.role)
+            } else {
+                r.role.to_owned()
+            };
+            assert_eq!(Status::of(&role, longest + 1, 0), Status::Ok, "{role}");
+        }
+    }
 
     #[test]
     fn exact_then_longest_prefix_then_fallback() {

@@ -353,10 +353,94 @@ struct AgentEntry {
     pins: Vec<Pin>,
 }
 
+/// The index's certificates, kept in expiry order and found by fingerprint.
+///
+/// A listing most urgent first walks the certificates by expiry, 5,000 a page. When they were
+/// kept by fingerprint, each step of that walk looked its certificate up elsewhere in memory,
+/// some cache misses each (by B-tree or by hash alike): 40–44 ticks of controller CPU for a
+/// 100,000-certificate listing, against 31–34 kept by expiry, where the walk reads entries that
+/// sit together. Looking a certificate up by fingerprint takes two lookups instead of one.
+#[derive(Default)]
+struct CertMap {
+    /// By expiry, then fingerprint.
+    by_expiry: BTreeMap<(i64, Shared), IndexedCert>,
+    /// Fingerprint → expiry (the rest of its key in `by_expiry`), in fingerprint order.
+    expiry_of: BTreeMap<Shared, i64>,
+}
+
+impl CertMap {
+    fn len(&self) -> usize {
+        self.by_expiry.len()
+    }
+
+    fn get(&self, fp: &str) -> Option<&IndexedCert> {
+        self.get_key_value(fp).map(|(_, c)| c)
+    }
+
+    fn get_key_value(&self, fp: &str) -> Option<(&Shared, &IndexedCert)> {
+        let (fp, not_after) = self.expiry_of.get_key_value(fp)?;
+        let c = self.by_expiry.get(&(*not_after, fp.clone()))?;
+        Some((fp, c))
+    }
+
+    /// The entry to change; its `not_after` is part of its key and must stay as it is (a
+    /// fingerprint names one certificate, whose expiry never changes).
+    fn get_mut(&mut self, fp: &str) -> Option<&mut IndexedCert> {
+        let (fp, not_after) = self.expiry_of.get_key_value(fp)?;
+        self.by_expiry.get_mut(&(*not_after, fp.clone()))
+    }
+
+    fn insert(&mut self, fp: Shared, c: IndexedCert) {
+        if let Some(old) = self.expiry_of.insert(fp.clone(), c.not_after) {
+            self.by_expiry.remove(&(old, fp.clone()));
+        }
+        self.by_expiry.insert((c.not_after, fp), c);
+    }
+
+    fn remove(&mut self, fp: &str) {
+        if let Some((fp, not_after)) = self.expiry_of.remove_entry(fp) {
+            self.by_expiry.remove(&(not_after, fp));
+        }
+    }
+
+    /// Every certificate, by expiry.
+    fn values(&self) -> impl Iterator<Item = &IndexedCert> + '_ {
+        self.by_expiry.values()
+    }
+
+    /// Every certificate with its fingerprint, by expiry (the cheap order to walk).
+    fn iter(&self) -> impl Iterator<Item = (&Shared, &IndexedCert)> + '_ {
+        self.by_expiry.iter().map(|((_, fp), c)| (fp, c))
+    }
+
+    /// The certificates expiring from `start` on, by expiry then fingerprint.
+    fn expiring_from(
+        &self,
+        start: std::ops::Bound<(i64, Shared)>,
+    ) -> impl Iterator<Item = (i64, &Shared, &IndexedCert)> + '_ {
+        self.by_expiry
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|((not_after, fp), c)| (*not_after, fp, c))
+    }
+
+    /// The certificates whose fingerprints fall in `bounds`, in fingerprint order.
+    fn range<'a>(
+        &'a self,
+        bounds: (std::ops::Bound<&str>, std::ops::Bound<&str>),
+    ) -> impl Iterator<Item = (&'a Shared, &'a IndexedCert)> + 'a {
+        self.expiry_of
+            .range::<str, _>(bounds)
+            .filter_map(|(fp, not_after)| {
+                self.by_expiry
+                    .get(&(*not_after, fp.clone()))
+                    .map(|c| (fp, c))
+            })
+    }
+}
+
 #[derive(Default)]
 struct IndexState {
-    certs: BTreeMap<Shared, IndexedCert>,
-    by_expiry: BTreeSet<(i64, Shared)>,
+    certs: CertMap,
     agents: HashMap<String, AgentEntry>,
     strings: Interner,
 }
@@ -370,7 +454,6 @@ impl IndexState {
             if let Some(c) = self.certs.get_mut(&fp) {
                 c.sightings.retain(|s| &*s.agent != agent);
                 if c.sightings.is_empty() {
-                    self.by_expiry.remove(&(c.not_after, fp.clone()));
                     self.certs.remove(&fp);
                 }
             }
@@ -429,7 +512,6 @@ impl IndexState {
                         // vector reserves four sightings (288 bytes, half of what an entry took).
                         sightings: Vec::with_capacity(1),
                     };
-                    self.by_expiry.insert((r.not_after, k.clone()));
                     self.certs.insert(k.clone(), entry);
                     k
                 }
@@ -460,18 +542,17 @@ impl IndexState {
     fn earliest_due(&self, role: &str, now: i64, within: i64) -> Option<i64> {
         let st = self;
         let prefix = format!("{role}.");
-        for (not_after, fp) in st
-            .by_expiry
-            .range(..(now.saturating_add(within) + 1, Shared::from("")))
-        {
+        let last = now.saturating_add(within);
+        for (not_after, _, c) in st.certs.expiring_from(std::ops::Bound::Unbounded) {
+            if not_after > last {
+                break;
+            }
             // A certificate another renewer owns is not the policy's to renew (its overdue
             // check is a health fact of the inventory).
-            if let Some(c) = st.certs.get(fp)
-                && c.sightings.iter().any(|s| {
-                    (&*s.role == role || s.role.starts_with(&prefix)) && !owner::is_other(&s.owner)
-                })
-            {
-                return Some(*not_after);
+            if c.sightings.iter().any(|s| {
+                (&*s.role == role || s.role.starts_with(&prefix)) && !owner::is_other(&s.owner)
+            }) {
+                return Some(not_after);
             }
         }
         None
@@ -520,7 +601,7 @@ struct IndexCerts<'a>(&'a IndexState);
 
 impl crate::metrics::FleetCerts for IndexCerts<'_> {
     fn each<'s>(&'s self, f: &mut dyn FnMut(&'s str, &crate::metrics::Sighting<'s, '_>)) {
-        for (fp, c) in &self.0.certs {
+        for (fp, c) in self.0.certs.iter() {
             for s in &c.sightings {
                 let locations = || s.locations.iter().map(CompactLocation::to_model).collect();
                 f(
@@ -621,7 +702,7 @@ impl Index {
     ) -> Result<HashMap<(String, String), String>, Status> {
         let st = self.read(fleet)?;
         let mut out = HashMap::new();
-        for (fp, c) in &st.certs {
+        for (fp, c) in st.certs.iter() {
             for s in c.sightings.iter().filter(|s| owner::is_other(&s.owner)) {
                 out.insert((s.agent.to_string(), fp.to_string()), s.owner.to_string());
             }
@@ -713,7 +794,7 @@ impl Index {
     pub fn records(&self, fleet: &Fleet) -> Result<Vec<(String, CertRecord)>, Status> {
         let st = self.read(fleet)?;
         let mut out = Vec::with_capacity(st.certs.len());
-        for (fp, c) in &st.certs {
+        for (fp, c) in st.certs.iter() {
             for s in &c.sightings {
                 let mut r = c.record(fp, Some(&s.agent));
                 r.role = s.role.to_string();
@@ -1042,13 +1123,34 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
     let after = q.page_token.as_str();
     let mut picked: Vec<(&Shared, &IndexedCert)>;
     let mut more = false;
-    if q.expiring_within_secs > 0 && only_agent.is_none() {
+    // Most urgent first: every page ranks as of the first page's time.
+    let urgency = if q.by_urgency {
+        let from = UrgencyToken::parse(after)?;
+        let ranked_at = from.as_ref().map_or(now, |t| t.ranked_at);
+        Some((ranked_at, from))
+    } else {
+        None
+    };
+    if let Some((ranked_at, from)) = &urgency {
+        let horizon =
+            (q.expiring_within_secs > 0).then(|| now.saturating_add(q.expiring_within_secs as i64));
+        (picked, more) = pick_by_urgency(
+            &st,
+            only_agent.as_deref(),
+            *ranked_at,
+            from.as_ref(),
+            horizon,
+            limit,
+            &matches,
+        );
+    } else if q.expiring_within_secs > 0 && only_agent.is_none() {
         // By expiry: only what falls inside the horizon is looked at.
         let horizon = now.saturating_add(q.expiring_within_secs as i64);
         let mut hits: Vec<(&Shared, &IndexedCert)> = st
-            .by_expiry
-            .range(..(horizon.saturating_add(1), Shared::from("")))
-            .filter_map(|(_, fp)| st.certs.get_key_value(fp))
+            .certs
+            .expiring_from(std::ops::Bound::Unbounded)
+            .take_while(|(not_after, _, _)| *not_after <= horizon)
+            .map(|(_, fp, c)| (fp, c))
             .filter(|(fp, c)| &***fp > after && matches(fp, c))
             .collect();
         hits.sort_by(|a, b| a.0.cmp(b.0));
@@ -1089,7 +1191,7 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         } else {
             Bound::Included(fp_filter.as_str())
         };
-        for (fp, c) in st.certs.range::<str, _>((start, Bound::Unbounded)) {
+        for (fp, c) in st.certs.range((start, Bound::Unbounded)) {
             if !fp.starts_with(fp_filter.as_str()) {
                 break;
             }
@@ -1103,13 +1205,15 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
             picked.push((fp, c));
         }
     }
-    let next_page_token = if more {
-        picked
-            .last()
-            .map(|(fp, _)| fp.to_string())
-            .unwrap_or_default()
-    } else {
-        String::new()
+    let next_page_token = match (more, picked.last(), &urgency) {
+        (false, _, _) | (true, None, _) => String::new(),
+        (true, Some((fp, _)), None) => fp.to_string(),
+        (true, Some((fp, c)), Some((ranked_at, _))) => UrgencyToken::write(
+            *ranked_at,
+            urgency_of(c, only_agent.as_deref(), *ranked_at),
+            c.not_after,
+            fp,
+        ),
     };
     let mut der_of: HashMap<String, AgentInventory> = HashMap::new();
     // An agent's id is one interned string however many sightings it has: its address finds
@@ -1186,8 +1290,149 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         health,
         next_page_token,
         pins,
+        by_urgency: urgency.is_some(),
         encoded_items,
     })
+}
+
+/// A certificate's urgency at `at` under the role it has (for one agent, or the fleet).
+fn urgency_of(c: &IndexedCert, agent: Option<&str>, at: i64) -> roles::Status {
+    roles::Status::of(c.role_seen_by(agent), c.not_after, at)
+}
+
+/// Where an answer most urgent first (`by_urgency`) goes on: the time its first page ranked
+/// at (each page ranks as of it, so that no certificate moves between pages as time passes)
+/// and the last item's place in that order. Written `u1:<at>:<status>:<not_after>:<fp>`.
+#[derive(Debug, PartialEq)]
+struct UrgencyToken {
+    ranked_at: i64,
+    /// Status, expiry and fingerprint of the last item sent.
+    last: (roles::Status, i64, String),
+}
+
+impl UrgencyToken {
+    /// None for the first page; an error naming the token for one this controller did not
+    /// write.
+    fn parse(token: &str) -> Result<Option<UrgencyToken>, Status> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            let shown: String = token.chars().take(80).collect();
+            Status::invalid_argument(format!(
+                "page token {shown:?} is not one this controller gave for an inventory most \
+                 urgent first; ask again without it"
+            ))
+        };
+        let mut parts = token.splitn(5, ':');
+        let (Some("u1"), Some(at), Some(status), Some(not_after), Some(fp)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad());
+        };
+        let status = match status {
+            "0" => roles::Status::Expired,
+            "1" => roles::Status::Expiring,
+            "2" => roles::Status::Ok,
+            _ => return Err(bad()),
+        };
+        Ok(Some(UrgencyToken {
+            ranked_at: at.parse().map_err(|_| bad())?,
+            last: (status, not_after.parse().map_err(|_| bad())?, fp.to_owned()),
+        }))
+    }
+
+    fn write(ranked_at: i64, status: roles::Status, not_after: i64, fp: &str) -> String {
+        let status = match status {
+            roles::Status::Expired => 0,
+            roles::Status::Expiring => 1,
+            roles::Status::Ok => 2,
+        };
+        format!("u1:{ranked_at}:{status}:{not_after}:{fp}")
+    }
+}
+
+/// A page of an answer most urgent first: expired, expiring, the rest, each by expiry, then
+/// fingerprint, ranked at `ranked_at`; the certificates after `from` (from the start when
+/// `None`) that `matches` and expire by `horizon`, at most `limit`; and whether more follow.
+///
+/// The fleet's certificates are walked in expiry order once per status, from the token on: the
+/// expired are those up to `ranked_at`, the expiring those up to the longest warning window
+/// after it (each checked under its role's), the rest everything after. A 100,000-certificate
+/// listing is answered in 20 pages without the controller or the client sorting it.
+fn pick_by_urgency<'s>(
+    st: &'s IndexState,
+    agent: Option<&str>,
+    ranked_at: i64,
+    from: Option<&UrgencyToken>,
+    horizon: Option<i64>,
+    limit: usize,
+    matches: &dyn Fn(&str, &IndexedCert) -> bool,
+) -> (Vec<(&'s Shared, &'s IndexedCert)>, bool) {
+    use roles::Status as U;
+    use std::ops::Bound;
+    let after = from.map(|t| (t.last.0, t.last.1, t.last.2.as_str()));
+    if let Some(a) = agent {
+        // One agent's certificates: few enough to rank and sort.
+        let mut hits: Vec<((U, i64, &Shared), &IndexedCert)> = st
+            .agents
+            .get(a)
+            .map(|e| {
+                e.fingerprints
+                    .iter()
+                    .filter_map(|fp| st.certs.get_key_value(fp))
+                    .filter(|(fp, c)| matches(fp, c))
+                    .map(|(fp, c)| ((urgency_of(c, agent, ranked_at), c.not_after, fp), c))
+                    .filter(|((u, na, fp), _)| after.is_none_or(|a| (*u, *na, &***fp) > a))
+                    .collect()
+            })
+            .unwrap_or_default();
+        hits.sort_by(|a, b| a.0.cmp(&b.0));
+        hits.dedup_by(|a, b| a.0.2 == b.0.2);
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        return (
+            hits.into_iter().map(|((_, _, fp), c)| (fp, c)).collect(),
+            more,
+        );
+    }
+    let soon = ranked_at.saturating_add(roles::longest_warning_secs());
+    let mut picked = Vec::new();
+    for status in [U::Expired, U::Expiring, U::Ok] {
+        let start = match after {
+            Some((u, _, _)) if u > status => continue,
+            Some((u, not_after, fp)) if u == status => {
+                Bound::Excluded((not_after, Shared::from(fp)))
+            }
+            _ if status == U::Expired => Bound::Unbounded,
+            // Nothing after `ranked_at` is expired.
+            _ => Bound::Included((ranked_at.saturating_add(1), Shared::from(""))),
+        };
+        // The latest expiry a certificate of this status can have.
+        let last = match status {
+            U::Expired => ranked_at,
+            U::Expiring => soon,
+            U::Ok => i64::MAX,
+        }
+        .min(horizon.unwrap_or(i64::MAX));
+        for (not_after, fp, c) in st.certs.expiring_from(start) {
+            if not_after > last {
+                break;
+            }
+            if urgency_of(c, None, ranked_at) != status || !matches(fp, c) {
+                continue;
+            }
+            if picked.len() == limit {
+                return (picked, true);
+            }
+            picked.push((fp, c));
+        }
+    }
+    (picked, false)
 }
 
 #[cfg(test)]
@@ -1353,6 +1598,157 @@ mod filter_tests {
                 .into_iter()
                 .collect();
             assert_eq!(got, want, "prefix {prefix}");
+        }
+    }
+
+    /// An answer most urgent first, read in pages of three: expired, then expiring (each
+    /// under its own role's window: the STS signing certificate 60 days out is expiring, a
+    /// file 60 days out is not), then the rest, each by expiry then fingerprint, every
+    /// certificate once; the same for one agent's view and with `--expiring-within`; a token
+    /// the controller did not write is refused with a message naming it.
+    #[test]
+    fn answers_most_urgent_first_page_by_page() {
+        use prost::Message as _;
+        let (_dir, fleet) = crate::server::test_fleet();
+        for (id, name) in [("a1", "vc1"), ("a2", "eng1")] {
+            let agent: AgentRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "name": name, "hostname": format!("{name}.example.org"),
+                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
+                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
+                "labels": {}, "cas": [], "renewable": [], "superseded": [],
+            }))
+            .unwrap();
+            fleet.store.put("agents", id, &agent).unwrap();
+        }
+        let day = 86_400;
+        let t = now();
+        // (fingerprint's first byte, role, expiry, agents)
+        let fleet_certs: Vec<(u8, &str, i64, &[&str])> = vec![
+            (0x01, "file.server", t + 400 * day, &["a1"]),
+            (0x02, "vsphere.sts_signing", t + 60 * day, &["a1"]),
+            (0x03, "file.server", t + 60 * day, &["a1", "a2"]),
+            (0x04, "file.server", t - 3 * day, &["a2"]),
+            (0x05, "file.server", t + 10 * day, &["a1"]),
+            (0x06, "file.server", t - 3 * day, &["a1"]),
+            (0x07, "file.server", t + 10 * day, &["a2"]),
+            (0x08, "file.server", t + 2000 * day, &["a1"]),
+            (0x09, "vsphere.sts_signing", t - 400 * day, &["a2"]),
+            (0x0a, "file.server", t + 95 * day, &["a1"]),
+        ];
+        for agent in ["a1", "a2"] {
+            let certificates = fleet_certs
+                .iter()
+                .filter(|c| c.3.contains(&agent))
+                .map(|&(b, role, not_after, _)| pb::CertificateRecord {
+                    fingerprint_sha256: format!("{b:02x}").repeat(32),
+                    subject: format!("CN={b}"),
+                    not_after,
+                    role: role.into(),
+                    locations: vec![pb::Location {
+                        kind: "file".into(),
+                        path: format!("/etc/{b}.pem"),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect();
+            let report = pb::InventoryReport {
+                full: true,
+                certificates,
+                ..Default::default()
+            };
+            apply(&fleet, agent, report, 100).unwrap();
+        }
+        let read_all = |q: pb::InventoryQuery| -> Vec<u8> {
+            let mut order = Vec::new();
+            let mut q = pb::InventoryQuery {
+                by_urgency: true,
+                page_size: 3,
+                ..q
+            };
+            loop {
+                let sent = query(&fleet, &q).unwrap();
+                assert!(sent.by_urgency, "the answer says its order");
+                let page = pb::InventoryList::decode(sent.encode_to_vec().as_slice()).unwrap();
+                assert!(page.items.len() <= 3);
+                order.extend(page.items.iter().map(|i| {
+                    u8::from_str_radix(&i.certificate.as_ref().unwrap().fingerprint_sha256[..2], 16)
+                        .unwrap()
+                }));
+                if page.next_page_token.is_empty() {
+                    return order;
+                }
+                q.page_token = page.next_page_token;
+            }
+        };
+        // Expired by expiry (0x09 long ago, then 0x04 and 0x06 at the same time, by
+        // fingerprint), expiring (0x05, 0x07 in ten days, the STS in 60: its role warns 90 days
+        // ahead), then the rest (the file 60 days out, 95, 400, 2000).
+        assert_eq!(
+            read_all(pb::InventoryQuery::default()),
+            [0x09, 0x04, 0x06, 0x05, 0x07, 0x02, 0x03, 0x0a, 0x01, 0x08]
+        );
+        assert_eq!(
+            read_all(pb::InventoryQuery {
+                agent: "vc1".into(),
+                ..Default::default()
+            }),
+            [0x06, 0x05, 0x02, 0x03, 0x0a, 0x01, 0x08]
+        );
+        assert_eq!(
+            read_all(pb::InventoryQuery {
+                expiring_within_secs: 61 * day as u64,
+                ..Default::default()
+            }),
+            [0x09, 0x04, 0x06, 0x05, 0x07, 0x02, 0x03]
+        );
+        assert_eq!(
+            read_all(pb::InventoryQuery {
+                fingerprint: "0".into(),
+                role: "file".into(),
+                ..Default::default()
+            }),
+            [0x04, 0x06, 0x05, 0x07, 0x03, 0x0a, 0x01, 0x08]
+        );
+        // One page of everything; without `by_urgency`, fingerprint order as before.
+        let whole = query(
+            &fleet,
+            &pb::InventoryQuery {
+                by_urgency: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(whole.next_page_token.is_empty());
+        assert!(
+            !query(&fleet, &pb::InventoryQuery::default())
+                .unwrap()
+                .by_urgency
+        );
+        for token in [
+            "01010101",
+            "u1:x:0:5:ab",
+            "u1:5:3:5:ab",
+            "u1:5:0:ab",
+            "u2:5:0:5:ab",
+            "u1:9223372036854775807:2:9223372036854775807:",
+        ] {
+            let got = query(
+                &fleet,
+                &pb::InventoryQuery {
+                    by_urgency: true,
+                    page_token: token.into(),
+                    ..Default::default()
+                },
+            );
+            if token.starts_with("u1:9223") {
+                // Well-formed, at the end of time: nothing after it, and no panic.
+                assert!(got.unwrap().next_page_token.is_empty());
+                continue;
+            }
+            let e = got.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{token}");
+            assert!(e.message().contains(token), "{}", e.message());
         }
     }
 

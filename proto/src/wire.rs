@@ -30,6 +30,8 @@ pub struct InventoryList {
     pub next_page_token: String,
     /// Field 5 (first page only).
     pub pins: Vec<Pin>,
+    /// Field 6: the items are most urgent first.
+    pub by_urgency: bool,
     /// More field 1 entries, already encoded (sent after `items`); never filled by decoding.
     pub encoded_items: Vec<u8>,
 }
@@ -51,6 +53,9 @@ impl Message for InventoryList {
         }
         for m in &self.pins {
             message::encode(5, m, buf);
+        }
+        if self.by_urgency {
+            encoding::bool::encode(6, &self.by_urgency, buf);
         }
     }
 
@@ -77,6 +82,8 @@ impl Message for InventoryList {
                 .map_err(|e| field(e, "next_page_token")),
             5 => message::merge_repeated(wire_type, &mut self.pins, buf, ctx)
                 .map_err(|e| field(e, "pins")),
+            6 => encoding::bool::merge(wire_type, &mut self.by_urgency, buf, ctx)
+                .map_err(|e| field(e, "by_urgency")),
             _ => skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -92,6 +99,11 @@ impl Message for InventoryList {
                 string::encoded_len(4, &self.next_page_token)
             }
             + message::encoded_len_repeated(5, &self.pins)
+            + if self.by_urgency {
+                encoding::bool::encoded_len(6, &self.by_urgency)
+            } else {
+                0
+            }
     }
 
     fn clear(&mut self) {
@@ -431,14 +443,21 @@ mod tests {
                 ..Default::default()
             }],
             next_page_token: "ff".into(),
+            by_urgency: true,
             ..Default::default()
         };
-        let got = InventoryList::decode(sent.encode_to_vec().as_slice()).unwrap();
+        let bytes = sent.encode_to_vec();
+        assert_eq!(bytes.len(), sent.encoded_len());
+        let got = InventoryList::decode(bytes.as_slice()).unwrap();
         assert_eq!(got.items, vec![a, b]);
         assert!(got.encoded_items.is_empty());
         assert_eq!(
-            (got.problems.len(), got.next_page_token.as_str()),
-            (1, "ff")
+            (
+                got.problems.len(),
+                got.next_page_token.as_str(),
+                got.by_urgency
+            ),
+            (1, "ff", true)
         );
         // Garbage is an error naming the message, not a panic.
         let e = InventoryList::decode(&[0x0a, 0x05, 0x01][..]).unwrap_err();

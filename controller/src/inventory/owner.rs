@@ -405,7 +405,7 @@ mod tests {
         inv.scanned_at = now - 60;
         let mut st = super::super::IndexState::default();
         st.set_agent("a1", &inv);
-        let owner = |fp: &str| st.certs[fp].owner_seen_by(None).to_owned();
+        let owner = |fp: &str| st.certs.get(fp).unwrap().owner_seen_by(None).to_owned();
         assert_eq!(owner("e1"), "platform:vcenter-auto-renew");
         assert_eq!(owner("f1"), OWNER_UNKNOWN);
         assert_eq!(owner("b1"), "");
@@ -417,7 +417,7 @@ mod tests {
             Some(now + 50 * 86_400)
         );
         // Overdue: 10 days left, renewer renews at 30 with 5 days grace.
-        let e1 = &st.certs["e1"].sightings[0];
+        let e1 = &st.certs.get("e1").unwrap().sightings[0];
         assert_eq!(e1.overdue_at, now - 15 * 86_400);
         let prior = st.prior("a1");
         assert_eq!(prior.scanned_at, now - 60);
