@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::args::{MAX_HORIZON, duration_in, secs};
 use super::conn::Conn;
 use super::output::{
-    Cell, Column, Format, OutputArgs, Screen, Show, Tone, print_document, render_list,
+    Cell, Column, Format, OutputArgs, OutputError, Screen, Show, Tone, print_document, render_list,
     render_list_on, shorten, write_json_with,
 };
 
@@ -125,6 +125,9 @@ pub async fn run(conn: &Conn, args: &InventoryArgs) -> anyhow::Result<()> {
                 Some(before) => {
                     let list = inventory_pages(&mut c, q).await.map_err(e)?;
                     print_comparison(before, &list, &args.output)?
+                }
+                None if args.output.output == Format::Json => {
+                    print_inventory_json(conn, q, &args.output, now()).await?
                 }
                 None => {
                     let listing = inventory_listing(&c, q, now()).await.map_err(e)?;
@@ -631,93 +634,159 @@ async fn inventory_pages(
     Ok(all)
 }
 
-/// An inventory query's answer as a listing, page by page, each page turned into views as it
-/// arrives. A listing that walks the fleet in fingerprint order (no expiry or agent filter) is
-/// asked for as 16 fingerprint prefixes, four at a time: the controller writes some prefixes'
-/// pages while others are on their way and decoded here, instead of each page waiting for the
-/// last one's token (issue 10: a 100,000-certificate listing is 20 pages). Four rather than two:
-/// 1.03 → 0.89 s median for a 100,000-certificate listing on two cores (paired runs), the
-/// controller and the CLI's decoding kept busy at once.
+/// The pages of an inventory query, most urgent first, each handed over as it arrives: the
+/// next page is asked for while this one is printed, so the controller writes one page while
+/// the CLI decodes and prints another (issue 10: a 100,000-certificate listing is 20 pages).
+/// A controller that predates `by_urgency` answers in fingerprint order and says nothing of
+/// it (`by_urgency` false): its tokens are fingerprints and the same loop reads every page.
+fn urgent_pages(
+    c: &certfleet_common::proto::operator_client::OperatorClient<tonic::transport::Channel>,
+    q: pb::InventoryQuery,
+) -> tokio::sync::mpsc::Receiver<Result<pb::InventoryList, tonic::Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut c = c.clone();
+    let mut q = pb::InventoryQuery {
+        by_urgency: true,
+        page_size: u32::try_from(crate::inventory::MAX_PAGE).unwrap_or(u32::MAX),
+        ..q
+    };
+    tokio::spawn(async move {
+        loop {
+            let page = c
+                .inventory(q.clone())
+                .await
+                .map(tonic::Response::into_inner);
+            let token = page
+                .as_ref()
+                .map(|p| p.next_page_token.clone())
+                .unwrap_or_default();
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed || token.is_empty() {
+                return;
+            }
+            q.page_token = token;
+        }
+    });
+    rx
+}
+
+/// An inventory query's answer as a listing, each page turned into views as it arrives.
 async fn inventory_listing(
     c: &certfleet_common::proto::operator_client::OperatorClient<tonic::transport::Channel>,
-    mut q: pb::InventoryQuery,
+    q: pb::InventoryQuery,
     now: i64,
 ) -> Result<Listing, tonic::Status> {
-    q.page_size = u32::try_from(crate::inventory::MAX_PAGE).unwrap_or(u32::MAX);
-    let prefixes: Vec<String> =
-        if q.expiring_within_secs == 0 && q.agent.is_empty() && q.fingerprint.is_empty() {
-            (0..16).map(|d| format!("{d:x}")).collect()
-        } else {
-            vec![q.fingerprint.clone()]
-        };
-    let prefixes = std::sync::Arc::new(prefixes);
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // (prefix's position, first page of it, the page)
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<Result<(usize, bool, pb::InventoryList), tonic::Status>>(4);
-    for _ in 0..4 {
-        let (mut c, q, prefixes, next, tx) = (
-            c.clone(),
-            q.clone(),
-            prefixes.clone(),
-            next.clone(),
-            tx.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(prefix) = prefixes.get(n) else {
-                    return;
-                };
-                // After the first prefix, a token of the prefix itself: items start after it,
-                // which is at its first fingerprint, and the fleet-wide problems, health and
-                // pins are not computed and sent again.
-                let mut q = pb::InventoryQuery {
-                    fingerprint: prefix.clone(),
-                    page_token: if n == 0 {
-                        String::new()
-                    } else {
-                        prefix.clone()
-                    },
-                    ..q.clone()
-                };
-                let mut first = true;
-                loop {
-                    let page = c
-                        .inventory(q.clone())
-                        .await
-                        .map(tonic::Response::into_inner);
-                    let token = page
-                        .as_ref()
-                        .map(|p| p.next_page_token.clone())
-                        .unwrap_or_default();
-                    let failed = page.is_err();
-                    if tx.send(page.map(|p| (n, first, p))).await.is_err() || failed {
-                        return;
-                    }
-                    if token.is_empty() {
-                        break;
-                    }
-                    (q.page_token, first) = (token, false);
-                }
-            }
-        });
-    }
-    drop(tx);
+    let mut pages = urgent_pages(c, q);
     let mut listing = Listing::default();
-    while let Some(page) = rx.recv().await {
-        let (n, first, mut page) = page?;
-        // Problems, health and pins come with the first page only (a controller that sends
-        // them for each prefix's first page is not counted twice).
-        if n != 0 || !first {
-            page.problems.clear();
-            page.health.clear();
-            page.pins.clear();
-        }
-        listing.add(page, now);
+    while let Some(page) = pages.recv().await {
+        listing.add(page?, now);
     }
     listing.attach_pins();
     Ok(listing)
+}
+
+/// `inventory -o json`: the answer most urgent first, each page written as it arrives; the CLI
+/// holds one page, not the fleet's 100 MB of JSON and the 200 MB of views it was made from.
+/// Nothing is written until the first page is in (a refused or wrong query prints no JSON). A
+/// controller that fails halfway leaves the array unclosed and the command fails naming how
+/// many certificates were written. An older controller's pages (fingerprint order) are
+/// gathered and sorted first.
+async fn print_inventory_json(
+    conn: &Conn,
+    q: pb::InventoryQuery,
+    out: &OutputArgs,
+    now: i64,
+) -> anyhow::Result<()> {
+    let c = conn.client();
+    let mut pages = urgent_pages(&c, q);
+    let Some(first) = pages.recv().await else {
+        anyhow::bail!("the inventory query ended without an answer");
+    };
+    let first = first.map_err(|s| conn.explain(s))?;
+    if !first.by_urgency {
+        let mut listing = Listing::default();
+        listing.add(first, now);
+        while let Some(page) = pages.recv().await {
+            listing.add(page.map_err(|s| conn.explain(s))?, now);
+        }
+        listing.attach_pins();
+        return print_inventory(listing, out);
+    }
+    let mut json = JsonPages::new(std::io::stdout(), pins_by_fingerprint(first.pins.clone()));
+    let mut page = Some(Ok(first));
+    while let Some(next) = page {
+        let next = next.map_err(|s| {
+            conn.explain(s).context(format!(
+                "the listing stopped after {} certificates; the JSON printed is cut off there",
+                json.written
+            ))
+        })?;
+        match json.page(next.items, now) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(source) => {
+                return Err(OutputError::Write {
+                    command: "inventory",
+                    source,
+                }
+                .into());
+            }
+        }
+        page = pages.recv().await;
+    }
+    match json.finish() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(OutputError::Write {
+            command: "inventory",
+            source: e,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// A JSON array of inventory views written page by page, byte for byte what
+/// `write_json_with` over [`views_json`] writes for the same views in one go.
+struct JsonPages<W> {
+    out: W,
+    /// The answer's pins by the certificate they pin (they come with the first page).
+    pins: HashMap<String, Vec<PinView>>,
+    /// A page's JSON, reused page after page.
+    buf: Vec<u8>,
+    written: usize,
+}
+
+impl<W: std::io::Write> JsonPages<W> {
+    fn new(out: W, pins: HashMap<String, Vec<PinView>>) -> Self {
+        JsonPages {
+            out,
+            pins,
+            buf: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Writes a page's items (each with its pins).
+    fn page(&mut self, items: Vec<pb::InventoryItem>, now: i64) -> std::io::Result<()> {
+        self.buf.clear();
+        for item in items {
+            let mut v = into_view(item, now);
+            if let Some(pins) = self.pins.remove(&v.fingerprint_sha256) {
+                v.pins = pins;
+            }
+            self.buf.push(if self.written == 0 { b'[' } else { b',' });
+            pretty::line(&mut self.buf, 1);
+            v.write_pretty(&mut self.buf, 1);
+            self.written += 1;
+        }
+        self.out.write_all(&self.buf)
+    }
+
+    /// Closes the array.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.out
+            .write_all(if self.written == 0 { b"[]\n" } else { b"\n]\n" })?;
+        self.out.flush()
+    }
 }
 
 /// Prints an inventory listing sorted by urgency. JSON is written as it is serialized: a
@@ -1324,6 +1393,57 @@ mod tests {
         );
         assert_eq!(pins("CN=app.example.org"), ["lb match"]);
         assert!(pins("CN=tie").is_empty());
+    }
+
+    /// `-o json` written page by page (the controller's order, most urgent first) is byte for
+    /// byte the JSON of the whole listing sorted here: the same separators across pages, each
+    /// pin on its certificate whichever page it is on, an empty page in between, and `[]` for
+    /// an empty answer.
+    #[test]
+    fn json_written_page_by_page_is_the_sorted_listing_s() {
+        let mut list = fleet();
+        list.pins = vec![pb::Pin {
+            source: "declared".into(),
+            name: "nsx".into(),
+            cert_fingerprint: "c".repeat(64),
+            state: "stale".into(),
+            agent: "web-02".into(),
+            ..Default::default()
+        }];
+        let whole = Listing::new(list.clone(), NOW);
+        let mut expected = Vec::new();
+        write_json_with(&mut expected, "inventory", &whole.sorted(), |chunk| {
+            Ok(views_json(chunk))
+        })
+        .unwrap();
+        // The controller's order: a (expired), b (expiring), c; pages of two, none, one.
+        let mut items = list.items.clone();
+        let c = items.pop().unwrap();
+        let mut got = Vec::new();
+        let mut json = JsonPages::new(&mut got, pins_by_fingerprint(list.pins.clone()));
+        json.page(items, NOW).unwrap();
+        json.page(Vec::new(), NOW).unwrap();
+        json.page(vec![c], NOW).unwrap();
+        json.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
+        assert!(whole.views.iter().any(|v| !v.pins.is_empty()));
+
+        let mut empty = Vec::new();
+        let json = JsonPages::new(&mut empty, HashMap::new());
+        json.finish().unwrap();
+        let mut expected = Vec::new();
+        write_json_with(
+            &mut expected,
+            "inventory",
+            &[] as &[&InventoryView],
+            |chunk| Ok(views_json(chunk)),
+        )
+        .unwrap();
+        assert_eq!(empty, expected);
+        assert_eq!(empty, b"[]\n");
     }
 
     /// The default inventory table at 80 columns, compared with `testdata/inventory-80.txt`

@@ -351,6 +351,30 @@ fn a_large_inventory_is_sent_in_chunks_and_read_in_pages_without_der() {
     );
     let all: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(fingerprints(&all).len(), CERTS);
+    // The whole fleet's listing comes most urgent first in two pages and is written as they
+    // arrive: every certificate once, in the order the CLI itself sorted into before.
+    let fleet: Value = serde_json::from_str(&c.cli(&["inventory", "-o", "json"])).unwrap();
+    assert_eq!(fleet.as_array().unwrap().len(), CERTS);
+    assert_eq!(fingerprints(&fleet), fingerprints(&all));
+    let order: Vec<(u8, String, String)> = fleet
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let rank = match c["status"].as_str().unwrap() {
+                "expired" => 0,
+                "expiring" => 1,
+                _ => 2,
+            };
+            let s = |k: &str| c[k].as_str().unwrap().to_owned();
+            (rank, s("not_after"), s("fingerprint_sha256"))
+        })
+        .collect();
+    assert!(order.is_sorted(), "not most urgent first");
+    assert!(
+        order.iter().any(|o| o.0 == 1) && order.iter().any(|o| o.0 == 2),
+        "expiring and valid certificates both listed"
+    );
     let soon = c.json(&["inventory", "--expiring-within", "30d"]);
     let n_soon = soon.as_array().unwrap().len();
     assert!(n_soon > 0 && n_soon < FILES, "{n_soon}");
