@@ -645,29 +645,42 @@ fn urgent_pages(
 ) -> tokio::sync::mpsc::Receiver<Result<pb::InventoryList, tonic::Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let mut c = c.clone();
-    let mut q = pb::InventoryQuery {
+    let q = pb::InventoryQuery {
         by_urgency: true,
         page_size: u32::try_from(crate::inventory::MAX_PAGE).unwrap_or(u32::MAX),
         ..q
     };
-    tokio::spawn(async move {
-        loop {
-            let page = c
-                .inventory(q.clone())
-                .await
-                .map(tonic::Response::into_inner);
-            let token = page
-                .as_ref()
-                .map(|p| p.next_page_token.clone())
-                .unwrap_or_default();
-            let failed = page.is_err();
-            if tx.send(page).await.is_err() || failed || token.is_empty() {
-                return;
-            }
-            q.page_token = token;
-        }
-    });
+    tokio::spawn(async move { send_pages(&mut c, q, &tx, |p| p).await });
     rx
+}
+
+/// Asks for `q`'s pages one after the other, following the tokens, and sends each on `tx` as
+/// `wrap` makes it: true after the last page, false after a failure (sent) or once nobody
+/// receives.
+async fn send_pages<T>(
+    c: &mut certfleet_common::proto::operator_client::OperatorClient<tonic::transport::Channel>,
+    mut q: pb::InventoryQuery,
+    tx: &tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    mut wrap: impl FnMut(pb::InventoryList) -> T,
+) -> bool {
+    loop {
+        let page = c
+            .inventory(q.clone())
+            .await
+            .map(tonic::Response::into_inner);
+        let token = page
+            .as_ref()
+            .map(|p| p.next_page_token.clone())
+            .unwrap_or_default();
+        let failed = page.is_err();
+        if tx.send(page.map(&mut wrap)).await.is_err() || failed {
+            return false;
+        }
+        if token.is_empty() {
+            return true;
+        }
+        q.page_token = token;
+    }
 }
 
 /// An inventory query's answer as a listing, page by page, each page turned into views as it
@@ -714,7 +727,7 @@ async fn inventory_listing(
                 // After the first prefix, a token of the prefix itself: items start after it,
                 // which is at its first fingerprint, and the fleet-wide problems, health and
                 // pins are not computed and sent again.
-                let mut q = pb::InventoryQuery {
+                let q = pb::InventoryQuery {
                     fingerprint: prefix.clone(),
                     page_token: if n == 0 {
                         String::new()
@@ -724,23 +737,9 @@ async fn inventory_listing(
                     ..q.clone()
                 };
                 let mut first = true;
-                loop {
-                    let page = c
-                        .inventory(q.clone())
-                        .await
-                        .map(tonic::Response::into_inner);
-                    let token = page
-                        .as_ref()
-                        .map(|p| p.next_page_token.clone())
-                        .unwrap_or_default();
-                    let failed = page.is_err();
-                    if tx.send(page.map(|p| (n, first, p))).await.is_err() || failed {
-                        return;
-                    }
-                    if token.is_empty() {
-                        break;
-                    }
-                    (q.page_token, first) = (token, false);
+                let wrap = |p| (n, std::mem::replace(&mut first, false), p);
+                if !send_pages(&mut c, q, &tx, wrap).await {
+                    return;
                 }
             }
         });
@@ -779,7 +778,7 @@ async fn print_inventory_json(
     let Some(first) = pages.recv().await else {
         anyhow::bail!("the inventory query ended without an answer");
     };
-    let first = first.map_err(|s| conn.explain(s))?;
+    let mut first = first.map_err(|s| conn.explain(s))?;
     if !first.by_urgency {
         let mut listing = Listing::default();
         listing.add(first, now);
@@ -789,7 +788,8 @@ async fn print_inventory_json(
         listing.attach_pins();
         return print_inventory(listing, out);
     }
-    let mut json = JsonPages::new(std::io::stdout(), pins_by_fingerprint(first.pins.clone()));
+    let pins = pins_by_fingerprint(std::mem::take(&mut first.pins));
+    let mut json = JsonPages::new(std::io::stdout(), pins);
     let mut page = Some(Ok(first));
     while let Some(next) = page {
         let next = next.map_err(|s| {
