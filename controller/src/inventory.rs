@@ -1336,11 +1336,8 @@ impl UrgencyToken {
         ) else {
             return Err(bad());
         };
-        let status = match status {
-            "0" => roles::Status::Expired,
-            "1" => roles::Status::Expiring,
-            "2" => roles::Status::Ok,
-            _ => return Err(bad()),
+        let Some(&status) = status.parse::<usize>().ok().and_then(|i| URGENCIES.get(i)) else {
+            return Err(bad());
         };
         Ok(Some(UrgencyToken {
             ranked_at: at.parse().map_err(|_| bad())?,
@@ -1349,14 +1346,18 @@ impl UrgencyToken {
     }
 
     fn write(ranked_at: i64, status: roles::Status, not_after: i64, fp: &str) -> String {
-        let status = match status {
-            roles::Status::Expired => 0,
-            roles::Status::Expiring => 1,
-            roles::Status::Ok => 2,
-        };
+        let status = URGENCIES.iter().position(|u| *u == status).unwrap_or(0);
         format!("u1:{ranked_at}:{status}:{not_after}:{fp}")
     }
 }
+
+/// The statuses most urgent first: the order of an answer `by_urgency`, and a status's number
+/// in its page token.
+const URGENCIES: [roles::Status; 3] = [
+    roles::Status::Expired,
+    roles::Status::Expiring,
+    roles::Status::Ok,
+];
 
 /// A page of an answer most urgent first: expired, expiring, the rest, each by expiry, then
 /// fingerprint, ranked at `ranked_at`; the certificates after `from` (from the start when
@@ -1404,7 +1405,7 @@ fn pick_by_urgency<'s>(
     }
     let soon = ranked_at.saturating_add(roles::longest_warning_secs());
     let mut picked = Vec::new();
-    for status in [U::Expired, U::Expiring, U::Ok] {
+    for status in URGENCIES {
         let start = match after {
             Some((u, _, _)) if u > status => continue,
             Some((u, not_after, fp)) if u == status => {
@@ -1441,6 +1442,17 @@ fn pick_by_urgency<'s>(
 mod filter_tests {
     use super::*;
 
+    /// An active agent's record as the store holds it.
+    fn test_agent(id: &str, name: &str, hostname: &str, platforms: &[&str]) -> AgentRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "hostname": hostname,
+            "platforms": platforms, "version": "1", "state": "active", "enrolled_at": 1,
+            "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
+            "labels": {}, "cas": [], "renewable": [], "superseded": [],
+        }))
+        .unwrap()
+    }
+
     /// An answer's items are written from the index as bytes; decoded, they are the items:
     /// each certificate once with every place every agent saw it, the agent's name, host and
     /// platforms on each place, DER only when asked, one agent's view with `--agent`.
@@ -1448,14 +1460,9 @@ mod filter_tests {
     fn answers_decode_to_each_certificate_with_its_places() {
         use prost::Message as _;
         let (_dir, fleet) = crate::server::test_fleet();
-        for (id, name, platforms) in [("a1", "vc1", vec!["vsphere"]), ("a2", "eng1", vec![])] {
-            let agent: AgentRecord = serde_json::from_value(serde_json::json!({
-                "id": id, "name": name, "hostname": format!("{name}.example.org"),
-                "platforms": platforms, "version": "1", "state": "active", "enrolled_at": 1,
-                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
-                "labels": {}, "cas": [], "renewable": [], "superseded": [],
-            }))
-            .unwrap();
+        for (id, name, platforms) in [("a1", "vc1", &["vsphere"][..]), ("a2", "eng1", &[])] {
+            let host = format!("{name}.example.org");
+            let agent = test_agent(id, name, &host, platforms);
             fleet.store.put("agents", id, &agent).unwrap();
         }
         let der = b"a CA certificate".to_vec();
@@ -1613,13 +1620,7 @@ mod filter_tests {
         use prost::Message as _;
         let (_dir, fleet) = crate::server::test_fleet();
         for (id, name) in [("a1", "vc1"), ("a2", "eng1")] {
-            let agent: AgentRecord = serde_json::from_value(serde_json::json!({
-                "id": id, "name": name, "hostname": format!("{name}.example.org"),
-                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
-                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
-                "labels": {}, "cas": [], "renewable": [], "superseded": [],
-            }))
-            .unwrap();
+            let agent = test_agent(id, name, &format!("{name}.example.org"), &[]);
             fleet.store.put("agents", id, &agent).unwrap();
         }
         let day = 86_400;
@@ -1792,13 +1793,7 @@ mod filter_tests {
                 .store
                 .put("inventory", &format!("agent{a:02}"), &inv)
                 .unwrap();
-            let agent: AgentRecord = serde_json::from_value(serde_json::json!({
-                "id": format!("agent{a:02}"), "name": format!("a{a}"), "hostname": "h",
-                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
-                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
-                "labels": {}, "cas": [], "renewable": [], "superseded": [],
-            }))
-            .unwrap();
+            let agent = test_agent(&format!("agent{a:02}"), &format!("a{a}"), "h", &[]);
             fleet
                 .store
                 .put("agents", &format!("agent{a:02}"), &agent)
@@ -1822,15 +1817,7 @@ mod filter_tests {
     #[test]
     fn the_agent_directory_follows_the_agents_tree() {
         let (_dir, fleet) = crate::server::test_fleet();
-        let agent = |id: &str, name: &str| -> AgentRecord {
-            serde_json::from_value(serde_json::json!({
-                "id": id, "name": name, "hostname": "h",
-                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
-                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
-                "labels": {}, "cas": [], "renewable": [], "superseded": [],
-            }))
-            .unwrap()
-        };
+        let agent = |id: &str, name: &str| test_agent(id, name, "h", &[]);
         fleet
             .store
             .put("agents", "a1", &agent("a1", "vc1"))
@@ -1865,13 +1852,7 @@ mod filter_tests {
         let (_dir, fleet) = crate::server::test_fleet();
         for n in 0..3000 {
             let id = format!("a{n}");
-            let record: AgentRecord = serde_json::from_value(serde_json::json!({
-                "id": id, "name": format!("host-{n}"), "hostname": "h",
-                "platforms": [], "version": "1", "state": "active", "enrolled_at": 1,
-                "last_seen": 0, "cert_not_after": 0, "cert_fingerprint": "", "key_id": "",
-                "labels": {}, "cas": [], "renewable": [], "superseded": [],
-            }))
-            .unwrap();
+            let record = test_agent(&id, &format!("host-{n}"), "h", &[]);
             fleet.store.put("agents", &id, &record).unwrap();
         }
         let before = fleet.agent_cache.decodes();

@@ -67,7 +67,9 @@ where
 /// inventory page of 5 MB was copied a dozen times over on its way into the buffer (each copy
 /// into pages the kernel had to fault in). With this and the page written into room reserved
 /// for it, the controller spends 24-27 ticks on a 100,000-certificate listing instead of 31-34.
-/// A message's length is known before it is written (prost computes it to check the room).
+/// The length is computed here and again by prost's `encode` (its check of the room): cheap
+/// for every message certfleet sends (an inventory page's is its written bytes' length plus a
+/// few fields); prost's `encode_raw`, which skips the check, is not public API.
 #[derive(Debug, Clone)]
 pub struct Reserving<T>(ProstEncoder<T>);
 

@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::args::{MAX_HORIZON, duration_in, secs};
 use super::conn::Conn;
 use super::output::{
-    Cell, Column, Format, OutputArgs, OutputError, Screen, Show, Tone, print_document, render_list,
-    render_list_on, shorten, write_json_with,
+    Cell, Column, Format, OutputArgs, Screen, Show, Tone, print_document, render_list,
+    render_list_on, shorten, write_json_with, write_outcome,
 };
 
 /// `certfleet inventory [...]`
@@ -791,34 +791,22 @@ async fn print_inventory_json(
     let pins = pins_by_fingerprint(std::mem::take(&mut first.pins));
     let mut json = JsonPages::new(std::io::stdout(), pins);
     let mut page = Some(Ok(first));
-    while let Some(next) = page {
+    let written = loop {
+        let Some(next) = page else {
+            break json.finish();
+        };
         let next = next.map_err(|s| {
             conn.explain(s).context(format!(
                 "the listing stopped after {} certificates; the JSON printed is cut off there",
                 json.written
             ))
         })?;
-        match json.page(next.items, now) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(source) => {
-                return Err(OutputError::Write {
-                    command: "inventory",
-                    source,
-                }
-                .into());
-            }
+        if let Err(e) = json.page(next.items, now) {
+            break Err(e);
         }
         page = pages.recv().await;
-    }
-    match json.finish() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(OutputError::Write {
-            command: "inventory",
-            source: e,
-        }
-        .into()),
-        _ => Ok(()),
-    }
+    };
+    Ok(write_outcome("inventory", written)?)
 }
 
 /// A JSON array of inventory views written page by page, byte for byte what

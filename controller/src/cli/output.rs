@@ -392,6 +392,15 @@ pub fn write_json_with<T: Sync>(
         w.write_all(if chunks.is_empty() { b"]\n" } else { b"\n]\n" })?;
         w.flush()
     });
+    write_outcome(command, written)
+}
+
+/// What printing `command`'s output came to: a reader that went away (`| head`) is no error;
+/// any other failure to write is, naming the command.
+pub fn write_outcome(
+    command: &'static str,
+    written: std::io::Result<()>,
+) -> Result<(), OutputError> {
     match written {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
